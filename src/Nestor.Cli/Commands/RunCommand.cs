@@ -1,0 +1,259 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Nestor.Cli.Output;
+using Nestor.Hypervisor;
+using Nestor.Hypervisor.BuiltIn;
+using Nestor.Hypervisor.Capabilities;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Engines;
+using Nestor.Hypervisor.Errors;
+using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.State;
+using Nestor.Kvm;
+using Nestor.Machine.Addresses;
+
+namespace Nestor.Cli.Commands;
+
+/// <summary><c>nestor run</c>: boot a kernel in a VM, relay its console, and report how it ended.</summary>
+internal static class RunCommand
+{
+    public static Command Create()
+    {
+        var kernel = new Argument<string?>("KERNEL")
+        {
+            Description = "Kernel to boot: an ELF64 file, raw code with --flat, or builtin:NAME. Default: builtin:hello",
+            Arity = ArgumentArity.ZeroOrOne,
+        };
+        var engine = new Option<string>("--engine") { Description = "Engine: kvm", DefaultValueFactory = _ => "kvm" };
+        var memory = new Option<string>("--memory", "-m") { Description = "Guest RAM, e.g. 64M, 1G", DefaultValueFactory = _ => "64M" };
+        var commandLine = new Option<string>("--cmdline") { Description = "Kernel command line", DefaultValueFactory = _ => "" };
+        var flat = new Option<bool>("--flat") { Description = "KERNEL is raw code, loaded at 0x100000 (or --load-addr) and entered there" };
+        var loadAddress = new Option<string?>("--load-addr") { Description = "Guest-physical load address of --flat code (default 0x100000)" };
+        var timeout = new Option<double?>("--timeout") { Description = "Stop the guest after this many seconds" };
+        var dumpState = new Option<string?>("--dump-state") { Description = "Write the vCPU's final state as JSON to FILE, or - for standard output" };
+        var stats = new Option<bool>("--stats") { Description = "Print VM exits by reason and KVM's own counters" };
+        var json = new Option<bool>("--json") { Description = "Print one JSON document (outcome, exits, counters, guest output) instead of text" };
+        var serialLog = new Option<string?>("--serial-log") { Description = "Write the guest's COM1 output to FILE instead of the terminal" };
+        var force = new Option<bool>("--force") { Description = "Run even if the host capability probe says this engine cannot run the guest" };
+        var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
+        var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
+        {
+            kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose,
+        };
+        command.SetAction(parse =>
+        {
+            var options = new RunOptions(
+                parse.GetValue(kernel), parse.GetValue(engine)!, parse.GetValue(memory)!, parse.GetValue(commandLine)!,
+                parse.GetValue(flat), parse.GetValue(loadAddress), parse.GetValue(timeout), parse.GetValue(dumpState),
+                parse.GetValue(stats), parse.GetValue(json), parse.GetValue(serialLog), parse.GetValue(force));
+            return Execute(options, parse.GetValue(verbose));
+        });
+        return command;
+    }
+
+    internal sealed record RunOptions(string? Kernel, string Engine, string Memory, string CommandLine, bool Flat,
+        string? LoadAddress, double? Timeout, string? DumpState, bool Stats, bool Json, string? SerialLog, bool Force);
+
+    private static int Execute(RunOptions o, bool verbose)
+    {
+        Stream? serialFile = null;
+        try
+        {
+            var source = KernelSource(o);
+            var engineKind = o.Engine.ToLowerInvariant() switch
+            {
+                "kvm" => EngineKind.Kvm,
+                "sim" => throw new BadInputException("engine 'sim' (Nestor's own x86-64 machine) is not in this release yet",
+                    "Use --engine kvm; run 'nestor info' to see what this host's KVM can run"),
+                _ => throw new BadInputException($"there is no engine '{o.Engine}'", "Use --engine kvm"),
+            };
+            if (o.Timeout is { } t && (double.IsNaN(t) || t <= 0 || t > TimeSpan.MaxValue.TotalSeconds / 2))
+            {
+                throw new BadInputException($"--timeout {t.ToString(CultureInfo.InvariantCulture)} is not a positive number of seconds", "Give e.g. --timeout 10");
+            }
+            var captured = new MemoryStream();
+            Stream serial;
+            if (o.SerialLog is not null)
+            {
+                serialFile = OpenSerialLog(o.SerialLog);
+                serial = o.Json ? new TeeStream(serialFile, captured) : serialFile;
+            }
+            else
+            {
+                serial = o.Json ? captured : Console.OpenStandardOutput();
+            }
+            var config = new VmConfig
+            {
+                Engine = engineKind,
+                Kernel = source,
+                MemoryBytes = Size.Parse(o.Memory, "--memory"),
+                CommandLine = o.CommandLine,
+                Timeout = o.Timeout is { } s ? TimeSpan.FromSeconds(s) : null,
+                Force = o.Force,
+                SerialOutput = serial,
+                Diagnostics = Console.Error,
+            };
+            using var vm = Vm.Create(config);
+            if (!o.Force)
+            {
+                RefuseIfHostCannotRun(vm);
+            }
+            var control = new RunControl();
+            ConsoleCancelEventHandler onCancel = (_, e) =>
+            {
+                e.Cancel = true;
+                control.Stop(VmOutcomeKind.Interrupted);
+            };
+            Console.CancelKeyPress += onCancel;
+            var engine = new KvmEngine();
+            var clock = Stopwatch.StartNew();
+            VmOutcome outcome;
+            try
+            {
+                outcome = vm.Run(engine, control);
+            }
+            finally
+            {
+                Console.CancelKeyPress -= onCancel;
+            }
+            clock.Stop();
+            vm.Serial.Flush();
+            int status = ExitStatus.For(outcome);
+            var report = new RunReport(vm, engine, outcome, clock.Elapsed, status, captured);
+            if (o.Json)
+            {
+                report.WriteJson(Console.Out, includeState: o.DumpState == "-");
+            }
+            else
+            {
+                report.WriteOutcome(Console.Error);
+                if (o.Stats)
+                {
+                    report.WriteStatistics(Console.Out);
+                }
+            }
+            if (o.DumpState is { } path && !(o.Json && path == "-") && outcome.FinalState is { } state)
+            {
+                WriteState(path, state);
+            }
+            return status;
+        }
+        catch (NestorException e)
+        {
+            Console.Error.WriteLine($"nestor: {e.Message}");
+            if (e.Advice is not null)
+            {
+                Console.Error.WriteLine($"  what to do: {e.Advice}");
+            }
+            return ExitStatus.For(e);
+        }
+        catch (KvmException e)
+        {
+            Console.Error.WriteLine($"nestor: {e.Message}");
+            return ExitStatus.EngineFailure;
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"nestor: internal error: {e.Message}");
+            Console.Error.WriteLine(verbose ? e.ToString() : "  (run with --verbose for details, and please report it)");
+            return ExitStatus.InternalError;
+        }
+        finally
+        {
+            serialFile?.Dispose();
+        }
+    }
+
+    private static KernelImageSource KernelSource(RunOptions o)
+    {
+        GuestPhysical? load = o.LoadAddress is null ? null : new GuestPhysical(AddressText.Parse(o.LoadAddress, "--load-addr"));
+        if (o.Kernel is null || o.Kernel.StartsWith("builtin:", StringComparison.Ordinal))
+        {
+            if (load is not null || o.Flat)
+            {
+                throw new BadInputException("--flat and --load-addr apply to a kernel file, not to a built-in guest",
+                    "Give the path of a raw code file");
+            }
+            return BuiltInGuests.Get(o.Kernel?["builtin:".Length..] ?? "hello");
+        }
+        var source = KernelImageSource.FromFile(o.Kernel, o.Flat ? KernelFormat.Flat : KernelFormat.Elf, load);
+        if (!o.Flat && !Nestor.Hypervisor.Boot.ElfImage.HasElfMagic(source.Contents))
+        {
+            throw new BadInputException($"'{o.Kernel}' is not an ELF file (it does not start with 7f 45 4c 46)",
+                "If it is raw machine code, add --flat (it is loaded at 0x100000 and entered there)");
+        }
+        return source;
+    }
+
+    /// <summary>Refuses up front a guest whose code needs something the host KVM's probes show it cannot do, rather
+    /// than failing mid-run with an emulation error.</summary>
+    private static void RefuseIfHostCannotRun(Vm vm)
+    {
+        var needs = GuestRequirementScanner.Scan(vm.Kernel);
+        if (needs.Count == 0)
+        {
+            return;
+        }
+        var host = HostCapabilities.Probe(vm.Config.KvmDevicePath, needs.Select(n => n.Feature).Distinct());
+        if (host.Unavailable is { } unavailable)
+        {
+            throw unavailable;
+        }
+        var missing = needs.Where(n => !host.Supports(n.Feature)).ToList();
+        if (missing.Count == 0)
+        {
+            return;
+        }
+        var lines = missing.Select(n =>
+        {
+            var failed = host.Probes.First(p => p.Feature == n.Feature && !p.Works);
+            return $"  - {Describe(n.Feature)}: the guest has '{n.Instruction}' at 0x{n.Address:x}; " +
+                   $"the probe for {failed.Description} failed here ({failed.Detail})";
+        });
+        throw new HostUnsupportedException(
+            $"this host's KVM cannot run '{vm.Config.Kernel.Name}':\n{string.Join("\n", lines)}",
+            "Run it on a host whose KVM passes these probes ('nestor info' shows them), or with the sim engine once it exists; " +
+            "--force runs it here anyway");
+    }
+
+    private static string Describe(GuestFeature f) => f switch
+    {
+        GuestFeature.ExceptionDelivery => "exception and interrupt delivery",
+        GuestFeature.UserMode => "entering CPL 3 (user mode)",
+        GuestFeature.SystemCall => "system calls from CPL 3",
+        GuestFeature.Popcnt => "the popcnt instruction",
+        _ => "the cmpxchg16b instruction",
+    };
+
+    private static Stream OpenSerialLog(string path)
+    {
+        try
+        {
+            return new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.Read);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new BadInputException($"cannot write the serial log '{path}': {e.Message}", "Give a writable path for --serial-log");
+        }
+    }
+
+    private static void WriteState(string path, VcpuState state)
+    {
+        string text = VcpuStateWriter.ToJson(state) + "\n";
+        if (path == "-")
+        {
+            Console.Out.Write(text);
+            Console.Out.Flush();
+            return;
+        }
+        try
+        {
+            File.WriteAllText(path, text);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new BadInputException($"cannot write the state dump '{path}': {e.Message}", "Give a writable path for --dump-state");
+        }
+    }
+}

@@ -1,0 +1,39 @@
+using Nestor.Hypervisor.Errors;
+using Nestor.Hypervisor.Exits;
+
+namespace Nestor.Cli.Output;
+
+/// <summary>The process exit status of <c>nestor run</c> (docs/boot-protocol.md, "Exit status"): the guest's own
+/// debug-exit status when it gave one, otherwise one distinct status per failure class.</summary>
+public static class ExitStatus
+{
+    /// <summary>Largest guest status passed through unchanged; larger ones are reported as this value.</summary>
+    public const int GuestStatusCeiling = 119;
+    public const int BadInput = 120;
+    public const int HostUnsupported = 121;
+    public const int TripleFault = 122;
+    public const int EngineFailure = 123;
+    public const int Timeout = 124;
+    public const int Halted = 125;
+    public const int InternalError = 126;
+    public const int Interrupted = 130;
+
+    /// <summary>The status for a run's outcome.</summary>
+    public static int For(VmOutcome outcome) => outcome.Kind switch
+    {
+        VmOutcomeKind.DebugExit => (int)Math.Min(outcome.GuestStatus ?? 0, GuestStatusCeiling),
+        VmOutcomeKind.Halted => Halted,
+        VmOutcomeKind.TripleFault => TripleFault,
+        VmOutcomeKind.Timeout => Timeout,
+        VmOutcomeKind.Interrupted => Interrupted,
+        _ => EngineFailure,
+    };
+
+    /// <summary>The status for an error.</summary>
+    public static int For(NestorException e) => e.Class switch
+    {
+        FailureClass.BadInput => BadInput,
+        FailureClass.HostUnsupported => HostUnsupported,
+        _ => InternalError,
+    };
+}

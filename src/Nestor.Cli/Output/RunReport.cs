@@ -1,0 +1,195 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using Nestor.Hypervisor;
+using Nestor.Hypervisor.Engines;
+using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.State;
+
+namespace Nestor.Cli.Output;
+
+/// <summary>What <c>nestor run</c> reports after a run, as text for people or one JSON document for tools.</summary>
+internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSpan wall, int exitStatus, MemoryStream serial)
+{
+    /// <summary>Explains on <paramref name="o"/> how the run ended, unless the guest simply exited.</summary>
+    public void WriteOutcome(TextWriter o)
+    {
+        if (outcome.Kind == VmOutcomeKind.DebugExit)
+        {
+            if (outcome.GuestStatus > ExitStatus.GuestStatusCeiling)
+            {
+                o.WriteLine($"nestor: the guest exited with status {outcome.GuestStatus} (0x{outcome.GuestStatus:x}); " +
+                            $"statuses above {ExitStatus.GuestStatusCeiling} are reported as exit status {ExitStatus.GuestStatusCeiling}");
+            }
+            return;
+        }
+        o.WriteLine($"nestor: {outcome.Message}");
+        if (outcome.Kind is VmOutcomeKind.TripleFault or VmOutcomeKind.EmulationFailure or VmOutcomeKind.EntryFailure
+            or VmOutcomeKind.UnexpectedExit && outcome.FinalState is { } state)
+        {
+            o.WriteLine("final vCPU state:");
+            o.WriteLine(VcpuStateWriter.ToText(outcome.FinalState!));
+        }
+    }
+
+    /// <summary>Exit tables and engine counters.</summary>
+    public void WriteStatistics(TextWriter o)
+    {
+        var exits = vm.Exits;
+        o.WriteLine();
+        o.WriteLine($"Run: {Describe()} after {Milliseconds(wall)} ms wall time (exit status {exitStatus})");
+        o.WriteLine();
+        o.WriteLine($"VM exits handled by Nestor ({engine.Name} engine):");
+        o.WriteLine($"  {"reason",-16} {"count",10} {"handling time",15} {"per exit",12}");
+        foreach (var r in exits.ByReason)
+        {
+            o.WriteLine($"  {Name(r.Reason),-16} {r.Count,10} {Milliseconds(r.HandlingTime) + " ms",15} {Microseconds(r.HandlingTime / r.Count) + " us",12}");
+        }
+        o.WriteLine($"  {"total",-16} {exits.TotalExits,10} {Milliseconds(exits.HandlingTime) + " ms",15}");
+        o.WriteLine($"  time inside the engine running the guest (KVM_RUN): {Milliseconds(exits.GuestTime)} ms");
+        if (exits.ByPort.Count > 0)
+        {
+            o.WriteLine();
+            o.WriteLine("Port I/O by port:");
+            o.WriteLine($"  {"port",-8} {"device",-12} {"reads",10} {"writes",10}");
+            foreach (var p in exits.ByPort)
+            {
+                o.WriteLine($"  {"0x" + p.Port.ToString("x", CultureInfo.InvariantCulture),-8} {p.Device,-12} {p.Reads,10} {p.Writes,10}");
+            }
+        }
+        var unclaimed = vm.Bus.UnclaimedAccesses.Accesses;
+        if (unclaimed.Count > 0)
+        {
+            o.WriteLine();
+            o.WriteLine("Accesses to addresses no device claims:");
+            foreach (var u in unclaimed)
+            {
+                o.WriteLine($"  {(u.Space == Hypervisor.Devices.AccessSpace.Port ? "port" : "mmio"),-5} 0x{u.Address:x,-12} reads {u.Reads,8}  writes {u.Writes,8}");
+            }
+        }
+        var counters = engine.Counters.Where(c => c.Value != 0).OrderBy(c => c.Name, StringComparer.Ordinal).ToList();
+        if (engine.Counters.Count > 0)
+        {
+            o.WriteLine();
+            o.WriteLine("KVM's own counters for vCPU 0 (KVM_GET_STATS_FD; zero counters left out):");
+            foreach (var c in counters)
+            {
+                o.WriteLine($"  {c.Name,-36} {c.Value,14}{(c.Unit.Length > 0 ? " " + c.Unit : "")}");
+            }
+        }
+    }
+
+    /// <summary>The whole report as one JSON document.</summary>
+    public void WriteJson(TextWriter o, bool includeState)
+    {
+        using var buffer = new MemoryStream();
+        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
+        {
+            json.WriteStartObject();
+            json.WriteString("kernel", vm.Config.Kernel.Name);
+            json.WriteString("engine", engine.Name);
+            json.WriteNumber("memory_bytes", vm.Config.MemoryBytes);
+            json.WriteStartObject("outcome");
+            json.WriteString("kind", Kebab(outcome.Kind.ToString()));
+            json.WriteString("message", outcome.Message);
+            if (outcome.GuestStatus is { } g)
+            {
+                json.WriteNumber("guest_status", g);
+            }
+            if (outcome.InstructionBytes is { Length: > 0 } bytes)
+            {
+                json.WriteString("instruction_bytes", Convert.ToHexString(bytes).ToLowerInvariant());
+            }
+            if (outcome.Instruction is { } text)
+            {
+                json.WriteString("instruction", text);
+            }
+            json.WriteEndObject();
+            json.WriteNumber("exit_status", exitStatus);
+            json.WriteNumber("wall_ns", (long)(wall.Ticks * 100));
+            json.WriteString("serial", Encoding.UTF8.GetString(serial.ToArray()));
+            var exits = vm.Exits;
+            json.WriteStartObject("exits");
+            json.WriteNumber("total", exits.TotalExits);
+            json.WriteNumber("guest_ns", (long)(exits.GuestTime.Ticks * 100));
+            json.WriteNumber("handling_ns", (long)(exits.HandlingTime.Ticks * 100));
+            json.WriteStartObject("by_reason");
+            foreach (var r in exits.ByReason)
+            {
+                json.WriteStartObject(Name(r.Reason));
+                json.WriteNumber("count", r.Count);
+                json.WriteNumber("handling_ns", (long)(r.HandlingTime.Ticks * 100));
+                json.WriteEndObject();
+            }
+            json.WriteEndObject();
+            json.WriteStartArray("by_port");
+            foreach (var p in exits.ByPort)
+            {
+                json.WriteStartObject();
+                json.WriteString("port", "0x" + p.Port.ToString("x", CultureInfo.InvariantCulture));
+                json.WriteString("device", p.Device);
+                json.WriteNumber("reads", p.Reads);
+                json.WriteNumber("writes", p.Writes);
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+            json.WriteEndObject();
+            json.WriteStartArray("unclaimed");
+            foreach (var u in vm.Bus.UnclaimedAccesses.Accesses)
+            {
+                json.WriteStartObject();
+                json.WriteString("space", u.Space == Hypervisor.Devices.AccessSpace.Port ? "port" : "mmio");
+                json.WriteString("address", $"0x{u.Address:x}");
+                json.WriteNumber("reads", u.Reads);
+                json.WriteNumber("writes", u.Writes);
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+            json.WriteStartObject("engine_counters");
+            foreach (var c in engine.Counters)
+            {
+                json.WriteNumber(c.Name, c.Value);
+            }
+            json.WriteEndObject();
+            if (includeState && outcome.FinalState is { } state)
+            {
+                json.WritePropertyName("state");
+                VcpuStateWriter.WriteJson(json, state);
+            }
+            json.WriteEndObject();
+        }
+        o.WriteLine(Encoding.UTF8.GetString(buffer.ToArray()));
+        o.Flush();
+    }
+
+    private string Describe() => outcome.Kind switch
+    {
+        VmOutcomeKind.DebugExit => $"the guest exited with status {outcome.GuestStatus} through the debug-exit port",
+        VmOutcomeKind.Halted => "the guest halted for good",
+        VmOutcomeKind.TripleFault => "the guest triple-faulted",
+        VmOutcomeKind.Timeout => "the guest timed out",
+        VmOutcomeKind.Interrupted => "the run was interrupted",
+        _ => "the engine could not run the guest",
+    };
+
+    /// <summary>An exit reason as the tables and JSON spell it, e.g. <c>port-write</c>.</summary>
+    public static string Name(VmExitReason r) => Kebab(r.ToString());
+
+    private static string Kebab(string pascal)
+    {
+        var b = new StringBuilder();
+        foreach (char c in pascal)
+        {
+            if (char.IsUpper(c) && b.Length > 0)
+            {
+                b.Append('-');
+            }
+            b.Append(char.ToLowerInvariant(c));
+        }
+        return b.ToString();
+    }
+
+    private static string Milliseconds(TimeSpan t) => t.TotalMilliseconds.ToString("0.000", CultureInfo.InvariantCulture);
+
+    private static string Microseconds(TimeSpan t) => (t.Ticks / 10.0).ToString("0.00", CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,29 @@
+namespace Nestor.Hypervisor.Exits;
+
+/// <summary>Why the guest stopped running and control came back to the VMM (a VM exit), in the VMM's terms and
+/// independent of the engine.</summary>
+public enum VmExitReason
+{
+    /// <summary>IN/INS from an I/O port.</summary>
+    PortRead,
+    /// <summary>OUT/OUTS to an I/O port.</summary>
+    PortWrite,
+    /// <summary>A load from a guest-physical address that is not RAM.</summary>
+    MmioRead,
+    /// <summary>A store to a guest-physical address that is not RAM.</summary>
+    MmioWrite,
+    /// <summary>HLT.</summary>
+    Halt,
+    /// <summary>The vCPU shut down (triple fault).</summary>
+    Shutdown,
+    /// <summary>The engine could not execute or emulate an instruction, or deliver an event.</summary>
+    InternalError,
+    /// <summary>The hardware refused to enter the guest (invalid guest state).</summary>
+    EntryFailure,
+    /// <summary>The VMM interrupted the guest (timeout, Ctrl-C, a signal).</summary>
+    Interrupted,
+    /// <summary>A system event (reset, shutdown request, crash) from the engine.</summary>
+    SystemEvent,
+    /// <summary>Anything else.</summary>
+    Other,
+}

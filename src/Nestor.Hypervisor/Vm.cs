@@ -1,0 +1,82 @@
+using Nestor.Hypervisor.Boot;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Devices;
+using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Memory;
+using Nestor.Hypervisor.State;
+
+namespace Nestor.Hypervisor;
+
+/// <summary>A virtual machine: guest RAM with the kernel loaded and the boot structures written, the device bus with
+/// the platform's devices, the initial vCPU state, and the exit statistics of its run. Engine-independent.</summary>
+public sealed class Vm : IDisposable
+{
+    private Vm(VmConfig config, GuestMemory memory)
+    {
+        Config = config;
+        Memory = memory;
+        Bus = new DeviceBus(config.Diagnostics);
+        Serial = new Uart16550(config.SerialOutput);
+        Bus.Claim(Serial, Uart16550.Com1, Uart16550.PortCount);
+        Bus.Claim(new DebugExitPort(status => GuestStatus ??= status), DebugExitPort.Port, DebugExitPort.PortCount);
+        Kernel = KernelLoader.Load(config.Kernel, memory);
+        var bootInformation = BootInformation.Write(memory, config.CommandLine, Kernel);
+        InitialState = LongModeSetup.Prepare(memory, Kernel.Entry, bootInformation, noExecuteSupported: true);
+    }
+
+    public VmConfig Config { get; }
+
+    public GuestMemory Memory { get; }
+
+    /// <summary>The port and MMIO bus.</summary>
+    public DeviceBus Bus { get; }
+
+    /// <summary>COM1.</summary>
+    public Uart16550 Serial { get; }
+
+    /// <summary>The kernel as loaded.</summary>
+    public LoadedKernel Kernel { get; }
+
+    /// <summary>The vCPU state at the kernel's first instruction.</summary>
+    public VcpuState InitialState { get; }
+
+    /// <summary>VM exits handled so far.</summary>
+    public ExitStatistics Exits { get; } = new();
+
+    /// <summary>The status the guest wrote to the debug-exit port, once it has.</summary>
+    public uint? GuestStatus { get; private set; }
+
+    /// <summary>Builds a VM from <paramref name="config"/>: validates it, allocates RAM and loads the kernel.</summary>
+    /// <exception cref="Errors.BadInputException">The configuration or the kernel is unusable.</exception>
+    public static Vm Create(VmConfig config)
+    {
+        config.Validate();
+        var memory = new GuestMemory(config.MemoryBytes);
+        try
+        {
+            return new Vm(config, memory);
+        }
+        catch
+        {
+            memory.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Runs the VM on <paramref name="engine"/> until it ends, enforcing <see cref="VmConfig.Timeout"/>.
+    /// <paramref name="control"/> lets another thread stop it (Ctrl-C).</summary>
+    public VmOutcome Run(Engines.IEngine engine, Engines.RunControl? control = null)
+    {
+        control ??= new Engines.RunControl();
+        using var timer = Config.Timeout is { } limit
+            ? new Timer(_ => control.Stop(VmOutcomeKind.Timeout), null, limit, Timeout.InfiniteTimeSpan)
+            : null;
+        return engine.Run(this, control);
+    }
+
+    public void Dispose()
+    {
+        Serial.Flush();
+        Memory.Dispose();
+    }
+}
