@@ -37,23 +37,26 @@ internal static class RunCommand
         var serialLog = new Option<string?>("--serial-log") { Description = "Write the guest's COM1 output to FILE instead of the terminal" };
         var force = new Option<bool>("--force") { Description = "Run even if the host capability probe says this engine cannot run the guest" };
         var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
+        var kvmDevice = new Option<string>("--kvm-device") { Description = "KVM device", DefaultValueFactory = _ => KvmSystem.DefaultDevicePath };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
-            kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose,
+            kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice,
         };
         command.SetAction(parse =>
         {
             var options = new RunOptions(
                 parse.GetValue(kernel), parse.GetValue(engine)!, parse.GetValue(memory)!, parse.GetValue(commandLine)!,
                 parse.GetValue(flat), parse.GetValue(loadAddress), parse.GetValue(timeout), parse.GetValue(dumpState),
-                parse.GetValue(stats), parse.GetValue(json), parse.GetValue(serialLog), parse.GetValue(force));
+                parse.GetValue(stats), parse.GetValue(json), parse.GetValue(serialLog), parse.GetValue(force),
+                parse.GetValue(kvmDevice)!);
             return Execute(options, parse.GetValue(verbose));
         });
         return command;
     }
 
     internal sealed record RunOptions(string? Kernel, string Engine, string Memory, string CommandLine, bool Flat,
-        string? LoadAddress, double? Timeout, string? DumpState, bool Stats, bool Json, string? SerialLog, bool Force);
+        string? LoadAddress, double? Timeout, string? DumpState, bool Stats, bool Json, string? SerialLog, bool Force,
+        string KvmDevice);
 
     private static int Execute(RunOptions o, bool verbose)
     {
@@ -93,6 +96,7 @@ internal static class RunCommand
                 Force = o.Force,
                 SerialOutput = serial,
                 Diagnostics = Console.Error,
+                KvmDevicePath = o.KvmDevice,
             };
             using var vm = Vm.Create(config);
             if (!o.Force)
