@@ -181,6 +181,10 @@ internal static class RunCommand
             }
             return BuiltInGuests.Get(o.Kernel?["builtin:".Length..] ?? "hello");
         }
+        if (o.Kernel.StartsWith('-') && !File.Exists(o.Kernel))
+        {
+            throw new BadInputException($"'{o.Kernel}' is not an option of 'nestor run'", "Run 'nestor run --help' for the options");
+        }
         var source = KernelImageSource.FromFile(o.Kernel, o.Flat ? KernelFormat.Flat : KernelFormat.Elf, load);
         if (!o.Flat && !Nestor.Hypervisor.Boot.ElfImage.HasElfMagic(source.Contents))
         {

@@ -19,7 +19,7 @@ public sealed record ProbeResult(string Name, GuestFeature? Feature, string Desc
 /// everything and still fail to deliver a guest exception).</summary>
 public sealed class HostCapabilities
 {
-    private static readonly (string Name, GuestFeature? Feature, string Description, Func<byte[]> Guest)[] AllProbes =
+    internal static readonly (string Name, GuestFeature? Feature, string Description, Func<byte[]> Guest)[] AllProbes =
     [
         ("ring0-io", null, "straight-line ring-0 code with port I/O", ProbeGuests.RingZeroIo),
         ("exception-delivery", GuestFeature.ExceptionDelivery, "an invalid opcode (#UD) delivered through the guest's IDT", ProbeGuests.ExceptionDelivery),

@@ -1,0 +1,58 @@
+using static Nestor.Integration.Tests.NestorProcess;
+
+namespace Nestor.Integration.Tests;
+
+/// <summary>Bad input is refused before any VM exists, with a message that says what to do and exit status 120;
+/// a host without KVM gives 121.</summary>
+public class InputErrorTests
+{
+    [Fact]
+    public void A_file_that_is_not_elf_suggests_flat()
+    {
+        string file = WriteTemp("hello world"u8.ToArray(), ".txt");
+        var r = Run("run", file);
+        Assert.True(r.ExitCode == 120, r.ToString());
+        Assert.Contains("is not an ELF file", r.Stderr);
+        Assert.Contains("--flat", r.Stderr);
+        Assert.DoesNotContain("   at ", r.Stderr); // no stack trace
+    }
+
+    [Fact]
+    public void A_missing_kernel_is_reported()
+    {
+        var r = Run("run", "/no/such/kernel.elf");
+        Assert.True(r.ExitCode == 120, r.ToString());
+        Assert.Contains("does not exist", r.Stderr);
+    }
+
+    [Theory]
+    [InlineData("--memory", "lots", "is not a size")]
+    [InlineData("--memory", "1K", "out of range")]
+    [InlineData("--engine", "vmware", "no engine")]
+    [InlineData("--timeout", "0", "not a positive number")]
+    [InlineData("--load-addr", "0x10", "boot structures")]
+    public void Bad_options_are_refused(string option, string value, string message)
+    {
+        string file = WriteTemp([0xF4], ".bin");
+        var r = Run("run", "--flat", file, option, value);
+        Assert.True(r.ExitCode == 120, r.ToString());
+        Assert.Contains(message, r.Stderr);
+    }
+
+    [Fact]
+    public void An_unknown_option_is_bad_input()
+    {
+        var r = Run("run", "--no-such-option");
+        Assert.True(r.ExitCode == 120, r.ToString());
+        Assert.Contains("--help", r.Stderr);
+    }
+
+    [Fact]
+    public void No_kvm_device_says_what_to_do()
+    {
+        var r = Run("run", "--kvm-device", "/dev/no-kvm-here");
+        Assert.True(r.ExitCode == 121, r.ToString());
+        Assert.Contains("KVM is not available", r.Stderr);
+        Assert.Contains("kvm_intel or kvm_amd", r.Stderr);
+    }
+}
