@@ -95,51 +95,51 @@ public sealed class KvmEngine : IEngine
             switch (reason)
             {
                 case KvmExitReason.Io:
-                {
-                    var io = vcpu.IoExit;
-                    var device = bus.PortDevice(io.Port);
-                    for (int i = 0; i < io.Count; i++)
                     {
-                        var item = io.Data.Slice(i * io.Size, io.Size);
-                        if (io.IsOut)
+                        var io = vcpu.IoExit;
+                        var device = bus.PortDevice(io.Port);
+                        for (int i = 0; i < io.Count; i++)
                         {
-                            bus.WritePort(io.Port, io.Size, ReadLittleEndian(item));
+                            var item = io.Data.Slice(i * io.Size, io.Size);
+                            if (io.IsOut)
+                            {
+                                bus.WritePort(io.Port, io.Size, ReadLittleEndian(item));
+                            }
+                            else
+                            {
+                                WriteLittleEndian(item, bus.ReadPort(io.Port, io.Size));
+                            }
+                        }
+                        exits.RecordPort(io.Port, io.IsOut, io.Count, device?.Name);
+                        exits.Record(io.IsOut ? VmExitReason.PortWrite : VmExitReason.PortRead, Stopwatch.GetTimestamp() - exited);
+                        if (vm.GuestStatus is { } status)
+                        {
+                            return new VmOutcome(VmOutcomeKind.DebugExit, $"the guest wrote {status} (0x{status:x}) to the debug-exit port",
+                                Capture(vcpu), status);
+                        }
+                        break;
+                    }
+                case KvmExitReason.Mmio:
+                    {
+                        var mmio = vcpu.MmioExit;
+                        if (mmio.IsWrite)
+                        {
+                            Span<byte> value = stackalloc byte[8];
+                            value.Clear();
+                            mmio.Data.CopyTo(value);
+                            bus.WriteMemory(mmio.Address, mmio.Data.Length, BitConverter.ToUInt64(value));
                         }
                         else
                         {
-                            WriteLittleEndian(item, bus.ReadPort(io.Port, io.Size));
+                            ulong value = bus.ReadMemory(mmio.Address, mmio.Data.Length);
+                            for (int i = 0; i < mmio.Data.Length; i++)
+                            {
+                                mmio.Data[i] = (byte)(value >> (8 * i));
+                            }
                         }
+                        exits.Record(mmio.IsWrite ? VmExitReason.MmioWrite : VmExitReason.MmioRead, Stopwatch.GetTimestamp() - exited);
+                        break;
                     }
-                    exits.RecordPort(io.Port, io.IsOut, io.Count, device?.Name);
-                    exits.Record(io.IsOut ? VmExitReason.PortWrite : VmExitReason.PortRead, Stopwatch.GetTimestamp() - exited);
-                    if (vm.GuestStatus is { } status)
-                    {
-                        return new VmOutcome(VmOutcomeKind.DebugExit, $"the guest wrote {status} (0x{status:x}) to the debug-exit port",
-                            Capture(vcpu), status);
-                    }
-                    break;
-                }
-                case KvmExitReason.Mmio:
-                {
-                    var mmio = vcpu.MmioExit;
-                    if (mmio.IsWrite)
-                    {
-                        Span<byte> value = stackalloc byte[8];
-                        value.Clear();
-                        mmio.Data.CopyTo(value);
-                        bus.WriteMemory(mmio.Address, mmio.Data.Length, BitConverter.ToUInt64(value));
-                    }
-                    else
-                    {
-                        ulong value = bus.ReadMemory(mmio.Address, mmio.Data.Length);
-                        for (int i = 0; i < mmio.Data.Length; i++)
-                        {
-                            mmio.Data[i] = (byte)(value >> (8 * i));
-                        }
-                    }
-                    exits.Record(mmio.IsWrite ? VmExitReason.MmioWrite : VmExitReason.MmioRead, Stopwatch.GetTimestamp() - exited);
-                    break;
-                }
                 case KvmExitReason.Interrupted:
                     exits.Record(VmExitReason.Interrupted, Stopwatch.GetTimestamp() - exited);
                     if (control.StopReason is { } stop)
@@ -148,47 +148,47 @@ public sealed class KvmEngine : IEngine
                     }
                     break;
                 case KvmExitReason.Halt:
-                {
-                    exits.Record(VmExitReason.Halt, Stopwatch.GetTimestamp() - exited);
-                    var state = Capture(vcpu);
-                    string why = state.InterruptsEnabled
-                        ? "waiting for an interrupt, but this VM has no device that raises interrupts yet"
-                        : "with interrupts disabled, so nothing can ever wake it";
-                    return new VmOutcome(VmOutcomeKind.Halted,
-                        $"the guest executed HLT at rip=0x{state.Rip - 1:x} {why}; the VM stopped. " +
-                        "End the guest by writing a status to the debug-exit port (out 0xf4) instead",
-                        state);
-                }
+                    {
+                        exits.Record(VmExitReason.Halt, Stopwatch.GetTimestamp() - exited);
+                        var state = Capture(vcpu);
+                        string why = state.InterruptsEnabled
+                            ? "waiting for an interrupt, but this VM has no device that raises interrupts yet"
+                            : "with interrupts disabled, so nothing can ever wake it";
+                        return new VmOutcome(VmOutcomeKind.Halted,
+                            $"the guest executed HLT at rip=0x{state.Rip - 1:x} {why}; the VM stopped. " +
+                            "End the guest by writing a status to the debug-exit port (out 0xf4) instead",
+                            state);
+                    }
                 case KvmExitReason.Shutdown:
-                {
-                    exits.Record(VmExitReason.Shutdown, Stopwatch.GetTimestamp() - exited);
-                    var state = Capture(vcpu);
-                    return new VmOutcome(VmOutcomeKind.TripleFault,
-                        $"the guest triple-faulted (the vCPU shut down) at rip=0x{state.Rip:x}: an exception could not be " +
-                        (state.Idtr.Limit == 0
-                            ? "delivered because the guest has no IDT (IDTR limit is 0)"
-                            : "delivered, and neither could the double fault that followed") +
-                        ". Check the guest's IDT, GDT, stack and page tables at the state below",
-                        state);
-                }
+                    {
+                        exits.Record(VmExitReason.Shutdown, Stopwatch.GetTimestamp() - exited);
+                        var state = Capture(vcpu);
+                        return new VmOutcome(VmOutcomeKind.TripleFault,
+                            $"the guest triple-faulted (the vCPU shut down) at rip=0x{state.Rip:x}: an exception could not be " +
+                            (state.Idtr.Limit == 0
+                                ? "delivered because the guest has no IDT (IDTR limit is 0)"
+                                : "delivered, and neither could the double fault that followed") +
+                            ". Check the guest's IDT, GDT, stack and page tables at the state below",
+                            state);
+                    }
                 case KvmExitReason.InternalError:
                     exits.Record(VmExitReason.InternalError, Stopwatch.GetTimestamp() - exited);
                     return InternalError(vm, vcpu);
                 case KvmExitReason.FailEntry:
-                {
-                    exits.Record(VmExitReason.EntryFailure, Stopwatch.GetTimestamp() - exited);
-                    var state = Capture(vcpu);
-                    return new VmOutcome(VmOutcomeKind.EntryFailure,
-                        $"the CPU refused to enter the guest (hardware entry failure reason 0x{vcpu.FailEntryReason:x}); " +
-                        "the guest state in the VMCS is invalid", state);
-                }
+                    {
+                        exits.Record(VmExitReason.EntryFailure, Stopwatch.GetTimestamp() - exited);
+                        var state = Capture(vcpu);
+                        return new VmOutcome(VmOutcomeKind.EntryFailure,
+                            $"the CPU refused to enter the guest (hardware entry failure reason 0x{vcpu.FailEntryReason:x}); " +
+                            "the guest state in the VMCS is invalid", state);
+                    }
                 case KvmExitReason.SystemEvent:
-                {
-                    exits.Record(VmExitReason.SystemEvent, Stopwatch.GetTimestamp() - exited);
-                    uint type = vcpu.SystemEventType;
-                    var kind = type == 1 ? VmOutcomeKind.TripleFault : VmOutcomeKind.UnexpectedExit;
-                    return new VmOutcome(kind, $"KVM reported system event {type} (1 shutdown, 2 reset, 3 crash)", Capture(vcpu));
-                }
+                    {
+                        exits.Record(VmExitReason.SystemEvent, Stopwatch.GetTimestamp() - exited);
+                        uint type = vcpu.SystemEventType;
+                        var kind = type == 1 ? VmOutcomeKind.TripleFault : VmOutcomeKind.UnexpectedExit;
+                        return new VmOutcome(kind, $"KVM reported system event {type} (1 shutdown, 2 reset, 3 crash)", Capture(vcpu));
+                    }
                 default:
                     exits.Record(VmExitReason.Other, Stopwatch.GetTimestamp() - exited);
                     return new VmOutcome(VmOutcomeKind.UnexpectedExit,
@@ -287,9 +287,24 @@ public sealed class KvmEngine : IEngine
         vcpu.SetSpecialRegisters(sregs);
         vcpu.SetRegisters(new KvmRegisters
         {
-            Rax = s.Rax, Rbx = s.Rbx, Rcx = s.Rcx, Rdx = s.Rdx, Rsi = s.Rsi, Rdi = s.Rdi, Rsp = s.Rsp, Rbp = s.Rbp,
-            R8 = s.R8, R9 = s.R9, R10 = s.R10, R11 = s.R11, R12 = s.R12, R13 = s.R13, R14 = s.R14, R15 = s.R15,
-            Rip = s.Rip, Rflags = s.Rflags,
+            Rax = s.Rax,
+            Rbx = s.Rbx,
+            Rcx = s.Rcx,
+            Rdx = s.Rdx,
+            Rsi = s.Rsi,
+            Rdi = s.Rdi,
+            Rsp = s.Rsp,
+            Rbp = s.Rbp,
+            R8 = s.R8,
+            R9 = s.R9,
+            R10 = s.R10,
+            R11 = s.R11,
+            R12 = s.R12,
+            R13 = s.R13,
+            R14 = s.R14,
+            R15 = s.R15,
+            Rip = s.Rip,
+            Rflags = s.Rflags,
         });
         // x87 and SSE control words as after FNINIT / power-on (SDM Vol. 1 §8.1.5, §10.2.3.1).
         var fpu = new KvmFpu { ControlWord = 0x37F, Mxcsr = 0x1F80 };
@@ -303,12 +318,38 @@ public sealed class KvmEngine : IEngine
         var s = vcpu.GetSpecialRegisters();
         var state = new VcpuState
         {
-            Rax = r.Rax, Rbx = r.Rbx, Rcx = r.Rcx, Rdx = r.Rdx, Rsi = r.Rsi, Rdi = r.Rdi, Rsp = r.Rsp, Rbp = r.Rbp,
-            R8 = r.R8, R9 = r.R9, R10 = r.R10, R11 = r.R11, R12 = r.R12, R13 = r.R13, R14 = r.R14, R15 = r.R15,
-            Rip = r.Rip, Rflags = r.Rflags,
-            Cr0 = s.Cr0, Cr2 = s.Cr2, Cr3 = s.Cr3, Cr4 = s.Cr4, Cr8 = s.Cr8, Efer = s.Efer,
-            Cs = FromKvm(s.Cs), Ds = FromKvm(s.Ds), Es = FromKvm(s.Es), Fs = FromKvm(s.Fs), Gs = FromKvm(s.Gs),
-            Ss = FromKvm(s.Ss), Tr = FromKvm(s.Tr), Ldt = FromKvm(s.Ldt),
+            Rax = r.Rax,
+            Rbx = r.Rbx,
+            Rcx = r.Rcx,
+            Rdx = r.Rdx,
+            Rsi = r.Rsi,
+            Rdi = r.Rdi,
+            Rsp = r.Rsp,
+            Rbp = r.Rbp,
+            R8 = r.R8,
+            R9 = r.R9,
+            R10 = r.R10,
+            R11 = r.R11,
+            R12 = r.R12,
+            R13 = r.R13,
+            R14 = r.R14,
+            R15 = r.R15,
+            Rip = r.Rip,
+            Rflags = r.Rflags,
+            Cr0 = s.Cr0,
+            Cr2 = s.Cr2,
+            Cr3 = s.Cr3,
+            Cr4 = s.Cr4,
+            Cr8 = s.Cr8,
+            Efer = s.Efer,
+            Cs = FromKvm(s.Cs),
+            Ds = FromKvm(s.Ds),
+            Es = FromKvm(s.Es),
+            Fs = FromKvm(s.Fs),
+            Gs = FromKvm(s.Gs),
+            Ss = FromKvm(s.Ss),
+            Tr = FromKvm(s.Tr),
+            Ldt = FromKvm(s.Ldt),
             Gdtr = new DescriptorTableState(s.Gdt.Base, s.Gdt.Limit),
             Idtr = new DescriptorTableState(s.Idt.Base, s.Idt.Limit),
         };
@@ -338,9 +379,16 @@ public sealed class KvmEngine : IEngine
 
     private static KvmSegment ToKvm(SegmentState s) => new()
     {
-        Selector = s.Selector, Base = s.Base, Limit = s.Limit, Type = s.Type, System = (byte)(s.CodeOrData ? 1 : 0),
-        Dpl = s.PrivilegeLevel, Present = (byte)(s.Present ? 1 : 0), Long = (byte)(s.LongMode ? 1 : 0),
-        DefaultSize = (byte)(s.DefaultBig ? 1 : 0), Granularity = (byte)(s.Granularity ? 1 : 0),
+        Selector = s.Selector,
+        Base = s.Base,
+        Limit = s.Limit,
+        Type = s.Type,
+        System = (byte)(s.CodeOrData ? 1 : 0),
+        Dpl = s.PrivilegeLevel,
+        Present = (byte)(s.Present ? 1 : 0),
+        Long = (byte)(s.LongMode ? 1 : 0),
+        DefaultSize = (byte)(s.DefaultBig ? 1 : 0),
+        Granularity = (byte)(s.Granularity ? 1 : 0),
         Unusable = (byte)(s.Unusable ? 1 : 0),
     };
 
