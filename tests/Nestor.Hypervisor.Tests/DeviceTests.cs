@@ -22,6 +22,17 @@ public class DeviceTests
     }
 
     [Fact]
+    public void Uart_does_not_hold_a_partial_line_for_long()
+    {
+        var output = new MemoryStream();
+        var uart = new Uart16550(output);
+        uart.Write(Com1, 1, '>');
+        Thread.Sleep(Uart16550.PartialLineDelayMilliseconds + 20);
+        uart.Write(Com1, 1, ' ');
+        Assert.Equal("> ", System.Text.Encoding.ASCII.GetString(output.ToArray()));
+    }
+
+    [Fact]
     public void Uart_divisor_latch_is_behind_lcr_dlab()
     {
         var uart = new Uart16550(Stream.Null);

@@ -10,6 +10,9 @@ public sealed class Uart16550 : IPortDevice
     public const ushort Com1 = 0x3F8;
     public const int PortCount = 8;
 
+    /// <summary>Longest time a partial line waits in the buffer while the guest keeps transmitting.</summary>
+    public const int PartialLineDelayMilliseconds = 10;
+
     private const byte LcrDivisorLatch = 0x80;
     private const byte McrLoopback = 0x10;
     private const byte LsrDataReady = 0x01;
@@ -22,6 +25,7 @@ public sealed class Uart16550 : IPortDevice
     private readonly byte[] pending = new byte[4096];
     private readonly Queue<byte> received = new();
     private int pendingCount;
+    private long firstPendingTimestamp;
     private byte interruptEnable, lineControl, modemControl, scratch, fifoControl;
     private ushort divisor = 12; // 9600 baud after reset, as the BIOS leaves it
     private bool transmitterInterruptPending;
@@ -142,9 +146,15 @@ public sealed class Uart16550 : IPortDevice
             return;
         }
         BytesTransmitted++;
+        if (pendingCount == 0)
+        {
+            firstPendingTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
+        }
         pending[pendingCount++] = b;
-        // Line-buffered: a person watching the console sees each line as soon as it is complete.
-        if (b == (byte)'\n' || pendingCount == pending.Length)
+        // Line-buffered, so a byte costs no system call of its own; but a partial line (a prompt, a progress dot)
+        // must not wait for its newline for long either.
+        if (b == (byte)'\n' || pendingCount == pending.Length ||
+            System.Diagnostics.Stopwatch.GetElapsedTime(firstPendingTimestamp).TotalMilliseconds >= PartialLineDelayMilliseconds)
         {
             Flush();
         }

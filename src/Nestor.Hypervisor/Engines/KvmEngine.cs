@@ -82,6 +82,9 @@ public sealed class KvmEngine : IEngine
         }
     }
 
+    // Entered once per run and then loops for all of it: compile it fully optimized at once rather than leaving it
+    // in tier-0 or ReadyToRun code that tiering never gets to replace (measured in bench/RESULTS.md).
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static VmOutcome RunLoop(Vm vm, KvmVcpu vcpu, RunControl control)
     {
         var exits = vm.Exits;
