@@ -53,7 +53,9 @@ internal sealed record MachineFacts(string Cpu, int Cores, string Kernel, string
         {
             using var p = Process.Start(new ProcessStartInfo(file, arguments)
             {
-                RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                UseShellExecute = false,
             });
             if (p is null)
             {

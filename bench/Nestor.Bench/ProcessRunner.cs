@@ -60,7 +60,8 @@ internal static class ProcessRunner
                 }
                 stdout.Write(buffer, 0, n);
             }
-        }) { IsBackground = true, Name = "vmm-stdout" };
+        })
+        { IsBackground = true, Name = "vmm-stdout" };
         reader.Start();
         var stderr = process.StandardError.ReadToEndAsync();
 
