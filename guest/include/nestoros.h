@@ -1,0 +1,42 @@
+/* NestorOS: definitions shared by the kernel and user programs. */
+#ifndef NESTOROS_H
+#define NESTOROS_H
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+typedef long i64;
+typedef unsigned long usize;
+
+/* User address space (PML4 entries 1..255; entry 0 is the kernel's identity map, supervisor-only). */
+#define USER_BASE        0x0000008000000000UL   /* program image (linked here) */
+#define USER_MMAP_BASE   0x0000009000000000UL   /* anonymous mmap area */
+#define USER_STACK_TOP   0x00000a0000000000UL   /* stack grows down from here */
+#define USER_STACK_PAGES 256                     /* 1 MiB of demand-zero stack */
+#define USER_TOP         0x0000800000000000UL
+
+/* System calls: number in rax, arguments in rdi, rsi, rdx, r10, r8; result in rax (negative = -errno). */
+#define SYS_WRITE   1
+#define SYS_EXIT    2
+#define SYS_FORK    3
+#define SYS_WAITPID 4
+#define SYS_GETPID  5
+#define SYS_BRK     6
+#define SYS_MMAP    7
+#define SYS_MUNMAP  8
+#define SYS_YIELD   9
+#define SYS_UPTIME  10
+#define SYS_EXEC    11
+#define SYS_KINFO   12   /* what the kernel observes about itself: CPL of its own code */
+
+#define E_INVAL  22
+#define E_NOMEM  12
+#define E_CHILD  10
+#define E_NOENT  2
+#define E_FAULT  14
+
+/* A process killed by a fault exits with this status plus the exception vector. */
+#define KILLED_BY_FAULT 128
+
+#endif

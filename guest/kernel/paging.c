@@ -1,0 +1,161 @@
+/* The kernel's page tables and per-process address spaces (Intel SDM Vol. 3A §4.5, 4-level paging).
+ * PML4 entry 0 (the first 512 GiB) is the kernel's identity map of the first 4 GiB, supervisor-only, shared by
+ * every address space; user space lives in PML4 entries 1..255. Page 0 is left unmapped so null pointers fault. */
+#include "kernel.h"
+
+u64 kernel_pml4;
+int running_on_nestor;
+
+/* The single place where the kernel writes a page-table entry: a paravirtual mode can replace this with a
+ * (batched) hypercall without touching any caller. */
+void pt_set_entry(u64 *entry, u64 value)
+{
+    *entry = value;
+}
+
+static u64 alloc_table(void)
+{
+    u64 f = frame_alloc();
+    if (!f) panic("out of memory for page tables");
+    return f;
+}
+
+void paging_init(void)
+{
+    kernel_pml4 = alloc_table();
+    u64 pdpt = alloc_table();
+    pt_set_entry((u64 *)kernel_pml4, pdpt | PTE_P | PTE_W);
+    for (u64 g = 0; g < 4; g++) {
+        u64 pd = alloc_table();
+        pt_set_entry((u64 *)pdpt + g, pd | PTE_P | PTE_W);
+        for (u64 e = 0; e < 512; e++) {
+            u64 pa = (g << 30) | (e << 21);
+            if (pa == 0) {
+                /* First 2 MiB in 4 KiB pages, page 0 not present. */
+                u64 pt = alloc_table();
+                for (u64 i = 1; i < 512; i++) pt_set_entry((u64 *)pt + i, (i << 12) | PTE_P | PTE_W);
+                pt_set_entry((u64 *)pd + e, pt | PTE_P | PTE_W);
+            } else {
+                pt_set_entry((u64 *)pd + e, pa | PTE_P | PTE_W | PTE_PS);
+            }
+        }
+    }
+    write_cr3(kernel_pml4);
+}
+
+u64 address_space_create(void)
+{
+    u64 pml4 = alloc_table();
+    pt_set_entry((u64 *)pml4, *(u64 *)kernel_pml4);
+    return pml4;
+}
+
+/* The entry for va at the last level, creating intermediate tables (user-accessible) when asked. */
+u64 *pte_lookup(u64 pml4, u64 va, int create)
+{
+    u64 *table = (u64 *)pml4;
+    for (int level = 3; level > 0; level--) {
+        u64 *e = &table[(va >> (12 + 9 * level)) & 511];
+        if (!(*e & PTE_P)) {
+            if (!create) return 0;
+            u64 t = frame_alloc();
+            if (!t) return 0;
+            pt_set_entry(e, t | PTE_P | PTE_W | PTE_U);
+        }
+        table = (u64 *)(*e & PTE_ADDR);
+    }
+    return &table[(va >> 12) & 511];
+}
+
+int map_page(u64 pml4, u64 va, u64 frame, u64 flags)
+{
+    u64 *e = pte_lookup(pml4, va, 1);
+    if (!e) return -E_NOMEM;
+    pt_set_entry(e, frame | flags | PTE_P);
+    return 0;
+}
+
+void unmap_page(u64 pml4, u64 va)
+{
+    u64 *e = pte_lookup(pml4, va, 0);
+    if (!e || !(*e & PTE_P)) return;
+    u64 old = *e;
+    pt_set_entry(e, 0);
+    if (read_cr3() == pml4) invlpg(va);
+    if (!(old & PTE_IMAGE)) frame_unref(old & PTE_ADDR);
+}
+
+/* Visits every present user leaf entry. */
+typedef void (*leaf_visitor)(u64 *entry, u64 va, void *context);
+
+static void walk_user(u64 pml4, leaf_visitor visit, void *context)
+{
+    u64 *l4 = (u64 *)pml4;
+    for (u64 i4 = 1; i4 < 256; i4++) {
+        if (!(l4[i4] & PTE_P)) continue;
+        u64 *l3 = (u64 *)(l4[i4] & PTE_ADDR);
+        for (u64 i3 = 0; i3 < 512; i3++) {
+            if (!(l3[i3] & PTE_P)) continue;
+            u64 *l2 = (u64 *)(l3[i3] & PTE_ADDR);
+            for (u64 i2 = 0; i2 < 512; i2++) {
+                if (!(l2[i2] & PTE_P)) continue;
+                u64 *l1 = (u64 *)(l2[i2] & PTE_ADDR);
+                for (u64 i1 = 0; i1 < 512; i1++) {
+                    if (l1[i1] & PTE_P) visit(&l1[i1], (i4 << 39) | (i3 << 30) | (i2 << 21) | (i1 << 12), context);
+                }
+            }
+        }
+    }
+}
+
+static void release_leaf(u64 *entry, u64 va, void *context)
+{
+    (void)va; (void)context;
+    if (!(*entry & PTE_IMAGE)) frame_unref(*entry & PTE_ADDR);
+    *entry = 0;
+}
+
+void address_space_destroy(u64 pml4)
+{
+    walk_user(pml4, release_leaf, 0);
+    u64 *l4 = (u64 *)pml4;
+    for (u64 i4 = 1; i4 < 256; i4++) {
+        if (!(l4[i4] & PTE_P)) continue;
+        u64 *l3 = (u64 *)(l4[i4] & PTE_ADDR);
+        for (u64 i3 = 0; i3 < 512; i3++) {
+            if (!(l3[i3] & PTE_P)) continue;
+            u64 *l2 = (u64 *)(l3[i3] & PTE_ADDR);
+            for (u64 i2 = 0; i2 < 512; i2++) {
+                if (l2[i2] & PTE_P) frame_unref(l2[i2] & PTE_ADDR);
+            }
+            frame_unref((u64)l2);
+        }
+        frame_unref((u64)l3);
+    }
+    frame_unref(pml4);
+}
+
+struct fork_context { u64 child; int failed; };
+
+static void share_leaf(u64 *entry, u64 va, void *context)
+{
+    struct fork_context *c = context;
+    u64 e = *entry;
+    if (e & PTE_W) {
+        /* Copy-on-write: both sides lose write permission until one of them writes. */
+        e = (e & ~PTE_W) | PTE_COW;
+        pt_set_entry(entry, e);
+    }
+    if (!(e & PTE_IMAGE)) frame_ref(e & PTE_ADDR);
+    u64 *child = pte_lookup(c->child, va, 1);
+    if (!child) { c->failed = 1; if (!(e & PTE_IMAGE)) frame_unref(e & PTE_ADDR); return; }
+    pt_set_entry(child, e);
+}
+
+int address_space_fork(u64 parent, u64 child)
+{
+    struct fork_context c = { child, 0 };
+    walk_user(parent, share_leaf, &c);
+    write_cr3(read_cr3()); /* the parent's entries lost W: flush its TLB */
+    return c.failed ? -E_NOMEM : 0;
+}

@@ -1,0 +1,172 @@
+/* The bundled programs. Each prints one "RESULT <name> key=value ..." line; timings are *_cycles (TSC). */
+#include "lib.h"
+
+int main_hello(int argc, char **argv)
+{
+    (void)argc; (void)argv;
+    i64 pid = sys_getpid();
+    print("Hello from NestorOS user space (pid %ld)\n", pid);
+    print("RESULT hello pid=%ld\n", pid);
+    return 0;
+}
+
+/* Adams & Agesen's forkwait: fork a child that exits at once, wait for it, N times. */
+int main_forkwait(int argc, char **argv)
+{
+    u64 n = parse_u64(argc > 1 ? argv[1] : 0, 40000), failures = 0;
+    u64 t0 = sys_uptime();
+    for (u64 i = 0; i < n; i++) {
+        i64 pid = sys_fork();
+        if (pid == 0) sys_exit(0);
+        int status = -1;
+        if (pid < 0 || sys_waitpid((int)pid, &status) != pid || status != 0) failures++;
+    }
+    u64 t = sys_uptime() - t0;
+    print("RESULT forkwait count=%lu failures=%lu total_cycles=%lu per_op_cycles=%lu\n", n, failures, t, n ? t / n : 0);
+    return failures ? 1 : 0;
+}
+
+int main_syscall(int argc, char **argv)
+{
+    u64 n = parse_u64(argc > 1 ? argv[1] : 0, 1000000);
+    i64 pid = 0;
+    u64 t0 = sys_uptime();
+    for (u64 i = 0; i < n; i++) pid = sys_getpid();
+    u64 t = sys_uptime() - t0;
+    print("RESULT syscall count=%lu pid=%ld total_cycles=%lu per_op_cycles=%lu\n", n, pid, t, n ? t / n : 0);
+    return 0;
+}
+
+/* Touch N fresh pages: each first write is a demand-zero page fault. */
+int main_pagefault(int argc, char **argv)
+{
+    u64 n = parse_u64(argc > 1 ? argv[1] : 0, 100000);
+    u8 *p = sys_mmap(n * 4096);
+    if ((i64)p < 0) { print("pagefault: mmap failed\n"); return 1; }
+    u64 t0 = sys_uptime();
+    for (u64 i = 0; i < n; i++) p[i * 4096] = 1;
+    u64 t = sys_uptime() - t0;
+    u64 sum = 0;
+    for (u64 i = 0; i < n; i++) sum += p[i * 4096];
+    sys_munmap(p, n * 4096);
+    print("RESULT pagefault count=%lu sum=%lu total_cycles=%lu per_op_cycles=%lu\n", n, sum, t, n ? t / n : 0);
+    return sum == n ? 0 : 1;
+}
+
+static u64 gcd(u64 a, u64 b) { while (b) { u64 t = a % b; a = b; b = t; } return a; }
+
+/* TLB pressure: touch every page of SIZE_MB in sequential, pseudo-random (a full-period permutation) or 2 MiB
+ * stride order, several passes. */
+int main_memtouch(int argc, char **argv)
+{
+    u64 mb = parse_u64(argc > 1 ? argv[1] : 0, 16);
+    const char *mode = argc > 2 ? argv[2] : "seq";
+    u64 pages = mb * 256, passes = 4;
+    if (!pages) return 1;
+    u64 *p = sys_mmap(pages * 4096);
+    if ((i64)p < 0) { print("memtouch: mmap failed\n"); return 1; }
+    for (u64 i = 0; i < pages; i++) p[i * 512] = i;
+    u64 step = 1;
+    if (!strcmp(mode, "rand")) { step = 40503; while (gcd(step, pages) != 1) step += 2; }
+    else if (!strcmp(mode, "stride")) step = 512;
+    else if (strcmp(mode, "seq")) { print("memtouch: mode must be seq, rand or stride\n"); return 1; }
+    u64 checksum = 0, touches = 0, t0 = sys_uptime();
+    for (u64 pass = 0; pass < passes; pass++) {
+        u64 index = pass;
+        for (u64 i = 0; i < pages; i++) {
+            index = (index + step) % pages;
+            if (step == 512 && i % (pages / 512 ? pages / 512 : 1) == 0) index = (index + 1) % pages;
+            checksum += p[index * 512]++;
+            touches++;
+        }
+    }
+    u64 t = sys_uptime() - t0;
+    sys_munmap(p, pages * 4096);
+    print("RESULT memtouch size_mb=%lu mode=%s pages=%lu touches=%lu checksum=%lu total_cycles=%lu\n", mb, mode, pages,
+          touches, checksum, t);
+    return 0;
+}
+
+/* Page-table churn: map 16 pages, touch them, unmap them, N times. */
+int main_ptchurn(int argc, char **argv)
+{
+    u64 n = parse_u64(argc > 1 ? argv[1] : 0, 10000), sum = 0;
+    u64 t0 = sys_uptime();
+    for (u64 i = 0; i < n; i++) {
+        u8 *p = sys_mmap(16 * 4096);
+        if ((i64)p < 0) { print("ptchurn: mmap failed\n"); return 1; }
+        for (int j = 0; j < 16; j++) p[j * 4096] = (u8)j;
+        for (int j = 0; j < 16; j++) sum += p[j * 4096];
+        sys_munmap(p, 16 * 4096);
+    }
+    u64 t = sys_uptime() - t0;
+    print("RESULT ptchurn count=%lu pages_per_round=16 sum=%lu total_cycles=%lu per_op_cycles=%lu\n", n, sum, t,
+          n ? t / n : 0);
+    return 0;
+}
+
+/* CPU-bound: sieve of Eratosthenes up to N in a brk-allocated array, then a CRC-32 of the sieve. */
+int main_compute(int argc, char **argv)
+{
+    u64 n = parse_u64(argc > 1 ? argv[1] : 0, 1000000);
+    u8 *sieve = (u8 *)sys_brk(0);
+    if (sys_brk((u64)sieve + n + 1) < 0) { print("compute: brk failed\n"); return 1; }
+    u64 t0 = sys_uptime();
+    memset(sieve, 1, n + 1);
+    sieve[0] = 0;
+    if (n >= 1) sieve[1] = 0;
+    for (u64 i = 2; i * i <= n; i++)
+        if (sieve[i]) for (u64 j = i * i; j <= n; j += i) sieve[j] = 0;
+    u64 primes = 0;
+    u32 crc = 0xFFFFFFFFu;
+    for (u64 i = 0; i <= n; i++) {
+        primes += sieve[i];
+        crc ^= sieve[i];
+        for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1)));
+    }
+    u64 t = sys_uptime() - t0;
+    print("RESULT compute n=%lu primes=%lu crc=%x total_cycles=%lu\n", n, primes, ~crc, t);
+    return 0;
+}
+
+/* The instructions that are sensitive but not privileged on x86 (Robin & Irvine), executed at CPL 3, and the
+ * privilege level the kernel observes for its own code. Under a correct VMM the report equals bare metal's. */
+int main_sensitive(int argc, char **argv)
+{
+    (void)argc; (void)argv;
+    u64 flags, after;
+    __asm__ volatile("pushfq; pop %0" : "=r"(flags));
+    /* POPF at CPL 3 with IOPL 0 silently ignores a change to IF (SDM Vol. 2B POPF). */
+    __asm__ volatile("pushfq; andq $~0x200, (%%rsp); popfq; pushfq; pop %0" : "=r"(after) : : "memory", "cc");
+    struct { u16 limit; u64 base; } __attribute__((packed)) gdtr, idtr;
+    __asm__ volatile("sgdt %0" : "=m"(gdtr));
+    __asm__ volatile("sidt %0" : "=m"(idtr));
+    u16 ldtr, tr;
+    u64 msw, cs;
+    __asm__ volatile("sldt %0" : "=r"(ldtr));
+    __asm__ volatile("str %0" : "=r"(tr));
+    __asm__ volatile("smsw %0" : "=r"(msw));
+    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+    i64 kinfo = sys_kinfo();
+    print("RESULT sensitive user_cpl=%lu kernel_cpl=%ld if=%lu popf_cleared_if=%lu sgdt_limit=%u sgdt_base=%lx "
+          "sidt_limit=%u sidt_base=%lx sldt=%u str=%x smsw=%lx\n",
+          cs & 3, kinfo & 0xFF, (flags >> 9) & 1, ((after >> 9) & 1) == 0, gdtr.limit, gdtr.base, idtr.limit,
+          idtr.base, ldtr, tr, msw & 0xFFFF);
+    return 0;
+}
+
+/* A fault injected on purpose: a child dereferences a null pointer; only the child dies. */
+int main_fault(int argc, char **argv)
+{
+    (void)argc; (void)argv;
+    i64 pid = sys_fork();
+    if (pid == 0) {
+        volatile int *null = 0;
+        *null = 1;
+        sys_exit(0);
+    }
+    int status = -1;
+    sys_waitpid((int)pid, &status);
+    print("RESULT fault child_status=%d parent_survived=1\n", status);
+    return status == KILLED_BY_FAULT + 14 ? 0 : 1;
+}
