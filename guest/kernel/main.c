@@ -74,6 +74,8 @@ static void detect_hypervisor(void)
     running_on_nestor = !strcmp(sig, "NestorNestor");
 }
 
+u64 frames_at_init;
+
 void kernel_main(int kind, u64 info)
 {
     console_init();
@@ -102,5 +104,6 @@ void kernel_main(int kind, u64 info)
         kprintf("NestorOS: dereferencing a null pointer in the kernel on purpose\n");
         *(volatile u64 *)0 = 1;
     }
+    frames_at_init = frames_free_count();
     process_start_init(cmdline);
 }

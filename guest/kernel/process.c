@@ -169,7 +169,9 @@ static void process_exit(int status)
     p->exit_status = status;
     p->state = ZOMBIE;
     if (p->pid == 1) {
-        kprintf("NestorOS: init exited with status %d; %lu frames free\n", status, frames_free_count());
+        extern u64 frames_at_init;
+        kprintf("NestorOS: init exited with status %d; %lu frames free (%lu when init started)\n", status,
+                frames_free_count(), frames_at_init);
         machine_exit((u32)status);
     }
     for (int i = 0; i < MAX_PROCESSES; i++) {

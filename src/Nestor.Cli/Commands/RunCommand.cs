@@ -37,10 +37,11 @@ internal static class RunCommand
         var serialLog = new Option<string?>("--serial-log") { Description = "Write the guest's COM1 output to FILE instead of the terminal" };
         var force = new Option<bool>("--force") { Description = "Run even if the host capability probe says this engine cannot run the guest" };
         var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
+        var qemu = new Option<bool>("--qemu") { Description = "Boot on the reference machine (QEMU's software CPU) instead; KERNEL defaults to builtin:nestoros" };
         var kvmDevice = new Option<string>("--kvm-device") { Description = "KVM device", DefaultValueFactory = _ => KvmSystem.DefaultDevicePath };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
-            kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice,
+            kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu,
         };
         command.SetAction(parse =>
         {
@@ -48,7 +49,7 @@ internal static class RunCommand
                 parse.GetValue(kernel), parse.GetValue(engine)!, parse.GetValue(memory)!, parse.GetValue(commandLine)!,
                 parse.GetValue(flat), parse.GetValue(loadAddress), parse.GetValue(timeout), parse.GetValue(dumpState),
                 parse.GetValue(stats), parse.GetValue(json), parse.GetValue(serialLog), parse.GetValue(force),
-                parse.GetValue(kvmDevice)!);
+                parse.GetValue(kvmDevice)!, parse.GetValue(qemu));
             return Execute(options, parse.GetValue(verbose));
         });
         return command;
@@ -56,13 +57,17 @@ internal static class RunCommand
 
     internal sealed record RunOptions(string? Kernel, string Engine, string Memory, string CommandLine, bool Flat,
         string? LoadAddress, double? Timeout, string? DumpState, bool Stats, bool Json, string? SerialLog, bool Force,
-        string KvmDevice);
+        string KvmDevice, bool Qemu = false);
 
     private static int Execute(RunOptions o, bool verbose)
     {
         Stream? serialFile = null;
         try
         {
+            if (o.Qemu)
+            {
+                return RunOnQemu(o);
+            }
             var source = KernelSource(o);
             var engineKind = o.Engine.ToLowerInvariant() switch
             {
@@ -166,6 +171,50 @@ internal static class RunCommand
         finally
         {
             serialFile?.Dispose();
+        }
+    }
+
+    /// <summary><c>--qemu</c>: the same kernel on the reference machine (QEMU TCG), for comparison with Nestor.</summary>
+    private static int RunOnQemu(RunOptions o)
+    {
+        if (o.Flat || o.Stats || o.Json || o.DumpState is not null)
+        {
+            throw new BadInputException("--qemu boots a Multiboot kernel and reports only its output and exit status",
+                "Drop --flat, --stats, --json and --dump-state with --qemu");
+        }
+        var source = o.Kernel is null ? BuiltInGuests.Get("nestoros") : KernelSource(o);
+        ulong memory = Size.Parse(o.Memory, "--memory");
+        string path = o.Kernel is not null && !o.Kernel.StartsWith("builtin:", StringComparison.Ordinal)
+            ? o.Kernel
+            : Path.Combine(Path.GetTempPath(), $"nestor-{Environment.ProcessId}-{Guid.NewGuid():N}.elf");
+        bool temporary = path != o.Kernel;
+        if (temporary)
+        {
+            File.WriteAllBytes(path, source.Contents);
+        }
+        try
+        {
+            using var serial = o.SerialLog is null ? Console.OpenStandardOutput() : OpenSerialLog(o.SerialLog);
+            var outcome = Nestor.Hypervisor.Reference.QemuReferenceMachine.Run(path, memory, o.CommandLine, serial,
+                o.Timeout is { } t ? TimeSpan.FromSeconds(t) : null);
+            if (outcome.TimedOut)
+            {
+                Console.Error.WriteLine($"nestor: the guest was still running on QEMU after {o.Timeout} s (--timeout); QEMU was stopped");
+                return ExitStatus.Timeout;
+            }
+            if (outcome.GuestStatus is { } g)
+            {
+                return (int)Math.Min(g, ExitStatus.GuestStatusCeiling);
+            }
+            Console.Error.WriteLine($"nestor: QEMU ended with status {outcome.ProcessStatus} without a debug exit:\n{outcome.Diagnostics.Trim()}");
+            return ExitStatus.EngineFailure;
+        }
+        finally
+        {
+            if (temporary)
+            {
+                File.Delete(path);
+            }
         }
     }
 

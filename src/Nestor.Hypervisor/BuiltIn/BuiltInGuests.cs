@@ -10,15 +10,27 @@ namespace Nestor.Hypervisor.BuiltIn;
 public static class BuiltInGuests
 {
     /// <summary>Names accepted by <see cref="Get"/>.</summary>
-    public static IReadOnlyList<string> Names => ["hello"];
+    public static IReadOnlyList<string> Names => ["hello", "nestoros"];
 
     /// <summary>The built-in guest called <paramref name="name"/>.</summary>
     public static KernelImageSource Get(string name) => name switch
     {
         "hello" => GuestAssembler.Flat("built-in guest 'hello'", Hello()),
+        "nestoros" => new KernelImageSource("built-in NestorOS", NestorOS(), KernelFormat.Elf),
         _ => throw new Errors.BadInputException($"there is no built-in guest '{name}'",
             $"Built-in guests: {string.Join(", ", Names)}"),
     };
+
+    /// <summary>The NestorOS kernel image (guest/), built with gcc at build time and embedded: one ELF64 file that
+    /// boots by the Nestor boot protocol and, through its Multiboot header, under QEMU's <c>-kernel</c>.</summary>
+    public static byte[] NestorOS()
+    {
+        using var stream = typeof(BuiltInGuests).Assembly.GetManifestResourceStream("NestorOS.elf")
+            ?? throw new InvalidOperationException("NestorOS is not embedded in this build of Nestor.Hypervisor");
+        var bytes = new byte[stream.Length];
+        stream.ReadExactly(bytes);
+        return bytes;
+    }
 
     /// <summary>A ring-0 guest that probes COM1 the way a driver does (scratch register, divisor latch, loopback),
     /// prints a greeting, the hypervisor signature from CPUID 0x40000000 and what the boot-information block says,

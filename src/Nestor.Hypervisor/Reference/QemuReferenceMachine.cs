@@ -1,0 +1,78 @@
+using System.Diagnostics;
+using Nestor.Hypervisor.Errors;
+
+namespace Nestor.Hypervisor.Reference;
+
+/// <summary>How a run on the reference machine ended.</summary>
+/// <param name="ProcessStatus">QEMU's own exit status.</param>
+/// <param name="GuestStatus">The value the guest wrote to the debug-exit port (QEMU's status is (v &lt;&lt; 1) | 1),
+/// or null when QEMU ended some other way.</param>
+/// <param name="TimedOut">True when the run was killed at its time limit.</param>
+/// <param name="Wall">Wall-clock time of the QEMU process.</param>
+/// <param name="Diagnostics">What QEMU printed on standard error.</param>
+public sealed record QemuOutcome(int ProcessStatus, uint? GuestStatus, bool TimedOut, TimeSpan Wall, string Diagnostics);
+
+/// <summary>QEMU as the reference machine (REFERENCE-MACHINE.md): the same guest-visible platform as Nestor (COM1,
+/// debug-exit at 0xF4), booting a Multiboot kernel with <c>-kernel</c>. With <c>tcg</c> it is QEMU's software CPU,
+/// the yardstick for Nestor's engines.</summary>
+public static class QemuReferenceMachine
+{
+    public const string Executable = "qemu-system-x86_64";
+
+    /// <summary>Boots <paramref name="kernelPath"/> and copies the guest's COM1 output to <paramref name="serial"/>.</summary>
+    /// <param name="accelerator"><c>tcg</c> (software CPU) or <c>kvm</c>.</param>
+    /// <exception cref="HostUnsupportedException">QEMU is not installed.</exception>
+    public static QemuOutcome Run(string kernelPath, ulong memoryBytes, string commandLine, Stream serial,
+        TimeSpan? timeout = null, string accelerator = "tcg")
+    {
+        var info = new ProcessStartInfo(Executable)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+        };
+        string[] arguments =
+        [
+            "-accel", accelerator, "-cpu", accelerator == "tcg" ? "max" : "host", "-m", $"{memoryBytes >> 20}M",
+            "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-kernel", kernelPath, "-append", commandLine,
+        ];
+        foreach (var a in arguments)
+        {
+            info.ArgumentList.Add(a);
+        }
+        Process process;
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            process = Process.Start(info)!;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            throw new HostUnsupportedException($"{Executable} (the reference machine) is not installed",
+                "Install it: apt-get install qemu-system-x86 (scripts/install-prerequisites does)");
+        }
+        using (process)
+        {
+            process.StandardInput.Close();
+            var copy = process.StandardOutput.BaseStream.CopyToAsync(serial);
+            var errors = process.StandardError.ReadToEndAsync();
+            bool finished = process.WaitForExit(timeout ?? Timeout.InfiniteTimeSpan);
+            if (!finished)
+            {
+                process.Kill(entireProcessTree: true);
+                process.WaitForExit();
+            }
+            copy.Wait();
+            serial.Flush();
+            clock.Stop();
+            int status = process.ExitCode;
+            // isa-debug-exit: status (v << 1) | 1, so odd statuses come from the guest (QEMU's own failures are 0 or 1
+            // with a message; 1 is also v = 0, which stderr disambiguates).
+            bool qemuFailed = errors.Result.Split('\n').Any(l =>
+                l.StartsWith(Executable + ":", StringComparison.Ordinal) && !l.Contains("warning", StringComparison.Ordinal));
+            uint? guest = finished && (status & 1) == 1 && !qemuFailed ? (uint)(status >> 1) : null;
+            return new QemuOutcome(status, guest, !finished, clock.Elapsed, errors.Result);
+        }
+    }
+}
