@@ -112,7 +112,7 @@ static void release_leaf(u64 *entry, u64 va, void *context)
 {
     (void)va; (void)context;
     if (!(*entry & PTE_IMAGE)) frame_unref(*entry & PTE_ADDR);
-    *entry = 0;
+    pt_set_entry(entry, 0);
 }
 
 void address_space_destroy(u64 pml4)
