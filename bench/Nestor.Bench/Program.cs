@@ -9,6 +9,7 @@ public static class Program
 {
     private const string Usage = """
         usage: nestor-bench [options]
+               nestor-bench nestoros-tcg [options]   NestorOS's programs on QEMU TCG (see nestoros-tcg --help)
           --nestor PATH        nestor executable (framework-dependent JIT build). Default: publish src/Nestor.Cli
                                in Release to bench/out/nestor-jit and use that
           --nestor-r2r PATH    also measure this ReadyToRun build of nestor
@@ -41,6 +42,10 @@ public static class Program
 
     private static int Run(string[] args)
     {
+        if (args.Length > 0 && args[0] == "nestoros-tcg")
+        {
+            return NestorOSBaseline.Run(args[1..], FindRepository());
+        }
         var o = new Dictionary<string, string>(StringComparer.Ordinal);
         var tweaks = new List<string>();
         bool write = false;

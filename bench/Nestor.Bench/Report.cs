@@ -177,14 +177,19 @@ internal static class Report
 
     /// <summary>Puts <paramref name="section"/> in place of the generated section of <paramref name="path"/>, or at
     /// its end when it has none yet.</summary>
-    public static void WriteInto(string path, string section)
+    public static void WriteInto(string path, string section) => WriteInto(path, section, "<!-- nestor-bench:begin", End);
+
+    /// <summary>Puts <paramref name="section"/> in place of the text from the line starting with
+    /// <paramref name="beginPrefix"/> to <paramref name="endMarker"/>, or at the end of <paramref name="path"/> when
+    /// it has no such section yet.</summary>
+    public static void WriteInto(string path, string section, string beginPrefix, string endMarker)
     {
         string text = File.Exists(path) ? File.ReadAllText(path) : "# Nestor benchmarks\n\n";
-        int begin = text.IndexOf("<!-- nestor-bench:begin", StringComparison.Ordinal);
-        int end = text.IndexOf(End, StringComparison.Ordinal);
+        int begin = text.IndexOf(beginPrefix, StringComparison.Ordinal);
+        int end = text.IndexOf(endMarker, StringComparison.Ordinal);
         if (begin >= 0 && end > begin)
         {
-            text = text[..begin] + section.TrimEnd('\n') + text[(end + End.Length)..];
+            text = text[..begin] + section.TrimEnd('\n') + text[(end + endMarker.Length)..];
         }
         else
         {
