@@ -27,6 +27,8 @@ static u8 kernel_stacks[MAX_PROCESSES][KERNEL_STACK_SIZE] __attribute__((aligned
 static struct process *current;
 static int next_pid = 1;
 int current_pid;
+/* Set when the last unfixable fault failed for want of a free frame, so the kill message can say so. */
+static int out_of_memory;
 
 extern char __user_load[];
 extern char __user_text_size[], __user_size[];
@@ -190,8 +192,10 @@ static void process_exit(int status)
 void kill_current(struct trap_frame *f, u64 vector, u64 address)
 {
     extern const char *exception_name(u64 vector);
-    kprintf("NestorOS: process %d (%s) killed: %s at address 0x%lx, rip 0x%lx, error code 0x%lx\n",
-            current->pid, current->name, exception_name(vector), address, f->rip, f->error);
+    kprintf("NestorOS: process %d (%s) killed: %s at address 0x%lx, rip 0x%lx, error code 0x%lx%s\n",
+            current->pid, current->name, exception_name(vector), address, f->rip, f->error,
+            out_of_memory ? " (out of memory: no free frame to map there; give the VM more memory)" : "");
+    out_of_memory = 0;
     process_exit(KILLED_BY_FAULT + (int)vector);
 }
 
@@ -300,7 +304,7 @@ int user_page_fault(u64 address, u64 error)
                 pt_set_entry(pte, frame | flags);
             } else {
                 u64 copy = frame_alloc();
-                if (!copy) return -1;
+                if (!copy) { out_of_memory = 1; return -1; }
                 memcpy((void *)copy, (void *)frame, PAGE_SIZE);
                 pt_set_entry(pte, copy | flags);
                 frame_unref(frame);
@@ -317,8 +321,8 @@ int user_page_fault(u64 address, u64 error)
     }
     if (!valid) return -1;
     u64 frame = frame_alloc();
-    if (!frame) return -1;
-    if (map_page(current->pml4, va, frame, PTE_U | PTE_W | PTE_NX) < 0) { frame_unref(frame); return -1; }
+    if (!frame) { out_of_memory = 1; return -1; }
+    if (map_page(current->pml4, va, frame, PTE_U | PTE_W | PTE_NX) < 0) { frame_unref(frame); out_of_memory = 1; return -1; }
     return 0;
 }
 

@@ -31,11 +31,11 @@ public sealed class NestorOSDefaultWorkload
 
 public class NestorOSOnQemu(NestorOSDefaultWorkload run) : IClassFixture<NestorOSDefaultWorkload>
 {
-    internal static (QemuOutcome Outcome, string Output) Boot(string commandLine)
+    internal static (QemuOutcome Outcome, string Output) Boot(string commandLine, ulong memoryBytes = 64UL << 20)
     {
         string path = NestorProcess.WriteTemp(BuiltInGuests.NestorOS(), ".elf");
         var serial = new MemoryStream();
-        var outcome = QemuReferenceMachine.Run(path, 64UL << 20, commandLine, serial, TimeSpan.FromMinutes(3));
+        var outcome = QemuReferenceMachine.Run(path, memoryBytes, commandLine, serial, TimeSpan.FromMinutes(3));
         File.Delete(path);
         Assert.False(outcome.TimedOut, $"NestorOS did not finish '{commandLine}' on QEMU within 3 minutes");
         return (outcome, Encoding.UTF8.GetString(serial.ToArray()));
@@ -142,6 +142,18 @@ public class NestorOSOnQemu(NestorOSDefaultWorkload run) : IClassFixture<NestorO
         var (outcome, output) = Boot("panic-test");
         Assert.Equal(100u, outcome.GuestStatus);
         Assert.Contains("NestorOS panic: page fault (vector 14) in the kernel, error code 0x2, CR2=0x0", output);
+    }
+
+    [Fact]
+    public void A_process_that_runs_out_of_memory_is_killed_with_a_message_and_nothing_leaks()
+    {
+        var (outcome, output) = Boot("pagefault 10000", 16UL << 20);
+        Assert.Equal(1u, outcome.GuestStatus);
+        Assert.Contains("(pagefault) killed", output);
+        Assert.Contains("out of memory", output);
+        var m = Regex.Match(output, @"(\d+) frames free \((\d+) when init started\)");
+        Assert.True(m.Success, output);
+        Assert.Equal(m.Groups[2].Value, m.Groups[1].Value);
     }
 
     [Fact]
