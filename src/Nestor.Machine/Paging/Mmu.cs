@@ -1,0 +1,173 @@
+using System.Runtime.CompilerServices;
+using Nestor.Machine.Memory;
+
+namespace Nestor.Machine.Paging;
+
+/// <summary>Shape of an MMU's caches.</summary>
+/// <param name="InstructionTlb">The instruction TLB, or null for one unified TLB.</param>
+/// <param name="DataTlb">The data TLB (the unified one when <paramref name="InstructionTlb"/> is null).</param>
+/// <param name="WalkCacheEntriesPerLevel">Page-walk-cache entries per level; 0 disables it.</param>
+public sealed record MmuConfiguration(TlbConfiguration? InstructionTlb, TlbConfiguration DataTlb, int WalkCacheEntriesPerLevel)
+{
+    /// <summary>Split 64-entry 4-way TLBs and a 16-entry-per-level page-walk cache.</summary>
+    public static MmuConfiguration Default { get; } = new(TlbConfiguration.Default, TlbConfiguration.Default, 16);
+}
+
+/// <summary>Linear-to-physical translation for one CPU: TLB lookup, page walk on a miss, permission checks and
+/// page-fault error codes, and the flushes INVLPG, INVPCID and CR3 writes cause (Intel SDM Vol. 3A §4.10).</summary>
+public sealed class Mmu
+{
+    private readonly Tlb dataTlb;
+    private readonly Tlb instructionTlb;
+    private readonly PageWalkCache walkCache;
+    private readonly PageWalker walker;
+    private PagingControls controls;
+
+    public Mmu(PhysicalMemory memory, MmuConfiguration configuration)
+    {
+        Configuration = configuration;
+        dataTlb = new Tlb(configuration.DataTlb);
+        instructionTlb = configuration.InstructionTlb is null ? dataTlb : new Tlb(configuration.InstructionTlb);
+        walkCache = new PageWalkCache(configuration.WalkCacheEntriesPerLevel);
+        walker = new PageWalker(memory, walkCache, Counters);
+    }
+
+    public MmuConfiguration Configuration { get; }
+
+    public MmuCounters Counters { get; } = new();
+
+    public Tlb DataTlb => dataTlb;
+
+    public Tlb InstructionTlb => instructionTlb;
+
+    public PagingControls Controls => controls;
+
+    /// <summary>Installs new paging controls. Changing CR0.PG/WP, CR4.PGE/PCIDE/SMEP/SMAP or EFER.NXE flushes the
+    /// TLBs entirely (§4.10.4.1: these writes invalidate all translations); a CR3 write goes through
+    /// <see cref="WriteCr3"/> instead.</summary>
+    public void SetControlRegisters(in PagingControls value)
+    {
+        var previous = controls;
+        controls = value;
+        if (previous with { Cr3 = value.Cr3 } != value)
+        {
+            FlushAll(includingGlobal: true);
+        }
+    }
+
+    /// <summary>MOV to CR3: with PCIDs off, drops all non-global translations; with PCIDs on, drops the new PCID's
+    /// non-global translations unless bit 63 (no-flush) is set (§4.10.4.1). The page-walk cache is always emptied.</summary>
+    public void WriteCr3(ulong value)
+    {
+        bool noFlush = controls.ProcessContextIdentifiers && (value & (1UL << 63)) != 0;
+        controls = controls with { Cr3 = value & ~(1UL << 63) };
+        walkCache.Flush();
+        Counters.TlbFlushes++;
+        if (!controls.ProcessContextIdentifiers)
+        {
+            dataTlb.Flush(includingGlobal: false);
+            if (instructionTlb != dataTlb)
+            {
+                instructionTlb.Flush(includingGlobal: false);
+            }
+        }
+        else if (!noFlush)
+        {
+            dataTlb.FlushProcessContext(controls.ProcessContext);
+            if (instructionTlb != dataTlb)
+            {
+                instructionTlb.FlushProcessContext(controls.ProcessContext);
+            }
+        }
+    }
+
+    /// <summary>INVLPG.</summary>
+    public void InvalidatePage(ulong linear)
+    {
+        dataTlb.InvalidatePage(linear);
+        if (instructionTlb != dataTlb)
+        {
+            instructionTlb.InvalidatePage(linear);
+        }
+        walkCache.Flush();
+    }
+
+    /// <summary>Drops everything cached.</summary>
+    public void FlushAll(bool includingGlobal)
+    {
+        dataTlb.Flush(includingGlobal);
+        if (instructionTlb != dataTlb)
+        {
+            instructionTlb.Flush(includingGlobal);
+        }
+        walkCache.Flush();
+        Counters.TlbFlushes++;
+    }
+
+    /// <summary>Translates <paramref name="linear"/> for an access. Returns null and sets <paramref name="physical"/>
+    /// when allowed, otherwise the page-fault error code (CR2 would be <paramref name="linear"/>).</summary>
+    /// <param name="user">A user-mode access (CPL 3).</param>
+    /// <param name="alignmentCheck">RFLAGS.AC (the SMAP override).</param>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public PageFaultError? Translate(ulong linear, AccessKind kind, bool user, bool alignmentCheck, out ulong physical)
+    {
+        Counters.Translations++;
+        if (!controls.Paging)
+        {
+            physical = linear;
+            return null;
+        }
+        if (!controls.LongMode)
+        {
+            throw new NotSupportedException("paging outside long mode (32-bit and PAE paging) is not modelled yet");
+        }
+        var tlb = kind == AccessKind.Execute ? instructionTlb : dataTlb;
+        int index = tlb.Lookup(linear, controls.ProcessContext);
+        if (index >= 0)
+        {
+            ref readonly var e = ref tlb[index];
+            // A write through an entry whose D bit is clear re-walks to set D (§4.8); a denied access re-walks too,
+            // so the fault reflects the page tables, not a stale entry.
+            if ((kind != AccessKind.Write || (e.Rights & TranslationRights.Dirty) != 0) &&
+                AccessRights.Check(e.Rights, kind, user, alignmentCheck, controls) is null)
+            {
+                CountHit(kind);
+                physical = e.PhysicalPage | (linear & ((1UL << e.PageShift) - 1));
+                return null;
+            }
+        }
+        CountMiss(kind);
+        if (walker.Walk(linear, kind, user, alignmentCheck, controls, out var walk) is { } fault)
+        {
+            physical = 0;
+            return fault;
+        }
+        tlb.Insert(linear, walk.PhysicalPage, walk.PageShift, walk.Rights, controls.ProcessContext);
+        physical = walk.PhysicalPage | (linear & ((1UL << walk.PageShift) - 1));
+        return null;
+    }
+
+    private void CountHit(AccessKind kind)
+    {
+        if (kind == AccessKind.Execute)
+        {
+            Counters.InstructionTlbHits++;
+        }
+        else
+        {
+            Counters.DataTlbHits++;
+        }
+    }
+
+    private void CountMiss(AccessKind kind)
+    {
+        if (kind == AccessKind.Execute)
+        {
+            Counters.InstructionTlbMisses++;
+        }
+        else
+        {
+            Counters.DataTlbMisses++;
+        }
+    }
+}

@@ -1,0 +1,157 @@
+using Nestor.Machine.Memory;
+
+namespace Nestor.Machine.Paging;
+
+/// <summary>The outcome of a page walk.</summary>
+public struct WalkResult
+{
+    /// <summary>Physical address of the page (aligned to its size).</summary>
+    public ulong PhysicalPage;
+    /// <summary>log2 of the page size: 12, 21 or 30.</summary>
+    public int PageShift;
+    public TranslationRights Rights;
+    /// <summary>Paging-structure entries read by this walk.</summary>
+    public int References;
+}
+
+/// <summary>The one-dimensional walk of 4-level paging (Intel SDM Vol. 3A §4.5, Figure 4-8): CR3 → PML4E → PDPTE →
+/// PDE → PTE, with 1 GiB and 2 MiB pages ending the walk early, rights combined over the levels, reserved bits
+/// checked, and accessed/dirty bits written back once the access is known to be allowed (as QEMU's TCG does).</summary>
+public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, MmuCounters counters)
+{
+    private const ulong Present = 1, Writable = 1 << 1, User = 1 << 2, Accessed = 1 << 5, Dirty = 1 << 6,
+        LargePage = 1 << 7, GlobalBit = 1 << 8, ExecuteDisable = 1UL << 63;
+
+    /// <summary>Bits 51:12 of an entry: the next table or the page.</summary>
+    public const ulong AddressMask = 0x000F_FFFF_FFFF_F000;
+
+    /// <summary>Walks <paramref name="linear"/> under <paramref name="controls"/>. Returns null and fills
+    /// <paramref name="result"/> when the access is allowed; otherwise the page-fault error code.</summary>
+    public PageFaultError? Walk(ulong linear, AccessKind kind, bool user, bool alignmentCheck, in PagingControls controls,
+        out WalkResult result)
+    {
+        counters.Walks++;
+        result = default;
+        Span<ulong> entryAddresses = stackalloc ulong[4];
+        int used = 0;
+        var rights = TranslationRights.Writable | TranslationRights.User | TranslationRights.Executable;
+        ulong table = controls.Cr3 & AddressMask;
+        int level = 0; // 0 = PML4, 1 = PDPT, 2 = PD, 3 = PT
+        ulong next = 0;
+        var cachedRights = TranslationRights.None;
+        int cached = walkCache.EntriesPerLevel > 0 ? walkCache.Lookup(linear, out next, out cachedRights) : -1;
+        int firstLevel = cached + 1;
+        Span<ulong> nextTables = stackalloc ulong[4];
+        Span<TranslationRights> levelRights = stackalloc TranslationRights[4];
+        if (cached >= 0)
+        {
+            counters.WalkCacheHits[cached]++;
+            table = next;
+            rights = cachedRights;
+            level = cached + 1;
+        }
+        while (true)
+        {
+            int shift = 39 - 9 * level;
+            ulong entryAddress = table + ((linear >> shift) & 511) * 8;
+            ulong entry = memory.ReadUInt64(entryAddress);
+            counters.WalkReferences++;
+            result.References++;
+            entryAddresses[used++] = entryAddress;
+            if ((entry & Present) == 0)
+            {
+                return Fault(PageFaultError.None, kind, user, controls);
+            }
+            if (ReservedBitsSet(entry, level, controls))
+            {
+                return Fault(PageFaultError.Present | PageFaultError.ReservedBit, kind, user, controls);
+            }
+            if ((entry & Writable) == 0)
+            {
+                rights &= ~TranslationRights.Writable;
+            }
+            if ((entry & User) == 0)
+            {
+                rights &= ~TranslationRights.User;
+            }
+            if (controls.NoExecute && (entry & ExecuteDisable) != 0)
+            {
+                rights &= ~TranslationRights.Executable;
+            }
+            bool leaf = level == 3 || (level >= 1 && (entry & LargePage) != 0);
+            if (!leaf)
+            {
+                table = entry & AddressMask;
+                nextTables[level] = table;
+                levelRights[level] = rights;
+                level++;
+                continue;
+            }
+            if ((entry & Dirty) != 0)
+            {
+                rights |= TranslationRights.Dirty;
+            }
+            if (controls.GlobalPages && (entry & GlobalBit) != 0)
+            {
+                rights |= TranslationRights.Global;
+            }
+            if (AccessRights.Check(rights, kind, user, alignmentCheck, controls) is { } denied)
+            {
+                counters.PageFaults++;
+                return denied;
+            }
+            // The access is allowed: set A on every entry used and D on the leaf for a write (§4.8).
+            for (int i = 0; i < used; i++)
+            {
+                ulong value = memory.ReadUInt64(entryAddresses[i]);
+                ulong wanted = value | Accessed | (i == used - 1 && kind == AccessKind.Write ? Dirty : 0);
+                if (wanted != value)
+                {
+                    memory.WriteUInt64(entryAddresses[i], wanted);
+                    counters.AccessedDirtyWrites++;
+                }
+            }
+            if (kind == AccessKind.Write)
+            {
+                rights |= TranslationRights.Dirty;
+            }
+            // Cache the upper levels just used, now that their accessed bits are set (a cached entry is never one
+            // whose A bit still needs writing).
+            for (int l = firstLevel; l < level; l++)
+            {
+                walkCache.Insert(l, linear, nextTables[l], levelRights[l]);
+            }
+            result.PageShift = shift;
+            result.PhysicalPage = entry & AddressMask & ~((1UL << shift) - 1);
+            result.Rights = rights;
+            return null;
+        }
+    }
+
+    private PageFaultError Fault(PageFaultError basis, AccessKind kind, bool user, in PagingControls controls)
+    {
+        counters.PageFaults++;
+        return AccessRights.ErrorCode(basis, kind, user, controls);
+    }
+
+    /// <summary>Reserved bits (§4.5.4, Tables 4-14 to 4-20, with a 52-bit physical-address width): PS in a PML4E, XD
+    /// when EFER.NXE is off, and the bits below a large page's frame.</summary>
+    private static bool ReservedBitsSet(ulong entry, int level, in PagingControls controls)
+    {
+        if (!controls.NoExecute && (entry & ExecuteDisable) != 0)
+        {
+            return true;
+        }
+        if ((entry & LargePage) != 0)
+        {
+            return level switch
+            {
+                0 => true,
+                1 => (entry & 0x3FFF_E000) != 0,   // 1 GiB page: bits 29:13
+                2 => (entry & 0x001F_E000) != 0,   // 2 MiB page: bits 20:13
+                _ => false,                        // bit 7 of a PTE is PAT
+            };
+        }
+        return false;
+    }
+}

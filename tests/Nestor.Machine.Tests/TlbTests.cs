@@ -1,0 +1,140 @@
+using Nestor.Machine.Paging;
+using static Nestor.Machine.Tests.TestMemory;
+
+namespace Nestor.Machine.Tests;
+
+public class TlbTests
+{
+    private static (TestMemory Memory, Mmu Mmu) Setup(MmuConfiguration configuration, bool globalPages = false, bool pcid = false)
+    {
+        var m = new TestMemory();
+        var mmu = new Mmu(m.Memory, configuration);
+        mmu.SetControlRegisters(PagingControls.LongMode4Level(m.Cr3) with { GlobalPages = globalPages, ProcessContextIdentifiers = pcid });
+        return (m, mmu);
+    }
+
+    private static readonly MmuConfiguration Small = new(null, new TlbConfiguration(4, 4), 0);
+
+    [Fact]
+    public void A_second_access_hits_the_tlb_and_walks_no_more()
+    {
+        var (m, mmu) = Setup(Small);
+        m.Map(0x1000, 0x200000, P | W);
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);
+        mmu.Translate(0x1abc, AccessKind.Read, false, false, out ulong physical);
+        Assert.Equal(0x200abcUL, physical);
+        Assert.Equal((1L, 1L, 1L), (mmu.Counters.Walks, mmu.Counters.DataTlbHits, mmu.Counters.DataTlbMisses));
+    }
+
+    [Fact]
+    public void A_stale_entry_is_used_until_invlpg()
+    {
+        var (m, mmu) = Setup(Small);
+        var entries = m.Map(0x1000, 0x200000, P | W);
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);
+        m.Write(entries[^1], 0x300000 | P | W | A); // remap without telling the TLB
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out ulong stale);
+        Assert.Equal(0x200000UL, stale); // what real hardware does too: the TLB is not coherent with memory
+        mmu.InvalidatePage(0x1000);
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out ulong fresh);
+        Assert.Equal(0x300000UL, fresh);
+    }
+
+    [Fact]
+    public void Least_recently_used_entry_is_evicted_when_the_tlb_is_full()
+    {
+        var (m, mmu) = Setup(Small);
+        for (ulong i = 0; i < 5; i++)
+        {
+            m.Map(i << 12, 0x200000 + (i << 12), P | W);
+        }
+        for (ulong i = 0; i < 4; i++)
+        {
+            mmu.Translate(i << 12, AccessKind.Read, false, false, out _);
+        }
+        mmu.Translate(0, AccessKind.Read, false, false, out _);        // page 0 is now the most recent
+        mmu.Translate(4UL << 12, AccessKind.Read, false, false, out _); // evicts page 1
+        long walks = mmu.Counters.Walks;
+        mmu.Translate(0, AccessKind.Read, false, false, out _);
+        Assert.Equal(walks, mmu.Counters.Walks);
+        mmu.Translate(1UL << 12, AccessKind.Read, false, false, out _);
+        Assert.Equal(walks + 1, mmu.Counters.Walks);
+    }
+
+    [Fact]
+    public void A_large_page_takes_one_entry_for_its_whole_reach()
+    {
+        var (m, mmu) = Setup(Small);
+        m.Map(0x4000_0000, 0x0060_0000, P | W, leafLevel: 2);
+        for (ulong offset = 0; offset < 0x20_0000; offset += 0x1000)
+        {
+            mmu.Translate(0x4000_0000 + offset, AccessKind.Read, false, false, out _);
+        }
+        Assert.Equal(1, mmu.Counters.Walks);
+        Assert.Equal(1, mmu.DataTlb.Count);
+    }
+
+    [Fact]
+    public void A_cr3_write_drops_non_global_entries_and_keeps_global_ones()
+    {
+        var (m, mmu) = Setup(Small, globalPages: true);
+        m.Map(0x1000, 0x200000, P | W | G);
+        m.Map(0x2000, 0x201000, P | W);
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);
+        mmu.Translate(0x2000, AccessKind.Read, false, false, out _);
+        mmu.WriteCr3(m.Cr3);
+        Assert.Equal(1, mmu.DataTlb.Count);
+        long walks = mmu.Counters.Walks;
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);
+        Assert.Equal(walks, mmu.Counters.Walks);
+    }
+
+    [Fact]
+    public void Pcid_tagged_entries_survive_a_no_flush_cr3_switch_and_serve_their_own_context_only()
+    {
+        var (m, mmu) = Setup(Small, pcid: true);
+        m.Map(0x1000, 0x200000, P | W);
+        mmu.WriteCr3(m.Cr3 | 1);
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);   // cached for PCID 1
+        mmu.WriteCr3(m.Cr3 | 2 | (1UL << 63));                         // PCID 2, no flush
+        long walks = mmu.Counters.Walks;
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);   // PCID 2 has no entry
+        Assert.Equal(walks + 1, mmu.Counters.Walks);
+        mmu.WriteCr3(m.Cr3 | 1 | (1UL << 63));                         // back to PCID 1, no flush
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);
+        Assert.Equal(walks + 1, mmu.Counters.Walks);
+        Assert.Equal(2, mmu.DataTlb.Count);
+    }
+
+    [Fact]
+    public void Split_tlbs_keep_instruction_and_data_translations_apart()
+    {
+        var (m, mmu) = Setup(new MmuConfiguration(new TlbConfiguration(4, 4), new TlbConfiguration(4, 4), 0));
+        m.Map(0x1000, 0x200000, P | W);
+        mmu.Translate(0x1000, AccessKind.Execute, false, false, out _);
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);
+        Assert.Equal((1L, 1L), (mmu.Counters.InstructionTlbMisses, mmu.Counters.DataTlbMisses));
+        Assert.Equal(1, mmu.InstructionTlb.Count);
+        Assert.Equal(1, mmu.DataTlb.Count);
+    }
+
+    [Fact]
+    public void The_page_walk_cache_lets_a_walk_to_a_neighbouring_page_read_only_the_pte()
+    {
+        var (m, mmu) = Setup(new MmuConfiguration(null, new TlbConfiguration(4, 4), 4));
+        m.Map(0x40_0000_1000, 0x200000, P | W);
+        m.Map(0x40_0000_2000, 0x201000, P | W);
+        mmu.Translate(0x40_0000_1000, AccessKind.Read, false, false, out _);
+        Assert.Equal(4, mmu.Counters.WalkReferences);
+        mmu.Translate(0x40_0000_2000, AccessKind.Read, false, false, out ulong physical);
+        Assert.Equal(0x201000UL, physical);
+        Assert.Equal(5, mmu.Counters.WalkReferences);
+        Assert.Equal(1, mmu.Counters.WalkCacheHits[2]);
+    }
+
+    [Fact]
+    public void A_tlb_shape_that_cannot_exist_is_refused()
+    {
+        Assert.Throws<ArgumentException>(() => new Tlb(new TlbConfiguration(10, 4)));
+    }
+}
