@@ -84,7 +84,9 @@ public class PageWalkTests
         m.Map(linear, 0x300000, leaf);
         var controls = PagingControls.LongMode4Level(m.Cr3) with
         {
-            WriteProtect = writeProtect, SupervisorExecutionPrevention = smep, SupervisorAccessPrevention = smap,
+            WriteProtect = writeProtect,
+            SupervisorExecutionPrevention = smep,
+            SupervisorAccessPrevention = smap,
         };
         var mmu = NewMmu(m, controls: controls);
         Assert.Equal(expected, mmu.Translate(linear, kind, user, alignmentCheck, out _));

@@ -137,8 +137,13 @@ public sealed class Tlb
         }
         entries[victim] = new TlbEntry
         {
-            VirtualPage = page, PhysicalPage = physicalPage, Rights = rights, PageShift = (byte)pageShift, Valid = true,
-            ProcessContext = processContext, LastUse = ++clock,
+            VirtualPage = page,
+            PhysicalPage = physicalPage,
+            Rights = rights,
+            PageShift = (byte)pageShift,
+            Valid = true,
+            ProcessContext = processContext,
+            LastUse = ++clock,
         };
     }
 
