@@ -25,7 +25,7 @@ internal static class RunCommand
             Description = "Kernel to boot: an ELF64 file, raw code with --flat, or builtin:NAME. Default: builtin:hello",
             Arity = ArgumentArity.ZeroOrOne,
         };
-        var engine = new Option<string>("--engine") { Description = "Engine: kvm", DefaultValueFactory = _ => "kvm" };
+        var engine = new Option<string>("--engine") { Description = "Engine: kvm (hardware-assisted, /dev/kvm) or sim (Nestor's own x86-64 machine; partial ISA in this release)", DefaultValueFactory = _ => "kvm" };
         var memory = new Option<string>("--memory", "-m") { Description = "Guest RAM, e.g. 64M, 1G", DefaultValueFactory = _ => "64M" };
         var commandLine = new Option<string>("--cmdline") { Description = "Kernel command line", DefaultValueFactory = _ => "" };
         var flat = new Option<bool>("--flat") { Description = "KERNEL is raw code, loaded at 0x100000 (or --load-addr) and entered there" };
@@ -72,9 +72,8 @@ internal static class RunCommand
             var engineKind = o.Engine.ToLowerInvariant() switch
             {
                 "kvm" => EngineKind.Kvm,
-                "sim" => throw new BadInputException("engine 'sim' (Nestor's own x86-64 machine) is not in this release yet",
-                    "Use --engine kvm; run 'nestor info' to see what this host's KVM can run"),
-                _ => throw new BadInputException($"there is no engine '{o.Engine}'", "Use --engine kvm"),
+                "sim" => EngineKind.Sim,
+                _ => throw new BadInputException($"there is no engine '{o.Engine}'", "Use --engine kvm or --engine sim"),
             };
             if (o.Timeout is { } t && (double.IsNaN(t) || t <= 0 || t > TimeSpan.MaxValue.TotalSeconds / 2))
             {
@@ -104,7 +103,7 @@ internal static class RunCommand
                 KvmDevicePath = o.KvmDevice,
             };
             using var vm = Vm.Create(config);
-            if (!o.Force)
+            if (!o.Force && engineKind == EngineKind.Kvm)
             {
                 RefuseIfHostCannotRun(vm);
             }
@@ -115,7 +114,7 @@ internal static class RunCommand
                 control.Stop(VmOutcomeKind.Interrupted);
             };
             Console.CancelKeyPress += onCancel;
-            var engine = new KvmEngine();
+            IEngine engine = engineKind == EngineKind.Sim ? new SimEngine() : new KvmEngine();
             var clock = Stopwatch.StartNew();
             VmOutcome outcome;
             try

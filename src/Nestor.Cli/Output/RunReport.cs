@@ -46,7 +46,7 @@ internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSp
             o.WriteLine($"  {Name(r.Reason),-16} {r.Count,10} {Milliseconds(r.HandlingTime) + " ms",15} {Microseconds(r.HandlingTime / r.Count) + " us",12}");
         }
         o.WriteLine($"  {"total",-16} {exits.TotalExits,10} {Milliseconds(exits.HandlingTime) + " ms",15}");
-        o.WriteLine($"  time inside the engine running the guest (KVM_RUN): {Milliseconds(exits.GuestTime)} ms");
+        o.WriteLine($"  time inside the engine running the guest{(engine.Name == "kvm" ? " (KVM_RUN)" : "")}: {Milliseconds(exits.GuestTime)} ms");
         if (exits.ByPort.Count > 0)
         {
             o.WriteLine();
@@ -64,14 +64,16 @@ internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSp
             o.WriteLine("Accesses to addresses no device claims:");
             foreach (var u in unclaimed)
             {
-                o.WriteLine($"  {(u.Space == Hypervisor.Devices.AccessSpace.Port ? "port" : "mmio"),-5} 0x{u.Address:x,-12} reads {u.Reads,8}  writes {u.Writes,8}");
+                o.WriteLine($"  {(u.Space == Hypervisor.Devices.AccessSpace.Port ? "port" : "mmio"),-5} {"0x" + u.Address.ToString("x", CultureInfo.InvariantCulture),-14} reads {u.Reads,8}  writes {u.Writes,8}");
             }
         }
         var counters = engine.Counters.Where(c => c.Value != 0).OrderBy(c => c.Name, StringComparer.Ordinal).ToList();
         if (engine.Counters.Count > 0)
         {
             o.WriteLine();
-            o.WriteLine("KVM's own counters for vCPU 0 (KVM_GET_STATS_FD; zero counters left out):");
+            o.WriteLine(engine.Name == "kvm"
+                ? "KVM's own counters for vCPU 0 (KVM_GET_STATS_FD; zero counters left out):"
+                : "The software machine's counters (zero counters left out):");
             foreach (var c in counters)
             {
                 o.WriteLine($"  {c.Name,-36} {c.Value,14}{(c.Unit.Length > 0 ? " " + c.Unit : "")}");

@@ -1,0 +1,270 @@
+using System.Diagnostics;
+using Nestor.Hypervisor.Devices;
+using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.State;
+using Nestor.Machine.Cpu;
+using Nestor.Machine.Memory;
+using Nestor.Machine.Paging;
+
+namespace Nestor.Hypervisor.Engines;
+
+/// <summary>Runs a VM on Nestor's own x86-64 machine model (<see cref="Cpu"/>): every instruction interpreted,
+/// every translation through the modelled MMU, every port access a trap into the VMM's devices.</summary>
+public sealed class SimEngine(MmuConfiguration? mmuConfiguration = null) : IEngine
+{
+    /// <summary>Instructions run between checks for a stop request (timeout, Ctrl-C).</summary>
+    private const long Slice = 1_000_000;
+
+    private IReadOnlyList<EngineCounter> counters = [];
+
+    public string Name => "sim";
+
+    public IReadOnlyList<EngineCounter> Counters => counters;
+
+    public VmOutcome Run(Vm vm, RunControl control)
+    {
+        var memory = new PhysicalMemory(vm.Memory.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
+        ulong top = vm.Memory.Regions.Max(r => r.Region.End.Value);
+        var platform = new Platform(vm);
+        var cpu = new Cpu(memory, platform, mmuConfiguration ?? MmuConfiguration.Default, top);
+        Load(cpu, vm.InitialState);
+        vm.Bus.InstructionPointer = () => cpu.Rip;
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            while (true)
+            {
+                StopReason stop;
+                try
+                {
+                    stop = cpu.Run(Slice);
+                }
+                catch (NotSupportedException e)
+                {
+                    return new VmOutcome(VmOutcomeKind.EmulationFailure,
+                        $"the software machine cannot execute the guest at rip=0x{cpu.Rip:x}: {e.Message}", Capture(cpu));
+                }
+                switch (stop)
+                {
+                    case StopReason.PlatformStop:
+                        uint status = vm.GuestStatus ?? 0;
+                        return new VmOutcome(VmOutcomeKind.DebugExit, $"the guest wrote {status} (0x{status:x}) to the debug-exit port",
+                            Capture(cpu), status);
+                    case StopReason.Halted:
+                        {
+                            vm.Exits.Record(VmExitReason.Halt, 0);
+                            var state = Capture(cpu);
+                            return new VmOutcome(VmOutcomeKind.Halted,
+                                $"the guest executed HLT at rip=0x{state.Rip - 1:x} " +
+                                (state.InterruptsEnabled ? "waiting for an interrupt, but this machine has no device that raises one yet"
+                                    : "with interrupts disabled, so nothing can ever wake it") + "; the VM stopped", state);
+                        }
+                    case StopReason.Shutdown:
+                        {
+                            vm.Exits.Record(VmExitReason.Shutdown, 0);
+                            var state = Capture(cpu);
+                            return new VmOutcome(VmOutcomeKind.TripleFault,
+                                $"the guest triple-faulted (the CPU shut down) at rip=0x{state.Rip:x}: an exception could not be delivered, " +
+                                "nor the double fault that followed. Check the guest's IDT, GDT, stack and page tables at the state below", state);
+                        }
+                }
+                if (control.StopReason is { } requested)
+                {
+                    var state = Capture(cpu);
+                    string message = requested == VmOutcomeKind.Timeout
+                        ? $"the guest was still running after {vm.Config.Timeout?.TotalSeconds:0.###} s (--timeout) at rip=0x{state.Rip:x}; the VM was stopped"
+                        : $"the run was interrupted at rip=0x{state.Rip:x}";
+                    return new VmOutcome(requested, message, state);
+                }
+            }
+        }
+        finally
+        {
+            clock.Stop();
+            vm.Bus.InstructionPointer = null;
+            vm.Exits.AddGuestTicks(clock.ElapsedTicks);
+            vm.Serial.Flush();
+            counters = CountersOf(cpu, clock.Elapsed);
+        }
+    }
+
+    private static List<EngineCounter> CountersOf(Cpu cpu, TimeSpan wall)
+    {
+        var c = cpu.Counters;
+        var m = cpu.Mmu.Counters;
+        var list = new List<EngineCounter>
+        {
+            new("instructions_retired", (ulong)c.InstructionsRetired, ""),
+            new("instructions_per_second", wall.TotalSeconds > 0 ? (ulong)(c.InstructionsRetired / wall.TotalSeconds) : 0, "per s"),
+            new("memory_reads", (ulong)c.MemoryReads, ""),
+            new("memory_writes", (ulong)c.MemoryWrites, ""),
+            new("instructions_decoded", (ulong)c.DecodedInstructions, ""),
+            new("decode_cache_invalidations", (ulong)c.DecodeCacheInvalidations, ""),
+            new("translations", (ulong)m.Translations, ""),
+            new("itlb_hits", (ulong)m.InstructionTlbHits, ""),
+            new("itlb_misses", (ulong)m.InstructionTlbMisses, ""),
+            new("dtlb_hits", (ulong)m.DataTlbHits, ""),
+            new("dtlb_misses", (ulong)m.DataTlbMisses, ""),
+            new("page_walks", (ulong)m.Walks, ""),
+            new("page_walk_references", (ulong)m.WalkReferences, ""),
+            new("page_walk_cache_hits", (ulong)(m.WalkCacheHits[0] + m.WalkCacheHits[1] + m.WalkCacheHits[2]), ""),
+            new("accessed_dirty_writes", (ulong)m.AccessedDirtyWrites, ""),
+            new("page_faults", (ulong)m.PageFaults, ""),
+            new("tlb_flushes", (ulong)m.TlbFlushes, ""),
+            new("system_calls", (ulong)c.SystemCalls, ""),
+            new("software_interrupts", (ulong)c.SoftwareInterrupts, ""),
+        };
+        for (int v = 0; v < 32; v++)
+        {
+            if (c.ExceptionsByVector[v] > 0)
+            {
+                list.Add(new EngineCounter($"exceptions_vector_{v}", (ulong)c.ExceptionsByVector[v], ""));
+            }
+        }
+        foreach (var (mnemonic, count) in c.UnimplementedByMnemonic)
+        {
+            list.Add(new EngineCounter($"unimplemented_{mnemonic.ToLowerInvariant()}", (ulong)count, ""));
+        }
+        return list;
+    }
+
+    /// <summary>The machine around the CPU: the VM's device bus and the CPUID Nestor's software CPU reports.</summary>
+    private sealed class Platform(Vm vm) : IPlatform
+    {
+        public bool StopRequested => vm.GuestStatus is not null;
+
+        public uint PortRead(ushort port, int size)
+        {
+            long start = Stopwatch.GetTimestamp();
+            uint value = vm.Bus.ReadPort(port, size);
+            vm.Exits.RecordPort(port, false, 1, vm.Bus.PortDevice(port)?.Name);
+            vm.Exits.Record(VmExitReason.PortRead, Stopwatch.GetTimestamp() - start);
+            return value;
+        }
+
+        public void PortWrite(ushort port, int size, uint value)
+        {
+            long start = Stopwatch.GetTimestamp();
+            vm.Bus.WritePort(port, size, value);
+            vm.Exits.RecordPort(port, true, 1, vm.Bus.PortDevice(port)?.Name);
+            vm.Exits.Record(VmExitReason.PortWrite, Stopwatch.GetTimestamp() - start);
+        }
+
+        public ulong MmioRead(ulong physical, int size)
+        {
+            long start = Stopwatch.GetTimestamp();
+            ulong value = vm.Bus.ReadMemory(physical, size);
+            vm.Exits.Record(VmExitReason.MmioRead, Stopwatch.GetTimestamp() - start);
+            return value;
+        }
+
+        public void MmioWrite(ulong physical, int size, ulong value)
+        {
+            long start = Stopwatch.GetTimestamp();
+            vm.Bus.WriteMemory(physical, size, value);
+            vm.Exits.Record(VmExitReason.MmioWrite, Stopwatch.GetTimestamp() - start);
+        }
+
+        /// <summary>The features the model implements, and no others (Intel SDM Vol. 2A CPUID, Tables 3-8 to 3-11).</summary>
+        public (uint Eax, uint Ebx, uint Ecx, uint Edx) Cpuid(uint leaf, uint subleaf)
+        {
+            static uint Word(string s, int at) => BitConverter.ToUInt32(System.Text.Encoding.ASCII.GetBytes(s), at);
+            const string vendor = "NestorSimCPU";
+            return leaf switch
+            {
+                0 => (1, Word(vendor, 0), Word(vendor, 8), Word(vendor, 4)),
+                // Family 6; EDX: FPU TSC MSR PAE CX8 APIC SEP PGE CMOV; ECX: hypervisor present, POPCNT (bit 23).
+                1 => (0x0000_0600, 0, (1u << 31) | (1u << 23), (1u << 0) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) |
+                                                             (1u << 11) | (1u << 13) | (1u << 15)),
+                KvmEngine.HypervisorLeaf => (KvmEngine.HypervisorLeaf, Word(KvmEngine.HypervisorSignature, 0),
+                    Word(KvmEngine.HypervisorSignature, 4), Word(KvmEngine.HypervisorSignature, 8)),
+                0x8000_0000 => (0x8000_0001, 0, 0, 0),
+                // SYSCALL (11), NX (20), 1 GiB pages (26), RDTSCP (27), long mode (29); LZCNT (ECX bit 5).
+                0x8000_0001 => (0, 0, 1u << 5, (1u << 11) | (1u << 20) | (1u << 26) | (1u << 27) | (1u << 29)),
+                _ => (0, 0, 0, 0),
+            };
+        }
+    }
+
+    private static void Load(Cpu cpu, VcpuState s)
+    {
+        ulong[] r = cpu.Registers;
+        (r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) = (s.Rax, s.Rcx, s.Rdx, s.Rbx, s.Rsp, s.Rbp, s.Rsi, s.Rdi);
+        (r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]) = (s.R8, s.R9, s.R10, s.R11, s.R12, s.R13, s.R14, s.R15);
+        cpu.Rip = s.Rip;
+        cpu.Rflags = s.Rflags;
+        (cpu.Cr0, cpu.Cr2, cpu.Cr3, cpu.Cr4, cpu.Cr8, cpu.Efer) = (s.Cr0, s.Cr2, s.Cr3, s.Cr4, s.Cr8, s.Efer);
+        cpu.Cs = ToSegment(s.Cs);
+        cpu.Ds = ToSegment(s.Ds);
+        cpu.Es = ToSegment(s.Es);
+        cpu.Fs = ToSegment(s.Fs);
+        cpu.Gs = ToSegment(s.Gs);
+        cpu.Ss = ToSegment(s.Ss);
+        cpu.Tr = ToSegment(s.Tr);
+        cpu.Ldtr = ToSegment(s.Ldt);
+        (cpu.GdtBase, cpu.GdtLimit, cpu.IdtBase, cpu.IdtLimit) = (s.Gdtr.Base, s.Gdtr.Limit, s.Idtr.Base, s.Idtr.Limit);
+        cpu.ControlStateChanged();
+    }
+
+    private static Segment ToSegment(SegmentState s) => new()
+    {
+        Selector = s.Selector,
+        Base = s.Base,
+        Limit = s.Limit,
+        Attributes = (ushort)(s.Type | (s.CodeOrData ? 0x10 : 0) | (s.PrivilegeLevel << 5) | (s.Present ? 0x80 : 0) |
+                              (s.LongMode ? 0x2000 : 0) | (s.DefaultBig ? 0x4000 : 0) | (s.Granularity ? 0x8000 : 0)),
+    };
+
+    private static SegmentState FromSegment(Segment s) => new(s.Selector, s.Base, s.Limit, (byte)(s.Attributes & 0xF),
+        (s.Attributes & 0x10) != 0, (byte)((s.Attributes >> 5) & 3), (s.Attributes & 0x80) != 0, (s.Attributes & 0x2000) != 0,
+        (s.Attributes & 0x4000) != 0, (s.Attributes & 0x8000) != 0, (s.Attributes & 0x80) == 0);
+
+    /// <summary>The CPU's architectural state as the engine-neutral <see cref="VcpuState"/>.</summary>
+    public static VcpuState Capture(Cpu cpu)
+    {
+        ulong[] r = cpu.Registers;
+        return new VcpuState
+        {
+            Rax = r[0],
+            Rcx = r[1],
+            Rdx = r[2],
+            Rbx = r[3],
+            Rsp = r[4],
+            Rbp = r[5],
+            Rsi = r[6],
+            Rdi = r[7],
+            R8 = r[8],
+            R9 = r[9],
+            R10 = r[10],
+            R11 = r[11],
+            R12 = r[12],
+            R13 = r[13],
+            R14 = r[14],
+            R15 = r[15],
+            Rip = cpu.Rip,
+            Rflags = cpu.Rflags,
+            Cr0 = cpu.Cr0,
+            Cr2 = cpu.Cr2,
+            Cr3 = cpu.Cr3,
+            Cr4 = cpu.Cr4,
+            Cr8 = cpu.Cr8,
+            Efer = cpu.Efer,
+            Cs = FromSegment(cpu.Cs),
+            Ds = FromSegment(cpu.Ds),
+            Es = FromSegment(cpu.Es),
+            Fs = FromSegment(cpu.Fs),
+            Gs = FromSegment(cpu.Gs),
+            Ss = FromSegment(cpu.Ss),
+            Tr = FromSegment(cpu.Tr),
+            Ldt = FromSegment(cpu.Ldtr),
+            Gdtr = new DescriptorTableState(cpu.GdtBase, cpu.GdtLimit),
+            Idtr = new DescriptorTableState(cpu.IdtBase, cpu.IdtLimit),
+            FsBase = cpu.Fs.Base,
+            GsBase = cpu.Gs.Base,
+            KernelGsBase = cpu.KernelGsBase,
+            Star = cpu.Star,
+            LongStar = cpu.LongStar,
+            SyscallFlagMask = cpu.SyscallFlagMask,
+        };
+    }
+}

@@ -1,0 +1,174 @@
+using Nestor.Machine.Architecture;
+
+namespace Nestor.Machine.Cpu;
+
+public sealed partial class Cpu
+{
+    /// <summary>Delivers an exception or interrupt through the 64-bit IDT (Intel SDM Vol. 3A §6.14): read the gate,
+    /// switch to the TSS stack on a privilege change (or to an IST stack), push SS, RSP, RFLAGS, CS, RIP and the
+    /// error code, clear IF for an interrupt gate, enter the handler. A fault during delivery becomes #DF; a fault
+    /// while delivering #DF shuts the CPU down. Returns false on shutdown.</summary>
+    private bool Deliver(ExceptionVector vector, uint errorCode, bool hasErrorCode, ulong faultAddress, bool software, ulong returnRip)
+    {
+        Counters.Exception(vector);
+        if (vector == ExceptionVector.PageFault)
+        {
+            Cr2 = faultAddress;
+        }
+        deliveryDepth++;
+        try
+        {
+            DeliverOnce((int)vector, errorCode, hasErrorCode, software, returnRip);
+            return true;
+        }
+        catch (GuestFault)
+        {
+            if (vector == ExceptionVector.DoubleFault || deliveryDepth > 2)
+            {
+                return false; // triple fault
+            }
+            return Deliver(ExceptionVector.DoubleFault, 0, true, 0, false, returnRip);
+        }
+        finally
+        {
+            deliveryDepth--;
+        }
+    }
+
+    /// <summary>Delivers vector <paramref name="vector"/> (0–255) with <paramref name="returnRip"/> as the saved RIP.</summary>
+    private void DeliverOnce(int vector, uint errorCode, bool hasErrorCode, bool software, ulong returnRip)
+    {
+        if ((Efer & Architecture.Efer.LongModeActive) == 0)
+        {
+            throw new NotSupportedException("exception delivery outside long mode is not modelled yet");
+        }
+        if ((ulong)vector * 16 + 15 > IdtLimit)
+        {
+            throw GuestFault.GeneralProtection((uint)(vector * 8 + 2));
+        }
+        ulong gateAddress = IdtBase + (ulong)vector * 16;
+        ulong low = ReadSupervisor(gateAddress, 8), high = ReadSupervisor(gateAddress + 8, 8);
+        int type = (int)((low >> 40) & 0xF);
+        int gatePrivilege = (int)((low >> 45) & 3);
+        bool present = ((low >> 47) & 1) != 0;
+        if (!present || (type != 0xE && type != 0xF))
+        {
+            throw new GuestFault(present ? ExceptionVector.GeneralProtection : ExceptionVector.SegmentNotPresent, (uint)(vector * 8 + 2), true);
+        }
+        if (software && gatePrivilege < PrivilegeLevel)
+        {
+            throw GuestFault.GeneralProtection((uint)(vector * 8 + 2));
+        }
+        ushort selector = (ushort)(low >> 16);
+        ulong target = (low & 0xFFFF) | ((low >> 32) & 0xFFFF_0000) | (high << 32);
+        int ist = (int)((low >> 32) & 7);
+        Segment code = LoadDescriptor(selector);
+        int newPrivilege = code.PrivilegeLevel;
+        ulong oldRsp = Registers[Rsp];
+        ushort oldSs = Ss.Selector;
+        ulong rsp = oldRsp;
+        if (ist != 0)
+        {
+            rsp = ReadSupervisor(Tr.Base + 0x24 + (ulong)(ist - 1) * 8, 8);
+        }
+        else if (newPrivilege < PrivilegeLevel)
+        {
+            rsp = ReadSupervisor(Tr.Base + 4 + (ulong)newPrivilege * 8, 8);
+        }
+        rsp &= ~0xFUL;
+        int oldPrivilege = PrivilegeLevel;
+        ulong oldCs = Cs.Selector;
+        ulong oldFlags = Rflags;
+        // Push the frame with the new privilege's view of memory.
+        Cs = code;
+        Cs.Selector = (ushort)((selector & ~3) | newPrivilege);
+        try
+        {
+            Push64(ref rsp, oldSs);
+            Push64(ref rsp, oldRsp);
+            Push64(ref rsp, oldFlags);
+            Push64(ref rsp, oldCs);
+            Push64(ref rsp, returnRip);
+            if (hasErrorCode)
+            {
+                Push64(ref rsp, errorCode);
+            }
+        }
+        catch (GuestFault)
+        {
+            Cs.Selector = (ushort)oldCs;
+            Cs = LoadDescriptorOrCurrent((ushort)oldCs, oldPrivilege);
+            throw;
+        }
+        if (newPrivilege < oldPrivilege)
+        {
+            Ss = new Segment { Selector = (ushort)newPrivilege, Attributes = 0 };
+        }
+        Registers[Rsp] = rsp;
+        Rflags &= ~(FlagBits.Trap | FlagBits.Nested | FlagBits.Resume |
+                    FlagBits.Virtual8086);
+        if (type == 0xE)
+        {
+            Rflags &= ~FlagBits.Interrupt;
+        }
+        Rip = target;
+    }
+
+    private Segment LoadDescriptorOrCurrent(ushort selector, int privilege)
+    {
+        var s = Cs;
+        s.Selector = (ushort)((selector & ~3) | privilege);
+        return s;
+    }
+
+    private void Push64(ref ulong rsp, ulong value)
+    {
+        rsp -= 8;
+        WriteLinear(rsp, 8, value);
+    }
+
+    /// <summary>An implicit supervisor access (descriptor tables, TSS): allowed to supervisor pages whatever the CPL.</summary>
+    private ulong ReadSupervisor(ulong linear, int size)
+    {
+        var saved = Cs.Selector;
+        Cs.Selector &= 0xFFFC;
+        try
+        {
+            return ReadLinear(linear, size);
+        }
+        finally
+        {
+            Cs.Selector = saved;
+        }
+    }
+
+    /// <summary>Reads a segment descriptor from the GDT (the LDT is not modelled).</summary>
+    private Segment LoadDescriptor(ushort selector)
+    {
+        if ((selector & ~3) == 0)
+        {
+            return new Segment { Selector = selector };
+        }
+        if ((selector & 4) != 0 || (ulong)(selector & ~7) + 7 > GdtLimit)
+        {
+            throw GuestFault.GeneralProtection((uint)(selector & ~3));
+        }
+        ulong d = ReadSupervisor(GdtBase + (ulong)(selector & ~7), 8);
+        if (((d >> 47) & 1) == 0)
+        {
+            throw new GuestFault(ExceptionVector.SegmentNotPresent, (uint)(selector & ~3), true);
+        }
+        uint limit = (uint)((d & 0xFFFF) | ((d >> 32) & 0xF_0000));
+        if (((d >> 55) & 1) != 0)
+        {
+            limit = (limit << 12) | 0xFFF;
+        }
+        return new Segment
+        {
+            Selector = selector,
+            Base = ((d >> 16) & 0xFF_FFFF) | ((d >> 32) & 0xFF00_0000),
+            Limit = limit,
+            Attributes = (ushort)((d >> 40) & 0xF0FF),
+        };
+    }
+}

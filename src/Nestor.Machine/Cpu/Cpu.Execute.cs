@@ -1,0 +1,395 @@
+using System.Runtime.CompilerServices;
+using Iced.Intel;
+using Nestor.Machine.Architecture;
+
+namespace Nestor.Machine.Cpu;
+
+public sealed partial class Cpu
+{
+    /// <summary>Executes one decoded instruction. RIP is advanced first (so RIP-relative and branch targets from Iced
+    /// are absolute), and restored by the fault path if the instruction faults.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private StopReason? Execute(in Instruction i)
+    {
+        Rip = i.NextIP;
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Mov:
+                if (i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsCR())
+                {
+                    return MoveToControl(i);
+                }
+                if (i.GetOpKind(1) == OpKind.Register && i.GetOpRegister(1).IsCR())
+                {
+                    RequirePrivilege0();
+                    WriteRegister(i.GetOpRegister(0), ReadControl(i.GetOpRegister(1)));
+                    return null;
+                }
+                {
+                    int size = OperandSize(i, 0);
+                    ulong value = ReadOperand(i, 1, OperandSize(i, 1));
+                    if (i.GetOpKind(1) is OpKind.Immediate32to64 or OpKind.Immediate8to64)
+                    {
+                        value = i.GetImmediate(1);
+                    }
+                    WriteOperand(i, 0, size, value);
+                }
+                return null;
+            case Mnemonic.Movzx:
+                WriteOperand(i, 0, OperandSize(i, 0), ReadOperand(i, 1, OperandSize(i, 1)));
+                return null;
+            case Mnemonic.Movsx:
+            case Mnemonic.Movsxd:
+                {
+                    int from = OperandSize(i, 1);
+                    WriteOperand(i, 0, OperandSize(i, 0), SignExtend(ReadOperand(i, 1, from), from));
+                    return null;
+                }
+            case Mnemonic.Lea:
+                WriteOperand(i, 0, OperandSize(i, 0), EffectiveAddressNoSegment(i));
+                return null;
+            case Mnemonic.Xchg:
+                {
+                    int size = OperandSize(i, 0);
+                    ulong a = ReadOperand(i, 0, size), b = ReadOperand(i, 1, size);
+                    WriteOperand(i, 0, size, b);
+                    WriteOperand(i, 1, size, a);
+                    return null;
+                }
+            case Mnemonic.Xadd:
+                {
+                    int size = OperandSize(i, 0);
+                    ulong a = ReadOperand(i, 0, size), b = ReadOperand(i, 1, size);
+                    ulong sum = Add(a, b, 0, size);
+                    WriteOperand(i, 1, size, a);
+                    WriteOperand(i, 0, size, sum);
+                    return null;
+                }
+            case Mnemonic.Cmpxchg:
+                {
+                    int size = OperandSize(i, 0);
+                    ulong destination = ReadOperand(i, 0, size);
+                    ulong accumulator = Registers[Rax] & Mask(size);
+                    Subtract(accumulator, destination, 0, size);
+                    if (accumulator == destination)
+                    {
+                        WriteOperand(i, 0, size, ReadOperand(i, 1, size));
+                    }
+                    else
+                    {
+                        WriteOperand(i, 0, size, destination); // the processor always writes (SDM Vol. 2A CMPXCHG)
+                        WriteRegister(size switch { 1 => Register.AL, 2 => Register.AX, 4 => Register.EAX, _ => Register.RAX }, destination);
+                    }
+                    return null;
+                }
+            case Mnemonic.Bswap:
+                {
+                    int size = OperandSize(i, 0);
+                    ulong v = ReadOperand(i, 0, size);
+                    WriteOperand(i, 0, size, size == 8 ? System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(v)
+                        : System.Buffers.Binary.BinaryPrimitives.ReverseEndianness((uint)v));
+                    return null;
+                }
+            case Mnemonic.Push:
+                {
+                    int size = OperandSize(i, 0);
+                    ulong value = i.GetOpKind(0) == OpKind.Register ? ReadRegister(i.GetOpRegister(0)) : ReadOperand(i, 0, size);
+                    if (i.GetOpKind(0) is OpKind.Immediate8to64 or OpKind.Immediate32to64 or OpKind.Immediate8to16)
+                    {
+                        value = i.GetImmediate(0);
+                    }
+                    Push(value, i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister() ? 8 : Math.Max(size, 2) == 2 ? 2 : 8);
+                    return null;
+                }
+            case Mnemonic.Pop:
+                {
+                    int size = OperandSize(i, 0);
+                    if (i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister())
+                    {
+                        ulong selector = Pop(8);
+                        WriteRegister(i.GetOpRegister(0), selector);
+                        return null;
+                    }
+                    ulong value = Pop(size == 2 ? 2 : 8);
+                    WriteOperand(i, 0, size, value);
+                    return null;
+                }
+            case Mnemonic.Add:
+            case Mnemonic.Adc:
+            case Mnemonic.Sub:
+            case Mnemonic.Sbb:
+            case Mnemonic.Cmp:
+            case Mnemonic.And:
+            case Mnemonic.Or:
+            case Mnemonic.Xor:
+            case Mnemonic.Test:
+            case Mnemonic.Inc:
+            case Mnemonic.Dec:
+            case Mnemonic.Neg:
+            case Mnemonic.Not:
+                return Arithmetic(i);
+            case Mnemonic.Shl:
+            case Mnemonic.Sal:
+            case Mnemonic.Shr:
+            case Mnemonic.Sar:
+            case Mnemonic.Rol:
+            case Mnemonic.Ror:
+            case Mnemonic.Rcl:
+            case Mnemonic.Rcr:
+                return Shift(i);
+            case Mnemonic.Mul:
+            case Mnemonic.Imul:
+            case Mnemonic.Div:
+            case Mnemonic.Idiv:
+                return MultiplyDivide(i);
+            case Mnemonic.Bt:
+            case Mnemonic.Bts:
+            case Mnemonic.Btr:
+            case Mnemonic.Btc:
+            case Mnemonic.Bsf:
+            case Mnemonic.Bsr:
+            case Mnemonic.Tzcnt:
+            case Mnemonic.Lzcnt:
+            case Mnemonic.Popcnt:
+                return BitOperation(i);
+            case Mnemonic.Cbw: WriteRegister(Register.AX, SignExtend(Registers[Rax], 1)); return null;
+            case Mnemonic.Cwde: WriteRegister(Register.EAX, SignExtend(Registers[Rax], 2)); return null;
+            case Mnemonic.Cdqe: Registers[Rax] = SignExtend(Registers[Rax], 4); return null;
+            case Mnemonic.Cwd: WriteRegister(Register.DX, (Registers[Rax] & 0x8000) != 0 ? 0xFFFFUL : 0UL); return null;
+            case Mnemonic.Cdq: WriteRegister(Register.EDX, (Registers[Rax] & 0x8000_0000) != 0 ? 0xFFFF_FFFF : 0); return null;
+            case Mnemonic.Cqo: Registers[Rdx] = (Registers[Rax] & (1UL << 63)) != 0 ? ulong.MaxValue : 0; return null;
+            case Mnemonic.Clc: Rflags &= ~Rflags_Carry; return null;
+            case Mnemonic.Stc: Rflags |= Rflags_Carry; return null;
+            case Mnemonic.Cmc: Rflags ^= Rflags_Carry; return null;
+            case Mnemonic.Cld: Rflags &= ~FlagBits.Direction; return null;
+            case Mnemonic.Std: Rflags |= FlagBits.Direction; return null;
+            case Mnemonic.Lahf:
+                Registers[Rax] = (Registers[Rax] & ~0xFF00UL) | ((Rflags & 0xD7 | 2) << 8);
+                return null;
+            case Mnemonic.Sahf:
+                Rflags = (Rflags & ~0xD5UL) | ((Registers[Rax] >> 8) & 0xD5);
+                return null;
+            case Mnemonic.Nop:
+            case Mnemonic.Pause:
+            case Mnemonic.Lfence:
+            case Mnemonic.Mfence:
+            case Mnemonic.Sfence:
+            case Mnemonic.Prefetchnta:
+            case Mnemonic.Prefetcht0:
+            case Mnemonic.Prefetcht1:
+            case Mnemonic.Prefetcht2:
+            case Mnemonic.Endbr64:
+                return null;
+            case Mnemonic.Jmp:
+            case Mnemonic.Call:
+            case Mnemonic.Ret:
+            case Mnemonic.Jo:
+            case Mnemonic.Jno:
+            case Mnemonic.Jb:
+            case Mnemonic.Jae:
+            case Mnemonic.Je:
+            case Mnemonic.Jne:
+            case Mnemonic.Jbe:
+            case Mnemonic.Ja:
+            case Mnemonic.Js:
+            case Mnemonic.Jns:
+            case Mnemonic.Jp:
+            case Mnemonic.Jnp:
+            case Mnemonic.Jl:
+            case Mnemonic.Jge:
+            case Mnemonic.Jle:
+            case Mnemonic.Jg:
+            case Mnemonic.Jrcxz:
+            case Mnemonic.Jecxz:
+            case Mnemonic.Loop:
+            case Mnemonic.Loope:
+            case Mnemonic.Loopne:
+            case Mnemonic.Leave:
+            case Mnemonic.Retf:
+            case Mnemonic.Iretq:
+            case Mnemonic.Int:
+            case Mnemonic.Int1:
+            case Mnemonic.Int3:
+            case Mnemonic.Into:
+            case Mnemonic.Syscall:
+            case Mnemonic.Sysretq:
+                return ControlTransfer(i);
+            case Mnemonic.Cmovo:
+            case Mnemonic.Cmovno:
+            case Mnemonic.Cmovb:
+            case Mnemonic.Cmovae:
+            case Mnemonic.Cmove:
+            case Mnemonic.Cmovne:
+            case Mnemonic.Cmovbe:
+            case Mnemonic.Cmova:
+            case Mnemonic.Cmovs:
+            case Mnemonic.Cmovns:
+            case Mnemonic.Cmovp:
+            case Mnemonic.Cmovnp:
+            case Mnemonic.Cmovl:
+            case Mnemonic.Cmovge:
+            case Mnemonic.Cmovle:
+            case Mnemonic.Cmovg:
+                {
+                    int size = OperandSize(i, 0);
+                    ulong value = ReadOperand(i, 1, size); // the source is read (and may fault) whatever the condition
+                    if (Condition(i.ConditionCode))
+                    {
+                        WriteOperand(i, 0, size, value);
+                    }
+                    else if (size == 4)
+                    {
+                        WriteOperand(i, 0, 4, ReadOperand(i, 0, 4)); // a 32-bit CMOV zeroes the upper half regardless
+                    }
+                    return null;
+                }
+            case Mnemonic.Seto:
+            case Mnemonic.Setno:
+            case Mnemonic.Setb:
+            case Mnemonic.Setae:
+            case Mnemonic.Sete:
+            case Mnemonic.Setne:
+            case Mnemonic.Setbe:
+            case Mnemonic.Seta:
+            case Mnemonic.Sets:
+            case Mnemonic.Setns:
+            case Mnemonic.Setp:
+            case Mnemonic.Setnp:
+            case Mnemonic.Setl:
+            case Mnemonic.Setge:
+            case Mnemonic.Setle:
+            case Mnemonic.Setg:
+                WriteOperand(i, 0, 1, Condition(i.ConditionCode) ? 1UL : 0);
+                return null;
+            case Mnemonic.Movsb:
+            case Mnemonic.Movsw:
+            case Mnemonic.Movsd:
+            case Mnemonic.Movsq:
+            case Mnemonic.Stosb:
+            case Mnemonic.Stosw:
+            case Mnemonic.Stosd:
+            case Mnemonic.Stosq:
+            case Mnemonic.Lodsb:
+            case Mnemonic.Lodsw:
+            case Mnemonic.Lodsd:
+            case Mnemonic.Lodsq:
+            case Mnemonic.Cmpsb:
+            case Mnemonic.Cmpsw:
+            case Mnemonic.Cmpsd:
+            case Mnemonic.Cmpsq:
+            case Mnemonic.Scasb:
+            case Mnemonic.Scasw:
+            case Mnemonic.Scasd:
+            case Mnemonic.Scasq:
+                return StringOperation(i);
+            default:
+                return SystemInstruction(i);
+        }
+    }
+
+    private const ulong Rflags_Carry = FlagBits.Carry;
+
+    /// <summary>LEA: the address without any segment base.</summary>
+    private ulong EffectiveAddressNoSegment(in Instruction i)
+    {
+        ulong address;
+        if (i.IsIPRelativeMemoryOperand)
+        {
+            return i.IPRelativeMemoryAddress;
+        }
+        address = i.MemoryDisplacement64;
+        if (i.MemoryBase != Register.None)
+        {
+            address += ReadRegister(i.MemoryBase);
+        }
+        if (i.MemoryIndex != Register.None)
+        {
+            address += ReadRegister(i.MemoryIndex) * (ulong)i.MemoryIndexScale;
+        }
+        return address;
+    }
+
+    /// <summary>Evaluates a condition code from RFLAGS (SDM Vol. 1 Appendix B).</summary>
+    private bool Condition(ConditionCode code)
+    {
+        ulong f = Rflags;
+        bool cf = (f & C) != 0, zf = (f & Z) != 0, sf = (f & S) != 0, of = (f & O) != 0, pf = (f & P) != 0;
+        return code switch
+        {
+            ConditionCode.o => of,
+            ConditionCode.no => !of,
+            ConditionCode.b => cf,
+            ConditionCode.ae => !cf,
+            ConditionCode.e => zf,
+            ConditionCode.ne => !zf,
+            ConditionCode.be => cf || zf,
+            ConditionCode.a => !cf && !zf,
+            ConditionCode.s => sf,
+            ConditionCode.ns => !sf,
+            ConditionCode.p => pf,
+            ConditionCode.np => !pf,
+            ConditionCode.l => sf != of,
+            ConditionCode.ge => sf == of,
+            ConditionCode.le => zf || sf != of,
+            ConditionCode.g => !zf && sf == of,
+            _ => true,
+        };
+    }
+
+    /// <summary>MOVS, STOS, LODS, CMPS, SCAS with REP/REPE/REPNE (SDM Vol. 2B REP). One iteration per executed
+    /// instruction would make `rep` restartable after a fault; here the whole repetition runs, and a fault leaves
+    /// RCX/RSI/RDI at the faulting iteration, which is what the hardware guarantees too.</summary>
+    private StopReason? StringOperation(in Instruction i)
+    {
+        int size = i.Mnemonic switch
+        {
+            Mnemonic.Movsb or Mnemonic.Stosb or Mnemonic.Lodsb or Mnemonic.Cmpsb or Mnemonic.Scasb => 1,
+            Mnemonic.Movsw or Mnemonic.Stosw or Mnemonic.Lodsw or Mnemonic.Cmpsw or Mnemonic.Scasw => 2,
+            Mnemonic.Movsd or Mnemonic.Stosd or Mnemonic.Lodsd or Mnemonic.Cmpsd or Mnemonic.Scasd => 4,
+            _ => 8,
+        };
+        bool repeat = i.HasRepPrefix || i.HasRepePrefix || i.HasRepnePrefix;
+        ulong step = (Rflags & FlagBits.Direction) != 0 ? unchecked((ulong)-size) : (ulong)size;
+        while (!repeat || Registers[Rcx] != 0)
+        {
+            switch (i.Mnemonic)
+            {
+                case Mnemonic.Movsb or Mnemonic.Movsw or Mnemonic.Movsd or Mnemonic.Movsq:
+                    WriteLinear(Registers[Rdi], size, ReadLinear(Registers[Rsi], size));
+                    Registers[Rsi] += step;
+                    Registers[Rdi] += step;
+                    break;
+                case Mnemonic.Stosb or Mnemonic.Stosw or Mnemonic.Stosd or Mnemonic.Stosq:
+                    WriteLinear(Registers[Rdi], size, Registers[Rax]);
+                    Registers[Rdi] += step;
+                    break;
+                case Mnemonic.Lodsb or Mnemonic.Lodsw or Mnemonic.Lodsd or Mnemonic.Lodsq:
+                    WriteRegister(size switch { 1 => Register.AL, 2 => Register.AX, 4 => Register.EAX, _ => Register.RAX },
+                        ReadLinear(Registers[Rsi], size));
+                    Registers[Rsi] += step;
+                    break;
+                case Mnemonic.Cmpsb or Mnemonic.Cmpsw or Mnemonic.Cmpsd or Mnemonic.Cmpsq:
+                    Subtract(ReadLinear(Registers[Rsi], size), ReadLinear(Registers[Rdi], size), 0, size);
+                    Registers[Rsi] += step;
+                    Registers[Rdi] += step;
+                    break;
+                default:
+                    Subtract(Registers[Rax] & Mask(size), ReadLinear(Registers[Rdi], size), 0, size);
+                    Registers[Rdi] += step;
+                    break;
+            }
+            if (!repeat)
+            {
+                break;
+            }
+            Registers[Rcx]--;
+            bool compares = i.Mnemonic is Mnemonic.Cmpsb or Mnemonic.Cmpsw or Mnemonic.Cmpsd or Mnemonic.Cmpsq
+                or Mnemonic.Scasb or Mnemonic.Scasw or Mnemonic.Scasd or Mnemonic.Scasq;
+            if (compares && ((i.HasRepePrefix && (Rflags & Z) == 0) || (i.HasRepnePrefix && (Rflags & Z) != 0)))
+            {
+                break;
+            }
+        }
+        return null;
+    }
+}

@@ -1,0 +1,270 @@
+using Iced.Intel;
+using Nestor.Machine.Architecture;
+
+namespace Nestor.Machine.Cpu;
+
+// System instructions: control registers, descriptor tables, MSRs, CPUID, TSC, port I/O, HLT, flags with IF/IOPL.
+public sealed partial class Cpu
+{
+    private StopReason? SystemInstruction(in Instruction i)
+    {
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Hlt:
+                RequirePrivilege0();
+                return StopReason.Halted;
+            case Mnemonic.Cli:
+            case Mnemonic.Sti:
+                // Sensitive: allowed when CPL ≤ IOPL, else #GP (SDM Vol. 2A CLI).
+                if (PrivilegeLevel > (int)((Rflags >> 12) & 3))
+                {
+                    throw GuestFault.GeneralProtection();
+                }
+                Rflags = i.Mnemonic == Mnemonic.Cli ? Rflags & ~FlagBits.Interrupt : Rflags | FlagBits.Interrupt;
+                return null;
+            case Mnemonic.Pushfq:
+            case Mnemonic.Pushf:
+                Push(Rflags & ~(FlagBits.Resume | FlagBits.Virtual8086), i.Mnemonic == Mnemonic.Pushf ? 2 : 8);
+                return null;
+            case Mnemonic.Popfq:
+            case Mnemonic.Popf:
+                {
+                    ulong value = Pop(i.Mnemonic == Mnemonic.Popf ? 2 : 8);
+                    // POPF is sensitive but not privileged: at CPL > 0 IOPL is kept, and IF is kept unless CPL ≤ IOPL —
+                    // silently, without a fault (Robin & Irvine; SDM Vol. 2B POPF).
+                    ulong changeable = FlagBits.Status | FlagBits.Trap | FlagBits.Direction |
+                                       FlagBits.Nested | FlagBits.AlignmentCheck |
+                                       FlagBits.Identification;
+                    if (PrivilegeLevel == 0)
+                    {
+                        changeable |= FlagBits.IoPrivilege;
+                    }
+                    if (PrivilegeLevel <= (int)((Rflags >> 12) & 3))
+                    {
+                        changeable |= FlagBits.Interrupt;
+                    }
+                    if (i.Mnemonic == Mnemonic.Popf)
+                    {
+                        changeable &= 0xFFFF;
+                    }
+                    Rflags = (Rflags & ~changeable) | (value & changeable) | Rflags_Reserved;
+                    return null;
+                }
+            case Mnemonic.In:
+                {
+                    int size = OperandSize(i, 0);
+                    ushort port = (ushort)ReadOperand(i, 1, i.GetOpKind(1) == OpKind.Register ? 2 : 1);
+                    CheckIoPermission();
+                    Counters.PortReads++;
+                    WriteOperand(i, 0, size, platform.PortRead(port, size));
+                    return null;
+                }
+            case Mnemonic.Out:
+                {
+                    int size = OperandSize(i, 1);
+                    ushort port = (ushort)ReadOperand(i, 0, i.GetOpKind(0) == OpKind.Register ? 2 : 1);
+                    CheckIoPermission();
+                    Counters.PortWrites++;
+                    platform.PortWrite(port, size, (uint)ReadOperand(i, 1, size));
+                    return platform.StopRequested ? StopReason.PlatformStop : null;
+                }
+            case Mnemonic.Cpuid:
+                {
+                    var (a, b, c, d) = platform.Cpuid((uint)Registers[Rax], (uint)Registers[Rcx]);
+                    Registers[Rax] = a;
+                    Registers[Rbx] = b;
+                    Registers[Rcx] = c;
+                    Registers[Rdx] = d;
+                    return null;
+                }
+            case Mnemonic.Rdtsc:
+            case Mnemonic.Rdtscp:
+                {
+                    ulong t = Tsc;
+                    Registers[Rax] = (uint)t;
+                    Registers[Rdx] = t >> 32;
+                    if (i.Mnemonic == Mnemonic.Rdtscp)
+                    {
+                        Registers[Rcx] = (uint)TscAux;
+                    }
+                    return null;
+                }
+            case Mnemonic.Rdmsr:
+                RequirePrivilege0();
+                {
+                    ulong v = ReadMsr((uint)Registers[Rcx]);
+                    Registers[Rax] = (uint)v;
+                    Registers[Rdx] = v >> 32;
+                    return null;
+                }
+            case Mnemonic.Wrmsr:
+                RequirePrivilege0();
+                WriteMsr((uint)Registers[Rcx], ((Registers[Rdx] & 0xFFFF_FFFF) << 32) | (uint)Registers[Rax]);
+                return null;
+            case Mnemonic.Lgdt:
+            case Mnemonic.Lidt:
+                {
+                    RequirePrivilege0();
+                    ulong address = EffectiveAddress(i);
+                    ushort limit = (ushort)ReadLinear(address, 2);
+                    ulong baseAddress = ReadLinear(address + 2, 8);
+                    if (i.Mnemonic == Mnemonic.Lgdt)
+                    {
+                        (GdtBase, GdtLimit) = (baseAddress, limit);
+                    }
+                    else
+                    {
+                        (IdtBase, IdtLimit) = (baseAddress, limit);
+                    }
+                    return null;
+                }
+            case Mnemonic.Sgdt:
+            case Mnemonic.Sidt:
+                {
+                    // Sensitive but not privileged (without CR4.UMIP): user code can read the tables' location.
+                    ulong address = EffectiveAddress(i);
+                    bool gdt = i.Mnemonic == Mnemonic.Sgdt;
+                    WriteLinear(address, 2, gdt ? GdtLimit : IdtLimit);
+                    WriteLinear(address + 2, 8, gdt ? GdtBase : IdtBase);
+                    return null;
+                }
+            case Mnemonic.Sldt:
+                WriteOperand(i, 0, OperandSize(i, 0), Ldtr.Selector);
+                return null;
+            case Mnemonic.Str:
+                WriteOperand(i, 0, OperandSize(i, 0), Tr.Selector);
+                return null;
+            case Mnemonic.Smsw:
+                WriteOperand(i, 0, OperandSize(i, 0), i.GetOpKind(0) == OpKind.Memory ? Cr0 & 0xFFFF : Cr0);
+                return null;
+            case Mnemonic.Ltr:
+                {
+                    RequirePrivilege0();
+                    ushort selector = (ushort)ReadOperand(i, 0, 2);
+                    ulong entry = GdtBase + (ulong)(selector & ~7);
+                    ulong low = ReadSupervisor(entry, 8), high = ReadSupervisor(entry + 8, 8);
+                    var tr = LoadDescriptor(selector);
+                    tr.Base |= high << 32;
+                    Tr = tr;
+                    // Mark the descriptor busy (type 9 → 11).
+                    WriteLinear(entry, 8, low | (2UL << 40));
+                    return null;
+                }
+            case Mnemonic.Lldt:
+                RequirePrivilege0();
+                Ldtr = new Segment { Selector = (ushort)ReadOperand(i, 0, 2) };
+                return null;
+            case Mnemonic.Invlpg:
+                RequirePrivilege0();
+                Mmu.InvalidatePage(EffectiveAddress(i));
+                return null;
+            case Mnemonic.Swapgs:
+                RequirePrivilege0();
+                (Gs.Base, KernelGsBase) = (KernelGsBase, Gs.Base);
+                return null;
+            case Mnemonic.Wbinvd:
+            case Mnemonic.Invd:
+            case Mnemonic.Clts:
+                RequirePrivilege0();
+                if (i.Mnemonic == Mnemonic.Clts)
+                {
+                    Cr0 &= ~Architecture.Cr0.TaskSwitched;
+                }
+                return null;
+            case Mnemonic.Ud2:
+            case Mnemonic.Ud0:
+            case Mnemonic.Ud1:
+                throw GuestFault.InvalidOpcode();
+            default:
+                return Unimplemented(i);
+        }
+    }
+
+    private void CheckIoPermission()
+    {
+        // Port I/O is sensitive: allowed when CPL ≤ IOPL; the TSS I/O bitmap is not modelled, so otherwise #GP.
+        if (PrivilegeLevel > (int)((Rflags >> 12) & 3))
+        {
+            throw GuestFault.GeneralProtection();
+        }
+    }
+
+    private StopReason? MoveToControl(in Instruction i)
+    {
+        RequirePrivilege0();
+        ulong value = ReadRegister(i.GetOpRegister(1));
+        switch (i.GetOpRegister(0))
+        {
+            case Register.CR0:
+                Cr0 = value | Architecture.Cr0.ExtensionType;
+                UpdatePagingControls();
+                break;
+            case Register.CR2:
+                Cr2 = value;
+                break;
+            case Register.CR3:
+                Cr3 = value & ~(1UL << 63);
+                Mmu.WriteCr3(value);
+                break;
+            case Register.CR4:
+                Cr4 = value;
+                UpdatePagingControls();
+                break;
+            case Register.CR8:
+                Cr8 = value & 0xF;
+                break;
+            default:
+                throw GuestFault.InvalidOpcode();
+        }
+        return null;
+    }
+
+    private ulong ReadControl(Register r) => r switch
+    {
+        Register.CR0 => Cr0,
+        Register.CR2 => Cr2,
+        Register.CR3 => Cr3,
+        Register.CR4 => Cr4,
+        Register.CR8 => Cr8,
+        _ => throw GuestFault.InvalidOpcode(),
+    };
+
+    private ulong ReadMsr(uint index) => index switch
+    {
+        Msr.TimeStampCounter => Tsc,
+        Msr.ApicBase => ApicBase,
+        Msr.Efer => Efer,
+        Msr.Star => Star,
+        Msr.LongStar => LongStar,
+        Msr.CompatibilityStar => CompatibilityStar,
+        Msr.SyscallFlagMask => SyscallFlagMask,
+        Msr.FsBase => Fs.Base,
+        Msr.GsBase => Gs.Base,
+        Msr.KernelGsBase => KernelGsBase,
+        Msr.TscAux => TscAux,
+        _ => throw GuestFault.GeneralProtection(),
+    };
+
+    private void WriteMsr(uint index, ulong value)
+    {
+        switch (index)
+        {
+            case Msr.Efer:
+                // LMA is read-only: it follows CR0.PG && LME.
+                Efer = (value & ~Architecture.Efer.LongModeActive) | (Efer & Architecture.Efer.LongModeActive);
+                UpdatePagingControls();
+                break;
+            case Msr.Star: Star = value; break;
+            case Msr.LongStar: LongStar = value; break;
+            case Msr.CompatibilityStar: CompatibilityStar = value; break;
+            case Msr.SyscallFlagMask: SyscallFlagMask = value; break;
+            case Msr.FsBase: Fs.Base = value; break;
+            case Msr.GsBase: Gs.Base = value; break;
+            case Msr.KernelGsBase: KernelGsBase = value; break;
+            case Msr.TscAux: TscAux = value; break;
+            case Msr.ApicBase: ApicBase = value; break;
+            case Msr.TimeStampCounter: break;
+            default: throw GuestFault.GeneralProtection();
+        }
+    }
+}

@@ -1,0 +1,309 @@
+using System.Runtime.CompilerServices;
+using Iced.Intel;
+using Nestor.Machine.Architecture;
+using Nestor.Machine.Memory;
+using Nestor.Machine.Paging;
+
+namespace Nestor.Machine.Cpu;
+
+/// <summary>Nestor's x86-64 CPU model: an interpreter over Iced's decoder with a decoded-instruction cache per
+/// physical page, executing through the <see cref="Mmu"/>. Guest exceptions are delivered through the guest's IDT
+/// as the SDM describes (Vol. 3A §6.14); an exception during delivery becomes a double fault, and one during that a
+/// triple fault (shutdown).</summary>
+public sealed unsafe partial class Cpu
+{
+    /// <summary>General-purpose registers in encoding order: RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8–R15.</summary>
+    public readonly ulong[] Registers = new ulong[16];
+    public ulong Rip;
+    public ulong Rflags = Rflags_Reserved;
+    public ulong Cr0, Cr2, Cr3, Cr4, Cr8, Efer;
+    public Segment Cs, Ds, Es, Fs, Gs, Ss, Tr, Ldtr;
+    public ulong GdtBase, IdtBase;
+    public ushort GdtLimit, IdtLimit;
+    public ulong KernelGsBase, Star, LongStar, CompatibilityStar, SyscallFlagMask, TscAux;
+    public ulong ApicBase = 0xFEE0_0900;
+
+    private const ulong Rflags_Reserved = 0x2;
+    private const int Rax = 0, Rcx = 1, Rdx = 2, Rbx = 3, Rsp = 4, Rbp = 5, Rsi = 6, Rdi = 7;
+
+    private readonly PhysicalMemory memory;
+    private readonly IPlatform platform;
+    private readonly Dictionary<ulong, DecodedPage> decodedPages = [];
+    private readonly byte[] codePages;
+    private readonly FetchReader fetchReader = new();
+    private readonly Decoder decoder;
+    private DecodedPage? lastPage;
+    private ulong lastPageNumber = ulong.MaxValue;
+    private ulong instructionStart;
+    private int deliveryDepth;
+
+    public Cpu(PhysicalMemory memory, IPlatform platform, MmuConfiguration mmuConfiguration, ulong highestPhysicalAddress)
+    {
+        this.memory = memory;
+        this.platform = platform;
+        Mmu = new Mmu(memory, mmuConfiguration);
+        codePages = new byte[(highestPhysicalAddress >> 12) + 1];
+        decoder = Decoder.Create(64, fetchReader);
+    }
+
+    public Mmu Mmu { get; }
+
+    public CpuCounters Counters { get; } = new();
+
+    /// <summary>Current privilege level.</summary>
+    public int PrivilegeLevel => Cs.Selector & 3;
+
+    /// <summary>Call after setting control registers or segments from outside (boot, state load).</summary>
+    public void ControlStateChanged() => UpdatePagingControls();
+
+    /// <summary>Executes up to <paramref name="budget"/> instructions.</summary>
+    public StopReason Run(long budget)
+    {
+        long end = Counters.InstructionsRetired + budget;
+        while (Counters.InstructionsRetired < end)
+        {
+            instructionStart = Rip;
+            try
+            {
+                ref readonly Instruction instruction = ref Fetch(Rip);
+                StopReason? stop = Execute(in instruction);
+                Counters.InstructionsRetired++;
+                if (stop is { } s)
+                {
+                    return s;
+                }
+            }
+            catch (GuestFault fault)
+            {
+                Rip = instructionStart;
+                if (!Deliver(fault.Vector, fault.ErrorCode, fault.HasErrorCode, fault.FaultAddress, software: false, Rip))
+                {
+                    return StopReason.Shutdown;
+                }
+            }
+        }
+        return StopReason.Budget;
+    }
+
+    // ---- Fetch and the decoded-instruction cache ------------------------------------------------------------
+
+    private sealed class DecodedPage
+    {
+        public readonly short[] Slots = new short[4096];
+        public Instruction[] Instructions = new Instruction[32];
+        public int Count;
+    }
+
+    private sealed class FetchReader : CodeReader
+    {
+        public readonly byte[] Buffer = new byte[16];
+        public int Position;
+        public int Length;
+
+        public override int ReadByte() => Position < Length ? Buffer[Position++] : -1;
+    }
+
+    private static readonly Instruction[] Scratch = new Instruction[1];
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ref readonly Instruction Fetch(ulong rip)
+    {
+        if (Mmu.Translate(rip, AccessKind.Execute, PrivilegeLevel == 3, false, out ulong physical) is { } error)
+        {
+            throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, rip);
+        }
+        ulong page = physical >> 12;
+        DecodedPage? decoded = page == lastPageNumber ? lastPage : null;
+        if (decoded is null)
+        {
+            decodedPages.TryGetValue(page, out decoded);
+            if (decoded is not null)
+            {
+                lastPage = decoded;
+                lastPageNumber = page;
+            }
+        }
+        int offset = (int)(physical & 0xFFF);
+        if (decoded is not null && decoded.Slots[offset] > 0)
+        {
+            return ref decoded.Instructions[decoded.Slots[offset] - 1];
+        }
+        return ref DecodeSlow(rip, physical, page, offset);
+    }
+
+    private ref Instruction DecodeSlow(ulong rip, ulong physical, ulong page, int offset)
+    {
+        int first = Math.Min(15, 4096 - offset);
+        byte* p = memory.Pointer(physical, first);
+        if (p == null)
+        {
+            // Executing from a device (no RAM behind the address): the model cannot fetch there.
+            throw new GuestFault(ExceptionVector.MachineCheck);
+        }
+        new ReadOnlySpan<byte>(p, first).CopyTo(fetchReader.Buffer);
+        int length = first;
+        if (first < 15)
+        {
+            // The instruction may continue on the next page, translated on its own.
+            ulong nextLinear = (rip & ~0xFFFUL) + 0x1000;
+            if (Mmu.Translate(nextLinear, AccessKind.Execute, PrivilegeLevel == 3, false, out ulong nextPhysical) is null)
+            {
+                byte* q = memory.Pointer(nextPhysical, 15 - first);
+                if (q != null)
+                {
+                    new ReadOnlySpan<byte>(q, 15 - first).CopyTo(fetchReader.Buffer.AsSpan(first));
+                    length = 15;
+                }
+            }
+        }
+        fetchReader.Position = 0;
+        fetchReader.Length = length;
+        decoder.IP = rip;
+        decoder.Decode(out Instruction instruction);
+        Counters.DecodedInstructions++;
+        if (instruction.IsInvalid)
+        {
+            if (decoder.LastError == DecoderError.NoMoreBytes && length < 15)
+            {
+                // The rest of the instruction is on a page that is not mapped.
+                ulong nextLinear = (rip & ~0xFFFUL) + 0x1000;
+                var error = Mmu.Translate(nextLinear, AccessKind.Execute, PrivilegeLevel == 3, false, out _) ?? PageFaultError.None;
+                throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, nextLinear);
+            }
+            throw GuestFault.InvalidOpcode();
+        }
+        if (offset + instruction.Length > 4096)
+        {
+            // Crosses a page: not cached (it depends on two pages' contents).
+            Scratch[0] = instruction;
+            return ref Scratch[0];
+        }
+        if (!decodedPages.TryGetValue(page, out var decoded))
+        {
+            decoded = new DecodedPage();
+            decodedPages[page] = decoded;
+            if (page < (ulong)codePages.Length)
+            {
+                codePages[page] = 1;
+            }
+        }
+        if (decoded.Count == decoded.Instructions.Length)
+        {
+            Array.Resize(ref decoded.Instructions, decoded.Count * 2);
+        }
+        decoded.Instructions[decoded.Count] = instruction;
+        decoded.Slots[offset] = (short)(decoded.Count + 1);
+        decoded.Count++;
+        lastPage = decoded;
+        lastPageNumber = page;
+        return ref decoded.Instructions[decoded.Count - 1];
+    }
+
+    /// <summary>A write to a page holding decoded instructions drops them (self-modifying code).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void CodeWritten(ulong physical)
+    {
+        ulong page = physical >> 12;
+        if (page < (ulong)codePages.Length && codePages[page] != 0)
+        {
+            codePages[page] = 0;
+            decodedPages.Remove(page);
+            if (lastPageNumber == page)
+            {
+                lastPage = null;
+                lastPageNumber = ulong.MaxValue;
+            }
+            Counters.DecodeCacheInvalidations++;
+        }
+    }
+
+    // ---- Memory ---------------------------------------------------------------------------------------------
+
+    private ulong Translate(ulong linear, AccessKind kind)
+    {
+        bool user = PrivilegeLevel == 3;
+        if (Mmu.Translate(linear, kind, user, (Rflags & FlagBits.AlignmentCheck) != 0, out ulong physical) is { } error)
+        {
+            throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, linear);
+        }
+        return physical;
+    }
+
+    /// <summary>Reads <paramref name="size"/> bytes (1, 2, 4, 8) at a linear address.</summary>
+    public ulong ReadLinear(ulong linear, int size)
+    {
+        Counters.MemoryReads++;
+        if (((linear & 0xFFF) + (ulong)size) > 0x1000)
+        {
+            ulong value = 0;
+            for (int i = 0; i < size; i++)
+            {
+                value |= ReadLinear(linear + (ulong)i, 1) << (8 * i);
+            }
+            return value;
+        }
+        ulong physical = Translate(linear, AccessKind.Read);
+        byte* p = memory.Pointer(physical, size);
+        if (p == null)
+        {
+            return platform.MmioRead(physical, size);
+        }
+        return size switch
+        {
+            1 => *p,
+            2 => Unsafe.ReadUnaligned<ushort>(p),
+            4 => Unsafe.ReadUnaligned<uint>(p),
+            _ => Unsafe.ReadUnaligned<ulong>(p),
+        };
+    }
+
+    /// <summary>Writes the low <paramref name="size"/> bytes of <paramref name="value"/> at a linear address.</summary>
+    public void WriteLinear(ulong linear, int size, ulong value)
+    {
+        Counters.MemoryWrites++;
+        if (((linear & 0xFFF) + (ulong)size) > 0x1000)
+        {
+            // Translate both pages before writing anything, so a fault leaves memory untouched.
+            Translate(linear, AccessKind.Write);
+            Translate(linear + (ulong)size - 1, AccessKind.Write);
+            for (int i = 0; i < size; i++)
+            {
+                WriteLinear(linear + (ulong)i, 1, value >> (8 * i));
+            }
+            return;
+        }
+        ulong physical = Translate(linear, AccessKind.Write);
+        byte* p = memory.Pointer(physical, size);
+        if (p == null)
+        {
+            platform.MmioWrite(physical, size, value);
+            return;
+        }
+        CodeWritten(physical);
+        switch (size)
+        {
+            case 1: *p = (byte)value; break;
+            case 2: Unsafe.WriteUnaligned(p, (ushort)value); break;
+            case 4: Unsafe.WriteUnaligned(p, (uint)value); break;
+            default: Unsafe.WriteUnaligned(p, value); break;
+        }
+    }
+
+    private void UpdatePagingControls()
+    {
+        Mmu.SetControlRegisters(new PagingControls(
+            Paging: (Cr0 & Architecture.Cr0.Paging) != 0,
+            LongMode: (Efer & Architecture.Efer.LongModeActive) != 0,
+            WriteProtect: (Cr0 & Architecture.Cr0.WriteProtect) != 0,
+            NoExecute: (Efer & Architecture.Efer.NoExecuteEnable) != 0,
+            GlobalPages: (Cr4 & Architecture.Cr4.PageGlobalEnable) != 0,
+            ProcessContextIdentifiers: (Cr4 & Architecture.Cr4.ProcessContextIdentifiers) != 0,
+            SupervisorExecutionPrevention: (Cr4 & Architecture.Cr4.SupervisorExecutionPrevention) != 0,
+            SupervisorAccessPrevention: (Cr4 & Architecture.Cr4.SupervisorAccessPrevention) != 0,
+            Cr3: Cr3));
+    }
+
+    /// <summary>The time-stamp counter: one tick per retired instruction, so that runs are reproducible (the cost
+    /// model of later work turns instructions into modelled cycles).</summary>
+    private ulong Tsc => (ulong)Counters.InstructionsRetired;
+}

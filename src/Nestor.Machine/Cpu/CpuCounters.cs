@@ -1,0 +1,22 @@
+using Nestor.Machine.Architecture;
+
+namespace Nestor.Machine.Cpu;
+
+/// <summary>Event counters of one CPU model.</summary>
+public sealed class CpuCounters
+{
+    public long InstructionsRetired;
+    public long MemoryReads;
+    public long MemoryWrites;
+    public long DecodedInstructions;
+    public long DecodeCacheInvalidations;
+    public readonly long[] ExceptionsByVector = new long[32];
+    public long SoftwareInterrupts;
+    public long SystemCalls;
+    public long PortReads;
+    public long PortWrites;
+    /// <summary>Instructions that raised #UD because the model does not implement them, by mnemonic.</summary>
+    public readonly Dictionary<string, long> UnimplementedByMnemonic = [];
+
+    internal void Exception(ExceptionVector v) => ExceptionsByVector[(int)v]++;
+}
