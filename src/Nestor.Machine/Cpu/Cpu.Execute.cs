@@ -82,6 +82,29 @@ public sealed partial class Cpu
                     }
                     return null;
                 }
+            case Mnemonic.Cmpxchg16b:
+                {
+                    ulong address = EffectiveAddress(i);
+                    if ((address & 15) != 0)
+                    {
+                        throw GuestFault.GeneralProtection(); // the operand must be 16-byte aligned (SDM Vol. 2A CMPXCHG16B)
+                    }
+                    ulong low = ReadLinear(address, 8), high = ReadLinear(address + 8, 8);
+                    if (low == Registers[Rax] && high == Registers[Rdx])
+                    {
+                        WriteLinear(address, 8, Registers[Rbx]);
+                        WriteLinear(address + 8, 8, Registers[Rcx]);
+                        Rflags |= Z;
+                    }
+                    else
+                    {
+                        WriteLinear(address, 8, low);
+                        WriteLinear(address + 8, 8, high);
+                        (Registers[Rax], Registers[Rdx]) = (low, high);
+                        Rflags &= ~Z;
+                    }
+                    return null;
+                }
             case Mnemonic.Bswap:
                 {
                     int size = OperandSize(i, 0);

@@ -18,5 +18,11 @@ public sealed class CpuCounters
     /// <summary>Instructions that raised #UD because the model does not implement them, by mnemonic.</summary>
     public readonly Dictionary<string, long> UnimplementedByMnemonic = [];
 
-    internal void Exception(ExceptionVector v) => ExceptionsByVector[(int)v]++;
+    internal void Exception(ExceptionVector v)
+    {
+        if ((int)v < ExceptionsByVector.Length)
+        {
+            ExceptionsByVector[(int)v]++;
+        }
+    }
 }

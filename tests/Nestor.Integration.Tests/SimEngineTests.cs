@@ -1,0 +1,131 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Iced.Intel;
+using Nestor.Hypervisor;
+using Nestor.Hypervisor.BuiltIn;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Engines;
+using Nestor.Hypervisor.Exits;
+using static Iced.Intel.AssemblerRegisters;
+using static Nestor.Integration.Tests.NestorProcess;
+
+namespace Nestor.Integration.Tests;
+
+/// <summary>The software machine runs the same guests as KVM and QEMU, with the same results.</summary>
+public class SimEngineTests(NestorOSDefaultWorkload qemu) : IClassFixture<NestorOSDefaultWorkload>
+{
+    private static void Exit(Assembler a, uint status)
+    {
+        a.mov(dx, 0xF4);
+        a.mov(eax, status);
+        a.@out(dx, eax);
+        a.hlt();
+    }
+
+    internal static (VmOutcome Outcome, string Serial, Vm Vm) RunInProcess(KernelImageSource kernel, string commandLine = "",
+        ulong memory = 64UL << 20, double timeoutSeconds = 300)
+    {
+        var serial = new MemoryStream();
+        var vm = Vm.Create(new VmConfig
+        {
+            Kernel = kernel,
+            MemoryBytes = memory,
+            CommandLine = commandLine,
+            SerialOutput = serial,
+            Timeout = TimeSpan.FromSeconds(timeoutSeconds),
+        });
+        var outcome = vm.Run(new SimEngine());
+        vm.Serial.Flush();
+        return (outcome, Encoding.UTF8.GetString(serial.ToArray()), vm);
+    }
+
+    [Fact]
+    public void The_builtin_guest_runs_on_sim_with_the_same_output_and_port_exits_as_on_kvm()
+    {
+        var sim = Run("run", "--engine", "sim", "--json");
+        Assert.True(sim.ExitCode == 0, sim.ToString());
+        var s = JsonDocument.Parse(sim.Stdout).RootElement;
+        Assert.Equal("sim", s.GetProperty("engine").GetString());
+        Assert.Contains("NestorNestor", s.GetProperty("serial").GetString());
+        Assert.True(s.GetProperty("engine_counters").GetProperty("instructions_retired").GetInt64() > 1000);
+        RequireKvm();
+        var kvm = JsonDocument.Parse(Run("run", "--json").Stdout).RootElement;
+        Assert.Equal(kvm.GetProperty("serial").GetString(), s.GetProperty("serial").GetString());
+        Assert.Equal(kvm.GetProperty("exits").GetProperty("by_port").ToString(), s.GetProperty("exits").GetProperty("by_port").ToString());
+    }
+
+    [Theory]
+    [InlineData(0u)]
+    [InlineData(77u)]
+    public void Debug_exit_status_comes_through(uint status)
+    {
+        var (outcome, _, vm) = RunInProcess(GuestAssembler.Flat("exit", GuestAssembler.Assemble(a => Exit(a, status))));
+        vm.Dispose();
+        Assert.Equal(VmOutcomeKind.DebugExit, outcome.Kind);
+        Assert.Equal(status, outcome.GuestStatus);
+    }
+
+    [Fact]
+    public void A_fault_without_an_idt_triple_faults()
+    {
+        var (outcome, _, vm) = RunInProcess(GuestAssembler.Flat("ud2", GuestAssembler.Assemble(a => a.ud2())));
+        vm.Dispose();
+        Assert.Equal(VmOutcomeKind.TripleFault, outcome.Kind);
+        Assert.Equal(0x100000UL, outcome.FinalState!.Rip);
+    }
+
+    [Fact]
+    public void A_spinning_guest_is_stopped_by_the_timeout()
+    {
+        var code = GuestAssembler.Assemble(a =>
+        {
+            var spin = a.CreateLabel();
+            a.Label(ref spin);
+            a.jmp(spin);
+        });
+        var (outcome, _, vm) = RunInProcess(GuestAssembler.Flat("spin", code), timeoutSeconds: 0.5);
+        vm.Dispose();
+        Assert.Equal(VmOutcomeKind.Timeout, outcome.Kind);
+    }
+
+    /// <summary>Every probe guest of 'nestor info' (exceptions, int n, CPL 3 via iretq and sysretq, syscall, popcnt,
+    /// cmpxchg16b) works on the software machine, as on QEMU.</summary>
+    [Fact]
+    public void Every_host_capability_probe_succeeds_on_sim()
+    {
+        foreach (var probe in Nestor.Hypervisor.Capabilities.HostCapabilities.AllProbes)
+        {
+            var (outcome, _, vm) = RunInProcess(GuestAssembler.Flat(probe.Name, probe.Guest()), memory: 4UL << 20);
+            vm.Dispose();
+            Assert.True(outcome.GuestStatus == Nestor.Hypervisor.Capabilities.ProbeGuests.Success,
+                $"probe {probe.Name} on sim: {outcome.Kind} {outcome.Message}");
+        }
+    }
+
+    /// <summary>The issue's yardstick: NestorOS's whole default workload prints the same RESULT lines on the
+    /// software machine as on QEMU TCG, timing fields excluded.</summary>
+    [Fact]
+    public void NestorOS_default_workload_prints_the_same_results_as_on_qemu()
+    {
+        var (outcome, serial, vm) = RunInProcess(new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf));
+        vm.Dispose();
+        Assert.True(outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
+        Assert.Equal(ResultsWithoutTimings(qemu.Output), ResultsWithoutTimings(serial));
+        Assert.Contains("(fault) killed: page fault at address 0x0", serial);
+    }
+
+    [Fact]
+    public void NestorOS_kernel_fault_panics_on_sim_too()
+    {
+        var (outcome, serial, vm) = RunInProcess(new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf), "panic-test");
+        vm.Dispose();
+        Assert.Equal(100u, outcome.GuestStatus);
+        Assert.Contains("NestorOS panic: page fault (vector 14) in the kernel, error code 0x2, CR2=0x0", serial);
+    }
+
+    private static List<string> ResultsWithoutTimings(string output) =>
+        Regex.Matches(output, @"^RESULT .*$", RegexOptions.Multiline)
+            .Select(m => Regex.Replace(m.Value.TrimEnd('\r'), @" \w+_cycles=\d+", ""))
+            .ToList();
+}
