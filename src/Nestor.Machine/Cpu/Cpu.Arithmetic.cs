@@ -133,6 +133,12 @@ public sealed partial class Cpu
         count &= size == 8 ? 63 : 31;
         if (count == 0)
         {
+            // Flags and value unchanged, but a 32-bit register destination is still written, clearing bits 63:32
+            // (what the hardware does; found by the differential tests against KVM).
+            if (size == 4 && i.GetOpKind(0) == OpKind.Register)
+            {
+                WriteOperand(i, 0, 4, a);
+            }
             return null;
         }
         ulong m = Mask(size);
