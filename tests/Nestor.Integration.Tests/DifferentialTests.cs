@@ -144,234 +144,234 @@ public class DifferentialTests
             case 0:
             case 1:
             case 2:
-            {
-                // ALU register, register at a random width.
-                string[] ops = ["add", "sub", "and", "or", "xor", "cmp", "test"];
-                int op = r.Next(ops.Length);
-                Note($"{ops[op]} r{x}, r{y} (width {8 << width})");
-                switch (width)
                 {
-                    case 0: Alu(a, op, R8[x], R8[y]); break;
-                    case 1: Alu(a, op, R16[x], R16[y]); break;
-                    case 2: Alu(a, op, R32[x], R32[y]); break;
-                    default: Alu(a, op, R64[x], R64[y]); break;
+                    // ALU register, register at a random width.
+                    string[] ops = ["add", "sub", "and", "or", "xor", "cmp", "test"];
+                    int op = r.Next(ops.Length);
+                    Note($"{ops[op]} r{x}, r{y} (width {8 << width})");
+                    switch (width)
+                    {
+                        case 0: Alu(a, op, R8[x], R8[y]); break;
+                        case 1: Alu(a, op, R16[x], R16[y]); break;
+                        case 2: Alu(a, op, R32[x], R32[y]); break;
+                        default: Alu(a, op, R64[x], R64[y]); break;
+                    }
+                    return Flags.Defined;
                 }
-                return Flags.Defined;
-            }
             case 3:
             case 4:
-            {
-                int imm = r.Next(-200, 200);
-                string[] ops = ["add", "sub", "and", "or", "xor", "cmp"];
-                int op = r.Next(ops.Length);
-                Note($"{ops[op]} r{x}, {imm} (width {(width < 2 ? 32 : 64)})");
-                if (width < 2)
                 {
-                    AluImmediate(a, op, R32[x], imm);
+                    int imm = r.Next(-200, 200);
+                    string[] ops = ["add", "sub", "and", "or", "xor", "cmp"];
+                    int op = r.Next(ops.Length);
+                    Note($"{ops[op]} r{x}, {imm} (width {(width < 2 ? 32 : 64)})");
+                    if (width < 2)
+                    {
+                        AluImmediate(a, op, R32[x], imm);
+                    }
+                    else
+                    {
+                        AluImmediate(a, op, R64[x], imm);
+                    }
+                    return Flags.Defined;
                 }
-                else
-                {
-                    AluImmediate(a, op, R64[x], imm);
-                }
-                return Flags.Defined;
-            }
             case 5:
-            {
-                // ALU with a memory operand, either direction.
-                int size = r.Next(2) == 0 ? 4 : 8;
-                var m = Memory(r, size);
-                bool toMemory = r.Next(2) == 0;
-                int op = r.Next(4);
-                Note($"alu{op} {(toMemory ? "[mem], reg" : "reg, [mem]")} size {size}");
-                if (size == 8)
                 {
-                    if (toMemory) { AluMemory(a, op, m, R64[x]); } else { AluFromMemory(a, op, R64[x], m); }
+                    // ALU with a memory operand, either direction.
+                    int size = r.Next(2) == 0 ? 4 : 8;
+                    var m = Memory(r, size);
+                    bool toMemory = r.Next(2) == 0;
+                    int op = r.Next(4);
+                    Note($"alu{op} {(toMemory ? "[mem], reg" : "reg, [mem]")} size {size}");
+                    if (size == 8)
+                    {
+                        if (toMemory) { AluMemory(a, op, m, R64[x]); } else { AluFromMemory(a, op, R64[x], m); }
+                    }
+                    else
+                    {
+                        if (toMemory) { AluMemory(a, op, m, R32[x]); } else { AluFromMemory(a, op, R32[x], m); }
+                    }
+                    return Flags.Defined;
                 }
-                else
-                {
-                    if (toMemory) { AluMemory(a, op, m, R32[x]); } else { AluFromMemory(a, op, R32[x], m); }
-                }
-                return Flags.Defined;
-            }
             case 6:
-            {
-                string[] ops = ["inc", "dec", "neg", "not"];
-                int op = r.Next(ops.Length);
-                Note($"{ops[op]} r{x} (width {8 << width})");
-                switch (op, width)
                 {
-                    case (0, 0): a.inc(R8[x]); break;
-                    case (0, 1): a.inc(R16[x]); break;
-                    case (0, 2): a.inc(R32[x]); break;
-                    case (0, _): a.inc(R64[x]); break;
-                    case (1, 0): a.dec(R8[x]); break;
-                    case (1, 1): a.dec(R16[x]); break;
-                    case (1, 2): a.dec(R32[x]); break;
-                    case (1, _): a.dec(R64[x]); break;
-                    case (2, 0): a.neg(R8[x]); break;
-                    case (2, 1): a.neg(R16[x]); break;
-                    case (2, 2): a.neg(R32[x]); break;
-                    case (2, _): a.neg(R64[x]); break;
-                    case (_, 0): a.not(R8[x]); break;
-                    case (_, 1): a.not(R16[x]); break;
-                    case (_, 2): a.not(R32[x]); break;
-                    default: a.not(R64[x]); break;
+                    string[] ops = ["inc", "dec", "neg", "not"];
+                    int op = r.Next(ops.Length);
+                    Note($"{ops[op]} r{x} (width {8 << width})");
+                    switch (op, width)
+                    {
+                        case (0, 0): a.inc(R8[x]); break;
+                        case (0, 1): a.inc(R16[x]); break;
+                        case (0, 2): a.inc(R32[x]); break;
+                        case (0, _): a.inc(R64[x]); break;
+                        case (1, 0): a.dec(R8[x]); break;
+                        case (1, 1): a.dec(R16[x]); break;
+                        case (1, 2): a.dec(R32[x]); break;
+                        case (1, _): a.dec(R64[x]); break;
+                        case (2, 0): a.neg(R8[x]); break;
+                        case (2, 1): a.neg(R16[x]); break;
+                        case (2, 2): a.neg(R32[x]); break;
+                        case (2, _): a.neg(R64[x]); break;
+                        case (_, 0): a.not(R8[x]); break;
+                        case (_, 1): a.not(R16[x]); break;
+                        case (_, 2): a.not(R32[x]); break;
+                        default: a.not(R64[x]); break;
+                    }
+                    // INC and DEC leave CF alone, so "defined" carries over; NOT changes no flag.
+                    return op == 2 ? Flags.Defined : flags;
                 }
-                // INC and DEC leave CF alone, so "defined" carries over; NOT changes no flag.
-                return op == 2 ? Flags.Defined : flags;
-            }
             case 7:
             case 8:
-            {
-                // Shifts and rotates by an immediate below the operand width (so CF is defined).
-                int bits = 8 << width;
-                int count = r.Next(1, bits);
-                int op = r.Next(5);
-                Note($"shift{op} r{x}, {count} (width {bits})");
-                Shift(a, op, width, x, (byte)count);
-                return count == 1 && op >= 3 ? Flags.Undefined : Flags.Undefined;
-            }
+                {
+                    // Shifts and rotates by an immediate below the operand width (so CF is defined).
+                    int bits = 8 << width;
+                    int count = r.Next(1, bits);
+                    int op = r.Next(5);
+                    Note($"shift{op} r{x}, {count} (width {bits})");
+                    Shift(a, op, width, x, (byte)count);
+                    return count == 1 && op >= 3 ? Flags.Undefined : Flags.Undefined;
+                }
             case 9:
-            {
-                // Shift by CL at 32/64 bits: the count is masked to below the width; a zero count changes nothing.
-                int op = r.Next(3);
-                a.mov(cl, (byte)r.Next(256));
-                Note($"shift{op} by cl, width {(width < 2 ? 32 : 64)}");
-                var target = x == 2 ? 0 : x; // not rcx itself
-                if (width < 2)
                 {
-                    if (op == 0) { a.shl(R32[target], cl); } else if (op == 1) { a.shr(R32[target], cl); } else { a.sar(R32[target], cl); }
+                    // Shift by CL at 32/64 bits: the count is masked to below the width; a zero count changes nothing.
+                    int op = r.Next(3);
+                    a.mov(cl, (byte)r.Next(256));
+                    Note($"shift{op} by cl, width {(width < 2 ? 32 : 64)}");
+                    var target = x == 2 ? 0 : x; // not rcx itself
+                    if (width < 2)
+                    {
+                        if (op == 0) { a.shl(R32[target], cl); } else if (op == 1) { a.shr(R32[target], cl); } else { a.sar(R32[target], cl); }
+                    }
+                    else
+                    {
+                        if (op == 0) { a.shl(R64[target], cl); } else if (op == 1) { a.shr(R64[target], cl); } else { a.sar(R64[target], cl); }
+                    }
+                    return Flags.Undefined;
                 }
-                else
-                {
-                    if (op == 0) { a.shl(R64[target], cl); } else if (op == 1) { a.shr(R64[target], cl); } else { a.sar(R64[target], cl); }
-                }
-                return Flags.Undefined;
-            }
             case 10:
-            {
-                int form = r.Next(4);
-                Note($"multiply form {form} r{x}, r{y}");
-                switch (form)
                 {
-                    case 0: a.imul(R64[x], R64[y]); break;
-                    case 1: a.imul(R32[x], R32[y], r.Next(-1000, 1000)); break;
-                    case 2: a.mul(R64[y]); break;
-                    default: a.imul(R32[y]); break;
+                    int form = r.Next(4);
+                    Note($"multiply form {form} r{x}, r{y}");
+                    switch (form)
+                    {
+                        case 0: a.imul(R64[x], R64[y]); break;
+                        case 1: a.imul(R32[x], R32[y], r.Next(-1000, 1000)); break;
+                        case 2: a.mul(R64[y]); break;
+                        default: a.imul(R32[y]); break;
+                    }
+                    return Flags.Undefined;
                 }
-                return Flags.Undefined;
-            }
             case 11:
-            {
-                // Unsigned division that cannot fault: RDX = 0, divisor odd and not RAX/RDX.
-                int divisor = new[] { 1, 4, 5, 7, 8, 9, 10 }[r.Next(7)];
-                Note($"div r{divisor} (rdx = 0, divisor | 1)");
-                a.xor(edx, edx);
-                a.or(R64[divisor], 1);
-                if (r.Next(2) == 0) { a.div(R64[divisor]); } else { a.div(R32[divisor]); }
-                return Flags.Undefined;
-            }
+                {
+                    // Unsigned division that cannot fault: RDX = 0, divisor odd and not RAX/RDX.
+                    int divisor = new[] { 1, 4, 5, 7, 8, 9, 10 }[r.Next(7)];
+                    Note($"div r{divisor} (rdx = 0, divisor | 1)");
+                    a.xor(edx, edx);
+                    a.or(R64[divisor], 1);
+                    if (r.Next(2) == 0) { a.div(R64[divisor]); } else { a.div(R32[divisor]); }
+                    return Flags.Undefined;
+                }
             case 12:
-            {
-                int form = r.Next(5);
-                Note($"extend form {form} r{x}, r{y}");
-                switch (form)
                 {
-                    case 0: a.movzx(R64[x], R8[y]); break;
-                    case 1: a.movzx(R32[x], R16[y]); break;
-                    case 2: a.movsx(R64[x], R16[y]); break;
-                    case 3: a.movsxd(R64[x], R32[y]); break;
-                    default: a.movsx(R32[x], R8[y]); break;
+                    int form = r.Next(5);
+                    Note($"extend form {form} r{x}, r{y}");
+                    switch (form)
+                    {
+                        case 0: a.movzx(R64[x], R8[y]); break;
+                        case 1: a.movzx(R32[x], R16[y]); break;
+                        case 2: a.movsx(R64[x], R16[y]); break;
+                        case 3: a.movsxd(R64[x], R32[y]); break;
+                        default: a.movsx(R32[x], R8[y]); break;
+                    }
+                    return flags;
                 }
-                return flags;
-            }
             case 13:
-            {
-                int scale = 1 << r.Next(4);
-                int displacement = r.Next(-5000, 5000);
-                Note($"lea r{x}, [r{y} + r{(x + 1) % R64.Length}*{scale} + {displacement}]");
-                a.lea(R64[x], __[R64[y] + R64[(x + 1) % R64.Length] * scale + displacement]);
-                return flags;
-            }
+                {
+                    int scale = 1 << r.Next(4);
+                    int displacement = r.Next(-5000, 5000);
+                    Note($"lea r{x}, [r{y} + r{(x + 1) % R64.Length}*{scale} + {displacement}]");
+                    a.lea(R64[x], __[R64[y] + R64[(x + 1) % R64.Length] * scale + displacement]);
+                    return flags;
+                }
             case 14:
-            {
-                int form = r.Next(4);
-                Note($"move form {form} r{x}, r{y}");
-                switch (form)
                 {
-                    case 0: a.xchg(R64[x], R64[y]); break;
-                    case 1: a.bswap(R64[x]); break;
-                    case 2: a.mov(R32[x], R32[y]); break;
-                    default: a.mov(R8[x], R8[y]); break;
+                    int form = r.Next(4);
+                    Note($"move form {form} r{x}, r{y}");
+                    switch (form)
+                    {
+                        case 0: a.xchg(R64[x], R64[y]); break;
+                        case 1: a.bswap(R64[x]); break;
+                        case 2: a.mov(R32[x], R32[y]); break;
+                        default: a.mov(R8[x], R8[y]); break;
+                    }
+                    return flags;
                 }
-                return flags;
-            }
             case 15:
-            {
-                int op = r.Next(4);
-                byte bit = (byte)r.Next(64);
-                Note($"bit op {op} r{x}, {bit}");
-                switch (op)
                 {
-                    case 0: a.bt(R64[x], bit); break;
-                    case 1: a.bts(R64[x], bit); break;
-                    case 2: a.btr(R64[x], bit); break;
-                    default: a.btc(R64[x], bit); break;
+                    int op = r.Next(4);
+                    byte bit = (byte)r.Next(64);
+                    Note($"bit op {op} r{x}, {bit}");
+                    switch (op)
+                    {
+                        case 0: a.bt(R64[x], bit); break;
+                        case 1: a.bts(R64[x], bit); break;
+                        case 2: a.btr(R64[x], bit); break;
+                        default: a.btc(R64[x], bit); break;
+                    }
+                    return Flags.Undefined;
                 }
-                return Flags.Undefined;
-            }
             case 16:
-            {
-                // BSF/BSR of a non-zero source (the destination is undefined for zero).
-                Note($"bsf/bsr r{x}, r{y} | 1");
-                a.or(R64[y], 1);
-                if (r.Next(2) == 0) { a.bsf(R64[x], R64[y]); } else { a.bsr(R32[x], R32[y]); }
-                return Flags.Undefined;
-            }
+                {
+                    // BSF/BSR of a non-zero source (the destination is undefined for zero).
+                    Note($"bsf/bsr r{x}, r{y} | 1");
+                    a.or(R64[y], 1);
+                    if (r.Next(2) == 0) { a.bsf(R64[x], R64[y]); } else { a.bsr(R32[x], R32[y]); }
+                    return Flags.Undefined;
+                }
             case 17:
-            {
-                Note($"push r{x}; pop r{y}");
-                a.push(R64[x]);
-                a.pop(R64[y]);
-                return flags;
-            }
+                {
+                    Note($"push r{x}; pop r{y}");
+                    a.push(R64[x]);
+                    a.pop(R64[y]);
+                    return flags;
+                }
             case 18:
-            {
-                int size = 1 << r.Next(4);
-                var m = Memory(r, size);
-                Note($"mov [mem] <-> r{x} size {size}");
-                if (r.Next(2) == 0)
                 {
-                    switch (size) { case 1: a.mov(m, R8[x]); break; case 2: a.mov(m, R16[x]); break; case 4: a.mov(m, R32[x]); break; default: a.mov(m, R64[x]); break; }
+                    int size = 1 << r.Next(4);
+                    var m = Memory(r, size);
+                    Note($"mov [mem] <-> r{x} size {size}");
+                    if (r.Next(2) == 0)
+                    {
+                        switch (size) { case 1: a.mov(m, R8[x]); break; case 2: a.mov(m, R16[x]); break; case 4: a.mov(m, R32[x]); break; default: a.mov(m, R64[x]); break; }
+                    }
+                    else
+                    {
+                        switch (size) { case 1: a.mov(R8[x], m); break; case 2: a.mov(R16[x], m); break; case 4: a.mov(R32[x], m); break; default: a.mov(R64[x], m); break; }
+                    }
+                    return flags;
                 }
-                else
-                {
-                    switch (size) { case 1: a.mov(R8[x], m); break; case 2: a.mov(R16[x], m); break; case 4: a.mov(R32[x], m); break; default: a.mov(R64[x], m); break; }
-                }
-                return flags;
-            }
             case 19:
-            {
-                Note($"xadd/cmpxchg r{x}, r{y}");
-                if (r.Next(2) == 0) { a.xadd(R64[x], R64[y]); } else { a.cmpxchg(R64[x], R64[y]); }
-                return Flags.Defined;
-            }
+                {
+                    Note($"xadd/cmpxchg r{x}, r{y}");
+                    if (r.Next(2) == 0) { a.xadd(R64[x], R64[y]); } else { a.cmpxchg(R64[x], R64[y]); }
+                    return Flags.Defined;
+                }
             case 20:
             case 21:
-            {
-                // Flag consumers: only after an instruction that defined every flag they could read.
-                bool carry = r.Next(2) == 0;
-                Note($"{(carry ? "adc" : "sbb")} r{x}, r{y}");
-                if (carry) { a.adc(R64[x], R64[y]); } else { a.sbb(R32[x], R32[y]); }
-                return Flags.Defined;
-            }
+                {
+                    // Flag consumers: only after an instruction that defined every flag they could read.
+                    bool carry = r.Next(2) == 0;
+                    Note($"{(carry ? "adc" : "sbb")} r{x}, r{y}");
+                    if (carry) { a.adc(R64[x], R64[y]); } else { a.sbb(R32[x], R32[y]); }
+                    return Flags.Defined;
+                }
             default:
-            {
-                int cc = r.Next(16);
-                Note($"cmov/set cc{cc} r{x}, r{y}");
-                if (r.Next(2) == 0) { Cmov(a, cc, R64[x], R64[y]); } else { Set(a, cc, R8[x]); }
-                return flags;
-            }
+                {
+                    int cc = r.Next(16);
+                    Note($"cmov/set cc{cc} r{x}, r{y}");
+                    if (r.Next(2) == 0) { Cmov(a, cc, R64[x], R64[y]); } else { Set(a, cc, R8[x]); }
+                    return flags;
+                }
         }
     }
 
@@ -440,10 +440,22 @@ public class DifferentialTests
     {
         switch (cc)
         {
-            case 0: a.cmovo(x, y); break; case 1: a.cmovno(x, y); break; case 2: a.cmovb(x, y); break; case 3: a.cmovae(x, y); break;
-            case 4: a.cmove(x, y); break; case 5: a.cmovne(x, y); break; case 6: a.cmovbe(x, y); break; case 7: a.cmova(x, y); break;
-            case 8: a.cmovs(x, y); break; case 9: a.cmovns(x, y); break; case 10: a.cmovp(x, y); break; case 11: a.cmovnp(x, y); break;
-            case 12: a.cmovl(x, y); break; case 13: a.cmovge(x, y); break; case 14: a.cmovle(x, y); break; default: a.cmovg(x, y); break;
+            case 0: a.cmovo(x, y); break;
+            case 1: a.cmovno(x, y); break;
+            case 2: a.cmovb(x, y); break;
+            case 3: a.cmovae(x, y); break;
+            case 4: a.cmove(x, y); break;
+            case 5: a.cmovne(x, y); break;
+            case 6: a.cmovbe(x, y); break;
+            case 7: a.cmova(x, y); break;
+            case 8: a.cmovs(x, y); break;
+            case 9: a.cmovns(x, y); break;
+            case 10: a.cmovp(x, y); break;
+            case 11: a.cmovnp(x, y); break;
+            case 12: a.cmovl(x, y); break;
+            case 13: a.cmovge(x, y); break;
+            case 14: a.cmovle(x, y); break;
+            default: a.cmovg(x, y); break;
         }
     }
 
@@ -451,10 +463,22 @@ public class DifferentialTests
     {
         switch (cc)
         {
-            case 0: a.seto(x); break; case 1: a.setno(x); break; case 2: a.setb(x); break; case 3: a.setae(x); break;
-            case 4: a.sete(x); break; case 5: a.setne(x); break; case 6: a.setbe(x); break; case 7: a.seta(x); break;
-            case 8: a.sets(x); break; case 9: a.setns(x); break; case 10: a.setp(x); break; case 11: a.setnp(x); break;
-            case 12: a.setl(x); break; case 13: a.setge(x); break; case 14: a.setle(x); break; default: a.setg(x); break;
+            case 0: a.seto(x); break;
+            case 1: a.setno(x); break;
+            case 2: a.setb(x); break;
+            case 3: a.setae(x); break;
+            case 4: a.sete(x); break;
+            case 5: a.setne(x); break;
+            case 6: a.setbe(x); break;
+            case 7: a.seta(x); break;
+            case 8: a.sets(x); break;
+            case 9: a.setns(x); break;
+            case 10: a.setp(x); break;
+            case 11: a.setnp(x); break;
+            case 12: a.setl(x); break;
+            case 13: a.setge(x); break;
+            case 14: a.setle(x); break;
+            default: a.setg(x); break;
         }
     }
 }

@@ -33,6 +33,8 @@ internal sealed class TestMemory
 
     public ulong Read(ulong physical) => BitConverter.ToUInt64(bytes, (int)physical);
 
+    public void WriteByte(ulong physical, byte value) => bytes[physical] = value;
+
     public void Write(ulong physical, ulong value) => BitConverter.TryWriteBytes(bytes.AsSpan((int)physical), value);
 
     /// <summary>Maps <paramref name="linear"/> to <paramref name="physical"/> with a leaf at <paramref name="leafLevel"/>

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using Nestor.Hypervisor.Devices;
 using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.State;
-using Nestor.Machine.Cpu;
+using Nestor.Machine.Processor;
 using Nestor.Machine.Memory;
 using Nestor.Machine.Paging;
 

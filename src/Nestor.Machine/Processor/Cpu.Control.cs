@@ -1,7 +1,7 @@
 using Iced.Intel;
 using Nestor.Machine.Architecture;
 
-namespace Nestor.Machine.Cpu;
+namespace Nestor.Machine.Processor;
 
 // Branches, calls, returns, interrupts and the fast system-call pair (SDM Vol. 2: JMP, Jcc, CALL, RET, IRET, INT n,
 // SYSCALL, SYSRET).

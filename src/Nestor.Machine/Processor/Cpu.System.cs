@@ -1,7 +1,7 @@
 using Iced.Intel;
 using Nestor.Machine.Architecture;
 
-namespace Nestor.Machine.Cpu;
+namespace Nestor.Machine.Processor;
 
 // System instructions: control registers, descriptor tables, MSRs, CPUID, TSC, port I/O, HLT, flags with IF/IOPL.
 public sealed partial class Cpu

@@ -2,7 +2,7 @@ using System.Numerics;
 using Iced.Intel;
 using Nestor.Machine.Architecture;
 
-namespace Nestor.Machine.Cpu;
+namespace Nestor.Machine.Processor;
 
 // Integer arithmetic and logic with exact flags (Intel SDM Vol. 1 Appendix A, and each instruction's "Flags
 // Affected" in Vol. 2). Flags are computed eagerly; AF for logical instructions is cleared, as hardware does.

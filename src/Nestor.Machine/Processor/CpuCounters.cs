@@ -1,6 +1,6 @@
 using Nestor.Machine.Architecture;
 
-namespace Nestor.Machine.Cpu;
+namespace Nestor.Machine.Processor;
 
 /// <summary>Event counters of one CPU model.</summary>
 public sealed class CpuCounters

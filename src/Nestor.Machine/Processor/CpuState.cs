@@ -1,4 +1,4 @@
-namespace Nestor.Machine.Cpu;
+namespace Nestor.Machine.Processor;
 
 /// <summary>A segment register: selector and the descriptor cache the CPU loaded with it.</summary>
 public struct Segment

@@ -4,7 +4,7 @@ using Nestor.Machine.Architecture;
 using Nestor.Machine.Memory;
 using Nestor.Machine.Paging;
 
-namespace Nestor.Machine.Cpu;
+namespace Nestor.Machine.Processor;
 
 /// <summary>Nestor's x86-64 CPU model: an interpreter over Iced's decoder with a decoded-instruction cache per
 /// physical page, executing through the <see cref="Mmu"/>. Guest exceptions are delivered through the guest's IDT

@@ -1,6 +1,6 @@
 using Nestor.Machine.Architecture;
 
-namespace Nestor.Machine.Cpu;
+namespace Nestor.Machine.Processor;
 
 /// <summary>An exception the guest raised while executing an instruction (a fault, in SDM terms: RIP still points at
 /// the instruction). Thrown inside the interpreter and delivered through the guest's IDT by <see cref="Cpu"/>.</summary>

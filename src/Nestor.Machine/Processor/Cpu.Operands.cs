@@ -2,7 +2,7 @@ using System.Runtime.CompilerServices;
 using Iced.Intel;
 using Nestor.Machine.Architecture;
 
-namespace Nestor.Machine.Cpu;
+namespace Nestor.Machine.Processor;
 
 public sealed partial class Cpu
 {

@@ -1,6 +1,6 @@
 using Nestor.Machine.Architecture;
 
-namespace Nestor.Machine.Cpu;
+namespace Nestor.Machine.Processor;
 
 public sealed partial class Cpu
 {

@@ -1,4 +1,4 @@
-namespace Nestor.Machine.Cpu;
+namespace Nestor.Machine.Processor;
 
 /// <summary>What the CPU model needs from the machine around it: I/O ports, memory-mapped devices, and the CPUID
 /// leaves the platform presents. The hypervisor implements it; the CPU never knows about VMs.</summary>

@@ -1,0 +1,264 @@
+using Iced.Intel;
+using Nestor.Machine.Processor;
+using Nestor.Machine.Paging;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Nestor.Machine.Tests;
+
+/// <summary>Instruction families on the CPU model, against results and flags computed by hand from the SDM.</summary>
+public class CpuTests
+{
+    private const ulong CodeAddress = 0x1000;
+
+    private sealed class TestPlatform : IPlatform
+    {
+        public readonly List<(ushort Port, uint Value)> Writes = [];
+        public bool StopRequested { get; private set; }
+        public uint PortRead(ushort port, int size) => 0x5A;
+        public void PortWrite(ushort port, int size, uint value)
+        {
+            Writes.Add((port, value));
+            StopRequested |= port == 0xF4;
+        }
+        public ulong MmioRead(ulong physical, int size) => ulong.MaxValue;
+        public void MmioWrite(ulong physical, int size, ulong value) { }
+        public (uint Eax, uint Ebx, uint Ecx, uint Edx) Cpuid(uint leaf, uint subleaf) => (leaf + 1, 2, 3, 4);
+    }
+
+    /// <summary>Runs 64-bit code at 0x1000 with paging off (the MMU is the identity) until it writes port 0xF4.</summary>
+    private static (Cpu Cpu, TestMemory Memory, TestPlatform Platform) Run(Action<Assembler> emit, Action<Cpu>? setup = null)
+    {
+        var memory = new TestMemory(2);
+        var platform = new TestPlatform();
+        var cpu = new Cpu(memory.Memory, platform, new MmuConfiguration(null, TlbConfiguration.Default, 0), 2UL << 20);
+        var a = new Assembler(64);
+        emit(a);
+        a.mov(r15, rdx); // keep RDX for the assertions; the exit needs DX
+        a.mov(dx, 0xF4);
+        a.@out(dx, al);
+        using var stream = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(stream), CodeAddress);
+        byte[] code = stream.ToArray();
+        for (int i = 0; i < code.Length; i++)
+        {
+            memory.WriteByte(CodeAddress + (ulong)i, code[i]);
+        }
+        cpu.Cs = new Segment { Selector = 8, Attributes = 0xA09B };
+        cpu.Efer = 0x500;
+        cpu.Rip = CodeAddress;
+        memory.Write(0x6008, 0x00AF_9A00_0000_FFFFUL); // GDT: 0x08 = 64-bit code, for exception delivery
+        cpu.GdtBase = 0x6000;
+        cpu.GdtLimit = 15;
+        cpu.Registers[4] = 0x8000; // RSP
+        setup?.Invoke(cpu);
+        cpu.ControlStateChanged();
+        var stop = cpu.Run(100_000);
+        Assert.Equal(StopReason.PlatformStop, stop);
+        cpu.Registers[2] = cpu.Registers[15];
+        return (cpu, memory, platform);
+    }
+
+    private const ulong CF = 1, PF = 4, AF = 0x10, ZF = 0x40, SF = 0x80, OF = 0x800;
+
+    private static ulong Status(Cpu cpu) => cpu.Rflags & (CF | PF | AF | ZF | SF | OF);
+
+    [Fact]
+    public void Add_sets_carry_overflow_adjust_and_parity()
+    {
+        // 0x7F + 0x01 = 0x80: signed overflow, adjust carry out of bit 3, sign set, odd parity (one bit) so PF clear.
+        var (cpu, _, _) = Run(a => { a.mov(al, 0x7F); a.add(al, 1); });
+        Assert.Equal(0x80UL, cpu.Registers[0] & 0xFF);
+        Assert.Equal(OF | AF | SF, Status(cpu));
+        // 0xFF + 0x01 = 0x00 with carry: zero, parity even.
+        (cpu, _, _) = Run(a => { a.mov(al, 0xFF); a.add(al, 1); });
+        Assert.Equal(CF | ZF | PF | AF, Status(cpu));
+    }
+
+    [Fact]
+    public void Sub_and_cmp_borrow()
+    {
+        var (cpu, _, _) = Run(a => { a.mov(eax, 1); a.cmp(eax, 2); });
+        Assert.Equal(CF | SF | PF | AF, Status(cpu)); // 1 - 2 = 0xFFFFFFFF: borrow, negative, low byte 0xFF even parity
+        (cpu, _, _) = Run(a => { a.mov(rax, 0x8000_0000_0000_0000UL); a.sub(rax, 1); });
+        Assert.Equal(0x7FFF_FFFF_FFFF_FFFFUL, cpu.Registers[0]);
+        Assert.Equal(OF | AF | PF, Status(cpu));
+    }
+
+    [Fact]
+    public void Inc_keeps_carry_and_32_bit_writes_clear_the_upper_half()
+    {
+        var (cpu, _, _) = Run(a => { a.stc(); a.mov(rbx, ulong.MaxValue); a.inc(ebx); });
+        Assert.Equal(0UL, cpu.Registers[3]);
+        Assert.Equal(CF | ZF | PF | AF, Status(cpu));
+        (cpu, _, _) = Run(a => { a.mov(rbx, ulong.MaxValue); a.mov(bl, 0); a.mov(bh, 0x12); });
+        Assert.Equal(0xFFFF_FFFF_FFFF_1200UL, cpu.Registers[3]); // 8-bit writes keep the rest
+    }
+
+    [Fact]
+    public void Shifts_mask_the_count_and_a_zero_count_changes_no_flag()
+    {
+        var (cpu, _, _) = Run(a => { a.mov(eax, 0x8000_0001); a.mov(cl, 33); a.shl(eax, cl); }); // count 33 & 31 = 1
+        Assert.Equal(2UL, cpu.Registers[0]);
+        Assert.Equal(CF | OF, Status(cpu) & (CF | OF)); // CF = bit shifted out (1), OF = MSB(result) xor CF
+        (cpu, _, _) = Run(a => { a.stc(); a.mov(rax, 5); a.mov(cl, 64); a.shl(rax, cl); });   // 64 & 63 = 0
+        Assert.Equal(5UL, cpu.Registers[0]);
+        Assert.Equal(CF, Status(cpu) & CF);
+        (cpu, _, _) = Run(a => { a.mov(al, 0x81); a.rol(al, 1); });
+        Assert.Equal(0x03UL, cpu.Registers[0] & 0xFF);
+        Assert.Equal(CF | OF, Status(cpu) & (CF | OF)); // CF = new LSB; OF = MSB(result) xor CF (SDM Vol. 2B RCL/RCR/ROL/ROR)
+        (cpu, _, _) = Run(a => { a.mov(eax, 0x8000_0000); a.sar(eax, 31); });
+        Assert.Equal(0xFFFF_FFFFUL, cpu.Registers[0]);
+    }
+
+    [Fact]
+    public void Multiply_and_divide_use_the_double_width_registers()
+    {
+        var (cpu, _, _) = Run(a => { a.mov(rax, ulong.MaxValue); a.mov(rbx, 2); a.mul(rbx); });
+        Assert.Equal((0xFFFF_FFFF_FFFF_FFFEUL, 1UL), (cpu.Registers[0], cpu.Registers[2]));
+        Assert.Equal(CF | OF, Status(cpu) & (CF | OF));
+        (cpu, _, _) = Run(a => { a.mov(edx, 1); a.xor(eax, eax); a.mov(ecx, 3); a.div(ecx); }); // 2^32 / 3
+        Assert.Equal((0x5555_5555UL, 1UL), (cpu.Registers[0], cpu.Registers[2]));
+        (cpu, _, _) = Run(a => { a.mov(rax, unchecked((ulong)-7L)); a.cqo(); a.mov(rcx, 2); a.idiv(rcx); });
+        Assert.Equal((unchecked((ulong)-3L), unchecked((ulong)-1L)), (cpu.Registers[0], cpu.Registers[2]));
+    }
+
+    [Fact]
+    public void Division_by_zero_raises_divide_error_through_the_idt()
+    {
+        var (cpu, memory, platform) = Run(a =>
+        {
+            var handler = a.CreateLabel();
+            var after = a.CreateLabel();
+            // IDT at 0x2000 with vector 0 → handler.
+            a.lea(rax, __[handler]);
+            a.mov(__word_ptr[0x2000], ax);
+            a.mov(__word_ptr[0x2002], 8);
+            a.mov(__word_ptr[0x2004], 0x8E00);
+            a.shr(rax, 16);
+            a.mov(__word_ptr[0x2006], ax);
+            a.mov(__dword_ptr[0x2008], 0);
+            a.mov(__word_ptr[0x3000], 0xFFF);
+            a.mov(__qword_ptr[0x3002], 0x2000);
+            a.lidt(__[0x3000]);
+            a.xor(ecx, ecx);
+            a.div(ecx);
+            a.jmp(after);
+            a.Label(ref handler);
+            a.pop(rbx); // the saved RIP: the faulting div
+            a.mov(r12, 0x99);
+            a.Label(ref after);
+        });
+        Assert.Equal(0x99UL, cpu.Registers[12]);
+        Assert.Equal(1, cpu.Counters.ExceptionsByVector[0]);
+    }
+
+    [Fact]
+    public void Bit_scans_and_tests()
+    {
+        var (cpu, _, _) = Run(a => { a.mov(rax, 0x0000_0100_0000_0000UL); a.bsf(rbx, rax); a.bsr(rcx, rax); a.bt(rax, 40); });
+        Assert.Equal((40UL, 40UL), (cpu.Registers[3], cpu.Registers[1]));
+        Assert.Equal(CF, Status(cpu) & CF);
+        (cpu, _, _) = Run(a => { a.mov(rbx, 77); a.xor(eax, eax); a.bsf(rbx, rax); });
+        Assert.Equal(77UL, cpu.Registers[3]); // zero source: destination unchanged, ZF set
+        Assert.Equal(ZF, Status(cpu) & ZF);
+    }
+
+    [Fact]
+    public void Rep_string_operations_copy_and_fill()
+    {
+        var (cpu, memory, _) = Run(a =>
+        {
+            a.mov(rdi, 0x4000);
+            a.mov(eax, 0xAB);
+            a.mov(ecx, 10);
+            a.rep.stosb();
+            a.mov(rsi, 0x4000);
+            a.mov(rdi, 0x5000);
+            a.mov(ecx, 10);
+            a.rep.movsb();
+        });
+        Assert.Equal(0UL, cpu.Registers[1]);
+        Assert.Equal(0x500AUL, cpu.Registers[7]);
+        Assert.Equal(0xABABABABABABABABUL, memory.Read(0x5000));
+        Assert.Equal(0xABABUL, memory.Read(0x5008) & 0xFFFF_FFFF);
+    }
+
+    [Fact]
+    public void Calls_returns_and_the_stack()
+    {
+        var (cpu, _, _) = Run(a =>
+        {
+            var function = a.CreateLabel();
+            var done = a.CreateLabel();
+            a.mov(eax, 1);
+            a.call(function);
+            a.jmp(done);
+            a.Label(ref function);
+            a.push(rax);
+            a.add(qword_ptr_rsp(), 41);
+            a.pop(rbx);
+            a.ret();
+            a.Label(ref done);
+        });
+        Assert.Equal(42UL, cpu.Registers[3]);
+        Assert.Equal(0x8000UL, cpu.Registers[4]);
+    }
+
+    private static AssemblerMemoryOperand qword_ptr_rsp() => __qword_ptr[rsp];
+
+    [Fact]
+    public void Conditional_moves_and_sets_follow_the_flags()
+    {
+        var (cpu, _, _) = Run(a =>
+        {
+            a.mov(eax, 5);
+            a.mov(ebx, 7);
+            a.cmp(eax, ebx);
+            a.setl(cl);
+            a.setg(dl);
+            a.mov(rsi, ulong.MaxValue);
+            a.cmovg(esi, ebx); // not taken, but a 32-bit CMOV still clears bits 63:32
+            a.cmovl(edi, ebx);
+        });
+        Assert.Equal((1UL, 0UL), (cpu.Registers[1] & 0xFF, cpu.Registers[2] & 0xFF));
+        Assert.Equal(0xFFFF_FFFFUL, cpu.Registers[6]);
+        Assert.Equal(7UL, cpu.Registers[7]);
+    }
+
+    [Fact]
+    public void Port_io_cpuid_and_unimplemented_instructions()
+    {
+        var (cpu, _, platform) = Run(a =>
+        {
+            a.mov(dx, 0x3F8);
+            a.mov(al, (byte)'x');
+            a.@out(dx, al);
+            a.@in(al, dx);
+            a.mov(r9, rax);
+            a.mov(eax, 7);
+            a.cpuid();
+        });
+        Assert.Contains(platform.Writes, w => w.Port == 0x3F8 && w.Value == 'x');
+        Assert.Equal(0x5AUL, cpu.Registers[9] & 0xFF);
+        Assert.Equal((8UL, 2UL, 3UL, 4UL), (cpu.Registers[0], cpu.Registers[3], cpu.Registers[1], cpu.Registers[2]));
+    }
+
+    [Fact]
+    public void Self_modifying_code_is_seen_by_the_next_execution()
+    {
+        var (cpu, _, _) = Run(a =>
+        {
+            var patch = a.CreateLabel();
+            a.xor(ebx, ebx);
+            a.mov(ecx, 2);
+            a.Label(ref patch);
+            a.add(ebx, 1);           // 83 C3 01: the immediate is patched to 0x10 after the first pass
+            a.lea(rax, __[patch]);
+            a.mov(__byte_ptr[rax + 2], 0x10);
+            a.dec(ecx);
+            a.jnz(patch);
+        });
+        Assert.Equal(0x11UL, cpu.Registers[3]);
+        Assert.True(cpu.Counters.DecodeCacheInvalidations >= 1);
+    }
+}
