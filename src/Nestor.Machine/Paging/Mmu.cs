@@ -42,6 +42,10 @@ public sealed class Mmu
 
     public PagingControls Controls => controls;
 
+    /// <summary>Incremented whenever cached translations may have changed (any flush or control change), so that
+    /// callers holding a translation of their own (the CPU's fetch and data fast paths) know to drop it.</summary>
+    public long Generation { get; private set; }
+
     /// <summary>Installs new paging controls. Changing CR0.PG/WP, CR4.PGE/PCIDE/SMEP/SMAP or EFER.NXE flushes the
     /// TLBs entirely (§4.10.4.1: these writes invalidate all translations); a CR3 write goes through
     /// <see cref="WriteCr3"/> instead.</summary>
@@ -49,6 +53,7 @@ public sealed class Mmu
     {
         var previous = controls;
         controls = value;
+        Generation++;
         if (previous with { Cr3 = value.Cr3 } != value)
         {
             FlushAll(includingGlobal: true);
@@ -61,6 +66,7 @@ public sealed class Mmu
     {
         bool noFlush = controls.ProcessContextIdentifiers && (value & (1UL << 63)) != 0;
         controls = controls with { Cr3 = value & ~(1UL << 63) };
+        Generation++;
         walkCache.Flush();
         Counters.TlbFlushes++;
         if (!controls.ProcessContextIdentifiers)
@@ -84,6 +90,7 @@ public sealed class Mmu
     /// <summary>INVLPG.</summary>
     public void InvalidatePage(ulong linear)
     {
+        Generation++;
         dataTlb.InvalidatePage(linear);
         if (instructionTlb != dataTlb)
         {
@@ -95,6 +102,7 @@ public sealed class Mmu
     /// <summary>Drops everything cached.</summary>
     public void FlushAll(bool includingGlobal)
     {
+        Generation++;
         dataTlb.Flush(includingGlobal);
         if (instructionTlb != dataTlb)
         {

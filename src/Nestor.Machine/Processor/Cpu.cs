@@ -105,8 +105,32 @@ public sealed unsafe partial class Cpu
 
     private static readonly Instruction[] Scratch = new Instruction[1];
 
+    // The fetch fast path: while RIP stays on the page of the previous fetch, with the same privilege and no TLB
+    // change since (Mmu.Generation), the translation and the decoded page are reused. The ITLB would have hit, and
+    // is counted as a hit.
+    private ulong fetchLinearPage = ulong.MaxValue;
+    private long fetchGeneration = -1;
+    private int fetchPrivilege = -1;
+    private DecodedPage? fetchPage;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ref readonly Instruction Fetch(ulong rip)
+    {
+        var page = fetchPage;
+        if (page is not null && (rip >> 12) == fetchLinearPage && Mmu.Generation == fetchGeneration && PrivilegeLevel == fetchPrivilege)
+        {
+            int slot = page.Slots[rip & 0xFFF];
+            if (slot > 0)
+            {
+                Mmu.Counters.Translations++;
+                Mmu.Counters.InstructionTlbHits++;
+                return ref page.Instructions[slot - 1];
+            }
+        }
+        return ref FetchSlow(rip);
+    }
+
+    private ref readonly Instruction FetchSlow(ulong rip)
     {
         if (Mmu.Translate(rip, AccessKind.Execute, PrivilegeLevel == 3, false, out ulong physical) is { } error)
         {
@@ -124,9 +148,16 @@ public sealed unsafe partial class Cpu
             }
         }
         int offset = (int)(physical & 0xFFF);
-        if (decoded is not null && decoded.Slots[offset] > 0)
+        if (decoded is not null)
         {
-            return ref decoded.Instructions[decoded.Slots[offset] - 1];
+            fetchPage = decoded;
+            fetchLinearPage = rip >> 12;
+            fetchGeneration = Mmu.Generation;
+            fetchPrivilege = PrivilegeLevel;
+            if (decoded.Slots[offset] > 0)
+            {
+                return ref decoded.Instructions[decoded.Slots[offset] - 1];
+            }
         }
         return ref DecodeSlow(rip, physical, page, offset);
     }
@@ -186,6 +217,8 @@ public sealed unsafe partial class Cpu
             {
                 codePages[page] = 1;
             }
+            writeLinearPage = ulong.MaxValue; // the page may be cached for writes: writes to it must now be seen
+
         }
         if (decoded.Count == decoded.Instructions.Length)
         {
@@ -208,6 +241,7 @@ public sealed unsafe partial class Cpu
         {
             codePages[page] = 0;
             decodedPages.Remove(page);
+            fetchPage = null;
             if (lastPageNumber == page)
             {
                 lastPage = null;
@@ -229,8 +263,39 @@ public sealed unsafe partial class Cpu
         return physical;
     }
 
+    // Data fast paths, one for reads and one for writes: the host address of the last page translated, valid while
+    // the MMU generation, the privilege level and RFLAGS.AC are unchanged. Pages holding decoded code are never
+    // cached for writes, so self-modifying code is always seen (CodeWritten); counted as the TLB hits they model.
+    private ulong readLinearPage = ulong.MaxValue, writeLinearPage = ulong.MaxValue;
+    private byte* readHost, writeHost;
+    private long readGeneration = -1, writeGeneration = -1;
+    private int readKey = -1, writeKey = -1;
+
+    private int AccessKey => PrivilegeLevel | ((Rflags & FlagBits.AlignmentCheck) != 0 ? 4 : 0);
+
     /// <summary>Reads <paramref name="size"/> bytes (1, 2, 4, 8) at a linear address.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ulong ReadLinear(ulong linear, int size)
+    {
+        if ((linear >> 12) == readLinearPage && ((linear & 0xFFF) + (ulong)size) <= 0x1000 &&
+            Mmu.Generation == readGeneration && AccessKey == readKey)
+        {
+            Counters.MemoryReads++;
+            Mmu.Counters.Translations++;
+            Mmu.Counters.DataTlbHits++;
+            byte* p = readHost + (linear & 0xFFF);
+            return size switch
+            {
+                1 => *p,
+                2 => Unsafe.ReadUnaligned<ushort>(p),
+                4 => Unsafe.ReadUnaligned<uint>(p),
+                _ => Unsafe.ReadUnaligned<ulong>(p),
+            };
+        }
+        return ReadLinearSlow(linear, size);
+    }
+
+    private ulong ReadLinearSlow(ulong linear, int size)
     {
         Counters.MemoryReads++;
         if (((linear & 0xFFF) + (ulong)size) > 0x1000)
@@ -240,6 +305,7 @@ public sealed unsafe partial class Cpu
             {
                 value |= ReadLinear(linear + (ulong)i, 1) << (8 * i);
             }
+            Counters.MemoryReads -= size;
             return value;
         }
         ulong physical = Translate(linear, AccessKind.Read);
@@ -247,6 +313,14 @@ public sealed unsafe partial class Cpu
         if (p == null)
         {
             return platform.MmioRead(physical, size);
+        }
+        byte* pageHost = memory.Pointer(physical & ~0xFFFUL, 0x1000);
+        if (pageHost != null)
+        {
+            readLinearPage = linear >> 12;
+            readHost = pageHost;
+            readGeneration = Mmu.Generation;
+            readKey = AccessKey;
         }
         return size switch
         {
@@ -258,7 +332,22 @@ public sealed unsafe partial class Cpu
     }
 
     /// <summary>Writes the low <paramref name="size"/> bytes of <paramref name="value"/> at a linear address.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void WriteLinear(ulong linear, int size, ulong value)
+    {
+        if ((linear >> 12) == writeLinearPage && ((linear & 0xFFF) + (ulong)size) <= 0x1000 &&
+            Mmu.Generation == writeGeneration && AccessKey == writeKey)
+        {
+            Counters.MemoryWrites++;
+            Mmu.Counters.Translations++;
+            Mmu.Counters.DataTlbHits++;
+            Store(writeHost + (linear & 0xFFF), size, value);
+            return;
+        }
+        WriteLinearSlow(linear, size, value);
+    }
+
+    private void WriteLinearSlow(ulong linear, int size, ulong value)
     {
         Counters.MemoryWrites++;
         if (((linear & 0xFFF) + (ulong)size) > 0x1000)
@@ -270,6 +359,7 @@ public sealed unsafe partial class Cpu
             {
                 WriteLinear(linear + (ulong)i, 1, value >> (8 * i));
             }
+            Counters.MemoryWrites -= size;
             return;
         }
         ulong physical = Translate(linear, AccessKind.Write);
@@ -280,6 +370,21 @@ public sealed unsafe partial class Cpu
             return;
         }
         CodeWritten(physical);
+        ulong page = physical >> 12;
+        byte* pageHost = memory.Pointer(physical & ~0xFFFUL, 0x1000);
+        if (pageHost != null && (page >= (ulong)codePages.Length || codePages[page] == 0))
+        {
+            writeLinearPage = linear >> 12;
+            writeHost = pageHost;
+            writeGeneration = Mmu.Generation;
+            writeKey = AccessKey;
+        }
+        Store(p, size, value);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(byte* p, int size, ulong value)
+    {
         switch (size)
         {
             case 1: *p = (byte)value; break;
