@@ -26,9 +26,11 @@ public class CpuTests
     }
 
     /// <summary>Runs 64-bit code at 0x1000 with paging off (the MMU is the identity) until it writes port 0xF4.</summary>
-    private static (Cpu Cpu, TestMemory Memory, TestPlatform Platform) Run(Action<Assembler> emit, Action<Cpu>? setup = null)
+    private static (Cpu Cpu, TestMemory Memory, TestPlatform Platform) Run(Action<Assembler> emit, Action<Cpu>? setup = null) =>
+        Run(new TestMemory(2), emit, setup);
+
+    private static (Cpu Cpu, TestMemory Memory, TestPlatform Platform) Run(TestMemory memory, Action<Assembler> emit, Action<Cpu>? setup)
     {
-        var memory = new TestMemory(2);
         var platform = new TestPlatform();
         var cpu = new Cpu(memory.Memory, platform, new MmuConfiguration(null, TlbConfiguration.Default, 0), 2UL << 20);
         var a = new Assembler(64);
@@ -241,6 +243,44 @@ public class CpuTests
         Assert.Contains(platform.Writes, w => w.Port == 0x3F8 && w.Value == 'x');
         Assert.Equal(0x5AUL, cpu.Registers[9] & 0xFF);
         Assert.Equal((8UL, 2UL, 3UL, 4UL), (cpu.Registers[0], cpu.Registers[3], cpu.Registers[1], cpu.Registers[2]));
+    }
+
+    /// <summary>One physical page executed at two linear addresses: Iced resolves RIP-relative operands and branch
+    /// targets to absolute addresses, so each alias needs its own decoded instructions.</summary>
+    [Fact]
+    public void Code_mapped_at_two_linear_addresses_decodes_for_each()
+    {
+        const ulong alias = 0x40_0000_1000;
+        var memory = new TestMemory(2);
+        memory.Map(0x1000, 0x1000, TestMemory.P | TestMemory.W);
+        memory.Map(0x7000, 0x7000, TestMemory.P | TestMemory.W);
+        memory.Map(alias, 0x1000, TestMemory.P | TestMemory.W);
+        ulong functionOffset = 0;
+        var (cpu, _, _) = Run(memory, a =>
+        {
+            var function = a.CreateLabel();
+            var over = a.CreateLabel();
+            a.call(function);
+            a.mov(r8, rcx);
+            a.lea(rax, __[function]);
+            a.mov(rbx, alias - 0x1000);
+            a.add(rax, rbx);             // the function's address through the alias
+            a.call(rax);
+            a.mov(r9, rcx);
+            a.jmp(over);
+            a.Label(ref function);
+            a.lea(rcx, __[function]);
+            a.ret();
+            a.Label(ref over);
+        }, c =>
+        {
+            c.Cr0 = 0x8001_0033;
+            c.Cr3 = memory.Cr3;
+            c.Efer = 0xD00;
+        });
+        functionOffset = cpu.Registers[8] - 0x1000;
+        Assert.InRange(functionOffset, 1UL, 0xFFFUL);
+        Assert.Equal(alias + functionOffset, cpu.Registers[9]); // decoded once per alias, not reused from the first
     }
 
     [Fact]

@@ -32,8 +32,6 @@ public sealed unsafe partial class Cpu
     private readonly byte[] codePages;
     private readonly FetchReader fetchReader = new();
     private readonly Decoder decoder;
-    private DecodedPage? lastPage;
-    private ulong lastPageNumber = ulong.MaxValue;
     private ulong instructionStart;
     private int deliveryDepth;
 
@@ -87,8 +85,13 @@ public sealed unsafe partial class Cpu
 
     // ---- Fetch and the decoded-instruction cache ------------------------------------------------------------
 
-    private sealed class DecodedPage
+    /// <summary>The instructions decoded from one physical page as seen at one linear page. Iced resolves branch
+    /// targets and RIP-relative operands to absolute addresses, so a page mapped at two linear addresses gets one
+    /// DecodedPage per alias, chained through <see cref="Alias"/>.</summary>
+    private sealed class DecodedPage(ulong linearPage)
     {
+        public readonly ulong LinearPage = linearPage;
+        public DecodedPage? Alias;
         public readonly short[] Slots = new short[4096];
         public Instruction[] Instructions = new Instruction[32];
         public int Count;
@@ -137,15 +140,10 @@ public sealed unsafe partial class Cpu
             throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, rip);
         }
         ulong page = physical >> 12;
-        DecodedPage? decoded = page == lastPageNumber ? lastPage : null;
-        if (decoded is null)
+        decodedPages.TryGetValue(page, out DecodedPage? decoded);
+        while (decoded is not null && decoded.LinearPage != rip >> 12)
         {
-            decodedPages.TryGetValue(page, out decoded);
-            if (decoded is not null)
-            {
-                lastPage = decoded;
-                lastPageNumber = page;
-            }
+            decoded = decoded.Alias;
         }
         int offset = (int)(physical & 0xFFF);
         if (decoded is not null)
@@ -209,16 +207,21 @@ public sealed unsafe partial class Cpu
             Scratch[0] = instruction;
             return ref Scratch[0];
         }
-        if (!decodedPages.TryGetValue(page, out var decoded))
+        decodedPages.TryGetValue(page, out var chain);
+        var decoded = chain;
+        while (decoded is not null && decoded.LinearPage != rip >> 12)
         {
-            decoded = new DecodedPage();
+            decoded = decoded.Alias;
+        }
+        if (decoded is null)
+        {
+            decoded = new DecodedPage(rip >> 12) { Alias = chain };
             decodedPages[page] = decoded;
             if (page < (ulong)codePages.Length)
             {
                 codePages[page] = 1;
             }
             writeLinearPage = ulong.MaxValue; // the page may be cached for writes: writes to it must now be seen
-
         }
         if (decoded.Count == decoded.Instructions.Length)
         {
@@ -227,8 +230,6 @@ public sealed unsafe partial class Cpu
         decoded.Instructions[decoded.Count] = instruction;
         decoded.Slots[offset] = (short)(decoded.Count + 1);
         decoded.Count++;
-        lastPage = decoded;
-        lastPageNumber = page;
         return ref decoded.Instructions[decoded.Count - 1];
     }
 
@@ -240,13 +241,8 @@ public sealed unsafe partial class Cpu
         if (page < (ulong)codePages.Length && codePages[page] != 0)
         {
             codePages[page] = 0;
-            decodedPages.Remove(page);
+            decodedPages.Remove(page); // every alias of the page
             fetchPage = null;
-            if (lastPageNumber == page)
-            {
-                lastPage = null;
-                lastPageNumber = ulong.MaxValue;
-            }
             Counters.DecodeCacheInvalidations++;
         }
     }
