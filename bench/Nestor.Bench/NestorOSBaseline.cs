@@ -209,7 +209,7 @@ internal static class NestorOSBaseline
 
     /// <summary>The key=value fields of the first line <c>RESULT name ...</c>, or null. SeaBIOS writes escape
     /// sequences on the same COM1 before the kernel runs, so the line is looked for anywhere in a line.</summary>
-    private static Dictionary<string, string>? ResultLine(string output, string name)
+    internal static Dictionary<string, string>? ResultLine(string output, string name)
     {
         string prefix = $"RESULT {name} ";
         foreach (var line in Lines(output))
@@ -228,16 +228,19 @@ internal static class NestorOSBaseline
 
     /// <summary>Which guest/ sources the image was built from, as far as git can tell: the last commit that touched
     /// guest/, and whether the working tree differs from it there.</summary>
-    private static string GuestSource(string repository)
+    internal static string GuestSource(string repository) => SourceOf(repository, "guest");
+
+    /// <summary>The last commit that touched <paramref name="folder"/>, and whether the working tree differs from it there.</summary>
+    internal static string SourceOf(string repository, string folder)
     {
-        string? commit = Git(repository, "log", "-1", "--format=%h", "--", "guest");
-        string? changes = Git(repository, "status", "--porcelain", "--", "guest");
+        string? commit = Git(repository, "log", "-1", "--format=%h", "--", folder);
+        string? changes = Git(repository, "status", "--porcelain", "--", folder);
         return commit is null
-            ? "guest/ sources of unknown version"
-            : $"guest/ as of commit {commit}" + (string.IsNullOrWhiteSpace(changes) ? "" : " with uncommitted changes in guest/");
+            ? $"{folder}/ sources of unknown version"
+            : $"{folder}/ as of commit {commit}" + (string.IsNullOrWhiteSpace(changes) ? "" : $" with uncommitted changes in {folder}/");
     }
 
-    private static string? Git(string repository, params string[] arguments)
+    internal static string? Git(string repository, params string[] arguments)
     {
         var info = new System.Diagnostics.ProcessStartInfo("git")
         {
@@ -267,7 +270,7 @@ internal static class NestorOSBaseline
         }
     }
 
-    private static IEnumerable<string> Lines(string output) => output.Split('\n').Select(l => l.TrimEnd('\r'));
+    internal static IEnumerable<string> Lines(string output) => output.Split('\n').Select(l => l.TrimEnd('\r'));
 
     public static string Markdown(BaselineResults r)
     {

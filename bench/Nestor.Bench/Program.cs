@@ -10,6 +10,8 @@ public static class Program
     private const string Usage = """
         usage: nestor-bench [options]
                nestor-bench nestoros-tcg [options]   NestorOS's programs on QEMU TCG (see nestoros-tcg --help)
+               nestor-bench sim-throughput [options] NestorOS on the sim engine against QEMU TCG, and the differential
+                                                     test of sim against KVM (see sim-throughput --help)
           --nestor PATH        nestor executable (framework-dependent JIT build). Default: publish src/Nestor.Cli
                                in Release to bench/out/nestor-jit and use that
           --nestor-r2r PATH    also measure this ReadyToRun build of nestor
@@ -45,6 +47,10 @@ public static class Program
         if (args.Length > 0 && args[0] == "nestoros-tcg")
         {
             return NestorOSBaseline.Run(args[1..], FindRepository());
+        }
+        if (args.Length > 0 && args[0] == "sim-throughput")
+        {
+            return SimThroughput.Run(args[1..], FindRepository());
         }
         var o = new Dictionary<string, string>(StringComparer.Ordinal);
         var tweaks = new List<string>();
