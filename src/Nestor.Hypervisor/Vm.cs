@@ -19,9 +19,16 @@ public sealed class Vm : IDisposable
         Serial = new Uart16550(config.SerialOutput);
         Bus.Claim(Serial, Uart16550.Com1, Uart16550.PortCount);
         Bus.Claim(new DebugExitPort(status => GuestStatus ??= status), DebugExitPort.Port, DebugExitPort.PortCount);
-        Kernel = KernelLoader.Load(config.Kernel, memory);
-        var bootInformation = BootInformation.Write(memory, config.CommandLine, Kernel);
-        InitialState = LongModeSetup.Prepare(memory, Kernel.Entry, bootInformation, noExecuteSupported: true);
+        if (config.Multiboot)
+        {
+            (Kernel, InitialState) = MultibootLoader.Load(config.Kernel, memory, config.CommandLine);
+        }
+        else
+        {
+            Kernel = KernelLoader.Load(config.Kernel, memory);
+            var bootInformation = BootInformation.Write(memory, config.CommandLine, Kernel);
+            InitialState = LongModeSetup.Prepare(memory, Kernel.Entry, bootInformation, noExecuteSupported: true);
+        }
     }
 
     public VmConfig Config { get; }

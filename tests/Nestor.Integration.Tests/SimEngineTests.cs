@@ -24,7 +24,7 @@ public class SimEngineTests(NestorOSDefaultWorkload qemu) : IClassFixture<Nestor
     }
 
     internal static (VmOutcome Outcome, string Serial, Vm Vm) RunInProcess(KernelImageSource kernel, string commandLine = "",
-        ulong memory = 64UL << 20, double timeoutSeconds = 300)
+        ulong memory = 64UL << 20, double timeoutSeconds = 300, bool multiboot = false)
     {
         var serial = new MemoryStream();
         var vm = Vm.Create(new VmConfig
@@ -34,6 +34,7 @@ public class SimEngineTests(NestorOSDefaultWorkload qemu) : IClassFixture<Nestor
             CommandLine = commandLine,
             SerialOutput = serial,
             Timeout = TimeSpan.FromSeconds(timeoutSeconds),
+            Multiboot = multiboot,
         });
         var outcome = vm.Run(new SimEngine());
         vm.Serial.Flush();
@@ -113,6 +114,33 @@ public class SimEngineTests(NestorOSDefaultWorkload qemu) : IClassFixture<Nestor
         Assert.True(outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
         Assert.Equal(ResultsWithoutTimings(qemu.Output), ResultsWithoutTimings(serial));
         Assert.Contains("(fault) killed: page fault at address 0x0", serial);
+    }
+
+    /// <summary>The Multiboot path: 32-bit protected-mode entry, the kernel's own switch into long mode.</summary>
+    [Fact]
+    public void NestorOS_boots_by_multiboot_on_sim_through_32_bit_protected_mode()
+    {
+        var (outcome, serial, vm) = RunInProcess(new KernelImageSource("nestoros.elf", BuiltInGuests.NestorOS(), KernelFormat.Elf),
+            "hello ; compute 1000 ; sensitive", multiboot: true);
+        vm.Dispose();
+        Assert.True(outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
+        Assert.Contains("NestorOS: booted by Multiboot", serial);
+        Assert.Contains("RESULT compute n=1000 primes=168", serial);
+        Assert.Contains("RESULT init programs=3 failures=0", serial);
+    }
+
+    /// <summary>MultibootImage's 32-bit shim (the one QEMU runs) also works on sim: every probe through it.</summary>
+    [Fact]
+    public void Multiboot_images_boot_on_sim_through_their_32_bit_shim()
+    {
+        foreach (var probe in Nestor.Hypervisor.Capabilities.HostCapabilities.AllProbes)
+        {
+            var image = MultibootImage.Build(probe.Guest());
+            var (outcome, _, vm) = RunInProcess(new KernelImageSource(probe.Name, image, KernelFormat.Elf), memory: 8UL << 20, multiboot: true);
+            vm.Dispose();
+            Assert.True(outcome.GuestStatus == Nestor.Hypervisor.Capabilities.ProbeGuests.Success,
+                $"probe {probe.Name} via Multiboot on sim: {outcome.Kind} {outcome.Message}");
+        }
     }
 
     [Fact]

@@ -37,11 +37,12 @@ internal static class RunCommand
         var serialLog = new Option<string?>("--serial-log") { Description = "Write the guest's COM1 output to FILE instead of the terminal" };
         var force = new Option<bool>("--force") { Description = "Run even if the host capability probe says this engine cannot run the guest" };
         var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
+        var multiboot = new Option<bool>("--multiboot") { Description = "Boot KERNEL as a Multiboot v1 kernel (32-bit entry), as QEMU -kernel does; --engine sim only" };
         var qemu = new Option<bool>("--qemu") { Description = "Boot on the reference machine (QEMU's software CPU) instead; KERNEL defaults to builtin:nestoros" };
         var kvmDevice = new Option<string>("--kvm-device") { Description = "KVM device", DefaultValueFactory = _ => KvmSystem.DefaultDevicePath };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
-            kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu,
+            kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
         };
         command.SetAction(parse =>
         {
@@ -49,7 +50,7 @@ internal static class RunCommand
                 parse.GetValue(kernel), parse.GetValue(engine)!, parse.GetValue(memory)!, parse.GetValue(commandLine)!,
                 parse.GetValue(flat), parse.GetValue(loadAddress), parse.GetValue(timeout), parse.GetValue(dumpState),
                 parse.GetValue(stats), parse.GetValue(json), parse.GetValue(serialLog), parse.GetValue(force),
-                parse.GetValue(kvmDevice)!, parse.GetValue(qemu));
+                parse.GetValue(kvmDevice)!, parse.GetValue(qemu), parse.GetValue(multiboot));
             return Execute(options, parse.GetValue(verbose));
         });
         return command;
@@ -57,7 +58,7 @@ internal static class RunCommand
 
     internal sealed record RunOptions(string? Kernel, string Engine, string Memory, string CommandLine, bool Flat,
         string? LoadAddress, double? Timeout, string? DumpState, bool Stats, bool Json, string? SerialLog, bool Force,
-        string KvmDevice, bool Qemu = false);
+        string KvmDevice, bool Qemu = false, bool Multiboot = false);
 
     private static int Execute(RunOptions o, bool verbose)
     {
@@ -101,7 +102,13 @@ internal static class RunCommand
                 SerialOutput = serial,
                 Diagnostics = Console.Error,
                 KvmDevicePath = o.KvmDevice,
+                Multiboot = o.Multiboot,
             };
+            if (o.Multiboot && (engineKind != EngineKind.Sim || o.Flat))
+            {
+                throw new BadInputException("--multiboot boots a kernel file on the software machine",
+                    "Add --engine sim, and drop --flat (a Multiboot kernel says where it loads)");
+            }
             using var vm = Vm.Create(config);
             if (!o.Force && engineKind == EngineKind.Kvm)
             {

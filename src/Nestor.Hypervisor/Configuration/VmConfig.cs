@@ -80,6 +80,9 @@ public sealed class VmConfig
 
     public required KernelImageSource Kernel { get; init; }
 
+    /// <summary>Boot by Multiboot v1 (32-bit entry) instead of the Nestor boot protocol; the software machine only.</summary>
+    public bool Multiboot { get; init; }
+
     /// <summary>Wall-clock limit for the run, or null for none.</summary>
     public TimeSpan? Timeout { get; init; }
 

@@ -12,7 +12,15 @@ public sealed partial class Cpu
         switch (i.Mnemonic)
         {
             case Mnemonic.Jmp:
-                if (i.GetOpKind(0) is OpKind.FarBranch16 or OpKind.FarBranch32 or OpKind.Memory && i.MemorySize is MemorySize.SegPtr32 or MemorySize.SegPtr64 or MemorySize.SegPtr16)
+                if (i.GetOpKind(0) is OpKind.FarBranch32 or OpKind.FarBranch16)
+                {
+                    // JMP ptr16:32: load CS from the GDT; a code segment with L = 1 enters 64-bit mode when
+                    // IA32_EFER.LMA is set (SDM Vol. 3A §9.8.5, step 6).
+                    Cs = LoadDescriptor(i.FarBranchSelector);
+                    Rip = i.GetOpKind(0) == OpKind.FarBranch32 ? i.FarBranch32 : i.FarBranch16;
+                    return null;
+                }
+                if (i.GetOpKind(0) == OpKind.Memory && i.MemorySize is MemorySize.SegPtr32 or MemorySize.SegPtr64 or MemorySize.SegPtr16)
                 {
                     return Unimplemented(i);
                 }
@@ -27,7 +35,7 @@ public sealed partial class Cpu
                 }
             case Mnemonic.Ret:
                 {
-                    ulong target = Pop();
+                    ulong target = Pop(StackWidth);
                     if (i.OpCount == 1)
                     {
                         Registers[Rsp] += i.GetImmediate(0);
@@ -37,7 +45,7 @@ public sealed partial class Cpu
                 }
             case Mnemonic.Leave:
                 Registers[Rsp] = Registers[Rbp];
-                Registers[Rbp] = Pop();
+                Registers[Rbp] = Pop(StackWidth);
                 return null;
             case Mnemonic.Loop:
             case Mnemonic.Loope:
@@ -47,20 +55,20 @@ public sealed partial class Cpu
                     bool taken = count != 0 && (i.Mnemonic == Mnemonic.Loop || (i.Mnemonic == Mnemonic.Loope) == ((Rflags & Z) != 0));
                     if (taken)
                     {
-                        Rip = i.NearBranch64;
+                        Rip = i.NearBranchTarget;
                     }
                     return null;
                 }
             case Mnemonic.Jrcxz:
                 if (Registers[Rcx] == 0)
                 {
-                    Rip = i.NearBranch64;
+                    Rip = i.NearBranchTarget;
                 }
                 return null;
             case Mnemonic.Jecxz:
                 if ((uint)Registers[Rcx] == 0)
                 {
-                    Rip = i.NearBranch64;
+                    Rip = i.NearBranchTarget;
                 }
                 return null;
             case Mnemonic.Retf:
@@ -111,7 +119,7 @@ public sealed partial class Cpu
             default:
                 if (Condition(i.ConditionCode))
                 {
-                    Rip = i.NearBranch64;
+                    Rip = i.NearBranchTarget;
                 }
                 return null;
         }

@@ -121,7 +121,7 @@ public sealed partial class Cpu
                     {
                         value = i.GetImmediate(0);
                     }
-                    Push(value, i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister() ? 8 : Math.Max(size, 2) == 2 ? 2 : 8);
+                    Push(value, i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister() ? StackWidth : size == 2 ? 2 : StackWidth);
                     return null;
                 }
             case Mnemonic.Pop:
@@ -129,11 +129,11 @@ public sealed partial class Cpu
                     int size = OperandSize(i, 0);
                     if (i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister())
                     {
-                        ulong selector = Pop(8);
+                        ulong selector = Pop(StackWidth);
                         WriteRegister(i.GetOpRegister(0), selector);
                         return null;
                     }
-                    ulong value = Pop(size == 2 ? 2 : 8);
+                    ulong value = Pop(size == 2 ? 2 : StackWidth);
                     WriteOperand(i, 0, size, value);
                     return null;
                 }

@@ -197,6 +197,16 @@ public sealed partial class Cpu
         {
             case Register.CR0:
                 Cr0 = value | Architecture.Cr0.ExtensionType;
+                // IA-32e mode is activated by turning paging on with EFER.LME set, and left by turning it off
+                // (SDM Vol. 3A §9.8.5).
+                if ((Cr0 & Architecture.Cr0.Paging) != 0 && (Efer & Architecture.Efer.LongModeEnable) != 0)
+                {
+                    Efer |= Architecture.Efer.LongModeActive;
+                }
+                else if ((Cr0 & Architecture.Cr0.Paging) == 0)
+                {
+                    Efer &= ~Architecture.Efer.LongModeActive;
+                }
                 UpdatePagingControls();
                 break;
             case Register.CR2:

@@ -31,7 +31,8 @@ public sealed unsafe partial class Cpu
     private readonly Dictionary<ulong, DecodedPage> decodedPages = [];
     private readonly byte[] codePages;
     private readonly FetchReader fetchReader = new();
-    private readonly Decoder decoder;
+    private readonly Decoder decoder64;
+    private readonly Decoder decoder32;
     private ulong instructionStart;
     private int deliveryDepth;
 
@@ -41,12 +42,19 @@ public sealed unsafe partial class Cpu
         this.platform = platform;
         Mmu = new Mmu(memory, mmuConfiguration);
         codePages = new byte[(highestPhysicalAddress >> 12) + 1];
-        decoder = Decoder.Create(64, fetchReader);
+        decoder64 = Decoder.Create(64, fetchReader);
+        decoder32 = Decoder.Create(32, fetchReader);
     }
 
     public Mmu Mmu { get; }
 
     public CpuCounters Counters { get; } = new();
+
+    /// <summary>The code size: 64 in 64-bit mode (CS.L), 32 in 32-bit protected mode (CS.D), else 16.</summary>
+    public int Bitness => Cs.LongMode && (Efer & Architecture.Efer.LongModeActive) != 0 ? 64 : (Cs.Attributes & 0x4000) != 0 ? 32 : 16;
+
+    /// <summary>Bytes a CALL, RET or default PUSH moves: 8 in 64-bit mode, 4 in 32-bit mode.</summary>
+    private int StackWidth => Bitness == 64 ? 8 : 4;
 
     /// <summary>Current privilege level.</summary>
     public int PrivilegeLevel => Cs.Selector & 3;
@@ -88,9 +96,10 @@ public sealed unsafe partial class Cpu
     /// <summary>The instructions decoded from one physical page as seen at one linear page. Iced resolves branch
     /// targets and RIP-relative operands to absolute addresses, so a page mapped at two linear addresses gets one
     /// DecodedPage per alias, chained through <see cref="Alias"/>.</summary>
-    private sealed class DecodedPage(ulong linearPage)
+    private sealed class DecodedPage(ulong linearPage, int bitness)
     {
         public readonly ulong LinearPage = linearPage;
+        public readonly int Bitness = bitness;
         public DecodedPage? Alias;
         public readonly short[] Slots = new short[4096];
         public Instruction[] Instructions = new Instruction[32];
@@ -114,13 +123,15 @@ public sealed unsafe partial class Cpu
     private ulong fetchLinearPage = ulong.MaxValue;
     private long fetchGeneration = -1;
     private int fetchPrivilege = -1;
+    private int fetchBitness = -1;
     private DecodedPage? fetchPage;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ref readonly Instruction Fetch(ulong rip)
     {
         var page = fetchPage;
-        if (page is not null && (rip >> 12) == fetchLinearPage && Mmu.Generation == fetchGeneration && PrivilegeLevel == fetchPrivilege)
+        if (page is not null && (rip >> 12) == fetchLinearPage && Mmu.Generation == fetchGeneration && PrivilegeLevel == fetchPrivilege &&
+            Bitness == fetchBitness)
         {
             int slot = page.Slots[rip & 0xFFF];
             if (slot > 0)
@@ -140,8 +151,9 @@ public sealed unsafe partial class Cpu
             throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, rip);
         }
         ulong page = physical >> 12;
+        int bitness = Bitness;
         decodedPages.TryGetValue(page, out DecodedPage? decoded);
-        while (decoded is not null && decoded.LinearPage != rip >> 12)
+        while (decoded is not null && (decoded.LinearPage != rip >> 12 || decoded.Bitness != bitness))
         {
             decoded = decoded.Alias;
         }
@@ -152,6 +164,7 @@ public sealed unsafe partial class Cpu
             fetchLinearPage = rip >> 12;
             fetchGeneration = Mmu.Generation;
             fetchPrivilege = PrivilegeLevel;
+            fetchBitness = bitness;
             if (decoded.Slots[offset] > 0)
             {
                 return ref decoded.Instructions[decoded.Slots[offset] - 1];
@@ -187,6 +200,12 @@ public sealed unsafe partial class Cpu
         }
         fetchReader.Position = 0;
         fetchReader.Length = length;
+        int bits = Bitness;
+        if (bits == 16)
+        {
+            throw new NotSupportedException("16-bit code is not modelled");
+        }
+        var decoder = bits == 64 ? decoder64 : decoder32;
         decoder.IP = rip;
         decoder.Decode(out Instruction instruction);
         Counters.DecodedInstructions++;
@@ -209,13 +228,13 @@ public sealed unsafe partial class Cpu
         }
         decodedPages.TryGetValue(page, out var chain);
         var decoded = chain;
-        while (decoded is not null && decoded.LinearPage != rip >> 12)
+        while (decoded is not null && (decoded.LinearPage != rip >> 12 || decoded.Bitness != bits))
         {
             decoded = decoded.Alias;
         }
         if (decoded is null)
         {
-            decoded = new DecodedPage(rip >> 12) { Alias = chain };
+            decoded = new DecodedPage(rip >> 12, bits) { Alias = chain };
             decodedPages[page] = decoded;
             if (page < (ulong)codePages.Length)
             {
