@@ -209,6 +209,23 @@ public class CpuTests
     private static AssemblerMemoryOperand qword_ptr_rsp() => __qword_ptr[rsp];
 
     [Fact]
+    public void Enter_builds_a_frame_and_leave_removes_it()
+    {
+        var (cpu, memory, _) = Run(a =>
+        {
+            a.mov(rbp, 0x7777);
+            a.enter(0x20, 0);
+            a.mov(r8, rbp);
+            a.mov(r9, rsp);
+            a.leave();
+        });
+        Assert.Equal(0x8000UL - 8, cpu.Registers[8]);         // RBP = the frame: just below the saved RBP
+        Assert.Equal(0x8000UL - 8 - 0x20, cpu.Registers[9]);  // RSP = frame - size
+        Assert.Equal((0x7777UL, 0x8000UL), (cpu.Registers[5], cpu.Registers[4]));
+        Assert.Equal(0x7777UL, memory.Read(0x8000 - 8));
+    }
+
+    [Fact]
     public void Conditional_moves_and_sets_follow_the_flags()
     {
         var (cpu, _, _) = Run(a =>

@@ -107,6 +107,25 @@ public class TlbTests
     }
 
     [Fact]
+    public void Invpcid_types_flush_one_context_or_everything()
+    {
+        var (m, mmu) = Setup(Small, globalPages: true, pcid: true);
+        m.Map(0x1000, 0x200000, P | W);
+        m.Map(0x2000, 0x201000, P | W | G);
+        mmu.WriteCr3(m.Cr3 | 1);
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);
+        mmu.Translate(0x2000, AccessKind.Read, false, false, out _);
+        mmu.InvalidateProcessContext(1, 2, 0);   // another PCID: nothing of ours goes
+        Assert.Equal(2, mmu.DataTlb.Count);
+        mmu.InvalidateProcessContext(1, 1, 0);   // our PCID: the non-global entry goes
+        Assert.Equal(1, mmu.DataTlb.Count);
+        mmu.InvalidateProcessContext(3, 0, 0);   // all but global: the global one stays
+        Assert.Equal(1, mmu.DataTlb.Count);
+        mmu.InvalidateProcessContext(2, 0, 0);   // everything
+        Assert.Equal(0, mmu.DataTlb.Count);
+    }
+
+    [Fact]
     public void Split_tlbs_keep_instruction_and_data_translations_apart()
     {
         var (m, mmu) = Setup(new MmuConfiguration(new TlbConfiguration(4, 4), new TlbConfiguration(4, 4), 0));

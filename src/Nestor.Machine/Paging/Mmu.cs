@@ -99,6 +99,30 @@ public sealed class Mmu
         walkCache.Flush();
     }
 
+    /// <summary>INVPCID (SDM Vol. 2A): type 0 one address (all PCIDs here: invalidating more is always allowed),
+    /// 1 one PCID's non-global translations, 2 everything including global ones, 3 everything but global ones.</summary>
+    public void InvalidateProcessContext(int type, ushort processContext, ulong linear)
+    {
+        switch (type)
+        {
+            case 0:
+                InvalidatePage(linear);
+                break;
+            case 1:
+                Generation++;
+                dataTlb.FlushProcessContext(processContext);
+                if (instructionTlb != dataTlb)
+                {
+                    instructionTlb.FlushProcessContext(processContext);
+                }
+                walkCache.Flush();
+                break;
+            default:
+                FlushAll(includingGlobal: type == 2);
+                break;
+        }
+    }
+
     /// <summary>Drops everything cached.</summary>
     public void FlushAll(bool includingGlobal)
     {

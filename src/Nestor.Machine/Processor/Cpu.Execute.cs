@@ -228,6 +228,7 @@ public sealed partial class Cpu
             case Mnemonic.Loope:
             case Mnemonic.Loopne:
             case Mnemonic.Leave:
+            case Mnemonic.Enter:
             case Mnemonic.Retf:
             case Mnemonic.Iretq:
             case Mnemonic.Int:
