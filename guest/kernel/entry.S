@@ -14,7 +14,7 @@ isr_\vector:
 
 .altmacro
 .set i, 0
-.rept 32
+.rept 33
     ISR %i
     .set i, i + 1
 .endr
@@ -26,7 +26,7 @@ isr_\vector:
     .globl isr_table
 isr_table:
 .set i, 0
-.rept 32
+.rept 33
     ISR_ADDRESS %i
     .set i, i + 1
 .endr

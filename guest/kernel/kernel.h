@@ -77,6 +77,7 @@ void trap_handler(struct trap_frame *f);
 struct process;
 void process_start_init(const char *cmdline);
 u64 syscall_dispatch(struct trap_frame *f);
+void preempt_current(void);
 int user_page_fault(u64 addr, u64 error);
 void kill_current(struct trap_frame *f, u64 vector, u64 addr) __attribute__((noreturn));
 extern int current_pid;
@@ -86,7 +87,13 @@ extern void trap_return(void);
 extern void syscall_entry(void);
 extern u64 kernel_stack_top;
 void switch_context(u64 *save_rsp, u64 new_rsp);
-extern u64 isr_table[32];
+extern u64 isr_table[33];
+
+/* The local APIC timer (vector 32): preemption of user processes. */
+#define TIMER_VECTOR 32
+void timer_init(void);
+void timer_interrupt(struct trap_frame *f);
+extern u64 timer_ticks, preemptions;
 
 /* paravirtual hook: set when CPUID 0x40000000 says "NestorNestor" */
 extern int running_on_nestor;

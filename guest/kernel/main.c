@@ -104,6 +104,7 @@ void kernel_main(int kind, u64 info)
         kprintf("NestorOS: dereferencing a null pointer in the kernel on purpose\n");
         *(volatile u64 *)0 = 1;
     }
+    timer_init();
     frames_at_init = frames_free_count();
     process_start_init(cmdline);
 }

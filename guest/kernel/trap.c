@@ -51,7 +51,7 @@ void cpu_init(void)
         "mov $0x28, %%ax\n ltr %%ax\n"
         : : "m"(gp) : "rax", "memory");
 
-    for (int v = 0; v < 32; v++) {
+    for (int v = 0; v < 33; v++) {
         u64 handler = isr_table[v];
         /* 64-bit interrupt gate, present, DPL 0 (SDM Vol. 3A §6.14.1). */
         idt[v * 2] = (handler & 0xFFFF) | ((u64)KERNEL_CS << 16) | (0x8EUL << 40) | (((handler >> 16) & 0xFFFF) << 48);
@@ -72,8 +72,40 @@ void cpu_init(void)
     outb(0xA1, 0xFF);
 }
 
+/* Local APIC timer (Intel SDM Vol. 3A §10.5.4), in periodic mode on vector 32. The APIC's page at 0xFEE00000 is
+ * inside the kernel's identity map. Interrupts are only ever enabled in user mode (system calls and exceptions
+ * enter with IF clear), so the kernel itself is never preempted. */
+#define APIC 0xFEE00000UL
+#define TIMER_PERIOD 1000000
+
+u64 timer_ticks, preemptions;
+
+static void apic_write(u32 offset, u32 value) { *(volatile u32 *)(APIC + offset) = value; }
+
+void timer_init(void)
+{
+    apic_write(0xF0, 0x1FF);                        /* software enable, spurious vector 0xFF */
+    apic_write(0x3E0, 0xB);                         /* divide by 1 */
+    apic_write(0x320, TIMER_VECTOR | (1u << 17));   /* periodic */
+    apic_write(0x380, TIMER_PERIOD);                /* initial count: starts the timer */
+}
+
+void timer_interrupt(struct trap_frame *f)
+{
+    timer_ticks++;
+    apic_write(0xB0, 0);                            /* EOI */
+    if ((f->cs & 3) == 3) {
+        preemptions++;
+        preempt_current();
+    }
+}
+
 void trap_handler(struct trap_frame *f)
 {
+    if (f->vector == TIMER_VECTOR) {
+        timer_interrupt(f);
+        return;
+    }
     u64 cr2 = f->vector == 14 ? read_cr2() : 0;
     int from_user = (f->cs & 3) == 3;
     if (f->vector == 14 && cr2 >= USER_BASE && cr2 < USER_TOP) {

@@ -69,6 +69,7 @@ int user_main(int argc, char **argv)
     if (!strcmp(p, "compute")) return main_compute(argc, argv);
     if (!strcmp(p, "sensitive")) return main_sensitive(argc, argv);
     if (!strcmp(p, "fault")) return main_fault(argc, argv);
+    if (!strcmp(p, "preempt")) return main_preempt(argc, argv);
     print("no such program: %s\n", p);
     return 127;
 }

@@ -24,6 +24,7 @@ static inline void sys_yield(void) { syscall5(SYS_YIELD, 0, 0, 0, 0, 0); }
 static inline u64 sys_uptime(void) { return (u64)syscall5(SYS_UPTIME, 0, 0, 0, 0, 0); }
 static inline i64 sys_exec(const char *name, const char *args) { return syscall5(SYS_EXEC, (u64)name, (u64)args, 0, 0, 0); }
 static inline i64 sys_kinfo(void) { return syscall5(SYS_KINFO, 0, 0, 0, 0, 0); }
+static inline i64 sys_kinfo_of(u64 what) { return syscall5(SYS_KINFO, what, 0, 0, 0, 0); }
 
 int strcmp(const char *a, const char *b);
 usize strlen(const char *s);
@@ -43,4 +44,5 @@ int main_ptchurn(int argc, char **argv);
 int main_compute(int argc, char **argv);
 int main_sensitive(int argc, char **argv);
 int main_fault(int argc, char **argv);
+int main_preempt(int argc, char **argv);
 #endif

@@ -170,3 +170,20 @@ int main_fault(int argc, char **argv)
     print("RESULT fault child_status=%d parent_survived=1\n", status);
     return status == KILLED_BY_FAULT + 14 ? 0 : 1;
 }
+
+/* Timer preemption: two processes that never make a system call while they compute. Without the timer the first
+ * would run to the end before the second starts; with it, the kernel switches between them. */
+int main_preempt(int argc, char **argv)
+{
+    u64 n = parse_u64(argc > 1 ? argv[1] : 0, 20000000);
+    i64 before = sys_kinfo_of(2);
+    i64 pid = sys_fork();
+    volatile u64 sink = 0;
+    for (u64 i = 0; i < n; i++) sink += i;
+    if (pid == 0) sys_exit(sink == n * (n - 1) / 2 ? 0 : 1);
+    int status = -1;
+    sys_waitpid((int)pid, &status);
+    i64 preemptions = sys_kinfo_of(2) - before;
+    print("RESULT preempt child_status=%d preempted=%d\n", status, preemptions > 0);
+    return status == 0 && preemptions > 0 ? 0 : 1;
+}

@@ -47,10 +47,10 @@ public class NestorOSOnQemu(NestorOSDefaultWorkload run) : IClassFixture<NestorO
         Assert.True(run.Outcome.GuestStatus == 0, run.Output + run.Outcome.Diagnostics);
         Assert.Contains("NestorOS: booted by Multiboot", run.Output);
         var init = run.Single("init");
-        Assert.Equal("11", init["programs"]);
+        Assert.Equal("12", init["programs"]);
         Assert.Equal("0", init["failures"]);
         Assert.Equal(
-            ["hello", "syscall", "forkwait", "pagefault", "ptchurn", "memtouch", "memtouch", "memtouch", "compute", "sensitive", "fault", "init"],
+            ["hello", "syscall", "forkwait", "pagefault", "ptchurn", "memtouch", "memtouch", "memtouch", "compute", "sensitive", "fault", "preempt", "init"],
             run.Results.Select(r => r.Program));
     }
 
@@ -134,6 +134,14 @@ public class NestorOSOnQemu(NestorOSDefaultWorkload run) : IClassFixture<NestorO
         var fault = run.Single("fault");
         Assert.Equal("142", fault["child_status"]); // 128 + vector 14
         Assert.Equal("1", fault["parent_survived"]);
+    }
+
+    [Fact]
+    public void The_apic_timer_preempts_processes_that_never_yield()
+    {
+        var preempt = run.Single("preempt");
+        Assert.Equal("0", preempt["child_status"]);
+        Assert.Equal("1", preempt["preempted"]);
     }
 
     [Fact]

@@ -154,6 +154,50 @@ public class CpuTests
         Assert.Equal(1, cpu.Counters.ExceptionsByVector[0]);
     }
 
+    /// <summary>The local APIC timer in periodic mode interrupts through the IDT; HLT idles until it fires.</summary>
+    [Fact]
+    public void Apic_timer_interrupts_wake_a_halted_cpu()
+    {
+        var (cpu, _, _) = Run(a =>
+        {
+            var handler = a.CreateLabel();
+            var wait = a.CreateLabel();
+            a.lea(rax, __[handler]);
+            a.mov(__word_ptr[0x2000 + 32 * 16], ax);
+            a.mov(__word_ptr[0x2002 + 32 * 16], 8);
+            a.mov(__word_ptr[0x2004 + 32 * 16], 0x8E00);
+            a.shr(rax, 16);
+            a.mov(__word_ptr[0x2006 + 32 * 16], ax);
+            a.mov(__dword_ptr[0x2008 + 32 * 16], 0);
+            a.mov(__word_ptr[0x3000], 0xFFF);
+            a.mov(__qword_ptr[0x3002], 0x2000);
+            a.lidt(__[0x3000]);
+            a.mov(rbx, 0xFEE0_0000UL);
+            a.mov(__dword_ptr[rbx + 0xF0], 0x1FF);               // APIC on
+            a.mov(__dword_ptr[rbx + 0x320], 32 | (1 << 17));     // periodic, vector 32
+            a.mov(__dword_ptr[rbx + 0x3E0], 0xB);                // divide by 1
+            a.mov(__dword_ptr[rbx + 0x380], 5000);               // every 5000 clock ticks
+            a.xor(r10d, r10d);
+            a.sti();
+            a.Label(ref wait);
+            a.hlt();
+            a.cmp(r10, 3);
+            a.jb(wait);
+            a.cli();
+            var done = a.CreateLabel();
+            a.jmp(done);
+            a.Label(ref handler);
+            a.inc(r10);
+            a.mov(__dword_ptr[rbx + 0xB0], 0);                   // EOI
+            a.iretq();
+            a.Label(ref done);
+        });
+        Assert.Equal(3UL, cpu.Registers[10]);
+        Assert.Equal(3, cpu.Apic.TimerInterrupts);
+        Assert.Equal(3, cpu.Counters.ExternalInterrupts);
+        Assert.True(cpu.Clock >= 15_000, $"the clock ({cpu.Clock}) skips ahead while halted");
+    }
+
     [Fact]
     public void Bit_scans_and_tests()
     {

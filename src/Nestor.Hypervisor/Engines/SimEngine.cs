@@ -113,6 +113,8 @@ public sealed class SimEngine(MmuConfiguration? mmuConfiguration = null) : IEngi
             new("tlb_flushes", (ulong)m.TlbFlushes, ""),
             new("system_calls", (ulong)c.SystemCalls, ""),
             new("software_interrupts", (ulong)c.SoftwareInterrupts, ""),
+            new("external_interrupts", (ulong)c.ExternalInterrupts, ""),
+            new("apic_timer_interrupts", (ulong)cpu.Apic.TimerInterrupts, ""),
         };
         for (int v = 0; v < 32; v++)
         {

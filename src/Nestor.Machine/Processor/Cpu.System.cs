@@ -20,6 +20,11 @@ public sealed partial class Cpu
                 {
                     throw GuestFault.GeneralProtection();
                 }
+                if (i.Mnemonic == Mnemonic.Sti && (Rflags & FlagBits.Interrupt) == 0)
+                {
+                    // STI's interrupt shadow: no interrupt before the next instruction completes (so `sti; hlt` works).
+                    interruptShadowUntil = Counters.InstructionsRetired + 1;
+                }
                 Rflags = i.Mnemonic == Mnemonic.Cli ? Rflags & ~FlagBits.Interrupt : Rflags | FlagBits.Interrupt;
                 return null;
             case Mnemonic.Pushfq:

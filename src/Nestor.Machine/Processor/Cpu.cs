@@ -62,12 +62,36 @@ public sealed unsafe partial class Cpu
     /// <summary>Call after setting control registers or segments from outside (boot, state load).</summary>
     public void ControlStateChanged() => UpdatePagingControls();
 
+    /// <summary>The local APIC (its timer is the machine's only interrupt source so far).</summary>
+    public LocalApic Apic { get; } = new();
+
+    /// <summary>The CPU's clock: retired instructions plus the time skipped while halted. The TSC and the APIC timer
+    /// count it.</summary>
+    public long Clock => Counters.InstructionsRetired + idleCycles;
+
+    private long idleCycles;
+    private long interruptShadowUntil = -1;
+
     /// <summary>Executes up to <paramref name="budget"/> instructions.</summary>
     public StopReason Run(long budget)
     {
         long end = Counters.InstructionsRetired + budget;
         while (Counters.InstructionsRetired < end)
         {
+            if (Clock >= Apic.Deadline)
+            {
+                Apic.Tick(Clock);
+            }
+            if (Apic.CanDeliver && (Rflags & FlagBits.Interrupt) != 0 && Counters.InstructionsRetired > interruptShadowUntil)
+            {
+                // An external interrupt between instructions (SDM Vol. 3A §6.8.1): delivered through the IDT with the
+                // current RIP saved, as a hardware interrupt (no privilege check on the gate).
+                Counters.ExternalInterrupts++;
+                if (!Deliver((ExceptionVector)Apic.Accept(), 0, false, 0, software: false, Rip))
+                {
+                    return StopReason.Shutdown;
+                }
+            }
             instructionStart = Rip;
             try
             {
@@ -76,6 +100,12 @@ public sealed unsafe partial class Cpu
                 Counters.InstructionsRetired++;
                 if (stop is { } s)
                 {
+                    if (s == StopReason.Halted && (Rflags & FlagBits.Interrupt) != 0 && Apic.Deadline != long.MaxValue)
+                    {
+                        // HLT with interrupts on and the timer armed: idle until it fires.
+                        idleCycles += Math.Max(0, Apic.Deadline - Clock);
+                        continue;
+                    }
                     return s;
                 }
             }
@@ -327,7 +357,7 @@ public sealed unsafe partial class Cpu
         byte* p = memory.Pointer(physical, size);
         if (p == null)
         {
-            return platform.MmioRead(physical, size);
+            return IsApic(physical) ? Apic.Read((uint)(physical & 0xFFF), Clock) : platform.MmioRead(physical, size);
         }
         byte* pageHost = memory.Pointer(physical & ~0xFFFUL, 0x1000);
         if (pageHost != null)
@@ -381,7 +411,14 @@ public sealed unsafe partial class Cpu
         byte* p = memory.Pointer(physical, size);
         if (p == null)
         {
-            platform.MmioWrite(physical, size, value);
+            if (IsApic(physical))
+            {
+                Apic.Write((uint)(physical & 0xFFF), (uint)value, Clock);
+            }
+            else
+            {
+                platform.MmioWrite(physical, size, value);
+            }
             return;
         }
         CodeWritten(physical);
@@ -409,6 +446,9 @@ public sealed unsafe partial class Cpu
         }
     }
 
+    /// <summary>The APIC's page, while IA32_APIC_BASE enables it (bit 11).</summary>
+    private bool IsApic(ulong physical) => (ApicBase & (1 << 11)) != 0 && (physical & ~0xFFFUL) == (ApicBase & ~0xFFFUL);
+
     private void UpdatePagingControls()
     {
         Mmu.SetControlRegisters(new PagingControls(
@@ -425,5 +465,5 @@ public sealed unsafe partial class Cpu
 
     /// <summary>The time-stamp counter: one tick per retired instruction, so that runs are reproducible (the cost
     /// model of later work turns instructions into modelled cycles).</summary>
-    private ulong Tsc => (ulong)Counters.InstructionsRetired;
+    private ulong Tsc => (ulong)Clock;
 }

@@ -12,6 +12,7 @@ public sealed class CpuCounters
     public long DecodeCacheInvalidations;
     public readonly long[] ExceptionsByVector = new long[32];
     public long SoftwareInterrupts;
+    public long ExternalInterrupts;
     public long SystemCalls;
     public long PortReads;
     public long PortWrites;
