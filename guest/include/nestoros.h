@@ -29,6 +29,7 @@ typedef unsigned long usize;
 #define SYS_UPTIME  10
 #define SYS_EXEC    11
 #define SYS_KINFO   12   /* what the kernel observes about itself: CPL of its own code */
+#define SYS_MMUTEST 13   /* the MMU permission matrix (kernel/mmutest.c) */
 
 #define E_INVAL  22
 #define E_NOMEM  12

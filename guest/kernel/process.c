@@ -14,6 +14,7 @@ struct mapping { u64 start, end; };
 
 struct process {
     int pid, parent, exit_status, wait_for;
+    u64 probe_resume, probe_rsp, probe_error; /* mmutest: a user access expected to fault */
     enum state state;
     u64 pml4, kernel_rsp;
     u64 brk;
@@ -34,7 +35,7 @@ extern char __user_load[];
 extern char __user_text_size[], __user_size[];
 
 static const char *const program_names[] = {
-    "init", "hello", "forkwait", "syscall", "pagefault", "memtouch", "ptchurn", "compute", "sensitive", "fault", "preempt", 0,
+    "init", "hello", "forkwait", "syscall", "pagefault", "memtouch", "ptchurn", "compute", "sensitive", "fault", "preempt", "mmutest", 0,
 };
 
 static u64 stack_top_of(struct process *p) { return (u64)kernel_stacks[p - processes] + KERNEL_STACK_SIZE; }
@@ -197,6 +198,15 @@ static void process_exit(int status)
 
 void kill_current(struct trap_frame *f, u64 vector, u64 address)
 {
+    if (vector == 14 && current->probe_resume && (f->cs & 3) == 3) {
+        /* mmutest: the expected fault of an armed user probe; record it and resume. */
+        current->probe_error = f->error;
+        f->rip = current->probe_resume;
+        f->rsp = current->probe_rsp;
+        current->probe_resume = 0;
+        __asm__ volatile("mov %0, %%rsp\n jmp trap_return" : : "r"(f) : "memory");
+        __builtin_unreachable();
+    }
     extern const char *exception_name(u64 vector);
     kprintf("NestorOS: process %d (%s) killed: %s at address 0x%lx, rip 0x%lx, error code 0x%lx%s\n",
             current->pid, current->name, exception_name(vector), address, f->rip, f->error,
@@ -300,6 +310,7 @@ static i64 sys_munmap(u64 address, u64 length)
 /* Demand-zero fill and copy-on-write for a fault at a user address. Returns 0 when fixed. */
 int user_page_fault(u64 address, u64 error)
 {
+    (void)error;
     u64 va = address & ~(PAGE_SIZE - 1);
     u64 *pte = pte_lookup(current->pml4, va, 0);
     if (pte && (*pte & PTE_P)) {
@@ -375,6 +386,23 @@ u64 syscall_dispatch(struct trap_frame *f)
             return (u64)-E_FAULT;
         }
         return (u64)load_program(f, name, args);
+    }
+    case SYS_MMUTEST: {
+        extern i64 mmutest_syscall(u64 op, u64 buffer, u64 pml4);
+        if (f->rdi <= 1) {
+            if (f->rdi == 1 && !in_user(f->rsi, 192)) return (u64)-E_FAULT;
+            return (u64)mmutest_syscall(f->rdi, f->rsi, current->pml4);
+        }
+        if (f->rdi == 2) { /* arm a user probe: resume at rsi with rsp = rdx */
+            current->probe_resume = f->rsi;
+            current->probe_rsp = f->rdx;
+            current->probe_error = 0xFF;
+            return 0;
+        }
+        u64 e = current->probe_error;
+        current->probe_resume = 0;
+        current->probe_error = 0xFF;
+        return e;
     }
     case SYS_KINFO: {
         if (f->rdi == 1) return timer_ticks;

@@ -4,7 +4,7 @@
 
 static const char default_workload[] =
     "hello ; syscall 1000 ; forkwait 100 ; pagefault 100 ; ptchurn 50 ; memtouch 4 seq ; memtouch 4 rand ; "
-    "memtouch 4 stride ; compute 100000 ; sensitive ; fault ; preempt 3000000";
+    "memtouch 4 stride ; compute 100000 ; sensitive ; fault ; preempt 3000000 ; mmutest";
 
 static int run(char **words, int count)
 {

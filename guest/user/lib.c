@@ -70,6 +70,7 @@ int user_main(int argc, char **argv)
     if (!strcmp(p, "sensitive")) return main_sensitive(argc, argv);
     if (!strcmp(p, "fault")) return main_fault(argc, argv);
     if (!strcmp(p, "preempt")) return main_preempt(argc, argv);
+    if (!strcmp(p, "mmutest")) return main_mmutest(argc, argv);
     print("no such program: %s\n", p);
     return 127;
 }

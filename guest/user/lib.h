@@ -45,4 +45,5 @@ int main_compute(int argc, char **argv);
 int main_sensitive(int argc, char **argv);
 int main_fault(int argc, char **argv);
 int main_preempt(int argc, char **argv);
+int main_mmutest(int argc, char **argv);
 #endif

@@ -47,10 +47,10 @@ public class NestorOSOnQemu(NestorOSDefaultWorkload run) : IClassFixture<NestorO
         Assert.True(run.Outcome.GuestStatus == 0, run.Output + run.Outcome.Diagnostics);
         Assert.Contains("NestorOS: booted by Multiboot", run.Output);
         var init = run.Single("init");
-        Assert.Equal("12", init["programs"]);
+        Assert.Equal("13", init["programs"]);
         Assert.Equal("0", init["failures"]);
         Assert.Equal(
-            ["hello", "syscall", "forkwait", "pagefault", "ptchurn", "memtouch", "memtouch", "memtouch", "compute", "sensitive", "fault", "preempt", "init"],
+            ["hello", "syscall", "forkwait", "pagefault", "ptchurn", "memtouch", "memtouch", "memtouch", "compute", "sensitive", "fault", "preempt", "mmutest", "mmutest_smap", "mmutest_user", "init"],
             run.Results.Select(r => r.Program));
     }
 
@@ -142,6 +142,24 @@ public class NestorOSOnQemu(NestorOSDefaultWorkload run) : IClassFixture<NestorO
         var preempt = run.Single("preempt");
         Assert.Equal("0", preempt["child_status"]);
         Assert.Equal("1", preempt["preempted"]);
+    }
+
+    /// <summary>User-mode accesses to the 8 leaves (bit 0 U/S, bit 1 R/W, bit 2 XD) × read/write/fetch, as the SDM's
+    /// rules give them (§4.6, §4.7): ff = allowed, else the error code (P=1, W=2, U=4, I/D=0x10).</summary>
+    [Fact]
+    public void The_mmu_matrix_from_user_mode_follows_the_sdm_on_the_reference_machine()
+    {
+        var expected = new StringBuilder();
+        for (int page = 0; page < 8; page++)
+        {
+            bool user = (page & 1) != 0, writable = (page & 2) != 0, noExecute = (page & 4) != 0;
+            expected.Append(user ? "ff" : "05");                                   // read
+            expected.Append(user && writable ? "ff" : "07");                       // write
+            expected.Append(user && !noExecute ? "ff" : "15");                     // fetch
+        }
+        Assert.Equal(expected.ToString(), run.Single("mmutest_user")["user"]);
+        Assert.Equal("1", run.Single("mmutest")["smep"]);
+        Assert.Equal("1", run.Single("mmutest")["smap"]);
     }
 
     [Fact]

@@ -174,10 +174,12 @@ public sealed class SimEngine(MmuConfiguration? mmuConfiguration = null) : IEngi
             const string vendor = "NestorSimCPU";
             return leaf switch
             {
-                0 => (1, Word(vendor, 0), Word(vendor, 8), Word(vendor, 4)),
+                0 => (7, Word(vendor, 0), Word(vendor, 8), Word(vendor, 4)),
                 // Family 6; EDX: FPU TSC MSR PAE CX8 APIC SEP PGE CMOV; ECX: hypervisor present, POPCNT (bit 23).
                 1 => (0x0000_0600, 0, (1u << 31) | (1u << 23), (1u << 0) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) |
                                                              (1u << 11) | (1u << 13) | (1u << 15)),
+                // Structured extended features: SMEP (EBX bit 7) and SMAP (bit 20), which the MMU models.
+                7 when subleaf == 0 => (0, (1u << 7) | (1u << 20), 0, 0),
                 KvmEngine.HypervisorLeaf => (KvmEngine.HypervisorLeaf, Word(KvmEngine.HypervisorSignature, 0),
                     Word(KvmEngine.HypervisorSignature, 4), Word(KvmEngine.HypervisorSignature, 8)),
                 0x8000_0000 => (0x8000_0001, 0, 0, 0),
