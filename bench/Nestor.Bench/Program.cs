@@ -86,7 +86,7 @@ public static class Program
         var vmms = new List<Vmm>
         {
             Vmm.Qemu(qemuPath) with { Description = "`qemu-system-x86_64 -accel kvm -m 64M -nographic -no-reboot -nodefaults -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x4 -kernel IMAGE`" },
-            Vmm.Nestor("Nestor (JIT)", nestorPath) with { Description = "`dotnet publish src/Nestor.Cli -c Release` (framework-dependent, tiered JIT), `nestor run --memory 64M IMAGE`" },
+            Vmm.Nestor("Nestor (JIT)", nestorPath) with { Description = "`dotnet publish src/Nestor.Cli -c Release` (framework-dependent, tiered JIT), `nestor run --engine kvm --memory 64M IMAGE`" },
         };
         string? r2rPath = o.TryGetValue("--nestor-r2r", out var r2r) ? Path.GetFullPath(r2r) : null;
         if (r2rPath is not null)

@@ -26,9 +26,10 @@ internal sealed record Vmm(
     /// <summary>Guest RAM for every run: the 64 MiB guest.</summary>
     public const string GuestMemory = "64M";
 
-    /// <summary><c>nestor run --memory 64M [extra] IMAGE</c>. Guest status 0 is process status 0.</summary>
+    /// <summary><c>nestor run --engine kvm --memory 64M [extra] IMAGE</c> (KVM: the peer of QEMU/KVM; sim is the default
+    /// engine). Guest status 0 is process status 0.</summary>
     public static Vmm Nestor(string name, string executable, IReadOnlyDictionary<string, string>? environment = null) =>
-        new(name, false, executable, ["run", "--memory", GuestMemory], [], environment ?? new Dictionary<string, string>(), 0);
+        new(name, false, executable, ["run", "--engine", "kvm", "--memory", GuestMemory], [], environment ?? new Dictionary<string, string>(), 0);
 
     /// <summary>The reference command line, with KVM acceleration. isa-debug-exit turns guest status v into
     /// process status (v &lt;&lt; 1) | 1, so guest status 0 is process status 1.</summary>

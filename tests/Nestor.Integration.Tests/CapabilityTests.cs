@@ -31,7 +31,7 @@ public class CapabilityTests
         RequireKvm();
         var host = HostCapabilities.Probe("/dev/kvm", [GuestFeature.ExceptionDelivery]);
         string guest = WriteTemp(ProbeGuests.SoftwareInterrupt(), ".bin");
-        var r = Run("run", "--flat", guest);
+        var r = Run("run", "--engine", "kvm", "--flat", guest);
         if (host.Supports(GuestFeature.ExceptionDelivery))
         {
             Assert.True(r.ExitCode == (int)ProbeGuests.Success, r.ToString());
@@ -41,7 +41,7 @@ public class CapabilityTests
         Assert.Contains("cannot run", r.Stderr);
         Assert.Contains("int 40h", r.Stderr);
         Assert.Contains("--force", r.Stderr);
-        var forced = Run("run", "--flat", guest, "--force");
+        var forced = Run("run", "--engine", "kvm", "--flat", guest, "--force");
         Assert.NotEqual(121, forced.ExitCode);
         if (forced.ExitCode == 123)
         {

@@ -50,7 +50,7 @@ public class InputErrorTests
     [Fact]
     public void No_kvm_device_says_what_to_do()
     {
-        var r = Run("run", "--kvm-device", "/dev/no-kvm-here");
+        var r = Run("run", "--engine", "kvm", "--kvm-device", "/dev/no-kvm-here");
         Assert.True(r.ExitCode == 121, r.ToString());
         Assert.Contains("KVM is not available", r.Stderr);
         Assert.Contains("kvm_intel or kvm_amd", r.Stderr);

@@ -21,7 +21,7 @@ public class KvmRunTests
     [Fact]
     public void Builtin_guest_prints_its_greeting_and_the_exit_statistics()
     {
-        var r = Run("run", "--stats", "--cmdline", "quiet loglevel=3", "--memory", "128M");
+        var r = Run("run", "--engine", "kvm", "--stats", "--cmdline", "quiet loglevel=3", "--memory", "128M");
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Contains("Hello from a Nestor guest", r.Stdout);
         Assert.Contains("the hypervisor is: NestorNestor", r.Stdout);
@@ -42,7 +42,7 @@ public class KvmRunTests
     public void Process_exit_status_is_the_guest_debug_exit_status(uint status, int expected)
     {
         string guest = FlatGuest(a => Exit(a, status));
-        var r = Run("run", "--flat", guest);
+        var r = Run("run", "--engine", "kvm", "--flat", guest);
         Assert.True(r.ExitCode == expected, r.ToString());
         if (status > 119)
         {
@@ -65,7 +65,7 @@ public class KvmRunTests
             a.mov(rax, 0x1122_3344_5566_7788UL);
             Exit(a, 5);
         });
-        var r = Run("run", "--flat", guest, "--dump-state", "-");
+        var r = Run("run", "--engine", "kvm", "--flat", guest, "--dump-state", "-");
         Assert.True(r.ExitCode == 5, r.ToString());
         using var json = JsonDocument.Parse(r.Stdout);
         var s = json.RootElement;
@@ -82,7 +82,7 @@ public class KvmRunTests
         Assert.InRange(rip, 0x100000UL, 0x100100UL);
 
         string file = Path.GetTempFileName();
-        var r2 = Run("run", "--flat", guest, "--dump-state", file);
+        var r2 = Run("run", "--engine", "kvm", "--flat", guest, "--dump-state", file);
         Assert.Equal(5, r2.ExitCode);
         Assert.Equal("0xdeadbeef", JsonDocument.Parse(File.ReadAllText(file)).RootElement.GetProperty("r15").GetString());
     }
@@ -93,7 +93,7 @@ public class KvmRunTests
         // mov edx, 0xf4 / mov eax, 9 / out dx, eax / hlt, typed in by hand.
         byte[] code = [0xBA, 0xF4, 0x00, 0x00, 0x00, 0xB8, 0x09, 0x00, 0x00, 0x00, 0xEF, 0xF4];
         string file = WriteTemp(code, ".bin");
-        var r = Run("run", "--flat", "--load-addr", "0x200000", file, "--dump-state", "-");
+        var r = Run("run", "--engine", "kvm", "--flat", "--load-addr", "0x200000", file, "--dump-state", "-");
         Assert.True(r.ExitCode == 9, r.ToString());
         Assert.Equal("0x20000b", JsonDocument.Parse(r.Stdout).RootElement.GetProperty("rip").GetString());
     }
@@ -106,7 +106,7 @@ public class KvmRunTests
             a.mov(rax, 0x5555UL);
             a.ud2(); // no IDT: #UD cannot be delivered, nor the #DF after it
         });
-        var r = Run("run", "--flat", guest);
+        var r = Run("run", "--engine", "kvm", "--flat", guest);
         Assert.True(r.ExitCode == 122, r.ToString());
         Assert.Contains("triple-faulted", r.Stderr);
         Assert.Contains("no IDT", r.Stderr);
@@ -123,7 +123,7 @@ public class KvmRunTests
             a.mov(eax, 0xD000_0000);
             a.jmp(rax);
         });
-        var r = Run("run", "--flat", guest, "--json");
+        var r = Run("run", "--engine", "kvm", "--flat", guest, "--json");
         Assert.True(r.ExitCode == 123, r.ToString());
         var outcome = JsonDocument.Parse(r.Stdout).RootElement.GetProperty("outcome");
         Assert.Equal("emulation-failure", outcome.GetProperty("kind").GetString());
@@ -140,7 +140,7 @@ public class KvmRunTests
             a.jmp(spin);
         });
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        var r = Run("run", "--flat", guest, "--timeout", "1");
+        var r = Run("run", "--engine", "kvm", "--flat", guest, "--timeout", "1");
         Assert.True(r.ExitCode == 124, r.ToString());
         Assert.Contains("--timeout", r.Stderr);
         Assert.InRange(clock.Elapsed.TotalSeconds, 0.9, 30);
@@ -150,7 +150,7 @@ public class KvmRunTests
     public void Halting_with_interrupts_off_ends_the_run_with_an_explanation()
     {
         string guest = FlatGuest(a => a.hlt());
-        var r = Run("run", "--flat", guest);
+        var r = Run("run", "--engine", "kvm", "--flat", guest);
         Assert.True(r.ExitCode == 125, r.ToString());
         Assert.Contains("interrupts disabled", r.Stderr);
     }
@@ -174,7 +174,7 @@ public class KvmRunTests
             a.Label(ref bad);
             Exit(a, 1);
         });
-        var r = Run("run", "--flat", guest, "--json");
+        var r = Run("run", "--engine", "kvm", "--flat", guest, "--json");
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Single(r.Stderr.Split('\n'), l => l.Contains("I/O port 0x80"));
         Assert.Single(r.Stderr.Split('\n'), l => l.Contains("MMIO address 0xd0000000"));
@@ -198,7 +198,7 @@ public class KvmRunTests
             a.jnz(loop);
             Exit(a, 0);
         });
-        var r = Run("run", "--flat", guest, "--json");
+        var r = Run("run", "--engine", "kvm", "--flat", guest, "--json");
         Assert.True(r.ExitCode == 0, r.ToString());
         var root = JsonDocument.Parse(r.Stdout).RootElement;
         var exits = root.GetProperty("exits");
@@ -213,7 +213,7 @@ public class KvmRunTests
     public void Serial_output_goes_to_the_log_file_when_asked()
     {
         string log = Path.GetTempFileName();
-        var r = Run("run", "--serial-log", log);
+        var r = Run("run", "--engine", "kvm", "--serial-log", log);
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.DoesNotContain("Hello", r.Stdout);
         Assert.Contains("Hello from a Nestor guest", File.ReadAllText(log));
@@ -222,7 +222,7 @@ public class KvmRunTests
     [Fact]
     public void Json_report_carries_outcome_serial_and_exits()
     {
-        var r = Run("run", "--json");
+        var r = Run("run", "--engine", "kvm", "--json");
         Assert.True(r.ExitCode == 0, r.ToString());
         var root = JsonDocument.Parse(r.Stdout).RootElement;
         Assert.Equal("debug-exit", root.GetProperty("outcome").GetProperty("kind").GetString());
@@ -244,7 +244,7 @@ public class KvmRunTests
             Exit(a, 7);
         }, Nestor.Hypervisor.BuiltIn.MultibootImage.PayloadAddress);
         string image = WriteTemp(Nestor.Hypervisor.BuiltIn.MultibootImage.Build(payload), ".elf");
-        var r = Run("run", image);
+        var r = Run("run", "--engine", "kvm", image);
         Assert.True(r.ExitCode == 7, r.ToString());
         Assert.Equal("X\n", r.Stdout);
     }

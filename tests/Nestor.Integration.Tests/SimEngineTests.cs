@@ -44,16 +44,31 @@ public class SimEngineTests(NestorOSDefaultWorkload qemu) : IClassFixture<Nestor
     [Fact]
     public void The_builtin_guest_runs_on_sim_with_the_same_output_and_port_exits_as_on_kvm()
     {
-        var sim = Run("run", "--engine", "sim", "--json");
+        var sim = Run("run", "--engine", "sim", "builtin:hello", "--json");
         Assert.True(sim.ExitCode == 0, sim.ToString());
         var s = JsonDocument.Parse(sim.Stdout).RootElement;
         Assert.Equal("sim", s.GetProperty("engine").GetString());
         Assert.Contains("NestorNestor", s.GetProperty("serial").GetString());
-        Assert.True(s.GetProperty("engine_counters").GetProperty("instructions_retired").GetInt64() > 1000);
+        var counters = s.GetProperty("engine_counters");
+        long retired = counters.GetProperty("instructions_retired").GetInt64();
+        Assert.True(retired > 1000);
+        long byClass = counters.EnumerateObject().Where(c => c.Name.StartsWith("retired_", StringComparison.Ordinal)).Sum(c => c.Value.GetInt64());
+        Assert.Equal(retired, byClass); // every retired instruction is counted in exactly one class
         RequireKvm();
-        var kvm = JsonDocument.Parse(Run("run", "--json").Stdout).RootElement;
+        var kvm = JsonDocument.Parse(Run("run", "--engine", "kvm", "builtin:hello", "--json").Stdout).RootElement;
         Assert.Equal(kvm.GetProperty("serial").GetString(), s.GetProperty("serial").GetString());
         Assert.Equal(kvm.GetProperty("exits").GetProperty("by_port").ToString(), s.GetProperty("exits").GetProperty("by_port").ToString());
+    }
+
+    /// <summary>`nestor run` with no arguments: NestorOS's default workload on the software machine.</summary>
+    [Fact]
+    public void Nestor_run_without_arguments_boots_NestorOS_on_sim()
+    {
+        var r = Run(TimeSpan.FromMinutes(5), "run");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("NestorOS: booted by the Nestor boot protocol", r.Stdout);
+        Assert.Contains("hypervisor Nestor", r.Stdout);
+        Assert.Contains("RESULT init programs=13 failures=0", r.Stdout);
     }
 
     [Theory]

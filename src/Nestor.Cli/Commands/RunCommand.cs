@@ -22,10 +22,10 @@ internal static class RunCommand
     {
         var kernel = new Argument<string?>("KERNEL")
         {
-            Description = "Kernel to boot: an ELF64 file, raw code with --flat, or builtin:NAME. Default: builtin:hello",
+            Description = "Kernel to boot: an ELF64 file, raw code with --flat, or builtin:NAME (nestoros, hello). Default: builtin:nestoros on sim, builtin:hello on kvm",
             Arity = ArgumentArity.ZeroOrOne,
         };
-        var engine = new Option<string>("--engine") { Description = "Engine: kvm (hardware-assisted, /dev/kvm) or sim (Nestor's own x86-64 machine; partial ISA in this release)", DefaultValueFactory = _ => "kvm" };
+        var engine = new Option<string>("--engine") { Description = "Engine: sim (Nestor's own x86-64 machine, the default) or kvm (hardware-assisted, /dev/kvm)", DefaultValueFactory = _ => "sim" };
         var memory = new Option<string>("--memory", "-m") { Description = "Guest RAM, e.g. 64M, 1G", DefaultValueFactory = _ => "64M" };
         var commandLine = new Option<string>("--cmdline") { Description = "Kernel command line", DefaultValueFactory = _ => "" };
         var flat = new Option<bool>("--flat") { Description = "KERNEL is raw code, loaded at 0x100000 (or --load-addr) and entered there" };
@@ -234,7 +234,10 @@ internal static class RunCommand
                 throw new BadInputException("--flat and --load-addr apply to a kernel file, not to a built-in guest",
                     "Give the path of a raw code file");
             }
-            return BuiltInGuests.Get(o.Kernel?["builtin:".Length..] ?? "hello");
+            // The default guest: NestorOS where it can run anywhere (sim), the ring-0 demo on KVM, which on hosts
+            // like ours cannot deliver guest exceptions.
+            string fallback = o.Engine.Equals("kvm", StringComparison.OrdinalIgnoreCase) ? "hello" : "nestoros";
+            return BuiltInGuests.Get(o.Kernel?["builtin:".Length..] ?? fallback);
         }
         if (o.Kernel.StartsWith('-') && !File.Exists(o.Kernel))
         {

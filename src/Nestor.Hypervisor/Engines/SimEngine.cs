@@ -116,6 +116,10 @@ public sealed class SimEngine(MmuConfiguration? mmuConfiguration = null) : IEngi
             new("external_interrupts", (ulong)c.ExternalInterrupts, ""),
             new("apic_timer_interrupts", (ulong)cpu.Apic.TimerInterrupts, ""),
         };
+        foreach (var kind in Enum.GetValues<InstructionClass>())
+        {
+            list.Add(new EngineCounter($"retired_{kind.ToString().ToLowerInvariant()}", (ulong)c.RetiredByClass[(int)kind], ""));
+        }
         for (int v = 0; v < 32; v++)
         {
             if (c.ExceptionsByVector[v] > 0)

@@ -98,6 +98,7 @@ public sealed unsafe partial class Cpu
                 ref readonly Instruction instruction = ref Fetch(Rip);
                 StopReason? stop = Execute(in instruction);
                 Counters.InstructionsRetired++;
+                Counters.RetiredByClass[InstructionClasses.ByMnemonic[(int)instruction.Mnemonic]]++;
                 if (stop is { } s)
                 {
                     if (s == StopReason.Halted && (Rflags & FlagBits.Interrupt) != 0 && Apic.Deadline != long.MaxValue)

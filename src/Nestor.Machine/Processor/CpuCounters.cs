@@ -6,6 +6,8 @@ namespace Nestor.Machine.Processor;
 public sealed class CpuCounters
 {
     public long InstructionsRetired;
+    /// <summary>Retired instructions by <see cref="InstructionClass"/>.</summary>
+    public readonly long[] RetiredByClass = new long[Enum.GetValues<InstructionClass>().Length];
     public long MemoryReads;
     public long MemoryWrites;
     public long DecodedInstructions;
