@@ -151,17 +151,8 @@ public sealed class KvmEngine : IEngine
                     }
                     break;
                 case KvmExitReason.Halt:
-                    {
-                        exits.Record(VmExitReason.Halt, Stopwatch.GetTimestamp() - exited);
-                        var state = Capture(vcpu);
-                        string why = state.InterruptsEnabled
-                            ? "waiting for an interrupt, but this VM has no device that raises interrupts yet"
-                            : "with interrupts disabled, so nothing can ever wake it";
-                        return new VmOutcome(VmOutcomeKind.Halted,
-                            $"the guest executed HLT at rip=0x{state.Rip - 1:x} {why}; the VM stopped. " +
-                            "End the guest by writing a status to the debug-exit port (out 0xf4) instead",
-                            state);
-                    }
+                    exits.Record(VmExitReason.Halt, Stopwatch.GetTimestamp() - exited);
+                    return VmOutcomes.Halted(Capture(vcpu));
                 case KvmExitReason.Shutdown:
                     {
                         exits.Record(VmExitReason.Shutdown, Stopwatch.GetTimestamp() - exited);
@@ -200,14 +191,8 @@ public sealed class KvmEngine : IEngine
         }
     }
 
-    private static VmOutcome Stopped(Vm vm, KvmVcpu vcpu, VmOutcomeKind stop)
-    {
-        var state = Capture(vcpu);
-        string message = stop == VmOutcomeKind.Timeout
-            ? $"the guest was still running after {vm.Config.Timeout?.TotalSeconds:0.###} s (--timeout) at rip=0x{state.Rip:x}; the VM was stopped"
-            : $"the run was interrupted at rip=0x{state.Rip:x}";
-        return new VmOutcome(stop, message, state);
-    }
+    private static VmOutcome Stopped(Vm vm, KvmVcpu vcpu, VmOutcomeKind stop) =>
+        VmOutcomes.Stopped(stop, vm.Config.Timeout, Capture(vcpu));
 
     private static VmOutcome InternalError(Vm vm, KvmVcpu vcpu)
     {

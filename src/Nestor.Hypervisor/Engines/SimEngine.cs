@@ -47,18 +47,10 @@ public sealed class SimEngine(MmuConfiguration? mmuConfiguration = null) : IEngi
                 switch (stop)
                 {
                     case StopReason.PlatformStop:
-                        uint status = vm.GuestStatus ?? 0;
-                        return new VmOutcome(VmOutcomeKind.DebugExit, $"the guest wrote {status} (0x{status:x}) to the debug-exit port",
-                            Capture(cpu), status);
+                        return VmOutcomes.DebugExit(vm.GuestStatus ?? 0, Capture(cpu));
                     case StopReason.Halted:
-                        {
-                            vm.Exits.Record(VmExitReason.Halt, 0);
-                            var state = Capture(cpu);
-                            return new VmOutcome(VmOutcomeKind.Halted,
-                                $"the guest executed HLT at rip=0x{state.Rip - 1:x} " +
-                                (state.InterruptsEnabled ? "waiting for an interrupt, but this machine has no device that raises one yet"
-                                    : "with interrupts disabled, so nothing can ever wake it") + "; the VM stopped", state);
-                        }
+                        vm.Exits.Record(VmExitReason.Halt, 0);
+                        return VmOutcomes.Halted(Capture(cpu));
                     case StopReason.Shutdown:
                         {
                             vm.Exits.Record(VmExitReason.Shutdown, 0);
@@ -70,11 +62,7 @@ public sealed class SimEngine(MmuConfiguration? mmuConfiguration = null) : IEngi
                 }
                 if (control.StopReason is { } requested)
                 {
-                    var state = Capture(cpu);
-                    string message = requested == VmOutcomeKind.Timeout
-                        ? $"the guest was still running after {vm.Config.Timeout?.TotalSeconds:0.###} s (--timeout) at rip=0x{state.Rip:x}; the VM was stopped"
-                        : $"the run was interrupted at rip=0x{state.Rip:x}";
-                    return new VmOutcome(requested, message, state);
+                    return VmOutcomes.Stopped(requested, vm.Config.Timeout, Capture(cpu));
                 }
             }
         }

@@ -31,3 +31,27 @@ public sealed record VmOutcome(VmOutcomeKind Kind, string Message, VcpuState? Fi
     /// <summary>True when the guest ended the run itself through the debug-exit port.</summary>
     public bool IsDebugExit => Kind == VmOutcomeKind.DebugExit;
 }
+
+/// <summary>The outcomes every engine reports the same way, worded once.</summary>
+public static class VmOutcomes
+{
+    /// <summary>HLT with nothing that could ever wake the vCPU.</summary>
+    public static VmOutcome Halted(VcpuState state) => new(VmOutcomeKind.Halted,
+        $"the guest executed HLT at rip=0x{state.Rip - 1:x} " +
+        (state.InterruptsEnabled
+            ? "waiting for an interrupt, but no device of this VM will raise one"
+            : "with interrupts disabled, so nothing can ever wake it") +
+        "; the VM stopped. End the guest by writing a status to the debug-exit port (out 0xf4) instead",
+        state);
+
+    /// <summary>The guest wrote its status to the debug-exit port.</summary>
+    public static VmOutcome DebugExit(uint status, VcpuState state) =>
+        new(VmOutcomeKind.DebugExit, $"the guest wrote {status} (0x{status:x}) to the debug-exit port", state, status);
+
+    /// <summary>The run was stopped from outside (timeout, Ctrl-C).</summary>
+    public static VmOutcome Stopped(VmOutcomeKind reason, TimeSpan? timeout, VcpuState state) => new(reason,
+        reason == VmOutcomeKind.Timeout
+            ? $"the guest was still running after {timeout?.TotalSeconds:0.###} s (--timeout) at rip=0x{state.Rip:x}; the VM was stopped"
+            : $"the run was interrupted at rip=0x{state.Rip:x}",
+        state);
+}
