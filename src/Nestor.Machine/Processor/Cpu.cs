@@ -72,42 +72,37 @@ public sealed unsafe partial class Cpu
     private long idleCycles;
     private long interruptShadowUntil = -1;
 
+    // The retired-instruction count at which the run loop next looks at the timer and pending interrupts; one
+    // compare per instruction instead of several. Reset to 0 whenever the APIC changes or the CPU idles.
+    private long eventCheckAt;
+
     /// <summary>Executes up to <paramref name="budget"/> instructions.</summary>
     public StopReason Run(long budget)
+    {
+        try
+        {
+            return RunSlice(budget);
+        }
+        finally
+        {
+            Mmu.Counters.Translations += fastFetches;
+            Mmu.Counters.InstructionTlbHits += fastFetches;
+            fastFetches = 0;
+        }
+    }
+
+    private StopReason RunSlice(long budget)
     {
         long end = Counters.InstructionsRetired + budget;
         while (Counters.InstructionsRetired < end)
         {
-            if (Clock >= Apic.Deadline)
-            {
-                Apic.Tick(Clock);
-            }
-            if (Apic.CanDeliver && (Rflags & FlagBits.Interrupt) != 0 && Counters.InstructionsRetired > interruptShadowUntil)
-            {
-                // An external interrupt between instructions (SDM Vol. 3A §6.8.1): delivered through the IDT with the
-                // current RIP saved, as a hardware interrupt (no privilege check on the gate).
-                Counters.ExternalInterrupts++;
-                if (!Deliver((ExceptionVector)Apic.Accept(), 0, false, 0, software: false, Rip))
-                {
-                    return StopReason.Shutdown;
-                }
-            }
-            instructionStart = Rip;
+            // The try region is outside the hot loop so that the JIT can keep the loop's state in registers; a
+            // guest fault unwinds to here, is delivered, and the loop resumes.
             try
             {
-                ref readonly Instruction instruction = ref Fetch(Rip);
-                StopReason? stop = Execute(in instruction);
-                Counters.InstructionsRetired++;
-                Counters.RetiredByClass[InstructionClasses.ByMnemonic[(int)instruction.Mnemonic]]++;
-                if (stop is { } s)
+                if (RunUntilStop(end) is { } stop)
                 {
-                    if (s == StopReason.Halted && (Rflags & FlagBits.Interrupt) != 0 && Apic.Deadline != long.MaxValue)
-                    {
-                        // HLT with interrupts on and the timer armed: idle until it fires.
-                        idleCycles += Math.Max(0, Apic.Deadline - Clock);
-                        continue;
-                    }
-                    return s;
+                    return stop;
                 }
             }
             catch (GuestFault fault)
@@ -120,6 +115,57 @@ public sealed unsafe partial class Cpu
             }
         }
         return StopReason.Budget;
+    }
+
+    private StopReason? RunUntilStop(long end)
+    {
+        while (Counters.InstructionsRetired < end)
+        {
+            if (Counters.InstructionsRetired >= eventCheckAt && HandleEvents() is { } shutdown)
+            {
+                return shutdown;
+            }
+            instructionStart = Rip;
+            ref readonly Instruction instruction = ref Fetch(Rip);
+            StopReason? stop = Execute(in instruction);
+            Counters.InstructionsRetired++;
+            Counters.RetiredByClass[InstructionClasses.ByMnemonic[(int)instruction.Mnemonic]]++;
+            if (stop is { } s)
+            {
+                if (s == StopReason.Halted && (Rflags & FlagBits.Interrupt) != 0 && Apic.Deadline != long.MaxValue)
+                {
+                    // HLT with interrupts on and the timer armed: idle until it fires.
+                    idleCycles += Math.Max(0, Apic.Deadline - Clock);
+                    eventCheckAt = 0;
+                    continue;
+                }
+                return s;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>Advances the APIC timer and delivers a pending interrupt if the CPU accepts one now (SDM Vol. 3A
+    /// §6.8.1: between instructions, with RFLAGS.IF set, outside an STI shadow), then decides when to look again.</summary>
+    private StopReason? HandleEvents()
+    {
+        if (Clock >= Apic.Deadline)
+        {
+            Apic.Tick(Clock);
+        }
+        if (Apic.CanDeliver && (Rflags & FlagBits.Interrupt) != 0 && Counters.InstructionsRetired > interruptShadowUntil)
+        {
+            // Delivered through the IDT with the current RIP saved, as a hardware interrupt (no gate privilege check).
+            Counters.ExternalInterrupts++;
+            if (!Deliver((ExceptionVector)Apic.Accept(), 0, false, 0, software: false, Rip))
+            {
+                return StopReason.Shutdown;
+            }
+        }
+        eventCheckAt = Apic.PendingVector >= 0
+            ? Counters.InstructionsRetired + 1                  // waiting for IF, the shadow or an EOI: look each time
+            : Apic.Deadline == long.MaxValue ? long.MaxValue : Apic.Deadline - idleCycles;
+        return null;
     }
 
     // ---- Fetch and the decoded-instruction cache ------------------------------------------------------------
@@ -153,22 +199,24 @@ public sealed unsafe partial class Cpu
     // is counted as a hit.
     private ulong fetchLinearPage = ulong.MaxValue;
     private long fetchGeneration = -1;
-    private int fetchPrivilege = -1;
-    private int fetchBitness = -1;
+    private ulong fetchModeKey = ulong.MaxValue;
+    private long fastFetches;
+
+    /// <summary>CS (selector, hence CPL; attributes, hence L and D) and EFER.LMA in one value: equal keys mean the
+    /// same privilege and code size, so a cached decode and translation still apply.</summary>
+    private ulong ModeKey => ((ulong)Cs.Attributes << 16) | Cs.Selector | ((Efer & Architecture.Efer.LongModeActive) << 32);
     private DecodedPage? fetchPage;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ref readonly Instruction Fetch(ulong rip)
     {
         var page = fetchPage;
-        if (page is not null && (rip >> 12) == fetchLinearPage && Mmu.Generation == fetchGeneration && PrivilegeLevel == fetchPrivilege &&
-            Bitness == fetchBitness)
+        if (page is not null && (rip >> 12) == fetchLinearPage && Mmu.Generation == fetchGeneration && ModeKey == fetchModeKey)
         {
             int slot = page.Slots[rip & 0xFFF];
             if (slot > 0)
             {
-                Mmu.Counters.Translations++;
-                Mmu.Counters.InstructionTlbHits++;
+                fastFetches++; // ITLB hits, folded into the MMU's counters when Run returns
                 return ref page.Instructions[slot - 1];
             }
         }
@@ -194,8 +242,7 @@ public sealed unsafe partial class Cpu
             fetchPage = decoded;
             fetchLinearPage = rip >> 12;
             fetchGeneration = Mmu.Generation;
-            fetchPrivilege = PrivilegeLevel;
-            fetchBitness = bitness;
+            fetchModeKey = ModeKey;
             if (decoded.Slots[offset] > 0)
             {
                 return ref decoded.Instructions[decoded.Slots[offset] - 1];
@@ -415,6 +462,7 @@ public sealed unsafe partial class Cpu
             if (IsApic(physical))
             {
                 Apic.Write((uint)(physical & 0xFFF), (uint)value, Clock);
+                eventCheckAt = 0; // the timer or the in-service interrupt may have changed
             }
             else
             {
