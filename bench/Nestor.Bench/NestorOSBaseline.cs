@@ -86,28 +86,14 @@ internal static class NestorOSBaseline
 
     public static int Run(string[] args, string repository)
     {
-        var o = new Dictionary<string, string>(StringComparer.Ordinal);
-        bool write = false;
-        for (int i = 0; i < args.Length; i++)
+        var o = CommandOptions.Parse(args, "nestor-bench nestoros-tcg", Usage, ["--reps", "--memory", "--results"], null, out int exitCode);
+        if (o is null)
         {
-            switch (args[i])
-            {
-                case "--write":
-                    write = true;
-                    break;
-                case "-h" or "--help":
-                    Console.WriteLine(Usage);
-                    return 0;
-                case "--reps" or "--memory" or "--results" when i + 1 < args.Length:
-                    o[args[i]] = args[++i];
-                    break;
-                default:
-                    Console.Error.WriteLine($"nestor-bench nestoros-tcg: unexpected argument '{args[i]}'\n{Usage}");
-                    return 2;
-            }
+            return exitCode;
         }
-        int reps = Positive(o, "--reps", 5);
-        ulong memory = (ulong)Positive(o, "--memory", 512) << 20;
+        bool write = o.Write;
+        int reps = o.Whole("--reps", 5, 1);
+        ulong memory = (ulong)o.Whole("--memory", 512, 1) << 20;
         var progress = Console.Error;
         var started = DateTimeOffset.UtcNow;
         long clock = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -157,7 +143,7 @@ internal static class NestorOSBaseline
         Console.Write(section);
         if (write)
         {
-            string path = o.GetValueOrDefault("--results", Path.Combine(repository, "bench", "RESULTS.md"));
+            string path = o.Get("--results", Path.Combine(repository, "bench", "RESULTS.md"));
             Report.WriteInto(path, section, "<!-- nestoros-tcg:begin", End);
             progress.WriteLine($"Updated {path}");
         }
@@ -337,14 +323,4 @@ internal static class NestorOSBaseline
 
     private static string Escape(string text) => text.Replace("|", "\\|", StringComparison.Ordinal);
 
-    private static int Positive(Dictionary<string, string> o, string name, int fallback)
-    {
-        if (!o.TryGetValue(name, out var text))
-        {
-            return fallback;
-        }
-        return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) && value > 0
-            ? value
-            : throw new BenchmarkException($"{name} needs a positive whole number, not '{text}'");
-    }
 }

@@ -52,43 +52,26 @@ public static class Program
         {
             return SimThroughput.Run(args[1..], FindRepository());
         }
-        var o = new Dictionary<string, string>(StringComparer.Ordinal);
-        var tweaks = new List<string>();
-        bool write = false;
-        for (int i = 0; i < args.Length; i++)
+        var o = CommandOptions.Parse(args, "nestor-bench", Usage, null, "--tweak-env", out int exitCode);
+        if (o is null)
         {
-            switch (args[i])
-            {
-                case "--write":
-                    write = true;
-                    break;
-                case "-h" or "--help":
-                    Console.WriteLine(Usage);
-                    return 0;
-                case "--tweak-env" when i + 1 < args.Length:
-                    tweaks.Add(args[++i]);
-                    break;
-                case var name when name.StartsWith("--", StringComparison.Ordinal) && i + 1 < args.Length:
-                    o[name] = args[++i];
-                    break;
-                default:
-                    Console.Error.WriteLine($"nestor-bench: unexpected argument '{args[i]}'\n{Usage}");
-                    return 2;
-            }
+            return exitCode;
         }
+        bool write = o.Write;
+        var tweaks = o.Repeated;
         string repository = FindRepository();
         string outDirectory = Path.Combine(repository, "bench", "out");
         string images = Path.Combine(outDirectory, "images");
         Directory.CreateDirectory(images);
 
-        string qemuPath = o.GetValueOrDefault("--qemu", "qemu-system-x86_64");
-        string nestorPath = o.TryGetValue("--nestor", out var given) ? Path.GetFullPath(given) : PublishNestor(repository, outDirectory);
+        string qemuPath = o.Get("--qemu", "qemu-system-x86_64");
+        string nestorPath = o.TryGet("--nestor", out var given) ? Path.GetFullPath(given) : PublishNestor(repository, outDirectory);
         var vmms = new List<Vmm>
         {
             Vmm.Qemu(qemuPath) with { Description = "`qemu-system-x86_64 -accel kvm -m 64M -nographic -no-reboot -nodefaults -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x4 -kernel IMAGE`" },
             Vmm.Nestor("Nestor (JIT)", nestorPath) with { Description = "`dotnet publish src/Nestor.Cli -c Release` (framework-dependent, tiered JIT), `nestor run --engine kvm --memory 64M IMAGE`" },
         };
-        string? r2rPath = o.TryGetValue("--nestor-r2r", out var r2r) ? Path.GetFullPath(r2r) : null;
+        string? r2rPath = o.TryGet("--nestor-r2r", out var r2r) ? Path.GetFullPath(r2r) : null;
         if (r2rPath is not null)
         {
             vmms.Add(Vmm.Nestor("Nestor (ReadyToRun)", r2rPath) with
@@ -111,7 +94,7 @@ public static class Program
                 Description = $"the {build} build above, started with runtime settings from the environment (no code change)",
             });
         }
-        if (o.TryGetValue("--nestor-aot", out var aot))
+        if (o.TryGet("--nestor-aot", out var aot))
         {
             vmms.Add(Vmm.Nestor("Nestor (NativeAOT)", Path.GetFullPath(aot)) with
             {
@@ -119,13 +102,13 @@ public static class Program
             });
         }
         var notes = new List<string>();
-        if (o.TryGetValue("--aot-note", out var aotNote))
+        if (o.TryGet("--aot-note", out var aotNote))
         {
             notes.Add($"NativeAOT: not measured. {aotNote}");
         }
 
-        int reps = Int(o, "--reps", 5), startupReps = Int(o, "--startup-reps", 10), memoryReps = Int(o, "--memory-reps", 3);
-        uint exits = (uint)Int(o, "--exits", 1_000_000);
+        int reps = o.Whole("--reps", 5, 1), startupReps = o.Whole("--startup-reps", 10, 1), memoryReps = o.Whole("--memory-reps", 3, 1);
+        uint exits = (uint)o.Whole("--exits", 1_000_000, 1);
         var machine = MachineFacts.Read(qemuPath);
         var progress = Console.Error;
         var measure = new Measurements(vmms, images, progress);
@@ -153,7 +136,7 @@ public static class Program
         Console.Write(section);
         if (write)
         {
-            string path = o.GetValueOrDefault("--results", Path.Combine(repository, "bench", "RESULTS.md"));
+            string path = o.Get("--results", Path.Combine(repository, "bench", "RESULTS.md"));
             Report.WriteInto(path, section);
             progress.WriteLine($"Updated {path}");
         }
@@ -196,14 +179,4 @@ public static class Program
         return Path.Combine(target, "nestor");
     }
 
-    private static int Int(Dictionary<string, string> o, string name, int fallback)
-    {
-        if (!o.TryGetValue(name, out var text))
-        {
-            return fallback;
-        }
-        return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) && value > 0
-            ? value
-            : throw new BenchmarkException($"{name} needs a positive whole number, not '{text}'");
-    }
 }

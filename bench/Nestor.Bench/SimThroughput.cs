@@ -113,29 +113,16 @@ internal static class SimThroughput
 
     public static int Run(string[] args, string repository)
     {
-        var o = new Dictionary<string, string>(StringComparer.Ordinal);
-        bool write = false;
-        for (int i = 0; i < args.Length; i++)
+        var o = CommandOptions.Parse(args, "nestor-bench sim-throughput", Usage,
+            ["--reps", "--memory", "--results", "--differential-sequences"], null, out int exitCode);
+        if (o is null)
         {
-            switch (args[i])
-            {
-                case "--write":
-                    write = true;
-                    break;
-                case "-h" or "--help":
-                    Console.WriteLine(Usage);
-                    return 0;
-                case "--reps" or "--memory" or "--results" or "--differential-sequences" when i + 1 < args.Length:
-                    o[args[i]] = args[++i];
-                    break;
-                default:
-                    Console.Error.WriteLine($"nestor-bench sim-throughput: unexpected argument '{args[i]}'\n{Usage}");
-                    return 2;
-            }
+            return exitCode;
         }
-        int reps = Whole(o, "--reps", 5, 1);
-        ulong memory = (ulong)Whole(o, "--memory", 64, 1) << 20;
-        int sequences = Whole(o, "--differential-sequences", 50_000, 0);
+        bool write = o.Write;
+        int reps = o.Whole("--reps", 5, 1);
+        ulong memory = (ulong)o.Whole("--memory", 64, 1) << 20;
+        int sequences = o.Whole("--differential-sequences", 50_000, 0);
         var progress = Console.Error;
         var started = DateTimeOffset.UtcNow;
         long clock = Stopwatch.GetTimestamp();
@@ -207,7 +194,7 @@ internal static class SimThroughput
         Console.Write(section);
         if (write)
         {
-            string path = o.GetValueOrDefault("--results", Path.Combine(repository, "bench", "RESULTS.md"));
+            string path = o.Get("--results", Path.Combine(repository, "bench", "RESULTS.md"));
             Report.WriteInto(path, section, "<!-- sim-throughput:begin", End);
             progress.WriteLine($"Updated {path}");
         }
@@ -578,14 +565,4 @@ internal static class SimThroughput
 
     private static string Escape(string text) => text.Replace("|", "\\|", StringComparison.Ordinal);
 
-    private static int Whole(Dictionary<string, string> o, string name, int fallback, int minimum)
-    {
-        if (!o.TryGetValue(name, out var text))
-        {
-            return fallback;
-        }
-        return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) && value >= minimum
-            ? value
-            : throw new BenchmarkException($"{name} needs a whole number of at least {minimum}, not '{text}'");
-    }
 }

@@ -85,28 +85,27 @@ void unmap_page(u64 pml4, u64 va)
     if (!(old & PTE_IMAGE)) frame_unref(old & PTE_ADDR);
 }
 
-/* Visits every present user leaf entry. */
+/* Visits every present user leaf entry below `table` (level 3 = PML4, whose user entries are 1..255; level 0 = page
+ * table). With `release`, each page-table page is freed once everything below it has been visited. */
 typedef void (*leaf_visitor)(u64 *entry, u64 va, void *context);
 
-static void walk_user(u64 pml4, leaf_visitor visit, void *context)
+static void walk_level(u64 *table, int level, u64 base, leaf_visitor visit, void *context, int release)
 {
-    u64 *l4 = (u64 *)pml4;
-    for (u64 i4 = 1; i4 < 256; i4++) {
-        if (!(l4[i4] & PTE_P)) continue;
-        u64 *l3 = (u64 *)(l4[i4] & PTE_ADDR);
-        for (u64 i3 = 0; i3 < 512; i3++) {
-            if (!(l3[i3] & PTE_P)) continue;
-            u64 *l2 = (u64 *)(l3[i3] & PTE_ADDR);
-            for (u64 i2 = 0; i2 < 512; i2++) {
-                if (!(l2[i2] & PTE_P)) continue;
-                u64 *l1 = (u64 *)(l2[i2] & PTE_ADDR);
-                for (u64 i1 = 0; i1 < 512; i1++) {
-                    if (l1[i1] & PTE_P) visit(&l1[i1], (i4 << 39) | (i3 << 30) | (i2 << 21) | (i1 << 12), context);
-                }
-            }
+    u64 first = level == 3 ? 1 : 0, last = level == 3 ? 256 : 512;
+    for (u64 i = first; i < last; i++) {
+        if (!(table[i] & PTE_P)) continue;
+        u64 va = base | (i << (12 + 9 * level));
+        if (level == 0) {
+            visit(&table[i], va, context);
+            continue;
         }
+        u64 *next = (u64 *)(table[i] & PTE_ADDR);
+        walk_level(next, level - 1, va, visit, context, release);
+        if (release) frame_unref((u64)next);
     }
 }
+
+static void walk_user(u64 pml4, leaf_visitor visit, void *context) { walk_level((u64 *)pml4, 3, 0, visit, context, 0); }
 
 static void release_leaf(u64 *entry, u64 va, void *context)
 {
@@ -117,21 +116,7 @@ static void release_leaf(u64 *entry, u64 va, void *context)
 
 void address_space_destroy(u64 pml4)
 {
-    walk_user(pml4, release_leaf, 0);
-    u64 *l4 = (u64 *)pml4;
-    for (u64 i4 = 1; i4 < 256; i4++) {
-        if (!(l4[i4] & PTE_P)) continue;
-        u64 *l3 = (u64 *)(l4[i4] & PTE_ADDR);
-        for (u64 i3 = 0; i3 < 512; i3++) {
-            if (!(l3[i3] & PTE_P)) continue;
-            u64 *l2 = (u64 *)(l3[i3] & PTE_ADDR);
-            for (u64 i2 = 0; i2 < 512; i2++) {
-                if (l2[i2] & PTE_P) frame_unref(l2[i2] & PTE_ADDR);
-            }
-            frame_unref((u64)l2);
-        }
-        frame_unref((u64)l3);
-    }
+    walk_level((u64 *)pml4, 3, 0, release_leaf, 0, 1);
     frame_unref(pml4);
 }
 
