@@ -37,19 +37,8 @@ public class KvmBindingTests
     public void A_vcpu_runs_real_mode_code_and_reports_io_and_halt_exits()
     {
         RequiresKvm.Check();
-        using var kvm = KvmSystem.Open();
-        using var vm = kvm.CreateVm();
-        using var memory = HostMemory.MapAnonymous(0x10000);
-        vm.SetTssAddress(0xFFFB_D000);
-        vm.SetUserMemoryRegion(0, 0, memory.Length, memory.Address);
-        byte[] code = [0xB0, 0x2A, 0xE6, 0x10, 0xF4]; // mov al, 42; out 0x10, al; hlt
-        code.CopyTo(memory.Slice(0x1000, code.Length));
-        var vcpu = vm.CreateVcpu(0);
-        var sregs = vcpu.GetSpecialRegisters();
-        sregs.Cs.Base = 0;
-        sregs.Cs.Selector = 0;
-        vcpu.SetSpecialRegisters(sregs);
-        vcpu.SetRegisters(new KvmRegisters { Rip = 0x1000, Rflags = 2 });
+        using var machine = new RealModeMachine([0xB0, 0x2A, 0xE6, 0x10, 0xF4]); // mov al, 42; out 0x10, al; hlt
+        var vcpu = machine.Vcpu;
         Assert.Equal(KvmExitReason.Io, vcpu.Run());
         var io = vcpu.IoExit;
         Assert.True(io.IsOut);
@@ -67,19 +56,8 @@ public class KvmBindingTests
     public void A_kick_from_another_thread_interrupts_a_spinning_guest()
     {
         RequiresKvm.Check();
-        using var kvm = KvmSystem.Open();
-        using var vm = kvm.CreateVm();
-        using var memory = HostMemory.MapAnonymous(0x10000);
-        vm.SetTssAddress(0xFFFB_D000);
-        vm.SetUserMemoryRegion(0, 0, memory.Length, memory.Address);
-        byte[] code = [0xEB, 0xFE]; // jmp $
-        code.CopyTo(memory.Slice(0x1000, code.Length));
-        var vcpu = vm.CreateVcpu(0);
-        var sregs = vcpu.GetSpecialRegisters();
-        sregs.Cs.Base = 0;
-        sregs.Cs.Selector = 0;
-        vcpu.SetSpecialRegisters(sregs);
-        vcpu.SetRegisters(new KvmRegisters { Rip = 0x1000, Rflags = 2 });
+        using var machine = new RealModeMachine([0xEB, 0xFE]); // jmp $
+        var vcpu = machine.Vcpu;
         KvmExitReason reason = KvmExitReason.Unknown;
         var thread = new Thread(() =>
         {
@@ -91,5 +69,37 @@ public class KvmBindingTests
         vcpu.Kick();
         Assert.True(thread.Join(TimeSpan.FromSeconds(10)), "the vCPU thread did not leave KVM_RUN after a kick");
         Assert.Equal(KvmExitReason.Interrupted, reason);
+    }
+
+    /// <summary>A VM with 64 KiB of RAM and one vCPU in its reset (real-mode) state, about to run
+    /// <paramref name="code"/> at 0x1000.</summary>
+    private sealed class RealModeMachine : IDisposable
+    {
+        private readonly KvmSystem kvm = KvmSystem.Open();
+        private readonly KvmVm vm;
+        private readonly HostMemory memory = HostMemory.MapAnonymous(0x10000);
+
+        public RealModeMachine(byte[] code)
+        {
+            vm = kvm.CreateVm();
+            vm.SetTssAddress(0xFFFB_D000);
+            vm.SetUserMemoryRegion(0, 0, memory.Length, memory.Address);
+            code.CopyTo(memory.Slice(0x1000, code.Length));
+            Vcpu = vm.CreateVcpu(0);
+            var sregs = Vcpu.GetSpecialRegisters();
+            sregs.Cs.Base = 0;
+            sregs.Cs.Selector = 0;
+            Vcpu.SetSpecialRegisters(sregs);
+            Vcpu.SetRegisters(new KvmRegisters { Rip = 0x1000, Rflags = 2 });
+        }
+
+        public KvmVcpu Vcpu { get; }
+
+        public void Dispose()
+        {
+            vm.Dispose();
+            memory.Dispose();
+            kvm.Dispose();
+        }
     }
 }
