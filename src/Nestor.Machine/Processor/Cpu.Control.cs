@@ -44,28 +44,28 @@ public sealed partial class Cpu
                     return null;
                 }
             case Mnemonic.Enter:
-            {
-                // ENTER size, level (SDM Vol. 2A): push the frame pointer, copy `level - 1` outer frame pointers,
-                // push the new frame pointer, then reserve `size` bytes.
-                int width = StackWidth;
-                ulong size = i.Immediate16;
-                int level = i.Immediate8_2nd & 31;
-                Push(Registers[Rbp], width);
-                ulong frame = Registers[Rsp];
-                ulong outer = Registers[Rbp];
-                for (int n = 1; n < level; n++)
                 {
-                    outer -= (ulong)width;
-                    Push(ReadLinear(outer, width), width);
+                    // ENTER size, level (SDM Vol. 2A): push the frame pointer, copy `level - 1` outer frame pointers,
+                    // push the new frame pointer, then reserve `size` bytes.
+                    int width = StackWidth;
+                    ulong size = i.Immediate16;
+                    int level = i.Immediate8_2nd & 31;
+                    Push(Registers[Rbp], width);
+                    ulong frame = Registers[Rsp];
+                    ulong outer = Registers[Rbp];
+                    for (int n = 1; n < level; n++)
+                    {
+                        outer -= (ulong)width;
+                        Push(ReadLinear(outer, width), width);
+                    }
+                    if (level > 0)
+                    {
+                        Push(frame, width);
+                    }
+                    Registers[Rbp] = frame;
+                    Registers[Rsp] -= size;
+                    return null;
                 }
-                if (level > 0)
-                {
-                    Push(frame, width);
-                }
-                Registers[Rbp] = frame;
-                Registers[Rsp] -= size;
-                return null;
-            }
             case Mnemonic.Leave:
                 Registers[Rsp] = Registers[Rbp];
                 Registers[Rbp] = Pop(StackWidth);

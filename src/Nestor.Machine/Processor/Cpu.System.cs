@@ -164,18 +164,18 @@ public sealed partial class Cpu
                 Mmu.InvalidatePage(EffectiveAddress(i));
                 return null;
             case Mnemonic.Invpcid:
-            {
-                RequirePrivilege0();
-                ulong type = ReadOperand(i, 0, 8);
-                ulong address = EffectiveAddress(i);
-                ulong pcid = ReadLinear(address, 8), linear = ReadLinear(address + 8, 8);
-                if (type > 3 || pcid > 0xFFF)
                 {
-                    throw GuestFault.GeneralProtection();
+                    RequirePrivilege0();
+                    ulong type = ReadOperand(i, 0, 8);
+                    ulong address = EffectiveAddress(i);
+                    ulong pcid = ReadLinear(address, 8), linear = ReadLinear(address + 8, 8);
+                    if (type > 3 || pcid > 0xFFF)
+                    {
+                        throw GuestFault.GeneralProtection();
+                    }
+                    Mmu.InvalidateProcessContext((int)type, (ushort)pcid, linear);
+                    return null;
                 }
-                Mmu.InvalidateProcessContext((int)type, (ushort)pcid, linear);
-                return null;
-            }
             case Mnemonic.Swapgs:
                 RequirePrivilege0();
                 (Gs.Base, KernelGsBase) = (KernelGsBase, Gs.Base);
