@@ -103,8 +103,18 @@ public class DifferentialTests
             {
                 flags = Emit(a, random, flags, listing);
             }
-            a.add(rax, rcx);
-            listing.Add("add rax, rcx");
+            // The last instruction defines every flag that is compared; which one varies, so that each way of
+            // computing flags is compared in full (not only through the conditions that read them).
+            int last = random.Next(4);
+            string[] lastNames = ["add rax, rcx", "sub ecx, edx", "cmp bx, si", "neg r8b"];
+            switch (last)
+            {
+                case 0: a.add(rax, rcx); break;
+                case 1: a.sub(ecx, edx); break;
+                case 2: a.cmp(bx, si); break;
+                default: a.neg(r8b); break;
+            }
+            listing.Add(lastNames[last]);
             a.pushfq();
             a.mov(r15, Results + (ulong)(k * ResultBytes));
             for (int j = 0; j < R64.Length; j++)
@@ -137,7 +147,7 @@ public class DifferentialTests
     {
         int x = r.Next(R64.Length), y = r.Next(R64.Length);
         int width = r.Next(4); // 0: 8-bit, 1: 16, 2: 32, 3: 64
-        int choice = r.Next(flags == Flags.Defined ? 24 : 20);
+        int choice = r.Next(flags == Flags.Defined ? 30 : 23);
         void Note(string text) => listing.Add(text);
         switch (choice)
         {
@@ -357,7 +367,59 @@ public class DifferentialTests
                     return Flags.Defined;
                 }
             case 20:
+                {
+                    // ALU with a memory destination and an immediate, at every width.
+                    int size = 1 << r.Next(4);
+                    var m = Memory(r, size);
+                    int imm = r.Next(-128, 128);
+                    string[] ops = ["add", "sub", "and", "or", "xor", "cmp", "test"];
+                    int op = r.Next(ops.Length);
+                    Note($"{ops[op]} [mem], {imm} size {size}");
+                    AluMemoryImmediate(a, op, m, imm);
+                    return Flags.Defined;
+                }
             case 21:
+                {
+                    // Zero and sign extension from memory.
+                    int form = r.Next(4);
+                    Note($"extend form {form} r{x}, [mem]");
+                    switch (form)
+                    {
+                        case 0: a.movzx(R32[x], Memory(r, 1)); break;
+                        case 1: a.movzx(R64[x], Memory(r, 2)); break;
+                        case 2: a.movsx(R64[x], Memory(r, 1)); break;
+                        default: a.movsxd(R64[x], Memory(r, 4)); break;
+                    }
+                    return flags;
+                }
+            case 22:
+                {
+                    // A near call to a routine that changes a register and returns.
+                    Note($"call f; f: add r{x}, r{y}; ret");
+                    var routine = a.CreateLabel();
+                    var after = a.CreateLabel();
+                    a.call(routine);
+                    a.jmp(after);
+                    a.Label(ref routine);
+                    a.add(R64[x], R64[y]);
+                    a.ret();
+                    a.Label(ref after);
+                    return Flags.Defined;
+                }
+            case 25:
+            case 26:
+                {
+                    // A conditional jump over an instruction: taken or not, visible in the register.
+                    int cc = r.Next(16);
+                    Note($"j cc{cc} over not r{x}");
+                    var skip = a.CreateLabel();
+                    Jump(a, cc, skip);
+                    a.not(R64[x]);
+                    a.Label(ref skip);
+                    return flags;
+                }
+            case 23:
+            case 24:
                 {
                     // Flag consumers: only after an instruction that defined every flag they could read.
                     bool carry = r.Next(2) == 0;
@@ -413,6 +475,34 @@ public class DifferentialTests
     private static void AluMemory(Assembler a, int op, AssemblerMemoryOperand m, AssemblerRegister32 x)
     {
         switch (op) { case 0: a.add(m, x); break; case 1: a.sub(m, x); break; case 2: a.xor(m, x); break; default: a.cmp(m, x); break; }
+    }
+
+    private static void AluMemoryImmediate(Assembler a, int op, AssemblerMemoryOperand m, int i)
+    {
+        switch (op) { case 0: a.add(m, i); break; case 1: a.sub(m, i); break; case 2: a.and(m, i); break; case 3: a.or(m, i); break; case 4: a.xor(m, i); break; case 5: a.cmp(m, i); break; default: a.test(m, i); break; }
+    }
+
+    private static void Jump(Assembler a, int cc, Label target)
+    {
+        switch (cc)
+        {
+            case 0: a.jo(target); break;
+            case 1: a.jno(target); break;
+            case 2: a.jb(target); break;
+            case 3: a.jae(target); break;
+            case 4: a.je(target); break;
+            case 5: a.jne(target); break;
+            case 6: a.jbe(target); break;
+            case 7: a.ja(target); break;
+            case 8: a.js(target); break;
+            case 9: a.jns(target); break;
+            case 10: a.jp(target); break;
+            case 11: a.jnp(target); break;
+            case 12: a.jl(target); break;
+            case 13: a.jge(target); break;
+            case 14: a.jle(target); break;
+            default: a.jg(target); break;
+        }
     }
 
     private static void AluFromMemory(Assembler a, int op, AssemblerRegister64 x, AssemblerMemoryOperand m)

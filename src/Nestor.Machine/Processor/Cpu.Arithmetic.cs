@@ -10,24 +10,6 @@ public sealed partial class Cpu
 {
     private const ulong C = FlagBits.Carry, P = FlagBits.Parity, A = FlagBits.Adjust, Z = FlagBits.Zero, S = FlagBits.Sign, O = FlagBits.Overflow;
 
-    private static ulong ParityZeroSign(ulong result, int size)
-    {
-        ulong f = 0;
-        if ((BitOperations.PopCount((uint)(result & 0xFF)) & 1) == 0)
-        {
-            f |= P;
-        }
-        if ((result & Mask(size)) == 0)
-        {
-            f |= Z;
-        }
-        if ((result & SignBit(size)) != 0)
-        {
-            f |= S;
-        }
-        return f;
-    }
-
     private void SetStatus(ulong flags, ulong affected = FlagBits.Status) => Rflags = (Rflags & ~affected) | (flags & affected);
 
     private ulong Add(ulong a, ulong b, ulong carryIn, int size)

@@ -15,7 +15,6 @@ public sealed unsafe partial class Cpu
     /// <summary>General-purpose registers in encoding order: RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8–R15.</summary>
     public readonly ulong[] Registers = new ulong[16];
     public ulong Rip;
-    public ulong Rflags = Rflags_Reserved;
     public ulong Cr0, Cr2, Cr3, Cr4, Cr8, Efer;
     public Segment Cs, Ds, Es, Fs, Gs, Ss, Tr, Ldtr;
     public ulong GdtBase, IdtBase;
@@ -126,10 +125,18 @@ public sealed unsafe partial class Cpu
                 return shutdown;
             }
             instructionStart = Rip;
-            ref readonly Instruction instruction = ref Fetch(Rip);
-            StopReason? stop = Execute(in instruction);
+            ref DecodedInstruction instruction = ref Fetch(Rip);
+            StopReason? stop = null;
+            if (instruction.Operation != FastOperation.General)
+            {
+                ExecuteFast(ref instruction);
+            }
+            else
+            {
+                stop = Execute(in instruction.Instruction);
+            }
             Counters.InstructionsRetired++;
-            Counters.RetiredByClass[InstructionClasses.ByMnemonic[(int)instruction.Mnemonic]]++;
+            Counters.RetiredByClass[instruction.Class]++;
             if (stop is { } s)
             {
                 if (s == StopReason.Halted && (Rflags & FlagBits.Interrupt) != 0 && Apic.Deadline != long.MaxValue)
@@ -179,7 +186,7 @@ public sealed unsafe partial class Cpu
         public readonly int Bitness = bitness;
         public DecodedPage? Alias;
         public readonly short[] Slots = new short[4096];
-        public Instruction[] Instructions = new Instruction[32];
+        public DecodedInstruction[] Instructions = new DecodedInstruction[32];
         public int Count;
     }
 
@@ -192,7 +199,8 @@ public sealed unsafe partial class Cpu
         public override int ReadByte() => Position < Length ? Buffer[Position++] : -1;
     }
 
-    private static readonly Instruction[] Scratch = new Instruction[1];
+    // An instruction that crosses a page is decoded each time (it depends on two pages), into this slot of its own.
+    private readonly DecodedInstruction[] scratch = new DecodedInstruction[1];
 
     // The fetch fast path: while RIP stays on the page of the previous fetch, with the same privilege and no TLB
     // change since (Mmu.Generation), the translation and the decoded page are reused. The ITLB would have hit, and
@@ -208,7 +216,7 @@ public sealed unsafe partial class Cpu
     private DecodedPage? fetchPage;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ref readonly Instruction Fetch(ulong rip)
+    private ref DecodedInstruction Fetch(ulong rip)
     {
         var page = fetchPage;
         if (page is not null && (rip >> 12) == fetchLinearPage && Mmu.Generation == fetchGeneration && ModeKey == fetchModeKey)
@@ -223,7 +231,7 @@ public sealed unsafe partial class Cpu
         return ref FetchSlow(rip);
     }
 
-    private ref readonly Instruction FetchSlow(ulong rip)
+    private ref DecodedInstruction FetchSlow(ulong rip)
     {
         if (Mmu.Translate(rip, AccessKind.Execute, PrivilegeLevel == 3, false, out ulong physical) is { } error)
         {
@@ -251,7 +259,7 @@ public sealed unsafe partial class Cpu
         return ref DecodeSlow(rip, physical, page, offset);
     }
 
-    private ref Instruction DecodeSlow(ulong rip, ulong physical, ulong page, int offset)
+    private ref DecodedInstruction DecodeSlow(ulong rip, ulong physical, ulong page, int offset)
     {
         int first = Math.Min(15, 4096 - offset);
         byte* p = memory.Pointer(physical, first);
@@ -301,8 +309,8 @@ public sealed unsafe partial class Cpu
         if (offset + instruction.Length > 4096)
         {
             // Crosses a page: not cached (it depends on two pages' contents).
-            Scratch[0] = instruction;
-            return ref Scratch[0];
+            scratch[0] = DecodedInstruction.Compile(instruction, bits);
+            return ref scratch[0];
         }
         decodedPages.TryGetValue(page, out var chain);
         var decoded = chain;
@@ -324,7 +332,7 @@ public sealed unsafe partial class Cpu
         {
             Array.Resize(ref decoded.Instructions, decoded.Count * 2);
         }
-        decoded.Instructions[decoded.Count] = instruction;
+        decoded.Instructions[decoded.Count] = DecodedInstruction.Compile(instruction, bits);
         decoded.Slots[offset] = (short)(decoded.Count + 1);
         decoded.Count++;
         return ref decoded.Instructions[decoded.Count - 1];
