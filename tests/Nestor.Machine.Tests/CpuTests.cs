@@ -252,6 +252,158 @@ public class CpuTests
 
     private static AssemblerMemoryOperand qword_ptr_rsp() => __qword_ptr[rsp];
 
+    /// <summary>32-bit protected mode (no paging): a #DE at CPL 0 through a 32-bit interrupt gate, returned from with
+    /// IRETD; then IRETD to CPL 3, and INT 0x80 from there through a DPL-3 gate, which switches to the TSS's SS0:ESP0
+    /// and pushes the old SS and ESP first (SDM Vol. 3A §6.12.1, Figure 6-4).</summary>
+    [Fact]
+    public void Protected_mode_delivers_through_32_bit_gates_with_a_stack_switch()
+    {
+        const uint DivideHandler = 0x1600, SystemCall = 0x1700, User = 0x1800;
+        var memory = new TestMemory(2);
+        var a = new Assembler(32);
+        void Gate(int vector, uint handler, int dpl)
+        {
+            a.mov(__word_ptr[0x2000 + vector * 8], (ushort)handler);
+            a.mov(__word_ptr[0x2002 + vector * 8], 0x08);
+            a.mov(__word_ptr[0x2004 + vector * 8], 0x8E00 | (dpl << 13));
+            a.mov(__word_ptr[0x2006 + vector * 8], (ushort)(handler >> 16));
+        }
+        Gate(0, DivideHandler, 0);
+        Gate(0x80, SystemCall, 3);
+        a.mov(__word_ptr[0x3000], 0x7FF);
+        a.mov(__dword_ptr[0x3002], 0x2000);
+        a.lidt(__[0x3000]);
+        a.mov(esp, 0x8000);
+        a.xor(ecx, ecx);
+        a.div(ecx);                         // #DE; the handler skips the 2-byte DIV
+        a.mov(esi, 0x5151);
+        // To CPL 3 with IRETD: SS, ESP, EFLAGS, CS, EIP.
+        a.push(0x23);
+        a.push(0x9000);
+        a.push(0x202);
+        a.push(0x1B);
+        a.push((int)User);
+        a.iretd();
+        WriteCode(memory, a, CodeAddress);
+
+        a = new Assembler(32);
+        a.mov(ebp, 0x7777);
+        a.@int(0x80);
+        WriteCode(memory, a, User);
+
+        a = new Assembler(32);
+        a.mov(ebx, __dword_ptr[esp + 4]);   // CS
+        a.add(__dword_ptr[esp], 2);
+        a.iretd();
+        WriteCode(memory, a, DivideHandler);
+
+        a = new Assembler(32);
+        a.mov(edi, esp);                    // the ring-0 stack from the TSS
+        a.mov(ecx, __dword_ptr[esp + 12]);  // the user's ESP
+        a.mov(edx, __dword_ptr[esp + 16]);  // the user's SS
+        a.mov(eax, __dword_ptr[esp + 4]);   // the user's CS
+        a.mov(__dword_ptr[0x5000], edx);
+        a.mov(dx, 0xF4);
+        a.@out(dx, al);
+        WriteCode(memory, a, SystemCall);
+        memory.Write(0x6008, 0x00CF_9A00_0000_FFFFUL); // 0x08: 32-bit code, DPL 0
+        memory.Write(0x6010, 0x00CF_9200_0000_FFFFUL); // 0x10: data, DPL 0
+        memory.Write(0x6018, 0x00CF_FA00_0000_FFFFUL); // 0x18: 32-bit code, DPL 3
+        memory.Write(0x6020, 0x00CF_F200_0000_FFFFUL); // 0x20: data, DPL 3
+        memory.Write(0x7004, 0x0010_0000_C000UL);      // 32-bit TSS at 0x7000: ESP0 = 0xC000, SS0 = 0x10
+        var platform = new TestPlatform();
+        var cpu = new Cpu(memory.Memory, platform, new MmuConfiguration(null, TlbConfiguration.Default, 0), 2UL << 20)
+        {
+            Cs = new Segment { Selector = 8, Limit = 0xFFFF_FFFF, Attributes = 0xC09B },
+            Ss = new Segment { Selector = 0x10, Limit = 0xFFFF_FFFF, Attributes = 0xC093 },
+            Tr = new Segment { Selector = 0x28, Base = 0x7000, Limit = 0x67, Attributes = 0x8B },
+            Cr0 = 1,
+            Rip = CodeAddress,
+            GdtBase = 0x6000,
+            GdtLimit = 47,
+        };
+        cpu.ControlStateChanged();
+        Assert.Equal(StopReason.PlatformStop, cpu.Run(10_000));
+        Assert.Equal(8UL, cpu.Registers[3]);            // #DE pushed CS = 0x08
+        Assert.Equal(0x5151UL, cpu.Registers[6]);       // and IRETD came back after the DIV
+        Assert.Equal(0x7777UL, cpu.Registers[5]);       // CPL 3 ran
+        Assert.Equal(0xC000UL - 20, cpu.Registers[7]);  // SS, ESP, EFLAGS, CS, EIP on the TSS stack
+        Assert.Equal(0x9000UL, cpu.Registers[1]);
+        Assert.Equal(0x23UL, memory.Read(0x5000) & 0xFFFF);
+        Assert.Equal(0x1BUL, cpu.Registers[0]);
+        Assert.Equal(0, cpu.PrivilegeLevel);
+        Assert.Equal(1, cpu.Counters.ExceptionsByVector[0]);
+    }
+
+    private static void WriteCode(TestMemory memory, Assembler assembler, ulong address)
+    {
+        using var stream = new MemoryStream();
+        assembler.Assemble(new StreamCodeWriter(stream), address);
+        byte[] code = stream.ToArray();
+        for (int i = 0; i < code.Length; i++)
+        {
+            memory.WriteByte(address + (ulong)i, code[i]);
+        }
+    }
+
+    /// <summary>CALL m16:64 pushes CS and RIP (8 bytes each with REX.W) and loads CS:RIP from memory; RETFQ returns;
+    /// JMP m16:64 jumps. A far call to a non-conforming code segment of another privilege level is a #GP with the
+    /// selector as error code (SDM Vol. 3A §5.8.2), delivered before anything is pushed.</summary>
+    [Fact]
+    public void Far_calls_jumps_and_returns_load_cs_with_the_privilege_checks()
+    {
+        const ulong Routine = 0x1800, JumpTarget = 0x1900;
+        var memory = new TestMemory(2);
+        var routine = new Assembler(64);
+        routine.mov(esi, 0x1234);
+        routine.mov(rdi, __qword_ptr[rsp + 8]);             // the pushed CS, above the return RIP
+        routine.AddInstruction(Instruction.Create(Code.Retfq));
+        WriteCode(memory, routine, Routine);
+        memory.Write(0x3100, Routine);
+        memory.Write(0x3108, 0x08UL);                        // m16:64: offset, then selector 0x08
+        memory.Write(0x3208, 0x08UL);                        // the far JMP's selector (its offset is written by the code)
+        memory.Write(0x3300, JumpTarget);
+        memory.Write(0x3308, 0x18UL);                        // selector 0x18: 64-bit code, DPL 3
+        memory.Write(0x6018, 0x00AF_FA00_0000_FFFFUL);
+        var (cpu, _, _) = Run(memory, a =>
+        {
+            var handler = a.CreateLabel();
+            var after = a.CreateLabel();
+            var back = a.CreateLabel();
+            // IDT at 0x2000 with vector 13 → handler.
+            a.lea(rax, __[handler]);
+            a.mov(__word_ptr[0x2000 + 13 * 16], ax);
+            a.mov(__word_ptr[0x2002 + 13 * 16], 8);
+            a.mov(__word_ptr[0x2004 + 13 * 16], 0x8E00);
+            a.shr(rax, 16);
+            a.mov(__word_ptr[0x2006 + 13 * 16], ax);
+            a.mov(__dword_ptr[0x2008 + 13 * 16], 0);
+            a.mov(__word_ptr[0x3000], 0xFFF);
+            a.mov(__qword_ptr[0x3002], 0x2000);
+            a.lidt(__[0x3000]);
+            a.AddInstruction(Instruction.Create(Code.Call_m1664, new MemoryOperand(Register.None, 0x3100, 4)));
+            a.mov(r13, rsp);
+            a.lea(rax, __[back]);
+            a.mov(__qword_ptr[0x3200], rax);
+            a.AddInstruction(Instruction.Create(Code.Jmp_m1664, new MemoryOperand(Register.None, 0x3200, 4)));
+            a.mov(r14, 0xBAD); // skipped by the jump
+            a.Label(ref back);
+            a.AddInstruction(Instruction.Create(Code.Call_m1664, new MemoryOperand(Register.None, 0x3300, 4))); // to DPL 3: #GP
+            a.jmp(after);
+            a.Label(ref handler);
+            a.pop(rbx);        // the error code: the selector
+            a.mov(r12, 0x99);
+            a.Label(ref after);
+        }, cpu => cpu.GdtLimit = 31);
+        Assert.Equal(0x1234UL, cpu.Registers[6]);               // the routine ran
+        Assert.Equal(0x8000UL, cpu.Registers[13]);              // RETFQ popped both
+        Assert.Equal(0x08UL, cpu.Registers[7]);                 // CS was pushed above the return RIP
+        Assert.Equal(0UL, cpu.Registers[14]);                   // the far JMP skipped the MOV
+        Assert.Equal(0x99UL, cpu.Registers[12]);
+        Assert.Equal(0x18UL, cpu.Registers[3]);                 // #GP(selector)
+        Assert.Equal(1, cpu.Counters.ExceptionsByVector[13]);
+    }
+
     [Fact]
     public void Enter_builds_a_frame_and_leave_removes_it()
     {

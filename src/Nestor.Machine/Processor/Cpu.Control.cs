@@ -12,22 +12,34 @@ public sealed partial class Cpu
         switch (i.Mnemonic)
         {
             case Mnemonic.Jmp:
-                if (i.GetOpKind(0) is OpKind.FarBranch32 or OpKind.FarBranch16)
+                if (IsFar(i))
                 {
-                    // JMP ptr16:32: load CS from the GDT; a code segment with L = 1 enters 64-bit mode when
-                    // IA32_EFER.LMA is set (SDM Vol. 3A §9.8.5, step 6).
-                    Cs = LoadDescriptor(i.FarBranchSelector);
-                    Rip = i.GetOpKind(0) == OpKind.FarBranch32 ? i.FarBranch32 : i.FarBranch16;
+                    // JMP ptr16:32 or m16:32/m16:64: load CS from the GDT; a code segment with L = 1 enters 64-bit
+                    // mode when IA32_EFER.LMA is set (SDM Vol. 3A §9.8.5, step 6).
+                    var (selector, offset, _) = FarPointer(i);
+                    Cs = FarCodeSegment(selector);
+                    Rip = offset;
                     return null;
-                }
-                if (i.GetOpKind(0) == OpKind.Memory && i.MemorySize is MemorySize.SegPtr32 or MemorySize.SegPtr64 or MemorySize.SegPtr16)
-                {
-                    return Unimplemented(i);
                 }
                 Rip = BranchTarget(i);
                 return null;
             case Mnemonic.Call:
                 {
+                    if (IsFar(i))
+                    {
+                        // CALL ptr16:32 or m16:32/m16:64 to a code segment of the same privilege (SDM Vol. 2A CALL,
+                        // "far call to the same privilege level"): push CS and the return offset at the operand
+                        // size, then load CS:rIP. The target is checked before anything is pushed.
+                        var (selector, offset, width) = FarPointer(i);
+                        var code = FarCodeSegment(selector);
+                        ulong rsp = Registers[Rsp];
+                        WriteLinear(rsp - (ulong)width, width, Cs.Selector);
+                        WriteLinear(rsp - 2 * (ulong)width, width, Rip);
+                        Registers[Rsp] = rsp - 2 * (ulong)width;
+                        Cs = code;
+                        Rip = offset;
+                        return null;
+                    }
                     ulong target = BranchTarget(i);
                     Push(Rip);
                     Rip = target;
@@ -96,21 +108,35 @@ public sealed partial class Cpu
                 return null;
             case Mnemonic.Retf:
                 {
-                    // Far return in 64-bit mode with REX.W (lretq): pop RIP and CS; to an outer level also RSP and SS.
-                    int size = i.CodeSize == CodeSize.Code64 && i.Code == Code.Retfq ? 8 : 4;
-                    if (i.Code is not (Code.Retfq or Code.Retfd))
+                    // Far return (SDM Vol. 2B RET): pop rIP and CS at the operand size (8 with REX.W), release the
+                    // immediate's bytes; to an outer privilege level also pop rSP and SS.
+                    if (i.Code is not (Code.Retfq or Code.Retfd or Code.Retfq_imm16 or Code.Retfd_imm16))
                     {
                         return Unimplemented(i);
                     }
-                    ulong rip = Pop(size);
-                    ushort selector = (ushort)Pop(size);
-                    var code = LoadDescriptor(selector);
+                    int size = i.Code is Code.Retfq or Code.Retfq_imm16 ? 8 : 4;
+                    ulong release = i.OpCount == 1 ? i.GetImmediate(0) : 0;
+                    ulong rsp = Registers[Rsp];
+                    ulong rip = ReadLinear(rsp, size);
+                    ushort selector = (ushort)ReadLinear(rsp + (ulong)size, size);
+                    var code = FarCodeSegment(selector, returning: true);
+                    rsp += 2 * (ulong)size + release;
+                    if ((selector & 3) > PrivilegeLevel)
+                    {
+                        ulong outerRsp = ReadLinear(rsp, size);
+                        ushort outerSs = (ushort)ReadLinear(rsp + (ulong)size, size);
+                        Ss = (outerSs & ~3) == 0 ? new Segment { Selector = outerSs } : LoadDescriptor(outerSs);
+                        rsp = outerRsp + release;
+                    }
+                    Registers[Rsp] = size == 4 && Bitness != 64 ? (uint)rsp : rsp;
                     Cs = code;
                     Rip = rip;
                     return null;
                 }
             case Mnemonic.Iretq:
                 return InterruptReturn();
+            case Mnemonic.Iretd:
+                return Bitness == 32 ? InterruptReturnLegacy() : Unimplemented(i); // IRETD in 64-bit mode: not modelled
             case Mnemonic.Int:
             case Mnemonic.Int3:
             case Mnemonic.Into:
@@ -146,6 +172,68 @@ public sealed partial class Cpu
                 }
                 return null;
         }
+    }
+
+    private static bool IsFar(in Instruction i) =>
+        i.GetOpKind(0) is OpKind.FarBranch32 or OpKind.FarBranch16 ||
+        (i.GetOpKind(0) == OpKind.Memory && i.MemorySize is MemorySize.SegPtr16 or MemorySize.SegPtr32 or MemorySize.SegPtr64);
+
+    /// <summary>The selector, offset and operand width of a far JMP or CALL: from the instruction (ptr16:16/32) or
+    /// from memory (m16:16/32/64, the offset first, then the selector).</summary>
+    private (ushort Selector, ulong Offset, int Width) FarPointer(in Instruction i)
+    {
+        switch (i.GetOpKind(0))
+        {
+            case OpKind.FarBranch32:
+                return (i.FarBranchSelector, i.FarBranch32, 4);
+            case OpKind.FarBranch16:
+                return (i.FarBranchSelector, i.FarBranch16, 2);
+            default:
+                {
+                    int width = i.MemorySize switch { MemorySize.SegPtr16 => 2, MemorySize.SegPtr32 => 4, _ => 8 };
+                    ulong address = EffectiveAddress(i);
+                    ulong offset = ReadLinear(address, width);
+                    ushort selector = (ushort)ReadLinear(address + (ulong)width, 2);
+                    return (selector, offset, width);
+                }
+        }
+    }
+
+    /// <summary>The code segment a far JMP, CALL or RET loads, with the protection checks of SDM Vol. 3A §5.8.1–5.8.2
+    /// for a direct transfer: a code segment, non-conforming with DPL = CPL and RPL ≤ CPL, or conforming with
+    /// DPL ≤ CPL; a far RET may also go outward (RPL > CPL, the caller's privilege). Call gates and task switches
+    /// are not modelled: they raise #GP(selector) and are counted as unimplemented.</summary>
+    private Segment FarCodeSegment(ushort selector, bool returning = false)
+    {
+        if ((selector & ~3) == 0)
+        {
+            throw GuestFault.GeneralProtection();
+        }
+        var code = LoadDescriptor(selector);
+        bool isCode = (code.Attributes & 0x18) == 0x18;
+        if (!isCode)
+        {
+            if ((code.Attributes & 0x10) == 0)
+            {
+                string name = "far transfer through a gate or TSS";
+                Counters.UnimplementedByMnemonic[name] = Counters.UnimplementedByMnemonic.GetValueOrDefault(name) + 1;
+            }
+            throw GuestFault.GeneralProtection((uint)(selector & ~3));
+        }
+        int cpl = PrivilegeLevel, rpl = selector & 3, dpl = (code.Attributes >> 5) & 3;
+        bool conforming = (code.Attributes & 0x04) != 0;
+        bool allowed = returning
+            ? rpl >= cpl && (conforming ? dpl <= rpl : dpl == rpl)
+            : conforming ? dpl <= cpl : dpl == cpl && rpl <= cpl;
+        if (!allowed)
+        {
+            throw GuestFault.GeneralProtection((uint)(selector & ~3));
+        }
+        if (!returning)
+        {
+            code.Selector = (ushort)((selector & ~3) | cpl); // the CPL does not change
+        }
+        return code;
     }
 
     private ulong BranchTarget(in Instruction i) => i.GetOpKind(0) switch
@@ -188,6 +276,49 @@ public sealed partial class Cpu
         Ss = stack;
         Registers[Rsp] = newRsp;
         Rip = rip;
+        return null;
+    }
+
+    /// <summary>IRETD in 32-bit protected mode (SDM Vol. 2A IRET, "protected mode" and "return to outer privilege
+    /// level"): pops EIP, CS, EFLAGS, and to an outer level ESP and SS, with the IOPL/IF rules of IRETQ. A return
+    /// from a nested task (NT set) or to virtual-8086 mode is not modelled.</summary>
+    private StopReason? InterruptReturnLegacy()
+    {
+        if ((Rflags & FlagBits.Nested) != 0)
+        {
+            throw new NotSupportedException("IRET with EFLAGS.NT set (a task return): hardware task switching is not modelled");
+        }
+        uint esp = (uint)Registers[Rsp];
+        uint eip = (uint)ReadLinear(esp, 4);
+        ushort cs = (ushort)ReadLinear(esp + 4UL, 4);
+        ulong flags = (uint)ReadLinear(esp + 8UL, 4);
+        int oldPrivilege = PrivilegeLevel;
+        if (oldPrivilege == 0 && (flags & FlagBits.Virtual8086) != 0)
+        {
+            throw new NotSupportedException("IRET to virtual-8086 mode is not modelled");
+        }
+        var code = FarCodeSegment(cs, returning: true);
+        ulong changeable = FlagBits.Status | FlagBits.Trap | FlagBits.Direction | FlagBits.Nested | FlagBits.Resume |
+                           FlagBits.AlignmentCheck | FlagBits.Identification;
+        if (oldPrivilege == 0)
+        {
+            changeable |= FlagBits.IoPrivilege;
+        }
+        if (oldPrivilege <= (int)((Rflags >> 12) & 3))
+        {
+            changeable |= FlagBits.Interrupt;
+        }
+        ulong newEsp = esp + 12UL;
+        if ((cs & 3) > oldPrivilege)
+        {
+            newEsp = (uint)ReadLinear(esp + 12UL, 4);
+            ushort ss = (ushort)ReadLinear(esp + 16UL, 4);
+            Ss = LoadDescriptor(ss);
+        }
+        Rflags = (Rflags & ~changeable) | (flags & changeable) | Rflags_Reserved;
+        Cs = code;
+        Registers[Rsp] = (uint)newEsp;
+        Rip = eip;
         return null;
     }
 

@@ -40,7 +40,8 @@ public sealed partial class Cpu
     {
         if ((Efer & Architecture.Efer.LongModeActive) == 0)
         {
-            throw new NotSupportedException("exception delivery outside long mode is not modelled yet");
+            DeliverLegacy(vector, errorCode, hasErrorCode, software, returnRip);
+            return;
         }
         if ((ulong)vector * 16 + 15 > IdtLimit)
         {
@@ -112,6 +113,98 @@ public sealed partial class Cpu
             Rflags &= ~FlagBits.Interrupt;
         }
         Rip = target;
+    }
+
+    /// <summary>Delivery in 32-bit protected mode (SDM Vol. 3A §6.12.1): 8-byte interrupt and trap gates; on a change
+    /// to an inner privilege level the new SS:ESP comes from the 32-bit TSS and the old SS and ESP are pushed first;
+    /// then EFLAGS, CS, EIP and the error code, 4 bytes each. Task gates, 16-bit gates, virtual-8086 mode and real
+    /// mode are not modelled.</summary>
+    private void DeliverLegacy(int vector, uint errorCode, bool hasErrorCode, bool software, ulong returnRip)
+    {
+        if ((Cr0 & Architecture.Cr0.ProtectionEnable) == 0)
+        {
+            throw new NotSupportedException($"exception {vector} in real mode: real-mode interrupt delivery is not modelled");
+        }
+        if ((ulong)vector * 8 + 7 > IdtLimit)
+        {
+            throw GuestFault.GeneralProtection((uint)(vector * 8 + 2));
+        }
+        ulong gate = ReadSupervisor(IdtBase + (ulong)vector * 8, 8);
+        int type = (int)((gate >> 40) & 0xF);
+        int gatePrivilege = (int)((gate >> 45) & 3);
+        if (((gate >> 47) & 1) == 0)
+        {
+            throw new GuestFault(ExceptionVector.SegmentNotPresent, (uint)(vector * 8 + 2), true);
+        }
+        if (type != 0xE && type != 0xF)
+        {
+            string name = "task gate or 16-bit gate in the IDT";
+            Counters.UnimplementedByMnemonic[name] = Counters.UnimplementedByMnemonic.GetValueOrDefault(name) + 1;
+            throw GuestFault.GeneralProtection((uint)(vector * 8 + 2));
+        }
+        if (software && gatePrivilege < PrivilegeLevel)
+        {
+            throw GuestFault.GeneralProtection((uint)(vector * 8 + 2));
+        }
+        ushort selector = (ushort)(gate >> 16);
+        ulong target = (gate & 0xFFFF) | ((gate >> 32) & 0xFFFF_0000);
+        Segment code = LoadDescriptor(selector);
+        if ((code.Attributes & 0x18) != 0x18)
+        {
+            throw GuestFault.GeneralProtection((uint)(selector & ~3));
+        }
+        int oldPrivilege = PrivilegeLevel;
+        int newPrivilege = (code.Attributes & 0x04) != 0 ? oldPrivilege : code.PrivilegeLevel;
+        uint oldEsp = (uint)Registers[Rsp];
+        ushort oldSs = Ss.Selector;
+        uint esp = oldEsp;
+        ushort newSs = oldSs;
+        if (newPrivilege < oldPrivilege)
+        {
+            esp = (uint)ReadSupervisor(Tr.Base + 4 + (ulong)newPrivilege * 8, 4);
+            newSs = (ushort)ReadSupervisor(Tr.Base + 8 + (ulong)newPrivilege * 8, 2);
+        }
+        ulong oldCs = Cs.Selector;
+        ulong oldFlags = Rflags;
+        Cs = code;
+        Cs.Selector = (ushort)((selector & ~3) | newPrivilege);
+        try
+        {
+            if (newPrivilege < oldPrivilege)
+            {
+                Push32(ref esp, oldSs);
+                Push32(ref esp, oldEsp);
+            }
+            Push32(ref esp, (uint)oldFlags);
+            Push32(ref esp, (uint)oldCs);
+            Push32(ref esp, (uint)returnRip);
+            if (hasErrorCode)
+            {
+                Push32(ref esp, errorCode);
+            }
+        }
+        catch (GuestFault)
+        {
+            Cs = LoadDescriptorOrCurrent((ushort)oldCs, oldPrivilege);
+            throw;
+        }
+        if (newPrivilege < oldPrivilege)
+        {
+            Ss = LoadDescriptor(newSs);
+        }
+        Registers[Rsp] = esp;
+        Rflags &= ~(FlagBits.Trap | FlagBits.Nested | FlagBits.Resume | FlagBits.Virtual8086);
+        if (type == 0xE)
+        {
+            Rflags &= ~FlagBits.Interrupt;
+        }
+        Rip = target;
+    }
+
+    private void Push32(ref uint esp, ulong value)
+    {
+        esp -= 4;
+        WriteLinear(esp, 4, value);
     }
 
     private Segment LoadDescriptorOrCurrent(ushort selector, int privilege)

@@ -231,6 +231,7 @@ public sealed partial class Cpu
             case Mnemonic.Enter:
             case Mnemonic.Retf:
             case Mnemonic.Iretq:
+            case Mnemonic.Iretd:
             case Mnemonic.Int:
             case Mnemonic.Int1:
             case Mnemonic.Int3:
