@@ -232,6 +232,11 @@ public sealed partial class Cpu
         finally
         {
             Cs.Selector = saved;
+            if ((saved & 3) != 0)
+            {
+                // The read fast path may now hold a supervisor translation, which the interrupted CPL must not reuse.
+                readLinearPage = ulong.MaxValue;
+            }
         }
     }
 

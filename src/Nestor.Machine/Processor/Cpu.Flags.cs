@@ -165,6 +165,7 @@ public sealed partial class Cpu
         return Condition(code);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static ulong ParityZeroSign(ulong result, int size)
     {
         // PF: even parity of the low byte; ZF; SF. Branch-free.

@@ -59,7 +59,11 @@ public sealed unsafe partial class Cpu
     public int PrivilegeLevel => Cs.Selector & 3;
 
     /// <summary>Call after setting control registers or segments from outside (boot, state load).</summary>
-    public void ControlStateChanged() => UpdatePagingControls();
+    public void ControlStateChanged()
+    {
+        UpdatePagingControls();
+        RevalidateTranslations();
+    }
 
     /// <summary>The local APIC (its timer is the machine's only interrupt source so far).</summary>
     public LocalApic Apic { get; } = new();
@@ -78,15 +82,20 @@ public sealed unsafe partial class Cpu
     /// <summary>Executes up to <paramref name="budget"/> instructions.</summary>
     public StopReason Run(long budget)
     {
+        RevalidateTranslations(); // registers may have been set from outside since the last run
         try
         {
             return RunSlice(budget);
         }
         finally
         {
-            Mmu.Counters.Translations += fastFetches;
+            // The fast paths' hits, counted locally, folded into the counters they model.
+            Mmu.Counters.Translations += fastFetches + fastReads + fastWrites;
             Mmu.Counters.InstructionTlbHits += fastFetches;
-            fastFetches = 0;
+            Mmu.Counters.DataTlbHits += fastReads + fastWrites;
+            Counters.MemoryReads += fastReads;
+            Counters.MemoryWrites += fastWrites;
+            fastFetches = fastReads = fastWrites = 0;
         }
     }
 
@@ -107,7 +116,9 @@ public sealed unsafe partial class Cpu
             catch (GuestFault fault)
             {
                 Rip = instructionStart;
-                if (!Deliver(fault.Vector, fault.ErrorCode, fault.HasErrorCode, fault.FaultAddress, software: false, Rip))
+                bool delivered = Deliver(fault.Vector, fault.ErrorCode, fault.HasErrorCode, fault.FaultAddress, software: false, Rip);
+                RevalidateTranslations();
+                if (!delivered)
                 {
                     return StopReason.Shutdown;
                 }
@@ -134,6 +145,7 @@ public sealed unsafe partial class Cpu
             else
             {
                 stop = Execute(in instruction.Instruction);
+                RevalidateTranslations(); // it may have changed CS, EFER, RFLAGS.AC or the TLBs
             }
             Counters.InstructionsRetired++;
             Counters.RetiredByClass[instruction.Class]++;
@@ -164,7 +176,9 @@ public sealed unsafe partial class Cpu
         {
             // Delivered through the IDT with the current RIP saved, as a hardware interrupt (no gate privilege check).
             Counters.ExternalInterrupts++;
-            if (!Deliver((ExceptionVector)Apic.Accept(), 0, false, 0, software: false, Rip))
+            bool delivered = Deliver((ExceptionVector)Apic.Accept(), 0, false, 0, software: false, Rip);
+            RevalidateTranslations();
+            if (!delivered)
             {
                 return StopReason.Shutdown;
             }
@@ -204,7 +218,9 @@ public sealed unsafe partial class Cpu
 
     // The fetch fast path: while RIP stays on the page of the previous fetch, with the same privilege and no TLB
     // change since (Mmu.Generation), the translation and the decoded page are reused. The ITLB would have hit, and
-    // is counted as a hit.
+    // is counted as a hit. Privilege, mode and TLB changes only come from the general path, from exception and
+    // interrupt delivery and from outside the CPU; each is followed by RevalidateTranslations, so the per-instruction
+    // check is one compare of the linear page.
     private ulong fetchLinearPage = ulong.MaxValue;
     private long fetchGeneration = -1;
     private ulong fetchModeKey = ulong.MaxValue;
@@ -219,7 +235,7 @@ public sealed unsafe partial class Cpu
     private ref DecodedInstruction Fetch(ulong rip)
     {
         var page = fetchPage;
-        if (page is not null && (rip >> 12) == fetchLinearPage && Mmu.Generation == fetchGeneration && ModeKey == fetchModeKey)
+        if (page is not null && (rip >> 12) == fetchLinearPage)
         {
             int slot = page.Slots[rip & 0xFFF];
             if (slot > 0)
@@ -357,7 +373,7 @@ public sealed unsafe partial class Cpu
     private ulong Translate(ulong linear, AccessKind kind)
     {
         bool user = PrivilegeLevel == 3;
-        if (Mmu.Translate(linear, kind, user, (Rflags & FlagBits.AlignmentCheck) != 0, out ulong physical) is { } error)
+        if (Mmu.Translate(linear, kind, user, (rflags & FlagBits.AlignmentCheck) != 0, out ulong physical) is { } error)
         {
             throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, linear);
         }
@@ -372,18 +388,38 @@ public sealed unsafe partial class Cpu
     private long readGeneration = -1, writeGeneration = -1;
     private int readKey = -1, writeKey = -1;
 
-    private int AccessKey => PrivilegeLevel | ((Rflags & FlagBits.AlignmentCheck) != 0 ? 4 : 0);
+    // RFLAGS.AC is not a status flag, so the raw field holds it even while status flags are pending.
+    private int AccessKey => PrivilegeLevel | ((rflags & FlagBits.AlignmentCheck) != 0 ? 4 : 0);
+    private long fastReads, fastWrites;
+
+    /// <summary>Drops the fetch and data fast paths' cached translations if what they were valid for (CS and EFER.LMA
+    /// for fetches, CPL and RFLAGS.AC for data, the MMU's generation for all) has changed.</summary>
+    private void RevalidateTranslations()
+    {
+        long generation = Mmu.Generation;
+        if (generation != fetchGeneration || ModeKey != fetchModeKey)
+        {
+            fetchPage = null;
+            fetchLinearPage = ulong.MaxValue;
+        }
+        int access = AccessKey;
+        if (generation != readGeneration || access != readKey)
+        {
+            readLinearPage = ulong.MaxValue;
+        }
+        if (generation != writeGeneration || access != writeKey)
+        {
+            writeLinearPage = ulong.MaxValue;
+        }
+    }
 
     /// <summary>Reads <paramref name="size"/> bytes (1, 2, 4, 8) at a linear address.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ulong ReadLinear(ulong linear, int size)
     {
-        if ((linear >> 12) == readLinearPage && ((linear & 0xFFF) + (ulong)size) <= 0x1000 &&
-            Mmu.Generation == readGeneration && AccessKey == readKey)
+        if ((linear >> 12) == readLinearPage && ((linear & 0xFFF) + (ulong)size) <= 0x1000)
         {
-            Counters.MemoryReads++;
-            Mmu.Counters.Translations++;
-            Mmu.Counters.DataTlbHits++;
+            fastReads++;
             byte* p = readHost + (linear & 0xFFF);
             return size switch
             {
@@ -436,12 +472,9 @@ public sealed unsafe partial class Cpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void WriteLinear(ulong linear, int size, ulong value)
     {
-        if ((linear >> 12) == writeLinearPage && ((linear & 0xFFF) + (ulong)size) <= 0x1000 &&
-            Mmu.Generation == writeGeneration && AccessKey == writeKey)
+        if ((linear >> 12) == writeLinearPage && ((linear & 0xFFF) + (ulong)size) <= 0x1000)
         {
-            Counters.MemoryWrites++;
-            Mmu.Counters.Translations++;
-            Mmu.Counters.DataTlbHits++;
+            fastWrites++;
             Store(writeHost + (linear & 0xFFF), size, value);
             return;
         }
