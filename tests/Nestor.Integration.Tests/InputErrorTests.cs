@@ -39,6 +39,20 @@ public class InputErrorTests
         Assert.Contains(message, r.Stderr);
     }
 
+    [Theory]
+    [InlineData("there is no technique", "--technique", "magic")]
+    [InlineData("runs on Nestor's software machine", "--technique", "hw", "--engine", "kvm")]
+    [InlineData("--technique native has no VMM", "--mmu", "nested")]
+    [InlineData("no memory virtualization", "--technique", "hw", "--mmu", "paging")]
+    [InlineData("not a page size", "--technique", "hw", "--nested-pages", "1g")]
+    public void Bad_technique_options_are_refused(string message, params string[] options)
+    {
+        string file = WriteTemp([0xF4], ".bin");
+        var r = Run(["run", "--flat", file, .. options]);
+        Assert.True(r.ExitCode == 120, r.ToString());
+        Assert.Contains(message, r.Stderr);
+    }
+
     [Fact]
     public void An_unknown_option_is_bad_input()
     {

@@ -24,7 +24,7 @@ public class SimEngineTests(NestorOSDefaultWorkload qemu) : IClassFixture<Nestor
     }
 
     internal static (VmOutcome Outcome, string Serial, Vm Vm) RunInProcess(KernelImageSource kernel, string commandLine = "",
-        ulong memory = 64UL << 20, double timeoutSeconds = 300, bool multiboot = false)
+        ulong memory = 64UL << 20, double timeoutSeconds = 300, bool multiboot = false, SimEngine? engine = null)
     {
         var serial = new MemoryStream();
         var vm = Vm.Create(new VmConfig
@@ -36,7 +36,7 @@ public class SimEngineTests(NestorOSDefaultWorkload qemu) : IClassFixture<Nestor
             Timeout = TimeSpan.FromSeconds(timeoutSeconds),
             Multiboot = multiboot,
         });
-        var outcome = vm.Run(new SimEngine());
+        var outcome = vm.Run(engine ?? new SimEngine());
         vm.Serial.Flush();
         return (outcome, Encoding.UTF8.GetString(serial.ToArray()), vm);
     }
@@ -167,7 +167,7 @@ public class SimEngineTests(NestorOSDefaultWorkload qemu) : IClassFixture<Nestor
         Assert.Contains("NestorOS panic: page fault (vector 14) in the kernel, error code 0x2, CR2=0x0", serial);
     }
 
-    private static List<string> ResultsWithoutTimings(string output) =>
+    internal static List<string> ResultsWithoutTimings(string output) =>
         Regex.Matches(output, @"^RESULT .*$", RegexOptions.Multiline)
             .Select(m => Regex.Replace(m.Value.TrimEnd('\r'), @" \w+_cycles=\d+", ""))
             .ToList();

@@ -10,6 +10,8 @@ using Nestor.Hypervisor.Engines;
 using Nestor.Hypervisor.Errors;
 using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.State;
+using Nestor.Hypervisor.Techniques;
+using Nestor.Hypervisor.Techniques.HardwareAssist;
 using Nestor.Kvm;
 using Nestor.Machine.Addresses;
 
@@ -40,9 +42,13 @@ internal static class RunCommand
         var multiboot = new Option<bool>("--multiboot") { Description = "Boot KERNEL as a Multiboot v1 kernel (32-bit entry), as QEMU -kernel does; --engine sim only" };
         var qemu = new Option<bool>("--qemu") { Description = "Boot on the reference machine (QEMU's software CPU) instead; KERNEL defaults to builtin:nestoros" };
         var kvmDevice = new Option<string>("--kvm-device") { Description = "KVM device", DefaultValueFactory = _ => KvmSystem.DefaultDevicePath };
+        var technique = new Option<string>("--technique") { Description = "How the VMM virtualizes the CPU on --engine sim: native (no VMM, the default) or hw (hardware assist: VM exits, a VMCS)", DefaultValueFactory = _ => "native" };
+        var mmu = new Option<string?>("--mmu") { Description = "Memory virtualization with --technique hw: nested (nested page tables, the 2-D walk; the default) or shadow" };
+        var nestedPages = new Option<string?>("--nested-pages") { Description = "Page size the VMM maps guest RAM with in the nested page table: 4k (the default) or 2m" };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
+            technique, mmu, nestedPages,
         };
         command.SetAction(parse =>
         {
@@ -50,7 +56,8 @@ internal static class RunCommand
                 parse.GetValue(kernel), parse.GetValue(engine)!, parse.GetValue(memory)!, parse.GetValue(commandLine)!,
                 parse.GetValue(flat), parse.GetValue(loadAddress), parse.GetValue(timeout), parse.GetValue(dumpState),
                 parse.GetValue(stats), parse.GetValue(json), parse.GetValue(serialLog), parse.GetValue(force),
-                parse.GetValue(kvmDevice)!, parse.GetValue(qemu), parse.GetValue(multiboot));
+                parse.GetValue(kvmDevice)!, parse.GetValue(qemu), parse.GetValue(multiboot),
+                parse.GetValue(technique)!, parse.GetValue(mmu), parse.GetValue(nestedPages));
             return Execute(options, parse.GetValue(verbose));
         });
         return command;
@@ -58,7 +65,43 @@ internal static class RunCommand
 
     internal sealed record RunOptions(string? Kernel, string Engine, string Memory, string CommandLine, bool Flat,
         string? LoadAddress, double? Timeout, string? DumpState, bool Stats, bool Json, string? SerialLog, bool Force,
-        string KvmDevice, bool Qemu = false, bool Multiboot = false);
+        string KvmDevice, bool Qemu = false, bool Multiboot = false, string Technique = "native", string? Mmu = null,
+        string? NestedPages = null);
+
+    /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
+    internal static SimOptions ParseSimOptions(RunOptions o, EngineKind engine)
+    {
+        var technique = o.Technique.ToLowerInvariant() switch
+        {
+            "native" => Technique.Native,
+            "hw" => Technique.HardwareAssist,
+            _ => throw new BadInputException($"there is no technique '{o.Technique}'", "Use --technique native or --technique hw"),
+        };
+        if (technique != Technique.Native && engine != EngineKind.Sim)
+        {
+            throw new BadInputException($"--technique {o.Technique} runs on Nestor's software machine",
+                "Add --engine sim (KVM is the host's own hardware assistance, not a modelled technique)");
+        }
+        if (technique == Technique.Native && (o.Mmu is not null || o.NestedPages is not null))
+        {
+            throw new BadInputException("--mmu and --nested-pages choose how a VMM virtualizes memory, and --technique native has no VMM",
+                "Add --technique hw, or drop --mmu and --nested-pages");
+        }
+        var memory = (o.Mmu ?? "nested").ToLowerInvariant() switch
+        {
+            "nested" => MemoryVirtualization.Nested,
+            "shadow" => throw new BadInputException("--mmu shadow is not built yet: shadow paging is the next step of this work",
+                "Use --mmu nested for now"),
+            _ => throw new BadInputException($"there is no memory virtualization '{o.Mmu}'", "Use --mmu nested or --mmu shadow"),
+        };
+        bool large = (o.NestedPages ?? "4k").ToLowerInvariant() switch
+        {
+            "4k" => false,
+            "2m" => true,
+            _ => throw new BadInputException($"--nested-pages {o.NestedPages} is not a page size the nested table has", "Use --nested-pages 4k or 2m"),
+        };
+        return new SimOptions { Technique = technique, Memory = memory, LargeNestedPages = large };
+    }
 
     private static int Execute(RunOptions o, bool verbose)
     {
@@ -76,6 +119,7 @@ internal static class RunCommand
                 "sim" => EngineKind.Sim,
                 _ => throw new BadInputException($"there is no engine '{o.Engine}'", "Use --engine kvm or --engine sim"),
             };
+            var simOptions = ParseSimOptions(o, engineKind);
             if (o.Timeout is { } t && (double.IsNaN(t) || t <= 0 || t > TimeSpan.MaxValue.TotalSeconds / 2))
             {
                 throw new BadInputException($"--timeout {t.ToString(CultureInfo.InvariantCulture)} is not a positive number of seconds", "Give e.g. --timeout 10");
@@ -121,7 +165,7 @@ internal static class RunCommand
                 control.Stop(VmOutcomeKind.Interrupted);
             };
             Console.CancelKeyPress += onCancel;
-            IEngine engine = engineKind == EngineKind.Sim ? new SimEngine() : new KvmEngine();
+            IEngine engine = engineKind == EngineKind.Sim ? new SimEngine(simOptions) : new KvmEngine();
             var clock = Stopwatch.StartNew();
             VmOutcome outcome;
             try

@@ -1,7 +1,11 @@
 using System.Diagnostics;
 using Nestor.Hypervisor.Devices;
 using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Memory;
+using Nestor.Hypervisor.Paging;
 using Nestor.Hypervisor.State;
+using Nestor.Hypervisor.Techniques;
+using Nestor.Hypervisor.Techniques.HardwareAssist;
 using Nestor.Machine.Processor;
 using Nestor.Machine.Memory;
 using Nestor.Machine.Paging;
@@ -10,8 +14,10 @@ namespace Nestor.Hypervisor.Engines;
 
 /// <summary>Runs a VM on Nestor's own x86-64 machine model (<see cref="Cpu"/>): every instruction interpreted,
 /// every translation through the modelled MMU, every port access a trap into the VMM's devices.</summary>
-public sealed class SimEngine(MmuConfiguration? mmuConfiguration = null) : IEngine
+public sealed class SimEngine(SimOptions? options = null) : IEngine
 {
+    private readonly SimOptions options = options ?? new SimOptions();
+
     /// <summary>Instructions run between checks for a stop request (timeout, Ctrl-C).</summary>
     private const long Slice = 1_000_000;
 
@@ -21,13 +27,29 @@ public sealed class SimEngine(MmuConfiguration? mmuConfiguration = null) : IEngi
 
     public IReadOnlyList<EngineCounter> Counters => counters;
 
+    public SimOptions Options => options;
+
+    /// <summary>The VMCS of the last run under hardware assistance, else null.</summary>
+    public VmControlStructure? Vmcs { get; private set; }
+
     public VmOutcome Run(Vm vm, RunControl control)
     {
-        var memory = new PhysicalMemory(vm.Memory.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
-        ulong top = vm.Memory.Regions.Max(r => r.Region.End.Value);
+        using var pool = options.Technique == Technique.Native ? null : NewHostPool(vm);
+        var memory = pool?.Memory ?? new PhysicalMemory(vm.Memory.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
+        ulong top = pool?.Memory.Limit ?? vm.Memory.Regions.Max(r => r.Region.End.Value);
         var platform = new Platform(vm);
-        var cpu = new Cpu(memory, platform, mmuConfiguration ?? MmuConfiguration.Default, top);
+        var cpu = new Cpu(memory, platform, options.Mmu, top);
         Load(cpu, vm.InitialState);
+        HardwareAssistMonitor? monitor = null;
+        GuestPhysicalMap? physicalMap = null;
+        if (pool is not null)
+        {
+            physicalMap = new GuestPhysicalMap(vm.Memory, pool);
+            var nested = options.Memory == MemoryVirtualization.Nested ? new NestedPageTable(pool) : null;
+            Vmcs = new VmControlStructure();
+            monitor = new HardwareAssistMonitor(vm, Vmcs, physicalMap, nested, options.LargeNestedPages);
+            cpu.EnterNonRoot(Vmcs.Controls, monitor);
+        }
         vm.Bus.InstructionPointer = () => cpu.Rip;
         var clock = Stopwatch.StartNew();
         try
@@ -46,6 +68,9 @@ public sealed class SimEngine(MmuConfiguration? mmuConfiguration = null) : IEngi
                 }
                 switch (stop)
                 {
+                    case StopReason.VmmStop:
+                        return new VmOutcome(VmOutcomeKind.EmulationFailure,
+                            $"the VMM stopped the guest at rip=0x{cpu.Rip:x} after a {Vmcs?.LastExit.Reason} exit it could not handle", Capture(cpu));
                     case StopReason.PlatformStop:
                         return VmOutcomes.DebugExit(vm.GuestStatus ?? 0, Capture(cpu));
                     case StopReason.Halted:
@@ -73,8 +98,45 @@ public sealed class SimEngine(MmuConfiguration? mmuConfiguration = null) : IEngi
             vm.Exits.AddGuestTicks(clock.ElapsedTicks);
             vm.Serial.Flush();
             counters = CountersOf(cpu, clock.Elapsed);
+            if (Vmcs is { } vmcs && pool is not null && physicalMap is not null)
+            {
+                counters = [.. counters, .. VirtualizationCounters(cpu, vmcs, pool, physicalMap)];
+            }
         }
     }
+
+    /// <summary>Host-physical memory for a VM under a VMM: room for all of guest RAM twice over (2 MiB-aligned runs
+    /// can leave holes) and for the VMM's tables.</summary>
+    private static HostFramePool NewHostPool(Vm vm)
+    {
+        ulong guest = vm.Memory.Size;
+        ulong tables = Math.Max(16UL << 20, guest / 2);
+        return new HostFramePool(2 * guest + tables + (4UL << 20), tables);
+    }
+
+    private static IEnumerable<EngineCounter> VirtualizationCounters(Cpu cpu, VmControlStructure vmcs, HostFramePool pool, GuestPhysicalMap map)
+    {
+        var m = cpu.Mmu.Counters;
+        yield return new EngineCounter("vm_exits", (ulong)vmcs.TotalExits, "");
+        foreach (var (reason, count) in vmcs.ExitsByReason)
+        {
+            yield return new EngineCounter($"vm_exits_{Snake(reason.ToString())}", (ulong)count, "");
+        }
+        if (cpu.Mmu.NestedPaging)
+        {
+            yield return new EngineCounter("nested_tlb_hits", (ulong)m.NestedTlbHits, "");
+            yield return new EngineCounter("nested_tlb_misses", (ulong)m.NestedTlbMisses, "");
+            yield return new EngineCounter("nested_walks", (ulong)m.NestedWalks, "");
+            yield return new EngineCounter("nested_walk_references", (ulong)m.NestedWalkReferences, "");
+            yield return new EngineCounter("nested_walk_cache_hits", (ulong)(m.NestedWalkCacheHits[0] + m.NestedWalkCacheHits[1] + m.NestedWalkCacheHits[2]), "");
+            yield return new EngineCounter("nested_page_faults", (ulong)m.NestedPageFaults, "");
+        }
+        yield return new EngineCounter("guest_pages_backed", (ulong)map.TouchedPages, "");
+        yield return new EngineCounter("vmm_table_pages", (ulong)pool.TableFrames, "");
+    }
+
+    private static string Snake(string pascal) =>
+        string.Concat(pascal.Select((c, i) => char.IsUpper(c) && i > 0 ? "_" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
 
     private static List<EngineCounter> CountersOf(Cpu cpu, TimeSpan wall)
     {

@@ -14,6 +14,24 @@ public enum VmExitReason
     MmioWrite,
     /// <summary>HLT.</summary>
     Halt,
+    /// <summary>CPUID (always intercepted under hardware assist).</summary>
+    Cpuid,
+    /// <summary>RDMSR.</summary>
+    MsrRead,
+    /// <summary>WRMSR.</summary>
+    MsrWrite,
+    /// <summary>RDTSC or RDTSCP.</summary>
+    Rdtsc,
+    /// <summary>MOV to or from CR0, CR3 or CR4 (CR3 switches under shadow paging).</summary>
+    ControlRegisterAccess,
+    /// <summary>INVLPG.</summary>
+    Invlpg,
+    /// <summary>INVPCID.</summary>
+    Invpcid,
+    /// <summary>An exception the VMM intercepts (page faults under shadow paging).</summary>
+    Exception,
+    /// <summary>A guest-physical access the nested page table did not map yet (EPT violation).</summary>
+    NestedPageFault,
     /// <summary>The vCPU shut down (triple fault).</summary>
     Shutdown,
     /// <summary>The engine could not execute or emulate an instruction, or deliver an event.</summary>

@@ -11,6 +11,9 @@ public sealed record MmuConfiguration(TlbConfiguration? InstructionTlb, TlbConfi
 {
     /// <summary>Split 64-entry 4-way TLBs and a 16-entry-per-level page-walk cache.</summary>
     public static MmuConfiguration Default { get; } = new(TlbConfiguration.Default, TlbConfiguration.Default, 16);
+
+    /// <summary>The nested TLB and nested page-walk cache used when nested paging is on.</summary>
+    public NestedPagingConfiguration NestedPaging { get; init; } = NestedPagingConfiguration.Default;
 }
 
 /// <summary>Linear-to-physical translation for one CPU: TLB lookup, page walk on a miss, permission checks and
@@ -21,15 +24,81 @@ public sealed class Mmu
     private readonly Tlb instructionTlb;
     private readonly PageWalkCache walkCache;
     private readonly PageWalker walker;
+    private readonly NestedWalker nestedWalker;
+    private readonly PhysicalMemory memory;
     private PagingControls controls;
+    // The controls the 1-D walker uses: the guest's, with CR3 replaced by the shadow page table's root when a VMM
+    // installed one (shadow paging: the hardware walks the shadow table, the guest sees its own CR3).
+    private PagingControls walkControls;
+    private ulong? shadowRoot;
+    private bool nestedPaging;
 
     public Mmu(PhysicalMemory memory, MmuConfiguration configuration)
     {
+        this.memory = memory;
         Configuration = configuration;
         dataTlb = new Tlb(configuration.DataTlb);
         instructionTlb = configuration.InstructionTlb is null ? dataTlb : new Tlb(configuration.InstructionTlb);
         walkCache = new PageWalkCache(configuration.WalkCacheEntriesPerLevel);
         walker = new PageWalker(memory, walkCache, Counters);
+        nestedWalker = new NestedWalker(memory, walkCache, configuration.NestedPaging, Counters);
+    }
+
+    /// <summary>Whether guest-physical addresses go through the nested page table (EPT on).</summary>
+    public bool NestedPaging => nestedPaging;
+
+    /// <summary>The host-physical root of the nested page table while nested paging is on.</summary>
+    public ulong NestedRoot => nestedWalker.NestedRoot;
+
+    public NestedWalker Nested => nestedWalker;
+
+    /// <summary>The shadow page table's root the hardware walks instead of CR3, if a VMM installed one.</summary>
+    public ulong? ShadowRoot => shadowRoot;
+
+    /// <summary>Turns nested paging on with the nested table at <paramref name="nestedRoot"/> (host-physical), or off;
+    /// every cached translation is dropped.</summary>
+    public void SetNestedPaging(bool enabled, ulong nestedRoot = 0)
+    {
+        nestedPaging = enabled;
+        nestedWalker.NestedRoot = nestedRoot;
+        nestedWalker.Flush();
+        FlushAll(includingGlobal: true);
+    }
+
+    /// <summary>INVEPT: drops the nested caches and every combined translation derived from the nested table, after
+    /// the VMM changed or removed a nested entry (adding one needs no flush: nothing cached it).</summary>
+    public void InvalidateNested()
+    {
+        nestedWalker.Flush();
+        FlushAll(includingGlobal: true);
+    }
+
+    /// <summary>Installs the root of a shadow page table (host-physical) that walks use in place of CR3, or removes it.
+    /// The caller flushes what its change requires, as a VMM loading the real CR3 would.</summary>
+    public void SetShadowRoot(ulong? root)
+    {
+        shadowRoot = root;
+        walkControls = root is { } r ? controls with { Cr3 = r | (controls.Cr3 & 0xFFF) } : controls;
+        Generation++;
+    }
+
+    /// <summary>Explains the walk of <paramref name="linear"/> as it would happen now, without using or changing any
+    /// cache, counter or accessed bit: every memory reference in order (up to 24 for a 2-D walk).</summary>
+    public PageFaultError? Explain(ulong linear, AccessKind kind, bool user, List<WalkStep> trace, out WalkResult result)
+    {
+        var scratch = new MmuCounters();
+        var noCache = new PageWalkCache(0);
+        if (nestedPaging)
+        {
+            var nested = new NestedWalker(memory, noCache, NestedPagingConfiguration.None, scratch) { NestedRoot = nestedWalker.NestedRoot };
+            return nested.Walk(linear, kind, user, false, controls, out result, trace);
+        }
+        if (!controls.Paging)
+        {
+            result = new WalkResult { PhysicalPage = linear & ~0xFFFUL, PageShift = 12 };
+            return null;
+        }
+        return new PageWalker(memory, noCache, scratch).Walk(linear, kind, user, false, walkControls, out result, trace);
     }
 
     public MmuConfiguration Configuration { get; }
@@ -53,6 +122,7 @@ public sealed class Mmu
     {
         var previous = controls;
         controls = value;
+        walkControls = shadowRoot is { } r ? controls with { Cr3 = r | (controls.Cr3 & 0xFFF) } : controls;
         Generation++;
         if (previous with { Cr3 = value.Cr3 } != value)
         {
@@ -66,6 +136,7 @@ public sealed class Mmu
     {
         bool noFlush = controls.ProcessContextIdentifiers && (value & (1UL << 63)) != 0;
         controls = controls with { Cr3 = value & ~(1UL << 63) };
+        walkControls = shadowRoot is { } r ? controls with { Cr3 = r | (controls.Cr3 & 0xFFF) } : controls;
         Generation++;
         walkCache.Flush();
         Counters.TlbFlushes++;
@@ -144,12 +215,12 @@ public sealed class Mmu
     public PageFaultError? Translate(ulong linear, AccessKind kind, bool user, bool alignmentCheck, out ulong physical)
     {
         Counters.Translations++;
-        if (!controls.Paging)
+        if (!controls.Paging && !nestedPaging)
         {
             physical = linear;
             return null;
         }
-        if (!controls.LongMode)
+        if (controls.Paging && !controls.LongMode)
         {
             throw new NotSupportedException("paging outside long mode (32-bit and PAE paging) is not modelled yet");
         }
@@ -169,7 +240,11 @@ public sealed class Mmu
             }
         }
         CountMiss(kind);
-        if (walker.Walk(linear, kind, user, alignmentCheck, controls, out var walk) is { } fault)
+        WalkResult walk;
+        var fault = nestedPaging
+            ? nestedWalker.Walk(linear, kind, user, alignmentCheck, controls, out walk)
+            : walker.Walk(linear, kind, user, alignmentCheck, walkControls, out walk);
+        if (fault is not null)
         {
             physical = 0;
             return fault;

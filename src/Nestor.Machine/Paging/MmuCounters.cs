@@ -20,6 +20,17 @@ public sealed class MmuCounters
     public readonly long[] WalkCacheHits = new long[3];
     public long PageFaults;
     public long TlbFlushes;
+    /// <summary>Nested paging: nested-TLB lookups of guest-physical addresses that hit and missed.</summary>
+    public long NestedTlbHits;
+    public long NestedTlbMisses;
+    /// <summary>Walks of the nested page table (each turns one guest-physical address into a host-physical one).</summary>
+    public long NestedWalks;
+    /// <summary>The nested-table entries read; also counted in <see cref="WalkReferences"/>.</summary>
+    public long NestedWalkReferences;
+    /// <summary>Nested page-walk-cache hits by the level they let the nested walk skip to.</summary>
+    public readonly long[] NestedWalkCacheHits = new long[3];
+    /// <summary>Guest-physical accesses the nested table did not allow (EPT violations).</summary>
+    public long NestedPageFaults;
 
     /// <summary>Memory references per walk.</summary>
     public double ReferencesPerWalk => Walks == 0 ? 0 : (double)WalkReferences / Walks;

@@ -10,14 +10,46 @@ public struct WalkResult
     /// <summary>log2 of the page size: 12, 21 or 30.</summary>
     public int PageShift;
     public TranslationRights Rights;
-    /// <summary>Paging-structure entries read by this walk.</summary>
+    /// <summary>Paging-structure entries read by this walk (both dimensions of a 2-D walk).</summary>
     public int References;
+}
+
+/// <summary>Which table a step of a page walk read.</summary>
+public enum WalkDimension : byte
+{
+    /// <summary>The guest's own page table (the only one without nesting).</summary>
+    Guest,
+    /// <summary>The nested (extended) page table, translating a guest-physical address.</summary>
+    Nested,
+}
+
+/// <summary>One memory reference of a page walk, for explaining a walk step by step (<c>nestor walk</c>).</summary>
+/// <param name="Dimension">Which table was read.</param>
+/// <param name="Level">0 = the top level (PML4 or EPT PML4) … 3 = the page table.</param>
+/// <param name="Input">The address being translated: a linear address (guest) or a guest-physical one (nested).</param>
+/// <param name="TableAddress">The table's address: guest-physical for a guest table under nesting, else physical.</param>
+/// <param name="EntryAddress">Where the entry was read: a (host-)physical address.</param>
+/// <param name="Entry">The entry's value.</param>
+public readonly record struct WalkStep(WalkDimension Dimension, int Level, ulong Input, ulong TableAddress, ulong EntryAddress, ulong Entry);
+
+/// <summary>The nested dimension of a 2-D walk, as the guest-dimension walker sees it: guest-physical to
+/// host-physical.</summary>
+public interface IGuestPhysicalTranslator
+{
+    /// <summary>The host-physical address of <paramref name="guestPhysical"/> for an access of
+    /// <paramref name="kind"/>; <paramref name="finalTranslation"/> is false for reads of the guest's paging
+    /// structures. Throws <see cref="Virtualization.NestedPageFault"/> when the nested table does not allow it.</summary>
+    ulong ToHost(ulong guestPhysical, AccessKind kind, bool finalTranslation, ulong linear, out int pageShift, List<WalkStep>? trace);
 }
 
 /// <summary>The one-dimensional walk of 4-level paging (Intel SDM Vol. 3A §4.5, Figure 4-8): CR3 → PML4E → PDPTE →
 /// PDE → PTE, with 1 GiB and 2 MiB pages ending the walk early, rights combined over the levels, reserved bits
-/// checked, and accessed/dirty bits written back once the access is known to be allowed (as QEMU's TCG does).</summary>
-public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, MmuCounters counters)
+/// checked, and accessed/dirty bits written back once the access is known to be allowed (as QEMU's TCG does).
+///
+/// <para>With a <see cref="IGuestPhysicalTranslator"/> it is the guest dimension of a 2-D walk (Bhargava et al.,
+/// ASPLOS 2008): CR3 and every entry's next-table address are guest-physical, so each entry's address is translated
+/// through the nested dimension before it is read, and the result's page is guest-physical.</para></summary>
+public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, MmuCounters counters, IGuestPhysicalTranslator? nested = null)
 {
     private const ulong Present = 1, Writable = 1 << 1, User = 1 << 2, Accessed = 1 << 5, Dirty = 1 << 6,
         LargePage = 1 << 7, GlobalBit = 1 << 8, ExecuteDisable = 1UL << 63;
@@ -27,8 +59,10 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
 
     /// <summary>Walks <paramref name="linear"/> under <paramref name="controls"/>. Returns null and fills
     /// <paramref name="result"/> when the access is allowed; otherwise the page-fault error code.</summary>
+    /// <param name="trace">When given, the walk is explained instead of performed: every reference is recorded, and
+    /// no cache is used or filled and no accessed or dirty bit is written.</param>
     public PageFaultError? Walk(ulong linear, AccessKind kind, bool user, bool alignmentCheck, in PagingControls controls,
-        out WalkResult result)
+        out WalkResult result, List<WalkStep>? trace = null)
     {
         counters.Walks++;
         result = default;
@@ -39,7 +73,7 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
         int level = 0; // 0 = PML4, 1 = PDPT, 2 = PD, 3 = PT
         ulong next = 0;
         var cachedRights = TranslationRights.None;
-        int cached = walkCache.EntriesPerLevel > 0 ? walkCache.Lookup(linear, out next, out cachedRights) : -1;
+        int cached = trace is null && walkCache.EntriesPerLevel > 0 ? walkCache.Lookup(linear, out next, out cachedRights) : -1;
         int firstLevel = cached + 1;
         Span<ulong> nextTables = stackalloc ulong[4];
         Span<TranslationRights> levelRights = stackalloc TranslationRights[4];
@@ -54,9 +88,14 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
         {
             int shift = 39 - 9 * level;
             ulong entryAddress = table + ((linear >> shift) & 511) * 8;
+            if (nested is not null)
+            {
+                entryAddress = nested.ToHost(entryAddress, AccessKind.Read, finalTranslation: false, linear, out _, trace);
+            }
             ulong entry = memory.ReadUInt64(entryAddress);
             counters.WalkReferences++;
             result.References++;
+            trace?.Add(new WalkStep(WalkDimension.Guest, level, linear, table, entryAddress, entry));
             entryAddresses[used++] = entryAddress;
             if ((entry & Present) == 0)
             {
@@ -101,7 +140,7 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
                 return denied;
             }
             // The access is allowed: set A on every entry used and D on the leaf for a write (§4.8).
-            for (int i = 0; i < used; i++)
+            for (int i = 0; i < used && trace is null; i++)
             {
                 ulong value = memory.ReadUInt64(entryAddresses[i]);
                 ulong wanted = value | Accessed | (i == used - 1 && kind == AccessKind.Write ? Dirty : 0);
@@ -117,7 +156,7 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
             }
             // Cache the upper levels just used, now that their accessed bits are set (a cached entry is never one
             // whose A bit still needs writing).
-            for (int l = firstLevel; l < level; l++)
+            for (int l = firstLevel; l < level && trace is null; l++)
             {
                 walkCache.Insert(l, linear, nextTables[l], levelRights[l]);
             }
@@ -136,7 +175,7 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
 
     /// <summary>Reserved bits (§4.5.4, Tables 4-14 to 4-20, with a 52-bit physical-address width): PS in a PML4E, XD
     /// when EFER.NXE is off, and the bits below a large page's frame.</summary>
-    private static bool ReservedBitsSet(ulong entry, int level, in PagingControls controls)
+    internal static bool ReservedBitsSet(ulong entry, int level, in PagingControls controls)
     {
         if (!controls.NoExecute && (entry & ExecuteDisable) != 0)
         {

@@ -1,4 +1,5 @@
 using Nestor.Machine.Architecture;
+using Nestor.Machine.Virtualization;
 
 namespace Nestor.Machine.Processor;
 
@@ -18,8 +19,43 @@ public sealed partial class Cpu
         deliveryDepth++;
         try
         {
-            DeliverOnce((int)vector, errorCode, hasErrorCode, software, returnRip);
-            return true;
+            while (true)
+            {
+                try
+                {
+                    DeliverOnce((int)vector, errorCode, hasErrorCode, software, returnRip);
+                    return true;
+                }
+                catch (NestedPageFault fault)
+                {
+                    // The IDT, GDT, TSS or stack is not mapped in the nested table yet: the VMM maps it and the
+                    // delivery starts over (the SDM's IDT-vectoring information re-injects the event).
+                    var exit = fault.Exit;
+                    exit.DuringDelivery = true;
+                    if (exitHandler!.HandleExit(this, ref exit) is not (VmExitAction.Resume or VmExitAction.Complete or VmExitAction.Skip))
+                    {
+                        throw new VmmStop();
+                    }
+                }
+                catch (GuestFault fault) when (nonRoot is { } controls && controls.Intercepts((int)fault.Vector))
+                {
+                    // An intercepted exception during delivery (a shadow page fault on the guest's stack, say): the
+                    // VMM fixes it and the delivery starts over, or reflects it, and the guest sees a fault during
+                    // delivery: a double fault, below.
+                    var exit = ExceptionExit(fault, duringDelivery: true);
+                    switch (exitHandler!.HandleExit(this, ref exit))
+                    {
+                        case VmExitAction.Resume:
+                        case VmExitAction.Complete:
+                        case VmExitAction.Skip:
+                            continue;
+                        case VmExitAction.Inject:
+                            throw new GuestFault(exit.Vector, exit.ErrorCode, exit.HasErrorCode, exit.GuestLinear);
+                        default:
+                            throw new VmmStop();
+                    }
+                }
+            }
         }
         catch (GuestFault)
         {

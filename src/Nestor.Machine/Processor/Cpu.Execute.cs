@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using Iced.Intel;
 using Nestor.Machine.Architecture;
+using Nestor.Machine.Virtualization;
 
 namespace Nestor.Machine.Processor;
 
@@ -22,6 +23,11 @@ public sealed partial class Cpu
                 if (i.GetOpKind(1) == OpKind.Register && i.GetOpRegister(1).IsCR())
                 {
                     RequirePrivilege0();
+                    if (nonRoot is { Cr3StoreExiting: true } && i.GetOpRegister(1) == Register.CR3 &&
+                        ExitOnInstruction(ExitReason.ControlRegisterAccess, ControlRegisterQualification(3, true, i.GetOpRegister(0)), i))
+                    {
+                        return null;
+                    }
                     WriteRegister(i.GetOpRegister(0), ReadControl(i.GetOpRegister(1)));
                     return null;
                 }

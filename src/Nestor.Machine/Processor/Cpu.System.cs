@@ -1,5 +1,6 @@
 using Iced.Intel;
 using Nestor.Machine.Architecture;
+using Nestor.Machine.Virtualization;
 
 namespace Nestor.Machine.Processor;
 
@@ -12,6 +13,10 @@ public sealed partial class Cpu
         {
             case Mnemonic.Hlt:
                 RequirePrivilege0();
+                if (nonRoot is { HltExiting: true } && ExitOnInstruction(ExitReason.Hlt, 0, i))
+                {
+                    return null;
+                }
                 return StopReason.Halted;
             case Mnemonic.Cli:
             case Mnemonic.Sti:
@@ -60,6 +65,11 @@ public sealed partial class Cpu
                     int size = OperandSize(i, 0);
                     ushort port = (ushort)ReadOperand(i, 1, i.GetOpKind(1) == OpKind.Register ? 2 : 1);
                     CheckIoPermission();
+                    if (nonRoot is { IoExiting: true } &&
+                        ExitOnInstruction(ExitReason.IoInstruction, IoQualification(port, size, input: true, i.GetOpKind(1) != OpKind.Register), i))
+                    {
+                        return null;
+                    }
                     Counters.PortReads++;
                     WriteOperand(i, 0, size, platform.PortRead(port, size));
                     return null;
@@ -69,12 +79,22 @@ public sealed partial class Cpu
                     int size = OperandSize(i, 1);
                     ushort port = (ushort)ReadOperand(i, 0, i.GetOpKind(0) == OpKind.Register ? 2 : 1);
                     CheckIoPermission();
+                    if (nonRoot is { IoExiting: true } &&
+                        ExitOnInstruction(ExitReason.IoInstruction, IoQualification(port, size, input: false, i.GetOpKind(0) != OpKind.Register), i))
+                    {
+                        return null;
+                    }
                     Counters.PortWrites++;
                     platform.PortWrite(port, size, (uint)ReadOperand(i, 1, size));
                     return platform.StopRequested ? StopReason.PlatformStop : null;
                 }
             case Mnemonic.Cpuid:
                 {
+                    // CPUID always exits in non-root operation (SDM §26.1.2).
+                    if (nonRoot is not null && ExitOnInstruction(ExitReason.Cpuid, 0, i))
+                    {
+                        return null;
+                    }
                     var (a, b, c, d) = platform.Cpuid((uint)Registers[Rax], (uint)Registers[Rcx]);
                     Registers[Rax] = a;
                     Registers[Rbx] = b;
@@ -85,6 +105,10 @@ public sealed partial class Cpu
             case Mnemonic.Rdtsc:
             case Mnemonic.Rdtscp:
                 {
+                    if (nonRoot is { RdtscExiting: true } && ExitOnInstruction(ExitReason.Rdtsc, 0, i))
+                    {
+                        return null;
+                    }
                     ulong t = Tsc;
                     Registers[Rax] = (uint)t;
                     Registers[Rdx] = t >> 32;
@@ -96,6 +120,10 @@ public sealed partial class Cpu
                 }
             case Mnemonic.Rdmsr:
                 RequirePrivilege0();
+                if (nonRoot is { MsrExiting: true } && ExitOnInstruction(ExitReason.Rdmsr, 0, i))
+                {
+                    return null;
+                }
                 {
                     ulong v = ReadMsr((uint)Registers[Rcx]);
                     Registers[Rax] = (uint)v;
@@ -104,6 +132,10 @@ public sealed partial class Cpu
                 }
             case Mnemonic.Wrmsr:
                 RequirePrivilege0();
+                if (nonRoot is { MsrExiting: true } && ExitOnInstruction(ExitReason.Wrmsr, 0, i))
+                {
+                    return null;
+                }
                 WriteMsr((uint)Registers[Rcx], ((Registers[Rdx] & 0xFFFF_FFFF) << 32) | (uint)Registers[Rax]);
                 return null;
             case Mnemonic.Lgdt:
@@ -160,9 +192,16 @@ public sealed partial class Cpu
                 Ldtr = new Segment { Selector = (ushort)ReadOperand(i, 0, 2) };
                 return null;
             case Mnemonic.Invlpg:
-                RequirePrivilege0();
-                Mmu.InvalidatePage(EffectiveAddress(i));
-                return null;
+                {
+                    RequirePrivilege0();
+                    ulong linear = EffectiveAddress(i);
+                    if (nonRoot is { InvlpgExiting: true } && ExitOnInstruction(ExitReason.Invlpg, linear, i, linear))
+                    {
+                        return null;
+                    }
+                    Mmu.InvalidatePage(linear);
+                    return null;
+                }
             case Mnemonic.Invpcid:
                 {
                     RequirePrivilege0();
@@ -172,6 +211,10 @@ public sealed partial class Cpu
                     if (type > 3 || pcid > 0xFFF)
                     {
                         throw GuestFault.GeneralProtection();
+                    }
+                    if (nonRoot is { InvlpgExiting: true } && ExitOnInstruction(ExitReason.Invpcid, 0, i, linear))
+                    {
+                        return null;
                     }
                     Mmu.InvalidateProcessContext((int)type, (ushort)pcid, linear);
                     return null;
@@ -211,7 +254,14 @@ public sealed partial class Cpu
     {
         RequirePrivilege0();
         ulong value = ReadRegister(i.GetOpRegister(1));
-        switch (i.GetOpRegister(0))
+        var target = i.GetOpRegister(0);
+        if (nonRoot is { } controls &&
+            ((target == Register.CR3 && controls.Cr3LoadExiting) || ((target == Register.CR0 || target == Register.CR4) && controls.Cr0Cr4WriteExiting)) &&
+            ExitOnInstruction(ExitReason.ControlRegisterAccess, ControlRegisterQualification(target - Register.CR0, false, i.GetOpRegister(1)), i))
+        {
+            return null;
+        }
+        switch (target)
         {
             case Register.CR0:
                 Cr0 = value | Architecture.Cr0.ExtensionType;

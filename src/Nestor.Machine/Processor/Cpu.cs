@@ -3,6 +3,7 @@ using Iced.Intel;
 using Nestor.Machine.Architecture;
 using Nestor.Machine.Memory;
 using Nestor.Machine.Paging;
+using Nestor.Machine.Virtualization;
 
 namespace Nestor.Machine.Processor;
 
@@ -116,12 +117,27 @@ public sealed unsafe partial class Cpu
             catch (GuestFault fault)
             {
                 Rip = instructionStart;
-                bool delivered = Deliver(fault.Vector, fault.ErrorCode, fault.HasErrorCode, fault.FaultAddress, software: false, Rip);
-                RevalidateTranslations();
-                if (!delivered)
+                if (HandleFault(fault, null) is { } stop)
                 {
-                    return StopReason.Shutdown;
+                    return stop;
                 }
+            }
+            catch (NestedPageFault fault)
+            {
+                Rip = instructionStart;
+                if (HandleFault(null, fault) is { } stop)
+                {
+                    return stop;
+                }
+            }
+            catch (VmmStop)
+            {
+                RevalidateTranslations();
+                return StopReason.VmmStop;
+            }
+            catch (ShutdownRequested)
+            {
+                return StopReason.Shutdown;
             }
         }
         return StopReason.Budget;
@@ -449,7 +465,8 @@ public sealed unsafe partial class Cpu
         byte* p = memory.Pointer(physical, size);
         if (p == null)
         {
-            return IsApic(physical) ? Apic.Read((uint)(physical & 0xFFF), Clock) : platform.MmioRead(physical, size);
+            ulong device = physical & ~PhysicalMemory.DeviceWindow;
+            return IsApic(device) ? Apic.Read((uint)(device & 0xFFF), Clock) : platform.MmioRead(device, size);
         }
         byte* pageHost = memory.Pointer(physical & ~0xFFFUL, 0x1000);
         if (pageHost != null)
@@ -500,14 +517,15 @@ public sealed unsafe partial class Cpu
         byte* p = memory.Pointer(physical, size);
         if (p == null)
         {
-            if (IsApic(physical))
+            ulong device = physical & ~PhysicalMemory.DeviceWindow;
+            if (IsApic(device))
             {
-                Apic.Write((uint)(physical & 0xFFF), (uint)value, Clock);
+                Apic.Write((uint)(device & 0xFFF), (uint)value, Clock);
                 eventCheckAt = 0; // the timer or the in-service interrupt may have changed
             }
             else
             {
-                platform.MmioWrite(physical, size, value);
+                platform.MmioWrite(device, size, value);
             }
             return;
         }

@@ -30,4 +30,6 @@ public enum StopReason
     Shutdown,
     /// <summary>The platform asked to stop (debug exit).</summary>
     PlatformStop,
+    /// <summary>The VMM's exit handler stopped the virtual machine.</summary>
+    VmmStop,
 }

@@ -1,0 +1,35 @@
+using Nestor.Hypervisor.Techniques.HardwareAssist;
+using Nestor.Machine.Paging;
+
+namespace Nestor.Hypervisor.Techniques;
+
+/// <summary>How the VMM virtualizes the CPU on the software machine.</summary>
+public enum Technique
+{
+    /// <summary>No VMM: the guest runs on the bare (modelled) machine, its physical memory the machine's.</summary>
+    Native,
+    /// <summary>Hardware assistance (VT-x style): non-root operation, VM exits, a VMCS.</summary>
+    HardwareAssist,
+}
+
+/// <summary>The software machine's configuration: technique, memory virtualization and the MMU's caches.</summary>
+public sealed record SimOptions
+{
+    public Technique Technique { get; init; } = Technique.Native;
+
+    /// <summary>Shadow or nested paging, for <see cref="Technique.HardwareAssist"/>.</summary>
+    public MemoryVirtualization Memory { get; init; } = MemoryVirtualization.Nested;
+
+    /// <summary>Map guest RAM with 2 MiB nested pages where possible (else 4 KiB).</summary>
+    public bool LargeNestedPages { get; init; }
+
+    /// <summary>TLBs, page-walk caches, nested TLB.</summary>
+    public MmuConfiguration Mmu { get; init; } = MmuConfiguration.Default;
+
+    /// <summary>A short description, such as "hw+nested".</summary>
+    public string Name => Technique switch
+    {
+        Technique.Native => "native",
+        _ => Memory == MemoryVirtualization.Nested ? "hw+nested" : "hw+shadow",
+    };
+}

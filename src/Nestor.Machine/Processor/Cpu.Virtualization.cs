@@ -1,0 +1,160 @@
+using Iced.Intel;
+using Nestor.Machine.Architecture;
+using Nestor.Machine.Virtualization;
+
+namespace Nestor.Machine.Processor;
+
+// VMX non-root operation (Intel SDM Vol. 3C chapters 25–28): while a VMM has entered a guest with
+// EnterNonRoot, the instructions and exceptions its ExecutionControls name cause VM exits to the VMM's
+// IVmExitHandler instead of (or before) executing, and guest-physical addresses go through the nested page table
+// when it is on. Without EnterNonRoot the CPU is a bare machine and nothing here runs.
+public sealed partial class Cpu
+{
+    private ExecutionControls? nonRoot;
+    private IVmExitHandler? exitHandler;
+
+    /// <summary>The execution controls while in VMX non-root operation, else null (a bare machine).</summary>
+    public ExecutionControls? NonRootControls => nonRoot;
+
+    /// <summary>VM entry: from now on the CPU runs the guest in non-root operation under <paramref name="controls"/>,
+    /// and every VM exit goes to <paramref name="handler"/>.</summary>
+    public void EnterNonRoot(ExecutionControls controls, IVmExitHandler handler)
+    {
+        nonRoot = controls;
+        exitHandler = handler;
+        Mmu.SetNestedPaging(controls.NestedPaging, controls.NestedRoot);
+        RevalidateTranslations();
+    }
+
+    /// <summary>Raised inside the model when the VMM's handler answered <see cref="VmExitAction.Stop"/>; unwinds to the
+    /// run loop.</summary>
+    private sealed class VmmStop : Exception;
+
+    /// <summary>An instruction about to exit under the current controls (checked by the caller): the VM exit happens
+    /// before the instruction does anything (SDM §26.1). Returns true when the instruction is over — the VMM emulated
+    /// it, or re-enters at it, or injected an event — and false when it is to be carried out now (Complete).</summary>
+    private bool ExitOnInstruction(ExitReason reason, ulong qualification, in Instruction i, ulong guestLinear = 0)
+    {
+        ulong next = Rip;
+        Rip = instructionStart;
+        var exit = new VmExit { Reason = reason, Qualification = qualification, InstructionLength = i.Length, GuestLinear = guestLinear };
+        switch (exitHandler!.HandleExit(this, ref exit))
+        {
+            case VmExitAction.Complete:
+                Rip = next;
+                return false;
+            case VmExitAction.Skip:
+                return true;
+            case VmExitAction.Resume:
+                Rip = instructionStart;
+                return true;
+            case VmExitAction.Inject:
+                if (!Deliver(exit.Vector, exit.ErrorCode, exit.HasErrorCode, exit.GuestLinear, software: false, Rip))
+                {
+                    throw new ShutdownRequested();
+                }
+                return true;
+            default:
+                throw new VmmStop();
+        }
+    }
+
+    /// <summary>Thrown when an injected event could not be delivered (triple fault).</summary>
+    private sealed class ShutdownRequested : Exception;
+
+    /// <summary>After an instruction faulted (an exception, or an EPT violation): the exit or the delivery, with the
+    /// VMM's stop or a triple fault turned into the run's stop reason.</summary>
+    private StopReason? HandleFault(GuestFault? fault, NestedPageFault? nestedFault)
+    {
+        try
+        {
+            if (fault is not null)
+            {
+                return RaiseException(fault) ? null : StopReason.Shutdown;
+            }
+            NestedPageFaultExit(nestedFault!);
+            return null;
+        }
+        catch (VmmStop)
+        {
+            return StopReason.VmmStop;
+        }
+        catch (ShutdownRequested)
+        {
+            return StopReason.Shutdown;
+        }
+        finally
+        {
+            RevalidateTranslations();
+        }
+    }
+
+    /// <summary>An exception raised by an instruction: a VM exit when the exception bitmap names it, else delivery
+    /// through the guest's IDT. Returns false on shutdown.</summary>
+    private bool RaiseException(GuestFault fault)
+    {
+        if (nonRoot is { } controls && controls.Intercepts((int)fault.Vector))
+        {
+            var exit = ExceptionExit(fault, duringDelivery: false);
+            switch (exitHandler!.HandleExit(this, ref exit))
+            {
+                case VmExitAction.Resume:
+                case VmExitAction.Skip:
+                case VmExitAction.Complete:
+                    return true;
+                case VmExitAction.Inject:
+                    return Deliver(exit.Vector, exit.ErrorCode, exit.HasErrorCode, exit.GuestLinear, software: false, Rip);
+                default:
+                    throw new VmmStop();
+            }
+        }
+        return Deliver(fault.Vector, fault.ErrorCode, fault.HasErrorCode, fault.FaultAddress, software: false, Rip);
+    }
+
+    /// <summary>An EPT violation: the VMM maps the guest-physical page (or emulates the access) and re-enters at the
+    /// instruction, which is then executed again from the start.</summary>
+    private void NestedPageFaultExit(NestedPageFault fault)
+    {
+        var exit = fault.Exit;
+        switch (exitHandler!.HandleExit(this, ref exit))
+        {
+            case VmExitAction.Resume:
+            case VmExitAction.Skip:
+            case VmExitAction.Complete:
+                return;
+            case VmExitAction.Inject:
+                if (!Deliver(exit.Vector, exit.ErrorCode, exit.HasErrorCode, exit.GuestLinear, software: false, Rip))
+                {
+                    throw new ShutdownRequested();
+                }
+                return;
+            default:
+                throw new VmmStop();
+        }
+    }
+
+    /// <summary>The exit for an intercepted exception: for a page fault the qualification is the faulting linear
+    /// address and CR2 is left alone (SDM §27.1: a #PF that exits does not load CR2).</summary>
+    private static VmExit ExceptionExit(GuestFault fault, bool duringDelivery) => new()
+    {
+        Reason = ExitReason.ExceptionOrNmi,
+        Vector = fault.Vector,
+        ErrorCode = fault.ErrorCode,
+        HasErrorCode = fault.HasErrorCode,
+        Qualification = fault.Vector == ExceptionVector.PageFault ? fault.FaultAddress : 0,
+        GuestLinear = fault.FaultAddress,
+        DuringDelivery = duringDelivery,
+    };
+
+    /// <summary>Exit qualification of an I/O instruction (SDM Table 28-5).</summary>
+    private static ulong IoQualification(ushort port, int size, bool input, bool immediate) =>
+        (uint)(size - 1) | (input ? 1UL << 3 : 0) | (immediate ? 1UL << 6 : 0) | ((ulong)port << 16);
+
+    /// <summary>Exit qualification of MOV to/from a control register (SDM Table 28-3).</summary>
+    private static ulong ControlRegisterQualification(int controlRegister, bool readsControlRegister, Register general)
+    {
+        int gpr = general >= Register.RAX && general <= Register.R15 ? general - Register.RAX
+            : general >= Register.EAX && general <= Register.R15D ? general - Register.EAX : 0;
+        return (uint)controlRegister | (readsControlRegister ? 1UL << 4 : 0) | ((uint)gpr << 8);
+    }
+}

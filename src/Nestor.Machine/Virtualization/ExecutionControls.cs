@@ -1,0 +1,29 @@
+namespace Nestor.Machine.Virtualization;
+
+/// <summary>The VM-execution controls of VMX non-root operation that the model implements (Intel SDM Vol. 3C §25.6,
+/// "VM-Execution Control Fields", and §26.1 for which instructions then exit). CPUID always exits, as on hardware.
+/// The hypervisor's VMCS (<c>VmControlStructure</c>) owns these and installs them on VM entry.</summary>
+public sealed class ExecutionControls
+{
+    public bool HltExiting { get; set; }
+    /// <summary>"Unconditional I/O exiting": every IN, OUT, INS and OUTS exits.</summary>
+    public bool IoExiting { get; set; }
+    /// <summary>Every RDMSR and WRMSR exits (as with "use MSR bitmaps" off).</summary>
+    public bool MsrExiting { get; set; }
+    public bool Cr3LoadExiting { get; set; }
+    public bool Cr3StoreExiting { get; set; }
+    /// <summary>MOV to CR0 and CR4 exits (as with every bit set in the CR0 and CR4 guest/host masks).</summary>
+    public bool Cr0Cr4WriteExiting { get; set; }
+    /// <summary>INVLPG exits; so does INVPCID (SDM §26.1.3: INVPCID exits when "INVLPG exiting" is set).</summary>
+    public bool InvlpgExiting { get; set; }
+    public bool RdtscExiting { get; set; }
+    /// <summary>Bit n set: exception vector n exits instead of being delivered through the guest's IDT.</summary>
+    public uint ExceptionBitmap { get; set; }
+    /// <summary>"Enable EPT": guest-physical addresses are translated through the nested page table at
+    /// <see cref="NestedRoot"/>.</summary>
+    public bool NestedPaging { get; set; }
+    /// <summary>The host-physical address of the nested page table's top level (the EPTP's bits 51:12).</summary>
+    public ulong NestedRoot { get; set; }
+
+    public bool Intercepts(int vector) => vector < 32 && (ExceptionBitmap & (1u << vector)) != 0;
+}

@@ -1,0 +1,23 @@
+namespace Nestor.Machine.Virtualization;
+
+/// <summary>Basic VM-exit reasons the model raises, numbered as in Intel SDM Vol. 3C Appendix C ("VMX Basic Exit
+/// Reasons"), so that a trace reads like the hardware's.</summary>
+public enum ExitReason : ushort
+{
+    /// <summary>An exception whose bit is set in the exception bitmap.</summary>
+    ExceptionOrNmi = 0,
+    TripleFault = 2,
+    Cpuid = 10,
+    Hlt = 12,
+    Invlpg = 14,
+    Rdtsc = 16,
+    /// <summary>MOV to or from a control register (qualification: SDM Table 28-3).</summary>
+    ControlRegisterAccess = 28,
+    /// <summary>IN, OUT, INS, OUTS (qualification: SDM Table 28-5).</summary>
+    IoInstruction = 30,
+    Rdmsr = 31,
+    Wrmsr = 32,
+    /// <summary>A guest-physical access the nested page table does not allow (qualification: SDM Table 28-7).</summary>
+    EptViolation = 48,
+    Invpcid = 58,
+}
