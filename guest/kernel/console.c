@@ -26,8 +26,22 @@ void console_write(const char *s, usize n)
     for (usize i = 0; i < n; i++) put(s[i]);
 }
 
-void *memset(void *d, int c, usize n) { u8 *p = d; while (n--) *p++ = (u8)c; return d; }
-void *memcpy(void *d, const void *s, usize n) { u8 *p = d; const u8 *q = s; while (n--) *p++ = *q++; return d; }
+/* REP STOSB / REP MOVSB: one instruction per call, as kernels do on CPUs with fast string operations (Intel SDM
+ * Vol. 1 §7.3.9.3). Zeroing a frame is then one instruction, not 4096 byte stores, so fork's cost is the kernel's
+ * work rather than a byte loop's (and under shadow paging one trap per page, not one per byte). */
+void *memset(void *d, int c, usize n)
+{
+    void *p = d;
+    __asm__ volatile("rep stosb" : "+D"(p), "+c"(n) : "a"(c) : "memory");
+    return d;
+}
+
+void *memcpy(void *d, const void *s, usize n)
+{
+    void *p = d;
+    __asm__ volatile("rep movsb" : "+D"(p), "+S"(s), "+c"(n) : : "memory");
+    return d;
+}
 int strcmp(const char *a, const char *b) { while (*a && *a == *b) { a++; b++; } return (u8)*a - (u8)*b; }
 usize strlen(const char *s) { usize n = 0; while (s[n]) n++; return n; }
 

@@ -59,4 +59,28 @@ public class HardwareAssistTests(NativeWorkload native) : IClassFixture<NativeWo
             Assert.True(vmcs.Exits(ExitReason.EptViolation) < 40, $"{vmcs.Exits(ExitReason.EptViolation)} EPT violations");
         }
     }
+
+    [Fact]
+    public void NestorOS_under_hw_shadow_prints_the_same_results_as_native()
+    {
+        Assert.True(native.Outcome.GuestStatus == 0, native.Outcome.Message);
+        var engine = new SimEngine(new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Shadow });
+        var (outcome, serial, vm) = SimEngineTests.RunInProcess(new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf), engine: engine);
+        vm.Dispose();
+
+        Assert.True(outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
+        Assert.Equal(SimEngineTests.ResultsWithoutTimings(native.Serial), SimEngineTests.ResultsWithoutTimings(serial));
+        var vmcs = engine.Vmcs!;
+        var counters = engine.Counters.ToDictionary(c => c.Name, c => c.Value);
+        // Page faults, CR3 loads and INVLPG reach the VMM; hidden faults fill the shadows, true faults (demand paging,
+        // copy-on-write, the fault program) go on to the guest, and guest page-table writes trap.
+        Assert.True(vmcs.Exits(ExitReason.ExceptionOrNmi) > 0);
+        Assert.True(vmcs.Exits(ExitReason.ControlRegisterAccess) > 0);
+        Assert.True(vmcs.Exits(ExitReason.Invlpg) > 0);
+        Assert.Equal(0, vmcs.Exits(ExitReason.EptViolation));
+        Assert.True(counters["shadow_hidden_faults"] > 0);
+        Assert.True(counters["shadow_true_faults"] > 0);
+        Assert.True(counters["shadow_page_table_writes"] > 0);
+        Assert.False(counters.ContainsKey("nested_walk_references"));
+    }
 }

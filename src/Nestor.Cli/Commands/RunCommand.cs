@@ -90,8 +90,7 @@ internal static class RunCommand
         var memory = (o.Mmu ?? "nested").ToLowerInvariant() switch
         {
             "nested" => MemoryVirtualization.Nested,
-            "shadow" => throw new BadInputException("--mmu shadow is not built yet: shadow paging is the next step of this work",
-                "Use --mmu nested for now"),
+            "shadow" => MemoryVirtualization.Shadow,
             _ => throw new BadInputException($"there is no memory virtualization '{o.Mmu}'", "Use --mmu nested or --mmu shadow"),
         };
         bool large = (o.NestedPages ?? "4k").ToLowerInvariant() switch

@@ -46,9 +46,17 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine
         {
             physicalMap = new GuestPhysicalMap(vm.Memory, pool);
             var nested = options.Memory == MemoryVirtualization.Nested ? new NestedPageTable(pool) : null;
+            var shadow = options.Memory == MemoryVirtualization.Shadow ? new ShadowPaging(physicalMap, pool, vm.Memory) : null;
             Vmcs = new VmControlStructure();
-            monitor = new HardwareAssistMonitor(vm, Vmcs, physicalMap, nested, options.LargeNestedPages);
-            cpu.EnterNonRoot(Vmcs.Controls, monitor);
+            monitor = new HardwareAssistMonitor(vm, Vmcs, physicalMap, nested, shadow, options.LargeNestedPages);
+            try
+            {
+                monitor.Enter(cpu);
+            }
+            catch (ShadowPagingException e)
+            {
+                return new VmOutcome(VmOutcomeKind.EmulationFailure, $"the VMM cannot enter the guest: {e.Message}", Capture(cpu));
+            }
         }
         vm.Bus.InstructionPointer = () => cpu.Rip;
         var clock = Stopwatch.StartNew();
@@ -70,7 +78,8 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine
                 {
                     case StopReason.VmmStop:
                         return new VmOutcome(VmOutcomeKind.EmulationFailure,
-                            $"the VMM stopped the guest at rip=0x{cpu.Rip:x} after a {Vmcs?.LastExit.Reason} exit it could not handle", Capture(cpu));
+                            $"the VMM stopped the guest at rip=0x{cpu.Rip:x} after a {Vmcs?.LastExit.Reason} exit: {monitor?.StopMessage ?? "it could not handle it"}",
+                            Capture(cpu));
                     case StopReason.PlatformStop:
                         return VmOutcomes.DebugExit(vm.GuestStatus ?? 0, Capture(cpu));
                     case StopReason.Halted:
@@ -100,7 +109,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine
             counters = CountersOf(cpu, clock.Elapsed);
             if (Vmcs is { } vmcs && pool is not null && physicalMap is not null)
             {
-                counters = [.. counters, .. VirtualizationCounters(cpu, vmcs, pool, physicalMap)];
+                counters = [.. counters, .. VirtualizationCounters(cpu, vmcs, pool, physicalMap, monitor?.Shadow)];
             }
         }
     }
@@ -114,7 +123,8 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine
         return new HostFramePool(2 * guest + tables + (4UL << 20), tables);
     }
 
-    private static IEnumerable<EngineCounter> VirtualizationCounters(Cpu cpu, VmControlStructure vmcs, HostFramePool pool, GuestPhysicalMap map)
+    private static IEnumerable<EngineCounter> VirtualizationCounters(Cpu cpu, VmControlStructure vmcs, HostFramePool pool, GuestPhysicalMap map,
+        ShadowPaging? shadow)
     {
         var m = cpu.Mmu.Counters;
         yield return new EngineCounter("vm_exits", (ulong)vmcs.TotalExits, "");
@@ -130,6 +140,19 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine
             yield return new EngineCounter("nested_walk_references", (ulong)m.NestedWalkReferences, "");
             yield return new EngineCounter("nested_walk_cache_hits", (ulong)(m.NestedWalkCacheHits[0] + m.NestedWalkCacheHits[1] + m.NestedWalkCacheHits[2]), "");
             yield return new EngineCounter("nested_page_faults", (ulong)m.NestedPageFaults, "");
+        }
+        if (shadow is not null)
+        {
+            yield return new EngineCounter("shadow_hidden_faults", (ulong)shadow.HiddenFaults, "");
+            yield return new EngineCounter("shadow_true_faults", (ulong)shadow.TrueFaults, "");
+            yield return new EngineCounter("shadow_page_table_writes", (ulong)shadow.PageTableWrites, "");
+            yield return new EngineCounter("shadow_other_emulated_writes", (ulong)shadow.OtherEmulatedWrites, "");
+            yield return new EngineCounter("shadow_address_space_switches", (ulong)shadow.AddressSpaceSwitches, "");
+            yield return new EngineCounter("shadow_tables_created", (ulong)shadow.TablesCreated, "");
+            yield return new EngineCounter("shadow_tables_alive", (ulong)shadow.TablesAlive, "");
+            yield return new EngineCounter("shadow_resets", (ulong)shadow.Resets, "");
+            yield return new EngineCounter("vmm_software_walks", (ulong)shadow.SoftwareWalks.Walks, "");
+            yield return new EngineCounter("vmm_software_walk_references", (ulong)shadow.SoftwareWalks.WalkReferences, "");
         }
         yield return new EngineCounter("guest_pages_backed", (ulong)map.TouchedPages, "");
         yield return new EngineCounter("vmm_table_pages", (ulong)pool.TableFrames, "");

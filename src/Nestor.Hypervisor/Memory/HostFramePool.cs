@@ -14,6 +14,7 @@ public sealed class HostFramePool : IDisposable
     private readonly HostMemory tableMemory;
     private readonly ulong tableFrames;
     private ulong nextTableFrame;
+    private readonly Stack<ulong> freeTables = new();
     private ulong nextFrame = 1; // host frame 0 is never handed out, so that 0 can mean "none"
 
     /// <param name="bytes">Size of the host-physical address space.</param>
@@ -37,6 +38,11 @@ public sealed class HostFramePool : IDisposable
     /// <summary>A zeroed frame of the pool's own memory for a VMM table; its host-physical address.</summary>
     public ulong AllocateTable()
     {
+        if (freeTables.TryPop(out ulong recycled))
+        {
+            TableFrames++;
+            return recycled;
+        }
         if (nextTableFrame == tableFrames)
         {
             throw new InvalidOperationException(
@@ -47,6 +53,17 @@ public sealed class HostFramePool : IDisposable
         nextTableFrame++;
         TableFrames++;
         return host;
+    }
+
+    /// <summary>Table frames still free (never used, or given back).</summary>
+    public long FreeTableFrames => (long)(tableFrames - nextTableFrame) + freeTables.Count;
+
+    /// <summary>Gives back a table frame from <see cref="AllocateTable"/>; it is zeroed for its next use.</summary>
+    public unsafe void FreeTable(ulong hostPhysical)
+    {
+        new Span<byte>(Memory.Pointer(hostPhysical, (int)FrameSize), (int)FrameSize).Clear();
+        freeTables.Push(hostPhysical);
+        TableFrames--;
     }
 
     /// <summary>Hands out <paramref name="count"/> consecutive host frames aligned to <paramref name="alignment"/>

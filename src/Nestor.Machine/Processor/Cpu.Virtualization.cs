@@ -26,6 +26,49 @@ public sealed partial class Cpu
         RevalidateTranslations();
     }
 
+    private bool writeOverride;
+    private ulong writeOverrideLinearPage, writeOverrideHostPage;
+
+    /// <summary>For a VMM emulating a guest instruction that writes a page its shadow page table keeps read-only (a
+    /// guest page-table page): executes the one instruction at RIP, with its writes to the linear page of
+    /// <paramref name="linear"/> going to the host-physical page <paramref name="hostPage"/> whatever the page tables
+    /// say. The VMM's instruction emulator is the interpreter itself. Returns the exception the instruction raised
+    /// instead, if any: nothing of it is delivered and RIP stays at the instruction.</summary>
+    public GuestException? EmulateWithWriteAccess(ulong linear, ulong hostPage)
+    {
+        RevalidateTranslations();
+        writeOverride = true;
+        writeOverrideLinearPage = linear >> 12;
+        writeOverrideHostPage = hostPage & ~0xFFFUL;
+        instructionStart = Rip;
+        try
+        {
+            ref DecodedInstruction instruction = ref Fetch(Rip);
+            if (instruction.Operation != FastOperation.General)
+            {
+                ExecuteFast(ref instruction);
+            }
+            else
+            {
+                Execute(in instruction.Instruction);
+            }
+            Counters.InstructionsRetired++;
+            Counters.RetiredByClass[instruction.Class]++;
+            return null;
+        }
+        catch (GuestFault fault)
+        {
+            Rip = instructionStart;
+            return new GuestException(fault.Vector, fault.ErrorCode, fault.HasErrorCode, fault.FaultAddress);
+        }
+        finally
+        {
+            writeOverride = false;
+            writeLinearPage = ulong.MaxValue;
+            RevalidateTranslations();
+        }
+    }
+
     /// <summary>Raised inside the model when the VMM's handler answered <see cref="VmExitAction.Stop"/>; unwinds to the
     /// run loop.</summary>
     private sealed class VmmStop : Exception;

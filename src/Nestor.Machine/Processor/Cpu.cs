@@ -388,6 +388,10 @@ public sealed unsafe partial class Cpu
 
     private ulong Translate(ulong linear, AccessKind kind)
     {
+        if (writeOverride && kind == AccessKind.Write && (linear >> 12) == writeOverrideLinearPage)
+        {
+            return writeOverrideHostPage | (linear & 0xFFF);
+        }
         bool user = PrivilegeLevel == 3;
         if (Mmu.Translate(linear, kind, user, (rflags & FlagBits.AlignmentCheck) != 0, out ulong physical) is { } error)
         {
@@ -532,7 +536,7 @@ public sealed unsafe partial class Cpu
         CodeWritten(physical);
         ulong page = physical >> 12;
         byte* pageHost = memory.Pointer(physical & ~0xFFFUL, 0x1000);
-        if (pageHost != null && (page >= (ulong)codePages.Length || codePages[page] == 0))
+        if (pageHost != null && !writeOverride && (page >= (ulong)codePages.Length || codePages[page] == 0))
         {
             writeLinearPage = linear >> 12;
             writeHost = pageHost;

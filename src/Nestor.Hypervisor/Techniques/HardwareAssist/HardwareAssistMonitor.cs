@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Paging;
+using Nestor.Machine.Architecture;
 using Nestor.Machine.Memory;
 using Nestor.Machine.Processor;
 using Nestor.Machine.Virtualization;
@@ -25,11 +26,20 @@ public sealed class HardwareAssistMonitor : IVmExitHandler
     private readonly Vm vm;
     private readonly GuestPhysicalMap physicalMap;
     private readonly NestedPageTable? nestedTable;
+    private readonly ShadowPaging? shadow;
     private readonly bool largeNestedPages;
 
+    /// <param name="nestedTable">The nested page table (nested paging), or null.</param>
+    /// <param name="shadow">Shadow paging, or null.</param>
     /// <param name="largeNestedPages">Map guest RAM with 2 MiB nested pages where it can (else 4 KiB).</param>
-    public HardwareAssistMonitor(Vm vm, VmControlStructure vmcs, GuestPhysicalMap physicalMap, NestedPageTable? nestedTable, bool largeNestedPages)
+    public HardwareAssistMonitor(Vm vm, VmControlStructure vmcs, GuestPhysicalMap physicalMap, NestedPageTable? nestedTable,
+        ShadowPaging? shadow, bool largeNestedPages)
     {
+        if ((nestedTable is null) == (shadow is null))
+        {
+            throw new ArgumentException("a hardware-assisted VMM uses either nested or shadow paging");
+        }
+        this.shadow = shadow;
         this.vm = vm;
         Vmcs = vmcs;
         this.physicalMap = physicalMap;
@@ -44,11 +54,48 @@ public sealed class HardwareAssistMonitor : IVmExitHandler
             c.NestedPaging = true;
             c.NestedRoot = nestedTable.Root;
         }
+        else
+        {
+            // Shadow paging: the VMM must see every page fault, CR3 load (and store: the guest must not see that the
+            // hardware walks another table), paging-control change and INVLPG.
+            c.ExceptionBitmap = 1u << (int)ExceptionVector.PageFault;
+            c.Cr3LoadExiting = true;
+            c.Cr3StoreExiting = true;
+            c.Cr0Cr4WriteExiting = true;
+            c.InvlpgExiting = true;
+        }
     }
 
     public VmControlStructure Vmcs { get; }
 
+    /// <summary>Shadow paging's counters, when it is in use.</summary>
+    public ShadowPaging? Shadow => shadow;
+
+    /// <summary>Why the VMM stopped the guest, when it did.</summary>
+    public string? StopMessage { get; private set; }
+
+    /// <summary>VM entry: the CPU enters non-root operation under this VMM's controls (with the shadow of the guest's
+    /// address space installed, under shadow paging).</summary>
+    public void Enter(Cpu cpu)
+    {
+        cpu.EnterNonRoot(Vmcs.Controls, this);
+        shadow?.Activate(cpu);
+    }
+
     public VmExitAction HandleExit(Cpu cpu, ref VmExit exit)
+    {
+        try
+        {
+            return Handle(cpu, ref exit);
+        }
+        catch (Exception e) when (e is ShadowPagingException or InvalidOperationException)
+        {
+            StopMessage = e.Message;
+            return VmExitAction.Stop;
+        }
+    }
+
+    private VmExitAction Handle(Cpu cpu, ref VmExit exit)
     {
         long start = Stopwatch.GetTimestamp();
         Vmcs.Record(exit);
@@ -79,8 +126,32 @@ public sealed class HardwareAssistMonitor : IVmExitHandler
                 (action, reason) = (VmExitAction.Complete, VmExitReason.Rdtsc);
                 break;
             case ExitReason.ExceptionOrNmi:
-                // Nothing intercepts exceptions yet but the bitmap would: reflect them to the guest.
-                (action, reason) = (VmExitAction.Inject, VmExitReason.Exception);
+                action = shadow is not null && exit.Vector == ExceptionVector.PageFault ? shadow.PageFault(cpu, ref exit) : VmExitAction.Inject;
+                reason = VmExitReason.Exception;
+                break;
+            case ExitReason.ControlRegisterAccess:
+                {
+                    int controlRegister = (int)(exit.Qualification & 15);
+                    bool load = ((exit.Qualification >> 4) & 3) == 0;
+                    ulong value = cpu.Registers[(int)((exit.Qualification >> 8) & 15)];
+                    if (shadow is not null && load && controlRegister == 3)
+                    {
+                        shadow.SwitchAddressSpace(cpu, value);
+                    }
+                    else if (shadow is not null && load)
+                    {
+                        shadow.ControlRegisterWrite(cpu, controlRegister, value);
+                    }
+                    (action, reason) = (VmExitAction.Complete, VmExitReason.ControlRegisterAccess);
+                    break;
+                }
+            case ExitReason.Invlpg:
+                shadow?.Invalidate(exit.Qualification);
+                (action, reason) = (VmExitAction.Complete, VmExitReason.Invlpg);
+                break;
+            case ExitReason.Invpcid:
+                // Shadows stay coherent through write protection; the TLB flush is the instruction's own.
+                (action, reason) = (VmExitAction.Complete, VmExitReason.Invpcid);
                 break;
             default:
                 (action, reason) = (VmExitAction.Complete, VmExitReason.Other);
