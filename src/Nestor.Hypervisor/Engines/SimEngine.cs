@@ -14,8 +14,10 @@ namespace Nestor.Hypervisor.Engines;
 
 /// <summary>Runs a VM on Nestor's own x86-64 machine model (<see cref="Cpu"/>): every instruction interpreted,
 /// every translation through the modelled MMU, every port access a trap into the VMM's devices.</summary>
-public sealed class SimEngine(SimOptions? options = null) : IEngine
+public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
 {
+    private HostFramePool? hostPool;
+
     private readonly SimOptions options = options ?? new SimOptions();
 
     /// <summary>Instructions run between checks for a stop request (timeout, Ctrl-C).</summary>
@@ -32,23 +34,42 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine
     /// <summary>The VMCS of the last run under hardware assistance, else null.</summary>
     public VmControlStructure? Vmcs { get; private set; }
 
+    /// <summary>The VMM of the last run under hardware assistance, else null.</summary>
+    public HardwareAssistMonitor? Monitor { get; private set; }
+
+    /// <summary>The machine model of the last run, as it stopped (for inspection: its MMU can explain a walk). Valid
+    /// until the engine or the VM is disposed: its memory is theirs.</summary>
+    public Cpu? Machine { get; private set; }
+
+    /// <summary>Releases the host memory of the last run (the VMM's tables).</summary>
+    public void Dispose()
+    {
+        Machine = null;
+        hostPool?.Dispose();
+        hostPool = null;
+    }
+
     public VmOutcome Run(Vm vm, RunControl control)
     {
-        using var pool = options.Technique == Technique.Native ? null : NewHostPool(vm);
+        hostPool?.Dispose();
+        var pool = hostPool = options.Technique == Technique.Native ? null : NewHostPool(vm);
         var memory = pool?.Memory ?? new PhysicalMemory(vm.Memory.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
         ulong top = pool?.Memory.Limit ?? vm.Memory.Regions.Max(r => r.Region.End.Value);
         var platform = new Platform(vm);
         var cpu = new Cpu(memory, platform, options.Mmu, top);
         Load(cpu, vm.InitialState);
+        Machine = cpu;
         HardwareAssistMonitor? monitor = null;
         GuestPhysicalMap? physicalMap = null;
         if (pool is not null)
         {
             physicalMap = new GuestPhysicalMap(vm.Memory, pool);
             var nested = options.Memory == MemoryVirtualization.Nested ? new NestedPageTable(pool) : null;
-            var shadow = options.Memory == MemoryVirtualization.Shadow ? new ShadowPaging(physicalMap, pool, vm.Memory) : null;
+            var shadow = options.Memory == MemoryVirtualization.Shadow
+                ? new ShadowPaging(physicalMap, pool, vm.Memory) { VerifyAfterEachChange = options.VerifyShadowPaging }
+                : null;
             Vmcs = new VmControlStructure();
-            monitor = new HardwareAssistMonitor(vm, Vmcs, physicalMap, nested, shadow, options.LargeNestedPages);
+            Monitor = monitor = new HardwareAssistMonitor(vm, Vmcs, physicalMap, nested, shadow, options.LargeNestedPages);
             try
             {
                 monitor.Enter(cpu);
