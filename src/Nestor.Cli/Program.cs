@@ -13,6 +13,7 @@ public static class Program
         {
             RunCommand.Create(),
             InfoCommand.Create(),
+            BenchCommand.Create(),
         };
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

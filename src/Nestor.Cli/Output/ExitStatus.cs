@@ -34,6 +34,7 @@ public static class ExitStatus
     {
         FailureClass.BadInput => BadInput,
         FailureClass.HostUnsupported => HostUnsupported,
+        FailureClass.WorkloadFailed => EngineFailure,
         _ => InternalError,
     };
 }

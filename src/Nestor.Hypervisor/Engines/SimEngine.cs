@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Nestor.Hypervisor.CostModel;
 using Nestor.Hypervisor.Devices;
 using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Memory;
@@ -33,6 +34,9 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
 
     /// <summary>The VMCS of the last run under hardware assistance, else null.</summary>
     public VmControlStructure? Vmcs { get; private set; }
+
+    /// <summary>What the last run did, counted for the cost model.</summary>
+    public MachineEvents? Events { get; private set; }
 
     /// <summary>The VMM of the last run under hardware assistance, else null.</summary>
     public HardwareAssistMonitor? Monitor { get; private set; }
@@ -128,11 +132,39 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             vm.Exits.AddGuestTicks(clock.ElapsedTicks);
             vm.Serial.Flush();
             counters = CountersOf(cpu, clock.Elapsed);
+            Events = EventsOf(cpu, Vmcs, monitor?.Shadow);
             if (Vmcs is { } vmcs && pool is not null && physicalMap is not null)
             {
                 counters = [.. counters, .. VirtualizationCounters(cpu, vmcs, pool, physicalMap, monitor?.Shadow)];
             }
         }
+    }
+
+    private static MachineEvents EventsOf(Cpu cpu, VmControlStructure? vmcs, ShadowPaging? shadow)
+    {
+        var c = cpu.Counters;
+        var m = cpu.Mmu.Counters;
+        return new MachineEvents
+        {
+            RetiredByClass = (long[])c.RetiredByClass.Clone(),
+            Instructions = c.InstructionsRetired,
+            MemoryReferences = c.MemoryReads + c.MemoryWrites,
+            TlbLookups = m.InstructionTlbHits + m.InstructionTlbMisses + m.DataTlbHits + m.DataTlbMisses,
+            TlbMisses = m.InstructionTlbMisses + m.DataTlbMisses,
+            Walks = m.Walks,
+            WalkReferences = m.WalkReferences,
+            NestedWalkReferences = m.NestedWalkReferences,
+            EventsDelivered = c.ExceptionsByVector.Sum() + c.ExternalInterrupts + c.SoftwareInterrupts,
+            SystemCalls = c.SystemCalls,
+            PortAccesses = c.PortReads + c.PortWrites,
+            Exits = vmcs?.ExitsByReason.ToDictionary(e => e.Reason, e => e.Count) ?? [],
+            HiddenFaults = shadow?.HiddenFaults ?? 0,
+            TrueFaults = shadow?.TrueFaults ?? 0,
+            EmulatedWrites = (shadow?.PageTableWrites ?? 0) + (shadow?.OtherEmulatedWrites ?? 0),
+            PageTableWrites = shadow?.PageTableWrites ?? 0,
+            AddressSpaceSwitches = shadow?.AddressSpaceSwitches ?? 0,
+            VmmWalkReferences = shadow?.SoftwareWalks.WalkReferences ?? 0,
+        };
     }
 
     /// <summary>Host-physical memory for a VM under a VMM: room for all of guest RAM twice over (2 MiB-aligned runs

@@ -9,6 +9,8 @@ public enum FailureClass
     HostUnsupported,
     /// <summary>A fault inside Nestor itself.</summary>
     Internal,
+    /// <summary>A workload did not run as it must (a guest failed, or two engines or techniques disagreed).</summary>
+    WorkloadFailed,
 }
 
 /// <summary>Base of every error Nestor reports to a user. The message says what happened; <see cref="Advice"/>
@@ -33,6 +35,13 @@ public sealed class BadInputException(string message, string? advice = null, Exc
     : NestorException(message, advice, inner)
 {
     public override FailureClass Class => FailureClass.BadInput;
+}
+
+/// <summary>A workload did not run as it must: a guest failed under some configuration, or configurations disagreed.</summary>
+public sealed class WorkloadFailedException(string message, string? advice = null, Exception? inner = null)
+    : NestorException(message, advice, inner)
+{
+    public override FailureClass Class => FailureClass.WorkloadFailed;
 }
 
 /// <summary>The host cannot run what was asked (no KVM, no permission, a capability the guest needs is missing).</summary>

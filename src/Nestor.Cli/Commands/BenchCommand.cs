@@ -1,0 +1,172 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using Nestor.Cli.Output;
+using Nestor.Hypervisor.BuiltIn;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.CostModel;
+using Nestor.Hypervisor.Errors;
+
+namespace Nestor.Cli.Commands;
+
+/// <summary><c>nestor bench PROGRAM [ARGS]</c>: one NestorOS workload under each technique on the software machine,
+/// with modelled cost (by a named profile), counted events and measured wall time, in one table.</summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var program = new Argument<string[]>("program") { Description = "A NestorOS program and its arguments, e.g. forkwait 40000", Arity = ArgumentArity.OneOrMore };
+        var profile = new Option<string>("--profile") { Description = $"Cost profile: {string.Join(", ", CostProfile.All.Select(p => p.Name))}", DefaultValueFactory = _ => CostProfile.Pentium4.Name };
+        var json = new Option<bool>("--json") { Description = "Print {\"rows\":[...]} as JSON instead of a table" };
+        var memory = new Option<string>("--memory", "-m") { Description = "Guest RAM", DefaultValueFactory = _ => "64M" };
+        var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
+        var command = new Command("bench", "Run one NestorOS program natively, under hardware assist with shadow paging and with nested paging, and compare modelled cost and counted events")
+        {
+            program, profile, json, memory, verbose,
+        };
+        command.SetAction(parse =>
+        {
+            try
+            {
+                var costs = CostProfile.Find(parse.GetValue(profile)!) ?? throw new BadInputException(
+                    $"there is no cost profile '{parse.GetValue(profile)}'", $"Use --profile {string.Join(" or ", CostProfile.All.Select(p => p.Name))}");
+                string commandLine = string.Join(' ', parse.GetValue(program)!);
+                ulong bytes = Size.Parse(parse.GetValue(memory)!, "--memory");
+                bool asJson = parse.GetValue(json);
+                var kernel = new KernelImageSource("built-in NestorOS", BuiltInGuests.NestorOS(), KernelFormat.Elf);
+                var progress = asJson ? null : Console.Out;
+                progress?.WriteLine($"nestor bench: '{commandLine}' on the software machine, costed with the {costs.Name} profile");
+                var result = TechniqueComparison.Run(kernel, commandLine, bytes, costs, BenchConfiguration.Standard, progress);
+                if (asJson)
+                {
+                    WriteJson(result);
+                }
+                else
+                {
+                    WriteTable(result);
+                }
+                return 0;
+            }
+            catch (NestorException e)
+            {
+                Console.Error.WriteLine($"nestor: {e.Message}");
+                if (e.Advice is not null)
+                {
+                    Console.Error.WriteLine($"  what to do: {e.Advice}");
+                }
+                return ExitStatus.For(e);
+            }
+            catch (Exception e)
+            {
+                Console.Error.WriteLine($"nestor: internal error: {e.Message}");
+                Console.Error.WriteLine(parse.GetValue(verbose) ? e.ToString() : "  (run with --verbose for details, and please report it)");
+                return ExitStatus.InternalError;
+            }
+        });
+        return command;
+    }
+
+    private static string Exits(MachineEvents e) =>
+        e.TotalExits == 0 ? "0" : $"{e.TotalExits:N0} (" + string.Join(", ", e.Exits.Where(x => x.Value > 0).OrderByDescending(x => x.Value).Take(3)
+            .Select(x => $"{Name(x.Key.ToString())} {x.Value:N0}")) + ")";
+
+    private static void WriteTable(ComparisonResult r)
+    {
+        var p = r.Profile;
+        Console.WriteLine();
+        Console.WriteLine($"Workload '{r.Workload}', net of a boot running '{r.Baseline}'. Modelled with the {p.Name} profile ({p.Description});");
+        Console.WriteLine("counts are the software machine's; wall time is this host's, for the whole run. Sources of the costs: docs/cost-model.md.");
+        Console.WriteLine();
+        Console.WriteLine($"{"configuration",-13} {"modelled cycles",16} {"modelled ms",12} {"× native",9} {"instructions",14} {"page walks",11} {"refs/walk",9} {"TLB miss",9} {"hidden/true #PF",16} {"PT writes",10} {"wall s",7}  VM exits (most frequent)");
+        foreach (var row in r.Rows)
+        {
+            var e = row.Events;
+            string faults = row.Configuration.Mmu == "shadow" ? $"{e.HiddenFaults:N0}/{e.TrueFaults:N0}" : "–";
+            string writes = row.Configuration.Mmu == "shadow" ? $"{e.PageTableWrites:N0}" : "–";
+            Console.WriteLine($"{row.Configuration.Name,-13} {row.Cost.Total,16:N0} {row.Cost.Time(p).TotalMilliseconds,12:N2} {row.RatioToNative,9:N2} {e.Instructions,14:N0} " +
+                $"{e.Walks,11:N0} {e.ReferencesPerWalk,9:N2} {e.TlbMissRate * 100,8:N2}% {faults,16} {writes,10} {row.Wall.TotalSeconds,7:N2}  {Exits(e)}");
+        }
+        Console.WriteLine();
+        Console.WriteLine("Where the modelled cycles went (instructions / memory / page walks / guest events / exit transitions / VMM work):");
+        foreach (var row in r.Rows)
+        {
+            var c = row.Cost;
+            Console.WriteLine($"  {row.Configuration.Name,-13} {c.Instructions,14:N0} / {c.Memory,12:N0} / {c.PageWalks,12:N0} / {c.Events,12:N0} / {c.ExitTransitions,12:N0} / {c.VmmWork,12:N0}");
+        }
+        Console.WriteLine();
+        Console.WriteLine("Results (the same under every configuration, timing fields left out):");
+        foreach (var line in r.Results)
+        {
+            Console.WriteLine($"  {line}");
+        }
+    }
+
+    private static void WriteJson(ComparisonResult r)
+    {
+        using var stream = Console.OpenStandardOutput();
+        using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
+        json.WriteStartObject();
+        json.WriteString("workload", r.Workload);
+        json.WriteString("baseline", r.Baseline);
+        json.WriteString("profile", r.Profile.Name);
+        json.WriteString("profile_description", r.Profile.Description);
+        json.WriteNumber("clock_hz", r.Profile.ClockHz);
+        json.WriteStartArray("rows");
+        foreach (var row in r.Rows)
+        {
+            var e = row.Events;
+            json.WriteStartObject();
+            json.WriteString("technique", row.Configuration.Technique);
+            if (row.Configuration.Mmu is { } mmu)
+            {
+                json.WriteString("mmu", mmu);
+            }
+            else
+            {
+                json.WriteNull("mmu");
+            }
+            json.WriteNumber("modelled_cycles", Math.Round(row.Cost.Total));
+            json.WriteNumber("modelled_seconds", row.Cost.Time(r.Profile).TotalSeconds);
+            json.WriteNumber("ratio_to_native", row.RatioToNative);
+            json.WriteStartObject("modelled_cycles_by_part");
+            json.WriteNumber("instructions", Math.Round(row.Cost.Instructions));
+            json.WriteNumber("memory", Math.Round(row.Cost.Memory));
+            json.WriteNumber("page_walks", Math.Round(row.Cost.PageWalks));
+            json.WriteNumber("guest_events", Math.Round(row.Cost.Events));
+            json.WriteNumber("exit_transitions", Math.Round(row.Cost.ExitTransitions));
+            json.WriteNumber("vmm_work", Math.Round(row.Cost.VmmWork));
+            json.WriteEndObject();
+            json.WriteNumber("instructions", e.Instructions);
+            json.WriteNumber("memory_references", e.MemoryReferences);
+            json.WriteNumber("page_walks", e.Walks);
+            json.WriteNumber("page_walk_references", e.WalkReferences);
+            json.WriteNumber("nested_walk_references", e.NestedWalkReferences);
+            json.WriteNumber("references_per_walk", e.ReferencesPerWalk);
+            json.WriteNumber("tlb_miss_rate", e.TlbMissRate);
+            json.WriteNumber("vm_exits", e.TotalExits);
+            json.WriteStartObject("vm_exits_by_reason");
+            foreach (var (reason, count) in e.Exits.Where(x => x.Value != 0).OrderByDescending(x => x.Value))
+            {
+                json.WriteNumber(Name(reason.ToString()), count);
+            }
+            json.WriteEndObject();
+            json.WriteNumber("shadow_hidden_faults", e.HiddenFaults);
+            json.WriteNumber("shadow_true_faults", e.TrueFaults);
+            json.WriteNumber("shadow_page_table_writes", e.PageTableWrites);
+            json.WriteNumber("vmm_walk_references", e.VmmWalkReferences);
+            json.WriteNumber("wall_seconds", row.Wall.TotalSeconds);
+            json.WriteEndObject();
+        }
+        json.WriteEndArray();
+        json.WriteStartArray("results");
+        foreach (var line in r.Results)
+        {
+            json.WriteStringValue(line);
+        }
+        json.WriteEndArray();
+        json.WriteEndObject();
+    }
+
+    private static string Name(string pascal) =>
+        string.Concat(pascal.Select((c, i) => char.IsUpper(c) && i > 0 ? "_" + char.ToLower(c, CultureInfo.InvariantCulture) : char.ToLower(c, CultureInfo.InvariantCulture).ToString()));
+}

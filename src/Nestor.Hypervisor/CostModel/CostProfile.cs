@@ -1,0 +1,109 @@
+using Nestor.Machine.Processor;
+
+namespace Nestor.Hypervisor.CostModel;
+
+/// <summary>Modelled costs, in cycles, of the events the software machine and the VMM count: instructions by class,
+/// memory and page-walk references, exception and system-call round trips, VM exits and the VMM's work per exit. Two
+/// profiles are built in; where each number comes from (a measurement in a paper or a vendor document, a figure
+/// derived from such, or an estimate) is written in docs/cost-model.md, and the model's output is always labelled
+/// modelled, beside the measured wall time.</summary>
+public sealed record CostProfile
+{
+    /// <summary>Name as <c>--profile</c> takes it.</summary>
+    public required string Name { get; init; }
+    public required string Description { get; init; }
+    /// <summary>Clock rate, to turn modelled cycles into modelled time.</summary>
+    public required double ClockHz { get; init; }
+
+    /// <summary>Cycles per retired instruction by <see cref="InstructionClass"/> (index = class).</summary>
+    public required double[] CyclesPerInstruction { get; init; }
+    /// <summary>Each data read or write (string instructions make one per element).</summary>
+    public required double MemoryReference { get; init; }
+    /// <summary>Each paging-structure entry a hardware page walk reads (both dimensions of a 2-D walk).</summary>
+    public required double WalkReference { get; init; }
+    /// <summary>An exception or interrupt delivered to the guest and returned from with IRET.</summary>
+    public required double ExceptionRoundTrip { get; init; }
+    /// <summary>SYSCALL and SYSRET.</summary>
+    public required double SystemCallRoundTrip { get; init; }
+    /// <summary>A port access the guest makes to real hardware (no VMM in between).</summary>
+    public required double PortAccess { get; init; }
+
+    /// <summary>A VM exit and the VM entry back (the hardware's world switch, both ways).</summary>
+    public required double VmExitRoundTrip { get; init; }
+    /// <summary>VMM work for an exit it only has to complete or account (CPUID, MSR, HLT, INVLPG, CR0/CR4, ...).</summary>
+    public required double SimpleExitHandling { get; init; }
+    /// <summary>VMM work to emulate a port access against its device model.</summary>
+    public required double IoEmulation { get; init; }
+    /// <summary>VMM work for a guest CR3 load under shadow paging (finding or building the shadow root).</summary>
+    public required double AddressSpaceSwitch { get; init; }
+    /// <summary>VMM work for a hidden page fault under shadow paging, besides its software walk's references.</summary>
+    public required double HiddenFault { get; init; }
+    /// <summary>VMM work to reflect a true page fault into the guest, besides its software walk's references.</summary>
+    public required double TrueFault { get; init; }
+    /// <summary>VMM work to emulate a guest write to a write-protected page (a page-table write) and update the shadows.</summary>
+    public required double WriteEmulation { get; init; }
+    /// <summary>VMM work to give a guest page its host frame and nested entry on an EPT violation.</summary>
+    public required double NestedPageFault { get; init; }
+
+    /// <summary>Adams &amp; Agesen's Pentium 4 672 (3.8 GHz, VT-x without EPT), ASPLOS 2006.</summary>
+    public static CostProfile Pentium4 { get; } = new()
+    {
+        Name = "pentium4",
+        Description = "Pentium 4 672 at 3.8 GHz with first-generation VT-x (Adams & Agesen, ASPLOS 2006)",
+        ClockHz = 3.8e9,
+        CyclesPerInstruction = Classes(arithmetic: 1, multiplyDivide: 14, dataMovement: 1, controlTransfer: 2, @string: 2, system: 30),
+        MemoryReference = 1,
+        WalkReference = 27,
+        ExceptionRoundTrip = 850,
+        SystemCallRoundTrip = 242,
+        PortAccess = 3209,
+        VmExitRoundTrip = 2409,
+        SimpleExitHandling = 500,
+        IoEmulation = 13417,
+        AddressSpaceSwitch = 3000,
+        HiddenFault = 7740,
+        TrueFault = 7740,
+        WriteEmulation = 10324,
+        NestedPageFault = 3000,
+    };
+
+    /// <summary>A current server core (Skylake-SP class, 2.5 GHz) with VT-x, EPT and VPID.</summary>
+    public static CostProfile Modern { get; } = new()
+    {
+        Name = "modern",
+        Description = "Skylake-SP class server core at 2.5 GHz with VT-x, EPT and VPID",
+        ClockHz = 2.5e9,
+        CyclesPerInstruction = Classes(arithmetic: 0.5, multiplyDivide: 8, dataMovement: 0.5, controlTransfer: 1, @string: 1, system: 20),
+        MemoryReference = 0.5,
+        WalkReference = 12,
+        ExceptionRoundTrip = 1050,
+        SystemCallRoundTrip = 150,
+        PortAccess = 2000,
+        VmExitRoundTrip = 1000,
+        SimpleExitHandling = 300,
+        IoEmulation = 4000,
+        AddressSpaceSwitch = 1500,
+        HiddenFault = 3000,
+        TrueFault = 3000,
+        WriteEmulation = 3000,
+        NestedPageFault = 2500,
+    };
+
+    public static IReadOnlyList<CostProfile> All { get; } = [Pentium4, Modern];
+
+    /// <summary>The profile named <paramref name="name"/>, or null.</summary>
+    public static CostProfile? Find(string name) => All.FirstOrDefault(p => string.Equals(p.Name, name, StringComparison.OrdinalIgnoreCase));
+
+    private static double[] Classes(double arithmetic, double multiplyDivide, double dataMovement, double controlTransfer,
+        double @string, double system)
+    {
+        var cycles = new double[Enum.GetValues<InstructionClass>().Length];
+        cycles[(int)InstructionClass.Arithmetic] = arithmetic;
+        cycles[(int)InstructionClass.MultiplyDivide] = multiplyDivide;
+        cycles[(int)InstructionClass.DataMovement] = dataMovement;
+        cycles[(int)InstructionClass.ControlTransfer] = controlTransfer;
+        cycles[(int)InstructionClass.String] = @string;
+        cycles[(int)InstructionClass.System] = system;
+        return cycles;
+    }
+}

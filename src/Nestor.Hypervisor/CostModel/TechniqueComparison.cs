@@ -1,0 +1,108 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.RegularExpressions;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Engines;
+using Nestor.Hypervisor.Errors;
+using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Techniques;
+using Nestor.Hypervisor.Techniques.HardwareAssist;
+
+namespace Nestor.Hypervisor.CostModel;
+
+/// <summary>One way of running the guest: a technique and its memory virtualization.</summary>
+public sealed record BenchConfiguration(string Technique, string? Mmu, SimOptions Options)
+{
+    public string Name => Mmu is null ? Technique : $"{Technique}+{Mmu}";
+
+    public static BenchConfiguration Native { get; } = new("native", null, new SimOptions());
+
+    public static BenchConfiguration HardwareShadow { get; } =
+        new("hw", "shadow", new SimOptions { Technique = Techniques.Technique.HardwareAssist, Memory = MemoryVirtualization.Shadow });
+
+    public static BenchConfiguration HardwareNested { get; } =
+        new("hw", "nested", new SimOptions { Technique = Techniques.Technique.HardwareAssist, Memory = MemoryVirtualization.Nested });
+
+    /// <summary>The configurations <c>nestor bench</c> compares.</summary>
+    public static IReadOnlyList<BenchConfiguration> Standard { get; } = [Native, HardwareShadow, HardwareNested];
+}
+
+/// <summary>One configuration's figures for the workload, net of the same boot running a trivial program.</summary>
+/// <param name="Events">The workload's own events (the run's less the trivial run's).</param>
+/// <param name="Cost">Their modelled cost.</param>
+/// <param name="Wall">Measured wall time of the workload's run, boot included (the software machine's, not the
+/// modelled machine's).</param>
+/// <param name="RatioToNative">Modelled cycles over the native configuration's.</param>
+public sealed record BenchRow(BenchConfiguration Configuration, MachineEvents Events, ModelledCost Cost, TimeSpan Wall, double RatioToNative);
+
+/// <summary>The comparison of one workload under several configurations, costed by one profile.</summary>
+public sealed record ComparisonResult(string Workload, string Baseline, CostProfile Profile, IReadOnlyList<BenchRow> Rows, IReadOnlyList<string> Results);
+
+/// <summary>Runs one NestorOS workload under each configuration on the software machine and costs what each did with one
+/// profile: the measurements behind <c>nestor bench</c>. Every configuration must print the same RESULT lines (timing
+/// fields aside); each is also run with a trivial program, and the difference is what the workload itself did.</summary>
+public static class TechniqueComparison
+{
+    public const string BaselineProgram = "hello";
+
+    public static ComparisonResult Run(KernelImageSource kernel, string commandLine, ulong memoryBytes, CostProfile profile,
+        IReadOnlyList<BenchConfiguration> configurations, TextWriter? progress = null, TimeSpan? timeout = null)
+    {
+        var rows = new List<(BenchConfiguration Configuration, MachineEvents Events, TimeSpan Wall)>();
+        List<string>? expected = null;
+        foreach (var configuration in configurations)
+        {
+            progress?.WriteLine($"  {configuration.Name}: {commandLine} ...");
+            var (events, wall, results) = RunOnce(kernel, commandLine, memoryBytes, configuration, timeout);
+            progress?.WriteLine($"  {configuration.Name}: {BaselineProgram} (the trivial run subtracted) ...");
+            var (baseline, _, _) = RunOnce(kernel, BaselineProgram, memoryBytes, configuration, timeout);
+            if (expected is null)
+            {
+                expected = results;
+            }
+            else if (!expected.SequenceEqual(results))
+            {
+                throw new WorkloadFailedException($"the workload printed different results under {configuration.Name} than under {configurations[0].Name}:\n  " +
+                    string.Join("\n  ", results) + "\ninstead of\n  " + string.Join("\n  ", expected),
+                    "This is a bug in the technique's virtualization: run both with nestor run --stats and compare");
+            }
+            rows.Add((configuration, events.Minus(baseline), wall));
+        }
+        double native = ModelledCost.Of(rows[0].Events, profile).Total;
+        var result = rows.Select(r =>
+        {
+            var cost = ModelledCost.Of(r.Events, profile);
+            return new BenchRow(r.Configuration, r.Events, cost, r.Wall, native > 0 ? cost.Total / native : 0);
+        }).ToList();
+        return new ComparisonResult(commandLine, BaselineProgram, profile, result, expected ?? []);
+    }
+
+    private static (MachineEvents Events, TimeSpan Wall, List<string> Results) RunOnce(KernelImageSource kernel, string commandLine,
+        ulong memoryBytes, BenchConfiguration configuration, TimeSpan? timeout)
+    {
+        var serial = new MemoryStream();
+        using var vm = Vm.Create(new VmConfig
+        {
+            Kernel = kernel,
+            MemoryBytes = memoryBytes,
+            CommandLine = commandLine,
+            SerialOutput = serial,
+            Timeout = timeout,
+        });
+        using var engine = new SimEngine(configuration.Options);
+        var clock = Stopwatch.StartNew();
+        var outcome = vm.Run(engine);
+        clock.Stop();
+        vm.Serial.Flush();
+        string output = Encoding.UTF8.GetString(serial.ToArray());
+        if (outcome.Kind != VmOutcomeKind.DebugExit || outcome.GuestStatus != 0 || !output.Contains("failures=0", StringComparison.Ordinal))
+        {
+            throw new WorkloadFailedException($"'{commandLine}' under {configuration.Name} did not end well: {outcome.Message}\n{output}",
+                "Run it alone with nestor run --cmdline to see why");
+        }
+        var results = Regex.Matches(output, @"^RESULT .*$", RegexOptions.Multiline)
+            .Select(m => Regex.Replace(m.Value.TrimEnd('\r'), @" \w+_(cycles|ns)=\d+", ""))
+            .ToList();
+        return (engine.Events!, clock.Elapsed, results);
+    }
+}
