@@ -24,6 +24,22 @@ struct process {
 };
 
 static struct process processes[MAX_PROCESSES];
+
+/* For the VMM's introspection (nestor walk --pid): where the process table is and how to read an entry. Nestor finds
+ * this by its ELF symbol; the layout is checked by the magic and the sizes. */
+struct introspection {
+    u64 magic;                  /* "NESTORPT" */
+    u64 table;                  /* address of processes[] (identity-mapped: also its guest-physical address) */
+    u32 count, stride;
+    u32 pid_offset, state_offset, pml4_offset, name_offset;
+    u32 free_state;             /* the state value of an unused entry */
+    u32 reserved;
+};
+__attribute__((used)) const struct introspection nestor_introspection = {
+    0x5450524f5453454eUL, (u64)processes, MAX_PROCESSES, sizeof(struct process),
+    __builtin_offsetof(struct process, pid), __builtin_offsetof(struct process, state),
+    __builtin_offsetof(struct process, pml4), __builtin_offsetof(struct process, name), FREE, 0,
+};
 static u8 kernel_stacks[MAX_PROCESSES][KERNEL_STACK_SIZE] __attribute__((aligned(16)));
 static struct process *current;
 static int next_pid = 1;

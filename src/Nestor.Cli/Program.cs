@@ -14,6 +14,7 @@ public static class Program
             RunCommand.Create(),
             InfoCommand.Create(),
             BenchCommand.Create(),
+            WalkCommand.Create(),
         };
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

@@ -127,6 +127,49 @@ public sealed class ElfImage
         return new ElfImage(entry, segments);
     }
 
+    /// <summary>The value (address) of the symbol <paramref name="name"/> in an ELF64 file's symbol table, or null
+    /// when the file has no such symbol (or no symbol table: a stripped kernel).</summary>
+    public static ulong? FindSymbol(ReadOnlySpan<byte> file, string name)
+    {
+        const uint SymbolTable = 2;
+        if (!HasElfMagic(file) || file.Length < 64 || file[4] != 2)
+        {
+            return null;
+        }
+        ulong sectionOffset = U64(file, 0x28);
+        int sectionSize = U16(file, 0x3A), sectionCount = U16(file, 0x3C);
+        for (int i = 0; i < sectionCount; i++)
+        {
+            ulong at = sectionOffset + (ulong)(i * sectionSize);
+            if (at + 64 > (ulong)file.Length || U32(file, (int)at + 4) != SymbolTable)
+            {
+                continue;
+            }
+            ulong symbols = U64(file, (int)at + 0x18), size = U64(file, (int)at + 0x20), entrySize = U64(file, (int)at + 0x38);
+            uint link = U32(file, (int)at + 0x28);
+            ulong stringsAt = sectionOffset + link * (ulong)sectionSize;
+            if (entrySize < 24 || stringsAt + 64 > (ulong)file.Length || symbols + size > (ulong)file.Length)
+            {
+                return null;
+            }
+            ulong strings = U64(file, (int)stringsAt + 0x18), stringsSize = U64(file, (int)stringsAt + 0x20);
+            for (ulong s = symbols; s + entrySize <= symbols + size; s += entrySize)
+            {
+                ulong nameAt = strings + U32(file, (int)s);
+                if (nameAt >= strings + stringsSize || nameAt + (ulong)name.Length >= (ulong)file.Length)
+                {
+                    continue;
+                }
+                var candidate = file.Slice((int)nameAt, name.Length);
+                if (file[(int)nameAt + name.Length] == 0 && System.Text.Encoding.ASCII.GetString(candidate) == name)
+                {
+                    return U64(file, (int)s + 8);
+                }
+            }
+        }
+        return null;
+    }
+
     private static ushort U16(ReadOnlySpan<byte> b, int o) => BinaryPrimitives.ReadUInt16LittleEndian(b[o..]);
 
     private static uint U32(ReadOnlySpan<byte> b, int o) => BinaryPrimitives.ReadUInt32LittleEndian(b[o..]);

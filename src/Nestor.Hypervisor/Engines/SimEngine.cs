@@ -90,9 +90,19 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             while (true)
             {
                 StopReason stop;
+                long budget = Slice;
+                if (options.StopAtInstruction is { } breakAt)
+                {
+                    budget = Math.Min(Slice, breakAt - cpu.Counters.InstructionsRetired);
+                    if (budget <= 0)
+                    {
+                        return new VmOutcome(VmOutcomeKind.Breakpoint,
+                            $"stopped after {cpu.Counters.InstructionsRetired:N0} instructions, as asked", Capture(cpu));
+                    }
+                }
                 try
                 {
-                    stop = cpu.Run(Slice);
+                    stop = cpu.Run(budget);
                 }
                 catch (NotSupportedException e)
                 {

@@ -21,6 +21,8 @@ public enum VmOutcomeKind
     Interrupted,
     /// <summary>The engine reported an exit Nestor does not handle.</summary>
     UnexpectedExit,
+    /// <summary>The run stopped where it was asked to (an instruction count), to be inspected.</summary>
+    Breakpoint,
 }
 
 /// <summary>The end of a VM run: what happened, the guest's status if it gave one, a message for people, and the

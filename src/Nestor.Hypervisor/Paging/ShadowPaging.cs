@@ -88,6 +88,11 @@ public sealed class ShadowPaging
         cpu.Mmu.FlushAll(includingGlobal: true);
     }
 
+    /// <summary>The host-physical root of the shadow of the guest top-level table at <paramref name="guestCr3"/>, if the
+    /// VMM has one.</summary>
+    public ulong? RootFor(ulong guestCr3) =>
+        tables.TryGetValue(new ShadowKey(guestCr3 & PageWalker.AddressMask, 0, AllRights, false), out var table) ? table.HostPhysical : null;
+
     /// <summary>MOV to CR3 (the exit comes before the load): switch to the shadow of <paramref name="guestCr3"/>.</summary>
     public void SwitchAddressSpace(Cpu cpu, ulong guestCr3)
     {

@@ -23,6 +23,9 @@ public sealed record SimOptions
     /// <summary>Map guest RAM with 2 MiB nested pages where possible (else 4 KiB).</summary>
     public bool LargeNestedPages { get; init; }
 
+    /// <summary>Stop the run once this many instructions have retired (a breakpoint, to inspect the machine).</summary>
+    public long? StopAtInstruction { get; init; }
+
     /// <summary>Check every shadow against the guest's tables after each guest page-table write (slow; for tests).</summary>
     public bool VerifyShadowPaging { get; init; }
 

@@ -52,6 +52,9 @@ public sealed class Mmu
 
     public NestedWalker Nested => nestedWalker;
 
+    /// <summary>The page-walk cache (of the guest dimension, under nested paging).</summary>
+    public PageWalkCache WalkCache => walkCache;
+
     /// <summary>The shadow page table's root the hardware walks instead of CR3, if a VMM installed one.</summary>
     public ulong? ShadowRoot => shadowRoot;
 
@@ -84,14 +87,20 @@ public sealed class Mmu
 
     /// <summary>Explains the walk of <paramref name="linear"/> as it would happen now, without using or changing any
     /// cache, counter or accessed bit: every memory reference in order (up to 24 for a 2-D walk).</summary>
-    public PageFaultError? Explain(ulong linear, AccessKind kind, bool user, List<WalkStep> trace, out WalkResult result)
+    /// <param name="root">Walk from this top-level table instead of the current one: a guest CR3 (guest-physical) under
+    /// nested paging, else the physical address of the table the hardware walks (a shadow root under shadow paging).</param>
+    public PageFaultError? Explain(ulong linear, AccessKind kind, bool user, List<WalkStep> trace, out WalkResult result, ulong? root = null)
     {
         var scratch = new MmuCounters();
         var noCache = new PageWalkCache(0);
         if (nestedPaging)
         {
             var nested = new NestedWalker(memory, noCache, NestedPagingConfiguration.None, scratch) { NestedRoot = nestedWalker.NestedRoot };
-            return nested.Walk(linear, kind, user, false, controls, out result, trace);
+            return nested.Walk(linear, kind, user, false, root is { } guestCr3 ? controls with { Cr3 = guestCr3 } : controls, out result, trace);
+        }
+        if (root is { } top)
+        {
+            return new PageWalker(memory, noCache, scratch).Walk(linear, kind, user, false, walkControls with { Cr3 = top }, out result, trace);
         }
         if (!controls.Paging)
         {

@@ -61,6 +61,8 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
 
     public Tlb? NestedTlb => nestedTlb;
 
+    public PageWalkCache NestedWalkCache => nestedWalkCache;
+
     /// <summary>Translates <paramref name="linear"/> through both dimensions. Returns null and the host-physical page
     /// in <paramref name="result"/> (its size the smaller of the guest's and the nested page's, as hardware splinters
     /// a large page mapped by small ones) when the guest's tables allow the access, else the guest's page-fault error

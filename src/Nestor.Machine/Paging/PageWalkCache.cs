@@ -51,6 +51,24 @@ public sealed class PageWalkCache
         return -1;
     }
 
+    /// <summary>The deepest cached level for <paramref name="linear"/>, as <see cref="Lookup"/> would find it, without
+    /// counting as a use (for explaining a walk).</summary>
+    public int Peek(ulong linear)
+    {
+        for (int level = 2; level >= 0; level--)
+        {
+            ulong prefix = linear >> Shift(level);
+            foreach (var e in levels[level])
+            {
+                if (e.Valid && e.Prefix == prefix)
+                {
+                    return level;
+                }
+            }
+        }
+        return -1;
+    }
+
     /// <summary>Remembers that after the entry at <paramref name="level"/> the walk for <paramref name="linear"/>
     /// continues at <paramref name="nextTable"/> with <paramref name="rights"/>.</summary>
     public void Insert(int level, ulong linear, ulong nextTable, TranslationRights rights)

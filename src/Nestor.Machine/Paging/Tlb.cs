@@ -89,6 +89,10 @@ public sealed class Tlb
         return i;
     }
 
+    /// <summary>Whether the TLB holds a translation of <paramref name="linear"/>, without counting as a use.</summary>
+    public bool Holds(ulong linear, ushort processContext) =>
+        Probe(linear, 12, processContext) >= 0 || Probe(linear, 21, processContext) >= 0 || Probe(linear, 30, processContext) >= 0;
+
     /// <summary>The entry at <paramref name="index"/> (from <see cref="Lookup"/>).</summary>
     public ref readonly TlbEntry this[int index] => ref entries[index];
 
