@@ -1,0 +1,68 @@
+using System.Text.Json;
+using static Nestor.Integration.Tests.NestorProcess;
+
+namespace Nestor.Integration.Tests;
+
+/// <summary><c>nestor bench</c> and <c>nestor walk</c> from the command line.</summary>
+public class BenchAndWalkTests
+{
+    [Fact]
+    public void Bench_compares_native_shadow_and_nested_paging_in_one_json_table()
+    {
+        var r = Run(TimeSpan.FromMinutes(5), "bench", "ptchurn", "500", "--json");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        var doc = JsonDocument.Parse(r.Stdout).RootElement;
+        Assert.Equal("pentium4", doc.GetProperty("profile").GetString());
+        var rows = doc.GetProperty("rows").EnumerateArray().ToDictionary(
+            row => row.GetProperty("technique").GetString() + (row.GetProperty("mmu").ValueKind == JsonValueKind.Null ? "" : "+" + row.GetProperty("mmu").GetString()));
+        Assert.Equal(["native", "hw+shadow", "hw+nested"], rows.Keys);
+        double Cycles(string name) => rows[name].GetProperty("modelled_cycles").GetDouble();
+        Assert.Equal(1.0, rows["native"].GetProperty("ratio_to_native").GetDouble(), 6);
+        Assert.Equal(0, rows["native"].GetProperty("vm_exits").GetInt64());
+        // Page-table churn: every PTE write traps under shadow paging and none under nested paging.
+        Assert.True(rows["hw+shadow"].GetProperty("shadow_page_table_writes").GetInt64() >= 500 * 16);
+        Assert.True(Cycles("hw+shadow") > 3 * Cycles("hw+nested"), $"shadow {Cycles("hw+shadow")} vs nested {Cycles("hw+nested")}");
+        Assert.True(Cycles("hw+nested") >= Cycles("native"));
+        Assert.True(rows["hw+nested"].GetProperty("references_per_walk").GetDouble() > rows["native"].GetProperty("references_per_walk").GetDouble());
+        Assert.Contains("RESULT ptchurn count=500", doc.GetProperty("results")[0].GetString());
+    }
+
+    [Fact]
+    public void Bench_refuses_an_unknown_profile()
+    {
+        var r = Run("bench", "hello", "--profile", "cray");
+        Assert.True(r.ExitCode == 120, r.ToString());
+        Assert.Contains("no cost profile", r.Stderr);
+    }
+
+    [Fact]
+    public void Walk_explains_the_24_references_of_a_2d_walk_in_a_NestorOS_process()
+    {
+        var r = Run(TimeSpan.FromMinutes(2), "walk", "0x9000001000", "--cmdline", "memtouch 16 rand", "--break-at", "1500000", "--pid", "2");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("process 2 (memtouch)", r.Stdout);
+        for (int n = 1; n <= 24; n++)
+        {
+            Assert.Matches($@"(?m)^\s*{n}\s+(guest|nested)\s", r.Stdout);
+        }
+        Assert.Contains("24 memory references with every cache cold", r.Stdout);
+        Assert.DoesNotMatch(@"(?m)^\s*25\s", r.Stdout);
+    }
+
+    [Fact]
+    public void Walk_natively_is_four_references()
+    {
+        var r = Run(TimeSpan.FromMinutes(2), "walk", "0x9000001000", "--cmdline", "memtouch 16 rand", "--break-at", "1500000", "--pid", "2", "--mmu", "native");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("4 memory references with every cache cold", r.Stdout);
+    }
+
+    [Fact]
+    public void Walk_names_the_live_processes_when_the_pid_is_not_one()
+    {
+        var r = Run(TimeSpan.FromMinutes(2), "walk", "0x1000", "--cmdline", "memtouch 16 rand", "--break-at", "1500000", "--pid", "99");
+        Assert.True(r.ExitCode == 120, r.ToString());
+        Assert.Contains("there is no process 99", r.Stderr);
+        Assert.Contains("2 (memtouch)", r.Stderr);
+    }
+}
