@@ -45,6 +45,9 @@ public class InputErrorTests
     [InlineData("--technique native has no VMM", "--mmu", "nested")]
     [InlineData("no memory virtualization", "--technique", "hw", "--mmu", "paging")]
     [InlineData("not a page size", "--technique", "hw", "--nested-pages", "1g")]
+    [InlineData("the ways must divide the entries", "--tlb", "64:5")]
+    [InlineData("is not ENTRIES[:WAYS]", "--nested-tlb", "lots")]
+    [InlineData("not a number of entries", "--pwc", "5000")]
     public void Bad_technique_options_are_refused(string message, params string[] options)
     {
         string file = WriteTemp([0xF4], ".bin");

@@ -24,6 +24,11 @@ internal static class BenchCommand
         {
             program, profile, json, memory, verbose,
         };
+        var mmuOptions = new MmuOptions();
+        foreach (var option in mmuOptions.All)
+        {
+            command.Options.Add(option);
+        }
         command.SetAction(parse =>
         {
             try
@@ -36,7 +41,9 @@ internal static class BenchCommand
                 var kernel = new KernelImageSource("built-in NestorOS", BuiltInGuests.NestorOS(), KernelFormat.Elf);
                 var progress = asJson ? null : Console.Out;
                 progress?.WriteLine($"nestor bench: '{commandLine}' on the software machine, costed with the {costs.Name} profile");
-                var result = TechniqueComparison.Run(kernel, commandLine, bytes, costs, BenchConfiguration.Standard, progress);
+                var caches = mmuOptions.Parse(parse);
+                var configurations = BenchConfiguration.Standard.Select(c => c with { Options = c.Options with { Mmu = caches } }).ToList();
+                var result = TechniqueComparison.Run(kernel, commandLine, bytes, costs, configurations, progress);
                 if (asJson)
                 {
                     WriteJson(result);

@@ -14,6 +14,7 @@ using Nestor.Hypervisor.Techniques;
 using Nestor.Hypervisor.Techniques.HardwareAssist;
 using Nestor.Kvm;
 using Nestor.Machine.Addresses;
+using Nestor.Machine.Paging;
 
 namespace Nestor.Cli.Commands;
 
@@ -50,6 +51,11 @@ internal static class RunCommand
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
             technique, mmu, nestedPages,
         };
+        var mmuOptions = new MmuOptions();
+        foreach (var option in mmuOptions.All)
+        {
+            command.Options.Add(option);
+        }
         command.SetAction(parse =>
         {
             var options = new RunOptions(
@@ -58,7 +64,18 @@ internal static class RunCommand
                 parse.GetValue(stats), parse.GetValue(json), parse.GetValue(serialLog), parse.GetValue(force),
                 parse.GetValue(kvmDevice)!, parse.GetValue(qemu), parse.GetValue(multiboot),
                 parse.GetValue(technique)!, parse.GetValue(mmu), parse.GetValue(nestedPages));
-            return Execute(options, parse.GetValue(verbose));
+            MmuConfiguration caches;
+            try
+            {
+                caches = mmuOptions.Parse(parse);
+            }
+            catch (BadInputException e)
+            {
+                Console.Error.WriteLine($"nestor: {e.Message}");
+                Console.Error.WriteLine($"  what to do: {e.Advice}");
+                return ExitStatus.BadInput;
+            }
+            return Execute(options with { Caches = caches }, parse.GetValue(verbose));
         });
         return command;
     }
@@ -66,7 +83,11 @@ internal static class RunCommand
     internal sealed record RunOptions(string? Kernel, string Engine, string Memory, string CommandLine, bool Flat,
         string? LoadAddress, double? Timeout, string? DumpState, bool Stats, bool Json, string? SerialLog, bool Force,
         string KvmDevice, bool Qemu = false, bool Multiboot = false, string Technique = "native", string? Mmu = null,
-        string? NestedPages = null);
+        string? NestedPages = null)
+    {
+        /// <summary>The MMU's caches (--tlb, --pwc, --nested-tlb, --nested-pwc).</summary>
+        public MmuConfiguration Caches { get; init; } = MmuConfiguration.Default;
+    }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
     internal static SimOptions ParseSimOptions(RunOptions o, EngineKind engine)
@@ -99,7 +120,7 @@ internal static class RunCommand
             "2m" => true,
             _ => throw new BadInputException($"--nested-pages {o.NestedPages} is not a page size the nested table has", "Use --nested-pages 4k or 2m"),
         };
-        return new SimOptions { Technique = technique, Memory = memory, LargeNestedPages = large };
+        return new SimOptions { Technique = technique, Memory = memory, LargeNestedPages = large, Mmu = o.Caches };
     }
 
     private static int Execute(RunOptions o, bool verbose)

@@ -32,12 +32,17 @@ internal static class WalkCommand
         {
             address, pid, commandLine, breakAt, mmu, nestedPages, memory, user,
         };
+        var mmuOptions = new MmuOptions();
+        foreach (var option in mmuOptions.All)
+        {
+            command.Options.Add(option);
+        }
         command.SetAction(parse =>
         {
             try
             {
                 return Execute(parse.GetValue(address)!, parse.GetValue(pid), parse.GetValue(commandLine)!, parse.GetValue(breakAt),
-                    parse.GetValue(mmu)!, parse.GetValue(nestedPages)!, parse.GetValue(memory)!, !parse.GetValue(user));
+                    parse.GetValue(mmu)!, parse.GetValue(nestedPages)!, parse.GetValue(memory)!, !parse.GetValue(user), mmuOptions.Parse(parse));
             }
             catch (NestorException e)
             {
@@ -53,7 +58,7 @@ internal static class WalkCommand
     }
 
     private static int Execute(string addressText, int? pid, string commandLine, long? breakAt, string mmuText, string nestedPagesText,
-        string memoryText, bool user)
+        string memoryText, bool user, MmuConfiguration caches)
     {
         ulong linear = ParseAddress(addressText);
         var options = mmuText.ToLowerInvariant() switch
@@ -65,6 +70,7 @@ internal static class WalkCommand
         };
         options = options with
         {
+            Mmu = caches,
             LargeNestedPages = nestedPagesText.ToLowerInvariant() switch
             {
                 "4k" => false,
