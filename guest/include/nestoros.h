@@ -30,6 +30,14 @@ typedef unsigned long usize;
 #define SYS_EXEC    11
 #define SYS_KINFO   12   /* what the kernel observes about itself: CPL of its own code */
 #define SYS_MMUTEST 13   /* the MMU permission matrix (kernel/mmutest.c) */
+#define SYS_NANOBENCH 14 /* Adams & Agesen's nanobenchmarks in the kernel (kernel/nanobench.c): op, count */
+
+#define NANOBENCH_IN      0
+#define NANOBENCH_CR8WR   1
+#define NANOBENCH_CALLRET 2
+#define NANOBENCH_PGFAULT 3
+#define NANOBENCH_DIVZERO 4
+#define NANOBENCH_PTEMOD  5
 
 #define E_INVAL  22
 #define E_NOMEM  12

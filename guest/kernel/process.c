@@ -51,7 +51,8 @@ extern char __user_load[];
 extern char __user_text_size[], __user_size[];
 
 static const char *const program_names[] = {
-    "init", "hello", "forkwait", "syscall", "pagefault", "memtouch", "ptchurn", "compute", "sensitive", "fault", "preempt", "mmutest", 0,
+    "init", "hello", "forkwait", "syscall", "pagefault", "memtouch", "ptchurn", "compute", "sensitive", "fault", "preempt", "mmutest",
+    "nanobench", 0,
 };
 
 static u64 stack_top_of(struct process *p) { return (u64)kernel_stacks[p - processes] + KERNEL_STACK_SIZE; }
@@ -419,6 +420,10 @@ u64 syscall_dispatch(struct trap_frame *f)
         current->probe_resume = 0;
         current->probe_error = 0xFF;
         return e;
+    }
+    case SYS_NANOBENCH: {
+        extern i64 nanobench(u64 op, u64 count);
+        return (u64)nanobench(f->rdi, f->rsi);
     }
     case SYS_KINFO: {
         if (f->rdi == 1) return timer_ticks;

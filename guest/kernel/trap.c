@@ -109,7 +109,7 @@ void trap_handler(struct trap_frame *f)
     u64 cr2 = f->vector == 14 ? read_cr2() : 0;
     int from_user = (f->cs & 3) == 3;
     extern int mmutest_fault(struct trap_frame *f);
-    if (f->vector == 14 && !from_user && mmutest_fault(f)) return;
+    if ((f->vector == 14 || f->vector == 0) && !from_user && mmutest_fault(f)) return; /* armed kernel probes */
     if (f->vector == 14 && cr2 >= USER_BASE && cr2 < USER_TOP) {
         if (user_page_fault(cr2, f->error) == 0) return;
         kill_current(f, 14, cr2);

@@ -71,6 +71,7 @@ int user_main(int argc, char **argv)
     if (!strcmp(p, "fault")) return main_fault(argc, argv);
     if (!strcmp(p, "preempt")) return main_preempt(argc, argv);
     if (!strcmp(p, "mmutest")) return main_mmutest(argc, argv);
+    if (!strcmp(p, "nanobench")) return main_nanobench(argc, argv);
     print("no such program: %s\n", p);
     return 127;
 }

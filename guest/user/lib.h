@@ -46,4 +46,5 @@ int main_sensitive(int argc, char **argv);
 int main_fault(int argc, char **argv);
 int main_preempt(int argc, char **argv);
 int main_mmutest(int argc, char **argv);
+int main_nanobench(int argc, char **argv);
 #endif

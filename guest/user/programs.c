@@ -235,3 +235,26 @@ int main_mmutest(int argc, char **argv)
     print("RESULT mmutest_user user=%s\n", text);
     return 0;
 }
+
+/* Adams & Agesen's nanobenchmarks: `nanobench OP [COUNT]`, OP one of syscall, in, cr8wr, callret, pgfault, divzero,
+ * ptemod. All but syscall run in the kernel (SYS_NANOBENCH); syscall is a getpid loop from user mode. */
+int main_nanobench(int argc, char **argv)
+{
+    static const char *names[] = { "in", "cr8wr", "callret", "pgfault", "divzero", "ptemod" };
+    const char *op = argc > 1 ? argv[1] : "ptemod";
+    u64 n = parse_u64(argc > 2 ? argv[2] : 0, 10000);
+    i64 total;
+    if (!strcmp(op, "syscall")) {
+        u64 t0 = sys_uptime();
+        for (u64 i = 0; i < n; i++) sys_getpid();
+        total = (i64)(sys_uptime() - t0);
+    } else {
+        u64 k = 0;
+        while (k < 6 && strcmp(op, names[k])) k++;
+        if (k == 6) { print("nanobench: no operation %s (syscall, in, cr8wr, callret, pgfault, divzero, ptemod)\n", op); return 2; }
+        total = syscall5(SYS_NANOBENCH, k, n, 0, 0, 0);
+        if (total < 0) { print("nanobench: %s failed\n", op); return 1; }
+    }
+    print("RESULT nanobench op=%s count=%lu total_cycles=%lu per_op_cycles=%lu\n", op, n, (u64)total, n ? (u64)total / n : 0);
+    return 0;
+}

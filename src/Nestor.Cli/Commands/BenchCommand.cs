@@ -84,13 +84,15 @@ internal static class BenchCommand
         Console.WriteLine($"Workload '{r.Workload}', net of a boot running '{r.Baseline}'. Modelled with the {p.Name} profile ({p.Description});");
         Console.WriteLine("counts are the software machine's; wall time is this host's, for the whole run. Sources of the costs: docs/cost-model.md.");
         Console.WriteLine();
-        Console.WriteLine($"{"configuration",-13} {"modelled cycles",16} {"modelled ms",12} {"× native",9} {"instructions",14} {"page walks",11} {"refs/walk",9} {"TLB miss",9} {"hidden/true #PF",16} {"PT writes",10} {"wall s",7}  VM exits (most frequent)");
+        long operations = r.Operations ?? 0;
+        Console.WriteLine($"{"configuration",-13} {"modelled cycles",16} {"modelled ms",12} {"× native",9} {(operations > 0 ? "cycles/op" : ""),10} {"instructions",14} {"page walks",11} {"refs/walk",9} {"TLB miss",9} {"hidden/true #PF",16} {"PT writes",10} {"wall s",7}  VM exits (most frequent)");
         foreach (var row in r.Rows)
         {
             var e = row.Events;
+            string perOperation = operations > 0 ? $"{row.Cost.Total / operations:N0}" : "";
             string faults = row.Configuration.Mmu == "shadow" ? $"{e.HiddenFaults:N0}/{e.TrueFaults:N0}" : "–";
             string writes = row.Configuration.Mmu == "shadow" ? $"{e.PageTableWrites:N0}" : "–";
-            Console.WriteLine($"{row.Configuration.Name,-13} {row.Cost.Total,16:N0} {row.Cost.Time(p).TotalMilliseconds,12:N2} {row.RatioToNative,9:N2} {e.Instructions,14:N0} " +
+            Console.WriteLine($"{row.Configuration.Name,-13} {row.Cost.Total,16:N0} {row.Cost.Time(p).TotalMilliseconds,12:N2} {row.RatioToNative,9:N2} {perOperation,10} {e.Instructions,14:N0} " +
                 $"{e.Walks,11:N0} {e.ReferencesPerWalk,9:N2} {e.TlbMissRate * 100,8:N2}% {faults,16} {writes,10} {row.Wall.TotalSeconds,7:N2}  {Exits(e)}");
         }
         Console.WriteLine();
@@ -135,6 +137,11 @@ internal static class BenchCommand
             json.WriteNumber("modelled_cycles", Math.Round(row.Cost.Total));
             json.WriteNumber("modelled_seconds", row.Cost.Time(r.Profile).TotalSeconds);
             json.WriteNumber("ratio_to_native", row.RatioToNative);
+            if (r.Operations is { } n)
+            {
+                json.WriteNumber("operations", n);
+                json.WriteNumber("modelled_cycles_per_operation", row.Cost.Total / n);
+            }
             json.WriteStartObject("modelled_cycles_by_part");
             json.WriteNumber("instructions", Math.Round(row.Cost.Instructions));
             json.WriteNumber("memory", Math.Round(row.Cost.Memory));

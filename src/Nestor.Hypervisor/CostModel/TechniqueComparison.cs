@@ -36,11 +36,19 @@ public sealed record BenchConfiguration(string Technique, string? Mmu, SimOption
 public sealed record BenchRow(BenchConfiguration Configuration, MachineEvents Events, ModelledCost Cost, TimeSpan Wall, double RatioToNative);
 
 /// <summary>The comparison of one workload under several configurations, costed by one profile.</summary>
-public sealed record ComparisonResult(string Workload, string Baseline, CostProfile Profile, IReadOnlyList<BenchRow> Rows, IReadOnlyList<string> Results);
+public sealed record ComparisonResult(string Workload, string Baseline, CostProfile Profile, IReadOnlyList<BenchRow> Rows, IReadOnlyList<string> Results)
+{
+    /// <summary>The operations the workload counted (the <c>count=</c> of its first RESULT line), if it says.</summary>
+    public long? Operations =>
+        Results.Count > 0 && Regex.Match(Results[0], @" count=(\d+)") is { Success: true } m && long.TryParse(m.Groups[1].Value, out long n) && n > 0
+            ? n : null;
+}
 
 /// <summary>Runs one NestorOS workload under each configuration on the software machine and costs what each did with one
 /// profile: the measurements behind <c>nestor bench</c>. Every configuration must print the same RESULT lines (timing
-/// fields aside); each is also run with a trivial program, and the difference is what the workload itself did.</summary>
+/// fields aside); each is also run with a baseline — the same command with its count set to 0 when the program reports
+/// a count and accepts 0 (so that boot, start-up and printing cancel out), else <see cref="BaselineProgram"/> — and the
+/// difference is what the workload's operations did.</summary>
 public static class TechniqueComparison
 {
     public const string BaselineProgram = "hello";
@@ -50,12 +58,14 @@ public static class TechniqueComparison
     {
         var rows = new List<(BenchConfiguration Configuration, MachineEvents Events, TimeSpan Wall)>();
         List<string>? expected = null;
+        string? baselineCommand = null;
         foreach (var configuration in configurations)
         {
             progress?.WriteLine($"  {configuration.Name}: {commandLine} ...");
             var (events, wall, results) = RunOnce(kernel, commandLine, memoryBytes, configuration, timeout);
-            progress?.WriteLine($"  {configuration.Name}: {BaselineProgram} (the trivial run subtracted) ...");
-            var (baseline, _, _) = RunOnce(kernel, BaselineProgram, memoryBytes, configuration, timeout);
+            baselineCommand ??= ChooseBaseline(kernel, commandLine, results, memoryBytes, configuration, timeout);
+            progress?.WriteLine($"  {configuration.Name}: {baselineCommand} (the baseline subtracted) ...");
+            var (baseline, _, _) = RunOnce(kernel, baselineCommand, memoryBytes, configuration, timeout);
             if (expected is null)
             {
                 expected = results;
@@ -74,7 +84,32 @@ public static class TechniqueComparison
             var cost = ModelledCost.Of(r.Events, profile);
             return new BenchRow(r.Configuration, r.Events, cost, r.Wall, native > 0 ? cost.Total / native : 0);
         }).ToList();
-        return new ComparisonResult(commandLine, BaselineProgram, profile, result, expected ?? []);
+        return new ComparisonResult(commandLine, baselineCommand ?? BaselineProgram, profile, result, expected ?? []);
+    }
+
+    /// <summary>The command with its count (the number its RESULT line reports as <c>count=</c>) replaced by 0, if the
+    /// program runs with that; else <see cref="BaselineProgram"/>.</summary>
+    private static string ChooseBaseline(KernelImageSource kernel, string commandLine, List<string> results, ulong memoryBytes,
+        BenchConfiguration configuration, TimeSpan? timeout)
+    {
+        var count = results.Count > 0 ? Regex.Match(results[0], @" count=(\d+)") : Match.Empty;
+        var tokens = commandLine.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        int at = count.Success ? Array.LastIndexOf(tokens, count.Groups[1].Value) : -1;
+        if (at <= 0 || count.Groups[1].Value == "0")
+        {
+            return BaselineProgram;
+        }
+        tokens[at] = "0";
+        string zero = string.Join(' ', tokens);
+        try
+        {
+            RunOnce(kernel, zero, memoryBytes, configuration, timeout);
+            return zero;
+        }
+        catch (WorkloadFailedException)
+        {
+            return BaselineProgram;
+        }
     }
 
     private static (MachineEvents Events, TimeSpan Wall, List<string> Results) RunOnce(KernelImageSource kernel, string commandLine,

@@ -214,6 +214,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             yield return new EngineCounter("shadow_tables_created", (ulong)shadow.TablesCreated, "");
             yield return new EngineCounter("shadow_tables_alive", (ulong)shadow.TablesAlive, "");
             yield return new EngineCounter("shadow_resets", (ulong)shadow.Resets, "");
+            yield return new EngineCounter("shadow_unshadowed_pages", (ulong)shadow.Unshadowed, "");
             yield return new EngineCounter("vmm_software_walks", (ulong)shadow.SoftwareWalks.Walks, "");
             yield return new EngineCounter("vmm_software_walk_references", (ulong)shadow.SoftwareWalks.WalkReferences, "");
         }

@@ -19,9 +19,10 @@ namespace Nestor.Hypervisor.Paging;
 /// derived from the changed guest entries up to date (it clears them; the next access refills them).</item>
 /// <item>A guest page is mapped writable only once its guest dirty bit is set, so the first write to a clean page traps
 /// and the VMM sets the guest's D bit.</item>
-/// <item>A guest page written three times in a row without being used as a page table in between is taken to be
-/// one no more (the kernel freed it and reuses it as data): its shadows are dropped and it is writable again — KVM's
-/// "write flooding" heuristic. Otherwise reusing a page-table frame as data would trap on every store.</item>
+/// <item>A guest page written three times in a row without being used as a page table in between, and no longer
+/// linked from any shadow entry, is taken to be one no more (the kernel freed it and reuses it as data): its shadows
+/// are dropped and it is writable again — after KVM's "write flooding" heuristic. Otherwise reusing a page-table frame
+/// as data would trap on every store.</item>
 /// <item>CR3 loads switch to the shadow of the new guest top-level table (kept while write protection keeps it
 /// coherent); INVLPG drops the shadow entry; CR0/CR4 writes that change paging drop all shadows.</item>
 /// </list></summary>
@@ -301,13 +302,14 @@ public sealed class ShadowPaging
         }
         if (before is not null && byGuestFrame.TryGetValue(frame, out var shadowed))
         {
-            if (++shadowed.WritesSinceUse >= FloodThreshold && !shadowed.Tables.Contains(root!))
+            Synchronize(cpu, frame, before);
+            // Unshadow only a page no shadow entry points at any more (the guest unlinked it: freed, and now being
+            // reused): a page table still linked is in use even when only the TLB's hits use it, which the VMM
+            // cannot see, and dropping it would only make the next access fault it back in.
+            if (++shadowed.WritesSinceUse >= FloodThreshold && !shadowed.Tables.Contains(root!) &&
+                shadowed.Tables.TrueForAll(t => t.Parents.Count == 0))
             {
                 Unshadow(cpu, frame, shadowed);
-            }
-            else
-            {
-                Synchronize(cpu, frame, before);
             }
         }
         return VmExitAction.Skip;
