@@ -76,7 +76,13 @@ isr_common:
 trap_return:
     RESTORE_REGISTERS
     add $16, %rsp               /* vector, error code */
-    iretq
+    /* Back to user mode: set IF with STI rather than relying on IRETQ to load it. Natively it changes nothing (the
+     * frame's IF is 1 and STI's interrupt shadow covers the IRETQ); under a trap-and-emulate VMM, whose ring-1 kernel
+     * cannot load IF with IRET (CPL > IOPL), the STI traps and is emulated, so user mode runs with interrupts on. */
+    testb $3, 8(%rsp)           /* the frame's CS */
+    jz 1f
+    sti
+1:  iretq
 
 /* SYSCALL (SDM Vol. 2B): RCX = user RIP, R11 = user RFLAGS, IF cleared by SFMASK, still on the user stack.
  * Builds the same trap frame as an exception so fork and the fault paths see one format. */

@@ -58,3 +58,31 @@ i64 nanobench(u64 op, u64 count)
     }
     return (i64)(rdtsc() - start);
 }
+
+/* Robin & Irvine's sensitive but unprivileged instructions, executed by the kernel (CPL 0 on bare metal): what it
+ * sees of its own privilege level, whether POPF can clear IF, and where the descriptor tables and task register are.
+ * A trap-and-emulate VMM that runs the kernel in ring 1 cannot catch any of them (the `sensitive` program). */
+void sensitive_probe(u64 *out)
+{
+    u64 cs, flags;
+    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+    /* POPF with IF clear, then look: at CPL > IOPL the change is silently dropped (SDM Vol. 2B POPF). */
+    __asm__ volatile("pushfq; pushfq; andq $~0x200, (%%rsp); popfq; pushfq; pop %0; popfq" : "=r"(flags) : : "memory", "cc");
+    struct { u16 limit; u64 base; } __attribute__((packed)) gdtr, idtr;
+    __asm__ volatile("sgdt %0" : "=m"(gdtr));
+    __asm__ volatile("sidt %0" : "=m"(idtr));
+    u16 ldtr, tr;
+    u64 msw;
+    __asm__ volatile("sldt %0" : "=r"(ldtr));
+    __asm__ volatile("str %0" : "=r"(tr));
+    __asm__ volatile("smsw %0" : "=r"(msw));
+    out[0] = cs & 3;
+    out[1] = ((flags >> 9) & 1) == 0;
+    out[2] = gdtr.limit;
+    out[3] = gdtr.base;
+    out[4] = idtr.limit;
+    out[5] = idtr.base;
+    out[6] = ldtr;
+    out[7] = tr;
+    out[8] = msw & 0xFFFF;
+}

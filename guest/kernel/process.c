@@ -428,6 +428,14 @@ u64 syscall_dispatch(struct trap_frame *f)
     case SYS_KINFO: {
         if (f->rdi == 1) return timer_ticks;
         if (f->rdi == 2) return preemptions;
+        if (f->rdi == 3) { /* the sensitive instructions, executed by the kernel itself */
+            extern void sensitive_probe(u64 *out);
+            u64 out[9];
+            if (!in_user(f->rsi, sizeof(out))) return (u64)-E_FAULT;
+            sensitive_probe(out);
+            memcpy((void *)f->rsi, out, sizeof(out));
+            return 0;
+        }
         u64 cs;
         __asm__ volatile("mov %%cs, %0" : "=r"(cs));
         return (cs & 3) | ((u64)running_on_nestor << 8);
