@@ -66,8 +66,9 @@ void sensitive_probe(u64 *out)
 {
     u64 cs, flags;
     __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    /* POPF with IF clear, then look: at CPL > IOPL the change is silently dropped (SDM Vol. 2B POPF). */
-    __asm__ volatile("pushfq; pushfq; andq $~0x200, (%%rsp); popfq; pushfq; pop %0; popfq" : "=r"(flags) : : "memory", "cc");
+    /* With IF set (STI), POPF a copy with IF clear, and look: at CPL > IOPL the change is silently dropped (SDM Vol. 2B
+     * POPF). Then CLI, as the system call runs with interrupts off. */
+    __asm__ volatile("sti; pushfq; andq $~0x200, (%%rsp); popfq; pushfq; pop %0; cli" : "=r"(flags) : : "memory", "cc");
     struct { u16 limit; u64 base; } __attribute__((packed)) gdtr, idtr;
     __asm__ volatile("sgdt %0" : "=m"(gdtr));
     __asm__ volatile("sidt %0" : "=m"(idtr));

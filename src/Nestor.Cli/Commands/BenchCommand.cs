@@ -85,13 +85,13 @@ internal static class BenchCommand
         Console.WriteLine("counts are the software machine's; wall time is this host's, for the whole run. Sources of the costs: docs/cost-model.md.");
         Console.WriteLine();
         long operations = r.Operations ?? 0;
-        Console.WriteLine($"{"configuration",-13} {"modelled cycles",16} {"modelled ms",12} {"× native",9} {(operations > 0 ? "cycles/op" : ""),10} {"instructions",14} {"page walks",11} {"refs/walk",9} {"TLB miss",9} {"hidden/true #PF",16} {"PT writes",10} {"wall s",7}  VM exits (most frequent)");
+        Console.WriteLine($"{"configuration",-13} {"modelled cycles",16} {"modelled ms",12} {"× native",9} {(operations > 0 ? "cycles/op" : ""),10} {"instructions",14} {"page walks",11} {"refs/walk",9} {"TLB miss",9} {"hidden/true #PF",16} {"PT writes",10} {"wall s",7}  entries into the VMM: exits, traps, callouts (most frequent)");
         foreach (var row in r.Rows)
         {
             var e = row.Events;
             string perOperation = operations > 0 ? $"{row.Cost.Total / operations:N0}" : "";
             string faults = row.Configuration.Mmu == "shadow" ? $"{e.HiddenFaults:N0}/{e.TrueFaults:N0}" : "–";
-            string writes = row.Configuration.Mmu == "shadow" ? $"{e.PageTableWrites:N0}" : "–";
+            string writes = row.Configuration.Mmu == "shadow" ? $"{e.PageTableWrites:N0}" : "–"; // writes that trapped
             Console.WriteLine($"{row.Configuration.Name,-13} {row.Cost.Total,16:N0} {row.Cost.Time(p).TotalMilliseconds,12:N2} {row.RatioToNative,9:N2} {perOperation,10} {e.Instructions,14:N0} " +
                 $"{e.Walks,11:N0} {e.ReferencesPerWalk,9:N2} {e.TlbMissRate * 100,8:N2}% {faults,16} {writes,10} {row.Wall.TotalSeconds,7:N2}  {Exits(e)}");
         }
@@ -103,10 +103,19 @@ internal static class BenchCommand
             Console.WriteLine($"  {row.Configuration.Name,-13} {c.Instructions,14:N0} / {c.Memory,12:N0} / {c.PageWalks,12:N0} / {c.Events,12:N0} / {c.ExitTransitions,12:N0} / {c.VmmWork,12:N0}");
         }
         Console.WriteLine();
-        Console.WriteLine("Results (the same under every configuration, timing fields left out):");
+        Console.WriteLine($"Results under {r.Rows[0].Configuration.Name} (timing fields left out):");
         foreach (var line in r.Results)
         {
             Console.WriteLine($"  {line}");
+        }
+        foreach (var row in r.Rows.Where(row => row.ResultsDiffer.Count > 0))
+        {
+            Console.WriteLine($"Under {row.Configuration.Name} these differ" +
+                (row.Configuration.Technique == "trap" ? " (trap-and-emulate cannot catch sensitive unprivileged instructions: expected on x86):" : ":"));
+            foreach (var line in row.ResultsDiffer)
+            {
+                Console.WriteLine($"  {line}");
+            }
         }
     }
 
@@ -169,6 +178,13 @@ internal static class BenchCommand
             json.WriteNumber("shadow_page_table_writes", e.PageTableWrites);
             json.WriteNumber("vmm_walk_references", e.VmmWalkReferences);
             json.WriteNumber("wall_seconds", row.Wall.TotalSeconds);
+            json.WriteBoolean("results_match", row.ResultsDiffer.Count == 0);
+            json.WriteStartArray("results_that_differ");
+            foreach (var line in row.ResultsDiffer)
+            {
+                json.WriteStringValue(line);
+            }
+            json.WriteEndArray();
             json.WriteEndObject();
         }
         json.WriteEndArray();

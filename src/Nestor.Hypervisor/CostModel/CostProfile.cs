@@ -45,6 +45,25 @@ public sealed record CostProfile
     /// <summary>VMM work to give a guest page its host frame and nested entry on an EPT violation.</summary>
     public required double NestedPageFault { get; init; }
 
+    // Software techniques (no hardware assistance): a trap is an exception into the VMM's ring 0 and back; binary
+    // translation replaces some of those with callouts from translated code.
+
+    /// <summary>A trap into a software VMM and back (a privileged instruction's #GP, a page fault, a system call or
+    /// interrupt the VMM reflects into the guest).</summary>
+    public required double TrapRoundTrip { get; init; }
+    /// <summary>A callout from translated code into the VMM and back.</summary>
+    public required double Callout { get; init; }
+    /// <summary>A software VMM's work to emulate one privileged instruction.</summary>
+    public required double PrivilegedEmulation { get; init; }
+    /// <summary>A software VMM's work to emulate a port access.</summary>
+    public required double SoftwareIoEmulation { get; init; }
+    /// <summary>A software VMM's work on a hidden or true page fault (walk excluded: its references are charged).</summary>
+    public required double SoftwarePageFault { get; init; }
+    /// <summary>A software VMM's work to emulate a write to a write-protected page table and update the shadows.</summary>
+    public required double SoftwareWriteEmulation { get; init; }
+    /// <summary>Translating one guest instruction (binary translation).</summary>
+    public required double TranslationPerInstruction { get; init; }
+
     /// <summary>Adams &amp; Agesen's Pentium 4 672 (3.8 GHz, VT-x without EPT), ASPLOS 2006.</summary>
     public static CostProfile Pentium4 { get; } = new()
     {
@@ -65,6 +84,13 @@ public sealed record CostProfile
         TrueFault = 7740,
         WriteEmulation = 10324,
         NestedPageFault = 3000,
+        TrapRoundTrip = 2000,
+        Callout = 35,
+        PrivilegedEmulation = 300,
+        SoftwareIoEmulation = 179,
+        SoftwarePageFault = 834,
+        SoftwareWriteEmulation = 356,
+        TranslationPerInstruction = 200,
     };
 
     /// <summary>A current server core (Skylake-SP class, 2.5 GHz) with VT-x, EPT and VPID.</summary>
@@ -87,6 +113,13 @@ public sealed record CostProfile
         TrueFault = 3000,
         WriteEmulation = 3000,
         NestedPageFault = 2500,
+        TrapRoundTrip = 1500,
+        Callout = 30,
+        PrivilegedEmulation = 200,
+        SoftwareIoEmulation = 150,
+        SoftwarePageFault = 800,
+        SoftwareWriteEmulation = 300,
+        TranslationPerInstruction = 100,
     };
 
     public static IReadOnlyList<CostProfile> All { get; } = [Pentium4, Modern];

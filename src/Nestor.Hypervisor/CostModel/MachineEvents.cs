@@ -7,6 +7,15 @@ namespace Nestor.Hypervisor.CostModel;
 /// any). Counts only: the costs are the profile's.</summary>
 public sealed record MachineEvents
 {
+    /// <summary>How the CPU was virtualized: the transitions into the VMM are priced by technique.</summary>
+    public Techniques.Technique Technique { get; init; } = Techniques.Technique.Native;
+    /// <summary>Privileged instructions of a ring-1 kernel that trapped and were emulated (trap-and-emulate).</summary>
+    public long PrivilegedTraps { get; init; }
+    /// <summary>Callouts from translated kernel code (binary translation).</summary>
+    public long Callouts { get; init; }
+    /// <summary>Guest instructions the binary translator translated.</summary>
+    public long InstructionsTranslated { get; init; }
+
     public long[] RetiredByClass { get; init; } = new long[Enum.GetValues<InstructionClass>().Length];
     public long Instructions { get; init; }
     public long MemoryReferences { get; init; }
@@ -62,6 +71,10 @@ public sealed record MachineEvents
         PageTableWrites = PageTableWrites - baseline.PageTableWrites,
         AddressSpaceSwitches = AddressSpaceSwitches - baseline.AddressSpaceSwitches,
         VmmWalkReferences = VmmWalkReferences - baseline.VmmWalkReferences,
+        Technique = Technique,
+        PrivilegedTraps = PrivilegedTraps - baseline.PrivilegedTraps,
+        Callouts = Callouts - baseline.Callouts,
+        InstructionsTranslated = InstructionsTranslated - baseline.InstructionsTranslated,
     };
 }
 
@@ -87,6 +100,10 @@ public sealed record ModelledCost(double Instructions, double Memory, double Pag
         {
             instructions += e.RetiredByClass[c] * p.CyclesPerInstruction[c];
         }
+        if (e.Technique is Techniques.Technique.TrapAndEmulate or Techniques.Technique.BinaryTranslation)
+        {
+            return OfSoftwareVmm(e, p, instructions);
+        }
         // Under a VMM every port access exits and is charged as emulation instead of as a hardware access.
         long hardwarePorts = e.ExitsFor(ExitReason.IoInstruction) > 0 ? 0 : e.PortAccesses;
         double events = e.EventsDelivered * p.ExceptionRoundTrip + e.SystemCalls * p.SystemCallRoundTrip + hardwarePorts * p.PortAccess;
@@ -102,5 +119,26 @@ public sealed record ModelledCost(double Instructions, double Memory, double Pag
                      + e.VmmWalkReferences * p.WalkReference;
         return new ModelledCost(instructions, e.MemoryReferences * p.MemoryReference, e.WalkReferences * p.WalkReference, events,
             e.TotalExits * p.VmExitRoundTrip, vmm);
+    }
+
+    /// <summary>A software VMM (trap-and-emulate, binary translation): every exception, interrupt and system call goes
+    /// through the VMM, which owns the real IDT, and back (a trap round trip) besides its native cost; privileged
+    /// instructions trap and are emulated (trap) or are callouts (binary translation); port accesses are emulated; the
+    /// shadow-paging work is the software VMM's. The VMM's CR3 and INVLPG hooks run inside those emulations and are
+    /// not transitions of their own.</summary>
+    private static ModelledCost OfSoftwareVmm(MachineEvents e, CostProfile p, double instructions)
+    {
+        // A true page fault is intercepted and then reflected: one trip through the VMM, counted once.
+        long traps = e.ExitsFor(ExitReason.ExceptionOrNmi) + e.EventsDelivered + e.SystemCalls - e.TrueFaults;
+        double events = e.EventsDelivered * p.ExceptionRoundTrip + e.SystemCalls * p.SystemCallRoundTrip;
+        double transitions = traps * p.TrapRoundTrip + e.Callouts * p.Callout;
+        double vmm = e.PrivilegedTraps * p.PrivilegedEmulation
+                     + e.PortAccesses * p.SoftwareIoEmulation
+                     + (e.HiddenFaults + e.TrueFaults + e.AddressSpaceSwitches) * p.SoftwarePageFault
+                     + e.EmulatedWrites * p.SoftwareWriteEmulation
+                     + e.InstructionsTranslated * p.TranslationPerInstruction
+                     + e.VmmWalkReferences * p.WalkReference;
+        return new ModelledCost(instructions, e.MemoryReferences * p.MemoryReference, e.WalkReferences * p.WalkReference, events,
+            transitions, vmm);
     }
 }

@@ -39,7 +39,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     public MachineEvents? Events { get; private set; }
 
     /// <summary>The VMM of the last run under hardware assistance, else null.</summary>
-    public HardwareAssistMonitor? Monitor { get; private set; }
+    public VirtualMachineMonitor? Monitor { get; private set; }
 
     /// <summary>The machine model of the last run, as it stopped (for inspection: its MMU can explain a walk). Valid
     /// until the engine or the VM is disposed: its memory is theirs.</summary>
@@ -63,17 +63,18 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         var cpu = new Cpu(memory, platform, options.Mmu, top);
         Load(cpu, vm.InitialState);
         Machine = cpu;
-        HardwareAssistMonitor? monitor = null;
+        VirtualMachineMonitor? monitor = null;
         GuestPhysicalMap? physicalMap = null;
         if (pool is not null)
         {
             physicalMap = new GuestPhysicalMap(vm.Memory, pool);
-            var nested = options.Memory == MemoryVirtualization.Nested ? new NestedPageTable(pool) : null;
-            var shadow = options.Memory == MemoryVirtualization.Shadow
-                ? new ShadowPaging(physicalMap, pool, vm.Memory) { VerifyAfterEachChange = options.VerifyShadowPaging }
-                : null;
+            // Nested paging is hardware: the software techniques use shadow paging.
+            bool nestedPaging = options.Technique == Technique.HardwareAssist && options.Memory == MemoryVirtualization.Nested;
+            var nested = nestedPaging ? new NestedPageTable(pool) : null;
+            var shadow = nestedPaging ? null
+                : new ShadowPaging(physicalMap, pool, vm.Memory) { VerifyAfterEachChange = options.VerifyShadowPaging };
             Vmcs = new VmControlStructure();
-            Monitor = monitor = new HardwareAssistMonitor(vm, Vmcs, physicalMap, nested, shadow, options.LargeNestedPages);
+            Monitor = monitor = new VirtualMachineMonitor(vm, Vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);
             try
             {
                 monitor.Enter(cpu);
@@ -142,10 +143,15 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             vm.Exits.AddGuestTicks(clock.ElapsedTicks);
             vm.Serial.Flush();
             counters = CountersOf(cpu, clock.Elapsed);
-            Events = EventsOf(cpu, Vmcs, monitor?.Shadow);
+            Events = EventsOf(cpu, Vmcs, monitor?.Shadow) with
+            {
+                Technique = options.Technique,
+                PrivilegedTraps = monitor?.PrivilegedInstructionTraps ?? 0,
+                Callouts = (monitor?.RingCompression?.Callouts ?? 0) + (monitor?.Callouts ?? 0),
+            };
             if (Vmcs is { } vmcs && pool is not null && physicalMap is not null)
             {
-                counters = [.. counters, .. VirtualizationCounters(cpu, vmcs, pool, physicalMap, monitor?.Shadow)];
+                counters = [.. counters, .. VirtualizationCounters(cpu, vmcs, pool, physicalMap, monitor?.Shadow, monitor)];
             }
         }
     }
@@ -170,7 +176,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             Exits = vmcs?.ExitsByReason.ToDictionary(e => e.Reason, e => e.Count) ?? [],
             HiddenFaults = shadow?.HiddenFaults ?? 0,
             TrueFaults = shadow?.TrueFaults ?? 0,
-            EmulatedWrites = (shadow?.PageTableWrites ?? 0) + (shadow?.OtherEmulatedWrites ?? 0),
+            EmulatedWrites = (shadow?.PageTableWrites ?? 0) + (shadow?.OtherEmulatedWrites ?? 0) + (shadow?.CalloutWrites ?? 0),
             PageTableWrites = shadow?.PageTableWrites ?? 0,
             AddressSpaceSwitches = shadow?.AddressSpaceSwitches ?? 0,
             VmmWalkReferences = shadow?.SoftwareWalks.WalkReferences ?? 0,
@@ -187,7 +193,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     }
 
     private static IEnumerable<EngineCounter> VirtualizationCounters(Cpu cpu, VmControlStructure vmcs, HostFramePool pool, GuestPhysicalMap map,
-        ShadowPaging? shadow)
+        ShadowPaging? shadow, VirtualMachineMonitor? monitor)
     {
         var m = cpu.Mmu.Counters;
         yield return new EngineCounter("vm_exits", (ulong)vmcs.TotalExits, "");
@@ -215,8 +221,16 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             yield return new EngineCounter("shadow_tables_alive", (ulong)shadow.TablesAlive, "");
             yield return new EngineCounter("shadow_resets", (ulong)shadow.Resets, "");
             yield return new EngineCounter("shadow_unshadowed_pages", (ulong)shadow.Unshadowed, "");
+            yield return new EngineCounter("shadow_callout_writes", (ulong)shadow.CalloutWrites, "");
             yield return new EngineCounter("vmm_software_walks", (ulong)shadow.SoftwareWalks.Walks, "");
             yield return new EngineCounter("vmm_software_walk_references", (ulong)shadow.SoftwareWalks.WalkReferences, "");
+        }
+        if (monitor?.RingCompression is { } rc)
+        {
+            yield return new EngineCounter("privileged_instruction_traps", (ulong)monitor.PrivilegedInstructionTraps, "");
+            yield return new EngineCounter("uncaught_sensitive_instructions", (ulong)rc.UncaughtSensitive, "");
+            yield return new EngineCounter("translator_callouts", (ulong)(rc.Callouts + monitor.Callouts), "");
+            yield return new EngineCounter("translator_retranslations", (ulong)monitor.Retranslations, "");
         }
         yield return new EngineCounter("guest_pages_backed", (ulong)map.TouchedPages, "");
         yield return new EngineCounter("vmm_table_pages", (ulong)pool.TableFrames, "");

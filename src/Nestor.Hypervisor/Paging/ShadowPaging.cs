@@ -64,6 +64,9 @@ public sealed class ShadowPaging
     /// <summary>Guest writes to its own page tables (trace faults), emulated.</summary>
     public long PageTableWrites { get; private set; }
 
+    /// <summary>Page-table writes that came through a binary translator's callout instead of trapping.</summary>
+    public long CalloutWrites { get; private set; }
+
     /// <summary>Other writes the VMM had to emulate (a supervisor write to a read-only page with CR0.WP = 0).</summary>
     public long OtherEmulatedWrites { get; private set; }
 
@@ -168,6 +171,36 @@ public sealed class ShadowPaging
         }
     }
 
+    /// <summary>A callout from translated code for an instruction that writes guest page tables (binary translation's
+    /// adaptive step): the VMM checks the write against the guest's tables, performs it and updates the shadows, with
+    /// no page fault and no trap. An instruction whose target is not a shadowed page table just runs.</summary>
+    public VmExitAction WriteCallout(Cpu cpu, ref VmExit exit)
+    {
+        if (cpu.DestinationAddress() is not { } linear)
+        {
+            return VmExitAction.Complete;
+        }
+        bool user = cpu.PrivilegeLevel == 3;
+        var resolution = Resolve(cpu, linear, AccessKind.Write, user, out var guestFault);
+        FlushIfWriteProtected(cpu);
+        switch (resolution)
+        {
+            case Resolution.GuestFault:
+                TrueFaults++;
+                exit.Vector = ExceptionVector.PageFault;
+                exit.ErrorCode = (uint)guestFault;
+                exit.HasErrorCode = true;
+                exit.GuestLinear = linear;
+                return VmExitAction.Inject;
+            case Resolution.Filled:
+                return VmExitAction.Complete;
+            default:
+                CalloutWrites++;
+                exit.ErrorCode = (uint)(PageFaultError.Present | PageFaultError.Write | (user ? PageFaultError.User : 0));
+                return Emulate(cpu, ref exit, linear, counted: true);
+        }
+    }
+
     private enum Resolution { Filled, GuestFault, EmulateWrite }
 
     /// <summary>Walks the guest's tables for the access; fills the shadow path when they allow it.</summary>
@@ -249,14 +282,18 @@ public sealed class ShadowPaging
 
     /// <summary>Emulates the faulting write with the interpreter, the write-protected page made writable for that one
     /// instruction; then updates the shadows of a guest page table it changed.</summary>
-    private VmExitAction Emulate(Cpu cpu, ref VmExit exit, ulong linear)
+    private VmExitAction Emulate(Cpu cpu, ref VmExit exit, ulong linear, bool counted = false)
     {
         var controls = cpu.Mmu.Controls;
         guestWalker.Walk(linear, AccessKind.Write, (exit.ErrorCode & (uint)PageFaultError.User) != 0, false, controls, out var walk, []);
         ulong guestPage = walk.PhysicalPage + (linear & ((1UL << walk.PageShift) - 1) & ~0xFFFUL);
         ulong frame = guestPage >> 12;
         byte[]? before = byGuestFrame.ContainsKey(frame) ? guestView.Page(guestPage).ToArray() : null;
-        if (before is not null)
+        if (counted)
+        {
+            // Counted by the caller (a callout).
+        }
+        else if (before is not null)
         {
             PageTableWrites++;
         }

@@ -1,4 +1,3 @@
-using Nestor.Hypervisor.Techniques.HardwareAssist;
 using Nestor.Machine.Paging;
 
 namespace Nestor.Hypervisor.Techniques;
@@ -10,6 +9,10 @@ public enum Technique
     Native,
     /// <summary>Hardware assistance (VT-x style): non-root operation, VM exits, a VMCS.</summary>
     HardwareAssist,
+    /// <summary>Classic trap-and-emulate: the guest kernel in ring 1, privileged instructions trapping to the VMM.</summary>
+    TrapAndEmulate,
+    /// <summary>Binary translation of the guest kernel's code (VMware's software VMM).</summary>
+    BinaryTranslation,
 }
 
 /// <summary>The software machine's configuration: technique, memory virtualization and the MMU's caches.</summary>
@@ -17,7 +20,8 @@ public sealed record SimOptions
 {
     public Technique Technique { get; init; } = Technique.Native;
 
-    /// <summary>Shadow or nested paging, for <see cref="Technique.HardwareAssist"/>.</summary>
+    /// <summary>Shadow or nested paging, for <see cref="Technique.HardwareAssist"/> (the software techniques always
+    /// use shadow paging).</summary>
     public MemoryVirtualization Memory { get; init; } = MemoryVirtualization.Nested;
 
     /// <summary>Map guest RAM with 2 MiB nested pages where possible (else 4 KiB).</summary>
@@ -36,6 +40,8 @@ public sealed record SimOptions
     public string Name => Technique switch
     {
         Technique.Native => "native",
+        Technique.TrapAndEmulate => "trap",
+        Technique.BinaryTranslation => "bt",
         _ => Memory == MemoryVirtualization.Nested ? "hw+nested" : "hw+shadow",
     };
 }

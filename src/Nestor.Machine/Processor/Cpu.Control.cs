@@ -258,7 +258,8 @@ public sealed partial class Cpu
             throw GuestFault.GeneralProtection(cs);
         }
         var code = LoadDescriptor(cs);
-        int oldPrivilege = PrivilegeLevel;
+        // Sensitive: a ring-compressed kernel's IRETQ cannot load IF or IOPL (CPL 1 > IOPL).
+        int oldPrivilege = DeprivilegedKernel(sensitiveOnly: true) ? ringCompression!.KernelRing : PrivilegeLevel;
         ulong changeable = FlagBits.Status | FlagBits.Trap | FlagBits.Direction |
                            FlagBits.Nested | FlagBits.Resume | FlagBits.AlignmentCheck |
                            FlagBits.Identification;

@@ -255,6 +255,9 @@ public sealed partial class Cpu
             case FastOperation.SetConditionRegister:
                 WriteGpr(d.Destination, 1, ConditionHolds((ConditionCode)d.Kind) ? 1UL : 0);
                 return;
+            case FastOperation.Callout:
+                CalloutToVmm(ref d);
+                return;
             default:
                 throw new InvalidOperationException($"fast operation {d.Operation} has no handler");
         }

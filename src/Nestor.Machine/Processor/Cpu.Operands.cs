@@ -179,7 +179,8 @@ public sealed partial class Cpu
 
     private ulong ReadSegmentRegister(Register r) => r switch
     {
-        Register.CS => Cs.Selector,
+        // Sensitive: a ring-compressed kernel reads its hardware RPL.
+        Register.CS => DeprivilegedKernel(sensitiveOnly: true) ? (ulong)((Cs.Selector & ~3) | ringCompression!.KernelRing) : Cs.Selector,
         Register.DS => Ds.Selector,
         Register.ES => Es.Selector,
         Register.FS => Fs.Selector,
@@ -216,9 +217,10 @@ public sealed partial class Cpu
         return value;
     }
 
+    /// <summary>A privileged instruction: #GP unless the hardware runs at CPL 0 (so a ring-compressed kernel traps).</summary>
     private void RequirePrivilege0()
     {
-        if (PrivilegeLevel != 0)
+        if (PrivilegeLevel != 0 || DeprivilegedKernel(sensitiveOnly: false))
         {
             throw GuestFault.GeneralProtection();
         }

@@ -21,7 +21,7 @@ public sealed partial class Cpu
             case Mnemonic.Cli:
             case Mnemonic.Sti:
                 // Sensitive: allowed when CPL ≤ IOPL, else #GP (SDM Vol. 2A CLI).
-                if (PrivilegeLevel > (int)((Rflags >> 12) & 3))
+                if (IoplDenies())
                 {
                     throw GuestFault.GeneralProtection();
                 }
@@ -45,11 +45,13 @@ public sealed partial class Cpu
                     ulong changeable = FlagBits.Status | FlagBits.Trap | FlagBits.Direction |
                                        FlagBits.Nested | FlagBits.AlignmentCheck |
                                        FlagBits.Identification;
-                    if (PrivilegeLevel == 0)
+                    bool ring1 = DeprivilegedKernel(sensitiveOnly: true);
+                    int cpl = ring1 ? ringCompression!.KernelRing : PrivilegeLevel;
+                    if (cpl == 0)
                     {
                         changeable |= FlagBits.IoPrivilege;
                     }
-                    if (PrivilegeLevel <= (int)((Rflags >> 12) & 3))
+                    if (cpl <= (int)((Rflags >> 12) & 3))
                     {
                         changeable |= FlagBits.Interrupt;
                     }
@@ -158,22 +160,27 @@ public sealed partial class Cpu
             case Mnemonic.Sgdt:
             case Mnemonic.Sidt:
                 {
-                    // Sensitive but not privileged (without CR4.UMIP): user code can read the tables' location.
+                    // Sensitive but not privileged (without CR4.UMIP): any code can read the tables' location, and code
+                    // a software VMM runs directly reads the VMM's.
                     ulong address = EffectiveAddress(i);
                     bool gdt = i.Mnemonic == Mnemonic.Sgdt;
-                    WriteLinear(address, 2, gdt ? GdtLimit : IdtLimit);
-                    WriteLinear(address + 2, 8, gdt ? GdtBase : IdtBase);
+                    var vmm = RevealsVmm() ? ringCompression : null;
+                    WriteLinear(address, 2, vmm is null ? (gdt ? GdtLimit : IdtLimit) : gdt ? vmm.VmmGdtLimit : vmm.VmmIdtLimit);
+                    WriteLinear(address + 2, 8, vmm is null ? (gdt ? GdtBase : IdtBase) : gdt ? vmm.VmmGdtBase : vmm.VmmIdtBase);
                     return null;
                 }
             case Mnemonic.Sldt:
-                WriteOperand(i, 0, OperandSize(i, 0), Ldtr.Selector);
+                WriteOperand(i, 0, OperandSize(i, 0), RevealsVmm() ? ringCompression!.VmmLocalDescriptorTable : Ldtr.Selector);
                 return null;
             case Mnemonic.Str:
-                WriteOperand(i, 0, OperandSize(i, 0), Tr.Selector);
+                WriteOperand(i, 0, OperandSize(i, 0), RevealsVmm() ? ringCompression!.VmmTaskRegister : Tr.Selector);
                 return null;
             case Mnemonic.Smsw:
-                WriteOperand(i, 0, OperandSize(i, 0), i.GetOpKind(0) == OpKind.Memory ? Cr0 & 0xFFFF : Cr0);
-                return null;
+                {
+                    ulong cr0 = RevealsVmm() ? ringCompression!.VmmCr0 : Cr0;
+                    WriteOperand(i, 0, OperandSize(i, 0), i.GetOpKind(0) == OpKind.Memory ? cr0 & 0xFFFF : cr0);
+                    return null;
+                }
             case Mnemonic.Ltr:
                 {
                     RequirePrivilege0();
@@ -244,11 +251,26 @@ public sealed partial class Cpu
     private void CheckIoPermission()
     {
         // Port I/O is sensitive: allowed when CPL ≤ IOPL; the TSS I/O bitmap is not modelled, so otherwise #GP.
-        if (PrivilegeLevel > (int)((Rflags >> 12) & 3))
+        if (IoplDenies())
         {
             throw GuestFault.GeneralProtection();
         }
     }
+
+    /// <summary>CPL &gt; IOPL, with the hardware's CPL (ring 1 for a ring-compressed kernel): CLI, STI, IN and OUT fault.</summary>
+    private bool IoplDenies()
+    {
+        int iopl = (int)((Rflags >> 12) & 3);
+        if (PrivilegeLevel > iopl)
+        {
+            return true;
+        }
+        return ringCompression is not null && PrivilegeLevel == 0 && ringCompression.KernelRing > iopl && DeprivilegedKernel(sensitiveOnly: false);
+    }
+
+    /// <summary>Whether a sensitive read (SGDT, SIDT, SLDT, STR, SMSW) sees the VMM's registers: code a software VMM
+    /// runs directly (user code, or a kernel in ring 1) does; translated kernel code gets a callout instead.</summary>
+    private bool RevealsVmm() => ringCompression is not null && (PrivilegeLevel != 0 || DeprivilegedKernel(sensitiveOnly: true));
 
     private StopReason? MoveToControl(in Instruction i)
     {

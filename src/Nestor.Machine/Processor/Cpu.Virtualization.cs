@@ -12,6 +12,56 @@ public sealed partial class Cpu
 {
     private ExecutionControls? nonRoot;
     private IVmExitHandler? exitHandler;
+    private RingCompression? ringCompression;
+    private bool emulatingPrivileged;
+
+    /// <summary>Ring compression by a software VMM, or null (bare metal, or hardware assistance).</summary>
+    public RingCompression? RingCompression
+    {
+        get => ringCompression;
+        set => ringCompression = value;
+    }
+
+    /// <summary>The privilege level the hardware enforces: the guest's CPL, except that a guest kernel under ring
+    /// compression runs in ring 1 (unless the VMM is emulating its instruction, or translated it into a callout).</summary>
+    private int HardwarePrivilegeLevel =>
+        ringCompression is { Translated: false } rc && !emulatingPrivileged && PrivilegeLevel == 0 ? rc.KernelRing : PrivilegeLevel;
+
+    /// <summary>Ring compression's view for a privileged or sensitive instruction of kernel code: true when it runs
+    /// directly in ring 1 (its outcome is ring 1's); under binary translation it is counted as a callout instead.</summary>
+    private bool DeprivilegedKernel(bool sensitiveOnly)
+    {
+        if (ringCompression is not { } rc || PrivilegeLevel != 0 || emulatingPrivileged)
+        {
+            return false;
+        }
+        if (rc.Translated)
+        {
+            rc.Callouts++;
+            return false;
+        }
+        if (sensitiveOnly)
+        {
+            rc.UncaughtSensitive++;
+        }
+        return true;
+    }
+
+    /// <summary>For a trap-and-emulate VMM: executes the guest kernel's instruction at RIP as bare metal would at CPL 0
+    /// (the #GP it raised in ring 1 was the trap), and returns the exception it raises then, if any (not delivered; RIP
+    /// stays at the instruction).</summary>
+    public GuestException? EmulatePrivileged()
+    {
+        emulatingPrivileged = true;
+        try
+        {
+            return EmulateOne();
+        }
+        finally
+        {
+            emulatingPrivileged = false;
+        }
+    }
 
     /// <summary>The execution controls while in VMX non-root operation, else null (a bare machine).</summary>
     public ExecutionControls? NonRootControls => nonRoot;
@@ -26,6 +76,7 @@ public sealed partial class Cpu
         RevalidateTranslations();
     }
 
+    private StopReason? pendingStop;
     private bool writeOverride;
     private ulong writeOverrideLinearPage, writeOverrideHostPage;
 
@@ -36,21 +87,41 @@ public sealed partial class Cpu
     /// instead, if any: nothing of it is delivered and RIP stays at the instruction.</summary>
     public GuestException? EmulateWithWriteAccess(ulong linear, ulong hostPage)
     {
-        RevalidateTranslations();
         writeOverride = true;
         writeOverrideLinearPage = linear >> 12;
         writeOverrideHostPage = hostPage & ~0xFFFUL;
+        try
+        {
+            return EmulateOne();
+        }
+        finally
+        {
+            writeOverride = false;
+            writeLinearPage = ulong.MaxValue;
+        }
+    }
+
+    /// <summary>Executes the one instruction at RIP for the VMM; its exception, if any, as data. An instruction binary
+    /// translation turned into a callout runs as itself here (the VMM is the callout).</summary>
+    private GuestException? EmulateOne()
+    {
+        RevalidateTranslations();
         instructionStart = Rip;
         try
         {
-            ref DecodedInstruction instruction = ref Fetch(Rip);
+            var instruction = Fetch(Rip);
+            if (instruction.Operation == FastOperation.Callout)
+            {
+                instruction.Operation = instruction.Original;
+            }
             if (instruction.Operation != FastOperation.General)
             {
                 ExecuteFast(ref instruction);
             }
-            else
+            else if (Execute(in instruction.Instruction) is { } stop)
             {
-                Execute(in instruction.Instruction);
+                // An emulated OUT to the debug-exit port, or HLT: the run loop acts on it once the VMM is done.
+                pendingStop = stop;
             }
             Counters.InstructionsRetired++;
             Counters.RetiredByClass[instruction.Class]++;
@@ -63,9 +134,80 @@ public sealed partial class Cpu
         }
         finally
         {
-            writeOverride = false;
-            writeLinearPage = ulong.MaxValue;
             RevalidateTranslations();
+        }
+    }
+
+    /// <summary>Binary translation's adaptive step (Adams &amp; Agesen §3.3): the instruction at <paramref name="linear"/>
+    /// (already translated) becomes a callout into the VMM, so that it no longer traps. False when it is not in the
+    /// translation cache.</summary>
+    public bool MarkCallout(ulong linear)
+    {
+        if (Mmu.Translate(linear, Paging.AccessKind.Execute, PrivilegeLevel == 3, false, out ulong physical) is not null)
+        {
+            return false;
+        }
+        decodedPages.TryGetValue(physical >> 12, out var page);
+        while (page is not null && (page.LinearPage != linear >> 12 || page.Bitness != Bitness))
+        {
+            page = page.Alias;
+        }
+        int slot = page?.Slots[linear & 0xFFF] ?? 0;
+        if (slot <= 0)
+        {
+            return false;
+        }
+        ref var instruction = ref page!.Instructions[slot - 1];
+        if (instruction.Operation != FastOperation.Callout)
+        {
+            instruction.Original = instruction.Operation;
+            instruction.Operation = FastOperation.Callout;
+        }
+        return true;
+    }
+
+    /// <summary>The linear address the instruction at RIP writes, when its destination is memory (for a VMM emulating
+    /// it); null otherwise.</summary>
+    public ulong? DestinationAddress()
+    {
+        var instruction = Fetch(Rip).Instruction;
+        return instruction.OpCount > 0 && instruction.GetOpKind(0) == OpKind.Memory ? EffectiveAddress(instruction) : null;
+    }
+
+    /// <summary>A callout from translated code: the VMM runs the instruction (or emulates it) instead.</summary>
+    private void CalloutToVmm(ref DecodedInstruction d)
+    {
+        Rip = instructionStart;
+        var exit = new VmExit { Reason = ExitReason.TranslatorCallout, InstructionLength = d.Instruction.Length, GuestLinear = Rip };
+        switch (exitHandler!.HandleExit(this, ref exit))
+        {
+            case VmExitAction.Skip:
+                return;
+            case VmExitAction.Resume:
+                return;
+            case VmExitAction.Complete:
+                {
+                    var own = d;
+                    own.Operation = own.Original;
+                    if (own.Operation != FastOperation.General)
+                    {
+                        ExecuteFast(ref own);
+                    }
+                    else
+                    {
+                        Rip = own.NextIp;
+                        pendingStop = Execute(in own.Instruction);
+                    }
+                    return;
+                }
+            case VmExitAction.Inject:
+                if (!Deliver(exit.Vector, exit.ErrorCode, exit.HasErrorCode, exit.GuestLinear, software: false, Rip))
+                {
+                    throw new ShutdownRequested();
+                }
+                return;
+            default:
+                throw new VmmStop();
         }
     }
 

@@ -121,6 +121,15 @@ public sealed unsafe partial class Cpu
                 {
                     return stop;
                 }
+                if (pendingStop is { } emulated)
+                {
+                    // The VMM emulated an instruction that stops the CPU (HLT, a debug-exit OUT).
+                    pendingStop = null;
+                    if (!(emulated == StopReason.Halted && IdleUntilTimer()))
+                    {
+                        return emulated;
+                    }
+                }
             }
             catch (NestedPageFault fault)
             {
@@ -167,17 +176,26 @@ public sealed unsafe partial class Cpu
             Counters.RetiredByClass[instruction.Class]++;
             if (stop is { } s)
             {
-                if (s == StopReason.Halted && (Rflags & FlagBits.Interrupt) != 0 && Apic.Deadline != long.MaxValue)
+                if (s == StopReason.Halted && IdleUntilTimer())
                 {
-                    // HLT with interrupts on and the timer armed: idle until it fires.
-                    idleCycles += Math.Max(0, Apic.Deadline - Clock);
-                    eventCheckAt = 0;
                     continue;
                 }
                 return s;
             }
         }
         return null;
+    }
+
+    /// <summary>HLT with interrupts on and the timer armed: idle until it fires (true); otherwise the CPU halts for good.</summary>
+    private bool IdleUntilTimer()
+    {
+        if ((Rflags & FlagBits.Interrupt) == 0 || Apic.Deadline == long.MaxValue)
+        {
+            return false;
+        }
+        idleCycles += Math.Max(0, Apic.Deadline - Clock);
+        eventCheckAt = 0;
+        return true;
     }
 
     /// <summary>Advances the APIC timer and delivers a pending interrupt if the CPU accepts one now (SDM Vol. 3A

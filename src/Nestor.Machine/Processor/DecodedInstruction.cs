@@ -40,6 +40,9 @@ internal enum FastOperation : byte
     ConditionalMoveRegister,
     ConditionalMoveMemory,
     SetConditionRegister,
+    /// <summary>Binary translation replaced this instruction with a callout into the VMM (its own operation is kept
+    /// in <see cref="DecodedInstruction.Original"/> for the VMM to run it).</summary>
+    Callout,
 }
 
 /// <summary>The two-operand arithmetic and logic instructions the fast path handles (ADC and SBB, rare in compiled
@@ -70,6 +73,8 @@ internal struct DecodedInstruction
 
     public Instruction Instruction;
     public FastOperation Operation;
+    /// <summary>The operation a <see cref="FastOperation.Callout"/> replaced.</summary>
+    public FastOperation Original;
     /// <summary>An <see cref="ArithmeticKind"/>, a <see cref="ShiftKind"/> or an Iced <see cref="ConditionCode"/>.</summary>
     public byte Kind;
     /// <summary>Operand size in bytes (of the destination).</summary>

@@ -20,4 +20,7 @@ public enum ExitReason : ushort
     /// <summary>A guest-physical access the nested page table does not allow (qualification: SDM Table 28-7).</summary>
     EptViolation = 48,
     Invpcid = 58,
+    /// <summary>Not a VT-x reason: a callout from binary-translated code into a software VMM (the model's number, above
+    /// the SDM's).</summary>
+    TranslatorCallout = 0x100,
 }

@@ -1,0 +1,37 @@
+namespace Nestor.Machine.Virtualization;
+
+/// <summary>How a VMM without hardware assistance deprivileges the guest kernel (ring compression; Robin &amp; Irvine,
+/// USENIX Security 2000): the kernel, at CPL 0 as far as it knows, runs in hardware ring 1. Then
+/// <list type="bullet">
+/// <item>privileged instructions (MOV CR, LGDT, WRMSR, HLT, SYSRET, ...) raise #GP, and so do CLI, STI, IN and OUT
+/// (CPL &gt; IOPL): the VMM traps and emulates them;</item>
+/// <item>the sensitive but unprivileged ones run with ring 1's outcome, and nobody can catch them: CS shows RPL 1, POPF
+/// and IRET cannot change IF, and SGDT, SIDT, SLDT, STR and SMSW reveal the VMM's own registers.</item>
+/// </list>
+/// With <see cref="Translated"/> the kernel's code runs through the VMM's binary translator instead (VMware's software
+/// VMM): each privileged or sensitive instruction of kernel code is replaced by a callout that emulates it as bare metal
+/// would, so the kernel sees CPL 0 and its own tables; user code still runs directly.</summary>
+public sealed class RingCompression
+{
+    /// <summary>The hardware ring the guest kernel runs in.</summary>
+    public int KernelRing { get; init; } = 1;
+
+    /// <summary>Kernel code is binary-translated (callouts) rather than run directly (traps).</summary>
+    public bool Translated { get; init; }
+
+    /// <summary>The VMM's own descriptor-table, task and LDT registers and CR0, which the sensitive instructions reveal
+    /// to code that runs directly.</summary>
+    public ulong VmmGdtBase { get; init; } = 0xFFFF_FE00_0000_0000;
+    public ushort VmmGdtLimit { get; init; } = 0x7F;
+    public ulong VmmIdtBase { get; init; } = 0xFFFF_FE00_0000_1000;
+    public ushort VmmIdtLimit { get; init; } = 0xFFF;
+    public ushort VmmTaskRegister { get; init; } = 0x40;
+    public ushort VmmLocalDescriptorTable { get; init; }
+    public ulong VmmCr0 { get; init; } = 0x8005_003B; // PG, WP, NE, ET, TS, MP, PE: TS as a VMM switching FPU state lazily
+
+    /// <summary>Privileged or sensitive instructions of kernel code that became callouts (with <see cref="Translated"/>).</summary>
+    public long Callouts { get; internal set; }
+
+    /// <summary>Sensitive but unprivileged instructions the guest kernel ran directly, with ring 1's outcome (not caught).</summary>
+    public long UncaughtSensitive { get; internal set; }
+}
