@@ -63,6 +63,8 @@ public sealed record CostProfile
     public required double SoftwareWriteEmulation { get; init; }
     /// <summary>Translating one guest instruction (binary translation).</summary>
     public required double TranslationPerInstruction { get; init; }
+    /// <summary>A return or indirect branch in translated code: its target looked up in the translation cache.</summary>
+    public required double IndirectBranch { get; init; }
 
     /// <summary>Adams &amp; Agesen's Pentium 4 672 (3.8 GHz, VT-x without EPT), ASPLOS 2006.</summary>
     public static CostProfile Pentium4 { get; } = new()
@@ -91,6 +93,7 @@ public sealed record CostProfile
         SoftwarePageFault = 834,
         SoftwareWriteEmulation = 356,
         TranslationPerInstruction = 200,
+        IndirectBranch = 40,
     };
 
     /// <summary>A current server core (Skylake-SP class, 2.5 GHz) with VT-x, EPT and VPID.</summary>
@@ -120,6 +123,7 @@ public sealed record CostProfile
         SoftwarePageFault = 800,
         SoftwareWriteEmulation = 300,
         TranslationPerInstruction = 100,
+        IndirectBranch = 15,
     };
 
     public static IReadOnlyList<CostProfile> All { get; } = [Pentium4, Modern];

@@ -15,6 +15,8 @@ public sealed record MachineEvents
     public long Callouts { get; init; }
     /// <summary>Guest instructions the binary translator translated.</summary>
     public long InstructionsTranslated { get; init; }
+    /// <summary>Returns and indirect branches executed in translated code.</summary>
+    public long IndirectBranches { get; init; }
 
     public long[] RetiredByClass { get; init; } = new long[Enum.GetValues<InstructionClass>().Length];
     public long Instructions { get; init; }
@@ -75,6 +77,7 @@ public sealed record MachineEvents
         PrivilegedTraps = PrivilegedTraps - baseline.PrivilegedTraps,
         Callouts = Callouts - baseline.Callouts,
         InstructionsTranslated = InstructionsTranslated - baseline.InstructionsTranslated,
+        IndirectBranches = IndirectBranches - baseline.IndirectBranches,
     };
 }
 
@@ -137,6 +140,7 @@ public sealed record ModelledCost(double Instructions, double Memory, double Pag
                      + (e.HiddenFaults + e.TrueFaults + e.AddressSpaceSwitches) * p.SoftwarePageFault
                      + e.EmulatedWrites * p.SoftwareWriteEmulation
                      + e.InstructionsTranslated * p.TranslationPerInstruction
+                     + e.IndirectBranches * p.IndirectBranch
                      + e.VmmWalkReferences * p.WalkReference;
         return new ModelledCost(instructions, e.MemoryReferences * p.MemoryReference, e.WalkReferences * p.WalkReference, events,
             transitions, vmm);

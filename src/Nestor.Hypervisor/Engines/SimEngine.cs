@@ -148,6 +148,8 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 Technique = options.Technique,
                 PrivilegedTraps = monitor?.PrivilegedInstructionTraps ?? 0,
                 Callouts = (monitor?.RingCompression?.Callouts ?? 0) + (monitor?.Callouts ?? 0),
+                InstructionsTranslated = monitor?.RingCompression?.InstructionsTranslated ?? 0,
+                IndirectBranches = monitor?.RingCompression?.IndirectBranches ?? 0,
             };
             if (Vmcs is { } vmcs && pool is not null && physicalMap is not null)
             {
@@ -231,6 +233,11 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             yield return new EngineCounter("uncaught_sensitive_instructions", (ulong)rc.UncaughtSensitive, "");
             yield return new EngineCounter("translator_callouts", (ulong)(rc.Callouts + monitor.Callouts), "");
             yield return new EngineCounter("translator_retranslations", (ulong)monitor.Retranslations, "");
+            yield return new EngineCounter("translator_instructions_translated", (ulong)rc.InstructionsTranslated, "");
+            yield return new EngineCounter("translator_blocks_translated", (ulong)rc.BlocksTranslated, "");
+            yield return new EngineCounter("translator_cache_hits", (ulong)rc.CacheHits, "");
+            yield return new EngineCounter("translator_indirect_branches", (ulong)rc.IndirectBranches, "");
+            yield return new EngineCounter("translator_pages_invalidated", (ulong)rc.PagesInvalidated, "");
         }
         yield return new EngineCounter("guest_pages_backed", (ulong)map.TouchedPages, "");
         yield return new EngineCounter("vmm_table_pages", (ulong)pool.TableFrames, "");

@@ -19,7 +19,34 @@ public sealed partial class Cpu
     public RingCompression? RingCompression
     {
         get => ringCompression;
-        set => ringCompression = value;
+        set
+        {
+            ringCompression = value;
+            translating = value is { Translated: true };
+        }
+    }
+
+    // Binary translation is on: the run loop counts block entries (one flag test per instruction otherwise).
+    private bool translating;
+
+    private void CountTranslatedBranch(in Iced.Intel.Instruction instruction)
+    {
+        var rc = ringCompression!;
+        rc.BlockEntries++;
+        if (instruction.FlowControl is FlowControl.Return or FlowControl.IndirectBranch or FlowControl.IndirectCall)
+        {
+            rc.IndirectBranches++;
+        }
+    }
+
+    private void CountTranslation(in Iced.Intel.Instruction instruction)
+    {
+        var rc = ringCompression!;
+        rc.InstructionsTranslated++;
+        if (instruction.FlowControl != FlowControl.Next)
+        {
+            rc.BlocksTranslated++;
+        }
     }
 
     /// <summary>The privilege level the hardware enforces: the guest's CPL, except that a guest kernel under ring

@@ -174,6 +174,10 @@ public sealed unsafe partial class Cpu
             }
             Counters.InstructionsRetired++;
             Counters.RetiredByClass[instruction.Class]++;
+            if (translating && instruction.Class == (byte)InstructionClass.ControlTransfer && PrivilegeLevel == 0)
+            {
+                CountTranslatedBranch(in instruction.Instruction);
+            }
             if (stop is { } s)
             {
                 if (s == StopReason.Halted && IdleUntilTimer())
@@ -345,6 +349,10 @@ public sealed unsafe partial class Cpu
         decoder.IP = rip;
         decoder.Decode(out Instruction instruction);
         Counters.DecodedInstructions++;
+        if (translating && PrivilegeLevel == 0)
+        {
+            CountTranslation(in instruction);
+        }
         if (instruction.IsInvalid)
         {
             if (decoder.LastError == DecoderError.NoMoreBytes && length < 15)
@@ -397,6 +405,10 @@ public sealed unsafe partial class Cpu
         {
             codePages[page] = 0;
             decodedPages.Remove(page); // every alias of the page
+            if (translating)
+            {
+                ringCompression!.PagesInvalidated++;
+            }
             fetchPage = null;
             Counters.DecodeCacheInvalidations++;
         }

@@ -32,6 +32,28 @@ public sealed class RingCompression
     /// <summary>Privileged or sensitive instructions of kernel code that became callouts (with <see cref="Translated"/>).</summary>
     public long Callouts { get; internal set; }
 
+    // The translation cache (with Translated). The model's translation unit is the basic block; its cache is the CPU
+    // model's decoded-instruction cache, which already holds one decode per instruction and drops a page's when the
+    // page is written.
+
+    /// <summary>Kernel instructions translated (decoded into the translation cache).</summary>
+    public long InstructionsTranslated { get; internal set; }
+
+    /// <summary>Basic blocks translated: translated kernel instructions that end a block (control transfers).</summary>
+    public long BlocksTranslated { get; internal set; }
+
+    /// <summary>Entries into blocks of kernel code (kernel control transfers executed).</summary>
+    public long BlockEntries { get; internal set; }
+
+    /// <summary>Block entries that found their block already translated.</summary>
+    public long CacheHits => Math.Max(0, BlockEntries - BlocksTranslated);
+
+    /// <summary>Kernel returns and indirect branches: each looks its target up in the translation cache.</summary>
+    public long IndirectBranches { get; internal set; }
+
+    /// <summary>Pages of translated kernel code dropped because the code was written (retranslated on next use).</summary>
+    public long PagesInvalidated { get; internal set; }
+
     /// <summary>Sensitive but unprivileged instructions the guest kernel ran directly, with ring 1's outcome (not caught).</summary>
     public long UncaughtSensitive { get; internal set; }
 }
