@@ -32,6 +32,17 @@ typedef unsigned long usize;
 #define SYS_MMUTEST 13   /* the MMU permission matrix (kernel/mmutest.c) */
 #define SYS_NANOBENCH 14 /* Adams & Agesen's nanobenchmarks in the kernel (kernel/nanobench.c): op, count */
 
+/* The paravirtual interface of Nestor's VMM (docs/paravirt.md): CPUID 0x40000001 EAX bit 0 says it is there;
+ * a hypercall is VMCALL with the number in RAX and arguments in RDI, RSI; the result comes back in RAX. */
+#define NESTOR_CPUID_FEATURES  0x40000001
+#define NESTOR_FEATURE_PV      (1u << 0)
+#define HC_MMU_UPDATE          1   /* rdi = guest-physical address of {u64 entry_address, u64 value}[rsi] */
+#define HC_SET_CR3             2   /* rdi = the new CR3 */
+#define HC_INVLPG              3   /* rdi = a linear address */
+#define HC_VCPU_INFO           4   /* rdi = guest-physical address of struct vcpu_info */
+#define HC_SET_INTERRUPTS      5   /* rdi = 0 or 1 (IF); returns the previous IF */
+#define HC_RELEASE_TABLE       6   /* rdi = guest-physical address of a page that is no longer a page table */
+
 #define NANOBENCH_IN      0
 #define NANOBENCH_CR8WR   1
 #define NANOBENCH_CALLRET 2

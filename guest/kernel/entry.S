@@ -72,6 +72,7 @@ isr_common:
     SAVE_REGISTERS
     mov %rsp, %rdi
     call trap_handler
+    call pv_flush               /* paravirtual: queued page-table writes reach the hypervisor before user mode runs */
     .globl trap_return
 trap_return:
     RESTORE_REGISTERS
@@ -101,6 +102,7 @@ syscall_entry:
     mov %rsp, %rdi
     call syscall_dispatch
     mov %rax, 14*8(%rsp)        /* frame->rax = result */
+    call pv_flush
     RESTORE_REGISTERS
     add $16, %rsp
     /* Return with SYSRETQ: RIP from RCX, RFLAGS from R11, then the user stack. */

@@ -43,8 +43,13 @@ static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a
 static inline u64 rdtsc(void) { u32 lo, hi; __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi)); return ((u64)hi << 32) | lo; }
 static inline u64 read_cr2(void) { u64 v; __asm__ volatile("mov %%cr2, %0" : "=r"(v)); return v; }
 static inline u64 read_cr3(void) { u64 v; __asm__ volatile("mov %%cr3, %0" : "=r"(v)); return v; }
-static inline void write_cr3(u64 v) { __asm__ volatile("mov %0, %%cr3" : : "r"(v) : "memory"); }
-static inline void invlpg(u64 va) { __asm__ volatile("invlpg (%0)" : : "r"(va) : "memory"); }
+/* CR3 loads, INVLPG and page-table writes go through paging.c, which makes hypercalls instead when NestorOS runs
+ * paravirtualized (docs/paravirt.md). */
+void write_cr3(u64 v);
+void invlpg(u64 va);
+extern int paravirtual;
+u64 hypercall(u64 number, u64 a, u64 b);
+void pv_flush(void);
 static inline void wrmsr(u32 msr, u64 v) { __asm__ volatile("wrmsr" : : "c"(msr), "a"((u32)v), "d"((u32)(v >> 32))); }
 static inline u64 rdmsr(u32 msr) { u32 lo, hi; __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr)); return ((u64)hi << 32) | lo; }
 

@@ -72,6 +72,10 @@ static void detect_hypervisor(void)
     memcpy(sig + 8, &edx, 4);
     sig[12] = 0;
     running_on_nestor = !strcmp(sig, "NestorNestor");
+    if (running_on_nestor && eax >= NESTOR_CPUID_FEATURES) {
+        __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(NESTOR_CPUID_FEATURES), "c"(0));
+        paravirtual = (eax & NESTOR_FEATURE_PV) != 0;
+    }
 }
 
 u64 frames_at_init;
@@ -94,12 +98,12 @@ void kernel_main(int kind, u64 info)
     }
     frames_init_refcounts(top);
     u64 total = frames_free_count();
+    detect_hypervisor();
     paging_init();
     cpu_init();
-    detect_hypervisor();
     kprintf("NestorOS: booted by %s, %lu MiB free, hypervisor %s, command line \"%s\"\n",
             kind == 0 ? "the Nestor boot protocol" : "Multiboot", total * PAGE_SIZE >> 20,
-            running_on_nestor ? "Nestor" : "not Nestor", cmdline);
+            running_on_nestor ? (paravirtual ? "Nestor (paravirtual)" : "Nestor") : "not Nestor", cmdline);
     if (!strcmp(cmdline, "panic-test")) {
         kprintf("NestorOS: dereferencing a null pointer in the kernel on purpose\n");
         *(volatile u64 *)0 = 1;

@@ -62,8 +62,33 @@ i64 nanobench(u64 op, u64 count)
 /* Robin & Irvine's sensitive but unprivileged instructions, executed by the kernel (CPL 0 on bare metal): what it
  * sees of its own privilege level, whether POPF can clear IF, and where the descriptor tables and task register are.
  * A trap-and-emulate VMM that runs the kernel in ring 1 cannot catch any of them (the `sensitive` program). */
+struct vcpu_info {
+    u64 privilege_level;
+    u64 gdt_limit, gdt_base, idt_limit, idt_base;
+    u64 ldt, task_register, cr0;
+};
+
 void sensitive_probe(u64 *out)
 {
+    if (paravirtual) {
+        /* A paravirtual kernel knows it is deprivileged: it asks the hypervisor for its virtual CPU's state, and
+         * manipulates the virtual IF by hypercall, instead of running the sensitive instructions. */
+        struct vcpu_info v;
+        hypercall(HC_VCPU_INFO, (u64)&v, 0);
+        u64 before = hypercall(HC_SET_INTERRUPTS, 1, 0);
+        hypercall(HC_SET_INTERRUPTS, 0, 0);
+        u64 after = hypercall(HC_SET_INTERRUPTS, before, 0);
+        out[0] = v.privilege_level;
+        out[1] = after == 0;
+        out[2] = v.gdt_limit;
+        out[3] = v.gdt_base;
+        out[4] = v.idt_limit;
+        out[5] = v.idt_base;
+        out[6] = v.ldt;
+        out[7] = v.task_register;
+        out[8] = v.cr0 & 0xFFFF;
+        return;
+    }
     u64 cs, flags;
     __asm__ volatile("mov %%cs, %0" : "=r"(cs));
     /* With IF set (STI), POPF a copy with IF clear, and look: at CPL > IOPL the change is silently dropped (SDM Vol. 2B

@@ -5,12 +5,70 @@
 
 u64 kernel_pml4;
 int running_on_nestor;
+int paravirtual;
 
-/* The single place where the kernel writes a page-table entry: a paravirtual mode can replace this with a
- * (batched) hypercall without touching any caller. */
+/* Paravirtual mode (Xen-style, docs/paravirt.md): page-table writes are queued and handed to the hypervisor in
+ * batches (one hypercall for up to 32), which applies them and updates its shadow tables without a trap per write.
+ * The queue is flushed before any page-table entry is read (pte_lookup), before CR3 loads and INVLPG, and before
+ * returning to user mode, so nothing ever sees a queued entry as unwritten. */
+#define PV_BATCH 32
+static struct { u64 address, value; } pv_queue[PV_BATCH];
+static int pv_queued;
+
+u64 hypercall(u64 number, u64 a, u64 b)
+{
+    u64 r;
+    __asm__ volatile("vmcall" : "=a"(r) : "a"(number), "D"(a), "S"(b) : "memory");
+    return r;
+}
+
+void pv_flush(void)
+{
+    if (pv_queued) {
+        hypercall(HC_MMU_UPDATE, (u64)pv_queue, (u64)pv_queued);
+        pv_queued = 0;
+    }
+}
+
+/* Reading an entry whose write is still queued would see the old value: flush first (only then). */
+static u64 *pv_settled(u64 *e)
+{
+    for (int i = 0; i < pv_queued; i++) {
+        if (pv_queue[i].address == (u64)e) { pv_flush(); break; }
+    }
+    return e;
+}
+
+/* The single place where the kernel writes a page-table entry. */
 void pt_set_entry(u64 *entry, u64 value)
 {
-    *entry = value;
+    if (!paravirtual) {
+        *entry = value;
+        return;
+    }
+    pv_queue[pv_queued].address = (u64)entry;   /* identity-mapped: also its guest-physical address */
+    pv_queue[pv_queued].value = value;
+    if (++pv_queued == PV_BATCH) pv_flush();
+}
+
+void write_cr3(u64 v)
+{
+    if (paravirtual) {
+        pv_flush();
+        hypercall(HC_SET_CR3, v, 0);
+        return;
+    }
+    __asm__ volatile("mov %0, %%cr3" : : "r"(v) : "memory");
+}
+
+void invlpg(u64 va)
+{
+    if (paravirtual) {
+        pv_flush();
+        hypercall(HC_INVLPG, va, 0);
+        return;
+    }
+    __asm__ volatile("invlpg (%0)" : : "r"(va) : "memory");
 }
 
 static u64 alloc_table(void)
@@ -55,16 +113,18 @@ u64 *pte_lookup(u64 pml4, u64 va, int create)
 {
     u64 *table = (u64 *)pml4;
     for (int level = 3; level > 0; level--) {
-        u64 *e = &table[(va >> (12 + 9 * level)) & 511];
+        u64 *e = pv_settled(&table[(va >> (12 + 9 * level)) & 511]);
         if (!(*e & PTE_P)) {
             if (!create) return 0;
             u64 t = frame_alloc();
             if (!t) return 0;
             pt_set_entry(e, t | PTE_P | PTE_W | PTE_U);
+            table = (u64 *)t;           /* not *e: a paravirtual write may still be queued */
+            continue;
         }
         table = (u64 *)(*e & PTE_ADDR);
     }
-    return &table[(va >> 12) & 511];
+    return pv_settled(&table[(va >> 12) & 511]);
 }
 
 int map_page(u64 pml4, u64 va, u64 frame, u64 flags)
@@ -101,11 +161,19 @@ static void walk_level(u64 *table, int level, u64 base, leaf_visitor visit, void
         }
         u64 *next = (u64 *)(table[i] & PTE_ADDR);
         walk_level(next, level - 1, va, visit, context, release);
-        if (release) frame_unref((u64)next);
+        if (release) {
+            pv_flush();                 /* queued writes into `next` land before the frame can be reused */
+            if (paravirtual) hypercall(HC_RELEASE_TABLE, (u64)next, 0); /* no longer a page table (Xen's unpin) */
+            frame_unref((u64)next);
+        }
     }
 }
 
-static void walk_user(u64 pml4, leaf_visitor visit, void *context) { walk_level((u64 *)pml4, 3, 0, visit, context, 0); }
+static void walk_user(u64 pml4, leaf_visitor visit, void *context)
+{
+    pv_flush(); /* the walk reads the tables directly */
+    walk_level((u64 *)pml4, 3, 0, visit, context, 0);
+}
 
 static void release_leaf(u64 *entry, u64 va, void *context)
 {
@@ -116,7 +184,10 @@ static void release_leaf(u64 *entry, u64 va, void *context)
 
 void address_space_destroy(u64 pml4)
 {
+    pv_flush();
     walk_level((u64 *)pml4, 3, 0, release_leaf, 0, 1);
+    pv_flush();
+    if (paravirtual) hypercall(HC_RELEASE_TABLE, pml4, 0);
     frame_unref(pml4);
 }
 

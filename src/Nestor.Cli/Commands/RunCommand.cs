@@ -43,7 +43,7 @@ internal static class RunCommand
         var multiboot = new Option<bool>("--multiboot") { Description = "Boot KERNEL as a Multiboot v1 kernel (32-bit entry), as QEMU -kernel does; --engine sim only" };
         var qemu = new Option<bool>("--qemu") { Description = "Boot on the reference machine (QEMU's software CPU) instead; KERNEL defaults to builtin:nestoros" };
         var kvmDevice = new Option<string>("--kvm-device") { Description = "KVM device", DefaultValueFactory = _ => KvmSystem.DefaultDevicePath };
-        var technique = new Option<string>("--technique") { Description = "How the VMM virtualizes the CPU on --engine sim: native (no VMM, the default), hw (hardware assist: VM exits, a VMCS), trap (trap-and-emulate, the kernel in ring 1) or bt (binary translation of the kernel)", DefaultValueFactory = _ => "native" };
+        var technique = new Option<string>("--technique") { Description = "How the VMM virtualizes the CPU on --engine sim: native (no VMM, the default), hw (hardware assist: VM exits, a VMCS), trap (trap-and-emulate, the kernel in ring 1), bt (binary translation of the kernel) or pv (paravirtualization: NestorOS makes hypercalls)", DefaultValueFactory = _ => "native" };
         var mmu = new Option<string?>("--mmu") { Description = "Memory virtualization with --technique hw: nested (nested page tables, the 2-D walk; the default) or shadow" };
         var nestedPages = new Option<string?>("--nested-pages") { Description = "Page size the VMM maps guest RAM with in the nested page table: 4k (the default) or 2m" };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
@@ -98,7 +98,8 @@ internal static class RunCommand
             "hw" => Technique.HardwareAssist,
             "trap" => Technique.TrapAndEmulate,
             "bt" => Technique.BinaryTranslation,
-            _ => throw new BadInputException($"there is no technique '{o.Technique}'", "Use --technique native, hw, trap or bt"),
+            "pv" => Technique.Paravirtual,
+            _ => throw new BadInputException($"there is no technique '{o.Technique}'", "Use --technique native, hw, trap, bt or pv"),
         };
         if (technique != Technique.Native && engine != EngineKind.Sim)
         {
@@ -110,7 +111,7 @@ internal static class RunCommand
             throw new BadInputException("--mmu and --nested-pages choose how a VMM virtualizes memory, and --technique native has no VMM",
                 "Add --technique hw, or drop --mmu and --nested-pages");
         }
-        bool software = technique is Technique.TrapAndEmulate or Technique.BinaryTranslation;
+        bool software = technique is Technique.TrapAndEmulate or Technique.BinaryTranslation or Technique.Paravirtual;
         if (software && o.Mmu is { } m && !m.Equals("shadow", StringComparison.OrdinalIgnoreCase))
         {
             throw new BadInputException($"--technique {o.Technique} virtualizes memory with shadow paging: nested paging is a hardware feature",

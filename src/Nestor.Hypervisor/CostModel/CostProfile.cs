@@ -65,6 +65,10 @@ public sealed record CostProfile
     public required double TranslationPerInstruction { get; init; }
     /// <summary>A return or indirect branch in translated code: its target looked up in the translation cache.</summary>
     public required double IndirectBranch { get; init; }
+    /// <summary>A hypercall into a paravirtual VMM and back.</summary>
+    public required double HypercallRoundTrip { get; init; }
+    /// <summary>The VMM's work per page-table entry a paravirtual guest hands it (validate, write, update the shadow).</summary>
+    public required double ParavirtualUpdate { get; init; }
 
     /// <summary>Adams &amp; Agesen's Pentium 4 672 (3.8 GHz, VT-x without EPT), ASPLOS 2006.</summary>
     public static CostProfile Pentium4 { get; } = new()
@@ -94,6 +98,8 @@ public sealed record CostProfile
         SoftwareWriteEmulation = 356,
         TranslationPerInstruction = 200,
         IndirectBranch = 40,
+        HypercallRoundTrip = 2000,
+        ParavirtualUpdate = 100,
     };
 
     /// <summary>A current server core (Skylake-SP class, 2.5 GHz) with VT-x, EPT and VPID.</summary>
@@ -124,6 +130,8 @@ public sealed record CostProfile
         SoftwareWriteEmulation = 300,
         TranslationPerInstruction = 100,
         IndirectBranch = 15,
+        HypercallRoundTrip = 1500,
+        ParavirtualUpdate = 80,
     };
 
     public static IReadOnlyList<CostProfile> All { get; } = [Pentium4, Modern];

@@ -17,6 +17,10 @@ public sealed record MachineEvents
     public long InstructionsTranslated { get; init; }
     /// <summary>Returns and indirect branches executed in translated code.</summary>
     public long IndirectBranches { get; init; }
+    /// <summary>Hypercalls of a paravirtual guest.</summary>
+    public long Hypercalls { get; init; }
+    /// <summary>Page-table entries a paravirtual guest handed to the VMM.</summary>
+    public long ParavirtualUpdates { get; init; }
 
     public long[] RetiredByClass { get; init; } = new long[Enum.GetValues<InstructionClass>().Length];
     public long Instructions { get; init; }
@@ -78,6 +82,8 @@ public sealed record MachineEvents
         Callouts = Callouts - baseline.Callouts,
         InstructionsTranslated = InstructionsTranslated - baseline.InstructionsTranslated,
         IndirectBranches = IndirectBranches - baseline.IndirectBranches,
+        Hypercalls = Hypercalls - baseline.Hypercalls,
+        ParavirtualUpdates = ParavirtualUpdates - baseline.ParavirtualUpdates,
     };
 }
 
@@ -103,7 +109,7 @@ public sealed record ModelledCost(double Instructions, double Memory, double Pag
         {
             instructions += e.RetiredByClass[c] * p.CyclesPerInstruction[c];
         }
-        if (e.Technique is Techniques.Technique.TrapAndEmulate or Techniques.Technique.BinaryTranslation)
+        if (e.Technique is Techniques.Technique.TrapAndEmulate or Techniques.Technique.BinaryTranslation or Techniques.Technique.Paravirtual)
         {
             return OfSoftwareVmm(e, p, instructions);
         }
@@ -134,13 +140,14 @@ public sealed record ModelledCost(double Instructions, double Memory, double Pag
         // A true page fault is intercepted and then reflected: one trip through the VMM, counted once.
         long traps = e.ExitsFor(ExitReason.ExceptionOrNmi) + e.EventsDelivered + e.SystemCalls - e.TrueFaults;
         double events = e.EventsDelivered * p.ExceptionRoundTrip + e.SystemCalls * p.SystemCallRoundTrip;
-        double transitions = traps * p.TrapRoundTrip + e.Callouts * p.Callout;
+        double transitions = traps * p.TrapRoundTrip + e.Callouts * p.Callout + e.Hypercalls * p.HypercallRoundTrip;
         double vmm = e.PrivilegedTraps * p.PrivilegedEmulation
                      + e.PortAccesses * p.SoftwareIoEmulation
                      + (e.HiddenFaults + e.TrueFaults + e.AddressSpaceSwitches) * p.SoftwarePageFault
                      + e.EmulatedWrites * p.SoftwareWriteEmulation
                      + e.InstructionsTranslated * p.TranslationPerInstruction
                      + e.IndirectBranches * p.IndirectBranch
+                     + e.ParavirtualUpdates * p.ParavirtualUpdate
                      + e.VmmWalkReferences * p.WalkReference;
         return new ModelledCost(instructions, e.MemoryReferences * p.MemoryReference, e.WalkReferences * p.WalkReference, events,
             transitions, vmm);

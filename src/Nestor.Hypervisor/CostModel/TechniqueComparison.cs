@@ -29,8 +29,12 @@ public sealed record BenchConfiguration(string Technique, string? Mmu, SimOption
     public static BenchConfiguration BinaryTranslation { get; } =
         new("bt", "shadow", new SimOptions { Technique = Techniques.Technique.BinaryTranslation, Memory = MemoryVirtualization.Shadow });
 
+    public static BenchConfiguration Paravirtual { get; } =
+        new("pv", "shadow", new SimOptions { Technique = Techniques.Technique.Paravirtual, Memory = MemoryVirtualization.Shadow });
+
     /// <summary>The configurations <c>nestor bench</c> compares.</summary>
-    public static IReadOnlyList<BenchConfiguration> Standard { get; } = [Native, TrapAndEmulate, BinaryTranslation, HardwareShadow, HardwareNested];
+    public static IReadOnlyList<BenchConfiguration> Standard { get; } =
+        [Native, TrapAndEmulate, BinaryTranslation, Paravirtual, HardwareShadow, HardwareNested];
 }
 
 /// <summary>One configuration's figures for the workload, net of the same boot running a trivial program.</summary>

@@ -59,7 +59,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         var pool = hostPool = options.Technique == Technique.Native ? null : NewHostPool(vm);
         var memory = pool?.Memory ?? new PhysicalMemory(vm.Memory.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
         ulong top = pool?.Memory.Limit ?? vm.Memory.Regions.Max(r => r.Region.End.Value);
-        var platform = new Platform(vm);
+        var platform = new Platform(vm, options.Technique == Technique.Paravirtual);
         var cpu = new Cpu(memory, platform, options.Mmu, top);
         Load(cpu, vm.InitialState);
         Machine = cpu;
@@ -150,6 +150,8 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 Callouts = (monitor?.RingCompression?.Callouts ?? 0) + (monitor?.Callouts ?? 0),
                 InstructionsTranslated = monitor?.RingCompression?.InstructionsTranslated ?? 0,
                 IndirectBranches = monitor?.RingCompression?.IndirectBranches ?? 0,
+                Hypercalls = monitor?.Hypercalls ?? 0,
+                ParavirtualUpdates = monitor?.Shadow?.ParavirtualUpdates ?? 0,
             };
             if (Vmcs is { } vmcs && pool is not null && physicalMap is not null)
             {
@@ -238,6 +240,8 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             yield return new EngineCounter("translator_cache_hits", (ulong)rc.CacheHits, "");
             yield return new EngineCounter("translator_indirect_branches", (ulong)rc.IndirectBranches, "");
             yield return new EngineCounter("translator_pages_invalidated", (ulong)rc.PagesInvalidated, "");
+            yield return new EngineCounter("hypercalls", (ulong)monitor.Hypercalls, "");
+            yield return new EngineCounter("paravirtual_page_table_updates", (ulong)(monitor.Shadow?.ParavirtualUpdates ?? 0), "");
         }
         yield return new EngineCounter("guest_pages_backed", (ulong)map.TouchedPages, "");
         yield return new EngineCounter("vmm_table_pages", (ulong)pool.TableFrames, "");
@@ -293,7 +297,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     }
 
     /// <summary>The machine around the CPU: the VM's device bus and the CPUID Nestor's software CPU reports.</summary>
-    private sealed class Platform(Vm vm) : IPlatform
+    private sealed class Platform(Vm vm, bool paravirtual) : IPlatform
     {
         public bool StopRequested => vm.GuestStatus is not null;
 
@@ -342,7 +346,9 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                                                              (1u << 11) | (1u << 13) | (1u << 15)),
                 // Structured extended features: SMEP (EBX bit 7) and SMAP (bit 20), which the MMU models.
                 7 when subleaf == 0 => (0, (1u << 7) | (1u << 20), 0, 0),
-                KvmEngine.HypervisorLeaf => (KvmEngine.HypervisorLeaf, Word(KvmEngine.HypervisorSignature, 0),
+                // Leaf 0x40000001 EAX bit 0: the paravirtual interface (docs/paravirt.md), under --technique pv only.
+                KvmEngine.HypervisorLeaf + 1 => (paravirtual ? 1u : 0, 0, 0, 0),
+                KvmEngine.HypervisorLeaf => (KvmEngine.HypervisorLeaf + 1, Word(KvmEngine.HypervisorSignature, 0),
                     Word(KvmEngine.HypervisorSignature, 4), Word(KvmEngine.HypervisorSignature, 8)),
                 0x8000_0000 => (0x8000_0001, 0, 0, 0),
                 // SYSCALL (11), NX (20), 1 GiB pages (26), RDTSCP (27), long mode (29); LZCNT (ECX bit 5).

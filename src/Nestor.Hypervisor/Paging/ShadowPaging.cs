@@ -201,6 +201,58 @@ public sealed class ShadowPaging
         }
     }
 
+    /// <summary>Paravirtual page-table updates (a batched hypercall): the VMM writes each guest page-table entry
+    /// itself — no write-protection trap — and clears the shadow entries derived from it, then flushes the TLB once.
+    /// Returns how many it applied; an entry address outside guest RAM or not 8-byte aligned stops the batch there.</summary>
+    public int ApplyGuestWrites(Cpu cpu, IReadOnlyList<(ulong EntryAddress, ulong Value)> updates)
+    {
+        int applied = 0;
+        foreach (var (address, value) in updates)
+        {
+            if ((address & 7) != 0 || !physicalMap.IsRam(address))
+            {
+                break;
+            }
+            var page = guestView.Page(address);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(page[(int)(address & 0xFFF)..], value);
+            if (byGuestFrame.TryGetValue(address >> 12, out var shadowed))
+            {
+                foreach (var shadow in shadowed.Tables)
+                {
+                    Clear(shadow, (int)((address & 0xFFF) >> 3));
+                }
+            }
+            applied++;
+        }
+        ParavirtualUpdates += applied;
+        if (applied > 0)
+        {
+            cpu.Mmu.FlushAll(includingGlobal: true);
+        }
+        return applied;
+    }
+
+    /// <summary>A paravirtual guest says the page at <paramref name="guestPhysical"/> is no longer a page table (Xen's
+    /// unpin): its shadows go and it is writable again, so that reusing it does not trap. False when it had no
+    /// shadow, or is the top-level table in use.</summary>
+    public bool Release(Cpu cpu, ulong guestPhysical)
+    {
+        ulong frame = guestPhysical >> 12;
+        if (!byGuestFrame.TryGetValue(frame, out var shadowed) || shadowed.Tables.Contains(root!))
+        {
+            return false;
+        }
+        Unshadow(cpu, frame, shadowed);
+        Released++;
+        return true;
+    }
+
+    /// <summary>Pages a paravirtual guest released from page-table use.</summary>
+    public long Released { get; private set; }
+
+    /// <summary>Page-table entries written by paravirtual hypercalls.</summary>
+    public long ParavirtualUpdates { get; private set; }
+
     private enum Resolution { Filled, GuestFault, EmulateWrite }
 
     /// <summary>Walks the guest's tables for the access; fills the shadow path when they allow it.</summary>

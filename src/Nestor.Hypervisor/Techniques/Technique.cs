@@ -13,6 +13,8 @@ public enum Technique
     TrapAndEmulate,
     /// <summary>Binary translation of the guest kernel's code (VMware's software VMM).</summary>
     BinaryTranslation,
+    /// <summary>Paravirtualization: the guest kernel knows, and makes hypercalls (Xen).</summary>
+    Paravirtual,
 }
 
 /// <summary>The software machine's configuration: technique, memory virtualization and the MMU's caches.</summary>
@@ -42,6 +44,7 @@ public sealed record SimOptions
         Technique.Native => "native",
         Technique.TrapAndEmulate => "trap",
         Technique.BinaryTranslation => "bt",
+        Technique.Paravirtual => "pv",
         _ => Memory == MemoryVirtualization.Nested ? "hw+nested" : "hw+shadow",
     };
 }

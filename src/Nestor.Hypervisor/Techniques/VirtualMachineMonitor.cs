@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Paging;
 using Nestor.Hypervisor.Techniques.HardwareAssist;
+using Nestor.Machine.Addresses;
 using Nestor.Machine.Architecture;
 using Nestor.Machine.Memory;
 using Nestor.Machine.Processor;
@@ -92,6 +93,8 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
         }
         RingCompression = technique == Technique.HardwareAssist ? null
             : new RingCompression { Translated = technique == Technique.BinaryTranslation };
+        // Hypercalls reach the VMM as VMCALL exits (the model's hypercall gate).
+
     }
 
     /// <summary>The technique this VMM uses.</summary>
@@ -163,6 +166,11 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
             case ExitReason.Rdtsc:
                 (action, reason) = (VmExitAction.Complete, VmExitReason.Rdtsc);
                 break;
+            case ExitReason.Vmcall when technique == Technique.Paravirtual:
+                Hypercalls++;
+                action = Hypercall(cpu);
+                reason = VmExitReason.Other;
+                return action;
             case ExitReason.TranslatorCallout:
                 Callouts++;
                 action = shadow?.WriteCallout(cpu, ref exit) ?? VmExitAction.Complete;
@@ -207,6 +215,70 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
         }
         vm.Exits.Record(reason.Value, Stopwatch.GetTimestamp() - start);
         return action;
+    }
+
+    /// <summary>Hypercalls made by a paravirtual guest.</summary>
+    public long Hypercalls { get; private set; }
+
+    /// <summary>The paravirtual interface (docs/paravirt.md): the number in RAX, arguments in RDI and RSI, the result in
+    /// RAX; the VMM carries the call out and the guest goes on after the VMCALL.</summary>
+    private VmExitAction Hypercall(Cpu cpu)
+    {
+        ulong number = cpu.Registers[0], a = cpu.Registers[7], b = cpu.Registers[6];
+        ulong result = 0;
+        switch (number)
+        {
+            case 1: // MMU_UPDATE: {u64 entry_address, u64 value}[b] at guest-physical a
+                {
+                    if (b > 512 || !physicalMap.IsRam(a) || !physicalMap.IsRam(a + b * 16 - 1))
+                    {
+                        result = ulong.MaxValue;
+                        break;
+                    }
+                    var updates = new List<(ulong, ulong)>((int)b);
+                    for (ulong k = 0; k < b; k++)
+                    {
+                        updates.Add((vm.Memory.ReadUInt64(new GuestPhysical(a + k * 16)), vm.Memory.ReadUInt64(new GuestPhysical(a + k * 16 + 8))));
+                    }
+                    result = (ulong)shadow!.ApplyGuestWrites(cpu, updates);
+                    break;
+                }
+            case 2: // SET_CR3
+                shadow!.SwitchAddressSpace(cpu, a);
+                cpu.LoadCr3(a);
+                break;
+            case 3: // INVLPG
+                shadow!.Invalidate(a);
+                cpu.Mmu.InvalidatePage(a);
+                break;
+            case 4: // VCPU_INFO: the virtual CPU as the guest kernel would see it on bare metal
+                {
+                    ulong[] info = [0, cpu.GdtLimit, cpu.GdtBase, cpu.IdtLimit, cpu.IdtBase, cpu.Ldtr.Selector, cpu.Tr.Selector, cpu.Cr0];
+                    if (!physicalMap.IsRam(a) || !physicalMap.IsRam(a + 8 * 8 - 1))
+                    {
+                        result = ulong.MaxValue;
+                        break;
+                    }
+                    for (int k = 0; k < info.Length; k++)
+                    {
+                        vm.Memory.WriteUInt64(new GuestPhysical(a + (ulong)k * 8), info[k]);
+                    }
+                    break;
+                }
+            case 6: // RELEASE_TABLE: the page at a is no longer one of the guest's page tables
+                result = shadow!.Release(cpu, a) ? 1UL : 0;
+                break;
+            case 5: // SET_INTERRUPTS: IF := a, returns the previous IF
+                result = (cpu.Rflags >> 9) & 1;
+                cpu.Rflags = a != 0 ? cpu.Rflags | FlagBits.Interrupt : cpu.Rflags & ~FlagBits.Interrupt;
+                break;
+            default:
+                result = ulong.MaxValue; // -1: no such hypercall
+                break;
+        }
+        cpu.Registers[0] = result;
+        cpu.Rip += 3; // VMCALL is 0F 01 C1
+        return VmExitAction.Skip;
     }
 
     private readonly Dictionary<ulong, int> hotPageTableWriters = [];

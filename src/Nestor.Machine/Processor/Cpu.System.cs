@@ -239,6 +239,14 @@ public sealed partial class Cpu
                     Cr0 &= ~Architecture.Cr0.TaskSwitched;
                 }
                 return null;
+            case Mnemonic.Vmcall:
+                // A hypercall: an exit to the VMM in non-root operation (and the model's hypercall gate under the
+                // software techniques); #UD on bare metal, as outside VMX.
+                if (nonRoot is not null && ExitOnInstruction(ExitReason.Vmcall, 0, i))
+                {
+                    return null;
+                }
+                throw GuestFault.InvalidOpcode();
             case Mnemonic.Ud2:
             case Mnemonic.Ud0:
             case Mnemonic.Ud1:

@@ -165,6 +165,14 @@ public sealed partial class Cpu
         }
     }
 
+    /// <summary>For a VMM carrying out a guest's CR3 load (a paravirtual hypercall): what MOV to CR3 does.</summary>
+    public void LoadCr3(ulong value)
+    {
+        Cr3 = value & ~(1UL << 63);
+        Mmu.WriteCr3(value);
+        RevalidateTranslations();
+    }
+
     /// <summary>Binary translation's adaptive step (Adams &amp; Agesen §3.3): the instruction at <paramref name="linear"/>
     /// (already translated) becomes a callout into the VMM, so that it no longer traps. False when it is not in the
     /// translation cache.</summary>

@@ -9,6 +9,8 @@ public enum ExitReason : ushort
     TripleFault = 2,
     Cpuid = 10,
     Hlt = 12,
+    /// <summary>VMCALL: a hypercall (the paravirtual interface).</summary>
+    Vmcall = 18,
     Invlpg = 14,
     Rdtsc = 16,
     /// <summary>MOV to or from a control register (qualification: SDM Table 28-3).</summary>
