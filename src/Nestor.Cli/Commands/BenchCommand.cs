@@ -95,6 +95,17 @@ internal static class BenchCommand
             Console.WriteLine($"{row.Configuration.Name,-13} {row.Cost.Total,16:N0} {row.Cost.Time(p).TotalMilliseconds,12:N2} {row.RatioToNative,9:N2} {perOperation,10} {e.Instructions,14:N0} " +
                 $"{e.Walks,11:N0} {e.ReferencesPerWalk,9:N2} {e.TlbMissRate * 100,8:N2}% {faults,16} {writes,10} {row.Wall.TotalSeconds,7:N2}  {Exits(e)}");
         }
+        string program = r.Workload.Split(' ')[0];
+        if (p.References.TryGetValue(program, out var reference))
+        {
+            Console.WriteLine();
+            Console.WriteLine($"Beside the published figures ({reference.Source}):");
+            foreach (var (name, ratio) in reference.Ratios)
+            {
+                var row = r.Rows.FirstOrDefault(row => row.Configuration.Name == name);
+                Console.WriteLine($"  {name,-13} published {ratio,6:N2} × native   modelled here {(row is null ? "–" : $"{row.RatioToNative:N2} × native")}");
+            }
+        }
         Console.WriteLine();
         Console.WriteLine("Where the modelled cycles went (instructions / memory / page walks / guest events / exit transitions / VMM work):");
         foreach (var row in r.Rows)
@@ -188,6 +199,16 @@ internal static class BenchCommand
             json.WriteEndObject();
         }
         json.WriteEndArray();
+        if (r.Profile.References.TryGetValue(r.Workload.Split(' ')[0], out var reference))
+        {
+            json.WriteStartObject("published_ratios_to_native");
+            json.WriteString("source", reference.Source);
+            foreach (var (name, ratio) in reference.Ratios)
+            {
+                json.WriteNumber(name, ratio);
+            }
+            json.WriteEndObject();
+        }
         json.WriteStartArray("results");
         foreach (var line in r.Results)
         {

@@ -100,6 +100,11 @@ public sealed record CostProfile
         IndirectBranch = 40,
         HypercallRoundTrip = 2000,
         ParavirtualUpdate = 100,
+        References = new Dictionary<string, (IReadOnlyDictionary<string, double>, string)>
+        {
+            ["forkwait"] = (new Dictionary<string, double> { ["native"] = 1, ["bt+shadow"] = 36.9 / 6.0, ["hw+shadow"] = 106.4 / 6.0 },
+                "Adams & Agesen, ASPLOS 2006: forkwait (40,000 forks) 6.0 s native, 36.9 s software VMM, 106.4 s hardware VMM"),
+        },
     };
 
     /// <summary>A current server core (Skylake-SP class, 2.5 GHz) with VT-x, EPT and VPID.</summary>
@@ -135,6 +140,11 @@ public sealed record CostProfile
     };
 
     public static IReadOnlyList<CostProfile> All { get; } = [Pentium4, Modern];
+
+    /// <summary>Published ratios to native for a workload on the machine this profile describes, by configuration name,
+    /// with their source; shown beside the modelled ones. Empty when there are none.</summary>
+    public IReadOnlyDictionary<string, (IReadOnlyDictionary<string, double> Ratios, string Source)> References { get; init; } =
+        new Dictionary<string, (IReadOnlyDictionary<string, double>, string)>();
 
     /// <summary>The profile named <paramref name="name"/>, or null.</summary>
     public static CostProfile? Find(string name) => All.FirstOrDefault(p => string.Equals(p.Name, name, StringComparison.OrdinalIgnoreCase));
