@@ -45,6 +45,7 @@ public class InputErrorTests
     [InlineData("--technique native has no VMM", "--mmu", "nested")]
     [InlineData("no memory virtualization", "--technique", "hw", "--mmu", "paging")]
     [InlineData("not a page size", "--technique", "hw", "--nested-pages", "1g")]
+    [InlineData("nested paging is a hardware feature", "--technique", "trap", "--mmu", "nested")]
     [InlineData("the ways must divide the entries", "--tlb", "64:5")]
     [InlineData("is not ENTRIES[:WAYS]", "--nested-tlb", "lots")]
     [InlineData("not a number of entries", "--pwc", "5000")]
