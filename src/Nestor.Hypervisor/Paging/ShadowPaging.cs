@@ -656,7 +656,7 @@ public sealed class ShadowPaging
         {
             throw new ShadowPagingException("the guest runs with paging off, which this shadow-paging VMM does not virtualize " +
                 "(a VT-x VMM without unrestricted guest would need an identity-mapped shadow): boot it by the Nestor boot protocol, " +
-                "or use --mmu nested");
+                "or use --technique hw --mmu nested");
         }
     }
 }
