@@ -160,6 +160,19 @@ public class HardwareAssistTests(NativeWorkload native) : IClassFixture<NativeWo
         var native = Run(new SimOptions());
         var nested = Run(new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Nested });
         var shadow = Run(new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Shadow, VerifyShadowPaging = true });
+        // The software techniques run the same guest in ring 1 (its MOV CR3 and INVLPG trap and are emulated) or
+        // translated (adaptive callouts for its PTE writes), over the same shadow paging.
+        var trap = Run(new SimOptions { Technique = Technique.TrapAndEmulate, Memory = MemoryVirtualization.Shadow, VerifyShadowPaging = true });
+        var translated = Run(new SimOptions { Technique = Technique.BinaryTranslation, Memory = MemoryVirtualization.Shadow, VerifyShadowPaging = true });
+        foreach (var other in new[] { trap, translated })
+        {
+            Assert.Equal(native.Checksum, other.Checksum);
+            Assert.Equal(native.Data, other.Data);
+            Assert.Empty(other.Engine.Monitor!.Shadow!.VerificationProblems);
+            Assert.Empty(other.Problems);
+            other.Engine.Dispose();
+        }
+        Assert.True(translated.Engine.Monitor!.Callouts > iterations / 2, $"{translated.Engine.Monitor.Callouts} callouts");
 
         Assert.NotEqual(0UL, native.Checksum);
         Assert.Equal(native.Checksum, nested.Checksum);
