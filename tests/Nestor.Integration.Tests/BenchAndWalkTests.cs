@@ -6,6 +6,12 @@ namespace Nestor.Integration.Tests;
 /// <summary><c>nestor bench</c> and <c>nestor walk</c> from the command line.</summary>
 public class BenchAndWalkTests
 {
+    /// <summary>nestor bench --json's rows by configuration name ("hw+shadow"; "native" has no mmu).</summary>
+    private static Dictionary<string, T> Rows<T>(JsonElement doc, Func<JsonElement, T> value) =>
+        doc.GetProperty("rows").EnumerateArray().ToDictionary(
+            row => row.GetProperty("technique").GetString() + (row.GetProperty("mmu").ValueKind == JsonValueKind.Null ? "" : "+" + row.GetProperty("mmu").GetString()),
+            value);
+
     [Fact]
     public void Bench_compares_native_shadow_and_nested_paging_in_one_json_table()
     {
@@ -13,8 +19,7 @@ public class BenchAndWalkTests
         Assert.True(r.ExitCode == 0, r.ToString());
         var doc = JsonDocument.Parse(r.Stdout).RootElement;
         Assert.Equal("pentium4", doc.GetProperty("profile").GetString());
-        var rows = doc.GetProperty("rows").EnumerateArray().ToDictionary(
-            row => row.GetProperty("technique").GetString() + (row.GetProperty("mmu").ValueKind == JsonValueKind.Null ? "" : "+" + row.GetProperty("mmu").GetString()));
+        var rows = Rows(doc, row => row);
         Assert.Equal(["native", "trap+shadow", "bt+shadow", "pv+shadow", "hw+shadow", "hw+nested"], rows.Keys);
         double Cycles(string name) => rows[name].GetProperty("modelled_cycles").GetDouble();
         Assert.Equal(1.0, rows["native"].GetProperty("ratio_to_native").GetDouble(), 6);
@@ -99,9 +104,7 @@ public class BenchAndWalkTests
         Assert.True(r.ExitCode == 0, r.ToString());
         var doc = JsonDocument.Parse(r.Stdout).RootElement;
         Assert.Equal($"nanobench {operation} 0", doc.GetProperty("baseline").GetString());
-        var rows = doc.GetProperty("rows").EnumerateArray().ToDictionary(
-            row => row.GetProperty("technique").GetString() + (row.GetProperty("mmu").ValueKind == JsonValueKind.Null ? "" : "+" + row.GetProperty("mmu").GetString()),
-            row => row.GetProperty("modelled_cycles_per_operation").GetDouble());
+        var rows = Rows(doc, row => row.GetProperty("modelled_cycles_per_operation").GetDouble());
         Assert.InRange(rows["hw+shadow"], paperHardware * 0.95, paperHardware * 1.10);
         if (paperNative > 0)
         {
@@ -126,9 +129,7 @@ public class BenchAndWalkTests
         var r = Run(TimeSpan.FromMinutes(5), "bench", "forkwait", "300", "--profile", "pentium4", "--json");
         Assert.True(r.ExitCode == 0, r.ToString());
         var doc = JsonDocument.Parse(r.Stdout).RootElement;
-        var cycles = doc.GetProperty("rows").EnumerateArray().ToDictionary(
-            row => row.GetProperty("technique").GetString() + (row.GetProperty("mmu").ValueKind == JsonValueKind.Null ? "" : "+" + row.GetProperty("mmu").GetString()),
-            row => row.GetProperty("modelled_cycles").GetDouble());
+        var cycles = Rows(doc, row => row.GetProperty("modelled_cycles").GetDouble());
         Assert.True(cycles["native"] < cycles["bt+shadow"], $"native {cycles["native"]}, bt {cycles["bt+shadow"]}");
         Assert.True(cycles["bt+shadow"] < cycles["hw+shadow"], $"bt {cycles["bt+shadow"]}, hw+shadow {cycles["hw+shadow"]}");
         Assert.True(cycles["hw+nested"] < cycles["hw+shadow"] / 2, $"hw+nested {cycles["hw+nested"]}, hw+shadow {cycles["hw+shadow"]}");

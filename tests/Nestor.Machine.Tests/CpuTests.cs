@@ -131,17 +131,7 @@ public class CpuTests
         {
             var handler = a.CreateLabel();
             var after = a.CreateLabel();
-            // IDT at 0x2000 with vector 0 → handler.
-            a.lea(rax, __[handler]);
-            a.mov(__word_ptr[0x2000], ax);
-            a.mov(__word_ptr[0x2002], 8);
-            a.mov(__word_ptr[0x2004], 0x8E00);
-            a.shr(rax, 16);
-            a.mov(__word_ptr[0x2006], ax);
-            a.mov(__dword_ptr[0x2008], 0);
-            a.mov(__word_ptr[0x3000], 0xFFF);
-            a.mov(__qword_ptr[0x3002], 0x2000);
-            a.lidt(__[0x3000]);
+            InstallGate(a, 0, handler);
             a.xor(ecx, ecx);
             a.div(ecx);
             a.jmp(after);
@@ -162,16 +152,7 @@ public class CpuTests
         {
             var handler = a.CreateLabel();
             var wait = a.CreateLabel();
-            a.lea(rax, __[handler]);
-            a.mov(__word_ptr[0x2000 + 32 * 16], ax);
-            a.mov(__word_ptr[0x2002 + 32 * 16], 8);
-            a.mov(__word_ptr[0x2004 + 32 * 16], 0x8E00);
-            a.shr(rax, 16);
-            a.mov(__word_ptr[0x2006 + 32 * 16], ax);
-            a.mov(__dword_ptr[0x2008 + 32 * 16], 0);
-            a.mov(__word_ptr[0x3000], 0xFFF);
-            a.mov(__qword_ptr[0x3002], 0x2000);
-            a.lidt(__[0x3000]);
+            InstallGate(a, 32, handler);
             a.mov(rbx, 0xFEE0_0000UL);
             a.mov(__dword_ptr[rbx + 0xF0], 0x1FF);               // APIC on
             a.mov(__dword_ptr[rbx + 0x320], 32 | (1 << 17));     // periodic, vector 32
@@ -251,6 +232,22 @@ public class CpuTests
     }
 
     private static AssemblerMemoryOperand qword_ptr_rsp() => __qword_ptr[rsp];
+
+    /// <summary>Emits code that builds a 64-bit IDT at 0x2000 whose <paramref name="vector"/> is an interrupt gate to
+    /// <paramref name="handler"/> (selector 8, DPL 0), and loads IDTR with it.</summary>
+    private static void InstallGate(Assembler a, int vector, Label handler)
+    {
+        a.lea(rax, __[handler]);
+        a.mov(__word_ptr[0x2000 + vector * 16], ax);
+        a.mov(__word_ptr[0x2002 + vector * 16], 8);
+        a.mov(__word_ptr[0x2004 + vector * 16], 0x8E00);
+        a.shr(rax, 16);
+        a.mov(__word_ptr[0x2006 + vector * 16], ax);
+        a.mov(__dword_ptr[0x2008 + vector * 16], 0);
+        a.mov(__word_ptr[0x3000], 0xFFF);
+        a.mov(__qword_ptr[0x3002], 0x2000);
+        a.lidt(__[0x3000]);
+    }
 
     /// <summary>32-bit protected mode (no paging): a #DE at CPL 0 through a 32-bit interrupt gate, returned from with
     /// IRETD; then IRETD to CPL 3, and INT 0x80 from there through a DPL-3 gate, which switches to the TSS's SS0:ESP0
@@ -370,17 +367,7 @@ public class CpuTests
             var handler = a.CreateLabel();
             var after = a.CreateLabel();
             var back = a.CreateLabel();
-            // IDT at 0x2000 with vector 13 → handler.
-            a.lea(rax, __[handler]);
-            a.mov(__word_ptr[0x2000 + 13 * 16], ax);
-            a.mov(__word_ptr[0x2002 + 13 * 16], 8);
-            a.mov(__word_ptr[0x2004 + 13 * 16], 0x8E00);
-            a.shr(rax, 16);
-            a.mov(__word_ptr[0x2006 + 13 * 16], ax);
-            a.mov(__dword_ptr[0x2008 + 13 * 16], 0);
-            a.mov(__word_ptr[0x3000], 0xFFF);
-            a.mov(__qword_ptr[0x3002], 0x2000);
-            a.lidt(__[0x3000]);
+            InstallGate(a, 13, handler);
             a.AddInstruction(Instruction.Create(Code.Call_m1664, new MemoryOperand(Register.None, 0x3100, 4)));
             a.mov(r13, rsp);
             a.lea(rax, __[back]);

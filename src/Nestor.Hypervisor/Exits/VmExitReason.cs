@@ -32,6 +32,10 @@ public enum VmExitReason
     Exception,
     /// <summary>A guest-physical access the nested page table did not map yet (EPT violation).</summary>
     NestedPageFault,
+    /// <summary>A hypercall from a paravirtual guest.</summary>
+    Hypercall,
+    /// <summary>A callout from binary-translated code.</summary>
+    Callout,
     /// <summary>The vCPU shut down (triple fault).</summary>
     Shutdown,
     /// <summary>The engine could not execute or emulate an instruction, or deliver an event.</summary>

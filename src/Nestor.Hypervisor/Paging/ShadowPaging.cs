@@ -149,20 +149,13 @@ public sealed class ShadowPaging
         }
         ulong linear = exit.GuestLinear;
         var error = (PageFaultError)exit.ErrorCode;
-        var kind = (error & PageFaultError.Write) != 0 ? AccessKind.Write
-            : (error & PageFaultError.InstructionFetch) != 0 ? AccessKind.Execute : AccessKind.Read;
         bool user = (error & PageFaultError.User) != 0;
-        var resolution = Resolve(cpu, linear, kind, user, out var guestFault);
+        var resolution = Resolve(cpu, linear, KindOf(error), user, out var guestFault);
         FlushIfWriteProtected(cpu);
         switch (resolution)
         {
             case Resolution.GuestFault:
-                TrueFaults++;
-                exit.Vector = ExceptionVector.PageFault;
-                exit.ErrorCode = (uint)guestFault;
-                exit.HasErrorCode = true;
-                exit.GuestLinear = linear;
-                return VmExitAction.Inject;
+                return Reflect(ref exit, guestFault, linear);
             case Resolution.Filled:
                 HiddenFaults++;
                 return VmExitAction.Resume;
@@ -186,12 +179,7 @@ public sealed class ShadowPaging
         switch (resolution)
         {
             case Resolution.GuestFault:
-                TrueFaults++;
-                exit.Vector = ExceptionVector.PageFault;
-                exit.ErrorCode = (uint)guestFault;
-                exit.HasErrorCode = true;
-                exit.GuestLinear = linear;
-                return VmExitAction.Inject;
+                return Reflect(ref exit, guestFault, linear);
             case Resolution.Filled:
                 return VmExitAction.Complete;
             default:
@@ -255,6 +243,22 @@ public sealed class ShadowPaging
 
     private enum Resolution { Filled, GuestFault, EmulateWrite }
 
+    /// <summary>The access a page fault's error code describes.</summary>
+    private static AccessKind KindOf(PageFaultError error) =>
+        (error & PageFaultError.Write) != 0 ? AccessKind.Write
+        : (error & PageFaultError.InstructionFetch) != 0 ? AccessKind.Execute : AccessKind.Read;
+
+    /// <summary>A true fault: the guest's own tables refuse the access, so the guest gets the page fault they give.</summary>
+    private VmExitAction Reflect(ref VmExit exit, PageFaultError guestFault, ulong linear)
+    {
+        TrueFaults++;
+        exit.Vector = ExceptionVector.PageFault;
+        exit.ErrorCode = (uint)guestFault;
+        exit.HasErrorCode = true;
+        exit.GuestLinear = linear;
+        return VmExitAction.Inject;
+    }
+
     /// <summary>Walks the guest's tables for the access; fills the shadow path when they allow it.</summary>
     private Resolution Resolve(Cpu cpu, ulong linear, AccessKind kind, bool user, out PageFaultError guestFault)
     {
@@ -287,7 +291,7 @@ public sealed class ShadowPaging
         for (int level = 0; level <= leafLevel; level++)
         {
             ulong entry = steps[level].Entry;
-            rights = Combine(rights, entry, controls);
+            rights = PageWalker.CombineRights(rights, entry, controls);
             int index = (int)((linear >> (39 - 9 * level)) & 511);
             if (level < leafLevel)
             {
@@ -315,23 +319,6 @@ public sealed class ShadowPaging
         SetLeaf(table, (int)((linear >> 12) & 511), leaf, page >> 12);
     }
 
-    private static TranslationRights Combine(TranslationRights rights, ulong entry, in PagingControls controls)
-    {
-        if ((entry & Writable) == 0)
-        {
-            rights &= ~TranslationRights.Writable;
-        }
-        if ((entry & User) == 0)
-        {
-            rights &= ~TranslationRights.User;
-        }
-        if (controls.NoExecute && (entry & ExecuteDisable) != 0)
-        {
-            rights &= ~TranslationRights.Executable;
-        }
-        return rights;
-    }
-
     /// <summary>Emulates the faulting write with the interpreter, the write-protected page made writable for that one
     /// instruction; then updates the shadows of a guest page table it changed.</summary>
     private VmExitAction Emulate(Cpu cpu, ref VmExit exit, ulong linear, bool counted = false)
@@ -341,15 +328,12 @@ public sealed class ShadowPaging
         ulong guestPage = walk.PhysicalPage + (linear & ((1UL << walk.PageShift) - 1) & ~0xFFFUL);
         ulong frame = guestPage >> 12;
         byte[]? before = byGuestFrame.ContainsKey(frame) ? guestView.Page(guestPage).ToArray() : null;
-        if (counted)
-        {
-            // Counted by the caller (a callout).
-        }
-        else if (before is not null)
+        // A callout's write is counted by the caller.
+        if (!counted && before is not null)
         {
             PageTableWrites++;
         }
-        else
+        else if (!counted)
         {
             OtherEmulatedWrites++;
         }
@@ -375,18 +359,11 @@ public sealed class ShadowPaging
                 return VmExitAction.Inject;
             }
             var error = (PageFaultError)raised.ErrorCode;
-            var kind = (error & PageFaultError.Write) != 0 ? AccessKind.Write
-                : (error & PageFaultError.InstructionFetch) != 0 ? AccessKind.Execute : AccessKind.Read;
-            var resolution = Resolve(cpu, raised.FaultAddress, kind, (error & PageFaultError.User) != 0, out var guestFault);
+            var resolution = Resolve(cpu, raised.FaultAddress, KindOf(error), (error & PageFaultError.User) != 0, out var guestFault);
             FlushIfWriteProtected(cpu);
             if (resolution == Resolution.GuestFault)
             {
-                TrueFaults++;
-                exit.Vector = ExceptionVector.PageFault;
-                exit.ErrorCode = (uint)guestFault;
-                exit.HasErrorCode = true;
-                exit.GuestLinear = raised.FaultAddress;
-                return VmExitAction.Inject;
+                return Reflect(ref exit, guestFault, raised.FaultAddress);
             }
         }
         if (before is not null && byGuestFrame.TryGetValue(frame, out var shadowed))

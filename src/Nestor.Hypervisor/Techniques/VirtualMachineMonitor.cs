@@ -93,8 +93,7 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
         }
         RingCompression = technique == Technique.HardwareAssist ? null
             : new RingCompression { Translated = technique == Technique.BinaryTranslation };
-        // Hypercalls reach the VMM as VMCALL exits (the model's hypercall gate).
-
+        // Hypercalls reach the VMM as VMCALL exits (the model's hypercall gate), which need no control.
     }
 
     /// <summary>The technique this VMM uses.</summary>
@@ -168,14 +167,14 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
                 break;
             case ExitReason.Vmcall when technique == Technique.Paravirtual:
                 Hypercalls++;
-                action = Hypercall(cpu);
-                reason = VmExitReason.Other;
-                return action;
+                action = Hypercall(cpu, exit.InstructionLength);
+                reason = VmExitReason.Hypercall;
+                break;
             case ExitReason.TranslatorCallout:
                 Callouts++;
                 action = shadow?.WriteCallout(cpu, ref exit) ?? VmExitAction.Complete;
-                reason = VmExitReason.Exception;
-                return action;
+                reason = VmExitReason.Callout;
+                break;
             case ExitReason.ExceptionOrNmi:
                 action = exit.Vector switch
                 {
@@ -222,7 +221,7 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
 
     /// <summary>The paravirtual interface (docs/paravirt.md): the number in RAX, arguments in RDI and RSI, the result in
     /// RAX; the VMM carries the call out and the guest goes on after the VMCALL.</summary>
-    private VmExitAction Hypercall(Cpu cpu)
+    private VmExitAction Hypercall(Cpu cpu, int instructionLength)
     {
         ulong number = cpu.Registers[0], a = cpu.Registers[7], b = cpu.Registers[6];
         ulong result = 0;
@@ -277,7 +276,7 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
                 break;
         }
         cpu.Registers[0] = result;
-        cpu.Rip += 3; // VMCALL is 0F 01 C1
+        cpu.Rip += (ulong)instructionLength;
         return VmExitAction.Skip;
     }
 

@@ -105,18 +105,7 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
             {
                 return Fault(PageFaultError.Present | PageFaultError.ReservedBit, kind, user, controls);
             }
-            if ((entry & Writable) == 0)
-            {
-                rights &= ~TranslationRights.Writable;
-            }
-            if ((entry & User) == 0)
-            {
-                rights &= ~TranslationRights.User;
-            }
-            if (controls.NoExecute && (entry & ExecuteDisable) != 0)
-            {
-                rights &= ~TranslationRights.Executable;
-            }
+            rights = CombineRights(rights, entry, controls);
             bool leaf = level == 3 || (level >= 1 && (entry & LargePage) != 0);
             if (!leaf)
             {
@@ -175,6 +164,25 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
 
     /// <summary>Reserved bits (§4.5.4, Tables 4-14 to 4-20, with a 52-bit physical-address width): PS in a PML4E, XD
     /// when EFER.NXE is off, and the bits below a large page's frame.</summary>
+    /// <summary>The rights left after one more paging-structure entry (§4.6.1: a right is granted only if every level
+    /// grants it): R/W, U/S, and XD when EFER.NXE is on.</summary>
+    public static TranslationRights CombineRights(TranslationRights rights, ulong entry, in PagingControls controls)
+    {
+        if ((entry & Writable) == 0)
+        {
+            rights &= ~TranslationRights.Writable;
+        }
+        if ((entry & User) == 0)
+        {
+            rights &= ~TranslationRights.User;
+        }
+        if (controls.NoExecute && (entry & ExecuteDisable) != 0)
+        {
+            rights &= ~TranslationRights.Executable;
+        }
+        return rights;
+    }
+
     internal static bool ReservedBitsSet(ulong entry, int level, in PagingControls controls)
     {
         if (!controls.NoExecute && (entry & ExecuteDisable) != 0)

@@ -214,7 +214,8 @@ public sealed partial class Cpu
     {
         Rip = instructionStart;
         var exit = new VmExit { Reason = ExitReason.TranslatorCallout, InstructionLength = d.Instruction.Length, GuestLinear = Rip };
-        switch (exitHandler!.HandleExit(this, ref exit))
+        var action = exitHandler!.HandleExit(this, ref exit);
+        switch (action)
         {
             case VmExitAction.Skip:
                 return;
@@ -235,14 +236,9 @@ public sealed partial class Cpu
                     }
                     return;
                 }
-            case VmExitAction.Inject:
-                if (!Deliver(exit.Vector, exit.ErrorCode, exit.HasErrorCode, exit.GuestLinear, software: false, Rip))
-                {
-                    throw new ShutdownRequested();
-                }
-                return;
             default:
-                throw new VmmStop();
+                InjectOrStop(action, exit);
+                return;
         }
     }
 
@@ -258,7 +254,8 @@ public sealed partial class Cpu
         ulong next = Rip;
         Rip = instructionStart;
         var exit = new VmExit { Reason = reason, Qualification = qualification, InstructionLength = i.Length, GuestLinear = guestLinear };
-        switch (exitHandler!.HandleExit(this, ref exit))
+        var action = exitHandler!.HandleExit(this, ref exit);
+        switch (action)
         {
             case VmExitAction.Complete:
                 Rip = next;
@@ -268,14 +265,23 @@ public sealed partial class Cpu
             case VmExitAction.Resume:
                 Rip = instructionStart;
                 return true;
-            case VmExitAction.Inject:
-                if (!Deliver(exit.Vector, exit.ErrorCode, exit.HasErrorCode, exit.GuestLinear, software: false, Rip))
-                {
-                    throw new ShutdownRequested();
-                }
-                return true;
             default:
-                throw new VmmStop();
+                InjectOrStop(action, exit);
+                return true;
+        }
+    }
+
+    /// <summary>VM entry after an exit the VMM answered with <see cref="VmExitAction.Inject"/> (deliver the event;
+    /// a triple fault shuts down) or <see cref="VmExitAction.Stop"/>.</summary>
+    private void InjectOrStop(VmExitAction action, in VmExit exit)
+    {
+        if (action != VmExitAction.Inject)
+        {
+            throw new VmmStop();
+        }
+        if (!Deliver(exit.Vector, exit.ErrorCode, exit.HasErrorCode, exit.GuestLinear, software: false, Rip))
+        {
+            throw new ShutdownRequested();
         }
     }
 
@@ -336,20 +342,10 @@ public sealed partial class Cpu
     private void NestedPageFaultExit(NestedPageFault fault)
     {
         var exit = fault.Exit;
-        switch (exitHandler!.HandleExit(this, ref exit))
+        var action = exitHandler!.HandleExit(this, ref exit);
+        if (action is not (VmExitAction.Resume or VmExitAction.Skip or VmExitAction.Complete))
         {
-            case VmExitAction.Resume:
-            case VmExitAction.Skip:
-            case VmExitAction.Complete:
-                return;
-            case VmExitAction.Inject:
-                if (!Deliver(exit.Vector, exit.ErrorCode, exit.HasErrorCode, exit.GuestLinear, software: false, Rip))
-                {
-                    throw new ShutdownRequested();
-                }
-                return;
-            default:
-                throw new VmmStop();
+            InjectOrStop(action, exit);
         }
     }
 

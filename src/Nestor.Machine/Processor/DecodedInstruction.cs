@@ -119,6 +119,31 @@ internal struct DecodedInstruction
         {
             return FastOperation.General;
         }
+        // Conditional jumps, moves and sets, by family (Iced knows which instructions they are).
+        if (i.IsJccShortOrNear)
+        {
+            d.Kind = (byte)i.ConditionCode;
+            d.Immediate = i.NearBranchTarget;
+            return FastOperation.JumpConditional;
+        }
+        if (ConditionFamily[(int)i.Mnemonic] == Cmovcc)
+        {
+            d.Kind = (byte)i.ConditionCode;
+            if (!Register(i.Op0Kind, i.Op0Register, out d.Destination, out d.Size))
+            {
+                return FastOperation.General;
+            }
+            if (Register(i.Op1Kind, i.Op1Register, out d.Source, out _))
+            {
+                return FastOperation.ConditionalMoveRegister;
+            }
+            return i.Op1Kind == OpKind.Memory && Memory(ref d, i) ? FastOperation.ConditionalMoveMemory : FastOperation.General;
+        }
+        if (ConditionFamily[(int)i.Mnemonic] == Setcc)
+        {
+            d.Kind = (byte)i.ConditionCode;
+            return Register(i.Op0Kind, i.Op0Register, out d.Destination, out d.Size) ? FastOperation.SetConditionRegister : FastOperation.General;
+        }
         switch (i.Mnemonic)
         {
             case Mnemonic.Nop:
@@ -211,25 +236,6 @@ internal struct DecodedInstruction
                     });
                     return FastOperation.ShiftRegisterImmediate;
                 }
-            case Mnemonic.Jo:
-            case Mnemonic.Jno:
-            case Mnemonic.Jb:
-            case Mnemonic.Jae:
-            case Mnemonic.Je:
-            case Mnemonic.Jne:
-            case Mnemonic.Jbe:
-            case Mnemonic.Ja:
-            case Mnemonic.Js:
-            case Mnemonic.Jns:
-            case Mnemonic.Jp:
-            case Mnemonic.Jnp:
-            case Mnemonic.Jl:
-            case Mnemonic.Jge:
-            case Mnemonic.Jle:
-            case Mnemonic.Jg:
-                d.Kind = (byte)i.ConditionCode;
-                d.Immediate = i.NearBranchTarget;
-                return FastOperation.JumpConditional;
             case Mnemonic.Jmp:
                 if (i.Op0Kind is OpKind.NearBranch16 or OpKind.NearBranch32 or OpKind.NearBranch64)
                 {
@@ -253,53 +259,25 @@ internal struct DecodedInstruction
                     return i.Mnemonic == Mnemonic.Push ? FastOperation.PushRegister : FastOperation.PopRegister;
                 }
                 return FastOperation.General;
-            case Mnemonic.Cmovo:
-            case Mnemonic.Cmovno:
-            case Mnemonic.Cmovb:
-            case Mnemonic.Cmovae:
-            case Mnemonic.Cmove:
-            case Mnemonic.Cmovne:
-            case Mnemonic.Cmovbe:
-            case Mnemonic.Cmova:
-            case Mnemonic.Cmovs:
-            case Mnemonic.Cmovns:
-            case Mnemonic.Cmovp:
-            case Mnemonic.Cmovnp:
-            case Mnemonic.Cmovl:
-            case Mnemonic.Cmovge:
-            case Mnemonic.Cmovle:
-            case Mnemonic.Cmovg:
-                d.Kind = (byte)i.ConditionCode;
-                if (!Register(i.Op0Kind, i.Op0Register, out d.Destination, out d.Size))
-                {
-                    return FastOperation.General;
-                }
-                if (Register(i.Op1Kind, i.Op1Register, out d.Source, out _))
-                {
-                    return FastOperation.ConditionalMoveRegister;
-                }
-                return i.Op1Kind == OpKind.Memory && Memory(ref d, i) ? FastOperation.ConditionalMoveMemory : FastOperation.General;
-            case Mnemonic.Seto:
-            case Mnemonic.Setno:
-            case Mnemonic.Setb:
-            case Mnemonic.Setae:
-            case Mnemonic.Sete:
-            case Mnemonic.Setne:
-            case Mnemonic.Setbe:
-            case Mnemonic.Seta:
-            case Mnemonic.Sets:
-            case Mnemonic.Setns:
-            case Mnemonic.Setp:
-            case Mnemonic.Setnp:
-            case Mnemonic.Setl:
-            case Mnemonic.Setge:
-            case Mnemonic.Setle:
-            case Mnemonic.Setg:
-                d.Kind = (byte)i.ConditionCode;
-                return Register(i.Op0Kind, i.Op0Register, out d.Destination, out d.Size) ? FastOperation.SetConditionRegister : FastOperation.General;
             default:
                 return FastOperation.General;
         }
+    }
+
+    private const byte Cmovcc = 1, Setcc = 2;
+
+    /// <summary>CMOVcc and SETcc by mnemonic, built once from the sixteen condition suffixes (SDM Vol. 1 Appendix B).</summary>
+    private static readonly byte[] ConditionFamily = BuildConditionFamilies();
+
+    private static byte[] BuildConditionFamilies()
+    {
+        var family = new byte[Enum.GetValues<Mnemonic>().Max(m => (int)m) + 1];
+        foreach (string suffix in (string[])["o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g"])
+        {
+            family[(int)Enum.Parse<Mnemonic>("Cmov" + suffix, ignoreCase: true)] = Cmovcc;
+            family[(int)Enum.Parse<Mnemonic>("Set" + suffix, ignoreCase: true)] = Setcc;
+        }
+        return family;
     }
 
     private static FastOperation Arithmetic(ref DecodedInstruction d, in Instruction i, ArithmeticKind kind)
