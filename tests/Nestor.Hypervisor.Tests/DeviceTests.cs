@@ -109,3 +109,51 @@ public class DeviceTests
         Assert.Throws<InvalidOperationException>(() => bus.Claim(new DebugExitPort(_ => { }), 0x3FC, 4));
     }
 }
+
+/// <summary>A guest cannot make the unclaimed-access log flood the host's terminal or grow its memory without bound.</summary>
+public class UnclaimedAccessBoundTests
+{
+    [Fact]
+    public void Reports_are_capped_and_tracking_is_bounded_however_many_addresses_the_guest_touches()
+    {
+        var log = new StringWriter();
+        var bus = new DeviceBus(log);
+        const int ports = 65536, pages = 200_000;
+        for (int port = 0; port < ports; port++)
+        {
+            bus.WritePort((ushort)port, 1, 0);
+        }
+        for (ulong page = 0; page < pages; page++)
+        {
+            bus.ReadMemory(0xD000_0000UL + page * 0x1000 + 8, 4);
+        }
+        var lines = log.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(UnclaimedAccessLog.ReportedAddresses + 1, lines.Length);
+        Assert.Contains("counted, not reported", lines[^1]);
+        Assert.Equal(lines.Length, bus.UnclaimedAccesses.LinesWritten);
+        var accesses = bus.UnclaimedAccesses.Accesses;
+        Assert.True(accesses.Count <= UnclaimedAccessLog.TrackedEntries + 2, $"{accesses.Count} entries kept");
+        // Nothing is lost from the counts: every access is in exactly one entry.
+        Assert.Equal(ports + pages, bus.UnclaimedAccesses.Total);
+        Assert.Equal(ports, accesses.Where(a => a.Space == AccessSpace.Port).Sum(a => a.Writes));
+        Assert.Equal(pages, accesses.Where(a => a.Space == AccessSpace.Memory).Sum(a => a.Reads));
+        // The first addresses are counted one by one, later ones by range, the rest in one overflow count.
+        Assert.Equal("0x0", accesses.First(a => a.Space == AccessSpace.Port).Where);
+        Assert.Contains(accesses, a => a.Space == AccessSpace.Port && a.Where == "0x100-0x1ff");
+        Assert.Contains(accesses, a => a.Length == 0 && a.Where == "other");
+    }
+
+    [Fact]
+    public void Repeated_accesses_to_one_address_stay_one_entry_and_one_line()
+    {
+        var log = new StringWriter();
+        var bus = new DeviceBus(log);
+        for (int k = 0; k < 100_000; k++)
+        {
+            bus.WriteMemory(0xE000_0000, 8, (ulong)k);
+        }
+        Assert.Single(log.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        var only = Assert.Single(bus.UnclaimedAccesses.Accesses);
+        Assert.Equal((0L, 100_000L, "0xe0000000"), (only.Reads, only.Writes, only.Where));
+    }
+}

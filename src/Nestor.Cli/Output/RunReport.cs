@@ -64,7 +64,7 @@ internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSp
             o.WriteLine("Accesses to addresses no device claims:");
             foreach (var u in unclaimed)
             {
-                o.WriteLine($"  {(u.Space == Hypervisor.Devices.AccessSpace.Port ? "port" : "mmio"),-5} {"0x" + u.Address.ToString("x", CultureInfo.InvariantCulture),-14} reads {u.Reads,8}  writes {u.Writes,8}");
+                o.WriteLine($"  {(u.Space == Hypervisor.Devices.AccessSpace.Port ? "port" : "mmio"),-5} {u.Where,-24} reads {u.Reads,8}  writes {u.Writes,8}");
             }
         }
         var counters = engine.Counters.Where(c => c.Value != 0).OrderBy(c => c.Name, StringComparer.Ordinal).ToList();
@@ -141,7 +141,7 @@ internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSp
             {
                 json.WriteStartObject();
                 json.WriteString("space", u.Space == Hypervisor.Devices.AccessSpace.Port ? "port" : "mmio");
-                json.WriteString("address", $"0x{u.Address:x}");
+                json.WriteString("address", u.Where);
                 json.WriteNumber("reads", u.Reads);
                 json.WriteNumber("writes", u.Writes);
                 json.WriteEndObject();

@@ -59,7 +59,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         var pool = hostPool = options.Technique == Technique.Native ? null : NewHostPool(vm);
         var memory = pool?.Memory ?? new PhysicalMemory(vm.Memory.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
         ulong top = pool?.Memory.Limit ?? vm.Memory.Regions.Max(r => r.Region.End.Value);
-        var platform = new Platform(vm, options.Technique == Technique.Paravirtual);
+        var platform = new Platform(vm, control, options.Technique == Technique.Paravirtual);
         var cpu = new Cpu(memory, platform, options.Mmu, top);
         Load(cpu, vm.InitialState);
         Machine = cpu;
@@ -116,6 +116,9 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                         return new VmOutcome(VmOutcomeKind.EmulationFailure,
                             $"the VMM stopped the guest at rip=0x{cpu.Rip:x} after a {Vmcs?.LastExit.Reason} exit: {monitor?.StopMessage ?? "it could not handle it"}",
                             Capture(cpu));
+                    case StopReason.PlatformStop when vm.GuestStatus is null && control.StopReason is { } interrupted:
+                        // A stop request (timeout, a signal) ended a long instruction between its iterations.
+                        return VmOutcomes.Stopped(interrupted, vm.Config.Timeout, Capture(cpu));
                     case StopReason.PlatformStop:
                         return VmOutcomes.DebugExit(vm.GuestStatus ?? 0, Capture(cpu));
                     case StopReason.Halted:
@@ -297,9 +300,11 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     }
 
     /// <summary>The machine around the CPU: the VM's device bus and the CPUID Nestor's software CPU reports.</summary>
-    private sealed class Platform(Vm vm, bool paravirtual) : IPlatform
+    private sealed class Platform(Vm vm, RunControl control, bool paravirtual) : IPlatform
     {
-        public bool StopRequested => vm.GuestStatus is not null;
+        /// <summary>The guest wrote the debug-exit port, or someone asked the run to stop (timeout, Ctrl-C, a signal):
+        /// the CPU looks at it after port writes and between the iterations of long instructions.</summary>
+        public bool StopRequested => vm.GuestStatus is not null || control.StopReason is not null;
 
         public uint PortRead(ushort port, int size)
         {
@@ -333,29 +338,8 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             vm.Exits.Record(VmExitReason.MmioWrite, Stopwatch.GetTimestamp() - start);
         }
 
-        /// <summary>The features the model implements, and no others (Intel SDM Vol. 2A CPUID, Tables 3-8 to 3-11).</summary>
-        public (uint Eax, uint Ebx, uint Ecx, uint Edx) Cpuid(uint leaf, uint subleaf)
-        {
-            static uint Word(string s, int at) => BitConverter.ToUInt32(System.Text.Encoding.ASCII.GetBytes(s), at);
-            const string vendor = "NestorSimCPU";
-            return leaf switch
-            {
-                0 => (7, Word(vendor, 0), Word(vendor, 8), Word(vendor, 4)),
-                // Family 6; EDX: FPU TSC MSR PAE CX8 APIC SEP PGE CMOV; ECX: hypervisor present, POPCNT (bit 23).
-                1 => (0x0000_0600, 0, (1u << 31) | (1u << 23), (1u << 0) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) |
-                                                             (1u << 11) | (1u << 13) | (1u << 15)),
-                // Structured extended features: SMEP (EBX bit 7) and SMAP (bit 20), which the MMU models.
-                7 when subleaf == 0 => (0, (1u << 7) | (1u << 20), 0, 0),
-                // Leaf 0x40000001 EAX bit 0: the paravirtual interface (docs/paravirt.md), under --technique pv only.
-                KvmEngine.HypervisorLeaf + 1 => (paravirtual ? 1u : 0, 0, 0, 0),
-                KvmEngine.HypervisorLeaf => (KvmEngine.HypervisorLeaf + 1, Word(KvmEngine.HypervisorSignature, 0),
-                    Word(KvmEngine.HypervisorSignature, 4), Word(KvmEngine.HypervisorSignature, 8)),
-                0x8000_0000 => (0x8000_0001, 0, 0, 0),
-                // SYSCALL (11), NX (20), 1 GiB pages (26), RDTSCP (27), long mode (29); LZCNT (ECX bit 5).
-                0x8000_0001 => (0, 0, 1u << 5, (1u << 11) | (1u << 20) | (1u << 26) | (1u << 27) | (1u << 29)),
-                _ => (0, 0, 0, 0),
-            };
-        }
+        /// <summary>The features the model implements, and no others (<see cref="SoftwareCpuid"/>).</summary>
+        public (uint Eax, uint Ebx, uint Ecx, uint Edx) Cpuid(uint leaf, uint subleaf) => SoftwareCpuid.Query(leaf, subleaf, paravirtual);
     }
 
     private static void Load(Cpu cpu, VcpuState s)

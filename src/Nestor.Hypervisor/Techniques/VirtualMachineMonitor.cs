@@ -144,7 +144,7 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
         switch (exit.Reason)
         {
             case ExitReason.EptViolation:
-                action = MapGuestPage(exit.GuestPhysical);
+                action = MapGuestPage(cpu, ref exit);
                 reason = VmExitReason.NestedPageFault;
                 break;
             case ExitReason.IoInstruction:
@@ -342,13 +342,32 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
     }
 
     /// <summary>An EPT violation: guest RAM gets its host frame (a 2 MiB run when allowed and possible) and a nested
-    /// entry; a guest-physical address that is not RAM is mapped into the device window, so its accesses reach the
-    /// VM's devices. The guest then re-executes the access.</summary>
-    private VmExitAction MapGuestPage(ulong guestPhysical)
+    /// entry; a guest-physical address that is not RAM is mapped into the device window, readable and writable but
+    /// not executable, so its data accesses reach the VM's devices. The guest then re-executes the access.
+    /// An instruction fetch from an address with no RAM behind it cannot be satisfied by any mapping: the bare machine
+    /// raises a machine check there (the model has no bytes to decode from a device, <c>Cpu.DecodeSlow</c>), so the
+    /// VMM injects the same #MC instead of mapping the page again, which would re-fault forever.
+    /// A violation that recurs at the same instruction and address without the guest making progress means the VMM's
+    /// mapping did not cure it: the VM is stopped with that message rather than spinning, unseen by --timeout.</summary>
+    private VmExitAction MapGuestPage(Cpu cpu, ref VmExit exit)
     {
         var table = nestedTable ?? throw new InvalidOperationException("an EPT violation without nested paging");
+        ulong guestPhysical = exit.GuestPhysical;
+        if (NoProgress(cpu, guestPhysical, exit.Qualification))
+        {
+            throw new InvalidOperationException(
+                $"the guest's access to guest-physical 0x{guestPhysical:x} at rip=0x{cpu.Rip:x} keeps causing EPT violations " +
+                $"after the VMM mapped it ({RepeatLimit} in a row without an instruction retiring)");
+        }
         if (!physicalMap.IsRam(guestPhysical))
         {
+            if ((exit.Qualification & VmExit.QualificationFetch) != 0)
+            {
+                exit.Vector = ExceptionVector.MachineCheck;
+                exit.HasErrorCode = false;
+                exit.ErrorCode = 0;
+                return VmExitAction.Inject;
+            }
             ulong page = guestPhysical & ~0xFFFUL;
             table.Map(page, PhysicalMemory.DeviceWindow | page, 12, Machine.Paging.NestedEntry.Read | Machine.Paging.NestedEntry.Write);
             return VmExitAction.Resume;
@@ -360,5 +379,20 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
         }
         table.Map(guestPhysical, physicalMap.Touch(guestPhysical), 12);
         return VmExitAction.Resume;
+    }
+
+    // The last EPT violation, to tell a cured one (the guest retires an instruction or faults elsewhere) from one
+    // the mapping cannot cure. One access can legitimately fault a few times (its page-table pages, then the data page,
+    // a page-crossing access on both pages), never dozens of times at the same address.
+    private const int RepeatLimit = 64;
+    private (ulong Rip, ulong Address, ulong Qualification, long Retired) lastViolation = (ulong.MaxValue, 0, 0, -1);
+    private int repeatedViolations;
+
+    private bool NoProgress(Cpu cpu, ulong guestPhysical, ulong qualification)
+    {
+        var current = (cpu.Rip, guestPhysical & ~0xFFFUL, qualification, cpu.Counters.InstructionsRetired);
+        repeatedViolations = current == lastViolation ? repeatedViolations + 1 : 0;
+        lastViolation = current;
+        return repeatedViolations >= RepeatLimit;
     }
 }

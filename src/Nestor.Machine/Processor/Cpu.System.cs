@@ -32,6 +32,16 @@ public sealed partial class Cpu
                 }
                 Rflags = i.Mnemonic == Mnemonic.Cli ? Rflags & ~FlagBits.Interrupt : Rflags | FlagBits.Interrupt;
                 return null;
+            case Mnemonic.Clac:
+            case Mnemonic.Stac:
+                // SMAP's override: clear or set RFLAGS.AC; #UD outside CPL 0 (SDM Vol. 2A CLAC, Vol. 2B STAC). The
+                // machine advertises SMAP (CPUID.7.0:EBX[20]), so they exist whether or not CR4.SMAP is set.
+                if (PrivilegeLevel != 0)
+                {
+                    throw GuestFault.InvalidOpcode();
+                }
+                Rflags = i.Mnemonic == Mnemonic.Clac ? Rflags & ~FlagBits.AlignmentCheck : Rflags | FlagBits.AlignmentCheck;
+                return null;
             case Mnemonic.Pushfq:
             case Mnemonic.Pushf:
                 Push(Rflags & ~(FlagBits.Resume | FlagBits.Virtual8086), i.Mnemonic == Mnemonic.Pushf ? 2 : 8);
