@@ -11,6 +11,9 @@ namespace Nestor.Cli.Output;
 /// <summary>What <c>nestor run</c> reports after a run, as text for people or one JSON document for tools.</summary>
 internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSpan wall, int exitStatus, MemoryStream serial)
 {
+    /// <summary>Rows a per-port or per-address table shows before summing up the rest.</summary>
+    private const int TableRows = 32;
+
     /// <summary>Explains on <paramref name="o"/> how the run ended, unless the guest simply exited.</summary>
     public void WriteOutcome(TextWriter o)
     {
@@ -52,9 +55,16 @@ internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSp
             o.WriteLine();
             o.WriteLine("Port I/O by port:");
             o.WriteLine($"  {"port",-8} {"device",-12} {"reads",10} {"writes",10}");
-            foreach (var p in exits.ByPort)
+            // The busiest ports, in port order; a guest sweeping all 65,536 ports gets one line for the rest.
+            var shown = exits.ByPort.OrderByDescending(p => p.Reads + p.Writes).Take(TableRows).OrderBy(p => p.Port).ToList();
+            foreach (var p in shown)
             {
                 o.WriteLine($"  {"0x" + p.Port.ToString("x", CultureInfo.InvariantCulture),-8} {p.Device,-12} {p.Reads,10} {p.Writes,10}");
+            }
+            if (exits.ByPort.Count > shown.Count)
+            {
+                var rest = exits.ByPort.Except(shown).ToList();
+                o.WriteLine($"  {rest.Count + " other ports",-21} {rest.Sum(p => p.Reads),10} {rest.Sum(p => p.Writes),10}  (--json lists them all)");
             }
         }
         var unclaimed = vm.Bus.UnclaimedAccesses.Accesses;
@@ -62,9 +72,17 @@ internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSp
         {
             o.WriteLine();
             o.WriteLine("Accesses to addresses no device claims:");
-            foreach (var u in unclaimed)
+            // The busiest addresses and the overflow counts; one line for the rest (--json lists them all).
+            var listed = unclaimed.Where(u => u.Length == 0)
+                .Concat(unclaimed.Where(u => u.Length != 0).OrderByDescending(u => u.Reads + u.Writes).Take(TableRows)).ToHashSet();
+            foreach (var u in unclaimed.Where(listed.Contains))
             {
                 o.WriteLine($"  {(u.Space == Hypervisor.Devices.AccessSpace.Port ? "port" : "mmio"),-5} {u.Where,-24} reads {u.Reads,8}  writes {u.Writes,8}");
+            }
+            if (unclaimed.Count > listed.Count)
+            {
+                var rest = unclaimed.Where(u => !listed.Contains(u)).ToList();
+                o.WriteLine($"  {rest.Count + " more",-30} reads {rest.Sum(u => u.Reads),8}  writes {rest.Sum(u => u.Writes),8}  (--json lists them all)");
             }
         }
         var counters = engine.Counters.Where(c => c.Value != 0).OrderBy(c => c.Name, StringComparer.Ordinal).ToList();
