@@ -18,16 +18,17 @@ public enum HostFileKind
 
 /// <summary>The host file operations .NET does not offer: the type of a file found without opening it (opening a
 /// FIFO that has no writer blocks, opening some devices has effects), and a write lock that another nestor sees
-/// before anything is truncated. Linux only, as Nestor is; the calls and structures used here (statx, flock) have
-/// the same layout on every Linux architecture.</summary>
+/// before anything is truncated. Linux only, as Nestor is; the calls and structures used here (statx, fcntl's
+/// struct flock) have the same layout on every 64-bit Linux architecture.</summary>
 public static partial class HostFile
 {
     private const int AtFdCwd = -100;
     private const int AtEmptyPath = 0x1000;
     private const uint StatxType = 0x1, StatxSize = 0x200;
     private const int OpenWriteOnly = 0x1, OpenCreate = 0x40, OpenNonBlocking = 0x800, OpenCloseOnExec = 0x80000;
-    private const int LockExclusive = 2, LockNonBlocking = 4;
-    private const int ErrorWouldBlock = 11;
+    private const int SetOpenFileDescriptionLock = 37, WriteLock = 1; // F_OFD_SETLK, F_WRLCK
+    private const int LockExclusive = 2, LockNonBlocking = 4;          // flock's LOCK_EX, LOCK_NB
+    private const int ErrorWouldBlock = 11, ErrorAccess = 13, ErrorInvalid = 22;
 
     /// <summary>The type and size of <paramref name="path"/> (symbolic links followed), without opening it; or
     /// the errno that says why it has none.</summary>
@@ -55,17 +56,21 @@ public static partial class HostFile
     }
 
     /// <summary>Opens <paramref name="path"/> for writing (creating it) as the only nestor writing it: a regular file
-    /// is locked (flock, exclusive) before it is truncated, so a second run given the same file is refused without
-    /// touching what the first has written. Devices and FIFOs (/dev/null, a terminal, a pipe) are neither locked
-    /// nor truncated. The lock lasts as long as the stream is open.</summary>
+    /// is write-locked before it is truncated, so a second run given the same file is refused without touching what
+    /// the first has written. Devices and FIFOs (/dev/null, a terminal, a pipe) are neither locked nor truncated. The
+    /// lock lasts as long as the stream is open, and lets readers be: <c>tail -f</c> and .NET's File.ReadAllText
+    /// (which takes flock(LOCK_SH)) read the file while it is written.</summary>
     /// <param name="what">The file's role in messages, e.g. "serial log".</param>
     /// <param name="option">The option that named it, e.g. "--serial-log".</param>
     /// <exception cref="BadInputException">It cannot be opened, or another process holds its lock.</exception>
     public static FileStream CreateExclusive(string path, string what, string option)
     {
-        // Not FileMode.Create with FileShare.None: .NET does take flock(LOCK_EX) before truncating, but any process
-        // can turn that off (DOTNET_SYSTEM_IO_DISABLEFILELOCKING), and its refusal is an IOException only errno
-        // tells apart from other failures. Doing it here makes the order (open, lock, then truncate) Nestor's.
+        // Not FileMode.Create with FileShare.None, although .NET 10 on Linux does open without O_TRUNC, take
+        // flock(LOCK_EX | LOCK_NB) and only then ftruncate (strace shows it): any process can turn that locking off
+        // (DOTNET_SYSTEM_IO_DISABLEFILELOCKING), its refusal is an IOException only errno tells apart from others,
+        // and an exclusive flock also shuts out every .NET reader of the log, since .NET takes flock(LOCK_SH) to
+        // read. An open-file-description record lock (fcntl F_OFD_SETLK) is independent of flock on Linux: it
+        // excludes another nestor's write lock only. The order (open, lock, then truncate) is Nestor's here.
         int fd = Open(path, OpenWriteOnly | OpenCreate | OpenCloseOnExec, 0x1B6 /* 0666, less the umask */);
         if (fd < 0)
         {
@@ -79,14 +84,14 @@ public static partial class HostFile
             var (kind, _, statError) = Statx(fd, "", AtEmptyPath);
             if (statError == 0 && kind == HostFileKind.Regular)
             {
-                if (Flock(fd, LockExclusive | LockNonBlocking) != 0)
+                int lockError = LockForWriting(fd);
+                if (lockError != 0)
                 {
-                    int error = Marshal.GetLastPInvokeError();
-                    throw error == ErrorWouldBlock
+                    throw lockError is ErrorWouldBlock or ErrorAccess
                         ? new BadInputException(
                             $"another nestor is writing the {what} '{path}' (it holds the file's lock); two runs writing one file would corrupt it",
                             $"Give this run its own {option} file, or wait until the other run has ended")
-                        : new BadInputException($"cannot lock the {what} '{path}': {Marshal.GetPInvokeErrorMessage(error)}",
+                        : new BadInputException($"cannot lock the {what} '{path}': {Marshal.GetPInvokeErrorMessage(lockError)}",
                             $"Give {option} a file on a local file system");
                 }
                 if (Ftruncate(fd, 0) != 0)
@@ -105,6 +110,27 @@ public static partial class HostFile
             handle.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Write-locks the whole file for this open file description; returns 0 or the errno.</summary>
+    private static unsafe int LockForWriting(int fd)
+    {
+        // struct flock: short l_type, short l_whence, off_t l_start (offset 8), off_t l_len (16, 0 = to the end and
+        // beyond), pid_t l_pid (24, 0 for OFD locks); 32 bytes.
+        byte* request = stackalloc byte[32];
+        new Span<byte>(request, 32).Clear();
+        *(short*)request = WriteLock;
+        if (Fcntl(fd, SetOpenFileDescriptionLock, request) == 0)
+        {
+            return 0;
+        }
+        int error = Marshal.GetLastPInvokeError();
+        if (error != ErrorInvalid)
+        {
+            return error;
+        }
+        // A kernel or file system without OFD locks: flock, which other nestors see just as well.
+        return Flock(fd, LockExclusive | LockNonBlocking) == 0 ? 0 : Marshal.GetLastPInvokeError();
     }
 
     /// <summary>Words for a kind of file, for messages: "a character device".</summary>
@@ -147,6 +173,9 @@ public static partial class HostFile
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int Open(string path, int flags, uint mode);
+
+    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    private static unsafe partial int Fcntl(int fd, int command, byte* argument);
 
     [LibraryImport("libc", EntryPoint = "flock", SetLastError = true)]
     private static partial int Flock(int fd, int operation);

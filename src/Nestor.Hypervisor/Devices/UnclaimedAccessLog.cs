@@ -7,7 +7,9 @@ public enum AccessSpace
     Memory,
 }
 
-/// <summary>Counts of accesses to one address no device claims.</summary>
+/// <summary>Counts of accesses to one address no device claims. <see cref="FirstInstructionPointer"/> is the RIP
+/// the engine reported at the first access: on both engines (the software machine, and KVM at its I/O and MMIO
+/// exits) the guest has by then moved past the accessing instruction, so it is the address just after it.</summary>
 public sealed record UnclaimedAccess(AccessSpace Space, ulong Address, long Reads, long Writes, ulong FirstInstructionPointer);
 
 /// <summary>Counts accesses to unclaimed ports and MMIO addresses and reports each address once, so a guest probing
@@ -37,7 +39,7 @@ public sealed class UnclaimedAccessLog(TextWriter diagnostics)
         string where = space == AccessSpace.Port ? $"I/O port 0x{address:x}" : $"MMIO address 0x{address:x}";
         string what = isWrite ? $"wrote 0x{value:x} ({size} byte{(size > 1 ? "s" : "")}) to" : $"read {size} byte{(size > 1 ? "s" : "")} from";
         diagnostics.WriteLine(
-            $"nestor: the guest {what} {where}, which no device claims (rip=0x{at:x}); " +
+            $"nestor: the guest {what} {where}, which no device claims (rip=0x{at:x}, just after the instruction that made the access); " +
             "reads return all ones, writes are dropped. Further accesses to this address are counted, not reported.");
     }
 }

@@ -62,6 +62,7 @@ public sealed class Deadline : IDisposable
 
     private readonly Lock gate = new();
     private readonly TimeSpan limit;
+    private readonly TimeSpan longestStep;
     private readonly long start = Stopwatch.GetTimestamp();
     private readonly Action onExpiry;
     private readonly Timer timer;
@@ -69,10 +70,16 @@ public sealed class Deadline : IDisposable
 
     /// <param name="limit">How long from now; zero or less expires at once.</param>
     /// <param name="onExpiry">Runs on a thread-pool thread, once.</param>
-    public Deadline(TimeSpan limit, Action onExpiry)
+    public Deadline(TimeSpan limit, Action onExpiry) : this(limit, onExpiry, LongestStep)
+    {
+    }
+
+    /// <summary>With a shorter step than the timer's longest, so that tests see the re-arming in milliseconds.</summary>
+    internal Deadline(TimeSpan limit, Action onExpiry, TimeSpan longestStep)
     {
         this.limit = limit;
         this.onExpiry = onExpiry;
+        this.longestStep = longestStep;
         timer = new Timer(_ => Check(), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
         lock (gate)
         {
@@ -104,7 +111,7 @@ public sealed class Deadline : IDisposable
     }
 
     private void Arm(TimeSpan wait) =>
-        timer.Change(wait <= TimeSpan.Zero ? TimeSpan.Zero : wait < LongestStep ? wait : LongestStep, Timeout.InfiniteTimeSpan);
+        timer.Change(wait <= TimeSpan.Zero ? TimeSpan.Zero : wait < longestStep ? wait : longestStep, Timeout.InfiniteTimeSpan);
 
     public void Dispose()
     {
