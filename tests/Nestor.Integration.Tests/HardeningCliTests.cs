@@ -410,6 +410,30 @@ public class HardeningCliTests
         }
     }
 
+    /// <summary>The same signal between instructions (a guest that loops) is acted on at once today: what the test
+    /// above waits for is the engine, not the signal's delivery.</summary>
+    [Fact]
+    public void Ctrl_c_during_a_loop_interrupts_the_run()
+    {
+        string guest = LoopingGuest();
+        try
+        {
+            using var nestor = new Background(null, "run", "--flat", guest, "--json");
+            Thread.Sleep(2000); // booted and looping by then (with --json its output comes in the report)
+            Assert.False(nestor.HasExited, "nestor ended early");
+            nestor.Signal(SigInt);
+            var r = nestor.WaitForExit(TimeSpan.FromSeconds(30)) ?? throw new Xunit.Sdk.XunitException("SIGINT did not stop nestor within 30 s");
+            Assert.True(r.ExitCode == 130, r.ToString());
+            var root = JsonDocument.Parse(r.Stdout).RootElement;
+            Assert.Equal("interrupted", root.GetProperty("outcome").GetProperty("kind").GetString());
+            Assert.Equal("ready\ntail", root.GetProperty("serial").GetString());
+        }
+        finally
+        {
+            Delete(guest);
+        }
+    }
+
     // ---- 9. One writer per serial log -------------------------------------------------------------------------
 
     [Fact]

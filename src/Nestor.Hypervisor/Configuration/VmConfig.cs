@@ -87,15 +87,23 @@ public sealed record KernelImageSource(string Name, byte[] Contents, KernelForma
                 "If it is raw machine code, add --flat (it is loaded at 0x100000 and entered there)");
         }
         CheckSize(path, total, limit, format, exactly: false);
-        var buffer = new byte[(int)Math.Clamp(size, total, limit + 1)];
+        var buffer = new byte[(int)Math.Clamp(size, total, limit)];
         header[..total].CopyTo(buffer);
+        Span<byte> probe = stackalloc byte[1];
         while (true)
         {
             if (total == buffer.Length)
             {
-                CheckSize(path, total, limit, format, exactly: false);
-                // Longer than stat said: grow, to one byte more than the limit at most (that byte refuses it).
-                Array.Resize(ref buffer, (int)Math.Min((long)buffer.Length * 2, limit + 1));
+                // As long as stat said: one byte more tells the end of the file from a file longer than stat said,
+                // which grows the buffer (within the limit) only then.
+                if (ReadInto(probe, total, read) == 0)
+                {
+                    break;
+                }
+                CheckSize(path, (long)total + 1, limit, format, exactly: false);
+                Array.Resize(ref buffer, (int)Math.Min(Math.Max((long)buffer.Length * 2, 4096), limit));
+                buffer[total++] = probe[0];
+                continue;
             }
             int n = ReadInto(buffer.AsSpan(total), total, read);
             if (n == 0)
