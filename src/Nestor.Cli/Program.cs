@@ -9,23 +9,33 @@ public static class Program
 {
     public static int Main(string[] args)
     {
-        var root = new RootCommand("Nestor: a virtualization platform to run, see and measure virtual machines.")
-        {
-            RunCommand.Create(),
-            InfoCommand.Create(),
-            BenchCommand.Create(),
-            WalkCommand.Create(),
-        };
-        var parse = root.Parse(args);
+        var parse = CreateRoot().Parse(args, ParserConfiguration);
         if (parse.Errors.Count > 0)
         {
             foreach (var error in parse.Errors)
             {
                 Console.Error.WriteLine($"nestor: {error.Message}");
             }
-            Console.Error.WriteLine("Run 'nestor --help' or 'nestor run --help' for the options.");
+            var command = parse.CommandResult.Command;
+            Console.Error.WriteLine(command is RootCommand
+                ? "Run 'nestor --help' for the commands."
+                : $"Run 'nestor {command.Name} --help' for its options.");
             return ExitStatus.BadInput;
         }
         return parse.Invoke();
     }
+
+    /// <summary>How the command line is read. No response files: System.CommandLine would otherwise replace an
+    /// argument beginning with @ by the contents of the file it names, undocumented and echoing that file in its
+    /// errors, and a kernel whose path begins with @ could not be named.</summary>
+    internal static ParserConfiguration ParserConfiguration { get; } = new() { ResponseFileTokenReplacer = null };
+
+    /// <summary>The command tree: <c>nestor run | info | bench | walk</c>.</summary>
+    internal static RootCommand CreateRoot() => new("Nestor: a virtualization platform to run, see and measure virtual machines.")
+    {
+        RunCommand.Create(),
+        InfoCommand.Create(),
+        BenchCommand.Create(),
+        WalkCommand.Create(),
+    };
 }

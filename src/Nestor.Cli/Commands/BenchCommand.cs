@@ -20,9 +20,10 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "Print {\"rows\":[...]} as JSON instead of a table" };
         var memory = new Option<string>("--memory", "-m") { Description = "Guest RAM", DefaultValueFactory = _ => "64M" };
         var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
+        var timeout = TypedOptions.Seconds("--timeout", "Stop any one run (each technique runs the program and a baseline) that takes longer than this many seconds; the bench then fails");
         var command = new Command("bench", "Run one NestorOS program natively, under hardware assist with shadow paging and with nested paging, and compare modelled cost and counted events")
         {
-            program, profile, json, memory, verbose,
+            program, profile, json, memory, verbose, timeout,
         };
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
@@ -35,7 +36,10 @@ internal static class BenchCommand
             {
                 var costs = CostProfile.Find(parse.GetValue(profile)!) ?? throw new BadInputException(
                     $"there is no cost profile '{parse.GetValue(profile)}'", $"Use --profile {string.Join(" or ", CostProfile.All.Select(p => p.Name))}");
-                string commandLine = string.Join(' ', parse.GetValue(program)!);
+                // The program's words are checked as NestorOS would read them: System.CommandLine hands this
+                // argument every token it does not know, unknown options included.
+                string commandLine = NestorOSCommandLine.Check(parse.GetValue(program)!);
+                TimeSpan? limit = parse.GetValue(timeout) is { } seconds ? TypedOptions.ToTimeSpan(seconds) : null;
                 ulong bytes = Size.Parse(parse.GetValue(memory)!, "--memory");
                 bool asJson = parse.GetValue(json);
                 var kernel = new KernelImageSource("built-in NestorOS", BuiltInGuests.NestorOS(), KernelFormat.Elf);
@@ -43,7 +47,7 @@ internal static class BenchCommand
                 progress?.WriteLine($"nestor bench: '{commandLine}' on the software machine, costed with the {costs.Name} profile");
                 var caches = mmuOptions.Parse(parse);
                 var configurations = BenchConfiguration.Standard.Select(c => c with { Options = c.Options with { Mmu = caches } }).ToList();
-                var result = TechniqueComparison.Run(kernel, commandLine, bytes, costs, configurations, progress);
+                var result = TechniqueComparison.Run(kernel, commandLine, bytes, costs, configurations, progress, limit);
                 if (asJson)
                 {
                     WriteJson(result);

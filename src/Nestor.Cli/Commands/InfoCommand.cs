@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Text.Json;
-using Nestor.Cli.Output;
 using Nestor.Hypervisor.Capabilities;
 using Nestor.Kvm;
 
@@ -29,7 +28,9 @@ internal static class InfoCommand
             {
                 WriteText(host);
             }
-            return host.Unavailable is null ? 0 : ExitStatus.HostUnsupported;
+            // A report, not a run: a host without KVM still runs every guest on the sim engine (the default), so
+            // the missing KVM is said, not an error.
+            return 0;
         });
         return command;
     }
@@ -79,7 +80,12 @@ internal static class InfoCommand
         {
             o.WriteLine($"  kvm  {(runs ? "runs" : "cannot run"),-11} {guest}{(runs ? "" : $" ({why})")}");
         }
-        o.WriteLine("  sim  not in this release yet: Nestor's own x86-64 machine, which will run every guest on any host");
+        o.WriteLine("  sim  runs        every guest: Nestor's own x86-64 machine, the default engine, needs no KVM");
+        if (host.Unavailable is not null)
+        {
+            o.WriteLine();
+            o.WriteLine("KVM is unavailable on this host: --engine kvm cannot run here; --engine sim (the default) runs everything.");
+        }
         if (host.Unavailable is null && host.Probes.Any(p => !p.Works))
         {
             o.WriteLine();
@@ -121,6 +127,7 @@ internal static class InfoCommand
             }
             json.WriteEndArray();
         }
+        json.WriteBoolean("sim_engine_available", true);
         json.WriteStartArray("kvm_engine");
         foreach (var (guest, runs, why) in EngineVerdicts(host))
         {

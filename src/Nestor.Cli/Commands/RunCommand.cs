@@ -33,7 +33,7 @@ internal static class RunCommand
         var commandLine = new Option<string>("--cmdline") { Description = "Kernel command line", DefaultValueFactory = _ => "" };
         var flat = new Option<bool>("--flat") { Description = "KERNEL is raw code, loaded at 0x100000 (or --load-addr) and entered there" };
         var loadAddress = new Option<string?>("--load-addr") { Description = "Guest-physical load address of --flat code (default 0x100000)" };
-        var timeout = new Option<double?>("--timeout") { Description = "Stop the guest after this many seconds" };
+        var timeout = TypedOptions.Seconds("--timeout", "Stop after this many seconds, loading included (exit status 124)");
         var dumpState = new Option<string?>("--dump-state") { Description = "Write the vCPU's final state as JSON to FILE, or - for standard output" };
         var stats = new Option<bool>("--stats") { Description = "Print VM exits by reason and KVM's own counters" };
         var json = new Option<bool>("--json") { Description = "Print one JSON document (outcome, exits, counters, guest output) instead of text" };
@@ -129,19 +129,29 @@ internal static class RunCommand
             "2m" => true,
             _ => throw new BadInputException($"--nested-pages {o.NestedPages} is not a page size the nested table has", "Use --nested-pages 4k or 2m"),
         };
+        if (memory == MemoryVirtualization.Shadow && o.NestedPages is not null)
+        {
+            throw new BadInputException(
+                $"--nested-pages {o.NestedPages} sizes the pages of the nested page table, and shadow paging has none: the VMM builds shadows of the guest's own tables",
+                "Drop --nested-pages, or use --technique hw --mmu nested");
+        }
         return new SimOptions { Technique = technique, Memory = memory, LargeNestedPages = large, Mmu = o.Caches };
     }
 
     private static int Execute(RunOptions o, bool verbose)
     {
         Stream? serialFile = null;
+        // Both first, before the kernel is read: --timeout bounds the whole command, and a signal during loading
+        // stops the run as soon as it starts, with the same report as during the run.
+        var control = new RunControl();
+        using var signals = o.Qemu ? null : new StopSignals(control); // QEMU gets the terminal's signals itself
+        using var watchdog = o.Timeout is { } seconds && !o.Qemu ? new RunWatchdog(seconds) : null;
         try
         {
             if (o.Qemu)
             {
                 return RunOnQemu(o);
             }
-            var source = KernelSource(o);
             var engineKind = o.Engine.ToLowerInvariant() switch
             {
                 "kvm" => EngineKind.Kvm,
@@ -149,10 +159,9 @@ internal static class RunCommand
                 _ => throw new BadInputException($"there is no engine '{o.Engine}'", "Use --engine kvm or --engine sim"),
             };
             var simOptions = ParseSimOptions(o, engineKind);
-            if (o.Timeout is { } t && (double.IsNaN(t) || t <= 0 || t > TimeSpan.MaxValue.TotalSeconds / 2))
-            {
-                throw new BadInputException($"--timeout {t.ToString(CultureInfo.InvariantCulture)} is not a positive number of seconds", "Give e.g. --timeout 10");
-            }
+            RefuseMultibootMisuse(o, engineKind);
+            ulong memoryBytes = Size.Parse(o.Memory, "--memory");
+            var source = KernelSource(o, memoryBytes);
             var captured = new MemoryStream();
             Stream serial;
             if (o.SerialLog is not null)
@@ -168,43 +177,24 @@ internal static class RunCommand
             {
                 Engine = engineKind,
                 Kernel = source,
-                MemoryBytes = Size.Parse(o.Memory, "--memory"),
+                MemoryBytes = memoryBytes,
                 CommandLine = o.CommandLine,
-                Timeout = o.Timeout is { } s ? TimeSpan.FromSeconds(s) : null,
+                Timeout = o.Timeout is { } s ? TypedOptions.ToTimeSpan(s) : null,
                 Force = o.Force,
                 SerialOutput = serial,
                 Diagnostics = Console.Error,
                 KvmDevicePath = o.KvmDevice,
                 Multiboot = o.Multiboot,
             };
-            if (o.Multiboot && (engineKind != EngineKind.Sim || o.Flat))
-            {
-                throw new BadInputException("--multiboot boots a kernel file on the software machine",
-                    "Add --engine sim, and drop --flat (a Multiboot kernel says where it loads)");
-            }
             using var vm = Vm.Create(config);
             if (!o.Force && engineKind == EngineKind.Kvm)
             {
                 RefuseIfHostCannotRun(vm);
             }
-            var control = new RunControl();
-            ConsoleCancelEventHandler onCancel = (_, e) =>
-            {
-                e.Cancel = true;
-                control.Stop(VmOutcomeKind.Interrupted);
-            };
-            Console.CancelKeyPress += onCancel;
             IEngine engine = engineKind == EngineKind.Sim ? new SimEngine(simOptions) : new KvmEngine();
+            watchdog?.Running(control);
             var clock = Stopwatch.StartNew();
-            VmOutcome outcome;
-            try
-            {
-                outcome = vm.Run(engine, control);
-            }
-            finally
-            {
-                Console.CancelKeyPress -= onCancel;
-            }
+            var outcome = vm.Run(engine, control);
             clock.Stop();
             vm.Serial.Flush();
             int status = ExitStatus.For(outcome);
@@ -253,16 +243,37 @@ internal static class RunCommand
         }
     }
 
+    /// <summary>--multiboot loads a kernel file on the software machine; the advice names only what was given.</summary>
+    private static void RefuseMultibootMisuse(RunOptions o, EngineKind engine)
+    {
+        if (!o.Multiboot)
+        {
+            return;
+        }
+        if (engine != EngineKind.Sim)
+        {
+            throw new BadInputException($"--multiboot boots a kernel on Nestor's software machine, not on --engine {o.Engine}",
+                "Drop --engine kvm (sim is the default)" + (o.Flat ? ", and drop --flat (a Multiboot kernel says where it loads)" : ""));
+        }
+        if (o.Flat)
+        {
+            throw new BadInputException("--multiboot and --flat are two different ways of loading a kernel",
+                "Drop --flat: a Multiboot kernel says where it loads");
+        }
+    }
+
     /// <summary><c>--qemu</c>: the same kernel on the reference machine (QEMU TCG), for comparison with Nestor.</summary>
     private static int RunOnQemu(RunOptions o)
     {
-        if (o.Flat || o.Stats || o.Json || o.DumpState is not null)
+        string[] given = [.. new[] { (o.Flat, "--flat"), (o.Stats, "--stats"), (o.Json, "--json"), (o.DumpState is not null, "--dump-state") }
+            .Where(g => g.Item1).Select(g => g.Item2)];
+        if (given.Length > 0)
         {
             throw new BadInputException("--qemu boots a Multiboot kernel and reports only its output and exit status",
-                "Drop --flat, --stats, --json and --dump-state with --qemu");
+                $"Drop {(given.Length == 1 ? given[0] : string.Join(", ", given[..^1]) + " and " + given[^1])} with --qemu");
         }
-        var source = o.Kernel is null ? BuiltInGuests.Get("nestoros") : KernelSource(o);
         ulong memory = Size.Parse(o.Memory, "--memory");
+        var source = o.Kernel is null ? BuiltInGuests.Get("nestoros") : KernelSource(o, memory);
         string path = o.Kernel is not null && !o.Kernel.StartsWith("builtin:", StringComparison.Ordinal)
             ? o.Kernel
             : Path.Combine(Path.GetTempPath(), $"nestor-{Environment.ProcessId}-{Guid.NewGuid():N}.elf");
@@ -274,8 +285,14 @@ internal static class RunCommand
         try
         {
             using var serial = o.SerialLog is null ? Console.OpenStandardOutput() : OpenSerialLog(o.SerialLog);
-            var outcome = Nestor.Hypervisor.Reference.QemuReferenceMachine.Run(path, memory, o.CommandLine, serial,
-                o.Timeout is { } t ? TimeSpan.FromSeconds(t) : null);
+            // QEMU is waited for with Process.WaitForExit, which takes at most int.MaxValue ms (24.8 days): a longer
+            // limit is no limit there.
+            TimeSpan? qemuLimit = o.Timeout is { } t ? TypedOptions.ToTimeSpan(t) : null;
+            if (qemuLimit?.TotalMilliseconds >= int.MaxValue)
+            {
+                qemuLimit = null;
+            }
+            var outcome = Nestor.Hypervisor.Reference.QemuReferenceMachine.Run(path, memory, o.CommandLine, serial, qemuLimit);
             if (outcome.TimedOut)
             {
                 Console.Error.WriteLine($"nestor: the guest was still running on QEMU after {o.Timeout} s (--timeout); QEMU was stopped");
@@ -297,7 +314,8 @@ internal static class RunCommand
         }
     }
 
-    private static KernelImageSource KernelSource(RunOptions o)
+    /// <summary>The kernel to boot; a file is read only if it is a regular file no larger than guest RAM.</summary>
+    private static KernelImageSource KernelSource(RunOptions o, ulong memoryBytes)
     {
         GuestPhysical? load = o.LoadAddress is null ? null : new GuestPhysical(AddressText.Parse(o.LoadAddress, "--load-addr"));
         if (o.Kernel is null || o.Kernel.StartsWith("builtin:", StringComparison.Ordinal))
@@ -316,13 +334,7 @@ internal static class RunCommand
         {
             throw new BadInputException($"'{o.Kernel}' is not an option of 'nestor run'", "Run 'nestor run --help' for the options");
         }
-        var source = KernelImageSource.FromFile(o.Kernel, o.Flat ? KernelFormat.Flat : KernelFormat.Elf, load);
-        if (!o.Flat && !Nestor.Hypervisor.Boot.ElfImage.HasElfMagic(source.Contents))
-        {
-            throw new BadInputException($"'{o.Kernel}' is not an ELF file (it does not start with 7f 45 4c 46)",
-                "If it is raw machine code, add --flat (it is loaded at 0x100000 and entered there)");
-        }
-        return source;
+        return KernelImageSource.FromFile(o.Kernel, o.Flat ? KernelFormat.Flat : KernelFormat.Elf, load, memoryBytes);
     }
 
     /// <summary>Refuses up front a guest whose code needs something the host KVM's probes show it cannot do, rather
@@ -352,8 +364,8 @@ internal static class RunCommand
         });
         throw new HostUnsupportedException(
             $"this host's KVM cannot run '{vm.Config.Kernel.Name}':\n{string.Join("\n", lines)}",
-            "Run it on a host whose KVM passes these probes ('nestor info' shows them), or with the sim engine once it exists; " +
-            "--force runs it here anyway");
+            "Run it on Nestor's software machine, which runs every guest on any host (--engine sim, the default), or on a host " +
+            "whose KVM passes these probes ('nestor info' shows them); --force runs it here anyway");
     }
 
     private static string Describe(GuestFeature f) => f switch
@@ -365,17 +377,9 @@ internal static class RunCommand
         _ => "the cmpxchg16b instruction",
     };
 
-    private static Stream OpenSerialLog(string path)
-    {
-        try
-        {
-            return new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.Read);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new BadInputException($"cannot write the serial log '{path}': {e.Message}", "Give a writable path for --serial-log");
-        }
-    }
+    /// <summary>The serial log, written by this nestor alone: a second run given the same file is refused (120)
+    /// before anything in it is truncated.</summary>
+    private static Stream OpenSerialLog(string path) => HostFile.CreateExclusive(path, "serial log", "--serial-log");
 
     private static void WriteState(string path, VcpuState state)
     {

@@ -21,11 +21,13 @@ internal static class WalkCommand
     public static Command Create()
     {
         var address = new Argument<string>("address") { Description = "Guest-virtual address, e.g. 0x8000001000" };
-        var pid = new Option<int?>("--pid") { Description = "Walk in this NestorOS process's address space (default: the one running when the VM stopped)" };
+        var pid = TypedOptions.Integer("--pid", "Walk in this NestorOS process's address space (default: the one running when the VM stopped)",
+            0, int.MaxValue, "a NestorOS process number", "2");
         var commandLine = new Option<string>("--cmdline") { Description = "NestorOS command line", DefaultValueFactory = _ => "memtouch 4 rand" };
-        var breakAt = new Option<long?>("--break-at") { Description = "Stop after this many instructions instead of at the end of the run" };
+        var breakAt = TypedOptions.Long("--break-at", "Stop after this many instructions instead of at the end of the run",
+            1, long.MaxValue, "a positive number of instructions", "5000000");
         var mmu = new Option<string>("--mmu") { Description = "nested (2-D walk, the default), shadow, or native (no VMM)", DefaultValueFactory = _ => "nested" };
-        var nestedPages = new Option<string>("--nested-pages") { Description = "4k or 2m nested pages", DefaultValueFactory = _ => "4k" };
+        var nestedPages = new Option<string?>("--nested-pages") { Description = "4k (the default) or 2m nested pages, with --mmu nested" };
         var memory = new Option<string>("--memory", "-m") { Description = "Guest RAM", DefaultValueFactory = _ => "64M" };
         var user = new Option<bool>("--supervisor") { Description = "Walk as a supervisor access (default: a user access)" };
         var command = new Command("walk", "Run NestorOS, stop, and explain the page walk of a guest-virtual address step by step (the 2-D walk under nested paging)")
@@ -42,7 +44,7 @@ internal static class WalkCommand
             try
             {
                 return Execute(parse.GetValue(address)!, parse.GetValue(pid), parse.GetValue(commandLine)!, parse.GetValue(breakAt),
-                    parse.GetValue(mmu)!, parse.GetValue(nestedPages)!, parse.GetValue(memory)!, !parse.GetValue(user), mmuOptions.Parse(parse));
+                    parse.GetValue(mmu)!, parse.GetValue(nestedPages), parse.GetValue(memory)!, !parse.GetValue(user), mmuOptions.Parse(parse));
             }
             catch (NestorException e)
             {
@@ -57,10 +59,11 @@ internal static class WalkCommand
         return command;
     }
 
-    private static int Execute(string addressText, int? pid, string commandLine, long? breakAt, string mmuText, string nestedPagesText,
+    private static int Execute(string addressText, int? pid, string commandLine, long? breakAt, string mmuText, string? nestedPagesText,
         string memoryText, bool user, MmuConfiguration caches)
     {
         ulong linear = ParseAddress(addressText);
+        RefuseNonCanonical(linear, addressText);
         var options = mmuText.ToLowerInvariant() switch
         {
             "nested" => new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Nested },
@@ -68,10 +71,16 @@ internal static class WalkCommand
             "native" => new SimOptions(),
             _ => throw new BadInputException($"there is no --mmu '{mmuText}' for a walk", "Use --mmu nested, shadow or native"),
         };
+        if (nestedPagesText is not null && (options.Technique == Technique.Native || options.Memory != MemoryVirtualization.Nested))
+        {
+            throw new BadInputException(
+                $"--nested-pages {nestedPagesText} sizes the pages of the nested page table, and --mmu {mmuText} has none",
+                "Drop --nested-pages, or walk with --mmu nested");
+        }
         options = options with
         {
             Mmu = caches,
-            LargeNestedPages = nestedPagesText.ToLowerInvariant() switch
+            LargeNestedPages = (nestedPagesText ?? "4k").ToLowerInvariant() switch
             {
                 "4k" => false,
                 "2m" => true,
@@ -127,6 +136,23 @@ internal static class WalkCommand
             ? ulong.TryParse(t[2..], NumberStyles.HexNumber, CultureInfo.InvariantCulture, out ulong v)
             : ulong.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out v);
         return ok ? v : throw new BadInputException($"'{text}' is not an address", "Give e.g. 0x8000001000");
+    }
+
+    /// <summary>A linear address the CPU would refuse before any walk: with 4-level paging only 48 bits translate,
+    /// and bits 63..47 must all be equal (sign-extended, SDM Vol. 1 §3.3.7.1); any other address raises #GP (#SS
+    /// for a stack reference) and no page table is read.</summary>
+    private static void RefuseNonCanonical(ulong linear, string text)
+    {
+        long upper = (long)linear >> 47;
+        if (upper is 0 or -1)
+        {
+            return;
+        }
+        throw new BadInputException(
+            $"{text} (0x{linear:x16}) is not a canonical address: bits 63..47 of an address must all be equal (all 0: " +
+            "0x0000000000000000..0x00007fffffffffff, or all 1: 0xffff800000000000..0xffffffffffffffff). A CPU raises #GP " +
+            "(#SS for a stack reference) for a non-canonical address and never walks the page tables for it",
+            $"Give a canonical address: with the same low 48 bits, that is 0x{(ulong)((long)(linear << 16) >> 16):x} (bits 63..48 copies of bit 47)");
     }
 
     private static readonly string[] GuestLevels = ["PML4E", "PDPTE", "PDE", "PTE"];

@@ -16,16 +16,26 @@ public static class ExitStatus
     public const int Timeout = 124;
     public const int Halted = 125;
     public const int InternalError = 126;
+    /// <summary>128 + the signal's number, as a shell reports a process that signal killed: SIGHUP is 1, SIGINT 2,
+    /// SIGTERM 15. Nestor is not killed by them (it stops the VM and reports first), but scripts read the status
+    /// the same way.</summary>
+    public const int HungUp = 129;
     public const int Interrupted = 130;
+    public const int Terminated = 143;
 
-    /// <summary>The status for a run's outcome.</summary>
-    public static int For(VmOutcome outcome) => outcome.Kind switch
+    /// <summary>The status for a run's outcome (a stop's, from the first reason the run was asked to stop for).</summary>
+    public static int For(VmOutcome outcome) => For(outcome.Kind, outcome.GuestStatus);
+
+    /// <summary>The status for an outcome of kind <paramref name="kind"/>.</summary>
+    public static int For(VmOutcomeKind kind, uint? guestStatus = null) => kind switch
     {
-        VmOutcomeKind.DebugExit => (int)Math.Min(outcome.GuestStatus ?? 0, GuestStatusCeiling),
+        VmOutcomeKind.DebugExit => (int)Math.Min(guestStatus ?? 0, GuestStatusCeiling),
         VmOutcomeKind.Halted => Halted,
         VmOutcomeKind.TripleFault => TripleFault,
         VmOutcomeKind.Timeout => Timeout,
         VmOutcomeKind.Interrupted => Interrupted,
+        VmOutcomeKind.Terminated => Terminated,
+        VmOutcomeKind.HungUp => HungUp,
         _ => EngineFailure,
     };
 

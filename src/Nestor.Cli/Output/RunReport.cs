@@ -188,7 +188,9 @@ internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSp
         VmOutcomeKind.Halted => "the guest halted for good",
         VmOutcomeKind.TripleFault => "the guest triple-faulted",
         VmOutcomeKind.Timeout => "the guest timed out",
-        VmOutcomeKind.Interrupted => "the run was interrupted",
+        VmOutcomeKind.Interrupted => "the run was interrupted (SIGINT)",
+        VmOutcomeKind.Terminated => "Nestor was asked to terminate (SIGTERM)",
+        VmOutcomeKind.HungUp => "Nestor's terminal hung up (SIGHUP)",
         _ => "the engine could not run the guest",
     };
 

@@ -58,6 +58,13 @@ public sealed class ElfImage
         {
             throw new BadInputException($"'{name}' is a big-endian ELF file", "Give a little-endian x86-64 kernel");
         }
+        if (file[6] != 1)
+        {
+            // e_ident[EI_VERSION]: EV_CURRENT (1) is the only version there has ever been; anything else means the
+            // header is corrupt or not meant for this format's readers.
+            throw new BadInputException($"'{name}' has ELF version {file[6]} (e_ident[EI_VERSION]); the only ELF version is 1 (EV_CURRENT)",
+                "The file is corrupt or not an ELF kernel: rebuild it");
+        }
         ushort type = U16(file, 16);
         ushort machine = U16(file, 18);
         if (machine != MachineX86_64)
@@ -105,15 +112,23 @@ public sealed class ElfImage
                     $"'{name}' segment {i} is corrupt: its file size 0x{s.FileSize:x} exceeds its memory size 0x{s.MemorySize:x}",
                     "Rebuild the kernel");
             }
+            if (s.FileSize > ulong.MaxValue - s.FileOffset)
+            {
+                throw new BadInputException(
+                    $"'{name}' segment {i} is corrupt: its file bytes ({KernelLoader.Range(s.FileOffset, s.FileSize)}) would end past the end of any file",
+                    "Rebuild the kernel");
+            }
             if (s.FileOffset > (ulong)file.Length || s.FileSize > (ulong)file.Length - s.FileOffset)
             {
                 throw new BadInputException(
-                    $"'{name}' is truncated: segment {i} needs bytes 0x{s.FileOffset:x}..0x{s.FileOffset + s.FileSize:x} but the file has {file.Length}",
+                    $"'{name}' is truncated: segment {i} needs bytes {KernelLoader.Range(s.FileOffset, s.FileSize)} but the file has {file.Length} bytes",
                     "Rebuild the kernel, or copy the whole file");
             }
-            if (s.MemorySize > 0 && s.PhysicalAddress + s.MemorySize < s.PhysicalAddress)
+            if (s.MemorySize > ulong.MaxValue - s.PhysicalAddress)
             {
-                throw new BadInputException($"'{name}' segment {i} wraps around the address space", "Rebuild the kernel");
+                throw new BadInputException(
+                    $"'{name}' segment {i} is corrupt: it would occupy physical {KernelLoader.Range(s.PhysicalAddress, s.MemorySize)}",
+                    "Rebuild the kernel");
             }
             if (s.MemorySize > 0)
             {

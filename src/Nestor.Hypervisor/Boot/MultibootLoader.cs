@@ -68,11 +68,18 @@ public static class MultibootLoader
             throw new BadInputException($"'{source.Name}': its Multiboot load addresses do not match the file", "Rebuild the kernel");
         }
         ulong end = Math.Max(loadAddress + (ulong)length, bssEnd);
-        if (loadAddress < 0x100000 || !memory.IsRam(new GuestPhysical(loadAddress), end - loadAddress))
+        if (loadAddress < 0x100000)
         {
             throw new BadInputException(
-                $"'{source.Name}' wants 0x{loadAddress:x}..0x{end:x}, which is not inside guest RAM above 1 MiB ({Size.Format(memory.Size)})",
-                "Give the VM more memory with --memory");
+                $"'{source.Name}' wants 0x{loadAddress:x}..0x{end:x}, below 1 MiB, where the Multiboot information and boot structures lie",
+                "Link the kernel to load at or above 0x100000 (1 MiB), as Multiboot kernels do");
+        }
+        if (!memory.IsRam(new GuestPhysical(loadAddress), end - loadAddress))
+        {
+            var (why, advice) = KernelLoader.WhyNotRam(loadAddress, end - loadAddress, memory);
+            throw new BadInputException(
+                $"'{source.Name}' wants 0x{loadAddress:x}..0x{end:x}, which is not inside guest RAM ({Size.Format(memory.Size)}): {why}",
+                advice);
         }
         var bytes = source.Contents.AsMemory((int)fileStart, (int)length);
         memory.Write(new GuestPhysical(loadAddress), bytes.Span);

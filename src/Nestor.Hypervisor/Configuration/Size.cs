@@ -40,18 +40,29 @@ public static class Size
         return value * multiplier;
     }
 
-    /// <summary>Formats a byte count compactly: 64 MiB, 1.5 GiB, 4 KiB, 100 B.</summary>
+    /// <summary>Formats a byte count compactly but exactly: 64 MiB, 1.5 GiB, 4 KiB, 4095 bytes. A unit is used
+    /// only when the count is a whole number of hundredths of it, so that no message ever rounds (4095 bytes is not
+    /// "4 KiB").</summary>
     public static string Format(ulong bytes)
     {
-        string[] units = ["B", "KiB", "MiB", "GiB", "TiB"];
-        double v = bytes;
-        int u = 0;
-        while (v >= 1024 && u < units.Length - 1)
+        string[] units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+        for (int u = units.Length; u >= 1; u--)
         {
-            v /= 1024;
-            u++;
+            UInt128 unit = (UInt128)1 << (10 * u);
+            UInt128 hundredths = (UInt128)bytes * 100;
+            if (bytes >= unit && hundredths % unit == 0)
+            {
+                ulong value = (ulong)(hundredths / unit);
+                string text = (value / 100).ToString(CultureInfo.InvariantCulture);
+                ulong fraction = value % 100;
+                if (fraction != 0)
+                {
+                    text += "." + (fraction % 10 == 0 ? (fraction / 10).ToString(CultureInfo.InvariantCulture) : fraction.ToString("00", CultureInfo.InvariantCulture));
+                }
+                return $"{text} {units[u - 1]}";
+            }
         }
-        return u == 0 ? $"{bytes} B" : v.ToString(v % 1 == 0 ? "0" : "0.##", CultureInfo.InvariantCulture) + " " + units[u];
+        return bytes == 1 ? "1 byte" : $"{bytes.ToString(CultureInfo.InvariantCulture)} bytes";
     }
 }
 

@@ -8,7 +8,7 @@ public enum EngineKind
 {
     /// <summary>Hardware-assisted virtualization through Linux /dev/kvm.</summary>
     Kvm,
-    /// <summary>Nestor's own x86-64 machine model (the software machine; not in this release yet).</summary>
+    /// <summary>Nestor's own x86-64 machine model (the software machine): runs every guest on any host.</summary>
     Sim,
 }
 
@@ -24,41 +24,147 @@ public enum KernelFormat
 /// <summary>The kernel a VM boots: its bytes, how to load them, and a name for messages.</summary>
 public sealed record KernelImageSource(string Name, byte[] Contents, KernelFormat Format, GuestPhysical? LoadAddress = null)
 {
-    /// <summary>Reads a kernel file, turning every way it can be unreadable into a <see cref="BadInputException"/>.</summary>
-    public static KernelImageSource FromFile(string path, KernelFormat format, GuestPhysical? loadAddress = null)
+    /// <summary>The most bytes Nestor reads from a kernel file whatever the limit: a little less than the largest
+    /// .NET array.</summary>
+    public static readonly long LargestFile = Array.MaxLength - 1;
+
+    /// <summary>Reads a kernel file, turning every way it can be unreadable into a <see cref="BadInputException"/>.
+    /// Only a regular file is read (a device such as /dev/zero never ends, and a FIFO with no writer blocks whoever
+    /// opens it), and it is checked before it is opened; a file larger than <paramref name="maximumBytes"/> (guest
+    /// RAM, for the CLI) is refused before it is read; an ELF file is checked for its magic before the rest is read.</summary>
+    /// <param name="maximumBytes">The largest file to accept, or null for <see cref="LargestFile"/>.</param>
+    public static KernelImageSource FromFile(string path, KernelFormat format, GuestPhysical? loadAddress = null, ulong? maximumBytes = null)
     {
-        if (Directory.Exists(path))
+        var (kind, size, error) = HostFile.Stat(path);
+        if (error != 0)
         {
-            throw new BadInputException($"kernel '{path}' is a directory, not a file", "Give the path of the kernel file");
+            throw Unreadable(path, error);
         }
-        byte[] bytes;
-        try
+        if (kind != HostFileKind.Regular)
         {
-            bytes = File.ReadAllBytes(path);
+            throw NotRegular(path, kind);
         }
-        catch (FileNotFoundException)
+        long limit = (long)Math.Min(maximumBytes ?? ulong.MaxValue, (ulong)LargestFile);
+        CheckSize(path, size, limit, format, exactly: true);
+        var (handle, openedSize, openedKind, openError) = HostFile.OpenRegularForReading(path);
+        if (handle is null)
         {
-            throw new BadInputException($"kernel file '{path}' does not exist", "Check the path");
+            throw openError != 0 ? Unreadable(path, openError) : NotRegular(path, openedKind);
         }
-        catch (DirectoryNotFoundException)
+        using (handle)
         {
-            throw new BadInputException($"kernel file '{path}' does not exist (no such directory)", "Check the path");
+            try
+            {
+                return Read(path, openedSize, format, loadAddress, limit, (buffer, offset) => RandomAccess.Read(handle, buffer, offset));
+            }
+            catch (IOException e)
+            {
+                throw new BadInputException($"kernel file '{path}' cannot be read: {e.Message}", null, e);
+            }
         }
-        catch (UnauthorizedAccessException)
-        {
-            throw new BadInputException($"kernel file '{path}' cannot be read: permission denied",
-                "Make it readable (chmod +r) or run as a user who may read it");
-        }
-        catch (IOException e)
-        {
-            throw new BadInputException($"kernel file '{path}' cannot be read: {e.Message}", null, e);
-        }
-        if (bytes.Length == 0)
+    }
+
+    /// <summary>Reads at most the buffer's length from the file offset, returning how many bytes it read (0 at the
+    /// end of the file).</summary>
+    internal delegate int ReadAt(Span<byte> buffer, long offset);
+
+    /// <summary>Reads a kernel of <paramref name="size"/> bytes (as stat said) through <paramref name="read"/>:
+    /// the first four bytes first, to check an ELF file's magic before reading anything else, then the rest, up to
+    /// <paramref name="limit"/> bytes whatever the size said (files in /proc say 0 and have contents; a file may
+    /// grow while it is read).</summary>
+    internal static KernelImageSource Read(string path, long size, KernelFormat format, GuestPhysical? loadAddress, long limit, ReadAt read)
+    {
+        CheckSize(path, size, limit, format, exactly: true);
+        Span<byte> header = stackalloc byte[4];
+        int total = ReadInto(header, 0, read);
+        if (total == 0)
         {
             throw new BadInputException($"kernel file '{path}' is empty", "Build the kernel first, or give another file");
         }
-        return new KernelImageSource(path, bytes, format, loadAddress);
+        if (format == KernelFormat.Elf && !Boot.ElfImage.HasElfMagic(header[..total]))
+        {
+            throw new BadInputException($"'{path}' is not an ELF file (it does not start with 7f 45 4c 46)",
+                "If it is raw machine code, add --flat (it is loaded at 0x100000 and entered there)");
+        }
+        CheckSize(path, total, limit, format, exactly: false);
+        var buffer = new byte[(int)Math.Clamp(size, total, limit)];
+        header[..total].CopyTo(buffer);
+        Span<byte> probe = stackalloc byte[1];
+        while (true)
+        {
+            if (total == buffer.Length)
+            {
+                // As long as stat said: one byte more tells the end of the file from a file longer than stat said,
+                // which grows the buffer (within the limit) only then.
+                if (ReadInto(probe, total, read) == 0)
+                {
+                    break;
+                }
+                CheckSize(path, (long)total + 1, limit, format, exactly: false);
+                Array.Resize(ref buffer, (int)Math.Min(Math.Max((long)buffer.Length * 2, 4096), limit));
+                buffer[total++] = probe[0];
+                continue;
+            }
+            int n = ReadInto(buffer.AsSpan(total), total, read);
+            if (n == 0)
+            {
+                break;
+            }
+            total += n;
+        }
+        if (total != buffer.Length)
+        {
+            Array.Resize(ref buffer, total);
+        }
+        return new KernelImageSource(path, buffer, format, loadAddress);
     }
+
+    /// <summary>Fills <paramref name="destination"/> from file offset <paramref name="offset"/> unless the file
+    /// ends first; returns how many bytes it read.</summary>
+    private static int ReadInto(Span<byte> destination, long offset, ReadAt read)
+    {
+        int done = 0;
+        while (done < destination.Length)
+        {
+            int n = read(destination[done..], offset + done);
+            if (n <= 0)
+            {
+                break;
+            }
+            done += n;
+        }
+        return done;
+    }
+
+    /// <param name="exactly">Whether <paramref name="size"/> is the file's size, or only how much has been read.</param>
+    private static void CheckSize(string path, long size, long limit, KernelFormat format, bool exactly)
+    {
+        if (size <= limit)
+        {
+            return;
+        }
+        string what = limit == LargestFile ? $"the {Size.Format((ulong)limit)} Nestor reads at most" : $"guest RAM ({Size.Format((ulong)limit)})";
+        throw new BadInputException(
+            $"kernel file '{path}' is larger than {what}{(exactly ? $": it is {Size.Format((ulong)size)}" : "")}; nothing that large can be loaded, so it is not read",
+            format == KernelFormat.Flat
+                ? "Give the VM more memory with --memory, or check the path"
+                : "Give the VM more memory with --memory, or strip the kernel (strip --strip-debug: debug sections are not loaded)");
+    }
+
+    private static BadInputException NotRegular(string path, HostFileKind kind) => kind == HostFileKind.Directory
+        ? new BadInputException($"kernel '{path}' is a directory, not a file", "Give the path of the kernel file")
+        : new BadInputException($"kernel '{path}' is {HostFile.Describe(kind)}, not a regular file",
+            "Give the path of a kernel file: Nestor reads kernels only from regular files, whose reading ends " +
+            "(a device such as /dev/zero never ends, and a FIFO waits for a writer)");
+
+    private static BadInputException Unreadable(string path, int errno) => errno switch
+    {
+        2 => new BadInputException($"kernel file '{path}' does not exist", "Check the path"),
+        20 => new BadInputException($"kernel file '{path}' does not exist (a part of its path is not a directory)", "Check the path"),
+        13 => new BadInputException($"kernel file '{path}' cannot be read: permission denied",
+            "Make it readable (chmod +r) or run as a user who may read it"),
+        _ => new BadInputException($"kernel file '{path}' cannot be read: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}", "Check the path"),
+    };
 }
 
 /// <summary>Everything needed to build and run a VM. The CLI fills it in from options; library users build it directly.</summary>
@@ -104,18 +210,27 @@ public sealed class VmConfig
     {
         if (MemoryBytes < MinimumMemory || MemoryBytes > MaximumMemory)
         {
+            // The exact count, however the user wrote it: "4095 bytes", never a rounded "4 KiB".
             throw new BadInputException(
-                $"guest memory {Size.Format(MemoryBytes)} is out of range",
-                $"Give --memory between {Size.Format(MinimumMemory)} and {Size.Format(MaximumMemory)}");
+                $"guest memory {Exact(MemoryBytes)} is out of range: it must be {Size.Format(MinimumMemory)} to {Size.Format(MaximumMemory)}",
+                $"Give --memory between {Size.Format(MinimumMemory)} and {Size.Format(MaximumMemory)}, e.g. 64M");
         }
         if ((MemoryBytes & 0xFFF) != 0)
         {
-            throw new BadInputException($"guest memory {MemoryBytes} bytes is not a whole number of 4 KiB pages",
+            throw new BadInputException($"guest memory {Exact(MemoryBytes)} is not a whole number of 4 KiB pages",
                 "Give --memory as a multiple of 4K, e.g. 64M");
         }
         if (Timeout is { } t && t <= TimeSpan.Zero)
         {
             throw new BadInputException($"timeout {t.TotalSeconds} s is not positive", "Give --timeout in seconds, e.g. 10");
         }
+    }
+
+    /// <summary>A byte count with its exact number of bytes: "4095 bytes", "17179869184 bytes (16 GiB)".</summary>
+    private static string Exact(ulong bytes)
+    {
+        string formatted = Size.Format(bytes);
+        return formatted.EndsWith("bytes", StringComparison.Ordinal) || formatted.EndsWith("byte", StringComparison.Ordinal)
+            ? formatted : $"{bytes} bytes ({formatted})";
     }
 }

@@ -9,7 +9,9 @@ public enum AccessSpace
 
 /// <summary>Counts of accesses to addresses no device claims: one address (<see cref="Length"/> 1), a range of them
 /// once too many distinct addresses were touched (a port range or a 4 KiB MMIO page), or, past the log's bound,
-/// everything else in that address space (<see cref="Length"/> 0).</summary>
+/// everything else in that address space (<see cref="Length"/> 0). <see cref="FirstInstructionPointer"/> is the RIP
+/// the engine reported at the first access (<see cref="UnclaimedAccessLog.InstructionPointerIsNext"/> says whether it
+/// is the accessing instruction's own address or the one just after it).</summary>
 public sealed record UnclaimedAccess(AccessSpace Space, ulong Address, ulong Length, long Reads, long Writes, ulong FirstInstructionPointer)
 {
     /// <summary>The address, the range <c>0xFIRST-0xLAST</c>, or "other addresses" for the overflow count.</summary>
@@ -61,6 +63,11 @@ public sealed class UnclaimedAccessLog(TextWriter diagnostics)
     /// <summary>Total unclaimed accesses.</summary>
     public long Total { get; private set; }
 
+    /// <summary>Whether the RIP the engine supplies is the address just after the accessing instruction (KVM at its
+    /// I/O and MMIO exits has moved past it and does not say by how much) rather than the instruction's own (the
+    /// software machine knows it).</summary>
+    public bool InstructionPointerIsNext { get; set; } = true;
+
     /// <summary>Lines written to the diagnostics writer so far (at most <see cref="ReportedAddresses"/> + 1).</summary>
     public int LinesWritten => reported + (toldOfSilence ? 1 : 0);
 
@@ -87,7 +94,8 @@ public sealed class UnclaimedAccessLog(TextWriter diagnostics)
             string where = space == AccessSpace.Port ? $"I/O port 0x{address:x}" : $"MMIO address 0x{address:x}";
             string what = isWrite ? $"wrote 0x{value:x} ({size} byte{(size > 1 ? "s" : "")}) to" : $"read {size} byte{(size > 1 ? "s" : "")} from";
             diagnostics.WriteLine(
-                $"nestor: the guest {what} {where}, which no device claims (rip=0x{at:x}); " +
+                $"nestor: the guest {what} {where}, which no device claims " +
+                $"(rip=0x{at:x}{(InstructionPointerIsNext ? ", just after the instruction that made the access" : "")}); " +
                 "reads return all ones, writes are dropped. Further accesses to this address are counted, not reported.");
         }
         else if (!toldOfSilence)

@@ -5,47 +5,6 @@ namespace Nestor.Hypervisor.Engines;
 /// <summary>A named counter an engine keeps about itself (for KVM: its binary statistics).</summary>
 public sealed record EngineCounter(string Name, ulong Value, string Unit);
 
-/// <summary>Lets another thread stop a running VM (timeout, Ctrl-C).</summary>
-public sealed class RunControl
-{
-    private Action? stopCallback;
-
-    /// <summary>Why the run was asked to stop, or null while it may go on.</summary>
-    public VmOutcomeKind? StopReason { get; private set; }
-
-    /// <summary>Asks the engine to stop as soon as it can; the run ends with <paramref name="reason"/>.</summary>
-    public void Stop(VmOutcomeKind reason)
-    {
-        lock (this)
-        {
-            StopReason ??= reason;
-            stopCallback?.Invoke();
-        }
-    }
-
-    /// <summary>Called by an engine: <paramref name="kick"/> makes the running vCPU return to the VMM.</summary>
-    public void OnStop(Action kick)
-    {
-        lock (this)
-        {
-            stopCallback = kick;
-            if (StopReason is not null)
-            {
-                kick();
-            }
-        }
-    }
-
-    /// <summary>Called by an engine when the vCPU can no longer be kicked.</summary>
-    public void ClearStop()
-    {
-        lock (this)
-        {
-            stopCallback = null;
-        }
-    }
-}
-
 /// <summary>Runs the vCPUs of a <see cref="Vm"/> and hands every VM exit to the VMM's devices and policies.</summary>
 public interface IEngine
 {

@@ -17,12 +17,16 @@ public enum VmOutcomeKind
     EntryFailure,
     /// <summary>The run exceeded its time limit.</summary>
     Timeout,
-    /// <summary>The user stopped the run (Ctrl-C).</summary>
+    /// <summary>The user stopped the run (Ctrl-C, SIGINT).</summary>
     Interrupted,
     /// <summary>The engine reported an exit Nestor does not handle.</summary>
     UnexpectedExit,
     /// <summary>The run stopped where it was asked to (an instruction count), to be inspected.</summary>
     Breakpoint,
+    /// <summary>Nestor was asked to terminate (SIGTERM: <c>kill</c>, a service manager, a container stopping).</summary>
+    Terminated,
+    /// <summary>Nestor's terminal went away (SIGHUP: the terminal window closed, the SSH connection dropped).</summary>
+    HungUp,
 }
 
 /// <summary>The end of a VM run: what happened, the guest's status if it gave one, a message for people, and the
@@ -50,10 +54,15 @@ public static class VmOutcomes
     public static VmOutcome DebugExit(uint status, VcpuState state) =>
         new(VmOutcomeKind.DebugExit, $"the guest wrote {status} (0x{status:x}) to the debug-exit port", state, status);
 
-    /// <summary>The run was stopped from outside (timeout, Ctrl-C).</summary>
+    /// <summary>The run was stopped from outside: the timeout, or a signal (SIGINT, SIGTERM, SIGHUP).</summary>
     public static VmOutcome Stopped(VmOutcomeKind reason, TimeSpan? timeout, VcpuState state) => new(reason,
-        reason == VmOutcomeKind.Timeout
-            ? $"the guest was still running after {timeout?.TotalSeconds:0.###} s (--timeout) at rip=0x{state.Rip:x}; the VM was stopped"
-            : $"the run was interrupted at rip=0x{state.Rip:x}",
+        reason switch
+        {
+            VmOutcomeKind.Timeout =>
+                $"the guest was still running after {timeout?.TotalSeconds:0.###} s (--timeout) at rip=0x{state.Rip:x}; the VM was stopped",
+            VmOutcomeKind.Terminated => $"Nestor was asked to terminate (SIGTERM) with the guest at rip=0x{state.Rip:x}; the VM was stopped",
+            VmOutcomeKind.HungUp => $"Nestor's terminal hung up (SIGHUP) with the guest at rip=0x{state.Rip:x}; the VM was stopped",
+            _ => $"the run was interrupted (Ctrl-C, SIGINT) at rip=0x{state.Rip:x}; the VM was stopped",
+        },
         state);
 }

@@ -1,0 +1,147 @@
+using System.Globalization;
+using Nestor.Hypervisor.Errors;
+
+namespace Nestor.Cli.Commands;
+
+/// <summary>Checks a NestorOS command line the way NestorOS reads it, before <c>nestor bench</c> runs it a dozen
+/// times over. init runs the commands separated by <c>;</c> (guest/user/init.c); each program reads its counts with
+/// <c>parse_u64</c> (guest/user/lib.c), which takes decimal digits only, falls back to the program's default for
+/// anything else (so <c>forkwait -5</c> and <c>forkwait abc</c> would quietly run <c>forkwait 40000</c>) and wraps
+/// past 2^64; no program takes an option, so a word beginning with <c>-</c> is a mistyped option of nestor's.</summary>
+internal static class NestorOSCommandLine
+{
+    /// <summary>One argument of a program: a count (with the default NestorOS uses without it) or a word from a list.</summary>
+    private sealed record Parameter(string Name, ulong? Default = null, ulong Minimum = 0, string[]? Words = null)
+    {
+        public override string ToString() => $"[{Name}]";
+    }
+
+    private sealed record Program(string Name, params Parameter[] Parameters)
+    {
+        public override string ToString() => Parameters.Length == 0 ? Name : $"{Name} {string.Join(' ', Parameters.Select(p => p.ToString()))}";
+    }
+
+    /// <summary>NestorOS's programs and their arguments, as guest/user/programs.c reads them.</summary>
+    private static readonly Program[] Programs =
+    [
+        new("hello"),
+        new("forkwait", new Parameter("COUNT", 40000)),
+        new("syscall", new Parameter("COUNT", 1000000)),
+        new("pagefault", new Parameter("COUNT", 100000)),
+        // memtouch 0 touches nothing and fails (it returns 1).
+        new("memtouch", new Parameter("SIZE_MB", 16, Minimum: 1), new Parameter("MODE", Words: ["seq", "rand", "stride"])),
+        new("ptchurn", new Parameter("COUNT", 10000)),
+        new("compute", new Parameter("COUNT", 1000000)),
+        new("sensitive"),
+        new("fault"),
+        new("preempt", new Parameter("COUNT", 20000000)),
+        new("mmutest"),
+        new("nanobench", new Parameter("OP", Words: ["syscall", "in", "cr8wr", "callret", "pgfault", "divzero", "ptemod"]), new Parameter("COUNT", 10000)),
+    ];
+
+    /// <summary>The kernel keeps 511 bytes of its command line (guest/kernel/main.c) and init splits it into 64 words
+    /// at most, with 224 bytes of arguments per program.</summary>
+    private const int MaximumLength = 511, MaximumWords = 64, MaximumArgumentBytes = 223;
+
+    /// <summary>The command line <paramref name="tokens"/> make, checked: each word is separated by one space.</summary>
+    /// <exception cref="BadInputException">Something NestorOS would misread or refuse.</exception>
+    public static string Check(IReadOnlyList<string> tokens)
+    {
+        var words = tokens.SelectMany(t => t.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)).ToList();
+        if (words.Count == 0)
+        {
+            throw new BadInputException("no NestorOS program was given", $"Give one, e.g. nestor bench forkwait 40000; the programs: {Catalogue()}");
+        }
+        var command = new List<string>();
+        foreach (var word in words.Append(";"))
+        {
+            if (word != ";")
+            {
+                command.Add(word);
+                continue;
+            }
+            if (command.Count > 0)
+            {
+                CheckCommand(command);
+            }
+            command.Clear();
+        }
+        string line = string.Join(' ', words);
+        if (line.Length > MaximumLength || words.Count > MaximumWords)
+        {
+            throw new BadInputException(
+                $"the NestorOS command line is {line.Length} bytes in {words.Count} words; NestorOS keeps {MaximumLength} bytes and {MaximumWords} words",
+                "Run fewer commands at once");
+        }
+        return line;
+    }
+
+    private static void CheckCommand(List<string> command)
+    {
+        string name = command[0];
+        if (command.FirstOrDefault(w => LooksLikeOption(w) && !IsSignedNumber(w)) is { } option)
+        {
+            throw NotAnOption(option);
+        }
+        var program = Programs.FirstOrDefault(p => p.Name == name) ?? throw new BadInputException(
+            $"there is no NestorOS program '{name}'", $"The programs: {Catalogue()}");
+        var arguments = command.Skip(1).ToList();
+        if (arguments.Count > program.Parameters.Length)
+        {
+            string extra = string.Join(' ', arguments.Skip(program.Parameters.Length));
+            throw new BadInputException(
+                program.Parameters.Length == 0
+                    ? $"{name} takes no arguments, but was given '{extra}'"
+                    : $"{name} takes at most {program.Parameters.Length} argument{(program.Parameters.Length > 1 ? "s" : "")} ({program}), but was also given '{extra}'",
+                $"Give {program}");
+        }
+        if (arguments.Sum(a => a.Length + 1) > MaximumArgumentBytes)
+        {
+            throw new BadInputException($"the arguments of {name} are longer than the {MaximumArgumentBytes} bytes init passes on", "Shorten them");
+        }
+        for (int i = 0; i < arguments.Count; i++)
+        {
+            CheckArgument(program, program.Parameters[i], arguments[i]);
+        }
+    }
+
+    private static void CheckArgument(Program program, Parameter parameter, string text)
+    {
+        if (parameter.Words is { } words)
+        {
+            if (!words.Contains(text))
+            {
+                throw new BadInputException($"{program.Name}'s {parameter.Name} is one of {string.Join(", ", words)}, not '{text}'", $"Give {program}");
+            }
+            return;
+        }
+        if (text.All(char.IsAsciiDigit))
+        {
+            if (!ulong.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out ulong value))
+            {
+                throw new BadInputException($"{program.Name}'s {parameter.Name} {text} is larger than NestorOS counts (2^64 - 1); it would wrap around",
+                    $"Give a smaller {parameter.Name}");
+            }
+            if (value < parameter.Minimum)
+            {
+                throw new BadInputException($"{program.Name}'s {parameter.Name} must be at least {parameter.Minimum}, not {text}", $"Give e.g. {program.Name} {parameter.Default}");
+            }
+            return;
+        }
+        throw new BadInputException(
+            $"{program.Name}'s {parameter.Name} must be a whole number{(parameter.Minimum > 0 ? $" of at least {parameter.Minimum}" : " of 0 or more")}, not '{text}' " +
+            $"(NestorOS would read it as its default, {parameter.Default}, and say nothing)",
+            $"Give e.g. {program.Name} {parameter.Default}");
+    }
+
+    private static bool LooksLikeOption(string word) => word.StartsWith('-');
+
+    private static bool IsSignedNumber(string word) =>
+        word.Length > 1 && word[0] is '-' or '+' && word[1..].All(c => char.IsAsciiDigit(c) || c == '.');
+
+    private static BadInputException NotAnOption(string word) => new(
+        $"'{word}' is not an option of 'nestor bench', and NestorOS programs take no options",
+        "Run 'nestor bench --help' for its options");
+
+    private static string Catalogue() => string.Join(", ", Programs.Select(p => p.ToString()));
+}
