@@ -148,6 +148,13 @@ public sealed unsafe partial class Cpu
             {
                 return StopReason.Shutdown;
             }
+            catch (NotSupportedException)
+            {
+                // Something the model does not implement (16-bit code, a task switch): the run ends, with RIP at the
+                // instruction that asked for it rather than past it, so that the final state and the message name it.
+                Rip = instructionStart;
+                throw;
+            }
         }
         return StopReason.Budget;
     }
@@ -214,7 +221,8 @@ public sealed unsafe partial class Cpu
         {
             // Delivered through the IDT with the current RIP saved, as a hardware interrupt (no gate privilege check).
             Counters.ExternalInterrupts++;
-            bool delivered = Deliver((ExceptionVector)Apic.Accept(), 0, false, 0, software: false, Rip);
+            instructionStart = Rip; // the interrupted instruction, should the delivery fault
+            bool delivered = DeliverInterrupt(Apic.Accept());
             RevalidateTranslations();
             if (!delivered)
             {
