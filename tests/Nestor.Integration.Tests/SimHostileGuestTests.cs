@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Nestor.Hypervisor.BuiltIn;
 using Nestor.Hypervisor.Exits;
 using static Iced.Intel.AssemblerRegisters;
@@ -5,10 +6,63 @@ using static Nestor.Integration.Tests.NestorProcess;
 
 namespace Nestor.Integration.Tests;
 
-/// <summary>Issue 10 on the software machine: when a guest stops on something the machine does not model, or
-/// triple-faults, the message says what started it.</summary>
+/// <summary>Issue 10 on the software machine: a guest cannot hold the host with one instruction, and when it stops on
+/// something the machine does not model, or triple-faults, the message says what started it.</summary>
 public class SimHostileGuestTests
 {
+    /// <summary>One REP STOSB of 2^40 bytes is one instruction; the timeout still ends the run within moments,
+    /// because the instruction is suspended between iterations. The guest maps the whole terabyte it writes onto one
+    /// 2 MiB frame of RAM (its own page tables), so that no write goes to a device.</summary>
+    [Fact]
+    public void A_huge_rep_stosb_is_stopped_by_the_timeout()
+    {
+        const ulong pml4 = 0x180000, pdptA = 0x181000, pdptB = 0x182000, pdA = 0x183000, pdB = 0x184000, frame = 0x200000;
+        void Prefix(Iced.Intel.Assembler a)
+        {
+            void Fill(ulong table, int from, int to, ulong entry)
+            {
+                var loop = a.CreateLabel();
+                a.mov(rdi, table);
+                a.mov(ecx, from);
+                a.mov(rax, entry);
+                a.Label(ref loop);
+                a.mov(__qword_ptr[rdi + rcx * 8], rax);
+                a.inc(ecx);
+                a.cmp(ecx, to);
+                a.jb(loop);
+            }
+            Fill(pdA, 0, 1, 0x83);                  // the first 2 MiB: identity (this code, the GDT, the stack)
+            Fill(pdA, 1, 512, frame | 0x83);        // every other 2 MiB: the one frame
+            Fill(pdB, 0, 512, frame | 0x83);
+            Fill(pdptA, 0, 1, pdA | 3);
+            Fill(pdptA, 1, 512, pdB | 3);
+            Fill(pdptB, 0, 512, pdB | 3);
+            Fill(pml4, 0, 1, pdptA | 3);
+            Fill(pml4, 1, 256, pdptB | 3);
+            a.mov(rax, pml4);
+            a.mov(cr3, rax);
+            a.mov(rdi, frame);
+            a.mov(rcx, 1UL << 40);
+        }
+        ulong repAt = 0x100000 + (ulong)GuestAssembler.Assemble(Prefix).Length;
+        var code = GuestAssembler.Assemble(a =>
+        {
+            Prefix(a);
+            a.rep.stosb();
+            a.hlt();
+        });
+        var clock = Stopwatch.StartNew();
+        var (outcome, _, vm) = SimEngineTests.RunInProcess(GuestAssembler.Flat("rep", code), timeoutSeconds: 1);
+        clock.Stop();
+        vm.Dispose();
+        Assert.True(outcome.Kind == VmOutcomeKind.Timeout, outcome.Message);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"the run took {clock.Elapsed.TotalSeconds:F1} s past a 1 s timeout");
+        var state = outcome.FinalState!;
+        Assert.Equal(repAt, state.Rip);                           // still at the REP
+        Assert.InRange(state.Rcx, 1UL, (1UL << 40) - (1UL << 20)); // partly done: at least one slice
+        Assert.Equal(frame + ((1UL << 40) - state.Rcx), state.Rdi);
+    }
+
     /// <summary>`fld1` (x87) with no IDT: the CPU raises #UD as one without an FPU would, the #UD cannot be
     /// delivered, and the triple-fault message names the instruction and says it is not modelled.</summary>
     [Fact]

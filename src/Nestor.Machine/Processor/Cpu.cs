@@ -178,6 +178,16 @@ public sealed unsafe partial class Cpu
             {
                 stop = Execute(in instruction.Instruction);
                 RevalidateTranslations(); // it may have changed CS, EFER, RFLAGS.AC or the TLBs
+                if (stop is not null && instruction.Class == (byte)InstructionClass.String)
+                {
+                    // A repeated string instruction suspended between iterations (SDM Vol. 2B REP): RIP is still at
+                    // it and RCX, RSI, RDI say how far it got; it is not retired, and resumes when executed again.
+                    if (TakeStringSuspension() is { } suspended)
+                    {
+                        return suspended;
+                    }
+                    continue; // an interrupt is due: the top of the loop delivers it, with the REP as the saved RIP
+                }
             }
             Counters.InstructionsRetired++;
             Counters.RetiredByClass[instruction.Class]++;
@@ -217,7 +227,7 @@ public sealed unsafe partial class Cpu
         {
             Apic.Tick(Clock);
         }
-        if (Apic.CanDeliver && (Rflags & FlagBits.Interrupt) != 0 && Counters.InstructionsRetired > interruptShadowUntil)
+        if (InterruptDeliverable)
         {
             // Delivered through the IDT with the current RIP saved, as a hardware interrupt (no gate privilege check).
             Counters.ExternalInterrupts++;
@@ -234,6 +244,10 @@ public sealed unsafe partial class Cpu
             : Apic.Deadline == long.MaxValue ? long.MaxValue : Apic.Deadline - idleCycles;
         return null;
     }
+
+    /// <summary>The APIC has an interrupt to give and the CPU accepts one now (RFLAGS.IF set, outside an STI shadow).</summary>
+    private bool InterruptDeliverable =>
+        Apic.CanDeliver && (Rflags & FlagBits.Interrupt) != 0 && Counters.InstructionsRetired > interruptShadowUntil;
 
     // ---- Fetch and the decoded-instruction cache ------------------------------------------------------------
 
