@@ -18,8 +18,15 @@ internal sealed class TestMachine
         /// <summary>How many times the CPU looked at <see cref="StopRequested"/>.</summary>
         public int StopChecks;
         public bool StopRequested { get { StopChecks++; return Stop; } }
+        /// <summary>The CPU's <see cref="Cpu.InstructionAddress"/> at the last port write.</summary>
+        public ulong PortWriteAt;
+        public Cpu? Cpu;
         public uint PortRead(ushort port, int size) => 0;
-        public void PortWrite(ushort port, int size, uint value) => Stop |= port == 0xF4;
+        public void PortWrite(ushort port, int size, uint value)
+        {
+            PortWriteAt = Cpu?.InstructionAddress ?? 0;
+            Stop |= port == 0xF4;
+        }
         public ulong MmioRead(ulong physical, int size) => ulong.MaxValue;
         public void MmioWrite(ulong physical, int size, ulong value) { }
         public (uint Eax, uint Ebx, uint Ecx, uint Edx) Cpuid(uint leaf, uint subleaf) => (0, 0, 0, 0);
@@ -35,6 +42,7 @@ internal sealed class TestMachine
     {
         Memory = new TestMemory(megabytes);
         Cpu = new Cpu(Memory.Memory, Host, new MmuConfiguration(null, TlbConfiguration.Default, 0), (ulong)megabytes << 20);
+        Host.Cpu = Cpu;
         var a = new Assembler(64);
         emit(a);
         if (exit)

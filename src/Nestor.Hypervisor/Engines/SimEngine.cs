@@ -118,6 +118,12 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                             $"the VMM stopped the guest at rip=0x{cpu.Rip:x} after a {Vmcs?.LastExit.Reason} exit: {monitor?.StopMessage ?? "it could not handle it"}",
                             Capture(cpu));
                     case StopReason.PlatformStop:
+                        if (vm.GuestStatus is null && control.StopReason is { } stopRequest)
+                        {
+                            // Not a debug exit: a stop request (timeout, Ctrl-C) the CPU saw inside a long REP string
+                            // instruction, which it left suspended (IPlatform.StopRequested).
+                            return VmOutcomes.Stopped(stopRequest, vm.Config.Timeout, Capture(cpu));
+                        }
                         return VmOutcomes.DebugExit(vm.GuestStatus ?? 0, Capture(cpu));
                     case StopReason.Halted:
                         vm.Exits.Record(VmExitReason.Halt, 0);

@@ -56,6 +56,11 @@ public sealed unsafe partial class Cpu
     /// <summary>Bytes a CALL, RET or default PUSH moves: 8 in 64-bit mode, 4 in 32-bit mode.</summary>
     private int StackWidth => Bitness == 64 ? 8 : 4;
 
+    /// <summary>The address of the instruction executing now: during <see cref="Run"/>, for a device or a VMM that
+    /// wants to say which instruction reached it (<see cref="Rip"/> is already past it while it executes); after Run,
+    /// the last one started.</summary>
+    public ulong InstructionAddress => instructionStart;
+
     /// <summary>Current privilege level.</summary>
     public int PrivilegeLevel => Cs.Selector & 3;
 
