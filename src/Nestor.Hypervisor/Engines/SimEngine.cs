@@ -107,8 +107,9 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 }
                 catch (NotSupportedException e)
                 {
+                    // RIP is at the instruction (or event) that needed what the machine does not model.
                     return new VmOutcome(VmOutcomeKind.EmulationFailure,
-                        $"the software machine cannot execute the guest at rip=0x{cpu.Rip:x}: {e.Message}", Capture(cpu));
+                        $"the guest needs what the software machine does not model, at rip=0x{cpu.Rip:x}: {e.Message}", Capture(cpu));
                 }
                 switch (stop)
                 {
@@ -120,6 +121,12 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                         // A stop request (timeout, a signal) ended a long instruction between its iterations.
                         return VmOutcomes.Stopped(interrupted, vm.Config.Timeout, Capture(cpu));
                     case StopReason.PlatformStop:
+                        if (vm.GuestStatus is null && control.StopReason is { } stopRequest)
+                        {
+                            // Not a debug exit: a stop request (timeout, Ctrl-C) the CPU saw inside a long REP string
+                            // instruction, which it left suspended (IPlatform.StopRequested).
+                            return VmOutcomes.Stopped(stopRequest, vm.Config.Timeout, Capture(cpu));
+                        }
                         return VmOutcomes.DebugExit(vm.GuestStatus ?? 0, Capture(cpu));
                     case StopReason.Halted:
                         vm.Exits.Record(VmExitReason.Halt, 0);
@@ -128,9 +135,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                         {
                             vm.Exits.Record(VmExitReason.Shutdown, 0);
                             var state = Capture(cpu);
-                            return new VmOutcome(VmOutcomeKind.TripleFault,
-                                $"the guest triple-faulted (the CPU shut down) at rip=0x{state.Rip:x}: an exception could not be delivered, " +
-                                "nor the double fault that followed. Check the guest's IDT, GDT, stack and page tables at the state below", state);
+                            return new VmOutcome(VmOutcomeKind.TripleFault, SimStopMessages.TripleFault(cpu, state.Rip), state);
                         }
                 }
                 if (control.StopReason is { } requested)

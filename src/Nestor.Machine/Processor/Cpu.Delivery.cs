@@ -7,14 +7,35 @@ public sealed partial class Cpu
 {
     /// <summary>Delivers an exception or interrupt through the 64-bit IDT (Intel SDM Vol. 3A §6.14): read the gate,
     /// switch to the TSS stack on a privilege change (or to an IST stack), push SS, RSP, RFLAGS, CS, RIP and the
-    /// error code, clear IF for an interrupt gate, enter the handler. A fault during delivery becomes #DF; a fault
-    /// while delivering #DF shuts the CPU down. Returns false on shutdown.</summary>
-    private bool Deliver(ExceptionVector vector, uint errorCode, bool hasErrorCode, ulong faultAddress, bool software, ulong returnRip)
+    /// error code, clear IF for an interrupt gate, enter the handler. A fault during delivery is handled as SDM Vol.
+    /// 3A §6.15 "Interrupt 8—Double Fault Exception" (Tables 6-4 and 6-5) says: after a benign event (INT n, an
+    /// external interrupt, #DB, #BP, #UD, …) it is delivered instead, serially; after a contributory exception (#DE,
+    /// #TS, #NP, #SS, #GP, #CP) or a page fault it becomes a double fault, unless it is itself benign, or a page
+    /// fault after a contributory exception; and a contributory exception or a page fault while delivering #DF shuts
+    /// the CPU down (a triple fault), recorded in <see cref="ShutdownCause"/>. Returns false on shutdown.</summary>
+    /// <param name="software">INT n: the gate's DPL is checked against the CPL (§6.12.1.1).</param>
+    private bool Deliver(ExceptionVector vector, uint errorCode, bool hasErrorCode, ulong faultAddress, bool software, ulong returnRip) =>
+        Deliver(vector, errorCode, hasErrorCode, faultAddress, software ? DeliveredEvent.SoftwareInterrupt : DeliveredEvent.Exception, returnRip);
+
+    /// <summary>An external interrupt (the APIC's), saved RIP the current one.</summary>
+    private bool DeliverInterrupt(int vector) => Deliver((ExceptionVector)vector, 0, false, 0, DeliveredEvent.ExternalInterrupt, Rip);
+
+    private bool Deliver(ExceptionVector vector, uint errorCode, bool hasErrorCode, ulong faultAddress, DeliveredEvent kind, ulong returnRip)
     {
-        Counters.Exception(vector);
-        if (vector == ExceptionVector.PageFault)
+        if (kind == DeliveredEvent.Exception)
         {
-            Cr2 = faultAddress;
+            // INT n and external interrupts have their own counters, whatever their vector (INT 8 is no #DF).
+            Counters.Exception(vector);
+            if (vector == ExceptionVector.PageFault)
+            {
+                Cr2 = faultAddress;
+            }
+        }
+        if (deliveryDepth == 0)
+        {
+            // The event that may start a cascade: a struct, no allocation on this path.
+            cascade = new ShutdownCause(vector, kind, hasErrorCode ? errorCode : null, kind == DeliveredEvent.ExternalInterrupt ? returnRip : instructionStart,
+                vector == ExceptionVector.PageFault && kind == DeliveredEvent.Exception ? faultAddress : null, null, null);
         }
         deliveryDepth++;
         try
@@ -23,7 +44,7 @@ public sealed partial class Cpu
             {
                 try
                 {
-                    DeliverOnce((int)vector, errorCode, hasErrorCode, software, returnRip);
+                    DeliverOnce((int)vector, errorCode, hasErrorCode, kind == DeliveredEvent.SoftwareInterrupt, returnRip);
                     return true;
                 }
                 catch (NestedPageFault fault)
@@ -41,7 +62,7 @@ public sealed partial class Cpu
                 {
                     // An intercepted exception during delivery (a shadow page fault on the guest's stack, say): the
                     // VMM fixes it and the delivery starts over, or reflects it, and the guest sees a fault during
-                    // delivery: a double fault, below.
+                    // delivery, below.
                     var exit = ExceptionExit(fault, duringDelivery: true);
                     switch (exitHandler!.HandleExit(this, ref exit))
                     {
@@ -57,19 +78,64 @@ public sealed partial class Cpu
                 }
             }
         }
-        catch (GuestFault)
+        catch (GuestFault fault)
         {
-            if (vector == ExceptionVector.DoubleFault || deliveryDepth > 2)
+            var first = kind == DeliveredEvent.Exception ? Classify(vector) : FaultClass.Benign; // INT n and INTR are benign
+            var second = Classify(fault.Vector);
+            // A selector error code raised during delivery has EXT (bit 0) set when the event was external to the
+            // program: an interrupt or an earlier exception, not INT n, INT3 or INTO (SDM Vol. 3A §6.13; #BP and #OF
+            // only ever come from INT3 and INTO here).
+            bool external = kind == DeliveredEvent.ExternalInterrupt ||
+                            (kind == DeliveredEvent.Exception && vector is not (ExceptionVector.Breakpoint or ExceptionVector.Overflow));
+            uint code = fault.HasErrorCode && second != FaultClass.PageFault && external ? fault.ErrorCode | 1 : fault.ErrorCode;
+            if (deliveryDepth == 1)
             {
+                cascade = cascade with { DeliveryFault = fault.Vector, DeliveryErrorCode = fault.HasErrorCode ? code : null };
+            }
+            if (deliveryDepth > 4 || (first == FaultClass.DoubleFault && second != FaultClass.Benign))
+            {
+                ShutdownCause = cascade;
                 return false; // triple fault
             }
-            return Deliver(ExceptionVector.DoubleFault, 0, true, 0, false, returnRip);
+            if (first == FaultClass.Benign || second == FaultClass.Benign ||
+                (first == FaultClass.Contributory && second == FaultClass.PageFault))
+            {
+                // Handled serially: the second exception is delivered as a fault of the instruction (or, for an
+                // external interrupt, at the interrupted RIP).
+                ulong rip = kind == DeliveredEvent.ExternalInterrupt ? returnRip : instructionStart;
+                return Deliver(fault.Vector, code, fault.HasErrorCode, fault.FaultAddress, DeliveredEvent.Exception, rip);
+            }
+            return Deliver(ExceptionVector.DoubleFault, 0, true, 0, DeliveredEvent.Exception, returnRip);
         }
         finally
         {
             deliveryDepth--;
         }
     }
+
+    private enum FaultClass : byte
+    {
+        Benign,
+        Contributory,
+        PageFault,
+        DoubleFault,
+    }
+
+    /// <summary>SDM Vol. 3A Table 6-4, "Interrupt and Exception Classes".</summary>
+    private static FaultClass Classify(ExceptionVector vector) => vector switch
+    {
+        ExceptionVector.DivideError or ExceptionVector.InvalidTss or ExceptionVector.SegmentNotPresent or
+            ExceptionVector.StackFault or ExceptionVector.GeneralProtection or ExceptionVector.ControlProtection => FaultClass.Contributory,
+        ExceptionVector.PageFault or ExceptionVector.Virtualization => FaultClass.PageFault,
+        ExceptionVector.DoubleFault => FaultClass.DoubleFault,
+        _ => FaultClass.Benign,
+    };
+
+    private ShutdownCause cascade;
+
+    /// <summary>Why the CPU last shut down (a triple fault): the event whose delivery started the cascade and the
+    /// fault that delivery raised; null until it has.</summary>
+    public ShutdownCause? ShutdownCause { get; private set; }
 
     /// <summary>Delivers vector <paramref name="vector"/> (0–255) with <paramref name="returnRip"/> as the saved RIP.</summary>
     private void DeliverOnce(int vector, uint errorCode, bool hasErrorCode, bool software, ulong returnRip)
@@ -174,8 +240,7 @@ public sealed partial class Cpu
         }
         if (type != 0xE && type != 0xF)
         {
-            string name = "task gate or 16-bit gate in the IDT";
-            Counters.UnimplementedByMnemonic[name] = Counters.UnimplementedByMnemonic.GetValueOrDefault(name) + 1;
+            RecordUnmodelled("task gate or 16-bit gate in the IDT", null);
             throw GuestFault.GeneralProtection((uint)(vector * 8 + 2));
         }
         if (software && gatePrivilege < PrivilegeLevel)

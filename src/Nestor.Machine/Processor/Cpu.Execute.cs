@@ -367,60 +367,243 @@ public sealed partial class Cpu
         };
     }
 
-    /// <summary>MOVS, STOS, LODS, CMPS, SCAS with REP/REPE/REPNE (SDM Vol. 2B REP). One iteration per executed
-    /// instruction would make `rep` restartable after a fault; here the whole repetition runs, and a fault leaves
-    /// RCX/RSI/RDI at the faulting iteration, which is what the hardware guarantees too.</summary>
+    /// <summary>MOVS, STOS, LODS, CMPS, SCAS, with REP/REPE/REPNE (SDM Vol. 2B "REP/REPE/REPZ/REPNE/REPNZ" and
+    /// each instruction's page). The address-size attribute chooses the registers: RSI, RDI and RCX with 64-bit
+    /// addresses; ESI, EDI and ECX with 32-bit ones (67h in 64-bit mode, or 32-bit code), which wrap at 32 bits and,
+    /// being 32-bit register writes, clear the upper halves (SDM Vol. 1 §3.4.1.1); SI, DI and CX with 16-bit ones,
+    /// the rest of each register kept. A fault leaves the registers at the faulting iteration and RIP at the
+    /// instruction, so that it resumes there after the handler, as the hardware guarantees. A long repetition is
+    /// also suspended between iterations, in the same architectural state, when the platform asks the CPU to stop,
+    /// when an interrupt can be taken, or after <see cref="RepeatSlice"/> iterations, so that one instruction can
+    /// neither hold the host nor one <see cref="Run"/> call for long (the SDM allows an interrupt between
+    /// iterations; the suspended instruction is not retired, so a repetition counts as one instruction
+    /// however often it was suspended).</summary>
     private StopReason? StringOperation(in Instruction i)
     {
-        int size = i.Mnemonic switch
+        var mnemonic = i.Mnemonic;
+        int size = mnemonic switch
         {
             Mnemonic.Movsb or Mnemonic.Stosb or Mnemonic.Lodsb or Mnemonic.Cmpsb or Mnemonic.Scasb => 1,
             Mnemonic.Movsw or Mnemonic.Stosw or Mnemonic.Lodsw or Mnemonic.Cmpsw or Mnemonic.Scasw => 2,
             Mnemonic.Movsd or Mnemonic.Stosd or Mnemonic.Lodsd or Mnemonic.Cmpsd or Mnemonic.Scasd => 4,
             _ => 8,
         };
-        bool repeat = i.HasRepPrefix || i.HasRepePrefix || i.HasRepnePrefix;
-        ulong step = (Rflags & FlagBits.Direction) != 0 ? unchecked((ulong)-size) : (ulong)size;
-        while (!repeat || Registers[Rcx] != 0)
+        var form = mnemonic switch
         {
-            switch (i.Mnemonic)
-            {
-                case Mnemonic.Movsb or Mnemonic.Movsw or Mnemonic.Movsd or Mnemonic.Movsq:
-                    WriteLinear(Registers[Rdi], size, ReadLinear(Registers[Rsi], size));
-                    Registers[Rsi] += step;
-                    Registers[Rdi] += step;
-                    break;
-                case Mnemonic.Stosb or Mnemonic.Stosw or Mnemonic.Stosd or Mnemonic.Stosq:
-                    WriteLinear(Registers[Rdi], size, Registers[Rax]);
-                    Registers[Rdi] += step;
-                    break;
-                case Mnemonic.Lodsb or Mnemonic.Lodsw or Mnemonic.Lodsd or Mnemonic.Lodsq:
-                    WriteRegister(size switch { 1 => Register.AL, 2 => Register.AX, 4 => Register.EAX, _ => Register.RAX },
-                        ReadLinear(Registers[Rsi], size));
-                    Registers[Rsi] += step;
-                    break;
-                case Mnemonic.Cmpsb or Mnemonic.Cmpsw or Mnemonic.Cmpsd or Mnemonic.Cmpsq:
-                    Subtract(ReadLinear(Registers[Rsi], size), ReadLinear(Registers[Rdi], size), 0, size);
-                    Registers[Rsi] += step;
-                    Registers[Rdi] += step;
-                    break;
-                default:
-                    Subtract(Registers[Rax] & Mask(size), ReadLinear(Registers[Rdi], size), 0, size);
-                    Registers[Rdi] += step;
-                    break;
-            }
-            if (!repeat)
+            Mnemonic.Movsb or Mnemonic.Movsw or Mnemonic.Movsd or Mnemonic.Movsq => StringForm.Move,
+            Mnemonic.Stosb or Mnemonic.Stosw or Mnemonic.Stosd or Mnemonic.Stosq => StringForm.Store,
+            Mnemonic.Lodsb or Mnemonic.Lodsw or Mnemonic.Lodsd or Mnemonic.Lodsq => StringForm.Load,
+            Mnemonic.Cmpsb or Mnemonic.Cmpsw or Mnemonic.Cmpsd or Mnemonic.Cmpsq => StringForm.Compare,
+            _ => StringForm.Scan,
+        };
+        int addressSize = StringAddressSize(i);
+        ulong mask = addressSize == 8 ? ulong.MaxValue : addressSize == 4 ? 0xFFFF_FFFFUL : 0xFFFFUL;
+        ulong kept = addressSize == 2 ? ~0xFFFFUL : 0; // a 16-bit register write keeps the rest of the register
+        // DS:RSI takes a segment override (only FS and GS have a base in 64-bit mode, SDM Vol. 3A §3.2.4); ES:RDI
+        // does not. The other segment bases are taken to be zero, as everywhere in the model.
+        ulong sourceBase = 0;
+        if (form is StringForm.Move or StringForm.Load or StringForm.Compare)
+        {
+            sourceBase = i.MemorySegment == Register.FS ? Fs.Base : i.MemorySegment == Register.GS ? Gs.Base : 0;
+        }
+        ulong step = (Rflags & FlagBits.Direction) != 0 ? unchecked((ulong)-size) : (ulong)size;
+        if (!(i.HasRepPrefix || i.HasRepePrefix || i.HasRepnePrefix))
+        {
+            StringIteration(form, size, sourceBase, step, mask, kept);
+            return null;
+        }
+        if (addressSize == 8 && form == StringForm.Store)
+        {
+            return RepeatStore(size, step);
+        }
+        if (addressSize == 8 && form == StringForm.Move)
+        {
+            return RepeatMove(size, step, sourceBase);
+        }
+        // REPE/REPNE end on ZF too, for the comparing forms only (F2 on MOVS, STOS and LODS repeats as REP does).
+        bool untilUnequal = form is StringForm.Compare or StringForm.Scan && i.HasRepePrefix;
+        bool untilEqual = form is StringForm.Compare or StringForm.Scan && i.HasRepnePrefix;
+        long iterations = 0;
+        while ((Registers[Rcx] & mask) != 0)
+        {
+            StringIteration(form, size, sourceBase, step, mask, kept);
+            Registers[Rcx] = (Registers[Rcx] & kept) | ((Registers[Rcx] - 1) & mask);
+            if ((untilUnequal && (Rflags & Z) == 0) || (untilEqual && (Rflags & Z) != 0))
             {
                 break;
             }
-            Registers[Rcx]--;
-            bool compares = i.Mnemonic is Mnemonic.Cmpsb or Mnemonic.Cmpsw or Mnemonic.Cmpsd or Mnemonic.Cmpsq
-                or Mnemonic.Scasb or Mnemonic.Scasw or Mnemonic.Scasd or Mnemonic.Scasq;
-            if (compares && ((i.HasRepePrefix && (Rflags & Z) == 0) || (i.HasRepnePrefix && (Rflags & Z) != 0)))
+            if ((++iterations & (RepeatCheckInterval - 1)) == 0 && (Registers[Rcx] & mask) != 0 &&
+                SuspendString(iterations) is { } suspended)
             {
-                break;
+                return suspended;
             }
         }
         return null;
+    }
+
+    // REP STOS and REP MOVS with 64-bit addresses (memset and memcpy), the forms that run long in practice, in
+    // loops of their own: the same iterations and checks as the general loop, without its masks and conditions. The
+    // registers are updated in place after each iteration, so a fault in the next leaves them right.
+
+    private StopReason? RepeatStore(int size, ulong step)
+    {
+        ref ulong rcx = ref Registers[Rcx];
+        ref ulong rdi = ref Registers[Rdi];
+        ulong value = Registers[Rax];
+        long iterations = 0;
+        while (rcx != 0)
+        {
+            WriteLinear(rdi, size, value);
+            rdi += step;
+            rcx--;
+            if ((++iterations & (RepeatCheckInterval - 1)) == 0 && rcx != 0 && SuspendString(iterations) is { } suspended)
+            {
+                return suspended;
+            }
+        }
+        return null;
+    }
+
+    private StopReason? RepeatMove(int size, ulong step, ulong sourceBase)
+    {
+        ref ulong rcx = ref Registers[Rcx];
+        ref ulong rsi = ref Registers[Rsi];
+        ref ulong rdi = ref Registers[Rdi];
+        long iterations = 0;
+        while (rcx != 0)
+        {
+            WriteLinear(rdi, size, ReadLinear(sourceBase + rsi, size));
+            rsi += step;
+            rdi += step;
+            rcx--;
+            if ((++iterations & (RepeatCheckInterval - 1)) == 0 && rcx != 0 && SuspendString(iterations) is { } suspended)
+            {
+                return suspended;
+            }
+        }
+        return null;
+    }
+
+    private enum StringForm : byte
+    {
+        Move,
+        Store,
+        Load,
+        Compare,
+        Scan,
+    }
+
+    /// <summary>One iteration: the memory operands at (RSI &amp; mask) and (RDI &amp; mask), the registers advanced.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void StringIteration(StringForm form, int size, ulong sourceBase, ulong step, ulong mask, ulong kept)
+    {
+        ulong rsi = Registers[Rsi], rdi = Registers[Rdi];
+        switch (form)
+        {
+            case StringForm.Move:
+                WriteLinear(rdi & mask, size, ReadLinear(sourceBase + (rsi & mask), size));
+                Registers[Rsi] = (rsi & kept) | ((rsi + step) & mask);
+                Registers[Rdi] = (rdi & kept) | ((rdi + step) & mask);
+                break;
+            case StringForm.Store:
+                WriteLinear(rdi & mask, size, Registers[Rax]);
+                Registers[Rdi] = (rdi & kept) | ((rdi + step) & mask);
+                break;
+            case StringForm.Load:
+                {
+                    ulong value = ReadLinear(sourceBase + (rsi & mask), size);
+                    WriteRegister(size switch { 1 => Register.AL, 2 => Register.AX, 4 => Register.EAX, _ => Register.RAX }, value);
+                    Registers[Rsi] = (rsi & kept) | ((rsi + step) & mask);
+                    break;
+                }
+            case StringForm.Compare:
+                Subtract(ReadLinear(sourceBase + (rsi & mask), size), ReadLinear(rdi & mask, size), 0, size);
+                Registers[Rsi] = (rsi & kept) | ((rsi + step) & mask);
+                Registers[Rdi] = (rdi & kept) | ((rdi + step) & mask);
+                break;
+            default:
+                Subtract(Registers[Rax] & Mask(size), ReadLinear(rdi & mask, size), 0, size);
+                Registers[Rdi] = (rdi & kept) | ((rdi + step) & mask);
+                break;
+        }
+    }
+
+    /// <summary>The address size of a string instruction, in bytes, from its memory operands' kinds (Iced names the
+    /// registers the address-size attribute selects).</summary>
+    private static int StringAddressSize(in Instruction i)
+    {
+        for (int n = 0; n < i.OpCount; n++)
+        {
+            switch (i.GetOpKind(n))
+            {
+                case OpKind.MemorySegRSI or OpKind.MemorySegRDI or OpKind.MemoryESRDI:
+                    return 8;
+                case OpKind.MemorySegESI or OpKind.MemorySegEDI or OpKind.MemoryESEDI:
+                    return 4;
+                case OpKind.MemorySegSI or OpKind.MemorySegDI or OpKind.MemoryESDI:
+                    return 2;
+            }
+        }
+        return 8;
+    }
+
+    /// <summary>Iterations between looks at the platform's stop request and at pending interrupts; a power of two.</summary>
+    private const long RepeatCheckInterval = 4096;
+
+    /// <summary>Iterations one execution of a repeated string instruction runs before it is suspended so that
+    /// <see cref="Run"/> can return (<see cref="StopReason.Budget"/>): about the time of as many simple instructions, the
+    /// engine's slice between its own checks for a stop. A multiple of <see cref="RepeatCheckInterval"/>.</summary>
+    private const long RepeatSlice = 1 << 20;
+
+    private enum StringSuspension : byte
+    {
+        None,
+        Interrupt,
+        Budget,
+        PlatformStop,
+    }
+
+    private StringSuspension stringSuspension;
+
+    /// <summary>At a check between iterations (RCX not yet zero): whether to suspend the instruction, and why. When it
+    /// suspends, RIP goes back to the instruction; the registers already say how far it got.</summary>
+    private StopReason? SuspendString(long iterations)
+    {
+        if (platform.StopRequested)
+        {
+            stringSuspension = StringSuspension.PlatformStop;
+        }
+        else if (InterruptDeliverable)
+        {
+            stringSuspension = StringSuspension.Interrupt;
+        }
+        else if (iterations >= RepeatSlice)
+        {
+            stringSuspension = StringSuspension.Budget;
+        }
+        else
+        {
+            return null;
+        }
+        Rip = instructionStart;
+        return StopReason.Budget; // any non-null value: the run loop asks TakeStringSuspension what it means
+    }
+
+    /// <summary>For the run loop, after a string instruction returned a stop: the reason Run returns with, or null when
+    /// an interrupt is due (the loop goes on and delivers it).</summary>
+    private StopReason? TakeStringSuspension()
+    {
+        var why = stringSuspension;
+        stringSuspension = StringSuspension.None;
+        switch (why)
+        {
+            case StringSuspension.Interrupt:
+                eventCheckAt = 0;
+                return null;
+            case StringSuspension.PlatformStop:
+                return StopReason.PlatformStop;
+            default:
+                return StopReason.Budget;
+        }
     }
 }

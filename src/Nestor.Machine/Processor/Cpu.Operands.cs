@@ -228,8 +228,7 @@ public sealed partial class Cpu
 
     private StopReason? Unimplemented(in Instruction i)
     {
-        string name = i.Mnemonic.ToString();
-        Counters.UnimplementedByMnemonic[name] = Counters.UnimplementedByMnemonic.GetValueOrDefault(name) + 1;
+        RecordUnmodelled(i.Mnemonic.ToString(), i.Code.CpuidFeatures());
         throw GuestFault.InvalidOpcode();
     }
 

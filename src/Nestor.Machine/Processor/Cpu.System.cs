@@ -266,6 +266,29 @@ public sealed partial class Cpu
         }
     }
 
+    /// <summary>The last instruction the machine does not model that the guest executed (the CPU raised #UD for it, as
+    /// a processor without the feature does, and the guest's handler may deal with it); null if none.</summary>
+    public UnmodelledInstruction? LastUnmodelledInstruction { get; private set; }
+
+    private CpuidFeature[]? lastUnmodelledFeatures;
+    private string? lastUnmodelledFeature;
+
+    /// <summary>Counts an instruction (or a form of one) the model does not implement and remembers it for the run's
+    /// report; the caller raises the exception a CPU without it would. Allocates only when the feature set differs
+    /// from the last one's (Iced's feature arrays are shared), so a guest looping on #UD costs no garbage here.</summary>
+    private void RecordUnmodelled(string name, CpuidFeature[]? features)
+    {
+        Counters.UnimplementedByMnemonic[name] = Counters.UnimplementedByMnemonic.GetValueOrDefault(name) + 1;
+        if (!ReferenceEquals(features, lastUnmodelledFeatures))
+        {
+            lastUnmodelledFeatures = features;
+            lastUnmodelledFeature = features is null or [] or [CpuidFeature.INTEL386] or [CpuidFeature.X64] ? null
+                : string.Join("/", features.Where(f => f is not (CpuidFeature.INTEL386 or CpuidFeature.X64)));
+        }
+        LastUnmodelledInstruction = new UnmodelledInstruction(name, instructionStart, lastUnmodelledFeature,
+            (LastUnmodelledInstruction?.Count ?? 0) + 1);
+    }
+
     private void CheckIoPermission()
     {
         // Port I/O is sensitive: allowed when CPL ≤ IOPL; the TSS I/O bitmap is not modelled, so otherwise #GP.

@@ -56,6 +56,11 @@ public sealed unsafe partial class Cpu
     /// <summary>Bytes a CALL, RET or default PUSH moves: 8 in 64-bit mode, 4 in 32-bit mode.</summary>
     private int StackWidth => Bitness == 64 ? 8 : 4;
 
+    /// <summary>The address of the instruction executing now: during <see cref="Run"/>, for a device or a VMM that
+    /// wants to say which instruction reached it (<see cref="Rip"/> is already past it while it executes); after Run,
+    /// the last one started.</summary>
+    public ulong InstructionAddress => instructionStart;
+
     /// <summary>Current privilege level.</summary>
     public int PrivilegeLevel => Cs.Selector & 3;
 
@@ -148,6 +153,13 @@ public sealed unsafe partial class Cpu
             {
                 return StopReason.Shutdown;
             }
+            catch (NotSupportedException)
+            {
+                // Something the model does not implement (16-bit code, a task switch): the run ends, with RIP at the
+                // instruction that asked for it rather than past it, so that the final state and the message name it.
+                Rip = instructionStart;
+                throw;
+            }
         }
         return StopReason.Budget;
     }
@@ -171,6 +183,16 @@ public sealed unsafe partial class Cpu
             {
                 stop = Execute(in instruction.Instruction);
                 RevalidateTranslations(); // it may have changed CS, EFER, RFLAGS.AC or the TLBs
+                if (stop is not null && instruction.Class == (byte)InstructionClass.String)
+                {
+                    // A repeated string instruction suspended between iterations (SDM Vol. 2B REP): RIP is still at
+                    // it and RCX, RSI, RDI say how far it got; it is not retired, and resumes when executed again.
+                    if (TakeStringSuspension() is { } suspended)
+                    {
+                        return suspended;
+                    }
+                    continue; // an interrupt is due: the top of the loop delivers it, with the REP as the saved RIP
+                }
             }
             Counters.InstructionsRetired++;
             Counters.RetiredByClass[instruction.Class]++;
@@ -210,11 +232,12 @@ public sealed unsafe partial class Cpu
         {
             Apic.Tick(Clock);
         }
-        if (Apic.CanDeliver && (Rflags & FlagBits.Interrupt) != 0 && Counters.InstructionsRetired > interruptShadowUntil)
+        if (InterruptDeliverable)
         {
             // Delivered through the IDT with the current RIP saved, as a hardware interrupt (no gate privilege check).
             Counters.ExternalInterrupts++;
-            bool delivered = Deliver((ExceptionVector)Apic.Accept(), 0, false, 0, software: false, Rip);
+            instructionStart = Rip; // the interrupted instruction, should the delivery fault
+            bool delivered = DeliverInterrupt(Apic.Accept());
             RevalidateTranslations();
             if (!delivered)
             {
@@ -227,20 +250,66 @@ public sealed unsafe partial class Cpu
         return null;
     }
 
+    /// <summary>The APIC has an interrupt to give and the CPU accepts one now (RFLAGS.IF set, outside an STI shadow).</summary>
+    private bool InterruptDeliverable =>
+        Apic.CanDeliver && (Rflags & FlagBits.Interrupt) != 0 && Counters.InstructionsRetired > interruptShadowUntil;
+
     // ---- Fetch and the decoded-instruction cache ------------------------------------------------------------
 
     /// <summary>The instructions decoded from one physical page as seen at one linear page. Iced resolves branch
     /// targets and RIP-relative operands to absolute addresses, so a page mapped at two linear addresses gets one
     /// DecodedPage per alias, chained through <see cref="Alias"/>.</summary>
-    private sealed class DecodedPage(ulong linearPage, int bitness)
+    private sealed class DecodedPage(ulong physicalPage, ulong linearPage, int bitness)
     {
+        public readonly ulong PhysicalPage = physicalPage;
         public readonly ulong LinearPage = linearPage;
         public readonly int Bitness = bitness;
         public DecodedPage? Alias;
         public readonly short[] Slots = new short[4096];
         public DecodedInstruction[] Instructions = new DecodedInstruction[32];
         public int Count;
+        /// <summary>In the cache (false once evicted or dropped by a write).</summary>
+        public bool Resident = true;
+        /// <summary>Its place in <see cref="residentOrder"/>.</summary>
+        public int Order;
     }
+
+    // The decoded-instruction cache is bounded, so that a guest cannot grow the host process without limit (issue
+    // 10, item 6). A decoded page costs an 8 KiB slot table (one per physical page and linear alias executed, however
+    // few instructions it holds) and 80 bytes per DecodedInstruction; every byte offset can start an instruction, so
+    // one page can hold 4,096 of them (320 KiB), and a physical page mapped at many linear addresses gets a decoded
+    // page per alias: neither RAM size nor the number of physical pages bounded it. Measured, peak RSS of `nestor run
+    // --flat GUEST --timeout 10` before / after the bounds: a 48 MiB straight line of NOPs looping back (every
+    // instruction new, 36 M decoded) 3.7 GB and growing / 310 MB; random user-mode code behind an IDT that resumes
+    // at a random spot after every fault and a 200-instruction APIC timer 336 / 256 MB (5 s of it left 6,539 pages,
+    // 72 MiB, live); the same over 16 physical pages mapped at every 4 KiB of a 64 GiB linear window (each fault a new
+    // alias) 349 MB, 646 MB at 30 s, / 130 MB. NestorOS's whole workload keeps fewer than 50 pages and 6,000
+    // instructions decoded. The bounds: at most MaxAliases linear aliases per physical page (a new alias evicts the
+    // oldest), and at most MaxResidentPages pages and MaxResidentInstructions instruction slots in all, evicted
+    // oldest first in whole pages down to three quarters so that eviction is rare: at most 32 MiB of slot tables and
+    // 40 MiB of instructions live. Eviction is not a correctness event: the page is decoded again when next fetched.
+    /// <summary>Linear aliases of one physical page the decoded-instruction cache keeps.</summary>
+    public const int MaxAliases = 8;
+
+    /// <summary>Decoded pages the cache keeps in all.</summary>
+    public const int MaxResidentPages = 4096;
+
+    /// <summary>Instruction slots the cache's pages hold in all (80 bytes each).</summary>
+    public const long MaxResidentInstructions = 512 * 1024;
+
+    /// <summary>Decoded pages (one per physical page and linear alias) in the decoded-instruction cache now.</summary>
+    public int ResidentDecodedPages => residentPages;
+
+    /// <summary>Instruction slots (allocated, used or not) of the resident decoded pages.</summary>
+    public long ResidentInstructionSlots => residentInstructions;
+
+    // Resident pages in the order they were decoded (a ring; a page leaving the cache leaves the ring too, so that
+    // nothing keeps its arrays alive: keeping them cost 1.1 GB in 5 s of the straight line above): eviction takes the
+    // oldest.
+    private readonly DecodedPage?[] residentOrder = new DecodedPage?[MaxResidentPages];
+    private int residentNext;
+    private int residentPages;
+    private long residentInstructions; // the Instructions arrays' capacity summed over resident pages
 
     private sealed class FetchReader : CodeReader
     {
@@ -370,25 +439,52 @@ public sealed unsafe partial class Cpu
             scratch[0] = DecodedInstruction.Compile(instruction, bits);
             return ref scratch[0];
         }
+        if (residentPages >= MaxResidentPages || residentInstructions >= MaxResidentInstructions)
+        {
+            EvictOldest();
+        }
         decodedPages.TryGetValue(page, out var chain);
         var decoded = chain;
+        int aliases = 0;
         while (decoded is not null && (decoded.LinearPage != rip >> 12 || decoded.Bitness != bits))
         {
             decoded = decoded.Alias;
+            aliases++;
         }
         if (decoded is null)
         {
-            decoded = new DecodedPage(rip >> 12, bits) { Alias = chain };
+            if (aliases >= MaxAliases)
+            {
+                // New aliases go first in the chain: the last is the oldest.
+                var oldest = chain!;
+                while (oldest.Alias is not null)
+                {
+                    oldest = oldest.Alias;
+                }
+                Evict(oldest);
+                decodedPages.TryGetValue(page, out chain);
+            }
+            decoded = new DecodedPage(page, rip >> 12, bits) { Alias = chain };
             decodedPages[page] = decoded;
             if (page < (ulong)codePages.Length)
             {
                 codePages[page] = 1;
             }
             writeLinearPage = ulong.MaxValue; // the page may be cached for writes: writes to it must now be seen
+            if (residentOrder[residentNext] is { } displaced)
+            {
+                Evict(displaced); // the ring is full of resident pages: this is the oldest
+            }
+            residentOrder[residentNext] = decoded;
+            decoded.Order = residentNext;
+            residentNext = (residentNext + 1) % MaxResidentPages;
+            residentPages++;
+            residentInstructions += decoded.Instructions.Length;
         }
         if (decoded.Count == decoded.Instructions.Length)
         {
             Array.Resize(ref decoded.Instructions, decoded.Count * 2);
+            residentInstructions += decoded.Count;
         }
         decoded.Instructions[decoded.Count] = DecodedInstruction.Compile(instruction, bits);
         decoded.Slots[offset] = (short)(decoded.Count + 1);
@@ -404,13 +500,95 @@ public sealed unsafe partial class Cpu
         if (page < (ulong)codePages.Length && codePages[page] != 0)
         {
             codePages[page] = 0;
-            decodedPages.Remove(page); // every alias of the page
+            if (decodedPages.Remove(page, out var chain)) // every alias of the page
+            {
+                for (var alias = chain; alias is not null; alias = alias.Alias)
+                {
+                    Release(alias);
+                }
+            }
             if (translating)
             {
                 ringCompression!.PagesInvalidated++;
             }
             fetchPage = null;
             Counters.DecodeCacheInvalidations++;
+        }
+    }
+
+    /// <summary>Makes room: evicts the oldest resident pages until a quarter of either bound is free.</summary>
+    private void EvictOldest()
+    {
+        int cursor = residentNext;
+        for (int n = 0; n < MaxResidentPages &&
+             (residentPages > MaxResidentPages * 3 / 4 || residentInstructions > MaxResidentInstructions * 3 / 4); n++)
+        {
+            if (residentOrder[cursor] is { } page)
+            {
+                Evict(page);
+            }
+            cursor = (cursor + 1) % MaxResidentPages;
+        }
+    }
+
+    /// <summary>Drops one decoded page (one alias) from the cache, as a write to it would, and every fast-path
+    /// reference to it.</summary>
+    private void Evict(DecodedPage victim)
+    {
+        ulong page = victim.PhysicalPage;
+        if (decodedPages.TryGetValue(page, out var head))
+        {
+            if (head == victim)
+            {
+                if (victim.Alias is null)
+                {
+                    decodedPages.Remove(page);
+                    if (page < (ulong)codePages.Length)
+                    {
+                        codePages[page] = 0; // no decoded code left on it: writes need not look any more
+                    }
+                }
+                else
+                {
+                    decodedPages[page] = victim.Alias;
+                }
+            }
+            else
+            {
+                var previous = head;
+                while (previous.Alias is not null && previous.Alias != victim)
+                {
+                    previous = previous.Alias;
+                }
+                if (previous.Alias == victim)
+                {
+                    previous.Alias = victim.Alias;
+                }
+            }
+        }
+        Release(victim);
+        Counters.DecodeCacheEvictions++;
+        if (translating)
+        {
+            ringCompression!.PagesInvalidated++; // its translations (and callout marks) are gone with it
+        }
+    }
+
+    /// <summary>Bookkeeping of a page leaving the cache; the fetch fast path forgets it.</summary>
+    private void Release(DecodedPage page)
+    {
+        if (!page.Resident)
+        {
+            return;
+        }
+        page.Resident = false;
+        residentOrder[page.Order] = null; // nothing may keep a page that left, or its arrays, alive
+        residentPages--;
+        residentInstructions -= page.Instructions.Length;
+        if (fetchPage == page)
+        {
+            fetchPage = null;
+            fetchLinearPage = ulong.MaxValue;
         }
     }
 

@@ -12,6 +12,10 @@ public sealed class CpuCounters
     public long MemoryWrites;
     public long DecodedInstructions;
     public long DecodeCacheInvalidations;
+    /// <summary>Decoded pages dropped to keep the decoded-instruction cache within its bounds (not because of a write).</summary>
+    public long DecodeCacheEvictions;
+    /// <summary>Exceptions delivered (or attempted), by vector; INT n and external interrupts are counted apart, in
+    /// <see cref="SoftwareInterrupts"/> and <see cref="ExternalInterrupts"/>, whatever their vector.</summary>
     public readonly long[] ExceptionsByVector = new long[32];
     public long SoftwareInterrupts;
     public long ExternalInterrupts;

@@ -15,20 +15,26 @@ public interface IPlatform
     /// <summary>CPUID for leaf EAX, subleaf ECX.</summary>
     (uint Eax, uint Ebx, uint Ecx, uint Edx) Cpuid(uint leaf, uint subleaf);
 
-    /// <summary>True when a port write ended the machine's run (the debug-exit device): the CPU stops after it.</summary>
+    /// <summary>True when the machine's run should end: a port write that ended it (the debug-exit device), or any
+    /// other request to stop (a timeout, Ctrl-C). The CPU looks after each OUT, and every few thousand iterations of a
+    /// repeated string instruction, which it then suspends (RIP at it, not retired), and returns
+    /// <see cref="StopReason.PlatformStop"/>; the platform knows which request it was. Otherwise the caller of
+    /// <see cref="Cpu.Run"/> sees the request between calls.</summary>
     bool StopRequested { get; }
 }
 
 /// <summary>Why <see cref="Cpu.Run"/> returned.</summary>
 public enum StopReason
 {
-    /// <summary>The instruction budget ran out; call Run again to continue.</summary>
+    /// <summary>The instruction budget ran out, or a long repeated string instruction used up its share of the call
+    /// (suspended between iterations, not retired); call Run again to continue.</summary>
     Budget,
     /// <summary>HLT with nothing to wake the CPU.</summary>
     Halted,
     /// <summary>Triple fault: the CPU shut down.</summary>
     Shutdown,
-    /// <summary>The platform asked to stop (debug exit).</summary>
+    /// <summary>The platform asked to stop (<see cref="IPlatform.StopRequested"/>: the debug exit, or a stop request
+    /// seen during a long repeated string instruction, left suspended).</summary>
     PlatformStop,
     /// <summary>The VMM's exit handler stopped the virtual machine.</summary>
     VmmStop,
