@@ -184,4 +184,38 @@ public class MachineHonestyTests
         Assert.True(outcome.Kind == VmOutcomeKind.TripleFault, $"{instruction}: {outcome.Kind}: {outcome.Message}");
         Assert.Equal(0x10_000AUL, outcome.FinalState!.Rip);
     }
+
+    [Theory]
+    [InlineData("native")]
+    [InlineData("hw-nested")]
+    [InlineData("hw-shadow")]
+    [InlineData("trap")]
+    public void A_guest_faulting_forever_without_retiring_an_instruction_is_stopped_by_its_timeout(string technique)
+    {
+        // Every IDT gate points at an address with no mapping, on a fresh IST stack: delivery succeeds, the handler's
+        // first fetch faults, and so on forever. Nothing retires, so an instruction budget never ends the slice.
+        byte[] code = GuestAssembler.Assemble(a =>
+        {
+            HostileGuestFuzzTests.EmitGdtWithIst(a);
+            const ulong idt = 0x1D_2000, handler = 0x20_0000_0000; // far above RAM: not in the identity map
+            a.mov(rdi, idt);
+            a.mov(rax, 0x0008_0000UL | (handler & 0xFFFF) | (0x8E01UL << 32) | ((handler >> 16 & 0xFFFF) << 48));
+            a.mov(rdx, handler >> 32);
+            a.xor(ecx, ecx);
+            var gate = a.CreateLabel();
+            a.Label(ref gate);
+            a.mov(__[rdi], rax);
+            a.mov(__[rdi + 8], rdx);
+            a.add(rdi, 16); a.inc(ecx); a.cmp(ecx, 256); a.jne(gate);
+            a.mov(rdi, idt - 16);
+            a.mov(__word_ptr[rdi], 4095);
+            a.mov(rax, idt); a.mov(__[rdi + 2], rax);
+            a.lidt(__[rdi]);
+            a.ud2();
+        });
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var outcome = RunBounded(code, Options(technique), timeoutSeconds: 2);
+        Assert.True(outcome.Kind == VmOutcomeKind.Timeout, $"{technique}: {outcome.Kind}: {outcome.Message}");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(8), $"{technique}: stopped {clock.Elapsed.TotalSeconds:F1} s after a 2 s timeout");
+    }
 }

@@ -84,7 +84,9 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 return new VmOutcome(VmOutcomeKind.EmulationFailure, $"the VMM cannot enter the guest: {e.Message}", Capture(cpu));
             }
         }
-        vm.Bus.InstructionPointer = () => cpu.Rip;
+        // The accessing instruction's own address (RIP is already past it while it executes).
+        vm.Bus.InstructionPointer = () => cpu.InstructionAddress;
+        vm.Bus.UnclaimedAccesses.InstructionPointerIsNext = false;
         var clock = Stopwatch.StartNew();
         try
         {
@@ -118,15 +120,10 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                             $"the VMM stopped the guest at rip=0x{cpu.Rip:x} after a {Vmcs?.LastExit.Reason} exit: {monitor?.StopMessage ?? "it could not handle it"}",
                             Capture(cpu));
                     case StopReason.PlatformStop when vm.GuestStatus is null && control.StopReason is { } interrupted:
-                        // A stop request (timeout, a signal) ended a long instruction between its iterations.
+                        // Not a debug exit: a stop request (timeout, a signal) the CPU saw after a port write, a fault,
+                        // or between the iterations of a REP string instruction, which it left suspended.
                         return VmOutcomes.Stopped(interrupted, vm.Config.Timeout, Capture(cpu));
                     case StopReason.PlatformStop:
-                        if (vm.GuestStatus is null && control.StopReason is { } stopRequest)
-                        {
-                            // Not a debug exit: a stop request (timeout, Ctrl-C) the CPU saw inside a long REP string
-                            // instruction, which it left suspended (IPlatform.StopRequested).
-                            return VmOutcomes.Stopped(stopRequest, vm.Config.Timeout, Capture(cpu));
-                        }
                         return VmOutcomes.DebugExit(vm.GuestStatus ?? 0, Capture(cpu));
                     case StopReason.Halted:
                         vm.Exits.Record(VmExitReason.Halt, 0);
@@ -270,6 +267,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             new("memory_writes", (ulong)c.MemoryWrites, ""),
             new("instructions_decoded", (ulong)c.DecodedInstructions, ""),
             new("decode_cache_invalidations", (ulong)c.DecodeCacheInvalidations, ""),
+            new("decode_cache_evictions", (ulong)c.DecodeCacheEvictions, ""),
             new("translations", (ulong)m.Translations, ""),
             new("itlb_hits", (ulong)m.InstructionTlbHits, ""),
             new("itlb_misses", (ulong)m.InstructionTlbMisses, ""),

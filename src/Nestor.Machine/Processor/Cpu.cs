@@ -135,6 +135,12 @@ public sealed unsafe partial class Cpu
                         return emulated;
                     }
                 }
+                if (platform.StopRequested)
+                {
+                    // A guest can fault forever without retiring anything (a handler whose first fetch faults again
+                    // on a fresh IST stack), so the budget alone would never end the slice: look for a stop here.
+                    return StopReason.PlatformStop;
+                }
             }
             catch (NestedPageFault fault)
             {
@@ -142,6 +148,10 @@ public sealed unsafe partial class Cpu
                 if (HandleFault(null, fault) is { } stop)
                 {
                     return stop;
+                }
+                if (platform.StopRequested)
+                {
+                    return StopReason.PlatformStop; // likewise: EPT violations retire nothing
                 }
             }
             catch (VmmStop)
