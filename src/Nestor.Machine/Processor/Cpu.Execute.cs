@@ -166,6 +166,9 @@ public sealed partial class Cpu
             case Mnemonic.Rcl:
             case Mnemonic.Rcr:
                 return Shift(i);
+            case Mnemonic.Shld:
+            case Mnemonic.Shrd:
+                return DoubleShift(i);
             case Mnemonic.Mul:
             case Mnemonic.Imul:
             case Mnemonic.Div:
