@@ -414,7 +414,7 @@ public sealed partial class Cpu
                     {
                         // A register bit offset addresses memory beyond the operand (SDM Vol. 2A BT).
                         long signed = (long)SignExtend(offset, size);
-                        address = EffectiveAddress(i) + (ulong)((signed >> 3) & ~(long)(size - 1));
+                        address = EffectiveAddress(i, (ulong)((signed >> 3) & ~(long)(size - 1)));
                         bit = (int)(signed & (bits - 1));
                         value = ReadLinear(address, size);
                     }
