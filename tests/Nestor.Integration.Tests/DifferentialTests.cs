@@ -476,6 +476,8 @@ public class DifferentialTests
                     < 96 => Loop(),
                     < 97 => JumpIfCountZero(),
                     < 98 => EnterLeave(),
+                    < 99 => Translate(),
+                    < 100 => CompareExchange8Bytes(),
                     _ => AluRegister(),
                 };
                 if (item is not null)
@@ -1205,6 +1207,36 @@ public class DifferentialTests
                 a.AddInstruction(not);
                 a.Label(ref skip);
             }, defined | DF);
+        }
+
+        /// <summary>XLATB: AL = [rBX + AL] over the scratch, also with a 32-bit address (67h: EBX, the upper half of
+        /// RBX garbage) and with an FS or GS override (SDM Vol. 2B XLAT). No flags.</summary>
+        private Item Translate()
+        {
+            int form = r.Next(3);
+            var segment = form == 2 ? (Chance(2) ? Register.FS : Register.GS) : Register.None;
+            ulong table = scratch - (segment == Register.FS ? FsBase : segment == Register.GS ? GsBase : 0);
+            ulong rbx = form == 1 ? (Random64(r) & ~0xFFFF_FFFFUL) | table : table;
+            var operand = new MemoryOperand(form == 1 ? Register.EBX : Register.RBX, Register.AL, 1, 0, 0, false, segment);
+            return Make(defined, Instruction.Create(Code.Mov_r64_imm64, Register.RBX, rbx), Instruction.Create(Code.Xlat_m8, operand));
+        }
+
+        /// <summary>CMPXCHG8B m64 with and without LOCK, EDX:EAX made equal to the operand half the time (SDM Vol. 2A:
+        /// ZF is set or cleared, "The CF, PF, AF, SF, and OF flags are unaffected").</summary>
+        private Item CompareExchange8Bytes()
+        {
+            var (m, setup) = Mem(8, 3); // RBX is an implicit operand
+            var list = new List<Instruction>(setup);
+            if (Chance(2))
+            {
+                list.Add(Instruction.Create(Code.Mov_r64_rm64, Register.RAX, m));
+                list.Add(Instruction.Create(Code.Mov_r64_rm64, Register.RDX, Register.RAX));
+                list.Add(Instruction.Create(Code.Shr_rm64_imm8, Register.RDX, 32));
+                defined = SF | ZF | PF | CF; // SHR by 32: OF and AF undefined (SDM Vol. 2B SAL/SAR/SHL/SHR)
+            }
+            var exchange = Instruction.Create(Code.Cmpxchg8b_m64, m);
+            list.Add(Chance(2) ? Locked(exchange) : exchange);
+            return Make(defined | ZF, [.. list]);
         }
 
         /// <summary>ENTER size, 0 and LEAVE, with the frame seen in between (RSP, RBP and the saved RBP). Nesting

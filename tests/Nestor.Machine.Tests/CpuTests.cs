@@ -363,6 +363,56 @@ public class CpuTests
         Assert.Equal(CF, Status(cpu) & (CF | ZF));
     }
 
+    /// <summary>XLATB (SDM Vol. 2B XLAT): AL = the byte at rBX + zero-extended AL; the rest of RAX is kept. With 67h
+    /// the address is EBX + AL.</summary>
+    [Fact]
+    public void Xlat_looks_up_al_in_the_table_at_rbx()
+    {
+        var (cpu, _, _) = Run(a =>
+        {
+            a.mov(rbx, 0x4000);
+            a.mov(__byte_ptr[rbx + 0xF0], 0x5A);
+            a.mov(rax, 0x1234_5678_9ABC_DEF0UL);    // AL = 0xF0: zero-extended, not -16
+            a.xlatb();
+            a.mov(r8, rax);
+            a.mov(rbx, 0xFFFF_FFFF_0000_4000UL);    // 67h: the upper half of RBX is ignored
+            a.mov(al, 0xF0);
+            a.db(0x67, 0xD7);
+        });
+        Assert.Equal(0x1234_5678_9ABC_DE5AUL, cpu.Registers[8]);
+        Assert.Equal(0x5AUL, cpu.Registers[0] & 0xFF);
+    }
+
+    /// <summary>CMPXCHG8B (SDM Vol. 2A): EDX:EAX against the qword; equal: ZF, ECX:EBX stored, RAX and RDX untouched;
+    /// not equal: ZF clear and the qword loaded into EDX:EAX (clearing bits 63:32 of both). Other flags unaffected.</summary>
+    [Fact]
+    public void Cmpxchg8b_exchanges_when_edx_eax_matches()
+    {
+        var (cpu, memory, _) = Run(a =>
+        {
+            a.mov(rdi, 0x4000);
+            a.mov(rax, 0x1111_2222_3333_4444UL);
+            a.mov(__qword_ptr[rdi], rax);
+            a.mov(rax, 0xFFFF_FFFF_3333_4444UL);    // EAX matches, and bits 63:32 are ignored
+            a.mov(rdx, 0xFFFF_FFFF_1111_2222UL);
+            a.mov(ecx, 0xCCCC_CCCC);
+            a.mov(ebx, 0xBBBB_BBBB);
+            a.stc();
+            a.cmpxchg8b(__qword_ptr[rdi]);
+            a.pushfq();
+            a.pop(r8);
+            a.mov(r9, rax);
+            a.mov(r10, rdx);
+            a.mov(rax, 0xFFFF_FFFF_0000_0000UL);    // no longer matches
+            a.cmpxchg8b(__qword_ptr[rdi]);
+        });
+        Assert.Equal(ZF | CF, cpu.Registers[8] & (ZF | CF));
+        Assert.Equal((0xFFFF_FFFF_3333_4444UL, 0xFFFF_FFFF_1111_2222UL), (cpu.Registers[9], cpu.Registers[10]));
+        Assert.Equal(0xCCCC_CCCC_BBBB_BBBBUL, memory.Read(0x4000));
+        Assert.Equal((0xBBBB_BBBBUL, 0xCCCC_CCCCUL), (cpu.Registers[0], cpu.Registers[2]));
+        Assert.Equal(CF, Status(cpu) & (ZF | CF));
+    }
+
     [Fact]
     public void Rep_string_operations_copy_and_fill()
     {

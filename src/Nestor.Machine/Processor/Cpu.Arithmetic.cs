@@ -281,6 +281,30 @@ public sealed partial class Cpu
         return null;
     }
 
+    /// <summary>CMPXCHG8B m64 (SDM Vol. 2A CMPXCHG8B/CMPXCHG16B): EDX:EAX compared with the operand; equal: ZF set
+    /// and ECX:EBX stored; otherwise ZF clear, the operand written back (the processor always writes) and loaded into
+    /// EDX:EAX, which as 32-bit register writes clear bits 63:32 of RDX and RAX. No other flag changes. sim's CPUID
+    /// advertises CX8, so it must exist.</summary>
+    private StopReason? CompareExchange8Bytes(in Instruction i)
+    {
+        ulong address = EffectiveAddress(i);
+        ulong value = ReadLinear(address, 8);
+        ulong expected = ((Registers[Rdx] & 0xFFFF_FFFF) << 32) | (Registers[Rax] & 0xFFFF_FFFF);
+        if (value == expected)
+        {
+            WriteLinear(address, 8, ((Registers[Rcx] & 0xFFFF_FFFF) << 32) | (Registers[Rbx] & 0xFFFF_FFFF));
+            Rflags |= Z;
+        }
+        else
+        {
+            WriteLinear(address, 8, value);
+            Registers[Rax] = (uint)value;
+            Registers[Rdx] = value >> 32;
+            Rflags &= ~Z;
+        }
+        return null;
+    }
+
     /// <summary>MUL, IMUL (one, two and three operands), DIV, IDIV; #DE on division by zero or a quotient that does
     /// not fit.</summary>
     private StopReason? MultiplyDivide(in Instruction i)
