@@ -223,6 +223,88 @@ public sealed partial class Cpu
         return null;
     }
 
+    /// <summary>SHLD and SHRD (SDM Vol. 2B): the destination shifted by the count, the vacated bits filled from the
+    /// source register, which is unchanged. The count (imm8 or CL) is masked to 5 bits, 6 with REX.W; a masked count
+    /// of 0 changes nothing, flags included. Otherwise CF is the last bit shifted out of the destination, SF, ZF and
+    /// PF follow the result, and OF is the sign change for a 1-bit shift. What the SDM leaves undefined is decided
+    /// as the differential tests' oracle (KVM on an AMD EPYC) does it, measured for every count of both widths:
+    /// OF for counts above 1 is CF xor bit (width − 1) of the destination shifted left by the count (SHLD), the
+    /// result's two top bits xored (SHRD) — both equal the sign change at count 1; AF is set; and a 16-bit operand
+    /// with a count of 17 to 31 gives the source rotated by count − 16 (as if the source were repeated behind the
+    /// destination) with CF clear. Intel's processors may differ there (the SDM calls result and flags undefined), so
+    /// the differential tests mask those flags and leave such counts out; the unit tests pin these choices.</summary>
+    private StopReason? DoubleShift(in Instruction i)
+    {
+        int size = OperandSize(i, 0);
+        int bits = size * 8;
+        ulong a = ReadOperand(i, 0, size);
+        ulong b = ReadOperand(i, 1, size);
+        int count = (int)ReadOperand(i, 2, 1) & (size == 8 ? 63 : 31);
+        if (count == 0)
+        {
+            // No operation, but a 32-bit register destination is still written (bits 63:32 cleared), as for the
+            // other shifts; measured on the oracle with an immediate 0 and with CL = 0 (and CL = 32).
+            if (size == 4 && i.GetOpKind(0) == OpKind.Register)
+            {
+                WriteOperand(i, 0, 4, a);
+            }
+            return null;
+        }
+        ulong m = Mask(size);
+        ulong sign = SignBit(size);
+        bool left = i.Mnemonic == Mnemonic.Shld;
+        ulong r;
+        bool cf, of;
+        if (count > bits)
+        {
+            // Only a 16-bit operand gets here (count 17..31): undefined in the SDM; the oracle's answer.
+            int c = count - 16;
+            r = left ? ((b << c) | (b >> (16 - c))) & m : ((b >> c) | (b << (16 - c))) & m;
+            cf = false;
+            of = !left && (((r >> 15) ^ (r >> 14)) & 1) != 0;
+        }
+        else if (left)
+        {
+            // count <= bits, and count < 64: no C# shift below is by 64 or more.
+            r = ((a << count) | (b >> (bits - count))) & m;
+            cf = ((a >> (bits - count)) & 1) != 0;
+            of = cf ^ (((a << count) & sign) != 0);
+        }
+        else
+        {
+            r = ((a >> count) | (b << (bits - count))) & m;
+            cf = ((a >> (count - 1)) & 1) != 0;
+            of = ((r ^ (r << 1)) & sign) != 0;
+        }
+        WriteOperand(i, 0, size, r);
+        Rflags = (Rflags & ~FlagBits.Status) | ParityZeroSign(r, size) | A | (cf ? C : 0) | (of ? O : 0);
+        return null;
+    }
+
+    /// <summary>CMPXCHG8B m64 (SDM Vol. 2A CMPXCHG8B/CMPXCHG16B): EDX:EAX compared with the operand; equal: ZF set
+    /// and ECX:EBX stored; otherwise ZF clear, the operand written back (the processor always writes) and loaded into
+    /// EDX:EAX, which as 32-bit register writes clear bits 63:32 of RDX and RAX. No other flag changes. sim's CPUID
+    /// advertises CX8, so it must exist.</summary>
+    private StopReason? CompareExchange8Bytes(in Instruction i)
+    {
+        ulong address = EffectiveAddress(i);
+        ulong value = ReadLinear(address, 8);
+        ulong expected = ((Registers[Rdx] & 0xFFFF_FFFF) << 32) | (Registers[Rax] & 0xFFFF_FFFF);
+        if (value == expected)
+        {
+            WriteLinear(address, 8, ((Registers[Rcx] & 0xFFFF_FFFF) << 32) | (Registers[Rbx] & 0xFFFF_FFFF));
+            Rflags |= Z;
+        }
+        else
+        {
+            WriteLinear(address, 8, value);
+            Registers[Rax] = (uint)value;
+            Registers[Rdx] = value >> 32;
+            Rflags &= ~Z;
+        }
+        return null;
+    }
+
     /// <summary>MUL, IMUL (one, two and three operands), DIV, IDIV; #DE on division by zero or a quotient that does
     /// not fit.</summary>
     private StopReason? MultiplyDivide(in Instruction i)
@@ -356,7 +438,7 @@ public sealed partial class Cpu
                     {
                         // A register bit offset addresses memory beyond the operand (SDM Vol. 2A BT).
                         long signed = (long)SignExtend(offset, size);
-                        address = EffectiveAddress(i) + (ulong)((signed >> 3) & ~(long)(size - 1));
+                        address = EffectiveAddress(i, (ulong)((signed >> 3) & ~(long)(size - 1)));
                         bit = (int)(signed & (bits - 1));
                         value = ReadLinear(address, size);
                     }

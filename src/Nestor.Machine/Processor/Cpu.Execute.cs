@@ -111,6 +111,12 @@ public sealed partial class Cpu
                     }
                     return null;
                 }
+            case Mnemonic.Cmpxchg8b:
+                return CompareExchange8Bytes(i);
+            case Mnemonic.Xlatb:
+                // AL = [rBX + zero-extended AL] (SDM Vol. 2B XLAT): Iced gives the operand as base rBX, index AL.
+                WriteRegister(Register.AL, ReadOperand(i, 0, 1));
+                return null;
             case Mnemonic.Bswap:
                 {
                     int size = OperandSize(i, 0);
@@ -166,6 +172,9 @@ public sealed partial class Cpu
             case Mnemonic.Rcl:
             case Mnemonic.Rcr:
                 return Shift(i);
+            case Mnemonic.Shld:
+            case Mnemonic.Shrd:
+                return DoubleShift(i);
             case Mnemonic.Mul:
             case Mnemonic.Imul:
             case Mnemonic.Div:

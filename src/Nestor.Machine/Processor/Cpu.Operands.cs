@@ -45,16 +45,26 @@ public sealed partial class Cpu
 
     /// <summary>The effective (linear) address of the memory operand: base + index × scale + displacement, plus the
     /// FS or GS base (the other segment bases are zero in 64-bit mode, SDM Vol. 3A §3.2.4).</summary>
-    private ulong EffectiveAddress(in Instruction i)
+    private ulong EffectiveAddress(in Instruction i) => EffectiveAddress(i, 0);
+
+    /// <summary>The effective address with <paramref name="extra"/> added to the offset before it is reduced to the
+    /// address size: BT/BTS/BTR/BTC's byte displacement from a register bit offset is part of the address
+    /// computation, so with a 32-bit address size (67h) the sum wraps at 2^32 too (SDM Vol. 1 §3.3.7; found by the
+    /// differential tests against KVM). The segment base is added after the reduction.</summary>
+    private ulong EffectiveAddress(in Instruction i, ulong extra)
     {
         ulong address;
         if (i.IsIPRelativeMemoryOperand)
         {
-            address = i.IPRelativeMemoryAddress;
+            address = i.IPRelativeMemoryAddress + extra;
+            if (i.MemoryBase == Register.EIP)
+            {
+                address = (uint)address;
+            }
         }
         else
         {
-            address = i.MemoryDisplacement64;
+            address = i.MemoryDisplacement64 + extra;
             if (i.MemoryBase != Register.None)
             {
                 address += ReadRegister(i.MemoryBase);

@@ -31,14 +31,14 @@ internal static class InstructionClasses
         }
         Set(InstructionClass.Arithmetic, Mnemonic.Add, Mnemonic.Adc, Mnemonic.Sub, Mnemonic.Sbb, Mnemonic.Cmp, Mnemonic.And,
             Mnemonic.Or, Mnemonic.Xor, Mnemonic.Test, Mnemonic.Inc, Mnemonic.Dec, Mnemonic.Neg, Mnemonic.Not, Mnemonic.Shl,
-            Mnemonic.Sal, Mnemonic.Shr, Mnemonic.Sar, Mnemonic.Rol, Mnemonic.Ror, Mnemonic.Rcl, Mnemonic.Rcr, Mnemonic.Bt,
-            Mnemonic.Bts, Mnemonic.Btr, Mnemonic.Btc, Mnemonic.Bsf, Mnemonic.Bsr, Mnemonic.Tzcnt, Mnemonic.Lzcnt,
-            Mnemonic.Popcnt, Mnemonic.Xadd, Mnemonic.Cmpxchg, Mnemonic.Cmpxchg16b, Mnemonic.Bswap, Mnemonic.Cbw,
-            Mnemonic.Cwde, Mnemonic.Cdqe, Mnemonic.Cwd, Mnemonic.Cdq, Mnemonic.Cqo, Mnemonic.Clc, Mnemonic.Stc, Mnemonic.Cmc,
-            Mnemonic.Cld, Mnemonic.Std, Mnemonic.Lahf, Mnemonic.Sahf);
+            Mnemonic.Sal, Mnemonic.Shr, Mnemonic.Sar, Mnemonic.Rol, Mnemonic.Ror, Mnemonic.Rcl, Mnemonic.Rcr, Mnemonic.Shld,
+            Mnemonic.Shrd, Mnemonic.Bt, Mnemonic.Bts, Mnemonic.Btr, Mnemonic.Btc, Mnemonic.Bsf, Mnemonic.Bsr, Mnemonic.Tzcnt,
+            Mnemonic.Lzcnt, Mnemonic.Popcnt, Mnemonic.Xadd, Mnemonic.Cmpxchg, Mnemonic.Cmpxchg8b, Mnemonic.Cmpxchg16b,
+            Mnemonic.Bswap, Mnemonic.Cbw, Mnemonic.Cwde, Mnemonic.Cdqe, Mnemonic.Cwd, Mnemonic.Cdq, Mnemonic.Cqo, Mnemonic.Clc,
+            Mnemonic.Stc, Mnemonic.Cmc, Mnemonic.Cld, Mnemonic.Std, Mnemonic.Lahf, Mnemonic.Sahf);
         Set(InstructionClass.MultiplyDivide, Mnemonic.Mul, Mnemonic.Imul, Mnemonic.Div, Mnemonic.Idiv);
         Set(InstructionClass.DataMovement, Mnemonic.Mov, Mnemonic.Movzx, Mnemonic.Movsx, Mnemonic.Movsxd, Mnemonic.Lea,
-            Mnemonic.Xchg, Mnemonic.Push, Mnemonic.Pop, Mnemonic.Nop, Mnemonic.Pause, Mnemonic.Endbr64,
+            Mnemonic.Xchg, Mnemonic.Xlatb, Mnemonic.Push, Mnemonic.Pop, Mnemonic.Nop, Mnemonic.Pause, Mnemonic.Endbr64,
             Mnemonic.Cmovo, Mnemonic.Cmovno, Mnemonic.Cmovb, Mnemonic.Cmovae, Mnemonic.Cmove, Mnemonic.Cmovne, Mnemonic.Cmovbe,
             Mnemonic.Cmova, Mnemonic.Cmovs, Mnemonic.Cmovns, Mnemonic.Cmovp, Mnemonic.Cmovnp, Mnemonic.Cmovl, Mnemonic.Cmovge,
             Mnemonic.Cmovle, Mnemonic.Cmovg, Mnemonic.Seto, Mnemonic.Setno, Mnemonic.Setb, Mnemonic.Setae, Mnemonic.Sete,
