@@ -67,22 +67,6 @@ public class DifferentialTests
 
     private static readonly Register[] Legacy8 = [Register.AL, Register.CL, Register.DL, Register.BL, Register.AH, Register.CH, Register.DH, Register.BH];
 
-    /// <summary>When a string instruction with a 32-bit address size (67h: ESI, EDI and ECX instead of RSI, RDI, RCX)
-    /// is generated. TODO(string-rewrite): sim's StringOperation ignores the address size (it steps and compares the
-    /// 64-bit registers, so a REP with 67h runs RCX times over RSI/RDI); enable once the string rewrite handles it.</summary>
-    private const bool StringsWithAddressSize32 = false;
-
-    /// <summary>When MOVS, LODS and CMPS get an FS or GS override for their source (DS:rSI may be overridden, SDM
-    /// Vol. 2B MOVS). TODO(string-rewrite): sim's StringOperation ignores segment overrides (it reads at RSI, not at
-    /// FS.base + RSI); enable once the string rewrite adds the base.</summary>
-    private const bool StringsWithSegmentOverride = false;
-
-    /// <summary>When LOOP/LOOPE/LOOPNE with a 32-bit address size (67h: the count in ECX) is generated. Sim's LOOP
-    /// (Cpu.Control.cs, outside this change) decrements and tests all of RCX, so with garbage in RCX's upper half it
-    /// loops about 2^64 times where the CPU stops when ECX reaches 0 (and writes ECX, clearing bits 63:32); enable
-    /// once that is fixed.</summary>
-    private const bool LoopWithAddressSize32 = false;
-
     public static TheoryData<int> Seeds()
     {
         int batches = int.TryParse(Environment.GetEnvironmentVariable("NESTOR_DIFFERENTIAL_SEQUENCES"), out int n) ? Math.Max(1, n / SequencesPerBatch) : 40;
@@ -1176,7 +1160,7 @@ public class DifferentialTests
             int[] notRcx = [0, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
             var body = Instruction.Create(C($"{names[op]}_rm64_r64"), Reg(64, notRcx[r.Next(notRcx.Length)]), Reg(64, notRcx[r.Next(notRcx.Length)]));
             string kind = r.Next(3) switch { 0 => "Loop", 1 => "Loope", _ => "Loopne" };
-            bool address32 = LoopWithAddressSize32 && Chance(3);
+            bool address32 = Chance(3);
             int count = r.Next(1, 6);
             var setCount = Instruction.Create(Code.Mov_r64_imm64, Register.RCX, address32 ? (Random64(r) & ~0xFFFF_FFFFUL) | (uint)count : (ulong)count);
             var loop = C($"{kind}_rel8_64_{(address32 ? "ECX" : "RCX")}");
@@ -1271,7 +1255,7 @@ public class DifferentialTests
             bool repeated = prefix != RepPrefixKind.None;
             int count = repeated ? r.Next(8) : 1;
             bool backwards = Chance(2);
-            bool address32 = StringsWithAddressSize32 && Chance(4);
+            bool address32 = Chance(4);
             int touched = Math.Max(count, 1) * size;
             int Start() => backwards ? r.Next(touched - size, ScratchBytes - size + 1) : r.Next(0, ScratchBytes - touched + 1);
             int source = Start(), destination = Start();
@@ -1283,7 +1267,7 @@ public class DifferentialTests
             ulong Pointer(int offset) => address32 ? (Random64(r) & ~0xFFFF_FFFFUL) | (scratch + (ulong)offset) : scratch + (ulong)offset;
             // The source's segment may be overridden (the destination, ES:rDI, cannot be); the base is subtracted from
             // RSI so that base + RSI (mod 2^32 or 2^64) is in the scratch. A 32-bit address only reaches it with FS.
-            var segment = StringsWithSegmentOverride && kind is "Movs" or "Lods" or "Cmps" && Chance(4)
+            var segment = kind is "Movs" or "Lods" or "Cmps" && Chance(4)
                 ? (address32 || Chance(2) ? Register.FS : Register.GS) : Register.None;
             ulong sourceBase = segment == Register.FS ? FsBase : segment == Register.GS ? GsBase : 0;
             list.Add(Instruction.Create(Code.Mov_r64_imm64, Register.RSI, Pointer(source) - sourceBase));

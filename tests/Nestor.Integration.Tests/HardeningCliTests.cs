@@ -104,11 +104,16 @@ public class HardeningCliTests
 
         public Background(string? workingDirectory, params string[] args)
         {
-            var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+            // Through env(1), with the signals the tests send set back to their default action: a test run started
+            // in the background by a non-interactive shell (a CI script, `scripts/test &`) ignores SIGINT, and a
+            // process inherits that, so nestor would rightly never see the Ctrl-C these tests send.
+            var info = new ProcessStartInfo("env") { RedirectStandardOutput = true, RedirectStandardError = true };
             if (workingDirectory is not null)
             {
                 info.WorkingDirectory = workingDirectory;
             }
+            info.ArgumentList.Add("--default-signal=INT,TERM,HUP");
+            info.ArgumentList.Add("dotnet");
             info.ArgumentList.Add("exec");
             info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "nestor.dll"));
             foreach (var a in args)

@@ -93,11 +93,10 @@ public class MachineHonestyTests
     }
 
     [Fact]
-    public void Cpuid_does_not_advertise_x87_sysenter_or_cmpxchg8b_which_are_not_modelled()
+    public void Cpuid_does_not_advertise_x87_sse_or_sysenter_which_are_not_modelled()
     {
         var leaf1 = Cpuid(1);
         Assert.Equal(0u, leaf1.Edx & (1u << 0));  // FPU
-        Assert.Equal(0u, leaf1.Edx & (1u << 8));  // CX8
         Assert.Equal(0u, leaf1.Edx & (1u << 11)); // SEP
         Assert.Equal(0u, leaf1.Edx & ((1u << 23) | (1u << 24) | (1u << 25) | (1u << 26))); // MMX, FXSR, SSE, SSE2
         Assert.Equal(0u, leaf1.Ecx & ((1u << 0) | (1u << 26) | (1u << 27))); // SSE3, XSAVE, OSXSAVE
@@ -134,6 +133,8 @@ public class MachineHonestyTests
             "APIC" => a => { a.mov(eax, 0xFEE0_0030); a.mov(eax, __dword_ptr[rax]); }, // the version register
             "PGE" => a => { a.mov(rax, cr4); a.or(eax, 1 << 7); a.mov(cr4, rax); },
             "CMOV" => a => { a.xor(eax, eax); a.cmove(ebx, eax); },
+            "CX8" => a => { a.mov(rdi, 0x20_0000); a.cmpxchg8b(__[rdi]); },
+            "LAHF-SAHF" => a => { a.lahf(); a.sahf(); },
             "CX16" => a => { a.mov(rdi, 0x20_0000); a.cmpxchg16b(__[rdi]); },
             "POPCNT" => a => a.popcnt(rax, rbx),
             "hypervisor" => a => { a.mov(eax, KvmEngine.HypervisorLeaf); a.cpuid(); },
@@ -162,7 +163,7 @@ public class MachineHonestyTests
     [Theory]
     [InlineData("fld1")]
     [InlineData("sysenter")]
-    [InlineData("cmpxchg8b")]
+    [InlineData("fxsave")]
     [InlineData("addps")]
     public void Instructions_of_features_not_advertised_raise_invalid_opcode(string instruction)
     {
@@ -173,7 +174,7 @@ public class MachineHonestyTests
             {
                 case "fld1": a.fld1(); break;
                 case "sysenter": a.sysenter(); break;
-                case "cmpxchg8b": a.cmpxchg8b(__[rdi]); break;
+                case "fxsave": a.fxsave(__[rdi]); break;
                 default: a.addps(xmm0, xmm1); break;
             }
             a.mov(dx, 0xF4);

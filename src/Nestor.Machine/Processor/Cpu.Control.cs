@@ -86,7 +86,25 @@ public sealed partial class Cpu
             case Mnemonic.Loope:
             case Mnemonic.Loopne:
                 {
-                    ulong count = --Registers[Rcx];
+                    // The address size picks the count register (SDM Vol. 2A LOOP/LOOPcc): RCX, ECX (67h in 64-bit
+                    // mode; a 32-bit write, so bits 63:32 are cleared, as the CPU does) or CX (the rest kept).
+                    ulong count;
+                    switch (i.Code)
+                    {
+                        case Code.Loop_rel8_64_ECX or Code.Loope_rel8_64_ECX or Code.Loopne_rel8_64_ECX or
+                             Code.Loop_rel8_32_ECX or Code.Loope_rel8_32_ECX or Code.Loopne_rel8_32_ECX or
+                             Code.Loop_rel8_16_ECX or Code.Loope_rel8_16_ECX or Code.Loopne_rel8_16_ECX:
+                            count = Registers[Rcx] = (uint)(Registers[Rcx] - 1);
+                            break;
+                        case Code.Loop_rel8_32_CX or Code.Loope_rel8_32_CX or Code.Loopne_rel8_32_CX or
+                             Code.Loop_rel8_16_CX or Code.Loope_rel8_16_CX or Code.Loopne_rel8_16_CX:
+                            count = (ushort)(Registers[Rcx] - 1);
+                            Registers[Rcx] = (Registers[Rcx] & ~0xFFFFUL) | count;
+                            break;
+                        default:
+                            count = --Registers[Rcx];
+                            break;
+                    }
                     bool taken = count != 0 && (i.Mnemonic == Mnemonic.Loop || (i.Mnemonic == Mnemonic.Loope) == ((Rflags & Z) != 0));
                     if (taken)
                     {
