@@ -27,8 +27,8 @@ namespace Nestor.Integration.Tests;
 /// after an instruction that defines every flag. Left out, because this host's KVM cannot run them or the SDM leaves
 /// the result undefined: POPCNT, CMPXCHG16B, LZCNT and TZCNT (this nested KVM executes LZCNT and TZCNT as BSR and BSF;
 /// the unit tests check them instead), ENTER with a nesting level (KVM cannot emulate it), BSF/BSR of zero, 16-bit
-/// SHLD/SHRD with counts above 16, and #DE. Disabled until sim is fixed outside this test: the string instructions
-/// with 67h or a source segment override, LOOP with 67h (see the constants below). A failing sequence is run again
+/// SHLD/SHRD with counts above 16, and #DE. The string instructions with 67h or a source segment override and LOOP
+/// with 67h are generated too (sim got them wrong until this test found it). A failing sequence is run again
 /// alone with every register and the scratch dumped after every item, and the failure names the first item after
 /// which the two machines differ. Deterministic (fixed seeds); 40 batches of 250 sequences by default, scaled with
 /// NESTOR_DIFFERENTIAL_SEQUENCES (bench/RESULTS.md records a larger run).</summary>
