@@ -44,6 +44,7 @@ public static class ExitStatus
     {
         FailureClass.BadInput => BadInput,
         FailureClass.HostUnsupported => HostUnsupported,
+        FailureClass.WorkloadFailed when e is WorkloadFailedException { Outcome: VmOutcomeKind.Timeout } => Timeout,
         FailureClass.WorkloadFailed => EngineFailure,
         _ => InternalError,
     };

@@ -137,7 +137,10 @@ public static class TechniqueComparison
         if (outcome.Kind != VmOutcomeKind.DebugExit || outcome.GuestStatus != 0 || !output.Contains("failures=0", StringComparison.Ordinal))
         {
             throw new WorkloadFailedException($"'{commandLine}' under {configuration.Name} did not end well: {outcome.Message}\n{output}",
-                "Run it alone with nestor run --cmdline to see why");
+                outcome.Kind == VmOutcomeKind.Timeout ? "Give a longer --timeout, or a smaller count" : "Run it alone with nestor run --cmdline to see why")
+            {
+                Outcome = outcome.Kind,
+            };
         }
         var results = Regex.Matches(output, @"^RESULT .*$", RegexOptions.Multiline)
             .Select(m => Regex.Replace(m.Value.TrimEnd('\r'), @" \w+_(cycles|ns)=\d+", ""))

@@ -42,6 +42,9 @@ public sealed class WorkloadFailedException(string message, string? advice = nul
     : NestorException(message, advice, inner)
 {
     public override FailureClass Class => FailureClass.WorkloadFailed;
+
+    /// <summary>How the guest's run ended, when a run was what failed (a timeout gets its own exit status).</summary>
+    public Exits.VmOutcomeKind? Outcome { get; init; }
 }
 
 /// <summary>The host cannot run what was asked (no KVM, no permission, a capability the guest needs is missing).</summary>
