@@ -115,13 +115,7 @@ public sealed partial class Cpu
         count &= size == 8 ? 63 : 31;
         if (count == 0)
         {
-            // Flags and value unchanged, but a 32-bit register destination is still written, clearing bits 63:32
-            // (what the hardware does; found by the differential tests against KVM).
-            if (size == 4 && i.GetOpKind(0) == OpKind.Register)
-            {
-                WriteOperand(i, 0, 4, a);
-            }
-            return null;
+            return ShiftByZero(i, size, a);
         }
         ulong m = Mask(size);
         ulong sign = SignBit(size);
@@ -242,13 +236,7 @@ public sealed partial class Cpu
         int count = (int)ReadOperand(i, 2, 1) & (size == 8 ? 63 : 31);
         if (count == 0)
         {
-            // No operation, but a 32-bit register destination is still written (bits 63:32 cleared), as for the
-            // other shifts; measured on the oracle with an immediate 0 and with CL = 0 (and CL = 32).
-            if (size == 4 && i.GetOpKind(0) == OpKind.Register)
-            {
-                WriteOperand(i, 0, 4, a);
-            }
-            return null;
+            return ShiftByZero(i, size, a);
         }
         ulong m = Mask(size);
         ulong sign = SignBit(size);
@@ -509,5 +497,17 @@ public sealed partial class Cpu
                 }
         }
         return Unimplemented(i);
+    }
+
+    /// <summary>A shift or rotate whose masked count is 0: flags and value unchanged, but a 32-bit register
+    /// destination is still written, clearing bits 63:32 (what the hardware does; found by the differential tests
+    /// against KVM, for SHLD/SHRD with an immediate 0, CL = 0 and CL = 32 too).</summary>
+    private StopReason? ShiftByZero(in Instruction i, int size, ulong value)
+    {
+        if (size == 4 && i.GetOpKind(0) == OpKind.Register)
+        {
+            WriteOperand(i, 0, 4, value);
+        }
+        return null;
     }
 }
