@@ -182,8 +182,16 @@ internal static class Report
             return a.Low <= b.High && b.Low <= a.High ? "; per-repetition ranges overlap" : "";
         }
 
-        string Ratio(Vmm v, Func<Vmm, double> figure) =>
-            v.IsQemu ? "" : $" ({F(figure(v) / figure(qemu), "0.00")}×)";
+        // Two significant digits at least, so that a ratio far below 1 (NativeAOT's start-up) does not show as 0.00.
+        string Ratio(Vmm v, Func<Vmm, double> figure)
+        {
+            if (v.IsQemu)
+            {
+                return "";
+            }
+            double ratio = figure(v) / figure(qemu);
+            return $" ({F(ratio, ratio >= 0.1 ? "0.00" : ratio >= 0.01 ? "0.000" : "0.0000")}×)";
+        }
     }
 
     /// <summary>Puts <paramref name="section"/> in place of the generated section of <paramref name="path"/>, or at
