@@ -54,11 +54,14 @@ internal sealed record NestorSelfMeasure(Vmm Vmm, IReadOnlyList<NestorReport> Wi
     public double NanosecondsPerExit => KvmRunNanosecondsPerExit + HandlingNanosecondsPerExit;
 }
 
-/// <summary>Time from process start to the guest's first UART byte on the VMM's stdout, and to the first byte of
-/// any kind (the same for Nestor; SeaBIOS's banner for QEMU).</summary>
-internal sealed record Startup(Vmm Vmm, IReadOnlyList<TimeSpan> GuestByte, IReadOnlyList<TimeSpan> AnyByte)
+/// <summary>Time from process start to the guest's first UART byte on the VMM's stdout, to the first byte of
+/// any kind (the same for Nestor; SeaBIOS's banner for QEMU), and to the process's exit after the guest's (the
+/// whole run of a trivial guest).</summary>
+internal sealed record Startup(Vmm Vmm, IReadOnlyList<TimeSpan> GuestByte, IReadOnlyList<TimeSpan> AnyByte, IReadOnlyList<TimeSpan> ToExit)
 {
     public double MedianMilliseconds => Stats.Median(GuestByte).TotalMilliseconds;
+
+    public double MedianToExitMilliseconds => Stats.Median(ToExit).TotalMilliseconds;
 
     public double MedianAnyByteMilliseconds => Stats.Median(AnyByte).TotalMilliseconds;
 }
@@ -128,6 +131,7 @@ internal sealed class Measurements(IReadOnlyList<Vmm> vmms, string imageDirector
         string image = WriteImage("first-byte.elf", BenchGuests.FirstByte());
         var times = vmms.ToDictionary(v => v, _ => new List<TimeSpan>());
         var anyByte = vmms.ToDictionary(v => v, _ => new List<TimeSpan>());
+        var toExit = vmms.ToDictionary(v => v, _ => new List<TimeSpan>());
         foreach (var vmm in vmms)
         {
             Checked(vmm, vmm.StartInfo(image), "warm-up", expectMarker: true);
@@ -139,13 +143,15 @@ internal sealed class Measurements(IReadOnlyList<Vmm> vmms, string imageDirector
                 var run = Checked(vmm, vmm.StartInfo(image), "first byte", expectMarker: true);
                 times[vmm].Add(run.Marker!.Value);
                 anyByte[vmm].Add(run.FirstByte!.Value);
+                toExit[vmm].Add(run.Wall);
             }
         }
         foreach (var vmm in vmms)
         {
-            progress.WriteLine($"  start-up {vmm.Name}: {string.Join(", ", times[vmm].Select(t => t.TotalMilliseconds.ToString("0.0", Stats.Invariant)))} ms");
+            progress.WriteLine($"  start-up {vmm.Name}: {string.Join(", ", times[vmm].Select(t => t.TotalMilliseconds.ToString("0.0", Stats.Invariant)))} ms " +
+                               $"(to exit: {string.Join(", ", toExit[vmm].Select(t => t.TotalMilliseconds.ToString("0.0", Stats.Invariant)))} ms)");
         }
-        return vmms.Select(v => new Startup(v, times[v], anyByte[v])).ToList();
+        return vmms.Select(v => new Startup(v, times[v], anyByte[v], toExit[v])).ToList();
     }
 
     /// <summary><paramref name="exits"/> is chosen by the caller from the measured exit cost so that the guest keeps

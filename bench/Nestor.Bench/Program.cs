@@ -27,6 +27,7 @@ public static class Program
           --memory-reps N      repetitions of the memory runs (default 3)
           --write              put the section into bench/RESULTS.md (or --results PATH)
           --results PATH       the results file (default: bench/RESULTS.md of this repository)
+          --command TEXT       how the benchmark was started, for the report (bench/run passes its own command line)
         """;
 
     public static int Main(string[] args)
@@ -80,6 +81,13 @@ public static class Program
                               "Nestor's assemblies and its dependencies precompiled, the JIT only for what R2R code cannot cover",
             });
         }
+        if (o.TryGet("--nestor-aot", out var aot))
+        {
+            vmms.Add(Vmm.Nestor("Nestor (NativeAOT)", Path.GetFullPath(aot)) with
+            {
+                Description = "`dotnet publish src/Nestor.Cli -c Release -r linux-x64 -p:PublishAot=true` (scripts/publish): one native executable, no JIT, no IL",
+            });
+        }
         foreach (var tweak in tweaks)
         {
             // Runtime knobs read from the environment: no change to Nestor's code or build, reported as such.
@@ -94,13 +102,6 @@ public static class Program
                 Description = $"the {build} build above, started with runtime settings from the environment (no code change)",
             });
         }
-        if (o.TryGet("--nestor-aot", out var aot))
-        {
-            vmms.Add(Vmm.Nestor("Nestor (NativeAOT)", Path.GetFullPath(aot)) with
-            {
-                Description = "`dotnet publish src/Nestor.Cli -c Release -r linux-x64 -p:PublishAot=true`: one native executable, no JIT",
-            });
-        }
         var notes = new List<string>();
         if (o.TryGet("--aot-note", out var aotNote))
         {
@@ -110,6 +111,8 @@ public static class Program
         int reps = o.Whole("--reps", 5, 1), startupReps = o.Whole("--startup-reps", 10, 1), memoryReps = o.Whole("--memory-reps", 3, 1);
         uint exits = (uint)o.Whole("--exits", 1_000_000, 1);
         var machine = MachineFacts.Read(qemuPath);
+        string loadAtStart = LoadAverage();
+        string command = o.Get("--command", $"dotnet bench/Nestor.Bench/bin/Release/net10.0/nestor-bench.dll {string.Join(' ', args)}".TrimEnd());
         var progress = Console.Error;
         var measure = new Measurements(vmms, images, progress);
 
@@ -131,7 +134,7 @@ public static class Program
         var memories = measure.MeasureMemory(memoryExits, memoryReps);
 
         var results = new Results(DateTimeOffset.UtcNow, machine, vmms, exitCosts, self, startups, memories, memoryExits,
-            reps, startupReps, memoryReps, notes);
+            reps, startupReps, memoryReps, notes, Commit(repository), loadAtStart, LoadAverage(), command);
         string section = Report.Markdown(results);
         Console.Write(section);
         if (write)
@@ -158,6 +161,24 @@ public static class Program
             }
         }
         throw new BenchmarkException("cannot find the repository (no Nestor.slnx above the working directory)");
+    }
+
+    /// <summary>The 1, 5 and 15 minute load averages: how busy this shared machine was.</summary>
+    private static string LoadAverage() =>
+        File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "unknown";
+
+    /// <summary>The commit the measured builds were made from, and whether the sources differed from it.</summary>
+    private static string Commit(string repository)
+    {
+        string? commit = NestorOSBaseline.Git(repository, "rev-parse", "--short", "HEAD");
+        string? changes = NestorOSBaseline.Git(repository, "status", "--porcelain", "--", "src", "guest", "bench", "Directory.Build.props");
+        // Porcelain lines are "XY path": the top folder of each changed path.
+        var changed = (changes ?? "").Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Select(line => line.Length > 3 ? line[3..].Split('/')[0] : "")
+            .Where(top => top.Length > 0).Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
+        return commit is null
+            ? "unknown"
+            : commit + (changed.Count == 0 ? "" : $" with uncommitted changes in {string.Join(", ", changed)}");
     }
 
     /// <summary>Builds the nestor command the way a user gets it, when no --nestor was given.</summary>

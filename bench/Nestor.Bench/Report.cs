@@ -16,7 +16,11 @@ internal sealed record Results(
     int Repetitions,
     int StartupRepetitions,
     int MemoryRepetitions,
-    IReadOnlyList<string> Notes);
+    IReadOnlyList<string> Notes,
+    string Commit,
+    string LoadAtStart,
+    string LoadAtEnd,
+    string Command);
 
 /// <summary>The markdown section of bench/RESULTS.md. Every figure in it comes from <see cref="Results"/>; the
 /// section is regenerated whole on each run, between two marker comments, so the hand-written text around it in
@@ -34,6 +38,7 @@ internal static class Report
         var nestors = r.Vmms.Where(v => !v.IsQemu).ToList();
         double ExitNs(Vmm v) => r.ExitCosts.Single(e => e.Vmm == v).NanosecondsPerExit;
         double StartMs(Vmm v) => r.Startups.Single(s => s.Vmm == v).MedianMilliseconds;
+        double RunMs(Vmm v) => r.Startups.Single(s => s.Vmm == v).MedianToExitMilliseconds;
         double HwmMiB(Vmm v) => r.Memories.Single(m => m.Vmm == v).MedianHighWaterMiB;
 
         var o = new StringBuilder();
@@ -47,16 +52,19 @@ internal static class Report
         o.AppendLine($"| KVM | {Escape(r.Machine.Virtualization)} |");
         o.AppendLine($"| .NET | {Escape(r.Machine.DotNet)} |");
         o.AppendLine($"| QEMU | {Escape(r.Machine.Qemu)} |");
+        o.AppendLine($"| Load average (1, 5, 15 min) | {Escape(r.LoadAtStart)} at the start, {Escape(r.LoadAtEnd)} at the end |");
         o.AppendLine($"| Guest | {Vmm.GuestMemory}iB RAM, one vCPU, ring-0 64-bit code; the same Multiboot ELF image boots on both VMMs |");
+        o.AppendLine($"| Nestor commit | {Escape(r.Commit)} |");
+        o.AppendLine($"| Command | `{Escape(r.Command)}` |");
         o.AppendLine();
         o.AppendLine("### Figures (medians)");
         o.AppendLine();
-        o.AppendLine("| VMM | VM-exit round trip | Start-up to first UART byte | Peak resident memory (VmHWM) |");
-        o.AppendLine("|---|---:|---:|---:|");
+        o.AppendLine("| VMM | VM-exit round trip | Start-up to first UART byte | Trivial guest, start to exit | Peak resident memory (VmHWM) |");
+        o.AppendLine("|---|---:|---:|---:|---:|");
         foreach (var v in r.Vmms)
         {
             o.AppendLine($"| {v.Name} | {F(ExitNs(v), "0")} ns{Ratio(v, ExitNs)} | {F(StartMs(v), "0.0")} ms{Ratio(v, StartMs)} " +
-                         $"| {F(HwmMiB(v), "0.0")} MiB{Ratio(v, HwmMiB)} |");
+                         $"| {F(RunMs(v), "0.0")} ms{Ratio(v, RunMs)} | {F(HwmMiB(v), "0.0")} MiB{Ratio(v, HwmMiB)} |");
         }
         o.AppendLine();
         o.AppendLine("Ratios are Nestor ÷ QEMU: below 1× Nestor is faster or smaller.");
@@ -110,7 +118,9 @@ internal static class Report
                      "SeaBIOS prints its banner on the same COM1 before the guest runs; the median time to the first byte of " +
                      "any kind was " +
                      string.Join(", ", r.Startups.Select(s => $"{F(s.MedianAnyByteMilliseconds, "0.0")} ms for {s.Vmm.Name}")) +
-                     $". {r.StartupRepetitions} repetitions after a warm-up run.");
+                     $". *Trivial guest, start to exit*: the same runs, from just before the harness starts the process " +
+                     "until it has exited (the guest's exit, the VMM tearing down, the process ending). " +
+                     $"{r.StartupRepetitions} repetitions after a warm-up run.");
         o.AppendLine($"- **Resident memory**: the guest prints the marker, then does {r.MemoryGuestExits:N0} port writes " +
                      "(sized from the exit cost above to keep the VMM with the cheapest exits busy for about 1.5 s); from the " +
                      "marker on, `/proc/PID/status` (VmHWM, VmRSS) and `/proc/PID/smaps_rollup` (Pss) are read every 10 ms. " +
@@ -127,8 +137,8 @@ internal static class Report
             o.AppendLine($"| {v.Name} | {v.Description}{env} |");
         }
         o.AppendLine();
-        o.AppendLine("| VMM | median wall(0) | median wall(N) | start-up samples (ms) | VmHWM samples (MiB) | VmRSS at the end (MiB) | peak Pss (MiB) |");
-        o.AppendLine("|---|---:|---:|---|---|---:|---:|");
+        o.AppendLine("| VMM | median wall(0) | median wall(N) | start-up samples (ms) | start-to-exit samples (ms) | VmHWM samples (MiB) | VmRSS at the end (MiB) | peak Pss (MiB) |");
+        o.AppendLine("|---|---:|---:|---|---|---|---:|---:|");
         foreach (var v in r.Vmms)
         {
             var e = r.ExitCosts.Single(x => x.Vmm == v);
@@ -137,6 +147,7 @@ internal static class Report
             o.AppendLine($"| {v.Name} | {F(Stats.Median(e.Without.Select(x => x.Wall)).TotalMilliseconds, "0.0")} ms " +
                          $"| {F(Stats.Median(e.WithExits.Select(x => x.Wall)).TotalMilliseconds, "0.0")} ms " +
                          $"| {string.Join(", ", s.GuestByte.Select(t => F(t.TotalMilliseconds, "0.0")))} " +
+                         $"| {string.Join(", ", s.ToExit.Select(t => F(t.TotalMilliseconds, "0.0")))} " +
                          $"| {string.Join(", ", m.Samples.Select(x => F(x.HighWaterKiB / 1024.0, "0.0")))} " +
                          $"| {F(m.MedianResidentMiB, "0.0")} | {F(m.MedianProportionalMiB, "0.0")} |");
         }
@@ -171,8 +182,16 @@ internal static class Report
             return a.Low <= b.High && b.Low <= a.High ? "; per-repetition ranges overlap" : "";
         }
 
-        string Ratio(Vmm v, Func<Vmm, double> figure) =>
-            v.IsQemu ? "" : $" ({F(figure(v) / figure(qemu), "0.00")}×)";
+        // Two significant digits at least, so that a ratio far below 1 (NativeAOT's start-up) does not show as 0.00.
+        string Ratio(Vmm v, Func<Vmm, double> figure)
+        {
+            if (v.IsQemu)
+            {
+                return "";
+            }
+            double ratio = figure(v) / figure(qemu);
+            return $" ({F(ratio, ratio >= 0.1 ? "0.00" : ratio >= 0.01 ? "0.000" : "0.0000")}×)";
+        }
     }
 
     /// <summary>Puts <paramref name="section"/> in place of the generated section of <paramref name="path"/>, or at
