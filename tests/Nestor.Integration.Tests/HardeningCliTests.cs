@@ -640,4 +640,15 @@ public class HardeningCliTests
             Delete(guest);
         }
     }
+
+    [Fact]
+    public void Messages_from_the_runtime_are_words_not_resource_keys()
+    {
+        // The state dump is written with File.WriteAllText, whose IOException text comes from the runtime's resources.
+        var r = Run("run", "builtin:hello", "--dump-state", "/nonexistent-nestor-dir/state.json");
+        Assert.True(r.ExitCode == 120, r.ToString());
+        Assert.Contains("cannot write the state dump", r.Stderr);
+        Assert.Contains("Could not find a part of the path", r.Stderr);
+        Assert.DoesNotContain("IO_PathNotFound", r.Stderr);
+    }
 }
