@@ -203,7 +203,7 @@ public class HardeningCliTests
         }
     }
 
-    private static string TempPath(string extension) => Path.Combine(Path.GetTempPath(), $"nestor-test-{Guid.NewGuid():N}{extension}");
+    private static string TempPath(string extension) => NestorProcess.TempPath(extension);
 
     private static void Delete(params string[] paths)
     {
@@ -577,7 +577,7 @@ public class HardeningCliTests
     [Fact]
     public void A_kernel_path_beginning_with_at_is_a_path_not_a_response_file()
     {
-        string directory = Path.Combine(Path.GetTempPath(), $"nestor-test-{Guid.NewGuid():N}");
+        string directory = NestorProcess.TempPath("");
         Directory.CreateDirectory(directory);
         try
         {

@@ -42,10 +42,34 @@ internal static class NestorProcess
 
     public static string WriteTemp(byte[] bytes, string extension)
     {
-        string path = Path.Combine(Path.GetTempPath(), $"nestor-test-{Guid.NewGuid():N}{extension}");
+        string path = TempPath(extension);
         File.WriteAllBytes(path, bytes);
         return path;
     }
+
+    /// <summary>A fresh path in this test run's own temporary directory, which is deleted with everything in it when
+    /// the test process exits, so that no guest or log is left behind even by a test that fails before its own
+    /// clean-up (or has none).</summary>
+    public static string TempPath(string extension) => Path.Combine(RunDirectory.Value, $"nestor-test-{Guid.NewGuid():N}{extension}");
+
+    private static readonly Lazy<string> RunDirectory = new(() =>
+    {
+        string directory = Directory.CreateTempSubdirectory($"nestor-tests-{Environment.ProcessId}-").FullName;
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            try
+            {
+                Directory.Delete(directory, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
+            catch (UnauthorizedAccessException)
+            {
+            }
+        };
+        return directory;
+    });
 
     /// <summary>Tests that boot guests on KVM fail with this explanation when /dev/kvm is absent.</summary>
     public static void RequireKvm()

@@ -11,23 +11,30 @@ public class StructureLayoutTests
     public void Structures_match_the_installed_kernel_headers()
     {
         string dir = Directory.CreateTempSubdirectory("nestor-kvm-layout").FullName;
-        string source = Path.Combine(dir, "sizes.c");
-        File.WriteAllText(source, """
-            #include <linux/kvm.h>
-            #include <stdio.h>
-            int main(void) {
-              printf("%zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct kvm_regs), sizeof(struct kvm_segment),
-                sizeof(struct kvm_dtable), sizeof(struct kvm_sregs), sizeof(struct kvm_fpu),
-                sizeof(struct kvm_msr_entry), sizeof(struct kvm_cpuid_entry2));
-              return 0;
-            }
-            """);
-        Run("gcc", $"-o {dir}/sizes {source}");
-        string output = Run($"{dir}/sizes", "");
-        string expected = string.Join(' ', Unsafe.SizeOf<KvmRegisters>(), Unsafe.SizeOf<KvmSegment>(),
-            Unsafe.SizeOf<KvmDescriptorTable>(), Unsafe.SizeOf<KvmSpecialRegisters>(), Unsafe.SizeOf<KvmFpu>(),
-            Unsafe.SizeOf<KvmMsrEntry>(), Unsafe.SizeOf<KvmCpuidEntry>());
-        Assert.Equal(output.Trim(), expected);
+        try
+        {
+            string source = Path.Combine(dir, "sizes.c");
+            File.WriteAllText(source, """
+                #include <linux/kvm.h>
+                #include <stdio.h>
+                int main(void) {
+                  printf("%zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct kvm_regs), sizeof(struct kvm_segment),
+                    sizeof(struct kvm_dtable), sizeof(struct kvm_sregs), sizeof(struct kvm_fpu),
+                    sizeof(struct kvm_msr_entry), sizeof(struct kvm_cpuid_entry2));
+                  return 0;
+                }
+                """);
+            Run("gcc", $"-o {dir}/sizes {source}");
+            string output = Run($"{dir}/sizes", "");
+            string expected = string.Join(' ', Unsafe.SizeOf<KvmRegisters>(), Unsafe.SizeOf<KvmSegment>(),
+                Unsafe.SizeOf<KvmDescriptorTable>(), Unsafe.SizeOf<KvmSpecialRegisters>(), Unsafe.SizeOf<KvmFpu>(),
+                Unsafe.SizeOf<KvmMsrEntry>(), Unsafe.SizeOf<KvmCpuidEntry>());
+            Assert.Equal(output.Trim(), expected);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     private static string Run(string file, string arguments)
