@@ -215,7 +215,8 @@ internal static class SimThroughput
         GC.WaitForPendingFinalizers();
         GC.Collect();
         using var serial = new MemoryStream();
-        var engine = new SimEngine();
+        using var engine = new SimEngine();
+        Nestor.Hypervisor.Engines.RunResult run;
         VmOutcome outcome;
         TimeSpan wall;
         using (var vm = Vm.Create(new VmConfig
@@ -228,7 +229,8 @@ internal static class SimThroughput
         }))
         {
             long start = Stopwatch.GetTimestamp();
-            outcome = vm.Run(engine);
+            run = vm.Run(engine);
+            outcome = run.Outcome;
             wall = Stopwatch.GetElapsedTime(start);
         }
         string output = Encoding.UTF8.GetString(serial.ToArray());
@@ -241,7 +243,7 @@ internal static class SimThroughput
         }
         var result = Check(output, workload, Failure);
         long Counter(string name) =>
-            engine.Counters.FirstOrDefault(c => c.Name == name) is { } c
+            run.Counters.FirstOrDefault(c => c.Name == name) is { } c
                 ? checked((long)c.Value)
                 : throw new BenchmarkException(Failure($"left no engine counter '{name}'"));
         long instructions = Counter("instructions_retired"), perSecond = Counter("instructions_per_second");

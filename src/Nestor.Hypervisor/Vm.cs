@@ -73,7 +73,7 @@ public sealed class Vm : IDisposable
     /// <summary>Runs the VM on <paramref name="engine"/> until it ends, enforcing <see cref="VmConfig.Timeout"/>
     /// (of any length) from now. <paramref name="control"/> lets another thread stop it (a signal), and may carry
     /// a deadline armed earlier (the CLI's covers loading too); whichever stop comes first decides the outcome.</summary>
-    public VmOutcome Run(Engines.IEngine engine, Engines.RunControl? control = null)
+    public Engines.RunResult Run(Engines.IEngine engine, Engines.RunControl? control = null)
     {
         control ??= new Engines.RunControl();
         using var deadline = Config.Timeout is { } limit ? control.StopAfter(limit) : null;

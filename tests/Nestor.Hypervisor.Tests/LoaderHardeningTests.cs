@@ -224,7 +224,7 @@ public class LoaderHardeningTests
             Timeout = TimeSpan.FromDays(100),
         });
         using var engine = new SimEngine();
-        var outcome = vm.Run(engine);
+        var outcome = vm.Run(engine).Outcome;
         Assert.Equal(VmOutcomeKind.DebugExit, outcome.Kind);
         Assert.Equal(7u, outcome.GuestStatus);
     }

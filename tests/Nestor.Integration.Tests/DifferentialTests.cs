@@ -223,7 +223,7 @@ public class DifferentialTests
             Assert.True(CodeStart + (ulong)code.Length <= Scratch, $"the generated code ({code.Length} bytes) overlaps the scratch data");
             using var vm = Vm.Create(new VmConfig { Kernel = GuestAssembler.Flat("differential", code), MemoryBytes = 8UL << 20, Timeout = TimeSpan.FromSeconds(60) });
             vm.Memory.Write(new GuestPhysical(Scratch), data);
-            var outcome = vm.Run(engine);
+            var outcome = vm.Run(engine).Outcome;
             if (outcome.Kind != VmOutcomeKind.DebugExit || outcome.GuestStatus != 0)
             {
                 // Name the item that was running (a fault: the generator must not cause one, so either it or the

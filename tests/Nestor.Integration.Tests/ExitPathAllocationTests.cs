@@ -29,7 +29,7 @@ public class ExitPathAllocationTests
         using var vm = Vm.Create(new VmConfig { Kernel = GuestAssembler.Flat("loop", code), MemoryBytes = 4 << 20 });
         var engine = new KvmEngine();
         long before = GC.GetAllocatedBytesForCurrentThread();
-        var outcome = vm.Run(engine);
+        var outcome = vm.Run(engine).Outcome;
         long after = GC.GetAllocatedBytesForCurrentThread();
         Assert.Equal(VmOutcomeKind.DebugExit, outcome.Kind);
         Assert.Equal(writes + 1, vm.Exits.Count(VmExitReason.PortWrite));

@@ -40,19 +40,20 @@ public class HardwareAssistTests(NativeWorkload native) : IClassFixture<NativeWo
             Memory = MemoryVirtualization.Nested,
             LargeNestedPages = largeNestedPages,
         });
-        var (outcome, serial, vm) = SimEngineTests.RunInProcess(new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf), engine: engine);
+        var (run, serial, vm) = SimEngineTests.RunWithResult(new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf), engine: engine);
+        var outcome = run.Outcome;
         vm.Dispose();
 
         Assert.True(outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
         Assert.Equal(SimEngineTests.ResultsWithoutTimings(native.Serial), SimEngineTests.ResultsWithoutTimings(serial));
-        var vmcs = engine.Vmcs!;
+        var vmcs = run.Machine!.Vmcs!;
         Assert.True(vmcs.Exits(ExitReason.EptViolation) > 0, "guest pages get host frames on first touch");
         Assert.True(vmcs.Exits(ExitReason.IoInstruction) > 0);
         Assert.True(vmcs.Exits(ExitReason.Cpuid) > 0);
         // Guest page faults go straight to the guest under nested paging: no exception exits.
         Assert.Equal(0, vmcs.Exits(ExitReason.ExceptionOrNmi));
         Assert.Equal(0, vmcs.Exits(ExitReason.ControlRegisterAccess));
-        var counters = engine.Counters.ToDictionary(c => c.Name, c => c.Value);
+        var counters = run.Counters.ToDictionary(c => c.Name, c => c.Value);
         Assert.True(counters["nested_walk_references"] > 0);
         if (largeNestedPages)
         {
@@ -66,13 +67,14 @@ public class HardwareAssistTests(NativeWorkload native) : IClassFixture<NativeWo
     {
         Assert.True(native.Outcome.GuestStatus == 0, native.Outcome.Message);
         var engine = new SimEngine(new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Shadow });
-        var (outcome, serial, vm) = SimEngineTests.RunInProcess(new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf), engine: engine);
+        var (run, serial, vm) = SimEngineTests.RunWithResult(new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf), engine: engine);
+        var outcome = run.Outcome;
         vm.Dispose();
 
         Assert.True(outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
         Assert.Equal(SimEngineTests.ResultsWithoutTimings(native.Serial), SimEngineTests.ResultsWithoutTimings(serial));
-        var vmcs = engine.Vmcs!;
-        var counters = engine.Counters.ToDictionary(c => c.Name, c => c.Value);
+        var vmcs = run.Machine!.Vmcs!;
+        var counters = run.Counters.ToDictionary(c => c.Name, c => c.Value);
         // Page faults, CR3 loads and INVLPG reach the VMM; hidden faults fill the shadows, true faults (demand paging,
         // copy-on-write, the fault program) go on to the guest, and guest page-table writes trap.
         Assert.True(vmcs.Exits(ExitReason.ExceptionOrNmi) > 0);
@@ -146,16 +148,17 @@ public class HardwareAssistTests(NativeWorkload native) : IClassFixture<NativeWo
     {
         const int iterations = 1500;
         byte[] code = PageTableEditor(iterations);
-        (ulong Checksum, byte[] Data, SimEngine Engine, IReadOnlyList<string> Problems) Run(SimOptions options)
+        (ulong Checksum, byte[] Data, SimEngine Engine, SoftwareMachineRun Machine, IReadOnlyList<string> Problems) Run(SimOptions options)
         {
             using var vm = Nestor.Hypervisor.Vm.Create(new Nestor.Hypervisor.Configuration.VmConfig { Kernel = GuestAssembler.Flat("pt-editor", code), MemoryBytes = 16UL << 20 });
             var engine = new SimEngine(options);
-            var outcome = vm.Run(engine);
+            var run = vm.Run(engine);
+            var outcome = run.Outcome;
             Assert.True(outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == 0, $"{options.Name}: {outcome.Message}");
             // The final check runs while the VM's memory (which the machine model reads) is still there.
-            var problems = engine.Monitor?.Shadow?.Verify(engine.Machine!.Mmu.Controls) ?? [];
+            var problems = run.Machine!.Monitor?.Shadow?.Verify(run.Machine.Cpu.Mmu.Controls) ?? [];
             return (vm.Memory.ReadUInt64(new Nestor.Machine.Addresses.GuestPhysical(Result)),
-                vm.Memory.Span(new Nestor.Machine.Addresses.GuestPhysical(Data), 8 * 4096).ToArray(), engine, problems);
+                vm.Memory.Span(new Nestor.Machine.Addresses.GuestPhysical(Data), 8 * 4096).ToArray(), engine, run.Machine, problems);
         }
         var native = Run(new SimOptions());
         var nested = Run(new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Nested });
@@ -168,21 +171,21 @@ public class HardwareAssistTests(NativeWorkload native) : IClassFixture<NativeWo
         {
             Assert.Equal(native.Checksum, other.Checksum);
             Assert.Equal(native.Data, other.Data);
-            Assert.Empty(other.Engine.Monitor!.Shadow!.VerificationProblems);
+            Assert.Empty(other.Machine.Monitor!.Shadow!.VerificationProblems);
             Assert.Empty(other.Problems);
             other.Engine.Dispose();
         }
-        Assert.True(translated.Engine.Monitor!.Callouts > iterations / 2, $"{translated.Engine.Monitor.Callouts} callouts");
+        Assert.True(translated.Machine.Monitor!.Callouts > iterations / 2, $"{translated.Machine.Monitor.Callouts} callouts");
 
         Assert.NotEqual(0UL, native.Checksum);
         Assert.Equal(native.Checksum, nested.Checksum);
         Assert.Equal(native.Checksum, shadow.Checksum);
         Assert.Equal(native.Data, nested.Data);
         Assert.Equal(native.Data, shadow.Data);
-        var shadowPaging = shadow.Engine.Monitor!.Shadow!;
+        var shadowPaging = shadow.Machine.Monitor!.Shadow!;
         Assert.Empty(shadowPaging.VerificationProblems);
         Assert.True(shadowPaging.PageTableWrites >= iterations, $"{shadowPaging.PageTableWrites} page-table writes trapped");
-        Assert.True(shadow.Engine.Vmcs!.Exits(ExitReason.Invlpg) >= iterations);
+        Assert.True(shadow.Machine.Vmcs!.Exits(ExitReason.Invlpg) >= iterations);
         Assert.True(shadowPaging.AddressSpaceSwitches > 10);
         Assert.Empty(shadow.Problems);
         native.Engine.Dispose();

@@ -26,6 +26,14 @@ public class SimEngineTests(NestorOSDefaultWorkload qemu) : IClassFixture<Nestor
     internal static (VmOutcome Outcome, string Serial, Vm Vm) RunInProcess(KernelImageSource kernel, string commandLine = "",
         ulong memory = 64UL << 20, double timeoutSeconds = 300, bool multiboot = false, SimEngine? engine = null)
     {
+        var (run, serial, vm) = RunWithResult(kernel, commandLine, memory, timeoutSeconds, multiboot, engine);
+        return (run.Outcome, serial, vm);
+    }
+
+    /// <summary>As <see cref="RunInProcess"/>, with the whole run result (counters, the machine and its VMM).</summary>
+    internal static (RunResult Run, string Serial, Vm Vm) RunWithResult(KernelImageSource kernel, string commandLine = "",
+        ulong memory = 64UL << 20, double timeoutSeconds = 300, bool multiboot = false, SimEngine? engine = null)
+    {
         var serial = new MemoryStream();
         var vm = Vm.Create(new VmConfig
         {
@@ -36,9 +44,9 @@ public class SimEngineTests(NestorOSDefaultWorkload qemu) : IClassFixture<Nestor
             Timeout = TimeSpan.FromSeconds(timeoutSeconds),
             Multiboot = multiboot,
         });
-        var outcome = vm.Run(engine ?? new SimEngine());
+        var run = vm.Run(engine ?? new SimEngine());
         vm.Serial.Flush();
-        return (outcome, Encoding.UTF8.GetString(serial.ToArray()), vm);
+        return (run, Encoding.UTF8.GetString(serial.ToArray()), vm);
     }
 
     [Fact]

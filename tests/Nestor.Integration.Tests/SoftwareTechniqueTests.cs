@@ -12,12 +12,12 @@ namespace Nestor.Integration.Tests;
 /// translation, both over shadow paging, against the same guest natively.</summary>
 public class SoftwareTechniqueTests(NativeWorkload native) : IClassFixture<NativeWorkload>
 {
-    private static (VmOutcome Outcome, string Serial, SimEngine Engine) Run(Technique technique)
+    private static (VmOutcome Outcome, string Serial, SoftwareMachineRun Engine) Run(Technique technique)
     {
         var engine = new SimEngine(new SimOptions { Technique = technique });
-        var (outcome, serial, vm) = SimEngineTests.RunInProcess(new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf), engine: engine);
+        var (run, serial, vm) = SimEngineTests.RunWithResult(new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf), engine: engine);
         vm.Dispose();
-        return (outcome, serial, engine);
+        return (run.Outcome, serial, run.Machine!);
     }
 
     /// <summary>Trap-and-emulate runs every program as bare metal does except <c>sensitive</c>: the sensitive but

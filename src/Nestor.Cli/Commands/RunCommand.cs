@@ -176,6 +176,7 @@ internal static class RunCommand
             var config = new VmConfig
             {
                 Engine = engineKind,
+                Sim = simOptions,
                 Kernel = source,
                 MemoryBytes = memoryBytes,
                 CommandLine = o.CommandLine,
@@ -191,14 +192,16 @@ internal static class RunCommand
             {
                 RefuseIfHostCannotRun(vm);
             }
-            IEngine engine = engineKind == EngineKind.Sim ? new SimEngine(simOptions) : new KvmEngine();
+            var engine = EngineFactory.Create(config);
+            using var disposeEngine = engine as IDisposable;
             watchdog?.Running(control);
             var clock = Stopwatch.StartNew();
-            var outcome = vm.Run(engine, control);
+            var run = vm.Run(engine, control);
+            var outcome = run.Outcome;
             clock.Stop();
             vm.Serial.Flush();
             int status = ExitStatus.For(outcome);
-            var report = new RunReport(vm, engine, outcome, clock.Elapsed, status, captured);
+            var report = new RunReport(vm, engine, run, clock.Elapsed, status, captured);
             if (o.Json)
             {
                 report.WriteJson(Console.Out, includeState: o.DumpState == "-");

@@ -98,8 +98,9 @@ internal static class WalkCommand
             SerialOutput = Stream.Null,
         });
         using var engine = new SimEngine(options);
-        var outcome = vm.Run(engine);
-        var cpu = engine.Machine!;
+        var run = vm.Run(engine);
+        var outcome = run.Outcome;
+        var cpu = run.Machine!.Cpu;
         string mode = options.Technique == Technique.Native ? "native" : options.Memory == MemoryVirtualization.Nested ? "nested" : "shadow";
         Console.WriteLine($"NestorOS '{commandLine}' on the software machine ({(mode == "native" ? "no VMM" : $"hw+{mode}")}): {outcome.Message}.");
         var processes = NestorOSProcesses.Read(vm) ?? [];
@@ -117,7 +118,7 @@ internal static class WalkCommand
                 root = mode switch
                 {
                     "nested" => process.PageTableRoot,
-                    "shadow" => engine.Monitor!.Shadow!.RootFor(process.PageTableRoot) ?? throw new BadInputException(
+                    "shadow" => run.Machine.Monitor!.Shadow!.RootFor(process.PageTableRoot) ?? throw new BadInputException(
                         $"process {wanted} has no shadow page table yet", "Walk it under --mmu nested, or stop later"),
                     _ => process.PageTableRoot,
                 };

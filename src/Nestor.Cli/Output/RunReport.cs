@@ -9,8 +9,10 @@ using Nestor.Hypervisor.State;
 namespace Nestor.Cli.Output;
 
 /// <summary>What <c>nestor run</c> reports after a run, as text for people or one JSON document for tools.</summary>
-internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSpan wall, int exitStatus, MemoryStream serial)
+internal sealed class RunReport(Vm vm, IEngine engine, RunResult run, TimeSpan wall, int exitStatus, MemoryStream serial)
 {
+    private readonly VmOutcome outcome = run.Outcome;
+
     /// <summary>Rows a per-port or per-address table shows before summing up the rest.</summary>
     private const int TableRows = 32;
 
@@ -49,7 +51,7 @@ internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSp
             o.WriteLine($"  {Name(r.Reason),-16} {r.Count,10} {Milliseconds(r.HandlingTime) + " ms",15} {Microseconds(r.HandlingTime / r.Count) + " us",12}");
         }
         o.WriteLine($"  {"total",-16} {exits.TotalExits,10} {Milliseconds(exits.HandlingTime) + " ms",15}");
-        o.WriteLine($"  time inside the engine running the guest{(engine.Name == "kvm" ? " (KVM_RUN)" : "")}: {Milliseconds(exits.GuestTime)} ms");
+        o.WriteLine($"  time running the guest ({engine.Description.GuestTime}): {Milliseconds(exits.GuestTime)} ms");
         if (exits.ByPort.Count > 0)
         {
             o.WriteLine();
@@ -85,13 +87,11 @@ internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSp
                 o.WriteLine($"  {rest.Count + " more",-30} reads {rest.Sum(u => u.Reads),8}  writes {rest.Sum(u => u.Writes),8}  (--json lists them all)");
             }
         }
-        var counters = engine.Counters.Where(c => c.Value != 0).OrderBy(c => c.Name, StringComparer.Ordinal).ToList();
-        if (engine.Counters.Count > 0)
+        var counters = run.Counters.Where(c => c.Value != 0).OrderBy(c => c.Name, StringComparer.Ordinal).ToList();
+        if (run.Counters.Count > 0)
         {
             o.WriteLine();
-            o.WriteLine(engine.Name == "kvm"
-                ? "KVM's own counters for vCPU 0 (KVM_GET_STATS_FD; zero counters left out):"
-                : "The software machine's counters (zero counters left out):");
+            o.WriteLine(engine.Description.CountersHeading);
             foreach (var c in counters)
             {
                 o.WriteLine($"  {c.Name,-36} {c.Value,14}{(c.Unit.Length > 0 ? " " + c.Unit : "")}");
@@ -166,7 +166,7 @@ internal sealed class RunReport(Vm vm, IEngine engine, VmOutcome outcome, TimeSp
             }
             json.WriteEndArray();
             json.WriteStartObject("engine_counters");
-            foreach (var c in engine.Counters)
+            foreach (var c in run.Counters)
             {
                 json.WriteNumber(c.Name, c.Value);
             }

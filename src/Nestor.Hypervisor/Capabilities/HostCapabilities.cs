@@ -108,7 +108,7 @@ public sealed class HostCapabilities
         try
         {
             using var vm = Vm.Create(config);
-            var outcome = vm.Run(new KvmEngine());
+            var outcome = vm.Run(new KvmEngine()).Outcome;
             bool works = outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == ProbeGuests.Success;
             string detail = works ? "works" : outcome.Kind switch
             {

@@ -176,7 +176,11 @@ public sealed class VmConfig
     /// <summary>Largest guest RAM the boot page tables cover (see <see cref="Memory.GuestMemoryLayout"/>).</summary>
     public const ulong MaximumMemory = 16UL << 30;
 
-    public EngineKind Engine { get; init; } = EngineKind.Kvm;
+    /// <summary>The engine that runs the VM (<see cref="Engines.EngineFactory"/>): the software machine by default.</summary>
+    public EngineKind Engine { get; init; } = EngineKind.Sim;
+
+    /// <summary>How the software machine runs it: technique, memory virtualization, caches (ignored on KVM).</summary>
+    public Techniques.SimOptions Sim { get; init; } = new();
 
     /// <summary>Guest RAM in bytes (default 64 MiB).</summary>
     public ulong MemoryBytes { get; init; } = 64UL << 20;

@@ -130,7 +130,8 @@ public static class TechniqueComparison
         });
         using var engine = new SimEngine(configuration.Options);
         var clock = Stopwatch.StartNew();
-        var outcome = vm.Run(engine);
+        var run = vm.Run(engine);
+        var outcome = run.Outcome;
         clock.Stop();
         vm.Serial.Flush();
         string output = Encoding.UTF8.GetString(serial.ToArray());
@@ -145,6 +146,6 @@ public static class TechniqueComparison
         var results = Regex.Matches(output, @"^RESULT .*$", RegexOptions.Multiline)
             .Select(m => Regex.Replace(m.Value.TrimEnd('\r'), @" \w+_(cycles|ns)=\d+", ""))
             .ToList();
-        return (engine.Events!, clock.Elapsed, results);
+        return (run.Events!, clock.Elapsed, results);
     }
 }

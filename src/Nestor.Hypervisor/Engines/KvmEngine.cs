@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Nestor.Hypervisor.Errors;
 using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Platform;
 using Nestor.Hypervisor.State;
 using Nestor.Kvm;
 using Nestor.Machine.Addresses;
@@ -23,11 +24,10 @@ public sealed class KvmEngine : IEngine
     // Three pages Intel VMX uses for real-mode emulation; they must lie outside RAM. Inside the device hole.
     private const ulong TssPages = 0xFFFB_D000;
 
-    private IReadOnlyList<EngineCounter> counters = [];
-
     public string Name => "kvm";
 
-    public IReadOnlyList<EngineCounter> Counters => counters;
+    /// <inheritdoc/>
+    public EngineDescription Description { get; } = new("inside KVM_RUN", "KVM's own counters for vCPU 0 (KVM_GET_STATS_FD; zero counters left out):");
 
     /// <summary>Opens KVM, translating "cannot" into a <see cref="HostUnsupportedException"/> that says what to do.</summary>
     public static KvmSystem OpenSystem(string path)
@@ -43,7 +43,7 @@ public sealed class KvmEngine : IEngine
         }
     }
 
-    public VmOutcome Run(Vm vm, RunControl control)
+    public RunResult Run(Vm vm, RunControl control)
     {
         using var system = OpenSystem(vm.Config.KvmDevicePath);
         using var kvmVm = system.CreateVm();
@@ -54,23 +54,27 @@ public sealed class KvmEngine : IEngine
             kvmVm.SetUserMemoryRegion(slot++, region.Start.Value, region.Length, backing.Address);
         }
         var vcpu = kvmVm.CreateVcpu(0);
-        vcpu.SetCpuid(GuestCpuid(system.GetSupportedCpuid()));
+        var cpuid = new KvmCpuidModel(GuestCpuid(system.GetSupportedCpuid()));
+        vcpu.SetCpuid(cpuid.Entries);
+        var platform = new VmPlatform(vm, control, cpuid);
         Load(vcpu, vm.InitialState);
         KvmStatistics? statistics = system.CheckCapability(KvmCapability.BinaryStatistics) > 0 ? vcpu.OpenStatistics() : null;
+        VmOutcome outcome;
+        IReadOnlyList<EngineCounter> counters;
         try
         {
-            vm.Bus.InstructionPointer = () => vcpu.GetRegisters().Rip;
+            // At an I/O exit KVM's RIP is already past the instruction.
+            platform.ReportInstructionPointer(() => vcpu.GetRegisters().Rip, isNext: true);
             vcpu.BindToCurrentThread();
             control.OnStop(vcpu.Kick);
             try
             {
-                return RunLoop(vm, vcpu, control);
+                outcome = RunLoop(vm, vcpu, platform);
             }
             finally
             {
                 control.ClearStop();
-                vm.Bus.InstructionPointer = null;
-                vm.Serial.Flush();
+                platform.EndRun();
             }
         }
         finally
@@ -80,97 +84,50 @@ public sealed class KvmEngine : IEngine
                 : statistics.Read().Select(s => new EngineCounter(s.Name, s.Value, UnitOf(s.Descriptor))).ToList();
             statistics?.Dispose();
         }
+        return new RunResult(outcome, counters);
     }
 
     // Entered once per run and then loops for all of it: compile it fully optimized at once rather than leaving it
-    // in tier-0 or ReadyToRun code that tiering never gets to replace (measured in bench/RESULTS.md).
+    // in tier-0 or ReadyToRun code that tiering never gets to replace (measured in bench/RESULTS.md). It only turns
+    // kvm_run's exit format into calls to the platform, which does everything else as it does for the software
+    // machine.
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
-    private static VmOutcome RunLoop(Vm vm, KvmVcpu vcpu, RunControl control)
+    private static VmOutcome RunLoop(Vm vm, KvmVcpu vcpu, VmPlatform platform)
     {
-        var exits = vm.Exits;
-        var bus = vm.Bus;
         while (true)
         {
             long entered = Stopwatch.GetTimestamp();
             KvmExitReason reason = vcpu.Run();
             long exited = Stopwatch.GetTimestamp();
-            exits.AddGuestTicks(exited - entered);
+            platform.AddGuestTicks(exited - entered);
             switch (reason)
             {
                 case KvmExitReason.Io:
                     {
                         var io = vcpu.IoExit;
-                        var device = bus.PortDevice(io.Port);
-                        for (int i = 0; i < io.Count; i++)
-                        {
-                            var item = io.Data.Slice(i * io.Size, io.Size);
-                            if (io.IsOut)
-                            {
-                                bus.WritePort(io.Port, io.Size, ReadLittleEndian(item));
-                            }
-                            else
-                            {
-                                WriteLittleEndian(item, bus.ReadPort(io.Port, io.Size));
-                            }
-                        }
-                        exits.RecordPort(io.Port, io.IsOut, io.Count, device?.Name);
-                        exits.Record(io.IsOut ? VmExitReason.PortWrite : VmExitReason.PortRead, Stopwatch.GetTimestamp() - exited);
-                        if (vm.GuestStatus is { } status)
-                        {
-                            return new VmOutcome(VmOutcomeKind.DebugExit, $"the guest wrote {status} (0x{status:x}) to the debug-exit port",
-                                Capture(vcpu), status);
-                        }
+                        platform.PortAccess(io.Port, io.Size, io.IsOut, io.Data, io.Count, exited);
                         break;
                     }
                 case KvmExitReason.Mmio:
                     {
                         var mmio = vcpu.MmioExit;
-                        if (mmio.IsWrite)
-                        {
-                            Span<byte> value = stackalloc byte[8];
-                            value.Clear();
-                            mmio.Data.CopyTo(value);
-                            bus.WriteMemory(mmio.Address, mmio.Data.Length, BitConverter.ToUInt64(value));
-                        }
-                        else
-                        {
-                            ulong value = bus.ReadMemory(mmio.Address, mmio.Data.Length);
-                            for (int i = 0; i < mmio.Data.Length; i++)
-                            {
-                                mmio.Data[i] = (byte)(value >> (8 * i));
-                            }
-                        }
-                        exits.Record(mmio.IsWrite ? VmExitReason.MmioWrite : VmExitReason.MmioRead, Stopwatch.GetTimestamp() - exited);
+                        platform.MmioAccess(mmio.Address, mmio.IsWrite, mmio.Data, exited);
                         break;
                     }
                 case KvmExitReason.Interrupted:
-                    exits.Record(VmExitReason.Interrupted, Stopwatch.GetTimestamp() - exited);
-                    if (control.StopReason is { } stop)
-                    {
-                        return Stopped(vm, vcpu, stop);
-                    }
+                    platform.RecordExit(VmExitReason.Interrupted, Stopwatch.GetTimestamp() - exited);
                     break;
                 case KvmExitReason.Halt:
-                    exits.Record(VmExitReason.Halt, Stopwatch.GetTimestamp() - exited);
-                    return VmOutcomes.Halted(Capture(vcpu));
+                    return platform.Halted(Capture(vcpu), Stopwatch.GetTimestamp() - exited);
                 case KvmExitReason.Shutdown:
-                    {
-                        exits.Record(VmExitReason.Shutdown, Stopwatch.GetTimestamp() - exited);
-                        var state = Capture(vcpu);
-                        return new VmOutcome(VmOutcomeKind.TripleFault,
-                            $"the guest triple-faulted (the vCPU shut down) at rip=0x{state.Rip:x}: an exception could not be " +
-                            (state.Idtr.Limit == 0
-                                ? "delivered because the guest has no IDT (IDTR limit is 0)"
-                                : "delivered, and neither could the double fault that followed") +
-                            ". Check the guest's IDT, GDT, stack and page tables at the state below",
-                            state);
-                    }
+                    // KVM does not say which event started the cascade.
+                    return platform.TripleFault(Capture(vcpu), cause: null, handlingTicks: Stopwatch.GetTimestamp() - exited);
                 case KvmExitReason.InternalError:
-                    exits.Record(VmExitReason.InternalError, Stopwatch.GetTimestamp() - exited);
+                    platform.RecordExit(VmExitReason.InternalError, Stopwatch.GetTimestamp() - exited);
                     return InternalError(vm, vcpu);
                 case KvmExitReason.FailEntry:
                     {
-                        exits.Record(VmExitReason.EntryFailure, Stopwatch.GetTimestamp() - exited);
+                        platform.RecordExit(VmExitReason.EntryFailure, Stopwatch.GetTimestamp() - exited);
                         var state = Capture(vcpu);
                         return new VmOutcome(VmOutcomeKind.EntryFailure,
                             $"the CPU refused to enter the guest (hardware entry failure reason 0x{vcpu.FailEntryReason:x}); " +
@@ -178,21 +135,23 @@ public sealed class KvmEngine : IEngine
                     }
                 case KvmExitReason.SystemEvent:
                     {
-                        exits.Record(VmExitReason.SystemEvent, Stopwatch.GetTimestamp() - exited);
+                        platform.RecordExit(VmExitReason.SystemEvent, Stopwatch.GetTimestamp() - exited);
                         uint type = vcpu.SystemEventType;
                         var kind = type == 1 ? VmOutcomeKind.TripleFault : VmOutcomeKind.UnexpectedExit;
                         return new VmOutcome(kind, $"KVM reported system event {type} (1 shutdown, 2 reset, 3 crash)", Capture(vcpu));
                     }
                 default:
-                    exits.Record(VmExitReason.Other, Stopwatch.GetTimestamp() - exited);
+                    platform.RecordExit(VmExitReason.Other, Stopwatch.GetTimestamp() - exited);
                     return new VmOutcome(VmOutcomeKind.UnexpectedExit,
                         $"KVM returned exit reason {reason} ({(uint)reason}), which Nestor does not handle", Capture(vcpu));
             }
+            // The debug exit (after a port write), or a stop request from outside (a kick brought us here).
+            if (platform.StopRequested && platform.StopOutcome(Capture(vcpu)) is { } stopped)
+            {
+                return stopped;
+            }
         }
     }
-
-    private static VmOutcome Stopped(Vm vm, KvmVcpu vcpu, VmOutcomeKind stop) =>
-        VmOutcomes.Stopped(stop, vm.Config.Timeout, Capture(vcpu));
 
     private static VmOutcome InternalError(Vm vm, KvmVcpu vcpu)
     {
@@ -382,21 +341,6 @@ public sealed class KvmEngine : IEngine
 
     private static SegmentState FromKvm(KvmSegment s) => new(s.Selector, s.Base, s.Limit, s.Type, s.System != 0, s.Dpl,
         s.Present != 0, s.Long != 0, s.DefaultSize != 0, s.Granularity != 0, s.Unusable != 0);
-
-    private static uint ReadLittleEndian(ReadOnlySpan<byte> b) => b.Length switch
-    {
-        1 => b[0],
-        2 => (uint)(b[0] | b[1] << 8),
-        _ => (uint)(b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24),
-    };
-
-    private static void WriteLittleEndian(Span<byte> b, uint v)
-    {
-        for (int i = 0; i < b.Length; i++)
-        {
-            b[i] = (byte)(v >> (8 * i));
-        }
-    }
 
     private static string UnitOf(KvmStatisticDescriptor d) => d.Unit switch
     {

@@ -4,6 +4,7 @@ using Nestor.Hypervisor.Devices;
 using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Memory;
 using Nestor.Hypervisor.Paging;
+using Nestor.Hypervisor.Platform;
 using Nestor.Hypervisor.State;
 using Nestor.Hypervisor.Techniques;
 using Nestor.Hypervisor.Techniques.HardwareAssist;
@@ -24,46 +25,41 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     /// <summary>Instructions run between checks for a stop request (timeout, Ctrl-C).</summary>
     private const long Slice = 1_000_000;
 
-    private IReadOnlyList<EngineCounter> counters = [];
-
     public string Name => "sim";
 
-    public IReadOnlyList<EngineCounter> Counters => counters;
+    /// <inheritdoc/>
+    public EngineDescription Description { get; } = new("in the software machine", "The software machine's counters (zero counters left out):");
 
     public SimOptions Options => options;
 
-    /// <summary>The VMCS of the last run under hardware assistance, else null.</summary>
-    public VmControlStructure? Vmcs { get; private set; }
-
-    /// <summary>What the last run did, counted for the cost model.</summary>
-    public MachineEvents? Events { get; private set; }
-
-    /// <summary>The VMM of the last run under hardware assistance, else null.</summary>
-    public VirtualMachineMonitor? Monitor { get; private set; }
-
-    /// <summary>The machine model of the last run, as it stopped (for inspection: its MMU can explain a walk). Valid
-    /// until the engine or the VM is disposed: its memory is theirs.</summary>
-    public Cpu? Machine { get; private set; }
-
-    /// <summary>Releases the host memory of the last run (the VMM's tables).</summary>
+    /// <summary>Releases the host memory of the last run (the VMM's tables); the <see cref="SoftwareMachineRun"/> it
+    /// returned is no longer valid.</summary>
     public void Dispose()
     {
-        Machine = null;
         hostPool?.Dispose();
         hostPool = null;
     }
 
-    public VmOutcome Run(Vm vm, RunControl control)
+    public RunResult Run(Vm vm, RunControl control)
+    {
+        VmControlStructure? vmcs = null;
+        VirtualMachineMonitor? monitor = null;
+        var outcome = Run(vm, control, out var cpu, ref vmcs, ref monitor, out var counters, out var events);
+        return new RunResult(outcome, counters) { Events = events, Machine = new SoftwareMachineRun(cpu, vmcs, monitor) };
+    }
+
+    private VmOutcome Run(Vm vm, RunControl control, out Cpu cpu, ref VmControlStructure? vmcs, ref VirtualMachineMonitor? monitor,
+        out IReadOnlyList<EngineCounter> counters, out MachineEvents events)
     {
         hostPool?.Dispose();
         var pool = hostPool = options.Technique == Technique.Native ? null : NewHostPool(vm);
         var memory = pool?.Memory ?? new PhysicalMemory(vm.Memory.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
         ulong top = pool?.Memory.Limit ?? vm.Memory.Regions.Max(r => r.Region.End.Value);
-        var platform = new Platform(vm, control, options.Technique == Technique.Paravirtual);
-        var cpu = new Cpu(memory, platform, options.Mmu, top);
+        var platform = new VmPlatform(vm, control, new SoftwareCpuidModel(options.Technique == Technique.Paravirtual));
+        var machine = cpu = new Cpu(memory, platform, options.Mmu, top);
         Load(cpu, vm.InitialState);
-        Machine = cpu;
-        VirtualMachineMonitor? monitor = null;
+        counters = [];
+        events = new MachineEvents();
         GuestPhysicalMap? physicalMap = null;
         if (pool is not null)
         {
@@ -73,8 +69,8 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             var nested = nestedPaging ? new NestedPageTable(pool) : null;
             var shadow = nestedPaging ? null
                 : new ShadowPaging(physicalMap, pool, vm.Memory) { VerifyAfterEachChange = options.VerifyShadowPaging };
-            Vmcs = new VmControlStructure();
-            Monitor = monitor = new VirtualMachineMonitor(vm, Vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);
+            vmcs = new VmControlStructure();
+            monitor = new VirtualMachineMonitor(vm, vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);
             try
             {
                 monitor.Enter(cpu);
@@ -85,8 +81,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             }
         }
         // The accessing instruction's own address (RIP is already past it while it executes).
-        vm.Bus.InstructionPointer = () => cpu.InstructionAddress;
-        vm.Bus.UnclaimedAccesses.InstructionPointerIsNext = false;
+        platform.ReportInstructionPointer(() => machine.InstructionAddress, isNext: false);
         var clock = Stopwatch.StartNew();
         try
         {
@@ -117,38 +112,33 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 {
                     case StopReason.VmmStop:
                         return new VmOutcome(VmOutcomeKind.EmulationFailure,
-                            $"the VMM stopped the guest at rip=0x{cpu.Rip:x} after a {Vmcs?.LastExit.Reason} exit: {monitor?.StopMessage ?? "it could not handle it"}",
+                            $"the VMM stopped the guest at rip=0x{cpu.Rip:x} after a {vmcs?.LastExit.Reason} exit: {monitor?.StopMessage ?? "it could not handle it"}",
                             Capture(cpu));
-                    case StopReason.PlatformStop when vm.GuestStatus is null && control.StopReason is { } interrupted:
-                        // Not a debug exit: a stop request (timeout, a signal) the CPU saw after a port write, a fault,
-                        // or between the iterations of a REP string instruction, which it left suspended.
-                        return VmOutcomes.Stopped(interrupted, vm.Config.Timeout, Capture(cpu));
                     case StopReason.PlatformStop:
-                        return VmOutcomes.DebugExit(vm.GuestStatus ?? 0, Capture(cpu));
+                        // The debug exit, or a stop request (timeout, a signal) the CPU saw after a port write, a
+                        // fault, or between the iterations of a REP string instruction, which it left suspended.
+                        return platform.StopOutcome(Capture(cpu)) ?? throw new InvalidOperationException("the CPU stopped for the platform, which asked nothing");
                     case StopReason.Halted:
-                        vm.Exits.Record(VmExitReason.Halt, 0);
-                        return VmOutcomes.Halted(Capture(cpu));
+                        return platform.Halted(Capture(cpu));
                     case StopReason.Shutdown:
                         {
-                            vm.Exits.Record(VmExitReason.Shutdown, 0);
-                            var state = Capture(cpu);
-                            return new VmOutcome(VmOutcomeKind.TripleFault, SimStopMessages.TripleFault(cpu, state.Rip), state);
+                            var (cause, note) = SimStopMessages.TripleFault(cpu);
+                            return platform.TripleFault(Capture(cpu), cause, note);
                         }
                 }
-                if (control.StopReason is { } requested)
+                if (platform.StopOutcome(Capture(cpu)) is { } stopped)
                 {
-                    return VmOutcomes.Stopped(requested, vm.Config.Timeout, Capture(cpu));
+                    return stopped;
                 }
             }
         }
         finally
         {
             clock.Stop();
-            vm.Bus.InstructionPointer = null;
-            vm.Exits.AddGuestTicks(clock.ElapsedTicks);
-            vm.Serial.Flush();
+            platform.AddGuestTicks(clock.ElapsedTicks);
+            platform.EndRun();
             counters = CountersOf(cpu, clock.Elapsed);
-            Events = EventsOf(cpu, Vmcs, monitor?.Shadow) with
+            events = EventsOf(cpu, vmcs, monitor?.Shadow) with
             {
                 Technique = options.Technique,
                 PrivilegedTraps = monitor?.PrivilegedInstructionTraps ?? 0,
@@ -158,7 +148,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 Hypercalls = monitor?.Hypercalls ?? 0,
                 ParavirtualUpdates = monitor?.Shadow?.ParavirtualUpdates ?? 0,
             };
-            if (Vmcs is { } vmcs && pool is not null && physicalMap is not null)
+            if (vmcs is not null && pool is not null && physicalMap is not null)
             {
                 counters = [.. counters, .. VirtualizationCounters(cpu, vmcs, pool, physicalMap, monitor?.Shadow, monitor)];
             }
@@ -300,49 +290,6 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             list.Add(new EngineCounter($"unimplemented_{mnemonic.ToLowerInvariant()}", (ulong)count, ""));
         }
         return list;
-    }
-
-    /// <summary>The machine around the CPU: the VM's device bus and the CPUID Nestor's software CPU reports.</summary>
-    private sealed class Platform(Vm vm, RunControl control, bool paravirtual) : IPlatform
-    {
-        /// <summary>The guest wrote the debug-exit port, or someone asked the run to stop (timeout, Ctrl-C, a signal):
-        /// the CPU looks at it after port writes and between the iterations of long instructions.</summary>
-        public bool StopRequested => vm.GuestStatus is not null || control.StopReason is not null;
-
-        public uint PortRead(ushort port, int size)
-        {
-            long start = Stopwatch.GetTimestamp();
-            uint value = vm.Bus.ReadPort(port, size);
-            vm.Exits.RecordPort(port, false, 1, vm.Bus.PortDevice(port)?.Name);
-            vm.Exits.Record(VmExitReason.PortRead, Stopwatch.GetTimestamp() - start);
-            return value;
-        }
-
-        public void PortWrite(ushort port, int size, uint value)
-        {
-            long start = Stopwatch.GetTimestamp();
-            vm.Bus.WritePort(port, size, value);
-            vm.Exits.RecordPort(port, true, 1, vm.Bus.PortDevice(port)?.Name);
-            vm.Exits.Record(VmExitReason.PortWrite, Stopwatch.GetTimestamp() - start);
-        }
-
-        public ulong MmioRead(ulong physical, int size)
-        {
-            long start = Stopwatch.GetTimestamp();
-            ulong value = vm.Bus.ReadMemory(physical, size);
-            vm.Exits.Record(VmExitReason.MmioRead, Stopwatch.GetTimestamp() - start);
-            return value;
-        }
-
-        public void MmioWrite(ulong physical, int size, ulong value)
-        {
-            long start = Stopwatch.GetTimestamp();
-            vm.Bus.WriteMemory(physical, size, value);
-            vm.Exits.Record(VmExitReason.MmioWrite, Stopwatch.GetTimestamp() - start);
-        }
-
-        /// <summary>The features the model implements, and no others (<see cref="SoftwareCpuid"/>).</summary>
-        public (uint Eax, uint Ebx, uint Ecx, uint Edx) Cpuid(uint leaf, uint subleaf) => SoftwareCpuid.Query(leaf, subleaf, paravirtual);
     }
 
     private static void Load(Cpu cpu, VcpuState s)

@@ -7,17 +7,18 @@ namespace Nestor.Hypervisor.Engines;
 /// triple fault, and which instruction the machine does not model, if the guest ran into one.</summary>
 public static class SimStopMessages
 {
-    /// <summary>The triple-fault message: the event whose delivery failed first (the start of the cascade), the fault
-    /// that got in the way, and, when that event was the #UD of an instruction the machine does not model, that
-    /// instruction.</summary>
-    public static string TripleFault(Cpu cpu, ulong rip)
+    /// <summary>What the triple-fault message (<see cref="Exits.VmOutcomes.TripleFault"/>) says about the cascade: the event
+    /// whose delivery failed first, the fault that got in the way, and, when that event was the #UD of an instruction
+    /// the machine does not model, that instruction (<c>Cause</c>); an earlier unmodelled instruction
+    /// (<c>Note</c>).</summary>
+    public static (string? Cause, string? Note) TripleFault(Cpu cpu)
     {
         var unmodelled = cpu.LastUnmodelledInstruction;
-        string start;
+        string? start;
         string? note = null;
         if (cpu.ShutdownCause is not { } cause)
         {
-            start = "an exception could not be delivered";
+            start = null;
         }
         else
         {
@@ -32,12 +33,11 @@ public static class SimStopMessages
                 start = $"{cause.Describe()} {failed}";
                 if (unmodelled is { } earlier)
                 {
-                    note = $" Before that, the guest executed {Unmodelled(earlier)} (it raised #UD).";
+                    note = $"Before that, the guest executed {Unmodelled(earlier)} (it raised #UD).";
                 }
             }
         }
-        return $"the guest triple-faulted (the CPU shut down) at rip=0x{rip:x}: {start}, nor the double fault that followed. " +
-               $"Check the guest's IDT, GDT, stack and page tables at the state below.{note}";
+        return (start, note);
     }
 
     /// <summary>A sentence naming the last instruction the machine does not model that the guest executed, for the

@@ -54,6 +54,18 @@ public static class VmOutcomes
     public static VmOutcome DebugExit(uint status, VcpuState state) =>
         new(VmOutcomeKind.DebugExit, $"the guest wrote {status} (0x{status:x}) to the debug-exit port", state, status);
 
+    /// <summary>The vCPU shut down after a triple fault (SDM Vol. 3A §6.15, interrupt 8: a fault while delivering a
+    /// double fault). <paramref name="cause"/> says which event's delivery started the cascade when the engine knows
+    /// (the software machine does; KVM does not say), <paramref name="note"/> adds a sentence at the end.</summary>
+    public static VmOutcome TripleFault(VcpuState state, string? cause, string? note = null) => new(VmOutcomeKind.TripleFault,
+        $"the guest triple-faulted (the vCPU shut down) at rip=0x{state.Rip:x}: " +
+        (cause ?? (state.Idtr.Limit == 0
+            ? "an exception could not be delivered because the guest has no IDT (IDTR limit is 0)"
+            : "an exception could not be delivered")) +
+        ", nor the double fault that followed. Check the guest's IDT, GDT, stack and page tables at the state below." +
+        (note is null ? "" : " " + note),
+        state);
+
     /// <summary>The run was stopped from outside: the timeout, or a signal (SIGINT, SIGTERM, SIGHUP).</summary>
     public static VmOutcome Stopped(VmOutcomeKind reason, TimeSpan? timeout, VcpuState state) => new(reason,
         reason switch
