@@ -7,327 +7,164 @@ namespace Nestor.Machine.Processor;
 
 public sealed partial class Cpu
 {
-    /// <summary>Executes one decoded instruction. RIP is advanced first (so RIP-relative and branch targets from Iced
-    /// are absolute), and restored by the fault path if the instruction faults.</summary>
+    /// <summary>Executes one decoded instruction through its row's handler in <see cref="InstructionTable"/> (a
+    /// mnemonic without a row is not modelled and raises #UD). RIP is advanced first (so RIP-relative and branch
+    /// targets from Iced are absolute), and restored by the fault path if the instruction faults.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private StopReason? Execute(in Instruction i)
     {
         Rip = i.NextIP;
-        switch (i.Mnemonic)
-        {
-            case Mnemonic.Mov:
-                if (i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsCR())
-                {
-                    return MoveToControl(i);
-                }
-                if (i.GetOpKind(1) == OpKind.Register && i.GetOpRegister(1).IsCR())
-                {
-                    RequirePrivilege0();
-                    if (nonRoot is { Cr3StoreExiting: true } && i.GetOpRegister(1) == Register.CR3 &&
-                        ExitOnInstruction(ExitReason.ControlRegisterAccess, ControlRegisterQualification(3, true, i.GetOpRegister(0)), i))
-                    {
-                        return null;
-                    }
-                    WriteRegister(i.GetOpRegister(0), ReadControl(i.GetOpRegister(1)));
-                    return null;
-                }
-                {
-                    int size = OperandSize(i, 0);
-                    ulong value = ReadOperand(i, 1, OperandSize(i, 1));
-                    if (i.GetOpKind(1) is OpKind.Immediate32to64 or OpKind.Immediate8to64)
-                    {
-                        value = i.GetImmediate(1);
-                    }
-                    WriteOperand(i, 0, size, value);
-                }
-                return null;
-            case Mnemonic.Movzx:
-                WriteOperand(i, 0, OperandSize(i, 0), ReadOperand(i, 1, OperandSize(i, 1)));
-                return null;
-            case Mnemonic.Movsx:
-            case Mnemonic.Movsxd:
-                {
-                    int from = OperandSize(i, 1);
-                    WriteOperand(i, 0, OperandSize(i, 0), SignExtend(ReadOperand(i, 1, from), from));
-                    return null;
-                }
-            case Mnemonic.Lea:
-                WriteOperand(i, 0, OperandSize(i, 0), EffectiveAddressNoSegment(i));
-                return null;
-            case Mnemonic.Xchg:
-                {
-                    int size = OperandSize(i, 0);
-                    ulong a = ReadOperand(i, 0, size), b = ReadOperand(i, 1, size);
-                    WriteOperand(i, 0, size, b);
-                    WriteOperand(i, 1, size, a);
-                    return null;
-                }
-            case Mnemonic.Xadd:
-                {
-                    int size = OperandSize(i, 0);
-                    ulong a = ReadOperand(i, 0, size), b = ReadOperand(i, 1, size);
-                    ulong sum = Add(a, b, 0, size);
-                    WriteOperand(i, 1, size, a);
-                    WriteOperand(i, 0, size, sum);
-                    return null;
-                }
-            case Mnemonic.Cmpxchg:
-                {
-                    int size = OperandSize(i, 0);
-                    ulong destination = ReadOperand(i, 0, size);
-                    ulong accumulator = Registers[Rax] & Mask(size);
-                    Subtract(accumulator, destination, 0, size);
-                    if (accumulator == destination)
-                    {
-                        WriteOperand(i, 0, size, ReadOperand(i, 1, size));
-                    }
-                    else
-                    {
-                        WriteOperand(i, 0, size, destination); // the processor always writes (SDM Vol. 2A CMPXCHG)
-                        WriteRegister(size switch { 1 => Register.AL, 2 => Register.AX, 4 => Register.EAX, _ => Register.RAX }, destination);
-                    }
-                    return null;
-                }
-            case Mnemonic.Cmpxchg16b:
-                {
-                    ulong address = EffectiveAddress(i);
-                    if ((address & 15) != 0)
-                    {
-                        throw GuestFault.GeneralProtection(); // the operand must be 16-byte aligned (SDM Vol. 2A CMPXCHG16B)
-                    }
-                    ulong low = ReadLinear(address, 8), high = ReadLinear(address + 8, 8);
-                    if (low == Registers[Rax] && high == Registers[Rdx])
-                    {
-                        WriteLinear(address, 8, Registers[Rbx]);
-                        WriteLinear(address + 8, 8, Registers[Rcx]);
-                        Rflags |= Z;
-                    }
-                    else
-                    {
-                        WriteLinear(address, 8, low);
-                        WriteLinear(address + 8, 8, high);
-                        (Registers[Rax], Registers[Rdx]) = (low, high);
-                        Rflags &= ~Z;
-                    }
-                    return null;
-                }
-            case Mnemonic.Cmpxchg8b:
-                return CompareExchange8Bytes(i);
-            case Mnemonic.Xlatb:
-                // AL = [rBX + zero-extended AL] (SDM Vol. 2B XLAT): Iced gives the operand as base rBX, index AL.
-                WriteRegister(Register.AL, ReadOperand(i, 0, 1));
-                return null;
-            case Mnemonic.Bswap:
-                {
-                    int size = OperandSize(i, 0);
-                    ulong v = ReadOperand(i, 0, size);
-                    WriteOperand(i, 0, size, size == 8 ? System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(v)
-                        : System.Buffers.Binary.BinaryPrimitives.ReverseEndianness((uint)v));
-                    return null;
-                }
-            case Mnemonic.Push:
-                {
-                    int size = OperandSize(i, 0);
-                    ulong value = i.GetOpKind(0) == OpKind.Register ? ReadRegister(i.GetOpRegister(0)) : ReadOperand(i, 0, size);
-                    if (i.GetOpKind(0) is OpKind.Immediate8to64 or OpKind.Immediate32to64 or OpKind.Immediate8to16)
-                    {
-                        value = i.GetImmediate(0);
-                    }
-                    Push(value, i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister() ? StackWidth : size == 2 ? 2 : StackWidth);
-                    return null;
-                }
-            case Mnemonic.Pop:
-                {
-                    int size = OperandSize(i, 0);
-                    if (i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister())
-                    {
-                        ulong selector = Pop(StackWidth);
-                        WriteRegister(i.GetOpRegister(0), selector);
-                        return null;
-                    }
-                    ulong value = Pop(size == 2 ? 2 : StackWidth);
-                    WriteOperand(i, 0, size, value);
-                    return null;
-                }
-            case Mnemonic.Add:
-            case Mnemonic.Adc:
-            case Mnemonic.Sub:
-            case Mnemonic.Sbb:
-            case Mnemonic.Cmp:
-            case Mnemonic.And:
-            case Mnemonic.Or:
-            case Mnemonic.Xor:
-            case Mnemonic.Test:
-            case Mnemonic.Inc:
-            case Mnemonic.Dec:
-            case Mnemonic.Neg:
-            case Mnemonic.Not:
-                return Arithmetic(i);
-            case Mnemonic.Shl:
-            case Mnemonic.Sal:
-            case Mnemonic.Shr:
-            case Mnemonic.Sar:
-            case Mnemonic.Rol:
-            case Mnemonic.Ror:
-            case Mnemonic.Rcl:
-            case Mnemonic.Rcr:
-                return Shift(i);
-            case Mnemonic.Shld:
-            case Mnemonic.Shrd:
-                return DoubleShift(i);
-            case Mnemonic.Mul:
-            case Mnemonic.Imul:
-            case Mnemonic.Div:
-            case Mnemonic.Idiv:
-                return MultiplyDivide(i);
-            case Mnemonic.Bt:
-            case Mnemonic.Bts:
-            case Mnemonic.Btr:
-            case Mnemonic.Btc:
-            case Mnemonic.Bsf:
-            case Mnemonic.Bsr:
-            case Mnemonic.Tzcnt:
-            case Mnemonic.Lzcnt:
-            case Mnemonic.Popcnt:
-                return BitOperation(i);
-            case Mnemonic.Cbw: WriteRegister(Register.AX, SignExtend(Registers[Rax], 1)); return null;
-            case Mnemonic.Cwde: WriteRegister(Register.EAX, SignExtend(Registers[Rax], 2)); return null;
-            case Mnemonic.Cdqe: Registers[Rax] = SignExtend(Registers[Rax], 4); return null;
-            case Mnemonic.Cwd: WriteRegister(Register.DX, (Registers[Rax] & 0x8000) != 0 ? 0xFFFFUL : 0UL); return null;
-            case Mnemonic.Cdq: WriteRegister(Register.EDX, (Registers[Rax] & 0x8000_0000) != 0 ? 0xFFFF_FFFF : 0); return null;
-            case Mnemonic.Cqo: Registers[Rdx] = (Registers[Rax] & (1UL << 63)) != 0 ? ulong.MaxValue : 0; return null;
-            case Mnemonic.Clc: Rflags &= ~Rflags_Carry; return null;
-            case Mnemonic.Stc: Rflags |= Rflags_Carry; return null;
-            case Mnemonic.Cmc: Rflags ^= Rflags_Carry; return null;
-            case Mnemonic.Cld: Rflags &= ~FlagBits.Direction; return null;
-            case Mnemonic.Std: Rflags |= FlagBits.Direction; return null;
-            case Mnemonic.Lahf:
-                Registers[Rax] = (Registers[Rax] & ~0xFF00UL) | ((Rflags & 0xD7 | 2) << 8);
-                return null;
-            case Mnemonic.Sahf:
-                Rflags = (Rflags & ~0xD5UL) | ((Registers[Rax] >> 8) & 0xD5);
-                return null;
-            case Mnemonic.Nop:
-            case Mnemonic.Pause:
-            case Mnemonic.Lfence:
-            case Mnemonic.Mfence:
-            case Mnemonic.Sfence:
-            case Mnemonic.Prefetchnta:
-            case Mnemonic.Prefetcht0:
-            case Mnemonic.Prefetcht1:
-            case Mnemonic.Prefetcht2:
-            case Mnemonic.Endbr64:
-                return null;
-            case Mnemonic.Jmp:
-            case Mnemonic.Call:
-            case Mnemonic.Ret:
-            case Mnemonic.Jo:
-            case Mnemonic.Jno:
-            case Mnemonic.Jb:
-            case Mnemonic.Jae:
-            case Mnemonic.Je:
-            case Mnemonic.Jne:
-            case Mnemonic.Jbe:
-            case Mnemonic.Ja:
-            case Mnemonic.Js:
-            case Mnemonic.Jns:
-            case Mnemonic.Jp:
-            case Mnemonic.Jnp:
-            case Mnemonic.Jl:
-            case Mnemonic.Jge:
-            case Mnemonic.Jle:
-            case Mnemonic.Jg:
-            case Mnemonic.Jrcxz:
-            case Mnemonic.Jecxz:
-            case Mnemonic.Loop:
-            case Mnemonic.Loope:
-            case Mnemonic.Loopne:
-            case Mnemonic.Leave:
-            case Mnemonic.Enter:
-            case Mnemonic.Retf:
-            case Mnemonic.Iretq:
-            case Mnemonic.Iretd:
-            case Mnemonic.Int:
-            case Mnemonic.Int1:
-            case Mnemonic.Int3:
-            case Mnemonic.Into:
-            case Mnemonic.Syscall:
-            case Mnemonic.Sysretq:
-                return ControlTransfer(i);
-            case Mnemonic.Cmovo:
-            case Mnemonic.Cmovno:
-            case Mnemonic.Cmovb:
-            case Mnemonic.Cmovae:
-            case Mnemonic.Cmove:
-            case Mnemonic.Cmovne:
-            case Mnemonic.Cmovbe:
-            case Mnemonic.Cmova:
-            case Mnemonic.Cmovs:
-            case Mnemonic.Cmovns:
-            case Mnemonic.Cmovp:
-            case Mnemonic.Cmovnp:
-            case Mnemonic.Cmovl:
-            case Mnemonic.Cmovge:
-            case Mnemonic.Cmovle:
-            case Mnemonic.Cmovg:
-                {
-                    int size = OperandSize(i, 0);
-                    ulong value = ReadOperand(i, 1, size); // the source is read (and may fault) whatever the condition
-                    if (Condition(i.ConditionCode))
-                    {
-                        WriteOperand(i, 0, size, value);
-                    }
-                    else if (size == 4)
-                    {
-                        WriteOperand(i, 0, 4, ReadOperand(i, 0, 4)); // a 32-bit CMOV zeroes the upper half regardless
-                    }
-                    return null;
-                }
-            case Mnemonic.Seto:
-            case Mnemonic.Setno:
-            case Mnemonic.Setb:
-            case Mnemonic.Setae:
-            case Mnemonic.Sete:
-            case Mnemonic.Setne:
-            case Mnemonic.Setbe:
-            case Mnemonic.Seta:
-            case Mnemonic.Sets:
-            case Mnemonic.Setns:
-            case Mnemonic.Setp:
-            case Mnemonic.Setnp:
-            case Mnemonic.Setl:
-            case Mnemonic.Setge:
-            case Mnemonic.Setle:
-            case Mnemonic.Setg:
-                WriteOperand(i, 0, 1, Condition(i.ConditionCode) ? 1UL : 0);
-                return null;
-            case Mnemonic.Movsb:
-            case Mnemonic.Movsw:
-            case Mnemonic.Movsd:
-            case Mnemonic.Movsq:
-            case Mnemonic.Stosb:
-            case Mnemonic.Stosw:
-            case Mnemonic.Stosd:
-            case Mnemonic.Stosq:
-            case Mnemonic.Lodsb:
-            case Mnemonic.Lodsw:
-            case Mnemonic.Lodsd:
-            case Mnemonic.Lodsq:
-            case Mnemonic.Cmpsb:
-            case Mnemonic.Cmpsw:
-            case Mnemonic.Cmpsd:
-            case Mnemonic.Cmpsq:
-            case Mnemonic.Scasb:
-            case Mnemonic.Scasw:
-            case Mnemonic.Scasd:
-            case Mnemonic.Scasq:
-                return StringOperation(i);
-            default:
-                return SystemInstruction(i);
-        }
+        return Handlers[(int)i.Mnemonic](this, in i);
     }
 
-    private const ulong Rflags_Carry = FlagBits.Carry;
+    // The semantics of the instructions whose rows point here (the other rows point at the families' methods in
+    // Cpu.Arithmetic, Cpu.Control and Cpu.System).
+
+    private StopReason? Move(in Instruction i)
+    {
+        if (i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsCR())
+        {
+            return MoveToControl(i);
+        }
+        if (i.GetOpKind(1) == OpKind.Register && i.GetOpRegister(1).IsCR())
+        {
+            RequirePrivilege0();
+            if (nonRoot is { Cr3StoreExiting: true } && i.GetOpRegister(1) == Register.CR3 &&
+                ExitOnInstruction(ExitReason.ControlRegisterAccess, ControlRegisterQualification(3, true, i.GetOpRegister(0)), i))
+            {
+                return null;
+            }
+            WriteRegister(i.GetOpRegister(0), ReadControl(i.GetOpRegister(1)));
+            return null;
+        }
+        int size = OperandSize(i, 0);
+        ulong value = ReadOperand(i, 1, OperandSize(i, 1));
+        if (i.GetOpKind(1) is OpKind.Immediate32to64 or OpKind.Immediate8to64)
+        {
+            value = i.GetImmediate(1);
+        }
+        WriteOperand(i, 0, size, value);
+        return null;
+    }
+
+    private StopReason? MoveSignExtend(in Instruction i)
+    {
+        int from = OperandSize(i, 1);
+        WriteOperand(i, 0, OperandSize(i, 0), SignExtend(ReadOperand(i, 1, from), from));
+        return null;
+    }
+
+    private StopReason? Exchange(in Instruction i)
+    {
+        int size = OperandSize(i, 0);
+        ulong a = ReadOperand(i, 0, size), b = ReadOperand(i, 1, size);
+        WriteOperand(i, 0, size, b);
+        WriteOperand(i, 1, size, a);
+        return null;
+    }
+
+    private StopReason? ExchangeAdd(in Instruction i)
+    {
+        int size = OperandSize(i, 0);
+        ulong a = ReadOperand(i, 0, size), b = ReadOperand(i, 1, size);
+        ulong sum = Add(a, b, 0, size);
+        WriteOperand(i, 1, size, a);
+        WriteOperand(i, 0, size, sum);
+        return null;
+    }
+
+    private StopReason? CompareExchange(in Instruction i)
+    {
+        int size = OperandSize(i, 0);
+        ulong destination = ReadOperand(i, 0, size);
+        ulong accumulator = Registers[Rax] & Mask(size);
+        Subtract(accumulator, destination, 0, size);
+        if (accumulator == destination)
+        {
+            WriteOperand(i, 0, size, ReadOperand(i, 1, size));
+        }
+        else
+        {
+            WriteOperand(i, 0, size, destination); // the processor always writes (SDM Vol. 2A CMPXCHG)
+            WriteRegister(size switch { 1 => Register.AL, 2 => Register.AX, 4 => Register.EAX, _ => Register.RAX }, destination);
+        }
+        return null;
+    }
+
+    private StopReason? CompareExchange16Bytes(in Instruction i)
+    {
+        ulong address = EffectiveAddress(i);
+        if ((address & 15) != 0)
+        {
+            throw GuestFault.GeneralProtection(); // the operand must be 16-byte aligned (SDM Vol. 2A CMPXCHG16B)
+        }
+        ulong low = ReadLinear(address, 8), high = ReadLinear(address + 8, 8);
+        if (low == Registers[Rax] && high == Registers[Rdx])
+        {
+            WriteLinear(address, 8, Registers[Rbx]);
+            WriteLinear(address + 8, 8, Registers[Rcx]);
+            Rflags |= Z;
+        }
+        else
+        {
+            WriteLinear(address, 8, low);
+            WriteLinear(address + 8, 8, high);
+            (Registers[Rax], Registers[Rdx]) = (low, high);
+            Rflags &= ~Z;
+        }
+        return null;
+    }
+
+    private StopReason? ByteSwap(in Instruction i)
+    {
+        int size = OperandSize(i, 0);
+        ulong v = ReadOperand(i, 0, size);
+        WriteOperand(i, 0, size, size == 8 ? System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(v)
+            : System.Buffers.Binary.BinaryPrimitives.ReverseEndianness((uint)v));
+        return null;
+    }
+
+    private StopReason? PushOperand(in Instruction i)
+    {
+        int size = OperandSize(i, 0);
+        ulong value = i.GetOpKind(0) == OpKind.Register ? ReadRegister(i.GetOpRegister(0)) : ReadOperand(i, 0, size);
+        if (i.GetOpKind(0) is OpKind.Immediate8to64 or OpKind.Immediate32to64 or OpKind.Immediate8to16)
+        {
+            value = i.GetImmediate(0);
+        }
+        Push(value, i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister() ? StackWidth : size == 2 ? 2 : StackWidth);
+        return null;
+    }
+
+    private StopReason? PopOperand(in Instruction i)
+    {
+        int size = OperandSize(i, 0);
+        if (i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister())
+        {
+            ulong selector = Pop(StackWidth);
+            WriteRegister(i.GetOpRegister(0), selector);
+            return null;
+        }
+        ulong value = Pop(size == 2 ? 2 : StackWidth);
+        WriteOperand(i, 0, size, value);
+        return null;
+    }
+
+    private StopReason? ConditionalMove(in Instruction i)
+    {
+        int size = OperandSize(i, 0);
+        ulong value = ReadOperand(i, 1, size); // the source is read (and may fault) whatever the condition
+        if (Condition(i.ConditionCode))
+        {
+            WriteOperand(i, 0, size, value);
+        }
+        else if (size == 4)
+        {
+            WriteOperand(i, 0, 4, ReadOperand(i, 0, 4)); // a 32-bit CMOV zeroes the upper half regardless
+        }
+        return null;
+    }
+
 
     /// <summary>LEA: the address without any segment base.</summary>
     private ulong EffectiveAddressNoSegment(in Instruction i)

@@ -257,10 +257,6 @@ public sealed partial class Cpu
                     return null;
                 }
                 throw GuestFault.InvalidOpcode();
-            case Mnemonic.Ud2:
-            case Mnemonic.Ud0:
-            case Mnemonic.Ud1:
-                throw GuestFault.InvalidOpcode();
             default:
                 return Unimplemented(i);
         }

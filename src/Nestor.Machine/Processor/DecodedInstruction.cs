@@ -104,7 +104,7 @@ internal struct DecodedInstruction
         {
             Instruction = instruction,
             NextIp = instruction.NextIP,
-            Class = InstructionClasses.ByMnemonic[(int)instruction.Mnemonic],
+            Class = InstructionTable.ClassByMnemonic[(int)instruction.Mnemonic],
             Base = NoRegister,
             Index = NoRegister,
         };
