@@ -63,6 +63,11 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         var cpu = new Cpu(memory, platform, options.Mmu, top);
         Load(cpu, vm.InitialState);
         Machine = cpu;
+        // The platform's lines reach the CPU through the I/O APIC's messages to its local APIC, whose EOI for a
+        // level-triggered vector comes back to the I/O APIC.
+        vm.IoApic.LocalApic = cpu.RequestInterrupt;
+        cpu.Apic.LevelTriggeredEndOfInterrupt = vm.IoApic.EndOfInterrupt;
+        vm.Interrupts.Sink = vm.IoApic;
         VirtualMachineMonitor? monitor = null;
         GuestPhysicalMap? physicalMap = null;
         if (pool is not null)
