@@ -240,4 +240,35 @@ public class InterruptTests
             Assert.Equal(1UL, s[EventsPending]); // the VMM held the interrupt for the virtual IF
         }
     }
+    /// <summary>On KVM with the in-kernel interrupt controllers, the test device's line changes go to KVM_IRQ_LINE (and
+    /// the run still ends normally). Only the routing is checked: this host's /dev/kvm is nested and its interrupt
+    /// delivery into the guest is not reliable, so no handler is expected to run.</summary>
+    [Fact]
+    public void On_kvm_the_platform_lines_are_routed_to_the_in_kernel_irqchip()
+    {
+        NestorProcess.RequireKvm();
+        var code = GuestAssembler.Assemble(a =>
+        {
+            a.mov(dx, Device);
+            a.mov(eax, 1);
+            a.@out(dx, al);                                     // raise
+            a.xor(eax, eax);
+            a.@out(dx, al);                                     // lower
+            a.mov(dx, 0xF4);
+            a.mov(eax, 7);
+            a.@out(dx, eax);
+            a.hlt();
+        });
+        using var vm = Vm.Create(new VmConfig { Kernel = GuestAssembler.Flat("irq-kvm", code), MemoryBytes = 16UL << 20, Timeout = TimeSpan.FromSeconds(60) });
+        var device = new TestInterruptDevice(vm.Interrupts[Gsi]);
+        vm.Bus.Claim(device, Device, TestInterruptDevice.PortCount);
+        var engine = new KvmEngine(interruptController: true);
+        var outcome = vm.Run(engine);
+        Assert.True(outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == 7, outcome.Message);
+        Assert.Equal(1, device.Assertions);
+        Assert.Equal(2, engine.IrqLineChanges);
+        Assert.Contains(engine.Counters, c => c.Name == "irq_line_changes" && c.Value == 2);
+        Assert.Same(vm.IoApic, vm.Interrupts.Sink); // the sim engine's route again once the KVM VM is gone
+        Assert.Equal(0, vm.IoApic.MessagesSent);
+    }
 }
