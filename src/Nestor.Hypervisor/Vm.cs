@@ -1,6 +1,7 @@
 using Nestor.Hypervisor.Boot;
 using Nestor.Hypervisor.Configuration;
 using Nestor.Hypervisor.Devices;
+using Nestor.Hypervisor.Devices.Interrupts;
 using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Memory;
 using Nestor.Hypervisor.State;
@@ -19,6 +20,10 @@ public sealed class Vm : IDisposable
         Serial = new Uart16550(config.SerialOutput);
         Bus.Claim(Serial, Uart16550.Com1, Uart16550.PortCount);
         Bus.Claim(new DebugExitPort(status => GuestStatus ??= status), DebugExitPort.Port, DebugExitPort.PortCount);
+        Bus.Claim(IoApic, IoApic.DefaultBase, IoApic.Length);
+        Bus.Claim(Pic, Pic8259Pair.MasterCommand, 2);
+        Bus.Claim(Pic, Pic8259Pair.SlaveCommand, 2);
+        Interrupts = new InterruptController(IoApic);
         if (config.Multiboot)
         {
             (Kernel, InitialState) = MultibootLoader.Load(config.Kernel, memory, config.CommandLine);
@@ -37,6 +42,15 @@ public sealed class Vm : IDisposable
 
     /// <summary>The port and MMIO bus.</summary>
     public DeviceBus Bus { get; }
+
+    /// <summary>The I/O APIC at 0xFEC00000: where the platform's interrupt lines are delivered on the software machine.</summary>
+    public IoApic IoApic { get; } = new();
+
+    /// <summary>The 8259 pair (masked; present for guests that mask it).</summary>
+    public Pic8259Pair Pic { get; } = new();
+
+    /// <summary>The platform's interrupt lines (GSIs), which devices raise and lower.</summary>
+    public InterruptController Interrupts { get; }
 
     /// <summary>COM1.</summary>
     public Uart16550 Serial { get; }

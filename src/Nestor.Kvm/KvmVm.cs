@@ -58,6 +58,47 @@ public sealed class KvmVm : IDisposable
         return vcpu;
     }
 
+    /// <summary>True once <see cref="CreateIrqChip"/> succeeded.</summary>
+    public bool HasIrqChip { get; private set; }
+
+    /// <summary>Creates KVM's in-kernel interrupt controllers (KVM_CREATE_IRQCHIP, api.rst §4.24): on x86 an 8259 pair,
+    /// an I/O APIC at 0xFEC00000 and a local APIC per vCPU, which then handle their registers in the kernel. Must come
+    /// before <see cref="CreateVcpu"/>.</summary>
+    public void CreateIrqChip()
+    {
+        vm.Call(Ioctl.CreateIrqChip, 0, "KVM_CREATE_IRQCHIP");
+        HasIrqChip = true;
+    }
+
+    /// <summary>Sets the level of input <paramref name="gsi"/> of the in-kernel interrupt controllers (KVM_IRQ_LINE,
+    /// api.rst §4.25): GSIs 0–15 reach both the 8259s and the I/O APIC, 16–23 the I/O APIC only. An edge is a 1 then a 0.</summary>
+    public unsafe void SetIrqLine(int gsi, bool level)
+    {
+        var irq = stackalloc uint[2];
+        irq[0] = (uint)gsi;
+        irq[1] = level ? 1u : 0u;
+        vm.Call(Ioctl.IrqLine, irq, $"KVM_IRQ_LINE (gsi {gsi}, level {(level ? 1 : 0)})");
+    }
+
+    /// <summary>The in-kernel I/O APIC's state (KVM_GET_IRQCHIP with chip 2, struct kvm_ioapic_state): its pin
+    /// request bits (IRR, bit n for pin n) and its 24 redirection entries.</summary>
+    public unsafe (uint Irr, ulong[] Redirection) GetIoApicState()
+    {
+        // struct kvm_irqchip: u32 chip_id, u32 pad, then 512 bytes; kvm_ioapic_state: u64 base_address, u32 ioregsel,
+        // u32 id, u32 irr, u32 pad, u64 redirtbl[24].
+        var chip = stackalloc byte[520];
+        new Span<byte>(chip, 520).Clear();
+        *(uint*)chip = 2; // KVM_IRQCHIP_IOAPIC
+        vm.Call(Ioctl.GetIrqChip, chip, "KVM_GET_IRQCHIP (I/O APIC)");
+        byte* state = chip + 8;
+        var redirection = new ulong[24];
+        for (int i = 0; i < 24; i++)
+        {
+            redirection[i] = *(ulong*)(state + 24 + i * 8);
+        }
+        return (*(uint*)(state + 16), redirection);
+    }
+
     /// <summary>Opens the VM-wide binary statistics (KVM_GET_STATS_FD on the VM fd).</summary>
     public KvmStatistics OpenStatistics() =>
         new(new FileDescriptor(vm.Call(Ioctl.GetStatsFd, 0, "KVM_GET_STATS_FD (VM)")));

@@ -12,7 +12,10 @@ namespace Nestor.Hypervisor.Engines;
 /// <summary>Runs a VM on Linux KVM: the CPU executes guest code directly in VMX non-root / SVM guest mode and
 /// KVM returns to Nestor for the exits it does not handle in the kernel (port I/O, MMIO, HLT without an in-kernel
 /// interrupt controller, shutdown, emulation failures). Nestor emulates the device side of each and re-enters.</summary>
-public sealed class KvmEngine : IEngine
+/// <param name="interruptController">Create KVM's in-kernel interrupt controllers (KVM_CREATE_IRQCHIP) and route the
+/// platform's interrupt lines to them (KVM_IRQ_LINE). Off by default: the guest's APIC and 8259 accesses then reach
+/// Nestor's devices as before, and HLT exits to Nestor.</param>
+public sealed class KvmEngine(bool interruptController = false) : IEngine
 {
     /// <summary>The CPUID leaf where a hypervisor announces itself (Intel SDM Vol. 2A, CPUID: leaves 40000000H–4FFFFFFFH
     /// are reserved for hypervisor use).</summary>
@@ -53,6 +56,14 @@ public sealed class KvmEngine : IEngine
         {
             kvmVm.SetUserMemoryRegion(slot++, region.Start.Value, region.Length, backing.Address);
         }
+        KvmLineSink? lines = null;
+        if (interruptController)
+        {
+            kvmVm.CreateIrqChip(); // before the vCPU, whose local APIC is then in the kernel
+            lines = new KvmLineSink(kvmVm);
+            vm.Interrupts.Sink = lines;
+            vm.Interrupts.Replay();
+        }
         var vcpu = kvmVm.CreateVcpu(0);
         var cpuid = new KvmCpuidModel(GuestCpuid(system.GetSupportedCpuid()));
         vcpu.SetCpuid(cpuid.Entries);
@@ -83,8 +94,26 @@ public sealed class KvmEngine : IEngine
                 ? []
                 : statistics.Read().Select(s => new EngineCounter(s.Name, s.Value, UnitOf(s.Descriptor))).ToList();
             statistics?.Dispose();
+            if (lines is not null)
+            {
+                // Line changes passed to KVM_IRQ_LINE (with the in-kernel interrupt controllers).
+                counters = [.. counters, new EngineCounter("irq_line_changes", (ulong)lines.Changes, "")];
+                vm.Interrupts.Sink = vm.IoApic; // the KVM VM is gone with this run
+            }
         }
         return new RunResult(outcome, counters);
+    }
+
+    /// <summary>The platform's lines, routed to the in-kernel I/O APIC and 8259s.</summary>
+    private sealed class KvmLineSink(KvmVm kvm) : Devices.Interrupts.IInterruptSink
+    {
+        public long Changes { get; private set; }
+
+        public void SetLine(int gsi, bool asserted)
+        {
+            kvm.SetIrqLine(gsi, asserted);
+            Changes++;
+        }
     }
 
     // Entered once per run and then loops for all of it: compile it fully optimized at once rather than leaving it

@@ -60,6 +60,11 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         Load(cpu, vm.InitialState);
         counters = [];
         events = new MachineEvents();
+        // The platform's lines reach the CPU through the I/O APIC's messages to its local APIC, whose EOI for a
+        // level-triggered vector comes back to the I/O APIC.
+        vm.IoApic.LocalApic = machine.RequestInterrupt;
+        machine.Apic.LevelTriggeredEndOfInterrupt = vm.IoApic.EndOfInterrupt;
+        vm.Interrupts.Sink = vm.IoApic;
         GuestPhysicalMap? physicalMap = null;
         if (pool is not null)
         {

@@ -48,4 +48,9 @@ public enum VmExitReason
     SystemEvent,
     /// <summary>Anything else.</summary>
     Other,
+    /// <summary>An external interrupt for the guest reached the VMM (external-interrupt exiting, or the software VMM's
+    /// own IDT).</summary>
+    ExternalInterrupt,
+    /// <summary>The guest became able to take the interrupt the VMM holds for it (interrupt-window exiting).</summary>
+    InterruptWindow,
 }

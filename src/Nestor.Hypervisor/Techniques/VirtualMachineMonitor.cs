@@ -91,6 +91,10 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
             c.Cr0Cr4WriteExiting = true;
             c.InvlpgExiting = true;
         }
+        // Interrupts: under hardware assistance the pin-based control makes every external interrupt exit; under the
+        // software techniques the VMM's own IDT is the real one, so an interrupt reaches the VMM first as well (the
+        // same control stands for that). Either way the VMM injects it when the guest can take it (InterruptExit).
+        c.ExternalInterruptExiting = true;
         RingCompression = technique == Technique.HardwareAssist ? null
             : new RingCompression { Translated = technique == Technique.BinaryTranslation };
         // Hypercalls reach the VMM as VMCALL exits (the model's hypercall gate), which need no control.
@@ -165,6 +169,11 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
             case ExitReason.Rdtsc:
                 (action, reason) = (VmExitAction.Complete, VmExitReason.Rdtsc);
                 break;
+            case ExitReason.ExternalInterrupt:
+            case ExitReason.InterruptWindow:
+                action = InterruptExit(cpu, ref exit);
+                reason = exit.Reason == ExitReason.ExternalInterrupt ? VmExitReason.ExternalInterrupt : VmExitReason.InterruptWindow;
+                break;
             case ExitReason.Vmcall when technique == Technique.Paravirtual:
                 Hypercalls++;
                 action = Hypercall(cpu, exit.InstructionLength);
@@ -214,6 +223,46 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
         }
         vm.Exits.Record(reason.Value, Stopwatch.GetTimestamp() - start);
         return action;
+    }
+
+    /// <summary>External interrupts the VMM injected into the guest.</summary>
+    public long InjectedInterrupts { get; private set; }
+
+    /// <summary>Times the VMM held an interrupt because the guest could not take it, and asked for the window.</summary>
+    public long InterruptWindowsRequested { get; private set; }
+
+    /// <summary>True while the VMM holds an interrupt the guest cannot take yet (its virtual IF clear, or an STI
+    /// shadow): the "pending" flag of Xen's event channels, which a paravirtual guest reads with hypercall 7.</summary>
+    public bool InterruptPending => Vmcs.Controls.InterruptWindowExiting;
+
+    /// <summary>An external-interrupt or interrupt-window exit. Under hardware assistance the guest can take the interrupt
+    /// when its RFLAGS.IF is set and no STI blocks it (SDM Vol. 3C §26.7.5); under the software techniques the same
+    /// test is on the guest kernel's virtual IF, which the VMM keeps in the guest's RFLAGS: CLI, STI and POPF of the
+    /// ring-1 kernel trap and are emulated on it, binary translation turns them into callouts, and a paravirtual kernel
+    /// sets it by hypercall (SET_INTERRUPTS). If the guest can take it, the VMM accepts the highest interrupt from the
+    /// local APIC and injects it through the VM-entry interruption-information field (§26.6: type external interrupt);
+    /// otherwise it asks for an interrupt window and the interrupt stays requested.</summary>
+    private VmExitAction InterruptExit(Cpu cpu, ref VmExit exit)
+    {
+        var controls = Vmcs.Controls;
+        controls.InterruptWindowExiting = false;
+        if (!cpu.Apic.CanDeliver)
+        {
+            return VmExitAction.Resume; // taken back meanwhile (the TPR rose): the next request exits again
+        }
+        if (!cpu.InterruptWindowOpen)
+        {
+            controls.InterruptWindowExiting = true;
+            InterruptWindowsRequested++;
+            cpu.InterruptStateChanged();
+            return VmExitAction.Resume;
+        }
+        exit.Vector = (ExceptionVector)cpu.Apic.Accept();
+        exit.ExternalInterrupt = true;
+        exit.HasErrorCode = false;
+        exit.ErrorCode = 0;
+        InjectedInterrupts++;
+        return VmExitAction.Inject;
     }
 
     /// <summary>Hypercalls made by a paravirtual guest.</summary>
@@ -270,6 +319,9 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
             case 5: // SET_INTERRUPTS: IF := a, returns the previous IF
                 result = (cpu.Rflags >> 9) & 1;
                 cpu.Rflags = a != 0 ? cpu.Rflags | FlagBits.Interrupt : cpu.Rflags & ~FlagBits.Interrupt;
+                break;
+            case 7: // EVENTS_PENDING: 1 while the VMM holds an interrupt for the guest's virtual IF to allow
+                result = InterruptPending ? 1UL : 0;
                 break;
             default:
                 result = ulong.MaxValue; // -1: no such hypercall

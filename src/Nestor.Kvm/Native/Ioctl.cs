@@ -23,6 +23,9 @@ internal static class Ioctl
     public static readonly nuint SetUserMemoryRegion = Encode(Write, 0x46, 32);
     public static readonly nuint SetTssAddress = Encode(None, 0x47, 0);
     public static readonly nuint GetStatsFd = Encode(None, 0xCE, 0);
+    public static readonly nuint CreateIrqChip = Encode(None, 0x60, 0);
+    public static readonly nuint IrqLine = Encode(Write, 0x61, 8);           // struct kvm_irq_level
+    public static readonly nuint GetIrqChip = Encode(Read | Write, 0x62, 520); // struct kvm_irqchip
 
     // vCPU ioctls.
     public static readonly nuint Run = Encode(None, 0x80, 0);

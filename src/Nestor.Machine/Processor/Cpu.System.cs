@@ -348,7 +348,10 @@ public sealed partial class Cpu
                 UpdatePagingControls();
                 break;
             case Register.CR8:
+                // CR8 is the APIC's TPR[7:4] in 64-bit mode (SDM Vol. 3A §10.8.6.1); a lower TPR may unblock an interrupt.
                 Cr8 = value & 0xF;
+                Apic.TaskPriority = (uint)Cr8 << 4;
+                eventCheckAt = 0;
                 break;
             default:
                 throw GuestFault.InvalidOpcode();
@@ -362,7 +365,7 @@ public sealed partial class Cpu
         Register.CR2 => Cr2,
         Register.CR3 => Cr3,
         Register.CR4 => Cr4,
-        Register.CR8 => Cr8,
+        Register.CR8 => Apic.TaskPriority >> 4,
         _ => throw GuestFault.InvalidOpcode(),
     };
 

@@ -279,10 +279,55 @@ public sealed partial class Cpu
         {
             throw new VmmStop();
         }
+        if (exit.ExternalInterrupt)
+        {
+            if (DeliverExternalInterrupt((int)exit.Vector) is not null)
+            {
+                throw new ShutdownRequested();
+            }
+            return;
+        }
         if (!Deliver(exit.Vector, exit.ErrorCode, exit.HasErrorCode, exit.GuestLinear, software: false, Rip))
         {
             throw new ShutdownRequested();
         }
+    }
+
+    /// <summary>Between instructions in non-root operation with external-interrupt or interrupt-window exiting: an
+    /// interrupt-window exit when the guest accepts an interrupt now and the VMM asked for the window (SDM Vol. 3C
+    /// §26.7.5), else an external-interrupt exit when the APIC has an interrupt for the CPU and the VMM is not already
+    /// waiting for a window to inject one (§26.2). The VMM answers with Inject (an external interrupt: delivered
+    /// through the guest's IDT now, the event injection of §26.6) or Resume.</summary>
+    private StopReason? InterruptExit(ExecutionControls controls)
+    {
+        ExitReason reason;
+        if (controls.InterruptWindowExiting && InterruptWindowOpen)
+        {
+            reason = ExitReason.InterruptWindow;
+        }
+        else if (controls.ExternalInterruptExiting && !controls.InterruptWindowExiting && Apic.CanDeliver)
+        {
+            reason = ExitReason.ExternalInterrupt;
+        }
+        else
+        {
+            return null;
+        }
+        instructionStart = Rip;
+        var exit = new VmExit { Reason = reason };
+        var action = exitHandler!.HandleExit(this, ref exit);
+        try
+        {
+            if (action is not (VmExitAction.Resume or VmExitAction.Skip or VmExitAction.Complete))
+            {
+                InjectOrStop(action, exit);
+            }
+        }
+        catch (ShutdownRequested)
+        {
+            return StopReason.Shutdown;
+        }
+        return null;
     }
 
     /// <summary>Thrown when an injected event could not be delivered (triple fault).</summary>

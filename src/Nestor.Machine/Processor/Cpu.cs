@@ -71,7 +71,8 @@ public sealed unsafe partial class Cpu
         RevalidateTranslations();
     }
 
-    /// <summary>The local APIC (its timer is the machine's only interrupt source so far).</summary>
+    /// <summary>The local APIC: its timer, and the fixed interrupts the platform's I/O APIC sends it
+    /// (<see cref="RequestInterrupt"/>).</summary>
     public LocalApic Apic { get; } = new();
 
     /// <summary>The CPU's clock: retired instructions plus the time skipped while halted. The TSC and the APIC timer
@@ -222,10 +223,21 @@ public sealed unsafe partial class Cpu
         return null;
     }
 
-    /// <summary>HLT with interrupts on and the timer armed: idle until it fires (true); otherwise the CPU halts for good.</summary>
+    /// <summary>HLT with interrupts on: an interrupt the APIC can deliver wakes the CPU at once; otherwise, with the
+    /// timer armed, it idles until the timer fires (true); otherwise the CPU halts for good (SDM Vol. 3A §8.10.2: HLT
+    /// is left by an enabled interrupt).</summary>
     private bool IdleUntilTimer()
     {
-        if ((Rflags & FlagBits.Interrupt) == 0 || Apic.Deadline == long.MaxValue)
+        if ((Rflags & FlagBits.Interrupt) == 0)
+        {
+            return false;
+        }
+        if (Apic.CanDeliver)
+        {
+            eventCheckAt = 0;
+            return true;
+        }
+        if (Apic.Deadline == long.MaxValue)
         {
             return false;
         }
@@ -234,30 +246,66 @@ public sealed unsafe partial class Cpu
         return true;
     }
 
+    /// <summary>A fixed interrupt for this CPU's local APIC from outside (an I/O APIC message, SDM Vol. 3A §10.8.1):
+    /// requested in the APIC's IRR, and the run loop looks at it before the next instruction. False when the APIC
+    /// refused it (illegal vector, software-disabled).</summary>
+    public bool RequestInterrupt(int vector, bool levelTriggered)
+    {
+        bool accepted = Apic.RequestInterrupt(vector, levelTriggered);
+        eventCheckAt = 0;
+        return accepted;
+    }
+
+    /// <summary>Call after changing the APIC's or the interrupt controls' state from outside (a restored
+    /// <see cref="LocalApicState"/>, a VMM's interrupt-window request): the run loop looks at its events again before
+    /// the next instruction.</summary>
+    public void InterruptStateChanged() => eventCheckAt = 0;
+
+    /// <summary>True while an STI has blocked interrupts until the next instruction completes (the SDM's "blocking by
+    /// STI", Vol. 3C §25.4.2 interruptibility state).</summary>
+    public bool InterruptShadow => Counters.InstructionsRetired <= interruptShadowUntil;
+
+    /// <summary>The guest accepts an interrupt now: RFLAGS.IF set and no STI shadow (SDM Vol. 3A §6.8.1).</summary>
+    public bool InterruptWindowOpen => (Rflags & FlagBits.Interrupt) != 0 && !InterruptShadow;
+
     /// <summary>Advances the APIC timer and delivers a pending interrupt if the CPU accepts one now (SDM Vol. 3A
-    /// §6.8.1: between instructions, with RFLAGS.IF set, outside an STI shadow), then decides when to look again.</summary>
+    /// §6.8.1: between instructions, with RFLAGS.IF set, outside an STI shadow), then decides when to look again.
+    /// In VMX non-root operation with external-interrupt or interrupt-window exiting the VMM decides instead.</summary>
     private StopReason? HandleEvents()
     {
         if (Clock >= Apic.Deadline)
         {
             Apic.Tick(Clock);
         }
-        if (InterruptDeliverable)
+        if (nonRoot is { } controls && (controls.ExternalInterruptExiting || controls.InterruptWindowExiting))
         {
-            // Delivered through the IDT with the current RIP saved, as a hardware interrupt (no gate privilege check).
-            Counters.ExternalInterrupts++;
-            instructionStart = Rip; // the interrupted instruction, should the delivery fault
-            bool delivered = DeliverInterrupt(Apic.Accept());
-            RevalidateTranslations();
-            if (!delivered)
+            if (InterruptExit(controls) is { } stop)
             {
-                return StopReason.Shutdown;
+                return stop;
             }
         }
-        eventCheckAt = Apic.PendingVector >= 0
-            ? Counters.InstructionsRetired + 1                  // waiting for IF, the shadow or an EOI: look each time
+        else if (InterruptDeliverable)
+        {
+            // Delivered through the IDT with the current RIP saved, as a hardware interrupt (no gate privilege check).
+            if (DeliverExternalInterrupt(Apic.Accept()) is { } shutdown)
+            {
+                return shutdown;
+            }
+        }
+        eventCheckAt = Apic.PendingVector >= 0 || nonRoot is { InterruptWindowExiting: true }
+            ? Counters.InstructionsRetired + 1                  // waiting for IF, the shadow, the TPR or an EOI: look each time
             : Apic.Deadline == long.MaxValue ? long.MaxValue : Apic.Deadline - idleCycles;
         return null;
+    }
+
+    /// <summary>Delivers <paramref name="vector"/> as an external interrupt at the current RIP; Shutdown on a triple fault.</summary>
+    private StopReason? DeliverExternalInterrupt(int vector)
+    {
+        Counters.ExternalInterrupts++;
+        instructionStart = Rip; // the interrupted instruction, should the delivery fault
+        bool delivered = DeliverInterrupt(vector);
+        RevalidateTranslations();
+        return delivered ? null : StopReason.Shutdown;
     }
 
     /// <summary>The APIC has an interrupt to give and the CPU accepts one now (RFLAGS.IF set, outside an STI shadow).</summary>

@@ -1,35 +1,74 @@
 namespace Nestor.Machine.Processor;
 
-/// <summary>The part of a local APIC a kernel needs for a timer (Intel SDM Vol. 3A §10.4 registers, §10.5.4 timer):
-/// spurious-vector register (software enable), task priority, EOI, the LVT timer entry (vector, mask, one-shot or
-/// periodic), initial and current count, divide configuration. The timer counts the CPU's clock (one tick per
-/// retired instruction, plus idle time skipped in HLT), so runs are reproducible. Accepts one interrupt at a time.</summary>
+/// <summary>The local APIC (Intel SDM Vol. 3A chapter 10): the spurious-vector register (software enable), task and
+/// processor priority, EOI, the 256-bit IRR, ISR and TMR (§10.8.4), the LVT timer entry (vector, mask, one-shot or
+/// periodic), initial and current count, divide configuration. Fixed interrupts come from its timer and from outside
+/// (<see cref="RequestInterrupt"/>, the I/O APIC's messages); the CPU takes the highest-priority requested vector whose
+/// priority class is above the processor priority (§10.8.3). The timer counts the CPU's clock (one tick per retired
+/// instruction, plus idle time skipped in HLT), so runs are reproducible. Its whole state is a
+/// <see cref="LocalApicState"/> value (<see cref="Save"/>, <see cref="Restore"/>).</summary>
 public sealed class LocalApic
 {
     public const ulong DefaultBase = 0xFEE0_0000;
 
-    private uint spurious = 0xFF, taskPriority, lvtTimer = 1u << 16, initialCount, divideConfiguration;
-    private long period;
+    private LocalApicState state = LocalApicState.Reset;
+
+    /// <summary>Called with the vector when software writes EOI for a level-triggered interrupt (its TMR bit set): the
+    /// EOI message the local APIC broadcasts to the I/O APICs (SDM Vol. 3A §10.8.5), which clears the entry's remote
+    /// IRR.</summary>
+    public Action<int>? LevelTriggeredEndOfInterrupt { get; set; }
+
+    /// <summary>The APIC's state as a value.</summary>
+    public LocalApicState Save() => state;
+
+    /// <summary>Replaces the APIC's state with <paramref name="saved"/> (the CPU must look at its events again:
+    /// <see cref="Cpu.InterruptStateChanged"/>).</summary>
+    public void Restore(in LocalApicState saved) => state = saved;
 
     /// <summary>The clock value at which the timer next fires, or <see cref="long.MaxValue"/>.</summary>
-    public long Deadline { get; private set; } = long.MaxValue;
+    public long Deadline => state.Deadline;
 
-    /// <summary>The vector waiting for the CPU to accept it, or -1.</summary>
-    public int PendingVector { get; private set; } = -1;
+    /// <summary>The highest vector requested and not yet delivered (IRR), or -1.</summary>
+    public int PendingVector => state.Requests.Highest();
 
-    /// <summary>The vector being serviced (accepted, no EOI yet), or -1.</summary>
-    public int InServiceVector { get; private set; } = -1;
+    /// <summary>The highest vector being serviced (delivered, no EOI yet: ISR), or -1.</summary>
+    public int InServiceVector => state.InService.Highest();
 
     /// <summary>Timer interrupts raised so far.</summary>
-    public long TimerInterrupts { get; private set; }
+    public long TimerInterrupts => state.TimerInterrupts;
 
-    private bool SoftwareEnabled => (spurious & 0x100) != 0;
+    /// <summary>Fixed interrupts accepted from outside (the I/O APIC).</summary>
+    public long ExternalRequests => state.ExternalRequests;
+
+    /// <summary>Interrupts refused (illegal vector, or the APIC software-disabled).</summary>
+    public long Refused => state.Refused;
+
+    /// <summary>The task-priority register (SDM §10.8.3.1). MOV to CR8 writes its bits 7:4 (§10.8.6.1).</summary>
+    public uint TaskPriority
+    {
+        get => state.TaskPriority;
+        set => state.TaskPriority = value & 0xFF;
+    }
+
+    /// <summary>The processor-priority register (SDM §10.8.3.1): the TPR if its class is at least the highest
+    /// in-service vector's class, else that class.</summary>
+    public uint ProcessorPriority
+    {
+        get
+        {
+            int inService = state.InService.Highest();
+            uint serviceClass = inService < 0 ? 0 : (uint)inService & 0xF0;
+            return (state.TaskPriority & 0xF0) >= serviceClass ? state.TaskPriority : serviceClass;
+        }
+    }
+
+    private bool SoftwareEnabled => (state.SpuriousVector & 0x100) != 0;
 
     private int Divide
     {
         get
         {
-            uint value = ((divideConfiguration & 8) >> 1) | (divideConfiguration & 3);
+            uint value = ((state.DivideConfiguration & 8) >> 1) | (state.DivideConfiguration & 3);
             return value == 7 ? 1 : 2 << (int)value;
         }
     }
@@ -38,12 +77,16 @@ public sealed class LocalApic
     {
         0x20 => 0,                         // APIC ID
         0x30 => 0x0005_0014,               // version 0x14, 6 LVT entries
-        0x80 => taskPriority,
-        0xF0 => spurious,
-        0x320 => lvtTimer,
-        0x380 => initialCount,
-        0x390 => Deadline == long.MaxValue ? 0 : (uint)Math.Max(0, (Deadline - clock) / Divide),
-        0x3E0 => divideConfiguration,
+        0x80 => state.TaskPriority,
+        0xA0 => ProcessorPriority,
+        0xF0 => state.SpuriousVector,
+        >= 0x100 and < 0x180 => state.InService.Register((int)(offset - 0x100) >> 4),
+        >= 0x180 and < 0x200 => state.TriggerMode.Register((int)(offset - 0x180) >> 4),
+        >= 0x200 and < 0x280 => state.Requests.Register((int)(offset - 0x200) >> 4),
+        0x320 => state.LvtTimer,
+        0x380 => state.InitialCount,
+        0x390 => state.Deadline == long.MaxValue ? 0 : (uint)Math.Max(0, (state.Deadline - clock) / Divide),
+        0x3E0 => state.DivideConfiguration,
         _ => 0,
     };
 
@@ -51,46 +94,94 @@ public sealed class LocalApic
     {
         switch (offset)
         {
-            case 0x80: taskPriority = value & 0xFF; break;
-            case 0xB0: InServiceVector = -1; break; // EOI
-            case 0xF0: spurious = value; break;
-            case 0x320: lvtTimer = value; break;
-            case 0x3E0: divideConfiguration = value; break;
+            case 0x80: state.TaskPriority = value & 0xFF; break;
+            case 0xB0: EndOfInterrupt(); break;
+            case 0xF0: state.SpuriousVector = value; break;
+            case 0x320: state.LvtTimer = value; break;
+            case 0x3E0: state.DivideConfiguration = value; break;
             case 0x380:
                 // Writing the initial count starts (or, with 0, stops) the timer (§10.5.4).
-                initialCount = value;
-                period = (long)value * Divide;
-                Deadline = value == 0 ? long.MaxValue : clock + period;
+                state.InitialCount = value;
+                state.Period = (long)value * Divide;
+                state.Deadline = value == 0 ? long.MaxValue : clock + state.Period;
                 break;
         }
     }
 
-    /// <summary>Advances the timer to <paramref name="clock"/>: raises its vector when it expires (unless masked or the
-    /// APIC is software-disabled) and re-arms a periodic timer.</summary>
-    public void Tick(long clock)
+    /// <summary>EOI (SDM Vol. 3A §10.8.5): the highest in-service vector is done; for a level-triggered one the EOI is
+    /// broadcast to the I/O APIC.</summary>
+    private void EndOfInterrupt()
     {
-        if (clock < Deadline)
+        state.EndOfInterrupts++;
+        int vector = state.InService.Highest();
+        if (vector < 0)
         {
             return;
         }
-        bool periodic = ((lvtTimer >> 17) & 3) == 1;
-        Deadline = periodic && period > 0 ? Math.Max(Deadline + period, clock + 1) : long.MaxValue;
-        if ((lvtTimer & (1u << 16)) == 0 && SoftwareEnabled && PendingVector < 0)
+        state.InService.Set(vector, false);
+        if (state.TriggerMode.Get(vector))
         {
-            PendingVector = (int)(lvtTimer & 0xFF);
-            TimerInterrupts++;
+            LevelTriggeredEndOfInterrupt?.Invoke(vector);
         }
     }
 
-    /// <summary>True when an interrupt can be delivered now (one pending, none in service).</summary>
-    public bool CanDeliver => PendingVector >= 0 && InServiceVector < 0;
+    /// <summary>Advances the timer to <paramref name="clock"/>: requests its vector when it expires (unless masked or the
+    /// APIC is software-disabled, or the vector is already requested) and re-arms a periodic timer.</summary>
+    public void Tick(long clock)
+    {
+        if (clock < state.Deadline)
+        {
+            return;
+        }
+        bool periodic = ((state.LvtTimer >> 17) & 3) == 1;
+        state.Deadline = periodic && state.Period > 0 ? Math.Max(state.Deadline + state.Period, clock + 1) : long.MaxValue;
+        int vector = (int)(state.LvtTimer & 0xFF);
+        if ((state.LvtTimer & (1u << 16)) == 0 && SoftwareEnabled && !state.Requests.Get(vector))
+        {
+            // A request for a vector already in the IRR is lost (one bit per vector, SDM §10.8.4).
+            state.Requests.Set(vector, true);
+            state.TriggerMode.Set(vector, false);
+            state.TimerInterrupts++;
+        }
+    }
 
-    /// <summary>The CPU accepts the pending interrupt.</summary>
+    /// <summary>A fixed interrupt from outside the APIC (an I/O APIC message, SDM §10.8.1): sets the vector's IRR bit,
+    /// and its TMR bit for a level-triggered interrupt. Refused (false) for vectors 0–15, which are illegal (§10.5.3),
+    /// and while the APIC is software-disabled (§10.4.7.2).</summary>
+    public bool RequestInterrupt(int vector, bool levelTriggered)
+    {
+        if (vector is < 16 or > 255 || !SoftwareEnabled)
+        {
+            state.Refused++;
+            return false;
+        }
+        state.ExternalRequests++;
+        state.Requests.Set(vector, true);
+        state.TriggerMode.Set(vector, levelTriggered);
+        return true;
+    }
+
+    /// <summary>True when the APIC has an interrupt for the CPU: the highest requested vector's priority class is above
+    /// the processor priority's (SDM Vol. 3A §10.8.3.1).</summary>
+    public bool CanDeliver
+    {
+        get
+        {
+            int vector = state.Requests.Highest();
+            return vector >= 0 && ((uint)vector & 0xF0) > (ProcessorPriority & 0xF0);
+        }
+    }
+
+    /// <summary>The CPU accepts the highest requested interrupt (the INTA cycle): its IRR bit moves to the ISR.</summary>
     public int Accept()
     {
-        int vector = PendingVector;
-        PendingVector = -1;
-        InServiceVector = vector;
+        int vector = state.Requests.Highest();
+        if (vector < 0)
+        {
+            return -1;
+        }
+        state.Requests.Set(vector, false);
+        state.InService.Set(vector, true);
         return vector;
     }
 }

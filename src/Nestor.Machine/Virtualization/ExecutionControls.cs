@@ -6,6 +6,15 @@ namespace Nestor.Machine.Virtualization;
 public sealed class ExecutionControls
 {
     public bool HltExiting { get; set; }
+    /// <summary>Pin-based "external-interrupt exiting" (SDM Vol. 3C §25.6.1): an interrupt the local APIC has for the
+    /// CPU causes a VM exit (reason 1) instead of being delivered through the guest's IDT, whatever the guest's
+    /// RFLAGS.IF (§26.2). The interrupt stays requested in the APIC ("acknowledge interrupt on exit" off); the VMM
+    /// accepts and injects it (<see cref="VmExitAction.Inject"/> with <see cref="VmExit.ExternalInterrupt"/>).</summary>
+    public bool ExternalInterruptExiting { get; set; }
+    /// <summary>Primary processor-based "interrupt-window exiting" (SDM Vol. 3C §25.6.2, §26.7.5): a VM exit (reason 7)
+    /// before the first instruction at which the guest accepts an interrupt (RFLAGS.IF = 1, no STI blocking). While it
+    /// is set, an external-interrupt exit is not raised again for an interrupt the VMM already waits to inject.</summary>
+    public bool InterruptWindowExiting { get; set; }
     /// <summary>"Unconditional I/O exiting": every IN, OUT, INS and OUTS exits.</summary>
     public bool IoExiting { get; set; }
     /// <summary>Every RDMSR and WRMSR exits (as with "use MSR bitmaps" off).</summary>

@@ -6,7 +6,11 @@ public enum ExitReason : ushort
 {
     /// <summary>An exception whose bit is set in the exception bitmap.</summary>
     ExceptionOrNmi = 0,
+    /// <summary>An external interrupt, with external-interrupt exiting on (SDM Vol. 3C §26.2).</summary>
+    ExternalInterrupt = 1,
     TripleFault = 2,
+    /// <summary>The guest can take an interrupt, with interrupt-window exiting on (SDM Vol. 3C §26.7.5).</summary>
+    InterruptWindow = 7,
     Cpuid = 10,
     Hlt = 12,
     /// <summary>VMCALL: a hypercall (the paravirtual interface).</summary>

@@ -21,6 +21,10 @@ public struct VmExit
     /// <summary>The exit happened while an event was being delivered through the guest's IDT (the SDM's
     /// "IDT-vectoring information" is valid): after <see cref="VmExitAction.Resume"/> the delivery is retried.</summary>
     public bool DuringDelivery;
+    /// <summary>For <see cref="VmExitAction.Inject"/>: <see cref="Vector"/> is an external interrupt (the VM-entry
+    /// interruption-information field's type 0, SDM Vol. 3C §24.8.3 / §26.6), delivered at the guest's RIP as a
+    /// hardware interrupt, not an exception.</summary>
+    public bool ExternalInterrupt;
 
     /// <summary>EPT-violation qualification bits (SDM Table 28-7).</summary>
     public const ulong QualificationRead = 1, QualificationWrite = 2, QualificationFetch = 4,

@@ -1,0 +1,80 @@
+using System.Runtime.CompilerServices;
+
+namespace Nestor.Machine.Processor;
+
+/// <summary>A 256-bit interrupt register of the local APIC (IRR, ISR or TMR: SDM Vol. 3A §10.8.4), bit n for vector
+/// n, as four 64-bit words; a value, so that it copies with the state that holds it.</summary>
+[InlineArray(4)]
+public struct InterruptBitmap
+{
+    private ulong word;
+
+    /// <summary>True when bit <paramref name="vector"/> is set.</summary>
+    public readonly bool Get(int vector) => (this[vector >> 6] & (1UL << (vector & 63))) != 0;
+
+    /// <summary>Sets or clears bit <paramref name="vector"/>.</summary>
+    public void Set(int vector, bool value)
+    {
+        if (value)
+        {
+            this[vector >> 6] |= 1UL << (vector & 63);
+        }
+        else
+        {
+            this[vector >> 6] &= ~(1UL << (vector & 63));
+        }
+    }
+
+    /// <summary>The highest vector whose bit is set, or -1.</summary>
+    public readonly int Highest()
+    {
+        for (int w = 3; w >= 0; w--)
+        {
+            if (this[w] != 0)
+            {
+                return w * 64 + 63 - System.Numerics.BitOperations.LeadingZeroCount(this[w]);
+            }
+        }
+        return -1;
+    }
+
+    /// <summary>The 32 bits the APIC's register page shows at register index <paramref name="index"/> (0–7).</summary>
+    public readonly uint Register(int index) => (uint)(this[index >> 1] >> (32 * (index & 1)));
+}
+
+/// <summary>Everything a local APIC holds, as one value: the registers software programs, the interrupt request,
+/// in-service and trigger-mode registers, the timer's deadline and period on the CPU's clock, and the counters. What
+/// <see cref="LocalApic.Save"/> returns and <see cref="LocalApic.Restore"/> takes, so that the APIC can be part of a CPU
+/// snapshot.</summary>
+public struct LocalApicState
+{
+    /// <summary>Spurious-interrupt vector register (bit 8: APIC software enable; SDM Vol. 3A §10.9).</summary>
+    public uint SpuriousVector;
+    /// <summary>Task-priority register (§10.8.3.1); CR8 is its bits 7:4.</summary>
+    public uint TaskPriority;
+    /// <summary>LVT timer entry (§10.5.1): vector, mask (bit 16), mode (bits 18:17).</summary>
+    public uint LvtTimer;
+    public uint InitialCount;
+    public uint DivideConfiguration;
+    /// <summary>Clock ticks between two expiries of the timer.</summary>
+    public long Period;
+    /// <summary>The clock value at which the timer next fires, or <see cref="long.MaxValue"/>.</summary>
+    public long Deadline;
+    /// <summary>Interrupt request register: accepted, not yet delivered to the CPU.</summary>
+    public InterruptBitmap Requests;
+    /// <summary>In-service register: delivered, no EOI yet.</summary>
+    public InterruptBitmap InService;
+    /// <summary>Trigger-mode register: set for a level-triggered interrupt, whose EOI is broadcast to the I/O APIC.</summary>
+    public InterruptBitmap TriggerMode;
+    /// <summary>Timer interrupts raised.</summary>
+    public long TimerInterrupts;
+    /// <summary>Fixed interrupts accepted from outside the APIC (the I/O APIC).</summary>
+    public long ExternalRequests;
+    /// <summary>Interrupts refused: an illegal vector (0–15, SDM §10.5.3) or the APIC software-disabled.</summary>
+    public long Refused;
+    /// <summary>EOIs written.</summary>
+    public long EndOfInterrupts;
+
+    /// <summary>The state at reset (SDM Vol. 3A §10.4.7.1): software-disabled, spurious vector 0xFF, LVT masked.</summary>
+    public static LocalApicState Reset => new() { SpuriousVector = 0xFF, LvtTimer = 1u << 16, Deadline = long.MaxValue };
+}
