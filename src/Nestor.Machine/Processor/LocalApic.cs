@@ -4,7 +4,7 @@ namespace Nestor.Machine.Processor;
 /// spurious-vector register (software enable), task priority, EOI, the LVT timer entry (vector, mask, one-shot or
 /// periodic), initial and current count, divide configuration. The timer counts the CPU's clock (one tick per
 /// retired instruction, plus idle time skipped in HLT), so runs are reproducible. Accepts one interrupt at a time.</summary>
-public sealed class LocalApic
+public sealed partial class LocalApic
 {
     public const ulong DefaultBase = 0xFEE0_0000;
 
@@ -92,5 +92,50 @@ public sealed class LocalApic
         PendingVector = -1;
         InServiceVector = vector;
         return vector;
+    }
+}
+
+// Save and restore of the registers above as a LocalApicState (issue 11). Kept at the end of the file, apart, so that
+// a rewrite of the APIC can keep its own fields and just fill the same value.
+public sealed partial class LocalApic
+{
+    /// <summary>The state of an APIC after reset: software-disabled (spurious vector 0xFF), the timer masked and idle.</summary>
+    public static LocalApicState ResetState => new()
+    {
+        SpuriousVector = 0xFF,
+        LvtTimer = 1u << 16,
+        Deadline = long.MaxValue,
+        PendingVector = -1,
+        InServiceVector = -1,
+    };
+
+    /// <summary>The APIC's registers, timer and pending/in-service vectors as a value.</summary>
+    public LocalApicState Save() => new()
+    {
+        SpuriousVector = spurious,
+        TaskPriority = taskPriority,
+        LvtTimer = lvtTimer,
+        InitialCount = initialCount,
+        DivideConfiguration = divideConfiguration,
+        Period = period,
+        Deadline = Deadline,
+        PendingVector = PendingVector,
+        InServiceVector = InServiceVector,
+        TimerInterrupts = TimerInterrupts,
+    };
+
+    /// <summary>Makes <paramref name="saved"/> the APIC's state.</summary>
+    public void Restore(in LocalApicState saved)
+    {
+        spurious = saved.SpuriousVector;
+        taskPriority = saved.TaskPriority;
+        lvtTimer = saved.LvtTimer;
+        initialCount = saved.InitialCount;
+        divideConfiguration = saved.DivideConfiguration;
+        period = saved.Period;
+        Deadline = saved.Deadline;
+        PendingVector = saved.PendingVector;
+        InServiceVector = saved.InServiceVector;
+        TimerInterrupts = saved.TimerInterrupts;
     }
 }
