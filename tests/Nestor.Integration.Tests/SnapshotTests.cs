@@ -7,6 +7,7 @@ using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Persistence;
 using Nestor.Hypervisor.Techniques;
 using Xunit;
+using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Integration.Tests;
 
@@ -103,6 +104,41 @@ public class SnapshotTests
         else
         {
             Assert.Equal(wholeInstructions, restInstructions);
+        }
+    }
+
+    /// <summary>The VM owns its vCPU between runs, whatever the engine: a guest that halts on KVM continues on the
+    /// software machine from the instruction after its HLT, with the registers KVM left (and a snapshot in between).</summary>
+    [Fact]
+    public void A_run_on_kvm_leaves_its_state_in_the_vm_and_the_software_machine_continues_it()
+    {
+        var code = GuestAssembler.Assemble(a =>
+        {
+            a.mov(rbx, 0x1234);
+            a.hlt();            // interrupts off: the run ends here
+            a.lea(rcx, rbx + 1);
+            a.mov(dx, 0xF4);
+            a.mov(eax, ecx);
+            a.@out(dx, eax);
+            a.hlt();
+        });
+        VmConfig Config() => new() { Kernel = GuestAssembler.Flat("halt-then-exit", code), MemoryBytes = 4UL << 20, SerialOutput = new MemoryStream(), Timeout = TimeSpan.FromSeconds(30) };
+        byte[] snapshot;
+        using (var vm = Vm.Create(Config()))
+        {
+            var first = vm.Run(new KvmEngine());
+            Assert.Equal(VmOutcomeKind.Halted, first.Kind);
+            Assert.Equal(0x1234UL, vm.Vcpus[0].State.Registers[3]);
+            Assert.Equal(first.FinalState!.Rip, vm.Vcpus[0].State.Rip);
+            snapshot = VmSnapshot.Capture(vm, new SimEngine());
+        }
+        using (var vm = Vm.Create(Config()))
+        using (var engine = new SimEngine())
+        {
+            VmSnapshot.Restore(vm, snapshot, engine);
+            var second = vm.Run(engine);
+            Assert.Equal(VmOutcomeKind.DebugExit, second.Kind);
+            Assert.Equal(0x1235u, second.GuestStatus);
         }
     }
 }

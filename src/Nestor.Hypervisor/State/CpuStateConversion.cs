@@ -31,6 +31,23 @@ public static class CpuStateConversion
         return c;
     }
 
+    /// <summary><paramref name="previous"/> with the registers <paramref name="s"/> holds (what an engine that
+    /// cannot see the rest, KVM, read back at the end of a run); the clock, the APIC, CSTAR, TSC_AUX, APIC base, the
+    /// interrupt shadow and halted stay as they were.</summary>
+    public static CpuState WithRegisters(in CpuState previous, VcpuState s)
+    {
+        var c = ToCpuState(s);
+        c.CompatibilityStar = previous.CompatibilityStar;
+        c.TscAux = previous.TscAux;
+        c.ApicBase = previous.ApicBase;
+        c.InstructionsRetired = previous.InstructionsRetired;
+        c.IdleCycles = previous.IdleCycles;
+        c.InterruptShadowUntil = previous.InterruptShadowUntil;
+        c.Halted = previous.Halted;
+        c.Apic = previous.Apic;
+        return c;
+    }
+
     /// <summary>The view of <paramref name="c"/> (FS.base and GS.base are the segments' bases).</summary>
     public static VcpuState ToVcpuState(in CpuState c) => new()
     {
