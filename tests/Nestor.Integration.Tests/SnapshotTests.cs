@@ -107,6 +107,29 @@ public class SnapshotTests
         }
     }
 
+    /// <summary>Without a snapshot: the same VM run again, on a new engine, continues where the first run stopped.</summary>
+    [Fact]
+    public void A_second_run_of_the_same_vm_continues_where_the_first_stopped()
+    {
+        var wholeSerial = new MemoryStream();
+        long wholeInstructions;
+        using (var vm = NewVm(wholeSerial))
+        {
+            vm.Run(new SimEngine());
+            vm.Serial.Flush();
+            wholeInstructions = vm.Vcpus[0].State.InstructionsRetired;
+        }
+        var serial = new MemoryStream();
+        using (var vm = NewVm(serial))
+        {
+            Assert.Equal(VmOutcomeKind.Breakpoint, vm.Run(new SimEngine(new SimOptions { StopAtInstruction = wholeInstructions / 3 })).Kind);
+            Assert.Equal(VmOutcomeKind.DebugExit, vm.Run(new SimEngine()).Kind);
+            vm.Serial.Flush();
+            Assert.Equal(wholeInstructions, vm.Vcpus[0].State.InstructionsRetired);
+        }
+        Assert.Equal(Encoding.UTF8.GetString(wholeSerial.ToArray()), Encoding.UTF8.GetString(serial.ToArray()));
+    }
+
     /// <summary>The VM owns its vCPU between runs, whatever the engine: a guest that halts on KVM continues on the
     /// software machine from the instruction after its HLT, with the registers KVM left (and a snapshot in between).</summary>
     [Fact]
