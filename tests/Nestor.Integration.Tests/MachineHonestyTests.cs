@@ -41,8 +41,7 @@ public class MachineHonestyTests
             {
                 error = e;
             }
-        })
-        { IsBackground = true };
+        }) { IsBackground = true };
         thread.Start();
         Assert.True(thread.Join(TimeSpan.FromSeconds(timeoutSeconds + 20)),
             $"the run went on {timeoutSeconds + 20} s, past its own --timeout of {timeoutSeconds} s");
@@ -129,39 +128,24 @@ public class MachineHonestyTests
         Action<Assembler> probe = feature switch
         {
             "TSC" => a => a.rdtsc(),
-            "MSR" => a => { a.mov(ecx, 0xC000_0080); a.rdmsr(); a.wrmsr(); }
-            ,
-            "PAE" => a => { a.mov(rax, cr4); a.test(eax, 1 << 5); a.jnz(a.@F); a.ud2(); a.AnonymousLabel(); }
-            ,
-            "APIC" => a => { a.mov(eax, 0xFEE0_0030); a.mov(eax, __dword_ptr[rax]); }
-            , // the version register
-            "PGE" => a => { a.mov(rax, cr4); a.or(eax, 1 << 7); a.mov(cr4, rax); }
-            ,
-            "CMOV" => a => { a.xor(eax, eax); a.cmove(ebx, eax); }
-            ,
-            "CX8" => a => { a.mov(rdi, 0x20_0000); a.cmpxchg8b(__[rdi]); }
-            ,
-            "LAHF-SAHF" => a => { a.lahf(); a.sahf(); }
-            ,
-            "CX16" => a => { a.mov(rdi, 0x20_0000); a.cmpxchg16b(__[rdi]); }
-            ,
+            "MSR" => a => { a.mov(ecx, 0xC000_0080); a.rdmsr(); a.wrmsr(); },
+            "PAE" => a => { a.mov(rax, cr4); a.test(eax, 1 << 5); a.jnz(a.@F); a.ud2(); a.AnonymousLabel(); },
+            "APIC" => a => { a.mov(eax, 0xFEE0_0030); a.mov(eax, __dword_ptr[rax]); }, // the version register
+            "PGE" => a => { a.mov(rax, cr4); a.or(eax, 1 << 7); a.mov(cr4, rax); },
+            "CMOV" => a => { a.xor(eax, eax); a.cmove(ebx, eax); },
+            "CX8" => a => { a.mov(rdi, 0x20_0000); a.cmpxchg8b(__[rdi]); },
+            "LAHF-SAHF" => a => { a.lahf(); a.sahf(); },
+            "CX16" => a => { a.mov(rdi, 0x20_0000); a.cmpxchg16b(__[rdi]); },
             "POPCNT" => a => a.popcnt(rax, rbx),
-            "hypervisor" => a => { a.mov(eax, KvmEngine.HypervisorLeaf); a.cpuid(); }
-            ,
-            "SMEP" => a => { a.mov(rax, cr4); a.or(eax, 1 << 20); a.mov(cr4, rax); }
-            ,
-            "SMAP" => a => { a.mov(rax, cr4); a.or(eax, 1 << 21); a.mov(cr4, rax); a.stac(); a.clac(); }
-            ,
+            "hypervisor" => a => { a.mov(eax, KvmEngine.HypervisorLeaf); a.cpuid(); },
+            "SMEP" => a => { a.mov(rax, cr4); a.or(eax, 1 << 20); a.mov(cr4, rax); },
+            "SMAP" => a => { a.mov(rax, cr4); a.or(eax, 1 << 21); a.mov(cr4, rax); a.stac(); a.clac(); },
             "LZCNT" => a => a.lzcnt(rax, rbx),
-            "SYSCALL" => a => { a.mov(ecx, 0xC000_0080); a.rdmsr(); a.or(eax, 1); a.wrmsr(); a.mov(ecx, 0xC000_0082); a.rdmsr(); }
-            ,
-            "NX" => a => { a.mov(ecx, 0xC000_0080); a.rdmsr(); a.or(eax, 1 << 11); a.wrmsr(); }
-            ,
-            "Page1GB" => a => { }
-            , // the page walker's 1 GiB leaves are tested entry by entry in PageWalkTests
+            "SYSCALL" => a => { a.mov(ecx, 0xC000_0080); a.rdmsr(); a.or(eax, 1); a.wrmsr(); a.mov(ecx, 0xC000_0082); a.rdmsr(); },
+            "NX" => a => { a.mov(ecx, 0xC000_0080); a.rdmsr(); a.or(eax, 1 << 11); a.wrmsr(); },
+            "Page1GB" => a => { }, // the page walker's 1 GiB leaves are tested entry by entry in PageWalkTests
             "RDTSCP" => a => a.rdtscp(),
-            "LM" => a => { }
-            , // the guest runs in long mode
+            "LM" => a => { }, // the guest runs in long mode
             _ => throw new InvalidOperationException($"no probe for the advertised feature {feature}: add one"),
         };
         byte[] code = GuestAssembler.Assemble(a =>

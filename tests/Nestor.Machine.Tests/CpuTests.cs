@@ -175,11 +175,8 @@ public class CpuTests
     public void Shld_and_shrd_mask_the_count_and_a_zero_count_changes_nothing()
     {
         // The count is masked to 6 bits with REX.W (65 -> 1) and to 5 bits otherwise (33 -> 1, for 16-bit operands too).
-        var (cpu, _, _) = Run(a =>
-        {
-            a.mov(eax, 1); a.xor(ebx, ebx); a.mov(cl, 65); a.shld(rax, rbx, cl); a.mov(r8, rax);
-            a.mov(eax, 2); a.mov(cl, 33); a.shrd(ax, bx, cl);
-        });
+        var (cpu, _, _) = Run(a => { a.mov(eax, 1); a.xor(ebx, ebx); a.mov(cl, 65); a.shld(rax, rbx, cl); a.mov(r8, rax);
+                                     a.mov(eax, 2); a.mov(cl, 33); a.shrd(ax, bx, cl); });
         Assert.Equal(2UL, cpu.Registers[8]);
         Assert.Equal(1UL, cpu.Registers[0]);
         // A masked count of 0 (CL = 32 for a 32-bit operand, imm 64 for a 64-bit one) changes no flag and no value, but
@@ -219,12 +216,9 @@ public class CpuTests
         Assert.Equal(OF | AF, Status(cpu) & (CF | OF | AF));
         // OF for counts above 1: CF xor bit 31 of the destination shifted by the count (SHLD), the result's top two
         // bits xored (SHRD); AF set.
-        (cpu, _, _) = Run(a =>
-        {
-            a.mov(eax, 0x9234_5678); a.mov(ebx, 0xABCD_EF01); a.mov(ecx, eax); a.mov(edx, ebx);
-            a.shld(eax, ebx, 2); a.mov(r8, rax); a.pushfq(); a.pop(r9);
-            a.shrd(ecx, edx, 2);
-        });
+        (cpu, _, _) = Run(a => { a.mov(eax, 0x9234_5678); a.mov(ebx, 0xABCD_EF01); a.mov(ecx, eax); a.mov(edx, ebx);
+                                 a.shld(eax, ebx, 2); a.mov(r8, rax); a.pushfq(); a.pop(r9);
+                                 a.shrd(ecx, edx, 2); });
         Assert.Equal(0x48D1_59E2UL, cpu.Registers[8]);
         Assert.Equal(AF, cpu.Registers[9] & (CF | OF | AF));       // CF = 0, bit 31 of 0x48D159E0 = 0: OF clear
         Assert.Equal(0x648D_159EUL, cpu.Registers[1]);
