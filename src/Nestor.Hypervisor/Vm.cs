@@ -9,7 +9,7 @@ using Nestor.Hypervisor.State;
 namespace Nestor.Hypervisor;
 
 /// <summary>A virtual machine: guest RAM with the kernel loaded and the boot structures written, the device bus with
-/// the platform's devices, the initial vCPU state, and the exit statistics of its run. Engine-independent.</summary>
+/// the platform's devices, its vCPUs (their state between runs), and the exit statistics of its runs. Engine-independent.</summary>
 public sealed class Vm : IDisposable
 {
     private Vm(VmConfig config, GuestMemory memory)
@@ -19,7 +19,8 @@ public sealed class Vm : IDisposable
         Bus = new DeviceBus(config.Diagnostics);
         Serial = new Uart16550(config.SerialOutput);
         Bus.Claim(Serial, Uart16550.Com1, Uart16550.PortCount);
-        Bus.Claim(new DebugExitPort(status => GuestStatus ??= status), DebugExitPort.Port, DebugExitPort.PortCount);
+        DebugExit = new DebugExitPort(status => GuestStatus ??= status);
+        Bus.Claim(DebugExit, DebugExitPort.Port, DebugExitPort.PortCount);
         Bus.Claim(IoApic, IoApic.DefaultBase, IoApic.Length);
         Bus.Claim(Pic, Pic8259Pair.MasterCommand, 2);
         Bus.Claim(Pic, Pic8259Pair.SlaveCommand, 2);
@@ -34,6 +35,7 @@ public sealed class Vm : IDisposable
             var bootInformation = BootInformation.Write(memory, config.CommandLine, Kernel);
             InitialState = LongModeSetup.Prepare(memory, Kernel.Entry, bootInformation, noExecuteSupported: true);
         }
+        Vcpus = [new Vcpu(0, CpuStateConversion.ToCpuState(InitialState))];
     }
 
     public VmConfig Config { get; }
@@ -60,6 +62,17 @@ public sealed class Vm : IDisposable
 
     /// <summary>The vCPU state at the kernel's first instruction.</summary>
     public VcpuState InitialState { get; }
+
+    /// <summary>The VM's vCPUs (one so far), which it owns between runs: a run starts from their state and leaves
+    /// its end state in them, so that the next run continues.</summary>
+    public IReadOnlyList<Vcpu> Vcpus { get; }
+
+    /// <summary>The debug-exit port.</summary>
+    public DebugExitPort DebugExit { get; }
+
+    /// <summary>The parts of the VM a snapshot holds, in the order of their sections: the vCPUs, RAM, COM1 and the
+    /// debug-exit port. The engine's own state (a VMM's) is not here: see <see cref="Persistence.VmSnapshot"/>.</summary>
+    public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit];
 
     /// <summary>VM exits handled so far.</summary>
     public ExitStatistics Exits { get; } = new();

@@ -5,7 +5,7 @@ namespace Nestor.Hypervisor.Devices;
 /// (IIR bits 6–7), the loopback test through MCR bit 4, and line/modem status. Transmission is instantaneous, so
 /// THR is always empty (LSR.THRE and LSR.TEMT set). There is no interrupt controller yet, so IIR reports pending
 /// interrupts but no IRQ is raised.</summary>
-public sealed class Uart16550 : IPortDevice
+public sealed partial class Uart16550 : IPortDevice
 {
     public const ushort Com1 = 0x3F8;
     public const int PortCount = 8;
@@ -184,5 +184,59 @@ public sealed class Uart16550 : IPortDevice
             return ((m & 0x02) << 3) | ((m & 0x01) << 5) | ((m & 0x04) << 4) | ((m & 0x08) << 4);
         }
         return 0xB0; // CTS, DSR, DCD: a terminal is attached
+    }
+}
+
+// Snapshots (issue 11): the registers, the receive FIFO and the transmitted-byte count. Output still buffered is written
+// out first, by the VM that transmitted it, so that every byte reaches the output once whichever VM goes on.
+public sealed partial class Uart16550 : Persistence.ISnapshottable
+{
+    public string SectionTag => "UART";
+
+    public ushort SectionVersion => 1;
+
+    public void Save(Persistence.SnapshotWriter writer)
+    {
+        Flush();
+        writer.WriteUInt16(basePort);
+        foreach (byte register in (ReadOnlySpan<byte>)[interruptEnable, lineControl, modemControl, scratch, fifoControl])
+        {
+            writer.WriteByte(register);
+        }
+        writer.WriteUInt16(divisor);
+        writer.WriteBoolean(transmitterInterruptPending);
+        writer.WriteInt64(BytesTransmitted);
+        writer.WriteInt32(received.Count);
+        foreach (byte b in received)
+        {
+            writer.WriteByte(b);
+        }
+    }
+
+    public void Restore(Persistence.SnapshotReader reader, ushort version)
+    {
+        ushort port = reader.ReadUInt16();
+        if (port != basePort)
+        {
+            throw reader.Invalid($"a UART at port 0x{port:x} restored into the one at 0x{basePort:x}");
+        }
+        interruptEnable = reader.ReadByte();
+        lineControl = reader.ReadByte();
+        modemControl = reader.ReadByte();
+        scratch = reader.ReadByte();
+        fifoControl = reader.ReadByte();
+        divisor = reader.ReadUInt16();
+        transmitterInterruptPending = reader.ReadBoolean();
+        BytesTransmitted = reader.ReadInt64();
+        int count = reader.ReadInt32();
+        if (count is < 0 or > 16)
+        {
+            throw reader.Invalid($"{count} bytes in a 16-byte receive FIFO");
+        }
+        received.Clear();
+        for (int i = 0; i < count; i++)
+        {
+            received.Enqueue(reader.ReadByte());
+        }
     }
 }

@@ -68,7 +68,8 @@ public sealed class KvmEngine(bool interruptController = false) : IEngine
         var cpuid = new KvmCpuidModel(GuestCpuid(system.GetSupportedCpuid()));
         vcpu.SetCpuid(cpuid.Entries);
         var platform = new VmPlatform(vm, control, cpuid);
-        Load(vcpu, vm.InitialState);
+        // The VM's vCPU state: at the kernel's entry, or as the last run (or a snapshot) left it.
+        Load(vcpu, vm.Vcpus[0].View, vm.Vcpus[0].State.CompatibilityStar);
         KvmStatistics? statistics = system.CheckCapability(KvmCapability.BinaryStatistics) > 0 ? vcpu.OpenStatistics() : null;
         VmOutcome outcome;
         IReadOnlyList<EngineCounter> counters;
@@ -86,6 +87,7 @@ public sealed class KvmEngine(bool interruptController = false) : IEngine
             {
                 control.ClearStop();
                 platform.EndRun();
+                SaveBack(vm, vcpu);
             }
         }
         finally
@@ -243,7 +245,20 @@ public sealed class KvmEngine(bool interruptController = false) : IEngine
         return list.ToArray();
     }
 
-    private static void Load(KvmVcpu vcpu, VcpuState s)
+    /// <summary>Writes the registers KVM holds back into the VM's vCPU, so that a next run continues from them.</summary>
+    private static void SaveBack(Vm vm, KvmVcpu vcpu)
+    {
+        try
+        {
+            vm.Vcpus[0].State = CpuStateConversion.WithRegisters(in vm.Vcpus[0].State, Capture(vcpu));
+        }
+        catch (KvmException)
+        {
+            // A vCPU KVM will not read back leaves the VM's state as it was before the run.
+        }
+    }
+
+    private static void Load(KvmVcpu vcpu, VcpuState s, ulong compatibilityStar)
     {
         var sregs = vcpu.GetSpecialRegisters();
         sregs.Cs = ToKvm(s.Cs);
@@ -285,6 +300,11 @@ public sealed class KvmEngine(bool interruptController = false) : IEngine
         // x87 and SSE control words as after FNINIT / power-on (SDM Vol. 1 §8.1.5, §10.2.3.1).
         var fpu = new KvmFpu { ControlWord = 0x37F, Mxcsr = 0x1F80 };
         vcpu.SetFpu(fpu);
+        // The SYSCALL MSRs and KERNEL_GS_BASE (FS.base and GS.base went in with the segments).
+        vcpu.SetMsrs([
+            new(Msr.KernelGsBase, s.KernelGsBase), new(Msr.Star, s.Star), new(Msr.LongStar, s.LongStar),
+            new(Msr.CompatibilityStar, compatibilityStar), new(Msr.SyscallFlagMask, s.SyscallFlagMask),
+        ]);
     }
 
     /// <summary>Reads the vCPU's architectural state.</summary>

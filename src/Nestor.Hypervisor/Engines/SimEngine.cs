@@ -4,6 +4,7 @@ using Nestor.Hypervisor.Devices;
 using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Memory;
 using Nestor.Hypervisor.Paging;
+using Nestor.Hypervisor.Persistence;
 using Nestor.Hypervisor.Platform;
 using Nestor.Hypervisor.State;
 using Nestor.Hypervisor.Techniques;
@@ -16,8 +17,17 @@ namespace Nestor.Hypervisor.Engines;
 
 /// <summary>Runs a VM on Nestor's own x86-64 machine model (<see cref="Cpu"/>): every instruction interpreted,
 /// every translation through the modelled MMU, every port access a trap into the VMM's devices.</summary>
-public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
+public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable, ISnapshottable
 {
+    // The VMM's state of the last run (saved by Save), and state restored from a snapshot, applied by the next run.
+    // The engine keeps the VMM it built between runs, as a hypervisor keeps a paused VM's VMCS and tables.
+    private GuestPhysicalMap? lastPhysicalMap;
+    private NestedPageTable? lastNestedTable;
+    private VmControlStructure? lastVmcs;
+    private VirtualMachineMonitor? lastMonitor;
+    private Cpu? lastCpu;
+    private byte[]? restoredVmm;
+
     private HostFramePool? hostPool;
 
     private readonly SimOptions options = options ?? new SimOptions();
@@ -40,6 +50,60 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         hostPool = null;
     }
 
+    /// <summary>The section of the engine's state in a snapshot: the VMM's (<see cref="Save"/>).</summary>
+    public string SectionTag => "VMM ";
+
+    public ushort SectionVersion => 1;
+
+    /// <summary>Saves the VMM state of the last run: the technique, then (under a VMM) the VMCS controls and exit
+    /// counters, the P2M's touched pages and the nested page table's mappings. Shadow page tables are rebuilt, not
+    /// saved.</summary>
+    public void Save(SnapshotWriter writer)
+    {
+        writer.WriteByte((byte)options.Technique);
+        writer.WriteBoolean(options.Technique == Technique.HardwareAssist && options.Memory == MemoryVirtualization.Nested);
+        if (options.Technique == Technique.Native)
+        {
+            return;
+        }
+        if (lastVmcs is null || lastPhysicalMap is null)
+        {
+            throw new InvalidOperationException("the engine has not run the VM: there is no VMM state to save");
+        }
+        lastVmcs.Save(writer);
+        lastPhysicalMap.Save(writer);
+        lastNestedTable?.Save(writer);
+        // Binary translation's adaptive state: the callouts in its translation cache and the trap counts behind them.
+        var callouts = lastCpu?.TranslatorCallouts() ?? [];
+        writer.WriteInt32(callouts.Count);
+        foreach (ulong linear in callouts)
+        {
+            writer.WriteUInt64(linear);
+        }
+        var traps = lastMonitor?.PageTableWriteTraps.OrderBy(t => t.Key).ToList() ?? [];
+        writer.WriteInt32(traps.Count);
+        foreach (var (rip, count) in traps)
+        {
+            writer.WriteUInt64(rip);
+            writer.WriteInt32(count);
+        }
+    }
+
+    /// <summary>Takes a snapshot's VMM state, which the next <see cref="Run(Vm, RunControl)"/> installs in the VMM it builds. The
+    /// engine must use the same technique and memory virtualization as the one saved.</summary>
+    public void Restore(SnapshotReader reader, ushort version)
+    {
+        var technique = (Technique)reader.ReadByte();
+        bool nested = reader.ReadBoolean();
+        if (technique != options.Technique || nested != (options.Technique == Technique.HardwareAssist && options.Memory == MemoryVirtualization.Nested))
+        {
+            throw reader.Invalid($"the snapshot was taken under {technique}{(nested ? " with nested paging" : "")}, and this engine runs {options.Technique}" +
+                                 (options.Technique == Technique.HardwareAssist ? $" with {options.Memory} paging" : ""));
+        }
+        restoredVmm = technique == Technique.Native ? null : reader.SectionRemainder();
+    }
+
+
     public RunResult Run(Vm vm, RunControl control)
     {
         VmControlStructure? vmcs = null;
@@ -57,7 +121,10 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         ulong top = pool?.Memory.Limit ?? vm.Memory.Regions.Max(r => r.Region.End.Value);
         var platform = new VmPlatform(vm, control, new SoftwareCpuidModel(options.Technique == Technique.Paravirtual));
         var machine = cpu = new Cpu(memory, platform, options.Mmu, top);
-        Load(cpu, vm.InitialState);
+        // The vCPU's state as the VM holds it: at the kernel's entry, or where the last run (or a snapshot) left it.
+        var vcpu = vm.Vcpus[0];
+        cpu.LoadState(in vcpu.State);
+        lastCpu = cpu;
         counters = [];
         events = new MachineEvents();
         // The platform's lines reach the CPU through the I/O APIC's messages to its local APIC, whose EOI for a
@@ -74,8 +141,37 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             var nested = nestedPaging ? new NestedPageTable(pool) : null;
             var shadow = nestedPaging ? null
                 : new ShadowPaging(physicalMap, pool, vm.Memory) { VerifyAfterEachChange = options.VerifyShadowPaging };
-            vmcs = new VmControlStructure();
-            monitor = new VirtualMachineMonitor(vm, vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);
+            lastVmcs = vmcs = new VmControlStructure();
+            lastMonitor = monitor = new VirtualMachineMonitor(vm, vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);
+            (lastPhysicalMap, lastNestedTable) = (physicalMap, nested);
+            if (restoredVmm is { } saved)
+            {
+                // A snapshot's VMM state: the exit counters, the guest pages' host frames and the nested mappings. The
+                // shadow page tables are not saved: Enter below builds them from the guest's tables, as after a reset.
+                restoredVmm = null;
+                var fields = SnapshotReader.OverFields(saved, SectionTag);
+                vmcs.Restore(fields);
+                physicalMap.Restore(fields);
+                nested?.Restore(fields, physicalMap);
+                int callouts = fields.ReadInt32();
+                var linear = new List<ulong>();
+                for (int i = 0; i < callouts; i++)
+                {
+                    linear.Add(fields.ReadUInt64());
+                }
+                cpu.RestoreTranslatorCallouts(linear);
+                int traps = fields.ReadInt32();
+                var counts = new List<KeyValuePair<ulong, int>>();
+                for (int i = 0; i < traps; i++)
+                {
+                    counts.Add(new(fields.ReadUInt64(), fields.ReadInt32()));
+                }
+                monitor.RestorePageTableWriteTraps(counts);
+                if (fields.SectionRemaining != 0)
+                {
+                    throw fields.Invalid($"{fields.SectionRemaining} bytes more than the VMM's fields");
+                }
+            }
             try
             {
                 monitor.Enter(cpu);
@@ -140,6 +236,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         finally
         {
             clock.Stop();
+            vcpu.State = cpu.SaveState(); // the next run continues from here
             platform.AddGuestTicks(clock.ElapsedTicks);
             platform.EndRun();
             counters = CountersOf(cpu, clock.Elapsed);
@@ -297,85 +394,6 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         return list;
     }
 
-    private static void Load(Cpu cpu, VcpuState s)
-    {
-        ulong[] r = cpu.Registers;
-        (r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]) = (s.Rax, s.Rcx, s.Rdx, s.Rbx, s.Rsp, s.Rbp, s.Rsi, s.Rdi);
-        (r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]) = (s.R8, s.R9, s.R10, s.R11, s.R12, s.R13, s.R14, s.R15);
-        cpu.Rip = s.Rip;
-        cpu.Rflags = s.Rflags;
-        (cpu.Cr0, cpu.Cr2, cpu.Cr3, cpu.Cr4, cpu.Cr8, cpu.Efer) = (s.Cr0, s.Cr2, s.Cr3, s.Cr4, s.Cr8, s.Efer);
-        cpu.Cs = ToSegment(s.Cs);
-        cpu.Ds = ToSegment(s.Ds);
-        cpu.Es = ToSegment(s.Es);
-        cpu.Fs = ToSegment(s.Fs);
-        cpu.Gs = ToSegment(s.Gs);
-        cpu.Ss = ToSegment(s.Ss);
-        cpu.Tr = ToSegment(s.Tr);
-        cpu.Ldtr = ToSegment(s.Ldt);
-        (cpu.GdtBase, cpu.GdtLimit, cpu.IdtBase, cpu.IdtLimit) = (s.Gdtr.Base, s.Gdtr.Limit, s.Idtr.Base, s.Idtr.Limit);
-        cpu.ControlStateChanged();
-    }
-
-    private static Segment ToSegment(SegmentState s) => new()
-    {
-        Selector = s.Selector,
-        Base = s.Base,
-        Limit = s.Limit,
-        Attributes = (ushort)(s.Type | (s.CodeOrData ? 0x10 : 0) | (s.PrivilegeLevel << 5) | (s.Present ? 0x80 : 0) |
-                              (s.LongMode ? 0x2000 : 0) | (s.DefaultBig ? 0x4000 : 0) | (s.Granularity ? 0x8000 : 0)),
-    };
-
-    private static SegmentState FromSegment(Segment s) => new(s.Selector, s.Base, s.Limit, (byte)(s.Attributes & 0xF),
-        (s.Attributes & 0x10) != 0, (byte)((s.Attributes >> 5) & 3), (s.Attributes & 0x80) != 0, (s.Attributes & 0x2000) != 0,
-        (s.Attributes & 0x4000) != 0, (s.Attributes & 0x8000) != 0, (s.Attributes & 0x80) == 0);
-
     /// <summary>The CPU's architectural state as the engine-neutral <see cref="VcpuState"/>.</summary>
-    public static VcpuState Capture(Cpu cpu)
-    {
-        ulong[] r = cpu.Registers;
-        return new VcpuState
-        {
-            Rax = r[0],
-            Rcx = r[1],
-            Rdx = r[2],
-            Rbx = r[3],
-            Rsp = r[4],
-            Rbp = r[5],
-            Rsi = r[6],
-            Rdi = r[7],
-            R8 = r[8],
-            R9 = r[9],
-            R10 = r[10],
-            R11 = r[11],
-            R12 = r[12],
-            R13 = r[13],
-            R14 = r[14],
-            R15 = r[15],
-            Rip = cpu.Rip,
-            Rflags = cpu.Rflags,
-            Cr0 = cpu.Cr0,
-            Cr2 = cpu.Cr2,
-            Cr3 = cpu.Cr3,
-            Cr4 = cpu.Cr4,
-            Cr8 = cpu.Cr8,
-            Efer = cpu.Efer,
-            Cs = FromSegment(cpu.Cs),
-            Ds = FromSegment(cpu.Ds),
-            Es = FromSegment(cpu.Es),
-            Fs = FromSegment(cpu.Fs),
-            Gs = FromSegment(cpu.Gs),
-            Ss = FromSegment(cpu.Ss),
-            Tr = FromSegment(cpu.Tr),
-            Ldt = FromSegment(cpu.Ldtr),
-            Gdtr = new DescriptorTableState(cpu.GdtBase, cpu.GdtLimit),
-            Idtr = new DescriptorTableState(cpu.IdtBase, cpu.IdtLimit),
-            FsBase = cpu.Fs.Base,
-            GsBase = cpu.Gs.Base,
-            KernelGsBase = cpu.KernelGsBase,
-            Star = cpu.Star,
-            LongStar = cpu.LongStar,
-            SyscallFlagMask = cpu.SyscallFlagMask,
-        };
-    }
+    public static VcpuState Capture(Cpu cpu) => CpuStateConversion.ToVcpuState(cpu.SaveState());
 }

@@ -6,7 +6,7 @@ namespace Nestor.Hypervisor.Memory;
 
 /// <summary>A VM's RAM: guest-physical regions, each backed by an anonymous host mapping that is allocated page by
 /// page as the guest touches it.</summary>
-public sealed class GuestMemory : IDisposable
+public sealed partial class GuestMemory : IDisposable
 {
     private readonly (RamRegion Region, HostMemory Backing)[] regions;
 
@@ -95,6 +95,92 @@ public sealed class GuestMemory : IDisposable
         foreach (var (_, backing) in regions)
         {
             backing?.Dispose();
+        }
+    }
+}
+
+// Snapshots (issue 11): RAM as its touched pages. A page that is all zeros is left out: it reads the same as a page the
+// guest never touched, and restoring it would only commit host memory the fresh VM need not have.
+public sealed partial class GuestMemory : Persistence.ISnapshottable
+{
+    private const int PageSize = 4096;
+
+    public string SectionTag => "RAM ";
+
+    public ushort SectionVersion => 1;
+
+    /// <summary>Writes the regions' layout, then every page holding a non-zero byte: its guest-physical address and
+    /// its 4 KiB.</summary>
+    public void Save(Persistence.SnapshotWriter writer)
+    {
+        var backed = Regions.ToList();
+        writer.WriteInt32(backed.Count);
+        foreach (var (region, backing) in backed)
+        {
+            writer.WriteUInt64(region.Start.Value);
+            writer.WriteUInt64(region.Length);
+            var pages = new List<ulong>();
+            for (ulong offset = 0; offset < region.Length; offset += PageSize)
+            {
+                if (backing.Slice(offset, PageSize).ContainsAnyExcept((byte)0))
+                {
+                    pages.Add(offset);
+                }
+            }
+            writer.WriteInt32(pages.Count);
+            foreach (ulong offset in pages)
+            {
+                writer.WriteUInt64(region.Start.Value + offset);
+                writer.WriteBytes(backing.Slice(offset, PageSize));
+            }
+        }
+    }
+
+    /// <summary>Makes RAM what the snapshot holds: its pages written, every other page zero. The VM restored into
+    /// must have the same RAM layout.</summary>
+    public void Restore(Persistence.SnapshotReader reader, ushort version)
+    {
+        var backed = Regions.ToList();
+        int count = reader.ReadInt32();
+        if (count != backed.Count)
+        {
+            throw reader.Invalid($"the snapshot has {count} RAM regions and this VM {backed.Count}: restore into a VM of the same memory size");
+        }
+        foreach (var (region, backing) in backed)
+        {
+            ulong start = reader.ReadUInt64(), length = reader.ReadUInt64();
+            if (start != region.Start.Value || length != region.Length)
+            {
+                throw reader.Invalid($"a RAM region at 0x{start:x}+0x{length:x} where this VM has 0x{region.Start.Value:x}+0x{region.Length:x}");
+            }
+            int pages = reader.ReadInt32();
+            ulong next = 0; // pages below it are restored or cleared
+            for (int i = 0; i < pages; i++)
+            {
+                ulong address = reader.ReadUInt64();
+                ulong offset = address - start;
+                if (address < start || offset >= length || (offset & (PageSize - 1)) != 0 || offset < next)
+                {
+                    throw reader.Invalid($"page 0x{address:x} is not the next page of the region at 0x{start:x}");
+                }
+                ClearNonZero(backing, next, offset);
+                reader.ReadBytes(PageSize).CopyTo(backing.Slice(offset, PageSize));
+                next = offset + PageSize;
+            }
+            ClearNonZero(backing, next, length);
+        }
+    }
+
+    // Only pages that hold something are written: reading an untouched anonymous page commits no memory, writing does.
+    private static void ClearNonZero(HostMemory backing, ulong from, ulong to)
+    {
+        for (ulong offset = from; offset < to; offset += PageSize)
+        {
+            var page = backing.Slice(offset, PageSize);
+            if (page.ContainsAnyExcept((byte)0))
+            {
+                page.Clear();
+            }
         }
     }
 }

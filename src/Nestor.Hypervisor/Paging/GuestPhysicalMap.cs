@@ -6,7 +6,7 @@ namespace Nestor.Hypervisor.Paging;
 /// <summary>The VMM's map of one VM's guest-physical memory onto host-physical frames (what Xen calls the P2M): a
 /// guest page gets a host frame the first time the guest touches it, drawn from the <see cref="HostFramePool"/> and
 /// backed by the VM's <see cref="GuestMemory"/>. Both nested and shadow paging translate through it.</summary>
-public sealed class GuestPhysicalMap
+public sealed partial class GuestPhysicalMap
 {
     private const int FrameShift = 12;
     private const int LargeFrames = 512;
@@ -91,5 +91,78 @@ public sealed class GuestPhysicalMap
         {
             return (nint)p;
         }
+    }
+}
+
+// Snapshots (issue 11): which guest pages have host frames, and which 2 MiB runs were given one large run (so that the
+// restored nested table can map them with large entries again). The host frames themselves are the restoring VMM's:
+// host-physical addresses mean nothing to another process.
+public sealed partial class GuestPhysicalMap
+{
+    /// <summary>Writes the touched guest pages as (guest-physical address, large) pairs.</summary>
+    public void Save(Persistence.SnapshotWriter writer)
+    {
+        var touched = new List<(ulong Address, bool Large)>();
+        for (ulong frame = 0; frame < (ulong)hostFrames.Length; frame++)
+        {
+            if (hostFrames[frame] == 0)
+            {
+                continue;
+            }
+            if (frame % LargeFrames == 0 && IsLargeRun(frame))
+            {
+                touched.Add((frame << FrameShift, true));
+                frame += LargeFrames - 1;
+                continue;
+            }
+            touched.Add((frame << FrameShift, false));
+        }
+        writer.WriteInt32(touched.Count);
+        foreach (var (address, large) in touched)
+        {
+            writer.WriteUInt64(address);
+            writer.WriteBoolean(large);
+        }
+    }
+
+    /// <summary>Gives the saved pages host frames again (this map must be fresh).</summary>
+    public void Restore(Persistence.SnapshotReader reader)
+    {
+        int count = reader.ReadInt32();
+        for (int i = 0; i < count; i++)
+        {
+            ulong address = reader.ReadUInt64();
+            bool large = reader.ReadBoolean();
+            if ((address >> FrameShift) >= (ulong)hostFrames.Length || !IsRam(address))
+            {
+                throw reader.Invalid($"guest page 0x{address:x} is not RAM of this VM");
+            }
+            if (large ? !TouchLarge(address, out _) : TryHostPhysical(address, out _))
+            {
+                throw reader.Invalid($"guest page 0x{address:x} cannot be given its host frames again (listed twice, or not a free 2 MiB run)");
+            }
+            if (!large)
+            {
+                Touch(address);
+            }
+        }
+    }
+
+    // A 2 MiB run that TouchLarge gave one aligned run of host frames.
+    private bool IsLargeRun(ulong firstFrame)
+    {
+        ulong host = hostFrames[firstFrame];
+        if ((host & 0x1F_FFFF) != 0 || firstFrame + LargeFrames > (ulong)hostFrames.Length)
+        {
+            return false;
+        }
+        for (ulong i = 1; i < LargeFrames; i++)
+        {
+            if (hostFrames[firstFrame + i] != host + (i << FrameShift))
+            {
+                return false;
+            }
+        }
+        return true;
     }
 }

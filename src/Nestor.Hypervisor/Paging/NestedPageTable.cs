@@ -7,7 +7,7 @@ namespace Nestor.Hypervisor.Paging;
 /// <summary>A VM's nested page table in the EPT format (Intel SDM Vol. 3C §29.3): four levels mapping guest-physical
 /// to host-physical addresses with 4 KiB or 2 MiB pages, built by the VMM in frames of the host pool. The CPU model's
 /// <see cref="NestedWalker"/> walks it in hardware; the VMM only adds entries, on EPT violations.</summary>
-public sealed class NestedPageTable
+public sealed partial class NestedPageTable
 {
     private readonly HostFramePool pool;
     private readonly PhysicalMemory host;
@@ -81,5 +81,71 @@ public sealed class NestedPageTable
             table = entry & NestedEntry.AddressMask;
         }
         return (host.ReadUInt64(table + ((guestPhysical >> 21) & 511) * 8) & NestedEntry.ReadWriteExecute) == 0;
+    }
+}
+
+// Snapshots (issue 11): the nested table as its leaf mappings (guest page, size, EPT permissions). Restoring maps
+// them again onto the host frames the restored GuestPhysicalMap gave those pages.
+public sealed partial class NestedPageTable
+{
+    /// <summary>Writes every leaf mapping, in guest-physical order.</summary>
+    public void Save(Persistence.SnapshotWriter writer)
+    {
+        var leaves = new List<(ulong Guest, int Shift, ulong Entry)>();
+        Collect(Root, 0, 0, leaves);
+        writer.WriteInt32(leaves.Count);
+        foreach (var (guest, shift, entry) in leaves)
+        {
+            writer.WriteUInt64(guest);
+            writer.WriteByte((byte)shift);
+            writer.WriteByte((byte)(entry & NestedEntry.ReadWriteExecute));
+            // A device page maps into the host's device window at its own guest-physical address, not onto a frame.
+            writer.WriteBoolean((entry & NestedEntry.AddressMask & PhysicalMemory.DeviceWindow) != 0);
+        }
+    }
+
+    /// <summary>Maps the saved pages again (this table must be fresh, <paramref name="map"/> restored).</summary>
+    public void Restore(Persistence.SnapshotReader reader, GuestPhysicalMap map)
+    {
+        int count = reader.ReadInt32();
+        for (int i = 0; i < count; i++)
+        {
+            ulong guest = reader.ReadUInt64();
+            int shift = reader.ReadByte();
+            ulong permissions = reader.ReadByte();
+            bool device = reader.ReadBoolean();
+            if (shift is not (12 or 21) || (permissions & ~NestedEntry.ReadWriteExecute) != 0 || (guest & ((1UL << shift) - 1)) != 0)
+            {
+                throw reader.Invalid($"a nested mapping of 0x{guest:x} with page shift {shift} and permissions 0x{permissions:x}");
+            }
+            ulong host = PhysicalMemory.DeviceWindow | guest;
+            if (!device && !map.TryHostPhysical(guest, out host))
+            {
+                throw reader.Invalid($"the nested table maps guest page 0x{guest:x}, which has no host frame");
+            }
+            Map(guest, host, shift, permissions);
+        }
+    }
+
+    private void Collect(ulong table, int level, ulong guestBase, List<(ulong, int, ulong)> leaves)
+    {
+        int shift = 39 - 9 * level;
+        for (ulong index = 0; index < 512; index++)
+        {
+            ulong entry = host.ReadUInt64(table + index * 8);
+            if ((entry & NestedEntry.ReadWriteExecute) == 0)
+            {
+                continue;
+            }
+            ulong guest = guestBase | (index << shift);
+            if (level == 3 || (level == 2 && (entry & NestedEntry.LargePage) != 0))
+            {
+                leaves.Add((guest, shift, entry));
+            }
+            else
+            {
+                Collect(entry & NestedEntry.AddressMask, level + 1, guest, leaves);
+            }
+        }
     }
 }

@@ -361,6 +361,20 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
 
     private const int AdaptiveThreshold = 2;
 
+    /// <summary>Adaptive binary translation's state: how often each kernel instruction's page-table writes trapped
+    /// (for a snapshot; an instruction becomes a callout when its count reaches the threshold).</summary>
+    public IReadOnlyDictionary<ulong, int> PageTableWriteTraps => hotPageTableWriters;
+
+    /// <summary>Restores <see cref="PageTableWriteTraps"/> from a snapshot.</summary>
+    public void RestorePageTableWriteTraps(IEnumerable<KeyValuePair<ulong, int>> counts)
+    {
+        hotPageTableWriters.Clear();
+        foreach (var (rip, count) in counts)
+        {
+            hotPageTableWriters[rip] = count;
+        }
+    }
+
     /// <summary>A #GP from the ring-1 kernel: the trap of trap-and-emulate. The VMM emulates the instruction as bare
     /// metal would run it at CPL 0 (its emulator is the interpreter); a page fault the emulation meets is filled
     /// through shadow paging and the emulation retried, and an exception the instruction raises at CPL 0 too is the

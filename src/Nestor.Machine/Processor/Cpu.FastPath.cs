@@ -13,7 +13,7 @@ namespace Nestor.Machine.Processor;
 public sealed partial class Cpu
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ref ulong Gpr(int index) => ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(Registers), index);
+    private ref ulong Gpr(int index) => ref Unsafe.Add(ref state.Registers[0], index);
 
     /// <summary>The low <paramref name="size"/> bytes (1–8) as a mask, without a branch.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -13,15 +13,41 @@ namespace Nestor.Machine.Processor;
 /// triple fault (shutdown).</summary>
 public sealed unsafe partial class Cpu
 {
+    // The architectural registers live in one value, so that saving and restoring them is a copy (SaveState,
+    // LoadState). It is a field, not a property: `ref state.Rip` is an address in this object, and the ref-returning
+    // accessors below inline to exactly the field accesses the interpreter made when these were fields of their own.
+    // RFLAGS (with the lazy flags), the clock and the interrupt shadow stay in fields of their own (Cpu.Flags.cs and
+    // below) and are copied in and out of the value by SaveState and LoadState.
+    private CpuState state = CpuState.Reset;
+
     /// <summary>General-purpose registers in encoding order: RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8–R15.</summary>
-    public readonly ulong[] Registers = new ulong[16];
-    public ulong Rip;
-    public ulong Cr0, Cr2, Cr3, Cr4, Cr8, Efer;
-    public Segment Cs, Ds, Es, Fs, Gs, Ss, Tr, Ldtr;
-    public ulong GdtBase, IdtBase;
-    public ushort GdtLimit, IdtLimit;
-    public ulong KernelGsBase, Star, LongStar, CompatibilityStar, SyscallFlagMask, TscAux;
-    public ulong ApicBase = 0xFEE0_0900;
+    public ref GeneralRegisters Registers => ref state.Registers;
+    public ref ulong Rip => ref state.Rip;
+    public ref ulong Cr0 => ref state.Cr0;
+    public ref ulong Cr2 => ref state.Cr2;
+    public ref ulong Cr3 => ref state.Cr3;
+    public ref ulong Cr4 => ref state.Cr4;
+    public ref ulong Cr8 => ref state.Cr8;
+    public ref ulong Efer => ref state.Efer;
+    public ref Segment Cs => ref state.Cs;
+    public ref Segment Ds => ref state.Ds;
+    public ref Segment Es => ref state.Es;
+    public ref Segment Fs => ref state.Fs;
+    public ref Segment Gs => ref state.Gs;
+    public ref Segment Ss => ref state.Ss;
+    public ref Segment Tr => ref state.Tr;
+    public ref Segment Ldtr => ref state.Ldtr;
+    public ref ulong GdtBase => ref state.GdtBase;
+    public ref ulong IdtBase => ref state.IdtBase;
+    public ref ushort GdtLimit => ref state.GdtLimit;
+    public ref ushort IdtLimit => ref state.IdtLimit;
+    public ref ulong KernelGsBase => ref state.KernelGsBase;
+    public ref ulong Star => ref state.Star;
+    public ref ulong LongStar => ref state.LongStar;
+    public ref ulong CompatibilityStar => ref state.CompatibilityStar;
+    public ref ulong SyscallFlagMask => ref state.SyscallFlagMask;
+    public ref ulong TscAux => ref state.TscAux;
+    public ref ulong ApicBase => ref state.ApicBase;
 
     private const ulong Rflags_Reserved = 0x2;
     private const int Rax = 0, Rcx = 1, Rdx = 2, Rbx = 3, Rsp = 4, Rbp = 5, Rsi = 6, Rdi = 7;
@@ -82,6 +108,12 @@ public sealed unsafe partial class Cpu
     private long idleCycles;
     private long interruptShadowUntil = -1;
 
+    // The last Run ended in HLT with nothing to wake the CPU (part of the saved state: a restored CPU says so too).
+    private bool halted;
+
+    /// <summary>The last <see cref="Run"/> ended in HLT with no timer armed or interrupts off: the CPU stopped.</summary>
+    public bool Halted => halted;
+
     // The retired-instruction count at which the run loop next looks at the timer and pending interrupts; one
     // compare per instruction instead of several. Reset to 0 whenever the APIC changes or the CPU idles.
     private long eventCheckAt;
@@ -92,7 +124,9 @@ public sealed unsafe partial class Cpu
         RevalidateTranslations(); // registers may have been set from outside since the last run
         try
         {
-            return RunSlice(budget);
+            var stop = RunSlice(budget);
+            halted = stop == StopReason.Halted;
+            return stop;
         }
         finally
         {
@@ -547,6 +581,10 @@ public sealed unsafe partial class Cpu
         decoded.Instructions[decoded.Count] = DecodedInstruction.Compile(instruction, bits);
         decoded.Slots[offset] = (short)(decoded.Count + 1);
         decoded.Count++;
+        if (restoredCallouts is not null)
+        {
+            ApplyRestoredCallout(rip, ref decoded.Instructions[decoded.Count - 1]);
+        }
         return ref decoded.Instructions[decoded.Count - 1];
     }
 

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Nestor.Machine.Processor;
 
 /// <summary>A segment register: selector and the descriptor cache the CPU loaded with it.</summary>
@@ -23,4 +25,59 @@ public static class FlagBits
 
     /// <summary>The six arithmetic status flags.</summary>
     public const ulong Status = Carry | Parity | Adjust | Zero | Sign | Overflow;
+}
+
+/// <summary>The 16 general-purpose registers in encoding order (RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8–R15),
+/// stored inline so that a <see cref="CpuState"/> copied is a copy, not a shared array.</summary>
+[InlineArray(16)]
+public struct GeneralRegisters
+{
+    private ulong element;
+}
+
+/// <summary>Everything architectural about one x86-64 CPU of Nestor's model, as a value: what a snapshot saves and
+/// what <see cref="Cpu.LoadState"/> restores. Copying it copies it all (no array or object inside).
+/// <para>Modelled and here: the GPRs, RIP, RFLAGS (the lazy status flags materialised), the eight segment registers with
+/// their hidden descriptor caches, GDTR, IDTR, CR0, CR2, CR3, CR4, CR8, EFER, every MSR RDMSR/WRMSR handle
+/// (IA32_APIC_BASE, STAR, LSTAR, CSTAR, SFMASK, FS/GS base as the segments' bases, KERNEL_GS_BASE, TSC_AUX; the TSC is the
+/// clock), the clock (retired instructions and idle cycles), the STI/MOV-SS interrupt shadow, halted, and the local
+/// APIC.</para>
+/// <para>Not modelled, hence not here: the x87 FPU, MMX, SSE/AVX registers and MXCSR (the model executes no
+/// floating-point or vector instruction), the debug registers DR0–DR7, MTRRs/PAT, performance counters, and
+/// NMI/SMI/INIT state. Not state but rebuildable caches, which <see cref="Cpu.LoadState"/> drops: the TLBs and
+/// page-walk caches of the MMU, the decoded-instruction cache, and the fetch, read and write fast-path translations.</para></summary>
+public struct CpuState
+{
+    /// <summary>General-purpose registers in encoding order.</summary>
+    public GeneralRegisters Registers;
+    public ulong Rip;
+    /// <summary>RFLAGS with every status flag computed.</summary>
+    public ulong Rflags;
+    public ulong Cr0, Cr2, Cr3, Cr4, Cr8, Efer;
+    public Segment Cs, Ds, Es, Fs, Gs, Ss, Tr, Ldtr;
+    public ulong GdtBase, IdtBase;
+    public ushort GdtLimit, IdtLimit;
+    /// <summary>IA32_KERNEL_GS_BASE, IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_TSC_AUX, IA32_APIC_BASE.</summary>
+    public ulong KernelGsBase, Star, LongStar, CompatibilityStar, SyscallFlagMask, TscAux, ApicBase;
+    /// <summary>Instructions retired: with <see cref="IdleCycles"/>, the clock the TSC and the APIC timer count.</summary>
+    public long InstructionsRetired;
+    /// <summary>Clock ticks skipped while halted waiting for the timer.</summary>
+    public long IdleCycles;
+    /// <summary>Interrupts are blocked while <see cref="InstructionsRetired"/> is at most this (STI, MOV SS; SDM Vol. 3A
+    /// §6.8.3), else -1.</summary>
+    public long InterruptShadowUntil;
+    /// <summary>The CPU executed HLT and stopped for good (no timer to wake it).</summary>
+    public bool Halted;
+    /// <summary>The local APIC.</summary>
+    public LocalApicState Apic;
+
+    /// <summary>The state of a CPU after reset as this model has it (RFLAGS bit 1 set, APIC at its default base,
+    /// enabled, bootstrap processor), before a loader sets long mode up.</summary>
+    public static CpuState Reset => new()
+    {
+        Rflags = FlagBits.Reserved1,
+        ApicBase = 0xFEE0_0900,
+        InterruptShadowUntil = -1,
+        Apic = LocalApicState.Reset,
+    };
 }

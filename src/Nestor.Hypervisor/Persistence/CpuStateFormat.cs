@@ -1,0 +1,146 @@
+using Nestor.Machine.Processor;
+
+namespace Nestor.Hypervisor.Persistence;
+
+/// <summary>The binary layout of a <see cref="CpuState"/> inside a vCPU section (layout version 1): every field in
+/// declaration order, little-endian, segments as selector, base, limit, attributes.</summary>
+public static class CpuStateFormat
+{
+    /// <summary>Writes every field of <paramref name="s"/>.</summary>
+    public static void Write(SnapshotWriter w, in CpuState s)
+    {
+        for (int i = 0; i < 16; i++)
+        {
+            w.WriteUInt64(s.Registers[i]);
+        }
+        w.WriteUInt64(s.Rip);
+        w.WriteUInt64(s.Rflags);
+        foreach (ulong control in (ReadOnlySpan<ulong>)[s.Cr0, s.Cr2, s.Cr3, s.Cr4, s.Cr8, s.Efer])
+        {
+            w.WriteUInt64(control);
+        }
+        foreach (var segment in (ReadOnlySpan<Segment>)[s.Cs, s.Ds, s.Es, s.Fs, s.Gs, s.Ss, s.Tr, s.Ldtr])
+        {
+            w.WriteUInt16(segment.Selector);
+            w.WriteUInt64(segment.Base);
+            w.WriteUInt32(segment.Limit);
+            w.WriteUInt16(segment.Attributes);
+        }
+        w.WriteUInt64(s.GdtBase);
+        w.WriteUInt16(s.GdtLimit);
+        w.WriteUInt64(s.IdtBase);
+        w.WriteUInt16(s.IdtLimit);
+        foreach (ulong msr in (ReadOnlySpan<ulong>)[s.KernelGsBase, s.Star, s.LongStar, s.CompatibilityStar, s.SyscallFlagMask, s.TscAux, s.ApicBase])
+        {
+            w.WriteUInt64(msr);
+        }
+        w.WriteInt64(s.InstructionsRetired);
+        w.WriteInt64(s.IdleCycles);
+        w.WriteInt64(s.InterruptShadowUntil);
+        w.WriteBoolean(s.Halted);
+        var a = s.Apic;
+        w.WriteUInt32(a.SpuriousVector);
+        w.WriteUInt32(a.TaskPriority);
+        w.WriteUInt32(a.LvtTimer);
+        w.WriteUInt32(a.InitialCount);
+        w.WriteUInt32(a.DivideConfiguration);
+        w.WriteInt64(a.Period);
+        w.WriteInt64(a.Deadline);
+        WriteBitmap(w, a.Requests);
+        WriteBitmap(w, a.InService);
+        WriteBitmap(w, a.TriggerMode);
+        w.WriteInt64(a.TimerInterrupts);
+        w.WriteInt64(a.ExternalRequests);
+        w.WriteInt64(a.Refused);
+        w.WriteInt64(a.EndOfInterrupts);
+    }
+
+    private static void WriteBitmap(SnapshotWriter w, in InterruptBitmap bitmap)
+    {
+        for (int i = 0; i < 4; i++)
+        {
+            w.WriteUInt64(bitmap[i]);
+        }
+    }
+
+    private static InterruptBitmap ReadBitmap(SnapshotReader r)
+    {
+        var bitmap = new InterruptBitmap();
+        for (int i = 0; i < 4; i++)
+        {
+            bitmap[i] = r.ReadUInt64();
+        }
+        return bitmap;
+    }
+
+    /// <summary>Reads what <see cref="Write"/> wrote.</summary>
+    public static CpuState Read(SnapshotReader r)
+    {
+        var s = new CpuState();
+        for (int i = 0; i < 16; i++)
+        {
+            s.Registers[i] = r.ReadUInt64();
+        }
+        s.Rip = r.ReadUInt64();
+        s.Rflags = r.ReadUInt64();
+        s.Cr0 = r.ReadUInt64();
+        s.Cr2 = r.ReadUInt64();
+        s.Cr3 = r.ReadUInt64();
+        s.Cr4 = r.ReadUInt64();
+        s.Cr8 = r.ReadUInt64();
+        s.Efer = r.ReadUInt64();
+        s.Cs = ReadSegment(r);
+        s.Ds = ReadSegment(r);
+        s.Es = ReadSegment(r);
+        s.Fs = ReadSegment(r);
+        s.Gs = ReadSegment(r);
+        s.Ss = ReadSegment(r);
+        s.Tr = ReadSegment(r);
+        s.Ldtr = ReadSegment(r);
+        s.GdtBase = r.ReadUInt64();
+        s.GdtLimit = r.ReadUInt16();
+        s.IdtBase = r.ReadUInt64();
+        s.IdtLimit = r.ReadUInt16();
+        s.KernelGsBase = r.ReadUInt64();
+        s.Star = r.ReadUInt64();
+        s.LongStar = r.ReadUInt64();
+        s.CompatibilityStar = r.ReadUInt64();
+        s.SyscallFlagMask = r.ReadUInt64();
+        s.TscAux = r.ReadUInt64();
+        s.ApicBase = r.ReadUInt64();
+        s.InstructionsRetired = r.ReadInt64();
+        s.IdleCycles = r.ReadInt64();
+        s.InterruptShadowUntil = r.ReadInt64();
+        s.Halted = r.ReadBoolean();
+        s.Apic = new LocalApicState
+        {
+            SpuriousVector = r.ReadUInt32(),
+            TaskPriority = r.ReadUInt32(),
+            LvtTimer = r.ReadUInt32(),
+            InitialCount = r.ReadUInt32(),
+            DivideConfiguration = r.ReadUInt32(),
+            Period = r.ReadInt64(),
+            Deadline = r.ReadInt64(),
+            Requests = ReadBitmap(r),
+            InService = ReadBitmap(r),
+            TriggerMode = ReadBitmap(r),
+            TimerInterrupts = r.ReadInt64(),
+            ExternalRequests = r.ReadInt64(),
+            Refused = r.ReadInt64(),
+            EndOfInterrupts = r.ReadInt64(),
+        };
+        if (s.InstructionsRetired < 0 || s.IdleCycles < 0)
+        {
+            throw r.Invalid("a negative clock");
+        }
+        return s;
+    }
+
+    private static Segment ReadSegment(SnapshotReader r) => new()
+    {
+        Selector = r.ReadUInt16(),
+        Base = r.ReadUInt64(),
+        Limit = r.ReadUInt32(),
+        Attributes = r.ReadUInt16(),
+    };
+}

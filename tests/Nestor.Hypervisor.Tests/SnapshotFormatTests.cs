@@ -1,0 +1,179 @@
+using System.Text;
+using Nestor.Hypervisor.Devices;
+using Nestor.Hypervisor.Persistence;
+using Nestor.Machine.Processor;
+using Xunit;
+
+namespace Nestor.Hypervisor.Tests;
+
+/// <summary>The snapshot's binary form: a CPU state survives the round trip field for field; corrupt, truncated or
+/// newer data is refused with a message that says what is wrong.</summary>
+public class SnapshotFormatTests
+{
+    /// <summary>A state whose every field holds a value of its own, so that a field lost or swapped shows.</summary>
+    private static CpuState Distinct()
+    {
+        var s = new CpuState();
+        for (int i = 0; i < 16; i++)
+        {
+            s.Registers[i] = 0x1111_0000_0000_0000UL * (ulong)(i + 1) + (ulong)i;
+        }
+        s.Rip = 0xFFFF_8000_0010_1234;
+        s.Rflags = 0x246 | FlagBits.Carry;
+        (s.Cr0, s.Cr2, s.Cr3, s.Cr4, s.Cr8, s.Efer) = (0x8005_0033, 0xDEAD_B000, 0x12_3000, 0x6A0, 0xF, 0xD01);
+        (s.Cs, s.Ds, s.Es, s.Fs, s.Gs, s.Ss, s.Tr, s.Ldtr) = (Seg(1), Seg(2), Seg(3), Seg(4), Seg(5), Seg(6), Seg(7), Seg(8));
+        (s.GdtBase, s.GdtLimit, s.IdtBase, s.IdtLimit) = (0x6000, 0x37, 0x7000, 0xFFF);
+        (s.KernelGsBase, s.Star, s.LongStar, s.CompatibilityStar, s.SyscallFlagMask, s.TscAux, s.ApicBase) =
+            (0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xFEE0_0900);
+        (s.InstructionsRetired, s.IdleCycles, s.InterruptShadowUntil, s.Halted) = (123_456_789, 42, 123_456_790, true);
+        s.Apic = new LocalApicState
+        {
+            SpuriousVector = 0x1FF,
+            TaskPriority = 3,
+            LvtTimer = 0x2_0030,
+            InitialCount = 1000,
+            DivideConfiguration = 0xB,
+            Period = 1000,
+            Deadline = 123_457_000,
+            TimerInterrupts = 77,
+            ExternalRequests = 78,
+            Refused = 79,
+            EndOfInterrupts = 80,
+        };
+        // Bits in every word of the 256-bit registers, so that a word lost or swapped shows.
+        s.Apic.Requests.Set(0x30, true);
+        s.Apic.Requests.Set(0xF1, true);
+        s.Apic.InService.Set(0x71, true);
+        s.Apic.InService.Set(0xB2, true);
+        s.Apic.TriggerMode.Set(0xB2, true);
+        return s;
+
+        static Segment Seg(ushort k) => new() { Selector = (ushort)(k * 8), Base = 0x1000UL * k, Limit = 0xF_FFFFu - k, Attributes = (ushort)(0xA09B + k) };
+    }
+
+    private static byte[] Bytes(Vcpu vcpu)
+    {
+        var w = new SnapshotWriter();
+        w.WriteSection(vcpu);
+        return w.ToArray();
+    }
+
+    [Fact]
+    public void A_cpu_state_survives_the_round_trip_through_bytes_field_for_field()
+    {
+        var original = Distinct();
+        byte[] data = Bytes(new Vcpu(0, original));
+        var restored = new Vcpu(0, CpuState.Reset);
+        new SnapshotReader(data).ReadSection(restored);
+        var r = restored.State;
+        for (int i = 0; i < 16; i++)
+        {
+            Assert.Equal(original.Registers[i], r.Registers[i]);
+        }
+        Assert.Equal((original.Rip, original.Rflags), (r.Rip, r.Rflags));
+        Assert.Equal((original.Cr0, original.Cr2, original.Cr3, original.Cr4, original.Cr8, original.Efer), (r.Cr0, r.Cr2, r.Cr3, r.Cr4, r.Cr8, r.Efer));
+        Assert.Equal([original.Cs, original.Ds, original.Es, original.Fs, original.Gs, original.Ss, original.Tr, original.Ldtr],
+            new[] { r.Cs, r.Ds, r.Es, r.Fs, r.Gs, r.Ss, r.Tr, r.Ldtr });
+        Assert.Equal((original.GdtBase, original.GdtLimit, original.IdtBase, original.IdtLimit), (r.GdtBase, r.GdtLimit, r.IdtBase, r.IdtLimit));
+        Assert.Equal((original.KernelGsBase, original.Star, original.LongStar, original.CompatibilityStar, original.SyscallFlagMask, original.TscAux, original.ApicBase),
+            (r.KernelGsBase, r.Star, r.LongStar, r.CompatibilityStar, r.SyscallFlagMask, r.TscAux, r.ApicBase));
+        Assert.Equal((original.InstructionsRetired, original.IdleCycles, original.InterruptShadowUntil, original.Halted),
+            (r.InstructionsRetired, r.IdleCycles, r.InterruptShadowUntil, r.Halted));
+        Assert.Equal(original.Apic, r.Apic);
+        Assert.Equal(data, Bytes(restored)); // and nothing else: written again, the same bytes
+    }
+
+    [Fact]
+    public void Data_that_is_not_a_snapshot_is_refused()
+    {
+        var e = Assert.Throws<SnapshotFormatException>(() => new SnapshotReader(Encoding.ASCII.GetBytes("hello, world")));
+        Assert.Contains("not a Nestor snapshot", e.Message);
+    }
+
+    [Fact]
+    public void An_unknown_section_is_refused_by_name()
+    {
+        var w = new SnapshotWriter();
+        w.WriteSection(new Uart16550(new MemoryStream()));
+        var e = Assert.Throws<SnapshotFormatException>(() => new SnapshotReader(w.ToArray()).ReadSection(new Vcpu(0, CpuState.Reset)));
+        Assert.Contains("expected section 'CPU0'", e.Message);
+        Assert.Contains("'UART'", e.Message);
+    }
+
+    [Fact]
+    public void A_newer_section_layout_is_refused()
+    {
+        byte[] data = Bytes(new Vcpu(0, Distinct()));
+        data[6 + 4] = 2; // the section's version, after the container header and the tag
+        var e = Assert.Throws<SnapshotFormatException>(() => new SnapshotReader(data).ReadSection(new Vcpu(0, CpuState.Reset)));
+        Assert.Contains("layout version 2, newer than this Nestor reads (1)", e.Message);
+    }
+
+    [Fact]
+    public void A_newer_container_is_refused()
+    {
+        byte[] data = Bytes(new Vcpu(0, Distinct()));
+        data[4] = 9;
+        var e = Assert.Throws<SnapshotFormatException>(() => new SnapshotReader(data));
+        Assert.Contains("container version is 9", e.Message);
+    }
+
+    [Fact]
+    public void A_truncated_snapshot_is_refused()
+    {
+        byte[] data = Bytes(new Vcpu(0, Distinct()));
+        var e = Assert.Throws<SnapshotFormatException>(() => new SnapshotReader(data[..^10]).ReadSection(new Vcpu(0, CpuState.Reset)));
+        Assert.Contains("section 'CPU0' is truncated", e.Message);
+    }
+
+    [Fact]
+    public void A_section_shorter_than_its_fields_is_refused()
+    {
+        byte[] data = Bytes(new Vcpu(0, Distinct()));
+        // Declare 20 bytes fewer than the fields take (the bytes stay, so only the declared length is wrong).
+        int declared = BitConverter.ToInt32(data, 12);
+        BitConverter.TryWriteBytes(data.AsSpan(12), declared - 20);
+        var e = Assert.Throws<SnapshotFormatException>(() => new SnapshotReader(data).ReadSection(new Vcpu(0, CpuState.Reset)));
+        Assert.Contains("section 'CPU0' is too short", e.Message);
+    }
+
+    [Fact]
+    public void A_corrupt_boolean_is_refused()
+    {
+        var original = Distinct();
+        byte[] data = Bytes(new Vcpu(0, original));
+        // Halted is the byte after the three 64-bit clock fields; find it by writing a state that differs only there.
+        var other = original;
+        other.Halted = false;
+        byte[] otherData = Bytes(new Vcpu(0, other));
+        int at = Enumerable.Range(0, data.Length).Single(i => data[i] != otherData[i]);
+        data[at] = 7;
+        var e = Assert.Throws<SnapshotFormatException>(() => new SnapshotReader(data).ReadSection(new Vcpu(0, CpuState.Reset)));
+        Assert.Contains("7 is not a boolean", e.Message);
+    }
+
+    [Fact]
+    public void The_uart_keeps_its_registers_fifo_and_count()
+    {
+        var output = new MemoryStream();
+        var uart = new Uart16550(output);
+        uart.Write(Uart16550.Com1 + 3, 1, 0x83);  // DLAB
+        uart.Write(Uart16550.Com1, 1, 1);         // divisor 1
+        uart.Write(Uart16550.Com1 + 3, 1, 0x03);
+        uart.Write(Uart16550.Com1 + 7, 1, 0x5A);  // scratch
+        uart.Write(Uart16550.Com1 + 4, 1, 0x10);  // loopback
+        uart.Write(Uart16550.Com1, 1, (byte)'x'); // into the receive FIFO
+        uart.Write(Uart16550.Com1 + 4, 1, 0x03);
+        uart.Write(Uart16550.Com1, 1, (byte)'y'); // out
+        var w = new SnapshotWriter();
+        w.WriteSection(uart);
+        Assert.Equal("y", Encoding.ASCII.GetString(output.ToArray())); // saving wrote the buffered output out
+        var restored = new Uart16550(new MemoryStream());
+        new SnapshotReader(w.ToArray()).ReadSection(restored);
+        Assert.Equal(1, restored.Divisor);
+        Assert.Equal(1, restored.BytesTransmitted);
+        Assert.Equal(0x5Au, restored.Read(Uart16550.Com1 + 7, 1));
+        Assert.Equal(0x01u, restored.Read(Uart16550.Com1 + 5, 1) & 0x01); // data ready
+        Assert.Equal((uint)'x', restored.Read(Uart16550.Com1, 1));
+    }
+}
