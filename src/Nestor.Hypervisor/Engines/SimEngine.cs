@@ -17,7 +17,7 @@ namespace Nestor.Hypervisor.Engines;
 /// every translation through the modelled MMU, every port access a trap into the VMM's devices.</summary>
 public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
 {
-    private HostFramePool? hostPool;
+    private GuestPhysicalMap? lastPhysicalMap;
 
     private readonly SimOptions options = options ?? new SimOptions();
 
@@ -45,18 +45,18 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     /// until the engine or the VM is disposed: its memory is theirs.</summary>
     public Cpu? Machine { get; private set; }
 
-    /// <summary>Releases the host memory of the last run (the VMM's tables).</summary>
+    /// <summary>Releases the host memory of the last run (its host frames and the VMM's tables).</summary>
     public void Dispose()
     {
         Machine = null;
-        hostPool?.Dispose();
-        hostPool = null;
+        lastPhysicalMap?.Dispose();
+        lastPhysicalMap = null;
     }
 
     public VmOutcome Run(Vm vm, RunControl control)
     {
-        hostPool?.Dispose();
-        var pool = hostPool = options.Technique == Technique.Native ? null : NewHostPool(vm);
+        lastPhysicalMap?.Dispose();
+        var pool = options.Technique == Technique.Native ? null : vm.Host.FramePool;
         var memory = pool?.Memory ?? new PhysicalMemory(vm.Memory.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
         ulong top = pool?.Memory.Limit ?? vm.Memory.Regions.Max(r => r.Region.End.Value);
         var platform = new Platform(vm, control, options.Technique == Technique.Paravirtual);
@@ -67,12 +67,13 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         GuestPhysicalMap? physicalMap = null;
         if (pool is not null)
         {
-            physicalMap = new GuestPhysicalMap(vm.Memory, pool);
+            physicalMap = lastPhysicalMap = vm.Host.NewPhysicalMap(vm);
             // Nested paging is hardware: the software techniques use shadow paging.
             bool nestedPaging = options.Technique == Technique.HardwareAssist && options.Memory == MemoryVirtualization.Nested;
             var nested = nestedPaging ? new NestedPageTable(pool) : null;
             var shadow = nestedPaging ? null
                 : new ShadowPaging(physicalMap, pool, vm.Memory) { VerifyAfterEachChange = options.VerifyShadowPaging };
+            physicalMap.Attach(cpu.Mmu, nested, shadow);
             Vmcs = new VmControlStructure();
             Monitor = monitor = new VirtualMachineMonitor(vm, Vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);
             try
@@ -190,15 +191,6 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             AddressSpaceSwitches = shadow?.AddressSpaceSwitches ?? 0,
             VmmWalkReferences = shadow?.SoftwareWalks.WalkReferences ?? 0,
         };
-    }
-
-    /// <summary>Host-physical memory for a VM under a VMM: room for all of guest RAM twice over (2 MiB-aligned runs
-    /// can leave holes) and for the VMM's tables.</summary>
-    private static HostFramePool NewHostPool(Vm vm)
-    {
-        ulong guest = vm.Memory.Size;
-        ulong tables = Math.Max(16UL << 20, guest / 2);
-        return new HostFramePool(2 * guest + tables + (4UL << 20), tables);
     }
 
     private static IEnumerable<EngineCounter> VirtualizationCounters(Cpu cpu, VmControlStructure vmcs, HostFramePool pool, GuestPhysicalMap map,

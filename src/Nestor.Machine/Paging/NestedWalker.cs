@@ -182,6 +182,15 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
         }
     }
 
+    /// <summary>Drops what is cached for the guest-physical page at <paramref name="guestPhysical"/>: its nested TLB
+    /// entries, and the nested page-walk cache (whose entries for the page's upper levels cannot be told apart from
+    /// others'; dropping more than asked is what INVEPT allows, SDM Vol. 3C §29.4.3.1).</summary>
+    public void Invalidate(ulong guestPhysical)
+    {
+        nestedTlb?.InvalidatePage(guestPhysical);
+        nestedWalkCache.Flush();
+    }
+
     /// <summary>INVEPT: drops every cached nested translation (the nested TLB and the nested page-walk cache).</summary>
     public void Flush()
     {
