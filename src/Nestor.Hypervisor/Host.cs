@@ -42,8 +42,10 @@ public sealed class Host : IDisposable
     /// <summary>The VMs created on this host and not yet disposed.</summary>
     public IReadOnlyList<Vm> Vms => vms;
 
-    /// <summary>The P2M of <paramref name="vm"/>'s current (or last) run under a VMM, if it has had one.</summary>
-    public GuestPhysicalMap? PhysicalMapOf(Vm vm) => physicalMaps.GetValueOrDefault(vm);
+    /// <summary>The P2M of <paramref name="vm"/>'s current (or last) run under a VMM, while it is alive (not disposed
+    /// with its engine, or because the engine ran another VM since).</summary>
+    public GuestPhysicalMap? PhysicalMapOf(Vm vm) =>
+        physicalMaps.TryGetValue(vm, out var map) && !map.IsDisposed ? map : null;
 
     /// <summary>A new P2M for a run of <paramref name="vm"/> under a VMM; the one of its previous run gives its frames
     /// and tables back first.</summary>

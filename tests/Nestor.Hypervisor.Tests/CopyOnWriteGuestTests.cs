@@ -182,4 +182,30 @@ public class CopyOnWriteGuestTests
         Assert.Equal(ValueA, one.Memory.ReadUInt64(new(PageA)));
         Assert.Equal(Written, two.Memory.ReadUInt64(new(PageB)));
     }
+
+    [Fact]
+    public void A_run_s_frames_and_tables_go_back_to_the_host_pool_when_its_engine_is_disposed()
+    {
+        using var host = Host.ForGuestMemory(64UL << 20);
+        using var vm = Vm.Create(Config(Guest()), host);
+        using var own = Vm.Create(Config(Guest()));
+        Assert.Equal([vm], host.Vms);
+        Assert.Equal([own], own.Host.Vms); // Vm.Create(config) makes a private host
+        vm.Bus.Claim(new VmmPort(_ => { }), SharePort, 2);
+        var engine = new SimEngine(new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Nested });
+        Assert.Equal(VmOutcomeKind.DebugExit, vm.Run(engine).Kind);
+        var map = host.PhysicalMapOf(vm)!;
+        Assert.True(map.TouchedPages > 0);
+        Assert.Equal(map.TouchedPages, host.FramePool.GuestFrames);
+        Assert.True(host.FramePool.TableFrames > 0);
+
+        engine.Dispose();
+
+        Assert.Null(host.PhysicalMapOf(vm));
+        Assert.Equal(0, host.FramePool.GuestFrames);
+        Assert.Equal(0, host.FramePool.TableFrames);
+        Assert.Equal(Written, vm.Memory.ReadUInt64(new(PageB))); // the VM's RAM keeps what the guest wrote
+        vm.Dispose();
+        Assert.Empty(host.Vms);
+    }
 }

@@ -47,6 +47,9 @@ public sealed class GuestPhysicalMap : IDisposable
     /// <summary>The host frame pool the map draws on.</summary>
     public HostFramePool Pool => pool;
 
+    /// <summary>Whether the map gave its frames back (<see cref="Dispose"/>).</summary>
+    public bool IsDisposed => disposed;
+
     /// <summary>Guest pages that have a host frame.</summary>
     public long TouchedPages { get; private set; }
 
