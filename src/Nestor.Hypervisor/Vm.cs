@@ -12,10 +12,14 @@ namespace Nestor.Hypervisor;
 /// the platform's devices, its vCPUs (their state between runs), and the exit statistics of its runs. Engine-independent.</summary>
 public sealed class Vm : IDisposable
 {
-    private Vm(VmConfig config, GuestMemory memory)
+    private readonly bool privateHost;
+
+    private Vm(VmConfig config, GuestMemory memory, Host host, bool privateHost)
     {
         Config = config;
         Memory = memory;
+        Host = host;
+        this.privateHost = privateHost;
         Bus = new DeviceBus(config.Diagnostics);
         Serial = new Uart16550(config.SerialOutput);
         Bus.Claim(Serial, Uart16550.Com1, Uart16550.PortCount);
@@ -39,6 +43,9 @@ public sealed class Vm : IDisposable
     }
 
     public VmConfig Config { get; }
+
+    /// <summary>The host whose frame pool backs this VM's memory under a VMM.</summary>
+    public Host Host { get; }
 
     public GuestMemory Memory { get; }
 
@@ -85,14 +92,35 @@ public sealed class Vm : IDisposable
     public static Vm Create(VmConfig config)
     {
         config.Validate();
-        var memory = new GuestMemory(config.MemoryBytes);
+        return Create(config, Host.ForGuestMemory(config.MemoryBytes), privateHost: true);
+    }
+
+    /// <summary>Builds a VM from <paramref name="config"/> on <paramref name="host"/>, whose frame pool it shares with
+    /// the host's other VMs.</summary>
+    /// <exception cref="Errors.BadInputException">The configuration or the kernel is unusable.</exception>
+    public static Vm Create(VmConfig config, Host host)
+    {
+        config.Validate();
+        return Create(config, host, privateHost: false);
+    }
+
+    private static Vm Create(VmConfig config, Host host, bool privateHost)
+    {
+        GuestMemory? memory = null;
         try
         {
-            return new Vm(config, memory);
+            memory = new GuestMemory(config.MemoryBytes);
+            var vm = new Vm(config, memory, host, privateHost);
+            host.Add(vm);
+            return vm;
         }
         catch
         {
-            memory.Dispose();
+            memory?.Dispose();
+            if (privateHost)
+            {
+                host.Dispose();
+            }
             throw;
         }
     }
@@ -110,6 +138,11 @@ public sealed class Vm : IDisposable
     public void Dispose()
     {
         Serial.Flush();
+        Host.Remove(this);
+        if (privateHost)
+        {
+            Host.Dispose();
+        }
         Memory.Dispose();
     }
 }

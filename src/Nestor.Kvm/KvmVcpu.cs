@@ -59,12 +59,15 @@ public sealed unsafe class KvmVcpu : IDisposable
         this.vcpu = vcpu;
         Id = id;
         this.runSize = runSize;
-        nint map = LibC.Mmap(0, (nuint)runSize, LibC.PROT_READ | LibC.PROT_WRITE, LibC.MAP_SHARED, vcpu.Value, 0);
-        if (map == LibC.MAP_FAILED)
+        nint map;
+        try
         {
-            int errno = Marshal.GetLastPInvokeError();
+            map = Nestor.Host.MemoryCalls.MapShared(vcpu.Value, (ulong)runSize);
+        }
+        catch (Nestor.Host.HostCallException e)
+        {
             vcpu.Dispose();
-            throw new KvmException("mmap of the kvm_run area", errno);
+            throw new KvmException("mmap of the kvm_run area", e.ErrorNumber);
         }
         run = (byte*)map;
     }
@@ -309,7 +312,7 @@ public sealed unsafe class KvmVcpu : IDisposable
         if (run != null)
         {
             kickable = false;
-            LibC.Munmap((nint)run, (nuint)runSize);
+            Nestor.Host.MemoryCalls.Unmap((nint)run, (ulong)runSize);
             run = null;
         }
         vcpu.Dispose();

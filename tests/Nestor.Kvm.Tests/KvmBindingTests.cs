@@ -1,3 +1,5 @@
+using Nestor.Host;
+
 namespace Nestor.Kvm.Tests;
 
 public class KvmBindingTests

@@ -28,7 +28,6 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     private Cpu? lastCpu;
     private byte[]? restoredVmm;
 
-    private HostFramePool? hostPool;
 
     private readonly SimOptions options = options ?? new SimOptions();
 
@@ -42,12 +41,13 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
 
     public SimOptions Options => options;
 
-    /// <summary>Releases the host memory of the last run (the VMM's tables); the <see cref="SoftwareMachineRun"/> it
-    /// returned is no longer valid.</summary>
+    /// <summary>Releases the host memory of the last run (its host frames and the VMM's tables); the
+    /// <see cref="SoftwareMachineRun"/> it returned is no longer valid.</summary>
     public void Dispose()
     {
-        hostPool?.Dispose();
-        hostPool = null;
+        lastCpu = null;
+        lastPhysicalMap?.Dispose();
+        lastPhysicalMap = null;
     }
 
     /// <summary>The section of the engine's state in a snapshot: the VMM's (<see cref="Save"/>).</summary>
@@ -115,8 +115,8 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     private VmOutcome Run(Vm vm, RunControl control, out Cpu cpu, ref VmControlStructure? vmcs, ref VirtualMachineMonitor? monitor,
         out IReadOnlyList<EngineCounter> counters, out MachineEvents events)
     {
-        hostPool?.Dispose();
-        var pool = hostPool = options.Technique == Technique.Native ? null : NewHostPool(vm);
+        lastPhysicalMap?.Dispose();
+        var pool = options.Technique == Technique.Native ? null : vm.Host.FramePool;
         var memory = pool?.Memory ?? new PhysicalMemory(vm.Memory.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
         ulong top = pool?.Memory.Limit ?? vm.Memory.Regions.Max(r => r.Region.End.Value);
         var platform = new VmPlatform(vm, control, new SoftwareCpuidModel(options.Technique == Technique.Paravirtual));
@@ -135,12 +135,13 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         GuestPhysicalMap? physicalMap = null;
         if (pool is not null)
         {
-            physicalMap = new GuestPhysicalMap(vm.Memory, pool);
+            physicalMap = lastPhysicalMap = vm.Host.NewPhysicalMap(vm);
             // Nested paging is hardware: the software techniques use shadow paging.
             bool nestedPaging = options.Technique == Technique.HardwareAssist && options.Memory == MemoryVirtualization.Nested;
             var nested = nestedPaging ? new NestedPageTable(pool) : null;
             var shadow = nestedPaging ? null
                 : new ShadowPaging(physicalMap, pool, vm.Memory) { VerifyAfterEachChange = options.VerifyShadowPaging };
+            physicalMap.Attach(cpu.Mmu, nested, shadow);
             lastVmcs = vmcs = new VmControlStructure();
             lastMonitor = monitor = new VirtualMachineMonitor(vm, vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);
             (lastPhysicalMap, lastNestedTable) = (physicalMap, nested);
@@ -282,15 +283,6 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             AddressSpaceSwitches = shadow?.AddressSpaceSwitches ?? 0,
             VmmWalkReferences = shadow?.SoftwareWalks.WalkReferences ?? 0,
         };
-    }
-
-    /// <summary>Host-physical memory for a VM under a VMM: room for all of guest RAM twice over (2 MiB-aligned runs
-    /// can leave holes) and for the VMM's tables.</summary>
-    private static HostFramePool NewHostPool(Vm vm)
-    {
-        ulong guest = vm.Memory.Size;
-        ulong tables = Math.Max(16UL << 20, guest / 2);
-        return new HostFramePool(2 * guest + tables + (4UL << 20), tables);
     }
 
     private static IEnumerable<EngineCounter> VirtualizationCounters(Cpu cpu, VmControlStructure vmcs, HostFramePool pool, GuestPhysicalMap map,

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
-using Nestor.Kvm;
+using Nestor.Host;
+using Nestor.Hypervisor.Errors;
 using Nestor.Machine.Addresses;
 
 namespace Nestor.Hypervisor.Memory;
@@ -18,7 +19,7 @@ public sealed partial class GuestMemory : IDisposable
         {
             for (int i = 0; i < layout.Count; i++)
             {
-                regions[i] = (layout[i], HostMemory.MapAnonymous(layout[i].Length));
+                regions[i] = (layout[i], MapRam(layout[i].Length));
             }
         }
         catch
@@ -27,6 +28,18 @@ public sealed partial class GuestMemory : IDisposable
             throw;
         }
         Size = memoryBytes;
+    }
+
+    private static HostMemory MapRam(ulong length)
+    {
+        try
+        {
+            return HostMemory.MapAnonymous(length);
+        }
+        catch (HostCallException e)
+        {
+            throw new HostUnsupportedException($"guest memory cannot be mapped: {e.Message}", "Ask for less guest memory (--memory)", e);
+        }
     }
 
     /// <summary>Total RAM in bytes.</summary>

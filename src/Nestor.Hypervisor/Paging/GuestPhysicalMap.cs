@@ -1,18 +1,40 @@
 using Nestor.Hypervisor.Memory;
 using Nestor.Machine.Addresses;
+using Nestor.Machine.Paging;
 
 namespace Nestor.Hypervisor.Paging;
 
-/// <summary>The VMM's map of one VM's guest-physical memory onto host-physical frames (what Xen calls the P2M): a
-/// guest page gets a host frame the first time the guest touches it, drawn from the <see cref="HostFramePool"/> and
-/// backed by the VM's <see cref="GuestMemory"/>. Both nested and shadow paging translate through it.</summary>
-public sealed partial class GuestPhysicalMap
+/// <summary>The VMM's map of one VM's guest-physical memory onto host-physical frames of its <see cref="Host"/>'s
+/// <see cref="HostFramePool"/> (what Xen calls the P2M). Both nested and shadow paging translate through it.
+/// <list type="bullet">
+/// <item>A guest page gets a host frame the first time the guest touches it: the pool adopts the page of the VM's own
+/// RAM (<see cref="GuestMemory"/>), the guest frame's <i>home</i>.</item>
+/// <item>A guest frame can be unmapped (the next access faults into the VMM and maps it again), remapped to another
+/// host frame, and shared copy-on-write with other guest frames, of this VM or another one on the same host
+/// (<see cref="Share"/>): the shared frame is write-protected, so the nested and shadow tables map it read-only and a
+/// guest write faults into the VMM, which copies it back into the writer's home and maps that instead
+/// (<see cref="Touch(ulong, bool)"/> with <c>write</c>) — the mechanism of ESX's transparent page sharing
+/// (Waldspurger, OSDI 2002, §4) and of host swapping.</item>
+/// <item>Every change of a guest frame's backing reaches the structures derived from the map for the current run
+/// (<see cref="Attach"/>): the nested page table unmaps or write-protects the page with a nested-TLB shootdown, shadow
+/// paging drops the shadow entries of the frame.</item>
+/// </list>
+/// A private guest frame is backed by its home, so the VMM's direct view of guest RAM (<see cref="GuestMemory"/>: the
+/// loaders, devices, shadow paging's software walks) agrees with what the guest sees; a shared frame's home holds a
+/// copy of its bytes taken when it was shared (the guest cannot write it while shared). A frame remapped with
+/// <see cref="Remap"/> to a frame other than its home is seen by the guest only: copy its bytes home where the VMM
+/// must see them too.</summary>
+public sealed partial class GuestPhysicalMap : IDisposable
 {
     private const int FrameShift = 12;
     private const int LargeFrames = 512;
     private readonly GuestMemory guest;
     private readonly HostFramePool pool;
-    private readonly ulong[] hostFrames; // by guest frame: host-physical address, 0 = not yet touched
+    private readonly ulong[] hostFrames; // by guest frame: host-physical address, 0 = no frame
+    private Mmu? processor;
+    private NestedPageTable? nested;
+    private ShadowPaging? shadow;
+    private bool disposed;
 
     public GuestPhysicalMap(GuestMemory guest, HostFramePool pool)
     {
@@ -22,8 +44,27 @@ public sealed partial class GuestPhysicalMap
         hostFrames = new ulong[top >> FrameShift];
     }
 
+    /// <summary>The host frame pool the map draws on.</summary>
+    public HostFramePool Pool => pool;
+
+    /// <summary>Whether the map gave its frames back (<see cref="Dispose"/>).</summary>
+    public bool IsDisposed => disposed;
+
     /// <summary>Guest pages that have a host frame.</summary>
     public long TouchedPages { get; private set; }
+
+    /// <summary>Writes to shared frames that the VMM resolved by giving the writer a private copy.</summary>
+    public long CopyOnWriteBreaks { get; private set; }
+
+    /// <summary>The processor running the VM and the tables derived from this map in the current run, which every
+    /// change of a guest frame's backing must reach (a nested table to unmap and shoot down, or shadow paging).</summary>
+    public void Attach(Mmu processor, NestedPageTable? nestedTable, ShadowPaging? shadowPaging)
+    {
+        this.processor = processor;
+        nested = nestedTable;
+        nested?.AttachProcessor(processor);
+        shadow = shadowPaging;
+    }
 
     /// <summary>Whether <paramref name="guestPhysical"/> is guest RAM (else it is a device, or nothing).</summary>
     public bool IsRam(ulong guestPhysical) => guest.IsRam(new GuestPhysical(guestPhysical & ~0xFFFUL), 0x1000);
@@ -41,16 +82,35 @@ public sealed partial class GuestPhysicalMap
         return true;
     }
 
+    /// <summary>Whether the page at <paramref name="guestPhysical"/> is mapped to a write-protected (shared) frame:
+    /// nested and shadow tables must map it read-only.</summary>
+    public bool IsWriteProtected(ulong guestPhysical) =>
+        TryHostPhysical(guestPhysical, out ulong host) && pool.IsWriteProtected(host);
+
+    /// <summary>The EPT permissions a nested entry for <paramref name="guestPhysical"/> may grant.</summary>
+    public ulong NestedPermissions(ulong guestPhysical) =>
+        IsWriteProtected(guestPhysical) ? NestedEntry.Read | NestedEntry.Execute : NestedEntry.ReadWriteExecute;
+
     /// <summary>The host-physical address of guest RAM at <paramref name="guestPhysical"/>, giving its page a host frame
     /// on first touch.</summary>
-    public ulong Touch(ulong guestPhysical)
+    public ulong Touch(ulong guestPhysical) => Touch(guestPhysical, write: false);
+
+    /// <summary>The host-physical address of guest RAM at <paramref name="guestPhysical"/> for an access, giving its page
+    /// a host frame on first touch; a write to a write-protected (shared) frame first gives the page a private copy in
+    /// its home (copy-on-write).</summary>
+    public ulong Touch(ulong guestPhysical, bool write)
     {
         if (TryHostPhysical(guestPhysical, out ulong host))
         {
-            return host;
+            if (!write || !pool.IsWriteProtected(host))
+            {
+                return host;
+            }
+            BreakSharing(guestPhysical >> FrameShift, host & ~0xFFFUL);
+            return hostFrames[guestPhysical >> FrameShift] | (guestPhysical & 0xFFF);
         }
         ulong page = guestPhysical & ~0xFFFUL;
-        host = pool.Adopt(Backing(page), 1, 1);
+        host = pool.Adopt(Home(page), 1, 1, this, page >> FrameShift);
         hostFrames[page >> FrameShift] = host;
         TouchedPages++;
         return host | (guestPhysical & 0xFFF);
@@ -75,7 +135,7 @@ public sealed partial class GuestPhysicalMap
                 return false;
             }
         }
-        hostLarge = pool.Adopt(Backing(first), LargeFrames, LargeFrames);
+        hostLarge = pool.Adopt(Home(first), LargeFrames, LargeFrames, this, frame);
         for (int i = 0; i < LargeFrames; i++)
         {
             hostFrames[frame + (ulong)i] = hostLarge + (ulong)i * 0x1000;
@@ -84,13 +144,152 @@ public sealed partial class GuestPhysicalMap
         return true;
     }
 
-    /// <summary>The host memory behind a guest page (a region's backing is contiguous, so a run of pages is too).</summary>
-    private unsafe nint Backing(ulong guestPage)
+    /// <summary>Takes the host frame away from the guest page at <paramref name="guestPhysical"/>: the nested or shadow
+    /// entries mapping it go, and the guest's next access faults into the VMM, which maps it again (from its home,
+    /// which keeps its bytes). False when the page had no frame.</summary>
+    public bool Unmap(ulong guestPhysical)
+    {
+        ulong frame = guestPhysical >> FrameShift;
+        if (!TryHostPhysical(guestPhysical, out ulong host))
+        {
+            return false;
+        }
+        hostFrames[frame] = 0;
+        TouchedPages--;
+        BackingChanged(frame);
+        pool.RemoveMapping(host & ~0xFFFUL, this, frame);
+        return true;
+    }
+
+    /// <summary>Maps the guest page at <paramref name="guestPhysical"/> to the host frame at
+    /// <paramref name="hostPhysical"/>, which is in use (it takes a reference), in place of its current frame.</summary>
+    public void Remap(ulong guestPhysical, ulong hostPhysical)
+    {
+        if (!IsRam(guestPhysical))
+        {
+            throw new ArgumentOutOfRangeException(nameof(guestPhysical), $"guest-physical 0x{guestPhysical:x} is not RAM");
+        }
+        ulong frame = guestPhysical >> FrameShift;
+        ulong target = hostPhysical & ~0xFFFUL;
+        pool.AddMapping(target, this, frame);
+        ulong previous = hostFrames[frame];
+        hostFrames[frame] = target;
+        if (previous == 0)
+        {
+            TouchedPages++;
+        }
+        BackingChanged(frame);
+        if (previous != 0)
+        {
+            pool.RemoveMapping(previous, this, frame);
+        }
+    }
+
+    /// <summary>Makes the guest page at <paramref name="targetGuestPhysical"/> of <paramref name="target"/> (this map or
+    /// another VM's on the same host) share the host frame behind <paramref name="sourceGuestPhysical"/> of this map,
+    /// copy-on-write: both read the source's bytes, and the first write by either faults into the VMM and gives the
+    /// writer a private copy. The source's bytes move to a frame of the pool's own memory (so that each sharer's home
+    /// is free to take its copy back), and the target's home receives a copy of them.</summary>
+    /// <returns>The shared frame's host-physical address.</returns>
+    public ulong Share(ulong sourceGuestPhysical, GuestPhysicalMap target, ulong targetGuestPhysical)
+    {
+        if (target.pool != pool)
+        {
+            throw new ArgumentException("only guest frames of VMs on one host can share a host frame");
+        }
+        if (!IsRam(sourceGuestPhysical) || !target.IsRam(targetGuestPhysical))
+        {
+            throw new ArgumentOutOfRangeException(nameof(sourceGuestPhysical), "both guest pages must be RAM");
+        }
+        ulong sourceFrame = sourceGuestPhysical >> FrameShift, targetFrame = targetGuestPhysical >> FrameShift;
+        if (target == this && sourceFrame == targetFrame)
+        {
+            throw new ArgumentException("a guest frame cannot share with itself");
+        }
+        ulong shared = Touch(sourceGuestPhysical) & ~0xFFFUL;
+        if (!pool.IsWriteProtected(shared))
+        {
+            // Move the source onto a frame of the pool's own, write-protected, and drop its write access.
+            ulong copy = pool.Allocate();
+            pool.Contents(shared).CopyTo(pool.Contents(copy));
+            hostFrames[sourceFrame] = copy;
+            pool.AddMapping(copy, this, sourceFrame);
+            pool.Release(copy); // Allocate's own reference: the mapping holds the frame now
+            pool.SetWriteProtected(copy, true);
+            BackingChanged(sourceFrame);
+            pool.RemoveMapping(shared, this, sourceFrame);
+            shared = copy;
+        }
+        pool.Contents(shared).CopyTo(target.HomeContents(targetGuestPhysical & ~0xFFFUL));
+        target.Remap(targetGuestPhysical, shared);
+        return shared;
+    }
+
+    /// <summary>The bytes the guest sees in its page at <paramref name="guestPhysical"/>: its host frame's, or (no
+    /// frame yet) its home's.</summary>
+    public Span<byte> PageContents(ulong guestPhysical)
+    {
+        ulong page = guestPhysical & ~0xFFFUL;
+        return TryHostPhysical(page, out ulong host) ? pool.Contents(host) : HomeContents(page);
+    }
+
+    /// <summary>The 4 KiB of a guest page's home.</summary>
+    private unsafe Span<byte> HomeContents(ulong guestPage) => new((void*)Home(guestPage), 0x1000);
+
+    /// <summary>A write to shared frame <paramref name="shared"/>: the guest frame gets its bytes back in its home,
+    /// mapped in place of the shared frame, which loses one reference (freed, its memory returned, at none).</summary>
+    private void BreakSharing(ulong frame, ulong shared)
+    {
+        nint home = Home(frame << FrameShift);
+        pool.Contents(shared).CopyTo(HomeContents(frame << FrameShift));
+        hostFrames[frame] = pool.Adopt(home, 1, 1, this, frame);
+        CopyOnWriteBreaks++;
+        BackingChanged(frame);
+        pool.RemoveMapping(shared, this, frame);
+    }
+
+    /// <summary>Guest frame <paramref name="frame"/>'s backing changed or lost write access: translations derived from
+    /// the old one go (the nested entry with a nested-TLB shootdown; the shadow entries, with a TLB flush).</summary>
+    private void BackingChanged(ulong frame)
+    {
+        nested?.Unmap(frame << FrameShift);
+        if (shadow is not null)
+        {
+            shadow.BackingChanged(frame);
+            processor?.FlushAll(includingGlobal: true);
+        }
+    }
+
+    /// <summary>The host memory of a guest page's home (a region's backing is contiguous, so a run of pages is too).</summary>
+    private unsafe nint Home(ulong guestPage)
     {
         fixed (byte* p = guest.Span(new GuestPhysical(guestPage), 1))
         {
             return (nint)p;
         }
+    }
+
+    /// <summary>Gives back every host frame the map holds (the VM's homes keep their bytes) and the tables of the run
+    /// attached to it.</summary>
+    public void Dispose()
+    {
+        if (disposed)
+        {
+            return;
+        }
+        disposed = true;
+        nested?.Dispose();
+        shadow?.ReleaseTables();
+        (nested, shadow, processor) = (null, null, null);
+        for (ulong frame = 0; frame < (ulong)hostFrames.Length; frame++)
+        {
+            if (hostFrames[frame] != 0)
+            {
+                pool.RemoveMapping(hostFrames[frame], this, frame);
+                hostFrames[frame] = 0;
+            }
+        }
+        TouchedPages = 0;
     }
 }
 

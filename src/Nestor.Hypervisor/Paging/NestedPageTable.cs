@@ -6,18 +6,116 @@ namespace Nestor.Hypervisor.Paging;
 
 /// <summary>A VM's nested page table in the EPT format (Intel SDM Vol. 3C §29.3): four levels mapping guest-physical
 /// to host-physical addresses with 4 KiB or 2 MiB pages, built by the VMM in frames of the host pool. The CPU model's
-/// <see cref="NestedWalker"/> walks it in hardware; the VMM only adds entries, on EPT violations.</summary>
-public sealed partial class NestedPageTable
+/// <see cref="NestedWalker"/> walks it in hardware. The VMM adds entries on EPT violations, and unmaps or
+/// write-protects a page when its backing changes (<see cref="GuestPhysicalMap"/>), shooting down what the processors
+/// using the table cached for it, as a VMM follows such a change with INVEPT (SDM Vol. 3C §29.4.3).</summary>
+public sealed partial class NestedPageTable : IDisposable
 {
     private readonly HostFramePool pool;
     private readonly PhysicalMemory host;
+    private readonly List<ulong> tableFrames = [];
+    private readonly List<Mmu> processors = [];
 
     public NestedPageTable(HostFramePool pool)
     {
         this.pool = pool;
         host = pool.Memory;
         Root = pool.AllocateTable();
+        tableFrames.Add(Root);
         Tables = 1;
+    }
+
+    /// <summary>A processor that walks this table: unmapping and write protection shoot down its nested TLB.</summary>
+    public void AttachProcessor(Mmu processor)
+    {
+        if (!processors.Contains(processor))
+        {
+            processors.Add(processor);
+        }
+    }
+
+    /// <summary>Entries removed or write-protected since the table was built.</summary>
+    public long Invalidations { get; private set; }
+
+    /// <summary>The leaf entry mapping <paramref name="guestPhysical"/> (a 4 KiB or a 2 MiB one) and its page shift, or
+    /// 0 when the page is not mapped.</summary>
+    public ulong LeafEntry(ulong guestPhysical, out int pageShift)
+    {
+        pageShift = 0;
+        return FindLeaf(guestPhysical, out ulong address, out pageShift) ? host.ReadUInt64(address) : 0;
+    }
+
+    /// <summary>Removes the entry mapping <paramref name="guestPhysical"/> (the whole 2 MiB when a large entry maps it:
+    /// its other pages fault in again at 4 KiB) and shoots down the processors' cached translations of it. False when
+    /// nothing mapped it.</summary>
+    public bool Unmap(ulong guestPhysical)
+    {
+        if (!FindLeaf(guestPhysical, out ulong address, out _))
+        {
+            return false;
+        }
+        host.WriteUInt64(address, 0);
+        Shootdown(guestPhysical);
+        return true;
+    }
+
+    /// <summary>Takes write access from the entry mapping <paramref name="guestPhysical"/>, so that a guest write to it
+    /// is an EPT violation (a large entry is removed instead, as in <see cref="Unmap"/>, so that only this page becomes
+    /// read-only when it faults in again), and shoots down the processors' cached translations. False when nothing
+    /// mapped it.</summary>
+    public bool WriteProtect(ulong guestPhysical)
+    {
+        if (!FindLeaf(guestPhysical, out ulong address, out int pageShift))
+        {
+            return false;
+        }
+        host.WriteUInt64(address, pageShift == 21 ? 0 : host.ReadUInt64(address) & ~NestedEntry.Write);
+        Shootdown(guestPhysical);
+        return true;
+    }
+
+    private void Shootdown(ulong guestPhysical)
+    {
+        Invalidations++;
+        foreach (var processor in processors)
+        {
+            processor.InvalidateGuestPhysical(guestPhysical);
+        }
+    }
+
+    /// <summary>The address of the present leaf entry mapping <paramref name="guestPhysical"/>.</summary>
+    private bool FindLeaf(ulong guestPhysical, out ulong entryAddress, out int pageShift)
+    {
+        ulong table = Root;
+        for (int level = 0; level < 4; level++)
+        {
+            entryAddress = table + ((guestPhysical >> (39 - 9 * level)) & 511) * 8;
+            ulong entry = host.ReadUInt64(entryAddress);
+            if ((entry & NestedEntry.ReadWriteExecute) == 0)
+            {
+                break;
+            }
+            if (level == 3 || (level == 2 && (entry & NestedEntry.LargePage) != 0))
+            {
+                pageShift = level == 3 ? 12 : 21;
+                return true;
+            }
+            table = entry & NestedEntry.AddressMask;
+        }
+        entryAddress = 0;
+        pageShift = 0;
+        return false;
+    }
+
+    /// <summary>Gives the table's frames back to the pool.</summary>
+    public void Dispose()
+    {
+        foreach (ulong frame in tableFrames)
+        {
+            pool.FreeTable(frame);
+        }
+        tableFrames.Clear();
+        processors.Clear();
     }
 
     /// <summary>Host-physical address of the top-level table (the EPTP's address).</summary>
@@ -43,6 +141,7 @@ public sealed partial class NestedPageTable
             if ((entry & NestedEntry.ReadWriteExecute) == 0)
             {
                 ulong next = pool.AllocateTable();
+                tableFrames.Add(next);
                 Tables++;
                 entry = next | NestedEntry.ReadWriteExecute;
                 host.WriteUInt64(entryAddress, entry);

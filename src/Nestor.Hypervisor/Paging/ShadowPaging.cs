@@ -274,7 +274,7 @@ public sealed class ShadowPaging
         guestWalker.Walk(linear, kind, user, alignmentCheck, controls, out _, steps);
         ulong guestPhysical = walk.PhysicalPage | (linear & ((1UL << walk.PageShift) - 1));
         bool protectedFrame = byGuestFrame.ContainsKey(guestPhysical >> 12);
-        Fill(linear, steps, walk, guestPhysical, controls);
+        Fill(linear, steps, walk, guestPhysical, controls, kind == AccessKind.Write);
         // The guest may write here, but the shadow must stay read-only: a page of guest page tables, or a read-only page
         // that CR0.WP = 0 lets the kernel write.
         return kind == AccessKind.Write && (protectedFrame || (walk.Rights & TranslationRights.Writable) == 0)
@@ -283,7 +283,7 @@ public sealed class ShadowPaging
     }
 
     /// <summary>Builds the shadow path for <paramref name="linear"/> from the guest entries the walk read.</summary>
-    private void Fill(ulong linear, List<WalkStep> steps, in WalkResult walk, ulong guestPhysical, in PagingControls controls)
+    private void Fill(ulong linear, List<WalkStep> steps, in WalkResult walk, ulong guestPhysical, in PagingControls controls, bool write)
     {
         var table = root!;
         var rights = AllRights;
@@ -307,12 +307,14 @@ public sealed class ShadowPaging
             table = Link(table, index, new ShadowKey(rangeBase, level + 1, rights, true));
         }
         ulong page = guestPhysical & ~0xFFFUL;
-        ulong hostPage = physicalMap.IsRam(page) ? physicalMap.Touch(page) : PhysicalMemory.DeviceWindow | page;
+        // A write to a shared (copy-on-write) frame gets the page a private copy first; a read leaves it shared.
+        ulong hostPage = physicalMap.IsRam(page) ? physicalMap.Touch(page, write) : PhysicalMemory.DeviceWindow | page;
         ulong leaf = hostPage | Present | Accessed;
         leaf |= (rights & TranslationRights.User) != 0 ? User : 0;
         leaf |= controls.NoExecute && (rights & TranslationRights.Executable) == 0 ? ExecuteDisable : 0;
         leaf |= (walk.Rights & TranslationRights.Global) != 0 ? Global : 0;
-        if ((rights & TranslationRights.Writable) != 0 && (walk.Rights & TranslationRights.Dirty) != 0 && !byGuestFrame.ContainsKey(page >> 12))
+        if ((rights & TranslationRights.Writable) != 0 && (walk.Rights & TranslationRights.Dirty) != 0 && !byGuestFrame.ContainsKey(page >> 12) &&
+            !physicalMap.IsWriteProtected(page))
         {
             leaf |= Writable | Dirty;
         }
@@ -337,7 +339,7 @@ public sealed class ShadowPaging
         {
             OtherEmulatedWrites++;
         }
-        ulong hostPage = physicalMap.Touch(guestPage);
+        ulong hostPage = physicalMap.Touch(guestPage, write: true);
         for (int attempt = 0; ; attempt++)
         {
             if (cpu.EmulateWithWriteAccess(linear, hostPage) is not { } raised)
@@ -504,6 +506,33 @@ public sealed class ShadowPaging
         }
         byGuestFrame.Remove(frame);
         cpu.Mmu.FlushAll(includingGlobal: true);
+    }
+
+    /// <summary>The P2M changed the host frame behind guest frame <paramref name="guestFrame"/> (unmapped, remapped,
+    /// shared or given a private copy): every shadow leaf mapping it goes, and refills from the P2M on the next access.
+    /// The caller flushes the TLB before the guest runs again.</summary>
+    public void BackingChanged(ulong guestFrame)
+    {
+        if (leafMappings.TryGetValue(guestFrame, out var mappings))
+        {
+            foreach (var (table, index) in mappings.ToArray())
+            {
+                Clear(table, index);
+            }
+        }
+    }
+
+    /// <summary>Gives every shadow table back to the host pool (the VM's run is over).</summary>
+    internal void ReleaseTables()
+    {
+        foreach (var table in tables.Values)
+        {
+            pool.FreeTable(table.HostPhysical);
+        }
+        tables.Clear();
+        byGuestFrame.Clear();
+        leafMappings.Clear();
+        root = null;
     }
 
     /// <summary>Drops every shadow table and starts again from the current CR3.</summary>

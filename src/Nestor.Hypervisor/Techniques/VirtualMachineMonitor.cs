@@ -443,7 +443,9 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
             table.Map(guestPhysical & ~0x1F_FFFFUL, large, 21);
             return VmExitAction.Resume;
         }
-        table.Map(guestPhysical, physicalMap.Touch(guestPhysical), 12);
+        // A write to a shared frame gets a private copy first; a shared frame is mapped read-only (copy-on-write).
+        table.Map(guestPhysical, physicalMap.Touch(guestPhysical, write: (exit.Qualification & VmExit.QualificationWrite) != 0), 12,
+            physicalMap.NestedPermissions(guestPhysical));
         return VmExitAction.Resume;
     }
 

@@ -2,20 +2,12 @@ using System.Runtime.InteropServices;
 
 namespace Nestor.Kvm.Native;
 
-/// <summary>The few libc entry points the KVM API needs. All calls set errno, read back with
-/// <see cref="Marshal.GetLastPInvokeError"/>.</summary>
+/// <summary>The few libc entry points the KVM API needs (memory mappings are Nestor.Host's <c>MemoryCalls</c>). All
+/// calls set errno, read back with <see cref="Marshal.GetLastPInvokeError"/>.</summary>
 internal static partial class LibC
 {
     public const int O_RDWR = 0x2;
     public const int O_CLOEXEC = 0x80000;
-
-    public const int PROT_READ = 0x1;
-    public const int PROT_WRITE = 0x2;
-    public const int MAP_SHARED = 0x01;
-    public const int MAP_PRIVATE = 0x02;
-    public const int MAP_ANONYMOUS = 0x20;
-    public const int MAP_NORESERVE = 0x4000;
-    public static readonly nint MAP_FAILED = -1;
 
     public const int EINTR = 4;
     public const int EAGAIN = 11;
@@ -49,15 +41,6 @@ internal static partial class LibC
 
     [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     public static unsafe partial int Ioctl(int fd, nuint request, void* argument);
-
-    [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
-    public static partial nint Mmap(nint address, nuint length, int protection, int flags, int fd, nint offset);
-
-    [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
-    public static partial int Munmap(nint address, nuint length);
-
-    [LibraryImport("libc", EntryPoint = "madvise", SetLastError = true)]
-    public static partial int Madvise(nint address, nuint length, int advice);
 
     [LibraryImport("libc", EntryPoint = "pread", SetLastError = true)]
     public static unsafe partial nint Pread(int fd, void* buffer, nuint count, nint offset);

@@ -76,6 +76,16 @@ public sealed class Mmu
         FlushAll(includingGlobal: true);
     }
 
+    /// <summary>INVEPT after the VMM removed or write-protected the nested entry of one guest-physical page: the nested
+    /// TLB's translations of that page go, with the nested page-walk cache, and so do all combined (guest-linear to
+    /// host-physical) translations, since any linear address may lead to the page — single-context INVEPT invalidates
+    /// every combined mapping of the EPTP (SDM Vol. 3C §29.4.3.1, §29.4.3.4).</summary>
+    public void InvalidateGuestPhysical(ulong guestPhysical)
+    {
+        nestedWalker.Invalidate(guestPhysical);
+        FlushAll(includingGlobal: true);
+    }
+
     /// <summary>Installs the root of a shadow page table (host-physical) that walks use in place of CR3, or removes it.
     /// The caller flushes what its change requires, as a VMM loading the real CR3 would.</summary>
     public void SetShadowRoot(ulong? root)

@@ -81,7 +81,7 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
             {
                 PhysicalPage = host & ~((1UL << shift) - 1),
                 PageShift = shift,
-                Rights = TranslationRights.Writable | TranslationRights.User | TranslationRights.Executable | TranslationRights.Dirty,
+                Rights = CombinedRights(TranslationRights.Writable | TranslationRights.User | TranslationRights.Executable | TranslationRights.Dirty),
                 References = (int)(counters.WalkReferences - referencesBefore),
             };
             return null;
@@ -93,6 +93,7 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
         ulong guestPhysical = result.PhysicalPage | (linear & ((1UL << result.PageShift) - 1));
         ulong hostPhysical = ToHost(guestPhysical, kind, finalTranslation: true, linear, out int nestedShift, trace);
         int pageShift = Math.Min(result.PageShift, nestedShift);
+        result.Rights = CombinedRights(result.Rights);
         result.PhysicalPage = hostPhysical & ~((1UL << pageShift) - 1);
         result.PageShift = pageShift;
         result.References = (int)(counters.WalkReferences - referencesBefore);
@@ -112,6 +113,7 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
             {
                 counters.NestedTlbHits++;
                 ref readonly var e = ref nestedTlb[index];
+                finalNestedRights = e.Rights;
                 pageShift = e.PageShift;
                 return e.PhysicalPage | (guestPhysical & ((1UL << e.PageShift) - 1));
             }
@@ -177,9 +179,28 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
                 ulong page = entry & NestedEntry.AddressMask & ~((1UL << shift) - 1);
                 nestedTlb?.Insert(guestPhysical, page, shift, rights, 0);
             }
+            finalNestedRights = rights;
             pageShift = shift;
             return (entry & NestedEntry.AddressMask & ~((1UL << shift) - 1)) | (guestPhysical & ((1UL << shift) - 1));
         }
+    }
+
+    // The nested rights of the last ToHost, so that a combined translation grants only what both dimensions grant
+    // (SDM Vol. 3C §29.4.2: the access rights of a combined mapping are the intersection of the guest's and the
+    // EPT's): a write-protected nested entry must make the guest's write an EPT violation even after a read cached
+    // the translation in the TLB.
+    private TranslationRights finalNestedRights;
+
+    private TranslationRights CombinedRights(TranslationRights guest) =>
+        guest & ~((TranslationRights.Writable | TranslationRights.Executable) & ~finalNestedRights);
+
+    /// <summary>Drops what is cached for the guest-physical page at <paramref name="guestPhysical"/>: its nested TLB
+    /// entries, and the nested page-walk cache (whose entries for the page's upper levels cannot be told apart from
+    /// others'; dropping more than asked is what INVEPT allows, SDM Vol. 3C §29.4.3.1).</summary>
+    public void Invalidate(ulong guestPhysical)
+    {
+        nestedTlb?.InvalidatePage(guestPhysical);
+        nestedWalkCache.Flush();
     }
 
     /// <summary>INVEPT: drops every cached nested translation (the nested TLB and the nested page-walk cache).</summary>
