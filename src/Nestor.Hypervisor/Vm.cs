@@ -77,9 +77,9 @@ public sealed class Vm : IDisposable
     /// <summary>The debug-exit port.</summary>
     public DebugExitPort DebugExit { get; }
 
-    /// <summary>The parts of the VM a snapshot holds, in the order of their sections: the vCPUs, RAM, COM1 and the
-    /// debug-exit port. The engine's own state (a VMM's) is not here: see <see cref="Persistence.VmSnapshot"/>.</summary>
-    public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit];
+    /// <summary>The parts of the VM a snapshot holds, in the order of their sections: the vCPUs, RAM, COM1, the
+    /// debug-exit port, the platform's interrupt lines, the I/O APIC and the 8259 pair. The engine's own state (a VMM's) is not here: see <see cref="Persistence.VmSnapshot"/>.</summary>
+    public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit, Interrupts, IoApic, Pic];
 
     /// <summary>VM exits handled so far.</summary>
     public ExitStatistics Exits { get; } = new();

@@ -152,4 +152,62 @@ public class InterruptControllerTests
         Assert.Equal(1, pic.Master.EndOfInterrupts);
         Assert.Equal(0xFFu, pic.Read(Pic8259Pair.SlaveData, 1));
     }
+
+    /// <summary>The I/O APIC, the lines and the 8259s survive a snapshot: a level-triggered interrupt in service with
+    /// its remote IRR set, still asserted, is completed by the EOI after the restore and sent again, as it would have
+    /// been without the snapshot.</summary>
+    [Fact]
+    public void Interrupt_controllers_survive_a_snapshot_with_a_level_interrupt_in_service()
+    {
+        var (ioApic, apic, lines) = Wired();
+        WriteRegister(ioApic, 0x10 + 2 * 7, 0x0000_A051); // pin 7: vector 0x51, level-triggered, unmasked
+        var pics = new Pic8259Pair();
+        pics.Write(Pic8259Pair.MasterCommand, 1, 0x11);
+        pics.Write(Pic8259Pair.MasterData, 1, 0x20);   // ICW2
+        lines.SetLine(7, true);
+        Assert.Equal(0x51, apic.Accept());
+        Assert.NotEqual(0UL, ioApic.Entry(7) & IoApic.RemoteIrr);
+
+        var writer = new Persistence.SnapshotWriter();
+        writer.WriteSection(lines);
+        writer.WriteSection(ioApic);
+        writer.WriteSection(pics);
+        var apicState = apic.Save();
+
+        var (ioApic2, apic2, lines2) = Wired();
+        var pics2 = new Pic8259Pair();
+        var reader = new Persistence.SnapshotReader(writer.ToArray());
+        reader.ReadSection(lines2);
+        reader.ReadSection(ioApic2);
+        reader.ReadSection(pics2);
+        Assert.True(reader.AtEnd);
+        apic2.Restore(in apicState);
+        Assert.Equal(ioApic.Entry(7), ioApic2.Entry(7));
+        Assert.True(lines2[7].Asserted);
+        Assert.Equal(0x51, apic2.InServiceVector);
+        Assert.True(pics2.Master.Initializing); // mid-sequence: the next data byte is ICW3
+        Assert.Equal((byte)0x20, pics2.Master.VectorBase);
+        Assert.Equal(ioApic.MessagesSent, ioApic2.MessagesSent);
+
+        // The EOI clears remote IRR; the line is still asserted, so the interrupt is sent again (82093AA: level),
+        // which sets remote IRR once more.
+        apic2.Write(0xB0, 0, 0);
+        Assert.Equal(-1, apic2.InServiceVector);
+        Assert.Equal(0x51, apic2.PendingVector);
+        Assert.NotEqual(0UL, ioApic2.Entry(7) & IoApic.RemoteIrr);
+        Assert.Equal(ioApic.MessagesSent + 1, ioApic2.MessagesSent);
+    }
+
+    [Fact]
+    public void A_corrupt_8259_section_is_refused()
+    {
+        var writer = new Persistence.SnapshotWriter();
+        writer.WriteSection(new Pic8259Pair());
+        byte[] data = writer.ToArray();
+        // Each 8259 writes 16 bytes, the master first; its first is the initialization step. Make it one that does not exist.
+        Assert.Equal(0, data[^32]);
+        data[^32] = 9;
+        var error = Assert.Throws<Persistence.SnapshotFormatException>(() => new Persistence.SnapshotReader(data).ReadSection(new Pic8259Pair()));
+        Assert.Contains("initialization step 9", error.Message);
+    }
 }

@@ -28,7 +28,7 @@ public interface IInterruptSink
 /// <see cref="IInterruptLine"/> each and raise or lower it; every change goes to the <see cref="Sink"/> the engine
 /// connected (the I/O APIC by default). Lines keep their level, so a sink connected later can be told the current
 /// state (<see cref="Replay"/>).</summary>
-public sealed class InterruptController
+public sealed class InterruptController : Persistence.ISnapshottable
 {
     /// <summary>Lines on the platform: the I/O APIC's 24 inputs.</summary>
     public const int LineCount = IoApic.RedirectionEntries;
@@ -69,6 +69,33 @@ public sealed class InterruptController
         }
     }
 
+    /// <inheritdoc/>
+    public string SectionTag => "IRQL";
+
+    /// <inheritdoc/>
+    public ushort SectionVersion => 1;
+
+    /// <summary>Each line's level, and the transition count.</summary>
+    public void Save(Persistence.SnapshotWriter writer)
+    {
+        foreach (var line in lines)
+        {
+            writer.WriteBoolean(line.Asserted);
+        }
+        writer.WriteInt64(Transitions);
+    }
+
+    /// <summary>Takes the saved levels without telling the sink: the I/O APIC's own section holds what its pins saw,
+    /// and a sink connected later (the KVM irqchip) is told by <see cref="Replay"/>.</summary>
+    public void Restore(Persistence.SnapshotReader reader, ushort version)
+    {
+        foreach (var line in lines)
+        {
+            line.Restore(reader.ReadBoolean());
+        }
+        Transitions = reader.ReadInt64();
+    }
+
     private sealed class Line(InterruptController owner, int gsi) : IInterruptLine
     {
         public int Gsi => gsi;
@@ -78,6 +105,8 @@ public sealed class InterruptController
         public void Raise() => Set(true);
 
         public void Lower() => Set(false);
+
+        public void Restore(bool asserted) => Asserted = asserted;
 
         public void Set(bool asserted)
         {

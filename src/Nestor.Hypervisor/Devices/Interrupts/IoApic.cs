@@ -10,7 +10,7 @@ namespace Nestor.Hypervisor.Devices.Interrupts;
 /// and the pin, if still asserted, sends again. Fixed and lowest-priority delivery go to the one local APIC; SMI, NMI,
 /// INIT and ExtINT are refused and counted. The lines carry the asserted state, so the pin polarity is kept as
 /// programmed but changes nothing.</summary>
-public sealed class IoApic : IMmioDevice, IInterruptSink
+public sealed class IoApic : IMmioDevice, IInterruptSink, Persistence.ISnapshottable
 {
     public const ulong DefaultBase = 0xFEC0_0000;
     public const ulong Length = 0x1000;
@@ -210,5 +210,45 @@ public sealed class IoApic : IMmioDevice, IInterruptSink
         {
             entries[pin] = entry | RemoteIrr;
         }
+    }
+
+    /// <inheritdoc/>
+    public string SectionTag => "IOAP";
+
+    /// <inheritdoc/>
+    public ushort SectionVersion => 1;
+
+    /// <summary>IOREGSEL, the ID, the 24 redirection entries (remote IRR and delivery status included) and the level
+    /// each input pin last saw, then the counters.</summary>
+    public void Save(Persistence.SnapshotWriter writer)
+    {
+        writer.WriteUInt32(select);
+        writer.WriteUInt32(id);
+        for (int pin = 0; pin < RedirectionEntries; pin++)
+        {
+            writer.WriteUInt64(entries[pin]);
+            writer.WriteBoolean(asserted[pin]);
+        }
+        writer.WriteInt64(MessagesSent);
+        writer.WriteInt64(Undeliverable);
+        writer.WriteInt64(UnsupportedDeliveries);
+        writer.WriteInt64(MaskedEdges);
+    }
+
+    /// <summary>Takes the saved registers and pin levels as they were; nothing is sent to the local APIC (what was
+    /// pending there is in the vCPU's own state).</summary>
+    public void Restore(Persistence.SnapshotReader reader, ushort version)
+    {
+        select = reader.ReadUInt32();
+        id = reader.ReadUInt32();
+        for (int pin = 0; pin < RedirectionEntries; pin++)
+        {
+            entries[pin] = reader.ReadUInt64();
+            asserted[pin] = reader.ReadBoolean();
+        }
+        MessagesSent = reader.ReadInt64();
+        Undeliverable = reader.ReadInt64();
+        UnsupportedDeliveries = reader.ReadInt64();
+        MaskedEdges = reader.ReadInt64();
     }
 }

@@ -7,7 +7,7 @@ namespace Nestor.Hypervisor.Devices.Interrupts;
 /// register select, on the command port). Both start masked (IMR 0xFF). They exist so that a guest that masks them
 /// (as every APIC kernel does first) runs as on a PC; the platform's lines are delivered through the I/O APIC, never
 /// through the 8259s, so their IRR and ISR stay empty.</summary>
-public sealed class Pic8259Pair : IPortDevice
+public sealed class Pic8259Pair : IPortDevice, Persistence.ISnapshottable
 {
     public const ushort MasterCommand = 0x20, MasterData = 0x21, SlaveCommand = 0xA0, SlaveData = 0xA1;
 
@@ -36,6 +36,26 @@ public sealed class Pic8259Pair : IPortDevice
         {
             chip.WriteData((byte)value);
         }
+    }
+
+    /// <inheritdoc/>
+    public string SectionTag => "PIC ";
+
+    /// <inheritdoc/>
+    public ushort SectionVersion => 1;
+
+    /// <summary>Both 8259s, master first.</summary>
+    public void Save(Persistence.SnapshotWriter writer)
+    {
+        Master.Save(writer);
+        Slave.Save(writer);
+    }
+
+    /// <inheritdoc/>
+    public void Restore(Persistence.SnapshotReader reader, ushort version)
+    {
+        Master.Restore(reader);
+        Slave.Restore(reader);
     }
 }
 
@@ -133,4 +153,38 @@ public sealed class Pic8259
 
     /// <summary>The command port reads IRR or ISR (OCW3); both are empty, as no line is routed through the 8259s.</summary>
     public uint ReadCommand() => 0;
+
+    /// <summary>The initialization state and the registers, for the pair's snapshot section.</summary>
+    internal void Save(Persistence.SnapshotWriter writer)
+    {
+        writer.WriteByte((byte)expect);
+        writer.WriteBoolean(single);
+        writer.WriteBoolean(needIcw4);
+        writer.WriteBoolean(readInService);
+        writer.WriteByte(Mask);
+        writer.WriteByte(VectorBase);
+        writer.WriteByte(Cascade);
+        writer.WriteByte(Mode);
+        writer.WriteInt32(Initializations);
+        writer.WriteInt32(EndOfInterrupts);
+    }
+
+    internal void Restore(Persistence.SnapshotReader reader)
+    {
+        byte state = reader.ReadByte();
+        if (state > (byte)Expect.Icw4)
+        {
+            throw reader.Invalid($"an 8259 initialization step {state} that does not exist");
+        }
+        expect = (Expect)state;
+        single = reader.ReadBoolean();
+        needIcw4 = reader.ReadBoolean();
+        readInService = reader.ReadBoolean();
+        Mask = reader.ReadByte();
+        VectorBase = reader.ReadByte();
+        Cascade = reader.ReadByte();
+        Mode = reader.ReadByte();
+        Initializations = reader.ReadInt32();
+        EndOfInterrupts = reader.ReadInt32();
+    }
 }
