@@ -164,8 +164,12 @@ public class TechniqueExitTests
         // The kernel's code page is mapped by the guest's tables but not yet by the shadow: a hidden fault.
         var hidden = new VmExit
         {
-            Reason = ExitReason.ExceptionOrNmi, Vector = ExceptionVector.PageFault, HasErrorCode = true,
-            ErrorCode = 0x10, GuestLinear = MonitorBench.CodeAddress, Qualification = MonitorBench.CodeAddress,
+            Reason = ExitReason.ExceptionOrNmi,
+            Vector = ExceptionVector.PageFault,
+            HasErrorCode = true,
+            ErrorCode = 0x10,
+            GuestLinear = MonitorBench.CodeAddress,
+            Qualification = MonitorBench.CodeAddress,
         };
         Assert.Equal(VmExitAction.Resume, bench.Exit(ref hidden));
         Assert.Equal(1, shadow.HiddenFaults);
@@ -174,8 +178,12 @@ public class TechniqueExitTests
         const ulong unmapped = 0x0000_7F00_0000_0000;
         var real = new VmExit
         {
-            Reason = ExitReason.ExceptionOrNmi, Vector = ExceptionVector.PageFault, HasErrorCode = true,
-            ErrorCode = 0, GuestLinear = unmapped, Qualification = unmapped,
+            Reason = ExitReason.ExceptionOrNmi,
+            Vector = ExceptionVector.PageFault,
+            HasErrorCode = true,
+            ErrorCode = 0,
+            GuestLinear = unmapped,
+            Qualification = unmapped,
         };
         Assert.Equal(VmExitAction.Inject, bench.Exit(ref real));
         Assert.Equal(1, shadow.TrueFaults);
