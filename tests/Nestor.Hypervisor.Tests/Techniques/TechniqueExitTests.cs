@@ -277,4 +277,40 @@ public class TechniqueExitTests
         Assert.Equal(2, bench.Vm.Exits.Count(VmExitReason.ExternalInterrupt));
         Assert.Equal(1, bench.Vm.Exits.Count(VmExitReason.InterruptWindow));
     }
+
+    [Fact]
+    public void A_translator_callout_on_a_page_table_write_is_performed_by_the_vmm_and_counted()
+    {
+        using var bench = MonitorBench.Create(Technique.BinaryTranslation, MemoryVirtualization.Shadow, a =>
+        {
+            a.mov(__qword_ptr[r8], r9);
+            a.hlt();
+        });
+        var cpu = bench.Cpu;
+        // An unused entry of the guest's top-level table (shadowed since VM entry, so write-protected): a value without
+        // the present bit, so the write changes no translation.
+        ulong entry = (cpu.Cr3 & ~0xFFFUL) + 300 * 8;
+        const ulong value = 0x1234_5000;
+        cpu.Registers[8] = entry; // the loader's tables are identity-mapped
+        cpu.Registers[9] = value;
+        // The CPU fetched the instruction before calling out: the shadow maps its page (a hidden fault filled it).
+        var fetch = new VmExit
+        {
+            Reason = ExitReason.ExceptionOrNmi,
+            Vector = ExceptionVector.PageFault,
+            HasErrorCode = true,
+            ErrorCode = 0x10,
+            GuestLinear = cpu.Rip,
+            Qualification = cpu.Rip,
+        };
+        Assert.Equal(VmExitAction.Resume, bench.Exit(ref fetch));
+        var exit = new VmExit { Reason = ExitReason.TranslatorCallout, InstructionLength = 3, GuestLinear = cpu.Rip };
+        var action = bench.Exit(ref exit);
+        Assert.Equal(VmExitAction.Skip, action);
+        Assert.Equal(value, bench.Vm.Memory.ReadUInt64(new Nestor.Machine.Addresses.GuestPhysical(entry)));
+        Assert.Equal(1, bench.Monitor.Callouts);
+        Assert.Equal(1, bench.Monitor.Shadow!.CalloutWrites);
+        Assert.Equal(1, bench.Vm.Exits.Count(VmExitReason.Callout));
+        Assert.Empty(bench.Monitor.Memory.Verify(cpu));
+    }
 }
