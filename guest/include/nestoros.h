@@ -42,6 +42,7 @@ typedef unsigned long usize;
 #define HC_VCPU_INFO           4   /* rdi = guest-physical address of struct vcpu_info */
 #define HC_SET_INTERRUPTS      5   /* rdi = 0 or 1 (IF); returns the previous IF */
 #define HC_RELEASE_TABLE       6   /* rdi = guest-physical address of a page that is no longer a page table */
+#define HC_EVENTS_PENDING      7   /* returns 1 while the VMM holds an interrupt the virtual IF keeps out */
 
 #define NANOBENCH_IN      0
 #define NANOBENCH_CR8WR   1

@@ -106,19 +106,9 @@ internal static class RunCommand
             throw new BadInputException($"--technique {o.Technique} runs on Nestor's software machine",
                 "Add --engine sim (KVM is the host's own hardware assistance, not a modelled technique)");
         }
-        if (technique == Technique.Native && (o.Mmu is not null || o.NestedPages is not null))
+        MemoryVirtualization? memory = o.Mmu?.ToLowerInvariant() switch
         {
-            throw new BadInputException("--mmu and --nested-pages choose how a VMM virtualizes memory, and --technique native has no VMM",
-                "Add --technique hw, or drop --mmu and --nested-pages");
-        }
-        bool software = technique is Technique.TrapAndEmulate or Technique.BinaryTranslation or Technique.Paravirtual;
-        if (software && o.Mmu is { } m && !m.Equals("shadow", StringComparison.OrdinalIgnoreCase))
-        {
-            throw new BadInputException($"--technique {o.Technique} virtualizes memory with shadow paging: nested paging is a hardware feature",
-                "Drop --mmu, or use --technique hw for nested paging");
-        }
-        var memory = (o.Mmu ?? (software ? "shadow" : "nested")).ToLowerInvariant() switch
-        {
+            null => null,
             "nested" => MemoryVirtualization.Nested,
             "shadow" => MemoryVirtualization.Shadow,
             _ => throw new BadInputException($"there is no memory virtualization '{o.Mmu}'", "Use --mmu nested or --mmu shadow"),
@@ -129,11 +119,10 @@ internal static class RunCommand
             "2m" => true,
             _ => throw new BadInputException($"--nested-pages {o.NestedPages} is not a page size the nested table has", "Use --nested-pages 4k or 2m"),
         };
-        if (memory == MemoryVirtualization.Shadow && o.NestedPages is not null)
+        // Which technique may use which memory virtualization and nested page size: the one home of those rules.
+        if (TechniqueRules.Check(new TechniqueChoice(technique, memory, NestedPageSizeChosen: o.NestedPages is not null)) is { } violation)
         {
-            throw new BadInputException(
-                $"--nested-pages {o.NestedPages} sizes the pages of the nested page table, and shadow paging has none: the VMM builds shadows of the guest's own tables",
-                "Drop --nested-pages, or use --technique hw --mmu nested");
+            throw new BadInputException(violation.Message, violation.Hint);
         }
         return new SimOptions { Technique = technique, Memory = memory, LargeNestedPages = large, Mmu = o.Caches };
     }

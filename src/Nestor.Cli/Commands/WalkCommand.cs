@@ -71,11 +71,9 @@ internal static class WalkCommand
             "native" => new SimOptions(),
             _ => throw new BadInputException($"there is no --mmu '{mmuText}' for a walk", "Use --mmu nested, shadow or native"),
         };
-        if (nestedPagesText is not null && (options.Technique == Technique.Native || options.Memory != MemoryVirtualization.Nested))
+        if (nestedPagesText is not null && TechniqueRules.Check(options.Choice with { NestedPageSizeChosen = true }) is { } violation)
         {
-            throw new BadInputException(
-                $"--nested-pages {nestedPagesText} sizes the pages of the nested page table, and --mmu {mmuText} has none",
-                "Drop --nested-pages, or walk with --mmu nested");
+            throw new BadInputException(violation.Message, "Drop --nested-pages, or walk with --mmu nested");
         }
         options = options with
         {
@@ -101,7 +99,7 @@ internal static class WalkCommand
         var run = vm.Run(engine);
         var outcome = run.Outcome;
         var cpu = run.Machine!.Cpu;
-        string mode = options.Technique == Technique.Native ? "native" : options.Memory == MemoryVirtualization.Nested ? "nested" : "shadow";
+        string mode = options.EffectiveMemory switch { null => "native", MemoryVirtualization.Nested => "nested", _ => "shadow" };
         Console.WriteLine($"NestorOS '{commandLine}' on the software machine ({(mode == "native" ? "no VMM" : $"hw+{mode}")}): {outcome.Message}.");
         var processes = NestorOSProcesses.Read(vm) ?? [];
         ulong? root = null;

@@ -29,7 +29,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     private byte[]? restoredVmm;
 
 
-    private readonly SimOptions options = options ?? new SimOptions();
+    private readonly SimOptions options = (options ?? new SimOptions()).Validate();
 
     /// <summary>Instructions run between checks for a stop request (timeout, Ctrl-C).</summary>
     private const long Slice = 1_000_000;
@@ -61,7 +61,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     public void Save(SnapshotWriter writer)
     {
         writer.WriteByte((byte)options.Technique);
-        writer.WriteBoolean(options.Technique == Technique.HardwareAssist && options.Memory == MemoryVirtualization.Nested);
+        writer.WriteBoolean(options.EffectiveMemory == MemoryVirtualization.Nested);
         if (options.Technique == Technique.Native)
         {
             return;
@@ -95,10 +95,10 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     {
         var technique = (Technique)reader.ReadByte();
         bool nested = reader.ReadBoolean();
-        if (technique != options.Technique || nested != (options.Technique == Technique.HardwareAssist && options.Memory == MemoryVirtualization.Nested))
+        if (technique != options.Technique || nested != (options.EffectiveMemory == MemoryVirtualization.Nested))
         {
             throw reader.Invalid($"the snapshot was taken under {technique}{(nested ? " with nested paging" : "")}, and this engine runs {options.Technique}" +
-                                 (options.Technique == Technique.HardwareAssist ? $" with {options.Memory} paging" : ""));
+                                 (options.Technique == Technique.HardwareAssist ? $" with {options.EffectiveMemory} paging" : ""));
         }
         restoredVmm = technique == Technique.Native ? null : reader.SectionRemainder();
     }
@@ -136,14 +136,14 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         if (pool is not null)
         {
             physicalMap = lastPhysicalMap = vm.Host.NewPhysicalMap(vm);
-            // Nested paging is hardware: the software techniques use shadow paging.
-            bool nestedPaging = options.Technique == Technique.HardwareAssist && options.Memory == MemoryVirtualization.Nested;
+            // Which technique may use which memory virtualization is TechniqueRules' (checked by SimOptions.Validate).
+            bool nestedPaging = options.EffectiveMemory == MemoryVirtualization.Nested;
             var nested = nestedPaging ? new NestedPageTable(pool) : null;
             var shadow = nestedPaging ? null
                 : new ShadowPaging(physicalMap, pool, vm.Memory) { VerifyAfterEachChange = options.VerifyShadowPaging };
             physicalMap.Attach(cpu.Mmu, nested, shadow);
             lastVmcs = vmcs = new VmControlStructure();
-            lastMonitor = monitor = new VirtualMachineMonitor(vm, vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);
+            lastMonitor = monitor = VirtualMachineMonitor.Create(vm, vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);
             (lastPhysicalMap, lastNestedTable) = (physicalMap, nested);
             if (restoredVmm is { } saved)
             {
@@ -253,7 +253,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             };
             if (vmcs is not null && pool is not null && physicalMap is not null)
             {
-                counters = [.. counters, .. VirtualizationCounters(cpu, vmcs, pool, physicalMap, monitor?.Shadow, monitor)];
+                counters = [.. counters, .. VirtualizationCounters(cpu, vmcs, pool, physicalMap, monitor)];
             }
         }
     }
@@ -286,37 +286,19 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     }
 
     private static IEnumerable<EngineCounter> VirtualizationCounters(Cpu cpu, VmControlStructure vmcs, HostFramePool pool, GuestPhysicalMap map,
-        ShadowPaging? shadow, VirtualMachineMonitor? monitor)
+        VirtualMachineMonitor? monitor)
     {
-        var m = cpu.Mmu.Counters;
         yield return new EngineCounter("vm_exits", (ulong)vmcs.TotalExits, "");
         foreach (var (reason, count) in vmcs.ExitsByReason)
         {
             yield return new EngineCounter($"vm_exits_{Snake(reason.ToString())}", (ulong)count, "");
         }
-        if (cpu.Mmu.NestedPaging)
+        if (monitor is not null)
         {
-            yield return new EngineCounter("nested_tlb_hits", (ulong)m.NestedTlbHits, "");
-            yield return new EngineCounter("nested_tlb_misses", (ulong)m.NestedTlbMisses, "");
-            yield return new EngineCounter("nested_walks", (ulong)m.NestedWalks, "");
-            yield return new EngineCounter("nested_walk_references", (ulong)m.NestedWalkReferences, "");
-            yield return new EngineCounter("nested_walk_cache_hits", (ulong)(m.NestedWalkCacheHits[0] + m.NestedWalkCacheHits[1] + m.NestedWalkCacheHits[2]), "");
-            yield return new EngineCounter("nested_page_faults", (ulong)m.NestedPageFaults, "");
-        }
-        if (shadow is not null)
-        {
-            yield return new EngineCounter("shadow_hidden_faults", (ulong)shadow.HiddenFaults, "");
-            yield return new EngineCounter("shadow_true_faults", (ulong)shadow.TrueFaults, "");
-            yield return new EngineCounter("shadow_page_table_writes", (ulong)shadow.PageTableWrites, "");
-            yield return new EngineCounter("shadow_other_emulated_writes", (ulong)shadow.OtherEmulatedWrites, "");
-            yield return new EngineCounter("shadow_address_space_switches", (ulong)shadow.AddressSpaceSwitches, "");
-            yield return new EngineCounter("shadow_tables_created", (ulong)shadow.TablesCreated, "");
-            yield return new EngineCounter("shadow_tables_alive", (ulong)shadow.TablesAlive, "");
-            yield return new EngineCounter("shadow_resets", (ulong)shadow.Resets, "");
-            yield return new EngineCounter("shadow_unshadowed_pages", (ulong)shadow.Unshadowed, "");
-            yield return new EngineCounter("shadow_callout_writes", (ulong)shadow.CalloutWrites, "");
-            yield return new EngineCounter("vmm_software_walks", (ulong)shadow.SoftwareWalks.Walks, "");
-            yield return new EngineCounter("vmm_software_walk_references", (ulong)shadow.SoftwareWalks.WalkReferences, "");
+            foreach (var counter in monitor.Memory.Counters(cpu))
+            {
+                yield return counter;
+            }
         }
         if (monitor?.RingCompression is { } rc)
         {

@@ -22,9 +22,25 @@ public sealed record SimOptions
 {
     public Technique Technique { get; init; } = Technique.Native;
 
-    /// <summary>Shadow or nested paging, for <see cref="Technique.HardwareAssist"/> (the software techniques always
-    /// use shadow paging).</summary>
-    public MemoryVirtualization Memory { get; init; } = MemoryVirtualization.Nested;
+    /// <summary>Shadow or nested paging as asked for; null for the technique's default (<see cref="TechniqueRules"/>:
+    /// nested paging for <see cref="Technique.HardwareAssist"/>, shadow paging for the software techniques, which
+    /// cannot use nested paging, and none for <see cref="Technique.Native"/>).</summary>
+    public MemoryVirtualization? Memory { get; init; }
+
+    /// <summary>The memory virtualization the VMM uses (null: no VMM).</summary>
+    public MemoryVirtualization? EffectiveMemory => TechniqueRules.MemoryOf(Choice);
+
+    /// <summary>These options as a choice for <see cref="TechniqueRules"/>.</summary>
+    public TechniqueChoice Choice => new(Technique, Memory, LargeNestedPages, VerifyShadowPaging);
+
+    /// <summary>Throws an <see cref="ArgumentException"/> naming the broken rule when the technique, memory
+    /// virtualization, nested page size and shadow verification do not go together (<see cref="TechniqueRules"/>);
+    /// returns these options otherwise.</summary>
+    public SimOptions Validate()
+    {
+        TechniqueRules.Validate(Choice);
+        return this;
+    }
 
     /// <summary>Map guest RAM with 2 MiB nested pages where possible (else 4 KiB).</summary>
     public bool LargeNestedPages { get; init; }
@@ -45,6 +61,6 @@ public sealed record SimOptions
         Technique.TrapAndEmulate => "trap",
         Technique.BinaryTranslation => "bt",
         Technique.Paravirtual => "pv",
-        _ => Memory == MemoryVirtualization.Nested ? "hw+nested" : "hw+shadow",
+        _ => EffectiveMemory == MemoryVirtualization.Nested ? "hw+nested" : "hw+shadow",
     };
 }
