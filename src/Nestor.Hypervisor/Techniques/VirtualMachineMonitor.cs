@@ -297,7 +297,7 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
                 break;
             case 3: // INVLPG
                 shadow!.Invalidate(a);
-                cpu.Mmu.InvalidatePage(a);
+                cpu.Mmu.InvalidatePage(new GuestVirtual(a));
                 break;
             case 4: // VCPU_INFO: the virtual CPU as the guest kernel would see it on bare metal
                 {
