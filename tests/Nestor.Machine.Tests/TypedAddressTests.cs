@@ -131,3 +131,18 @@ public sealed partial class TypedAddressTests
         public ulong ToHost(GuestPhysical guestPhysical) => guestPhysical.Value;
     }
 }
+
+/// <summary>The counter vectors hold one slot per counter of their enums (their lengths are constants, for the
+/// inline arrays that keep a counter one field access away).</summary>
+public sealed class CounterVectorLengthTests
+{
+    [Fact]
+    public void Each_vector_has_one_slot_per_counter()
+    {
+        Assert.Equal(Processor.CpuCounters.Length, Enum.GetValues<Processor.CpuCounter>().Length);
+        Assert.Equal(MmuCounters.Length, Enum.GetValues<MmuCounter>().Length);
+        // Every counter has a reported name (the name tables cover the enums).
+        Assert.All(Enum.GetValues<MmuCounter>(), c => Assert.NotEmpty(MmuCounters.ReportedName(c)));
+        Assert.All(Enum.GetValues<Processor.CpuCounter>(), c => Processor.CpuCounters.ReportedName(c));
+    }
+}

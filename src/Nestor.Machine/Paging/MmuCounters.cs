@@ -56,8 +56,6 @@ public enum MmuCounter
 /// (one vCPU per MMU).</summary>
 public sealed class MmuCounters
 {
-    private static readonly int CounterCount = Enum.GetValues<MmuCounter>().Length;
-
     // The names engines report the counters under (the CLI prints them, JSON writes them): a contract. Adjacent
     // counters of one name are reported as their sum (the three page-walk-cache levels).
     private static readonly string[] ReportedNames =
@@ -68,7 +66,11 @@ public sealed class MmuCounters
         "nested_walk_cache_hits", "nested_walk_cache_hits", "nested_walk_cache_hits", "nested_page_faults",
     ];
 
-    private readonly long[] counts = new long[CounterCount];
+    // The vector lives inside the object (an inline array), so that a counter is one field access away, as the
+    // fields it replaced were; its length is checked against the enum by a test.
+    internal const int Length = 21;
+
+    private MmuCounterVector counts;
 
     /// <summary>The count of one counter, as a reference (read, written or incremented in place).</summary>
     public ref long this[MmuCounter counter]
@@ -78,7 +80,7 @@ public sealed class MmuCounters
     }
 
     /// <summary>Every counter with its count, in <see cref="MmuCounter"/> order.</summary>
-    public IEnumerable<(MmuCounter Counter, long Count)> Counts => Enum.GetValues<MmuCounter>().Select(c => (c, counts[(int)c]));
+    public IEnumerable<(MmuCounter Counter, long Count)> Counts => Enum.GetValues<MmuCounter>().Select(c => (c, this[c]));
 
     /// <summary>The name an engine reports <paramref name="counter"/> under (snake case); adjacent counters of one
     /// name are reported as their sum.</summary>
@@ -102,7 +104,7 @@ public sealed class MmuCounters
     public ref long AccessedDirtyWrites => ref At(MmuCounter.AccessedDirtyWrites);
     /// <summary>Page-walk-cache hits by the level they let the walk skip to: [0] skipped the PML4E, [1] the PDPTE too,
     /// [2] the PDE too (a view of <see cref="MmuCounter.WalkCacheSkippedPml4e"/> and the two after it).</summary>
-    public Span<long> WalkCacheHits => counts.AsSpan((int)MmuCounter.WalkCacheSkippedPml4e, 3);
+    public Span<long> WalkCacheHits => MemoryMarshal.CreateSpan(ref At(MmuCounter.WalkCacheSkippedPml4e), 3);
     /// <summary>Page faults the walks found.</summary>
     public ref long PageFaults => ref At(MmuCounter.PageFaults);
     /// <summary>TLB flushes.</summary>
@@ -117,7 +119,7 @@ public sealed class MmuCounters
     public ref long NestedWalkReferences => ref At(MmuCounter.NestedWalkReferences);
     /// <summary>Nested page-walk-cache hits by the level they let the nested walk skip to (a view of
     /// <see cref="MmuCounter.NestedWalkCacheSkippedPml4e"/> and the two after it).</summary>
-    public Span<long> NestedWalkCacheHits => counts.AsSpan((int)MmuCounter.NestedWalkCacheSkippedPml4e, 3);
+    public Span<long> NestedWalkCacheHits => MemoryMarshal.CreateSpan(ref At(MmuCounter.NestedWalkCacheSkippedPml4e), 3);
     /// <summary>Guest-physical accesses the nested table did not allow (EPT violations).</summary>
     public ref long NestedPageFaults => ref At(MmuCounter.NestedPageFaults);
 
@@ -137,5 +139,11 @@ public sealed class MmuCounters
     // The walkers and the TLBs bump these per translation: the index is a constant within the vector by
     // construction (one slot per enum member), so skip the bounds check and make the accessor as cheap as a field.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ref long At(MmuCounter counter) => ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(counts), (int)counter);
+    private ref long At(MmuCounter counter) => ref Unsafe.Add(ref Unsafe.As<MmuCounterVector, long>(ref counts), (int)counter);
+}
+
+[InlineArray(21)]
+internal struct MmuCounterVector
+{
+    private long element;
 }

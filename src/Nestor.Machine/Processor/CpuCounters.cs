@@ -36,8 +36,6 @@ public enum CpuCounter
 /// that subtraction and reports are loops), with a field-like <c>ref</c> accessor per counter for the interpreter.</summary>
 public sealed class CpuCounters
 {
-    private static readonly int CounterCount = Enum.GetValues<CpuCounter>().Length;
-
     // The names engines report the counters under (the CLI prints them and JSON writes them): a contract, not a
     // spelling of the enum's names ("instructions_decoded" for DecodedInstructions). Null: not reported.
     private static readonly string?[] ReportedNames =
@@ -46,7 +44,11 @@ public sealed class CpuCounters
         "decode_cache_evictions", "system_calls", "software_interrupts", "external_interrupts", null, null,
     ];
 
-    private readonly long[] counts = new long[CounterCount];
+    // The vector lives inside the object (an inline array), so that a counter is one field access away, as the
+    // fields it replaced were; its length is checked against the enum by a test.
+    internal const int Length = 11;
+
+    private CpuCounterVector counts;
 
     /// <summary>Retired instructions by <see cref="InstructionClass"/>.</summary>
     public readonly long[] RetiredByClass = new long[Enum.GetValues<InstructionClass>().Length];
@@ -64,7 +66,7 @@ public sealed class CpuCounters
     }
 
     /// <summary>Every scalar counter with its count, in <see cref="CpuCounter"/> order.</summary>
-    public IEnumerable<(CpuCounter Counter, long Count)> Counts => Enum.GetValues<CpuCounter>().Select(c => (c, counts[(int)c]));
+    public IEnumerable<(CpuCounter Counter, long Count)> Counts => Enum.GetValues<CpuCounter>().Select(c => (c, this[c]));
 
     /// <summary>The name an engine reports <paramref name="counter"/> under (snake case), or null if it is not reported.</summary>
     public static string? ReportedName(CpuCounter counter) => ReportedNames[(int)counter];
@@ -96,7 +98,7 @@ public sealed class CpuCounters
     // the vector by construction (the vector has one slot per enum member), so skip the bounds check and make the
     // accessor as cheap as the field it replaces.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ref long At(CpuCounter counter) => ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(counts), (int)counter);
+    private ref long At(CpuCounter counter) => ref Unsafe.Add(ref Unsafe.As<CpuCounterVector, long>(ref counts), (int)counter);
 
     internal void Exception(ExceptionVector v)
     {
@@ -105,4 +107,10 @@ public sealed class CpuCounters
             ExceptionsByVector[(int)v]++;
         }
     }
+}
+
+[InlineArray(11)]
+internal struct CpuCounterVector
+{
+    private long element;
 }
