@@ -1,3 +1,4 @@
+using Nestor.Machine.Addresses;
 using Nestor.Machine.Paging;
 using Nestor.Machine.Virtualization;
 using static Nestor.Machine.Tests.TestMemory;
@@ -92,7 +93,7 @@ public class NestedWalkTests
         {
             var mmu = new Mmu(Host.Memory, configuration);
             mmu.SetControlRegisters(PagingControls.LongMode4Level(GuestCr3));
-            mmu.SetNestedPaging(true, NestedRoot);
+            mmu.SetNestedPaging(true, new HostPhysical(NestedRoot));
             return mmu;
         }
     }
@@ -167,7 +168,7 @@ public class NestedWalkTests
         var mmu = setup.NewMmu(MmuConfiguration.Default);
         var trace = new List<WalkStep>();
 
-        Assert.Null(mmu.Explain(Linear, AccessKind.Read, user: false, trace, out var result));
+        Assert.Null(mmu.Explain(new GuestVirtual(Linear), AccessKind.Read, user: false, trace, out var result));
 
         Assert.Equal(24, trace.Count);
         var expected = new List<(WalkDimension, int)>();

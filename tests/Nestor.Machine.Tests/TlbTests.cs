@@ -1,3 +1,4 @@
+using Nestor.Machine.Addresses;
 using Nestor.Machine.Paging;
 using static Nestor.Machine.Tests.TestMemory;
 
@@ -35,7 +36,7 @@ public class TlbTests
         m.Write(entries[^1], 0x300000 | P | W | A); // remap without telling the TLB
         mmu.Translate(0x1000, AccessKind.Read, false, false, out ulong stale);
         Assert.Equal(0x200000UL, stale); // what real hardware does too: the TLB is not coherent with memory
-        mmu.InvalidatePage(0x1000);
+        mmu.InvalidatePage(new GuestVirtual(0x1000));
         mmu.Translate(0x1000, AccessKind.Read, false, false, out ulong fresh);
         Assert.Equal(0x300000UL, fresh);
     }
@@ -115,13 +116,13 @@ public class TlbTests
         mmu.WriteCr3(m.Cr3 | 1);
         mmu.Translate(0x1000, AccessKind.Read, false, false, out _);
         mmu.Translate(0x2000, AccessKind.Read, false, false, out _);
-        mmu.InvalidateProcessContext(1, 2, 0);   // another PCID: nothing of ours goes
+        mmu.InvalidateProcessContext(1, 2, default);   // another PCID: nothing of ours goes
         Assert.Equal(2, mmu.DataTlb.Count);
-        mmu.InvalidateProcessContext(1, 1, 0);   // our PCID: the non-global entry goes
+        mmu.InvalidateProcessContext(1, 1, default);   // our PCID: the non-global entry goes
         Assert.Equal(1, mmu.DataTlb.Count);
-        mmu.InvalidateProcessContext(3, 0, 0);   // all but global: the global one stays
+        mmu.InvalidateProcessContext(3, 0, default);   // all but global: the global one stays
         Assert.Equal(1, mmu.DataTlb.Count);
-        mmu.InvalidateProcessContext(2, 0, 0);   // everything
+        mmu.InvalidateProcessContext(2, 0, default);   // everything
         Assert.Equal(0, mmu.DataTlb.Count);
     }
 

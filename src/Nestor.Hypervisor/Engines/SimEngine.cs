@@ -324,32 +324,16 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     private static List<EngineCounter> CountersOf(Cpu cpu, TimeSpan wall)
     {
         var c = cpu.Counters;
-        var m = cpu.Mmu.Counters;
-        var list = new List<EngineCounter>
-        {
-            new("instructions_retired", (ulong)c.InstructionsRetired, ""),
-            new("instructions_per_second", wall.TotalSeconds > 0 ? (ulong)(c.InstructionsRetired / wall.TotalSeconds) : 0, "per s"),
-            new("memory_reads", (ulong)c.MemoryReads, ""),
-            new("memory_writes", (ulong)c.MemoryWrites, ""),
-            new("instructions_decoded", (ulong)c.DecodedInstructions, ""),
-            new("decode_cache_invalidations", (ulong)c.DecodeCacheInvalidations, ""),
-            new("decode_cache_evictions", (ulong)c.DecodeCacheEvictions, ""),
-            new("translations", (ulong)m.Translations, ""),
-            new("itlb_hits", (ulong)m.InstructionTlbHits, ""),
-            new("itlb_misses", (ulong)m.InstructionTlbMisses, ""),
-            new("dtlb_hits", (ulong)m.DataTlbHits, ""),
-            new("dtlb_misses", (ulong)m.DataTlbMisses, ""),
-            new("page_walks", (ulong)m.Walks, ""),
-            new("page_walk_references", (ulong)m.WalkReferences, ""),
-            new("page_walk_cache_hits", (ulong)(m.WalkCacheHits[0] + m.WalkCacheHits[1] + m.WalkCacheHits[2]), ""),
-            new("accessed_dirty_writes", (ulong)m.AccessedDirtyWrites, ""),
-            new("page_faults", (ulong)m.PageFaults, ""),
-            new("tlb_flushes", (ulong)m.TlbFlushes, ""),
-            new("system_calls", (ulong)c.SystemCalls, ""),
-            new("software_interrupts", (ulong)c.SoftwareInterrupts, ""),
-            new("external_interrupts", (ulong)c.ExternalInterrupts, ""),
-            new("apic_timer_interrupts", (ulong)cpu.Apic.TimerInterrupts, ""),
-        };
+        var list = new List<EngineCounter>();
+        // The order is the one the CLI and JSON have always had: the CPU's retired count and rate, its memory and
+        // decode counters, the MMU's (up to the flushes; the nested ones are the VMM's report), then the CPU's
+        // system calls and interrupts.
+        Report(list, c, CpuCounter.InstructionsRetired, CpuCounter.InstructionsRetired);
+        list.Add(new("instructions_per_second", wall.TotalSeconds > 0 ? (ulong)(c.InstructionsRetired / wall.TotalSeconds) : 0, "per s"));
+        Report(list, c, CpuCounter.MemoryReads, CpuCounter.DecodeCacheEvictions);
+        Report(list, cpu.Mmu.Counters, MmuCounter.Translations, MmuCounter.TlbFlushes);
+        Report(list, c, CpuCounter.SystemCalls, CpuCounter.ExternalInterrupts);
+        list.Add(new("apic_timer_interrupts", (ulong)cpu.Apic.TimerInterrupts, ""));
         foreach (var kind in Enum.GetValues<InstructionClass>())
         {
             list.Add(new EngineCounter($"retired_{kind.ToString().ToLowerInvariant()}", (ulong)c.RetiredByClass[(int)kind], ""));
@@ -366,6 +350,35 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             list.Add(new EngineCounter($"unimplemented_{mnemonic.ToLowerInvariant()}", (ulong)count, ""));
         }
         return list;
+    }
+
+    // One counter per reported name, in enum order, from first to last; the reported-name tables are the
+    // counter classes' own.
+    private static void Report(List<EngineCounter> list, CpuCounters counters, CpuCounter first, CpuCounter last)
+    {
+        for (var counter = first; counter <= last; counter++)
+        {
+            if (CpuCounters.ReportedName(counter) is { } name)
+            {
+                list.Add(new EngineCounter(name, (ulong)counters[counter], ""));
+            }
+        }
+    }
+
+    // Adjacent counters of one reported name (the page-walk cache's three levels) are reported as their sum.
+    private static void Report(List<EngineCounter> list, MmuCounters counters, MmuCounter first, MmuCounter last)
+    {
+        for (var counter = first; counter <= last; counter++)
+        {
+            string name = MmuCounters.ReportedName(counter);
+            long sum = counters[counter];
+            while (counter < last && MmuCounters.ReportedName(counter + 1) == name)
+            {
+                counter++;
+                sum += counters[counter];
+            }
+            list.Add(new EngineCounter(name, (ulong)sum, ""));
+        }
     }
 
     /// <summary>The CPU's architectural state as the engine-neutral <see cref="VcpuState"/>.</summary>

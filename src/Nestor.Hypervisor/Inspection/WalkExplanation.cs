@@ -1,3 +1,4 @@
+using Nestor.Machine.Addresses;
 using Nestor.Machine.Paging;
 
 namespace Nestor.Hypervisor.Inspection;
@@ -31,7 +32,10 @@ public sealed record WalkExplanation(ulong Linear, ulong Root, string Mode, IRea
     public static WalkExplanation Of(Mmu mmu, ulong linear, ulong? root, bool user, string mode)
     {
         var trace = new List<WalkStep>();
-        var fault = mmu.Explain(linear, AccessKind.Read, user, trace, out var result, root);
+        // The root is a guest CR3 (guest-physical) under nested paging, else the table the hardware walks (host-physical).
+        var fault = mmu.NestedPaging
+            ? mmu.Explain(new GuestVirtual(linear), AccessKind.Read, user, trace, out var result, guestRoot: root is { } g ? new GuestPhysical(g) : null)
+            : mmu.Explain(new GuestVirtual(linear), AccessKind.Read, user, trace, out result, root: root is { } h ? new HostPhysical(h) : null);
         bool cachesApply = root is null;
         var steps = new List<ExplainedStep>();
         int guestCached = cachesApply ? mmu.WalkCache.Peek(linear) : -1;
@@ -56,7 +60,7 @@ public sealed record WalkExplanation(ulong Linear, ulong Root, string Mode, IRea
             bool servesGuestStep = end < trace.Count;
             bool guestSaved = servesGuestStep && trace[end].Level <= guestCached;
             ulong guestPhysical = step.Input;
-            bool inNestedTlb = cachesApply && nested.NestedTlb?.Holds(guestPhysical, 0) == true;
+            bool inNestedTlb = cachesApply && nested.NestedTlb?.Holds(new GuestPhysical(guestPhysical)) == true;
             int nestedCached = cachesApply ? nested.NestedWalkCache.Peek(guestPhysical) : -1;
             for (int k = i; k < end; k++)
             {
@@ -67,7 +71,7 @@ public sealed record WalkExplanation(ulong Linear, ulong Root, string Mode, IRea
             }
             i = end;
         }
-        bool tlbHolds = cachesApply && mmu.DataTlb.Holds(linear, mmu.Controls.ProcessContext);
+        bool tlbHolds = cachesApply && mmu.DataTlb.Holds(new GuestVirtual(linear), mmu.Controls.ProcessContext);
         return new WalkExplanation(linear, root ?? mmu.Controls.Cr3, mode, steps, fault, result, tlbHolds, cachesApply);
     }
 }

@@ -1,3 +1,4 @@
+using Nestor.Machine.Addresses;
 using Nestor.Hypervisor.Memory;
 using Nestor.Machine.Memory;
 using Nestor.Machine.Paging;
@@ -79,7 +80,7 @@ public sealed partial class NestedPageTable : IDisposable
         Invalidations++;
         foreach (var processor in processors)
         {
-            processor.InvalidateGuestPhysical(guestPhysical);
+            processor.InvalidateGuestPhysical(new GuestPhysical(guestPhysical));
         }
     }
 

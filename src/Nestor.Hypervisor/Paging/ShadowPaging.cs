@@ -1,3 +1,4 @@
+using Nestor.Machine.Addresses;
 using Nestor.Hypervisor.Memory;
 using Nestor.Machine.Architecture;
 using Nestor.Machine.Memory;
@@ -88,7 +89,7 @@ public sealed class ShadowPaging
     {
         RequirePagingOn(cpu.Cr0);
         root = TableFor(new ShadowKey(cpu.Cr3 & PageWalker.AddressMask, 0, AllRights, false));
-        cpu.Mmu.SetShadowRoot(root.HostPhysical);
+        cpu.Mmu.SetShadowRoot(new HostPhysical(root.HostPhysical));
         cpu.Mmu.FlushAll(includingGlobal: true);
     }
 
@@ -102,7 +103,7 @@ public sealed class ShadowPaging
     {
         AddressSpaceSwitches++;
         root = TableFor(new ShadowKey(guestCr3 & PageWalker.AddressMask, 0, AllRights, false));
-        cpu.Mmu.SetShadowRoot(root.HostPhysical);
+        cpu.Mmu.SetShadowRoot(new HostPhysical(root.HostPhysical));
         FlushIfWriteProtected(cpu);
     }
 
@@ -265,13 +266,13 @@ public sealed class ShadowPaging
         var controls = cpu.Mmu.Controls;
         bool alignmentCheck = (cpu.Rflags & FlagBits.AlignmentCheck) != 0;
         guestFault = PageFaultError.None;
-        if (guestWalker.Walk(linear, kind, user, alignmentCheck, controls, out var walk) is { } fault)
+        if (guestWalker.Walk(new GuestVirtual(linear), kind, user, alignmentCheck, controls, out var walk) is { } fault)
         {
             guestFault = fault;
             return Resolution.GuestFault;
         }
         var steps = new List<WalkStep>(4);
-        guestWalker.Walk(linear, kind, user, alignmentCheck, controls, out _, steps);
+        guestWalker.Walk(new GuestVirtual(linear), kind, user, alignmentCheck, controls, out _, steps);
         ulong guestPhysical = walk.PhysicalPage | (linear & ((1UL << walk.PageShift) - 1));
         bool protectedFrame = byGuestFrame.ContainsKey(guestPhysical >> 12);
         Fill(linear, steps, walk, guestPhysical, controls, kind == AccessKind.Write);
@@ -326,7 +327,7 @@ public sealed class ShadowPaging
     private VmExitAction Emulate(Cpu cpu, ref VmExit exit, ulong linear, bool counted = false)
     {
         var controls = cpu.Mmu.Controls;
-        guestWalker.Walk(linear, AccessKind.Write, (exit.ErrorCode & (uint)PageFaultError.User) != 0, false, controls, out var walk, []);
+        guestWalker.Walk(new GuestVirtual(linear), AccessKind.Write, (exit.ErrorCode & (uint)PageFaultError.User) != 0, false, controls, out var walk, []);
         ulong guestPage = walk.PhysicalPage + (linear & ((1UL << walk.PageShift) - 1) & ~0xFFFUL);
         ulong frame = guestPage >> 12;
         byte[]? before = byGuestFrame.ContainsKey(frame) ? guestView.Page(guestPage).ToArray() : null;
@@ -461,7 +462,7 @@ public sealed class ShadowPaging
                 continue;
             }
             bool user = (entry & User) != 0;
-            if (walker.Walk(linear, AccessKind.Read, user, false, guest, out var walk, []) is { } fault)
+            if (walker.Walk(new GuestVirtual(linear), AccessKind.Read, user, false, guest, out var walk, []) is { } fault)
             {
                 problems.Add($"0x{linear:x}: the shadow maps it but the guest's tables fault ({fault}) under CR3 0x{guest.Cr3:x}");
                 continue;

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using Nestor.Machine.Addresses;
 using Nestor.Machine.Memory;
 
 namespace Nestor.Machine.Paging;
@@ -30,7 +31,7 @@ public sealed class Mmu
     // The controls the 1-D walker uses: the guest's, with CR3 replaced by the shadow page table's root when a VMM
     // installed one (shadow paging: the hardware walks the shadow table, the guest sees its own CR3).
     private PagingControls walkControls;
-    private ulong? shadowRoot;
+    private HostPhysical? shadowRoot;
     private bool nestedPaging;
 
     public Mmu(PhysicalMemory memory, MmuConfiguration configuration)
@@ -48,7 +49,7 @@ public sealed class Mmu
     public bool NestedPaging => nestedPaging;
 
     /// <summary>The host-physical root of the nested page table while nested paging is on.</summary>
-    public ulong NestedRoot => nestedWalker.NestedRoot;
+    public HostPhysical NestedRoot => nestedWalker.NestedRoot;
 
     public NestedWalker Nested => nestedWalker;
 
@@ -56,11 +57,11 @@ public sealed class Mmu
     public PageWalkCache WalkCache => walkCache;
 
     /// <summary>The shadow page table's root the hardware walks instead of CR3, if a VMM installed one.</summary>
-    public ulong? ShadowRoot => shadowRoot;
+    public HostPhysical? ShadowRoot => shadowRoot;
 
     /// <summary>Turns nested paging on with the nested table at <paramref name="nestedRoot"/> (host-physical), or off;
     /// every cached translation is dropped.</summary>
-    public void SetNestedPaging(bool enabled, ulong nestedRoot = 0)
+    public void SetNestedPaging(bool enabled, HostPhysical nestedRoot = default)
     {
         nestedPaging = enabled;
         nestedWalker.NestedRoot = nestedRoot;
@@ -80,7 +81,7 @@ public sealed class Mmu
     /// TLB's translations of that page go, with the nested page-walk cache, and so do all combined (guest-linear to
     /// host-physical) translations, since any linear address may lead to the page — single-context INVEPT invalidates
     /// every combined mapping of the EPTP (SDM Vol. 3C §29.4.3.1, §29.4.3.4).</summary>
-    public void InvalidateGuestPhysical(ulong guestPhysical)
+    public void InvalidateGuestPhysical(GuestPhysical guestPhysical)
     {
         nestedWalker.Invalidate(guestPhysical);
         FlushAll(includingGlobal: true);
@@ -88,36 +89,38 @@ public sealed class Mmu
 
     /// <summary>Installs the root of a shadow page table (host-physical) that walks use in place of CR3, or removes it.
     /// The caller flushes what its change requires, as a VMM loading the real CR3 would.</summary>
-    public void SetShadowRoot(ulong? root)
+    public void SetShadowRoot(HostPhysical? root)
     {
         shadowRoot = root;
-        walkControls = root is { } r ? controls with { Cr3 = r | (controls.Cr3 & 0xFFF) } : controls;
+        walkControls = root is { } r ? controls with { Cr3 = r.Value | (controls.Cr3 & 0xFFF) } : controls;
         Generation++;
     }
 
     /// <summary>Explains the walk of <paramref name="linear"/> as it would happen now, without using or changing any
     /// cache, counter or accessed bit: every memory reference in order (up to 24 for a 2-D walk).</summary>
-    /// <param name="root">Walk from this top-level table instead of the current one: a guest CR3 (guest-physical) under
-    /// nested paging, else the physical address of the table the hardware walks (a shadow root under shadow paging).</param>
-    public PageFaultError? Explain(ulong linear, AccessKind kind, bool user, List<WalkStep> trace, out WalkResult result, ulong? root = null)
+    /// <param name="root">Without nested paging: walk from this top-level table instead of the current one (the
+    /// host-physical table the hardware walks, a shadow root under shadow paging).</param>
+    /// <param name="guestRoot">Under nested paging: walk from this guest CR3 (guest-physical) instead of the current one.</param>
+    public PageFaultError? Explain(GuestVirtual linear, AccessKind kind, bool user, List<WalkStep> trace, out WalkResult result,
+        HostPhysical? root = null, GuestPhysical? guestRoot = null)
     {
         var scratch = new MmuCounters();
         var noCache = new PageWalkCache(0);
         if (nestedPaging)
         {
             var nested = new NestedWalker(memory, noCache, NestedPagingConfiguration.None, scratch) { NestedRoot = nestedWalker.NestedRoot };
-            return nested.Walk(linear, kind, user, false, root is { } guestCr3 ? controls with { Cr3 = guestCr3 } : controls, out result, trace);
+            return nested.Walk(linear.Value, kind, user, false, guestRoot is { } guestCr3 ? controls with { Cr3 = guestCr3.Value } : controls, out result, trace);
         }
         if (root is { } top)
         {
-            return new PageWalker(memory, noCache, scratch).Walk(linear, kind, user, false, walkControls with { Cr3 = top }, out result, trace);
+            return new PageWalker(memory, noCache, scratch).Walk(linear.Value, kind, user, false, walkControls with { Cr3 = top.Value }, out result, trace);
         }
         if (!controls.Paging)
         {
-            result = new WalkResult { PhysicalPage = linear & ~0xFFFUL, PageShift = 12 };
+            result = new WalkResult { PhysicalPage = linear.Value & ~0xFFFUL, PageShift = 12 };
             return null;
         }
-        return new PageWalker(memory, noCache, scratch).Walk(linear, kind, user, false, walkControls, out result, trace);
+        return new PageWalker(memory, noCache, scratch).Walk(linear.Value, kind, user, false, walkControls, out result, trace);
     }
 
     public MmuConfiguration Configuration { get; }
@@ -141,7 +144,7 @@ public sealed class Mmu
     {
         var previous = controls;
         controls = value;
-        walkControls = shadowRoot is { } r ? controls with { Cr3 = r | (controls.Cr3 & 0xFFF) } : controls;
+        walkControls = shadowRoot is { } r ? controls with { Cr3 = r.Value | (controls.Cr3 & 0xFFF) } : controls;
         Generation++;
         if (previous with { Cr3 = value.Cr3 } != value)
         {
@@ -155,7 +158,7 @@ public sealed class Mmu
     {
         bool noFlush = controls.ProcessContextIdentifiers && (value & (1UL << 63)) != 0;
         controls = controls with { Cr3 = value & ~(1UL << 63) };
-        walkControls = shadowRoot is { } r ? controls with { Cr3 = r | (controls.Cr3 & 0xFFF) } : controls;
+        walkControls = shadowRoot is { } r ? controls with { Cr3 = r.Value | (controls.Cr3 & 0xFFF) } : controls;
         Generation++;
         walkCache.Flush();
         Counters.TlbFlushes++;
@@ -178,20 +181,20 @@ public sealed class Mmu
     }
 
     /// <summary>INVLPG.</summary>
-    public void InvalidatePage(ulong linear)
+    public void InvalidatePage(GuestVirtual linear)
     {
         Generation++;
-        dataTlb.InvalidatePage(linear);
+        dataTlb.InvalidatePage(linear.Value);
         if (instructionTlb != dataTlb)
         {
-            instructionTlb.InvalidatePage(linear);
+            instructionTlb.InvalidatePage(linear.Value);
         }
         walkCache.Flush();
     }
 
     /// <summary>INVPCID (SDM Vol. 2A): type 0 one address (all PCIDs here: invalidating more is always allowed),
     /// 1 one PCID's non-global translations, 2 everything including global ones, 3 everything but global ones.</summary>
-    public void InvalidateProcessContext(int type, ushort processContext, ulong linear)
+    public void InvalidateProcessContext(int type, ushort processContext, GuestVirtual linear)
     {
         switch (type)
         {
@@ -231,7 +234,17 @@ public sealed class Mmu
     /// <param name="user">A user-mode access (CPL 3).</param>
     /// <param name="alignmentCheck">RFLAGS.AC (the SMAP override).</param>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public PageFaultError? Translate(ulong linear, AccessKind kind, bool user, bool alignmentCheck, out ulong physical)
+    public PageFaultError? Translate(GuestVirtual linear, AccessKind kind, bool user, bool alignmentCheck, out HostPhysical physical)
+    {
+        var fault = Translate(linear.Value, kind, user, alignmentCheck, out ulong value);
+        physical = new HostPhysical(value);
+        return fault;
+    }
+
+    // The interpreter's own entry (it keeps addresses as ulong in its inner loop, issue 11): the typed overload
+    // above is this one, wrapped.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal PageFaultError? Translate(ulong linear, AccessKind kind, bool user, bool alignmentCheck, out ulong physical)
     {
         Counters.Translations++;
         if (!controls.Paging && !nestedPaging)

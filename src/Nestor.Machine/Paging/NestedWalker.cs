@@ -1,3 +1,4 @@
+using Nestor.Machine.Addresses;
 using Nestor.Machine.Memory;
 using Nestor.Machine.Virtualization;
 
@@ -57,7 +58,7 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
     public NestedPagingConfiguration Configuration { get; }
 
     /// <summary>The host-physical address of the nested page table's top level.</summary>
-    public ulong NestedRoot { get; set; }
+    public HostPhysical NestedRoot { get; set; }
 
     public Tlb? NestedTlb => nestedTlb;
 
@@ -68,7 +69,12 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
     /// a large page mapped by small ones) when the guest's tables allow the access, else the guest's page-fault error
     /// code. Throws <see cref="NestedPageFault"/> when the nested table does not map a guest-physical address the
     /// walk needs.</summary>
-    public PageFaultError? Walk(ulong linear, AccessKind kind, bool user, bool alignmentCheck, in PagingControls guest,
+    public PageFaultError? Walk(GuestVirtual linear, AccessKind kind, bool user, bool alignmentCheck, in PagingControls guest,
+        out WalkResult result, List<WalkStep>? trace = null) =>
+        Walk(linear.Value, kind, user, alignmentCheck, guest, out result, trace);
+
+    // The MMU's own entry: its translation path keeps linear addresses as ulong.
+    internal PageFaultError? Walk(ulong linear, AccessKind kind, bool user, bool alignmentCheck, in PagingControls guest,
         out WalkResult result, List<WalkStep>? trace = null)
     {
         long referencesBefore = counters.WalkReferences;
@@ -103,7 +109,10 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
     /// <summary>The nested dimension: guest-physical → host-physical through the nested TLB, the nested page-walk
     /// cache and the nested page table (SDM Vol. 3C §29.3.2). When <paramref name="trace"/> is given the walk is
     /// explained cold: no cache is used or filled.</summary>
-    public ulong ToHost(ulong guestPhysical, AccessKind kind, bool finalTranslation, ulong linear, out int pageShift, List<WalkStep>? trace)
+    public HostPhysical ToHost(GuestPhysical guestPhysical, AccessKind kind, bool finalTranslation, GuestVirtual linear, out int pageShift, List<WalkStep>? trace) =>
+        new(ToHost(guestPhysical.Value, kind, finalTranslation, linear.Value, out pageShift, trace));
+
+    private ulong ToHost(ulong guestPhysical, AccessKind kind, bool finalTranslation, ulong linear, out int pageShift, List<WalkStep>? trace)
     {
         bool useCaches = trace is null;
         if (useCaches && nestedTlb is not null)
@@ -121,7 +130,7 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
         }
         counters.NestedWalks++;
         var rights = TranslationRights.Writable | TranslationRights.Executable;
-        ulong table = NestedRoot & NestedEntry.AddressMask;
+        ulong table = NestedRoot.Value & NestedEntry.AddressMask;
         int level = 0;
         ulong next = 0;
         var cachedRights = TranslationRights.None;
@@ -197,9 +206,9 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
     /// <summary>Drops what is cached for the guest-physical page at <paramref name="guestPhysical"/>: its nested TLB
     /// entries, and the nested page-walk cache (whose entries for the page's upper levels cannot be told apart from
     /// others'; dropping more than asked is what INVEPT allows, SDM Vol. 3C §29.4.3.1).</summary>
-    public void Invalidate(ulong guestPhysical)
+    public void Invalidate(GuestPhysical guestPhysical)
     {
-        nestedTlb?.InvalidatePage(guestPhysical);
+        nestedTlb?.InvalidatePage(guestPhysical.Value);
         nestedWalkCache.Flush();
     }
 

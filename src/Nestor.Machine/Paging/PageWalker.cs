@@ -1,3 +1,4 @@
+using Nestor.Machine.Addresses;
 using Nestor.Machine.Memory;
 
 namespace Nestor.Machine.Paging;
@@ -39,7 +40,7 @@ public interface IGuestPhysicalTranslator
     /// <summary>The host-physical address of <paramref name="guestPhysical"/> for an access of
     /// <paramref name="kind"/>; <paramref name="finalTranslation"/> is false for reads of the guest's paging
     /// structures. Throws <see cref="Virtualization.NestedPageFault"/> when the nested table does not allow it.</summary>
-    ulong ToHost(ulong guestPhysical, AccessKind kind, bool finalTranslation, ulong linear, out int pageShift, List<WalkStep>? trace);
+    HostPhysical ToHost(GuestPhysical guestPhysical, AccessKind kind, bool finalTranslation, GuestVirtual linear, out int pageShift, List<WalkStep>? trace);
 }
 
 /// <summary>The one-dimensional walk of 4-level paging (Intel SDM Vol. 3A §4.5, Figure 4-8): CR3 → PML4E → PDPTE →
@@ -61,7 +62,12 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
     /// <paramref name="result"/> when the access is allowed; otherwise the page-fault error code.</summary>
     /// <param name="trace">When given, the walk is explained instead of performed: every reference is recorded, and
     /// no cache is used or filled and no accessed or dirty bit is written.</param>
-    public PageFaultError? Walk(ulong linear, AccessKind kind, bool user, bool alignmentCheck, in PagingControls controls,
+    public PageFaultError? Walk(GuestVirtual linear, AccessKind kind, bool user, bool alignmentCheck, in PagingControls controls,
+        out WalkResult result, List<WalkStep>? trace = null) =>
+        Walk(linear.Value, kind, user, alignmentCheck, controls, out result, trace);
+
+    // The MMU's and the 2-D walker's own entry: their translation paths keep linear addresses as ulong.
+    internal PageFaultError? Walk(ulong linear, AccessKind kind, bool user, bool alignmentCheck, in PagingControls controls,
         out WalkResult result, List<WalkStep>? trace = null)
     {
         counters.Walks++;
@@ -90,7 +96,7 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
             ulong entryAddress = table + ((linear >> shift) & 511) * 8;
             if (nested is not null)
             {
-                entryAddress = nested.ToHost(entryAddress, AccessKind.Read, finalTranslation: false, linear, out _, trace);
+                entryAddress = nested.ToHost(new GuestPhysical(entryAddress), AccessKind.Read, finalTranslation: false, new GuestVirtual(linear), out _, trace).Value;
             }
             ulong entry = memory.ReadUInt64(entryAddress);
             counters.WalkReferences++;

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using Nestor.Machine.Addresses;
 
 namespace Nestor.Machine.Paging;
 
@@ -71,7 +72,14 @@ public sealed class Tlb
     /// <summary>Finds the entry translating <paramref name="linear"/> for <paramref name="processContext"/>; returns
     /// its index or -1.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public int Lookup(ulong linear, ushort processContext)
+    public int Lookup(GuestVirtual linear, ushort processContext) => Lookup(linear.Value, processContext);
+
+    /// <summary>A nested TLB's lookup: the entry translating the guest-physical page of <paramref name="guestPhysical"/>,
+    /// or -1.</summary>
+    public int Lookup(GuestPhysical guestPhysical) => Lookup(guestPhysical.Value, 0);
+
+    // The MMU's own entry (its translation path keeps addresses as ulong; a nested TLB's keys are guest-physical).
+    internal int Lookup(ulong linear, ushort processContext)
     {
         int i = Probe(linear, 12, processContext);
         if (i < 0)
@@ -90,10 +98,15 @@ public sealed class Tlb
     }
 
     /// <summary>Whether the TLB holds a translation of <paramref name="linear"/>, without counting as a use.</summary>
-    public bool Holds(ulong linear, ushort processContext) =>
+    public bool Holds(GuestVirtual linear, ushort processContext) => Holds(linear.Value, processContext);
+
+    /// <summary>Whether a nested TLB holds a translation of <paramref name="guestPhysical"/>, without counting as a use.</summary>
+    public bool Holds(GuestPhysical guestPhysical) => Holds(guestPhysical.Value, 0);
+
+    internal bool Holds(ulong linear, ushort processContext) =>
         Probe(linear, 12, processContext) >= 0 || Probe(linear, 21, processContext) >= 0 || Probe(linear, 30, processContext) >= 0;
 
-    /// <summary>The entry at <paramref name="index"/> (from <see cref="Lookup"/>).</summary>
+    /// <summary>The entry at <paramref name="index"/> (from a Lookup).</summary>
     public ref readonly TlbEntry this[int index] => ref entries[index];
 
     private int Probe(ulong linear, int shift, ushort processContext)
@@ -114,7 +127,14 @@ public sealed class Tlb
     }
 
     /// <summary>Caches a translation, replacing the least recently used entry of its set.</summary>
-    public void Insert(ulong linear, ulong physicalPage, int pageShift, TranslationRights rights, ushort processContext)
+    public void Insert(GuestVirtual linear, HostPhysical physicalPage, int pageShift, TranslationRights rights, ushort processContext) =>
+        Insert(linear.Value, physicalPage.Value, pageShift, rights, processContext);
+
+    /// <summary>A nested TLB's fill: caches the host-physical page of a guest-physical one.</summary>
+    public void Insert(GuestPhysical guestPhysical, HostPhysical physicalPage, int pageShift, TranslationRights rights) =>
+        Insert(guestPhysical.Value, physicalPage.Value, pageShift, rights, 0);
+
+    internal void Insert(ulong linear, ulong physicalPage, int pageShift, TranslationRights rights, ushort processContext)
     {
         ulong page = linear >> pageShift;
         int set = (int)(page % (ulong)sets);
@@ -153,7 +173,12 @@ public sealed class Tlb
 
     /// <summary>INVLPG: drops every translation of <paramref name="linear"/>, for all PCIDs and global ones too
     /// (§4.10.4.1).</summary>
-    public void InvalidatePage(ulong linear)
+    public void InvalidatePage(GuestVirtual linear) => InvalidatePage(linear.Value);
+
+    /// <summary>A nested TLB's INVEPT of one page: drops every translation of <paramref name="guestPhysical"/>.</summary>
+    public void InvalidatePage(GuestPhysical guestPhysical) => InvalidatePage(guestPhysical.Value);
+
+    internal void InvalidatePage(ulong linear)
     {
         for (int i = 0; i < entries.Length; i++)
         {

@@ -1,3 +1,4 @@
+using Nestor.Machine.Addresses;
 using Iced.Intel;
 using Nestor.Machine.Architecture;
 using Nestor.Machine.Virtualization;
@@ -216,7 +217,7 @@ public sealed partial class Cpu
                     {
                         return null;
                     }
-                    Mmu.InvalidatePage(linear);
+                    Mmu.InvalidatePage(new GuestVirtual(linear));
                     return null;
                 }
             case Mnemonic.Invpcid:
@@ -233,7 +234,7 @@ public sealed partial class Cpu
                     {
                         return null;
                     }
-                    Mmu.InvalidateProcessContext((int)type, (ushort)pcid, linear);
+                    Mmu.InvalidateProcessContext((int)type, (ushort)pcid, new GuestVirtual(linear));
                     return null;
                 }
             case Mnemonic.Swapgs:

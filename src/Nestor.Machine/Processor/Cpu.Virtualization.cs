@@ -1,3 +1,4 @@
+using Nestor.Machine.Addresses;
 using Iced.Intel;
 using Nestor.Machine.Architecture;
 using Nestor.Machine.Virtualization;
@@ -99,7 +100,7 @@ public sealed partial class Cpu
     {
         nonRoot = controls;
         exitHandler = handler;
-        Mmu.SetNestedPaging(controls.NestedPaging, controls.NestedRoot);
+        Mmu.SetNestedPaging(controls.NestedPaging, new HostPhysical(controls.NestedRoot));
         RevalidateTranslations();
     }
 

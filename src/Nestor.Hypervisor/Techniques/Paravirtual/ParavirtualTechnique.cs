@@ -78,7 +78,7 @@ public sealed class ParavirtualTechnique(Vm vm, VmControlStructure vmcs, IMemory
                 return 0;
             case Hypercall.Invlpg:
                 Shadow.Invalidate(a);
-                cpu.Mmu.InvalidatePage(a);
+                cpu.Mmu.InvalidatePage(new Nestor.Machine.Addresses.GuestVirtual(a));
                 return 0;
             case Hypercall.VcpuInfo:
                 {
