@@ -540,14 +540,7 @@ public sealed class ShadowPaging
     public void Reset(Cpu cpu)
     {
         Resets++;
-        foreach (var table in tables.Values)
-        {
-            pool.FreeTable(table.HostPhysical);
-        }
-        tables.Clear();
-        byGuestFrame.Clear();
-        leafMappings.Clear();
-        root = null;
+        ReleaseTables();
         Activate(cpu);
     }
 
