@@ -11,7 +11,7 @@ namespace Nestor.Hypervisor.Paging;
 /// RAM (<see cref="GuestMemory"/>), the guest frame's <i>home</i>.</item>
 /// <item>A guest frame can be unmapped (the next access faults into the VMM and maps it again), remapped to another
 /// host frame, and shared copy-on-write with other guest frames, of this VM or another one on the same host
-/// (<see cref="Share"/>): the shared frame is write-protected, so the nested and shadow tables map it read-only and a
+/// (<see cref="Share(GuestPhysical, GuestPhysicalMap, GuestPhysical)"/>): the shared frame is write-protected, so the nested and shadow tables map it read-only and a
 /// guest write faults into the VMM, which copies it back into the writer's home and maps that instead
 /// (<see cref="Touch(ulong, bool)"/> with <c>write</c>) — the mechanism of ESX's transparent page sharing
 /// (Waldspurger, OSDI 2002, §4) and of host swapping.</item>
@@ -22,7 +22,7 @@ namespace Nestor.Hypervisor.Paging;
 /// A private guest frame is backed by its home, so the VMM's direct view of guest RAM (<see cref="GuestMemory"/>: the
 /// loaders, devices, shadow paging's software walks) agrees with what the guest sees; a shared frame's home holds a
 /// copy of its bytes taken when it was shared (the guest cannot write it while shared). A frame remapped with
-/// <see cref="Remap"/> to a frame other than its home is seen by the guest only: copy its bytes home where the VMM
+/// <see cref="Remap(GuestPhysical, HostPhysical)"/> to a frame other than its home is seen by the guest only: copy its bytes home where the VMM
 /// must see them too.</summary>
 public sealed partial class GuestPhysicalMap : IDisposable
 {
@@ -67,10 +67,10 @@ public sealed partial class GuestPhysicalMap : IDisposable
     }
 
     /// <summary>Whether <paramref name="guestPhysical"/> is guest RAM (else it is a device, or nothing).</summary>
-    public bool IsRam(ulong guestPhysical) => guest.IsRam(new GuestPhysical(guestPhysical & ~0xFFFUL), 0x1000);
+    internal bool IsRam(ulong guestPhysical) => guest.IsRam(new GuestPhysical(guestPhysical & ~0xFFFUL), 0x1000);
 
     /// <summary>The host-physical address of <paramref name="guestPhysical"/> if its page has a host frame.</summary>
-    public bool TryHostPhysical(ulong guestPhysical, out ulong hostPhysical)
+    internal bool TryHostPhysical(ulong guestPhysical, out ulong hostPhysical)
     {
         ulong frame = guestPhysical >> FrameShift;
         hostPhysical = frame < (ulong)hostFrames.Length ? hostFrames[frame] : 0;
@@ -84,21 +84,21 @@ public sealed partial class GuestPhysicalMap : IDisposable
 
     /// <summary>Whether the page at <paramref name="guestPhysical"/> is mapped to a write-protected (shared) frame:
     /// nested and shadow tables must map it read-only.</summary>
-    public bool IsWriteProtected(ulong guestPhysical) =>
+    internal bool IsWriteProtected(ulong guestPhysical) =>
         TryHostPhysical(guestPhysical, out ulong host) && pool.IsWriteProtected(host);
 
     /// <summary>The EPT permissions a nested entry for <paramref name="guestPhysical"/> may grant.</summary>
-    public ulong NestedPermissions(ulong guestPhysical) =>
+    internal ulong NestedPermissions(ulong guestPhysical) =>
         IsWriteProtected(guestPhysical) ? NestedEntry.Read | NestedEntry.Execute : NestedEntry.ReadWriteExecute;
 
     /// <summary>The host-physical address of guest RAM at <paramref name="guestPhysical"/>, giving its page a host frame
     /// on first touch.</summary>
-    public ulong Touch(ulong guestPhysical) => Touch(guestPhysical, write: false);
+    internal ulong Touch(ulong guestPhysical) => Touch(guestPhysical, write: false);
 
     /// <summary>The host-physical address of guest RAM at <paramref name="guestPhysical"/> for an access, giving its page
     /// a host frame on first touch; a write to a write-protected (shared) frame first gives the page a private copy in
     /// its home (copy-on-write).</summary>
-    public ulong Touch(ulong guestPhysical, bool write)
+    internal ulong Touch(ulong guestPhysical, bool write)
     {
         if (TryHostPhysical(guestPhysical, out ulong host))
         {
@@ -119,7 +119,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
     /// <summary>Gives the whole 2 MiB guest page around <paramref name="guestPhysical"/> a 2 MiB-aligned run of host
     /// frames, so that one large nested entry can map it. False when that cannot be done: part of it is not RAM, or
     /// some page of it already has a frame of its own.</summary>
-    public bool TouchLarge(ulong guestPhysical, out ulong hostLarge)
+    internal bool TouchLarge(ulong guestPhysical, out ulong hostLarge)
     {
         hostLarge = 0;
         ulong first = guestPhysical & ~0x1F_FFFFUL;
@@ -147,7 +147,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
     /// <summary>Takes the host frame away from the guest page at <paramref name="guestPhysical"/>: the nested or shadow
     /// entries mapping it go, and the guest's next access faults into the VMM, which maps it again (from its home,
     /// which keeps its bytes). False when the page had no frame.</summary>
-    public bool Unmap(ulong guestPhysical)
+    internal bool Unmap(ulong guestPhysical)
     {
         ulong frame = guestPhysical >> FrameShift;
         if (!TryHostPhysical(guestPhysical, out ulong host))
@@ -163,7 +163,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
 
     /// <summary>Maps the guest page at <paramref name="guestPhysical"/> to the host frame at
     /// <paramref name="hostPhysical"/>, which is in use (it takes a reference), in place of its current frame.</summary>
-    public void Remap(ulong guestPhysical, ulong hostPhysical)
+    internal void Remap(ulong guestPhysical, ulong hostPhysical)
     {
         if (!IsRam(guestPhysical))
         {
@@ -191,7 +191,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
     /// writer a private copy. The source's bytes move to a frame of the pool's own memory (so that each sharer's home
     /// is free to take its copy back), and the target's home receives a copy of them.</summary>
     /// <returns>The shared frame's host-physical address.</returns>
-    public ulong Share(ulong sourceGuestPhysical, GuestPhysicalMap target, ulong targetGuestPhysical)
+    internal ulong Share(ulong sourceGuestPhysical, GuestPhysicalMap target, ulong targetGuestPhysical)
     {
         if (target.pool != pool)
         {
@@ -227,7 +227,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
 
     /// <summary>The bytes the guest sees in its page at <paramref name="guestPhysical"/>: its host frame's, or (no
     /// frame yet) its home's.</summary>
-    public Span<byte> PageContents(ulong guestPhysical)
+    internal Span<byte> PageContents(ulong guestPhysical)
     {
         ulong page = guestPhysical & ~0xFFFUL;
         return TryHostPhysical(page, out ulong host) ? pool.Contents(host) : HomeContents(page);

@@ -21,8 +21,8 @@ public sealed partial class NestedPageTable : IDisposable
     {
         this.pool = pool;
         host = pool.Memory;
-        Root = pool.AllocateTable();
-        tableFrames.Add(Root);
+        RootAddress = pool.AllocateTable();
+        tableFrames.Add(RootAddress);
         Tables = 1;
     }
 
@@ -40,7 +40,7 @@ public sealed partial class NestedPageTable : IDisposable
 
     /// <summary>The leaf entry mapping <paramref name="guestPhysical"/> (a 4 KiB or a 2 MiB one) and its page shift, or
     /// 0 when the page is not mapped.</summary>
-    public ulong LeafEntry(ulong guestPhysical, out int pageShift)
+    internal ulong LeafEntry(ulong guestPhysical, out int pageShift)
     {
         pageShift = 0;
         return FindLeaf(guestPhysical, out ulong address, out pageShift) ? host.ReadUInt64(address) : 0;
@@ -49,7 +49,7 @@ public sealed partial class NestedPageTable : IDisposable
     /// <summary>Removes the entry mapping <paramref name="guestPhysical"/> (the whole 2 MiB when a large entry maps it:
     /// its other pages fault in again at 4 KiB) and shoots down the processors' cached translations of it. False when
     /// nothing mapped it.</summary>
-    public bool Unmap(ulong guestPhysical)
+    internal bool Unmap(ulong guestPhysical)
     {
         if (!FindLeaf(guestPhysical, out ulong address, out _))
         {
@@ -61,10 +61,10 @@ public sealed partial class NestedPageTable : IDisposable
     }
 
     /// <summary>Takes write access from the entry mapping <paramref name="guestPhysical"/>, so that a guest write to it
-    /// is an EPT violation (a large entry is removed instead, as in <see cref="Unmap"/>, so that only this page becomes
+    /// is an EPT violation (a large entry is removed instead, as in <see cref="Unmap(GuestPhysical)"/>, so that only this page becomes
     /// read-only when it faults in again), and shoots down the processors' cached translations. False when nothing
     /// mapped it.</summary>
-    public bool WriteProtect(ulong guestPhysical)
+    internal bool WriteProtect(ulong guestPhysical)
     {
         if (!FindLeaf(guestPhysical, out ulong address, out int pageShift))
         {
@@ -87,7 +87,7 @@ public sealed partial class NestedPageTable : IDisposable
     /// <summary>The address of the present leaf entry mapping <paramref name="guestPhysical"/>.</summary>
     private bool FindLeaf(ulong guestPhysical, out ulong entryAddress, out int pageShift)
     {
-        ulong table = Root;
+        ulong table = RootAddress;
         for (int level = 0; level < 4; level++)
         {
             entryAddress = table + ((guestPhysical >> (39 - 9 * level)) & 511) * 8;
@@ -120,7 +120,7 @@ public sealed partial class NestedPageTable : IDisposable
     }
 
     /// <summary>Host-physical address of the top-level table (the EPTP's address).</summary>
-    public ulong Root { get; }
+    internal ulong RootAddress { get; }
 
     /// <summary>Table pages in use.</summary>
     public int Tables { get; private set; }
@@ -131,10 +131,10 @@ public sealed partial class NestedPageTable : IDisposable
 
     /// <summary>Maps the guest page at <paramref name="guestPhysical"/> (4 KiB when <paramref name="pageShift"/> is
     /// 12, 2 MiB when 21) to <paramref name="hostPhysical"/> with <paramref name="permissions"/> (EPT R/W/X bits).</summary>
-    public void Map(ulong guestPhysical, ulong hostPhysical, int pageShift, ulong permissions = NestedEntry.ReadWriteExecute)
+    internal void Map(ulong guestPhysical, ulong hostPhysical, int pageShift, ulong permissions = NestedEntry.ReadWriteExecute)
     {
         int leafLevel = pageShift == 21 ? 2 : 3;
-        ulong table = Root;
+        ulong table = RootAddress;
         for (int level = 0; level < leafLevel; level++)
         {
             ulong entryAddress = table + ((guestPhysical >> (39 - 9 * level)) & 511) * 8;
@@ -168,9 +168,9 @@ public sealed partial class NestedPageTable : IDisposable
 
     /// <summary>Whether the 2 MiB guest page around <paramref name="guestPhysical"/> has no small mappings yet, so a
     /// large entry can still map it.</summary>
-    public bool CanMapLarge(ulong guestPhysical)
+    internal bool CanMapLarge(ulong guestPhysical)
     {
-        ulong table = Root;
+        ulong table = RootAddress;
         for (int level = 0; level < 2; level++)
         {
             ulong entry = host.ReadUInt64(table + ((guestPhysical >> (39 - 9 * level)) & 511) * 8);
@@ -192,7 +192,7 @@ public sealed partial class NestedPageTable
     public void Save(Persistence.SnapshotWriter writer)
     {
         var leaves = new List<(ulong Guest, int Shift, ulong Entry)>();
-        Collect(Root, 0, 0, leaves);
+        Collect(RootAddress, 0, 0, leaves);
         writer.WriteInt32(leaves.Count);
         foreach (var (guest, shift, entry) in leaves)
         {

@@ -57,7 +57,7 @@ public class TechniqueExitTests
         Assert.Equal(shadow, c.Cr0Cr4WriteExiting);
         Assert.Equal(shadow, c.InvlpgExiting);
         Assert.Equal(!shadow, c.NestedPaging);
-        Assert.Equal(shadow ? 0UL : bench.Monitor.Memory.NestedTable!.Root, c.NestedRoot);
+        Assert.Equal(shadow ? 0UL : bench.Monitor.Memory.NestedTable!.Root.Value, c.NestedRoot);
         Assert.Equal(!shadow, bench.Cpu.Mmu.NestedPaging);
     }
 

@@ -34,7 +34,7 @@ public sealed class NestedMemoryVirtualization(NestedPageTable table, GuestPhysi
     {
         // "Enable EPT" and the EPTP (SDM Vol. 3C §25.6.11); no #PF, CR3 or INVLPG exiting is needed.
         controls.NestedPaging = true;
-        controls.NestedRoot = NestedTable.Root;
+        controls.NestedRoot = NestedTable.Root.Value; // the VMCS field is a raw EPTP, as the hardware holds it
     }
 
     /// <inheritdoc/>
