@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Nestor.Cli.Commands;
+using Nestor.Cli.Commands.Container;
 using Nestor.Cli.Output;
 
 namespace Nestor.Cli;
@@ -9,6 +10,10 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        if (ContainerCommands.RunInternal(args) is { } internalStatus)
+        {
+            return internalStatus;
+        }
         var parse = CreateRoot().Parse(args, ParserConfiguration);
         if (parse.Errors.Count > 0)
         {
@@ -30,12 +35,20 @@ public static class Program
     /// errors, and a kernel whose path begins with @ could not be named.</summary>
     internal static ParserConfiguration ParserConfiguration { get; } = new() { ResponseFileTokenReplacer = null };
 
-    /// <summary>The command tree: <c>nestor run | info | bench | walk</c>.</summary>
-    internal static RootCommand CreateRoot() => new("Nestor: a virtualization platform to run, see and measure virtual machines.")
+    /// <summary>The command tree: <c>nestor run | info | bench | walk | container | image | oci | chroot</c>.</summary>
+    internal static RootCommand CreateRoot()
     {
-        RunCommand.Create(),
-        InfoCommand.Create(),
-        BenchCommand.Create(),
-        WalkCommand.Create(),
-    };
+        var root = new RootCommand("Nestor: a virtualization platform to run, see and measure virtual machines and containers.")
+        {
+            RunCommand.Create(),
+            InfoCommand.Create(),
+            BenchCommand.Create(),
+            WalkCommand.Create(),
+        };
+        foreach (var command in ContainerCommands.Create())
+        {
+            root.Subcommands.Add(command);
+        }
+        return root;
+    }
 }
