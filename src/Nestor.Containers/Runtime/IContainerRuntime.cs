@@ -34,6 +34,10 @@ public interface IContainerRuntime
 
     SpecState State(string id);
 
+    /// <summary>Runs another process in a running container's namespaces, cgroup and security settings (runc's
+    /// <c>exec</c>; not in the runtime-spec): <paramref name="process"/>'s args, env, cwd, user, capabilities.</summary>
+    IRuntimeProcess Exec(string id, SpecProcess process, RuntimeIo io);
+
     /// <summary>Sends a signal (number, e.g. 15) to the container's first process.</summary>
     void Kill(string id, int signal, bool all = false);
 
@@ -42,6 +46,16 @@ public interface IContainerRuntime
 
     /// <summary>The ids this runtime knows.</summary>
     IReadOnlyList<string> List();
+}
+
+/// <summary>A process the runtime started for the caller (an <c>exec</c>), to wait for.</summary>
+public interface IRuntimeProcess : IDisposable
+{
+    /// <summary>Host pid of the process the caller waits for.</summary>
+    int Pid { get; }
+
+    /// <summary>Waits for the process; returns its exit status as a shell reports it (128 + signal when killed).</summary>
+    int WaitForExit();
 }
 
 public sealed class ContainerRuntimeException(string message, Exception? inner = null) : Exception(message, inner);
