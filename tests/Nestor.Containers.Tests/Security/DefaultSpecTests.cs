@@ -93,13 +93,10 @@ public class DefaultSpecTests
         }
         finally
         {
-            foreach (string controller in new[] { "cpu", "cpuacct", "memory", "pids", "devices", "freezer", "blkio", "cpuset", "hugetlb", "systemd" })
+            foreach (string child in Directory.GetDirectories("/sys/fs/cgroup").Select(h => Path.Combine(h, options.CgroupsPath.TrimStart('/'))).Where(Directory.Exists))
             {
-                string parent = Path.Combine("/sys/fs/cgroup", controller, "nestor-sec-test");
-                foreach (string child in Directory.Exists(parent) ? Directory.GetDirectories(parent) : [])
-                {
-                    try { Directory.Delete(child); } catch (IOException) { }
-                }
+                Directory.Delete(child);
+                try { Directory.Delete(Path.GetDirectoryName(child)!); } catch (IOException) { } // a parallel test may use it
             }
         }
     }
