@@ -103,6 +103,27 @@ public static class MountCalls
         }
     }
 
+    /// <summary>chmod(2).</summary>
+    public static void ChangeMode(string path, int mode)
+    {
+        if (LibC.Chmod(path, mode) != 0)
+        {
+            throw HostCallException.LastError($"chmod of {path}");
+        }
+    }
+
+    /// <summary>mkdir(2); false when the path exists already (EEXIST), which makes it usable as a lock-free
+    /// "create only once".</summary>
+    public static bool MakeDirectory(string path, int mode)
+    {
+        if (LibC.Mkdir(path, mode) == 0)
+        {
+            return true;
+        }
+        int errno = Marshal.GetLastPInvokeError();
+        return errno == LibC.EEXIST ? false : throw new HostCallException($"mkdir of {path}", errno);
+    }
+
     /// <summary>symlink(2); an existing entry is left as it is.</summary>
     public static void SymbolicLink(string target, string linkPath)
     {

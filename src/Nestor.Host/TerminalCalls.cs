@@ -114,6 +114,35 @@ public static unsafe class TerminalCalls
         }
     }
 
+    /// <summary>recvmsg(2) of one SCM_RIGHTS descriptor on a connected Unix socket (the receiving side of
+    /// <see cref="SendDescriptor"/>, what a console-socket listener does): the descriptor (close-on-exec) and the
+    /// message's text.</summary>
+    public static (int Descriptor, string Name) ReceiveDescriptor(int socket)
+    {
+        byte* control = stackalloc byte[24];
+        new Span<byte>(control, 24).Clear();
+        byte* data = stackalloc byte[4096];
+        nint* vector = stackalloc nint[2];
+        vector[0] = (nint)data;
+        vector[1] = 4096;
+        nint* message = stackalloc nint[7];
+        new Span<nint>(message, 7).Clear();
+        message[2] = (nint)vector;
+        message[3] = 1;
+        message[4] = (nint)control;
+        message[5] = 24;
+        nint received = LibC.RecvMsg(socket, message, 0x40000000 /* MSG_CMSG_CLOEXEC */);
+        if (received < 0)
+        {
+            throw HostCallException.LastError("recvmsg of a descriptor");
+        }
+        if (*(int*)(control + 8) != 1 || *(int*)(control + 12) != 1)
+        {
+            throw new HostCallException("recvmsg: the message carried no descriptor", 22 /* EINVAL */);
+        }
+        return (*(int*)(control + 16), Encoding.UTF8.GetString(data, (int)received));
+    }
+
     /// <summary>setsid(2), then the slave as controlling terminal (TIOCSCTTY, tty_ioctl(4)) and as stdin, stdout and
     /// stderr.</summary>
     public static void MakeControllingTerminal(int slave)

@@ -54,14 +54,14 @@ internal sealed class ContainerStateStore(string root)
         string directory = Directory(id);
         try
         {
-            // Directory.CreateDirectory succeeds on an existing directory; mkdir(2) semantics are needed here.
-            if (System.IO.Directory.Exists(directory))
+            // mkdir(2), not Directory.CreateDirectory (which succeeds on an existing directory): of two concurrent
+            // creates of one id exactly one wins.
+            if (!MountCalls.MakeDirectory(directory, Convert.ToInt32("711", 8)))
             {
                 throw new ContainerRuntimeException($"container '{id}' already exists (delete it first: nestor oci delete {id})");
             }
-            System.IO.Directory.CreateDirectory(directory);
         }
-        catch (IOException exception)
+        catch (HostCallException exception)
         {
             throw new ContainerRuntimeException($"cannot create the state directory {directory}: {exception.Message}", exception);
         }

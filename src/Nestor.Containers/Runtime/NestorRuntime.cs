@@ -63,7 +63,11 @@ public sealed class NestorRuntime : IContainerRuntime
         try
         {
             store.Write(state);
-            MountCalls.MakeFifo(Path.Combine(directory, ContainerStateStore.ExecFifo), Convert.ToInt32("622", 8));
+            // Writable by others: in a user namespace that does not map the runtime's uid the init is "others"
+            // (mkfifo's mode is reduced by the umask, so it is set again).
+            string fifo = Path.Combine(directory, ContainerStateStore.ExecFifo);
+            MountCalls.MakeFifo(fifo, Convert.ToInt32("622", 8));
+            MountCalls.ChangeMode(fifo, Convert.ToInt32("622", 8));
             var (syncRead, syncWrite) = ProcessCalls.CreatePipe();
             var (reportRead, reportWrite) = ProcessCalls.CreatePipe();
             closeLater.AddRange([syncRead, syncWrite, reportRead, reportWrite]);

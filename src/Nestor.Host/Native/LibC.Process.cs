@@ -150,6 +150,15 @@ internal static partial class LibC
     [LibraryImport("libc", EntryPoint = "__errno_location")]
     public static unsafe partial int* ErrnoLocation();
 
+    [LibraryImport("libc", EntryPoint = "recvmsg", SetLastError = true)]
+    public static unsafe partial nint RecvMsg(int fd, void* message, int flags);
+
+    [LibraryImport("libc", EntryPoint = "chmod", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Chmod(string path, int mode);
+
+    [LibraryImport("libc", EntryPoint = "mkdir", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Mkdir(string path, int mode);
+
     [LibraryImport("libc", EntryPoint = "symlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Symlink(string target, string linkPath);
 }
