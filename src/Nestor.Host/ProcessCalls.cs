@@ -494,16 +494,6 @@ public static unsafe class ProcessCalls
         }
     }
 
-    /// <summary>prctl(PR_SET_NO_NEW_PRIVS, 1): execve(2) can no longer grant privileges (set-uid bits, file
-    /// capabilities); per thread, inherited by the exec'ed program.</summary>
-    public static void SetNoNewPrivileges()
-    {
-        if (LibC.Prctl(38, 1, 0, 0, 0) != 0)
-        {
-            throw HostCallException.LastError("prctl(PR_SET_NO_NEW_PRIVS)");
-        }
-    }
-
     /// <summary>setresgid(2) and setresuid(2) for the calling thread only (raw system calls, unlike glibc's wrappers
     /// which change every thread), with setgroups(2) first when <paramref name="groups"/> is given; the thread then
     /// executes the container's program, which keeps these credentials.</summary>

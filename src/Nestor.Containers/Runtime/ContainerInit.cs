@@ -15,7 +15,7 @@ namespace Nestor.Containers.Runtime;
 public static class ContainerInit
 {
     /// <summary>Entry point for <c>nestor __container-init …</c>; returns an exit status only on failure.</summary>
-    public static int Run(string[] args) => Run(args, new NoContainerSecurity());
+    public static int Run(string[] args) => Run(args, new ContainerSecurity());
 
     internal static int Run(string[] args, IContainerSecurity security)
     {
@@ -159,12 +159,18 @@ public static class ContainerInit
         RootFileSystem.Step($"setting user {process.User.Uid}:{process.User.Gid}", () =>
             ProcessCalls.SetThreadCredentials(process.User.Uid, process.User.Gid, setgroupsAllowed ? groups ?? [] : null));
         RootFileSystem.Step($"chdir to the process's cwd {process.Cwd}", () => MountCalls.ChangeDirectory(process.Cwd));
+        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN (seccomp(2)), so it goes before the capabilities
+        // are reduced; with it, as late as possible, so the filter sees only the user's program (runc's order).
+        if (process.NoNewPrivileges != true)
+        {
+            security.LoadSeccomp(seccomp);
+        }
         security.ApplyCapabilities(process);
         if (process.NoNewPrivileges == true)
         {
-            RootFileSystem.Step("prctl(PR_SET_NO_NEW_PRIVS)", ProcessCalls.SetNoNewPrivileges);
+            RootFileSystem.Step("prctl(PR_SET_NO_NEW_PRIVS)", security.SetNoNewPrivileges);
+            security.LoadSeccomp(seccomp);
         }
-        security.LoadSeccomp(seccomp);
         RootFileSystem.Step($"execve of {executable}", () => ProcessCalls.Execute(executable, args, environment));
     }
 
@@ -270,7 +276,7 @@ public static class ContainerInit
 
     internal static string Describe(Exception exception) => exception switch
     {
-        ContainerRuntimeException or HostCallException => exception.Message,
+        ContainerRuntimeException or HostCallException or Security.ContainerSecurityException => exception.Message,
         System.Text.Json.JsonException => $"config.json is malformed: {exception.Message}",
         _ => $"{exception.GetType().Name}: {exception.Message}",
     };

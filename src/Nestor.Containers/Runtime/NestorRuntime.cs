@@ -19,7 +19,7 @@ public sealed class NestorRuntime : IContainerRuntime
     private readonly IContainerSecurity security;
 
     public NestorRuntime(RuntimeOptions? options = null)
-        : this(options ?? new RuntimeOptions(), new NoContainerSecurity())
+        : this(options ?? new RuntimeOptions(), new ContainerSecurity())
     {
     }
 

@@ -127,6 +127,12 @@ internal sealed class RootFileSystem(string rootfs, bool inUserNamespace)
                 hierarchies.Add((before[4], before[3], controllers));
             }
         }
+        // Hybrid hosts (v1 controllers plus an empty cgroup2 at /sys/fs/cgroup/unified): runc and crun show only the
+        // v1 hierarchies, so does Nestor.
+        if (hierarchies.Any(h => h.Controllers.Length > 0))
+        {
+            hierarchies.RemoveAll(h => h.Controllers.Length == 0);
+        }
         bool unifiedOnly = hierarchies.Count == 1 && hierarchies[0].MountPoint == "/sys/fs/cgroup";
         if (!unifiedOnly)
         {

@@ -3,11 +3,11 @@ using Nestor.Host;
 
 namespace Nestor.Containers.Runtime;
 
-/// <summary>The bundle configuration <c>nestor oci spec</c> writes when the security part's DefaultSpec is not
-/// available: runc's <c>spec</c> shape (pid, network, ipc, uts, mount and cgroup namespaces; proc, /dev tmpfs,
+/// <summary>runc's <c>spec</c> shape without capabilities, rlimits or seccomp (the runtime's tests use it to check
+/// namespaces and mounts alone; <c>nestor oci spec</c> writes DefaultSpec's Docker defaults) (pid, network, ipc, uts, mount and cgroup namespaces; proc, /dev tmpfs,
 /// devpts, shm, mqueue, sysfs and read-only cgroup mounts; runc's masked and read-only paths), and with
 /// <c>rootless</c> a user namespace mapping the caller to root and no network namespace, so /sys is bound.</summary>
-public static class RuntimeSpecTemplate
+internal static class RuntimeSpecTemplate
 {
     /// <summary>runc's maskedPaths.</summary>
     public static readonly IReadOnlyList<string> MaskedPaths =

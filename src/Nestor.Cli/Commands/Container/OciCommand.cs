@@ -181,7 +181,7 @@ internal static class OciCommand
             {
                 throw new ContainerRuntimeException($"{path} exists already; remove it first");
             }
-            File.WriteAllText(path, RuntimeSpecTemplate.Create(rootless: parse.GetValue(rootless)).ToJson());
+            File.WriteAllText(path, DefaultSpec.Create("rootfs", ["sh"], new DefaultSpecOptions { Rootless = parse.GetValue(rootless) }).ToJson());
             return 0;
         }));
         return command;
