@@ -28,19 +28,47 @@ internal interface IContainerSecurity
     void LoadSeccomp(SpecSeccomp? seccomp);
 }
 
-/// <summary>The security part's Capabilities, ResourceLimits and SeccompFilter; control groups not yet (that part has
-/// not landed: no cgroup is made).</summary>
+/// <summary>The security part's ControlGroup, Capabilities, ResourceLimits and SeccompFilter.</summary>
 internal sealed class ContainerSecurity : IContainerSecurity
 {
-    public object? CreateControlGroup(string id, SpecLinux? linux) => null;
+    /// <summary>linux.cgroupsPath when the spec has none: /nestor/ID in every hierarchy.</summary>
+    public static string DefaultCgroupsPath(string id) => "/nestor/" + id;
 
-    public void AddToControlGroup(object? controlGroup, int pid)
+    /// <summary>The container's cgroup with its limits. Where none can be made (rootless without delegation) a
+    /// container without limits runs without one; with limits it is an error that says what to do.</summary>
+    public object? CreateControlGroup(string id, SpecLinux? linux)
     {
+        try
+        {
+            return Cgroups.ControlGroup.Create(linux?.CgroupsPath ?? DefaultCgroupsPath(id), linux?.Resources);
+        }
+        catch (Cgroups.ControlGroupUnavailableException) when (!HasLimits(linux?.Resources))
+        {
+            return null;
+        }
+        catch (Cgroups.ControlGroupException exception)
+        {
+            throw new ContainerRuntimeException(exception.Message, exception);
+        }
     }
+
+    public void AddToControlGroup(object? controlGroup, int pid) => (controlGroup as Cgroups.ControlGroup)?.AddProcess(pid);
 
     public void DeleteControlGroup(string id, string? cgroupsPath)
     {
+        try
+        {
+            Cgroups.ControlGroup.Open(cgroupsPath ?? DefaultCgroupsPath(id)).Delete();
+        }
+        catch (Cgroups.ControlGroupException)
+        {
+            // none was made (rootless) or it is gone already
+        }
     }
+
+    private static bool HasLimits(SpecResources? resources) =>
+        resources is not null && (resources.Memory is not null || resources.Cpu is not null || resources.Pids is not null ||
+            resources.BlockIO is not null || resources.Unified is { Count: > 0 });
 
     /// <summary>rlimits (process-wide, prlimit), the bounding set (needs CAP_SETPCAP, so before the capabilities
     /// change) and PR_SET_KEEPCAPS so that the permitted set survives setresuid to a non-root user

@@ -70,7 +70,7 @@ public class DefaultSpecTests
     }
 
     [Theory]
-    [MemberData(nameof(BusyboxBundle.Runtimes), MemberType = typeof(BusyboxBundle))]
+    [MemberData(nameof(BusyboxBundle.RuntimesSeeingTheirOwnCgroup), MemberType = typeof(BusyboxBundle))]
     public void LimitsBecomeTheContainersControlGroupValues(string runtime)
     {
         using var bundle = new BusyboxBundle();
