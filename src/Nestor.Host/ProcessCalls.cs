@@ -397,6 +397,7 @@ public static unsafe class ProcessCalls
             if (result >= 0)
             {
                 step = 6;
+                ResetSignals(call);
                 call(LibC.SYS_execve, (long)plan->Path, (long)plan->Argv, (long)plan->Envp, 0, 0, 0);
             }
             int* message = stackalloc int[2];
@@ -406,6 +407,25 @@ public static unsafe class ProcessCalls
         }
         call(LibC.SYS_exit_group, 127, 0, 0, 0, 0, 0);
         return 0;
+    }
+
+    // A .NET process ignores SIGPIPE and its threads may block signals; execve(2) keeps ignored dispositions and the
+    // mask (signal(7), "Signal disposition"), so the program would inherit them. Every signal goes back to its
+    // default and the mask is emptied, as runc and crun do (SIGKILL and SIGSTOP refuse, harmlessly).
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
+    private static void ResetSignals(delegate* unmanaged[Cdecl, SuppressGCTransition]<long, long, long, long, long, long, long, long> call)
+    {
+        // struct kernel_sigaction { handler; flags; restorer; mask; }: all zero is SIG_DFL with an empty mask.
+        ulong* action = stackalloc ulong[4];
+        action[0] = 0;
+        action[1] = 0;
+        action[2] = 0;
+        action[3] = 0;
+        for (int signal = 1; signal <= 64; signal++)
+        {
+            call(LibC.SYS_rt_sigaction, signal, (long)action, 0, sizeof(ulong), 0, 0);
+        }
+        call(LibC.SYS_rt_sigprocmask, 2 /* SIG_SETMASK */, (long)(action + 3), 0, sizeof(ulong), 0, 0);
     }
 
     // dup2 onto a standard stream; when the descriptor already is that stream, only clear its close-on-exec flag.
@@ -636,7 +656,8 @@ public static unsafe class ProcessCalls
         }
     }
 
-    /// <summary>execve(2) of <paramref name="path"/>; returns only by throwing.</summary>
+    /// <summary>execve(2) of <paramref name="path"/> with every signal at its default and none blocked (the container's
+    /// program must not inherit the .NET runtime's ignored SIGPIPE); returns only by throwing.</summary>
     public static void Execute(string path, IReadOnlyList<string> arguments, IReadOnlyList<string> environment)
     {
         var unmanaged = new List<nint>();
@@ -645,6 +666,14 @@ public static unsafe class ProcessCalls
             byte* file = Utf8(unmanaged, path);
             byte** argv = StringArray(unmanaged, arguments);
             byte** envp = StringArray(unmanaged, environment);
+            // As in the clone child: default dispositions and an empty mask for the new program.
+            ulong* action = stackalloc ulong[4];
+            new Span<ulong>(action, 4).Clear();
+            for (int signal = 1; signal <= 64; signal++)
+            {
+                LibC.Syscall(LibC.SYS_rt_sigaction, signal, (long)action, 0, sizeof(ulong), 0, 0);
+            }
+            LibC.Syscall(LibC.SYS_rt_sigprocmask, 2, (long)(action + 3), 0, sizeof(ulong), 0, 0);
             LibC.Syscall(LibC.SYS_execve, (long)file, (long)argv, (long)envp, 0, 0, 0);
             throw HostCallException.LastError($"execve of {path}");
         }

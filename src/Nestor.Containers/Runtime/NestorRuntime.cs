@@ -364,6 +364,36 @@ public sealed class NestorRuntime : IContainerRuntime
         }
     }
 
+    /// <summary>The host pids of the processes in <paramref name="pid"/>'s pid namespace (other than itself), found by
+    /// the /proc/N/ns/pid link; none when that is this process's own namespace.</summary>
+    private static List<int> ProcessesInPidNamespaceOf(int pid)
+    {
+        var found = new List<int>();
+        string? namespaceLink = new FileInfo($"/proc/{pid}/ns/pid").LinkTarget;
+        if (namespaceLink is null || namespaceLink == new FileInfo("/proc/self/ns/pid").LinkTarget)
+        {
+            return found;
+        }
+        foreach (string directory in Directory.EnumerateDirectories("/proc"))
+        {
+            if (int.TryParse(Path.GetFileName(directory), NumberStyles.None, CultureInfo.InvariantCulture, out int other) && other != pid)
+            {
+                try
+                {
+                    if (new FileInfo(Path.Combine(directory, "ns", "pid")).LinkTarget == namespaceLink)
+                    {
+                        found.Add(other);
+                    }
+                }
+                catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
+                {
+                    // Gone meanwhile, or another user's.
+                }
+            }
+        }
+        return found;
+    }
+
     /// <summary>execvp(3)'s search in the container's root, seen from the host through /proc/PID/root.</summary>
     private static string ResolveInContainer(int pid, string name, IReadOnlyList<string> environment)
     {
@@ -411,6 +441,15 @@ public sealed class NestorRuntime : IContainerRuntime
         try
         {
             ProcessCalls.Signal(state.Pid, signal);
+            if (all)
+            {
+                // Every process of the container's pid namespace (runc's --all signals its cgroup's processes; the pid
+                // namespace holds the same ones when the container has its own, which Nestor's runtime asks for).
+                foreach (int pid in ProcessesInPidNamespaceOf(state.Pid))
+                {
+                    ProcessCalls.Signal(pid, signal);
+                }
+            }
         }
         catch (HostCallException exception)
         {

@@ -12,6 +12,8 @@ internal static partial class LibC
     public const long SYS_read = 0;
     public const long SYS_write = 1;
     public const long SYS_close = 3;
+    public const long SYS_rt_sigaction = 13;
+    public const long SYS_rt_sigprocmask = 14;
     public const long SYS_dup2 = 33;
     public const long SYS_getpid = 39;
     public const long SYS_execve = 59;

@@ -57,6 +57,17 @@ public sealed class NestorRuntimeTests : IDisposable
         }
     }
 
+    /// <summary>The .NET init ignores SIGPIPE; the container's program must start with every signal at its default
+    /// and none blocked.</summary>
+    [Fact]
+    public void TheProcessStartsWithDefaultSignals()
+    {
+        using var bundle = new BusyboxBundle(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]);
+        var (status, stdout, stderr) = runtime.Run(bundle);
+        Assert.True(status == 0, stderr);
+        Assert.Equal(["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"], Lines(stdout));
+    }
+
     [Fact]
     public void DevHasTheDefaultDevicesAndLinks()
     {
