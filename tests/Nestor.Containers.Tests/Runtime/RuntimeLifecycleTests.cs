@@ -55,25 +55,6 @@ public sealed class RuntimeLifecycleTests : IDisposable
         Assert.Contains("does not exist", Assert.Throws<ContainerRuntimeException>(() => nestor.State(id)).Message);
     }
 
-    /// <summary>kill --all reaches the container's other processes: the init (a shell ignoring TERM) stays, and an exec'd
-    /// sleep, which is no child of the init, gets TERM only because --all signals the whole pid namespace.</summary>
-    [Fact]
-    public void KillAllSignalsEveryProcessOfTheContainer()
-    {
-        using var bundle = new BusyboxBundle(["sh", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"]);
-        bundle.Write();
-        string id = RuntimeUnderTest.UniqueId("killall");
-        var nestor = runtime.Runtime;
-        nestor.Create(id, bundle.Directory, new RuntimeIo());
-        nestor.Start(id);
-        using var other = nestor.Exec(id, new SpecProcess { Args = ["sh", "-c", "echo $(grep -E '^Sig' /proc/self/status) >&2; exec sleep 60"], Env = ["PATH=/bin"] }, new RuntimeIo());
-        Thread.Sleep(500);
-        nestor.Kill(id, 15, all: true);
-        Assert.Equal(128 + 15, other.WaitForExit());
-        Assert.Equal("running", nestor.State(id).Status);
-        nestor.Delete(id, force: true);
-    }
-
     [Fact]
     public void ForcedDeleteKillsACreatedContainer()
     {
