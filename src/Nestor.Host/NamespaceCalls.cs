@@ -106,7 +106,7 @@ public static unsafe class NamespaceCalls
     /// <summary>The namespace's identity, the inode number of /proc/PID/ns/KIND (readlink shows <c>kind:[inode]</c>).</summary>
     public static ulong Inode(string pid, NamespaceKinds kind)
     {
-        string target = File.ResolveLinkTarget($"/proc/{pid}/ns/{ProcName(kind)}", false)?.ToString() ?? "";
+        string target = new FileInfo($"/proc/{pid}/ns/{ProcName(kind)}").LinkTarget ?? "";
         int open = target.IndexOf('['), close = target.IndexOf(']');
         return open >= 0 && close > open && ulong.TryParse(target.AsSpan(open + 1, close - open - 1), out ulong inode)
             ? inode

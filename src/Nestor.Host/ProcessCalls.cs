@@ -32,6 +32,32 @@ public sealed class CloneExecRequest
     /// and execution of programs by root").</summary>
     public bool BecomeRoot { get; init; }
 
+    /// <summary>After joining the namespaces, fork once more and execute in the grandchild, which is in the joined pid
+    /// namespace (setns(2) with CLONE_NEWPID only moves children); the child waits for it and exits with its status
+    /// as a shell reports it (128 + signal), so the caller's waitpid sees the program's status.</summary>
+    public bool ForkIntoPidNamespace { get; init; }
+
+    /// <summary>chdir(2) before the exec (after joining the mount namespace, so inside it).</summary>
+    public string? WorkingDirectory { get; init; }
+
+    /// <summary>The user to become before the exec (setgroups when <see cref="Groups"/> is given, setresgid,
+    /// setresuid), keeping the permitted capabilities through PR_SET_KEEPCAPS for <see cref="Capabilities"/>.</summary>
+    public (uint Uid, uint Gid)? Identity { get; init; }
+
+    /// <summary>Supplementary groups for <see cref="Identity"/>; null leaves them (a user namespace whose setgroups
+    /// is "deny").</summary>
+    public IReadOnlyList<uint>? Groups { get; init; }
+
+    /// <summary>Capability masks (bit n = capability n): the bounding set is reduced to <c>Bounding</c> before the
+    /// identity changes, the other sets are set with capset(2) after.</summary>
+    public (ulong Bounding, ulong Effective, ulong Permitted, ulong Inheritable)? Capabilities { get; init; }
+
+    /// <summary>The highest capability number the kernel knows (/proc/sys/kernel/cap_last_cap).</summary>
+    public int LastCapability { get; init; } = 40;
+
+    /// <summary>prctl(PR_SET_NO_NEW_PRIVS) before the exec.</summary>
+    public bool NoNewPrivileges { get; init; }
+
     /// <summary>Descriptors (opened with O_CLOEXEC by the caller) that stay open in the executed program.</summary>
     public IReadOnlyList<int> InheritedDescriptors { get; init; } = [];
 
@@ -97,6 +123,18 @@ public static unsafe class ProcessCalls
         public int Stdout;
         public int Stderr;
         public int BecomeRoot;
+        public int ForkIntoPid;
+        public byte* WorkingDirectory;
+        public int SetIdentity;
+        public uint Uid;
+        public uint Gid;
+        public int GroupCount;
+        public uint* Groups;
+        public int SetCapabilities;
+        public int LastCapability;
+        public ulong Bounding;
+        public uint* CapabilityData;
+        public int NoNewPrivileges;
         public byte* Path;
         public byte** Argv;
         public byte** Envp;
@@ -106,7 +144,9 @@ public static unsafe class ProcessCalls
     private static readonly string[] ChildSteps =
     [
         "", "waiting for the parent's release", "setns into a namespace", "becoming root of the user namespace",
-        "keeping descriptors across exec", "setting up standard streams", "execve",
+        "keeping descriptors across exec", "setting up standard streams", "execve", "forking into the pid namespace",
+        "chdir to the working directory", "dropping from the capability bounding set", "becoming the process's user",
+        "setting capabilities (capset)", "prctl(PR_SET_NO_NEW_PRIVS)",
     ];
 
     /// <summary>Creates a process with clone3(2) in the namespaces of <see cref="CloneExecRequest.CloneFlags"/> and has
@@ -141,6 +181,18 @@ public static unsafe class ProcessCalls
                 Stdout = request.Stdout,
                 Stderr = request.Stderr,
                 BecomeRoot = request.BecomeRoot ? 1 : 0,
+                ForkIntoPid = request.ForkIntoPidNamespace ? 1 : 0,
+                WorkingDirectory = request.WorkingDirectory is null ? null : Utf8(unmanaged, request.WorkingDirectory),
+                SetIdentity = request.Identity is null ? 0 : 1,
+                Uid = request.Identity?.Uid ?? 0,
+                Gid = request.Identity?.Gid ?? 0,
+                GroupCount = request.Groups?.Count ?? -1,
+                Groups = UintArray(unmanaged, request.Groups ?? []),
+                SetCapabilities = request.Capabilities is null ? 0 : 1,
+                LastCapability = request.LastCapability,
+                Bounding = request.Capabilities?.Bounding ?? 0,
+                CapabilityData = CapabilityData(unmanaged, request.Capabilities),
+                NoNewPrivileges = request.NoNewPrivileges ? 1 : 0,
                 Path = Utf8(unmanaged, request.Executable),
                 Argv = StringArray(unmanaged, request.Arguments),
                 Envp = StringArray(unmanaged, request.Environment),
@@ -194,7 +246,7 @@ public static unsafe class ProcessCalls
             }
             if (got > 0)
             {
-                int step = report[0] is > 0 and < 7 ? report[0] : 0;
+                int step = report[0] > 0 && report[0] < ChildSteps.Length ? report[0] : 0;
                 throw new HostCallException($"{ChildSteps[step]} of {request.Executable} in the cloned child", report[1]);
             }
             int started = pid;
@@ -257,6 +309,70 @@ public static unsafe class ProcessCalls
                     result = call(LibC.SYS_setresuid, 0, 0, 0, 0, 0, 0);
                 }
             }
+            if (result >= 0 && plan->ForkIntoPid != 0)
+            {
+                step = 7;
+                long grandchild = call(LibC.SYS_clone3, (long)plan->Clone, sizeof(CloneArgs), 0, 0, 0, 0);
+                if (grandchild > 0)
+                {
+                    // Relay the grandchild's status; the report pipe is the grandchild's to close (by its exec).
+                    call(LibC.SYS_close, plan->ReportFd, 0, 0, 0, 0, 0);
+                    int status = 0;
+                    long waited;
+                    do
+                    {
+                        waited = call(LibC.SYS_wait4, grandchild, (long)&status, 0, 0, 0, 0);
+                    }
+                    while (waited < 0 && *plan->Errno == LibC.EINTR);
+                    int code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f);
+                    call(LibC.SYS_exit_group, waited < 0 ? 127 : code, 0, 0, 0, 0, 0);
+                }
+                result = grandchild;
+            }
+            if (result >= 0 && plan->WorkingDirectory != null)
+            {
+                step = 8;
+                result = call(LibC.SYS_chdir, (long)plan->WorkingDirectory, 0, 0, 0, 0, 0);
+            }
+            if (result >= 0 && plan->SetCapabilities != 0)
+            {
+                step = 9;
+                for (int capability = 0; capability <= plan->LastCapability && result >= 0; capability++)
+                {
+                    if ((plan->Bounding & (1UL << capability)) == 0)
+                    {
+                        result = call(LibC.SYS_prctl, 24 /* PR_CAPBSET_DROP */, capability, 0, 0, 0, 0);
+                    }
+                }
+            }
+            if (result >= 0 && plan->SetIdentity != 0)
+            {
+                step = 10;
+                result = call(LibC.SYS_prctl, 8 /* PR_SET_KEEPCAPS */, 1, 0, 0, 0, 0);
+                if (result >= 0 && plan->GroupCount >= 0)
+                {
+                    result = call(LibC.SYS_setgroups, plan->GroupCount, (long)plan->Groups, 0, 0, 0, 0);
+                }
+                if (result >= 0)
+                {
+                    result = call(LibC.SYS_setresgid, plan->Gid, plan->Gid, plan->Gid, 0, 0, 0);
+                }
+                if (result >= 0)
+                {
+                    result = call(LibC.SYS_setresuid, plan->Uid, plan->Uid, plan->Uid, 0, 0, 0);
+                }
+            }
+            if (result >= 0 && plan->SetCapabilities != 0)
+            {
+                step = 11;
+                // capset(2) version 3: the header, then two 32-bit halves of effective, permitted, inheritable.
+                result = call(LibC.SYS_capset, (long)plan->CapabilityData, (long)(plan->CapabilityData + 2), 0, 0, 0, 0);
+            }
+            if (result >= 0 && plan->NoNewPrivileges != 0)
+            {
+                step = 12;
+                result = call(LibC.SYS_prctl, 38 /* PR_SET_NO_NEW_PRIVS */, 1, 0, 0, 0, 0);
+            }
             if (result >= 0)
             {
                 step = 4;
@@ -281,6 +397,7 @@ public static unsafe class ProcessCalls
             if (result >= 0)
             {
                 step = 6;
+                ResetSignals(call);
                 call(LibC.SYS_execve, (long)plan->Path, (long)plan->Argv, (long)plan->Envp, 0, 0, 0);
             }
             int* message = stackalloc int[2];
@@ -290,6 +407,25 @@ public static unsafe class ProcessCalls
         }
         call(LibC.SYS_exit_group, 127, 0, 0, 0, 0, 0);
         return 0;
+    }
+
+    // A .NET process ignores SIGPIPE and its threads may block signals; execve(2) keeps ignored dispositions and the
+    // mask (signal(7), "Signal disposition"), so the program would inherit them. Every signal goes back to its
+    // default and the mask is emptied, as runc and crun do (SIGKILL and SIGSTOP refuse, harmlessly).
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
+    private static void ResetSignals(delegate* unmanaged[Cdecl, SuppressGCTransition]<long, long, long, long, long, long, long, long> call)
+    {
+        // struct kernel_sigaction { handler; flags; restorer; mask; }: all zero is SIG_DFL with an empty mask.
+        ulong* action = stackalloc ulong[4];
+        action[0] = 0;
+        action[1] = 0;
+        action[2] = 0;
+        action[3] = 0;
+        for (int signal = 1; signal <= 64; signal++)
+        {
+            call(LibC.SYS_rt_sigaction, signal, (long)action, 0, sizeof(ulong), 0, 0);
+        }
+        call(LibC.SYS_rt_sigprocmask, 2 /* SIG_SETMASK */, (long)(action + 3), 0, sizeof(ulong), 0, 0);
     }
 
     // dup2 onto a standard stream; when the descriptor already is that stream, only clear its close-on-exec flag.
@@ -520,7 +656,8 @@ public static unsafe class ProcessCalls
         }
     }
 
-    /// <summary>execve(2) of <paramref name="path"/>; returns only by throwing.</summary>
+    /// <summary>execve(2) of <paramref name="path"/> with every signal at its default and none blocked (the container's
+    /// program must not inherit the .NET runtime's ignored SIGPIPE); returns only by throwing.</summary>
     public static void Execute(string path, IReadOnlyList<string> arguments, IReadOnlyList<string> environment)
     {
         var unmanaged = new List<nint>();
@@ -529,6 +666,14 @@ public static unsafe class ProcessCalls
             byte* file = Utf8(unmanaged, path);
             byte** argv = StringArray(unmanaged, arguments);
             byte** envp = StringArray(unmanaged, environment);
+            // As in the clone child: default dispositions and an empty mask for the new program.
+            ulong* action = stackalloc ulong[4];
+            new Span<ulong>(action, 4).Clear();
+            for (int signal = 1; signal <= 64; signal++)
+            {
+                LibC.Syscall(LibC.SYS_rt_sigaction, signal, (long)action, 0, sizeof(ulong), 0, 0);
+            }
+            LibC.Syscall(LibC.SYS_rt_sigprocmask, 2, (long)(action + 3), 0, sizeof(ulong), 0, 0);
             LibC.Syscall(LibC.SYS_execve, (long)file, (long)argv, (long)envp, 0, 0, 0);
             throw HostCallException.LastError($"execve of {path}");
         }
@@ -556,6 +701,35 @@ public static unsafe class ProcessCalls
             array[i] = values[i];
         }
         return array;
+    }
+
+    private static uint* UintArray(List<nint> owned, IReadOnlyList<uint> values)
+    {
+        var array = (uint*)Alloc(owned, Math.Max(1, values.Count) * sizeof(uint));
+        for (int i = 0; i < values.Count; i++)
+        {
+            array[i] = values[i];
+        }
+        return array;
+    }
+
+    // struct __user_cap_header_struct { u32 version; int pid; } followed by struct __user_cap_data_struct[2]
+    // { u32 effective, permitted, inheritable; } (capget(2), _LINUX_CAPABILITY_VERSION_3).
+    private static uint* CapabilityData(List<nint> owned, (ulong Bounding, ulong Effective, ulong Permitted, ulong Inheritable)? masks)
+    {
+        var data = (uint*)Alloc(owned, 8 * sizeof(uint));
+        if (masks is { } m)
+        {
+            data[0] = 0x20080522;
+            data[1] = 0;
+            data[2] = (uint)m.Effective;
+            data[3] = (uint)m.Permitted;
+            data[4] = (uint)m.Inheritable;
+            data[5] = (uint)(m.Effective >> 32);
+            data[6] = (uint)(m.Permitted >> 32);
+            data[7] = (uint)(m.Inheritable >> 32);
+        }
+        return data;
     }
 
     private static byte* Utf8(List<nint> owned, string text)

@@ -289,8 +289,145 @@ public sealed class NestorRuntime : IContainerRuntime
         return ToSpecState(state, store.StatusOf(state));
     }
 
-    public IRuntimeProcess Exec(string id, SpecProcess process, RuntimeIo io) =>
-        throw new ContainerRuntimeException("nestor oci exec is not implemented yet");
+    /// <summary>runc's exec. A .NET process cannot setns into a user or mount namespace (it is multithreaded), and a
+    /// Nestor helper started inside the container's mount namespace would not find the .NET runtime's files there;
+    /// so the clone3 child itself joins the init's namespaces (user first), forks once more into the pid namespace,
+    /// takes the working directory, bounding set, user, capabilities and no_new_privs, all by raw system calls
+    /// prepared before the clone (<see cref="CloneExecRequest"/>), and executes the program; the child relays the
+    /// program's exit status. Not applied yet: the seccomp filter and the cgroup (the init's own are inherited only
+    /// by the init's descendants).</summary>
+    public IRuntimeProcess Exec(string id, SpecProcess process, RuntimeIo io)
+    {
+        ArgumentNullException.ThrowIfNull(process);
+        ArgumentNullException.ThrowIfNull(io);
+        using var held = store.Lock(id);
+        var state = store.Read(id);
+        var status = store.StatusOf(state);
+        if (status is not (ContainerStatus.Created or ContainerStatus.Running))
+        {
+            throw new ContainerRuntimeException($"cannot exec in container '{id}': it is {Lower(status)}");
+        }
+        var args = process.Args is { Count: > 0 } ? process.Args : throw new ContainerRuntimeException("exec needs a program (process.args is empty)");
+        var environment = process.Env ?? [];
+        string executable = ResolveInContainer(state.Pid, args[0], environment);
+        var joins = new List<int>();
+        try
+        {
+            bool joinsPid = false, joinsUser = false;
+            NamespaceKinds[] order = [NamespaceKinds.User, NamespaceKinds.Mount, NamespaceKinds.Network, NamespaceKinds.Ipc,
+                NamespaceKinds.Uts, NamespaceKinds.Cgroup, NamespaceKinds.Time, NamespaceKinds.Pid];
+            foreach (var kind in order)
+            {
+                string pidText = state.Pid.ToString(CultureInfo.InvariantCulture);
+                if (NamespaceCalls.Inode(pidText, kind) == NamespaceCalls.Inode("self", kind))
+                {
+                    continue;
+                }
+                joins.Add(NamespaceCalls.Open($"/proc/{pidText}/ns/{NamespaceCalls.ProcName(kind)}"));
+                joinsPid |= kind == NamespaceKinds.Pid;
+                joinsUser |= kind == NamespaceKinds.User;
+            }
+            string setgroups = File.Exists($"/proc/{state.Pid}/setgroups") ? File.ReadAllText($"/proc/{state.Pid}/setgroups").Trim() : "allow";
+            var capabilities = process.Capabilities ?? new SpecCapabilities();
+            var request = new CloneExecRequest
+            {
+                Executable = executable,
+                Arguments = args,
+                Environment = environment,
+                JoinNamespaces = joins,
+                ForkIntoPidNamespace = joinsPid,
+                WorkingDirectory = process.Cwd,
+                Identity = (process.User.Uid, process.User.Gid),
+                Groups = setgroups == "deny" ? null : process.User.AdditionalGids ?? [],
+                Capabilities = (Security.Capabilities.Mask(capabilities.Bounding), Security.Capabilities.Mask(capabilities.Effective),
+                    Security.Capabilities.Mask(capabilities.Permitted), Security.Capabilities.Mask(capabilities.Inheritable)),
+                LastCapability = CapabilityCalls.LastCapability(),
+                NoNewPrivileges = process.NoNewPrivileges == true,
+                Stdin = io.Stdin,
+                Stdout = io.Stdout,
+                Stderr = io.Stderr,
+            };
+            _ = joinsUser;
+            int pid = ProcessCalls.CloneAndExecute(request);
+            return new RuntimeProcess(pid);
+        }
+        catch (HostCallException exception)
+        {
+            throw new ContainerRuntimeException($"exec in container '{id}': {exception.Message}", exception);
+        }
+        finally
+        {
+            foreach (int fd in joins)
+            {
+                ProcessCalls.Close(fd);
+            }
+        }
+    }
+
+    /// <summary>The host pids of the processes in <paramref name="pid"/>'s pid namespace (other than itself), found by
+    /// the /proc/N/ns/pid link; none when that is this process's own namespace.</summary>
+    private static List<int> ProcessesInPidNamespaceOf(int pid)
+    {
+        var found = new List<int>();
+        string? namespaceLink = new FileInfo($"/proc/{pid}/ns/pid").LinkTarget;
+        if (namespaceLink is null || namespaceLink == new FileInfo("/proc/self/ns/pid").LinkTarget)
+        {
+            return found;
+        }
+        foreach (string directory in Directory.EnumerateDirectories("/proc"))
+        {
+            if (int.TryParse(Path.GetFileName(directory), NumberStyles.None, CultureInfo.InvariantCulture, out int other) && other != pid)
+            {
+                try
+                {
+                    if (new FileInfo(Path.Combine(directory, "ns", "pid")).LinkTarget == namespaceLink)
+                    {
+                        found.Add(other);
+                    }
+                }
+                catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
+                {
+                    // Gone meanwhile, or another user's.
+                }
+            }
+        }
+        return found;
+    }
+
+    /// <summary>execvp(3)'s search in the container's root, seen from the host through /proc/PID/root.</summary>
+    private static string ResolveInContainer(int pid, string name, IReadOnlyList<string> environment)
+    {
+        string root = $"/proc/{pid}/root";
+        if (name.Contains('/'))
+        {
+            return name;
+        }
+        string path = environment.FirstOrDefault(e => e.StartsWith("PATH=", StringComparison.Ordinal))?[5..]
+            ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        foreach (string directory in path.Split(':', StringSplitOptions.RemoveEmptyEntries))
+        {
+            string candidate = Path.Combine(directory, name);
+            if (File.Exists(root + candidate))
+            {
+                return candidate;
+            }
+        }
+        throw new ContainerRuntimeException($"exec: \"{name}\": executable file not found in $PATH");
+    }
+
+    /// <summary>A process started by <see cref="Exec"/>, this process's child.</summary>
+    private sealed class RuntimeProcess(int pid) : IRuntimeProcess
+    {
+        private int? status;
+
+        public int Pid { get; } = pid;
+
+        public int WaitForExit() => status ??= ProcessCalls.WaitForExit(Pid);
+
+        public void Dispose()
+        {
+        }
+    }
 
     public void Kill(string id, int signal, bool all = false)
     {
@@ -304,6 +441,15 @@ public sealed class NestorRuntime : IContainerRuntime
         try
         {
             ProcessCalls.Signal(state.Pid, signal);
+            if (all)
+            {
+                // Every process of the container's pid namespace (runc's --all signals its cgroup's processes; the pid
+                // namespace holds the same ones when the container has its own, which Nestor's runtime asks for).
+                foreach (int pid in ProcessesInPidNamespaceOf(state.Pid))
+                {
+                    ProcessCalls.Signal(pid, signal);
+                }
+            }
         }
         catch (HostCallException exception)
         {

@@ -12,9 +12,15 @@ internal static partial class LibC
     public const long SYS_read = 0;
     public const long SYS_write = 1;
     public const long SYS_close = 3;
+    public const long SYS_rt_sigaction = 13;
+    public const long SYS_rt_sigprocmask = 14;
     public const long SYS_dup2 = 33;
     public const long SYS_getpid = 39;
     public const long SYS_execve = 59;
+    public const long SYS_wait4 = 61;
+    public const long SYS_chdir = 80;
+    public const long SYS_capset = 126;
+    public const long SYS_prctl = 157;
     public const long SYS_fcntl = 72;
     public const long SYS_setgroups = 116;
     public const long SYS_setresuid = 117;

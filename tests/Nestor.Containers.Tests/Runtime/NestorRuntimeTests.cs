@@ -51,10 +51,21 @@ public sealed class NestorRuntimeTests : IDisposable
         Assert.Equal(kinds.Length, inside.Length);
         for (int i = 0; i < kinds.Length; i++)
         {
-            string host = File.ResolveLinkTarget($"/proc/self/ns/{kinds[i]}", false)!.ToString();
+            string host = new FileInfo($"/proc/self/ns/{kinds[i]}").LinkTarget!;
             Assert.StartsWith(kinds[i] + ":[", inside[i]);
             Assert.NotEqual(host, inside[i]);
         }
+    }
+
+    /// <summary>The .NET init ignores SIGPIPE; the container's program must start with every signal at its default
+    /// and none blocked.</summary>
+    [Fact]
+    public void TheProcessStartsWithDefaultSignals()
+    {
+        using var bundle = new BusyboxBundle(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]);
+        var (status, stdout, stderr) = runtime.Run(bundle);
+        Assert.True(status == 0, stderr);
+        Assert.Equal(["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"], Lines(stdout));
     }
 
     [Fact]

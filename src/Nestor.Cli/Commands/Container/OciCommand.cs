@@ -24,6 +24,7 @@ internal static class OciCommand
         command.Subcommands.Add(DeleteCommand(root));
         command.Subcommands.Add(RunCommand(root));
         command.Subcommands.Add(ListCommand(root));
+        command.Subcommands.Add(ExecCommand(root));
         command.Subcommands.Add(SpecCommand());
         return command;
     }
@@ -131,6 +132,35 @@ internal static class OciCommand
                 runtime.Delete(name, force: true);
             }
             return status;
+        }));
+        return command;
+    }
+
+    private static Command ExecCommand(Option<string?> root)
+    {
+        var id = IdArgument();
+        var program = new Argument<string[]>("command") { Description = "The program and its arguments (instead of --process)", Arity = ArgumentArity.ZeroOrMore };
+        var processFile = new Option<string?>("--process", "-p") { Description = "A JSON file with the process (config.json's process object)" };
+        var command = new Command("exec", "Run another process in a running container's namespaces") { id, program, processFile };
+        command.SetAction(parse => Guard(() =>
+        {
+            var runtime = Runtime(parse.GetValue(root));
+            string name = parse.GetValue(id)!;
+            SpecProcess process;
+            if (parse.GetValue(processFile) is { } file)
+            {
+                process = RuntimeSpec.Parse($"{{\"process\": {File.ReadAllText(file)}}}").Process!;
+            }
+            else
+            {
+                // runc's defaults for exec: the container's own process settings with the given program.
+                var state = runtime.State(name);
+                process = RuntimeSpec.Load(Path.Combine(state.Bundle, "config.json")).Process ?? new SpecProcess();
+                process.Args = [.. parse.GetValue(program) ?? []];
+                process.Terminal = false;
+            }
+            using var started = runtime.Exec(name, process, new RuntimeIo());
+            return started.WaitForExit();
         }));
         return command;
     }
