@@ -80,8 +80,8 @@ public static class ImageArchive
                 },
             });
         }
-        WriteBytes(writer, "oci-layout", JsonSerializer.SerializeToUtf8Bytes(new OciLayoutFile(), OciJson.Default.OciLayoutFile));
-        WriteBytes(writer, "index.json", JsonSerializer.SerializeToUtf8Bytes(index, OciJson.Default.OciIndex));
+        WriteBytes(writer, "oci-layout", JsonSerializer.SerializeToUtf8Bytes(new OciLayoutFile(), OciJson.Writer.OciLayoutFile));
+        WriteBytes(writer, "index.json", JsonSerializer.SerializeToUtf8Bytes(index, OciJson.Writer.OciIndex));
         WriteDirectory(writer, "blobs/");
         WriteDirectory(writer, "blobs/sha256/");
         foreach (var digest in blobs)
@@ -135,8 +135,8 @@ public static class ImageArchive
                 tags[name.Tag!] = Digest.Hex(image.LayerDiffIds[^1]);
             }
         }
-        WriteBytes(writer, "manifest.json", JsonSerializer.SerializeToUtf8Bytes(entries, OciJson.Default.ListDockerArchiveManifestEntry));
-        WriteBytes(writer, "repositories", JsonSerializer.SerializeToUtf8Bytes(repositories, OciJson.Default.DictionaryStringDictionaryStringString));
+        WriteBytes(writer, "manifest.json", JsonSerializer.SerializeToUtf8Bytes(entries, OciJson.Writer.ListDockerArchiveManifestEntry));
+        WriteBytes(writer, "repositories", JsonSerializer.SerializeToUtf8Bytes(repositories, OciJson.Writer.DictionaryStringDictionaryStringString));
     }
 
     /// <summary>docker-archive layers are the uncompressed tars (their file's digest is the diff id); a gzip blob is
@@ -393,7 +393,7 @@ public static class ImageArchive
             }
             var configDescriptor = store.Layout.WriteBlob(configBytes, OciMediaTypes.Config);
             var manifest = new OciManifest { Config = configDescriptor, Layers = layers };
-            var manifestDescriptor = store.Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(manifest, OciJson.Default.OciManifest), OciMediaTypes.Manifest);
+            var manifestDescriptor = store.Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(manifest, OciJson.Writer.OciManifest), OciMediaTypes.Manifest);
             var names = entry.RepoTags ?? [];
             if (names.Count == 0)
             {

@@ -255,9 +255,9 @@ public sealed class ImageStore : IImageStore
         configuration.RootFileSystem.DiffIds.AddRange(newDiffIds);
         (configuration.History ??= []).Add(new OciHistory { Created = now, CreatedBy = createdBy, Comment = comment, EmptyLayer = newLayers.Count == 0 ? true : null });
         layers.AddRange(newLayers);
-        var configDescriptor = Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(configuration, OciJson.Default.OciImageConfiguration), OciMediaTypes.Config);
+        var configDescriptor = Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(configuration, OciJson.Writer.OciImageConfiguration), OciMediaTypes.Config);
         var manifest = new OciManifest { Config = configDescriptor, Layers = layers };
-        var manifestDescriptor = Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(manifest, OciJson.Default.OciManifest), OciMediaTypes.Manifest);
+        var manifestDescriptor = Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(manifest, OciJson.Writer.OciManifest), OciMediaTypes.Manifest);
         AddToIndex(manifestDescriptor, reference);
         return Resolve(manifestDescriptor.Digest);
     }
