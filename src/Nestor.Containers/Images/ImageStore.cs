@@ -187,7 +187,8 @@ public sealed class ImageStore : IImageStore
         {
             using (var output = new FileStream(temporary, FileMode.CreateNew, FileAccess.ReadWrite))
             {
-                LayerDiff.Write(directory, output);
+                // A rootless store's files are owned by the user and its subordinate ids: written as the container's.
+                LayerDiff.Write(directory, output, UnpackOptions.Rootless ? IdMapping.ForCurrentUser() : null);
                 output.Position = 0;
                 return WriteUncompressedLayer(output);
             }

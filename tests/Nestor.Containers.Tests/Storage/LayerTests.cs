@@ -162,4 +162,35 @@ public class LayerTests
         Assert.Equal("busybox", new FileInfo(Path.Combine(unpacked, "bin", "sh")).LinkTarget);
         Assert.Equal("y"u8.ToArray(), StorageCalls.GetXattr(Path.Combine(unpacked, "opaque"), "trusted.overlay.opaque"));
     }
+
+    /// <summary>A rootless store writes owners as the container sees them: the user as 0, its subordinate ids from 1,
+    /// anything else as the overflow id 65534.</summary>
+    [Fact]
+    public void RootlessLayersRecordContainerOwners()
+    {
+        using var directory = new TemporaryDirectory("owners");
+        string upper = directory.Combine("upper");
+        Directory.CreateDirectory(upper);
+        var mapping = new IdMapping(HostUid: 1001, HostGid: 1001, SubordinateUidStart: 100000, SubordinateUidCount: 65536,
+            SubordinateGidStart: 100000, SubordinateGidCount: 65536);
+        foreach (var (name, host) in new[] { ("user", 1001u), ("subordinate", 100005u), ("stranger", 5u) })
+        {
+            System.IO.File.WriteAllText(Path.Combine(upper, name), name);
+            StorageCalls.LChown(Path.Combine(upper, name), host, host);
+        }
+        using var tar = new MemoryStream();
+        LayerDiff.Write(upper, tar, mapping);
+        tar.Position = 0;
+        var owners = new Dictionary<string, (int, int)>();
+        using (var reader = new TarReader(tar))
+        {
+            while (reader.GetNextEntry() is { } entry)
+            {
+                owners[entry.Name] = (entry.Uid, entry.Gid);
+            }
+        }
+        Assert.Equal((0, 0), owners["user"]);
+        Assert.Equal((6, 6), owners["subordinate"]);
+        Assert.Equal((65534, 65534), owners["stranger"]);
+    }
 }
