@@ -371,6 +371,25 @@ public sealed class ImageStore : IImageStore
         }
     }
 
+    /// <summary>Checks a stored image whole: its manifest, config and every layer blob against their digests, and
+    /// every layer's uncompressed tar against the config's diff ids (unpacking the layers not unpacked yet). For
+    /// images whose blobs arrived by another way than <see cref="ImportRootFileSystem(string, string?, ImageConfig?, string?, string?)"/>
+    /// or <see cref="ImageArchive.Load"/> (which check as they add), e.g. a registry pull.</summary>
+    public void VerifyImage(string manifestDigest)
+    {
+        var manifest = ReadManifest(manifestDigest);
+        var configuration = ParseConfiguration(Layout.ReadBlob(manifest.Config.Digest, manifest.Config.Size), manifest.Config.Digest);
+        if (configuration.RootFileSystem.DiffIds.Count != manifest.Layers.Count)
+        {
+            throw new ImageStoreException($"image config {manifest.Config.Digest} lists {configuration.RootFileSystem.DiffIds.Count} diff ids but manifest {manifestDigest} has {manifest.Layers.Count} layers");
+        }
+        for (int i = 0; i < manifest.Layers.Count; i++)
+        {
+            Layout.VerifyBlob(manifest.Layers[i].Digest, manifest.Layers[i].Size);
+            EnsureLayerUnpacked(configuration.RootFileSystem.DiffIds[i], manifest.Layers[i]);
+        }
+    }
+
     /// <inheritdoc/>
     public ContainerRootFileSystem CreateRootFileSystem(StoredImage image, string containerDirectory)
     {

@@ -158,4 +158,23 @@ public class ImageArchiveTests
         Assert.Contains(announced + " is missing", missing.Message);
         Assert.Equal("1.0.0", JsonDocument.Parse(File.ReadAllText(Path.Combine(layout.Root, "oci-layout"))).RootElement.GetProperty("imageLayoutVersion").GetString());
     }
+
+    /// <summary>Input that is not a tar of images is refused with what was expected, and adds nothing.</summary>
+    [Fact]
+    public void NonArchiveIsRefused()
+    {
+        using var directory = new TemporaryDirectory("notar");
+        var store = ImageStore.Open(directory.Combine("store"));
+        var garbage = Assert.Throws<ImageStoreException>(() => ImageArchive.Load(store, new MemoryStream(Encoding.UTF8.GetBytes(new string('x', 2048)))));
+        Assert.Contains("not a tar archive", garbage.Message);
+        using var empty = new MemoryStream();
+        using (var writer = new TarWriter(empty, leaveOpen: true))
+        {
+            writer.WriteEntry(new PaxTarEntry(TarEntryType.RegularFile, "hello") { DataStream = new MemoryStream([1]) });
+        }
+        empty.Position = 0;
+        var neither = Assert.Throws<ImageStoreException>(() => ImageArchive.Load(store, empty));
+        Assert.Contains("neither a docker-archive", neither.Message);
+        Assert.Empty(store.List());
+    }
 }
