@@ -81,7 +81,8 @@ public sealed partial record ImageReference
         {
             digest = rest[(at + 1)..];
             rest = rest[..at];
-            if (!DigestPattern().IsMatch(digest))
+            bool registered = digest.StartsWith("sha256:", StringComparison.Ordinal) || digest.StartsWith("sha512:", StringComparison.Ordinal);
+            if (!(registered ? RegisteredDigestPattern() : DigestPattern()).IsMatch(digest))
             {
                 error = $"'{digest}' in '{text}' is not a digest (ALGORITHM:HEX, e.g. sha256: and 64 hexadecimal digits)";
                 return false;
@@ -111,6 +112,11 @@ public sealed partial record ImageReference
                 registry = first;
                 repository = rest[(firstSlash + 1)..];
             }
+        }
+        if (!DomainPattern().IsMatch(registry))
+        {
+            error = $"'{registry}' in '{text}' is not a registry host (HOST or HOST:PORT, the port in digits)";
+            return false;
         }
         if (registry == "index.docker.io" || registry == "registry-1.docker.io")
         {
@@ -163,6 +169,14 @@ public sealed partial record ImageReference
     private static partial Regex TagPattern();
 
     // image-spec descriptor.md "Digests": algorithm ":" encoded; sha256's encoding is 64 lower-case hex digits.
-    [GeneratedRegex(@"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}|[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+)$")]
+    // sha256 and sha512 are image-spec's registered algorithms, with fixed lengths; others are only shaped.
+    [GeneratedRegex(@"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")]
+    private static partial Regex RegisteredDigestPattern();
+
+    [GeneratedRegex(@"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")]
     private static partial Regex DigestPattern();
+
+    // distribution/reference's domain: DNS labels joined by dots (or a bracketed IPv6 address), an optional numeric port.
+    [GeneratedRegex(@"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$")]
+    private static partial Regex DomainPattern();
 }
