@@ -88,7 +88,8 @@ public sealed class RegistryClient : IDisposable
         string host = registry == ImageReference.DockerHub ? "registry-1.docker.io" : registry;
         bool loopback = ImageReference.Parse(registry + "/x").IsLoopback;
         string[] schemes = loopback ? ["http", "https"] : options.TlsVerify ? ["https"] : ["https", "http"];
-        RegistryException? last = null;
+        RegistryException? first = null;
+        bool explicitPort = host.LastIndexOf(':') > host.LastIndexOf(']');
         foreach (string scheme in schemes)
         {
             var candidate = new Uri($"{scheme}://{host}/");
@@ -107,13 +108,24 @@ public sealed class RegistryClient : IDisposable
                 baseUri = candidate;
                 return;
             }
-            catch (RegistryException e) when (e.Failure is RegistryFailure.Tls or RegistryFailure.ConnectionRefused && scheme != schemes[^1])
+            catch (RegistryException e) when (scheme != schemes[^1] && FallBack(e.Failure, explicitPort))
             {
-                last = e;
+                // The first scheme's failure is the one reported if the other fails too: it is what was asked for.
+                first ??= e;
+            }
+            catch (RegistryException) when (first is not null)
+            {
+                throw first;
             }
         }
-        throw last ?? new RegistryException(RegistryFailure.ConnectionRefused, $"cannot reach {registry}");
+        throw first ?? new RegistryException(RegistryFailure.ConnectionRefused, $"cannot reach {registry}");
     }
+
+    /// <summary>Whether a failed ping in one scheme is tried in the other: a TLS failure, or an HTTP answer that is
+    /// not the API's (a TLS server answering plain HTTP with 400), or a refused connection when the port was implied
+    /// by the scheme (443 against 80). A refused explicit port is refused in both.</summary>
+    private static bool FallBack(RegistryFailure failure, bool explicitPort) =>
+        failure is RegistryFailure.Tls or RegistryFailure.Protocol || (failure == RegistryFailure.ConnectionRefused && !explicitPort);
 
     /// <summary>The manifest <paramref name="reference"/> (a tag or digest) of <paramref name="repository"/>,
     /// checked against the digest it was asked by and the one the registry reports.</summary>
@@ -131,7 +143,7 @@ public sealed class RegistryClient : IDisposable
         if (response.StatusCode == HttpStatusCode.NotFound)
         {
             throw new RegistryException(RegistryFailure.ManifestUnknown,
-                $"no such image or tag in {registry}: {repository}{(reference.Contains(':') ? "@" : ":")}{reference} (check the name and tag; a private image needs 'nestor image login'-style credentials in auth.json)");
+                $"no such image or tag in {registry}: {repository}{(reference.Contains(':') ? "@" : ":")}{reference} (check the repository and the tag; a private image may also answer so to a user without access)");
         }
         await EnsureSuccessAsync(response, $"GET manifest {repository}:{reference}", cancellation);
         byte[] bytes = await response.Content.ReadAsByteArrayAsync(cancellation);
