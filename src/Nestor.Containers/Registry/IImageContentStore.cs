@@ -4,7 +4,8 @@ namespace Nestor.Containers.Registry;
 public sealed record LocalManifest(byte[] Bytes, string MediaType, string Digest);
 
 /// <summary>What pull and push need of a local content-addressed store (blobs by digest, manifests by reference):
-/// the image store implements it, and <see cref="OciLayoutContentStore"/> does over a plain OCI image layout.</summary>
+/// <see cref="ImageStoreContentStore"/> over the local image store, <see cref="OciLayoutContentStore"/> over any OCI image
+/// layout directory.</summary>
 public interface IImageContentStore
 {
     /// <summary>Whether the blob <paramref name="digest"/> is stored (complete and verified).</summary>
@@ -21,7 +22,7 @@ public interface IImageContentStore
     void CommitBlob(string incomingFile, string digest);
 
     /// <summary>Stores <paramref name="manifest"/> as a blob and names it <paramref name="reference"/> (a fully
-    /// qualified <see cref="ImageReference"/>), replacing what that name meant before; its blobs are stored first.</summary>
+    /// qualified <see cref="Images.ImageReference"/>), replacing what that name meant before; its blobs are stored first.</summary>
     void AddManifest(LocalManifest manifest, string reference);
 
     /// <summary>The manifest <paramref name="reference"/> names (a reference in any form Docker accepts, or a

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Nestor.Containers.Images;
 
 namespace Nestor.Containers.Registry;
 
@@ -33,25 +34,25 @@ public sealed class ImageTransfer(RegistryClientOptions options, Action<string>?
     {
         using var client = new RegistryClient(reference.Registry, options);
         var manifest = await client.GetManifestAsync(reference.Repository, reference.ManifestReference, cancellation);
-        if (RegistryMediaTypes.IsIndex(manifest.MediaType))
+        if (OciMediaTypes.IsIndex(manifest.MediaType))
         {
-            var index = manifest.Document;
-            var chosen = (index.Manifests ?? []).FirstOrDefault(m =>
-                m.Platform is { OperatingSystem: "linux" } p && p.Architecture == HostArchitecture)
+            var index = manifest.ReadIndex();
+            var chosen = index.Manifests.FirstOrDefault(m =>
+                m.Platform is { Os: "linux" } p && p.Architecture == HostArchitecture)
                 ?? throw new RegistryException(RegistryFailure.UnsupportedMediaType,
-                    $"{reference} is a multi-platform index without a linux/{HostArchitecture} image (it has: {string.Join(", ", (index.Manifests ?? []).Select(m => $"{m.Platform?.OperatingSystem}/{m.Platform?.Architecture}"))})");
+                    $"{reference} is a multi-platform index without a linux/{HostArchitecture} image (it has: {string.Join(", ", index.Manifests.Select(m => $"{m.Platform?.Os}/{m.Platform?.Architecture}"))})");
             progress?.Invoke($"Index {Short(manifest.Digest)}: using the linux/{HostArchitecture} manifest {Short(chosen.Digest)}");
             manifest = await client.GetManifestAsync(reference.Repository, chosen.Digest, cancellation);
         }
         CheckImageManifest(manifest.MediaType, reference.ToString());
-        var document = manifest.Document;
-        if (document.Config is null)
+        var document = manifest.ReadManifest();
+        if (string.IsNullOrEmpty(document.Config.Digest))
         {
             throw new RegistryException(RegistryFailure.Protocol, $"the manifest of {reference} has no config descriptor");
         }
         int transferred = 0, skipped = 0;
         long bytes = 0;
-        foreach (var blob in document.Blobs())
+        foreach (var blob in document.Layers.Prepend(document.Config))
         {
             string kind = blob == document.Config ? "config" : "blob";
             if (store.HasBlob(blob.Digest))
@@ -93,7 +94,7 @@ public sealed class ImageTransfer(RegistryClientOptions options, Action<string>?
             ?? throw new RegistryException(RegistryFailure.ManifestUnknown,
                 $"no image named '{localReference}' in the local store (see 'nestor image ls')");
         CheckImageManifest(manifest.MediaType, localReference);
-        var document = ManifestDocument.Read(manifest.Bytes);
+        var document = RegistryManifest.Read(manifest.Bytes, OciJson.Default.OciManifest);
         // Repositories of the same registry this image came from or went to: candidates for a cross-repository mount.
         string[] mountSources = [.. store.ReferencesOf(manifest.Digest)
             .Select(r => ImageReference.TryParse(r, out var parsed, out _) ? parsed : null)
@@ -104,7 +105,7 @@ public sealed class ImageTransfer(RegistryClientOptions options, Action<string>?
         using var client = new RegistryClient(destination.Registry, options);
         int transferred = 0, skipped = 0;
         long bytes = 0;
-        foreach (var blob in document.Blobs())
+        foreach (var blob in document.Layers.Prepend(document.Config))
         {
             string kind = blob == document.Config ? "config" : "blob";
             if (!store.HasBlob(blob.Digest))
@@ -148,7 +149,10 @@ public sealed class ImageTransfer(RegistryClientOptions options, Action<string>?
         }
         progress?.Invoke($"Writing manifest {stored} to {destination}");
         // The store remembers where the image now also lives, so a later push to a sibling repository can mount.
-        store.AddManifest(manifest, destination.WithTag(destination.Tag ?? ImageReference.DefaultTag).ToString());
+        if (destination.Tag is not null)
+        {
+            store.AddManifest(manifest, destination.WithTag(destination.Tag).ToString());
+        }
         return new TransferResult(destination, stored, transferred, skipped, bytes);
     }
 
@@ -159,7 +163,7 @@ public sealed class ImageTransfer(RegistryClientOptions options, Action<string>?
             throw new RegistryException(RegistryFailure.UnsupportedMediaType,
                 $"{what} is a Docker schema 1 manifest ({mediaType}), deprecated and without a config: Nestor reads OCI and Docker schema 2 images only (push it again with a current tool)");
         }
-        if (!RegistryMediaTypes.IsManifest(mediaType))
+        if (!OciMediaTypes.IsManifest(mediaType))
         {
             throw new RegistryException(RegistryFailure.UnsupportedMediaType,
                 $"{what} has a manifest of unsupported media type '{mediaType}' (Nestor reads {string.Join(", ", RegistryMediaTypes.Accepted)})");

@@ -1,128 +1,126 @@
-using System.Text.Json;
+using Nestor.Containers.Images;
+using Nestor.Containers.Storage;
 
 namespace Nestor.Containers.Registry;
 
-/// <summary>An OCI image layout directory (image-spec image-layout.md: <c>oci-layout</c>, <c>index.json</c>,
-/// <c>blobs/sha256/HEX</c>) as an <see cref="IImageContentStore"/>: references are the index entries'
-/// <c>org.opencontainers.image.ref.name</c> annotations. Blobs being received wait in <c>.incoming/</c> (outside
-/// <c>blobs/</c>, so readers of the layout never see a half blob).</summary>
-public sealed class OciLayoutContentStore : IImageContentStore
+/// <summary>An OCI image layout directory (the image store's <see cref="OciLayout"/>) as an
+/// <see cref="IImageContentStore"/>: references are the index entries' <c>org.opencontainers.image.ref.name</c>
+/// annotations, as written (skopeo's <c>oci:DIR:NAME</c>) or in full normalized form. Blobs being received wait in the
+/// layout's <c>tmp/</c>, outside <c>blobs/</c>, so readers never see a half blob.</summary>
+public class OciLayoutContentStore(OciLayout layout) : IImageContentStore
 {
-    /// <summary>The annotation an OCI layout names its images by (image-spec annotations.md).</summary>
-    public const string ReferenceAnnotation = "org.opencontainers.image.ref.name";
-
     /// <summary>Opens, or creates, the layout at <paramref name="directory"/>.</summary>
-    public OciLayoutContentStore(string directory)
+    public OciLayoutContentStore(string directory) : this(OciLayout.OpenOrCreate(directory))
     {
-        Directory = Path.GetFullPath(directory);
-        System.IO.Directory.CreateDirectory(Path.Combine(Directory, "blobs", "sha256"));
-        string marker = Path.Combine(Directory, "oci-layout");
-        if (!File.Exists(marker))
-        {
-            File.WriteAllBytes(marker, JsonSerializer.SerializeToUtf8Bytes(new LayoutMarker(), RegistryJson.Default.LayoutMarker));
-        }
-        if (!File.Exists(IndexPath))
-        {
-            WriteIndex(new LayoutIndex());
-        }
     }
 
-    /// <summary>The layout's directory.</summary>
-    public string Directory { get; }
+    /// <summary>The layout.</summary>
+    public OciLayout Layout { get; } = layout;
 
-    private string IndexPath => Path.Combine(Directory, "index.json");
+    public bool HasBlob(string digest) => Layout.HasBlob(digest);
 
-    /// <summary>The file that holds blob <paramref name="digest"/>.</summary>
-    public string BlobPath(string digest)
-    {
-        int colon = digest.IndexOf(':');
-        if (colon <= 0 || digest.AsSpan(colon + 1).ContainsAny("/\\.") )
-        {
-            throw new ArgumentException($"'{digest}' is not a digest", nameof(digest));
-        }
-        return Path.Combine(Directory, "blobs", digest[..colon], digest[(colon + 1)..]);
-    }
-
-    public bool HasBlob(string digest) => File.Exists(BlobPath(digest));
-
-    public Stream OpenBlob(string digest) => File.OpenRead(BlobPath(digest));
+    public Stream OpenBlob(string digest) => Layout.OpenBlob(digest);
 
     public string CreateIncomingBlobFile()
     {
-        string incoming = Path.Combine(Directory, ".incoming");
-        System.IO.Directory.CreateDirectory(incoming);
-        string file = Path.Combine(incoming, Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(Layout.TemporaryDirectory);
+        string file = Path.Combine(Layout.TemporaryDirectory, "incoming-" + Guid.NewGuid().ToString("N"));
         File.Create(file).Dispose();
         return file;
     }
 
     public void CommitBlob(string incomingFile, string digest)
     {
-        string target = BlobPath(digest);
-        System.IO.Directory.CreateDirectory(Path.GetDirectoryName(target)!);
-        File.Move(incomingFile, target, overwrite: true);
-    }
-
-    /// <summary>Stores <paramref name="bytes"/> as a blob (if not there yet) and returns its digest.</summary>
-    public string AddBlob(ReadOnlySpan<byte> bytes)
-    {
-        string digest = RegistryClient.Sha256Digest(bytes);
-        if (!HasBlob(digest))
+        string target = Layout.BlobPath(digest);
+        // The download has flushed and verified the file; it is made durable before it becomes a blob, as the layout's
+        // own writes are (a crash must not leave a named blob with lost content).
+        using (var file = new FileStream(incomingFile, FileMode.Open, FileAccess.ReadWrite))
         {
-            string incoming = CreateIncomingBlobFile();
-            File.WriteAllBytes(incoming, bytes.ToArray());
-            CommitBlob(incoming, digest);
+            file.Flush(flushToDisk: true);
         }
-        return digest;
+        File.Move(incomingFile, target, overwrite: true);
+        StorageCalls.SyncDirectory(Path.GetDirectoryName(target)!);
     }
 
-    public void AddManifest(LocalManifest manifest, string reference)
+    public virtual void AddManifest(LocalManifest manifest, string reference)
     {
-        AddBlob(manifest.Bytes);
-        var index = ReadIndex();
-        index.Manifests.RemoveAll(m => m.Annotations?.GetValueOrDefault(ReferenceAnnotation) == reference);
-        index.Manifests.Add(new ContentDescriptor
+        Layout.WriteBlob(manifest.Bytes, manifest.MediaType);
+        var index = Layout.ReadIndex();
+        index.Manifests.RemoveAll(m => RefName(m) == reference);
+        index.Manifests.Add(new OciDescriptor
         {
             MediaType = manifest.MediaType,
             Digest = manifest.Digest,
             Size = manifest.Bytes.Length,
-            Annotations = new Dictionary<string, string> { [ReferenceAnnotation] = reference },
+            Annotations = new Dictionary<string, string> { [OciLayout.RefNameAnnotation] = reference },
         });
-        WriteIndex(index);
+        Layout.WriteIndex(index);
     }
 
-    public LocalManifest? FindManifest(string reference)
+    public virtual LocalManifest? FindManifest(string reference)
     {
-        var entries = ReadIndex().Manifests;
-        var entry = entries.FirstOrDefault(m => m.Annotations?.GetValueOrDefault(ReferenceAnnotation) == reference)
-            ?? entries.FirstOrDefault(m => m.Digest == reference);
-        if (entry is null && ImageReference.TryParse(reference, out var wanted, out _))
+        var entries = Layout.ReadManifests();
+        var entry = entries.FirstOrDefault(m => m.RefName == reference).Manifest
+            ?? entries.FirstOrDefault(m => m.Manifest.Digest == reference).Manifest;
+        if (entry is null && !reference.StartsWith(Images.Digest.Sha256Prefix, StringComparison.Ordinal)
+            && ImageReference.TryParse(reference, out var wanted, out _))
         {
-            entry = entries.FirstOrDefault(m => m.Annotations?.GetValueOrDefault(ReferenceAnnotation) is { } name
-                && ImageReference.TryParse(name, out var named, out _) && named == wanted);
+            entry = entries.FirstOrDefault(m => m.RefName is { } name
+                && ImageReference.TryParse(name, out var named, out _) && named == wanted).Manifest;
         }
-        string digest = entry?.Digest ?? reference;
-        if (!digest.StartsWith("sha256:", StringComparison.Ordinal) || !HasBlob(digest))
-        {
-            return null;
-        }
-        byte[] bytes = File.ReadAllBytes(BlobPath(digest));
-        string mediaType = entry?.MediaType ?? ManifestDocument.Read(bytes).MediaType ?? RegistryMediaTypes.OciManifest;
-        return new LocalManifest(bytes, mediaType, digest);
+        return entry is null || !Layout.HasBlob(entry.Digest) ? null : Read(entry.Digest, entry.MediaType);
     }
 
     public IReadOnlyList<string> ReferencesOf(string digest) =>
-        [.. ReadIndex().Manifests.Where(m => m.Digest == digest)
-            .Select(m => m.Annotations?.GetValueOrDefault(ReferenceAnnotation)).OfType<string>()];
+        [.. Layout.ReadManifests().Where(m => m.Manifest.Digest == digest).Select(m => m.RefName).OfType<string>()];
 
-    private LayoutIndex ReadIndex() =>
-        JsonSerializer.Deserialize(File.ReadAllBytes(IndexPath), RegistryJson.Default.LayoutIndex) ?? new LayoutIndex();
-
-    private void WriteIndex(LayoutIndex index)
+    /// <summary>The stored manifest <paramref name="digest"/>, checked, with <paramref name="mediaType"/> or the one
+    /// its bytes name.</summary>
+    protected LocalManifest Read(string digest, string? mediaType)
     {
-        // Written beside and renamed over, so a reader (or a crash) never sees a half-written index.
-        string temporary = IndexPath + "." + Guid.NewGuid().ToString("N");
-        File.WriteAllBytes(temporary, JsonSerializer.SerializeToUtf8Bytes(index, RegistryJson.Default.LayoutIndex));
-        File.Move(temporary, IndexPath, overwrite: true);
+        byte[] bytes = Layout.ReadBlob(digest);
+        return new LocalManifest(bytes, string.IsNullOrEmpty(mediaType) ? RegistryManifest.MediaTypeOf(bytes) : mediaType, digest);
+    }
+
+    private static string? RefName(OciDescriptor descriptor) =>
+        descriptor.Annotations?.GetValueOrDefault(OciLayout.RefNameAnnotation);
+}
+
+/// <summary>The local <see cref="ImageStore"/> as an <see cref="IImageContentStore"/>: names go through the store's own
+/// normalization (full references, unnamed entries replaced) under its write lock, so a pulled image is resolved,
+/// listed and run like an imported one.</summary>
+public sealed class ImageStoreContentStore(ImageStore store) : OciLayoutContentStore(store.Layout)
+{
+    /// <summary>The store.</summary>
+    public ImageStore Store { get; } = store;
+
+    public override void AddManifest(LocalManifest manifest, string reference)
+    {
+        using var _ = Store.Lock();
+        // Blobs were written without the lock; a concurrent 'image rm' may have collected them as unreferenced.
+        var document = RegistryManifest.Read(manifest.Bytes, OciJson.Default.OciManifest);
+        foreach (var blob in document.Layers.Prepend(document.Config))
+        {
+            if (!Layout.HasBlob(blob.Digest))
+            {
+                throw new ImageStoreException($"blob {blob.Digest} of {reference} was removed while it was pulled (an 'image rm' ran at the same time): pull again");
+            }
+        }
+        var descriptor = Layout.WriteBlob(manifest.Bytes, manifest.MediaType);
+        Store.AddToIndex(descriptor, reference);
+    }
+
+    public override LocalManifest? FindManifest(string reference)
+    {
+        try
+        {
+            // The store's index records every manifest as OCI, so the media type is taken from the manifest's own
+            // mediaType field (Docker schema 2 and OCI manifests both carry one).
+            return Read(Store.Resolve(reference).ManifestDigest, null);
+        }
+        catch (ImageNotFoundException)
+        {
+            return null;
+        }
     }
 }

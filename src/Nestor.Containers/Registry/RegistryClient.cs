@@ -3,6 +3,8 @@ using System.Net.Http.Headers;
 using System.Net.Security;
 using System.Security.Cryptography;
 using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+using Nestor.Containers.Images;
 
 namespace Nestor.Containers.Registry;
 
@@ -32,8 +34,50 @@ public sealed class RegistryClientOptions
 /// digest.</summary>
 public sealed record RegistryManifest(byte[] Bytes, string MediaType, string Digest)
 {
-    /// <summary>The parsed document.</summary>
-    public ManifestDocument Document => ManifestDocument.Read(Bytes);
+    /// <summary>The bytes read as an image manifest.</summary>
+    public OciManifest ReadManifest() => Read(Bytes, OciJson.Default.OciManifest);
+
+    /// <summary>The bytes read as an index (or Docker manifest list).</summary>
+    public OciIndex ReadIndex() => Read(Bytes, OciJson.Default.OciIndex);
+
+    /// <summary>Reads <paramref name="bytes"/> as <typeparamref name="T"/>; a <see cref="RegistryException"/> if they
+    /// are not that JSON.</summary>
+    internal static T Read<T>(byte[] bytes, JsonTypeInfo<T> type)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize(bytes, type) ?? throw new JsonException("the document is null");
+        }
+        catch (JsonException e)
+        {
+            throw new RegistryException(RegistryFailure.Protocol, $"a manifest is not valid JSON of its kind: {e.Message}", e);
+        }
+    }
+
+    /// <summary>The media type a manifest says of itself (its <c>mediaType</c> field, or its shape: <c>manifests</c>
+    /// for an index, schemaVersion 1 for Docker's schema 1), for registries that serve it as plain JSON.</summary>
+    internal static string MediaTypeOf(byte[] bytes)
+    {
+        try
+        {
+            using var document = JsonDocument.Parse(bytes);
+            var root = document.RootElement;
+            if (root.TryGetProperty("mediaType", out var type) && type.ValueKind == JsonValueKind.String && type.GetString() is { Length: > 0 } named)
+            {
+                return named;
+            }
+            if (root.TryGetProperty("manifests", out _))
+            {
+                return OciMediaTypes.Index;
+            }
+            return root.TryGetProperty("schemaVersion", out var version) && version.ValueKind == JsonValueKind.Number && version.GetInt32() == 1
+                ? RegistryMediaTypes.DockerSchema1 : OciMediaTypes.Manifest;
+        }
+        catch (JsonException e)
+        {
+            throw new RegistryException(RegistryFailure.Protocol, $"a manifest is not valid JSON: {e.Message}", e);
+        }
+    }
 }
 
 /// <summary>A client of one registry's OCI distribution API (opencontainers/distribution-spec spec.md, which
@@ -85,8 +129,8 @@ public sealed class RegistryClient : IDisposable
         {
             return;
         }
-        string host = registry == ImageReference.DockerHub ? "registry-1.docker.io" : registry;
-        bool loopback = ImageReference.Parse(registry + "/x").IsLoopback;
+        string host = ImageReferenceExtensions.ApiHostOf(registry);
+        bool loopback = ImageReferenceExtensions.IsLoopbackRegistry(registry);
         string[] schemes = loopback ? ["http", "https"] : options.TlsVerify ? ["https"] : ["https", "http"];
         RegistryException? first = null;
         bool explicitPort = host.LastIndexOf(':') > host.LastIndexOf(']');
@@ -147,7 +191,7 @@ public sealed class RegistryClient : IDisposable
         }
         await EnsureSuccessAsync(response, $"GET manifest {repository}:{reference}", cancellation);
         byte[] bytes = await response.Content.ReadAsByteArrayAsync(cancellation);
-        string digest = Sha256Digest(bytes);
+        string digest = Images.Digest.Of(bytes);
         if (reference.Contains(':') && reference != digest)
         {
             throw new RegistryException(RegistryFailure.DigestMismatch,
@@ -162,10 +206,7 @@ public sealed class RegistryClient : IDisposable
         string? mediaType = response.Content.Headers.ContentType?.MediaType;
         if (mediaType is null or "application/json" or "text/plain" or "application/octet-stream")
         {
-            var document = ManifestDocument.Read(bytes);
-            mediaType = document.MediaType
-                ?? (document.Manifests is not null ? RegistryMediaTypes.OciIndex
-                    : document.SchemaVersion == 1 ? RegistryMediaTypes.DockerSchema1 : RegistryMediaTypes.OciManifest);
+            mediaType = RegistryManifest.MediaTypeOf(bytes);
         }
         return new RegistryManifest(bytes, mediaType, digest);
     }
@@ -186,7 +227,7 @@ public sealed class RegistryClient : IDisposable
     /// <summary>Copies the blob <paramref name="blob"/> of <paramref name="repository"/> to
     /// <paramref name="destination"/>, hashing while it streams; a <see cref="RegistryFailure.DigestMismatch"/> if
     /// the bytes are not the descriptor's (the caller then discards what was written).</summary>
-    public async Task DownloadBlobAsync(string repository, ContentDescriptor blob, Stream destination,
+    public async Task DownloadBlobAsync(string repository, OciDescriptor blob, Stream destination,
         Action<long>? progress = null, CancellationToken cancellation = default)
     {
         using var response = await SendAsync(() => new HttpRequestMessage(HttpMethod.Get, Api($"{repository}/blobs/{blob.Digest}")),
@@ -254,7 +295,7 @@ public sealed class RegistryClient : IDisposable
     /// request must be repeated for authentication): in one PUT when it is at most
     /// <see cref="RegistryClientOptions.ChunkSize"/>, else in PATCH chunks with <c>Content-Range</c> and a closing
     /// <c>PUT ?digest=</c>.</summary>
-    public async Task UploadBlobAsync(string repository, ContentDescriptor blob, Func<Stream> open,
+    public async Task UploadBlobAsync(string repository, OciDescriptor blob, Func<Stream> open,
         Action<long>? progress = null, CancellationToken cancellation = default)
     {
         Uri location = await StartUploadAsync(repository, cancellation);
@@ -331,7 +372,7 @@ public sealed class RegistryClient : IDisposable
         {
             await EnsureSuccessAsync(response, $"PUT manifest {repository}:{reference}", cancellation);
         }
-        string digest = Sha256Digest(manifest);
+        string digest = Images.Digest.Of(manifest);
         if (response.Headers.TryGetValues("Docker-Content-Digest", out var reported) && reported.FirstOrDefault() is { } header
             && header.StartsWith("sha256:", StringComparison.Ordinal) && header != digest)
         {
@@ -340,9 +381,6 @@ public sealed class RegistryClient : IDisposable
         }
         return digest;
     }
-
-    /// <summary>The <c>sha256:</c> digest of <paramref name="bytes"/> (image-spec descriptor.md).</summary>
-    public static string Sha256Digest(ReadOnlySpan<byte> bytes) => "sha256:" + Convert.ToHexStringLower(SHA256.HashData(bytes));
 
     public void Dispose() => http.Dispose();
 
@@ -359,7 +397,7 @@ public sealed class RegistryClient : IDisposable
         return Resolve(location);
     }
 
-    private async Task EnsureUploadedAsync(HttpResponseMessage response, ContentDescriptor blob, CancellationToken cancellation)
+    private async Task EnsureUploadedAsync(HttpResponseMessage response, OciDescriptor blob, CancellationToken cancellation)
     {
         if (response.StatusCode != HttpStatusCode.Created)
         {

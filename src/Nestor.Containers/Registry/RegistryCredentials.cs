@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Nestor.Containers.Images;
 
 namespace Nestor.Containers.Registry;
 

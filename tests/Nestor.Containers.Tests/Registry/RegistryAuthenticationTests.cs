@@ -1,5 +1,6 @@
 using System.Net;
 using System.Text;
+using Nestor.Containers.Images;
 using Nestor.Containers.Registry;
 
 namespace Nestor.Containers.Tests.Registry;
@@ -211,7 +212,7 @@ public class BearerTokenTests
         fake = new FakeRegistry(async context =>
         {
             context.Response.AddHeader("Docker-Content-Digest", "sha256:" + new string('a', 64));
-            await Reply(context, 200, context.Request.Url!.AbsolutePath == "/v2/" ? "{}" : manifest, RegistryMediaTypes.OciManifest);
+            await Reply(context, 200, context.Request.Url!.AbsolutePath == "/v2/" ? "{}" : manifest, OciMediaTypes.Manifest);
         });
         using (fake)
         {

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Nestor.Containers.Images;
 using Nestor.Containers.Registry;
 
 namespace Nestor.Containers.Tests.Registry;

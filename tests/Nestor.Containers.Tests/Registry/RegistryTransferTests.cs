@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Nestor.Containers.Images;
 using Nestor.Containers.Registry;
 
 namespace Nestor.Containers.Tests.Registry;
@@ -36,14 +37,14 @@ public class RegistryTransferTests(OpenRegistryFixture fixture) : IClassFixture<
         var local = targetStore.FindManifest(destination.ToString());
         Assert.NotNull(local);
         Assert.Equal(made.Manifest, local.Bytes);
-        Assert.Equal(RegistryMediaTypes.OciManifest, local.MediaType);
+        Assert.Equal(OciMediaTypes.Manifest, local.MediaType);
         Assert.True(targetStore.HasBlob(made.ConfigDigest));
         using var layer = targetStore.OpenBlob(made.LayerDigest);
         var files = TestImages.LayerFiles(layer);
         Assert.Equal(File.ReadAllBytes(TestImages.Busybox), files["bin/busybox"]);
         Assert.Equal("→busybox", Encoding.UTF8.GetString(files["bin/sh"]));
         Assert.Equal(marker + "\n", Encoding.UTF8.GetString(files["etc/nestor-test"]));
-        Assert.False(Directory.EnumerateFileSystemEntries(Path.Combine(target.Path, ".incoming")).Any());
+        Assert.Empty(Directory.EnumerateFiles(targetStore.Layout.TemporaryDirectory, "incoming-*"));
 
         // Pulling again transfers nothing: every blob is already in the store.
         var again = await transfer.PullAsync(destination, targetStore);
@@ -60,7 +61,7 @@ public class RegistryTransferTests(OpenRegistryFixture fixture) : IClassFixture<
         var store = new OciLayoutContentStore(source.Path);
         string marker = Unique("chunked");
         var made = TestImages.AddBusybox(store, "local/chunked", marker);
-        long layerSize = new FileInfo(store.BlobPath(made.LayerDigest)).Length;
+        long layerSize = new FileInfo(store.Layout.BlobPath(made.LayerDigest)).Length;
         long chunk = layerSize / 5 + 1;
         var destination = ImageReference.Parse($"{server.Address}/{marker}/busybox:chunked");
 
@@ -68,8 +69,8 @@ public class RegistryTransferTests(OpenRegistryFixture fixture) : IClassFixture<
 
         var pulled = await new ImageTransfer(new RegistryClientOptions()).PullAsync(destination, new OciLayoutContentStore(target.Path));
         Assert.Equal(made.ManifestDigest, pulled.ManifestDigest);
-        Assert.Equal(File.ReadAllBytes(store.BlobPath(made.LayerDigest)),
-            File.ReadAllBytes(new OciLayoutContentStore(target.Path).BlobPath(made.LayerDigest)));
+        Assert.Equal(File.ReadAllBytes(store.Layout.BlobPath(made.LayerDigest)),
+            File.ReadAllBytes(new OciLayoutContentStore(target.Path).Layout.BlobPath(made.LayerDigest)));
     }
 
     /// <summary>A second push finds every blob by HEAD; a push to a sibling repository of an image the store knows
@@ -116,11 +117,11 @@ public class RegistryTransferTests(OpenRegistryFixture fixture) : IClassFixture<
         await transfer.PushAsync(store, "local/amd64", amd64Reference);
         await transfer.PushAsync(store, "local/arm64", otherReference);
         string Entry(TestImages.Made made, string architecture) =>
-            $$"""{"mediaType":"{{RegistryMediaTypes.OciManifest}}","digest":"{{made.ManifestDigest}}","size":{{made.Manifest.Length}},"platform":{"architecture":"{{architecture}}","os":"linux"} }""";
-        byte[] index = Encoding.UTF8.GetBytes($$"""{"schemaVersion":2,"mediaType":"{{RegistryMediaTypes.OciIndex}}","manifests":[{{Entry(other, "arm64")}},{{Entry(amd64, ImageTransfer.HostArchitecture)}}]}""");
+            $$"""{"mediaType":"{{OciMediaTypes.Manifest}}","digest":"{{made.ManifestDigest}}","size":{{made.Manifest.Length}},"platform":{"architecture":"{{architecture}}","os":"linux"} }""";
+        byte[] index = Encoding.UTF8.GetBytes($$"""{"schemaVersion":2,"mediaType":"{{OciMediaTypes.Index}}","manifests":[{{Entry(other, "arm64")}},{{Entry(amd64, ImageTransfer.HostArchitecture)}}]}""");
         using (var client = new RegistryClient(server.Address))
         {
-            await client.PutManifestAsync(amd64Reference.Repository, "multi", index, RegistryMediaTypes.OciIndex);
+            await client.PutManifestAsync(amd64Reference.Repository, "multi", index, OciMediaTypes.Index);
         }
 
         var pulled = await transfer.PullAsync(amd64Reference.WithTag("multi"), new OciLayoutContentStore(target.Path));
@@ -164,7 +165,7 @@ public class RegistryTransferTests(OpenRegistryFixture fixture) : IClassFixture<
         Assert.Contains(made.LayerDigest, e.Message);
         Assert.False(targetStore.HasBlob(made.LayerDigest));
         Assert.Null(targetStore.FindManifest(reference.ToString()));
-        Assert.Empty(Directory.EnumerateFiles(Path.Combine(target.Path, ".incoming")));
+        Assert.Empty(Directory.EnumerateFiles(targetStore.Layout.TemporaryDirectory, "incoming-*"));
     }
 
     /// <summary>A manifest fetched by digest is checked against that digest.</summary>
@@ -180,8 +181,8 @@ public class RegistryTransferTests(OpenRegistryFixture fixture) : IClassFixture<
         using var client = new RegistryClient(server.Address);
         var manifest = await client.GetManifestAsync(reference.Repository, made.ManifestDigest);
         Assert.Equal(made.Manifest, manifest.Bytes);
-        Assert.Equal(RegistryMediaTypes.OciManifest, manifest.MediaType);
-        Assert.Equal(made.LayerDigest, manifest.Document.Layers![0].Digest);
+        Assert.Equal(OciMediaTypes.Manifest, manifest.MediaType);
+        Assert.Equal(made.LayerDigest, manifest.ReadManifest().Layers[0].Digest);
         Assert.Equal("http", client.BaseUri!.Scheme);
         Assert.Null(client.ChallengeScheme);
     }

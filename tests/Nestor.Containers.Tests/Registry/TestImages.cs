@@ -2,6 +2,7 @@ using System.Formats.Tar;
 using System.IO.Compression;
 using System.Security.Cryptography;
 using System.Text;
+using Nestor.Containers.Images;
 using Nestor.Containers.Registry;
 
 namespace Nestor.Containers.Tests.Registry;
@@ -39,16 +40,16 @@ internal static class TestImages
             gzip.Write(layerTar);
         }
         byte[] layer = gzipped.ToArray();
-        string layerDigest = store.AddBlob(layer);
+        string layerDigest = store.Layout.WriteBlob(layer, OciMediaTypes.LayerTarGzip).Digest;
         byte[] config = Encoding.UTF8.GetBytes($$"""
             {"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["{{diffId}}"]},"history":[{"created_by":"nestor registry test {{marker}}"}]}
             """.Trim());
-        string configDigest = store.AddBlob(config);
+        string configDigest = store.Layout.WriteBlob(config, OciMediaTypes.Config).Digest;
         byte[] manifest = Encoding.UTF8.GetBytes($$"""
-            {"schemaVersion":2,"mediaType":"{{RegistryMediaTypes.OciManifest}}","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{{configDigest}}","size":{{config.Length}}},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{{layerDigest}}","size":{{layer.Length}}}]}
+            {"schemaVersion":2,"mediaType":"{{OciMediaTypes.Manifest}}","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{{configDigest}}","size":{{config.Length}}},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{{layerDigest}}","size":{{layer.Length}}}]}
             """.Trim());
-        string manifestDigest = RegistryClient.Sha256Digest(manifest);
-        store.AddManifest(new LocalManifest(manifest, RegistryMediaTypes.OciManifest, manifestDigest), reference);
+        string manifestDigest = Digest.Of(manifest);
+        store.AddManifest(new LocalManifest(manifest, OciMediaTypes.Manifest, manifestDigest), reference);
         return new Made(manifestDigest, configDigest, layerDigest, diffId, manifest);
     }
 

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Nestor.Containers.Images;
 using Nestor.Containers.Registry;
 
 namespace Nestor.Cli.Commands.Container;
@@ -70,22 +71,10 @@ internal static class ImageTransferCommands
 
     private static Action<string>? Progress(bool quiet) => quiet ? null : line => Console.Error.WriteLine(line);
 
-    /// <summary>The store pull and push use: <c>--layout DIR</c>, else the local image store's directory
-    /// (<c>/var/lib/nestor/images</c> for root, <c>$XDG_DATA_HOME/nestor/images</c> otherwise), an OCI layout.</summary>
-    private static OciLayoutContentStore Store(string? layout)
-    {
-        if (layout is not null)
-        {
-            return new OciLayoutContentStore(layout);
-        }
-        if (Environment.IsPrivilegedProcess)
-        {
-            return new OciLayoutContentStore("/var/lib/nestor/images");
-        }
-        string data = Environment.GetEnvironmentVariable("XDG_DATA_HOME") is { Length: > 0 } xdg
-            ? xdg : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".local", "share");
-        return new OciLayoutContentStore(Path.Combine(data, "nestor", "images"));
-    }
+    /// <summary>The store pull and push use: <c>--layout DIR</c> (any OCI image layout), else the local image store
+    /// (<see cref="ImageStore.DefaultRoot"/>).</summary>
+    private static OciLayoutContentStore Store(string? layout) =>
+        layout is not null ? new OciLayoutContentStore(layout) : new ImageStoreContentStore(ImageStore.Open());
 
     private static int Run(Func<Task> action)
     {
@@ -94,7 +83,7 @@ internal static class ImageTransferCommands
             action().GetAwaiter().GetResult();
             return 0;
         }
-        catch (Exception e) when (e is RegistryException or FormatException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is RegistryException or ImageStoreException or IOException or UnauthorizedAccessException)
         {
             Console.Error.WriteLine($"nestor: {e.Message}");
             return EngineFailure;
