@@ -165,6 +165,17 @@ public sealed class RegistryClient : IDisposable
         throw first ?? new RegistryException(RegistryFailure.ConnectionRefused, $"cannot reach {registry}");
     }
 
+    /// <summary>Checks the client's credential against the registry as <c>docker login</c> does: <c>GET /v2/</c>
+    /// answering the challenge (Basic, or a Bearer token without a repository scope). Returns the scheme the registry
+    /// asked for, or null when it needs no authentication; <see cref="RegistryFailure.Unauthorized"/> if it refuses
+    /// the credential.</summary>
+    public async Task<string?> LoginAsync(CancellationToken cancellation = default)
+    {
+        using var response = await SendAsync(() => new HttpRequestMessage(HttpMethod.Get, Api("")), "", cancellation);
+        await EnsureSuccessAsync(response, "GET /v2/", cancellation);
+        return challengeScheme;
+    }
+
     /// <summary>Whether a failed ping in one scheme is tried in the other: a TLS failure, or an HTTP answer that is
     /// not the API's (a TLS server answering plain HTTP with 400), or a refused connection when the port was implied
     /// by the scheme (443 against 80). A refused explicit port is refused in both.</summary>

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Nestor.Containers.Images;
 
 namespace Nestor.Containers.Registry;
@@ -66,6 +67,100 @@ public sealed class RegistryCredentialStore
             }
         }
         return null;
+    }
+
+    /// <summary>The file <c>login</c> writes, as Podman does: <c>$REGISTRY_AUTH_FILE</c>, else
+    /// <c>$XDG_RUNTIME_DIR/containers/auth.json</c>, else <c>~/.config/containers/auth.json</c> (also read by Podman).</summary>
+    public static string DefaultLoginFile()
+    {
+        if (Environment.GetEnvironmentVariable("REGISTRY_AUTH_FILE") is { Length: > 0 } explicitFile)
+        {
+            return explicitFile;
+        }
+        if (Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is { Length: > 0 } runtime)
+        {
+            return Path.Combine(runtime, "containers", "auth.json");
+        }
+        string home = Environment.GetEnvironmentVariable("HOME") is { Length: > 0 } h
+            ? h : Environment.GetFolderPath(Environment.SpecialFolder.UserProfile);
+        return Path.Combine(home, ".config", "containers", "auth.json");
+    }
+
+    /// <summary>Stores <paramref name="credential"/> for <paramref name="registry"/> in <paramref name="file"/>,
+    /// keeping every other entry and field the file has (credential helpers, identity tokens other tools wrote). The
+    /// file is private to its owner (mode 0600): it holds a password in base64, which is no protection.</summary>
+    public static void Save(string file, string registry, RegistryCredential credential)
+    {
+        var root = ReadObject(file);
+        if (root["auths"] is not JsonObject auths)
+        {
+            auths = [];
+            root["auths"] = auths;
+        }
+        auths[registry] = new JsonObject { ["auth"] = credential.BasicParameter };
+        WriteObject(file, root);
+    }
+
+    /// <summary>Removes the credential of <paramref name="registry"/> from <paramref name="file"/>; false if it had none.</summary>
+    public static bool Remove(string file, string registry)
+    {
+        if (!File.Exists(file) || ReadObject(file) is not { } root || root["auths"] is not JsonObject auths || !auths.Remove(registry))
+        {
+            return false;
+        }
+        WriteObject(file, root);
+        return true;
+    }
+
+    private static JsonObject ReadObject(string file)
+    {
+        if (!File.Exists(file))
+        {
+            return [];
+        }
+        try
+        {
+            return JsonNode.Parse(File.ReadAllBytes(file)) as JsonObject
+                ?? throw new RegistryException(RegistryFailure.Protocol, $"{file} is not a JSON object (containers-auth.json(5)): fix or remove it");
+        }
+        catch (JsonException e)
+        {
+            throw new RegistryException(RegistryFailure.Protocol, $"{file} is not valid JSON ({e.Message}): fix or remove it", e);
+        }
+    }
+
+    private static void WriteObject(string file, JsonObject root)
+    {
+        string directory = Path.GetDirectoryName(Path.GetFullPath(file))!;
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+        if (OperatingSystem.IsWindows())
+        {
+            Directory.CreateDirectory(directory);
+        }
+        else
+        {
+            if (!Directory.Exists(directory))
+            {
+                Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            }
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+        // Written beside with mode 0600 from the start and renamed over, so the password is never readable by others
+        // and a crash leaves the old file or the new one.
+        string temporary = file + "." + Guid.NewGuid().ToString("N");
+        try
+        {
+            using (var stream = new FileStream(temporary, options))
+            using (var writer = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+            {
+                root.WriteTo(writer);
+            }
+            File.Move(temporary, file, overwrite: true);
+        }
+        finally
+        {
+            File.Delete(temporary);
+        }
     }
 
     private static AuthFile? Read(string file)

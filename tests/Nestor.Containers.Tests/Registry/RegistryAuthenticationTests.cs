@@ -39,6 +39,20 @@ public class BasicAuthenticationTests(BasicAuthRegistryFixture fixture) : IClass
         Assert.Equal("Basic", client.ChallengeScheme);
     }
 
+    /// <summary>Login checks the credential against the registry (Basic challenge answered at /v2/) and refuses a
+    /// wrong password.</summary>
+    [Fact]
+    public async Task LoginChecksTheCredential()
+    {
+        using (var client = new RegistryClient(server.Address, new RegistryClientOptions { Credential = server.User }))
+        {
+            Assert.Equal("Basic", await client.LoginAsync());
+        }
+        using var wrong = new RegistryClient(server.Address, new RegistryClientOptions { Credential = new RegistryCredential(server.User!.UserName, "wrong") });
+        var e = await Assert.ThrowsAsync<RegistryException>(() => wrong.LoginAsync());
+        Assert.Equal(RegistryFailure.Unauthorized, e.Failure);
+    }
+
     /// <summary>Without credentials: Unauthorized, telling the user to log in.</summary>
     [Fact]
     public async Task NoCredentialsSaysToLogIn()
@@ -160,6 +174,11 @@ public class BearerTokenTests
                 await Reply(context, 401, """{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}""");
                 return;
             }
+            if (path == "/v2/")
+            {
+                await Reply(context, 200, "{}");
+                return;
+            }
             if (path == "/v2/team/app/manifests/latest")
             {
                 await Reply(context, 200, manifest, manifestType);
@@ -188,6 +207,17 @@ public class BearerTokenTests
         string basic = "Basic " + Convert.ToBase64String(Encoding.UTF8.GetBytes("user:pass"));
         Assert.Contains(fake.Requests, r => r == $"GET /token?service=fake-registry&scope=repository%3Ateam%2Fapp%3Apull {basic}");
         Assert.Contains(fake.Requests, r => r == $"GET /v2/team/app/manifests/latest Bearer {Token}");
+    }
+
+    /// <summary>Login against a Bearer registry fetches a token without a repository scope and uses it at /v2/.</summary>
+    [Fact]
+    public async Task LoginFetchesAnUnscopedToken()
+    {
+        using var fake = Start("user:pass", SchemaOne, RegistryMediaTypes.DockerSchema1Signed);
+        using var client = new RegistryClient($"127.0.0.1:{fake.Port}", new RegistryClientOptions { Credential = new RegistryCredential("user", "pass") });
+        Assert.Equal("Bearer", await client.LoginAsync());
+        Assert.Contains(fake.Requests, r => r.StartsWith("GET /token?service=fake-registry Basic ", StringComparison.Ordinal));
+        Assert.Contains(fake.Requests, r => r == $"GET /v2/ Bearer {Token}");
     }
 
     /// <summary>A token service that refuses the credential: Unauthorized, telling the user to log in.</summary>

@@ -57,3 +57,30 @@ public class RegistryCredentialTests
         Assert.Equal("x\"y", parameters["error"]);
     }
 }
+
+public class RegistryLoginFileTests
+{
+    /// <summary>Save adds the registry's entry and keeps what other tools wrote; the file is 0600; Remove takes the
+    /// entry out and says whether there was one.</summary>
+    [Fact]
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    public void SaveKeepsOtherEntriesAndRemoveTakesItsOut()
+    {
+        using var directory = new TestImages.TemporaryDirectory();
+        string file = Path.Combine(directory.Path, "containers", "auth.json");
+        Directory.CreateDirectory(Path.GetDirectoryName(file)!);
+        File.WriteAllText(file, """{"auths":{"quay.io":{"auth":"eDp5"}},"credHelpers":{"gcr.io":"gcloud"}}""");
+
+        RegistryCredentialStore.Save(file, "127.0.0.1:5000", new RegistryCredential("alice", "secret"));
+
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(file));
+        var store = new RegistryCredentialStore([file]);
+        Assert.Equal(new RegistryCredential("alice", "secret"), store.Find("127.0.0.1:5000"));
+        Assert.Equal(new RegistryCredential("x", "y"), store.Find("quay.io"));
+        Assert.Contains("gcloud", File.ReadAllText(file));
+        Assert.True(RegistryCredentialStore.Remove(file, "127.0.0.1:5000"));
+        Assert.False(RegistryCredentialStore.Remove(file, "127.0.0.1:5000"));
+        Assert.Null(new RegistryCredentialStore([file]).Find("127.0.0.1:5000"));
+        Assert.NotNull(new RegistryCredentialStore([file]).Find("quay.io"));
+    }
+}

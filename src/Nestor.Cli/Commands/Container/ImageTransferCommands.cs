@@ -4,14 +4,14 @@ using Nestor.Containers.Registry;
 
 namespace Nestor.Cli.Commands.Container;
 
-/// <summary><c>nestor image pull|push</c>: images to and from registries through the OCI distribution API. Failures
+/// <summary><c>nestor image pull|push|login|logout</c>: images to and from registries through the OCI distribution API. Failures
 /// exit with Docker's 125 and a message that says what to do.</summary>
 internal static class ImageTransferCommands
 {
     /// <summary>Docker's exit status when the engine itself failed (not the container's command).</summary>
     public const int EngineFailure = 125;
 
-    public static IEnumerable<Command> Create() => [Pull(), Push()];
+    public static IEnumerable<Command> Create() => [Pull(), Push(), Login(), Logout()];
 
     private static Option<bool> TlsVerify() => new("--tls-verify")
     {
@@ -62,6 +62,55 @@ internal static class ImageTransferCommands
             var transfer = new ImageTransfer(Options(parse.GetValue(tls)), Progress(parse.GetValue(quiet)));
             var result = await transfer.PushAsync(Store(parse.GetValue(layout)), local, target);
             Console.Out.WriteLine(result.ManifestDigest);
+        }));
+        return command;
+    }
+
+    private static Command Login()
+    {
+        var registry = new Argument<string>("REGISTRY") { Description = "The registry: HOST[:PORT] (docker.io for Docker Hub)" };
+        var user = new Option<string>("--username", "-u") { Description = "The user name", Required = true };
+        var password = new Option<string?>("--password", "-p") { Description = "The password (visible to other users in the process list: prefer --password-stdin)" };
+        var passwordStdin = new Option<bool>("--password-stdin") { Description = "Read the password from standard input" };
+        var authFile = new Option<string?>("--authfile") { Description = "The credentials file (default $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json)" };
+        var tls = TlsVerify();
+        var command = new Command("login", "Check a user name and password against a registry and store them for pull and push")
+        {
+            registry, user, password, passwordStdin, authFile, tls,
+        };
+        command.SetAction(parse => Run(async () =>
+        {
+            string host = parse.GetValue(registry)!;
+            string? secret = parse.GetValue(passwordStdin) ? Console.In.ReadToEnd().TrimEnd('\r', '\n') : parse.GetValue(password);
+            if (string.IsNullOrEmpty(secret))
+            {
+                throw new RegistryException(RegistryFailure.Unauthorized, "no password: give --password-stdin (or -p PASSWORD)");
+            }
+            var credential = new RegistryCredential(parse.GetValue(user)!, secret);
+            using var client = new RegistryClient(host, new RegistryClientOptions { TlsVerify = parse.GetValue(tls), Credential = credential });
+            await client.LoginAsync();
+            string file = parse.GetValue(authFile) ?? RegistryCredentialStore.DefaultLoginFile();
+            RegistryCredentialStore.Save(file, host, credential);
+            Console.Out.WriteLine("Login Succeeded!");
+        }));
+        return command;
+    }
+
+    private static Command Logout()
+    {
+        var registry = new Argument<string>("REGISTRY") { Description = "The registry: HOST[:PORT]" };
+        var authFile = new Option<string?>("--authfile") { Description = "The credentials file (as for login)" };
+        var command = new Command("logout", "Remove the stored credentials of a registry") { registry, authFile };
+        command.SetAction(parse => Run(() =>
+        {
+            string host = parse.GetValue(registry)!;
+            string file = parse.GetValue(authFile) ?? RegistryCredentialStore.DefaultLoginFile();
+            if (!RegistryCredentialStore.Remove(file, host))
+            {
+                throw new RegistryException(RegistryFailure.Protocol, $"not logged in to {host} (no entry in {file})");
+            }
+            Console.Out.WriteLine($"Removed login credentials for {host}");
+            return Task.CompletedTask;
         }));
         return command;
     }
