@@ -154,11 +154,12 @@ public sealed class RegistryClient : IDisposable
             }
             catch (RegistryException e) when (scheme != schemes[^1] && FallBack(e.Failure, explicitPort))
             {
-                // The first scheme's failure is the one reported if the other fails too: it is what was asked for.
                 first ??= e;
             }
-            catch (RegistryException) when (first is not null)
+            catch (RegistryException e) when (first is not null && e.Failure == RegistryFailure.ConnectionRefused && first.Failure != RegistryFailure.ConnectionRefused)
             {
+                // When both schemes fail, the later failure says more (a TLS server's untrusted certificate after its
+                // 400 to plain HTTP), unless it is only a refused connection after a real answer.
                 throw first;
             }
         }

@@ -52,6 +52,37 @@ public class RegistryInteroperabilityTests(OpenRegistryFixture fixture) : IClass
         }
     }
 
+    /// <summary>A Docker schema 2 image (skopeo converts the OCI layout with <c>--format v2s2</c>) pulls into the
+    /// image store with skopeo's digest and resolves there; pushed on to another repository it keeps its Docker media
+    /// type, so the registry stores the same digest.</summary>
+    [Fact]
+    public async Task DockerSchemaTwoPullsIntoTheStoreAndPushesUnchanged()
+    {
+        using var layout = new TestImages.TemporaryDirectory();
+        using var stores = new TestImages.TemporaryDirectory();
+        TestImages.AddBusybox(new OciLayoutContentStore(layout.Path), "schema2", "docker-schema2");
+        string digestFile = Path.Combine(stores.Path, "digest");
+        var reference = ImageReference.Parse($"{server.Address}/interop/schema2:v1");
+        RegistryServer.Run("skopeo", ["copy", "--quiet", "--format", "v2s2", "--dest-tls-verify=false", "--digestfile", digestFile,
+            $"oci:{layout.Path}:schema2", $"docker://{reference}"]);
+        string written = File.ReadAllText(digestFile).Trim();
+        var transfer = new ImageTransfer(new RegistryClientOptions());
+
+        var store = ImageStore.Open(Path.Combine(stores.Path, "store"));
+        var pulled = await transfer.PullAsync(reference, new ImageStoreContentStore(store));
+        Assert.Equal(written, pulled.ManifestDigest);
+        Assert.Equal(written, store.Resolve(reference.ToString()).ManifestDigest);
+        var local = new ImageStoreContentStore(store).FindManifest(reference.ToString())!;
+        Assert.Equal(OciMediaTypes.DockerManifest, local.MediaType);
+
+        var onward = ImageReference.Parse($"{server.Address}/interop/schema2-onward:v1");
+        await transfer.PushAsync(new ImageStoreContentStore(store), reference.ToString(), onward);
+        using var client = new RegistryClient(server.Address);
+        var served = await client.GetManifestAsync(onward.Repository, "v1");
+        Assert.Equal(written, served.Digest);
+        Assert.Equal(OciMediaTypes.DockerManifest, served.MediaType);
+    }
+
     /// <summary><c>podman pull</c> of a Nestor push stores the same manifest digest; the image is removed after.</summary>
     [Fact]
     public async Task PodmanPullsWhatNestorPushed()

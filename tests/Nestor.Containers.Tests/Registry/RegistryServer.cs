@@ -33,7 +33,7 @@ public sealed class RegistryServer : IDisposable
     /// <summary>The filesystem driver's storage root.</summary>
     public string StorageRoot => Path.Combine(Directory, "data");
 
-    public static RegistryServer Start(RegistryCredential? user = null)
+    public static RegistryServer Start(RegistryCredential? user = null, (string Certificate, string Key)? tls = null)
     {
         string directory = System.IO.Directory.CreateTempSubdirectory("nestor-registry-").FullName;
         try
@@ -53,6 +53,12 @@ public sealed class RegistryServer : IDisposable
                         path: {directory}/htpasswd
                     """;
             }
+            string certificate = tls is { } files ? $"""
+
+                  tls:
+                    certificate: {files.Certificate}
+                    key: {files.Key}
+                """ : "";
             File.WriteAllText(Path.Combine(directory, "config.yml"), $"""
                 version: 0.1
                 log:
@@ -66,7 +72,7 @@ public sealed class RegistryServer : IDisposable
                     enabled: true
                 http:
                   addr: 127.0.0.1:{port}
-                  secret: nestor-test-{port}
+                  secret: nestor-test-{port}{certificate}
                 {auth}
                 """);
             var start = new ProcessStartInfo("/usr/bin/docker-registry", ["serve", Path.Combine(directory, "config.yml")])
@@ -147,6 +153,7 @@ public sealed class RegistryServer : IDisposable
 
     private void WaitUntilServing()
     {
+        // Any HTTP answer means it serves: a TLS registry answers plain HTTP with 400.
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
         while (true)

@@ -10,7 +10,7 @@ namespace Nestor.Containers.Tests.Registry;
 /// <summary>Images made for the tests from Debian's static busybox: one gzip layer (bin/busybox, bin/sh → busybox,
 /// etc/nestor-test holding <c>marker</c>), an OCI config whose diff_id is the uncompressed layer's digest, and an
 /// OCI manifest, stored in an <see cref="OciLayoutContentStore"/> under a reference.</summary>
-internal static class TestImages
+public static class TestImages
 {
     public const string Busybox = "/bin/busybox";
 
