@@ -28,6 +28,9 @@ public sealed class RegistryClientOptions
 
     /// <summary>How long one request may take before it is abandoned.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromMinutes(10);
+
+    /// <summary>Sees every request as it is sent (tests count the upload's PATCHes with it).</summary>
+    internal Action<HttpRequestMessage>? RequestObserver { get; init; }
 }
 
 /// <summary>A manifest as the registry served it: its exact bytes (whose digest is its identity), media type and
@@ -609,6 +612,7 @@ public sealed class RegistryClient : IDisposable
         {
             try
             {
+                options.RequestObserver?.Invoke(request);
                 return await http.SendAsync(request, completion, cancellation);
             }
             catch (HttpRequestException e)

@@ -65,7 +65,22 @@ public class RegistryTransferTests(OpenRegistryFixture fixture) : IClassFixture<
         long chunk = layerSize / 5 + 1;
         var destination = ImageReference.Parse($"{server.Address}/{marker}/busybox:chunked");
 
-        await new ImageTransfer(new RegistryClientOptions { ChunkSize = chunk }).PushAsync(store, "local/chunked", destination);
+        var ranges = new List<string>();
+        var options = new RegistryClientOptions
+        {
+            ChunkSize = chunk,
+            RequestObserver = request =>
+            {
+                if (request.Method == HttpMethod.Patch && request.Content!.Headers.TryGetValues("Content-Range", out var range))
+                {
+                    ranges.Add(range.Single());
+                }
+            },
+        };
+        await new ImageTransfer(options).PushAsync(store, "local/chunked", destination);
+        Assert.Equal(5, ranges.Count);
+        Assert.Equal($"0-{chunk - 1}", ranges[0]);
+        Assert.Equal($"{4 * chunk}-{layerSize - 1}", ranges[^1]);
 
         var pulled = await new ImageTransfer(new RegistryClientOptions()).PullAsync(destination, new OciLayoutContentStore(target.Path));
         Assert.Equal(made.ManifestDigest, pulled.ManifestDigest);
