@@ -109,6 +109,12 @@ internal static unsafe partial class StorageCalls
     [LibraryImport("libc", EntryPoint = "flock", SetLastError = true)]
     private static partial int FlockNative(int fd, int operation);
 
+    [LibraryImport("libc", EntryPoint = "geteuid")]
+    public static partial uint EffectiveUserId();
+
+    [LibraryImport("libc", EntryPoint = "getegid")]
+    public static partial uint EffectiveGroupId();
+
     private static int Errno => Marshal.GetLastPInvokeError();
 
     /// <summary>lstat(2); null when the path does not exist.</summary>
