@@ -8,9 +8,6 @@ namespace Nestor.Cli.Commands.Container;
 /// exit with Docker's 125 and a message that says what to do.</summary>
 internal static class ImageTransferCommands
 {
-    /// <summary>Docker's exit status when the engine itself failed (not the container's command).</summary>
-    public const int EngineFailure = 125;
-
     public static IEnumerable<Command> Create() => [Pull(), Push(), Login(), Logout()];
 
     private static Option<bool> TlsVerify() => new("--tls-verify")
@@ -37,7 +34,7 @@ internal static class ImageTransferCommands
         {
             var image = ImageReference.Parse(parse.GetValue(reference)!);
             var transfer = new ImageTransfer(Options(parse.GetValue(tls)), Progress(parse.GetValue(quiet)));
-            var result = await transfer.PullAsync(image, Store(parse.GetValue(layout)));
+            var result = await transfer.PullAsync(image, Store(parse, parse.GetValue(layout)));
             Console.Out.WriteLine(result.ManifestDigest);
         }));
         return command;
@@ -60,7 +57,7 @@ internal static class ImageTransferCommands
             string local = parse.GetValue(reference)!;
             var target = ImageReference.Parse(parse.GetValue(destination) ?? local);
             var transfer = new ImageTransfer(Options(parse.GetValue(tls)), Progress(parse.GetValue(quiet)));
-            var result = await transfer.PushAsync(Store(parse.GetValue(layout)), local, target);
+            var result = await transfer.PushAsync(Store(parse, parse.GetValue(layout)), local, target);
             Console.Out.WriteLine(result.ManifestDigest);
         }));
         return command;
@@ -120,22 +117,24 @@ internal static class ImageTransferCommands
 
     private static Action<string>? Progress(bool quiet) => quiet ? null : line => Console.Error.WriteLine(line);
 
-    /// <summary>The store pull and push use: <c>--layout DIR</c> (any OCI image layout), else the local image store
-    /// (<see cref="ImageStore.DefaultRoot"/>).</summary>
-    private static OciLayoutContentStore Store(string? layout) =>
-        layout is not null ? new OciLayoutContentStore(layout) : new ImageStoreContentStore(ImageStore.Open());
+    /// <summary>The store pull and push use: <c>--layout DIR</c> (any OCI image layout), else the image store
+    /// <c>nestor image --store</c> names (<see cref="ImageStore.DefaultRoot"/> by default).</summary>
+    private static OciLayoutContentStore Store(ParseResult parse, string? layout) =>
+        layout is not null ? new OciLayoutContentStore(layout) : new ImageStoreContentStore(ImageCommand.OpenStore(parse));
 
-    private static int Run(Func<Task> action)
+    /// <summary>Runs a command's body; a registry's or the store's failure prints Docker's <c>Error: …</c> and exits
+    /// 125, as the other <c>nestor image</c> commands do.</summary>
+    private static int Run(Func<Task> action) => ImageCommand.Guarded(() =>
     {
         try
         {
             action().GetAwaiter().GetResult();
             return 0;
         }
-        catch (Exception e) when (e is RegistryException or ImageStoreException or IOException or UnauthorizedAccessException)
+        catch (RegistryException e)
         {
-            Console.Error.WriteLine($"nestor: {e.Message}");
-            return EngineFailure;
+            Console.Error.WriteLine("Error: " + e.Message);
+            return ImageCommand.ErrorStatus;
         }
-    }
+    });
 }
