@@ -83,6 +83,29 @@ public class RegistryInteroperabilityTests(OpenRegistryFixture fixture) : IClass
         Assert.Equal(OciMediaTypes.DockerManifest, served.MediaType);
     }
 
+    /// <summary>An unprivileged user (nestor-rootless) pulls with the built command into its own store
+    /// ($XDG_DATA_HOME/nestor/images), which then lists the image under the pulled name.</summary>
+    [Fact]
+    public async Task UnprivilegedUserPullsIntoItsOwnStore()
+    {
+        using var source = new TestImages.TemporaryDirectory();
+        var store = new OciLayoutContentStore(source.Path);
+        var made = TestImages.AddBusybox(store, "local/rootless", "rootless");
+        var reference = ImageReference.Parse($"{server.Address}/interop/rootless:v1");
+        await new ImageTransfer(new RegistryClientOptions()).PushAsync(store, "local/rootless", reference);
+        using var data = new TestImages.TemporaryDirectory();
+        RegistryServer.Run("chown", ["nestor-rootless:", data.Path]);
+        string nestor = Path.Combine(AppContext.BaseDirectory, "nestor");
+        string[] asUser = ["-u", "nestor-rootless", "--", "env", "HOME=/home/nestor-rootless", $"XDG_DATA_HOME={data.Path}",
+            "REGISTRY_AUTH_FILE=/nonexistent/auth.json", nestor, "image"];
+
+        string digest = RegistryServer.Run("runuser", [.. asUser, "pull", "--quiet", reference.ToString()]).Trim();
+        Assert.Equal(made.ManifestDigest, digest);
+        Assert.Contains("interop/rootless", RegistryServer.Run("runuser", [.. asUser, "ls"]));
+        string index = Path.Combine(data.Path, "nestor", "images", "index.json");
+        Assert.Equal(uint.Parse(RegistryServer.Run("id", ["-u", "nestor-rootless"]).Trim()), Nestor.Containers.Storage.StorageCalls.LStat(index).Uid);
+    }
+
     /// <summary><c>podman pull</c> of a Nestor push stores the same manifest digest; the image is removed after.</summary>
     [Fact]
     public async Task PodmanPullsWhatNestorPushed()
