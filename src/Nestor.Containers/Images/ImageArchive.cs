@@ -230,6 +230,18 @@ public static class ImageArchive
         int n = buffered.ReadAtLeast(head, 2, throwOnEndOfStream: false);
         Stream replay = new ConcatenatedStream(new MemoryStream(head, 0, n), buffered);
         tar = n == 2 && head[0] == 0x1f && head[1] == 0x8b ? new GZipStream(replay, CompressionMode.Decompress) : replay;
+        try
+        {
+            ExtractEntries(tar, directory);
+        }
+        catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException)
+        {
+            throw new ImageStoreException($"the input is not a tar archive of images (docker-archive or oci-archive): {e.Message}", e);
+        }
+    }
+
+    private static void ExtractEntries(Stream tar, string directory)
+    {
         using var reader = new TarReader(tar);
         while (reader.GetNextEntry() is { } entry)
         {

@@ -371,6 +371,25 @@ public sealed class ImageStore : IImageStore
         }
     }
 
+    /// <summary>Checks a stored image whole: its manifest, config and every layer blob against their digests, and
+    /// every layer's uncompressed tar against the config's diff ids (unpacking the layers not unpacked yet). For
+    /// images whose blobs arrived by another way than <see cref="ImportRootFileSystem(string, string?, ImageConfig?, string?, string?)"/>
+    /// or <see cref="ImageArchive.Load"/> (which check as they add), e.g. a registry pull.</summary>
+    public void VerifyImage(string manifestDigest)
+    {
+        var manifest = ReadManifest(manifestDigest);
+        var configuration = ParseConfiguration(Layout.ReadBlob(manifest.Config.Digest, manifest.Config.Size), manifest.Config.Digest);
+        if (configuration.RootFileSystem.DiffIds.Count != manifest.Layers.Count)
+        {
+            throw new ImageStoreException($"image config {manifest.Config.Digest} lists {configuration.RootFileSystem.DiffIds.Count} diff ids but manifest {manifestDigest} has {manifest.Layers.Count} layers");
+        }
+        for (int i = 0; i < manifest.Layers.Count; i++)
+        {
+            Layout.VerifyBlob(manifest.Layers[i].Digest, manifest.Layers[i].Size);
+            EnsureLayerUnpacked(configuration.RootFileSystem.DiffIds[i], manifest.Layers[i]);
+        }
+    }
+
     /// <inheritdoc/>
     public ContainerRootFileSystem CreateRootFileSystem(StoredImage image, string containerDirectory)
     {
@@ -420,7 +439,13 @@ public sealed class ImageStore : IImageStore
     /// <summary>Removes a name, or an image (docker rmi): a name is untagged, and the image goes when it has no name
     /// left; by id, an image with several names is refused unless <paramref name="force"/>. Blobs and unpacked layers
     /// no other image uses are deleted. Returns what was untagged and deleted, in Docker's words.</summary>
-    public IReadOnlyList<string> Remove(string reference, bool force)
+    public IReadOnlyList<string> Remove(string reference, bool force) => Remove(reference, force, imageIdsInUse: null);
+
+    /// <summary>As <see cref="Remove(string, bool)"/>, knowing which images containers use
+    /// (<paramref name="imageIdsInUse"/>, image ids): an image in use is never deleted, since its unpacked layers are
+    /// a container's lower directories. Without <paramref name="force"/> that is refused, as docker refuses; with it the
+    /// names are removed and the image stays, unnamed (docker's &lt;none&gt;).</summary>
+    public IReadOnlyList<string> Remove(string reference, bool force, IReadOnlySet<string>? imageIdsInUse)
     {
         using var storeLock = Lock();
         var image = Resolve(reference);
@@ -444,7 +469,16 @@ public sealed class ImageStore : IImageStore
             }
             index.Manifests.RemoveAll(m => m.Digest == image.ManifestDigest);
         }
-        if (!index.Manifests.Any(m => m.Digest == image.ManifestDigest))
+        if (!index.Manifests.Any(m => m.Digest == image.ManifestDigest) && imageIdsInUse?.Contains(image.Id) == true)
+        {
+            if (!force)
+            {
+                throw new ImageStoreException($"unable to delete {image.Id[7..19]}: the image is used by a container (remove the container first, or use -f to remove its names only)");
+            }
+            index.Manifests.Add(new OciDescriptor { MediaType = OciMediaTypes.Manifest, Digest = image.ManifestDigest, Size = Layout.ReadBlob(image.ManifestDigest).LongLength });
+            Layout.WriteIndex(index);
+        }
+        else if (!index.Manifests.Any(m => m.Digest == image.ManifestDigest))
         {
             Layout.WriteIndex(index);
             report.Add("Deleted: " + image.Id);

@@ -158,4 +158,56 @@ public class ImageArchiveTests
         Assert.Contains(announced + " is missing", missing.Message);
         Assert.Equal("1.0.0", JsonDocument.Parse(File.ReadAllText(Path.Combine(layout.Root, "oci-layout"))).RootElement.GetProperty("imageLayoutVersion").GetString());
     }
+
+    /// <summary>Input that is not a tar of images is refused with what was expected, and adds nothing.</summary>
+    [Fact]
+    public void NonArchiveIsRefused()
+    {
+        using var directory = new TemporaryDirectory("notar");
+        var store = ImageStore.Open(directory.Combine("store"));
+        var garbage = Assert.Throws<ImageStoreException>(() => ImageArchive.Load(store, new MemoryStream(Encoding.UTF8.GetBytes(new string('x', 2048)))));
+        Assert.Contains("not a tar archive", garbage.Message);
+        using var empty = new MemoryStream();
+        using (var writer = new TarWriter(empty, leaveOpen: true))
+        {
+            writer.WriteEntry(new PaxTarEntry(TarEntryType.RegularFile, "hello") { DataStream = new MemoryStream([1]) });
+        }
+        empty.Position = 0;
+        var neither = Assert.Throws<ImageStoreException>(() => ImageArchive.Load(store, empty));
+        Assert.Contains("neither a docker-archive", neither.Message);
+        Assert.Empty(store.List());
+    }
+
+    /// <summary>Docker 25's save writes an OCI layout whose ref names are bare tags plus a manifest.json: the image
+    /// loads through the layout (its manifest digest kept) under manifest.json's name.</summary>
+    [Fact]
+    public void Docker25ArchiveLoadsUnderItsRepoTag()
+    {
+        var (directory, store, image) = StoreWithBusybox("docker25");
+        using var _ = directory;
+        string extracted = directory.Combine("docker25");
+        Directory.CreateDirectory(extracted);
+        using (var archive = new MemoryStream())
+        {
+            ImageArchive.Save(store, ["busybox:archive"], archive, ImageArchiveFormat.OciArchive);
+            archive.Position = 0;
+            TarFile.ExtractToDirectory(archive, extracted, overwriteFiles: false);
+        }
+        var index = JsonSerializer.Deserialize(File.ReadAllBytes(Path.Combine(extracted, "index.json")), OciJson.Default.OciIndex)!;
+        index.Manifests[0].Annotations = new() { [OciLayout.RefNameAnnotation] = "archive" };
+        File.WriteAllBytes(Path.Combine(extracted, "index.json"), JsonSerializer.SerializeToUtf8Bytes(index, OciJson.Default.OciIndex));
+        var entries = new List<DockerArchiveManifestEntry>
+        {
+            new() { Config = "blobs/sha256/" + image.Id[7..], RepoTags = ["busybox:archive"], Layers = ["blobs/sha256/" + image.LayerDiffIds[0][7..]] },
+        };
+        File.WriteAllBytes(Path.Combine(extracted, "manifest.json"), JsonSerializer.SerializeToUtf8Bytes(entries, OciJson.Default.ListDockerArchiveManifestEntry));
+        using var repacked = new MemoryStream();
+        TarFile.CreateFromDirectory(extracted, repacked, includeBaseDirectory: false);
+        repacked.Position = 0;
+        var other = ImageStore.Open(directory.Combine("other"));
+        var (loaded, name) = Assert.Single(ImageArchive.Load(other, repacked));
+        Assert.Equal("busybox:archive", name);
+        Assert.Equal(image.ManifestDigest, loaded.ManifestDigest);
+        Assert.Equal(["busybox:archive"], other.Resolve("busybox:archive").References);
+    }
 }

@@ -71,4 +71,26 @@ public class ImageStoreTests
             OverlayMount.Unmount(root.MergedDirectory);
         }
     }
+
+    /// <summary>An image a container uses is not deleted: refused without force, left unnamed (and its layers kept)
+    /// with it.</summary>
+    [Fact]
+    public void ImageInUseIsKept()
+    {
+        using var directory = new TemporaryDirectory("inuse");
+        string rootfs = directory.Combine("rootfs");
+        TemporaryDirectory.MakeBusyboxRoot(rootfs);
+        var store = ImageStore.Open(directory.Combine("store"));
+        var image = store.ImportRootFileSystem(rootfs, "busybox:used");
+        var inUse = new HashSet<string> { image.Id };
+        var refused = Assert.Throws<ImageStoreException>(() => store.Remove("busybox:used", force: false, inUse));
+        Assert.Contains("used by a container", refused.Message);
+        Assert.Equal(["busybox:used"], store.Resolve(image.Id).References);
+        Assert.Equal(["Untagged: busybox:used"], store.Remove("busybox:used", force: true, inUse));
+        var kept = store.Resolve(image.Id);
+        Assert.Empty(kept.References);
+        Assert.True(Directory.Exists(store.LayerDirectory(image.LayerDiffIds[0])));
+        Assert.Contains("Deleted: " + image.Id, store.Remove(image.Id, force: false, imageIdsInUse: null));
+        Assert.Empty(store.List());
+    }
 }

@@ -123,4 +123,37 @@ public class InteropTests
         TemporaryDirectory.Run("umoci", "unpack", "--image", $"{layout}:{full}", second);
         Assert.True(File.Exists(Path.Combine(second, "rootfs", "bin", "busybox")));
     }
+
+    /// <summary>An oci-archive with gzip layers (skopeo's compression) loads as the same image, keeps the gzip blob
+    /// and its manifest digest, and is saved as a docker-archive with the layer decompressed to its diff id.</summary>
+    [Fact]
+    public void GzipLayersLoadAndSaveDecompressed()
+    {
+        var (directory, store, image, name) = Busybox("gzip");
+        using var _ = directory;
+        string copied = directory.Combine("dir");
+        TemporaryDirectory.Run("skopeo", "--insecure-policy", "copy", $"oci-archive:{Save(store, name, ImageArchiveFormat.OciArchive, directory.Combine("oci.tar"))}", $"dir:{copied}");
+        string compressed = directory.Combine("gzip.tar");
+        TemporaryDirectory.Run("skopeo", "--insecure-policy", "copy", "--dest-compress", "--dest-compress-format", "gzip", $"dir:{copied}", $"oci-archive:{compressed}:{name}");
+        var other = ImageStore.Open(directory.Combine("other"));
+        StoredImage loaded;
+        using (var file = File.OpenRead(compressed))
+        {
+            loaded = Assert.Single(ImageArchive.Load(other, file)).Image;
+        }
+        Assert.Equal(image.Id, loaded.Id);
+        Assert.NotEqual(image.ManifestDigest, loaded.ManifestDigest);
+        var layer = Assert.Single(other.ReadManifest(loaded.ManifestDigest).Layers);
+        Assert.Equal(OciMediaTypes.LayerTarGzip, layer.MediaType);
+        Assert.NotEqual(image.LayerDiffIds[0], layer.Digest);
+        other.VerifyImage(loaded.ManifestDigest);
+
+        using var docker = new MemoryStream();
+        ImageArchive.Save(other, [name], docker, ImageArchiveFormat.DockerArchive);
+        docker.Position = 0;
+        var third = ImageStore.Open(directory.Combine("third"));
+        var again = Assert.Single(ImageArchive.Load(third, docker)).Image;
+        Assert.Equal(image.Id, again.Id);
+        Assert.Equal(image.ManifestDigest, again.ManifestDigest); // uncompressed again: the manifest Nestor writes
+    }
 }

@@ -52,7 +52,7 @@ internal static class ImageCommand
             return body();
         }
         catch (Exception e) when (e is ImageStoreException or ImageNotFoundException or Nestor.Containers.Storage.LayerException
-            or IOException or UnauthorizedAccessException or Nestor.Host.HostCallException or JsonException)
+            or IOException or InvalidDataException or UnauthorizedAccessException or Nestor.Host.HostCallException or JsonException)
         {
             Console.Error.WriteLine("Error: " + e.Message);
             return ErrorStatus;
