@@ -107,6 +107,10 @@ public sealed class ImageStoreContentStore(ImageStore store) : OciLayoutContentS
             }
         }
         var descriptor = Layout.WriteBlob(manifest.Bytes, manifest.MediaType);
+        // Each blob was checked against its digest as it streamed; the store also checks each layer's uncompressed tar
+        // against the config's diff ids (and unpacks it) before the image gets a name, so a config that lies about
+        // its layers is refused at pull, not at the first run.
+        Store.VerifyImage(descriptor.Digest);
         Store.AddToIndex(descriptor, reference);
     }
 
