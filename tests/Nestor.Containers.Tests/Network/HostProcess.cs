@@ -37,6 +37,9 @@ internal static class HostProcess
         return new ProcessOutcome(process.ExitCode, output.Result, errors.Result);
     }
 
+    /// <summary>Runs a command given as one array (program first).</summary>
+    public static ProcessOutcome RunCommand(string[] command) => Run(command[0], command[1..]);
+
     /// <summary>Runs and asserts success.</summary>
     public static string Check(string program, params string[] arguments)
     {
