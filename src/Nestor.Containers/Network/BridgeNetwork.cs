@@ -66,11 +66,11 @@ public sealed class BridgeNetwork(BridgeNetworkOptions? options = null) : IConta
         {
             throw RootlessRefusal(null);
         }
-        var published = ports.Select(Normalize).ToList();
+        var published = ports.Select(PortMappings.Normalize).ToList();
         // Ports first: a port already taken refuses the container before anything is made that would need undoing.
         foreach (var port in published)
         {
-            PortForwarder.CheckFree(ListenEndPoint(port), port.Protocol);
+            PortForwarder.CheckFree(PortMappings.ListenEndPoint(port), port.Protocol);
         }
 
         Directory.CreateDirectory(_options.StateDirectory);
@@ -131,7 +131,7 @@ public sealed class BridgeNetwork(BridgeNetworkOptions? options = null) : IConta
         {
             foreach (var port in attachment.Ports)
             {
-                forwarders.Add(PortForwarder.Start(ListenEndPoint(port), new IPEndPoint(target, port.ContainerPort), port.Protocol));
+                forwarders.Add(PortForwarder.Start(PortMappings.ListenEndPoint(port), new IPEndPoint(target, port.ContainerPort), port.Protocol));
             }
         }
         catch
@@ -243,27 +243,6 @@ public sealed class BridgeNetwork(BridgeNetworkOptions? options = null) : IConta
         $"cannot create bridge {_options.BridgeName}: creating interfaces and NAT rules needs root (CAP_NET_ADMIN in the host's network namespace)",
         "As an unprivileged user, use rootless networking (slirp4netns), which nestor picks for rootless containers; or run as root, or use --network none",
         inner);
-
-    private static PortMapping Normalize(PortMapping port)
-    {
-        string protocol = port.Protocol.ToLowerInvariant();
-        if (protocol is not ("tcp" or "udp"))
-        {
-            throw new ContainerNetworkException($"'{port.Protocol}' is not a protocol a port can be published for", "Use /tcp (the default) or /udp");
-        }
-        if (port.HostPort is < 1 or > 65535 || port.ContainerPort is < 1 or > 65535)
-        {
-            throw new ContainerNetworkException($"port {port.HostPort}:{port.ContainerPort} is out of range", "Ports are 1 to 65535");
-        }
-        string host = string.IsNullOrEmpty(port.HostAddress) ? "0.0.0.0" : port.HostAddress;
-        if (!IPAddress.TryParse(host, out var parsed) || parsed.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork)
-        {
-            throw new ContainerNetworkException($"'{host}' is not an IPv4 host address to publish on", "Give -p IPV4:HOSTPORT:CONTAINERPORT, e.g. -p 127.0.0.1:8080:80");
-        }
-        return port with { HostAddress = host, Protocol = protocol };
-    }
-
-    private static IPEndPoint ListenEndPoint(PortMapping port) => new(IPAddress.Parse(port.HostAddress), port.HostPort);
 
     private sealed class Forwarders(List<PortForwarder> forwarders) : IDisposable
     {
