@@ -105,21 +105,12 @@ public class BridgeNetworkTests
         string token = $"hello-{Guid.NewGuid():N}";
         string webRoot = NetworkTestSupport.WebRoot(token);
         string tag = NetworkTestSupport.Tag();
-        string clientHostEnd = $"nch{tag}", clientEnd = $"ncc{tag}";
-        var (second, third) = NetworkTestSupport.RandomSubnet();
-        string hostAddress = $"10.{second + 50}.{third}.1", clientAddress = $"10.{second + 50}.{third}.2";
         int hostPort = NetworkTestSupport.FreePort();
         try
         {
             using var container = new NamespaceProcess(["busybox", "httpd", "-f", "-p", "80", "-h", webRoot]);
-            using var client = new NamespaceProcess(["sleep", "600"]);
-            HostProcess.Check("ip", "link", "add", clientHostEnd, "type", "veth", "peer", "name", clientEnd);
-            HostProcess.Check("ip", "link", "set", clientEnd, "netns", client.Pid.ToString());
-            HostProcess.Check("ip", "address", "add", $"{hostAddress}/24", "dev", clientHostEnd);
-            HostProcess.Check("ip", "link", "set", clientHostEnd, "up");
-            Assert.Equal(0, client.Run("ip", "address", "add", $"{clientAddress}/24", "dev", clientEnd).ExitCode);
-            Assert.Equal(0, client.Run("ip", "link", "set", clientEnd, "up").ExitCode);
-
+            using var client = new ClientNamespace();
+            string hostAddress = client.HostAddress;
             var attachment = bridge.Network.Attach($"web-{tag}", container.Pid, NetworkMode.Bridge, [new PortMapping("0.0.0.0", hostPort, 80)]);
             try
             {
@@ -141,9 +132,40 @@ public class BridgeNetworkTests
         }
         finally
         {
-            HostProcess.Run("ip", "link", "delete", clientHostEnd);
             Directory.Delete(webRoot, recursive: true);
         }
+    }
+
+    /// <summary>UDP both ways: to 127.0.0.1 through the forwarder (a published 0.0.0.0 port), and from the client
+    /// namespace through DNAT to a port published on one host address only (the <c>ports_at</c> map).</summary>
+    [Fact]
+    public void UdpPortsAnswerThroughTheForwarderAndThroughDnatOnAGivenAddress()
+    {
+        using var bridge = new TestBridge();
+        using var container = new NamespaceProcess([UdpEcho.Program, "serve", "5353"]);
+        using var client = new ClientNamespace();
+        int anyPort = NetworkTestSupport.FreePort(), addressPort = NetworkTestSupport.FreePort();
+        var attachment = bridge.Network.Attach($"udp-{NetworkTestSupport.Tag()}", container.Pid, NetworkMode.Bridge,
+            [new PortMapping("0.0.0.0", anyPort, 5353, "udp"), new PortMapping(client.HostAddress, addressPort, 5353, "UDP")]);
+        try
+        {
+            using (bridge.Network.StartForwarding(attachment))
+            {
+                var local = HostProcess.Run(UdpEcho.Program, "ask", "127.0.0.1", anyPort.ToString(), "from-loopback");
+                Assert.True(local.ExitCode == 0, local.ToString());
+                Assert.Equal("from-loopback", local.Output.Trim());
+            }
+            var remote = client.Run([UdpEcho.Program, "ask", client.HostAddress, addressPort.ToString(), "from-outside"]);
+            Assert.True(remote.ExitCode == 0, remote.ToString());
+            Assert.Equal("from-outside", remote.Output.Trim());
+            Assert.Contains($"{client.HostAddress} . udp . {addressPort} : {attachment.Address} . 5353", bridge.FirewallTable());
+        }
+        finally
+        {
+            bridge.Network.Detach(attachment);
+        }
+        Assert.NotEqual(0, client.Run([UdpEcho.Program, "ask", client.HostAddress, addressPort.ToString(), "after-detach"]).ExitCode);
+        Assert.DoesNotContain($"{addressPort}", bridge.FirewallTable());
     }
 
     [Fact]

@@ -80,6 +80,51 @@ internal sealed class NamespaceProcess : IDisposable
     }
 }
 
+/// <summary>A "remote client": a network namespace joined to the host by a veth pair of its own (not the bridge), so
+/// that its traffic to the host's address comes in from outside and passes prerouting, where DNAT happens.</summary>
+internal sealed class ClientNamespace : IDisposable
+{
+    private readonly string _hostEnd;
+
+    public ClientNamespace()
+    {
+        string tag = NetworkTestSupport.Tag();
+        _hostEnd = $"nch{tag}";
+        string clientEnd = $"ncc{tag}";
+        var (second, third) = NetworkTestSupport.RandomSubnet();
+        HostAddress = $"10.{second + 50}.{third}.1";
+        string clientAddress = $"10.{second + 50}.{third}.2";
+        Process = new NamespaceProcess(["sleep", "600"]);
+        try
+        {
+            HostProcess.Check("ip", "link", "add", _hostEnd, "type", "veth", "peer", "name", clientEnd);
+            HostProcess.Check("ip", "link", "set", clientEnd, "netns", Process.Pid.ToString());
+            HostProcess.Check("ip", "address", "add", $"{HostAddress}/24", "dev", _hostEnd);
+            HostProcess.Check("ip", "link", "set", _hostEnd, "up");
+            Assert.Equal(0, Process.Run("ip", "address", "add", $"{clientAddress}/24", "dev", clientEnd).ExitCode);
+            Assert.Equal(0, Process.Run("ip", "link", "set", clientEnd, "up").ExitCode);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The host's address on the client's link: what the client connects to.</summary>
+    public string HostAddress { get; }
+
+    public NamespaceProcess Process { get; }
+
+    public ProcessOutcome Run(string[] command) => Process.Run(command);
+
+    public void Dispose()
+    {
+        HostProcess.Run("ip", "link", "delete", _hostEnd);
+        Process.Dispose();
+    }
+}
+
 internal static class NetworkTestSupport
 {
     /// <summary>A short random hexadecimal tag for unique interface, table and directory names.</summary>
