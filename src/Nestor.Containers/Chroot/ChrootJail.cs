@@ -43,8 +43,9 @@ public sealed class ChrootJail
             throw new ChrootException($"cannot chroot to {RootDirectory}: no such directory",
                 "Give a directory that holds a root file system (e.g. an exported image: nestor container export)", ChrootFailedStatus);
         }
-        // Everything the rest needs is computed before the chroot: under the JIT, assemblies load lazily from the
-        // host's paths, which are gone once the root has changed.
+        // Everything the rest needs is computed before the chroot: under the JIT, assemblies and native libraries load
+        // lazily from the host's paths, which are gone once the root has changed; so the error path (the exceptions,
+        // strerror(3) through libc) is walked once here too.
         var environment = Environment.GetEnvironmentVariables().Cast<DictionaryEntry>()
             .Select(entry => $"{entry.Key}={entry.Value}").ToList();
         string searchPath = Environment.GetEnvironmentVariable("PATH") ?? DefaultPath;

@@ -4,7 +4,10 @@ using System.Net;
 namespace Nestor.Containers.Network;
 
 /// <summary>The bridge's NAT in one nftables table of its own (<c>table ip nestor</c>), driven by <c>nft -f -</c>
-/// text (no libnftables binding): masquerade of the containers' traffic leaving by another interface, forward accept
+/// text (no libnftables binding): masquerade of the containers' traffic leaving by another interface and of a
+/// container's connection to a published port that DNAT sends back onto the bridge (without br_netfilter the other
+/// container's answer would go to it directly over the bridge, from an address it never spoke to; with br_netfilter,
+/// as on the test machine, conntrack sees the bridged answer and it works either way), forward accept
 /// to and from the bridge, and DNAT of published ports from two maps, so that publishing or withdrawing a port is one
 /// element added or deleted and never a rule to find by handle:
 /// <c>ports_any</c> (protocol . host port → container address . port, for any local address, <c>fib daddr type
@@ -34,6 +37,7 @@ internal sealed class NftablesFirewall(string tableName, string bridgeName, Ipv4
               chain postrouting {
                 type nat hook postrouting priority srcnat; policy accept;
                 ip saddr {{subnet}} oifname != "{{bridgeName}}" masquerade
+                ip saddr {{subnet}} oifname "{{bridgeName}}" ct status dnat masquerade
               }
               chain forward {
                 type filter hook forward priority filter; policy accept;

@@ -46,6 +46,9 @@ internal sealed class PortForwarder : IDisposable
                          : new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         try
         {
+            // SO_REUSEADDR lets a restarted container take its port back while old connections are in TIME_WAIT; a
+            // socket still listening on it is refused all the same.
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
             socket.Bind(listen);
             return socket;
         }

@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
-using System.Text;
 using Nestor.Host.Native;
 
 namespace Nestor.Host.Netlink;
@@ -276,7 +275,4 @@ public sealed class RouteNetlinkSocket : IDisposable
     {
         public const int ENODEV = 19;
     }
-
-    /// <summary>Decodes a NUL-terminated name attribute (for diagnostics).</summary>
-    internal static string DecodeName(ReadOnlySpan<byte> value) => Encoding.UTF8.GetString(value.TrimEnd((byte)0));
 }

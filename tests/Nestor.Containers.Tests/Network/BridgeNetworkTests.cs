@@ -121,6 +121,18 @@ public class BridgeNetworkTests
                 Assert.Null(NetworkTestSupport.Curl(HostProcess.RunCommand, $"http://127.0.0.1:{hostPort}/"));
                 Assert.Equal(token, NetworkTestSupport.Curl(client.Run, $"http://{hostAddress}:{hostPort}/")?.Trim());
                 Assert.Contains($"tcp . {hostPort} : {attachment.Address} . 80", bridge.FirewallTable());
+                // Another container on the same bridge reaches it at the gateway's address too (DNAT back onto the
+                // bridge, masqueraded).
+                using var neighbour = new NamespaceProcess(["sleep", "600"]);
+                var next = bridge.Network.Attach($"next-{tag}", neighbour.Pid, NetworkMode.Bridge, []);
+                try
+                {
+                    Assert.Equal(token, NetworkTestSupport.Curl(neighbour.Run, $"http://{attachment.Gateway}:{hostPort}/")?.Trim());
+                }
+                finally
+                {
+                    bridge.Network.Detach(next);
+                }
             }
             finally
             {
