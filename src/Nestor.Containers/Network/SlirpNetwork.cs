@@ -65,14 +65,17 @@ public sealed class SlirpNetwork(SlirpNetworkOptions? options = null) : IContain
     {
         if (attachment.Mode != NetworkMode.Bridge)
         {
-            return new SlirpProcess(null, null, null);
+            return new SlirpProcess(null, null, null, null);
         }
         int pid = attachment.NamespacePid ?? throw new ArgumentException("the attachment has no namespace pid", nameof(attachment));
         Directory.CreateDirectory(_options.StateDirectory);
         string apiSocket = ApiSocketPath(attachment.ContainerId);
         File.Delete(apiSocket);
 
-        using var ready = new ReadinessPipe();
+        using var ready = ChildPipe.ForChildToWrite();
+        // The exit pipe's write end lives as long as this handle (and this process): if the monitor dies without
+        // detaching, slirp4netns reads end of file and exits instead of outliving its container.
+        var exit = ChildPipe.ForChildToRead();
         var start = new ProcessStartInfo((_options.CommandPrefix ?? []).Concat([_options.Program]).First())
         {
             RedirectStandardOutput = true,
@@ -80,7 +83,8 @@ public sealed class SlirpNetwork(SlirpNetworkOptions? options = null) : IContain
         };
         foreach (string argument in (_options.CommandPrefix ?? []).Concat([_options.Program]).Skip(1).Concat([
             "--configure", "--mtu=65520", "--disable-host-loopback", "--api-socket", apiSocket,
-            "--ready-fd", ready.WriteDescriptor.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--ready-fd", ready.ChildDescriptor.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--exit-fd", exit.ChildDescriptor.ToString(System.Globalization.CultureInfo.InvariantCulture),
             pid.ToString(System.Globalization.CultureInfo.InvariantCulture), TapInterface]))
         {
             start.ArgumentList.Add(argument);
@@ -93,10 +97,12 @@ public sealed class SlirpNetwork(SlirpNetworkOptions? options = null) : IContain
         }
         catch (System.ComponentModel.Win32Exception e)
         {
+            exit.Dispose();
             throw new ContainerNetworkException($"{_options.Program} cannot be started: {e.Message}",
                 "Install slirp4netns (apt-get install slirp4netns) for rootless networking, or use --network none", e);
         }
-        ready.CloseWriteEnd();
+        ready.CloseChildEnd();
+        exit.CloseChildEnd();
         DataReceivedEventHandler collect = (_, line) =>
         {
             if (line.Data is not null)
@@ -112,7 +118,7 @@ public sealed class SlirpNetwork(SlirpNetworkOptions? options = null) : IContain
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
 
-        var slirp = new SlirpProcess(process, apiSocket, PidFilePath(attachment.ContainerId));
+        var slirp = new SlirpProcess(process, exit, apiSocket, PidFilePath(attachment.ContainerId));
         try
         {
             bool isReady;
@@ -233,16 +239,25 @@ public sealed class SlirpNetwork(SlirpNetworkOptions? options = null) : IContain
         }
     }
 
-    /// <summary>A running slirp4netns: disposing it terminates it (SIGTERM, then SIGKILL) and removes its files.</summary>
-    private sealed class SlirpProcess(Process? process, string? apiSocket, string? pidFile) : IDisposable
+    /// <summary>A running slirp4netns: disposing it closes its exit pipe, which ends it (SIGTERM, then SIGKILL, if it
+    /// does not), and removes its files.</summary>
+    internal sealed class SlirpProcess(Process? process, ChildPipe? exit, string? apiSocket, string? pidFile) : IDisposable
     {
         public string? PidFile { get; } = pidFile;
 
+        /// <summary>Set when slirp4netns ended from its exit pipe alone, without a signal (for tests).</summary>
+        public bool EndedByExitPipe { get; private set; }
+
         public void Dispose()
         {
+            exit?.Dispose();
             if (process is not null)
             {
-                if (!process.HasExited)
+                if (process.WaitForExit(TimeSpan.FromSeconds(2)))
+                {
+                    EndedByExitPipe = true;
+                }
+                else
                 {
                     NetworkCalls.Signal(process.Id, SIGTERM);
                     if (!process.WaitForExit(TimeSpan.FromSeconds(5)))

@@ -32,7 +32,8 @@ public class SlirpNetworkTests
             var attachment = network.Attach($"slirp-{NetworkTestSupport.Tag()}", container.Pid, NetworkMode.Bridge, [new PortMapping("127.0.0.1", hostPort, 80)]);
             Assert.True(attachment.Rootless);
             int slirpPid;
-            using (network.StartForwarding(attachment))
+            var forwarding = (SlirpNetwork.SlirpProcess)network.StartForwarding(attachment);
+            using (forwarding)
             {
                 slirpPid = network.ProcessOf(attachment.ContainerId) ?? throw new InvalidOperationException("no slirp4netns recorded");
                 Assert.Equal("1001", File.ReadAllLines($"/proc/{slirpPid}/status").First(line => line.StartsWith("Uid:")).Split('\t')[1]);
@@ -40,6 +41,8 @@ public class SlirpNetworkTests
                 Assert.Contains($"default via {SlirpNetwork.GatewayAddress}", container.Run("ip", "route").Output);
                 Assert.Equal(token, NetworkTestSupport.Curl(HostProcess.RunCommand, $"http://127.0.0.1:{hostPort}/")?.Trim());
             }
+            // It ended from its exit pipe alone (what also ends it when the monitor dies), without a signal.
+            Assert.True(forwarding.EndedByExitPipe);
             Assert.False(Directory.Exists($"/proc/{slirpPid}") && File.ReadAllText($"/proc/{slirpPid}/comm").Trim() == "slirp4netns");
             Assert.Null(NetworkTestSupport.Curl(HostProcess.RunCommand, $"http://127.0.0.1:{hostPort}/"));
             Assert.Empty(Directory.GetFiles(state));
