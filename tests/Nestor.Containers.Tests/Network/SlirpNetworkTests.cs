@@ -5,7 +5,7 @@ namespace Nestor.Containers.Tests.Network;
 /// <summary>Rootless networking as the unprivileged user nestor-rootless: its "container" is busybox httpd in a user
 /// namespace (root mapped to the user) with a network namespace of its own, and slirp4netns runs as that user too
 /// (setpriv, which execs, so the pid is slirp4netns's own).</summary>
-public class SlirpNetworkTests
+public class SlirpNetworkTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private static readonly string[] AsRootlessUser = ["setpriv", "--reuid=nestor-rootless", "--regid=nestor-rootless", "--clear-groups", "--"];
 
@@ -32,7 +32,9 @@ public class SlirpNetworkTests
             var attachment = network.Attach($"slirp-{NetworkTestSupport.Tag()}", container.Pid, NetworkMode.Bridge, [new PortMapping("127.0.0.1", hostPort, 80)]);
             Assert.True(attachment.Rootless);
             int slirpPid;
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             var forwarding = (SlirpNetwork.SlirpProcess)network.StartForwarding(attachment);
+            output.WriteLine($"slirp4netns start to ready, port forwarded: {clock.Elapsed.TotalMilliseconds:F1} ms");
             using (forwarding)
             {
                 slirpPid = network.ProcessOf(attachment.ContainerId) ?? throw new InvalidOperationException("no slirp4netns recorded");
