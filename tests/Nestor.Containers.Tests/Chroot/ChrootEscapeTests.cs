@@ -90,9 +90,9 @@ public sealed class ChrootEscapeFixture : IDisposable
 /// that made its root with pivot_root(2) in a mount namespace of its own is not.</summary>
 public class ChrootEscapeTests(ChrootEscapeFixture fixture) : IClassFixture<ChrootEscapeFixture>
 {
-    /// <summary>The runtimes the container half runs on; Nestor's own runtime is added here when it lands
-    /// (<c>nestor oci run</c>).</summary>
-    public static TheoryData<string> Runtimes => new() { "crun", "runc" };
+    /// <summary>The runtimes the container half runs on: Nestor's own (<c>nestor oci run</c>) and the two installed
+    /// ones, with the same bundle.</summary>
+    public static TheoryData<string> Runtimes => new() { "nestor", "crun", "runc" };
 
     [Fact]
     public void ChrootMakesTheDirectoryTheRoot()
@@ -147,7 +147,11 @@ public class ChrootEscapeTests(ChrootEscapeFixture fixture) : IClassFixture<Chro
         }
         finally
         {
-            if (runtime != "nestor")
+            if (runtime == "nestor")
+            {
+                HostProcess.Run(HostProcess.Nestor, "oci", "delete", "--force", id);
+            }
+            else
             {
                 HostProcess.Run(runtime, "delete", "--force", id);
             }
