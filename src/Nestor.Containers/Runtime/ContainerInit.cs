@@ -45,6 +45,9 @@ public static class ContainerInit
             // Created here rather than at clone3: a cgroup namespace's root is its creator's cgroup at that moment, and
             // only now is the init in the container's cgroup (cgroup_namespaces(7)). Neither kind implies CLONE_FS,
             // so unshare works in this multithreaded process.
+            // The container's cgroup directories are read before the cgroup namespace hides them (see
+            // RootFileSystem.CaptureControlGroups).
+            var controlGroups = RootFileSystem.CaptureControlGroups();
             if (kinds.Contains("cgroup"))
             {
                 RootFileSystem.Step("unshare of the cgroup namespace", () => NamespaceCalls.Unshare(NamespaceKinds.Cgroup));
@@ -66,7 +69,7 @@ public static class ContainerInit
                 throw new ContainerRuntimeException("Nestor's runtime needs a mount namespace (add {\"type\": \"mount\"} to linux.namespaces): pivot_root must not change the host's root");
             }
             string rootfs = Path.GetFullPath(Path.Combine(bundle, spec.Root?.Path ?? "rootfs"));
-            var root = new RootFileSystem(rootfs, userNamespace);
+            var root = new RootFileSystem(rootfs, userNamespace, controlGroups);
             root.PrepareRoot(spec.Linux?.RootfsPropagation);
             root.MountAll(spec.Mounts);
             root.CreateDevices(spec.Linux?.Devices);

@@ -6,7 +6,7 @@ namespace Nestor.Containers.Runtime;
 /// <summary>Builds the container's root in the init's mount namespace (config.md "Root", "Mounts"; config-linux.md
 /// "Default Devices", "Default Filesystems", "maskedPaths", "readonlyPaths", "rootfsPropagation"): propagation,
 /// the root bound onto itself, the spec's mounts, devices and /dev symlinks, then pivot_root and the masks.</summary>
-internal sealed class RootFileSystem(string rootfs, bool inUserNamespace)
+internal sealed class RootFileSystem(string rootfs, bool inUserNamespace, RootFileSystem.ControlGroupView? controlGroups = null)
 {
     /// <summary>config-linux.md "Default Devices": path, major, minor (all character devices, mode 0666).</summary>
     private static readonly (string Name, int Major, int Minor)[] DefaultDevices =
@@ -91,13 +91,17 @@ internal sealed class RootFileSystem(string rootfs, bool inUserNamespace)
         }
     }
 
-    /// <summary>A cgroup mount shows the container's own cgroups (its cgroup namespace's root): each hierarchy the
-    /// host has mounted under /sys/fs/cgroup is bound at the same place under the destination, from the directory
-    /// of this process's cgroup in it; on cgroup v1 the destination is a tmpfs holding one directory per hierarchy.
-    /// Binding (not mounting cgroup anew) also works in a user namespace, where cgroup v1 cannot be mounted.</summary>
-    private void MountControlGroups(string target, MountFlags flags)
+    /// <summary>This process's cgroup in each hierarchy (/proc/self/cgroup) and the host's cgroup mounts under
+    /// /sys/fs/cgroup with their roots (/proc/self/mountinfo).</summary>
+    internal sealed record ControlGroupView(Dictionary<string, string> Membership,
+        List<(string MountPoint, string Root, string Controllers)> Hierarchies);
+
+    /// <summary>Reads <see cref="ControlGroupView"/>. It must be read before the init unshares its cgroup namespace:
+    /// inside it both files are relative to the namespace's root (/proc/self/cgroup says "/" and mountinfo's root of
+    /// the host's hierarchies becomes "/.."), so the container's own directory in each hierarchy could no longer be
+    /// found and the bind would show the host's root cgroup instead (cgroup_namespaces(7)).</summary>
+    internal static ControlGroupView CaptureControlGroups()
     {
-        CreateMountPoint(target, isFile: false);
         var membership = new Dictionary<string, string>();
         foreach (string line in File.ReadLines("/proc/self/cgroup"))
         {
@@ -123,10 +127,21 @@ internal sealed class RootFileSystem(string rootfs, bool inUserNamespace)
             }
             else if (after[0] == "cgroup")
             {
-                string controllers = string.Join(',', after[2].Split(',').Where(o => o is not ("rw" or "ro" or "nosuid" or "nodev" or "noexec" or "relatime" or "noatime")).Select(o => o.StartsWith("name=", StringComparison.Ordinal) ? o : o));
+                string controllers = string.Join(',', after[2].Split(',').Where(o => o is not ("rw" or "ro" or "nosuid" or "nodev" or "noexec" or "relatime" or "noatime")));
                 hierarchies.Add((before[4], before[3], controllers));
             }
         }
+        return new ControlGroupView(membership, hierarchies);
+    }
+
+    /// <summary>A cgroup mount shows the container's own cgroups (its cgroup namespace's root): each hierarchy the
+    /// host has mounted under /sys/fs/cgroup is bound at the same place under the destination, from the directory
+    /// of this process's cgroup in it; on cgroup v1 the destination is a tmpfs holding one directory per hierarchy.
+    /// Binding (not mounting cgroup anew) also works in a user namespace, where cgroup v1 cannot be mounted.</summary>
+    private void MountControlGroups(string target, MountFlags flags)
+    {
+        CreateMountPoint(target, isFile: false);
+        var (membership, hierarchies) = controlGroups ?? CaptureControlGroups();
         // Hybrid hosts (v1 controllers plus an empty cgroup2 at /sys/fs/cgroup/unified): runc and crun show only the
         // v1 hierarchies, so does Nestor.
         if (hierarchies.Any(h => h.Controllers.Length > 0))
