@@ -415,6 +415,30 @@ public sealed class ContainerEngine
         return Runtimes.Create(record.HostConfig.Runtime).Exec(record.Id, process, io);
     }
 
+    /// <summary><c>container exec</c> with this process's own standard streams (stdin only with -i; none with
+    /// <paramref name="detach"/>); returns the process's exit status, or 0 at once when detached.</summary>
+    public int RunExec(string reference, ExecOptions options, bool detach)
+    {
+        int nullFd = EngineCalls.Open("/dev/null", EngineCalls.O_RDWR);
+        try
+        {
+            var io = detach ? new RuntimeIo(nullFd, nullFd, nullFd) : new RuntimeIo(options.Interactive ? 0 : nullFd, 1, 2);
+            var process = Exec(reference, options, io);
+            if (detach)
+            {
+                return 0;
+            }
+            using (process)
+            {
+                return process.WaitForExit();
+            }
+        }
+        finally
+        {
+            EngineCalls.Close(nullFd);
+        }
+    }
+
     /// <summary><c>container logs</c>: the entries of the json-file log, the last <paramref name="tail"/> if given.</summary>
     public List<LogEntry> Logs(string reference, int? tail = null)
     {
@@ -638,6 +662,7 @@ public sealed class MonitorStart : IDisposable
     }
 
     public ContainerRecord Record { get; }
+    public ContainerEngine Engine => engine;
     public bool AlreadyRunning { get; }
     public int Pid { get; private set; }
 

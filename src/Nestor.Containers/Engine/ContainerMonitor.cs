@@ -59,6 +59,7 @@ public sealed class ContainerMonitor
         var pumps = new List<Thread>();
         ContainerLogWriter? log = null;
         bool created = false;
+        string? failure = null;
         try
         {
             MountRoot(record.RootFileSystem);
@@ -199,10 +200,7 @@ public sealed class ContainerMonitor
                 r.State.Error = oneLine;
                 r.State.FinishedAt = DateTimeOffset.UtcNow;
             });
-            if (syncFd >= 0)
-            {
-                Sync(syncFd, $"error {exitCode} {oneLine}");
-            }
+            failure = $"error {exitCode} {oneLine}";
         }
         // The first process is gone; its output ends when the last holder of the pipes closes them, which in a pid
         // namespace is at once (its end kills the namespace's other processes).
@@ -230,6 +228,11 @@ public sealed class ContainerMonitor
         {
             using var names = store.LockNames();
             store.Delete(id);
+        }
+        // The starting command hears of a failure only now, once everything is released (and, with --rm, removed).
+        if (failure is not null && syncFd >= 0)
+        {
+            Sync(syncFd, failure);
         }
         Broadcast(AttachProtocol.Frame(AttachProtocol.Exit, Encoding.ASCII.GetBytes(exitCode.ToString(CultureInfo.InvariantCulture))));
         lock (clientsGate)
