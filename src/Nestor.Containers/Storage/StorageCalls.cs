@@ -1,0 +1,326 @@
+using System.Runtime.InteropServices;
+using Nestor.Host;
+
+namespace Nestor.Containers.Storage;
+
+/// <summary>The file-system system calls that layers and overlays need and .NET does not offer: owners of symbolic
+/// links (lchown(2)), device nodes (mknod(2)), extended attributes (lsetxattr(2), lgetxattr(2), llistxattr(2)), times
+/// of links (utimensat(2)), hard links (link(2)), lstat(2) with owner and inode, mount(2)/umount2(2) for overlayfs,
+/// flock(2) and a directory's fsync(2). Kept here, internal, until Nestor.Host's mount layer (the runtime's) can be
+/// merged; then the mount calls move there.</summary>
+internal static unsafe partial class StorageCalls
+{
+    public const int AT_FDCWD = -100;
+    public const int AT_SYMLINK_NOFOLLOW = 0x100;
+    public const uint S_IFMT = 0xF000;
+    public const uint S_IFSOCK = 0xC000;
+    public const uint S_IFLNK = 0xA000;
+    public const uint S_IFREG = 0x8000;
+    public const uint S_IFBLK = 0x6000;
+    public const uint S_IFDIR = 0x4000;
+    public const uint S_IFCHR = 0x2000;
+    public const uint S_IFIFO = 0x1000;
+    public const int ENODATA = 61;
+    public const int ENOTSUP = 95;
+    public const int EPERM = 1;
+    public const int EEXIST = 17;
+    public const int LOCK_EX = 2;
+    public const int O_RDONLY = 0;
+    public const int O_DIRECTORY = 0x10000;
+    public const int O_CLOEXEC = 0x80000;
+    public const ulong MNT_DETACH = 2;
+
+    /// <summary>struct stat of x86-64 Linux (asm/stat.h), 144 bytes.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Stat
+    {
+        public ulong Device;
+        public ulong Inode;
+        public ulong LinkCount;
+        public uint Mode;
+        public uint Uid;
+        public uint Gid;
+        private readonly int padding0;
+        public ulong RawDevice;
+        public long Size;
+        public long BlockSize;
+        public long Blocks;
+        public long AccessSeconds;
+        public long AccessNanoseconds;
+        public long ModifySeconds;
+        public long ModifyNanoseconds;
+        public long ChangeSeconds;
+        public long ChangeNanoseconds;
+        private fixed long reserved[3];
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct TimeSpec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    [LibraryImport("libc", EntryPoint = "lstat", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int LStatNative(string path, out Stat stat);
+
+    [LibraryImport("libc", EntryPoint = "lchown", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int LChownNative(string path, uint uid, uint gid);
+
+    [LibraryImport("libc", EntryPoint = "chmod", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int ChmodNative(string path, uint mode);
+
+    [LibraryImport("libc", EntryPoint = "mknod", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int MknodNative(string path, uint mode, ulong device);
+
+    [LibraryImport("libc", EntryPoint = "link", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int LinkNative(string existing, string newPath);
+
+    [LibraryImport("libc", EntryPoint = "utimensat", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int UtimensatNative(int directoryFd, string path, TimeSpec* times, int flags);
+
+    [LibraryImport("libc", EntryPoint = "lsetxattr", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int LSetXattrNative(string path, string name, byte* value, nuint size, int flags);
+
+    [LibraryImport("libc", EntryPoint = "lgetxattr", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial nint LGetXattrNative(string path, string name, byte* value, nuint size);
+
+    [LibraryImport("libc", EntryPoint = "llistxattr", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial nint LListXattrNative(string path, byte* list, nuint size);
+
+    [LibraryImport("libc", EntryPoint = "mount", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int MountNative(string source, string target, string fileSystemType, ulong flags, string? data);
+
+    [LibraryImport("libc", EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int Umount2Native(string target, int flags);
+
+    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int OpenNative(string path, int flags);
+
+    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int OpenWithModeNative(string path, int flags, uint mode);
+
+    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
+    private static partial int CloseNative(int fd);
+
+    [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
+    private static partial int FsyncNative(int fd);
+
+    [LibraryImport("libc", EntryPoint = "flock", SetLastError = true)]
+    private static partial int FlockNative(int fd, int operation);
+
+    private static int Errno => Marshal.GetLastPInvokeError();
+
+    /// <summary>lstat(2); null when the path does not exist.</summary>
+    public static Stat? TryLStat(string path)
+    {
+        if (LStatNative(path, out var stat) == 0)
+        {
+            return stat;
+        }
+        int errno = Errno;
+        return errno is 2 or 20 ? null : throw new HostCallException($"lstat of {path}", errno);
+    }
+
+    public static Stat LStat(string path) =>
+        LStatNative(path, out var stat) == 0 ? stat : throw new HostCallException($"lstat of {path}", Errno);
+
+    public static void LChown(string path, uint uid, uint gid)
+    {
+        if (LChownNative(path, uid, gid) != 0)
+        {
+            throw new HostCallException($"lchown of {path} to {uid}:{gid}", Errno);
+        }
+    }
+
+    /// <summary>chmod(2) with all twelve permission bits (set-user-ID, set-group-ID and sticky included).</summary>
+    public static void Chmod(string path, uint mode)
+    {
+        if (ChmodNative(path, mode & 0xfff) != 0)
+        {
+            throw new HostCallException($"chmod of {path}", Errno);
+        }
+    }
+
+    /// <summary>mknod(2); returns the errno instead of throwing so that rootless callers can approximate.</summary>
+    public static int Mknod(string path, uint mode, uint major, uint minor)
+    {
+        // makedev(3) of glibc: the 64-bit dev_t with major bits 8..19 and 32..43, minor bits 0..7 and 20..31.
+        ulong device = ((ulong)(major & 0xfffff000) << 32) | ((ulong)(major & 0xfff) << 8)
+            | ((ulong)(minor & 0xffffff00) << 12) | (minor & 0xff);
+        return MknodNative(path, mode, device) == 0 ? 0 : Errno;
+    }
+
+    /// <summary>The major and minor numbers of a dev_t (major(3), minor(3)).</summary>
+    public static (uint Major, uint Minor) SplitDevice(ulong device) =>
+        ((uint)(((device >> 32) & 0xfffff000) | ((device >> 8) & 0xfff)),
+         (uint)(((device >> 12) & 0xffffff00) | (device & 0xff)));
+
+    public static void Link(string existing, string newPath)
+    {
+        if (LinkNative(existing, newPath) != 0)
+        {
+            throw new HostCallException($"link of {newPath} to {existing}", Errno);
+        }
+    }
+
+    /// <summary>Sets access and modification times without following a final symbolic link.</summary>
+    public static void SetTimes(string path, DateTimeOffset access, DateTimeOffset modification)
+    {
+        TimeSpec* times = stackalloc TimeSpec[2];
+        times[0] = ToTimeSpec(access);
+        times[1] = ToTimeSpec(modification);
+        if (UtimensatNative(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW) != 0)
+        {
+            throw new HostCallException($"utimensat of {path}", Errno);
+        }
+    }
+
+    private static TimeSpec ToTimeSpec(DateTimeOffset time)
+    {
+        long ticks = time.UtcTicks - DateTime.UnixEpoch.Ticks;
+        long seconds = Math.DivRem(ticks, TimeSpan.TicksPerSecond, out long remainder);
+        if (remainder < 0)
+        {
+            seconds--;
+            remainder += TimeSpan.TicksPerSecond;
+        }
+        return new TimeSpec { Seconds = seconds, Nanoseconds = remainder * 100 };
+    }
+
+    /// <summary>lsetxattr(2); returns the errno (0 on success) so callers can skip names the file system refuses.</summary>
+    public static int SetXattr(string path, string name, ReadOnlySpan<byte> value)
+    {
+        fixed (byte* pointer = value)
+        {
+            return LSetXattrNative(path, name, pointer, (nuint)value.Length, 0) == 0 ? 0 : Errno;
+        }
+    }
+
+    /// <summary>lgetxattr(2); null when the attribute is absent or the file system has none.</summary>
+    public static byte[]? GetXattr(string path, string name)
+    {
+        nint size = LGetXattrNative(path, name, null, 0);
+        if (size < 0)
+        {
+            int errno = Errno;
+            return errno is ENODATA or ENOTSUP ? null : throw new HostCallException($"lgetxattr {name} of {path}", errno);
+        }
+        var value = new byte[size];
+        fixed (byte* pointer = value)
+        {
+            size = LGetXattrNative(path, name, pointer, (nuint)value.Length);
+        }
+        return size < 0 ? throw new HostCallException($"lgetxattr {name} of {path}", Errno) : value[..(int)size];
+    }
+
+    /// <summary>llistxattr(2): the names of a file's extended attributes.</summary>
+    public static IReadOnlyList<string> ListXattrs(string path)
+    {
+        nint size = LListXattrNative(path, null, 0);
+        if (size < 0)
+        {
+            int errno = Errno;
+            return errno == ENOTSUP ? [] : throw new HostCallException($"llistxattr of {path}", errno);
+        }
+        if (size == 0)
+        {
+            return [];
+        }
+        var list = new byte[size];
+        fixed (byte* pointer = list)
+        {
+            size = LListXattrNative(path, pointer, (nuint)list.Length);
+        }
+        if (size < 0)
+        {
+            throw new HostCallException($"llistxattr of {path}", Errno);
+        }
+        return System.Text.Encoding.UTF8.GetString(list, 0, (int)size).Split('\0', StringSplitOptions.RemoveEmptyEntries);
+    }
+
+    public static void Mount(string source, string target, string fileSystemType, ulong flags, string? data)
+    {
+        if (MountNative(source, target, fileSystemType, flags, data) != 0)
+        {
+            throw new HostCallException($"mount of {fileSystemType} at {target}", Errno);
+        }
+    }
+
+    public static void Unmount(string target, bool detach)
+    {
+        if (Umount2Native(target, detach ? (int)MNT_DETACH : 0) != 0)
+        {
+            throw new HostCallException($"umount of {target}", Errno);
+        }
+    }
+
+    /// <summary>fsync(2) of a directory, so that a rename into it survives a crash (rename(2) is atomic, not durable).</summary>
+    public static void SyncDirectory(string path)
+    {
+        int fd = OpenNative(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+        {
+            throw new HostCallException($"open of directory {path}", Errno);
+        }
+        try
+        {
+            if (FsyncNative(fd) != 0)
+            {
+                throw new HostCallException($"fsync of directory {path}", Errno);
+            }
+        }
+        finally
+        {
+            CloseNative(fd);
+        }
+    }
+
+    /// <summary>Opens (creating) <paramref name="path"/> and takes flock(2)'s exclusive lock on it, waiting for it; the
+    /// lock is released when the handle is disposed. Opened with open(2) rather than FileStream, which takes a
+    /// non-blocking flock of its own and would fail instead of waiting.</summary>
+    public static Microsoft.Win32.SafeHandles.SafeFileHandle OpenLocked(string path)
+    {
+        const int O_RDWR = 2, O_CREAT = 0x40;
+        int fd = OpenWithModeNative(path, O_RDWR | O_CREAT | O_CLOEXEC, 0x1a4);
+        if (fd < 0)
+        {
+            throw new HostCallException($"open of lock file {path}", Errno);
+        }
+        var handle = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+        try
+        {
+            LockExclusive(handle, path);
+            return handle;
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    private static void LockExclusive(SafeHandle file, string path)
+    {
+        bool added = false;
+        file.DangerousAddRef(ref added);
+        try
+        {
+            while (FlockNative((int)file.DangerousGetHandle(), LOCK_EX) != 0)
+            {
+                int errno = Errno;
+                if (errno != 4) // EINTR: try again
+                {
+                    throw new HostCallException($"flock of {path}", errno);
+                }
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                file.DangerousRelease();
+            }
+        }
+    }
+}
