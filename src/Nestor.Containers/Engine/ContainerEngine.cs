@@ -77,7 +77,7 @@ public sealed class ContainerEngine
             Privileged = options.Privileged,
             ReadonlyRootfs = options.ReadOnly,
         };
-        BundleBuilder.Capabilities(host); // refuse unknown capability names now
+        BundleBuilder.CheckCapabilities(host); // refuse unknown capability names now
         var imageConfig = image.Config;
         var environment = new List<string>(imageConfig.Env ?? []);
         foreach (string file in options.EnvFiles)

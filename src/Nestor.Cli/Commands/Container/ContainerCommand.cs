@@ -99,8 +99,7 @@ internal static class ContainerCommand
     }
 
     /// <summary>The image store under the data directory.</summary>
-    public static IImageStore CreateImageStore(ContainerPaths paths) =>
-        throw new ContainerEngineException($"the image store ({paths.Images}) is not part of this build yet");
+    public static IImageStore CreateImageStore(ContainerPaths paths) => ImageStore.Open(paths.Images);
 
     /// <summary>How to run this very program again: its executable (the apphost or the NativeAOT binary), or
     /// <c>dotnet nestor.dll</c> when it runs through the dotnet host.</summary>
@@ -124,7 +123,7 @@ internal static class ContainerCommand
             Console.Error.WriteLine($"nestor: {exception.Message}");
             return exception.Status;
         }
-        catch (Exception exception) when (exception is ContainerEngineException or ContainerRuntimeException or ImageNotFoundException
+        catch (Exception exception) when (exception is ContainerEngineException or ContainerRuntimeException or ImageNotFoundException or ImageStoreException
             or HostCallException or IOException or UnauthorizedAccessException or System.Text.Json.JsonException)
         {
             Console.Error.WriteLine($"nestor: {exception.Message}");

@@ -70,6 +70,9 @@ internal static unsafe partial class EngineCalls
     [LibraryImport("libc", EntryPoint = "geteuid")]
     public static partial uint GetEffectiveUserId();
 
+    [LibraryImport("libc", EntryPoint = "getegid")]
+    public static partial uint GetEffectiveGroupId();
+
     [LibraryImport("libc", EntryPoint = "getpid")]
     public static partial int GetProcessId();
 
