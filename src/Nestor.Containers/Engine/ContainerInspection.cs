@@ -156,6 +156,17 @@ public static class ContainerInspection
         json.WriteEndArray();
     }
 
+    /// <summary>The value as one line of JSON, as Go's template <c>json</c> prints it.</summary>
+    private static string Compact(JsonElement value)
+    {
+        var output = new MemoryStream();
+        using (var json = new Utf8JsonWriter(output))
+        {
+            value.WriteTo(json);
+        }
+        return Encoding.UTF8.GetString(output.ToArray());
+    }
+
     /// <summary>Replaces each <c>{{.A.B}}</c> (and <c>{{json .A}}</c>) of <paramref name="template"/> by that value of
     /// <paramref name="element"/>: the part of Go's templates that <c>docker inspect -f</c> is mostly used with.</summary>
     public static string Format(JsonElement element, string template)
@@ -190,7 +201,7 @@ public static class ContainerInspection
                     throw new ContainerEngineException($"bad --format '{template}': there is no {expression}");
                 }
             }
-            output.Append(asJson || value.ValueKind is JsonValueKind.Object or JsonValueKind.Array ? value.GetRawText()
+            output.Append(asJson || value.ValueKind is JsonValueKind.Object or JsonValueKind.Array ? Compact(value)
                 : value.ValueKind == JsonValueKind.String ? value.GetString() : value.GetRawText());
             position = close + 2;
         }
