@@ -154,20 +154,21 @@ public sealed class ImageStore : IImageStore
     /// <summary>A new image from a root file system, as <c>docker import</c>: a tar (uncompressed or gzip) or a
     /// directory becomes the single layer; the config has <paramref name="config"/> (none by default, as docker import)
     /// and one history entry.</summary>
-    public StoredImage ImportRootFileSystem(string tarOrDirectory, string? reference, ImageConfig? config = null, string? comment = null)
+    public StoredImage ImportRootFileSystem(string tarOrDirectory, string? reference, ImageConfig? config = null, string? comment = null,
+        string? createdBy = null)
     {
         if (Directory.Exists(tarOrDirectory))
         {
             using var _ = Lock();
             var layer = WriteLayerFromDirectory(tarOrDirectory);
-            return AddImage([layer.Descriptor], [layer.DiffId], null, config, reference, "nestor image import " + tarOrDirectory, comment);
+            return AddImage([layer.Descriptor], [layer.DiffId], null, config, reference, createdBy ?? "nestor image import " + tarOrDirectory, comment);
         }
         if (!File.Exists(tarOrDirectory))
         {
             throw new ImageStoreException($"{tarOrDirectory}: no such file or directory to import");
         }
         using var file = File.OpenRead(tarOrDirectory);
-        return ImportRootFileSystem(file, reference, config, comment, "nestor image import " + Path.GetFileName(tarOrDirectory));
+        return ImportRootFileSystem(file, reference, config, comment, createdBy ?? "nestor image import " + Path.GetFileName(tarOrDirectory));
     }
 
     /// <summary>A new image from a root file-system tar read from <paramref name="tar"/> (uncompressed or gzip).</summary>
@@ -254,9 +255,9 @@ public sealed class ImageStore : IImageStore
         configuration.RootFileSystem.DiffIds.AddRange(newDiffIds);
         (configuration.History ??= []).Add(new OciHistory { Created = now, CreatedBy = createdBy, Comment = comment, EmptyLayer = newLayers.Count == 0 ? true : null });
         layers.AddRange(newLayers);
-        var configDescriptor = Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(configuration, OciJson.Default.OciImageConfiguration), OciMediaTypes.Config);
+        var configDescriptor = Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(configuration, OciJson.Writer.OciImageConfiguration), OciMediaTypes.Config);
         var manifest = new OciManifest { Config = configDescriptor, Layers = layers };
-        var manifestDescriptor = Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(manifest, OciJson.Default.OciManifest), OciMediaTypes.Manifest);
+        var manifestDescriptor = Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(manifest, OciJson.Writer.OciManifest), OciMediaTypes.Manifest);
         AddToIndex(manifestDescriptor, reference);
         return Resolve(manifestDescriptor.Digest);
     }
@@ -269,6 +270,16 @@ public sealed class ImageStore : IImageStore
         string? refName = reference is null ? null : NormalizeTagReference(reference);
         if (refName is not null)
         {
+            // A name moved away from another image that has no other name leaves that image dangling (docker's
+            // <none>:<none>), unless it is the same image (same config) under another manifest.
+            foreach (var previous in index.Manifests.Where(m => RefNameOf(m) == refName && m.Digest != manifest.Digest).ToList())
+            {
+                bool otherwiseNamed = index.Manifests.Any(m => m.Digest == previous.Digest && RefNameOf(m) != refName);
+                if (!otherwiseNamed && ConfigDigestOf(previous.Digest) != ConfigDigestOf(manifest.Digest))
+                {
+                    index.Manifests.Add(new OciDescriptor { MediaType = previous.MediaType, Digest = previous.Digest, Size = previous.Size });
+                }
+            }
             index.Manifests.RemoveAll(m => RefNameOf(m) == refName);
             // the manifest's unnamed entry is replaced by the named one
             index.Manifests.RemoveAll(m => m.Digest == manifest.Digest && RefNameOf(m) is null);
@@ -279,7 +290,7 @@ public sealed class ImageStore : IImageStore
         }
         index.Manifests.Add(new OciDescriptor
         {
-            MediaType = OciMediaTypes.Manifest,
+            MediaType = string.IsNullOrEmpty(manifest.MediaType) ? OciMediaTypes.Manifest : manifest.MediaType,
             Digest = manifest.Digest,
             Size = manifest.Size,
             Annotations = refName is null ? null : new() { [OciLayout.RefNameAnnotation] = refName },

@@ -104,4 +104,14 @@ public sealed class DockerArchiveManifestEntry
 [JsonSerializable(typeof(JsonElement))]
 [JsonSerializable(typeof(Dictionary<string, object>))]
 [JsonSerializable(typeof(object))]
-public sealed partial class OciJson : JsonSerializerContext;
+public sealed partial class OciJson : JsonSerializerContext
+{
+    /// <summary>The context Nestor writes with: like <see cref="Default"/>, but without escaping <c>+</c> and other
+    /// HTML-sensitive characters (media types are <c>…v1+json</c>; the specifications' examples and other tools write
+    /// them plainly). Only JSON strings are affected, never the documents' meaning.</summary>
+    public static OciJson Writer { get; } = new(new JsonSerializerOptions
+    {
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    });
+}

@@ -65,7 +65,7 @@ public sealed class OciLayout
         }
         if (!File.Exists(Path.Combine(root, "oci-layout")))
         {
-            layout.WriteFileAtomically("oci-layout", JsonSerializer.SerializeToUtf8Bytes(new OciLayoutFile { ImageLayoutVersion = LayoutVersion }, OciJson.Default.OciLayoutFile));
+            layout.WriteFileAtomically("oci-layout", JsonSerializer.SerializeToUtf8Bytes(new OciLayoutFile { ImageLayoutVersion = LayoutVersion }, OciJson.Writer.OciLayoutFile));
         }
         return Open(root);
     }
@@ -209,7 +209,7 @@ public sealed class OciLayout
     /// <summary>Replaces <c>index.json</c> atomically (temporary file, fsync, rename). The index is what makes blobs
     /// part of an image, so callers write it last.</summary>
     public void WriteIndex(OciIndex index) =>
-        WriteFileAtomically("index.json", JsonSerializer.SerializeToUtf8Bytes(index, OciJson.Default.OciIndex));
+        WriteFileAtomically("index.json", JsonSerializer.SerializeToUtf8Bytes(index, OciJson.Writer.OciIndex));
 
     /// <summary>The manifests of <c>index.json</c> with their ref names (null for an unnamed manifest).</summary>
     public IReadOnlyList<(string? RefName, OciDescriptor Manifest)> ReadManifests() =>

@@ -7,7 +7,8 @@ public sealed class TemporaryDirectory : IDisposable
 {
     public TemporaryDirectory(string purpose)
     {
-        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"nestor-img-{purpose}-{Guid.NewGuid():N}");
+        // Short: podman refuses a run root longer than 50 characters.
+        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"nimg-{purpose[..Math.Min(8, purpose.Length)]}-{Guid.NewGuid().ToString("N")[..12]}");
         Directory.CreateDirectory(Path);
     }
 

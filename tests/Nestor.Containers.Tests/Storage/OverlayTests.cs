@@ -1,0 +1,80 @@
+using Nestor.Containers.Images;
+using Nestor.Containers.Storage;
+using Nestor.Containers.Tests.Images;
+
+namespace Nestor.Containers.Tests.Storage;
+
+public class OverlayTests
+{
+    /// <summary>Three layers, mounted as an overlay: the second deletes a file (whiteout) and the third replaces a
+    /// directory's contents (opaque); the merged root shows exactly what the top layer says. The layers are made by
+    /// Commit from overlay upper directories, so the whiteouts go kernel form → .wh. tar → kernel form.</summary>
+    [Fact]
+    public void WhiteoutsAndOpaqueDirectoriesShowThroughTheOverlay()
+    {
+        using var directory = new TemporaryDirectory("whiteout-overlay");
+        var store = ImageStore.Open(directory.Combine("store"));
+        string rootfs = directory.Combine("rootfs");
+        TemporaryDirectory.MakeBusyboxRoot(rootfs);
+        Directory.CreateDirectory(Path.Combine(rootfs, "data"));
+        File.WriteAllText(Path.Combine(rootfs, "data", "old-1"), "1");
+        File.WriteAllText(Path.Combine(rootfs, "data", "old-2"), "2");
+        File.WriteAllText(Path.Combine(rootfs, "etc", "doomed"), "bye");
+        var base_ = store.ImportRootFileSystem(rootfs, "layers:base");
+
+        // Layer 2: delete /etc/doomed in a mounted container root; its upper gets the kernel's whiteout.
+        var second = CommitChanges(store, base_, directory.Combine("c1"), merged => File.Delete(Path.Combine(merged, "etc", "doomed")), "layers:second", "rm /etc/doomed");
+        // Layer 3: replace /data by a new directory: the kernel marks it opaque in the upper.
+        var third = CommitChanges(store, second, directory.Combine("c2"), merged =>
+        {
+            Directory.Delete(Path.Combine(merged, "data"), recursive: true);
+            Directory.CreateDirectory(Path.Combine(merged, "data"));
+            File.WriteAllText(Path.Combine(merged, "data", "new"), "n");
+        }, "layers:third", "replace /data");
+        Assert.Equal(3, third.LayerDiffIds.Count);
+        Assert.Equal(["layers:third"], third.References);
+
+        var root = store.CreateRootFileSystem(third, directory.Combine("c3"));
+        Assert.Equal(3, root.LowerDirectories.Count);
+        root.Mount();
+        try
+        {
+            Assert.False(File.Exists(Path.Combine(root.MergedDirectory, "etc", "doomed")));
+            Assert.True(File.Exists(Path.Combine(root.MergedDirectory, "etc", "passwd")));
+            Assert.Equal(["new"], Directory.EnumerateFileSystemEntries(Path.Combine(root.MergedDirectory, "data")).Select(Path.GetFileName));
+        }
+        finally
+        {
+            OverlayMount.Unmount(root.MergedDirectory);
+        }
+        // and the lower image is unchanged
+        var baseRoot = store.CreateRootFileSystem(base_, directory.Combine("c4"));
+        baseRoot.Mount();
+        try
+        {
+            Assert.True(File.Exists(Path.Combine(baseRoot.MergedDirectory, "etc", "doomed")));
+            Assert.Equal(2, Directory.EnumerateFileSystemEntries(Path.Combine(baseRoot.MergedDirectory, "data")).Count());
+        }
+        finally
+        {
+            OverlayMount.Unmount(baseRoot.MergedDirectory);
+        }
+        var history = store.ReadConfiguration(third).History!;
+        Assert.Equal(["replace /data", "rm /etc/doomed"], history.AsEnumerable().Reverse().Take(2).Select(h => h.CreatedBy));
+    }
+
+    private static StoredImage CommitChanges(ImageStore store, StoredImage parent, string containerDirectory, Action<string> change, string reference, string createdBy)
+    {
+        var root = store.CreateRootFileSystem(parent, containerDirectory);
+        root.Mount();
+        try
+        {
+            change(root.MergedDirectory);
+        }
+        finally
+        {
+            OverlayMount.Unmount(root.MergedDirectory);
+        }
+        return store.Commit(parent, root.UpperDirectory, parent.Config, reference, createdBy);
+    }
+}
