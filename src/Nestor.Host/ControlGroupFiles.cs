@@ -53,6 +53,12 @@ public static partial class ControlGroupFiles
         }
     }
 
+    /// <summary>access(2) with W_OK|X_OK: whether this process may create entries in the directory.</summary>
+    public static bool IsWritable(string directory) => Access(directory, 2 | 1) == 0;
+
+    [LibraryImport("libc", EntryPoint = "access", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int Access(string path, int mode);
+
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int Open(string path, int flags);
 
