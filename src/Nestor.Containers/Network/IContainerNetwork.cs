@@ -15,7 +15,11 @@ public sealed record PortMapping(string HostAddress, int HostPort, int Container
 /// <summary>What a container's network is after setup: its address, gateway, host-side interface, the forwarded ports,
 /// and what must be undone at teardown. Saved with the container so that another process can tear it down.</summary>
 public sealed record NetworkAttachment(string ContainerId, NetworkMode Mode, string? Address, string? Gateway,
-    string? HostInterface, IReadOnlyList<PortMapping> Ports, bool Rootless);
+    string? HostInterface, IReadOnlyList<PortMapping> Ports, bool Rootless)
+{
+    /// <summary>The pid whose network namespace was attached (what slirp4netns joins when forwarding starts).</summary>
+    public int? NamespacePid { get; init; }
+}
 
 /// <summary>Connects a container's network namespace (created by the runtime; known by the pid of its first process)
 /// to the host, and disconnects it.</summary>
