@@ -184,7 +184,9 @@ public sealed class ContainerEngine
         environment.Add(assignment);
     }
 
-    public static NetworkMode ParseNetwork(string? text) => (text ?? "none") switch
+    /// <summary>Docker's network modes; the default is <c>bridge</c> as in Docker (for root; rootless containers
+    /// default to <c>none</c> here).</summary>
+    public static NetworkMode ParseNetwork(string? text) => (text ?? (ContainerPaths.Rootless ? "none" : "bridge")) switch
     {
         "none" => NetworkMode.None,
         "bridge" or "default" => NetworkMode.Bridge,

@@ -224,6 +224,10 @@ public sealed class ContainerMonitor
                 r.State.FinishedAt = DateTimeOffset.UtcNow;
             });
         }
+        if (final.Network is not null)
+        {
+            final = store.Update(id, r => r.Network = null); // released above; a restart attaches anew
+        }
         if (remove)
         {
             using var names = store.LockNames();

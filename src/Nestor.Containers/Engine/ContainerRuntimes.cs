@@ -17,7 +17,7 @@ public sealed class ContainerRuntimes(ContainerPaths paths, IReadOnlyList<string
 
     public IContainerRuntime Create(string name) => name switch
     {
-        "nestor" => new ExternalRuntime("nestor", nestorCommand[0], [.. nestorCommand.Skip(1), "oci"], paths.RuntimeRoot("nestor")),
+        "nestor" => new ExternalRuntime("nestor", nestorCommand[0], [.. nestorCommand.Skip(1), "oci"], paths.RuntimeRoot("nestor"), writesLog: false),
         "crun" => new ExternalRuntime("crun", "crun", [], paths.RuntimeRoot("crun")),
         "runc" => new ExternalRuntime("runc", "runc", [], paths.RuntimeRoot("runc")),
         _ => throw new ContainerEngineException($"unknown runtime '{name}': choose {string.Join(", ", Names)}"),

@@ -9,6 +9,7 @@ public sealed class ContainerRunTests(EngineFixture engine) : IClassFixture<Engi
     [Theory]
     [InlineData("runc")]
     [InlineData("crun")]
+    [InlineData("nestor")]
     public void ForegroundRunRelaysOutputAndExitStatus(string runtime)
     {
         var result = engine.Container("run", "--rm", "--runtime", runtime, EngineFixture.ImageName, "sh", "-c", "echo out; echo err >&2; exit 7");
@@ -126,6 +127,22 @@ public sealed class ContainerRunTests(EngineFixture engine) : IClassFixture<Engi
         Assert.False(Directory.Exists(runtimeState) && Directory.EnumerateFileSystemEntries(runtimeState, shortId + "*").Any());
         Assert.False(Directory.Exists(Path.Combine(engine.State, "containers")) && Directory.EnumerateDirectories(Path.Combine(engine.State, "containers"), shortId + "*").Any());
         Assert.Equal(125, engine.Container("inspect", name).Status);
+    }
+
+    /// <summary>--network bridge (the default for root) gives the container eth0 with an address on the bridge and
+    /// a default route; none leaves only loopback; detach at the end leaves no host interface behind.</summary>
+    [Fact]
+    public void NetworkModesShapeTheContainersInterfaces()
+    {
+        var bridge = engine.Container("run", "--rm", EngineFixture.ImageName, "sh", "-c", "ip -o -4 addr show eth0; ip route");
+        Assert.True(bridge.Status == 0, bridge.ToString());
+        Assert.Contains("inet 10.77.", bridge.Output);
+        Assert.Contains("default via 10.77.0.1", bridge.Output);
+        var none = engine.Container("run", "--rm", "--network", "none", EngineFixture.ImageName, "sh", "-c", "ls /sys/class/net");
+        Assert.True(none.Status == 0, none.ToString());
+        Assert.Equal("lo\n", none.Output);
+        var host = engine.Container("run", "--rm", "--network", "host", EngineFixture.ImageName, "sh", "-c", "readlink /proc/self/ns/net");
+        Assert.Equal(new FileInfo("/proc/self/ns/net").LinkTarget + "\n", host.Output);
     }
 
     /// <summary>inspect prints Docker's shape: Id, Name with its slash, State, Config, GraphDriver's overlay dirs.</summary>

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Nestor.Containers.Engine;
 using Nestor.Containers.Images;
+using Nestor.Containers.Network;
 using Nestor.Containers.Runtime;
 using Nestor.Host;
 
@@ -95,7 +96,10 @@ internal static class ContainerCommand
         var paths = ContainerPaths.ForCurrentUser(dataRoot, stateRoot);
         var nestor = NestorCommand();
         var runtimes = new ContainerRuntimes(paths, nestor, Environment.GetEnvironmentVariable("NESTOR_CONTAINER_RUNTIME") ?? "runc");
-        return new ContainerEngine(paths, () => CreateImageStore(paths), runtimes, network: null, nestor);
+        // Root: the bridge (nestor0, shared by every engine on the machine, so its address pool is too); rootless:
+        // slirp4netns, a user-space network stack.
+        IContainerNetwork network = ContainerPaths.Rootless ? new SlirpNetwork() : new BridgeNetwork();
+        return new ContainerEngine(paths, () => CreateImageStore(paths), runtimes, network, nestor);
     }
 
     /// <summary>The image store under the data directory.</summary>

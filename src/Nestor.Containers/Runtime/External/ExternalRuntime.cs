@@ -16,13 +16,16 @@ public sealed class ExternalRuntime : IContainerRuntime
     private readonly string executable;
     private readonly IReadOnlyList<string> prefix;
     private readonly string root;
+    private readonly bool writesLog;
 
     /// <param name="name"><c>runc</c>, <c>crun</c> or <c>nestor</c>.</param>
     /// <param name="executable">The program (absolute path, or a name looked up in PATH).</param>
     /// <param name="prefixArguments">Arguments before the global options (<c>oci</c> for <c>nestor oci</c>).</param>
     /// <param name="stateRoot">The runtime's <c>--root</c>.</param>
-    public ExternalRuntime(string name, string executable, IReadOnlyList<string> prefixArguments, string stateRoot)
+    /// <param name="writesLog">Whether the runtime takes runc's <c>--log FILE --log-format json</c> (runc and crun do).</param>
+    public ExternalRuntime(string name, string executable, IReadOnlyList<string> prefixArguments, string stateRoot, bool writesLog = true)
     {
+        this.writesLog = writesLog;
         Name = name;
         this.executable = ResolveExecutable(executable)
             ?? throw new ContainerRuntimeException($"the OCI runtime '{executable}' is not installed (Debian: apt-get install {name}; or choose another with --runtime)");
@@ -191,9 +194,9 @@ public sealed class ExternalRuntime : IContainerRuntime
         var arguments = new List<string> { executable };
         arguments.AddRange(prefix);
         arguments.AddRange(["--root", root]);
-        if (id is not null)
+        Directory.CreateDirectory(root);
+        if (id is not null && writesLog)
         {
-            Directory.CreateDirectory(root);
             arguments.AddRange(["--log", LogPath(id), "--log-format", "json"]);
         }
         arguments.AddRange(verbArguments);
