@@ -205,7 +205,8 @@ internal static class ContainerRunCommands
                 {
                     // The container ended first.
                 }
-            }) { IsBackground = true };
+            })
+            { IsBackground = true };
             forward.Start();
         }
         using var stdout = Console.OpenStandardOutput();
