@@ -14,6 +14,7 @@ public static class Program
         {
             return internalStatus;
         }
+        args = ContainerCommand.PrepareArguments(args);
         var parse = CreateRoot().Parse(args, ParserConfiguration);
         if (parse.Errors.Count > 0)
         {
@@ -25,7 +26,8 @@ public static class Program
             Console.Error.WriteLine(command is RootCommand
                 ? "Run 'nestor --help' for the commands."
                 : $"Run 'nestor {command.Name} --help' for its options.");
-            return ExitStatus.BadInput;
+            // Docker's status for its own errors (a bad flag among them) is 125, which scripts written for docker test.
+            return ContainerCommand.IsContainerCommand(args) ? ContainerCommand.EngineError : ExitStatus.BadInput;
         }
         return parse.Invoke();
     }
