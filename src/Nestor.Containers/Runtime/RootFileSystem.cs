@@ -164,7 +164,11 @@ internal sealed class RootFileSystem(string rootfs, bool inUserNamespace, RootFi
                     path = root;
                 }
             }
-            string relative = path.StartsWith(root, StringComparison.Ordinal) ? path[root.Length..] : "";
+            // The container's directory relative to the mount's root: "/nestor/ID" under a root of "/" is itself;
+            // under a mount of a subtree ("/a") only a path inside it ("/a/…") has a place there.
+            string relative = root == "/" ? (path == "/" ? "" : path)
+                : path == root ? ""
+                : path.StartsWith(root + "/", StringComparison.Ordinal) ? path[root.Length..] : "";
             string source = mountPoint + relative;
             string destination = Path.Combine(target, mountPoint["/sys/fs/cgroup".Length..].TrimStart('/'));
             if (!Directory.Exists(source))

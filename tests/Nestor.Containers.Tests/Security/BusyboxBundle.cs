@@ -42,11 +42,9 @@ public sealed class BusyboxBundle : IDisposable
     /// line) and the installed crun and runc.</summary>
     public static IEnumerable<object[]> Runtimes => new[] { "nestor", "crun", "runc" }.Select(r => new object[] { r });
 
-    /// <summary>The runtimes whose container sees its own cgroup at /sys/fs/cgroup. Not yet Nestor's: inside its
-    /// cgroup namespace RootFileSystem.MountControlGroups binds the host's hierarchy roots (mountinfo's root field is
-    /// relative to the namespace there, "/.."), so tests that read or write the container's cgroup files from inside
-    /// run on crun and runc only until that is fixed.</summary>
-    public static IEnumerable<object[]> RuntimesSeeingTheirOwnCgroup => new[] { "crun", "runc" }.Select(r => new object[] { r });
+    /// <summary>The runtimes whose container sees its own cgroup at /sys/fs/cgroup: all three (Nestor's since
+    /// RootFileSystem.CaptureControlGroups reads the container's directories before the cgroup namespace hides them).</summary>
+    public static IEnumerable<object[]> RuntimesSeeingTheirOwnCgroup => new[] { "nestor", "crun", "runc" }.Select(r => new object[] { r });
 
     /// <summary>The built nestor apphost (the test project references the CLI).</summary>
     public static string Nestor => Path.Combine(AppContext.BaseDirectory, "nestor");
