@@ -8,7 +8,7 @@ namespace Nestor.Containers.Engine;
 /// <param name="paths">The engine's directories.</param>
 /// <param name="nestorCommand">How to run <c>nestor</c> (its executable, plus the assembly under <c>dotnet</c>).</param>
 /// <param name="defaultRuntime">The runtime used when none is asked for.</param>
-public sealed class ContainerRuntimes(ContainerPaths paths, IReadOnlyList<string> nestorCommand, string defaultRuntime = "runc")
+public sealed class ContainerRuntimes(ContainerPaths paths, IReadOnlyList<string> nestorCommand, string defaultRuntime = "nestor")
 {
     public static readonly IReadOnlyList<string> Names = ["nestor", "crun", "runc"];
 

@@ -157,17 +157,21 @@ public static class ContainerInit
         {
             MountCalls.SetUmask(umask);
         }
+        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN in the effective set (seccomp(2)), so it goes
+        // before the switch to the process's user: setresuid(2) to a non-zero uid clears the effective capabilities
+        // even with PR_SET_KEEPCAPS (capabilities(7), "Effect of user ID changes on capabilities"), and then the
+        // kernel refuses the filter. The filter must then allow what follows (setgroups, setresuid, capset, prctl,
+        // chdir, execve), as Docker's default profile does. With no_new_privs it is loaded as late as possible, so
+        // that it sees only the user's program (runc's order).
+        if (process.NoNewPrivileges != true)
+        {
+            security.LoadSeccomp(seccomp);
+        }
         var groups = process.User.AdditionalGids;
         bool setgroupsAllowed = !File.Exists("/proc/self/setgroups") || File.ReadAllText("/proc/self/setgroups").Trim() != "deny";
         RootFileSystem.Step($"setting user {process.User.Uid}:{process.User.Gid}", () =>
             ProcessCalls.SetThreadCredentials(process.User.Uid, process.User.Gid, setgroupsAllowed ? groups ?? [] : null));
         RootFileSystem.Step($"chdir to the process's cwd {process.Cwd}", () => MountCalls.ChangeDirectory(process.Cwd));
-        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN (seccomp(2)), so it goes before the capabilities
-        // are reduced; with it, as late as possible, so the filter sees only the user's program (runc's order).
-        if (process.NoNewPrivileges != true)
-        {
-            security.LoadSeccomp(seccomp);
-        }
         security.ApplyCapabilities(process);
         if (process.NoNewPrivileges == true)
         {

@@ -95,7 +95,7 @@ internal static class ContainerCommand
     {
         var paths = ContainerPaths.ForCurrentUser(dataRoot, stateRoot);
         var nestor = NestorCommand();
-        var runtimes = new ContainerRuntimes(paths, nestor, Environment.GetEnvironmentVariable("NESTOR_CONTAINER_RUNTIME") ?? "runc");
+        var runtimes = new ContainerRuntimes(paths, nestor, Environment.GetEnvironmentVariable("NESTOR_CONTAINER_RUNTIME") ?? "nestor");
         // Root: the bridge (nestor0, shared by every engine on the machine, so its address pool is too); rootless:
         // slirp4netns, a user-space network stack.
         IContainerNetwork network = ContainerPaths.Rootless ? new SlirpNetwork() : new BridgeNetwork();

@@ -159,8 +159,16 @@ internal static class OciCommand
                 process.Args = [.. parse.GetValue(program) ?? []];
                 process.Terminal = false;
             }
-            using var started = runtime.Exec(name, process, new RuntimeIo());
-            return started.WaitForExit();
+            try
+            {
+                using var started = runtime.Exec(name, process, new RuntimeIo());
+                return started.WaitForExit();
+            }
+            catch (ContainerRuntimeException exception) when (ExecFailureStatus(exception.Message) is { } status)
+            {
+                Console.Error.WriteLine($"nestor oci: {exception.Message}");
+                return status;
+            }
         }));
         return command;
     }
@@ -168,10 +176,19 @@ internal static class OciCommand
     private static Command ListCommand(Option<string?> root)
     {
         var format = new Option<string>("--format", "-f") { Description = "table or json", DefaultValueFactory = _ => "table" };
-        var command = new Command("list", "List the containers") { format };
+        var quiet = new Option<bool>("--quiet", "-q") { Description = "Print only the ids (runc's list -q)" };
+        var command = new Command("list", "List the containers") { format, quiet };
         command.SetAction(parse => Guard(() =>
         {
             var runtime = Runtime(parse.GetValue(root));
+            if (parse.GetValue(quiet))
+            {
+                foreach (string name in runtime.List())
+                {
+                    Console.Out.WriteLine(name);
+                }
+                return 0;
+            }
             var states = new List<SpecState>();
             foreach (string name in runtime.List())
             {
@@ -232,6 +249,13 @@ internal static class OciCommand
         int index = Array.IndexOf(names, name);
         return index > 0 ? index : throw new ContainerRuntimeException($"unknown signal '{text}' (a number, or a name such as TERM, KILL, SIGHUP)");
     }
+
+    /// <summary>A program that could not be started gets the shell's statuses, as Docker reports them for exec: 127
+    /// when it was not found, 126 when it is not executable.</summary>
+    private static int? ExecFailureStatus(string message) =>
+        message.Contains("executable file not found", StringComparison.Ordinal) || message.Contains("no such file or directory", StringComparison.OrdinalIgnoreCase) ? 127
+        : message.Contains("permission denied", StringComparison.OrdinalIgnoreCase) || message.Contains("exec format error", StringComparison.OrdinalIgnoreCase) ? 126
+        : null;
 
     private static int Guard(Func<int> action)
     {
