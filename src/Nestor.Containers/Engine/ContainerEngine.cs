@@ -216,7 +216,11 @@ public sealed class ContainerEngine
             {
                 arguments.Add("--attach");
             }
-            EngineCalls.Spawn(MonitorCommand[0], arguments, EngineCalls.CurrentEnvironment(),
+            // No debugger pipes and diagnostics socket in /tmp for the monitor (under the JIT): a monitor that is
+            // killed would leave them behind (see NestorRuntime.InitEnvironment).
+            var environment = EngineCalls.CurrentEnvironment();
+            environment.Add("DOTNET_EnableDiagnostics=0");
+            EngineCalls.Spawn(MonitorCommand[0], arguments, environment,
                 [(0, nullFd), (1, nullFd), (2, nullFd), (3, write)], newSession: true);
         }
         finally

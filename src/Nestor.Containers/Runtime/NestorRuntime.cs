@@ -628,6 +628,10 @@ public sealed class NestorRuntime : IContainerRuntime
         // The init is short-lived and starts often: quick start-up matters more than steady-state code quality.
         environment.Add("DOTNET_TieredPGO=0");
         environment.Add("DOTNET_gcServer=0");
+        // Under the JIT the runtime makes a debugger pipe pair and a diagnostics socket in /tmp at start-up and removes
+        // them at exit; the init never exits (it ends in execve of the user's program), so they would be left behind,
+        // two files and a socket per container. The init is not a process to attach a debugger to.
+        environment.Add("DOTNET_EnableDiagnostics=0");
         return environment;
     }
 

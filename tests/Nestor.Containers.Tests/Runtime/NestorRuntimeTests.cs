@@ -21,6 +21,24 @@ public sealed class NestorRuntimeTests : IDisposable
         Assert.Equal(0, runtime.Run(truth).Status);
     }
 
+    /// <summary>The init is a .NET process that ends in execve, so it must not make the runtime's debugger pipes and
+    /// diagnostics socket in /tmp (it would never remove them). Inside its pid namespace its pid is 1, so they would
+    /// be named clr-debug-pipe-1-… and dotnet-diagnostic-1-…; no other process on the host has pid 1 and a .NET runtime.</summary>
+    [Fact]
+    public void InitLeavesNoRuntimeFilesInTmp()
+    {
+        string[] Leftovers() => [.. Directory.EnumerateFileSystemEntries(Path.GetTempPath())
+            .Select(Path.GetFileName).Where(n => n!.StartsWith("clr-debug-pipe-1-", StringComparison.Ordinal) || n.StartsWith("dotnet-diagnostic-1-", StringComparison.Ordinal))
+            .Select(n => n!)];
+        foreach (string stale in Leftovers())
+        {
+            File.Delete(Path.Combine(Path.GetTempPath(), stale)); // from runs before the fix
+        }
+        using var bundle = new BusyboxBundle(["true"]);
+        Assert.Equal(0, runtime.Run(bundle).Status);
+        Assert.Empty(Leftovers());
+    }
+
     [Fact]
     public void ProcessSeesItsHostnameUserPidAndEnvironment()
     {
