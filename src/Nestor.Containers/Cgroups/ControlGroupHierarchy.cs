@@ -1,3 +1,5 @@
+using Nestor.Host;
+
 namespace Nestor.Containers.Cgroups;
 
 /// <summary>cgroup v1 (one hierarchy per controller, or a few co-mounted) or v2 (one unified hierarchy).</summary>
@@ -45,7 +47,7 @@ public sealed class ControlGroupHierarchy
             {
                 continue;
             }
-            string mountPoint = Unescape(fields[4]);
+            string mountPoint = MountInfo.Unescape(fields[4]);
             string type = fields[separator + 1];
             if (type == "cgroup2")
             {
@@ -63,28 +65,5 @@ public sealed class ControlGroupHierarchy
             }
         }
         return new ControlGroupHierarchy(v1, unified);
-    }
-
-    // mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    private static string Unescape(string field)
-    {
-        if (!field.Contains('\\', StringComparison.Ordinal))
-        {
-            return field;
-        }
-        var text = new System.Text.StringBuilder();
-        for (int i = 0; i < field.Length; i++)
-        {
-            if (field[i] == '\\' && i + 3 < field.Length)
-            {
-                text.Append((char)Convert.ToInt32(field.Substring(i + 1, 3), 8));
-                i += 3;
-            }
-            else
-            {
-                text.Append(field[i]);
-            }
-        }
-        return text.ToString();
     }
 }

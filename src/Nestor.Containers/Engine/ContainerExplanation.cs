@@ -1,6 +1,8 @@
 using System.Globalization;
 using System.Text;
 using Nestor.Containers.Runtime.Spec;
+using Nestor.Containers.Security;
+using Nestor.Host;
 
 namespace Nestor.Containers.Engine;
 
@@ -89,7 +91,7 @@ public static class ContainerExplanation
                 string[] right = halves.Length > 1 ? halves[1].Split(' ') : [];
                 if (left.Length > 5 && right.Length > 1)
                 {
-                    text.Append(CultureInfo.InvariantCulture, $"  {ProcessFacts.Unescape(left[4]),-28} {right[0],-8} {right[1],-10} {left[5]}\n");
+                    text.Append(CultureInfo.InvariantCulture, $"  {MountInfo.Unescape(left[4]),-28} {right[0],-8} {right[1],-10} {left[5]}\n");
                 }
             }
         }
@@ -143,23 +145,11 @@ public static class ContainerExplanation
         {
             if ((mask & (1UL << bit)) != 0)
             {
-                names.Add(bit < CapabilityNumbers.Length ? CapabilityNumbers[bit] : $"CAP_{bit}");
+                names.Add(bit < Capabilities.All.Count ? Capabilities.All[bit] : $"CAP_{bit}");
             }
         }
         return names;
     }
-
-    /// <summary>capabilities(7)'s names in bit order (CAP_CHOWN is 0 … CAP_CHECKPOINT_RESTORE is 40).</summary>
-    public static readonly string[] CapabilityNumbers =
-    [
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-        "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN",
-        "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
-        "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
-        "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
-        "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND",
-        "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-    ];
 
     private static Dictionary<string, string> ReadStatus(int pid)
     {

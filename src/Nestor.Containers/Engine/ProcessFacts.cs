@@ -1,4 +1,5 @@
 using System.Globalization;
+using Nestor.Host;
 
 namespace Nestor.Containers.Engine;
 
@@ -59,34 +60,11 @@ public static class ProcessFacts
         foreach (string line in File.ReadLines("/proc/self/mountinfo"))
         {
             string[] fields = line.Split(' ');
-            if (fields.Length > 4 && Unescape(fields[4]) == full)
+            if (fields.Length > 4 && MountInfo.Unescape(fields[4]) == full)
             {
                 return true;
             }
         }
         return false;
-    }
-
-    /// <summary>Undoes mountinfo's escapes (<c>\040</c> for a space…).</summary>
-    public static string Unescape(string field)
-    {
-        if (!field.Contains('\\'))
-        {
-            return field;
-        }
-        var text = new System.Text.StringBuilder();
-        for (int i = 0; i < field.Length; i++)
-        {
-            if (field[i] == '\\' && i + 3 < field.Length)
-            {
-                text.Append((char)Convert.ToInt32(field.Substring(i + 1, 3), 8));
-                i += 3;
-            }
-            else
-            {
-                text.Append(field[i]);
-            }
-        }
-        return text.ToString();
     }
 }

@@ -133,7 +133,7 @@ public sealed class EngineFixture : IDisposable
         }
         foreach (string line in File.ReadAllLines("/proc/self/mountinfo").Reverse())
         {
-            string target = ProcessFacts.Unescape(line.Split(' ')[4]);
+            string target = global::Nestor.Host.MountInfo.Unescape(line.Split(' ')[4]);
             if (target.StartsWith(Root + "/", StringComparison.Ordinal))
             {
                 global::Nestor.Containers.Engine.Native.EngineCalls.UnmountDetached(target);
