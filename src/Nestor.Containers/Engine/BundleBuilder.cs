@@ -23,7 +23,7 @@ public sealed class BundleBuilder
         {
             throw new ContainerEngineException("no command: the image has neither Entrypoint nor Cmd; give one after the image name");
         }
-        var user = ResolveUser(config.User, record.RootFileSystem.MergedDirectory);
+        var user = ResolveUser(config.User, rootless ? UserDatabaseRoot(record.RootFileSystem) : record.RootFileSystem.MergedDirectory);
         var environment = new List<string>(config.Env) { $"HOSTNAME={config.Hostname}" };
         IReadOnlyList<SpecIdMapping>? uidMappings = null, gidMappings = null;
         if (rootless)
@@ -89,6 +89,16 @@ public sealed class BundleBuilder
         spec.Annotations ??= [];
         spec.Annotations["org.nestor.container.name"] = record.Name;
         spec.Annotations["org.nestor.image"] = record.ImageId;
+        if (rootless)
+        {
+            // An unprivileged user cannot mount overlayfs on the host: Nestor's runtime mounts it in the container's
+            // user and mount namespaces (userxattr: the store unpacked rootless layers with user.overlay.* xattrs).
+            if (host.Runtime != "nestor")
+            {
+                throw new ContainerEngineException($"rootless containers need Nestor's runtime: {host.Runtime} does not honour {Runtime.RuntimeAnnotations.RootOverlay}, and an unprivileged user cannot mount the overlay root on the host; drop --runtime {host.Runtime} or run as root");
+            }
+            spec.Annotations[Runtime.RuntimeAnnotations.RootOverlay] = record.RootFileSystem.MountOptions + ",userxattr";
+        }
         return spec;
     }
 
@@ -104,6 +114,12 @@ public sealed class BundleBuilder
             throw new ContainerEngineException(exception.Message, exception);
         }
     }
+
+    /// <summary>Rootless, the overlay is mounted only inside the container (<see cref="Runtime.RuntimeAnnotations.RootOverlay"/>),
+    /// so /etc/passwd is read from the topmost layer that has it (upper first, as overlayfs(5) would show it).</summary>
+    private static string UserDatabaseRoot(ContainerRootLayers root) =>
+        new[] { root.UpperDirectory }.Concat(Enumerable.Reverse(root.LowerDirectories))
+            .FirstOrDefault(directory => File.Exists(Path.Combine(directory, "etc/passwd"))) ?? root.MergedDirectory;
 
     /// <summary>Rootless: container root is the caller, container ids 1… the caller's subordinate range
     /// (user_namespaces(7); newuidmap(1) writes such a map for an unprivileged user).</summary>

@@ -78,6 +78,10 @@ public sealed class ContainerEngine
             ReadonlyRootfs = options.ReadOnly,
         };
         BundleBuilder.CheckCapabilities(host); // refuse unknown capability names now
+        if (ContainerPaths.Rootless)
+        {
+            CheckRootless(host);
+        }
         var imageConfig = image.Config;
         var environment = new List<string>(imageConfig.Env ?? []);
         foreach (string file in options.EnvFiles)
@@ -182,6 +186,34 @@ public sealed class ContainerEngine
         string key = assignment[..(assignment.IndexOf('=') + 1)];
         environment.RemoveAll(existing => existing.StartsWith(key, StringComparison.Ordinal));
         environment.Add(assignment);
+    }
+
+    /// <summary>Rootless refusals made at create (status 125) rather than when the monitor starts it: an unprivileged
+    /// user has no cgroup of its own to delegate here (no systemd, cgroups(7) delegation), so limits cannot be set,
+    /// and only Nestor's runtime mounts the overlay root inside the container.</summary>
+    private static void CheckRootless(ContainerHostConfiguration host)
+    {
+        var limits = new List<string>();
+        if (host.Memory > 0)
+        {
+            limits.Add("--memory");
+        }
+        if (host.NanoCpus > 0)
+        {
+            limits.Add("--cpus");
+        }
+        if (host.PidsLimit > 0)
+        {
+            limits.Add("--pids-limit");
+        }
+        if (limits.Count > 0)
+        {
+            throw new ContainerEngineException($"{string.Join(", ", limits)}: rootless containers get no cgroup limits (an unprivileged user has no delegated cgroup here); drop the option, or run as root for limits");
+        }
+        if (host.Runtime != "nestor")
+        {
+            throw new ContainerEngineException($"rootless containers need Nestor's runtime: {host.Runtime} does not honour {Runtime.RuntimeAnnotations.RootOverlay} (the overlay root mounted inside the container); drop --runtime {host.Runtime} or run as root");
+        }
     }
 
     /// <summary>Docker's network modes; the default is <c>bridge</c> as in Docker (for root; rootless containers

@@ -62,7 +62,7 @@ public sealed class ContainerMonitor
         string? failure = null;
         try
         {
-            MountRoot(record.RootFileSystem);
+            MountRoot(record.RootFileSystem, ContainerPaths.Rootless);
             var spec = bundles.Build(record, Path.Combine(paths.ContainerData(id), "etc"), ContainerPaths.Rootless);
             string bundle = paths.Bundle(id);
             Directory.CreateDirectory(bundle);
@@ -280,7 +280,9 @@ public sealed class ContainerMonitor
         }
     }
 
-    private static void MountRoot(ContainerRootLayers root)
+    /// <summary>Rootless, only the directories: the runtime mounts the overlay inside the container's namespaces
+    /// (<see cref="Runtime.RuntimeAnnotations.RootOverlay"/>).</summary>
+    private static void MountRoot(ContainerRootLayers root, bool rootless)
     {
         if (ProcessFacts.IsMountPoint(root.MergedDirectory))
         {
@@ -289,6 +291,10 @@ public sealed class ContainerMonitor
         Directory.CreateDirectory(root.MergedDirectory);
         Directory.CreateDirectory(root.UpperDirectory);
         Directory.CreateDirectory(root.WorkDirectory);
+        if (rootless)
+        {
+            return;
+        }
         EngineCalls.Mount("overlay", root.MergedDirectory, "overlay", root.MountOptions);
     }
 

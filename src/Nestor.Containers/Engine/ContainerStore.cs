@@ -102,7 +102,31 @@ public sealed class ContainerStore(ContainerPaths paths)
     {
         if (Directory.Exists(path))
         {
-            Directory.Delete(path, recursive: true);
+            try
+            {
+                Directory.Delete(path, recursive: true);
+            }
+            catch (UnauthorizedAccessException) when (ContainerPaths.Rootless && !OperatingSystem.IsWindows())
+            {
+                // overlayfs leaves work/work with mode 0 (overlayfs.rst "workdir"); as root that does not matter, the
+                // caller must first give itself access to the directories it owns.
+                OpenDirectories(path);
+                Directory.Delete(path, recursive: true);
+            }
+        }
+    }
+
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    private static void OpenDirectories(string path)
+    {
+        if (new DirectoryInfo(path).LinkTarget is not null)
+        {
+            return;
+        }
+        File.SetUnixFileMode(path, File.GetUnixFileMode(path) | UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        foreach (string directory in Directory.EnumerateDirectories(path))
+        {
+            OpenDirectories(directory);
         }
     }
 }

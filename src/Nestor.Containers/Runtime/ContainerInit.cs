@@ -70,7 +70,7 @@ public static class ContainerInit
             }
             string rootfs = Path.GetFullPath(Path.Combine(bundle, spec.Root?.Path ?? "rootfs"));
             var root = new RootFileSystem(rootfs, userNamespace, controlGroups);
-            root.PrepareRoot(spec.Linux?.RootfsPropagation);
+            root.PrepareRoot(spec.Linux?.RootfsPropagation, spec.Annotations?.GetValueOrDefault(RuntimeAnnotations.RootOverlay));
             root.MountAll(spec.Mounts);
             root.CreateDevices(spec.Linux?.Devices);
             root.CreateDeviceLinks();

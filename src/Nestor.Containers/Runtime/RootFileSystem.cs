@@ -17,12 +17,18 @@ internal sealed class RootFileSystem(string rootfs, bool inUserNamespace, RootFi
     public string Rootfs { get; } = rootfs;
 
     /// <summary>Makes every mount a slave (or what rootfsPropagation says) so nothing done here reaches the host, and
-    /// binds the root onto itself: pivot_root(2) needs the new root to be a mount point.</summary>
-    public void PrepareRoot(string? rootfsPropagation)
+    /// binds the root onto itself: pivot_root(2) needs the new root to be a mount point. With
+    /// <paramref name="overlayOptions"/> (<see cref="RuntimeAnnotations.RootOverlay"/>) the root is first an overlay
+    /// mounted here, in the container's namespaces, so that it never appears on the host.</summary>
+    public void PrepareRoot(string? rootfsPropagation, string? overlayOptions = null)
     {
         MountFlags propagation = rootfsPropagation is null ? MountFlags.Slave | MountFlags.Recursive : PropagationFlag(rootfsPropagation)
             ?? throw new ContainerRuntimeException($"unknown rootfsPropagation '{rootfsPropagation}' (private, rprivate, slave, rslave, shared, rshared, unbindable, runbindable)");
         Step("making / " + (rootfsPropagation ?? "rslave"), () => MountCalls.Mount(null, "/", null, propagation | MountFlags.Recursive));
+        if (overlayOptions is not null)
+        {
+            Step($"mounting the overlay root on {Rootfs} ({RuntimeAnnotations.RootOverlay})", () => MountCalls.Mount("overlay", Rootfs, "overlay", MountFlags.None, overlayOptions));
+        }
         Step($"binding the root {Rootfs} onto itself", () => MountCalls.Mount(Rootfs, Rootfs, null, MountFlags.Bind | MountFlags.Recursive));
     }
 

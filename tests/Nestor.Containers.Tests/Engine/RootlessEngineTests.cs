@@ -1,0 +1,209 @@
+using System.Diagnostics;
+using System.Globalization;
+
+namespace Nestor.Containers.Tests.Engine;
+
+/// <summary>Rootless <c>nestor container</c>: the built CLI run as the unprivileged user nestor-rootless, with its own
+/// --root and --state under a directory it owns (removed after, also on failure). The overlay root is mounted by
+/// Nestor's runtime inside the container's user namespace, so nothing is mounted on the host.</summary>
+public sealed class RootlessEngineTests : IDisposable
+{
+    private const string User = "nestor-rootless";
+    private readonly string root;
+    private readonly string data;
+    private readonly string state;
+    private readonly uint userId;
+
+    public RootlessEngineTests()
+    {
+        // Short: the attach socket's path must stay under unix(7)'s 108 bytes.
+        root = Path.Combine("/tmp", $"nr-{Guid.NewGuid():N}"[..11]);
+        data = Path.Combine(root, "d");
+        state = Path.Combine(root, "s");
+        Directory.CreateDirectory(root);
+        userId = uint.Parse(Run("id", "-u", User).Output.Trim(), CultureInfo.InvariantCulture);
+        Assert.Equal(0, Run("chown", User, root).Status);
+        var bootstrap = AsUser(EngineFixture.Nestor, "image", "bootstrap", "busybox", "--store", Path.Combine(data, "images"));
+        Assert.True(bootstrap.Status == 0, bootstrap.ToString());
+    }
+
+    /// <summary>Inside, the container's root is uid 0; /proc/self/uid_map maps it to the caller and container ids
+    /// from 1 to the caller's subordinate range (/etc/subuid), user_namespaces(7).</summary>
+    [Fact]
+    public void RunsAsRootInsideMappedToTheCaller()
+    {
+        var id = Container("run", "--rm", "busybox", "id", "-u");
+        Assert.True(id.Status == 0, id.ToString());
+        Assert.Equal("0\n", id.Output);
+
+        var map = Container("run", "--rm", "busybox", "cat", "/proc/self/uid_map");
+        Assert.True(map.Status == 0, map.ToString());
+        var lines = map.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Select(line => line.Split(' ', StringSplitOptions.RemoveEmptyEntries)).ToList();
+        Assert.Equal(["0", userId.ToString(CultureInfo.InvariantCulture), "1"], lines[0]);
+        var subordinate = File.ReadLines("/etc/subuid").Select(line => line.Split(':')).First(fields => fields[0] == User);
+        Assert.Equal(["1", subordinate[1], subordinate[2]], lines[1]);
+        AssertNothingLeft();
+    }
+
+    /// <summary>A file the container's root writes in a -v bind belongs to the caller on the host.</summary>
+    [Fact]
+    public void BindWritesBelongToTheCaller()
+    {
+        string shared = Path.Combine(root, "shared");
+        Assert.Equal(0, AsUser("mkdir", shared).Status);
+        var write = Container("run", "--rm", "-v", $"{shared}:/shared", "busybox", "sh", "-c", "echo hello > /shared/file");
+        Assert.True(write.Status == 0, write.ToString());
+        string file = Path.Combine(shared, "file");
+        Assert.Equal("hello\n", File.ReadAllText(file));
+        Assert.Equal(userId.ToString(CultureInfo.InvariantCulture), Run("stat", "-c", "%u", file).Output.Trim());
+        AssertNothingLeft();
+    }
+
+    /// <summary>A detached container: exec runs in it, logs shows its output, stop ends it and rm removes it, with
+    /// the overlay never mounted on the host.</summary>
+    [Fact]
+    public void DetachedLifecycle()
+    {
+        var started = Container("run", "-d", "busybox", "sh", "-c", "echo started; exec sleep 1000");
+        Assert.True(started.Status == 0, started.ToString());
+        string id = started.Output.Trim();
+        try
+        {
+            Assert.DoesNotContain(root, File.ReadAllText("/proc/self/mountinfo"));
+            var exec = Container("exec", id, "cat", "/proc/self/uid_map");
+            Assert.True(exec.Status == 0, exec.ToString());
+            Assert.Contains(userId.ToString(CultureInfo.InvariantCulture), exec.Output);
+            var logs = Container("logs", id);
+            Assert.True(logs.Status == 0, logs.ToString());
+            Assert.Equal("started\n", logs.Output);
+            var stop = Container("stop", "-t", "1", id);
+            Assert.True(stop.Status == 0, stop.ToString());
+            var remove = Container("rm", id);
+            Assert.True(remove.Status == 0, remove.ToString());
+            Assert.DoesNotContain(id, Container("ps", "-a", "-q", "--no-trunc").Output);
+        }
+        finally
+        {
+            Container("rm", "-f", id);
+        }
+        AssertNothingLeft();
+    }
+
+    /// <summary>Cgroup limits are refused at once with status 125 and advice: there is no cgroup to limit.</summary>
+    [Fact]
+    public void LimitsAreRefused()
+    {
+        var refused = Container("run", "--rm", "--memory", "16m", "busybox", "true");
+        Assert.Equal(125, refused.Status);
+        Assert.Contains("--memory", refused.Error);
+        Assert.Contains("rootless", refused.Error);
+        Assert.Empty(Container("ps", "-a", "-q").Output.Trim());
+    }
+
+    /// <summary>crun and runc would not mount the overlay root inside: refused with 125 and the reason.</summary>
+    [Fact]
+    public void OtherRuntimesAreRefused()
+    {
+        var refused = Container("run", "--rm", "--runtime", "crun", "busybox", "true");
+        Assert.Equal(125, refused.Status);
+        Assert.Contains("Nestor's runtime", refused.Error);
+    }
+
+    private void AssertNothingLeft()
+    {
+        Assert.DoesNotContain(root, File.ReadAllText("/proc/self/mountinfo"));
+        // A --rm run's monitor may still be ending for a moment after the command returned.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+        while (UserProcesses().Count > 0 && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(100);
+        }
+        var left = UserProcesses();
+        Assert.True(left.Count == 0, "left running: " + string.Join("; ", left.Select(pid => File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' '))));
+    }
+
+    /// <summary>Processes of the user whose command line or working directory involves this test's directory
+    /// (monitors, containers' processes), other than those of a parallel test class.</summary>
+    private List<int> UserProcesses()
+    {
+        var found = new List<int>();
+        foreach (string directory in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(directory), NumberStyles.None, CultureInfo.InvariantCulture, out int pid))
+            {
+                continue;
+            }
+            try
+            {
+                string status = File.ReadAllText(Path.Combine(directory, "status"));
+                string uidLine = status.Split('\n').First(line => line.StartsWith("Uid:", StringComparison.Ordinal));
+                if (uidLine.Split('\t', StringSplitOptions.RemoveEmptyEntries)[1] != userId.ToString(CultureInfo.InvariantCulture))
+                {
+                    continue;
+                }
+                string commandLine = File.ReadAllText(Path.Combine(directory, "cmdline")).Replace('\0', ' ');
+                string? rootLink = new FileInfo(Path.Combine(directory, "root")).LinkTarget;
+                if (commandLine.Contains(this.root, StringComparison.Ordinal) || (rootLink?.Contains(this.root, StringComparison.Ordinal) ?? false)
+                    || commandLine.Contains("sleep 1000", StringComparison.Ordinal))
+                {
+                    found.Add(pid);
+                }
+            }
+            catch (Exception exception) when (exception is IOException or UnauthorizedAccessException or InvalidOperationException)
+            {
+            }
+        }
+        return found;
+    }
+
+    private CommandResult Container(params string[] arguments) =>
+        AsUser([EngineFixture.Nestor, "container", "--root", data, "--state", state, .. arguments]);
+
+    private static CommandResult AsUser(params string[] command) => Run(["runuser", "-u", User, "--", .. command]);
+
+    private static CommandResult Run(params string[] command)
+    {
+        var start = new ProcessStartInfo(command[0])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            WorkingDirectory = "/",
+        };
+        foreach (string word in command.Skip(1))
+        {
+            start.ArgumentList.Add(word);
+        }
+        using var process = Process.Start(start)!;
+        var output = process.StandardOutput.ReadToEndAsync();
+        var error = process.StandardError.ReadToEndAsync();
+        process.StandardInput.Close();
+        if (!process.WaitForExit(TimeSpan.FromSeconds(60)))
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"{string.Join(' ', command)} did not end");
+        }
+        return new CommandResult(process.ExitCode, output.Result, error.Result);
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            foreach (string id in Container("ps", "-a", "-q", "--no-trunc").Output.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+            {
+                Container("rm", "-f", id);
+            }
+        }
+        finally
+        {
+            foreach (int pid in UserProcesses())
+            {
+                Run("kill", "-9", pid.ToString(CultureInfo.InvariantCulture));
+            }
+            // As root: the subordinate-owned files in containers' upper directories are not the user's to remove.
+            Run("rm", "-rf", root);
+        }
+    }
+}
