@@ -103,7 +103,8 @@ public sealed class ContainerMonitor
                 {
                     using var connection = consoleListener.Accept();
                     terminal = EngineCalls.ReceiveDescriptor((int)connection.Handle);
-                }) { IsBackground = true };
+                })
+                { IsBackground = true };
                 consoleAccept.Start();
             }
             try
@@ -390,7 +391,8 @@ public sealed class ContainerMonitor
             }
             log.Flush();
             EngineCalls.Close(fd);
-        }) { IsBackground = true, Name = $"pump {stream}" };
+        })
+        { IsBackground = true, Name = $"pump {stream}" };
         thread.Start();
         return thread;
     }

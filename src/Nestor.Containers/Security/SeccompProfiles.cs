@@ -53,7 +53,7 @@ public static class SeccompProfiles
             ["CAP_SYS_PACCT"] = ["acct"],
             ["CAP_SYS_PTRACE"] = ["kcmp", "pidfd_getfd", "process_madvise", "process_vm_readv", "process_vm_writev", "userfaultfd"],
             ["CAP_SYS_RAWIO"] = ["iopl", "ioperm"],
-                        // clock_adjtime stays allowed: glibc's adjtimex(3) uses it, and the kernel checks CAP_SYS_TIME for any change.
+            // clock_adjtime stays allowed: glibc's adjtimex(3) uses it, and the kernel checks CAP_SYS_TIME for any change.
             ["CAP_SYS_TIME"] = ["settimeofday", "stime", "clock_settime", "clock_settime64"],
             ["CAP_SYS_TTY_CONFIG"] = ["vhangup"],
             ["CAP_SYS_NICE"] = ["get_mempolicy", "mbind", "set_mempolicy", "set_mempolicy_home_node"],

@@ -76,7 +76,9 @@ public class DefaultSpecTests
         using var bundle = new BusyboxBundle();
         var options = new DefaultSpecOptions
         {
-            Memory = 64L << 20, Cpus = 1.5, PidsLimit = 33,
+            Memory = 64L << 20,
+            Cpus = 1.5,
+            PidsLimit = 33,
             CgroupsPath = "/nestor-sec-test/" + Guid.NewGuid().ToString("N")[..12],
         };
         var spec = BusyboxBundle.Shell(
