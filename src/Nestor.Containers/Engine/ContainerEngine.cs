@@ -613,44 +613,10 @@ public sealed class ContainerEngine
         }
     }
 
-    /// <summary>A container path inside the root <paramref name="root"/>, each symbolic link followed as the container
-    /// would see it (absolute targets relative to the root, '..' never above it).</summary>
-    public static string ResolveInside(string root, string containerPath)
-    {
-        var parts = new List<string>();
-        var pending = new Queue<string>(containerPath.Split('/', StringSplitOptions.RemoveEmptyEntries));
-        int links = 0;
-        while (pending.Count > 0)
-        {
-            string part = pending.Dequeue();
-            if (part == ".")
-            {
-                continue;
-            }
-            if (part == "..")
-            {
-                if (parts.Count > 0)
-                {
-                    parts.RemoveAt(parts.Count - 1);
-                }
-                continue;
-            }
-            string candidate = Path.Combine(root, string.Join('/', parts.Append(part)));
-            var info = new FileInfo(candidate);
-            if (info.LinkTarget is { } target && pending.Count > 0 && ++links < 40)
-            {
-                if (target.StartsWith('/'))
-                {
-                    parts.Clear();
-                }
-                var rest = pending.ToList();
-                pending = new Queue<string>(target.Split('/', StringSplitOptions.RemoveEmptyEntries).Concat(rest));
-                continue;
-            }
-            parts.Add(part);
-        }
-        return Path.Combine(root, string.Join('/', parts));
-    }
+    /// <summary>A container path inside the root <paramref name="root"/>, each symbolic link but the last followed as the
+    /// container would see it (absolute targets relative to the root, '..' never above it; the runtime's one resolver).</summary>
+    public static string ResolveInside(string root, string containerPath) =>
+        Runtime.PathJoin.InRoot(root, containerPath, followLast: false);
 
     private static void CopyPath(string source, string destination)
     {

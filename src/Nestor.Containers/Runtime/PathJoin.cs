@@ -5,7 +5,9 @@ namespace Nestor.Containers.Runtime;
 /// in an image cannot place a mount outside the container's root.</summary>
 internal static class PathJoin
 {
-    public static string InRoot(string root, string path)
+    /// <param name="followLast">Whether a symbolic link in the last component is followed too (a mount
+    /// destination: yes); <c>cp</c> into a container names the link itself (no).</param>
+    public static string InRoot(string root, string path, bool followLast = true)
     {
         var parts = new List<string>();
         var pending = new Stack<string>(path.Split('/', StringSplitOptions.RemoveEmptyEntries).Reverse());
@@ -27,7 +29,7 @@ internal static class PathJoin
             }
             string candidate = Path.Combine(root, string.Join('/', parts), part);
             var info = new FileInfo(candidate);
-            if (info.LinkTarget is { } target)
+            if (info.LinkTarget is { } target && (followLast || pending.Count > 0))
             {
                 if (++links > 255)
                 {
