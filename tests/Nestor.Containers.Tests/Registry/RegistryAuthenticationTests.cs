@@ -86,16 +86,30 @@ public class BearerTokenTests
 
     private sealed class FakeRegistry : IDisposable
     {
-        private readonly HttpListener listener = new();
+        private readonly HttpListener listener;
         private readonly Func<HttpListenerContext, Task> handle;
         private readonly Task loop;
 
         public FakeRegistry(Func<HttpListenerContext, Task> handle)
         {
             this.handle = handle;
-            Port = RegistryServer.FreePort();
-            listener.Prefixes.Add($"http://127.0.0.1:{Port}/");
-            listener.Start();
+            // HttpListener cannot bind port 0, so a free port is picked first; another test may take it in between,
+            // hence a few attempts.
+            for (int attempt = 1; ; attempt++)
+            {
+                Port = RegistryServer.FreePort();
+                listener = new HttpListener();
+                listener.Prefixes.Add($"http://127.0.0.1:{Port}/");
+                try
+                {
+                    listener.Start();
+                    break;
+                }
+                catch (HttpListenerException) when (attempt < 5)
+                {
+                    listener.Close();
+                }
+            }
             loop = Task.Run(Loop);
         }
 
@@ -133,7 +147,9 @@ public class BearerTokenTests
 
         public void Dispose()
         {
-            listener.Stop();
+            // Close only: .NET's managed HttpListener removes its endpoint on Stop and, on a later Close, looks the
+            // endpoint up again, which binds the port anew and fails with "Address already in use" when another
+            // test already holds it (CI run of af0495a).
             listener.Close();
             loop.Wait(TimeSpan.FromSeconds(5));
         }
