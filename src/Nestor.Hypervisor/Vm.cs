@@ -40,7 +40,11 @@ public sealed class Vm : IDisposable
             InitialState = LongModeSetup.Prepare(memory, Kernel.Entry, bootInformation, noExecuteSupported: true);
         }
         Vcpus = [new Vcpu(0, CpuStateConversion.ToCpuState(InitialState))];
+        Dma = new GuestDma(memory);
+        openedDisks = Devices.Storage.DiskAttachment.AttachAll(this);
     }
+
+    private readonly List<Devices.Storage.IBlockBackend> openedDisks;
 
     public VmConfig Config { get; }
 
@@ -73,6 +77,9 @@ public sealed class Vm : IDisposable
     /// <summary>The VM's vCPUs (one so far), which it owns between runs: a run starts from their state and leaves
     /// its end state in them, so that the next run continues.</summary>
     public IReadOnlyList<Vcpu> Vcpus { get; }
+
+    /// <summary>How the VMM's devices reach guest memory (DMA); engines hook it (see <see cref="GuestDma"/>).</summary>
+    public GuestDma Dma { get; }
 
     /// <summary>The debug-exit port.</summary>
     public DebugExitPort DebugExit { get; }
@@ -138,6 +145,12 @@ public sealed class Vm : IDisposable
     public void Dispose()
     {
         Serial.Flush();
+        foreach (var disk in openedDisks)
+        {
+            // Dispose flushes: what the guest wrote reaches the file even without a guest flush when the VM ends
+            // normally (a killed VMM keeps only what the guest flushed).
+            disk.Dispose();
+        }
         Host.Remove(this);
         if (privateHost)
         {

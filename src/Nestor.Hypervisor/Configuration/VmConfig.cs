@@ -205,6 +205,10 @@ public sealed class VmConfig
     /// <summary>Where Nestor's own diagnostics about the guest go (unclaimed accesses, warnings).</summary>
     public TextWriter Diagnostics { get; init; } = TextWriter.Null;
 
+    /// <summary>Disks, in the order given (<c>--disk FILE[,if=ata|virtio|assigned][,ro]</c>); docs/devices.md says
+    /// where each interface appears in the guest.</summary>
+    public IReadOnlyList<Devices.Storage.DiskConfig> Disks { get; init; } = [];
+
     /// <summary>The /dev/kvm path (tests point it elsewhere to check the error messages).</summary>
     public string KvmDevicePath { get; init; } = Nestor.Kvm.KvmSystem.DefaultDevicePath;
 

@@ -1,0 +1,63 @@
+namespace Nestor.Hypervisor.Devices.Storage;
+
+/// <summary>Puts a VM's disks on its platform: opens each backend and attaches it to the controller of its interface
+/// at the place docs/devices.md gives (ATA: primary channel, master then slave; virtio-blk: the next free
+/// virtio-mmio slot; assigned: the next assigned-controller slot).</summary>
+internal static class DiskAttachment
+{
+    /// <summary>Attaches every disk of <paramref name="vm"/>'s configuration; returns the opened backends, which the
+    /// VM disposes (flushing them) when it is disposed.</summary>
+    public static List<IBlockBackend> AttachAll(Vm vm)
+    {
+        var opened = new List<IBlockBackend>();
+        try
+        {
+            int ata = 0, virtio = 0, assigned = 0;
+            foreach (var disk in vm.Config.Disks)
+            {
+                var backend = disk.Backend ?? Open(disk);
+                if (disk.Backend is null)
+                {
+                    opened.Add(backend);
+                }
+                switch (disk.Interface)
+                {
+                    case DiskInterface.Ata:
+                        AttachAta(vm, backend, ata++);
+                        break;
+                    case DiskInterface.Virtio:
+                        AttachVirtio(vm, backend, virtio++);
+                        break;
+                    case DiskInterface.Assigned:
+                        AttachAssigned(vm, backend, assigned++);
+                        break;
+                    default:
+                        throw new ArgumentOutOfRangeException(nameof(vm), disk.Interface, "unknown disk interface");
+                }
+            }
+            return opened;
+        }
+        catch
+        {
+            foreach (var backend in opened)
+            {
+                backend.Dispose();
+            }
+            throw;
+        }
+    }
+
+    // Each interface's owner replaces its method's body (the file-backed disk image, the ATA controller, virtio-blk,
+    // the assigned controller).
+    private static IBlockBackend Open(DiskConfig disk) =>
+        throw new Errors.BadInputException($"disk '{disk.Path}': raw disk image files are not supported yet", "Leave out --disk");
+
+    private static void AttachAta(Vm vm, IBlockBackend backend, int index) =>
+        throw new Errors.BadInputException($"disk '{backend.Name}': if=ata is not supported yet", "Use another interface");
+
+    private static void AttachVirtio(Vm vm, IBlockBackend backend, int index) =>
+        throw new Errors.BadInputException($"disk '{backend.Name}': if=virtio is not supported yet", "Use another interface");
+
+    private static void AttachAssigned(Vm vm, IBlockBackend backend, int index) =>
+        throw new Errors.BadInputException($"disk '{backend.Name}': if=assigned is not supported yet", "Use another interface");
+}
