@@ -28,7 +28,12 @@ internal static partial class LibC
     public const long SYS_pivot_root = 155;
     public const long SYS_exit_group = 231;
     public const long SYS_setns = 308;
+    public const long SYS_seccomp = 317;
+    public const long SYS_memfd_create = 319;
     public const long SYS_clone3 = 435;
+
+    /// <summary>memfd_create(2)'s close-on-exec flag.</summary>
+    public const int MFD_CLOEXEC = 0x1;
 
     public const int O_RDONLY = 0x0;
     public const int O_WRONLY = 0x1;
