@@ -81,6 +81,11 @@ public sealed class CloneExecRequest
     /// <summary>Descriptors (opened with O_CLOEXEC by the caller) that stay open in the executed program.</summary>
     public IReadOnlyList<int> InheritedDescriptors { get; init; } = [];
 
+    /// <summary>After taking its standard streams, start a new session (setsid(2)) and make standard input — a
+    /// pseudo-terminal's slave — its controlling terminal (TIOCSCTTY, tty_ioctl(4)): job control, ^C and the
+    /// terminal's hang-up then reach the program, as for a container's first process with process.terminal.</summary>
+    public bool ControllingTerminal { get; init; }
+
     public int Stdin { get; init; }
     public int Stdout { get; init; } = 1;
     public int Stderr { get; init; } = 2;
@@ -142,6 +147,7 @@ public static unsafe class ProcessCalls
         public int Stdin;
         public int Stdout;
         public int Stderr;
+        public int ControllingTerminal;
         public int BecomeRoot;
         public int ForkIntoPid;
         public byte* WorkingDirectory;
@@ -179,7 +185,7 @@ public static unsafe class ProcessCalls
         "keeping descriptors across exec", "setting up standard streams", "execve", "forking into the pid namespace",
         "chdir to the working directory", "dropping from the capability bounding set", "becoming the process's user",
         "setting capabilities (capset)", "prctl(PR_SET_NO_NEW_PRIVS)", "joining the control group (cgroup.procs)",
-        "installing the seccomp filter (seccomp(2))",
+        "installing the seccomp filter (seccomp(2))", "making the terminal the controlling one (setsid, TIOCSCTTY)",
     ];
 
     /// <summary>Creates a process with clone3(2) in the namespaces of <see cref="CloneExecRequest.CloneFlags"/> and has
@@ -213,6 +219,7 @@ public static unsafe class ProcessCalls
                 Stdin = request.Stdin,
                 Stdout = request.Stdout,
                 Stderr = request.Stderr,
+                ControllingTerminal = request.ControllingTerminal ? 1 : 0,
                 BecomeRoot = request.BecomeRoot ? 1 : 0,
                 ForkIntoPid = request.ForkIntoPidNamespace ? 1 : 0,
                 WorkingDirectory = request.WorkingDirectory is null ? null : Utf8(unmanaged, request.WorkingDirectory),
@@ -440,6 +447,15 @@ public static unsafe class ProcessCalls
                 if (result >= 0)
                 {
                     result = DuplicateOnto(call, plan->Stderr, 2);
+                }
+            }
+            if (result >= 0 && plan->ControllingTerminal != 0)
+            {
+                step = 15;
+                result = call(LibC.SYS_setsid, 0, 0, 0, 0, 0, 0);
+                if (result >= 0)
+                {
+                    result = call(LibC.SYS_ioctl, 0, 0x540E /* TIOCSCTTY */, 0, 0, 0, 0);
                 }
             }
             if (result >= 0 && plan->Seccomp != null && plan->NoNewPrivileges != 0)

@@ -305,9 +305,29 @@ public sealed class ContainerEngine
     }
 
     /// <summary>Every container (<c>ps -a</c>), brought up to date.</summary>
-    public List<ContainerRecord> List() => [.. Store.All().Select(Refresh)];
+    public List<ContainerRecord> List() => [.. Store.All().Select(r => ContainerFreezer.WithPauseState(Paths, Refresh(r)))];
 
-    public ContainerRecord Inspect(string reference) => Refresh(Store.Resolve(reference));
+    public ContainerRecord Inspect(string reference) => ContainerFreezer.WithPauseState(Paths, Refresh(Store.Resolve(reference)));
+
+    /// <summary><c>container pause</c>: freezes every process of the container (cgroup freezer).</summary>
+    public void Pause(string reference)
+    {
+        var record = Inspect(reference);
+        using (Store.LockContainer(record.Id))
+        {
+            ContainerFreezer.Pause(Paths, record);
+        }
+    }
+
+    /// <summary><c>container unpause</c>.</summary>
+    public void Unpause(string reference)
+    {
+        var record = Inspect(reference);
+        using (Store.LockContainer(record.Id))
+        {
+            ContainerFreezer.Unpause(Paths, record);
+        }
+    }
 
     /// <summary><c>container kill</c>: a signal to the container's first process.</summary>
     public void Kill(string reference, int signal)
@@ -318,6 +338,10 @@ public sealed class ContainerEngine
             throw new ContainerEngineException($"cannot kill container {record.Name}: it is not running");
         }
         Runtimes.Create(record.HostConfig.Runtime).Kill(record.Id, signal, all: signal == 9);
+        if (signal == 9 || signal == Signals.Parse(record.Config.StopSignal))
+        {
+            ContainerFreezer.ThawToDeliver(Paths, record);
+        }
     }
 
     /// <summary><c>container stop</c>: the image's stop signal (SIGTERM), then SIGKILL after
@@ -331,6 +355,7 @@ public sealed class ContainerEngine
         }
         var runtime = Runtimes.Create(record.HostConfig.Runtime);
         TryKill(runtime, record.Id, Signals.Parse(record.Config.StopSignal), all: false);
+        ContainerFreezer.ThawToDeliver(Paths, record);
         if (WaitForExit(record.Id, TimeSpan.FromSeconds(timeoutSeconds)) is { } stopped)
         {
             return stopped;
@@ -403,6 +428,7 @@ public sealed class ContainerEngine
                 throw new ContainerEngineException($"cannot remove container {record.Name}: it is running. Stop it first, or force the removal with rm -f");
             }
             TryKill(Runtimes.Create(record.HostConfig.Runtime), record.Id, 9, all: true);
+            ContainerFreezer.ThawToDeliver(Paths, record);
             WaitForExit(record.Id, TimeSpan.FromSeconds(30));
         }
         using var names = Store.LockNames();
@@ -428,6 +454,10 @@ public sealed class ContainerEngine
         {
             throw new ContainerEngineException($"container {record.Name} is not running (start it first: nestor container start {record.Name})");
         }
+        if (record.State.Paused)
+        {
+            throw new ContainerEngineException($"Container {record.Id} is paused, unpause the container before exec");
+        }
         if (options.Command.Count == 0)
         {
             throw new ContainerEngineException("exec needs a command");
@@ -436,6 +466,7 @@ public sealed class ContainerEngine
         var process = spec.Process ?? new SpecProcess();
         process.Args = [.. options.Command];
         process.Terminal = options.Tty && io.ConsoleSocket is not null ? true : null;
+        process.ConsoleSize = process.Terminal == true && ExecTerminal.ClientSize() is { } size ? new SpecConsoleSize { Height = size.Rows, Width = size.Columns } : null;
         var environment = new List<string>(process.Env ?? []);
         foreach (string variable in options.Env)
         {
@@ -454,12 +485,19 @@ public sealed class ContainerEngine
     }
 
     /// <summary><c>container exec</c> with this process's own standard streams (stdin only with -i; none with
-    /// <paramref name="detach"/>); returns the process's exit status, or 0 at once when detached.</summary>
+    /// <paramref name="detach"/>; a pseudo-terminal in the container with <see cref="ExecOptions.Tty"/>); returns the
+    /// process's exit status, or 0 at once when detached.</summary>
     public int RunExec(string reference, ExecOptions options, bool detach)
     {
         int nullFd = EngineCalls.Open("/dev/null", EngineCalls.O_RDWR);
         try
         {
+            if (options.Tty && !detach)
+            {
+                using var terminal = ExecTerminal.Listen(Path.Combine(Paths.StateRoot, "s"));
+                using var withTerminal = Exec(reference, options, new RuntimeIo(nullFd, nullFd, 2, terminal.SocketPath));
+                return terminal.Relay(withTerminal, options.Interactive);
+            }
             var io = detach ? new RuntimeIo(nullFd, nullFd, nullFd) : new RuntimeIo(options.Interactive ? 0 : nullFd, 1, 2);
             var process = Exec(reference, options, io);
             if (detach)
@@ -551,6 +589,8 @@ public sealed class ContainerEngine
             Volumes = parent.Config.Volumes,
         };
         string createdBy = message ?? $"nestor container commit {record.Name}: {string.Join(' ', record.Config.Entrypoint.Concat(record.Config.Cmd))}";
+        // Docker's commit --pause default: the container's files do not change while they are copied.
+        using var paused = ContainerFreezer.PausedWhile(Paths, record);
         return Images.Commit(parent, record.RootFileSystem.UpperDirectory, config, reference, createdBy);
     }
 

@@ -316,8 +316,16 @@ public sealed class NestorRuntime : IContainerRuntime
         string executable = ResolveInContainer(state.Pid, args[0], environment);
         var joins = new List<int>();
         var controlGroupFiles = new List<int>();
+        int terminal = -1;
         try
         {
+            if (process.Terminal == true)
+            {
+                // runc's exec -t: a pty of the container's own devpts, its master sent over the console socket, its
+                // slave the process's controlling terminal and standard streams.
+                int console = io.ConsoleSocket is { } socketPath ? ConnectConsole(socketPath) : throw new ContainerRuntimeException("process.terminal is true but no --console-socket was given");
+                terminal = TerminalCalls.CreateAndSendMasterIn(state.Pid, console, process.ConsoleSize?.Height ?? 0, process.ConsoleSize?.Width ?? 0);
+            }
             foreach (string file in ControlGroupFilesOf(state))
             {
                 controlGroupFiles.Add(MountCalls.Open(file, MountCalls.OpenFlags.WriteOnly));
@@ -356,9 +364,10 @@ public sealed class NestorRuntime : IContainerRuntime
                 ControlGroupProcessFiles = controlGroupFiles,
                 SeccompProgram = seccomp?.Program,
                 SeccompFlags = seccomp?.Flags ?? 0,
-                Stdin = io.Stdin,
-                Stdout = io.Stdout,
-                Stderr = io.Stderr,
+                ControllingTerminal = terminal >= 0,
+                Stdin = terminal >= 0 ? terminal : io.Stdin,
+                Stdout = terminal >= 0 ? terminal : io.Stdout,
+                Stderr = terminal >= 0 ? terminal : io.Stderr,
             };
             _ = joinsUser;
             int pid = ProcessCalls.CloneAndExecute(request);
@@ -378,6 +387,7 @@ public sealed class NestorRuntime : IContainerRuntime
             {
                 ProcessCalls.Close(fd);
             }
+            ProcessCalls.Close(terminal);
         }
     }
 

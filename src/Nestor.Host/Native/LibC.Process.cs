@@ -15,7 +15,9 @@ internal static partial class LibC
     public const long SYS_rt_sigaction = 13;
     public const long SYS_rt_sigprocmask = 14;
     public const long SYS_dup2 = 33;
+    public const long SYS_ioctl = 16;
     public const long SYS_getpid = 39;
+    public const long SYS_setsid = 112;
     public const long SYS_execve = 59;
     public const long SYS_wait4 = 61;
     public const long SYS_chdir = 80;

@@ -18,26 +18,8 @@ public sealed class ExecConfinementTests
     public void AnExecdProcessSharesTheInitsCgroupsAndSeccompFilter(string runtime)
     {
         string cgroup = "/nestor-exec-" + Guid.NewGuid().ToString("N")[..12];
-        using var bundle = new BusyboxBundle();
-        var spec = DefaultSpec.Create("rootfs", ["sleep", "120"], new DefaultSpecOptions { Memory = 16L << 20, PidsLimit = PidsLimit, CgroupsPath = cgroup });
-        File.WriteAllText(Path.Combine(bundle.Directory, "config.json"), spec.ToJson());
-        string id = "nestor-exec-" + Guid.NewGuid().ToString("N")[..12];
-        var (file, prefix) = runtime == "nestor" ? (BusyboxBundle.Nestor, new[] { "oci" }) : (runtime, Array.Empty<string>());
-        string stateRoot = Path.Combine(Path.GetTempPath(), $"nestor-exec-state-{Guid.NewGuid():N}");
-        string[] root = ["--root", stateRoot];
-        try
+        WithRunningContainer(runtime, new DefaultSpecOptions { Memory = 16L << 20, PidsLimit = PidsLimit, CgroupsPath = cgroup }, [], Exec =>
         {
-            // create hands its standard streams to the container's process, which keeps them open: /dev/null, so
-            // that nothing waits for their end.
-            string errors = Path.Combine(bundle.Directory, "create.err");
-            var created = BusyboxBundle.Run("/bin/sh",
-                ["-c", $"exec \"$0\" \"$@\" </dev/null >/dev/null 2>{errors}", file, .. prefix, .. root, "create", "--bundle", bundle.Directory, id], 60);
-            Assert.True(created.ExitCode == 0, File.ReadAllText(errors));
-            var started = BusyboxBundle.Run(file, [.. prefix, .. root, "start", id], 60);
-            Assert.True(started.ExitCode == 0, started.Output);
-
-            RunResult Exec(string script) => BusyboxBundle.Run(file, [.. prefix, .. root, "exec", id, "/bin/sh", "-c", script], 60);
-
             // The init's groups as the exec'd process sees them, through the same cgroup namespace.
             var views = Exec("cat /proc/self/cgroup; echo ---; cat /proc/1/cgroup; grep Seccomp: /proc/self/status; unshare -U true; echo unshare=$?");
             string[] halves = views.Stdout.Split("---\n");
@@ -61,6 +43,50 @@ public sealed class ExecConfinementTests
             Assert.True(bomb.Output.Contains("can't fork", StringComparison.Ordinal), bomb.Output);
             string count = bomb.Stdout.Split('\n').First(line => line.StartsWith("pids=", StringComparison.Ordinal))[5..];
             Assert.InRange(int.Parse(count, CultureInfo.InvariantCulture), PidsLimit - 4, PidsLimit);
+        }, cgroup);
+    }
+
+    [Theory]
+    [MemberData(nameof(Runtimes))]
+    public void WithNoNewPrivilegesTheFilterIsInstalledAfterTheSwitchToANonRootUser(string runtime)
+    {
+        // no_new_privs lets an unprivileged process install a filter: the order where the uid changes first, and the
+        // filter must still be in place for the program.
+        // runc and Nestor's runtime take the exec'd process's user and no_new_privs from the container's process;
+        // crun's exec starts from its own defaults (root, no no_new_privs) and is told.
+        string[] asTheContainer = runtime == "crun" ? ["--user", "1000:1000", "--no-new-privs"] : [];
+        WithRunningContainer(runtime, new DefaultSpecOptions { NoNewPrivileges = true, Uid = 1000, Gid = 1000 }, asTheContainer, Exec =>
+        {
+            var views = Exec("id -u; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; unshare -U true; echo unshare=$?");
+            Assert.True(views.Stdout.StartsWith("1000\nNoNewPrivs:\t1\nSeccomp:\t2\n", StringComparison.Ordinal), views.Output);
+            Assert.Contains("unshare=1", views.Stdout);
+            Assert.Contains("Operation not permitted", views.Stderr);
+        });
+    }
+
+    /// <summary>Creates and starts a default container running <c>sleep</c> with <paramref name="runtime"/>, runs
+    /// <paramref name="test"/> with a function that execs <c>sh -c SCRIPT</c> in it (with <paramref name="execOptions"/>),
+    /// then deletes it.</summary>
+    private static void WithRunningContainer(string runtime, DefaultSpecOptions options, string[] execOptions, Action<Func<string, RunResult>> test, string? cgroup = null)
+    {
+        using var bundle = new BusyboxBundle();
+        var spec = DefaultSpec.Create("rootfs", ["sleep", "120"], options);
+        File.WriteAllText(Path.Combine(bundle.Directory, "config.json"), spec.ToJson());
+        string id = "nestor-exec-" + Guid.NewGuid().ToString("N")[..12];
+        var (file, prefix) = runtime == "nestor" ? (BusyboxBundle.Nestor, new[] { "oci" }) : (runtime, Array.Empty<string>());
+        string stateRoot = Path.Combine(Path.GetTempPath(), $"nestor-exec-state-{Guid.NewGuid():N}");
+        string[] root = ["--root", stateRoot];
+        try
+        {
+            // create hands its standard streams to the container's process, which keeps them open: /dev/null, so
+            // that nothing waits for their end.
+            string errors = Path.Combine(bundle.Directory, "create.err");
+            var created = BusyboxBundle.Run("/bin/sh",
+                ["-c", $"exec \"$0\" \"$@\" </dev/null >/dev/null 2>{errors}", file, .. prefix, .. root, "create", "--bundle", bundle.Directory, id], 60);
+            Assert.True(created.ExitCode == 0, File.ReadAllText(errors));
+            var started = BusyboxBundle.Run(file, [.. prefix, .. root, "start", id], 60);
+            Assert.True(started.ExitCode == 0, started.Output);
+            test(script => BusyboxBundle.Run(file, [.. prefix, .. root, "exec", .. execOptions, id, "/bin/sh", "-c", script], 60));
         }
         finally
         {
@@ -69,9 +95,9 @@ public sealed class ExecConfinementTests
             {
                 Directory.Delete(stateRoot, recursive: true);
             }
-            foreach (string hierarchy in Directory.GetDirectories("/sys/fs/cgroup"))
+            foreach (string hierarchy in cgroup is null ? [] : Directory.GetDirectories("/sys/fs/cgroup"))
             {
-                string directory = Path.Combine(hierarchy, cgroup.TrimStart('/'));
+                string directory = Path.Combine(hierarchy, cgroup!.TrimStart('/'));
                 try
                 {
                     if (Directory.Exists(directory))
