@@ -599,6 +599,35 @@ public static unsafe class ProcessCalls
         }
     }
 
+    /// <summary><see cref="WriteAll"/>, false instead of an exception when the descriptor refuses (a reader that went
+    /// away: EPIPE; a terminal hung up: EIO), for copying loops that end there.</summary>
+    public static bool TryWriteAll(int fd, ReadOnlySpan<byte> data)
+    {
+        try
+        {
+            WriteAll(fd, data);
+            return true;
+        }
+        catch (HostCallException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary><see cref="ReadSome"/>, -1 instead of an exception on an error (a pty master reads EIO once its last
+    /// slave closed), for copying loops that end there.</summary>
+    public static int TryReadSome(int fd, Span<byte> buffer)
+    {
+        try
+        {
+            return ReadSome(fd, buffer);
+        }
+        catch (HostCallException)
+        {
+            return -1;
+        }
+    }
+
     /// <summary>write(2) all of <paramref name="data"/>, retrying on EINTR.</summary>
     public static void WriteAll(int fd, ReadOnlySpan<byte> data)
     {
@@ -635,6 +664,27 @@ public static unsafe class ProcessCalls
             }
         }
         return DecodeStatus(status);
+    }
+
+    /// <summary>waitpid(-1): waits for any child (a subreaper's adopted orphans included) and returns its pid and its
+    /// status as <see cref="WaitForExit"/> reports it; pid -1 when this process has no child left (ECHILD).</summary>
+    public static (int Pid, int Status) WaitForAnyChild()
+    {
+        int status;
+        int pid;
+        while ((pid = LibC.WaitPid(-1, &status, 0)) < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == 10 /* ECHILD */)
+            {
+                return (-1, 0);
+            }
+            if (errno != LibC.EINTR)
+            {
+                throw new HostCallException("waitpid of any child", errno);
+            }
+        }
+        return (pid, DecodeStatus(status));
     }
 
     /// <summary>waitpid(2) with WNOHANG: the status as <see cref="WaitForExit"/>, or null while the child runs.</summary>

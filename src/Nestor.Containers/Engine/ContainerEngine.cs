@@ -2,11 +2,11 @@ using System.Formats.Tar;
 using System.Globalization;
 using System.Net.Sockets;
 using Microsoft.Win32.SafeHandles;
-using Nestor.Containers.Engine.Native;
 using Nestor.Containers.Images;
 using Nestor.Containers.Network;
 using Nestor.Containers.Runtime;
 using Nestor.Containers.Runtime.Spec;
+using Nestor.Host;
 
 namespace Nestor.Containers.Engine;
 
@@ -236,8 +236,8 @@ public sealed class ContainerEngine
         {
             return new MonitorStart(this, record, -1, alreadyRunning: true);
         }
-        var (read, write) = EngineCalls.Pipe();
-        int nullFd = EngineCalls.Open("/dev/null", EngineCalls.O_RDWR);
+        var (read, write) = ProcessCalls.CreatePipe();
+        int nullFd = MountCalls.Open("/dev/null", MountCalls.OpenFlags.ReadWrite);
         try
         {
             var arguments = new List<string>(MonitorCommand)
@@ -250,15 +250,15 @@ public sealed class ContainerEngine
             }
             // No debugger pipes and diagnostics socket in /tmp for the monitor (under the JIT): a monitor that is
             // killed would leave them behind (see NestorRuntime.InitEnvironment).
-            var environment = EngineCalls.CurrentEnvironment();
+            var environment = SpawnCalls.CurrentEnvironment();
             environment.Add("DOTNET_EnableDiagnostics=0");
-            EngineCalls.Spawn(MonitorCommand[0], arguments, environment,
+            SpawnCalls.Spawn(MonitorCommand[0], arguments, environment,
                 [(0, nullFd), (1, nullFd), (2, nullFd), (3, write)], newSession: true);
         }
         finally
         {
-            EngineCalls.Close(write);
-            EngineCalls.Close(nullFd);
+            ProcessCalls.Close(write);
+            ProcessCalls.Close(nullFd);
         }
         var start = new MonitorStart(this, record, read, alreadyRunning: false);
         start.WaitReady();
@@ -489,7 +489,7 @@ public sealed class ContainerEngine
     /// process's exit status, or 0 at once when detached.</summary>
     public int RunExec(string reference, ExecOptions options, bool detach)
     {
-        int nullFd = EngineCalls.Open("/dev/null", EngineCalls.O_RDWR);
+        int nullFd = MountCalls.Open("/dev/null", MountCalls.OpenFlags.ReadWrite);
         try
         {
             if (options.Tty && !detach)
@@ -511,7 +511,7 @@ public sealed class ContainerEngine
         }
         finally
         {
-            EngineCalls.Close(nullFd);
+            ProcessCalls.Close(nullFd);
         }
     }
 
@@ -636,7 +636,7 @@ public sealed class ContainerEngine
             if (!ProcessFacts.IsMountPoint(merged))
             {
                 Directory.CreateDirectory(merged);
-                EngineCalls.Mount("overlay", merged, "overlay", record.RootFileSystem.MountOptions);
+                MountCalls.Mount("overlay", merged, "overlay", MountFlags.None, record.RootFileSystem.MountOptions);
                 mountedHere = true;
             }
         }
@@ -648,7 +648,7 @@ public sealed class ContainerEngine
         {
             if (mountedHere)
             {
-                EngineCalls.UnmountDetached(merged);
+                MountCalls.TryUnmountDetached(merged);
             }
         }
     }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Nestor.Host;
 
 namespace Nestor.Containers.Images;
 
@@ -27,7 +28,7 @@ public static class ImageBootstrap
                 Directory.CreateDirectory(Path.Combine(root, directory));
             }
             File.Copy(busybox, Path.Combine(root, "bin", "busybox"));
-            Storage.StorageCalls.Chmod(Path.Combine(root, "bin", "busybox"), 0x1ed);
+            FileSystemCalls.Chmod(Path.Combine(root, "bin", "busybox"), 0x1ed);
             foreach (var applet in RunForOutput(busybox, "--list").Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             {
                 if (applet != "busybox" && !applet.Contains('/'))
@@ -38,8 +39,8 @@ public static class ImageBootstrap
             File.WriteAllText(Path.Combine(root, "etc", "passwd"),
                 "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n");
             File.WriteAllText(Path.Combine(root, "etc", "group"), "root:x:0:\nnobody:x:65534:\n");
-            Storage.StorageCalls.Chmod(Path.Combine(root, "tmp"), 0x3ff); // 1777: sticky, everyone writes
-            Storage.StorageCalls.Chmod(Path.Combine(root, "root"), 0x1c0);
+            FileSystemCalls.Chmod(Path.Combine(root, "tmp"), 0x3ff); // 1777: sticky, everyone writes
+            FileSystemCalls.Chmod(Path.Combine(root, "root"), 0x1c0);
             var config = new ImageConfig { Env = [DefaultPath], Cmd = ["sh"] };
             return store.ImportRootFileSystem(root, reference, config, comment: "nestor image bootstrap busybox from " + busybox,
                 createdBy: "nestor image bootstrap " + reference);

@@ -1,6 +1,7 @@
 using System.IO.Compression;
 using System.Text.Json;
 using Nestor.Containers.Storage;
+using Nestor.Host;
 
 namespace Nestor.Containers.Images;
 
@@ -58,7 +59,7 @@ public sealed class ImageStore : IImageStore
     }
 
     /// <summary>Takes the store's write lock (flock(2) on <c>lock</c>) until disposed.</summary>
-    public IDisposable Lock() => StorageCalls.OpenLocked(Path.Combine(Root, "lock"));
+    public IDisposable Lock() => FileSystemCalls.OpenLocked(Path.Combine(Root, "lock"));
 
     // ---- reading ----
 

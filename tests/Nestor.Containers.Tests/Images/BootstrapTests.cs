@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using Nestor.Containers.Images;
-using Nestor.Containers.Storage;
+using Nestor.Host;
 
 namespace Nestor.Containers.Tests.Images;
 
@@ -39,7 +39,7 @@ public class BootstrapTests
         Assert.Contains("nobody:x:65534:65534:", File.ReadAllText(Path.Combine(root, "etc", "passwd")));
         Assert.StartsWith("root:x:0:0:", File.ReadAllText(Path.Combine(root, "etc", "passwd")));
         Assert.Contains("nobody:x:65534:", File.ReadAllText(Path.Combine(root, "etc", "group")));
-        Assert.Equal(0x3ffu, StorageCalls.LStat(Path.Combine(root, "tmp")).Mode & 0xfff);
+        Assert.Equal(0x3ffu, FileSystemCalls.LStat(Path.Combine(root, "tmp")).Mode & 0xfff);
         Assert.Equal(File.ReadAllBytes("/bin/busybox"), File.ReadAllBytes(Path.Combine(root, "bin", "busybox")));
         Assert.Equal("nestor image bootstrap busybox:boot", store.ReadConfiguration(image).History![0].CreatedBy);
     }
