@@ -56,8 +56,9 @@ public sealed class ContainerEngine
         {
             throw new ContainerEngineException($"unable to find image '{options.Image}': {exception.Message}", exception);
         }
-        var network = ParseNetwork(options.Network);
         var ports = options.Ports.Select(CreateOptions.ParsePort).ToList();
+        // Rootless, published ports need slirp4netns (bridge): -p without --network asks for it, as in Podman.
+        var network = ParseNetwork(options.Network ?? (ContainerPaths.Rootless && ports.Count > 0 ? "bridge" : null));
         foreach (string bind in options.Volumes)
         {
             BundleBuilder.ParseBind(bind);
@@ -532,9 +533,16 @@ public sealed class ContainerEngine
         }
     }
 
-    /// <summary><c>container commit</c>: the container's changes (its overlay's upper directory) as a new layer on
-    /// its image, with its config, tagged <paramref name="reference"/> if given.</summary>
-    public StoredImage Commit(string container, string? reference, string? message = null)
+    /// <summary><c>container commit</c>: the container's changes (its overlay's upper directory as a layer, read
+    /// directly, never mounted) on its image, with its config, tagged <paramref name="reference"/> if given.</summary>
+    public StoredImage Commit(string container, string? reference, string? message = null) =>
+        Commit(container, new CommitOptions { Reference = reference, Message = message });
+
+    /// <summary><c>container commit [-m] [-a] [--change …] CONTAINER [REPOSITORY[:TAG]]</c>: as Docker's, the new
+    /// image's config is the container's (its command, environment, user, directory, labels) with the image's exposed
+    /// ports and volumes, then the <c>--change</c> instructions; the history entry's <c>created_by</c> is the
+    /// container's command and its comment the message.</summary>
+    public StoredImage Commit(string container, CommitOptions options)
     {
         var record = Inspect(container);
         var parent = Images.Resolve(record.ImageId);
@@ -547,11 +555,14 @@ public sealed class ContainerEngine
             WorkingDir = record.Config.WorkingDir.Length > 0 ? record.Config.WorkingDir : null,
             Labels = record.Config.Labels.Count > 0 ? new(record.Config.Labels) : null,
             StopSignal = record.Config.StopSignal,
-            ExposedPorts = parent.Config.ExposedPorts,
-            Volumes = parent.Config.Volumes,
+            ExposedPorts = parent.Config.ExposedPorts is null ? null : new(parent.Config.ExposedPorts),
+            Volumes = parent.Config.Volumes is null ? null : new(parent.Config.Volumes),
         };
-        string createdBy = message ?? $"nestor container commit {record.Name}: {string.Join(' ', record.Config.Entrypoint.Concat(record.Config.Cmd))}";
-        return Images.Commit(parent, record.RootFileSystem.UpperDirectory, config, reference, createdBy);
+        // Checked before the layer is written: a bad --change costs nothing.
+        CommitChanges.Apply(config, options.Changes);
+        string createdBy = string.Join(' ', record.Config.Entrypoint.Concat(record.Config.Cmd));
+        return Images.Commit(parent, record.RootFileSystem.UpperDirectory, config, options.Reference, createdBy,
+            options.Message, options.Author);
     }
 
     /// <summary><c>container export</c>: the container's merged root as a tar archive (what the process sees at /,

@@ -90,6 +90,40 @@ public sealed class RootlessEngineTests : IDisposable
         AssertNothingLeft();
     }
 
+    /// <summary>-p through slirp4netns (an unprivileged user can make neither a veth nor a NAT rule): a busybox httpd
+    /// in a rootless container answers on the host's loopback at the published port, again after stop and start, and
+    /// rm leaves the port free and nothing of the user's running. -p alone asks for the slirp network.</summary>
+    [Fact]
+    public void PublishedPortAnswersThroughSlirp()
+    {
+        string token = $"rootless-{Guid.NewGuid():N}";
+        int port = Network.NetworkTestSupport.FreePort();
+        string published = port.ToString(CultureInfo.InvariantCulture);
+        var run = Container("run", "-d", "-p", $"{published}:8080", "--name", "web", "busybox", "sh", "-c",
+            $"mkdir -p /www && echo {token} > /www/index.html && exec busybox httpd -f -p 8080 -h /www");
+        Assert.True(run.Status == 0, run.ToString());
+        string id = run.Output.Trim();
+        try
+        {
+            Assert.Equal(token, PortForwardingEngineTests.WaitForPage($"http://127.0.0.1:{published}/")?.Trim());
+            Assert.Equal(token, PortForwardingEngineTests.WaitForPage($"http://localhost:{published}/")?.Trim());
+            Assert.Contains($"0.0.0.0:{published}->8080/tcp", Container("ps").Output);
+            var stop = Container("stop", "-t", "2", "web");
+            Assert.True(stop.Status == 0, stop.ToString());
+            Assert.Null(Network.NetworkTestSupport.Curl(Network.HostProcess.RunCommand, $"http://127.0.0.1:{published}/"));
+            var start = Container("start", "web");
+            Assert.True(start.Status == 0, start.ToString());
+            Assert.Equal(token, PortForwardingEngineTests.WaitForPage($"http://127.0.0.1:{published}/")?.Trim());
+        }
+        finally
+        {
+            Container("rm", "-f", id);
+        }
+        Assert.Null(Network.NetworkTestSupport.Curl(Network.HostProcess.RunCommand, $"http://127.0.0.1:{published}/"));
+        Nestor.Containers.Network.PortForwarder.CheckFree(new System.Net.IPEndPoint(System.Net.IPAddress.Any, port), "tcp");
+        AssertNothingLeft();
+    }
+
     /// <summary>Cgroup limits are refused at once with status 125 and advice: there is no cgroup to limit.</summary>
     [Fact]
     public void LimitsAreRefused()
