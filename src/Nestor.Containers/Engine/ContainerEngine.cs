@@ -570,6 +570,11 @@ public sealed class ContainerEngine
     public void Export(string reference, Stream output)
     {
         var record = Inspect(reference);
+        if (ContainerPaths.Rootless && record.State.Running)
+        {
+            // Its overlay is mounted only in its own mount namespace, where / also holds /proc, /sys and /dev.
+            throw new ContainerEngineException($"cannot export the running rootless container {record.Name}: stop it first (nestor container stop {record.Name}), then export");
+        }
         WithMergedRoot(record, merged => TarFile.CreateFromDirectory(merged, output, includeBaseDirectory: false));
     }
 
@@ -578,7 +583,7 @@ public sealed class ContainerEngine
     public void Copy(string reference, string containerPath, string hostPath, bool toContainer)
     {
         var record = Inspect(reference);
-        WithMergedRoot(record, merged =>
+        WithMergedRoot(record, runningView: true, merged =>
         {
             string inside = ResolveInside(merged, containerPath);
             if (toContainer)
@@ -597,9 +602,27 @@ public sealed class ContainerEngine
     }
 
     /// <summary>Runs <paramref name="action"/> with the container's merged root mounted on the host (mounting it for the
-    /// time of the action when the container is not running).</summary>
-    private void WithMergedRoot(ContainerRecord record, Action<string> action)
+    /// time of the action when the container is not running). Rootless nothing is mounted on the host
+    /// (<see cref="RootlessStorage"/>): a running container's root is <c>/proc/PID/root</c> when
+    /// runningView (its mount namespace, with what the runtime mounted in it, as docker cp sees it),
+    /// otherwise the overlay is mounted for the action in a helper's user and mount namespaces.</summary>
+    private void WithMergedRoot(ContainerRecord record, Action<string> action) => WithMergedRoot(record, runningView: false, action);
+
+    private void WithMergedRoot(ContainerRecord record, bool runningView, Action<string> action)
     {
+        if (ContainerPaths.Rootless)
+        {
+            if (runningView && record.State.Running && record.State.Pid > 0)
+            {
+                action($"/proc/{record.State.Pid}/root");
+                return;
+            }
+            var layers = record.RootFileSystem;
+            using var mounted = RootlessStorage.Mount(new ContainerRootFileSystem(layers.LowerDirectories, layers.UpperDirectory,
+                layers.WorkDirectory, layers.MergedDirectory));
+            action(mounted.Path);
+            return;
+        }
         string merged = record.RootFileSystem.MergedDirectory;
         bool mountedHere = false;
         using (Store.LockContainer(record.Id))
