@@ -561,6 +561,22 @@ public sealed class ContainerEngine
         // Checked before the layer is written: a bad --change costs nothing.
         CommitChanges.Apply(config, options.Changes);
         string createdBy = string.Join(' ', record.Config.Entrypoint.Concat(record.Config.Cmd));
+        if (ContainerPaths.Rootless)
+        {
+            // Files of the container's other users may be unreadable here: read in a user namespace that maps them.
+            string layer = Path.Combine(Paths.ContainerData(record.Id), $"commit-{Guid.NewGuid():N}.tar");
+            try
+            {
+                using var stream = new FileStream(layer, FileMode.CreateNew, FileAccess.ReadWrite);
+                RootlessStorage.WriteLayerDiff(MonitorCommand, record.RootFileSystem.UpperDirectory, stream);
+                stream.Position = 0;
+                return Images.CommitLayer(parent, stream, config, options.Reference, createdBy, options.Message, options.Author);
+            }
+            finally
+            {
+                File.Delete(layer);
+            }
+        }
         return Images.Commit(parent, record.RootFileSystem.UpperDirectory, config, options.Reference, createdBy,
             options.Message, options.Author);
     }
@@ -574,6 +590,16 @@ public sealed class ContainerEngine
         {
             // Its overlay is mounted only in its own mount namespace, where / also holds /proc, /sys and /dev.
             throw new ContainerEngineException($"cannot export the running rootless container {record.Name}: stop it first (nestor container stop {record.Name}), then export");
+        }
+        if (ContainerPaths.Rootless)
+        {
+            var layers = record.RootFileSystem;
+            using (Store.LockContainer(record.Id))
+            {
+                RootlessStorage.WriteMergedRoot(MonitorCommand, new ContainerRootFileSystem(layers.LowerDirectories,
+                    layers.UpperDirectory, layers.WorkDirectory, layers.MergedDirectory), output);
+            }
+            return;
         }
         WithMergedRoot(record, merged => TarFile.CreateFromDirectory(merged, output, includeBaseDirectory: false));
     }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Nestor.Containers.Images;
+using Nestor.Containers.Storage;
 
 namespace Nestor.Containers.Engine;
 
@@ -60,6 +61,64 @@ public static class RootlessStorage
             throw new ContainerEngineException($"could not mount the container's overlay in a user namespace (unshare --map-root-user --map-auto --mount; mount -t overlay): {error.Trim()}; check /etc/subuid and /etc/subgid for this user and that the kernel allows overlayfs in user namespaces (5.11 or later)");
         }
         return new MountedRoot(process, $"/proc/{process.Id}/root{root.MergedDirectory}");
+    }
+
+    /// <summary>The verb of the helper that writes a directory's layer tar (<see cref="LayerDiff"/>) to its
+    /// standard output: <c>nestor __layer-diff DIRECTORY</c>.</summary>
+    public const string LayerDiffVerb = "__layer-diff";
+
+    /// <summary>The helper's entry (<see cref="LayerDiffVerb"/>): the layer tar of <c>args[1]</c> on standard output,
+    /// with the owners as this process sees them (in the user namespace: the container's ids).</summary>
+    public static int RunLayerDiff(string[] args)
+    {
+        if (args.Length != 2)
+        {
+            Console.Error.WriteLine($"nestor: usage: nestor {LayerDiffVerb} DIRECTORY");
+            return 125;
+        }
+        using var output = Console.OpenStandardOutput();
+        LayerDiff.Write(args[1], output);
+        return 0;
+    }
+
+    /// <summary>Writes the layer tar of a rootless container's upper directory <paramref name="upper"/> to
+    /// <paramref name="output"/>, read by <paramref name="nestorCommand"/> with <see cref="LayerDiffVerb"/> in a user
+    /// namespace that maps the subordinate ids: it reads every file, whichever of the container's users owns it and
+    /// whatever its mode, and records the owners as the container sees them (the container's map, 0 the user and 1…
+    /// its subordinate range).</summary>
+    public static void WriteLayerDiff(IReadOnlyList<string> nestorCommand, string upper, Stream output) =>
+        WriteTar(nestorCommand, upper, output, mount: null);
+
+    /// <summary>A rootless container's merged root as a tar on <paramref name="output"/> (<c>export</c>): its overlay
+    /// mounted in a new user and mount namespace that maps the subordinate ids, and read there as
+    /// <see cref="WriteLayerDiff"/> reads (a merged root shows no whiteouts), so that every file is read and owned as
+    /// the container sees it.</summary>
+    public static void WriteMergedRoot(IReadOnlyList<string> nestorCommand, ContainerRootFileSystem root, Stream output)
+    {
+        Directory.CreateDirectory(root.MergedDirectory);
+        WriteTar(nestorCommand, root.MergedDirectory, output, root);
+    }
+
+    private static void WriteTar(IReadOnlyList<string> nestorCommand, string directory, Stream output, ContainerRootFileSystem? mount)
+    {
+        var start = new ProcessStartInfo(Unshare[0]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        IEnumerable<string> command = mount is null
+            ? Unshare.Skip(1).Append("--").Concat(nestorCommand).Concat([LayerDiffVerb, directory])
+            : Unshare.Skip(1).Concat(["--mount", "--", "sh", "-c", "mount -t overlay -o \"$1\" overlay \"$2\" && shift 2 && exec \"$@\"", "sh",
+                mount.MountOptions + ",userxattr", mount.MergedDirectory]).Concat(nestorCommand).Concat([LayerDiffVerb, directory]);
+        foreach (string word in command)
+        {
+            start.ArgumentList.Add(word);
+        }
+        start.Environment["DOTNET_EnableDiagnostics"] = "0";
+        using var process = Process.Start(start) ?? throw new ContainerEngineException("unshare could not be started: install util-linux");
+        var error = process.StandardError.ReadToEndAsync();
+        process.StandardOutput.BaseStream.CopyTo(output);
+        process.WaitForExit();
+        if (process.ExitCode != 0)
+        {
+            throw new ContainerEngineException($"could not read the container's changes in a user namespace with the subordinate ids (unshare --map-root-user --map-auto nestor {LayerDiffVerb}, status {process.ExitCode}): {error.Result.Trim()}; check /etc/subuid and /etc/subgid for this user");
+        }
     }
 
     private static (int Status, string Error) Run(IReadOnlyList<string> command)

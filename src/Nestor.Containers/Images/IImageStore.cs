@@ -22,6 +22,11 @@ public interface IImageStore
     /// <paramref name="author"/> go on the history entry, the author also on the image (<c>-m</c>, <c>-a</c>).</summary>
     StoredImage Commit(StoredImage parent, string upperDirectory, ImageConfig config, string? reference, string createdBy,
         string? comment = null, string? author = null);
+
+    /// <summary>As <see cref="Commit"/>, with the new layer given as an uncompressed tar (a rootless container's
+    /// changes, read in a user namespace that maps its subordinate ids).</summary>
+    StoredImage CommitLayer(StoredImage parent, Stream layer, ImageConfig config, string? reference, string createdBy,
+        string? comment = null, string? author = null);
 }
 
 /// <summary>An image in the store: its manifest digest, config digest (the image id), the references that name it,

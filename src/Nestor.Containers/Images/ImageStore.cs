@@ -428,6 +428,15 @@ public sealed class ImageStore : IImageStore
         return AddImage([layer.Descriptor], [layer.DiffId], parent, config, reference, createdBy, comment, author);
     }
 
+    /// <inheritdoc/>
+    public StoredImage CommitLayer(StoredImage parent, Stream layer, ImageConfig config, string? reference, string createdBy,
+        string? comment = null, string? author = null)
+    {
+        using var _ = Lock();
+        var written = WriteUncompressedLayer(layer);
+        return AddImage([written.Descriptor], [written.DiffId], parent, config, reference, createdBy, comment, author);
+    }
+
     /// <summary>Gives the image <paramref name="source"/> names the name <paramref name="target"/> too (docker tag).</summary>
     public StoredImage Tag(string source, string target)
     {

@@ -134,7 +134,7 @@ public sealed class RootlessEngineTests : IDisposable
         string token = $"copied-{Guid.NewGuid():N}";
         string hostFile = Path.Combine(root, "in.txt");
         Assert.Equal(0, AsUser("sh", "-c", $"echo {token} > {hostFile}").Status);
-        var run = Container("run", "-d", "--name", "box", "busybox", "sh", "-c", "echo made-inside > /root/inside; exec sleep 1000");
+        var run = Container("run", "-d", "--name", "box", "busybox", "sh", "-c", "echo made-inside > /root/inside; echo private > /root/private; chown 33:33 /root/private; chmod 600 /root/private; exec sleep 1000");
         Assert.True(run.Status == 0, run.ToString());
         string id = run.Output.Trim();
         try
@@ -169,6 +169,26 @@ public sealed class RootlessEngineTests : IDisposable
             var fromImage = Container("run", "--rm", "copied:v1", "cat", "/root/inside", "/root/in.txt", "/etc/second.txt");
             Assert.True(fromImage.Status == 0, fromImage.ToString());
             Assert.Equal($"made-inside\n{token}\n{token}\n", fromImage.Output);
+            // A file only the container's uid 33 may read (a subordinate id on the host) is in the layer, owned by 33.
+            Assert.NotEqual(0, AsUser("cat", Path.Combine(data, "containers", id, "upper", "root", "private")).Status);
+            var inspect = AsUser(EngineFixture.Nestor, "image", "inspect", "copied:v1", "--store", Path.Combine(data, "images"));
+            Assert.True(inspect.Status == 0, inspect.ToString());
+            string diffId;
+            using (var document = System.Text.Json.JsonDocument.Parse(inspect.Output))
+            {
+                diffId = document.RootElement[0].GetProperty("RootFS").GetProperty("Layers").EnumerateArray().Last().GetString()!;
+            }
+            using (var reader = new System.Formats.Tar.TarReader(File.OpenRead(Path.Combine(data, "images", "blobs", "sha256", diffId["sha256:".Length..]))))
+            {
+                var entries = new Dictionary<string, System.Formats.Tar.TarEntry>();
+                while (reader.GetNextEntry() is { } entry)
+                {
+                    entries[entry.Name.TrimStart('.', '/')] = entry;
+                }
+                Assert.Equal(33, entries["root/private"].Uid);
+                Assert.Equal(0, entries["root/inside"].Uid);
+            }
+            Assert.Equal("private\n", Container("run", "--rm", "copied:v1", "cat", "/root/private").Output);
 
             string archive = Path.Combine(root, "box.tar");
             var export = Container("export", "-o", archive, "box");
