@@ -56,8 +56,9 @@ public sealed class ContainerEngine
         {
             throw new ContainerEngineException($"unable to find image '{options.Image}': {exception.Message}", exception);
         }
-        var network = ParseNetwork(options.Network);
         var ports = options.Ports.Select(CreateOptions.ParsePort).ToList();
+        // Rootless, published ports need slirp4netns (bridge): -p without --network asks for it, as in Podman.
+        var network = ParseNetwork(options.Network ?? (ContainerPaths.Rootless && ports.Count > 0 ? "bridge" : null));
         foreach (string bind in options.Volumes)
         {
             BundleBuilder.ParseBind(bind);
@@ -570,9 +571,16 @@ public sealed class ContainerEngine
         }
     }
 
-    /// <summary><c>container commit</c>: the container's changes (its overlay's upper directory) as a new layer on
-    /// its image, with its config, tagged <paramref name="reference"/> if given.</summary>
-    public StoredImage Commit(string container, string? reference, string? message = null)
+    /// <summary><c>container commit</c>: the container's changes (its overlay's upper directory as a layer, read
+    /// directly, never mounted) on its image, with its config, tagged <paramref name="reference"/> if given.</summary>
+    public StoredImage Commit(string container, string? reference, string? message = null) =>
+        Commit(container, new CommitOptions { Reference = reference, Message = message });
+
+    /// <summary><c>container commit [-m] [-a] [--change …] CONTAINER [REPOSITORY[:TAG]]</c>: as Docker's, the new
+    /// image's config is the container's (its command, environment, user, directory, labels) with the image's exposed
+    /// ports and volumes, then the <c>--change</c> instructions; the history entry's <c>created_by</c> is the
+    /// container's command and its comment the message.</summary>
+    public StoredImage Commit(string container, CommitOptions options)
     {
         var record = Inspect(container);
         var parent = Images.Resolve(record.ImageId);
@@ -585,13 +593,32 @@ public sealed class ContainerEngine
             WorkingDir = record.Config.WorkingDir.Length > 0 ? record.Config.WorkingDir : null,
             Labels = record.Config.Labels.Count > 0 ? new(record.Config.Labels) : null,
             StopSignal = record.Config.StopSignal,
-            ExposedPorts = parent.Config.ExposedPorts,
-            Volumes = parent.Config.Volumes,
+            ExposedPorts = parent.Config.ExposedPorts is null ? null : new(parent.Config.ExposedPorts),
+            Volumes = parent.Config.Volumes is null ? null : new(parent.Config.Volumes),
         };
-        string createdBy = message ?? $"nestor container commit {record.Name}: {string.Join(' ', record.Config.Entrypoint.Concat(record.Config.Cmd))}";
+        // Checked before the layer is written: a bad --change costs nothing.
+        CommitChanges.Apply(config, options.Changes);
+        string createdBy = string.Join(' ', record.Config.Entrypoint.Concat(record.Config.Cmd));
         // Docker's commit --pause default: the container's files do not change while they are copied.
         using var paused = ContainerFreezer.PausedWhile(Paths, record);
-        return Images.Commit(parent, record.RootFileSystem.UpperDirectory, config, reference, createdBy);
+        if (ContainerPaths.Rootless)
+        {
+            // Files of the container's other users may be unreadable here: read in a user namespace that maps them.
+            string layer = Path.Combine(Paths.ContainerData(record.Id), $"commit-{Guid.NewGuid():N}.tar");
+            try
+            {
+                using var stream = new FileStream(layer, FileMode.CreateNew, FileAccess.ReadWrite);
+                RootlessStorage.WriteLayerDiff(MonitorCommand, record.RootFileSystem.UpperDirectory, stream);
+                stream.Position = 0;
+                return Images.CommitLayer(parent, stream, config, options.Reference, createdBy, options.Message, options.Author);
+            }
+            finally
+            {
+                File.Delete(layer);
+            }
+        }
+        return Images.Commit(parent, record.RootFileSystem.UpperDirectory, config, options.Reference, createdBy,
+            options.Message, options.Author);
     }
 
     /// <summary><c>container export</c>: the container's merged root as a tar archive (what the process sees at /,
@@ -599,6 +626,21 @@ public sealed class ContainerEngine
     public void Export(string reference, Stream output)
     {
         var record = Inspect(reference);
+        if (ContainerPaths.Rootless && record.State.Running)
+        {
+            // Its overlay is mounted only in its own mount namespace, where / also holds /proc, /sys and /dev.
+            throw new ContainerEngineException($"cannot export the running rootless container {record.Name}: stop it first (nestor container stop {record.Name}), then export");
+        }
+        if (ContainerPaths.Rootless)
+        {
+            var layers = record.RootFileSystem;
+            using (Store.LockContainer(record.Id))
+            {
+                RootlessStorage.WriteMergedRoot(MonitorCommand, new ContainerRootFileSystem(layers.LowerDirectories,
+                    layers.UpperDirectory, layers.WorkDirectory, layers.MergedDirectory), output);
+            }
+            return;
+        }
         WithMergedRoot(record, merged => TarFile.CreateFromDirectory(merged, output, includeBaseDirectory: false));
     }
 
@@ -607,7 +649,7 @@ public sealed class ContainerEngine
     public void Copy(string reference, string containerPath, string hostPath, bool toContainer)
     {
         var record = Inspect(reference);
-        WithMergedRoot(record, merged =>
+        WithMergedRoot(record, runningView: true, merged =>
         {
             string inside = ResolveInside(merged, containerPath);
             if (toContainer)
@@ -626,9 +668,27 @@ public sealed class ContainerEngine
     }
 
     /// <summary>Runs <paramref name="action"/> with the container's merged root mounted on the host (mounting it for the
-    /// time of the action when the container is not running).</summary>
-    private void WithMergedRoot(ContainerRecord record, Action<string> action)
+    /// time of the action when the container is not running). Rootless nothing is mounted on the host
+    /// (<see cref="RootlessStorage"/>): a running container's root is <c>/proc/PID/root</c> when
+    /// runningView (its mount namespace, with what the runtime mounted in it, as docker cp sees it),
+    /// otherwise the overlay is mounted for the action in a helper's user and mount namespaces.</summary>
+    private void WithMergedRoot(ContainerRecord record, Action<string> action) => WithMergedRoot(record, runningView: false, action);
+
+    private void WithMergedRoot(ContainerRecord record, bool runningView, Action<string> action)
     {
+        if (ContainerPaths.Rootless)
+        {
+            if (runningView && record.State.Running && record.State.Pid > 0)
+            {
+                action($"/proc/{record.State.Pid}/root");
+                return;
+            }
+            var layers = record.RootFileSystem;
+            using var mounted = RootlessStorage.Mount(new ContainerRootFileSystem(layers.LowerDirectories, layers.UpperDirectory,
+                layers.WorkDirectory, layers.MergedDirectory));
+            action(mounted.Path);
+            return;
+        }
         string merged = record.RootFileSystem.MergedDirectory;
         bool mountedHere = false;
         using (Store.LockContainer(record.Id))

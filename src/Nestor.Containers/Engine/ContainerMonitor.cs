@@ -178,15 +178,16 @@ public sealed class ContainerMonitor
 
             exitCode = WaitForExit(pid);
         }
-        catch (Exception exception) when (exception is ContainerRuntimeException or ContainerEngineException or Nestor.Host.HostCallException or IOException)
+        catch (Exception exception) when (exception is ContainerRuntimeException or ContainerEngineException or ContainerNetworkException
+            or Nestor.Host.HostCallException or IOException)
         {
-            string message = exception.Message;
+            string message = exception is ContainerNetworkException { Advice: { } advice } ? $"{exception.Message}: {advice}" : exception.Message;
             if (runtime is ExternalRuntime external && external.LastLogError(id) is { } detail && !message.Contains(detail, StringComparison.Ordinal))
             {
                 message = $"{message}: {detail}";
             }
             exitCode = ExternalRuntime.ClassifyStartFailure(message) ?? 125;
-            if (exception is ContainerEngineException)
+            if (exception is ContainerEngineException or ContainerNetworkException)
             {
                 exitCode = 125;
             }

@@ -55,9 +55,12 @@ public static class ImageBootstrap
     }
 
     /// <summary>Makes <c>debian:SUITE</c> with <c>debootstrap --variant=minbase</c> from the Debian mirror apt uses here
-    /// (<see cref="DebianMirror"/>); needs root (debootstrap makes device nodes and chroots). Takes minutes.</summary>
+    /// (<see cref="DebianMirror"/>); needs root (debootstrap makes device nodes and chroots). Takes minutes.
+    /// <paramref name="cacheDirectory"/>, if given, is debootstrap's <c>--cache-dir</c>: the downloaded .debs are kept
+    /// there for the next bootstrap (debootstrap(8)), as apt keeps its own in /var/cache/apt/archives; each bootstrap
+    /// still checks them against the mirror's Release file and unpacks and configures every package.</summary>
     public static StoredImage Debian(ImageStore store, string suite = "bookworm", string? reference = null, string? mirror = null,
-        TextWriter? progress = null)
+        TextWriter? progress = null, string? cacheDirectory = null)
     {
         if (!Environment.IsPrivilegedProcess)
         {
@@ -69,7 +72,14 @@ public static class ImageBootstrap
         try
         {
             var start = new ProcessStartInfo("debootstrap") { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var argument in new[] { "--variant=minbase", suite, root, mirror })
+            start.ArgumentList.Add("--variant=minbase");
+            if (cacheDirectory is not null)
+            {
+                // debootstrap(8): --cache-dir takes an absolute path that exists.
+                Directory.CreateDirectory(cacheDirectory);
+                start.ArgumentList.Add("--cache-dir=" + Path.GetFullPath(cacheDirectory));
+            }
+            foreach (var argument in new[] { suite, root, mirror })
             {
                 start.ArgumentList.Add(argument);
             }

@@ -401,11 +401,23 @@ internal static class ContainerManageCommands
     {
         var container = new Argument<string>("container") { Description = "Name or id" };
         var reference = new Argument<string?>("repository") { Description = "REPOSITORY[:TAG] for the new image", Arity = ArgumentArity.ZeroOrOne };
-        var message = new Option<string?>("--message", "-m") { Description = "The history entry's text" };
-        var command = new Command("commit", "Make a new image from a container's changes") { container, reference, message };
+        var message = new Option<string?>("--message", "-m") { Description = "The history entry's comment" };
+        var author = new Option<string?>("--author", "-a") { Description = "The image's author (e.g. \"Name <mail@example.org>\")" };
+        var change = new Option<string[]>("--change", "-c")
+        {
+            Description = "A Dockerfile instruction for the new image's config: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, VOLUME or WORKDIR (repeatable)",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var command = new Command("commit", "Make a new image from a container's changes") { container, reference, message, author, change };
         command.SetAction(parse => ContainerCommand.Guard(() =>
         {
-            var image = ContainerCommand.Engine(parse).Commit(parse.GetValue(container)!, parse.GetValue(reference), parse.GetValue(message));
+            var image = ContainerCommand.Engine(parse).Commit(parse.GetValue(container)!, new CommitOptions
+            {
+                Reference = parse.GetValue(reference),
+                Message = parse.GetValue(message),
+                Author = parse.GetValue(author),
+                Changes = parse.GetValue(change) ?? [],
+            });
             Console.WriteLine(image.Id);
             return 0;
         }));
