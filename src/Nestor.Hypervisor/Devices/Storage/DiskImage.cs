@@ -152,9 +152,12 @@ public sealed class DiskImage : IBlockBackend
                 "Give a disk image on a local file system, which supports flock(2)");
         }
         int? holder = FileLockCalls.LockHolder(identity);
-        string who = holder is { } pid
-            ? pid == Environment.ProcessId ? $" (pid {pid}, this nestor: is the file given twice?)" : $" (pid {pid})"
-            : "";
+        if (holder == Environment.ProcessId)
+        {
+            return new BadInputException($"disk '{path}' is in use by another process (pid {holder}, this nestor: is the file given twice?)",
+                "Give each image file once: two disks of one VM on one file would corrupt it");
+        }
+        string who = holder is { } pid ? $" (pid {pid})" : "";
         return new BadInputException($"disk '{path}' is in use by another process{who}",
             readOnly
                 ? "Wait until the process writing it has ended; read-only users can share a disk (,ro on every one)"
