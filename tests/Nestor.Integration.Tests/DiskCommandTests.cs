@@ -186,6 +186,16 @@ public class DiskCommandTests
         Assert.Matches($@"\n  {name}\s+ata0 \(master\)\s+1\s+1\s+1\s+0\s+{Sectors * Sector}\s+{Sectors * Sector}\s+\d+", r.Stdout);
         // Every data word was one port access (on KVM one KVM_EXIT_IO each, as the guest moves one word at a time).
         Assert.Matches($@"\n  0x1f0\s+ata0\s+{Sectors * Sector / 2}\s+{Sectors * Sector / 2}\n", r.Stdout);
+
+        // The same counts in --json.
+        var json = Run("run", "--engine", engine, "--flat", Guest(spinAfterFlush: false), "--disk", image + ",if=ata", "--json");
+        Assert.True(json.ExitCode == 0, json.ToString());
+        var disk = System.Text.Json.JsonDocument.Parse(json.Stdout).RootElement.GetProperty("disks")[0];
+        Assert.Equal(("ata", 0, false, new FileInfo(image).Length / Sector), (disk.GetProperty("interface").GetString(), disk.GetProperty("index").GetInt32(),
+            disk.GetProperty("read_only").GetBoolean(), disk.GetProperty("sectors").GetInt64()));
+        Assert.Equal((1L, 1L, 1L, 0L), (disk.GetProperty("reads").GetInt64(), disk.GetProperty("writes").GetInt64(),
+            disk.GetProperty("flushes").GetInt64(), disk.GetProperty("errors").GetInt64()));
+        Assert.Equal((long)Sectors * Sector, disk.GetProperty("bytes_written").GetInt64());
     }
 
     [Theory]

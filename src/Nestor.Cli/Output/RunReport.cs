@@ -177,6 +177,30 @@ internal sealed class RunReport(Vm vm, IEngine engine, RunResult run, TimeSpan w
                 json.WriteEndObject();
             }
             json.WriteEndArray();
+            if (vm.Disks.Count > 0)
+            {
+                json.WriteStartArray("disks");
+                foreach (var d in vm.Disks)
+                {
+                    var s = d.Statistics;
+                    json.WriteStartObject();
+                    json.WriteString("name", d.Backend.Name);
+                    json.WriteString("interface", Hypervisor.Devices.Storage.DiskConfig.InterfaceName(d.Interface));
+                    json.WriteNumber("index", d.Index);
+                    json.WriteBoolean("read_only", d.Backend.ReadOnly);
+                    json.WriteNumber("sectors", d.Backend.SectorCount);
+                    json.WriteNumber("reads", s.Reads);
+                    json.WriteNumber("writes", s.Writes);
+                    json.WriteNumber("flushes", s.Flushes);
+                    json.WriteNumber("other", s.Other);
+                    json.WriteNumber("errors", s.Errors);
+                    json.WriteNumber("bytes_read", s.BytesRead);
+                    json.WriteNumber("bytes_written", s.BytesWritten);
+                    json.WriteNumber("interrupts", s.Interrupts);
+                    json.WriteEndObject();
+                }
+                json.WriteEndArray();
+            }
             json.WriteStartObject("engine_counters");
             foreach (var c in run.Counters)
             {
