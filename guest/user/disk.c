@@ -152,3 +152,38 @@ int main_diskbench(int argc, char **argv)
           write ? "write" : "read", size, count, size * count, t, count ? t / count : 0);
     return errors ? 1 : 0;
 }
+
+/* diskcheck DEV: the block layer's refusals, each call's result as the kernel returned it (-errno), and a rewrite
+ * of sector 0 with what it holds (the bytes count, or -EROFS on a read-only disk). */
+int main_diskcheck(int argc, char **argv)
+{
+    if (argc < 2) { print("usage: diskcheck DEV\n"); return 2; }
+    struct blk_info info;
+    i64 dev = find_device(argv[1], &info);
+    if (dev < 0) return 2;
+    u8 *buffer = sys_mmap(2 * BLK_MAX_TRANSFER);
+    if ((i64)buffer < 0) { print("diskcheck: mmap failed\n"); return 1; }
+    u64 d = (u64)dev;
+    i64 info_bad_index = sys_blkinfo(1000, &info);
+    sys_blkinfo(d, &info);
+    i64 bad_index = sys_blkio(1000, BLK_OP_READ, 0, buffer, BLK_SECTOR_SIZE);
+    i64 unaligned = sys_blkio(d, BLK_OP_READ, 0, buffer, BLK_SECTOR_SIZE + 100);
+    i64 empty = sys_blkio(d, BLK_OP_READ, 0, buffer, 0);
+    i64 too_large = sys_blkio(d, BLK_OP_READ, 0, buffer, 2 * BLK_MAX_TRANSFER);
+    i64 beyond_end = sys_blkio(d, BLK_OP_READ, info.sectors - 1, buffer, 2 * BLK_SECTOR_SIZE);
+    i64 past_end = sys_blkio(d, BLK_OP_READ, info.sectors, buffer, BLK_SECTOR_SIZE);
+    i64 bad_op = sys_blkio(d, 7, 0, buffer, BLK_SECTOR_SIZE);
+    i64 kernel_buffer = sys_blkio(d, BLK_OP_READ, 0, (void *)0x100000UL, BLK_SECTOR_SIZE);
+    i64 last = sys_blkio(d, BLK_OP_READ, info.sectors - 1, buffer, BLK_SECTOR_SIZE);
+    i64 read = sys_blkio(d, BLK_OP_READ, 0, buffer, BLK_SECTOR_SIZE);
+    i64 rewrite = sys_blkio(d, BLK_OP_WRITE, 0, buffer, BLK_SECTOR_SIZE);
+    i64 flush = sys_blkio(d, BLK_OP_FLUSH, 0, 0, 0);
+    struct blk_info after;
+    sys_blkinfo(d, &after);
+    sys_munmap(buffer, 2 * BLK_MAX_TRANSFER);
+    print("RESULT diskcheck dev=%s info_bad_index=%ld bad_index=%ld unaligned=%ld empty=%ld too_large=%ld beyond_end=%ld "
+          "past_end=%ld bad_op=%ld kernel_buffer=%ld last=%ld read=%ld rewrite=%ld flush=%ld read_only=%u requests=%lu "
+          "errors=%lu\n", info.name, info_bad_index, bad_index, unaligned, empty, too_large, beyond_end, past_end, bad_op,
+          kernel_buffer, last, read, rewrite, flush, info.read_only, after.requests - info.requests, after.errors - info.errors);
+    return 0;
+}

@@ -54,4 +54,5 @@ int main_mmutest(int argc, char **argv);
 int main_nanobench(int argc, char **argv);
 int main_disktest(int argc, char **argv);
 int main_diskbench(int argc, char **argv);
+int main_diskcheck(int argc, char **argv);
 #endif
