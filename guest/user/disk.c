@@ -33,7 +33,7 @@ static void fill(u64 *buffer, u64 sector, u64 sectors, u64 pass)
 }
 
 /* DEV is a block device's name (ata0, vda, nd0, ...) or its index. Returns the index and fills info, or -1. */
-static i64 find_device(const char *dev, struct blk_info *info)
+static i64 find_device(const char *program, const char *dev, struct blk_info *info)
 {
     for (u64 i = 0; i < 16; i++) {
         if (sys_blkinfo(i, info) < 0) break;
@@ -41,7 +41,7 @@ static i64 find_device(const char *dev, struct blk_info *info)
     }
     u64 index = parse_u64(dev, ~0UL);
     if (index != ~0UL && sys_blkinfo(index, info) == 0) return (i64)index;
-    print("%s: no block device '%s' (give a name such as ata0, vda, nd0, or an index)\n", "disk", dev);
+    print("%s: no block device '%s' (give a name such as ata0, vda, nd0, or an index)\n", program, dev);
     return -1;
 }
 
@@ -101,7 +101,7 @@ int main_disktest(int argc, char **argv)
 {
     if (argc < 2) { print("usage: disktest DEV [seq|rand] [SIZE]\n"); return 2; }
     struct blk_info info;
-    i64 dev = find_device(argv[1], &info);
+    i64 dev = find_device(argv[0], argv[1], &info);
     if (dev < 0) return 2;
     int random = argc > 2 && !strcmp(argv[2], "rand");
     if (argc > 2 && !random && strcmp(argv[2], "seq")) { print("disktest: the mode is seq or rand, not %s\n", argv[2]); return 2; }
@@ -126,7 +126,7 @@ int main_diskbench(int argc, char **argv)
 {
     if (argc < 5) { print("usage: diskbench DEV read|write SIZE COUNT\n"); return 2; }
     struct blk_info info;
-    i64 dev = find_device(argv[1], &info);
+    i64 dev = find_device(argv[0], argv[1], &info);
     if (dev < 0) return 2;
     int write = !strcmp(argv[2], "write");
     if (!write && strcmp(argv[2], "read")) { print("diskbench: the operation is read or write, not %s\n", argv[2]); return 2; }
@@ -159,7 +159,7 @@ int main_diskcheck(int argc, char **argv)
 {
     if (argc < 2) { print("usage: diskcheck DEV\n"); return 2; }
     struct blk_info info;
-    i64 dev = find_device(argv[1], &info);
+    i64 dev = find_device(argv[0], argv[1], &info);
     if (dev < 0) return 2;
     u8 *buffer = sys_mmap(2 * BLK_MAX_TRANSFER);
     if ((i64)buffer < 0) { print("diskcheck: mmap failed\n"); return 1; }
