@@ -75,8 +75,9 @@ internal static class DiskAttachment
         vm.AddDisk(new AttachedDisk(backend, DiskInterface.Ata, index, statistics));
     }
 
+    /// <summary>virtio-blk in virtio-mmio slot <paramref name="index"/> (docs/devices.md).</summary>
     private static void AttachVirtio(Vm vm, IBlockBackend backend, int index) =>
-        throw new Errors.BadInputException($"disk '{backend.Name}': if=virtio is not supported yet", "Use another interface");
+        Virtio.VirtioSlots.Attach(vm, new Virtio.Block.VirtioBlock(backend), index);
 
     private static void AttachAssigned(Vm vm, IBlockBackend backend, int index) =>
         throw new Errors.BadInputException($"disk '{backend.Name}': if=assigned is not supported yet", "Use another interface");
