@@ -41,6 +41,27 @@
 struct ata_drive { int slave, lba48, use_interrupts; };
 
 static struct ata_drive drives[2];
+
+/* The data port, one 16-bit word per access: REP INSW / REP OUTSW (SDM Vol. 2B, INS/OUTS) where the machine has
+ * them. Nestor's software machine does not model the string I/O instructions yet, so on Nestor the same words move
+ * by one IN or OUT each; either way every word is one port access, and under a trapping VMM one exit. */
+static void read_words(u64 buffer, u64 words)
+{
+    if (!running_on_nestor) {
+        __asm__ volatile("rep insw" : "+D"(buffer), "+c"(words) : "d"((u16)ATA_DATA) : "memory");
+        return;
+    }
+    for (u16 *p = (u16 *)buffer; words; words--) *p++ = inw(ATA_DATA);
+}
+
+static void write_words(u64 buffer, u64 words)
+{
+    if (!running_on_nestor) {
+        __asm__ volatile("rep outsw" : "+S"(buffer), "+c"(words) : "d"((u16)ATA_DATA) : "memory");
+        return;
+    }
+    for (const u16 *p = (const u16 *)buffer; words; words--) outw(ATA_DATA, *p++);
+}
 static volatile int ata_irq_seen;
 static int interrupts_routed;
 
@@ -130,9 +151,7 @@ static i64 ata_read(struct block_device *device, u64 sector, u64 count, u64 buff
             u8 status;
             if (wait_ready(drive, &status) < 0) return -E_IO;
             if (status & (STATUS_ERR | STATUS_DF) || !(status & STATUS_DRQ)) return -E_IO;
-            u64 p = buffer + i * SECTOR_SIZE;
-            u64 words = SECTOR_SIZE / 2;
-            __asm__ volatile("rep insw" : "+D"(p), "+c"(words) : "d"((u16)ATA_DATA) : "memory");
+            read_words(buffer + i * SECTOR_SIZE, SECTOR_SIZE / 2);
         }
         sector += n;
         count -= n;
@@ -154,9 +173,7 @@ static i64 ata_write(struct block_device *device, u64 sector, u64 count, u64 buf
             int r = i == 0 ? wait_not_busy(&status) : wait_ready(drive, &status);
             if (r < 0 || status & (STATUS_ERR | STATUS_DF) || !(status & STATUS_DRQ)) return -E_IO;
             ata_irq_seen = 0;
-            u64 p = buffer + i * SECTOR_SIZE;
-            u64 words = SECTOR_SIZE / 2;
-            __asm__ volatile("rep outsw" : "+S"(p), "+c"(words) : "d"((u16)ATA_DATA) : "memory");
+            write_words(buffer + i * SECTOR_SIZE, SECTOR_SIZE / 2);
         }
         u8 status;
         if (wait_ready(drive, &status) < 0 || status & (STATUS_ERR | STATUS_DF)) return -E_IO;
@@ -201,8 +218,7 @@ static int identify(struct ata_drive *drive, u16 *words)
     if (inb(ATA_LBA_MID) || inb(ATA_LBA_HIGH)) return -1;
     for (u64 i = 0; i < ATA_SPIN_LIMIT && !(status & (STATUS_DRQ | STATUS_ERR)); i++) status = inb(ATA_STATUS);
     if (status & STATUS_ERR || !(status & STATUS_DRQ)) return -1;
-    u64 p = (u64)words, n = 256;
-    __asm__ volatile("rep insw" : "+D"(p), "+c"(n) : "d"((u16)ATA_DATA) : "memory");
+    read_words((u64)words, 256);
     return 0;
 }
 

@@ -69,6 +69,7 @@ void wait_for_interrupt_flag(volatile int *flag);
 u64 frames_take_contiguous(u64 count);
 
 static inline u16 inw(u16 port) { u16 v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline void outw(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
 static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline u32 mmio_read32(u64 address) { return *(volatile u32 *)address; }
 static inline void mmio_write32(u64 address, u32 value) { *(volatile u32 *)address = value; }

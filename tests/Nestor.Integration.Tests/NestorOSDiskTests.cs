@@ -1,8 +1,15 @@
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.RegularExpressions;
+using Nestor.Hypervisor;
 using Nestor.Hypervisor.BuiltIn;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Devices.Storage;
+using Nestor.Hypervisor.Engines;
+using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Reference;
+using Nestor.Hypervisor.Techniques;
+using Nestor.Machine.Virtualization;
 
 namespace Nestor.Integration.Tests;
 
@@ -269,5 +276,148 @@ public class NestorOSDiskTests
         DiskTestModel.Fill(expected, 0, size / DiskTestModel.SectorSize, 1UL << 13);
         expected.AsSpan(0, size).CopyTo(expected.AsSpan(size));
         Assert.True(expected.AsSpan().SequenceEqual(File.ReadAllBytes(path)), "the image does not hold diskbench's pattern");
+    }
+}
+
+/// <summary>The same drivers on Nestor's software machine through <c>--disk</c> (VmConfig.Disks): ATA, virtio-blk and
+/// the assigned controller, natively and under hardware assist (nested and shadow paging) and paravirtualization.
+/// Each RESULT must be what the host model predicts (and so what QEMU printed for ATA and virtio-blk), and the image
+/// file must hold what the guest wrote once the VM is disposed.</summary>
+public class NestorOSDiskOnSimTests
+{
+    private const int DiskBytes = 4 << 20;
+
+    internal static SimEngine Engine(string technique) => technique switch
+    {
+        "native" => new SimEngine(),
+        "hw-nested" => new SimEngine(new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Nested }),
+        "hw-shadow" => new SimEngine(new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Shadow }),
+        "pv" => new SimEngine(new SimOptions { Technique = Technique.Paravirtual }),
+        _ => throw new ArgumentOutOfRangeException(nameof(technique)),
+    };
+
+    /// <summary>Boots NestorOS on sim with <paramref name="disks"/>; the VM is disposed (its disks flushed and closed)
+    /// before this returns.</summary>
+    internal static (VmOutcome Outcome, string Serial, ExitStatistics Exits) Boot(string commandLine, SimEngine engine, params DiskConfig[] disks)
+    {
+        var serial = new MemoryStream();
+        using var vm = Vm.Create(new VmConfig
+        {
+            Kernel = new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf),
+            MemoryBytes = 64UL << 20,
+            CommandLine = commandLine,
+            SerialOutput = serial,
+            Timeout = TimeSpan.FromMinutes(5),
+            Disks = disks,
+        });
+        var run = vm.Run(engine);
+        vm.Serial.Flush();
+        return (run.Outcome, Encoding.UTF8.GetString(serial.ToArray()), vm.Exits);
+    }
+
+    private static string Image(byte[] contents)
+    {
+        string path = NestorProcess.TempPath(".img");
+        File.WriteAllBytes(path, contents);
+        return path;
+    }
+
+    public static TheoryData<DiskInterface, string, string, string> Matrix()
+    {
+        var data = new TheoryData<DiskInterface, string, string, string>();
+        foreach (var (kind, device) in new[] { (DiskInterface.Ata, "ata0"), (DiskInterface.Virtio, "vda"), (DiskInterface.Assigned, "nd0") })
+        {
+            foreach (string technique in new[] { "native", "hw-nested", "hw-shadow", "pv" })
+            {
+                data.Add(kind, device, technique, "");
+            }
+        }
+        data.Add(DiskInterface.Ata, "ata0", "native", "ata=irq ");
+        data.Add(DiskInterface.Virtio, "vda", "native", "virtio=irq ");
+        data.Add(DiskInterface.Assigned, "nd0", "native", "ndma=irq ");
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Matrix))]
+    public void Disktest_passes_through_every_interface_and_technique_and_the_image_holds_what_was_written(
+        DiskInterface kind, string device, string technique, string options)
+    {
+        const int size = 8192;
+        var initial = DiskTestModel.Noise(DiskBytes, 21);
+        string path = Image(initial);
+        var expectedImage = (byte[])initial.Clone();
+        var expected = DiskTestModel.Run(expectedImage, random: true, size);
+
+        var (outcome, serial, _) = Boot($"{options}disktest {device} rand {size}", Engine(technique), new DiskConfig(path, kind));
+
+        Assert.True(outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
+        Assert.Contains($"NestorOS: block device 0: {device}, {DiskBytes / DiskTestModel.SectorSize} sectors", serial);
+        var r = DiskTestModel.Result(serial, "disktest");
+        Assert.Equal((device, "rand", "0"), (r["dev"], r["mode"], r["errors"]));
+        Assert.Equal((expected.Bytes.ToString(), expected.Requests.ToString(), expected.Checksum), (r["bytes"], r["requests"], r["checksum"]));
+        Assert.True(expectedImage.AsSpan().SequenceEqual(File.ReadAllBytes(path)), "the image file holds other bytes than disktest wrote");
+    }
+
+    /// <summary>Every request size from 512 B to 1 MiB, once per interface, natively.</summary>
+    [Theory]
+    [InlineData(DiskInterface.Ata, "ata0")]
+    [InlineData(DiskInterface.Virtio, "vda")]
+    [InlineData(DiskInterface.Assigned, "nd0")]
+    public void Disktest_of_every_size_passes_natively(DiskInterface kind, string device)
+    {
+        var initial = DiskTestModel.Noise(DiskBytes, 22);
+        string path = Image(initial);
+        var expectedImage = (byte[])initial.Clone();
+        var expected = DiskTestModel.Run(expectedImage, random: false);
+
+        var (outcome, serial, _) = Boot($"disktest {device} seq", Engine("native"), new DiskConfig(path, kind));
+
+        Assert.True(outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
+        var r = DiskTestModel.Result(serial, "disktest");
+        Assert.Equal((expected.Bytes.ToString(), expected.Requests.ToString(), expected.Checksum, "0"), (r["bytes"], r["requests"], r["checksum"], r["errors"]));
+        Assert.True(expectedImage.AsSpan().SequenceEqual(File.ReadAllBytes(path)), "the image file holds other bytes than disktest wrote");
+    }
+
+    /// <summary>The cost the course predicts, from the counted exits: a 4 KiB read by ATA PIO is one port exit per
+    /// 16-bit word (2,048) plus the register protocol; by virtio-blk a handful (one notify per batch).</summary>
+    [Fact]
+    public void A_4_KiB_read_costs_thousands_of_exits_by_ata_and_a_handful_by_virtio()
+    {
+        long ExitsPerRead(DiskInterface kind, string device, int count)
+        {
+            string path = Image(new byte[DiskBytes]);
+            var (outcome, serial, exits) = Boot($"diskbench {device} read 4096 {count}", Engine("hw-nested"), new DiskConfig(path, kind));
+            Assert.True(outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
+            return exits.TotalExits;
+        }
+        long ata = ExitsPerRead(DiskInterface.Ata, "ata0", 20) - ExitsPerRead(DiskInterface.Ata, "ata0", 10);
+        long virtio = ExitsPerRead(DiskInterface.Virtio, "vda", 20) - ExitsPerRead(DiskInterface.Virtio, "vda", 10);
+        const int wordsPer4KiB = 4096 / 2;
+        Assert.InRange(ata / 10, wordsPer4KiB, 2 * wordsPer4KiB);
+        Assert.InRange(virtio / 10, 1, 16);
+    }
+
+    /// <summary>The sim engine prints what QEMU prints for the same disktest on the same image (ATA: QEMU's PC;
+    /// virtio-blk: QEMU's microvm).</summary>
+    [Theory]
+    [InlineData(DiskInterface.Ata, QemuDiskInterface.Ide, "ata0")]
+    [InlineData(DiskInterface.Virtio, QemuDiskInterface.VirtioMmio, "vda")]
+    public void Disktest_prints_the_same_result_on_sim_as_on_qemu(DiskInterface kind, QemuDiskInterface qemuKind, string device)
+    {
+        var initial = DiskTestModel.Noise(DiskBytes, 23);
+        string simPath = Image(initial), qemuPath = Image(initial);
+        string command = $"disktest {device} rand 32768";
+        var (outcome, serial, _) = Boot(command, Engine("native"), new DiskConfig(simPath, kind));
+        Assert.True(outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
+
+        string kernel = NestorProcess.WriteTemp(BuiltInGuests.NestorOS(), ".elf");
+        var qemuSerial = new MemoryStream();
+        var qemu = QemuReferenceMachine.Run(kernel, 64UL << 20, command, qemuSerial, TimeSpan.FromMinutes(3), disks: [new QemuDisk(qemuPath, qemuKind)]);
+        string qemuText = Encoding.UTF8.GetString(qemuSerial.ToArray());
+        Assert.True(qemu.GuestStatus == 0, qemuText + qemu.Diagnostics);
+
+        Assert.Equal(SimEngineTests.ResultsWithoutTimings(qemuText), SimEngineTests.ResultsWithoutTimings(serial));
+        Assert.True(File.ReadAllBytes(qemuPath).AsSpan().SequenceEqual(File.ReadAllBytes(simPath)), "sim and QEMU left different images");
     }
 }
