@@ -46,6 +46,13 @@ const char *block_parse_options(const char *cmdline, struct block_options *optio
         int *target = starts_with(s, "ata=") ? &options->ata_irq
                     : starts_with(s, "virtio=") ? &options->virtio_irq
                     : starts_with(s, "ndma=") ? &options->ndma_irq : 0;
+        if (!target && starts_with(s, "virtioseg=")) {
+            u32 bytes = 0;
+            for (s += 10; *s >= '0' && *s <= '9'; s++) bytes = bytes * 10 + (u32)(*s - '0');
+            options->virtio_segment_bytes = bytes;
+            while (*s && *s != ' ') s++;
+            continue;
+        }
         if (!target) return s;
         while (*s != '=') s++;
         s++;
@@ -63,7 +70,7 @@ static const char *interface_name(u32 interface)
 void block_init(const struct block_options *options)
 {
     ata_probe(options->ata_irq);
-    virtio_blk_probe(options->virtio_irq);
+    virtio_blk_probe(options->virtio_irq, options->virtio_segment_bytes);
     ndma_probe(options->ndma_irq);
     if (!device_count) return;
     bounce = frames_take_contiguous(BLOCK_MAX_TRANSFER / PAGE_SIZE);

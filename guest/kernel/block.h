@@ -35,8 +35,9 @@ struct block_device {
 struct block_device *block_register(const char *name, u64 sectors, int read_only, u32 interface, u32 flags,
                                     const struct block_operations *operations, void *driver);
 
-/* Kernel command-line options the block layer reads: ata=poll|irq, virtio=poll|irq, ndma=poll|irq. */
-struct block_options { int ata_irq, virtio_irq, ndma_irq; };
+/* Kernel command-line options the block layer reads: ata=poll|irq, virtio=poll|irq, ndma=poll|irq, and
+ * virtioseg=BYTES, a smaller limit than the device's size_max on one virtio data descriptor (to see requests split). */
+struct block_options { int ata_irq, virtio_irq, ndma_irq; u32 virtio_segment_bytes; };
 
 /* Strips the leading kernel options from the command line and returns what follows (init's commands). */
 const char *block_parse_options(const char *cmdline, struct block_options *options);
@@ -47,7 +48,7 @@ i64 sys_blkio(u64 index, u64 op, u64 sector, u64 buffer, u64 bytes);
 
 /* The drivers' probes (each registers what it finds). */
 void ata_probe(int use_interrupts);
-void virtio_blk_probe(int use_interrupts);
+void virtio_blk_probe(int use_interrupts, u32 segment_limit);
 void ndma_probe(int use_interrupts);
 
 /* ioapic.c: routes an I/O APIC input (GSI) to a vector on this CPU (82093AA datasheet §3.2.4). */

@@ -110,7 +110,7 @@ void kernel_main(int kind, u64 info)
     }
     timer_init();
     /* Disks, found by probing (docs/devices.md); the block layer's options lead the command line. */
-    struct block_options options = { 0, 0, 0 };
+    struct block_options options = { 0, 0, 0, 0 };
     const char *commands = block_parse_options(cmdline, &options);
     block_init(&options);
     frames_at_init = frames_free_count();

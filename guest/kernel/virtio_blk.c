@@ -113,7 +113,7 @@ static i64 virtio_blk_flush(struct block_device *device)
 
 static const struct block_operations virtio_blk_operations = { virtio_blk_read, virtio_blk_write, virtio_blk_flush };
 
-void virtio_blk_probe(int use_interrupts)
+void virtio_blk_probe(int use_interrupts, u32 segment_limit)
 {
     /* Nestor's platform has 8 slots (docs/devices.md); QEMU's microvm, the reference machine for virtio-mmio, has 24
      * in the same layout and fills them from the last (hw/i386/microvm.c), so off Nestor all 24 are probed. */
@@ -142,6 +142,7 @@ void virtio_blk_probe(int use_interrupts)
             u32 size_max = mmio_read32(base + VIRTIO_CONFIG + 8);
             if (size_max >= SECTOR_SIZE) b->segment_bytes = size_max & ~(u32)(SECTOR_SIZE - 1);
         }
+        if (segment_limit >= SECTOR_SIZE && segment_limit < b->segment_bytes) b->segment_bytes = segment_limit & ~(u32)(SECTOR_SIZE - 1);
         b->segments_per_request = VIRTQ_MAX_SIZE - 2;
         if (b->device.features & (1UL << VIRTIO_BLK_F_SEG_MAX)) {
             u32 seg_max = mmio_read32(base + VIRTIO_CONFIG + 12);
