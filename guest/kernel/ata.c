@@ -5,7 +5,7 @@
  * Polling is the default (ata=poll): the kernel never runs with interrupts enabled except while it waits, and a
  * polled status read costs one exit where an interrupt costs the exit of its delivery, the handler's status read
  * and the EOI, so polling is both simpler and cheaper per DRQ block; ata=irq shows the interrupt path (IRQ 14 through
- * the I/O APIC, §5.2.9 INTRQ: raised per DRQ block and at command completion, cleared by reading Status). */
+ * the I/O APIC; INTRQ is raised per DRQ block and at command completion, and cleared by reading Status). */
 #include "block.h"
 
 #define ATA_DATA      0x1F0
@@ -24,7 +24,7 @@
 #define STATUS_DF   0x20
 #define STATUS_DRDY 0x40
 #define STATUS_BSY  0x80
-#define CONTROL_NIEN 0x02     /* §7.9: interrupts from the selected device disabled */
+#define CONTROL_NIEN 0x02     /* Device Control: interrupts (INTRQ) from the drive disabled */
 #define DEVICE_LBA  0x40
 
 #define CMD_READ_SECTORS      0x20
@@ -67,12 +67,12 @@ static int interrupts_routed;
 
 void ata_interrupt(void)
 {
-    (void)inb(ATA_STATUS);   /* reading Status acknowledges INTRQ (§7.15) */
+    (void)inb(ATA_STATUS);   /* reading Status (not Alternate Status) acknowledges INTRQ */
     ata_irq_seen = 1;
     local_apic_eoi();
 }
 
-/* 400 ns after selecting a device before its status is valid (§9.7): four Alternate Status reads. */
+/* 400 ns after selecting a device before its status is valid: four Alternate Status reads, as the standard advises. */
 static void settle(void)
 {
     for (int i = 0; i < 4; i++) (void)inb(ATA_CONTROL);
@@ -106,11 +106,12 @@ static void select_drive(struct ata_drive *drive, u8 head_bits)
     settle();
 }
 
-/* Loads the task file for an LBA28 or LBA48 command (§6.2: for 48-bit commands each register is written twice, the
- * high-order byte first) and issues it. count is 1..256 (LBA28) or 1..65536 (LBA48), 0 meaning the maximum. */
+/* Loads the task file for an LBA28 or LBA48 command (for the 48-bit address feature set each register is written
+ * twice, the high-order byte first) and issues it; count is 1..2048. The 28-bit command is used whenever it can address the
+ * request (below sector 2^28, at most 256 sectors): four port writes fewer, which under a VMM are four exits. */
 static void issue(struct ata_drive *drive, u8 command28, u8 command48, u64 lba, u64 count)
 {
-    if (drive->lba48) {
+    if (drive->lba48 && (lba + count > (1UL << 28) || count > 256)) {
         select_drive(drive, 0);
         outb(ATA_COUNT, (u8)(count >> 8));
         outb(ATA_LBA_LOW, (u8)(lba >> 24));
@@ -123,7 +124,7 @@ static void issue(struct ata_drive *drive, u8 command28, u8 command48, u64 lba, 
         outb(ATA_STATUS, command48);
     } else {
         select_drive(drive, (u8)((lba >> 24) & 0x0F));
-        outb(ATA_COUNT, (u8)count);
+        outb(ATA_COUNT, (u8)count);          /* 256 is written as 0 (a count of 0 means 256 sectors) */
         outb(ATA_LBA_LOW, (u8)lba);
         outb(ATA_LBA_MID, (u8)(lba >> 8));
         outb(ATA_LBA_HIGH, (u8)(lba >> 16));
@@ -146,7 +147,7 @@ static i64 ata_read(struct block_device *device, u64 sector, u64 count, u64 buff
     while (count) {
         u64 n = count < per_command(drive) ? count : per_command(drive);
         ata_irq_seen = 0;
-        issue(drive, CMD_READ_SECTORS, CMD_READ_SECTORS_EXT, sector, n & (drive->lba48 ? 0xFFFF : 0xFF));
+        issue(drive, CMD_READ_SECTORS, CMD_READ_SECTORS_EXT, sector, n);
         for (u64 i = 0; i < n; i++) {
             u8 status;
             if (wait_ready(drive, &status) < 0) return -E_IO;
@@ -166,10 +167,10 @@ static i64 ata_write(struct block_device *device, u64 sector, u64 count, u64 buf
     set_interrupts(drive);
     while (count) {
         u64 n = count < per_command(drive) ? count : per_command(drive);
-        issue(drive, CMD_WRITE_SECTORS, CMD_WRITE_SECTORS_EXT, sector, n & (drive->lba48 ? 0xFFFF : 0xFF));
+        issue(drive, CMD_WRITE_SECTORS, CMD_WRITE_SECTORS_EXT, sector, n);
         for (u64 i = 0; i < n; i++) {
             u8 status;
-            /* PIO data-out (§9.8): the first DRQ block is polled for; each later one, and the end, interrupts. */
+            /* The PIO data-out protocol: the first DRQ block is polled for; each later one, and the end, interrupts. */
             int r = i == 0 ? wait_not_busy(&status) : wait_ready(drive, &status);
             if (r < 0 || status & (STATUS_ERR | STATUS_DF) || !(status & STATUS_DRQ)) return -E_IO;
             ata_irq_seen = 0;
@@ -198,7 +199,7 @@ static i64 ata_flush(struct block_device *device)
 
 static const struct block_operations ata_operations = { ata_read, ata_write, ata_flush };
 
-/* IDENTIFY DEVICE (§8.15) on one drive; 0 and the 256 words when an ATA device answers. */
+/* IDENTIFY DEVICE on one drive; 0 and the 256 words when an ATA device answers. */
 static int identify(struct ata_drive *drive, u16 *words)
 {
     outb(ATA_CONTROL, CONTROL_NIEN);
@@ -214,7 +215,7 @@ static int identify(struct ata_drive *drive, u16 *words)
     status = inb(ATA_STATUS);
     if (status == 0 || status == 0xFF) return -1;
     if (wait_not_busy(&status) < 0) return -1;
-    /* A packet (ATAPI) device aborts IDENTIFY DEVICE and leaves its signature 0x14/0xEB in LBA mid/high (§9.12). */
+    /* A packet (ATAPI) device aborts IDENTIFY DEVICE and leaves its signature 0x14/0xEB in LBA mid/high. */
     if (inb(ATA_LBA_MID) || inb(ATA_LBA_HIGH)) return -1;
     for (u64 i = 0; i < ATA_SPIN_LIMIT && !(status & (STATUS_DRQ | STATUS_ERR)); i++) status = inb(ATA_STATUS);
     if (status & STATUS_ERR || !(status & STATUS_DRQ)) return -1;

@@ -51,7 +51,7 @@ void ata_probe(int use_interrupts);
 void virtio_blk_probe(int use_interrupts, u32 segment_limit);
 void ndma_probe(int use_interrupts);
 
-/* ioapic.c: routes an I/O APIC input (GSI) to a vector on this CPU (82093AA datasheet §3.2.4). */
+/* ioapic.c: routes an I/O APIC input (GSI) to a vector on this CPU (82093AA datasheet: the redirection table). */
 void ioapic_route(u32 gsi, u8 vector, int level_triggered);
 /* Device interrupt vectors (above the timer's 32) and the handlers trap.c calls for them. */
 #define ATA_VECTOR 33

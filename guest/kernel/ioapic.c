@@ -1,7 +1,8 @@
-/* The I/O APIC (Intel 82093AA I/O Advanced Programmable Interrupt Controller datasheet, §3.2): just enough to route a
- * disk controller's interrupt line to a vector on this (the only) CPU. The registers are reached indirectly: the
- * register number goes to IOREGSEL (offset 0), its value through IOWIN (offset 0x10). Redirection entry n is the
- * register pair 0x10 + 2n (low dword: vector, delivery, polarity, trigger, mask) and 0x11 + 2n (destination). */
+/* The I/O APIC (Intel 82093AA I/O Advanced Programmable Interrupt Controller datasheet, register description): just
+ * enough to route a disk controller's interrupt line to a vector on this (the only) CPU. The registers are reached
+ * indirectly: the register number goes to IOREGSEL (offset 0), its value through IOWIN (offset 0x10). Redirection
+ * entry n is the register pair 0x10 + 2n (low dword: vector, delivery, polarity, trigger, mask) and 0x11 + 2n
+ * (destination). */
 #include "block.h"
 
 #define IOAPIC 0xFEC00000UL

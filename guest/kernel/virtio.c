@@ -15,7 +15,7 @@ int virtio_negotiate(struct virtio_device *d, u64 wanted)
     offered |= (u64)rd(d, VIRTIO_DEVICE_FEATURES) << 32;
     wanted |= 1UL << VIRTIO_F_VERSION_1;
     u64 accepted = offered & wanted;
-    /* Without VERSION_1 the device is a legacy one, whose layout this driver does not speak (§6.1). */
+    /* Without VERSION_1 the device is a legacy one (§4.2.4), whose layout this driver does not speak. */
     if (!(accepted & (1UL << VIRTIO_F_VERSION_1))) {
         wr(d, VIRTIO_STATUS, VIRTIO_STATUS_FAILED);
         return -1;
