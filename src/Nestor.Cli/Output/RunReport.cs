@@ -69,6 +69,17 @@ internal sealed class RunReport(Vm vm, IEngine engine, RunResult run, TimeSpan w
                 o.WriteLine($"  {rest.Count + " other ports",-21} {rest.Sum(p => p.Reads),10} {rest.Sum(p => p.Writes),10}  (--json lists them all)");
             }
         }
+        if (exits.ByDeviceMemory.Count > 0)
+        {
+            // An assigned device's registers are mapped into the guest: its accesses are direct, not exits.
+            o.WriteLine();
+            o.WriteLine("Device memory (MMIO) by device: trapped accesses are exits, direct ones reach an assigned device without one:");
+            o.WriteLine($"  {"device",-14} {"exit reads",11} {"exit writes",12} {"direct reads",13} {"direct writes",14}");
+            foreach (var d in exits.ByDeviceMemory)
+            {
+                o.WriteLine($"  {d.Device,-14} {d.TrappedReads,11} {d.TrappedWrites,12} {d.DirectReads,13} {d.DirectWrites,14}");
+            }
+        }
         if (vm.Disks.Count > 0)
         {
             // Requests as the guest's driver made them, whatever the interface (an ATA command, a virtio-blk request).
@@ -162,6 +173,18 @@ internal sealed class RunReport(Vm vm, IEngine engine, RunResult run, TimeSpan w
                 json.WriteString("device", p.Device);
                 json.WriteNumber("reads", p.Reads);
                 json.WriteNumber("writes", p.Writes);
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+            json.WriteStartArray("by_device_memory");
+            foreach (var d in exits.ByDeviceMemory)
+            {
+                json.WriteStartObject();
+                json.WriteString("device", d.Device);
+                json.WriteNumber("exit_reads", d.TrappedReads);
+                json.WriteNumber("exit_writes", d.TrappedWrites);
+                json.WriteNumber("direct_reads", d.DirectReads);
+                json.WriteNumber("direct_writes", d.DirectWrites);
                 json.WriteEndObject();
             }
             json.WriteEndArray();

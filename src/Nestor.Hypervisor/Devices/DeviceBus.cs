@@ -108,6 +108,9 @@ public sealed class DeviceBus
         device.Write(address, size, value);
     }
 
+    /// <summary>The device claiming guest-physical <paramref name="address"/>, or null.</summary>
+    public IMmioDevice? MemoryDevice(ulong address) => MmioDevice(address);
+
     private IMmioDevice? MmioDevice(ulong address)
     {
         for (int i = 0; i < mmio.Count; i++)

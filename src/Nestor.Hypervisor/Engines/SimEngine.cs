@@ -140,7 +140,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             bool nestedPaging = options.EffectiveMemory == MemoryVirtualization.Nested;
             var nested = nestedPaging ? new NestedPageTable(pool) : null;
             var shadow = nestedPaging ? null
-                : new ShadowPaging(physicalMap, pool, vm.Memory) { VerifyAfterEachChange = options.VerifyShadowPaging };
+                : new ShadowPaging(physicalMap, pool, vm.Memory) { VerifyAfterEachChange = options.VerifyShadowPaging, Devices = vm.Bus };
             physicalMap.Attach(cpu.Mmu, nested, shadow);
             lastVmcs = vmcs = new VmControlStructure();
             lastMonitor = monitor = VirtualMachineMonitor.Create(vm, vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);

@@ -12,6 +12,10 @@ public sealed record ExitReasonStatistic(VmExitReason Reason, long Count, TimeSp
 /// <summary>Port I/O exits to one port.</summary>
 public sealed record PortStatistic(ushort Port, string Device, long Reads, long Writes);
 
+/// <summary>Accesses to one device's memory-mapped registers: trapped ones (each an MMIO exit) and direct ones (an
+/// assigned device's registers, which the VMM maps into the guest: no exit).</summary>
+public sealed record DeviceMemoryStatistic(string Device, long TrappedReads, long TrappedWrites, long DirectReads, long DirectWrites);
+
 /// <summary>Counts of the VM exits the VMM handled, by reason and by port, and where the time went. Recording
 /// allocates nothing once every port has been seen.</summary>
 public sealed class ExitStatistics
@@ -20,6 +24,7 @@ public sealed class ExitStatistics
     private readonly long[] ticks = new long[Enum.GetValues<VmExitReason>().Length];
     private readonly Dictionary<ushort, (long Reads, long Writes)> ports = [];
     private readonly Dictionary<ushort, string> portDevices = [];
+    private readonly Dictionary<string, (long TrappedReads, long TrappedWrites, long DirectReads, long DirectWrites)> deviceMemory = [];
 
     /// <summary>Time spent inside the engine running the guest (for KVM: inside KVM_RUN).</summary>
     public TimeSpan GuestTime => Stopwatch.GetElapsedTime(0, GuestTicks);
@@ -59,6 +64,30 @@ public sealed class ExitStatistics
             entry.Reads += items;
         }
     }
+
+    /// <summary>Records an access to a device's memory-mapped registers: <paramref name="direct"/> when it reached the
+    /// device without an exit (an assigned device's registers mapped into the guest), else it was an MMIO exit.</summary>
+    public void RecordDeviceMemory(string device, bool isWrite, bool direct)
+    {
+        ref var entry = ref CollectionsMarshal.GetValueRefOrAddDefault(deviceMemory, device, out _);
+        if (direct)
+        {
+            _ = isWrite ? entry.DirectWrites++ : entry.DirectReads++;
+        }
+        else
+        {
+            _ = isWrite ? entry.TrappedWrites++ : entry.TrappedReads++;
+        }
+    }
+
+    /// <summary>Device-memory accesses that reached their device without an exit.</summary>
+    public long DirectDeviceAccesses => deviceMemory.Values.Sum(e => e.DirectReads + e.DirectWrites);
+
+    /// <summary>Device-memory accesses by device, in name order.</summary>
+    public IReadOnlyList<DeviceMemoryStatistic> ByDeviceMemory =>
+        deviceMemory.OrderBy(d => d.Key, StringComparer.Ordinal)
+            .Select(d => new DeviceMemoryStatistic(d.Key, d.Value.TrappedReads, d.Value.TrappedWrites, d.Value.DirectReads, d.Value.DirectWrites))
+            .ToList();
 
     /// <summary>Exits by reason, most frequent first, reasons that never happened left out.</summary>
     public IReadOnlyList<ExitReasonStatistic> ByReason =>

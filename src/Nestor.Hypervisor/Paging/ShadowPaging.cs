@@ -53,6 +53,10 @@ public sealed class ShadowPaging
         guestWalker = new PageWalker(guestView.Memory, new PageWalkCache(0), SoftwareWalks);
     }
 
+    /// <summary>The VM's devices: the pages of an assigned device's registers are mapped into the assigned window
+    /// (reached without exits), other device pages into the device window.</summary>
+    public Devices.DeviceBus? Devices { get; init; }
+
     /// <summary>The VMM's own walks of guest page tables (in software, on hidden and true faults).</summary>
     public MmuCounters SoftwareWalks { get; } = new();
 
@@ -309,7 +313,7 @@ public sealed class ShadowPaging
         }
         ulong page = guestPhysical & ~0xFFFUL;
         // A write to a shared (copy-on-write) frame gets the page a private copy first; a read leaves it shared.
-        ulong hostPage = physicalMap.IsRam(page) ? physicalMap.Touch(page, write) : PhysicalMemory.DeviceWindow | page;
+        ulong hostPage = physicalMap.IsRam(page) ? physicalMap.Touch(page, write) : Nestor.Hypervisor.Devices.Assigned.DeviceMapping.HostPhysical(Devices, page);
         ulong leaf = hostPage | Present | Accessed;
         leaf |= (rights & TranslationRights.User) != 0 ? User : 0;
         leaf |= controls.NoExecute && (rights & TranslationRights.Executable) == 0 ? ExecuteDisable : 0;
@@ -468,7 +472,7 @@ public sealed class ShadowPaging
                 continue;
             }
             ulong guestPhysical = walk.PhysicalPage | (linear & ((1UL << walk.PageShift) - 1));
-            ulong expected = physicalMap.TryHostPhysical(guestPhysical, out ulong h) ? h & ~0xFFFUL : PhysicalMemory.DeviceWindow | (guestPhysical & ~0xFFFUL);
+            ulong expected = physicalMap.TryHostPhysical(guestPhysical, out ulong h) ? h & ~0xFFFUL : Nestor.Hypervisor.Devices.Assigned.DeviceMapping.HostPhysical(Devices, guestPhysical & ~0xFFFUL);
             if ((entry & PageWalker.AddressMask) != expected)
             {
                 problems.Add($"0x{linear:x}: shadow maps host 0x{entry & PageWalker.AddressMask:x}, the guest's tables give guest 0x{guestPhysical:x} = host 0x{expected:x}");

@@ -105,6 +105,7 @@ public sealed class VmPlatform : IPlatform
         long start = Stopwatch.GetTimestamp();
         ulong value = vm.Bus.ReadMemory(physical, size);
         exits.Record(VmExitReason.MmioRead, Stopwatch.GetTimestamp() - start);
+        exits.RecordDeviceMemory(DeviceName(physical), isWrite: false, direct: false);
         return value;
     }
 
@@ -114,7 +115,26 @@ public sealed class VmPlatform : IPlatform
         long start = Stopwatch.GetTimestamp();
         vm.Bus.WriteMemory(physical, size, value);
         exits.Record(VmExitReason.MmioWrite, Stopwatch.GetTimestamp() - start);
+        exits.RecordDeviceMemory(DeviceName(physical), isWrite: true, direct: false);
     }
+
+    /// <summary>A load from an assigned device's registers, which the VMM mapped into the guest: it reaches the device
+    /// without a VM exit, so it is counted as a direct access, not as an exit.</summary>
+    public ulong DirectDeviceRead(ulong physical, int size)
+    {
+        exits.RecordDeviceMemory(DeviceName(physical), isWrite: false, direct: true);
+        return vm.Bus.ReadMemory(physical, size);
+    }
+
+    /// <summary>A store to an assigned device's registers mapped into the guest: no VM exit (see
+    /// <see cref="DirectDeviceRead"/>).</summary>
+    public void DirectDeviceWrite(ulong physical, int size, ulong value)
+    {
+        exits.RecordDeviceMemory(DeviceName(physical), isWrite: true, direct: true);
+        vm.Bus.WriteMemory(physical, size, value);
+    }
+
+    private string DeviceName(ulong physical) => vm.Bus.MemoryDevice(physical)?.Name ?? "(unclaimed)";
 
     /// <summary>An MMIO exit with its data little-endian in <paramref name="data"/> (KVM's <c>kvm_run.mmio</c>); a
     /// load fills it. <paramref name="start"/> is when the VMM got control.</summary>
@@ -124,11 +144,13 @@ public sealed class VmPlatform : IPlatform
         {
             vm.Bus.WriteMemory(physical, data.Length, ReadLittleEndian(data));
             exits.Record(VmExitReason.MmioWrite, Stopwatch.GetTimestamp() - start);
+            exits.RecordDeviceMemory(DeviceName(physical), isWrite: true, direct: false);
         }
         else
         {
             WriteLittleEndian(data, vm.Bus.ReadMemory(physical, data.Length));
             exits.Record(VmExitReason.MmioRead, Stopwatch.GetTimestamp() - start);
+            exits.RecordDeviceMemory(DeviceName(physical), isWrite: false, direct: false);
         }
     }
 

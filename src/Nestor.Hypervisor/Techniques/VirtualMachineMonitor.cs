@@ -57,7 +57,7 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
             throw new ArgumentException("a VMM uses either nested or shadow paging");
         }
         IMemoryVirtualization memory = nestedTable is not null
-            ? new NestedMemoryVirtualization(nestedTable, physicalMap, largeNestedPages)
+            ? new NestedMemoryVirtualization(nestedTable, physicalMap, largeNestedPages, vm.Bus)
             : new ShadowMemoryVirtualization(shadow!);
         TechniqueRules.Validate(new TechniqueChoice(technique, memory.Kind, NestedPageSizeChosen: largeNestedPages));
         return new VirtualMachineMonitor(vm, vmcs, VirtualizationTechnique.Create(technique, vm, vmcs, memory, physicalMap), memory);

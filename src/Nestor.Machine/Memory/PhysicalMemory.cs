@@ -21,6 +21,12 @@ public sealed unsafe class PhysicalMemory
     /// (where VT-x would take an EPT-misconfiguration exit for the VMM to emulate the access).</summary>
     public const ulong DeviceWindow = 1UL << 51;
 
+    /// <summary>Host-physical addresses with this bit (bit 50) set, beside <see cref="DeviceWindow"/>, are the assigned
+    /// window: device memory the VMM maps into the guest (the registers of a device assigned to the VM), which the CPU
+    /// model sends to the device at the guest-physical address in the low bits without a VM exit
+    /// (<see cref="Processor.IPlatform.DirectDeviceRead"/>), as EPT maps a VFIO device's BAR straight to the device.</summary>
+    public const ulong AssignedWindow = 1UL << 50;
+
     /// <summary>Creates the address space from (start, length, host pointer) triples (page-aligned); the pointers must
     /// stay valid and pinned for the life of this object.</summary>
     public PhysicalMemory(IEnumerable<(ulong Start, ulong Length, nint Host)> ram)

@@ -773,7 +773,11 @@ public sealed unsafe partial class Cpu
         byte* p = memory.Pointer(physical, size);
         if (p == null)
         {
-            ulong device = physical & ~PhysicalMemory.DeviceWindow;
+            ulong device = physical & ~(PhysicalMemory.DeviceWindow | PhysicalMemory.AssignedWindow);
+            if ((physical & PhysicalMemory.AssignedWindow) != 0)
+            {
+                return platform.DirectDeviceRead(device, size); // an assigned device's registers: no exit
+            }
             return IsApic(device) ? Apic.Read((uint)(device & 0xFFF), Clock) : platform.MmioRead(device, size);
         }
         byte* pageHost = memory.Pointer(physical & ~0xFFFUL, 0x1000);
@@ -825,8 +829,12 @@ public sealed unsafe partial class Cpu
         byte* p = memory.Pointer(physical, size);
         if (p == null)
         {
-            ulong device = physical & ~PhysicalMemory.DeviceWindow;
-            if (IsApic(device))
+            ulong device = physical & ~(PhysicalMemory.DeviceWindow | PhysicalMemory.AssignedWindow);
+            if ((physical & PhysicalMemory.AssignedWindow) != 0)
+            {
+                platform.DirectDeviceWrite(device, size, value); // an assigned device's registers: no exit
+            }
+            else if (IsApic(device))
             {
                 Apic.Write((uint)(device & 0xFFF), (uint)value, Clock);
                 eventCheckAt = 0; // the timer or the in-service interrupt may have changed

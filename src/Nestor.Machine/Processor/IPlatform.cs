@@ -12,6 +12,15 @@ public interface IPlatform
 
     void MmioWrite(ulong physical, int size, ulong value);
 
+    /// <summary>A load from device memory the VMM mapped into the guest (<see cref="Memory.PhysicalMemory.AssignedWindow"/>):
+    /// it reaches the device at guest-physical <paramref name="physical"/> without a VM exit. By default it is an MMIO
+    /// access like any other.</summary>
+    ulong DirectDeviceRead(ulong physical, int size) => MmioRead(physical, size);
+
+    /// <summary>A store to device memory the VMM mapped into the guest, without a VM exit (see
+    /// <see cref="DirectDeviceRead"/>).</summary>
+    void DirectDeviceWrite(ulong physical, int size, ulong value) => MmioWrite(physical, size, value);
+
     /// <summary>CPUID for leaf EAX, subleaf ECX.</summary>
     (uint Eax, uint Ebx, uint Ecx, uint Edx) Cpuid(uint leaf, uint subleaf);
 

@@ -75,9 +75,23 @@ internal static class DiskAttachment
         vm.AddDisk(new AttachedDisk(backend, DiskInterface.Ata, index, statistics));
     }
 
+    /// <summary>virtio-blk in virtio-mmio slot <paramref name="index"/> (docs/devices.md).</summary>
     private static void AttachVirtio(Vm vm, IBlockBackend backend, int index) =>
-        throw new Errors.BadInputException($"disk '{backend.Name}': if=virtio is not supported yet", "Use another interface");
+        Virtio.VirtioSlots.Attach(vm, new Virtio.Block.VirtioBlock(backend), index);
 
-    private static void AttachAssigned(Vm vm, IBlockBackend backend, int index) =>
-        throw new Errors.BadInputException($"disk '{backend.Name}': if=assigned is not supported yet", "Use another interface");
+    /// <summary>The dedicated controller of slot <paramref name="index"/> (docs/devices.md, "Dedicated"): its registers
+    /// at 0xFEA00000 + index × 0x1000 (mapped into the guest under a VMM), its interrupt on GSI 10 + index, its DMA
+    /// through its IOMMU.</summary>
+    private static void AttachAssigned(Vm vm, IBlockBackend backend, int index)
+    {
+        if (index >= Assigned.AssignedDiskController.MaximumControllers)
+        {
+            throw new Errors.BadInputException(
+                $"disk '{backend.Name}': the platform has {Assigned.AssignedDiskController.MaximumControllers} assigned-controller slots, and this is assigned disk {index + 1}",
+                $"Give at most {Assigned.AssignedDiskController.MaximumControllers} disks with if=assigned, and the others another interface");
+        }
+        var controller = new Assigned.AssignedDiskController(vm, backend, index);
+        vm.Bus.Claim(controller, controller.RegisterBase, Assigned.AssignedDiskController.RegisterStride);
+        vm.AddDevice(controller);
+    }
 }

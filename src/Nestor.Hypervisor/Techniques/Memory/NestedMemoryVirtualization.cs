@@ -13,7 +13,10 @@ namespace Nestor.Hypervisor.Techniques.Memory;
 /// CR3 loads and INVLPGs are its own business; the VMM sees only EPT violations, which give guest pages their host
 /// frames on first touch.</summary>
 /// <param name="largePages">Map guest RAM with 2 MiB nested pages where it can (else 4 KiB).</param>
-public sealed class NestedMemoryVirtualization(NestedPageTable table, GuestPhysicalMap physicalMap, bool largePages) : IMemoryVirtualization
+/// <param name="devices">The VM's devices: the pages of an assigned device's registers are mapped into the assigned
+/// window (reached without exits), other device pages into the device window.</param>
+public sealed class NestedMemoryVirtualization(NestedPageTable table, GuestPhysicalMap physicalMap, bool largePages, Devices.DeviceBus? devices = null)
+    : IMemoryVirtualization
 {
     /// <inheritdoc/>
     public MemoryVirtualization Kind => MemoryVirtualization.Nested;
@@ -83,7 +86,7 @@ public sealed class NestedMemoryVirtualization(NestedPageTable table, GuestPhysi
                 return VmExitAction.Inject;
             }
             ulong page = guestPhysical & ~0xFFFUL;
-            NestedTable.Map(page, PhysicalMemory.DeviceWindow | page, 12, NestedEntry.Read | NestedEntry.Write);
+            NestedTable.Map(page, Devices.Assigned.DeviceMapping.HostPhysical(devices, page), 12, NestedEntry.Read | NestedEntry.Write);
             return VmExitAction.Resume;
         }
         if (LargePages && NestedTable.CanMapLarge(guestPhysical) && physicalMap.TouchLarge(guestPhysical, out ulong large))
