@@ -236,6 +236,20 @@ internal sealed class VirtioGuest
         a.mov(__word_ptr[rdi + 2], availableIndex);
     }
 
+    /// <summary>Makes the chain at descriptor <paramref name="head"/> available as it stands (a test writes the
+    /// descriptors itself, malformed on purpose), with the available index moved by <paramref name="step"/>.</summary>
+    public void MakeAvailableAsIs(ushort head, ushort step = 1)
+    {
+        a.mov(rdi, Available + 4 + 2 * (ulong)(availableIndex % queueSize));
+        a.mov(__word_ptr[rdi], head);
+        availableIndex = (ushort)(availableIndex + step);
+        a.mov(rdi, Available);
+        a.mov(__word_ptr[rdi + 2], availableIndex);
+    }
+
+    /// <summary>Notifies queue 0 without waiting (the device will not answer a malformed chain).</summary>
+    public void Notify() => WriteRegister(0x050, 0);
+
     /// <summary>A port write the test's mark device sees (phase boundaries for counting).</summary>
     public void Mark(int value)
     {
