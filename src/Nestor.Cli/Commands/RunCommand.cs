@@ -46,10 +46,11 @@ internal static class RunCommand
         var technique = new Option<string>("--technique") { Description = "How the VMM virtualizes the CPU on --engine sim: native (no VMM, the default), hw (hardware assist: VM exits, a VMCS), trap (trap-and-emulate, the kernel in ring 1), bt (binary translation of the kernel) or pv (paravirtualization: NestorOS makes hypercalls)", DefaultValueFactory = _ => "native" };
         var mmu = new Option<string?>("--mmu") { Description = "Memory virtualization with --technique hw: nested (nested page tables, the 2-D walk; the default) or shadow" };
         var nestedPages = new Option<string?>("--nested-pages") { Description = "Page size the VMM maps guest RAM with in the nested page table: 4k (the default) or 2m" };
+        var virtioConsole = new Option<bool>("--virtio-console") { Description = "Give the guest a virtio-console (virtio-mmio, the slot after the virtio disks) whose output goes where COM1's does" };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
-            technique, mmu, nestedPages,
+            technique, mmu, nestedPages, virtioConsole,
         };
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
@@ -75,7 +76,7 @@ internal static class RunCommand
                 Console.Error.WriteLine($"  what to do: {e.Advice}");
                 return ExitStatus.BadInput;
             }
-            return Execute(options with { Caches = caches }, parse.GetValue(verbose));
+            return Execute(options with { Caches = caches, VirtioConsole = parse.GetValue(virtioConsole) }, parse.GetValue(verbose));
         });
         return command;
     }
@@ -87,6 +88,9 @@ internal static class RunCommand
     {
         /// <summary>The MMU's caches (--tlb, --pwc, --nested-tlb, --nested-pwc).</summary>
         public MmuConfiguration Caches { get; init; } = MmuConfiguration.Default;
+
+        /// <summary>--virtio-console.</summary>
+        public bool VirtioConsole { get; init; }
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -175,6 +179,7 @@ internal static class RunCommand
                 Diagnostics = Console.Error,
                 KvmDevicePath = o.KvmDevice,
                 Multiboot = o.Multiboot,
+                VirtioConsole = o.VirtioConsole,
             };
             using var vm = Vm.Create(config);
             if (!o.Force && engineKind == EngineKind.Kvm)
