@@ -195,8 +195,10 @@ public sealed class VirtqueueTests : IDisposable
         ushort index = 0;
         void Request()
         {
+            // The ring entry and the index written directly (Publish's params array would be the test's own allocation).
+            WriteUInt16(Available + 4 + 2 * (ulong)(index % Size), 0);
             index++;
-            Publish(index, 0);
+            WriteUInt16(Available + 2, index);
             WriteUInt16(Available + 4 + 2 * Size, (ushort)(index - 1)); // used_event: this request, so each one interrupts
             transport.Write(VirtioSlots.FirstBase + 0x50, 4, 0);
             transport.Write(VirtioSlots.FirstBase + 0x64, 4, 1);
