@@ -94,12 +94,9 @@ public class VirtioBlockGuestTests
         }
     }
 
-    /// <summary>One 4 KiB read, then a batch of IN, OUT, FLUSH and GET_ID made available together and served by one
-    /// notify (and, with interrupts, one interrupt). The guest's MMIO accesses during the read are counted as it
-    /// emits them; the VM's MMIO exits, the device's notifies and interrupts must be exactly what it did.</summary>
-    [Theory]
-    [MemberData(nameof(Modes))]
-    public void A_guest_driver_reads_writes_flushes_and_gets_the_id(string technique, bool interrupts, bool indirect, bool eventIndex)
+    /// <summary>The guest of <see cref="A_guest_driver_reads_writes_flushes_and_gets_the_id"/>, with the MMIO accesses
+    /// it makes during the read and during the batch.</summary>
+    private static byte[] BatchGuest(bool interrupts, bool indirect, bool eventIndex, out int readMmioAccesses, out int batchMmioAccesses)
     {
         int readMmio = 0, batchMmio = 0;
         byte[] code = GuestAssembler.Assemble(a =>
@@ -142,6 +139,19 @@ public class VirtioBlockGuestTests
             g.Mark(4);
             g.Finish();
         });
+        readMmioAccesses = readMmio;
+        batchMmioAccesses = batchMmio;
+        return code;
+    }
+
+    /// <summary>One 4 KiB read, then a batch of IN, OUT, FLUSH and GET_ID made available together and served by one
+    /// notify (and, with interrupts, one interrupt). The guest's MMIO accesses during the read are counted as it
+    /// emits them; the VM's MMIO exits, the device's notifies and interrupts must be exactly what it did.</summary>
+    [Theory]
+    [MemberData(nameof(Modes))]
+    public void A_guest_driver_reads_writes_flushes_and_gets_the_id(string technique, bool interrupts, bool indirect, bool eventIndex)
+    {
+        byte[] code = BatchGuest(interrupts, indirect, eventIndex, out int readMmio, out int batchMmio);
         var disk = new MemoryBlockBackend(DiskSectors, serial: "NESTOR-VIRTIO-TEST");
         Fill(disk.Contents, 3);
         var (vm, _, marks) = NewVm(code, disk);
@@ -218,5 +228,63 @@ public class VirtioBlockGuestTests
         Assert.False(transport.Line.Asserted);
         Assert.Equal(0, transport.BadAccesses);
         Assert.Equal(0, transport.Queues[0].TotalFaults);
+    }
+
+    /// <summary>The virtio device's state is part of a VM snapshot: the batch guest with interrupts, stopped at every
+    /// tenth of its run, saved, restored into a fresh VM (with the disk as the first one's file would hold it then)
+    /// and finished, ends with the same results, memory and disk as an uninterrupted run.</summary>
+    [Theory]
+    [InlineData("native")]
+    [InlineData("hw-nested")]
+    public void The_virtio_device_survives_a_snapshot_at_any_point(string technique)
+    {
+        byte[] code = BatchGuest(interrupts: true, indirect: true, eventIndex: true, out _, out _);
+        MemoryBlockBackend NewDisk(ReadOnlySpan<byte> contents)
+        {
+            var disk = new MemoryBlockBackend(DiskSectors, serial: "NESTOR-VIRTIO-TEST");
+            contents.CopyTo(disk.Contents);
+            return disk;
+        }
+        var initial = new byte[DiskSectors * 512];
+        Fill(initial, 5);
+        byte[] ResultsOf(Vm vm) => vm.Memory.Span(new GuestPhysical(VirtioGuest.Results), 0x100).ToArray()
+            .Concat(vm.Memory.Span(new GuestPhysical(VirtioGuest.Data), 4 * Page).ToArray()).ToArray();
+
+        byte[] expected, expectedDisk;
+        long total;
+        {
+            var (vm, disk, _) = NewVm(code, NewDisk(initial));
+            using var _vm = vm;
+            using var engine = new SimEngine(Options(technique));
+            var whole = vm.Run(engine).Outcome;
+            Assert.True(whole.Kind == VmOutcomeKind.DebugExit && whole.GuestStatus == 0, whole.Message);
+            expected = ResultsOf(vm);
+            expectedDisk = disk.Contents.ToArray();
+            total = vm.Vcpus[0].State.InstructionsRetired;
+        }
+        for (int tenth = 1; tenth < 10; tenth++)
+        {
+            long at = total * tenth / 10;
+            byte[] snapshot, diskThen;
+            {
+                var (vm, disk, _) = NewVm(code, NewDisk(initial));
+                using var _vm = vm;
+                using var engine = new SimEngine(Options(technique) with { StopAtInstruction = at });
+                Assert.Equal(VmOutcomeKind.Breakpoint, vm.Run(engine).Outcome.Kind);
+                snapshot = Persistence.VmSnapshot.Capture(vm, engine);
+                diskThen = disk.Contents.ToArray();
+            }
+            {
+                var (vm, disk, _) = NewVm(code, NewDisk(diskThen));
+                using var _vm = vm;
+                using var engine = new SimEngine(Options(technique));
+                Persistence.VmSnapshot.Restore(vm, snapshot, engine);
+                var rest = vm.Run(engine).Outcome;
+                Assert.True(rest.Kind == VmOutcomeKind.DebugExit && rest.GuestStatus == 0, $"restored at {at} of {total}: {rest.Message}");
+                Assert.True(expected.AsSpan().SequenceEqual(ResultsOf(vm)), $"restored at {at} of {total}: results differ");
+                Assert.True(expectedDisk.AsSpan().SequenceEqual(disk.Contents), $"restored at {at} of {total}: the disk differs");
+                Assert.Equal(total, vm.Vcpus[0].State.InstructionsRetired);
+            }
+        }
     }
 }
