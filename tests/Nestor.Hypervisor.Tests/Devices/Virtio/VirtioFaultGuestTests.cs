@@ -121,6 +121,73 @@ public class VirtioFaultGuestTests
         }
     }
 
+    private sealed class VmmPort(Action action) : Nestor.Hypervisor.Devices.IPortDevice
+    {
+        public string Name => "vmm-test";
+        public uint Read(ushort port, int size) => 0;
+        public void Write(ushort port, int size, uint value) => action();
+    }
+
+    /// <summary>Under a VMM, a virtio read into a guest page whose frame the VMM shares copy-on-write with another
+    /// page: the engine's DMA hook gives the written page its private copy first (as a guest write would), so the
+    /// guest sees the disk's bytes there while the other sharer keeps the old ones.</summary>
+    [Theory]
+    [InlineData("hw-nested")]
+    [InlineData("hw-shadow")]
+    public void A_virtio_read_into_a_shared_frame_gets_a_private_copy(string technique)
+    {
+        const ulong PageA = VirtioGuest.Data, PageB = 0x230000;
+        const ushort SharePort = 0xE1;
+        const int OtherAfter = VirtioGuest.PollsLeft + 1;
+        byte[] code = GuestAssembler.Assemble(a =>
+        {
+            var g = new VirtioGuest(a, slot: 0, QueueSize);
+            g.Prologue(withInterrupts: false);
+            g.Initialize(VirtioFeatures.Version1 | VirtioBlock.FeatureFlush);
+            a.mov(r8, PageA);
+            a.mov(r9, PageB);
+            a.mov(rax, __qword_ptr[r8]);
+            a.mov(rax, __qword_ptr[r9]);
+            a.mov(dx, SharePort);
+            a.@out(dx, al);                                     // the VMM shares A's frame with B
+            a.mov(rax, __qword_ptr[r9]);
+            a.mov(__qword_ptr[r15 + VirtioGuest.First * 8], rax);
+            a.mov(rax, __qword_ptr[r8]);
+            var (h, s) = g.BlockHeader(0, VirtioBlock.TypeIn, 0);
+            g.MakeAvailable([[new(h, 16, false), new(PageA, Page, true), new(s, 1, true)]], indirect: false);
+            g.NotifyAndWait(1);
+            a.mov(r8, PageA);
+            a.mov(r9, PageB);
+            a.mov(rax, __qword_ptr[r8]);
+            a.mov(__qword_ptr[r15 + VirtioGuest.Second * 8], rax);
+            a.mov(rax, __qword_ptr[r9]);
+            a.mov(__qword_ptr[r15 + OtherAfter * 8], rax);
+            g.Finish();
+        });
+        var disk = new MemoryBlockBackend(64);
+        disk.Contents[..Page].Fill(0x5A);
+        var (vm, _, _) = VirtioBlockGuestTests.NewVm(code, disk);
+        using var _vm = vm;
+        vm.Memory.Span(new GuestPhysical(PageA), Page).Fill(0x11);
+        vm.Memory.Span(new GuestPhysical(PageB), Page).Fill(0x22);
+        Nestor.Hypervisor.Paging.GuestPhysicalMap? map = null;
+        vm.Bus.Claim(new VmmPort(() =>
+        {
+            map = vm.Host.PhysicalMapOf(vm)!;
+            map.Share(new GuestPhysical(PageA), map, new GuestPhysical(PageB));
+        }), SharePort, 1);
+        using var engine = new SimEngine(VirtioBlockGuestTests.Options(technique));
+        var run = vm.Run(engine);
+        Assert.True(run.Outcome.Kind == VmOutcomeKind.DebugExit && run.Outcome.GuestStatus == 0, run.Outcome.Message);
+        ulong old = BitConverter.ToUInt64(vm.Memory.Span(new GuestPhysical(PageB), 8)); // B's home: A's bytes, copied when shared
+        Assert.Equal(0x1111_1111_1111_1111UL, Slot(vm, VirtioGuest.First));    // B shares A's frame
+        Assert.Equal(0x5A5A_5A5A_5A5A_5A5AUL, Slot(vm, VirtioGuest.Second));   // A got the disk's bytes
+        Assert.Equal(0x1111_1111_1111_1111UL, Slot(vm, OtherAfter));           // B kept the old ones
+        Assert.Equal(old, Slot(vm, OtherAfter));
+        Assert.NotNull(map);
+        Assert.Equal(1, map.CopyOnWriteBreaks);
+    }
+
     [Fact]
     public void A_driver_without_version_1_is_refused_at_features_ok()
     {
