@@ -54,10 +54,11 @@ internal static class RunCommand
                           "May be given several times (docs/devices.md)",
             Arity = ArgumentArity.ZeroOrMore,
         };
+        var virtioConsole = new Option<bool>("--virtio-console") { Description = "Give the guest a virtio-console (virtio-mmio, the slot after the virtio disks) whose output goes where COM1's does" };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
-            technique, mmu, nestedPages, disk,
+            technique, mmu, nestedPages, disk, virtioConsole,
         };
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
@@ -83,7 +84,7 @@ internal static class RunCommand
                 Console.Error.WriteLine($"  what to do: {e.Advice}");
                 return ExitStatus.BadInput;
             }
-            return Execute(options with { Caches = caches, Disks = parse.GetValue(disk) ?? [] }, parse.GetValue(verbose));
+            return Execute(options with { Caches = caches, Disks = parse.GetValue(disk) ?? [], VirtioConsole = parse.GetValue(virtioConsole) }, parse.GetValue(verbose));
         });
         return command;
     }
@@ -98,6 +99,9 @@ internal static class RunCommand
 
         /// <summary>The --disk values, in order.</summary>
         public IReadOnlyList<string> Disks { get; init; } = [];
+
+        /// <summary>--virtio-console.</summary>
+        public bool VirtioConsole { get; init; }
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -188,6 +192,7 @@ internal static class RunCommand
                 KvmDevicePath = o.KvmDevice,
                 Multiboot = o.Multiboot,
                 Disks = disks,
+                VirtioConsole = o.VirtioConsole,
             };
             using var vm = Vm.Create(config);
             if (!o.Force && engineKind == EngineKind.Kvm)

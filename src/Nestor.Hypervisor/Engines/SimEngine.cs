@@ -9,6 +9,7 @@ using Nestor.Hypervisor.Platform;
 using Nestor.Hypervisor.State;
 using Nestor.Hypervisor.Techniques;
 using Nestor.Hypervisor.Techniques.HardwareAssist;
+using Nestor.Machine.Addresses;
 using Nestor.Machine.Processor;
 using Nestor.Machine.Memory;
 using Nestor.Machine.Paging;
@@ -182,6 +183,32 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 return new VmOutcome(VmOutcomeKind.EmulationFailure, $"the VMM cannot enter the guest: {e.Message}", Capture(cpu));
             }
         }
+        // Device DMA (virtio) writes guest RAM behind the CPU's back: under a VMM a shared frame becomes the page's
+        // private copy first, as a guest write would make it (the P2M's copy-on-write break updates the nested or
+        // shadow tables), and afterwards the CPU drops what it decoded from the written bytes.
+        var dmaMap = physicalMap;
+        vm.Dma.BeforeWrite = dmaMap is null ? null : (address, length) =>
+        {
+            for (ulong page = address.Value & ~0xFFFUL; page < address.Value + (ulong)length; page += 0x1000)
+            {
+                dmaMap.Touch(new GuestPhysical(page), write: true);
+            }
+        };
+        vm.Dma.Written = (address, length) =>
+        {
+            if (dmaMap is null)
+            {
+                machine.PhysicalMemoryWritten(new HostPhysical(address.Value), length);
+                return;
+            }
+            for (ulong page = address.Value & ~0xFFFUL; page < address.Value + (ulong)length; page += 0x1000)
+            {
+                if (dmaMap.TryHostPhysical(new GuestPhysical(page), out var host))
+                {
+                    machine.PhysicalMemoryWritten(host, 0x1000);
+                }
+            }
+        };
         // The accessing instruction's own address (RIP is already past it while it executes).
         platform.ReportInstructionPointer(() => machine.InstructionAddress, isNext: false);
         var clock = Stopwatch.StartNew();
@@ -236,6 +263,8 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         }
         finally
         {
+            vm.Dma.BeforeWrite = null;
+            vm.Dma.Written = null;
             clock.Stop();
             vcpu.State = cpu.SaveState(); // the next run continues from here
             platform.AddGuestTicks(clock.ElapsedTicks);

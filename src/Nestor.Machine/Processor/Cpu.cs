@@ -588,6 +588,24 @@ public sealed unsafe partial class Cpu
         return ref decoded.Instructions[decoded.Count - 1];
     }
 
+    /// <summary>Something other than this CPU wrote machine-physical memory at <paramref name="address"/> (a device's
+    /// DMA): the decoded instructions of the written pages go, as for a write by the CPU itself (cross-modifying code;
+    /// Intel SDM Vol. 3A §9.1.3 asks software to serialize, which the next fetch's decode is here).</summary>
+    /// <param name="address">The address as this CPU's memory sees it: host-physical under a VMM, the guest-physical
+    /// address when the guest runs natively.</param>
+    public void PhysicalMemoryWritten(Addresses.HostPhysical address, int length)
+    {
+        if (length <= 0)
+        {
+            return;
+        }
+        ulong last = address.Value + (ulong)length - 1;
+        for (ulong page = address.Value & ~0xFFFUL; page <= last && page >= (address.Value & ~0xFFFUL); page += 0x1000)
+        {
+            CodeWritten(page);
+        }
+    }
+
     /// <summary>A write to a page holding decoded instructions drops them (self-modifying code).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void CodeWritten(ulong physical)
