@@ -157,6 +157,10 @@ public sealed class Vm : IDisposable
             // normally (a killed VMM keeps only what the guest flushed).
             disk.Dispose();
         }
+        foreach (var device in deviceParts.OfType<IDisposable>())
+        {
+            device.Dispose(); // before the host's frame pool goes: a device may hold frames of it (an IOMMU's tables)
+        }
         Host.Remove(this);
         if (privateHost)
         {

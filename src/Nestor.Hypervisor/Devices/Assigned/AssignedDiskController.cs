@@ -15,7 +15,7 @@ namespace Nestor.Hypervisor.Devices.Assigned;
 /// <remarks>The interrupt still goes through the VMM: the line reaches the I/O APIC, and under a VMM an external
 /// interrupt exits and is injected (there are no posted interrupts in this machine, which would let it reach the guest
 /// without an exit, as VT-d's posted interrupts with APICv do).</remarks>
-public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable
+public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable, IDisposable
 {
     /// <summary>Where controller 0's registers are; controller n is <see cref="RegisterStride"/> × n above.</summary>
     public const ulong BaseAddress = 0xFEA0_0000;
@@ -392,6 +392,9 @@ public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable
             line.Lower();
         }
     }
+
+    /// <summary>Gives the IOMMU's tables back (the VM is going).</summary>
+    public void Dispose() => dma.Dispose();
 
     /// <inheritdoc/>
     public string SectionTag => $"NDM{Index}";
