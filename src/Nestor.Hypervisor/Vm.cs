@@ -45,6 +45,18 @@ public sealed class Vm : IDisposable
     }
 
     private readonly List<Devices.Storage.IBlockBackend> openedDisks;
+    private readonly List<Persistence.ISnapshottable> attachedParts = [];
+    private readonly List<Devices.Storage.AttachedDisk> disks = [];
+
+    /// <summary>The VM's disks as attached (docs/devices.md), with their controllers' counters.</summary>
+    public IReadOnlyList<Devices.Storage.AttachedDisk> Disks => disks;
+
+    /// <summary>Adds a device attached with a disk (a disk controller) to <see cref="SnapshotParts"/>, after the
+    /// platform's own devices, in the order of attachment.</summary>
+    internal void AddSnapshotPart(Persistence.ISnapshottable part) => attachedParts.Add(part);
+
+    /// <summary>Records a disk in <see cref="Disks"/>.</summary>
+    internal void AddDisk(Devices.Storage.AttachedDisk disk) => disks.Add(disk);
 
     public VmConfig Config { get; }
 
@@ -85,14 +97,8 @@ public sealed class Vm : IDisposable
     public DebugExitPort DebugExit { get; }
 
     /// <summary>The parts of the VM a snapshot holds, in the order of their sections: the vCPUs, RAM, COM1, the
-    /// debug-exit port, the platform's interrupt lines, the I/O APIC and the 8259 pair. The engine's own state (a VMM's) is not here: see <see cref="Persistence.VmSnapshot"/>.</summary>
-    public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit, Interrupts, IoApic, Pic, .. deviceParts];
-
-    private readonly List<Persistence.ISnapshottable> deviceParts = [];
-
-    /// <summary>Adds a device with state, attached after the platform's own, to <see cref="SnapshotParts"/> (in the
-    /// order attached).</summary>
-    internal void AddDevice(Persistence.ISnapshottable device) => deviceParts.Add(device);
+    /// debug-exit port, the platform's interrupt lines, the I/O APIC and the 8259 pair, then the disk controllers. The engine's own state (a VMM's) is not here: see <see cref="Persistence.VmSnapshot"/>.</summary>
+    public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit, Interrupts, IoApic, Pic, .. attachedParts];
 
     /// <summary>VM exits handled so far.</summary>
     public ExitStatistics Exits { get; } = new();
@@ -157,7 +163,7 @@ public sealed class Vm : IDisposable
             // normally (a killed VMM keeps only what the guest flushed).
             disk.Dispose();
         }
-        foreach (var device in deviceParts.OfType<IDisposable>())
+        foreach (var device in attachedParts.OfType<IDisposable>())
         {
             device.Dispose(); // before the host's frame pool goes: a device may hold frames of it (an IOMMU's tables)
         }

@@ -46,10 +46,18 @@ internal static class RunCommand
         var technique = new Option<string>("--technique") { Description = "How the VMM virtualizes the CPU on --engine sim: native (no VMM, the default), hw (hardware assist: VM exits, a VMCS), trap (trap-and-emulate, the kernel in ring 1), bt (binary translation of the kernel) or pv (paravirtualization: NestorOS makes hypercalls)", DefaultValueFactory = _ => "native" };
         var mmu = new Option<string?>("--mmu") { Description = "Memory virtualization with --technique hw: nested (nested page tables, the 2-D walk; the default) or shadow" };
         var nestedPages = new Option<string?>("--nested-pages") { Description = "Page size the VMM maps guest RAM with in the nested page table: 4k (the default) or 2m" };
+        var disk = new Option<string[]>("--disk")
+        {
+            Description = "Attach a raw disk image: FILE[,if=ata|virtio|assigned][,ro]; if=virtio (paravirtual virtio-blk) by default, " +
+                          "if=ata the emulated IDE disk (master, then slave), if=assigned the dedicated controller; ro attaches it " +
+                          "read-only. The file is locked while the VM runs; writes reach it as the guest's flushes promise. " +
+                          "May be given several times (docs/devices.md)",
+            Arity = ArgumentArity.ZeroOrMore,
+        };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
-            technique, mmu, nestedPages,
+            technique, mmu, nestedPages, disk,
         };
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
@@ -75,7 +83,7 @@ internal static class RunCommand
                 Console.Error.WriteLine($"  what to do: {e.Advice}");
                 return ExitStatus.BadInput;
             }
-            return Execute(options with { Caches = caches }, parse.GetValue(verbose));
+            return Execute(options with { Caches = caches, Disks = parse.GetValue(disk) ?? [] }, parse.GetValue(verbose));
         });
         return command;
     }
@@ -87,6 +95,9 @@ internal static class RunCommand
     {
         /// <summary>The MMU's caches (--tlb, --pwc, --nested-tlb, --nested-pwc).</summary>
         public MmuConfiguration Caches { get; init; } = MmuConfiguration.Default;
+
+        /// <summary>The --disk values, in order.</summary>
+        public IReadOnlyList<string> Disks { get; init; } = [];
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -151,6 +162,7 @@ internal static class RunCommand
             RefuseMultibootMisuse(o, engineKind);
             ulong memoryBytes = Size.Parse(o.Memory, "--memory");
             var source = KernelSource(o, memoryBytes);
+            var disks = o.Disks.Select(Hypervisor.Devices.Storage.DiskConfig.Parse).ToList();
             var captured = new MemoryStream();
             Stream serial;
             if (o.SerialLog is not null)
@@ -175,6 +187,7 @@ internal static class RunCommand
                 Diagnostics = Console.Error,
                 KvmDevicePath = o.KvmDevice,
                 Multiboot = o.Multiboot,
+                Disks = disks,
             };
             using var vm = Vm.Create(config);
             if (!o.Force && engineKind == EngineKind.Kvm)
@@ -257,7 +270,7 @@ internal static class RunCommand
     /// <summary><c>--qemu</c>: the same kernel on the reference machine (QEMU TCG), for comparison with Nestor.</summary>
     private static int RunOnQemu(RunOptions o)
     {
-        string[] given = [.. new[] { (o.Flat, "--flat"), (o.Stats, "--stats"), (o.Json, "--json"), (o.DumpState is not null, "--dump-state") }
+        string[] given = [.. new[] { (o.Flat, "--flat"), (o.Stats, "--stats"), (o.Json, "--json"), (o.DumpState is not null, "--dump-state"), (o.Disks.Count > 0, "--disk") }
             .Where(g => g.Item1).Select(g => g.Item2)];
         if (given.Length > 0)
         {

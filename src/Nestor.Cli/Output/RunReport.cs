@@ -69,6 +69,18 @@ internal sealed class RunReport(Vm vm, IEngine engine, RunResult run, TimeSpan w
                 o.WriteLine($"  {rest.Count + " other ports",-21} {rest.Sum(p => p.Reads),10} {rest.Sum(p => p.Writes),10}  (--json lists them all)");
             }
         }
+        if (vm.Disks.Count > 0)
+        {
+            // Requests as the guest's driver made them, whatever the interface (an ATA command, a virtio-blk request).
+            o.WriteLine();
+            o.WriteLine("Disks:");
+            o.WriteLine($"  {"disk",-20} {"where",-16} {"reads",8} {"writes",8} {"flushes",8} {"errors",7} {"bytes read",12} {"bytes written",14} {"interrupts",10}");
+            foreach (var d in vm.Disks)
+            {
+                var s = d.Statistics;
+                o.WriteLine($"  {d.Backend.Name + (d.Backend.ReadOnly ? " (ro)" : ""),-20} {d.Place,-16} {s.Reads,8} {s.Writes,8} {s.Flushes,8} {s.Errors,7} {s.BytesRead,12} {s.BytesWritten,14} {s.Interrupts,10}");
+            }
+        }
         if (exits.ByDeviceMemory.Count > 0)
         {
             // An assigned device's registers are mapped into the guest: its accesses are direct, not exits.

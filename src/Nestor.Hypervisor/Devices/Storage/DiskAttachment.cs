@@ -49,11 +49,31 @@ internal static class DiskAttachment
 
     // Each interface's owner replaces its method's body (the file-backed disk image, the ATA controller, virtio-blk,
     // the assigned controller).
-    private static IBlockBackend Open(DiskConfig disk) =>
-        throw new Errors.BadInputException($"disk '{disk.Path}': raw disk image files are not supported yet", "Leave out --disk");
+    /// <summary>A raw image file, locked for this VM (docs/devices.md): <see cref="DiskImage"/>.</summary>
+    private static IBlockBackend Open(DiskConfig disk) => DiskImage.Open(disk.Path, disk.ReadOnly);
 
-    private static void AttachAta(Vm vm, IBlockBackend backend, int index) =>
-        throw new Errors.BadInputException($"disk '{backend.Name}': if=ata is not supported yet", "Use another interface");
+    /// <summary>The primary ATA channel: the first if=ata disk is its master, the second its slave; the controller
+    /// and its ports come with the first.</summary>
+    private static void AttachAta(Vm vm, IBlockBackend backend, int index)
+    {
+        if (index >= Legacy.Ata.AtaController.DeviceCount)
+        {
+            throw new Errors.BadInputException(
+                $"disk '{backend.Name}' is if=ata disk {index + 1}, and the ATA channel has two places (master and slave), both taken",
+                "Attach at most two disks with if=ata; give the others if=virtio or if=assigned");
+        }
+        var controller = vm.Bus.PortDevice(Legacy.Ata.AtaController.CommandBlock) as Legacy.Ata.AtaController;
+        if (controller is null)
+        {
+            controller = new Legacy.Ata.AtaController(vm.Interrupts[Legacy.Ata.AtaController.Gsi]);
+            vm.Bus.Claim(controller, Legacy.Ata.AtaController.CommandBlock, Legacy.Ata.AtaController.CommandBlockPorts);
+            vm.Bus.Claim(controller, Legacy.Ata.AtaController.ControlBlock, Legacy.Ata.AtaController.ControlBlockPorts);
+            vm.AddSnapshotPart(controller);
+        }
+        var statistics = new DiskStatistics();
+        controller.Attach(index, backend, statistics);
+        vm.AddDisk(new AttachedDisk(backend, DiskInterface.Ata, index, statistics));
+    }
 
     private static void AttachVirtio(Vm vm, IBlockBackend backend, int index) =>
         throw new Errors.BadInputException($"disk '{backend.Name}': if=virtio is not supported yet", "Use another interface");
@@ -69,8 +89,10 @@ internal static class DiskAttachment
                 $"disk '{backend.Name}': the platform has {Assigned.AssignedDiskController.MaximumControllers} assigned-controller slots, and this is assigned disk {index + 1}",
                 $"Give at most {Assigned.AssignedDiskController.MaximumControllers} disks with if=assigned, and the others another interface");
         }
-        var controller = new Assigned.AssignedDiskController(vm, backend, index);
+        var statistics = new DiskStatistics();
+        var controller = new Assigned.AssignedDiskController(vm, backend, index, statistics);
         vm.Bus.Claim(controller, controller.RegisterBase, Assigned.AssignedDiskController.RegisterStride);
-        vm.AddDevice(controller);
+        vm.AddSnapshotPart(controller);
+        vm.AddDisk(new AttachedDisk(backend, DiskInterface.Assigned, index, statistics));
     }
 }

@@ -92,6 +92,10 @@ public class AssignedDiskControllerTests
         Assert.Equal("", diagnostics.ToString());
 
         var controller = Controller(vm);
+        var counted = controller.Statistics;
+        Assert.Equal((1L, 1L, 1L, 0L, (long)Bytes, (long)Bytes, 0L),
+            (counted.Reads, counted.Writes, counted.Flushes, counted.Errors, counted.BytesRead, counted.BytesWritten, counted.Interrupts));
+        Assert.Same(counted, Assert.Single(vm.Disks).Statistics); // what --stats shows
         Assert.Equal(guest.RegisterReads, controller.RegisterReads);
         Assert.Equal(guest.RegisterWrites, controller.RegisterWrites);
         var registers = Assert.Single(vm.Exits.ByDeviceMemory, d => d.Device == controller.Name);
@@ -206,6 +210,7 @@ public class AssignedDiskControllerTests
         Assert.True(disk.Contents.ToArray().All(b => b == 0));
         var controller = Controller(vm);
         Assert.Equal((6L, 1L, 512L, 0L), (controller.BadRequests, controller.WriteProtectedRequests, controller.BytesRead, controller.BytesWritten));
+        Assert.Equal((1L, 7L), (controller.Statistics.Reads, controller.Statistics.Errors));
         Assert.Equal(1u, (uint)vm.Bus.ReadMemory(AssignedDiskController.BaseAddress + AssignedDiskController.ReadOnlyRegister, 4));
     }
 
@@ -223,6 +228,7 @@ public class AssignedDiskControllerTests
         Run(vm, engine);
 
         Assert.True(line.Asserted);
+        Assert.Equal(1, Controller(vm).Statistics.Interrupts);
         ulong status = AssignedDiskController.BaseAddress + AssignedDiskController.InterruptStatusRegister;
         vm.Bus.WriteMemory(status, 4, AssignedDiskController.InterruptDmaFault); // clears nothing set
         Assert.True(line.Asserted);
