@@ -249,4 +249,33 @@ public class AssignedDiskTests
         var controller = (AssignedDiskController)vm.Bus.MemoryDevice(Bar)!;
         Assert.Equal(1, controller.Dma.Programmings); // the identity mapping, programmed once
     }
+
+    [Theory]
+    [InlineData("hw")]
+    [InlineData("native")]
+    public void Nestor_run_with_an_assigned_disk_image_lists_direct_register_accesses_next_to_the_exits_and_keeps_the_data(string technique)
+    {
+        var counted = new Accesses();
+        string directory = Directory.CreateTempSubdirectory("nestor-assigned-").FullName;
+        try
+        {
+            string guest = Path.Combine(directory, "driver.bin"), image = Path.Combine(directory, "disk.img");
+            File.WriteAllBytes(guest, Guest(interrupts: false, counted));
+            File.WriteAllBytes(image, new byte[64 * 512]);
+
+            var r = NestorProcess.Run("run", "--flat", guest, "--disk", image + ",if=assigned", "--technique", technique, "--stats");
+
+            Assert.True(r.ExitCode == 0, r.ToString());
+            bool direct = technique != "native";
+            long exitReads = direct ? 0 : counted.RegisterReads, exitWrites = direct ? 0 : counted.RegisterWrites;
+            long directReads = direct ? counted.RegisterReads : 0, directWrites = direct ? counted.RegisterWrites : 0;
+            Assert.Matches($@"\n  ndma0\s+{exitReads}\s+{exitWrites}\s+{directReads}\s+{directWrites}\s*\n", r.Stdout);
+            Assert.Matches(@"disk\.img\s+assigned 0\s+1\s+1\s+1\s+0\s+4096\s+4096", r.Stdout);
+            Assert.Equal(PatternBytes(), File.ReadAllBytes(image).AsSpan((int)Sector * 512, Bytes).ToArray());
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
 }
