@@ -26,6 +26,7 @@ public class AssignedDiskControllerTests
         { Technique.HardwareAssist, MemoryVirtualization.Shadow },
         { Technique.TrapAndEmulate, MemoryVirtualization.Shadow },
         { Technique.BinaryTranslation, MemoryVirtualization.Shadow },
+        { Technique.Paravirtual, MemoryVirtualization.Shadow },
     };
 
     internal static (Vm Vm, MemoryBlockBackend Disk, StringWriter Diagnostics) Create(byte[] code, bool readOnly = false, MemoryBlockBackend? disk = null)
@@ -290,5 +291,54 @@ public class AssignedDiskControllerTests
         var e = Assert.Throws<Errors.BadInputException>(() => Vm.Create(config));
         Assert.Contains("2 assigned-controller slots", e.Message);
         Assert.NotNull(e.Advice);
+    }
+
+    [Fact]
+    public void A_snapshot_keeps_the_registers_and_the_asserted_line_and_the_restored_controller_continues()
+    {
+        var guest = new AssignedDiskGuest();
+        var code = guest.Build(null, [new(AssignedDiskController.OperationFlush, 0, 0, 0), new(AssignedDiskController.OperationFlush, 0, 0, 0)], null,
+            control: AssignedDiskController.ControlEnable | AssignedDiskController.ControlInterruptOnCompletion);
+        var (vm, _, _) = Create(code);
+        using var __ = vm;
+        using (var engine = Engine(Technique.Native, MemoryVirtualization.Nested))
+        {
+            Run(vm, engine);
+        }
+        byte[] snapshot = Persistence.VmSnapshot.Capture(vm);
+        var (restored, disk, _) = Create(code);
+        using var ___ = restored;
+
+        Persistence.VmSnapshot.Restore(restored, snapshot);
+
+        ulong b = AssignedDiskController.BaseAddress;
+        foreach (int register in new[] { AssignedDiskController.RingBaseRegister, AssignedDiskController.RingSizeRegister,
+                     AssignedDiskController.ControlRegister, AssignedDiskController.CompletedRegister, AssignedDiskController.InterruptStatusRegister })
+        {
+            Assert.Equal(vm.Bus.ReadMemory(b + (ulong)register, 4), restored.Bus.ReadMemory(b + (ulong)register, 4));
+        }
+        Assert.Equal(2UL, restored.Bus.ReadMemory(b + AssignedDiskController.CompletedRegister, 4));
+        Assert.True(restored.Interrupts[AssignedDiskController.FirstGsi].Asserted);
+        // The next doorbell processes entry 2 of the latched ring (RAM came with the snapshot: a zeroed entry, a bad
+        // request), with the IOMMU programmed anew.
+        restored.Bus.WriteMemory(b + AssignedDiskController.SubmitRegister, 4, 3);
+        Assert.Equal(3UL, restored.Bus.ReadMemory(b + AssignedDiskController.CompletedRegister, 4));
+        Assert.Equal(AssignedDiskController.StatusBadRequest, Status(restored, 2));
+        Assert.Equal(0, disk.Flushes);
+    }
+
+    [Fact]
+    public void An_impossible_controller_section_is_refused()
+    {
+        var (vm, _, _) = Create(AssignedDiskGuest.PatternBytes(8));
+        using var __ = vm;
+        var fields = new byte[44];
+        BitConverter.TryWriteBytes(fields.AsSpan(12), 0x80u); // CONTROL with a bit the controller does not have
+        var reader = Persistence.SnapshotReader.OverFields(fields, "NDM0");
+        Assert.Throws<Persistence.SnapshotFormatException>(() => Controller(vm).Restore(reader, 1));
+        fields = new byte[44];
+        BitConverter.TryWriteBytes(fields.AsSpan(12), AssignedDiskController.ControlEnable);
+        BitConverter.TryWriteBytes(fields.AsSpan(40), 3u); // enabled with a ring of 3 entries
+        Assert.Throws<Persistence.SnapshotFormatException>(() => Controller(vm).Restore(Persistence.SnapshotReader.OverFields(fields, "NDM0"), 1));
     }
 }
