@@ -341,4 +341,48 @@ public class AssignedDiskControllerTests
         BitConverter.TryWriteBytes(fields.AsSpan(40), 3u); // enabled with a ring of 3 entries
         Assert.Throws<Persistence.SnapshotFormatException>(() => Controller(vm).Restore(Persistence.SnapshotReader.OverFields(fields, "NDM0"), 1));
     }
+
+    [Fact]
+    public void Shadow_paging_verified_after_every_change_agrees_that_the_registers_are_in_the_assigned_window()
+    {
+        var guest = new AssignedDiskGuest();
+        var (vm, disk, _) = Create(guest.Build((Buffer, 4096), [new(AssignedDiskController.OperationWrite, 4096, 0, Buffer)], null));
+        using var __ = vm;
+        using var engine = new SimEngine(new SimOptions
+        {
+            Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Shadow, VerifyShadowPaging = true,
+        });
+
+        var run = vm.Run(engine);
+
+        Assert.True(run.Outcome.Kind == VmOutcomeKind.DebugExit, run.Outcome.Message);
+        Assert.Equal(AssignedDiskGuest.PatternBytes(4096), disk.Contents[..4096].ToArray());
+        // The shadow's leaf for the register page points into the assigned window, as the verification expects.
+        var machine = run.Machine!;
+        Assert.Empty(machine.Monitor!.Shadow!.Verify(machine.Cpu.Mmu.Controls));
+        Assert.Equal(guest.RegisterReads + guest.RegisterWrites, vm.Exits.DirectDeviceAccesses);
+    }
+
+    [Fact]
+    public void A_ring_outside_ram_faults_each_entry_completes_them_and_leaves_the_vm_running()
+    {
+        var (vm, _, diagnostics) = Create(AssignedDiskGuest.PatternBytes(8));
+        using var __ = vm;
+        var bus = vm.Bus;
+        ulong b = AssignedDiskController.BaseAddress, ring = 0xD000_0000; // in the device hole below 4 GiB
+        bus.WriteMemory(b + AssignedDiskController.RingBaseRegister, 8, ring);
+        bus.WriteMemory(b + AssignedDiskController.RingSizeRegister, 4, 2);
+        bus.WriteMemory(b + AssignedDiskController.ControlRegister, 4, AssignedDiskController.ControlEnable);
+        bus.WriteMemory(b + AssignedDiskController.SubmitRegister, 4, 2);
+
+        Assert.Equal(2UL, bus.ReadMemory(b + AssignedDiskController.CompletedRegister, 4));
+        Assert.Equal((ulong)(AssignedDiskController.InterruptCompletion | AssignedDiskController.InterruptDmaFault),
+            bus.ReadMemory(b + AssignedDiskController.InterruptStatusRegister, 4));
+        Assert.Equal(ring + AssignedDiskController.RequestSize, bus.ReadMemory(b + AssignedDiskController.FaultAddressLowRegister, 4));
+        Assert.Equal(0UL, bus.ReadMemory(b + AssignedDiskController.FaultAddressHighRegister, 4));
+        var faults = Controller(vm).Dma.Faults;
+        Assert.Equal([new DmaFault(Controller(vm).Dma.Source, ring, false, DmaFaultReason.NotPresent),
+            new DmaFault(Controller(vm).Dma.Source, ring + AssignedDiskController.RequestSize, false, DmaFaultReason.NotPresent)], faults.Records);
+        Assert.Single(diagnostics.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries)); // one page
+    }
 }
