@@ -31,6 +31,31 @@ typedef unsigned long usize;
 #define SYS_KINFO   12   /* what the kernel observes about itself: CPL of its own code */
 #define SYS_MMUTEST 13   /* the MMU permission matrix (kernel/mmutest.c) */
 #define SYS_NANOBENCH 14 /* Adams & Agesen's nanobenchmarks in the kernel (kernel/nanobench.c): op, count */
+#define SYS_BLKINFO 15   /* blkinfo(index, &struct blk_info): a block device of the block layer (kernel/block.c) */
+#define SYS_BLKIO   16   /* blkio(index, op, sector, buffer, bytes): one transfer of up to 1 MiB, or a flush */
+
+/* The block layer (kernel/block.c, docs/guest.md). */
+#define BLK_OP_READ  0
+#define BLK_OP_WRITE 1
+#define BLK_OP_FLUSH 2
+#define BLK_SECTOR_SIZE 512
+#define BLK_MAX_TRANSFER (1UL << 20)
+#define BLK_INTERFACE_ATA     0   /* emulated: ATA PIO on the primary channel */
+#define BLK_INTERFACE_VIRTIO  1   /* paravirtual: virtio-blk over virtio-mmio */
+#define BLK_INTERFACE_ASSIGNED 2  /* dedicated: the assigned DMA controller (NDMA) */
+#define BLK_FLAG_INTERRUPTS (1u << 0)  /* completion by interrupt rather than polling */
+#define BLK_FLAG_LBA48      (1u << 1)  /* ATA: 48-bit addressing */
+#define BLK_FLAG_FLUSH      (1u << 2)  /* the device has a write cache that flush empties */
+struct blk_info {
+    char name[8];        /* "ata0", "vda", "nd0", ... NUL-terminated */
+    u64 sectors;         /* of BLK_SECTOR_SIZE bytes */
+    u32 read_only;
+    u32 interface;       /* BLK_INTERFACE_* */
+    u32 flags;           /* BLK_FLAG_* */
+    u32 reserved;
+    u64 requests;        /* driver requests so far (reads, writes, flushes) */
+    u64 errors;          /* of which failed */
+};
 
 /* The paravirtual interface of Nestor's VMM (docs/paravirt.md): CPUID 0x40000001 EAX bit 0 says it is there;
  * a hypercall is VMCALL with the number in RAX and arguments in RDI, RSI; the result comes back in RAX. */
@@ -56,6 +81,10 @@ typedef unsigned long usize;
 #define E_CHILD  10
 #define E_NOENT  2
 #define E_FAULT  14
+#define E_IO     5
+#define E_NODEV  19
+#define E_ROFS   30
+#define E_RANGE  34
 
 /* A process killed by a fault exits with this status plus the exception vector. */
 #define KILLED_BY_FAULT 128

@@ -1,7 +1,8 @@
 /* Exception entry, system-call entry and the context switch. */
     .text
 
-/* Exceptions 0-31: vectors with a CPU-pushed error code (SDM Vol. 3A Table 6-1): 8, 10-14, 17, 21. */
+/* Exceptions 0-31: vectors with a CPU-pushed error code (SDM Vol. 3A Table 6-1): 8, 10-14, 17, 21. Vector 32 is the
+ * timer, 33-43 the disk controllers' interrupts (kernel/block.h). */
 .macro ISR vector
 isr_\vector:
     .if (\vector == 8) || (\vector >= 10 && \vector <= 14) || (\vector == 17) || (\vector == 21)
@@ -14,7 +15,7 @@ isr_\vector:
 
 .altmacro
 .set i, 0
-.rept 33
+.rept 44
     ISR %i
     .set i, i + 1
 .endr
@@ -26,7 +27,7 @@ isr_\vector:
     .globl isr_table
 isr_table:
 .set i, 0
-.rept 33
+.rept 44
     ISR_ADDRESS %i
     .set i, i + 1
 .endr

@@ -1,6 +1,6 @@
 /* NestorOS kernel entry: find memory and the command line from whichever boot protocol started us, build the
  * kernel's own page tables and CPU tables, and start init. */
-#include "kernel.h"
+#include "block.h"
 
 extern char __image_start[], __bss_end[];
 
@@ -109,6 +109,10 @@ void kernel_main(int kind, u64 info)
         *(volatile u64 *)0 = 1;
     }
     timer_init();
+    /* Disks, found by probing (docs/devices.md); the block layer's options lead the command line. */
+    struct block_options options = { 0, 0, 0, 0 };
+    const char *commands = block_parse_options(cmdline, &options);
+    block_init(&options);
     frames_at_init = frames_free_count();
-    process_start_init(cmdline);
+    process_start_init(commands);
 }

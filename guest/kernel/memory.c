@@ -64,3 +64,27 @@ void frame_unref(u64 frame)
         free_count++;
     }
 }
+
+/* Takes `count` physically contiguous free frames for a device buffer (the block layer's bounce buffer), never to be
+ * freed. It looks for a run of consecutive addresses among consecutive free-list entries, which is how the list
+ * starts out (frames_add_range pushes in order), so it is meant to be called once at boot. Returns 0 if none. */
+u64 frames_take_contiguous(u64 count)
+{
+    u64 *link = &free_list;          /* the link that points at the run's first frame */
+    while (*link) {
+        u64 first = *link, last = first, length = 1;
+        while (length < count && *(u64 *)last == last + PAGE_SIZE) {
+            last += PAGE_SIZE;
+            length++;
+        }
+        if (length == count) {
+            *link = *(u64 *)last;
+            free_count -= count;
+            for (u64 f = first; f <= last; f += PAGE_SIZE) refcounts[f / PAGE_SIZE] = 1;
+            memset((void *)first, 0, count * PAGE_SIZE);
+            return first;
+        }
+        link = (u64 *)last;          /* the run broke after `last`: continue from its successor */
+    }
+    return 0;
+}

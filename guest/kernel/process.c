@@ -1,6 +1,6 @@
 /* Processes, the scheduler (run until block: a process runs until it waits, yields or exits), system calls,
  * copy-on-write fork and demand paging. */
-#include "kernel.h"
+#include "block.h"
 
 #define MAX_PROCESSES 64
 #define MAX_MAPS 16
@@ -52,7 +52,7 @@ extern char __user_text_size[], __user_size[];
 
 static const char *const program_names[] = {
     "init", "hello", "forkwait", "syscall", "pagefault", "memtouch", "ptchurn", "compute", "sensitive", "fault", "preempt", "mmutest",
-    "nanobench", 0,
+    "nanobench", "disktest", "diskbench", "diskcheck", 0,
 };
 
 static u64 stack_top_of(struct process *p) { return (u64)kernel_stacks[p - processes] + KERNEL_STACK_SIZE; }
@@ -425,6 +425,10 @@ u64 syscall_dispatch(struct trap_frame *f)
         extern i64 nanobench(u64 op, u64 count);
         return (u64)nanobench(f->rdi, f->rsi);
     }
+    case SYS_BLKINFO:
+        return (u64)sys_blkinfo(f->rdi, f->rsi);
+    case SYS_BLKIO:
+        return (u64)sys_blkio(f->rdi, f->rsi, f->rdx, f->r10, f->r8);
     case SYS_KINFO: {
         if (f->rdi == 1) return timer_ticks;
         if (f->rdi == 2) return preemptions;

@@ -72,6 +72,9 @@ int user_main(int argc, char **argv)
     if (!strcmp(p, "preempt")) return main_preempt(argc, argv);
     if (!strcmp(p, "mmutest")) return main_mmutest(argc, argv);
     if (!strcmp(p, "nanobench")) return main_nanobench(argc, argv);
+    if (!strcmp(p, "disktest")) return main_disktest(argc, argv);
+    if (!strcmp(p, "diskbench")) return main_diskbench(argc, argv);
+    if (!strcmp(p, "diskcheck")) return main_diskcheck(argc, argv);
     print("no such program: %s\n", p);
     return 127;
 }

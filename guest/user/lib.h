@@ -25,6 +25,11 @@ static inline u64 sys_uptime(void) { return (u64)syscall5(SYS_UPTIME, 0, 0, 0, 0
 static inline i64 sys_exec(const char *name, const char *args) { return syscall5(SYS_EXEC, (u64)name, (u64)args, 0, 0, 0); }
 static inline i64 sys_kinfo(void) { return syscall5(SYS_KINFO, 0, 0, 0, 0, 0); }
 static inline i64 sys_kinfo_of(u64 what) { return syscall5(SYS_KINFO, what, 0, 0, 0, 0); }
+static inline i64 sys_blkinfo(u64 index, struct blk_info *info) { return syscall5(SYS_BLKINFO, index, (u64)info, 0, 0, 0); }
+static inline i64 sys_blkio(u64 index, u64 op, u64 sector, void *buffer, u64 bytes)
+{
+    return syscall5(SYS_BLKIO, index, op, sector, (u64)buffer, bytes);
+}
 
 int strcmp(const char *a, const char *b);
 usize strlen(const char *s);
@@ -47,4 +52,7 @@ int main_fault(int argc, char **argv);
 int main_preempt(int argc, char **argv);
 int main_mmutest(int argc, char **argv);
 int main_nanobench(int argc, char **argv);
+int main_disktest(int argc, char **argv);
+int main_diskbench(int argc, char **argv);
+int main_diskcheck(int argc, char **argv);
 #endif

@@ -45,6 +45,10 @@ public static class MountCalls
         }
     }
 
+    /// <summary>umount2(2) with MNT_DETACH; false (no exception) when <paramref name="target"/> is not a mount point
+    /// or cannot be unmounted, for clean-up that goes on regardless.</summary>
+    public static bool TryUnmountDetached(string target) => LibC.Umount2(target, DetachFlag) == 0;
+
     /// <summary>umount2(2).</summary>
     public static void Unmount(string target, int flags = 0)
     {

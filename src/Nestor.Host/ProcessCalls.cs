@@ -58,8 +58,33 @@ public sealed class CloneExecRequest
     /// <summary>prctl(PR_SET_NO_NEW_PRIVS) before the exec.</summary>
     public bool NoNewPrivileges { get; init; }
 
+    /// <summary>Descriptors open for writing on <c>cgroup.procs</c> files (one per hierarchy: each cgroup v1 controller
+    /// the container uses, or its v2 group). The child writes "0" to each — "the writing process" (cgroups(7),
+    /// "Creating cgroups and moving processes") — as its first step, before it joins a user namespace (whose root
+    /// may not write the host's cgroup files) and before it forks into the pid namespace, so that the program is
+    /// born inside the control group and cannot fork out of its limits first. The caller opens them with
+    /// O_CLOEXEC and closes them after the call.</summary>
+    public IReadOnlyList<int> ControlGroupProcessFiles { get; init; } = [];
+
+    /// <summary>A seccomp filter as a classic BPF program (an array of 8-byte <c>struct sock_filter</c>, e.g. from
+    /// <see cref="SeccompContext.ExportBpf"/>), installed with seccomp(2) SECCOMP_SET_MODE_FILTER. Without
+    /// <see cref="NoNewPrivileges"/> installing needs CAP_SYS_ADMIN, so it happens before the switch to
+    /// <see cref="Identity"/> (the order runc's exec uses); with it, as the last step before execve(2), so that the
+    /// fewest calls run under the filter. The filter must allow what follows it (setgroups, setresgid, setresuid,
+    /// capset, prctl, fcntl, dup2, rt_sigaction, rt_sigprocmask, execve). Null installs none.</summary>
+    public byte[]? SeccompProgram { get; init; }
+
+    /// <summary>seccomp(2)'s flags for <see cref="SeccompProgram"/> (SECCOMP_FILTER_FLAG_LOG = 2,
+    /// SECCOMP_FILTER_FLAG_SPEC_ALLOW = 4; TSYNC = 1 changes nothing in the single-threaded child).</summary>
+    public uint SeccompFlags { get; init; }
+
     /// <summary>Descriptors (opened with O_CLOEXEC by the caller) that stay open in the executed program.</summary>
     public IReadOnlyList<int> InheritedDescriptors { get; init; } = [];
+
+    /// <summary>After taking its standard streams, start a new session (setsid(2)) and make standard input — a
+    /// pseudo-terminal's slave — its controlling terminal (TIOCSCTTY, tty_ioctl(4)): job control, ^C and the
+    /// terminal's hang-up then reach the program, as for a container's first process with process.terminal.</summary>
+    public bool ControllingTerminal { get; init; }
 
     public int Stdin { get; init; }
     public int Stdout { get; init; } = 1;
@@ -122,6 +147,7 @@ public static unsafe class ProcessCalls
         public int Stdin;
         public int Stdout;
         public int Stderr;
+        public int ControllingTerminal;
         public int BecomeRoot;
         public int ForkIntoPid;
         public byte* WorkingDirectory;
@@ -135,9 +161,21 @@ public static unsafe class ProcessCalls
         public ulong Bounding;
         public uint* CapabilityData;
         public int NoNewPrivileges;
+        public int ControlGroupCount;
+        public int* ControlGroupFds;
+        public SocketFilterProgram* Seccomp;
+        public uint SeccompFlags;
         public byte* Path;
         public byte** Argv;
         public byte** Envp;
+    }
+
+    // struct sock_fprog (linux/filter.h): the instruction count and a pointer to the struct sock_filter array.
+    [StructLayout(LayoutKind.Sequential)]
+    private struct SocketFilterProgram
+    {
+        public ushort Length;
+        public byte* Filter;
     }
 
     /// <summary>The steps of the child, reported with the errno when one fails.</summary>
@@ -146,7 +184,8 @@ public static unsafe class ProcessCalls
         "", "waiting for the parent's release", "setns into a namespace", "becoming root of the user namespace",
         "keeping descriptors across exec", "setting up standard streams", "execve", "forking into the pid namespace",
         "chdir to the working directory", "dropping from the capability bounding set", "becoming the process's user",
-        "setting capabilities (capset)", "prctl(PR_SET_NO_NEW_PRIVS)",
+        "setting capabilities (capset)", "prctl(PR_SET_NO_NEW_PRIVS)", "joining the control group (cgroup.procs)",
+        "installing the seccomp filter (seccomp(2))", "making the terminal the controlling one (setsid, TIOCSCTTY)",
     ];
 
     /// <summary>Creates a process with clone3(2) in the namespaces of <see cref="CloneExecRequest.CloneFlags"/> and has
@@ -180,6 +219,7 @@ public static unsafe class ProcessCalls
                 Stdin = request.Stdin,
                 Stdout = request.Stdout,
                 Stderr = request.Stderr,
+                ControllingTerminal = request.ControllingTerminal ? 1 : 0,
                 BecomeRoot = request.BecomeRoot ? 1 : 0,
                 ForkIntoPid = request.ForkIntoPidNamespace ? 1 : 0,
                 WorkingDirectory = request.WorkingDirectory is null ? null : Utf8(unmanaged, request.WorkingDirectory),
@@ -193,6 +233,10 @@ public static unsafe class ProcessCalls
                 Bounding = request.Capabilities?.Bounding ?? 0,
                 CapabilityData = CapabilityData(unmanaged, request.Capabilities),
                 NoNewPrivileges = request.NoNewPrivileges ? 1 : 0,
+                ControlGroupCount = request.ControlGroupProcessFiles.Count,
+                ControlGroupFds = IntArray(unmanaged, request.ControlGroupProcessFiles),
+                Seccomp = SeccompProgram(unmanaged, request.SeccompProgram),
+                SeccompFlags = request.SeccompFlags,
                 Path = Utf8(unmanaged, request.Executable),
                 Argv = StringArray(unmanaged, request.Arguments),
                 Envp = StringArray(unmanaged, request.Environment),
@@ -295,6 +339,12 @@ public static unsafe class ProcessCalls
         while (result < 0 && *plan->Errno == LibC.EINTR);
         if (result == 1)
         {
+            step = 13;
+            byte self = (byte)'0';
+            for (int i = 0; i < plan->ControlGroupCount && result >= 0; i++)
+            {
+                result = call(LibC.SYS_write, plan->ControlGroupFds[i], (long)&self, 1, 0, 0, 0);
+            }
             step = 2;
             for (int i = 0; i < plan->JoinCount && result >= 0; i++)
             {
@@ -345,6 +395,11 @@ public static unsafe class ProcessCalls
                     }
                 }
             }
+            if (result >= 0 && plan->Seccomp != null && plan->NoNewPrivileges == 0)
+            {
+                step = 14;
+                result = call(LibC.SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, plan->SeccompFlags, (long)plan->Seccomp, 0, 0, 0);
+            }
             if (result >= 0 && plan->SetIdentity != 0)
             {
                 step = 10;
@@ -393,6 +448,20 @@ public static unsafe class ProcessCalls
                 {
                     result = DuplicateOnto(call, plan->Stderr, 2);
                 }
+            }
+            if (result >= 0 && plan->ControllingTerminal != 0)
+            {
+                step = 15;
+                result = call(LibC.SYS_setsid, 0, 0, 0, 0, 0, 0);
+                if (result >= 0)
+                {
+                    result = call(LibC.SYS_ioctl, 0, 0x540E /* TIOCSCTTY */, 0, 0, 0, 0);
+                }
+            }
+            if (result >= 0 && plan->Seccomp != null && plan->NoNewPrivileges != 0)
+            {
+                step = 14;
+                result = call(LibC.SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, plan->SeccompFlags, (long)plan->Seccomp, 0, 0, 0);
             }
             if (result >= 0)
             {
@@ -530,6 +599,35 @@ public static unsafe class ProcessCalls
         }
     }
 
+    /// <summary><see cref="WriteAll"/>, false instead of an exception when the descriptor refuses (a reader that went
+    /// away: EPIPE; a terminal hung up: EIO), for copying loops that end there.</summary>
+    public static bool TryWriteAll(int fd, ReadOnlySpan<byte> data)
+    {
+        try
+        {
+            WriteAll(fd, data);
+            return true;
+        }
+        catch (HostCallException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary><see cref="ReadSome"/>, -1 instead of an exception on an error (a pty master reads EIO once its last
+    /// slave closed), for copying loops that end there.</summary>
+    public static int TryReadSome(int fd, Span<byte> buffer)
+    {
+        try
+        {
+            return ReadSome(fd, buffer);
+        }
+        catch (HostCallException)
+        {
+            return -1;
+        }
+    }
+
     /// <summary>write(2) all of <paramref name="data"/>, retrying on EINTR.</summary>
     public static void WriteAll(int fd, ReadOnlySpan<byte> data)
     {
@@ -566,6 +664,27 @@ public static unsafe class ProcessCalls
             }
         }
         return DecodeStatus(status);
+    }
+
+    /// <summary>waitpid(-1): waits for any child (a subreaper's adopted orphans included) and returns its pid and its
+    /// status as <see cref="WaitForExit"/> reports it; pid -1 when this process has no child left (ECHILD).</summary>
+    public static (int Pid, int Status) WaitForAnyChild()
+    {
+        int status;
+        int pid;
+        while ((pid = LibC.WaitPid(-1, &status, 0)) < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == 10 /* ECHILD */)
+            {
+                return (-1, 0);
+            }
+            if (errno != LibC.EINTR)
+            {
+                throw new HostCallException("waitpid of any child", errno);
+            }
+        }
+        return (pid, DecodeStatus(status));
     }
 
     /// <summary>waitpid(2) with WNOHANG: the status as <see cref="WaitForExit"/>, or null while the child runs.</summary>
@@ -701,6 +820,25 @@ public static unsafe class ProcessCalls
             array[i] = values[i];
         }
         return array;
+    }
+
+    private static SocketFilterProgram* SeccompProgram(List<nint> owned, byte[]? program)
+    {
+        if (program is null)
+        {
+            return null;
+        }
+        // Eight bytes an instruction, at most BPF_MAXINSNS (4096) of them (seccomp(2) refuses longer ones with EINVAL).
+        if (program.Length == 0 || program.Length % 8 != 0 || program.Length / 8 > 4096)
+        {
+            throw new ArgumentException($"a seccomp program is 1 to 4096 eight-byte instructions; this one has {program.Length} bytes", nameof(program));
+        }
+        var filter = (byte*)Alloc(owned, program.Length);
+        program.CopyTo(new Span<byte>(filter, program.Length));
+        var header = (SocketFilterProgram*)Alloc(owned, sizeof(SocketFilterProgram));
+        header->Length = (ushort)(program.Length / 8);
+        header->Filter = filter;
+        return header;
     }
 
     private static uint* UintArray(List<nint> owned, IReadOnlyList<uint> values)

@@ -149,6 +149,33 @@ public sealed class SeccompContext : IDisposable
         }
     }
 
+    /// <summary>The filter as the classic BPF program the kernel runs (an array of 8-byte <c>struct sock_filter</c>,
+    /// seccomp_export_bpf(3)), for a process that installs it itself with seccomp(2) SECCOMP_SET_MODE_FILTER — one
+    /// that may not call into libseccomp, such as the clone3 child of <see cref="ProcessCalls.CloneAndExecute"/>.
+    /// libseccomp 2.5 exports only to a descriptor, so the program goes through a memfd.</summary>
+    public unsafe byte[] ExportBpf()
+    {
+        long fd;
+        fixed (byte* name = "nestor-seccomp\0"u8)
+        {
+            fd = LibC.Syscall(LibC.SYS_memfd_create, (long)name, LibC.MFD_CLOEXEC, 0, 0, 0, 0);
+        }
+        if (fd < 0)
+        {
+            throw HostCallException.LastError("memfd_create for seccomp_export_bpf");
+        }
+        using var stream = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle((nint)fd, ownsHandle: true), FileAccess.ReadWrite);
+        int result = LibSeccomp.ExportBpf(Handle, (int)fd);
+        if (result != 0)
+        {
+            throw new HostCallException("seccomp_export_bpf", -result);
+        }
+        stream.Seek(0, SeekOrigin.Begin);
+        using var program = new MemoryStream();
+        stream.CopyTo(program);
+        return program.ToArray();
+    }
+
     private nint Handle => _context != 0 ? _context : throw new ObjectDisposedException(nameof(SeccompContext));
 
     public void Dispose()

@@ -9,6 +9,7 @@ namespace Nestor.Host;
 /// (unix(7)) and the pty's name as the message, and keeps the slave as the process's controlling terminal.</summary>
 public static unsafe class TerminalCalls
 {
+    private const ulong TIOCGWINSZ = 0x5413;
     private const ulong TIOCSWINSZ = 0x5414;
     private const ulong TIOCSCTTY = 0x540E;
     private const ulong TIOCGPTN = 0x80045430;
@@ -40,12 +41,25 @@ public static unsafe class TerminalCalls
 
     /// <summary>Opens /dev/ptmx (the container's, after pivot_root), unlocks it, sets its size, sends the master over
     /// <paramref name="socket"/> and closes it and the socket; returns the slave's descriptor.</summary>
-    public static int CreateAndSendMaster(int socket, uint rows, uint columns)
+    public static int CreateAndSendMaster(int socket, uint rows, uint columns) =>
+        SendNewPseudoTerminal("/dev/ptmx", 0, socket, rows, columns);
+
+    /// <summary>As <see cref="CreateAndSendMaster"/> for a pty in the devpts of the container whose process
+    /// <paramref name="pid"/> is, opened from outside through /proc/PID/root (an exec'd process's terminal must be the
+    /// container's, or <c>tty</c> inside cannot name it). dev and dev/pts are mount points the container cannot replace
+    /// without CAP_SYS_ADMIN, ptmx is opened without following a final link, and what was opened must answer
+    /// TIOCGPTN, so no host file is opened in its place.</summary>
+    public static int CreateAndSendMasterIn(int pid, int socket, uint rows, uint columns) =>
+        SendNewPseudoTerminal($"/proc/{pid}/root/dev/pts/ptmx", LibC.O_NOFOLLOW, socket, rows, columns);
+
+    private static int SendNewPseudoTerminal(string ptmx, int extraFlags, int socket, uint rows, uint columns)
     {
-        int master = LibC.Open("/dev/ptmx", LibC.O_RDWR | LibC.O_NOCTTY | LibC.O_CLOEXEC, 0);
+        int master = LibC.Open(ptmx, LibC.O_RDWR | LibC.O_NOCTTY | LibC.O_CLOEXEC | extraFlags, 0);
         if (master < 0)
         {
-            throw HostCallException.LastError("opening /dev/ptmx");
+            var error = HostCallException.LastError($"opening {ptmx}");
+            LibC.Close(socket);
+            throw error;
         }
         try
         {
@@ -81,6 +95,15 @@ public static unsafe class TerminalCalls
             LibC.Close(master);
             LibC.Close(socket);
         }
+    }
+
+    /// <summary>The window size (rows, columns) of the terminal <paramref name="fd"/> is (TIOCGWINSZ, tty_ioctl(4));
+    /// null when it is not a terminal. Read by ioctl rather than through System.Console, which on first use switches
+    /// the terminal's keypad mode and writes that escape sequence to it.</summary>
+    public static (uint Rows, uint Columns)? WindowSize(int fd)
+    {
+        ushort* size = stackalloc ushort[4];
+        return LibC.Ioctl(fd, TIOCGWINSZ, (nint)size) == 0 ? (size[0], size[1]) : null;
     }
 
     /// <summary>sendmsg(2) of one descriptor as SCM_RIGHTS, with <paramref name="name"/> as the data.</summary>

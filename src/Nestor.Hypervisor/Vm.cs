@@ -42,7 +42,17 @@ public sealed class Vm : IDisposable
         Vcpus = [new Vcpu(0, CpuStateConversion.ToCpuState(InitialState))];
         Dma = new GuestDma(memory);
         openedDisks = Devices.Storage.DiskAttachment.AttachAll(this);
+        Devices.Virtio.Console.VirtioConsole.AttachIfConfigured(this);
     }
+
+    private readonly List<Persistence.ISnapshottable> attachedDevices = [];
+
+    /// <summary>The devices attached after the platform's own (disk controllers, virtio devices), in the order
+    /// attached: each is part of <see cref="SnapshotParts"/>.</summary>
+    public IReadOnlyList<Persistence.ISnapshottable> AttachedDevices => attachedDevices;
+
+    /// <summary>Adds a device with state to the VM's snapshots (called when it is attached).</summary>
+    internal void AttachDevice(Persistence.ISnapshottable device) => attachedDevices.Add(device);
 
     private readonly List<Devices.Storage.IBlockBackend> openedDisks;
     private readonly List<Persistence.ISnapshottable> attachedParts = [];
@@ -97,8 +107,9 @@ public sealed class Vm : IDisposable
     public DebugExitPort DebugExit { get; }
 
     /// <summary>The parts of the VM a snapshot holds, in the order of their sections: the vCPUs, RAM, COM1, the
-    /// debug-exit port, the platform's interrupt lines, the I/O APIC and the 8259 pair, then the disk controllers. The engine's own state (a VMM's) is not here: see <see cref="Persistence.VmSnapshot"/>.</summary>
-    public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit, Interrupts, IoApic, Pic, .. attachedParts];
+    /// debug-exit port, the platform's interrupt lines, the I/O APIC and the 8259 pair, then the disk controllers and the other attached devices. The engine's own state (a VMM's) is not here: see <see cref="Persistence.VmSnapshot"/>.</summary>
+    public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit, Interrupts, IoApic, Pic, .. attachedParts, .. attachedDevices];
+
 
     /// <summary>VM exits handled so far.</summary>
     public ExitStatistics Exits { get; } = new();
@@ -163,7 +174,7 @@ public sealed class Vm : IDisposable
             // normally (a killed VMM keeps only what the guest flushed).
             disk.Dispose();
         }
-        foreach (var device in attachedParts.OfType<IDisposable>())
+        foreach (var device in attachedParts.Concat(attachedDevices).OfType<IDisposable>())
         {
             device.Dispose(); // before the host's frame pool goes: a device may hold frames of it (an IOMMU's tables)
         }

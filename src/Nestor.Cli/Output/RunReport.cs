@@ -69,6 +69,17 @@ internal sealed class RunReport(Vm vm, IEngine engine, RunResult run, TimeSpan w
                 o.WriteLine($"  {rest.Count + " other ports",-21} {rest.Sum(p => p.Reads),10} {rest.Sum(p => p.Writes),10}  (--json lists them all)");
             }
         }
+        if (exits.ByDeviceMemory.Count > 0)
+        {
+            // An assigned device's registers are mapped into the guest: its accesses are direct, not exits.
+            o.WriteLine();
+            o.WriteLine("Device memory (MMIO) by device: trapped accesses are exits, direct ones reach an assigned device without one:");
+            o.WriteLine($"  {"device",-14} {"exit reads",11} {"exit writes",12} {"direct reads",13} {"direct writes",14}");
+            foreach (var d in exits.ByDeviceMemory)
+            {
+                o.WriteLine($"  {d.Device,-14} {d.TrappedReads,11} {d.TrappedWrites,12} {d.DirectReads,13} {d.DirectWrites,14}");
+            }
+        }
         if (vm.Disks.Count > 0)
         {
             // Requests as the guest's driver made them, whatever the interface (an ATA command, a virtio-blk request).
@@ -79,17 +90,6 @@ internal sealed class RunReport(Vm vm, IEngine engine, RunResult run, TimeSpan w
             {
                 var s = d.Statistics;
                 o.WriteLine($"  {d.Backend.Name + (d.Backend.ReadOnly ? " (ro)" : ""),-20} {d.Place,-16} {s.Reads,8} {s.Writes,8} {s.Flushes,8} {s.Errors,7} {s.BytesRead,12} {s.BytesWritten,14} {s.Interrupts,10}");
-            }
-        }
-        if (exits.ByDeviceMemory.Count > 0)
-        {
-            // An assigned device's registers are mapped into the guest: its accesses are direct, not exits.
-            o.WriteLine();
-            o.WriteLine("Device memory (MMIO) by device: trapped accesses are exits, direct ones reach an assigned device without one:");
-            o.WriteLine($"  {"device",-14} {"exit reads",11} {"exit writes",12} {"direct reads",13} {"direct writes",14}");
-            foreach (var d in exits.ByDeviceMemory)
-            {
-                o.WriteLine($"  {d.Device,-14} {d.TrappedReads,11} {d.TrappedWrites,12} {d.DirectReads,13} {d.DirectWrites,14}");
             }
         }
         var unclaimed = vm.Bus.UnclaimedAccesses.Accesses;
@@ -200,6 +200,30 @@ internal sealed class RunReport(Vm vm, IEngine engine, RunResult run, TimeSpan w
                 json.WriteEndObject();
             }
             json.WriteEndArray();
+            if (vm.Disks.Count > 0)
+            {
+                json.WriteStartArray("disks");
+                foreach (var d in vm.Disks)
+                {
+                    var s = d.Statistics;
+                    json.WriteStartObject();
+                    json.WriteString("name", d.Backend.Name);
+                    json.WriteString("interface", Hypervisor.Devices.Storage.DiskConfig.InterfaceName(d.Interface));
+                    json.WriteNumber("index", d.Index);
+                    json.WriteBoolean("read_only", d.Backend.ReadOnly);
+                    json.WriteNumber("sectors", d.Backend.SectorCount);
+                    json.WriteNumber("reads", s.Reads);
+                    json.WriteNumber("writes", s.Writes);
+                    json.WriteNumber("flushes", s.Flushes);
+                    json.WriteNumber("other", s.Other);
+                    json.WriteNumber("errors", s.Errors);
+                    json.WriteNumber("bytes_read", s.BytesRead);
+                    json.WriteNumber("bytes_written", s.BytesWritten);
+                    json.WriteNumber("interrupts", s.Interrupts);
+                    json.WriteEndObject();
+                }
+                json.WriteEndArray();
+            }
             json.WriteStartObject("engine_counters");
             foreach (var c in run.Counters)
             {

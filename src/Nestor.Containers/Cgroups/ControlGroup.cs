@@ -161,6 +161,73 @@ public sealed class ControlGroup
         return [.. pids];
     }
 
+    /// <summary>The <c>cgroup.procs</c> files a process writes "0" to in order to share process <paramref name="pid"/>'s
+    /// control groups: in every mounted hierarchy (each v1 controller or named hierarchy, and v2) the group
+    /// /proc/PID/cgroup names, where that is not the calling process's own group already. This is what an exec'd
+    /// process joins (runc's exec joins the container's cgroups likewise): taken from the container's init rather
+    /// than from cgroupsPath, so that a relative cgroupsPath (resolved against its creator's group) and hierarchies
+    /// Nestor sets no limits in (hugetlb, name=systemd, v2 on a hybrid host) also match. The paths in /proc/PID/cgroup
+    /// are relative to the reader's cgroup namespace, whose root the host's mounts show.</summary>
+    public static IReadOnlyList<string> ProcessListFilesToJoin(int pid)
+    {
+        var own = ReadMembership("/proc/self/cgroup");
+        var mounts = CgroupMounts(File.ReadAllText("/proc/self/mountinfo"));
+        var files = new List<string>();
+        foreach (var ((id, controllers), path) in ReadMembership($"/proc/{pid}/cgroup"))
+        {
+            if (own.TryGetValue((id, controllers), out string? mine) && mine == path)
+            {
+                continue;
+            }
+            string[] wanted = controllers.Split(',', StringSplitOptions.RemoveEmptyEntries);
+            foreach (var (root, mountPoint, version2, options) in mounts)
+            {
+                bool sameHierarchy = wanted.Length == 0 ? version2 : !version2 && wanted.All(options.Contains);
+                if (!sameHierarchy || !(path == root || path.StartsWith(root.TrimEnd('/') + "/", StringComparison.Ordinal)))
+                {
+                    continue;
+                }
+                files.Add(System.IO.Path.Combine(mountPoint.TrimEnd('/') + "/" + path[root.TrimEnd('/').Length..].TrimStart('/'), "cgroup.procs"));
+                break;
+            }
+        }
+        return files;
+    }
+
+    // /proc/PID/cgroup: "ID:CONTROLLERS:PATH" per hierarchy (cgroups(7), "/proc/[pid]/cgroup").
+    private static Dictionary<(string Id, string Controllers), string> ReadMembership(string file)
+    {
+        var membership = new Dictionary<(string, string), string>();
+        foreach (string line in File.ReadLines(file))
+        {
+            string[] fields = line.Split(':', 3);
+            if (fields.Length == 3)
+            {
+                membership[(fields[0], fields[1])] = fields[2];
+            }
+        }
+        return membership;
+    }
+
+    // The cgroup file systems in mountinfo: the mount's root within its hierarchy, its mount point, whether it is v2,
+    // and its super options (the v1 controllers and name=… among them).
+    private static List<(string Root, string MountPoint, bool Version2, HashSet<string> Options)> CgroupMounts(string mountinfo)
+    {
+        var mounts = new List<(string, string, bool, HashSet<string>)>();
+        foreach (string line in mountinfo.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            string[] fields = line.Split(' ');
+            int separator = Array.IndexOf(fields, "-");
+            if (separator < 5 || separator + 3 > fields.Length || fields[separator + 1] is not ("cgroup" or "cgroup2"))
+            {
+                continue;
+            }
+            mounts.Add((MountInfo.Unescape(fields[3]), MountInfo.Unescape(fields[4]), fields[separator + 1] == "cgroup2",
+                [.. fields[separator + 3].Split(',')]));
+        }
+        return mounts;
+    }
+
     /// <summary>Stops every process of the group (v1 freezer.state FROZEN, v2 cgroup.freeze 1) and waits until the
     /// kernel reports the group frozen.</summary>
     public void Freeze() => SetFrozen(true);

@@ -2,6 +2,7 @@ using System.Globalization;
 using Nestor.Containers.Network;
 using Nestor.Containers.Runtime.Spec;
 using Nestor.Containers.Security;
+using Nestor.Host;
 
 namespace Nestor.Containers.Engine;
 
@@ -125,10 +126,10 @@ public sealed class BundleBuilder
     /// (user_namespaces(7); newuidmap(1) writes such a map for an unprivileged user).</summary>
     private static List<SpecIdMapping> Mappings(string file)
     {
-        uint id = Native.EngineCalls.GetEffectiveUserId();
+        uint id = IdentityCalls.EffectiveUserId();
         if (file.EndsWith("subgid", StringComparison.Ordinal))
         {
-            id = Native.EngineCalls.GetEffectiveGroupId();
+            id = IdentityCalls.EffectiveGroupId();
         }
         var mappings = new List<SpecIdMapping> { new() { ContainerID = 0, HostID = id, Size = 1 } };
         var (start, count) = SubordinateRange(file);
@@ -237,7 +238,7 @@ public sealed class BundleBuilder
             return (0, 0);
         }
         string user = Environment.UserName;
-        string uid = Native.EngineCalls.GetEffectiveUserId().ToString(CultureInfo.InvariantCulture);
+        string uid = IdentityCalls.EffectiveUserId().ToString(CultureInfo.InvariantCulture);
         foreach (string line in File.ReadLines(file))
         {
             string[] fields = line.Split(':');

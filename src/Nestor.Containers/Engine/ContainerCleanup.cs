@@ -1,6 +1,6 @@
-using Nestor.Containers.Engine.Native;
 using Nestor.Containers.Network;
 using Nestor.Containers.Runtime;
+using Nestor.Host;
 
 namespace Nestor.Containers.Engine;
 
@@ -28,7 +28,7 @@ public static class ContainerCleanup
         string merged = record.RootFileSystem.MergedDirectory;
         if (merged.Length > 0 && ProcessFacts.IsMountPoint(merged))
         {
-            EngineCalls.UnmountDetached(merged);
+            MountCalls.TryUnmountDetached(merged);
         }
     }
 }

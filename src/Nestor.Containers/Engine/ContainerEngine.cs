@@ -2,11 +2,11 @@ using System.Formats.Tar;
 using System.Globalization;
 using System.Net.Sockets;
 using Microsoft.Win32.SafeHandles;
-using Nestor.Containers.Engine.Native;
 using Nestor.Containers.Images;
 using Nestor.Containers.Network;
 using Nestor.Containers.Runtime;
 using Nestor.Containers.Runtime.Spec;
+using Nestor.Host;
 
 namespace Nestor.Containers.Engine;
 
@@ -56,8 +56,9 @@ public sealed class ContainerEngine
         {
             throw new ContainerEngineException($"unable to find image '{options.Image}': {exception.Message}", exception);
         }
-        var network = ParseNetwork(options.Network);
         var ports = options.Ports.Select(CreateOptions.ParsePort).ToList();
+        // Rootless, published ports need slirp4netns (bridge): -p without --network asks for it, as in Podman.
+        var network = ParseNetwork(options.Network ?? (ContainerPaths.Rootless && ports.Count > 0 ? "bridge" : null));
         foreach (string bind in options.Volumes)
         {
             BundleBuilder.ParseBind(bind);
@@ -236,8 +237,8 @@ public sealed class ContainerEngine
         {
             return new MonitorStart(this, record, -1, alreadyRunning: true);
         }
-        var (read, write) = EngineCalls.Pipe();
-        int nullFd = EngineCalls.Open("/dev/null", EngineCalls.O_RDWR);
+        var (read, write) = ProcessCalls.CreatePipe();
+        int nullFd = MountCalls.Open("/dev/null", MountCalls.OpenFlags.ReadWrite);
         try
         {
             var arguments = new List<string>(MonitorCommand)
@@ -250,15 +251,15 @@ public sealed class ContainerEngine
             }
             // No debugger pipes and diagnostics socket in /tmp for the monitor (under the JIT): a monitor that is
             // killed would leave them behind (see NestorRuntime.InitEnvironment).
-            var environment = EngineCalls.CurrentEnvironment();
+            var environment = SpawnCalls.CurrentEnvironment();
             environment.Add("DOTNET_EnableDiagnostics=0");
-            EngineCalls.Spawn(MonitorCommand[0], arguments, environment,
+            SpawnCalls.Spawn(MonitorCommand[0], arguments, environment,
                 [(0, nullFd), (1, nullFd), (2, nullFd), (3, write)], newSession: true);
         }
         finally
         {
-            EngineCalls.Close(write);
-            EngineCalls.Close(nullFd);
+            ProcessCalls.Close(write);
+            ProcessCalls.Close(nullFd);
         }
         var start = new MonitorStart(this, record, read, alreadyRunning: false);
         start.WaitReady();
@@ -305,9 +306,29 @@ public sealed class ContainerEngine
     }
 
     /// <summary>Every container (<c>ps -a</c>), brought up to date.</summary>
-    public List<ContainerRecord> List() => [.. Store.All().Select(Refresh)];
+    public List<ContainerRecord> List() => [.. Store.All().Select(r => ContainerFreezer.WithPauseState(Paths, Refresh(r)))];
 
-    public ContainerRecord Inspect(string reference) => Refresh(Store.Resolve(reference));
+    public ContainerRecord Inspect(string reference) => ContainerFreezer.WithPauseState(Paths, Refresh(Store.Resolve(reference)));
+
+    /// <summary><c>container pause</c>: freezes every process of the container (cgroup freezer).</summary>
+    public void Pause(string reference)
+    {
+        var record = Inspect(reference);
+        using (Store.LockContainer(record.Id))
+        {
+            ContainerFreezer.Pause(Paths, record);
+        }
+    }
+
+    /// <summary><c>container unpause</c>.</summary>
+    public void Unpause(string reference)
+    {
+        var record = Inspect(reference);
+        using (Store.LockContainer(record.Id))
+        {
+            ContainerFreezer.Unpause(Paths, record);
+        }
+    }
 
     /// <summary><c>container kill</c>: a signal to the container's first process.</summary>
     public void Kill(string reference, int signal)
@@ -318,6 +339,10 @@ public sealed class ContainerEngine
             throw new ContainerEngineException($"cannot kill container {record.Name}: it is not running");
         }
         Runtimes.Create(record.HostConfig.Runtime).Kill(record.Id, signal, all: signal == 9);
+        if (signal == 9 || signal == Signals.Parse(record.Config.StopSignal))
+        {
+            ContainerFreezer.ThawToDeliver(Paths, record);
+        }
     }
 
     /// <summary><c>container stop</c>: the image's stop signal (SIGTERM), then SIGKILL after
@@ -331,6 +356,7 @@ public sealed class ContainerEngine
         }
         var runtime = Runtimes.Create(record.HostConfig.Runtime);
         TryKill(runtime, record.Id, Signals.Parse(record.Config.StopSignal), all: false);
+        ContainerFreezer.ThawToDeliver(Paths, record);
         if (WaitForExit(record.Id, TimeSpan.FromSeconds(timeoutSeconds)) is { } stopped)
         {
             return stopped;
@@ -403,6 +429,7 @@ public sealed class ContainerEngine
                 throw new ContainerEngineException($"cannot remove container {record.Name}: it is running. Stop it first, or force the removal with rm -f");
             }
             TryKill(Runtimes.Create(record.HostConfig.Runtime), record.Id, 9, all: true);
+            ContainerFreezer.ThawToDeliver(Paths, record);
             WaitForExit(record.Id, TimeSpan.FromSeconds(30));
         }
         using var names = Store.LockNames();
@@ -428,6 +455,10 @@ public sealed class ContainerEngine
         {
             throw new ContainerEngineException($"container {record.Name} is not running (start it first: nestor container start {record.Name})");
         }
+        if (record.State.Paused)
+        {
+            throw new ContainerEngineException($"Container {record.Id} is paused, unpause the container before exec");
+        }
         if (options.Command.Count == 0)
         {
             throw new ContainerEngineException("exec needs a command");
@@ -436,6 +467,7 @@ public sealed class ContainerEngine
         var process = spec.Process ?? new SpecProcess();
         process.Args = [.. options.Command];
         process.Terminal = options.Tty && io.ConsoleSocket is not null ? true : null;
+        process.ConsoleSize = process.Terminal == true && ExecTerminal.ClientSize() is { } size ? new SpecConsoleSize { Height = size.Rows, Width = size.Columns } : null;
         var environment = new List<string>(process.Env ?? []);
         foreach (string variable in options.Env)
         {
@@ -454,12 +486,19 @@ public sealed class ContainerEngine
     }
 
     /// <summary><c>container exec</c> with this process's own standard streams (stdin only with -i; none with
-    /// <paramref name="detach"/>); returns the process's exit status, or 0 at once when detached.</summary>
+    /// <paramref name="detach"/>; a pseudo-terminal in the container with <see cref="ExecOptions.Tty"/>); returns the
+    /// process's exit status, or 0 at once when detached.</summary>
     public int RunExec(string reference, ExecOptions options, bool detach)
     {
-        int nullFd = EngineCalls.Open("/dev/null", EngineCalls.O_RDWR);
+        int nullFd = MountCalls.Open("/dev/null", MountCalls.OpenFlags.ReadWrite);
         try
         {
+            if (options.Tty && !detach)
+            {
+                using var terminal = ExecTerminal.Listen(Path.Combine(Paths.StateRoot, "s"));
+                using var withTerminal = Exec(reference, options, new RuntimeIo(nullFd, nullFd, 2, terminal.SocketPath));
+                return terminal.Relay(withTerminal, options.Interactive);
+            }
             var io = detach ? new RuntimeIo(nullFd, nullFd, nullFd) : new RuntimeIo(options.Interactive ? 0 : nullFd, 1, 2);
             var process = Exec(reference, options, io);
             if (detach)
@@ -473,7 +512,7 @@ public sealed class ContainerEngine
         }
         finally
         {
-            EngineCalls.Close(nullFd);
+            ProcessCalls.Close(nullFd);
         }
     }
 
@@ -532,9 +571,16 @@ public sealed class ContainerEngine
         }
     }
 
-    /// <summary><c>container commit</c>: the container's changes (its overlay's upper directory) as a new layer on
-    /// its image, with its config, tagged <paramref name="reference"/> if given.</summary>
-    public StoredImage Commit(string container, string? reference, string? message = null)
+    /// <summary><c>container commit</c>: the container's changes (its overlay's upper directory as a layer, read
+    /// directly, never mounted) on its image, with its config, tagged <paramref name="reference"/> if given.</summary>
+    public StoredImage Commit(string container, string? reference, string? message = null) =>
+        Commit(container, new CommitOptions { Reference = reference, Message = message });
+
+    /// <summary><c>container commit [-m] [-a] [--change …] CONTAINER [REPOSITORY[:TAG]]</c>: as Docker's, the new
+    /// image's config is the container's (its command, environment, user, directory, labels) with the image's exposed
+    /// ports and volumes, then the <c>--change</c> instructions; the history entry's <c>created_by</c> is the
+    /// container's command and its comment the message.</summary>
+    public StoredImage Commit(string container, CommitOptions options)
     {
         var record = Inspect(container);
         var parent = Images.Resolve(record.ImageId);
@@ -547,11 +593,32 @@ public sealed class ContainerEngine
             WorkingDir = record.Config.WorkingDir.Length > 0 ? record.Config.WorkingDir : null,
             Labels = record.Config.Labels.Count > 0 ? new(record.Config.Labels) : null,
             StopSignal = record.Config.StopSignal,
-            ExposedPorts = parent.Config.ExposedPorts,
-            Volumes = parent.Config.Volumes,
+            ExposedPorts = parent.Config.ExposedPorts is null ? null : new(parent.Config.ExposedPorts),
+            Volumes = parent.Config.Volumes is null ? null : new(parent.Config.Volumes),
         };
-        string createdBy = message ?? $"nestor container commit {record.Name}: {string.Join(' ', record.Config.Entrypoint.Concat(record.Config.Cmd))}";
-        return Images.Commit(parent, record.RootFileSystem.UpperDirectory, config, reference, createdBy);
+        // Checked before the layer is written: a bad --change costs nothing.
+        CommitChanges.Apply(config, options.Changes);
+        string createdBy = string.Join(' ', record.Config.Entrypoint.Concat(record.Config.Cmd));
+        // Docker's commit --pause default: the container's files do not change while they are copied.
+        using var paused = ContainerFreezer.PausedWhile(Paths, record);
+        if (ContainerPaths.Rootless)
+        {
+            // Files of the container's other users may be unreadable here: read in a user namespace that maps them.
+            string layer = Path.Combine(Paths.ContainerData(record.Id), $"commit-{Guid.NewGuid():N}.tar");
+            try
+            {
+                using var stream = new FileStream(layer, FileMode.CreateNew, FileAccess.ReadWrite);
+                RootlessStorage.WriteLayerDiff(MonitorCommand, record.RootFileSystem.UpperDirectory, stream);
+                stream.Position = 0;
+                return Images.CommitLayer(parent, stream, config, options.Reference, createdBy, options.Message, options.Author);
+            }
+            finally
+            {
+                File.Delete(layer);
+            }
+        }
+        return Images.Commit(parent, record.RootFileSystem.UpperDirectory, config, options.Reference, createdBy,
+            options.Message, options.Author);
     }
 
     /// <summary><c>container export</c>: the container's merged root as a tar archive (what the process sees at /,
@@ -559,6 +626,21 @@ public sealed class ContainerEngine
     public void Export(string reference, Stream output)
     {
         var record = Inspect(reference);
+        if (ContainerPaths.Rootless && record.State.Running)
+        {
+            // Its overlay is mounted only in its own mount namespace, where / also holds /proc, /sys and /dev.
+            throw new ContainerEngineException($"cannot export the running rootless container {record.Name}: stop it first (nestor container stop {record.Name}), then export");
+        }
+        if (ContainerPaths.Rootless)
+        {
+            var layers = record.RootFileSystem;
+            using (Store.LockContainer(record.Id))
+            {
+                RootlessStorage.WriteMergedRoot(MonitorCommand, new ContainerRootFileSystem(layers.LowerDirectories,
+                    layers.UpperDirectory, layers.WorkDirectory, layers.MergedDirectory), output);
+            }
+            return;
+        }
         WithMergedRoot(record, merged => TarFile.CreateFromDirectory(merged, output, includeBaseDirectory: false));
     }
 
@@ -567,7 +649,7 @@ public sealed class ContainerEngine
     public void Copy(string reference, string containerPath, string hostPath, bool toContainer)
     {
         var record = Inspect(reference);
-        WithMergedRoot(record, merged =>
+        WithMergedRoot(record, runningView: true, merged =>
         {
             string inside = ResolveInside(merged, containerPath);
             if (toContainer)
@@ -586,9 +668,27 @@ public sealed class ContainerEngine
     }
 
     /// <summary>Runs <paramref name="action"/> with the container's merged root mounted on the host (mounting it for the
-    /// time of the action when the container is not running).</summary>
-    private void WithMergedRoot(ContainerRecord record, Action<string> action)
+    /// time of the action when the container is not running). Rootless nothing is mounted on the host
+    /// (<see cref="RootlessStorage"/>): a running container's root is <c>/proc/PID/root</c> when
+    /// runningView (its mount namespace, with what the runtime mounted in it, as docker cp sees it),
+    /// otherwise the overlay is mounted for the action in a helper's user and mount namespaces.</summary>
+    private void WithMergedRoot(ContainerRecord record, Action<string> action) => WithMergedRoot(record, runningView: false, action);
+
+    private void WithMergedRoot(ContainerRecord record, bool runningView, Action<string> action)
     {
+        if (ContainerPaths.Rootless)
+        {
+            if (runningView && record.State.Running && record.State.Pid > 0)
+            {
+                action($"/proc/{record.State.Pid}/root");
+                return;
+            }
+            var layers = record.RootFileSystem;
+            using var mounted = RootlessStorage.Mount(new ContainerRootFileSystem(layers.LowerDirectories, layers.UpperDirectory,
+                layers.WorkDirectory, layers.MergedDirectory));
+            action(mounted.Path);
+            return;
+        }
         string merged = record.RootFileSystem.MergedDirectory;
         bool mountedHere = false;
         using (Store.LockContainer(record.Id))
@@ -596,7 +696,7 @@ public sealed class ContainerEngine
             if (!ProcessFacts.IsMountPoint(merged))
             {
                 Directory.CreateDirectory(merged);
-                EngineCalls.Mount("overlay", merged, "overlay", record.RootFileSystem.MountOptions);
+                MountCalls.Mount("overlay", merged, "overlay", MountFlags.None, record.RootFileSystem.MountOptions);
                 mountedHere = true;
             }
         }
@@ -608,7 +708,7 @@ public sealed class ContainerEngine
         {
             if (mountedHere)
             {
-                EngineCalls.UnmountDetached(merged);
+                MountCalls.TryUnmountDetached(merged);
             }
         }
     }

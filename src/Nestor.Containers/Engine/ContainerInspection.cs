@@ -42,7 +42,7 @@ public static class ContainerInspection
         json.WriteStartObject("State");
         json.WriteString("Status", state.Status);
         json.WriteBoolean("Running", state.Running);
-        json.WriteBoolean("Paused", false);
+        json.WriteBoolean("Paused", state.Paused);
         json.WriteBoolean("Restarting", false);
         json.WriteBoolean("OOMKilled", false);
         json.WriteBoolean("Dead", false);

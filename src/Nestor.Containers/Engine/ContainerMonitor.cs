@@ -1,10 +1,10 @@
 using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
-using Nestor.Containers.Engine.Native;
 using Nestor.Containers.Network;
 using Nestor.Containers.Runtime;
 using Nestor.Containers.Runtime.External;
+using Nestor.Host;
 
 namespace Nestor.Containers.Engine;
 
@@ -42,7 +42,7 @@ public sealed class ContainerMonitor
     public int Run(string id, int syncFd, bool waitForAttach)
     {
         var paths = store.Paths;
-        EngineCalls.BecomeChildSubreaper();
+        ProcessCalls.BecomeChildSubreaper();
         using var monitorLock = FileLock.TryAcquire(paths.MonitorLock(id));
         if (monitorLock is null)
         {
@@ -70,7 +70,7 @@ public sealed class ContainerMonitor
             Directory.CreateDirectory(Path.GetDirectoryName(paths.AttachSocket(id))!);
             log = new ContainerLogWriter(paths.LogFile(id));
 
-            int nullFd = EngineCalls.Open("/dev/null", EngineCalls.O_RDWR);
+            int nullFd = MountCalls.Open("/dev/null", MountCalls.OpenFlags.ReadWrite);
             var childEnds = new List<int> { nullFd };
             RuntimeIo io;
             (int Read, int Write)? stdout = null, stderr = null;
@@ -85,13 +85,13 @@ public sealed class ContainerMonitor
                 int stdin = nullFd;
                 if (record.Config.OpenStdin)
                 {
-                    var pipe = EngineCalls.Pipe();
+                    var pipe = ProcessCalls.CreatePipe();
                     stdin = pipe.Read;
                     stdinWrite = pipe.Write;
                     childEnds.Add(pipe.Read);
                 }
-                stdout = EngineCalls.Pipe();
-                stderr = EngineCalls.Pipe();
+                stdout = ProcessCalls.CreatePipe();
+                stderr = ProcessCalls.CreatePipe();
                 childEnds.Add(stdout.Value.Write);
                 childEnds.Add(stderr.Value.Write);
                 io = new RuntimeIo(stdin, stdout.Value.Write, stderr.Value.Write);
@@ -102,7 +102,7 @@ public sealed class ContainerMonitor
                 consoleAccept = new Thread(() =>
                 {
                     using var connection = consoleListener.Accept();
-                    terminal = EngineCalls.ReceiveDescriptor((int)connection.Handle);
+                    terminal = TerminalCalls.ReceiveDescriptor((int)connection.Handle).Descriptor;
                 })
                 { IsBackground = true };
                 consoleAccept.Start();
@@ -117,7 +117,7 @@ public sealed class ContainerMonitor
             {
                 foreach (int fd in childEnds)
                 {
-                    EngineCalls.Close(fd);
+                    ProcessCalls.Close(fd);
                 }
             }
             if (consoleAccept is not null && !consoleAccept.Join(TimeSpan.FromSeconds(10)))
@@ -173,20 +173,21 @@ public sealed class ContainerMonitor
                 r.StartCount++;
             });
             Sync(syncFd, $"started {pid}");
-            EngineCalls.Close(syncFd);
+            ProcessCalls.Close(syncFd);
             syncFd = -1;
 
             exitCode = WaitForExit(pid);
         }
-        catch (Exception exception) when (exception is ContainerRuntimeException or ContainerEngineException or Nestor.Host.HostCallException or IOException)
+        catch (Exception exception) when (exception is ContainerRuntimeException or ContainerEngineException or ContainerNetworkException
+            or Nestor.Host.HostCallException or IOException)
         {
-            string message = exception.Message;
+            string message = exception is ContainerNetworkException { Advice: { } advice } ? $"{exception.Message}: {advice}" : exception.Message;
             if (runtime is ExternalRuntime external && external.LastLogError(id) is { } detail && !message.Contains(detail, StringComparison.Ordinal))
             {
                 message = $"{message}: {detail}";
             }
             exitCode = ExternalRuntime.ClassifyStartFailure(message) ?? 125;
-            if (exception is ContainerEngineException)
+            if (exception is ContainerEngineException or ContainerNetworkException)
             {
                 exitCode = 125;
             }
@@ -253,7 +254,7 @@ public sealed class ContainerMonitor
         File.Delete(paths.ConsoleSocket(id));
         if (syncFd >= 0)
         {
-            EngineCalls.Close(syncFd);
+            ProcessCalls.Close(syncFd);
         }
         return exitCode;
     }
@@ -265,14 +266,14 @@ public sealed class ContainerMonitor
     {
         while (true)
         {
-            var (reaped, status) = EngineCalls.WaitPid(-1);
+            var (reaped, status) = ProcessCalls.WaitForAnyChild();
             if (reaped == pid)
             {
-                return EngineCalls.ShellStatus(status);
+                return status;
             }
             if (reaped < 0)
             {
-                while (EngineCalls.Kill(pid, 0))
+                while (ProcessCalls.Signal(pid, 0))
                 {
                     Thread.Sleep(50);
                 }
@@ -296,7 +297,7 @@ public sealed class ContainerMonitor
         {
             return;
         }
-        EngineCalls.Mount("overlay", root.MergedDirectory, "overlay", root.MountOptions);
+        MountCalls.Mount("overlay", root.MergedDirectory, "overlay", MountFlags.None, root.MountOptions);
     }
 
     private static Socket Listen(string path)
@@ -362,14 +363,14 @@ public sealed class ContainerMonitor
                     int fd = Interlocked.Exchange(ref stdinWrite, -1);
                     if (fd >= 0)
                     {
-                        EngineCalls.Close(fd);
+                        ProcessCalls.Close(fd);
                     }
                 }
                 return;
             }
             if (target >= 0)
             {
-                EngineCalls.WriteAll(target, buffer.AsSpan(0, count));
+                ProcessCalls.TryWriteAll(target, buffer.AsSpan(0, count));
             }
         }
     }
@@ -381,7 +382,7 @@ public sealed class ContainerMonitor
             var buffer = new byte[32 * 1024];
             while (true)
             {
-                int count = EngineCalls.ReadSome(fd, buffer);
+                int count = ProcessCalls.TryReadSome(fd, buffer);
                 if (count <= 0)
                 {
                     break;
@@ -390,7 +391,7 @@ public sealed class ContainerMonitor
                 Broadcast(AttachProtocol.Frame(frameType, buffer.AsSpan(0, count)));
             }
             log.Flush();
-            EngineCalls.Close(fd);
+            ProcessCalls.Close(fd);
         })
         { IsBackground = true, Name = $"pump {stream}" };
         thread.Start();
@@ -420,7 +421,7 @@ public sealed class ContainerMonitor
     {
         if (fd >= 0)
         {
-            EngineCalls.WriteAll(fd, Encoding.UTF8.GetBytes(line + "\n"));
+            ProcessCalls.TryWriteAll(fd, Encoding.UTF8.GetBytes(line + "\n"));
         }
     }
 }

@@ -1,4 +1,4 @@
-using Nestor.Containers.Engine.Native;
+using Nestor.Host;
 
 namespace Nestor.Containers.Engine;
 
@@ -13,7 +13,7 @@ public sealed record ContainerPaths(string StateRoot, string DataRoot)
     /// <summary>The default places for the calling user, each overridable (<c>--state</c>, <c>--root</c>).</summary>
     public static ContainerPaths ForCurrentUser(string? dataRoot = null, string? stateRoot = null)
     {
-        uint uid = EngineCalls.GetEffectiveUserId();
+        uint uid = IdentityCalls.EffectiveUserId();
         if (uid == 0)
         {
             return new(stateRoot ?? "/run/nestor", dataRoot ?? "/var/lib/nestor");
@@ -30,7 +30,7 @@ public sealed record ContainerPaths(string StateRoot, string DataRoot)
     }
 
     /// <summary>True when the engine runs as an unprivileged user (rootless containers).</summary>
-    public static bool Rootless => EngineCalls.GetEffectiveUserId() != 0;
+    public static bool Rootless => IdentityCalls.EffectiveUserId() != 0;
 
     /// <summary>The image store's directory.</summary>
     public string Images => Path.Combine(DataRoot, "images");

@@ -9,6 +9,9 @@ public static class ContainerState
 {
     public const string Created = "created";
     public const string Running = "running";
+    /// <summary>Running, with its control group frozen (<c>container pause</c>); derived from the freezer on every read
+    /// (<see cref="ContainerFreezer.WithPauseState"/>), never stored.</summary>
+    public const string Paused = "paused";
     public const string Exited = "exited";
     public const string Removing = "removing";
 }
@@ -80,6 +83,9 @@ public sealed class ContainerRunState
 {
     public string Status { get; set; } = ContainerState.Created;
     public bool Running { get; set; }
+    /// <summary>Frozen by <c>container pause</c> (Docker's <c>State.Paused</c>): read from the freezer, not stored.</summary>
+    [JsonIgnore]
+    public bool Paused { get; set; }
     /// <summary>Host pid of the container's first process; 0 when not running.</summary>
     public int Pid { get; set; }
     /// <summary>The process's start time in clock ticks since boot (/proc/PID/stat field 22), so that a pid the kernel

@@ -110,8 +110,17 @@ public sealed class ContainerStore(ContainerPaths paths)
             {
                 // overlayfs leaves work/work with mode 0 (overlayfs.rst "workdir"); as root that does not matter, the
                 // caller must first give itself access to the directories it owns.
-                OpenDirectories(path);
-                Directory.Delete(path, recursive: true);
+                try
+                {
+                    OpenDirectories(path);
+                    Directory.Delete(path, recursive: true);
+                }
+                catch (Exception exception) when (exception is UnauthorizedAccessException or IOException)
+                {
+                    // Files of the container's other users belong to the subordinate ids: removed as podman unshare
+                    // would, in a user namespace that maps them.
+                    RootlessStorage.RemoveTree(path);
+                }
             }
         }
     }

@@ -1,4 +1,5 @@
-using Nestor.Containers.Engine.Native;
+using Microsoft.Win32.SafeHandles;
+using Nestor.Host;
 
 namespace Nestor.Containers.Engine;
 
@@ -6,26 +7,17 @@ namespace Nestor.Containers.Engine;
 /// drops it with the last descriptor, so a killed command or monitor never leaves a lock behind.</summary>
 public sealed class FileLock : IDisposable
 {
-    private const int LOCK_NB = 4;
-    private int fd;
+    // Lock files are the engine's own: 0600.
+    private const int Mode = 0x180;
+    private readonly SafeFileHandle handle;
 
-    private FileLock(int fd) => this.fd = fd;
+    private FileLock(SafeFileHandle handle) => this.handle = handle;
 
     /// <summary>Waits for the lock on <paramref name="path"/> (created if missing).</summary>
     public static FileLock Acquire(string path)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-        int fd = EngineCalls.Open(path, EngineCalls.O_RDWR | EngineCalls.O_CREAT);
-        try
-        {
-            EngineCalls.Flock(fd, EngineCalls.LOCK_EX);
-        }
-        catch
-        {
-            EngineCalls.Close(fd);
-            throw;
-        }
-        return new FileLock(fd);
+        return new FileLock(FileSystemCalls.OpenLocked(path, Mode));
     }
 
     /// <summary>The lock if nobody holds it, else null. A missing file counts as free (null, nothing created) when
@@ -37,17 +29,7 @@ public sealed class FileLock : IDisposable
             return null;
         }
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-        int fd = EngineCalls.Open(path, EngineCalls.O_RDWR | EngineCalls.O_CREAT);
-        try
-        {
-            EngineCalls.Flock(fd, EngineCalls.LOCK_EX | LOCK_NB);
-        }
-        catch (Nestor.Host.HostCallException)
-        {
-            EngineCalls.Close(fd);
-            return null;
-        }
-        return new FileLock(fd);
+        return FileSystemCalls.TryOpenLocked(path, Mode) is { } handle ? new FileLock(handle) : null;
     }
 
     /// <summary>True when someone holds the lock on <paramref name="path"/> (e.g. a monitor is alive).</summary>
@@ -61,12 +43,5 @@ public sealed class FileLock : IDisposable
         return probe is null && File.Exists(path);
     }
 
-    public void Dispose()
-    {
-        if (fd >= 0)
-        {
-            EngineCalls.Close(fd);
-            fd = -1;
-        }
-    }
+    public void Dispose() => handle.Dispose();
 }

@@ -18,8 +18,15 @@ public interface IImageStore
 
     /// <summary>A new image from a container's changes (the overlay's upper directory as a layer, whiteouts for
     /// deletions) on top of <paramref name="parent"/>, with <paramref name="config"/> and a history entry, tagged
-    /// <paramref name="reference"/> if given (<c>docker commit</c>).</summary>
-    StoredImage Commit(StoredImage parent, string upperDirectory, ImageConfig config, string? reference, string createdBy);
+    /// <paramref name="reference"/> if given (<c>docker commit</c>); <paramref name="comment"/> and
+    /// <paramref name="author"/> go on the history entry, the author also on the image (<c>-m</c>, <c>-a</c>).</summary>
+    StoredImage Commit(StoredImage parent, string upperDirectory, ImageConfig config, string? reference, string createdBy,
+        string? comment = null, string? author = null);
+
+    /// <summary>As <see cref="Commit"/>, with the new layer given as an uncompressed tar (a rootless container's
+    /// changes, read in a user namespace that maps its subordinate ids).</summary>
+    StoredImage CommitLayer(StoredImage parent, Stream layer, ImageConfig config, string? reference, string createdBy,
+        string? comment = null, string? author = null);
 }
 
 /// <summary>An image in the store: its manifest digest, config digest (the image id), the references that name it,

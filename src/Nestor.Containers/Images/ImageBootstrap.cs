@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Nestor.Host;
 
 namespace Nestor.Containers.Images;
 
@@ -27,7 +28,7 @@ public static class ImageBootstrap
                 Directory.CreateDirectory(Path.Combine(root, directory));
             }
             File.Copy(busybox, Path.Combine(root, "bin", "busybox"));
-            Storage.StorageCalls.Chmod(Path.Combine(root, "bin", "busybox"), 0x1ed);
+            FileSystemCalls.Chmod(Path.Combine(root, "bin", "busybox"), 0x1ed);
             foreach (var applet in RunForOutput(busybox, "--list").Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             {
                 if (applet != "busybox" && !applet.Contains('/'))
@@ -38,8 +39,8 @@ public static class ImageBootstrap
             File.WriteAllText(Path.Combine(root, "etc", "passwd"),
                 "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n");
             File.WriteAllText(Path.Combine(root, "etc", "group"), "root:x:0:\nnobody:x:65534:\n");
-            Storage.StorageCalls.Chmod(Path.Combine(root, "tmp"), 0x3ff); // 1777: sticky, everyone writes
-            Storage.StorageCalls.Chmod(Path.Combine(root, "root"), 0x1c0);
+            FileSystemCalls.Chmod(Path.Combine(root, "tmp"), 0x3ff); // 1777: sticky, everyone writes
+            FileSystemCalls.Chmod(Path.Combine(root, "root"), 0x1c0);
             var config = new ImageConfig { Env = [DefaultPath], Cmd = ["sh"] };
             return store.ImportRootFileSystem(root, reference, config, comment: "nestor image bootstrap busybox from " + busybox,
                 createdBy: "nestor image bootstrap " + reference);
@@ -54,9 +55,12 @@ public static class ImageBootstrap
     }
 
     /// <summary>Makes <c>debian:SUITE</c> with <c>debootstrap --variant=minbase</c> from the Debian mirror apt uses here
-    /// (<see cref="DebianMirror"/>); needs root (debootstrap makes device nodes and chroots). Takes minutes.</summary>
+    /// (<see cref="DebianMirror"/>); needs root (debootstrap makes device nodes and chroots). Takes minutes.
+    /// <paramref name="cacheDirectory"/>, if given, is debootstrap's <c>--cache-dir</c>: the downloaded .debs are kept
+    /// there for the next bootstrap (debootstrap(8)), as apt keeps its own in /var/cache/apt/archives; each bootstrap
+    /// still checks them against the mirror's Release file and unpacks and configures every package.</summary>
     public static StoredImage Debian(ImageStore store, string suite = "bookworm", string? reference = null, string? mirror = null,
-        TextWriter? progress = null)
+        TextWriter? progress = null, string? cacheDirectory = null)
     {
         if (!Environment.IsPrivilegedProcess)
         {
@@ -68,7 +72,14 @@ public static class ImageBootstrap
         try
         {
             var start = new ProcessStartInfo("debootstrap") { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var argument in new[] { "--variant=minbase", suite, root, mirror })
+            start.ArgumentList.Add("--variant=minbase");
+            if (cacheDirectory is not null)
+            {
+                // debootstrap(8): --cache-dir takes an absolute path that exists.
+                Directory.CreateDirectory(cacheDirectory);
+                start.ArgumentList.Add("--cache-dir=" + Path.GetFullPath(cacheDirectory));
+            }
+            foreach (var argument in new[] { suite, root, mirror })
             {
                 start.ArgumentList.Add(argument);
             }

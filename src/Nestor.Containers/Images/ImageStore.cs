@@ -1,6 +1,7 @@
 using System.IO.Compression;
 using System.Text.Json;
 using Nestor.Containers.Storage;
+using Nestor.Host;
 
 namespace Nestor.Containers.Images;
 
@@ -58,7 +59,7 @@ public sealed class ImageStore : IImageStore
     }
 
     /// <summary>Takes the store's write lock (flock(2) on <c>lock</c>) until disposed.</summary>
-    public IDisposable Lock() => StorageCalls.OpenLocked(Path.Combine(Root, "lock"));
+    public IDisposable Lock() => FileSystemCalls.OpenLocked(Path.Combine(Root, "lock"));
 
     // ---- reading ----
 
@@ -235,7 +236,7 @@ public sealed class ImageStore : IImageStore
     /// when given, plus the new layers and a history entry), its manifest and then the index. Callers hold
     /// <see cref="Lock"/>.</summary>
     internal StoredImage AddImage(IReadOnlyList<OciDescriptor> newLayers, IReadOnlyList<string> newDiffIds, StoredImage? parent,
-        ImageConfig? config, string? reference, string createdBy, string? comment)
+        ImageConfig? config, string? reference, string createdBy, string? comment, string? author = null)
     {
         var now = DateTimeOffset.UtcNow;
         now = new DateTimeOffset(now.Ticks - now.Ticks % TimeSpan.TicksPerMillisecond, TimeSpan.Zero);
@@ -253,8 +254,9 @@ public sealed class ImageStore : IImageStore
         }
         configuration.Created = now;
         configuration.Config = config ?? configuration.Config;
+        configuration.Author = author ?? configuration.Author;
         configuration.RootFileSystem.DiffIds.AddRange(newDiffIds);
-        (configuration.History ??= []).Add(new OciHistory { Created = now, CreatedBy = createdBy, Comment = comment, EmptyLayer = newLayers.Count == 0 ? true : null });
+        (configuration.History ??= []).Add(new OciHistory { Created = now, CreatedBy = createdBy, Author = author, Comment = comment, EmptyLayer = newLayers.Count == 0 ? true : null });
         layers.AddRange(newLayers);
         var configDescriptor = Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(configuration, OciJson.Writer.OciImageConfiguration), OciMediaTypes.Config);
         var manifest = new OciManifest { Config = configDescriptor, Layers = layers };
@@ -419,11 +421,21 @@ public sealed class ImageStore : IImageStore
     }
 
     /// <inheritdoc/>
-    public StoredImage Commit(StoredImage parent, string upperDirectory, ImageConfig config, string? reference, string createdBy)
+    public StoredImage Commit(StoredImage parent, string upperDirectory, ImageConfig config, string? reference, string createdBy,
+        string? comment = null, string? author = null)
     {
         using var _ = Lock();
         var layer = WriteLayerFromDirectory(upperDirectory);
-        return AddImage([layer.Descriptor], [layer.DiffId], parent, config, reference, createdBy, null);
+        return AddImage([layer.Descriptor], [layer.DiffId], parent, config, reference, createdBy, comment, author);
+    }
+
+    /// <inheritdoc/>
+    public StoredImage CommitLayer(StoredImage parent, Stream layer, ImageConfig config, string? reference, string createdBy,
+        string? comment = null, string? author = null)
+    {
+        using var _ = Lock();
+        var written = WriteUncompressedLayer(layer);
+        return AddImage([written.Descriptor], [written.DiffId], parent, config, reference, createdBy, comment, author);
     }
 
     /// <summary>Gives the image <paramref name="source"/> names the name <paramref name="target"/> too (docker tag).</summary>

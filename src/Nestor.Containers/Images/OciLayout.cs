@@ -1,5 +1,5 @@
 using System.Text.Json;
-using Nestor.Containers.Storage;
+using Nestor.Host;
 
 namespace Nestor.Containers.Images;
 
@@ -161,7 +161,7 @@ public sealed class OciLayout
             if (!File.Exists(path))
             {
                 File.Move(temporary, path);
-                StorageCalls.SyncDirectory(Path.GetDirectoryName(path)!);
+                FileSystemCalls.SyncDirectory(Path.GetDirectoryName(path)!);
             }
             return new OciDescriptor { MediaType = mediaType, Digest = digest, Size = size };
         }
@@ -229,7 +229,7 @@ public sealed class OciLayout
                 file.Flush(flushToDisk: true);
             }
             File.Move(temporary, Path.Combine(Root, name), overwrite: true);
-            StorageCalls.SyncDirectory(Root);
+            FileSystemCalls.SyncDirectory(Root);
         }
         finally
         {

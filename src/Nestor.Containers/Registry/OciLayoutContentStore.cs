@@ -1,5 +1,5 @@
 using Nestor.Containers.Images;
-using Nestor.Containers.Storage;
+using Nestor.Host;
 
 namespace Nestor.Containers.Registry;
 
@@ -39,7 +39,7 @@ public class OciLayoutContentStore(OciLayout layout) : IImageContentStore
             file.Flush(flushToDisk: true);
         }
         File.Move(incomingFile, target, overwrite: true);
-        StorageCalls.SyncDirectory(Path.GetDirectoryName(target)!);
+        FileSystemCalls.SyncDirectory(Path.GetDirectoryName(target)!);
     }
 
     public virtual void AddManifest(LocalManifest manifest, string reference)

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using Nestor.Containers.Runtime.Spec;
+using Nestor.Containers.Security;
 using Nestor.Host;
 
 namespace Nestor.Containers.Runtime;
@@ -294,8 +295,11 @@ public sealed class NestorRuntime : IContainerRuntime
     /// so the clone3 child itself joins the init's namespaces (user first), forks once more into the pid namespace,
     /// takes the working directory, bounding set, user, capabilities and no_new_privs, all by raw system calls
     /// prepared before the clone (<see cref="CloneExecRequest"/>), and executes the program; the child relays the
-    /// program's exit status. Not applied yet: the seccomp filter and the cgroup (the init's own are inherited only
-    /// by the init's descendants).</summary>
+    /// program's exit status. The process also gets what the init's descendants inherit and an exec'd process does not:
+    /// the init's control groups (the child writes itself into their cgroup.procs, opened here, before it joins the
+    /// user namespace and forks into the pid namespace) and the container's seccomp filter (linux.seccomp, built with
+    /// libseccomp here and exported as BPF; the child installs it by seccomp(2)). The relaying child stays in the
+    /// control groups while the program runs, so it counts as one process against pids.max.</summary>
     public IRuntimeProcess Exec(string id, SpecProcess process, RuntimeIo io)
     {
         ArgumentNullException.ThrowIfNull(process);
@@ -311,8 +315,22 @@ public sealed class NestorRuntime : IContainerRuntime
         var environment = process.Env ?? [];
         string executable = ResolveInContainer(state.Pid, args[0], environment);
         var joins = new List<int>();
+        var controlGroupFiles = new List<int>();
+        int terminal = -1;
         try
         {
+            if (process.Terminal == true)
+            {
+                // runc's exec -t: a pty of the container's own devpts, its master sent over the console socket, its
+                // slave the process's controlling terminal and standard streams.
+                int console = io.ConsoleSocket is { } socketPath ? ConnectConsole(socketPath) : throw new ContainerRuntimeException("process.terminal is true but no --console-socket was given");
+                terminal = TerminalCalls.CreateAndSendMasterIn(state.Pid, console, process.ConsoleSize?.Height ?? 0, process.ConsoleSize?.Width ?? 0);
+            }
+            foreach (string file in ControlGroupFilesOf(state))
+            {
+                controlGroupFiles.Add(MountCalls.Open(file, MountCalls.OpenFlags.WriteOnly));
+            }
+            var seccomp = TryLoadSpec(state.Bundle)?.Linux?.Seccomp is { } filter ? SeccompFilter.Export(filter) : ((byte[] Program, uint Flags)?)null;
             bool joinsPid = false, joinsUser = false;
             NamespaceKinds[] order = [NamespaceKinds.User, NamespaceKinds.Mount, NamespaceKinds.Network, NamespaceKinds.Ipc,
                 NamespaceKinds.Uts, NamespaceKinds.Cgroup, NamespaceKinds.Time, NamespaceKinds.Pid];
@@ -343,9 +361,13 @@ public sealed class NestorRuntime : IContainerRuntime
                     Security.Capabilities.Mask(capabilities.Permitted), Security.Capabilities.Mask(capabilities.Inheritable)),
                 LastCapability = CapabilityCalls.LastCapability(),
                 NoNewPrivileges = process.NoNewPrivileges == true,
-                Stdin = io.Stdin,
-                Stdout = io.Stdout,
-                Stderr = io.Stderr,
+                ControlGroupProcessFiles = controlGroupFiles,
+                SeccompProgram = seccomp?.Program,
+                SeccompFlags = seccomp?.Flags ?? 0,
+                ControllingTerminal = terminal >= 0,
+                Stdin = terminal >= 0 ? terminal : io.Stdin,
+                Stdout = terminal >= 0 ? terminal : io.Stdout,
+                Stderr = terminal >= 0 ? terminal : io.Stderr,
             };
             _ = joinsUser;
             int pid = ProcessCalls.CloneAndExecute(request);
@@ -355,12 +377,39 @@ public sealed class NestorRuntime : IContainerRuntime
         {
             throw new ContainerRuntimeException($"exec in container '{id}': {exception.Message}", exception);
         }
+        catch (ContainerSecurityException exception)
+        {
+            throw new ContainerRuntimeException($"exec in container '{id}': {exception.Message}", exception);
+        }
         finally
         {
-            foreach (int fd in joins)
+            foreach (int fd in joins.Concat(controlGroupFiles))
             {
                 ProcessCalls.Close(fd);
             }
+            ProcessCalls.Close(terminal);
+        }
+    }
+
+    /// <summary>The cgroup.procs files the exec'd process writes itself into: those of the init's groups, when the
+    /// container has a control group of its own (a rootless one without delegation runs in its creator's).</summary>
+    private static IReadOnlyList<string> ControlGroupFilesOf(StoredContainerState state)
+    {
+        try
+        {
+            Cgroups.ControlGroup.Open(state.CgroupsPath ?? ContainerSecurity.DefaultCgroupsPath(state.Id));
+        }
+        catch (Cgroups.ControlGroupException)
+        {
+            return [];
+        }
+        try
+        {
+            return Cgroups.ControlGroup.ProcessListFilesToJoin(state.Pid);
+        }
+        catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
+        {
+            throw new ContainerRuntimeException($"exec in container '{state.Id}': cannot read the control groups of its init (pid {state.Pid}): {exception.Message}", exception);
         }
     }
 

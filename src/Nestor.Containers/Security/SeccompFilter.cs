@@ -41,6 +41,33 @@ public static class SeccompFilter
         }
     }
 
+    /// <summary>The filter as the BPF program the kernel runs, with the seccomp(2) flags to install it with: for a
+    /// process that installs it by a raw seccomp(2) SECCOMP_SET_MODE_FILTER because it may not call libseccomp — the
+    /// clone3 child that starts an exec'd process (<see cref="CloneExecRequest.SeccompProgram"/>).</summary>
+    public static (byte[] Program, uint Flags) Export(SpecSeccomp seccomp)
+    {
+        using var context = Build(seccomp);
+        uint flags = 0;
+        foreach (string flag in seccomp.Flags ?? [])
+        {
+            // linux/seccomp.h: SECCOMP_FILTER_FLAG_TSYNC 1, _LOG 2, _SPEC_ALLOW 4 (Build refused any other name).
+            flags |= flag switch
+            {
+                "SECCOMP_FILTER_FLAG_TSYNC" => 1u,
+                "SECCOMP_FILTER_FLAG_LOG" => 2u,
+                _ => 4u,
+            };
+        }
+        try
+        {
+            return (context.ExportBpf(), flags);
+        }
+        catch (HostCallException e)
+        {
+            throw new ContainerSecurityException($"cannot export the seccomp filter as BPF: {e.Message}", e);
+        }
+    }
+
     /// <summary>The libseccomp filter for <paramref name="seccomp"/>, not loaded (the caller disposes it).</summary>
     public static SeccompContext Build(SpecSeccomp seccomp)
     {

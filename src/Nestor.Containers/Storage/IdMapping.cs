@@ -1,3 +1,4 @@
+using Nestor.Host;
 namespace Nestor.Containers.Storage;
 
 /// <summary>How a rootless user's host ids appear inside its containers (user_namespaces(7), subuid(5)): the user is
@@ -14,7 +15,7 @@ public sealed record IdMapping(uint HostUid, uint HostGid, uint SubordinateUidSt
         {
             return null;
         }
-        uint uid = StorageCalls.EffectiveUserId(), gid = StorageCalls.EffectiveGroupId();
+        uint uid = IdentityCalls.EffectiveUserId(), gid = IdentityCalls.EffectiveGroupId();
         string user = Environment.UserName;
         var (uidStart, uidCount) = FirstRange("/etc/subuid", user, uid);
         var (gidStart, gidCount) = FirstRange("/etc/subgid", user, uid);

@@ -1,5 +1,6 @@
 using System.Formats.Tar;
 using System.Text;
+using Nestor.Host;
 
 namespace Nestor.Containers.Storage;
 
@@ -36,9 +37,9 @@ public static class LayerDiff
             {
                 string path = Path.Combine(directory, name);
                 string entryName = prefix + name;
-                var stat = StorageCalls.LStat(path);
-                uint type = stat.Mode & StorageCalls.S_IFMT;
-                if (type == StorageCalls.S_IFCHR && stat.RawDevice == 0)
+                var stat = FileSystemCalls.LStat(path);
+                uint type = stat.Mode & FileSystemCalls.S_IFMT;
+                if (type == FileSystemCalls.S_IFCHR && stat.RawDevice == 0)
                 {
                     var whiteout = NewEntry(TarEntryType.RegularFile, prefix + ".wh." + name, stat);
                     whiteout.Mode = (UnixFileMode)0x1a4;
@@ -47,7 +48,7 @@ public static class LayerDiff
                 }
                 switch (type)
                 {
-                    case StorageCalls.S_IFDIR:
+                    case FileSystemCalls.S_IFDIR:
                         var directoryEntry = NewEntry(TarEntryType.Directory, entryName + "/", stat, ExtendedAttributesOf(path));
                         writer.WriteEntry(directoryEntry);
                         if (IsOpaque(path))
@@ -58,7 +59,7 @@ public static class LayerDiff
                         }
                         WriteChildren(path, entryName + "/");
                         break;
-                    case StorageCalls.S_IFREG:
+                    case FileSystemCalls.S_IFREG:
                         if (stat.LinkCount > 1 && firstNames.TryGetValue((stat.Device, stat.Inode), out var first))
                         {
                             var link = NewEntry(TarEntryType.HardLink, entryName, stat);
@@ -77,21 +78,21 @@ public static class LayerDiff
                             writer.WriteEntry(file);
                         }
                         break;
-                    case StorageCalls.S_IFLNK:
+                    case FileSystemCalls.S_IFLNK:
                         var symbolic = NewEntry(TarEntryType.SymbolicLink, entryName, stat);
                         symbolic.LinkName = new FileInfo(path).LinkTarget ?? "";
                         writer.WriteEntry(symbolic);
                         break;
-                    case StorageCalls.S_IFCHR or StorageCalls.S_IFBLK or StorageCalls.S_IFIFO:
+                    case FileSystemCalls.S_IFCHR or FileSystemCalls.S_IFBLK or FileSystemCalls.S_IFIFO:
                         var device = NewEntry(type switch
                         {
-                            StorageCalls.S_IFCHR => TarEntryType.CharacterDevice,
-                            StorageCalls.S_IFBLK => TarEntryType.BlockDevice,
+                            FileSystemCalls.S_IFCHR => TarEntryType.CharacterDevice,
+                            FileSystemCalls.S_IFBLK => TarEntryType.BlockDevice,
                             _ => TarEntryType.Fifo,
                         }, entryName, stat);
-                        if (type != StorageCalls.S_IFIFO)
+                        if (type != FileSystemCalls.S_IFIFO)
                         {
-                            var (major, minor) = StorageCalls.SplitDevice(stat.RawDevice);
+                            var (major, minor) = FileSystemCalls.SplitDevice(stat.RawDevice);
                             device.DeviceMajor = (int)major;
                             device.DeviceMinor = (int)minor;
                         }
@@ -103,7 +104,7 @@ public static class LayerDiff
             }
         }
 
-        private PaxTarEntry NewEntry(TarEntryType type, string name, StorageCalls.Stat stat, Dictionary<string, string>? extendedAttributes = null)
+        private PaxTarEntry NewEntry(TarEntryType type, string name, FileSystemCalls.Stat stat, Dictionary<string, string>? extendedAttributes = null)
         {
             var modified = DateTimeOffset.FromUnixTimeSeconds(stat.ModifySeconds).AddTicks(stat.ModifyNanoseconds / 100);
             return new PaxTarEntry(type, name, extendedAttributes ?? [])
@@ -116,8 +117,8 @@ public static class LayerDiff
         }
 
         private static bool IsOpaque(string path) =>
-            StorageCalls.GetXattr(path, "trusted.overlay.opaque") is [(byte)'y']
-            || StorageCalls.GetXattr(path, "user.overlay.opaque") is [(byte)'y'];
+            FileSystemCalls.GetXattr(path, "trusted.overlay.opaque") is [(byte)'y']
+            || FileSystemCalls.GetXattr(path, "user.overlay.opaque") is [(byte)'y'];
 
         /// <summary>Copies a file's extended attributes into PAX records (<c>SCHILY.xattr.NAME</c>, as GNU tar and Docker
         /// write them), except overlayfs's own (<c>*.overlay.*</c>, which describe the upper directory, not the file) and
@@ -126,13 +127,13 @@ public static class LayerDiff
         {
             var attributes = new Dictionary<string, string>(StringComparer.Ordinal);
             var strict = new UTF8Encoding(false, throwOnInvalidBytes: true);
-            foreach (string name in StorageCalls.ListXattrs(path).Order(StringComparer.Ordinal))
+            foreach (string name in FileSystemCalls.ListXattrs(path).Order(StringComparer.Ordinal))
             {
                 if (name.StartsWith("trusted.overlay.", StringComparison.Ordinal) || name.StartsWith("user.overlay.", StringComparison.Ordinal))
                 {
                     continue;
                 }
-                if (StorageCalls.GetXattr(path, name) is not { } value)
+                if (FileSystemCalls.GetXattr(path, name) is not { } value)
                 {
                     continue;
                 }

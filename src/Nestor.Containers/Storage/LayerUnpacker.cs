@@ -1,5 +1,6 @@
 using System.Formats.Tar;
 using System.Text;
+using Nestor.Host;
 
 namespace Nestor.Containers.Storage;
 
@@ -50,7 +51,7 @@ public static class LayerUnpacker
         // A directory's time is set last: creating its children changed it.
         for (int i = directoryTimes.Count - 1; i >= 0; i--)
         {
-            StorageCalls.SetTimes(directoryTimes[i].Path, directoryTimes[i].Time, directoryTimes[i].Time);
+            FileSystemCalls.SetTimes(directoryTimes[i].Path, directoryTimes[i].Time, directoryTimes[i].Time);
         }
     }
 
@@ -88,7 +89,7 @@ public static class LayerUnpacker
         string baseName = components[^1];
         if (baseName == OpaqueWhiteout)
         {
-            int errno = StorageCalls.SetXattr(parent, options.OpaqueAttribute, "y"u8);
+            int errno = FileSystemCalls.SetXattr(parent, options.OpaqueAttribute, "y"u8);
             if (errno != 0)
             {
                 throw new Host.HostCallException($"setting {options.OpaqueAttribute} on {parent} (an opaque directory of the layer)", errno);
@@ -99,7 +100,7 @@ public static class LayerUnpacker
         {
             string hidden = Path.Combine(parent, baseName[WhiteoutPrefix.Length..]);
             RemoveExisting(hidden);
-            int errno = StorageCalls.Mknod(hidden, StorageCalls.S_IFCHR, 0, 0);
+            int errno = FileSystemCalls.Mknod(hidden, FileSystemCalls.S_IFCHR, 0, 0);
             if (errno != 0)
             {
                 throw new Host.HostCallException($"mknod of the whiteout {hidden} (character device 0/0)", errno);
@@ -107,8 +108,8 @@ public static class LayerUnpacker
             return;
         }
         string path = Path.Combine(parent, baseName);
-        var existing = StorageCalls.TryLStat(path);
-        bool existingIsDirectory = existing is { } e && (e.Mode & StorageCalls.S_IFMT) == StorageCalls.S_IFDIR;
+        var existing = FileSystemCalls.TryLStat(path);
+        bool existingIsDirectory = existing is { } e && (e.Mode & FileSystemCalls.S_IFMT) == FileSystemCalls.S_IFDIR;
         if (existing is not null && !(existingIsDirectory && entry.EntryType == TarEntryType.Directory))
         {
             RemoveExisting(path);
@@ -137,17 +138,17 @@ public static class LayerUnpacker
                     throw new LayerException($"the layer entry '{entry.Name}' is a hard link to the layer's root: the layer is refused");
                 }
                 string targetParent = ResolveInside(root, targetComponents[..^1], create: false, entry.LinkName);
-                StorageCalls.Link(Path.Combine(targetParent, targetComponents[^1]), path);
+                FileSystemCalls.Link(Path.Combine(targetParent, targetComponents[^1]), path);
                 return; // a hard link shares its target's metadata
             case TarEntryType.CharacterDevice or TarEntryType.BlockDevice or TarEntryType.Fifo:
                 uint type = entry.EntryType switch
                 {
-                    TarEntryType.CharacterDevice => StorageCalls.S_IFCHR,
-                    TarEntryType.BlockDevice => StorageCalls.S_IFBLK,
-                    _ => StorageCalls.S_IFIFO,
+                    TarEntryType.CharacterDevice => FileSystemCalls.S_IFCHR,
+                    TarEntryType.BlockDevice => FileSystemCalls.S_IFBLK,
+                    _ => FileSystemCalls.S_IFIFO,
                 };
-                int errno = StorageCalls.Mknod(path, type | 0x180, (uint)((PosixTarEntry)entry).DeviceMajor, (uint)((PosixTarEntry)entry).DeviceMinor);
-                if (errno == StorageCalls.EPERM && options.Rootless && type != StorageCalls.S_IFIFO)
+                int errno = FileSystemCalls.Mknod(path, type | 0x180, (uint)((PosixTarEntry)entry).DeviceMajor, (uint)((PosixTarEntry)entry).DeviceMinor);
+                if (errno == FileSystemCalls.EPERM && options.Rootless && type != FileSystemCalls.S_IFIFO)
                 {
                     return; // rootless: no device nodes (the runtime bind-mounts the host's devices instead)
                 }
@@ -167,7 +168,7 @@ public static class LayerUnpacker
         bool isLink = entry.EntryType == TarEntryType.SymbolicLink;
         if (!options.Rootless)
         {
-            StorageCalls.LChown(path, (uint)entry.Uid, (uint)entry.Gid);
+            FileSystemCalls.LChown(path, (uint)entry.Uid, (uint)entry.Gid);
         }
         if (entry is PaxTarEntry pax)
         {
@@ -181,13 +182,13 @@ public static class LayerUnpacker
                 // PAX stores the value as text; GNU tar and Go's archive/tar put the raw bytes there, which .NET
                 // reads as Latin-1-preserving UTF-8 where valid. Refused names (trusted.* rootless, security.* on
                 // some file systems) are skipped: they cannot be held by this store.
-                StorageCalls.SetXattr(path, name, Encoding.UTF8.GetBytes(value));
+                FileSystemCalls.SetXattr(path, name, Encoding.UTF8.GetBytes(value));
             }
         }
         if (!isLink)
         {
             // After chown: chown clears set-user-ID and set-group-ID bits (chown(2)).
-            StorageCalls.Chmod(path, (uint)entry.Mode);
+            FileSystemCalls.Chmod(path, (uint)entry.Mode);
         }
         if (entry.EntryType == TarEntryType.Directory)
         {
@@ -195,18 +196,18 @@ public static class LayerUnpacker
         }
         else
         {
-            StorageCalls.SetTimes(path, entry.ModificationTime, entry.ModificationTime);
+            FileSystemCalls.SetTimes(path, entry.ModificationTime, entry.ModificationTime);
         }
     }
 
     private static void RemoveExisting(string path)
     {
-        var existing = StorageCalls.TryLStat(path);
+        var existing = FileSystemCalls.TryLStat(path);
         if (existing is null)
         {
             return;
         }
-        if ((existing.Value.Mode & StorageCalls.S_IFMT) == StorageCalls.S_IFDIR)
+        if ((existing.Value.Mode & FileSystemCalls.S_IFMT) == FileSystemCalls.S_IFDIR)
         {
             Directory.Delete(path, recursive: true);
         }
@@ -241,7 +242,7 @@ public static class LayerUnpacker
                 continue;
             }
             string candidate = Path.Combine(root, Path.Combine([.. resolved, component]));
-            var stat = StorageCalls.TryLStat(candidate);
+            var stat = FileSystemCalls.TryLStat(candidate);
             if (stat is null)
             {
                 if (!create)
@@ -252,8 +253,8 @@ public static class LayerUnpacker
                 resolved.Add(component);
                 continue;
             }
-            uint type = stat.Value.Mode & StorageCalls.S_IFMT;
-            if (type == StorageCalls.S_IFLNK)
+            uint type = stat.Value.Mode & FileSystemCalls.S_IFMT;
+            if (type == FileSystemCalls.S_IFLNK)
             {
                 if (++linksFollowed > 40)
                 {
@@ -270,7 +271,7 @@ public static class LayerUnpacker
                 }
                 continue;
             }
-            if (type != StorageCalls.S_IFDIR)
+            if (type != FileSystemCalls.S_IFDIR)
             {
                 throw new LayerException($"the layer entry '{entryName}' needs '{candidate[root.Length..]}' to be a directory, but it is not");
             }

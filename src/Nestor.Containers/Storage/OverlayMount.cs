@@ -1,4 +1,5 @@
 using Nestor.Containers.Images;
+using Nestor.Host;
 
 namespace Nestor.Containers.Storage;
 
@@ -12,9 +13,9 @@ public static class OverlayMount
     public static void Mount(ContainerRootFileSystem root, bool rootless)
     {
         string options = root.MountOptions + (rootless ? ",userxattr" : "");
-        StorageCalls.Mount("overlay", root.MergedDirectory, "overlay", 0, options);
+        MountCalls.Mount("overlay", root.MergedDirectory, "overlay", MountFlags.None, options);
     }
 
     /// <summary>Unmounts an overlay mounted by <see cref="Mount"/> (lazily if <paramref name="detach"/>).</summary>
-    public static void Unmount(string mergedDirectory, bool detach = false) => StorageCalls.Unmount(mergedDirectory, detach);
+    public static void Unmount(string mergedDirectory, bool detach = false) => MountCalls.Unmount(mergedDirectory, detach ? MountCalls.DetachFlag : 0);
 }

@@ -15,7 +15,9 @@ internal static partial class LibC
     public const long SYS_rt_sigaction = 13;
     public const long SYS_rt_sigprocmask = 14;
     public const long SYS_dup2 = 33;
+    public const long SYS_ioctl = 16;
     public const long SYS_getpid = 39;
+    public const long SYS_setsid = 112;
     public const long SYS_execve = 59;
     public const long SYS_wait4 = 61;
     public const long SYS_chdir = 80;
@@ -28,7 +30,12 @@ internal static partial class LibC
     public const long SYS_pivot_root = 155;
     public const long SYS_exit_group = 231;
     public const long SYS_setns = 308;
+    public const long SYS_seccomp = 317;
+    public const long SYS_memfd_create = 319;
     public const long SYS_clone3 = 435;
+
+    /// <summary>memfd_create(2)'s close-on-exec flag.</summary>
+    public const int MFD_CLOEXEC = 0x1;
 
     public const int O_RDONLY = 0x0;
     public const int O_WRONLY = 0x1;

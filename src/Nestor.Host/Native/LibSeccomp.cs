@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 namespace Nestor.Host.Native;
 
 /// <summary>libseccomp's C API (seccomp_init(3), seccomp_rule_add(3), seccomp_arch_add(3), seccomp_load(3),
-/// seccomp_attr_set(3), seccomp_syscall_resolve_name(3)). Functions return 0 or a negative errno; libseccomp does not
+/// seccomp_attr_set(3), seccomp_export_bpf(3), seccomp_syscall_resolve_name(3)). Functions return 0 or a negative errno; libseccomp does not
 /// set errno.</summary>
 internal static partial class LibSeccomp
 {
@@ -51,6 +51,9 @@ internal static partial class LibSeccomp
 
     [LibraryImport(Library, EntryPoint = "seccomp_rule_add_array")]
     public static unsafe partial int RuleAddArray(nint context, uint action, int syscall, uint argumentCount, ArgumentComparison* arguments);
+
+    [LibraryImport(Library, EntryPoint = "seccomp_export_bpf")]
+    public static partial int ExportBpf(nint context, int fd);
 
     [LibraryImport("libc", EntryPoint = "free")]
     public static partial void Free(nint pointer);

@@ -209,6 +209,14 @@ public sealed class VmConfig
     /// where each interface appears in the guest.</summary>
     public IReadOnlyList<Devices.Storage.DiskConfig> Disks { get; init; } = [];
 
+    /// <summary>A virtio-console (<c>--virtio-console</c>) in the virtio-mmio slot after the virtio-blk disks: what the
+    /// guest transmits goes to <see cref="SerialOutput"/>, as COM1's output (docs/devices.md).</summary>
+    public bool VirtioConsole { get; init; }
+
+    /// <summary>What the virtio-console's receive queue gives the guest; read without waiting when the guest makes
+    /// receive buffers available, so a stream whose bytes are all there (a file, a test's memory).</summary>
+    public Stream VirtioConsoleInput { get; init; } = Stream.Null;
+
     /// <summary>The /dev/kvm path (tests point it elsewhere to check the error messages).</summary>
     public string KvmDevicePath { get; init; } = Nestor.Kvm.KvmSystem.DefaultDevicePath;
 

@@ -12,6 +12,23 @@ namespace Nestor.Hypervisor.Reference;
 /// <param name="Diagnostics">What QEMU printed on standard error.</param>
 public sealed record QemuOutcome(int ProcessStatus, uint? GuestStatus, bool TimedOut, TimeSpan Wall, string Diagnostics);
 
+/// <summary>How QEMU shows a disk to the guest.</summary>
+public enum QemuDiskInterface
+{
+    /// <summary>An IDE disk on the PC's primary channel (master, then slave): ATA PIO, as Nestor's <c>if=ata</c>.</summary>
+    Ide,
+
+    /// <summary>virtio-blk on a virtio-mmio transport (version 2) of QEMU's <c>microvm</c> machine, as Nestor's
+    /// <c>if=virtio</c>; the machine is then microvm rather than the PC.</summary>
+    VirtioMmio,
+}
+
+/// <summary>A raw disk image given to the reference machine.</summary>
+/// <param name="Path">The raw image file; QEMU writes to it unless <paramref name="ReadOnly"/>.</param>
+/// <param name="Interface">How the guest sees it.</param>
+/// <param name="ReadOnly">The disk is write-protected.</param>
+public sealed record QemuDisk(string Path, QemuDiskInterface Interface, bool ReadOnly = false);
+
 /// <summary>QEMU as the reference machine (REFERENCE-MACHINE.md): the same guest-visible platform as Nestor (COM1,
 /// debug-exit at 0xF4), booting a Multiboot kernel with <c>-kernel</c>. With <c>tcg</c> it is QEMU's software CPU,
 /// the yardstick for Nestor's engines.</summary>
@@ -21,9 +38,11 @@ public static class QemuReferenceMachine
 
     /// <summary>Boots <paramref name="kernelPath"/> and copies the guest's COM1 output to <paramref name="serial"/>.</summary>
     /// <param name="accelerator"><c>tcg</c> (software CPU) or <c>kvm</c>.</param>
+    /// <param name="disks">Raw disk images to attach; IDE and virtio-mmio disks cannot be mixed (the PC has no
+    /// virtio-mmio transports, microvm no IDE channel).</param>
     /// <exception cref="HostUnsupportedException">QEMU is not installed.</exception>
     public static QemuOutcome Run(string kernelPath, ulong memoryBytes, string commandLine, Stream serial,
-        TimeSpan? timeout = null, string accelerator = "tcg")
+        TimeSpan? timeout = null, string accelerator = "tcg", IReadOnlyList<QemuDisk>? disks = null)
     {
         var info = new ProcessStartInfo(Executable)
         {
@@ -37,7 +56,7 @@ public static class QemuReferenceMachine
             "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-kernel", kernelPath, "-append", commandLine,
         ];
-        foreach (var a in arguments)
+        foreach (var a in DiskArguments(disks ?? []).Concat(arguments))
         {
             info.ArgumentList.Add(a);
         }
@@ -74,5 +93,33 @@ public static class QemuReferenceMachine
             uint? guest = finished && (status & 1) == 1 && !qemuFailed ? (uint)(status >> 1) : null;
             return new QemuOutcome(status, guest, !finished, clock.Elapsed, errors.Result);
         }
+    }
+
+    /// <summary>QEMU's options for <paramref name="disks"/>: <c>-drive</c> per disk (a comma in a path is doubled,
+    /// QEMU's escape), and for virtio-mmio the microvm machine with modern (version 2) transports.</summary>
+    private static List<string> DiskArguments(IReadOnlyList<QemuDisk> disks)
+    {
+        var arguments = new List<string>();
+        if (disks.Select(d => d.Interface).Distinct().Count() > 1)
+        {
+            throw new ArgumentException("IDE and virtio-mmio disks need different QEMU machines (pc, microvm)", nameof(disks));
+        }
+        if (disks.Count > 0 && disks[0].Interface == QemuDiskInterface.VirtioMmio)
+        {
+            arguments.AddRange(["-M", "microvm", "-global", "virtio-mmio.force-legacy=false"]);
+        }
+        for (int i = 0; i < disks.Count; i++)
+        {
+            string file = $"file={disks[i].Path.Replace(",", ",,", StringComparison.Ordinal)},format=raw{(disks[i].ReadOnly ? ",readonly=on" : "")}";
+            if (disks[i].Interface == QemuDiskInterface.Ide)
+            {
+                arguments.AddRange(["-drive", $"{file},if=ide,index={i}"]);
+            }
+            else
+            {
+                arguments.AddRange(["-drive", $"id=disk{i},{file},if=none", "-device", $"virtio-blk-device,drive=disk{i}"]);
+            }
+        }
+        return arguments;
     }
 }

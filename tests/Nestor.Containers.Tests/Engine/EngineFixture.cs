@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Nestor.Containers.Engine;
 using Nestor.Containers.Images;
+using Nestor.Host;
 
 namespace Nestor.Containers.Tests.Engine;
 
@@ -136,7 +137,7 @@ public sealed class EngineFixture : IDisposable
             string target = global::Nestor.Host.MountInfo.Unescape(line.Split(' ')[4]);
             if (target.StartsWith(Root + "/", StringComparison.Ordinal))
             {
-                global::Nestor.Containers.Engine.Native.EngineCalls.UnmountDetached(target);
+                MountCalls.TryUnmountDetached(target);
             }
         }
         if (Directory.Exists(Root))

@@ -90,6 +90,154 @@ public sealed class RootlessEngineTests : IDisposable
         AssertNothingLeft();
     }
 
+    /// <summary>-p through slirp4netns (an unprivileged user can make neither a veth nor a NAT rule): a busybox httpd
+    /// in a rootless container answers on the host's loopback at the published port, again after stop and start, and
+    /// rm leaves the port free and nothing of the user's running. -p alone asks for the slirp network.</summary>
+    [Fact]
+    public void PublishedPortAnswersThroughSlirp()
+    {
+        string token = $"rootless-{Guid.NewGuid():N}";
+        int port = Network.NetworkTestSupport.FreePort();
+        string published = port.ToString(CultureInfo.InvariantCulture);
+        var run = Container("run", "-d", "-p", $"{published}:8080", "--name", "web", "busybox", "sh", "-c",
+            $"mkdir -p /www && echo {token} > /www/index.html && exec busybox httpd -f -p 8080 -h /www");
+        Assert.True(run.Status == 0, run.ToString());
+        string id = run.Output.Trim();
+        try
+        {
+            Assert.Equal(token, PortForwardingEngineTests.WaitForPage($"http://127.0.0.1:{published}/")?.Trim());
+            Assert.Equal(token, PortForwardingEngineTests.WaitForPage($"http://localhost:{published}/")?.Trim());
+            Assert.Contains($"0.0.0.0:{published}->8080/tcp", Container("ps").Output);
+            var stop = Container("stop", "-t", "2", "web");
+            Assert.True(stop.Status == 0, stop.ToString());
+            Assert.Null(Network.NetworkTestSupport.Curl(Network.HostProcess.RunCommand, $"http://127.0.0.1:{published}/"));
+            var start = Container("start", "web");
+            Assert.True(start.Status == 0, start.ToString());
+            Assert.Equal(token, PortForwardingEngineTests.WaitForPage($"http://127.0.0.1:{published}/")?.Trim());
+        }
+        finally
+        {
+            Container("rm", "-f", id);
+        }
+        Assert.Null(Network.NetworkTestSupport.Curl(Network.HostProcess.RunCommand, $"http://127.0.0.1:{published}/"));
+        Nestor.Containers.Network.PortForwarder.CheckFree(new System.Net.IPEndPoint(System.Net.IPAddress.Any, port), "tcp");
+        AssertNothingLeft();
+    }
+
+    /// <summary>cp to and from a running rootless container (through /proc/PID/root, its own mount namespace) and a
+    /// stopped one (its overlay mounted in a helper's user and mount namespaces), then commit, which reads the upper
+    /// directory directly, and export of the stopped container: the host's mount table never shows the container's
+    /// root, and no helper is left running.</summary>
+    [Fact]
+    public void CopyCommitAndExportMountNothingOnTheHost()
+    {
+        string token = $"copied-{Guid.NewGuid():N}";
+        string hostFile = Path.Combine(root, "in.txt");
+        Assert.Equal(0, AsUser("sh", "-c", $"echo {token} > {hostFile}").Status);
+        var run = Container("run", "-d", "--name", "box", "busybox", "sh", "-c", "echo made-inside > /root/inside; echo private > /root/private; chown 33:33 /root/private; chmod 600 /root/private; exec sleep 1000");
+        Assert.True(run.Status == 0, run.ToString());
+        string id = run.Output.Trim();
+        try
+        {
+            var into = Container("cp", hostFile, "box:/root/");
+            Assert.True(into.Status == 0, into.ToString());
+            Assert.Equal(token + "\n", Container("exec", "box", "cat", "/root/in.txt").Output);
+            Assert.Equal("0\n", Container("exec", "box", "stat", "-c", "%u", "/root/in.txt").Output);
+            Assert.DoesNotContain(root, File.ReadAllText("/proc/self/mountinfo"));
+            string outOfRunning = Path.Combine(root, "out-running.txt");
+            var fromRunning = Container("cp", "box:/root/inside", outOfRunning);
+            Assert.True(fromRunning.Status == 0, fromRunning.ToString());
+            Assert.Equal("made-inside\n", File.ReadAllText(outOfRunning));
+            Assert.Equal(userId.ToString(CultureInfo.InvariantCulture), Run("stat", "-c", "%u", outOfRunning).Output.Trim());
+
+            var stop = Container("stop", "-t", "1", "box");
+            Assert.True(stop.Status == 0, stop.ToString());
+            string outOfStopped = Path.Combine(root, "out-stopped.txt");
+            var fromStopped = Container("cp", "box:/root/in.txt", outOfStopped);
+            Assert.True(fromStopped.Status == 0, fromStopped.ToString());
+            Assert.Equal(token + "\n", File.ReadAllText(outOfStopped));
+            var intoStopped = Container("cp", hostFile, "box:/etc/second.txt");
+            Assert.True(intoStopped.Status == 0, intoStopped.ToString());
+            // From the image's lower layer, through the overlay: busybox itself.
+            string busybox = Path.Combine(root, "busybox-copy");
+            Assert.Equal(0, Container("cp", "box:/bin/busybox", busybox).Status);
+            Assert.Equal(File.ReadAllBytes("/bin/busybox"), File.ReadAllBytes(busybox));
+            Assert.DoesNotContain(root, File.ReadAllText("/proc/self/mountinfo"));
+
+            var commit = Container("commit", "box", "copied:v1");
+            Assert.True(commit.Status == 0, commit.ToString());
+            var fromImage = Container("run", "--rm", "copied:v1", "cat", "/root/inside", "/root/in.txt", "/etc/second.txt");
+            Assert.True(fromImage.Status == 0, fromImage.ToString());
+            Assert.Equal($"made-inside\n{token}\n{token}\n", fromImage.Output);
+            // A file only the container's uid 33 may read (a subordinate id on the host) is in the layer, owned by 33.
+            Assert.NotEqual(0, AsUser("cat", Path.Combine(data, "containers", id, "upper", "root", "private")).Status);
+            var inspect = AsUser(EngineFixture.Nestor, "image", "inspect", "copied:v1", "--store", Path.Combine(data, "images"));
+            Assert.True(inspect.Status == 0, inspect.ToString());
+            string diffId;
+            using (var document = System.Text.Json.JsonDocument.Parse(inspect.Output))
+            {
+                diffId = document.RootElement[0].GetProperty("RootFS").GetProperty("Layers").EnumerateArray().Last().GetString()!;
+            }
+            using (var reader = new System.Formats.Tar.TarReader(File.OpenRead(Path.Combine(data, "images", "blobs", "sha256", diffId["sha256:".Length..]))))
+            {
+                var entries = new Dictionary<string, System.Formats.Tar.TarEntry>();
+                while (reader.GetNextEntry() is { } entry)
+                {
+                    entries[entry.Name.TrimStart('.', '/')] = entry;
+                }
+                Assert.Equal(33, entries["root/private"].Uid);
+                Assert.Equal(0, entries["root/inside"].Uid);
+            }
+            Assert.Equal("private\n", Container("run", "--rm", "copied:v1", "cat", "/root/private").Output);
+
+            string archive = Path.Combine(root, "box.tar");
+            var export = Container("export", "-o", archive, "box");
+            Assert.True(export.Status == 0, export.ToString());
+            Assert.Contains("etc/second.txt", Run("tar", "-tf", archive).Output);
+        }
+        finally
+        {
+            Container("rm", "-f", id);
+        }
+        AssertNothingLeft();
+    }
+
+    /// <summary>rm removes what the container's other users made in its upper directory (owned by subordinate ids,
+    /// in a directory the user may not enter), as podman unshare rm would, in a user namespace mapping them.</summary>
+    [Fact]
+    public void RemoveDeletesFilesOfSubordinateIds()
+    {
+        var run = Container("run", "--name", "owners", "busybox", "sh", "-c",
+            "mkdir -p /srv/d/e && echo x > /srv/d/e/f && chown -R 33:33 /srv/d && chmod 700 /srv/d /srv/d/e");
+        Assert.True(run.Status == 0, run.ToString());
+        string id = Container("inspect", "-f", "{{.Id}}", "owners").Output.Trim();
+        string upper = Path.Combine(data, "containers", id, "upper", "srv", "d");
+        var subordinate = File.ReadLines("/etc/subuid").Select(line => line.Split(':')).First(fields => fields[0] == User);
+        Assert.Equal((uint.Parse(subordinate[1], CultureInfo.InvariantCulture) + 32).ToString(CultureInfo.InvariantCulture),
+            Run("stat", "-c", "%u", upper).Output.Trim());
+        Assert.NotEqual(0, AsUser("rm", "-rf", upper).Status); // the user alone cannot
+        var remove = Container("rm", "owners");
+        Assert.True(remove.Status == 0, remove.ToString());
+        Assert.False(Directory.Exists(Path.Combine(data, "containers", id)));
+        Assert.Empty(Container("ps", "-a", "-q").Output.Trim());
+        AssertNothingLeft();
+    }
+
+    /// <summary>A --rm container whose files belong to subordinate ids leaves nothing behind either.</summary>
+    [Fact]
+    public void RemoveOnExitDeletesFilesOfSubordinateIds()
+    {
+        var run = Container("run", "--rm", "busybox", "sh", "-c", "mkdir /d && echo x > /d/f && chown -R 100:100 /d && chmod 700 /d");
+        Assert.True(run.Status == 0, run.ToString());
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (Directory.Exists(Path.Combine(data, "containers")) && Directory.EnumerateDirectories(Path.Combine(data, "containers")).Any() && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(100);
+        }
+        Assert.Empty(Directory.Exists(Path.Combine(data, "containers")) ? Directory.EnumerateDirectories(Path.Combine(data, "containers")) : []);
+        AssertNothingLeft();
+    }
+
     /// <summary>Cgroup limits are refused at once with status 125 and advice: there is no cgroup to limit.</summary>
     [Fact]
     public void LimitsAreRefused()

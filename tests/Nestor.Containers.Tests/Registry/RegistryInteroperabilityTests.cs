@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Nestor.Containers.Images;
 using Nestor.Containers.Registry;
+using Nestor.Host;
 
 namespace Nestor.Containers.Tests.Registry;
 
@@ -103,7 +104,7 @@ public class RegistryInteroperabilityTests(OpenRegistryFixture fixture) : IClass
         Assert.Equal(made.ManifestDigest, digest);
         Assert.Contains("interop/rootless", RegistryServer.Run("runuser", [.. asUser, "ls"]));
         string index = Path.Combine(data.Path, "nestor", "images", "index.json");
-        Assert.Equal(uint.Parse(RegistryServer.Run("id", ["-u", "nestor-rootless"]).Trim()), Nestor.Containers.Storage.StorageCalls.LStat(index).Uid);
+        Assert.Equal(uint.Parse(RegistryServer.Run("id", ["-u", "nestor-rootless"]).Trim()), FileSystemCalls.LStat(index).Uid);
     }
 
     /// <summary><c>podman pull</c> of a Nestor push stores the same manifest digest; the image is removed after.</summary>

@@ -1,6 +1,7 @@
 using System.Formats.Tar;
 using Nestor.Containers.Storage;
 using Nestor.Containers.Tests.Images;
+using Nestor.Host;
 
 namespace Nestor.Containers.Tests.Storage;
 
@@ -54,21 +55,21 @@ public class LayerTests
             new PaxTarEntry(TarEntryType.Fifo, "run/pipe") { Mode = (UnixFileMode)0x180 });
         string root = directory.Combine("root");
         LayerUnpacker.Unpack(tar, root, AsRoot);
-        var secret = StorageCalls.LStat(Path.Combine(root, "etc", "secret"));
+        var secret = FileSystemCalls.LStat(Path.Combine(root, "etc", "secret"));
         Assert.Equal((1234u, 5678u), (secret.Uid, secret.Gid));
         Assert.Equal(0x9edu, secret.Mode & 0xfff);
         Assert.Equal(time.ToUnixTimeSeconds(), secret.ModifySeconds);
         Assert.Equal(2ul, secret.LinkCount);
-        Assert.Equal(secret.Inode, StorageCalls.LStat(Path.Combine(root, "etc", "secret-link")).Inode);
-        var etc = StorageCalls.LStat(Path.Combine(root, "etc"));
+        Assert.Equal(secret.Inode, FileSystemCalls.LStat(Path.Combine(root, "etc", "secret-link")).Inode);
+        var etc = FileSystemCalls.LStat(Path.Combine(root, "etc"));
         Assert.Equal((7u, 8u, 0x1c0u), (etc.Uid, etc.Gid, etc.Mode & 0xfff));
         Assert.Equal(time.ToUnixTimeSeconds(), etc.ModifySeconds); // set after its children were made
         Assert.Equal("/etc/secret", new FileInfo(Path.Combine(root, "etc", "symbolic")).LinkTarget);
-        Assert.Equal("value"u8.ToArray(), StorageCalls.GetXattr(Path.Combine(root, "etc", "attributed"), "user.nestor"));
-        var device = StorageCalls.LStat(Path.Combine(root, "dev", "null"));
-        Assert.Equal(StorageCalls.S_IFCHR, device.Mode & StorageCalls.S_IFMT);
-        Assert.Equal((1u, 3u), StorageCalls.SplitDevice(device.RawDevice));
-        Assert.Equal(StorageCalls.S_IFIFO, StorageCalls.LStat(Path.Combine(root, "run", "pipe")).Mode & StorageCalls.S_IFMT);
+        Assert.Equal("value"u8.ToArray(), FileSystemCalls.GetXattr(Path.Combine(root, "etc", "attributed"), "user.nestor"));
+        var device = FileSystemCalls.LStat(Path.Combine(root, "dev", "null"));
+        Assert.Equal(FileSystemCalls.S_IFCHR, device.Mode & FileSystemCalls.S_IFMT);
+        Assert.Equal((1u, 3u), FileSystemCalls.SplitDevice(device.RawDevice));
+        Assert.Equal(FileSystemCalls.S_IFIFO, FileSystemCalls.LStat(Path.Combine(root, "run", "pipe")).Mode & FileSystemCalls.S_IFMT);
     }
 
     /// <summary>An entry whose name climbs out with ../ and a hard link to a file outside are refused, naming the
@@ -102,15 +103,15 @@ public class LayerTests
         using var directory = new TemporaryDirectory("whiteout");
         string root = directory.Combine("root");
         LayerUnpacker.Unpack(Tar(File("dir/.wh.gone", ""), File("opaque/.wh..wh..opq", ""), File("opaque/kept", "k")), root, AsRoot);
-        var whiteout = StorageCalls.LStat(Path.Combine(root, "dir", "gone"));
-        Assert.Equal(StorageCalls.S_IFCHR, whiteout.Mode & StorageCalls.S_IFMT);
+        var whiteout = FileSystemCalls.LStat(Path.Combine(root, "dir", "gone"));
+        Assert.Equal(FileSystemCalls.S_IFCHR, whiteout.Mode & FileSystemCalls.S_IFMT);
         Assert.Equal(0ul, whiteout.RawDevice);
         Assert.False(System.IO.File.Exists(Path.Combine(root, "dir", ".wh.gone")));
-        Assert.Equal("y"u8.ToArray(), StorageCalls.GetXattr(Path.Combine(root, "opaque"), "trusted.overlay.opaque"));
+        Assert.Equal("y"u8.ToArray(), FileSystemCalls.GetXattr(Path.Combine(root, "opaque"), "trusted.overlay.opaque"));
         Assert.False(System.IO.File.Exists(Path.Combine(root, "opaque", ".wh..wh..opq")));
         string rootless = directory.Combine("rootless");
         LayerUnpacker.Unpack(Tar(File("opaque/.wh..wh..opq", "")), rootless, new LayerUnpackOptions(Rootless: true));
-        Assert.Equal("y"u8.ToArray(), StorageCalls.GetXattr(Path.Combine(rootless, "opaque"), "user.overlay.opaque"));
+        Assert.Equal("y"u8.ToArray(), FileSystemCalls.GetXattr(Path.Combine(rootless, "opaque"), "user.overlay.opaque"));
     }
 
     /// <summary>A directory written as a layer and unpacked again gives the same tree, and writing it twice gives the
@@ -122,10 +123,10 @@ public class LayerTests
         string upper = directory.Combine("upper");
         TemporaryDirectory.MakeBusyboxRoot(upper);
         Directory.CreateDirectory(Path.Combine(upper, "opaque"));
-        Assert.Equal(0, StorageCalls.SetXattr(Path.Combine(upper, "opaque"), "trusted.overlay.opaque", "y"u8));
-        Assert.Equal(0, StorageCalls.Mknod(Path.Combine(upper, "etc", "deleted"), StorageCalls.S_IFCHR, 0, 0));
-        StorageCalls.Link(Path.Combine(upper, "etc", "passwd"), Path.Combine(upper, "etc", "passwd-link"));
-        StorageCalls.LChown(Path.Combine(upper, "etc", "passwd"), 42, 43);
+        Assert.Equal(0, FileSystemCalls.SetXattr(Path.Combine(upper, "opaque"), "trusted.overlay.opaque", "y"u8));
+        Assert.Equal(0, FileSystemCalls.Mknod(Path.Combine(upper, "etc", "deleted"), FileSystemCalls.S_IFCHR, 0, 0));
+        FileSystemCalls.Link(Path.Combine(upper, "etc", "passwd"), Path.Combine(upper, "etc", "passwd-link"));
+        FileSystemCalls.LChown(Path.Combine(upper, "etc", "passwd"), 42, 43);
         using var first = new MemoryStream();
         using var second = new MemoryStream();
         LayerDiff.Write(upper, first);
@@ -150,17 +151,17 @@ public class LayerTests
         LayerUnpacker.Unpack(first, unpacked, AsRoot);
         foreach (var relative in new[] { "bin/busybox", "bin/sh", "etc/passwd", "etc/passwd-link", "etc/deleted", "opaque" })
         {
-            var original = StorageCalls.LStat(Path.Combine(upper, relative));
-            var copy = StorageCalls.LStat(Path.Combine(unpacked, relative));
+            var original = FileSystemCalls.LStat(Path.Combine(upper, relative));
+            var copy = FileSystemCalls.LStat(Path.Combine(unpacked, relative));
             Assert.Equal((original.Mode, original.Uid, original.Gid, original.RawDevice, original.Size), (copy.Mode, copy.Uid, copy.Gid, copy.RawDevice, copy.Size));
-            if ((original.Mode & StorageCalls.S_IFMT) != StorageCalls.S_IFDIR && relative != "etc/deleted") // a whiteout's time is not kept
+            if ((original.Mode & FileSystemCalls.S_IFMT) != FileSystemCalls.S_IFDIR && relative != "etc/deleted") // a whiteout's time is not kept
             {
                 Assert.Equal((original.ModifySeconds, original.ModifyNanoseconds / 100), (copy.ModifySeconds, copy.ModifyNanoseconds / 100));
             }
         }
-        Assert.Equal(StorageCalls.LStat(Path.Combine(unpacked, "etc", "passwd")).Inode, StorageCalls.LStat(Path.Combine(unpacked, "etc", "passwd-link")).Inode);
+        Assert.Equal(FileSystemCalls.LStat(Path.Combine(unpacked, "etc", "passwd")).Inode, FileSystemCalls.LStat(Path.Combine(unpacked, "etc", "passwd-link")).Inode);
         Assert.Equal("busybox", new FileInfo(Path.Combine(unpacked, "bin", "sh")).LinkTarget);
-        Assert.Equal("y"u8.ToArray(), StorageCalls.GetXattr(Path.Combine(unpacked, "opaque"), "trusted.overlay.opaque"));
+        Assert.Equal("y"u8.ToArray(), FileSystemCalls.GetXattr(Path.Combine(unpacked, "opaque"), "trusted.overlay.opaque"));
     }
 
     /// <summary>A rootless store writes owners as the container sees them: the user as 0, its subordinate ids from 1,
@@ -176,7 +177,7 @@ public class LayerTests
         foreach (var (name, host) in new[] { ("user", 1001u), ("subordinate", 100005u), ("stranger", 5u) })
         {
             System.IO.File.WriteAllText(Path.Combine(upper, name), name);
-            StorageCalls.LChown(Path.Combine(upper, name), host, host);
+            FileSystemCalls.LChown(Path.Combine(upper, name), host, host);
         }
         using var tar = new MemoryStream();
         LayerDiff.Write(upper, tar, mapping);

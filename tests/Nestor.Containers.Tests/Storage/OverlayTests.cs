@@ -1,6 +1,7 @@
 using Nestor.Containers.Images;
 using Nestor.Containers.Storage;
 using Nestor.Containers.Tests.Images;
+using Nestor.Host;
 
 namespace Nestor.Containers.Tests.Storage;
 
@@ -91,7 +92,7 @@ public class OverlayTests
         foreach (var name in new[] { "upper", "work", "merged" })
         {
             Directory.CreateDirectory(directory.Combine(name));
-            StorageCalls.LChown(directory.Combine(name), RootlessUid, RootlessUid);
+            FileSystemCalls.LChown(directory.Combine(name), RootlessUid, RootlessUid);
         }
         var root = new ContainerRootFileSystem([directory.Combine("base"), directory.Combine("top")], directory.Combine("upper"),
             directory.Combine("work"), directory.Combine("merged"));

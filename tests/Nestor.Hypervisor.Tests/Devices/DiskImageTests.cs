@@ -290,4 +290,30 @@ public sealed class DiskImageTests : IDisposable
         Assert.InRange(first.Length, 1, 20);
         Assert.StartsWith("NESTOR-", first);
     }
+    [Theory]
+    [InlineData("disk.img", "disk.img", DiskInterface.Virtio, false)]
+    [InlineData("disk.img,if=ata", "disk.img", DiskInterface.Ata, false)]
+    [InlineData("/a/b.img,ro,if=assigned", "/a/b.img", DiskInterface.Assigned, true)]
+    [InlineData("b.img,if=virtio,ro=off", "b.img", DiskInterface.Virtio, false)]
+    [InlineData("b.img,ro=on", "b.img", DiskInterface.Virtio, true)]
+    public void Disk_values_parse_into_a_file_an_interface_and_read_only(string text, string path, DiskInterface kind, bool readOnly)
+    {
+        var disk = DiskConfig.Parse(text);
+        Assert.Equal((path, kind, readOnly), (disk.Path, disk.Interface, disk.ReadOnly));
+        Assert.Null(disk.Backend);
+    }
+
+    [Theory]
+    [InlineData("d.img,if=ide", "--disk d.img,if=ide: there is no disk interface 'ide'")]
+    [InlineData("d.img,if", "--disk d.img,if: there is no disk interface ''")]
+    [InlineData("d.img,ro=yes", "--disk d.img,ro=yes: ro takes no value but on or off, not 'yes'")]
+    [InlineData("d.img,if=ata,if=virtio", "--disk d.img,if=ata,if=virtio: 'if' is given twice")]
+    [InlineData("d.img,format=raw", "--disk d.img,format=raw: unknown option 'format=raw'")]
+    [InlineData("", "--disk '' names no file")]
+    public void Bad_disk_values_are_refused_naming_what_is_wrong(string text, string message)
+    {
+        var e = Assert.Throws<BadInputException>(() => DiskConfig.Parse(text));
+        Assert.Equal(message, e.Message);
+        Assert.NotNull(e.Advice);
+    }
 }

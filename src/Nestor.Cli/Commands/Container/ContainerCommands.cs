@@ -22,6 +22,7 @@ internal static class ContainerCommands
     {
         OciCommand.InitVerb => OciCommand.RunInit(args),
         ContainerCommand.MonitorVerb => ContainerCommand.RunMonitor(args),
+        Nestor.Containers.Engine.RootlessStorage.LayerDiffVerb => Nestor.Containers.Engine.RootlessStorage.RunLayerDiff(args),
         _ => null,
     };
 }

@@ -6,12 +6,12 @@ using Nestor.Containers.Engine;
 
 namespace Nestor.Cli.Commands.Container;
 
-/// <summary><c>container stop | kill | restart | rm | ps | logs | inspect | wait | top | stats | commit | export |
+/// <summary><c>container stop | kill | pause | unpause | restart | rm | ps | logs | inspect | wait | top | stats | commit | export |
 /// cp</c>.</summary>
 internal static class ContainerManageCommands
 {
     public static IEnumerable<Command> Create() =>
-        [Stop(), Kill(), Restart(), Remove(), List(), Logs(), Inspect(), Wait(), Top(), Stats(), Commit(), Export(), Copy()];
+        [Stop(), Kill(), Pause(), Unpause(), Restart(), Remove(), List(), Logs(), Inspect(), Wait(), Top(), Stats(), Commit(), Export(), Copy()];
 
     private static Argument<string[]> Containers() => new("container") { Description = "Names or ids", Arity = ArgumentArity.OneOrMore };
 
@@ -48,6 +48,38 @@ internal static class ContainerManageCommands
                 Console.WriteLine(container);
             }
             return 0;
+        }));
+        return command;
+    }
+
+    private static Command Pause() => FreezerCommand("pause", "Pause all processes within containers (cgroup freezer)", (engine, name) => engine.Pause(name));
+
+    private static Command Unpause() => FreezerCommand("unpause", "Unpause all processes within containers", (engine, name) => engine.Unpause(name));
+
+    /// <summary>Docker's pause and unpause: each container in turn, its name printed when done; a failure is reported
+    /// and the others still tried, and the status is then 1 (the docker client's for a daemon's refusal).</summary>
+    private static Command FreezerCommand(string name, string description, Action<ContainerEngine, string> action)
+    {
+        var containers = Containers();
+        var command = new Command(name, description) { containers };
+        command.SetAction(parse => ContainerCommand.Guard(() =>
+        {
+            var engine = ContainerCommand.Engine(parse);
+            int status = 0;
+            foreach (string container in parse.GetValue(containers)!)
+            {
+                try
+                {
+                    action(engine, container);
+                    Console.WriteLine(container);
+                }
+                catch (Exception exception) when (exception is ContainerEngineException or Nestor.Containers.Cgroups.ControlGroupException)
+                {
+                    Console.Error.WriteLine($"nestor: {exception.Message}");
+                    status = 1;
+                }
+            }
+            return status;
         }));
         return command;
     }
@@ -147,6 +179,7 @@ internal static class ContainerManageCommands
     public static string Status(ContainerRecord record, DateTimeOffset now) => record.State.Status switch
     {
         ContainerState.Running => $"Up {Ago(now - record.State.StartedAt)}",
+        ContainerState.Paused => $"Up {Ago(now - record.State.StartedAt)} (Paused)",
         ContainerState.Exited => $"Exited ({record.State.ExitCode}) {Ago(now - record.State.FinishedAt)} ago",
         _ => "Created",
     };
@@ -368,11 +401,23 @@ internal static class ContainerManageCommands
     {
         var container = new Argument<string>("container") { Description = "Name or id" };
         var reference = new Argument<string?>("repository") { Description = "REPOSITORY[:TAG] for the new image", Arity = ArgumentArity.ZeroOrOne };
-        var message = new Option<string?>("--message", "-m") { Description = "The history entry's text" };
-        var command = new Command("commit", "Make a new image from a container's changes") { container, reference, message };
+        var message = new Option<string?>("--message", "-m") { Description = "The history entry's comment" };
+        var author = new Option<string?>("--author", "-a") { Description = "The image's author (e.g. \"Name <mail@example.org>\")" };
+        var change = new Option<string[]>("--change", "-c")
+        {
+            Description = "A Dockerfile instruction for the new image's config: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, VOLUME or WORKDIR (repeatable)",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var command = new Command("commit", "Make a new image from a container's changes") { container, reference, message, author, change };
         command.SetAction(parse => ContainerCommand.Guard(() =>
         {
-            var image = ContainerCommand.Engine(parse).Commit(parse.GetValue(container)!, parse.GetValue(reference), parse.GetValue(message));
+            var image = ContainerCommand.Engine(parse).Commit(parse.GetValue(container)!, new CommitOptions
+            {
+                Reference = parse.GetValue(reference),
+                Message = parse.GetValue(message),
+                Author = parse.GetValue(author),
+                Changes = parse.GetValue(change) ?? [],
+            });
             Console.WriteLine(image.Id);
             return 0;
         }));

@@ -237,7 +237,7 @@ internal static class ContainerRunCommands
         var container = new Argument<string>("container") { Description = "Name or id" };
         var words = new Argument<string[]>("command") { Description = "Command and arguments", Arity = ArgumentArity.OneOrMore };
         var interactive = new Option<bool>("--interactive", "-i") { Description = "Keep stdin open" };
-        var tty = new Option<bool>("--tty", "-t") { Description = "Allocate a pseudo-terminal (accepted; the process gets this command's own streams)" };
+        var tty = new Option<bool>("--tty", "-t") { Description = "Allocate a pseudo-terminal in the container for the process" };
         var env = new Option<string[]>("--env", "-e") { Description = "Set an environment variable" };
         var workdir = new Option<string?>("--workdir", "-w") { Description = "Working directory" };
         var user = new Option<string?>("--user", "-u") { Description = "User: name|uid[:group|gid]" };

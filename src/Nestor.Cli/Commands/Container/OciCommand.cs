@@ -141,7 +141,9 @@ internal static class OciCommand
         var id = IdArgument();
         var program = new Argument<string[]>("command") { Description = "The program and its arguments (instead of --process)", Arity = ArgumentArity.ZeroOrMore };
         var processFile = new Option<string?>("--process", "-p") { Description = "A JSON file with the process (config.json's process object)" };
-        var command = new Command("exec", "Run another process in a running container's namespaces") { id, program, processFile };
+        var consoleSocket = new Option<string?>("--console-socket") { Description = "Unix socket that receives the pty master (process.terminal)" };
+        var tty = new Option<bool>("--tty", "-t") { Description = "Give the program a pseudo-terminal (needs --console-socket)" };
+        var command = new Command("exec", "Run another process in a running container's namespaces") { id, program, processFile, consoleSocket, tty };
         command.SetAction(parse => Guard(() =>
         {
             var runtime = Runtime(parse.GetValue(root));
@@ -157,11 +159,11 @@ internal static class OciCommand
                 var state = runtime.State(name);
                 process = RuntimeSpec.Load(Path.Combine(state.Bundle, "config.json")).Process ?? new SpecProcess();
                 process.Args = [.. parse.GetValue(program) ?? []];
-                process.Terminal = false;
+                process.Terminal = parse.GetValue(tty);
             }
             try
             {
-                using var started = runtime.Exec(name, process, new RuntimeIo());
+                using var started = runtime.Exec(name, process, new RuntimeIo(ConsoleSocket: parse.GetValue(consoleSocket)));
                 return started.WaitForExit();
             }
             catch (ContainerRuntimeException exception) when (ExecFailureStatus(exception.Message) is { } status)

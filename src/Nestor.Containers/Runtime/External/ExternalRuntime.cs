@@ -1,6 +1,5 @@
 using System.Text.Json;
 using Microsoft.Win32.SafeHandles;
-using Nestor.Containers.Engine.Native;
 using Nestor.Containers.Runtime.Spec;
 using Nestor.Host;
 
@@ -200,16 +199,16 @@ public sealed class ExternalRuntime : IContainerRuntime
             arguments.AddRange(["--log", LogPath(id), "--log-format", "json"]);
         }
         arguments.AddRange(verbArguments);
-        return EngineCalls.Spawn(executable, arguments, EngineCalls.CurrentEnvironment(), [(0, stdin), (1, stdout), (2, stderr)]);
+        return SpawnCalls.Spawn(executable, arguments, SpawnCalls.CurrentEnvironment(), [(0, stdin), (1, stdout), (2, stderr)]);
     }
 
-    private static int Wait(int pid) => EngineCalls.ShellStatus(EngineCalls.WaitPid(pid).Status);
+    private static int Wait(int pid) => ProcessCalls.WaitForExit(pid);
 
     private (int Status, string Output, string Error) RunCaptured(string? id, IReadOnlyList<string> arguments)
     {
-        var output = EngineCalls.Pipe();
-        var error = EngineCalls.Pipe();
-        int nullInput = EngineCalls.Open("/dev/null", EngineCalls.O_RDONLY);
+        var output = ProcessCalls.CreatePipe();
+        var error = ProcessCalls.CreatePipe();
+        int nullInput = MountCalls.Open("/dev/null", MountCalls.OpenFlags.ReadOnly);
         int pid;
         try
         {
@@ -217,9 +216,9 @@ public sealed class ExternalRuntime : IContainerRuntime
         }
         finally
         {
-            EngineCalls.Close(nullInput);
-            EngineCalls.Close(output.Write);
-            EngineCalls.Close(error.Write);
+            ProcessCalls.Close(nullInput);
+            ProcessCalls.Close(output.Write);
+            ProcessCalls.Close(error.Write);
         }
         using var outputStream = new FileStream(new SafeFileHandle(output.Read, true), FileAccess.Read);
         using var errorStream = new FileStream(new SafeFileHandle(error.Read, true), FileAccess.Read);
@@ -275,10 +274,10 @@ public sealed class ExternalRuntime : IContainerRuntime
 
         public void Dispose()
         {
-            if (status is null && EngineCalls.WaitPid(pid, EngineCalls.WNOHANG).Pid == 0)
+            if (status is null && ProcessCalls.TryWaitForExit(pid) is null)
             {
-                EngineCalls.Kill(pid, 9);
-                EngineCalls.WaitPid(pid);
+                ProcessCalls.Signal(pid, ProcessCalls.KillSignal);
+                ProcessCalls.WaitForExit(pid);
             }
             File.Delete(processFile);
         }

@@ -75,8 +75,9 @@ internal static class DiskAttachment
         vm.AddDisk(new AttachedDisk(backend, DiskInterface.Ata, index, statistics));
     }
 
+    /// <summary>virtio-blk in virtio-mmio slot <paramref name="index"/> (docs/devices.md).</summary>
     private static void AttachVirtio(Vm vm, IBlockBackend backend, int index) =>
-        throw new Errors.BadInputException($"disk '{backend.Name}': if=virtio is not supported yet", "Use another interface");
+        Virtio.VirtioSlots.Attach(vm, new Virtio.Block.VirtioBlock(backend), index);
 
     /// <summary>The dedicated controller of slot <paramref name="index"/> (docs/devices.md, "Dedicated"): its registers
     /// at 0xFEA00000 + index × 0x1000 (mapped into the guest under a VMM), its interrupt on GSI 10 + index, its DMA

@@ -275,7 +275,8 @@ public sealed partial class AtaController : IPortDevice
             IgnoredCommands++;
             return;
         }
-        drive.Interrupt = false; // writing the Command register negates INTRQ
+        drive.Interrupt = false; // writing the Command register negates INTRQ, so the completion is a new edge
+        UpdateLine();
         drive.Error = 0;
         drive.Command = command;
         switch (command)

@@ -1,14 +1,14 @@
 using System.Runtime.InteropServices;
-using Nestor.Host;
+using Microsoft.Win32.SafeHandles;
 
-namespace Nestor.Containers.Storage;
+namespace Nestor.Host;
 
-/// <summary>The file-system system calls that layers and overlays need and .NET does not offer: owners of symbolic
-/// links (lchown(2)), device nodes (mknod(2)), extended attributes (lsetxattr(2), lgetxattr(2), llistxattr(2)), times
-/// of links (utimensat(2)), hard links (link(2)), lstat(2) with owner and inode, mount(2)/umount2(2) for overlayfs,
-/// flock(2) and a directory's fsync(2). Kept here, internal, until Nestor.Host's mount layer (the runtime's) can be
-/// merged; then the mount calls move there.</summary>
-internal static unsafe partial class StorageCalls
+/// <summary>The file-system system calls that image layers and overlays need and .NET does not offer: lstat(2) with
+/// owner, inode and device numbers, owners of symbolic links (lchown(2)), all twelve mode bits (chmod(2)), device nodes
+/// (mknod(2)), hard links (link(2)), times of links (utimensat(2)), extended attributes (lsetxattr(2), lgetxattr(2),
+/// llistxattr(2)), a directory's fsync(2), and a lock file held with flock(2) (waiting, or tried without waiting).
+/// Mounting is <see cref="MountCalls"/>'s.</summary>
+public static unsafe partial class FileSystemCalls
 {
     public const int AT_FDCWD = -100;
     public const int AT_SYMLINK_NOFOLLOW = 0x100;
@@ -23,12 +23,6 @@ internal static unsafe partial class StorageCalls
     public const int ENODATA = 61;
     public const int ENOTSUP = 95;
     public const int EPERM = 1;
-    public const int EEXIST = 17;
-    public const int LOCK_EX = 2;
-    public const int O_RDONLY = 0;
-    public const int O_DIRECTORY = 0x10000;
-    public const int O_CLOEXEC = 0x80000;
-    public const ulong MNT_DETACH = 2;
 
     /// <summary>struct stat of x86-64 Linux (asm/stat.h), 144 bytes.</summary>
     [StructLayout(LayoutKind.Sequential)]
@@ -88,32 +82,8 @@ internal static unsafe partial class StorageCalls
     [LibraryImport("libc", EntryPoint = "llistxattr", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     private static partial nint LListXattrNative(string path, byte* list, nuint size);
 
-    [LibraryImport("libc", EntryPoint = "mount", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-    private static partial int MountNative(string source, string target, string fileSystemType, ulong flags, string? data);
-
-    [LibraryImport("libc", EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-    private static partial int Umount2Native(string target, int flags);
-
-    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-    private static partial int OpenNative(string path, int flags);
-
-    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-    private static partial int OpenWithModeNative(string path, int flags, uint mode);
-
-    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
-    private static partial int CloseNative(int fd);
-
     [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
     private static partial int FsyncNative(int fd);
-
-    [LibraryImport("libc", EntryPoint = "flock", SetLastError = true)]
-    private static partial int FlockNative(int fd, int operation);
-
-    [LibraryImport("libc", EntryPoint = "geteuid")]
-    public static partial uint EffectiveUserId();
-
-    [LibraryImport("libc", EntryPoint = "getegid")]
-    public static partial uint EffectiveGroupId();
 
     private static int Errno => Marshal.GetLastPInvokeError();
 
@@ -245,30 +215,10 @@ internal static unsafe partial class StorageCalls
         return System.Text.Encoding.UTF8.GetString(list, 0, (int)size).Split('\0', StringSplitOptions.RemoveEmptyEntries);
     }
 
-    public static void Mount(string source, string target, string fileSystemType, ulong flags, string? data)
-    {
-        if (MountNative(source, target, fileSystemType, flags, data) != 0)
-        {
-            throw new HostCallException($"mount of {fileSystemType} at {target}", Errno);
-        }
-    }
-
-    public static void Unmount(string target, bool detach)
-    {
-        if (Umount2Native(target, detach ? (int)MNT_DETACH : 0) != 0)
-        {
-            throw new HostCallException($"umount of {target}", Errno);
-        }
-    }
-
     /// <summary>fsync(2) of a directory, so that a rename into it survives a crash (rename(2) is atomic, not durable).</summary>
     public static void SyncDirectory(string path)
     {
-        int fd = OpenNative(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-        {
-            throw new HostCallException($"open of directory {path}", Errno);
-        }
+        int fd = MountCalls.Open(path, MountCalls.OpenFlags.ReadOnly | MountCalls.OpenFlags.Directory);
         try
         {
             if (FsyncNative(fd) != 0)
@@ -278,55 +228,58 @@ internal static unsafe partial class StorageCalls
         }
         finally
         {
-            CloseNative(fd);
+            ProcessCalls.Close(fd);
         }
     }
 
-    /// <summary>Opens (creating) <paramref name="path"/> and takes flock(2)'s exclusive lock on it, waiting for it; the
-    /// lock is released when the handle is disposed. Opened with open(2) rather than FileStream, which takes a
-    /// non-blocking flock of its own and would fail instead of waiting.</summary>
-    public static Microsoft.Win32.SafeHandles.SafeFileHandle OpenLocked(string path)
+    /// <summary>Opens (creating, with <paramref name="mode"/>) <paramref name="path"/> and takes flock(2)'s exclusive
+    /// lock on it, waiting for it; the lock is released when the handle is disposed, or by the kernel with the holder's
+    /// death. Opened with open(2) rather than FileStream, which takes a non-blocking flock of its own and would fail
+    /// instead of waiting.</summary>
+    public static SafeFileHandle OpenLocked(string path, int mode = 0x1a4) => OpenLocked(path, mode, wait: true)!;
+
+    /// <summary>As <see cref="OpenLocked(string, int)"/> without waiting: null when another open file description
+    /// holds the lock.</summary>
+    public static SafeFileHandle? TryOpenLocked(string path, int mode = 0x1a4) => OpenLocked(path, mode, wait: false);
+
+    private static SafeFileHandle? OpenLocked(string path, int mode, bool wait)
     {
-        const int O_RDWR = 2, O_CREAT = 0x40;
-        int fd = OpenWithModeNative(path, O_RDWR | O_CREAT | O_CLOEXEC, 0x1a4);
-        if (fd < 0)
-        {
-            throw new HostCallException($"open of lock file {path}", Errno);
-        }
-        var handle = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+        int fd = MountCalls.Open(path, MountCalls.OpenFlags.ReadWrite | MountCalls.OpenFlags.Create, mode);
         try
         {
-            LockExclusive(handle, path);
-            return handle;
+            if (wait)
+            {
+                MountCalls.LockExclusive(fd, path);
+            }
+            else if (!TryLockExclusive(fd, path))
+            {
+                ProcessCalls.Close(fd);
+                return null;
+            }
         }
         catch
         {
-            handle.Dispose();
+            ProcessCalls.Close(fd);
             throw;
         }
+        return new SafeFileHandle(fd, ownsHandle: true);
     }
 
-    private static void LockExclusive(SafeHandle file, string path)
+    // flock(2) LOCK_EX | LOCK_NB: false when another open file description holds the lock.
+    private static bool TryLockExclusive(int fd, string what)
     {
-        bool added = false;
-        file.DangerousAddRef(ref added);
-        try
+        while (Native.LibC.Flock(fd, Native.LibC.LOCK_EX | 4 /* LOCK_NB */) != 0)
         {
-            while (FlockNative((int)file.DangerousGetHandle(), LOCK_EX) != 0)
+            int errno = Errno;
+            if (errno == 11 /* EWOULDBLOCK */)
             {
-                int errno = Errno;
-                if (errno != 4) // EINTR: try again
-                {
-                    throw new HostCallException($"flock of {path}", errno);
-                }
+                return false;
+            }
+            if (errno != 4 /* EINTR */)
+            {
+                throw new HostCallException($"flock of {what}", errno);
             }
         }
-        finally
-        {
-            if (added)
-            {
-                file.DangerousRelease();
-            }
-        }
+        return true;
     }
 }
