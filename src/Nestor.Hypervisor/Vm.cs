@@ -108,13 +108,8 @@ public sealed class Vm : IDisposable
 
     /// <summary>The parts of the VM a snapshot holds, in the order of their sections: the vCPUs, RAM, COM1, the
     /// debug-exit port, the platform's interrupt lines, the I/O APIC and the 8259 pair, then the disk controllers and the other attached devices. The engine's own state (a VMM's) is not here: see <see cref="Persistence.VmSnapshot"/>.</summary>
-    public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit, Interrupts, IoApic, Pic, .. attachedParts, .. attachedDevices, .. deviceParts];
+    public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit, Interrupts, IoApic, Pic, .. attachedParts, .. attachedDevices];
 
-    private readonly List<Persistence.ISnapshottable> deviceParts = [];
-
-    /// <summary>Adds a device with state, attached after the platform's own, to <see cref="SnapshotParts"/> (in the
-    /// order attached).</summary>
-    internal void AddDevice(Persistence.ISnapshottable device) => deviceParts.Add(device);
 
     /// <summary>VM exits handled so far.</summary>
     public ExitStatistics Exits { get; } = new();
@@ -178,6 +173,10 @@ public sealed class Vm : IDisposable
             // Dispose flushes: what the guest wrote reaches the file even without a guest flush when the VM ends
             // normally (a killed VMM keeps only what the guest flushed).
             disk.Dispose();
+        }
+        foreach (var device in attachedParts.Concat(attachedDevices).OfType<IDisposable>())
+        {
+            device.Dispose(); // before the host's frame pool goes: a device may hold frames of it (an IOMMU's tables)
         }
         Host.Remove(this);
         if (privateHost)

@@ -15,7 +15,7 @@ namespace Nestor.Hypervisor.Devices.Assigned;
 /// <remarks>The interrupt still goes through the VMM: the line reaches the I/O APIC, and under a VMM an external
 /// interrupt exits and is injected (there are no posted interrupts in this machine, which would let it reach the guest
 /// without an exit, as VT-d's posted interrupts with APICv do).</remarks>
-public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable
+public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable, IDisposable
 {
     /// <summary>Where controller 0's registers are; controller n is <see cref="RegisterStride"/> × n above.</summary>
     public const ulong BaseAddress = 0xFEA0_0000;
@@ -61,6 +61,7 @@ public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable
     private const int SectorSize = IBlockBackend.SectorSize;
 
     private readonly IBlockBackend backend;
+    private readonly DiskStatistics statistics;
     private readonly IInterruptLine line;
     private readonly AssignedDeviceDma dma;
     private readonly ulong registerBase;
@@ -84,8 +85,10 @@ public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable
     /// <param name="vm">The VM the controller is assigned to (its memory, host and diagnostics).</param>
     /// <param name="backend">The disk.</param>
     /// <param name="index">Which controller slot (0 or 1): the register window and GSI of docs/devices.md.</param>
-    public AssignedDiskController(Vm vm, IBlockBackend backend, int index)
+    /// <param name="statistics">The disk's counters, as every disk interface keeps them (<c>--stats</c>).</param>
+    public AssignedDiskController(Vm vm, IBlockBackend backend, int index, DiskStatistics? statistics = null)
     {
+        this.statistics = statistics ?? new DiskStatistics();
         if ((uint)index >= MaximumControllers)
         {
             throw new ArgumentOutOfRangeException(nameof(index), index, $"the platform has {MaximumControllers} assigned-controller slots");
@@ -115,14 +118,15 @@ public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable
     /// <summary>Requests completed (every status), over the controller's life.</summary>
     public long Requests { get; private set; }
 
+    /// <summary>The disk's counters shared with the other interfaces' (reads, writes, flushes, errors, bytes,
+    /// interrupts).</summary>
+    public DiskStatistics Statistics => statistics;
+
     /// <summary>Bytes read from and written to the disk.</summary>
-    public long BytesRead { get; private set; }
+    public long BytesRead => statistics.BytesRead;
 
     /// <inheritdoc cref="BytesRead"/>
-    public long BytesWritten { get; private set; }
-
-    /// <summary>Flush requests done.</summary>
-    public long Flushes { get; private set; }
+    public long BytesWritten => statistics.BytesWritten;
 
     /// <summary>Requests refused: bad request (status 3), write-protected (4), DMA fault (2), I/O error (1).</summary>
     public long BadRequests { get; private set; }
@@ -296,12 +300,33 @@ public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable
         }
         dma.Read(entryAddress, hostPages, entry);
         byte status = Execute(entry);
+        Count(entry[0], status);
         if (!dma.TryTranslate(entryAddress + 1, 1, deviceWrites: true, entryPage, out _, out fault))
         {
             Fault(fault);
             return;
         }
         dma.Write(entryAddress + 1, entryPage, [status]);
+    }
+
+    private void Count(byte operation, byte status)
+    {
+        if (status != StatusDone)
+        {
+            statistics.Errors++;
+        }
+        else if (operation == OperationRead)
+        {
+            statistics.Reads++;
+        }
+        else if (operation == OperationWrite)
+        {
+            statistics.Writes++;
+        }
+        else
+        {
+            statistics.Flushes++;
+        }
     }
 
     private byte Execute(ReadOnlySpan<byte> request)
@@ -341,13 +366,13 @@ public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable
             {
                 backend.Read((long)sector, data);
                 dma.Write(buffer, hostPages, data);
-                BytesRead += length;
+                statistics.BytesRead += length;
             }
             else
             {
                 dma.Read(buffer, hostPages, data);
                 backend.Write((long)sector, data);
-                BytesWritten += length;
+                statistics.BytesWritten += length;
             }
             return StatusDone;
         }
@@ -363,7 +388,6 @@ public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable
         try
         {
             backend.Flush();
-            Flushes++;
             return StatusDone;
         }
         catch (IOException)
@@ -385,6 +409,10 @@ public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable
     {
         if ((control & ControlInterruptOnCompletion) != 0 && interruptStatus != 0)
         {
+            if (!line.Asserted)
+            {
+                statistics.Interrupts++;
+            }
             line.Raise();
         }
         else
@@ -392,6 +420,9 @@ public sealed class AssignedDiskController : IDirectMmioDevice, ISnapshottable
             line.Lower();
         }
     }
+
+    /// <summary>Gives the IOMMU's tables back (the VM is going).</summary>
+    public void Dispose() => dma.Dispose();
 
     /// <inheritdoc/>
     public string SectionTag => $"NDM{Index}";

@@ -90,8 +90,10 @@ internal static class DiskAttachment
                 $"disk '{backend.Name}': the platform has {Assigned.AssignedDiskController.MaximumControllers} assigned-controller slots, and this is assigned disk {index + 1}",
                 $"Give at most {Assigned.AssignedDiskController.MaximumControllers} disks with if=assigned, and the others another interface");
         }
-        var controller = new Assigned.AssignedDiskController(vm, backend, index);
+        var statistics = new DiskStatistics();
+        var controller = new Assigned.AssignedDiskController(vm, backend, index, statistics);
         vm.Bus.Claim(controller, controller.RegisterBase, Assigned.AssignedDiskController.RegisterStride);
-        vm.AddDevice(controller);
+        vm.AddSnapshotPart(controller);
+        vm.AddDisk(new AttachedDisk(backend, DiskInterface.Assigned, index, statistics));
     }
 }
