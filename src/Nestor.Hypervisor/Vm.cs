@@ -43,6 +43,12 @@ public sealed class Vm : IDisposable
         Dma = new GuestDma(memory);
         openedDisks = Devices.Storage.DiskAttachment.AttachAll(this);
         Devices.Virtio.Console.VirtioConsole.AttachIfConfigured(this);
+        // Where guests probe for the devices of docs/devices.md; an empty place answers as an open bus, quietly.
+        Bus.AddProbeWindow(AccessSpace.Port, Devices.Legacy.Ata.AtaController.CommandBlock, Devices.Legacy.Ata.AtaController.CommandBlockPorts);
+        Bus.AddProbeWindow(AccessSpace.Port, Devices.Legacy.Ata.AtaController.ControlBlock, Devices.Legacy.Ata.AtaController.ControlBlockPorts);
+        Bus.AddProbeWindow(AccessSpace.Memory, Devices.Virtio.VirtioSlots.FirstBase, Devices.Virtio.VirtioSlots.Count * Devices.Virtio.VirtioSlots.SlotSize);
+        Bus.AddProbeWindow(AccessSpace.Memory, Devices.Assigned.AssignedDiskController.BaseAddress,
+            Devices.Assigned.AssignedDiskController.MaximumControllers * Devices.Assigned.AssignedDiskController.RegisterStride);
     }
 
     private readonly List<Persistence.ISnapshottable> attachedDevices = [];
@@ -55,15 +61,10 @@ public sealed class Vm : IDisposable
     internal void AttachDevice(Persistence.ISnapshottable device) => attachedDevices.Add(device);
 
     private readonly List<Devices.Storage.IBlockBackend> openedDisks;
-    private readonly List<Persistence.ISnapshottable> attachedParts = [];
     private readonly List<Devices.Storage.AttachedDisk> disks = [];
 
     /// <summary>The VM's disks as attached (docs/devices.md), with their controllers' counters.</summary>
     public IReadOnlyList<Devices.Storage.AttachedDisk> Disks => disks;
-
-    /// <summary>Adds a device attached with a disk (a disk controller) to <see cref="SnapshotParts"/>, after the
-    /// platform's own devices, in the order of attachment.</summary>
-    internal void AddSnapshotPart(Persistence.ISnapshottable part) => attachedParts.Add(part);
 
     /// <summary>Records a disk in <see cref="Disks"/>.</summary>
     internal void AddDisk(Devices.Storage.AttachedDisk disk) => disks.Add(disk);
@@ -108,7 +109,7 @@ public sealed class Vm : IDisposable
 
     /// <summary>The parts of the VM a snapshot holds, in the order of their sections: the vCPUs, RAM, COM1, the
     /// debug-exit port, the platform's interrupt lines, the I/O APIC and the 8259 pair, then the disk controllers and the other attached devices. The engine's own state (a VMM's) is not here: see <see cref="Persistence.VmSnapshot"/>.</summary>
-    public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit, Interrupts, IoApic, Pic, .. attachedParts, .. attachedDevices];
+    public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit, Interrupts, IoApic, Pic, .. attachedDevices];
 
 
     /// <summary>VM exits handled so far.</summary>
@@ -174,7 +175,7 @@ public sealed class Vm : IDisposable
             // normally (a killed VMM keeps only what the guest flushed).
             disk.Dispose();
         }
-        foreach (var device in attachedParts.Concat(attachedDevices).OfType<IDisposable>())
+        foreach (var device in attachedDevices.OfType<IDisposable>())
         {
             device.Dispose(); // before the host's frame pool goes: a device may hold frames of it (an IOMMU's tables)
         }

@@ -143,6 +143,30 @@ public class UnclaimedAccessBoundTests
         Assert.Contains(accesses, a => a.Length == 0 && a.Where == "other");
     }
 
+    /// <summary>An empty device place (docs/devices.md's map) reads as an open bus without a diagnostic, a stray
+    /// address next to it is still reported, and a device claimed there later answers instead.</summary>
+    [Fact]
+    public void Probe_windows_answer_quietly_until_a_device_claims_them()
+    {
+        var log = new StringWriter();
+        var bus = new DeviceBus(log);
+        bus.AddProbeWindow(AccessSpace.Memory, 0xFEB0_0000, 0x1000);
+        bus.AddProbeWindow(AccessSpace.Port, 0x1F0, 8);
+        Assert.Equal(0xFFFF_FFFFUL, bus.ReadMemory(0xFEB0_0000, 4));
+        Assert.Equal(0xFFu, bus.ReadPort(0x1F7, 1));
+        bus.WriteMemory(0xFEB0_0070, 4, 1);
+        Assert.Equal(3, bus.ProbeAccesses);
+        Assert.Equal(0, bus.UnclaimedAccesses.Total);
+        Assert.Equal("", log.ToString());
+        Assert.Equal(0xFFFF_FFFFUL, bus.ReadMemory(0xFEB0_1000, 4)); // past the window: reported
+        Assert.Equal(1, bus.UnclaimedAccesses.Total);
+        uint? status = null;
+        bus.Claim(new DebugExitPort(v => status = v), 0x1F0, 8);
+        bus.WritePort(0x1F0, 4, 5);
+        Assert.Equal(5u, status);
+        Assert.Equal(3, bus.ProbeAccesses);
+    }
+
     [Fact]
     public void Repeated_accesses_to_one_address_stay_one_entry_and_one_line()
     {

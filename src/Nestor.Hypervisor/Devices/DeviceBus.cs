@@ -9,6 +9,7 @@ public sealed class DeviceBus
 {
     private readonly List<(ushort First, ushort Last, IPortDevice Device)> ports = [];
     private readonly List<(ulong First, ulong Last, IMmioDevice Device)> mmio = [];
+    private readonly List<(AccessSpace Space, ulong First, ulong Last)> probeWindows = [];
 
     public DeviceBus(TextWriter diagnostics)
     {
@@ -49,6 +50,31 @@ public sealed class DeviceBus
         mmio.Add((first, last, device));
     }
 
+    /// <summary>Declares [<paramref name="first"/>, +<paramref name="length"/>) a place of the platform where guests
+    /// probe for a device (docs/devices.md, "The platform's map": the ATA channel, the virtio-mmio slots, the assigned
+    /// controllers' windows). Where no device claims an address there, it still reads as an open bus (all ones: an
+    /// ATA status of 0xFF, a virtio magic or an NDMA ID that does not match) and ignores writes, but without a
+    /// diagnostic: probing an empty slot is what a PC's drivers do, not the stray access the log is for. Devices
+    /// claimed later take precedence.</summary>
+    public void AddProbeWindow(AccessSpace space, ulong first, ulong length) => probeWindows.Add((space, first, first + length - 1));
+
+    /// <summary>Accesses to probe windows that no device claims (see <see cref="AddProbeWindow"/>).</summary>
+    public long ProbeAccesses { get; private set; }
+
+    private void Unclaimed(AccessSpace space, ulong address, int size, bool isWrite, ulong value)
+    {
+        for (int i = 0; i < probeWindows.Count; i++)
+        {
+            var (s, first, last) = probeWindows[i];
+            if (s == space && address >= first && address <= last)
+            {
+                ProbeAccesses++;
+                return;
+            }
+        }
+        UnclaimedAccesses.Record(space, address, size, isWrite, value, InstructionPointer);
+    }
+
     /// <summary>The device claiming <paramref name="port"/>, or null.</summary>
     public IPortDevice? PortDevice(ushort port)
     {
@@ -69,7 +95,7 @@ public sealed class DeviceBus
         var device = PortDevice(port);
         if (device is null)
         {
-            UnclaimedAccesses.Record(AccessSpace.Port, port, size, isWrite: false, 0, InstructionPointer);
+            Unclaimed(AccessSpace.Port, port, size, isWrite: false, 0);
             return Mask(size);
         }
         return device.Read(port, size) & Mask(size);
@@ -80,7 +106,7 @@ public sealed class DeviceBus
         var device = PortDevice(port);
         if (device is null)
         {
-            UnclaimedAccesses.Record(AccessSpace.Port, port, size, isWrite: true, value, InstructionPointer);
+            Unclaimed(AccessSpace.Port, port, size, isWrite: true, value);
             return;
         }
         device.Write(port, size, value & Mask(size));
@@ -91,7 +117,7 @@ public sealed class DeviceBus
         var device = MmioDevice(address);
         if (device is null)
         {
-            UnclaimedAccesses.Record(AccessSpace.Memory, address, size, isWrite: false, 0, InstructionPointer);
+            Unclaimed(AccessSpace.Memory, address, size, isWrite: false, 0);
             return size >= 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
         }
         return device.Read(address, size);
@@ -102,7 +128,7 @@ public sealed class DeviceBus
         var device = MmioDevice(address);
         if (device is null)
         {
-            UnclaimedAccesses.Record(AccessSpace.Memory, address, size, isWrite: true, value, InstructionPointer);
+            Unclaimed(AccessSpace.Memory, address, size, isWrite: true, value);
             return;
         }
         device.Write(address, size, value);

@@ -68,7 +68,7 @@ internal static class DiskAttachment
             controller = new Legacy.Ata.AtaController(vm.Interrupts[Legacy.Ata.AtaController.Gsi]);
             vm.Bus.Claim(controller, Legacy.Ata.AtaController.CommandBlock, Legacy.Ata.AtaController.CommandBlockPorts);
             vm.Bus.Claim(controller, Legacy.Ata.AtaController.ControlBlock, Legacy.Ata.AtaController.ControlBlockPorts);
-            vm.AddSnapshotPart(controller);
+            vm.AttachDevice(controller);
         }
         var statistics = new DiskStatistics();
         controller.Attach(index, backend, statistics);
@@ -93,7 +93,7 @@ internal static class DiskAttachment
         var statistics = new DiskStatistics();
         var controller = new Assigned.AssignedDiskController(vm, backend, index, statistics);
         vm.Bus.Claim(controller, controller.RegisterBase, Assigned.AssignedDiskController.RegisterStride);
-        vm.AddSnapshotPart(controller);
+        vm.AttachDevice(controller);
         vm.AddDisk(new AttachedDisk(backend, DiskInterface.Assigned, index, statistics));
     }
 }
