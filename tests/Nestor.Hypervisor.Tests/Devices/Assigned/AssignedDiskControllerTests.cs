@@ -350,7 +350,9 @@ public class AssignedDiskControllerTests
         using var __ = vm;
         using var engine = new SimEngine(new SimOptions
         {
-            Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Shadow, VerifyShadowPaging = true,
+            Technique = Technique.HardwareAssist,
+            Memory = MemoryVirtualization.Shadow,
+            VerifyShadowPaging = true,
         });
 
         var run = vm.Run(engine);
