@@ -107,6 +107,10 @@ public sealed class Vm : IDisposable
     /// <summary>The debug-exit port.</summary>
     public DebugExitPort DebugExit { get; }
 
+    /// <summary>The VM's side of a service VM's split driver (<see cref="ServiceVm.ServiceVmHost"/>), whose
+    /// hypercalls its VMM then serves whatever the technique; null for a VM on its own.</summary>
+    public ServiceVm.SplitDriverDomain? SplitDriver { get; set; }
+
     /// <summary>The parts of the VM a snapshot holds, in the order of their sections: the vCPUs, RAM, COM1, the
     /// debug-exit port, the platform's interrupt lines, the I/O APIC and the 8259 pair, then the disk controllers and the other attached devices. The engine's own state (a VMM's) is not here: see <see cref="Persistence.VmSnapshot"/>.</summary>
     public IEnumerable<Persistence.ISnapshottable> SnapshotParts => [.. Vcpus, Memory, Serial, DebugExit, Interrupts, IoApic, Pic, .. attachedDevices];

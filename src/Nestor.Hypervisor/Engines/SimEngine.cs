@@ -120,7 +120,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         var pool = options.Technique == Technique.Native ? null : vm.Host.FramePool;
         var memory = pool?.Memory ?? new PhysicalMemory(vm.Memory.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
         ulong top = pool?.Memory.Limit ?? vm.Memory.Regions.Max(r => r.Region.End.Value);
-        var platform = new VmPlatform(vm, control, new SoftwareCpuidModel(options.Technique == Technique.Paravirtual));
+        var platform = new VmPlatform(vm, control, new SoftwareCpuidModel(options.Technique == Technique.Paravirtual) { SplitDriver = vm.SplitDriver is not null });
         var machine = cpu = new Cpu(memory, platform, options.Mmu, top);
         // The vCPU's state as the VM holds it: at the kernel's entry, or where the last run (or a snapshot) left it.
         var vcpu = vm.Vcpus[0];

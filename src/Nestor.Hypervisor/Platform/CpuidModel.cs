@@ -15,8 +15,19 @@ public interface ICpuidModel
 /// (<see cref="SoftwareCpuid"/>), with the paravirtual interface announced under paravirtualization.</summary>
 public sealed class SoftwareCpuidModel(bool paravirtual) : ICpuidModel
 {
+    /// <summary>Leaf 0x40000001 EAX bit 1 announces the split driver's hypercalls (a VM of <c>--service-vm</c>).</summary>
+    public bool SplitDriver { get; init; }
+
     /// <inheritdoc/>
-    public (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf) => SoftwareCpuid.Query(leaf, subleaf, paravirtual);
+    public (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf)
+    {
+        var result = SoftwareCpuid.Query(leaf, subleaf, paravirtual);
+        if (leaf == Nestor.Hypervisor.Engines.KvmEngine.HypervisorLeaf + 1 && SplitDriver)
+        {
+            result.Eax |= ServiceVm.SplitDriverDomain.CpuidBit;
+        }
+        return result;
+    }
 }
 
 /// <summary>The CPUID a KVM guest sees: what this host's KVM supports, with the hypervisor bit and Nestor's own

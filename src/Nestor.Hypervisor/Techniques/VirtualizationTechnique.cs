@@ -33,7 +33,7 @@ public abstract class VirtualizationTechnique
         {
             throw new ArgumentException(violation.Message);
         }
-        return technique switch
+        VirtualizationTechnique created = technique switch
         {
             Technique.HardwareAssist => new HardwareAssistTechnique(vmcs, memory),
             Technique.TrapAndEmulate => new TrapAndEmulateTechnique(vmcs, memory),
@@ -41,7 +41,13 @@ public abstract class VirtualizationTechnique
             Technique.Paravirtual => new ParavirtualTechnique(vm, vmcs, memory, physicalMap),
             _ => throw new ArgumentException($"technique {technique} has no VMM", nameof(technique)),
         };
+        created.splitDriver = vm.SplitDriver;
+        return created;
     }
+
+    // The VM's side of a service VM's split driver, whose hypercalls every technique serves (VMCALL exits whatever
+    // the technique: SDM Vol. 3C §26.1.2), or null.
+    private ServiceVm.SplitDriverDomain? splitDriver;
 
     /// <summary>Which technique this is.</summary>
     public abstract Technique Kind { get; }
@@ -98,6 +104,12 @@ public abstract class VirtualizationTechnique
                 Memory.Invalidate(exit.Qualification);
                 reason = VmExitReason.Invlpg;
                 return VmExitAction.Complete;
+            case ExitReason.Vmcall when splitDriver is not null && ServiceVm.SplitDriverDomain.IsSplitDriverCall(cpu.Registers[0]):
+                // The split driver's hypercalls (docs/paravirt.md), before the technique's own VMCALL handling.
+                reason = VmExitReason.Hypercall;
+                cpu.Registers[0] = splitDriver.Call(cpu, (ServiceVm.SplitDriverHypercall)cpu.Registers[0], cpu.Registers[7], cpu.Registers[6]);
+                cpu.Rip += (ulong)exit.InstructionLength;
+                return VmExitAction.Skip;
             case ExitReason.Invpcid:
                 // Shadows stay coherent through write protection; the TLB flush is the instruction's own.
                 reason = VmExitReason.Invpcid;
