@@ -18,8 +18,8 @@ public sealed record ServiceVmRun(VmOutcome Outcome, VmOutcome? ServiceOutcome, 
 /// grants, with event channels for notification. Both VMs get a <see cref="SplitDriverDomain"/>: the user VM is domain
 /// 1, the service VM domain 0.</summary>
 /// <remarks>A host runs its VMs one at a time (<see cref="Host"/>), so the host alternates: the service VM first,
-/// until it halts ready for requests, then the user VM until it halts after a notify, then the service VM until it
-/// halts after its completion notify, and so on. This is the simplest scheduler that keeps the split driver's order of
+/// until it halts ready for requests, then the user VM until it notifies (or halts), then the service VM until it
+/// notifies its completion (or halts), and so on. This is the simplest scheduler that keeps the split driver's order of
 /// events (a request is served only after it was notified, a completion seen only after it was sent), and it makes
 /// each step's cost visible alone; a later scheduler with time slices and both vCPUs runnable would interleave the
 /// same steps without changing what each costs.</remarks>
@@ -33,6 +33,7 @@ public sealed class ServiceVmHost : IDisposable
     private long switches, userTurns, serviceTurns, completionInterrupts, eventInterruptsToService;
     private long userTicks, serviceTicks;
     private long userInstructions, serviceInstructions;
+    private RunControl? turn;
 
     /// <param name="user">The user VM (no disk; the front-end).</param>
     /// <param name="service">The service VM (owns the disk; the back-end), on the same host.</param>
@@ -79,10 +80,17 @@ public sealed class ServiceVmHost : IDisposable
     public ServiceVmRun Run(RunControl? control = null)
     {
         control ??= new RunControl();
+        // Each turn has a control of its own, which a notify stops; a stop of the pair (timeout, Ctrl-C) stops the
+        // turn under way.
+        control.OnStop(() => turn?.Stop(control.StopReason ?? VmOutcomeKind.Interrupted));
+        UserDomain.EndTurn = ServiceDomain.EndTurn = () => turn?.Stop(VmOutcomeKind.Interrupted);
         using var deadline = User.Config.Timeout is { } limit ? control.StopAfter(limit) : null;
-        // The service VM boots first, to its first halt: its back-end is then ready for the ring.
+        // The service VM boots first, to its first halt or notify: its back-end is then ready for the ring.
         var serviceResult = Turn(Service, serviceEngine, control);
-        if (serviceResult.Outcome.Kind != VmOutcomeKind.Halted)
+        bool ready = control.StopReason is null
+            && (serviceResult.Outcome.Kind == VmOutcomeKind.Halted || (ServiceDomain.NotifiedPeer && serviceResult.Outcome.Kind == VmOutcomeKind.Interrupted));
+        ServiceDomain.NotifiedPeer = false;
+        if (!ready)
         {
             return Finish(serviceResult.Outcome with { Message = $"the service VM ended before it was ready: {serviceResult.Outcome.Message}" },
                 serviceResult.Outcome);
@@ -96,13 +104,15 @@ public sealed class ServiceVmHost : IDisposable
             {
                 serviceResult = result;
             }
-            if (result.Outcome.Kind != VmOutcomeKind.Halted)
+            var domain = isUser ? UserDomain : ServiceDomain;
+            bool endedByNotify = control.StopReason is null && domain.NotifiedPeer
+                && result.Outcome.Kind is VmOutcomeKind.Interrupted or VmOutcomeKind.Halted;
+            if (!endedByNotify && result.Outcome.Kind != VmOutcomeKind.Halted)
             {
                 // The user VM's end is the pair's; the service VM's (a crash, its own exit) ends the pair too.
                 return isUser ? Finish(result.Outcome, serviceResult.Outcome)
                     : Finish(result.Outcome with { Message = $"the service VM ended: {result.Outcome.Message}" }, result.Outcome);
             }
-            var domain = isUser ? UserDomain : ServiceDomain;
             var peer = domain.Peer!;
             domain.NotifiedPeer = false;
             if (peer.Pending == 0)
@@ -152,7 +162,14 @@ public sealed class ServiceVmHost : IDisposable
     private RunResult Turn(Vm vm, SimEngine engine, RunControl control)
     {
         long start = Stopwatch.GetTimestamp();
-        var result = engine.Run(vm, control);
+        var own = new RunControl();
+        turn = own;
+        if (control.StopReason is { } stopped)
+        {
+            own.Stop(stopped);
+        }
+        var result = engine.Run(vm, own);
+        turn = null;
         long ticks = Stopwatch.GetTimestamp() - start;
         long instructions = (long)(result.Counters.FirstOrDefault(c => c.Name == "instructions_retired")?.Value ?? 0);
         if (vm == User)

@@ -61,6 +61,10 @@ public sealed class SplitDriverDomain
     /// <summary>Set by EVENT_NOTIFY: the host ends the domain's turn when it next halts, and delivers the event.</summary>
     public bool NotifiedPeer { get; internal set; }
 
+    /// <summary>Called at EVENT_NOTIFY: the host ends the caller's turn there (a guest with a timer never halts for
+    /// good, so its halt cannot be the only end of a turn).</summary>
+    public Action? EndTurn { get; set; }
+
     /// <summary>EVENT_NOTIFY hypercalls: each one a VM exit.</summary>
     public long Notifies { get; private set; }
 
@@ -106,6 +110,7 @@ public sealed class SplitDriverDomain
                 Notifies++;
                 Peer.Pending |= 1UL << (int)a;
                 NotifiedPeer = true;
+                EndTurn?.Invoke();
                 return 0;
             case SplitDriverHypercall.EventTake:
                 {

@@ -71,7 +71,7 @@ public class ServiceVmHostTests
 
     /// <summary>The user VM: grants, sets up its table, the event channel's interrupt (edge, through the I/O APIC),
     /// notifies, and halts until the completion interrupt has come.</summary>
-    private static byte[] UserGuest() => GuestAssembler.Assemble(a =>
+    private static byte[] UserGuest(bool halts = true) => GuestAssembler.Assemble(a =>
     {
         var handler = a.CreateLabel();
         var start = a.CreateLabel();
@@ -134,7 +134,10 @@ public class ServiceVmHostTests
         a.cmp(__qword_ptr[r15 + UserInterrupts * 8], 0);
         a.jne(done);
         a.sti();                                                // (again: a ring-1 kernel's IRETQ cannot set IF)
-        a.hlt();
+        if (halts)
+        {
+            a.hlt();
+        }
         a.jmp(wait);
         a.Label(ref done);
         a.cli();
@@ -156,7 +159,7 @@ public class ServiceVmHostTests
     }
 
     /// <summary>The service VM: ready (halts with interrupts off: it polls EVENT_TAKE), then serves the one request.</summary>
-    private static byte[] ServiceGuest() => GuestAssembler.Assemble(a =>
+    private static byte[] ServiceGuest(bool halts = true) => GuestAssembler.Assemble(a =>
     {
         var idle = a.CreateLabel();
         a.cli();
@@ -177,16 +180,19 @@ public class ServiceVmHostTests
         Hypercall(a, SplitDriverHypercall.EventNotify, 0);
         Store(a, ServiceNotify);
         a.Label(ref idle);
-        a.hlt();
+        if (halts)
+        {
+            a.hlt();
+        }
         a.jmp(idle);
     });
 
-    private static VmConfig Config(string name, byte[] code) => new()
+    private static VmConfig Config(string name, byte[] code, TimeSpan? timeout = null) => new()
     {
         Kernel = GuestAssembler.Flat(name, code),
         MemoryBytes = 16UL << 20,
         SerialOutput = Stream.Null,
-        Timeout = TimeSpan.FromSeconds(60),
+        Timeout = timeout ?? TimeSpan.FromSeconds(60),
     };
 
     private static ulong Slot(Vm vm, int slot) => vm.Memory.ReadUInt64(new GuestPhysical(Results + (ulong)slot * 8));
@@ -250,6 +256,43 @@ public class ServiceVmHostTests
         Assert.True(counters["service_vm_service_instructions"] > 0 && counters["service_vm_user_instructions"] > 0);
         // Every split-driver call exited as a hypercall.
         Assert.Equal(d.Hypercalls, service.Exits.Count(VmExitReason.Hypercall));
+    }
+
+    [Theory]
+    [InlineData(Technique.HardwareAssist)]
+    [InlineData(Technique.Paravirtual)]
+    public void A_notify_ends_the_turn_of_a_vm_that_never_halts(Technique technique)
+    {
+        using var host = Host.ForGuestMemory(32UL << 20);
+        using var user = Vm.Create(Config("user", UserGuest(halts: false)), host);
+        using var service = Vm.Create(Config("service", ServiceGuest(halts: false)), host);
+        var memory = technique == Technique.HardwareAssist ? MemoryVirtualization.Nested : MemoryVirtualization.Shadow;
+        using var pair = new ServiceVmHost(user, service, new SimOptions { Technique = technique, Memory = memory });
+
+        var run = pair.Run();
+
+        Assert.True(run.Outcome.Kind == VmOutcomeKind.DebugExit, $"{run.Outcome.Kind}: {run.Outcome.Message}; service: {run.ServiceOutcome?.Message}");
+        Assert.Equal(1UL, Slot(user, UserInterrupts));
+        Assert.Equal(0UL, Slot(service, CopyOut));
+        Assert.Equal(Pattern, user.Memory.ReadUInt64(new GuestPhysical(Writable)));
+        var counters = run.Counters.ToDictionary(c => c.Name, c => c.Value);
+        Assert.Equal(2UL, counters["service_vm_switches"]);
+        Assert.Equal(1UL, counters["service_vm_completion_interrupts"]);
+    }
+
+    [Fact]
+    public void The_pair_s_timeout_stops_the_turn_under_way()
+    {
+        using var host = Host.ForGuestMemory(32UL << 20);
+        using var user = Vm.Create(Config("user", GuestAssembler.Assemble(a =>
+        {
+            var spin = a.CreateLabel();
+            a.Label(ref spin);
+            a.jmp(spin);
+        }), TimeSpan.FromMilliseconds(300)), host);
+        using var service = Vm.Create(Config("service", ServiceGuest()), host);
+        using var pair = new ServiceVmHost(user, service, new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Nested });
+        Assert.Equal(VmOutcomeKind.Timeout, pair.Run().Outcome.Kind);
     }
 
     [Fact]
