@@ -17,8 +17,8 @@ public enum SplitDriverHypercall : ulong
     /// for a refused grant or bad arguments.</summary>
     GrantCopy = 17,
 
-    /// <summary>Xen's EVTCHNOP_send: marks the peer's event channel RDI pending and ends the caller's turn at its next
-    /// halt. Returns 0.</summary>
+    /// <summary>Xen's EVTCHNOP_send: marks the peer's event channel RDI pending and ends the caller's turn where the
+    /// engine next checks for a stop (a halt, a port write, a fault, the end of a slice). Returns 0.</summary>
     EventNotify = 18,
 
     /// <summary>Returns the caller's pending event channels as a bit mask and clears them (the EVENTS_PENDING path

@@ -16,7 +16,7 @@ namespace Nestor.Hypervisor.Tests.ServiceVm;
 /// and notifies; the service VM takes the event, copies the granted frame, writes through a writable grant, tries
 /// forged grants (read-only for a write, another domain's, not granted, past the table, past the frame), which are
 /// refused and counted, then notifies back, and the user VM takes the completion interrupt.</summary>
-public class ServiceVmHostTests
+public class ServiceVmHostTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private const ulong Table = 0x300000, Readable = 0x310000, Writable = 0x320000, OtherDomains = 0x330000, Secret = 0x340000;
     private const ulong Idt = 0x190000, Results = 0x191000, Scratch = 0x192000;
@@ -256,6 +256,56 @@ public class ServiceVmHostTests
         Assert.True(counters["service_vm_service_instructions"] > 0 && counters["service_vm_user_instructions"] > 0);
         // Every split-driver call exited as a hypercall.
         Assert.Equal(d.Hypercalls, service.Exits.Count(VmExitReason.Hypercall));
+        output.WriteLine($"{technique}/{memory}: " + string.Join(", ", run.Counters.Select(c => $"{c.Name}={c.Value}")));
+    }
+
+    [Fact]
+    public void Hostile_arguments_are_refused_and_counted_without_touching_host_memory()
+    {
+        using var host = Host.ForGuestMemory(32UL << 20);
+        const ulong OutsideRam = 0x10_0000_0000;
+        using var user = Vm.Create(Config("user", GuestAssembler.Assemble(a =>
+        {
+            a.mov(r15, Results);
+            Hypercall(a, SplitDriverHypercall.GrantTableSetup, Table, GrantTable.MaximumEntries + 1);
+            Store(a, 0);
+            Hypercall(a, SplitDriverHypercall.GrantTableSetup, OutsideRam, 1);
+            Store(a, 1);
+            Hypercall(a, SplitDriverHypercall.GrantTableSetup, Table + 4, 1);
+            Store(a, 2);
+            Hypercall(a, SplitDriverHypercall.GrantCopy, OutsideRam);
+            Store(a, 3);
+            Grant(a, 0, GrantEntry.PermitAccess, 0, OutsideRam);       // a grant of a frame the user VM does not have
+            Hypercall(a, SplitDriverHypercall.GrantTableSetup, Table, 1);
+            Store(a, 5);
+            Hypercall(a, SplitDriverHypercall.EventNotify, 0);
+            a.cli();
+            a.hlt();                                                    // the service VM's turn
+            DebugExit(a);
+        })), host);
+        using var service = Vm.Create(Config("service", GuestAssembler.Assemble(a =>
+        {
+            a.cli();
+            a.mov(r15, Results);
+            a.hlt();
+            Copy(a, 0, toGranted: false, Local, 0, 8, 0);              // the frame outside the user VM's RAM
+            Hypercall(a, SplitDriverHypercall.EventNotify, 0);
+            a.hlt();
+        })), host);
+        using var pair = new ServiceVmHost(user, service, new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Nested });
+
+        var run = pair.Run();
+
+        Assert.True(run.Outcome.Kind == VmOutcomeKind.DebugExit, run.Outcome.Message);
+        for (int slot = 0; slot < 4; slot++)
+        {
+            Assert.Equal(SplitDriverDomain.Refused, Slot(user, slot));
+        }
+        Assert.Equal(0UL, Slot(user, 5));
+        Assert.Equal(4, pair.UserDomain.RefusedArguments);
+        Assert.Equal(SplitDriverDomain.Refused, Slot(service, 0));
+        Assert.Equal(1, pair.ServiceDomain.RefusedGrants(GrantRefusal.OutOfRange));
+        Assert.Equal(0, pair.ServiceDomain.GrantCopies);
     }
 
     [Theory]
