@@ -68,6 +68,13 @@ struct blk_info {
 #define HC_SET_INTERRUPTS      5   /* rdi = 0 or 1 (IF); returns the previous IF */
 #define HC_RELEASE_TABLE       6   /* rdi = guest-physical address of a page that is no longer a page table */
 #define HC_EVENTS_PENDING      7   /* returns 1 while the VMM holds an interrupt the virtual IF keeps out */
+/* The split driver of a service-VM pair (docs/paravirt.md, docs/devices.md "The service VM"): CPUID 0x40000001 EAX
+ * bit 1, under every technique with a VMM. */
+#define NESTOR_FEATURE_SPLIT_DRIVER (1u << 1)
+#define SPLIT_HC_GRANT_TABLE_SETUP 16 /* rdi = the caller's {u16 flags, u16 domain, u32 frame}[rsi] */
+#define SPLIT_HC_GRANT_COPY        17 /* rdi = {u32 reference, u32 flags, u64 local, u32 offset, u32 length} */
+#define SPLIT_HC_EVENT_NOTIFY      18 /* rdi = the peer's event channel (0-63) */
+#define SPLIT_HC_EVENT_TAKE        19 /* returns the caller's pending channels and clears them */
 
 #define NANOBENCH_IN      0
 #define NANOBENCH_CR8WR   1

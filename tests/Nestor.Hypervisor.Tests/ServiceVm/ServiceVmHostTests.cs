@@ -346,6 +346,25 @@ public class ServiceVmHostTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [Fact]
+    public void The_split_driver_numbers_are_those_of_the_guests_header()
+    {
+        var directory = new DirectoryInfo(AppContext.BaseDirectory);
+        while (directory is not null && !File.Exists(Path.Combine(directory.FullName, "guest", "include", "nestoros.h")))
+        {
+            directory = directory.Parent;
+        }
+        Assert.NotNull(directory);
+        string header = File.ReadAllText(Path.Combine(directory.FullName, "guest", "include", "nestoros.h"));
+        var defined = System.Text.RegularExpressions.Regex.Matches(header, @"^#define\s+SPLIT_HC_([A-Z_]+)\s+(\d+)", System.Text.RegularExpressions.RegexOptions.Multiline)
+            .ToDictionary(m => m.Groups[1].Value, m => ulong.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture));
+        var expected = Enum.GetValues<SplitDriverHypercall>().ToDictionary(
+            h => string.Concat(h.ToString().Select((c, i) => char.IsUpper(c) && i > 0 ? "_" + c : char.ToUpperInvariant(c).ToString())), h => (ulong)h);
+        Assert.Equal(expected.OrderBy(e => e.Key), defined.OrderBy(d => d.Key));
+        var feature = System.Text.RegularExpressions.Regex.Match(header, @"NESTOR_FEATURE_SPLIT_DRIVER\s+\(1u << (\d+)\)");
+        Assert.Equal(SplitDriverDomain.CpuidBit, 1u << int.Parse(feature.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    [Fact]
     public void A_vm_without_a_service_vm_is_not_shown_the_split_driver()
     {
         using var vm = Vm.Create(Config("alone", GuestAssembler.Assemble(a =>
