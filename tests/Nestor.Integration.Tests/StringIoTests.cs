@@ -36,7 +36,14 @@ public class StringIoTests
         a.test(al, AtaStatus.Error);
         a.jnz(failed);
         a.and(al, AtaStatus.Busy | AtaStatus.DataRequest);
-        a.cmp(al, dataRequest ? (int)AtaStatus.DataRequest : 0);
+        if (dataRequest)
+        {
+            a.cmp(al, AtaStatus.DataRequest);
+        }
+        else
+        {
+            a.test(al, al);
+        }
         a.jne(poll);
     }
 

@@ -74,6 +74,13 @@ public sealed partial class Cpu
     private bool PortItem(in Instruction i, bool input, int size, ushort port, ulong sourceBase, ulong step, ulong mask, ulong kept, bool repeat)
     {
         ulong linear = input ? Registers[Rdi] & mask : sourceBase + (Registers[Rsi] & mask);
+        // The item's memory is translated before anything moves. For INS the store is checked before the port is
+        // read: a device's read has side effects (the ATA data register advances its buffer), so a page fault on the
+        // store must not lose the item; after the handler the iteration is made again with the same RDI and RCX.
+        // Under a VMM the check also comes before the item's I/O exit, so a fault the VMM cures itself (a shadow
+        // fill, an EPT violation) is taken first and each item exits once; the guest sees what it would see if the
+        // VMM, emulating the item after the exit, had met the fault (SDM Vol. 3C §26.1.1 gives the exit priority).
+        ProbeItem(linear, size, input ? AccessKind.Write : AccessKind.Read);
         if (nonRoot is { IoExiting: true })
         {
             ulong qualification = IoQualification(port, size, input, immediate: false) | StringQualification | (repeat ? RepQualification : 0);
@@ -84,17 +91,6 @@ public sealed partial class Cpu
         }
         if (input)
         {
-            // The destination is checked before the port is read: a device's read has side effects (the ATA data
-            // register advances its buffer), so a page fault on the store must not lose the item. After the
-            // handler the iteration is made again with the same RDI and RCX.
-            if ((linear >> 12) != writeLinearPage || (linear & 0xFFF) + (ulong)size > 0x1000)
-            {
-                Translate(linear, AccessKind.Write);
-                if ((linear & 0xFFF) + (ulong)size > 0x1000)
-                {
-                    Translate(linear + (ulong)size - 1, AccessKind.Write);
-                }
-            }
             Counters.PortReads++;
             WriteLinear(linear, size, platform.PortRead(port, size));
             ulong rdi = Registers[Rdi];
@@ -109,6 +105,23 @@ public sealed partial class Cpu
             Registers[Rsi] = (rsi & kept) | ((rsi + step) & mask);
         }
         return true;
+    }
+
+    /// <summary>Translates the item's first and last byte for <paramref name="kind"/> (raising the page fault or the
+    /// EPT violation the access would), unless the data fast path already holds its page.</summary>
+    private void ProbeItem(ulong linear, int size, AccessKind kind)
+    {
+        bool crosses = (linear & 0xFFF) + (ulong)size > 0x1000;
+        ulong cached = kind == AccessKind.Write ? writeLinearPage : readLinearPage;
+        if (!crosses && (linear >> 12) == cached)
+        {
+            return;
+        }
+        Translate(linear, kind);
+        if (crosses)
+        {
+            Translate(linear + (ulong)size - 1, kind);
+        }
     }
 
     /// <summary>Exit qualification bit 4 of an I/O instruction: a string instruction (SDM Vol. 3C Table 28-5).</summary>
