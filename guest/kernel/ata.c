@@ -42,25 +42,17 @@ struct ata_drive { int slave, lba48, use_interrupts; };
 
 static struct ata_drive drives[2];
 
-/* The data port, one 16-bit word per access: REP INSW / REP OUTSW (SDM Vol. 2B, INS/OUTS) where the machine has
- * them. Nestor's software machine does not model the string I/O instructions yet, so on Nestor the same words move
- * by one IN or OUT each; either way every word is one port access, and under a trapping VMM one exit. */
+/* The data port, one 16-bit word per access: REP INSW / REP OUTSW (SDM Vol. 2B, INS/OUTS), on every machine
+ * (Nestor's software machine models them). Every word is still one port access, and under a trapping VMM one exit
+ * (hardware assist: one I/O exit per iteration, SDM Vol. 3C §26.1.3). */
 static void read_words(u64 buffer, u64 words)
 {
-    if (!running_on_nestor) {
-        __asm__ volatile("rep insw" : "+D"(buffer), "+c"(words) : "d"((u16)ATA_DATA) : "memory");
-        return;
-    }
-    for (u16 *p = (u16 *)buffer; words; words--) *p++ = inw(ATA_DATA);
+    __asm__ volatile("rep insw" : "+D"(buffer), "+c"(words) : "d"((u16)ATA_DATA) : "memory");
 }
 
 static void write_words(u64 buffer, u64 words)
 {
-    if (!running_on_nestor) {
-        __asm__ volatile("rep outsw" : "+S"(buffer), "+c"(words) : "d"((u16)ATA_DATA) : "memory");
-        return;
-    }
-    for (const u16 *p = (const u16 *)buffer; words; words--) outw(ATA_DATA, *p++);
+    __asm__ volatile("rep outsw" : "+S"(buffer), "+c"(words) : "d"((u16)ATA_DATA) : "memory");
 }
 static volatile int ata_irq_seen;
 static int interrupts_routed;

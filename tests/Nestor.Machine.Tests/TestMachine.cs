@@ -21,9 +21,19 @@ internal sealed class TestMachine
         /// <summary>The CPU's <see cref="Cpu.InstructionAddress"/> at the last port write.</summary>
         public ulong PortWriteAt;
         public Cpu? Cpu;
-        public uint PortRead(ushort port, int size) => 0;
+        /// <summary>Every port access, in order: (port, size, value, write).</summary>
+        public readonly List<(ushort Port, int Size, uint Value, bool Write)> PortAccesses = [];
+        /// <summary>What a port read returns (the reads so far are counted by <see cref="PortAccesses"/>); 0 without it.</summary>
+        public Func<ushort, int, uint>? PortSource;
+        public uint PortRead(ushort port, int size)
+        {
+            uint value = PortSource?.Invoke(port, size) ?? 0;
+            PortAccesses.Add((port, size, value, false));
+            return value;
+        }
         public void PortWrite(ushort port, int size, uint value)
         {
+            PortAccesses.Add((port, size, value, true));
             PortWriteAt = Cpu?.InstructionAddress ?? 0;
             Stop |= port == 0xF4;
         }

@@ -49,6 +49,7 @@ public sealed partial class Cpu
         };
         InstructionHandler @string = static (Cpu c, in Instruction i) => c.StringOperation(i);
         InstructionHandler system = static (Cpu c, in Instruction i) => c.SystemInstruction(i);
+        InstructionHandler stringIo = static (Cpu c, in Instruction i) => c.StringPortIo(i);
         InstructionHandler nothing = static (Cpu c, in Instruction i) => null;
         InstructionHandler undefined = static (Cpu c, in Instruction i) => throw GuestFault.InvalidOpcode();
 
@@ -314,6 +315,13 @@ public sealed partial class Cpu
             // I/O (SDM Vol. 1 §5.1.9): allowed at CPL ≤ IOPL (the TSS bitmap is not modelled).
             Row(Mnemonic.In, InstructionClass.System, system, s: IoPrivileged),
             Row(Mnemonic.Out, InstructionClass.System, system, s: IoPrivileged),
+            // INS and OUTS are string instructions (their REP forms are suspended between items and retire once).
+            Row(Mnemonic.Insb, InstructionClass.String, stringIo, s: IoPrivileged),
+            Row(Mnemonic.Insw, InstructionClass.String, stringIo, s: IoPrivileged),
+            Row(Mnemonic.Insd, InstructionClass.String, stringIo, s: IoPrivileged),
+            Row(Mnemonic.Outsb, InstructionClass.String, stringIo, s: IoPrivileged),
+            Row(Mnemonic.Outsw, InstructionClass.String, stringIo, s: IoPrivileged),
+            Row(Mnemonic.Outsd, InstructionClass.String, stringIo, s: IoPrivileged),
 
             // System (SDM Vol. 1 §5.20). SGDT, SIDT, SLDT, STR and SMSW read privileged registers at any CPL (no
             // CR4.UMIP in the model): sensitive, unprivileged. CPUID and RDTSC are innocuous (RDTSC would be

@@ -148,6 +148,13 @@ public sealed partial class Cpu
             }
             else if (Execute(in instruction.Instruction) is { } stop)
             {
+                if (instruction.Class == (byte)InstructionClass.String && stringSuspension != StringSuspension.None)
+                {
+                    // A repeated string instruction (REP INS/OUTS of a ring-1 kernel) suspended between items: not
+                    // retired, RIP at it; executed again it traps again and goes on from its registers.
+                    pendingStop = TakeStringSuspension();
+                    return null;
+                }
                 // An emulated OUT to the debug-exit port, or HLT: the run loop acts on it once the VMM is done.
                 pendingStop = stop;
             }

@@ -228,7 +228,7 @@ public sealed unsafe partial class Cpu
             {
                 stop = Execute(in instruction.Instruction);
                 RevalidateTranslations(); // it may have changed CS, EFER, RFLAGS.AC or the TLBs
-                if (stop is not null && instruction.Class == (byte)InstructionClass.String)
+                if (stop is not null && instruction.Class == (byte)InstructionClass.String && stringSuspension != StringSuspension.None)
                 {
                     // A repeated string instruction suspended between iterations (SDM Vol. 2B REP): RIP is still at
                     // it and RCX, RSI, RDI say how far it got; it is not retired, and resumes when executed again.

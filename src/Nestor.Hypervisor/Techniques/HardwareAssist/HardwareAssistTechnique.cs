@@ -23,7 +23,10 @@ public sealed class HardwareAssistTechnique(VmControlStructure vmcs, IMemoryVirt
     }
 
     /// <summary>HLT, I/O, MSR and RDTSC exits: the CPU completes the instruction against the VM's platform (the halt,
-    /// the device bus, the MSR policy, the VMM's clock); the VMM accounts for it.</summary>
+    /// the device bus, the MSR policy, the VMM's clock); the VMM accounts for it. INS and OUTS exit once per item, as
+    /// VT-x does for a REP prefix (SDM Vol. 3C §26.1.3; the qualification's string and REP bits, Table 28-5, and the
+    /// item's guest-linear address): completing one moves that item through the guest's translation (shadow or
+    /// nested), the registers then being those of the next iteration.</summary>
     protected override VmExitAction Other(Cpu cpu, ref VmExit exit, out VmExitReason? reason)
     {
         switch (exit.Reason)
