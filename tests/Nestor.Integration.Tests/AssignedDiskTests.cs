@@ -1,5 +1,4 @@
 using Iced.Intel;
-using Nestor.Hypervisor;
 using Nestor.Hypervisor.BuiltIn;
 using Nestor.Hypervisor.Configuration;
 using Nestor.Hypervisor.Devices.Assigned;
@@ -7,7 +6,9 @@ using Nestor.Hypervisor.Devices.Storage;
 using Nestor.Hypervisor.Engines;
 using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Techniques;
+using Nestor.Hypervisor;
 using Nestor.Machine.Addresses;
+using Nestor.Tests.Shared;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Integration.Tests;
@@ -57,25 +58,7 @@ public class AssignedDiskTests
         a.mov(rbx, Bar);
         if (interrupts)
         {
-            a.mov(rdi, Idt + Vector * 16);
-            a.lea(rax, __[handler]);
-            a.mov(__word_ptr[rdi], ax);
-            a.mov(__word_ptr[rdi + 2], 0x08);
-            a.mov(__word_ptr[rdi + 4], 0x8E00);
-            a.shr(rax, 16);
-            a.mov(__word_ptr[rdi + 6], ax);
-            a.shr(rax, 16);
-            a.mov(__dword_ptr[rdi + 8], eax);
-            a.mov(__dword_ptr[rdi + 12], 0);
-            a.mov(rdi, Scratch);
-            a.mov(__word_ptr[rdi], 0xFFF);
-            a.mov(rax, Idt);
-            a.mov(__qword_ptr[rdi + 2], rax);
-            a.lidt(__[rdi]);
-            a.mov(al, 0xFF);
-            a.@out(0x21, al);
-            a.@out(0xA1, al);
-            a.mov(__dword_ptr[r14 + 0xF0], 0x1FF);
+            GuestInterruptSetup.Emit(a, Idt, Vector, handler, Scratch, r14);
             int gsi = AssignedDiskController.FirstGsi;
             a.mov(__dword_ptr[rsi], 0x10 + 2 * gsi + 1);
             a.mov(__dword_ptr[rsi + 0x10], 0);

@@ -1,13 +1,14 @@
 using Iced.Intel;
-using Nestor.Hypervisor;
 using Nestor.Hypervisor.BuiltIn;
 using Nestor.Hypervisor.Configuration;
 using Nestor.Hypervisor.Devices.Interrupts;
 using Nestor.Hypervisor.Engines;
 using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Techniques;
+using Nestor.Hypervisor;
 using Nestor.Machine.Addresses;
 using Nestor.Machine.Virtualization;
+using Nestor.Tests.Shared;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Integration.Tests;
@@ -57,26 +58,7 @@ public class InterruptTests
         a.mov(rbx, 0xFEE0_0000UL);                              // local APIC
         a.mov(rsi, 0xFEC0_0000UL);                              // I/O APIC
         // IDT gate for the vector: a 64-bit interrupt gate (type 0xE, present) to the handler through selector 8.
-        a.mov(rdi, Idt + Vector * 16);
-        a.lea(rax, __[handler]);
-        a.mov(__word_ptr[rdi], ax);
-        a.mov(__word_ptr[rdi + 2], 0x08);
-        a.mov(__word_ptr[rdi + 4], 0x8E00);
-        a.shr(rax, 16);
-        a.mov(__word_ptr[rdi + 6], ax);
-        a.shr(rax, 16);
-        a.mov(__dword_ptr[rdi + 8], eax);
-        a.mov(__dword_ptr[rdi + 12], 0);
-        a.mov(rdi, Scratch);
-        a.mov(__word_ptr[rdi], 0xFFF);
-        a.mov(rax, Idt);
-        a.mov(__qword_ptr[rdi + 2], rax);
-        a.lidt(__[rdi]);
-        // Mask the 8259s, as an APIC kernel does.
-        a.mov(al, 0xFF);
-        a.@out(0x21, al);
-        a.@out(0xA1, al);
-        a.mov(__dword_ptr[rbx + 0xF0], 0x1FF);                  // local APIC software enable, spurious vector 0xFF
+        GuestInterruptSetup.Emit(a, Idt, Vector, handler, Scratch, rbx);
         uint entry = Vector | (level ? 1u << 15 : 0);
         void Program(uint low)
         {

@@ -1,3 +1,4 @@
+using Nestor.Tests.Shared;
 using Iced.Intel;
 using Nestor.Hypervisor.Devices.Virtio;
 using static Iced.Intel.AssemblerRegisters;
@@ -89,25 +90,7 @@ internal sealed class VirtioGuest
         {
             return;
         }
-        a.mov(rdi, Idt + Vector * 16);
-        a.lea(rax, __[handler]);
-        a.mov(__word_ptr[rdi], ax);
-        a.mov(__word_ptr[rdi + 2], 0x08);
-        a.mov(__word_ptr[rdi + 4], 0x8E00);
-        a.shr(rax, 16);
-        a.mov(__word_ptr[rdi + 6], ax);
-        a.shr(rax, 16);
-        a.mov(__dword_ptr[rdi + 8], eax);
-        a.mov(__dword_ptr[rdi + 12], 0);
-        a.mov(rdi, Scratch);
-        a.mov(__word_ptr[rdi], 0xFFF);
-        a.mov(rax, Idt);
-        a.mov(__qword_ptr[rdi + 2], rax);
-        a.lidt(__[rdi]);
-        a.mov(al, 0xFF);
-        a.@out(0x21, al);
-        a.@out(0xA1, al);
-        a.mov(__dword_ptr[rbx + 0xF0], 0x1FF);
+        GuestInterruptSetup.Emit(a, Idt, Vector, handler, Scratch, rbx);
         a.mov(__dword_ptr[rsi], 0x10 + 2 * Gsi + 1);
         a.mov(__dword_ptr[rsi + 0x10], 0);
         a.mov(__dword_ptr[rsi], 0x10 + 2 * Gsi);

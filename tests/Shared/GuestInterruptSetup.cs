@@ -1,0 +1,37 @@
+using Iced.Intel;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Nestor.Tests.Shared;
+
+/// <summary>What the ring-0 test guests that take a device's interrupt through the I/O APIC all do first (compiled
+/// into each test project that needs it).</summary>
+internal static class GuestInterruptSetup
+{
+    /// <summary>Emits: a 64-bit interrupt gate (type 0xE, present, DPL 0, selector 8; SDM Vol. 3A §6.14.1) for
+    /// <paramref name="vector"/> to <paramref name="handler"/> in the IDT at <paramref name="idt"/>, LIDT through
+    /// the 10 bytes at <paramref name="scratch"/>, both 8259s masked (as an APIC kernel does, so that nothing arrives
+    /// through them), and the local APIC whose base is in <paramref name="apic"/> software-enabled with spurious
+    /// vector 0xFF (§10.9). Clobbers RAX and RDI.</summary>
+    public static void Emit(Assembler a, ulong idt, int vector, Label handler, ulong scratch, AssemblerRegister64 apic)
+    {
+        a.mov(rdi, idt + (ulong)vector * 16);
+        a.lea(rax, __[handler]);
+        a.mov(__word_ptr[rdi], ax);
+        a.mov(__word_ptr[rdi + 2], 0x08);
+        a.mov(__word_ptr[rdi + 4], 0x8E00);
+        a.shr(rax, 16);
+        a.mov(__word_ptr[rdi + 6], ax);
+        a.shr(rax, 16);
+        a.mov(__dword_ptr[rdi + 8], eax);
+        a.mov(__dword_ptr[rdi + 12], 0);
+        a.mov(rdi, scratch);
+        a.mov(__word_ptr[rdi], 0xFFF);
+        a.mov(rax, idt);
+        a.mov(__qword_ptr[rdi + 2], rax);
+        a.lidt(__[rdi]);
+        a.mov(al, 0xFF);
+        a.@out(0x21, al);
+        a.@out(0xA1, al);
+        a.mov(__dword_ptr[apic + 0xF0], 0x1FF);
+    }
+}
