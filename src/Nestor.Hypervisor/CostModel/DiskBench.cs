@@ -46,13 +46,17 @@ public sealed record DiskWorkload(string Operation, long RequestBytes, long Coun
 /// <param name="Events">The software machine's counts (instructions, memory references, VMCS exits, ...).</param>
 /// <param name="Cost">The modelled cost (see <see cref="DiskBench.Cost"/>).</param>
 /// <param name="Wall">Measured wall time of the workload's run (boot included).</param>
+/// <param name="NetWall">That less the count-0 baseline's wall time: the requests' own (noisy for small counts).</param>
 /// <param name="Result">The RESULT line diskbench printed, timing fields left out.</param>
 public sealed record DiskBenchRow(DiskInterface Interface, BenchConfiguration Configuration, long Requests, long Bytes,
     IReadOnlyDictionary<VmExitReason, long> ExitsByReason, long DirectDeviceAccesses, long Interrupts, long DeviceInterrupts, MachineEvents Events,
-    ModelledCost Cost, TimeSpan Wall, string Result)
+    ModelledCost Cost, TimeSpan Wall, TimeSpan NetWall, string Result)
 {
     /// <summary>Every exit counted.</summary>
     public long Exits => ExitsByReason.Values.Sum();
+
+    /// <summary>MiB per second of <see cref="NetWall"/> (0 when the difference is not positive).</summary>
+    public double MiBPerSecond => NetWall > TimeSpan.Zero ? Bytes / (1024.0 * 1024.0) / NetWall.TotalSeconds : 0;
 
     /// <summary>Exits per KiB moved.</summary>
     public double ExitsPerKiB => Bytes == 0 ? 0 : Exits / (Bytes / 1024.0);
@@ -91,7 +95,7 @@ public static class DiskBench
                 rows.Add(new DiskBenchRow(kind, configuration,
                     run.Disk.Requests - baseline.Disk.Requests,
                     run.Disk.BytesRead + run.Disk.BytesWritten - baseline.Disk.BytesRead - baseline.Disk.BytesWritten,
-                    exits, direct, interrupts, run.Disk.Interrupts - baseline.Disk.Interrupts, events, Cost(events, exits, direct, interrupts, profile), run.Wall, run.Result));
+                    exits, direct, interrupts, run.Disk.Interrupts - baseline.Disk.Interrupts, events, Cost(events, exits, direct, interrupts, profile), run.Wall, run.Wall - baseline.Wall, run.Result));
             }
         }
         return rows;
