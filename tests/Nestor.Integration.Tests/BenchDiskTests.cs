@@ -80,19 +80,20 @@ public class BenchDiskTests
         JsonElement Row(string kind, string technique) => rows.Single(x => x.GetProperty("interface").GetString() == kind &&
                                                                            x.GetProperty("technique").GetString() == technique);
         long Exits(string kind, string technique) => Row(kind, technique).GetProperty("exits").GetInt64();
-        // The device's own exits, by reason: the total may also hold a stray exit of the VMM's (a nested page fault).
+        // The device's own exits, by reason: the total may also hold a timer tick's external-interrupt and
+        // interrupt-window exits under a VMM, which fall in the run and not in the baseline.
         long Of(string kind, string technique, params string[] reasons) =>
             reasons.Sum(r => Row(kind, technique).GetProperty("exits_by_reason").TryGetProperty(r, out var n) ? n.GetInt64() : 0);
         foreach (string technique in new[] { "native", "hw-nested" })
         {
             Assert.Equal(count * AtaReadExits(size), Of("ata", technique, "port_read", "port_write"));
             Assert.Equal(count * VirtioReadExits, Of("virtio", technique, "mmio_write", "mmio_read"));
-            Assert.InRange(Exits("ata", technique) - count * AtaReadExits(size), 0, 4);
-            Assert.InRange(Exits("virtio", technique) - count * VirtioReadExits, 0, 4);
+            Assert.InRange(Exits("ata", technique) - count * AtaReadExits(size), 0, 8);
+            Assert.InRange(Exits("virtio", technique) - count * VirtioReadExits, 0, 8);
             double ratio = doc.RootElement.GetProperty("ata_virtio_exit_ratios").EnumerateArray()
                 .Single(x => x.GetProperty("technique").GetString() == technique).GetProperty("ratio").GetDouble();
             Assert.Equal((double)Exits("ata", technique) / Exits("virtio", technique), ratio, 6);
-            Assert.InRange(ratio, AtaReadExits(size) / (VirtioReadExits + 1.0), AtaReadExits(size) + 4.0);
+            Assert.InRange(ratio, AtaReadExits(size) / (VirtioReadExits + 2.0), AtaReadExits(size) + 8.0);
         }
         // The assigned controller's registers are mapped into the guest under a VMM: no exits, only direct accesses
         // (SUBMIT written, COMPLETED read per request); natively every access is a trapped MMIO access.
