@@ -25,6 +25,7 @@ internal static class BenchCommand
         {
             program, profile, json, memory, verbose, timeout,
         };
+        command.Subcommands.Add(BenchDiskCommand.Create());
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
         {

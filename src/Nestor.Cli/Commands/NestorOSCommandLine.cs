@@ -7,11 +7,18 @@ namespace Nestor.Cli.Commands;
 /// times over. init runs the commands separated by <c>;</c> (guest/user/init.c); each program reads its counts with
 /// <c>parse_u64</c> (guest/user/lib.c), which takes decimal digits only, falls back to the program's default for
 /// anything else (so <c>forkwait -5</c> and <c>forkwait abc</c> would quietly run <c>forkwait 40000</c>) and wraps
-/// past 2^64; no program takes an option, so a word beginning with <c>-</c> is a mistyped option of nestor's.</summary>
+/// past 2^64; no program takes an option, so a word beginning with <c>-</c> is a mistyped option of nestor's. The line
+/// may begin with the kernel's options (<c>ata=</c>, <c>virtio=</c>, <c>ndma=</c> poll or irq, <c>virtioseg=BYTES</c>;
+/// guest/kernel/block.c, docs/guest.md), which the kernel takes off before init sees the rest.</summary>
 internal static class NestorOSCommandLine
 {
     /// <summary>One argument of a program: a count (with the default NestorOS uses without it) or a word from a list.</summary>
-    private sealed record Parameter(string Name, ulong? Default = null, ulong Minimum = 0, string[]? Words = null)
+    /// <param name="AnyWord">Any word is taken (a block device's name or index: the program itself says when there
+    /// is no such device, which only the guest knows).</param>
+    /// <param name="Multiple">A count must be a multiple of this (a disk transfer's 512-byte sectors).</param>
+    /// <param name="Maximum">The largest count the program takes.</param>
+    private sealed record Parameter(string Name, ulong? Default = null, ulong Minimum = 0, string[]? Words = null, bool AnyWord = false,
+        ulong Multiple = 1, ulong Maximum = ulong.MaxValue)
     {
         public override string ToString() => $"[{Name}]";
     }
@@ -37,7 +44,21 @@ internal static class NestorOSCommandLine
         new("preempt", new Parameter("COUNT", 20000000)),
         new("mmutest"),
         new("nanobench", new Parameter("OP", Words: ["syscall", "in", "cr8wr", "callret", "pgfault", "divzero", "ptemod"]), new Parameter("COUNT", 10000)),
+        // guest/user/disk.c: SIZE is a multiple of 512 up to the block layer's 1 MiB transfer (BLK_MAX_TRANSFER).
+        new("disktest", new Parameter("DEV", AnyWord: true), new Parameter("MODE", Words: ["seq", "rand"]),
+            new Parameter("SIZE", 4096, Minimum: SectorBytes, Multiple: SectorBytes, Maximum: MaximumTransfer)),
+        new("diskbench", new Parameter("DEV", AnyWord: true), new Parameter("OP", Words: ["read", "write"]),
+            new Parameter("SIZE", 4096, Minimum: SectorBytes, Multiple: SectorBytes, Maximum: MaximumTransfer), new Parameter("COUNT", 100)),
+        new("diskcheck", new Parameter("DEV", AnyWord: true)),
     ];
+
+    /// <summary>Programs that print their usage and fail unless given all their arguments.</summary>
+    private static readonly Dictionary<string, int> RequiredArguments = new() { ["disktest"] = 1, ["diskbench"] = 4, ["diskcheck"] = 1 };
+
+    private const ulong SectorBytes = 512, MaximumTransfer = 1 << 20;
+
+    /// <summary>The kernel's options (guest/kernel/block.c): how each disk driver waits, and virtio's segment limit.</summary>
+    private static readonly string[] WaitOptions = ["ata", "virtio", "ndma"];
 
     /// <summary>The kernel keeps 511 bytes of its command line (guest/kernel/main.c) and init splits it into 64 words
     /// at most, with 224 bytes of arguments per program.</summary>
@@ -52,8 +73,17 @@ internal static class NestorOSCommandLine
         {
             throw new BadInputException("no NestorOS program was given", $"Give one, e.g. nestor bench forkwait 40000; the programs: {Catalogue()}");
         }
+        int options = 0;
+        while (options < words.Count && IsKernelOption(words[options]))
+        {
+            options++;
+        }
+        if (options == words.Count)
+        {
+            throw new BadInputException("the NestorOS command line has kernel options but no program", $"Give a program after them; the programs: {Catalogue()}");
+        }
         var command = new List<string>();
-        foreach (var word in words.Append(";"))
+        foreach (var word in words.Skip(options).Append(";"))
         {
             if (word != ";")
             {
@@ -76,6 +106,30 @@ internal static class NestorOSCommandLine
         return line;
     }
 
+    /// <summary>A kernel option the kernel takes off the line's start; a malformed one is an error, since the kernel
+    /// would pass it to init as a program name.</summary>
+    private static bool IsKernelOption(string word)
+    {
+        int equals = word.IndexOf('=');
+        if (equals <= 0)
+        {
+            return false;
+        }
+        string key = word[..equals], value = word[(equals + 1)..];
+        if (WaitOptions.Contains(key))
+        {
+            return value is "poll" or "irq" ? true : throw new BadInputException($"the kernel option {key}= is poll or irq, not '{value}'", $"Give {key}=poll or {key}=irq");
+        }
+        if (key == "virtioseg")
+        {
+            return value.Length > 0 && value.All(char.IsAsciiDigit) && ulong.TryParse(value, CultureInfo.InvariantCulture, out ulong bytes) && bytes >= SectorBytes && bytes % SectorBytes == 0
+                ? true
+                : throw new BadInputException($"the kernel option virtioseg= is a number of bytes, a multiple of 512, not '{value}'", "Give e.g. virtioseg=4096");
+        }
+        throw new BadInputException($"there is no NestorOS kernel option '{key}='",
+            "The kernel's options, before the program: ata=poll|irq, virtio=poll|irq, ndma=poll|irq, virtioseg=BYTES");
+    }
+
     private static void CheckCommand(List<string> command)
     {
         string name = command[0];
@@ -95,6 +149,11 @@ internal static class NestorOSCommandLine
                     : $"{name} takes at most {program.Parameters.Length} argument{(program.Parameters.Length > 1 ? "s" : "")} ({program}), but was also given '{extra}'",
                 $"Give {program}");
         }
+        if (RequiredArguments.TryGetValue(name, out int required) && arguments.Count < required)
+        {
+            throw new BadInputException($"{name} needs at least {required} argument{(required > 1 ? "s" : "")} ({program}), but was given {arguments.Count}",
+                $"Give {program}, e.g. {name} vda{(required > 1 ? " read 4096 100" : "")}");
+        }
         if (arguments.Sum(a => a.Length + 1) > MaximumArgumentBytes)
         {
             throw new BadInputException($"the arguments of {name} are longer than the {MaximumArgumentBytes} bytes init passes on", "Shorten them");
@@ -107,6 +166,10 @@ internal static class NestorOSCommandLine
 
     private static void CheckArgument(Program program, Parameter parameter, string text)
     {
+        if (parameter.AnyWord)
+        {
+            return;
+        }
         if (parameter.Words is { } words)
         {
             if (!words.Contains(text))
@@ -125,6 +188,11 @@ internal static class NestorOSCommandLine
             if (value < parameter.Minimum)
             {
                 throw new BadInputException($"{program.Name}'s {parameter.Name} must be at least {parameter.Minimum}, not {text}", $"Give e.g. {program.Name} {parameter.Default}");
+            }
+            if (value % parameter.Multiple != 0 || value > parameter.Maximum)
+            {
+                throw new BadInputException($"{program.Name}'s {parameter.Name} must be a multiple of {parameter.Multiple} up to {parameter.Maximum}, not {text}",
+                    $"Give e.g. {parameter.Default}");
             }
             return;
         }

@@ -45,6 +45,20 @@ public sealed record CostProfile
     /// <summary>VMM work to give a guest page its host frame and nested entry on an EPT violation.</summary>
     public required double NestedPageFault { get; init; }
 
+    // Device I/O (issue 13; docs/cost-model.md, "Device I/O"). A port-I/O exit costs VmExitRoundTrip + IoEmulation;
+    // the figures below price the other ways a driver reaches its device.
+
+    /// <summary>VMM work to emulate a trapped access to a device's memory-mapped registers (an MMIO exit: EPT
+    /// misconfiguration on VT-x, the faulting instruction decoded and sent to the device model), besides the exit
+    /// round trip. A virtio notify is one such write.</summary>
+    public required double MmioEmulation { get; init; }
+    /// <summary>An uncached access to a device register that reaches the device without a VMM: native MMIO, or an
+    /// assigned device's registers mapped into the guest.</summary>
+    public required double DeviceRegisterAccess { get; init; }
+    /// <summary>VMM work to deliver one device interrupt to the guest: the external-interrupt (or I/O-thread) path,
+    /// the virtual I/O APIC and local APIC update and the event injection at the next VM entry.</summary>
+    public required double InterruptInjection { get; init; }
+
     // Software techniques (no hardware assistance): a trap is an exception into the VMM's ring 0 and back; binary
     // translation replaces some of those with callouts from translated code.
 
@@ -90,6 +104,9 @@ public sealed record CostProfile
         TrueFault = 7740,
         WriteEmulation = 10324,
         NestedPageFault = 3000,
+        MmioEmulation = 13417,
+        DeviceRegisterAccess = 3209,
+        InterruptInjection = 3000,
         TrapRoundTrip = 2000,
         Callout = 35,
         PrivilegedEmulation = 300,
@@ -127,6 +144,9 @@ public sealed record CostProfile
         TrueFault = 3000,
         WriteEmulation = 3000,
         NestedPageFault = 2500,
+        MmioEmulation = 4000,
+        DeviceRegisterAccess = 2000,
+        InterruptInjection = 2000,
         TrapRoundTrip = 1500,
         Callout = 30,
         PrivilegedEmulation = 200,
