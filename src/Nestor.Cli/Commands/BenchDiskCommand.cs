@@ -192,7 +192,7 @@ internal static class BenchDiskCommand
         Console.WriteLine("the serial console's left out); interrupts are those delivered to the guest, direct the register accesses that reached an");
         Console.WriteLine("assigned device without an exit;");
         Console.WriteLine($"modelled cycles are the {p.Name} profile's ({p.Description}): guest cycles plus the exits' and interrupts' modelled cost");
-        Console.WriteLine("(sources: docs/cost-model.md). Wall time is this host's for the whole run, and net of the count-0 run; MiB/s is bytes over the net.");
+        Console.WriteLine("(sources: docs/cost-model.md). Wall time is this host's for the whole run, and net of the count-0 run; MiB/s is bytes over the net (\"-\" when the net is not above 0: raise --count).");
         Console.WriteLine();
         Console.WriteLine($"{"interface",-10} {"technique",-10} {"requests",9} {"bytes",12} {"exits",10} {"exits/KiB",10} {"interrupts",10} {"direct",8} " +
                           $"{"cycles/op",12} {"cycles/KiB",11} {"wall s",7} {"net s",7} {"MiB/s",8}  most frequent exits");
@@ -201,7 +201,7 @@ internal static class BenchDiskCommand
             double perOperation = row.Cost.Total / workload.Count;
             double perKiB = row.Bytes == 0 ? 0 : row.Cost.Total / (row.Bytes / 1024.0);
             Console.WriteLine($"{row.InterfaceName,-10} {TechniqueName(row.Configuration),-10} {row.Requests,9:N0} {row.Bytes,12:N0} {row.Exits,10:N0} {row.ExitsPerKiB,10:N2} " +
-                              $"{row.Interrupts,10:N0} {row.DirectDeviceAccesses,8:N0} {perOperation,12:N0} {perKiB,11:N0} {row.Wall.TotalSeconds,7:N2} {row.NetWall.TotalSeconds,7:N2} {row.MiBPerSecond,8:N3}  {TopExits(row)}");
+                              $"{row.Interrupts,10:N0} {row.DirectDeviceAccesses,8:N0} {perOperation,12:N0} {perKiB,11:N0} {row.Wall.TotalSeconds,7:N2} {row.NetWall.TotalSeconds,7:N2} {(row.MiBPerSecond > 0 ? row.MiBPerSecond.ToString("N3", CultureInfo.InvariantCulture) : "-"),8}  {TopExits(row)}");
         }
         foreach (var (configuration, ratio) in ExitRatios(rows))
         {
