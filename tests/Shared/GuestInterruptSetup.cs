@@ -11,8 +11,9 @@ internal static class GuestInterruptSetup
     /// <paramref name="vector"/> to <paramref name="handler"/> in the IDT at <paramref name="idt"/>, LIDT through
     /// the 10 bytes at <paramref name="scratch"/>, both 8259s masked (as an APIC kernel does, so that nothing arrives
     /// through them), and the local APIC whose base is in <paramref name="apic"/> software-enabled with spurious
-    /// vector 0xFF (§10.9). Clobbers RAX and RDI.</summary>
-    public static void Emit(Assembler a, ulong idt, int vector, Label handler, ulong scratch, AssemblerRegister64 apic)
+    /// vector 0xFF (§10.9). <paramref name="maskPic"/> false leaves the 8259s alone (a guest that counts its port
+    /// accesses). Clobbers RAX and RDI.</summary>
+    public static void Emit(Assembler a, ulong idt, int vector, Label handler, ulong scratch, AssemblerRegister64 apic, bool maskPic = true)
     {
         a.mov(rdi, idt + (ulong)vector * 16);
         a.lea(rax, __[handler]);
@@ -29,9 +30,12 @@ internal static class GuestInterruptSetup
         a.mov(rax, idt);
         a.mov(__qword_ptr[rdi + 2], rax);
         a.lidt(__[rdi]);
-        a.mov(al, 0xFF);
-        a.@out(0x21, al);
-        a.@out(0xA1, al);
+        if (maskPic)
+        {
+            a.mov(al, 0xFF);
+            a.@out(0x21, al);
+            a.@out(0xA1, al);
+        }
         a.mov(__dword_ptr[apic + 0xF0], 0x1FF);
     }
 }

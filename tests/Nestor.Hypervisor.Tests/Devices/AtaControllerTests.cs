@@ -9,6 +9,7 @@ using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Techniques;
 using Nestor.Machine.Addresses;
 using Nestor.Machine.Virtualization;
+using Nestor.Tests.Shared;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Hypervisor.Tests.Devices;
@@ -390,22 +391,7 @@ public class AtaControllerTests
         a.mov(r15, Results);
         a.mov(rbx, 0xFEE0_0000UL);
         a.mov(rsi, 0xFEC0_0000UL);
-        a.mov(rdi, Idt + Vector * 16);
-        a.lea(rax, __[handler]);
-        a.mov(__word_ptr[rdi], ax);
-        a.mov(__word_ptr[rdi + 2], 0x08);
-        a.mov(__word_ptr[rdi + 4], 0x8E00);
-        a.shr(rax, 16);
-        a.mov(__word_ptr[rdi + 6], ax);
-        a.shr(rax, 16);
-        a.mov(__dword_ptr[rdi + 8], eax);
-        a.mov(__dword_ptr[rdi + 12], 0);
-        a.mov(rdi, Scratch);
-        a.mov(__word_ptr[rdi], 0xFFF);
-        a.mov(rax, Idt);
-        a.mov(__qword_ptr[rdi + 2], rax);
-        a.lidt(__[rdi]);
-        a.mov(__dword_ptr[rbx + 0xF0], 0x1FF);                      // local APIC on
+        GuestInterruptSetup.Emit(a, Idt, Vector, handler, Scratch, rbx, maskPic: false);
         a.mov(__dword_ptr[rsi], 0x10 + 2 * AtaController.Gsi + 1);
         a.mov(__dword_ptr[rsi + 0x10], 0);
         a.mov(__dword_ptr[rsi], 0x10 + 2 * AtaController.Gsi);
