@@ -79,25 +79,19 @@ public class DiskCommandTests
         Out(a, Device, 0xE0);
         Out(a, Status, write ? 0x30 : 0x20);
         var block = a.CreateLabel();
-        var word = a.CreateLabel();
         a.mov(ebx, Sectors);
         a.Label(ref block);
         Poll(a, fail, dataRequest: true);
         a.mov(ecx, Sector / 2);
         a.mov(dx, Data);
-        a.Label(ref word);
         if (write)
         {
-            a.lodsw();
-            a.@out(dx, ax);
+            a.rep.outsw();
         }
         else
         {
-            a.@in(ax, dx);
-            a.stosw();
+            a.rep.insw();
         }
-        a.dec(ecx);
-        a.jnz(word);
         a.dec(ebx);
         a.jnz(block);
         Poll(a, fail, dataRequest: false);

@@ -104,26 +104,20 @@ public class AtaControllerTests
         a.jnz(next);
     }
 
-    /// <summary>One sector's 256 words, one 16-bit IN or OUT each: the software machine does not model the string I/O
-    /// instructions (INSW, OUTSW), whose REP form would be the same 256 accesses.</summary>
+    /// <summary>One sector's 256 words by REP INSW or REP OUTSW: one port access (and, under a VMM, one exit) per
+    /// word.</summary>
     private static void Words(Assembler a, bool write)
     {
-        var word = a.CreateLabel();
         a.mov(ecx, Sector / 2);
         a.mov(dx, Data);
-        a.Label(ref word);
         if (write)
         {
-            a.lodsw();
-            a.@out(dx, ax);
+            a.rep.outsw();
         }
         else
         {
-            a.@in(ax, dx);
-            a.stosw();
+            a.rep.insw();
         }
-        a.dec(ecx);
-        a.jnz(word);
     }
 
     private static void Stage(Assembler a, int stage) => a.mov(r13d, stage);
