@@ -154,27 +154,13 @@ internal static class NestorOSBaseline
     /// (count as asked, no failures) and init's RESULT line with no failures stops the benchmark.</summary>
     private static GuestRun Boot(string kernelPath, ulong memory, BaselineProgram program)
     {
-        using var serial = new MemoryStream();
-        var outcome = QemuReferenceMachine.Run(kernelPath, memory, program.CommandLine, serial, Limit, "tcg");
-        string output = Encoding.UTF8.GetString(serial.ToArray());
-        string Failure(string what) =>
-            $"'{program.CommandLine}' on QEMU TCG {what}. QEMU status {outcome.ProcessStatus}; stderr: " +
-            $"{outcome.Diagnostics.Trim()}\nlast serial output:\n{string.Join('\n', Lines(output).TakeLast(8))}";
-
-        if (outcome.TimedOut)
-        {
-            throw new BenchmarkException(Failure($"did not finish within {Limit.TotalMinutes:0} minutes and was killed"));
-        }
-        if (outcome.GuestStatus != 0)
-        {
-            throw new BenchmarkException(Failure(outcome.GuestStatus is { } s ? $"ended with guest status {s}" : "did not end through the debug-exit port"));
-        }
+        var (wall, output, failure) = BootOnQemu(kernelPath, memory, program.CommandLine, Limit);
         var result = ResultLine(output, program.Name)
-            ?? throw new BenchmarkException(Failure($"printed no 'RESULT {program.Name}' line"));
+            ?? throw new BenchmarkException(failure($"printed no 'RESULT {program.Name}' line"));
         var init = ResultLine(output, "init");
         if (init is null || init.GetValueOrDefault("programs") != "1" || init.GetValueOrDefault("failures") != "0")
         {
-            throw new BenchmarkException(Failure("did not end with 'RESULT init programs=1 failures=0'"));
+            throw new BenchmarkException(failure("did not end with 'RESULT init programs=1 failures=0'"));
         }
         if (program.Count > 0)
         {
@@ -182,15 +168,38 @@ internal static class NestorOSBaseline
             {
                 if (!result.TryGetValue(field, out var value) || !long.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out _))
                 {
-                    throw new BenchmarkException(Failure($"printed a RESULT line without a numeric {field}="));
+                    throw new BenchmarkException(failure($"printed a RESULT line without a numeric {field}="));
                 }
             }
             if (result["count"] != program.Count.ToString(CultureInfo.InvariantCulture) || result.GetValueOrDefault("failures", "0") != "0")
             {
-                throw new BenchmarkException(Failure($"reported count={result["count"]} failures={result.GetValueOrDefault("failures", "0")}"));
+                throw new BenchmarkException(failure($"reported count={result["count"]} failures={result.GetValueOrDefault("failures", "0")}"));
             }
         }
-        return new GuestRun(outcome.Wall, result);
+        return new GuestRun(wall, result);
+    }
+
+    /// <summary>One boot of NestorOS on QEMU TCG that must end through the debug-exit port with status 0 within
+    /// <paramref name="limit"/>: its wall time, its serial output, and how to word a failure of the run's later checks
+    /// (QEMU's status and stderr and the last serial lines with it). Both QEMU benchmarks boot through here.</summary>
+    internal static (TimeSpan Wall, string Output, Func<string, string> Failure) BootOnQemu(string kernelPath, ulong memory,
+        string commandLine, TimeSpan limit)
+    {
+        using var serial = new MemoryStream();
+        var outcome = QemuReferenceMachine.Run(kernelPath, memory, commandLine, serial, limit, "tcg");
+        string output = Encoding.UTF8.GetString(serial.ToArray());
+        string Failure(string what) =>
+            $"'{commandLine}' on QEMU TCG {what}. QEMU status {outcome.ProcessStatus}; stderr: " +
+            $"{outcome.Diagnostics.Trim()}\nlast serial output:\n{string.Join('\n', Lines(output).TakeLast(8))}";
+        if (outcome.TimedOut)
+        {
+            throw new BenchmarkException(Failure($"did not finish within {limit.TotalMinutes:0} minutes and was killed"));
+        }
+        if (outcome.GuestStatus != 0)
+        {
+            throw new BenchmarkException(Failure(outcome.GuestStatus is { } s ? $"ended with guest status {s}" : "did not end through the debug-exit port"));
+        }
+        return (outcome.Wall, output, Failure);
     }
 
     /// <summary>The key=value fields of the first line <c>RESULT name ...</c>, or null. SeaBIOS writes escape

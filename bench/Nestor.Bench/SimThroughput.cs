@@ -257,21 +257,8 @@ internal static class SimThroughput
     /// <summary>One boot on QEMU TCG, checked like <see cref="RunSim"/>.</summary>
     private static GuestRun RunQemu(string kernelPath, ulong memory, ThroughputWorkload workload)
     {
-        using var serial = new MemoryStream();
-        var outcome = QemuReferenceMachine.Run(kernelPath, memory, workload.CommandLine, serial, Limit, "tcg");
-        string output = Encoding.UTF8.GetString(serial.ToArray());
-        string Failure(string what) =>
-            $"'{workload.CommandLine}' on QEMU TCG {what}. QEMU status {outcome.ProcessStatus}; stderr: " +
-            $"{outcome.Diagnostics.Trim()}\nlast serial output:\n{string.Join('\n', NestorOSBaseline.Lines(output).TakeLast(8))}";
-        if (outcome.TimedOut)
-        {
-            throw new BenchmarkException(Failure($"did not finish within {Limit.TotalMinutes:0} minutes and was killed"));
-        }
-        if (outcome.GuestStatus != 0)
-        {
-            throw new BenchmarkException(Failure(outcome.GuestStatus is { } s ? $"ended with guest status {s}" : "did not end through the debug-exit port"));
-        }
-        return new GuestRun(outcome.Wall, Check(output, workload, Failure));
+        var (wall, output, failure) = NestorOSBaseline.BootOnQemu(kernelPath, memory, workload.CommandLine, Limit);
+        return new GuestRun(wall, Check(output, workload, failure));
     }
 
     /// <summary>The workload's RESULT line, checked: <c>compute</c> must report N and the prime count and CRC-32 the
