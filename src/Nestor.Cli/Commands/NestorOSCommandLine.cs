@@ -8,8 +8,9 @@ namespace Nestor.Cli.Commands;
 /// <c>parse_u64</c> (guest/user/lib.c), which takes decimal digits only, falls back to the program's default for
 /// anything else (so <c>forkwait -5</c> and <c>forkwait abc</c> would quietly run <c>forkwait 40000</c>) and wraps
 /// past 2^64; no program takes an option, so a word beginning with <c>-</c> is a mistyped option of nestor's. The line
-/// may begin with the kernel's options (<c>ata=</c>, <c>virtio=</c>, <c>ndma=</c> poll or irq, <c>virtioseg=BYTES</c>;
-/// guest/kernel/block.c, docs/guest.md), which the kernel takes off before init sees the rest.</summary>
+/// may begin with the kernel's options (<c>ata=</c>, <c>virtio=</c>, <c>ndma=</c> poll or irq, <c>virtioseg=BYTES</c>,
+/// <c>servicevm=front|back</c>, <c>blkfront=forge</c>; guest/kernel/block.c, docs/guest.md), which the kernel takes off
+/// before init sees the rest.</summary>
 internal static class NestorOSCommandLine
 {
     /// <summary>One argument of a program: a count (with the default NestorOS uses without it) or a word from a list.</summary>
@@ -126,8 +127,18 @@ internal static class NestorOSCommandLine
                 ? true
                 : throw new BadInputException($"the kernel option virtioseg= is a number of bytes, a multiple of 512, not '{value}'", "Give e.g. virtioseg=4096");
         }
+        if (key == "servicevm")
+        {
+            return value is "front" or "back" ? true : throw new BadInputException($"the kernel option servicevm= is front or back, not '{value}'",
+                "Give servicevm=front (the user VM of a pair; nestor run --service-vm adds it) or servicevm=back (the service VM)");
+        }
+        if (key == "blkfront")
+        {
+            return value == "forge" ? true : throw new BadInputException($"the kernel option blkfront= is forge, not '{value}'",
+                "Give blkfront=forge (the front-end sends one request with a forged grant reference) or leave it out");
+        }
         throw new BadInputException($"there is no NestorOS kernel option '{key}='",
-            "The kernel's options, before the program: ata=poll|irq, virtio=poll|irq, ndma=poll|irq, virtioseg=BYTES");
+            "The kernel's options, before the program: ata=poll|irq, virtio=poll|irq, ndma=poll|irq, virtioseg=BYTES, servicevm=front|back, blkfront=forge");
     }
 
     private static void CheckCommand(List<string> command)
