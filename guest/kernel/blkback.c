@@ -18,6 +18,7 @@ struct blkback {
     u64 buffer;                      /* 32 KiB of the block layer's bounce buffer: one request's data */
     u32 consumed;                    /* requests taken from the ring (mod 2^32) */
     u64 requests, refused_grants, bad_requests, bad_indexes, io_errors;
+    int forge_response;              /* blkback=forge: answer the first data request with an id never sent */
     struct blkring ring;             /* the local copy of the user VM's ring page */
 };
 
@@ -107,6 +108,11 @@ static void serve_ring(void)
     for (u32 i = 0; i < count; i++) {
         volatile struct blkring_slot *s = &back.ring.slots[(back.consumed + i) % BLKRING_SLOTS];
         s->status = serve_request(s);
+        if (back.forge_response && s->op != BLKRING_OP_FLUSH) {
+            kprintf("blkback: answering request %lu with the forged id %lu (blkback=forge)\n", s->id, s->id + 1000);
+            s->id += 1000;
+            back.forge_response = 0;
+        }
     }
     copy_slots(back.consumed, count, 1);
     back.consumed = producer;
@@ -115,8 +121,9 @@ static void serve_ring(void)
     grant_copy(BLKRING_REFERENCE, 1, (u64)&h->response_producer, 4, 4);
 }
 
-void blkback_serve(void)
+void blkback_serve(int forge_once)
 {
+    back.forge_response = forge_once;
     if (!split_driver_offered()) {
         kprintf("blkback: servicevm=back, but the VMM offers no split driver (CPUID 0x40000001 EAX bit 1)\n");
         machine_exit(PANIC_STATUS);

@@ -80,5 +80,5 @@ extern volatile int event_seen;
 
 /* blkfront.c, blkback.c */
 void blkfront_probe(int forge_once);
-void blkback_serve(void) __attribute__((noreturn));
+void blkback_serve(int forge_once) __attribute__((noreturn));
 #endif

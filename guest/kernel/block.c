@@ -62,6 +62,11 @@ const char *block_parse_options(const char *cmdline, struct block_options *optio
             s += 14;
             continue;
         }
+        if (!target && word_is(s, "blkback=forge")) {
+            options->forge_response = 1;
+            s += 13;
+            continue;
+        }
         if (!target && starts_with(s, "virtioseg=")) {
             u32 bytes = 0;
             for (s += 10; *s >= '0' && *s <= '9'; s++) bytes = bytes * 10 + (u32)(*s - '0');

@@ -38,12 +38,13 @@ struct block_device *block_register(const char *name, u64 sectors, int read_only
 /* Kernel command-line options the block layer reads: ata=poll|irq, virtio=poll|irq, ndma=poll|irq,
  * virtioseg=BYTES, a smaller limit than the device's size_max on one virtio data descriptor (to see requests split),
  * servicevm=front|back (the split driver of a service-VM pair: blkfront.c registers xvda, blkback.c serves the first
- * disk to the user VM) and blkfront=forge (once connected, the front-end sends one request with a grant reference it
- * never granted, to show the back-end refusing it). */
+ * disk to the user VM), blkfront=forge (once connected, the front-end sends one request with a grant reference it
+ * never granted, to show the back-end refusing it) and blkback=forge (the back-end answers its first data request with
+ * an id the front-end never sent, to show the front-end refusing that). */
 #define SERVICE_VM_NONE 0
 #define SERVICE_VM_FRONT 1
 #define SERVICE_VM_BACK 2
-struct block_options { int ata_irq, virtio_irq, ndma_irq; u32 virtio_segment_bytes; int service_vm, forge_grant; };
+struct block_options { int ata_irq, virtio_irq, ndma_irq; u32 virtio_segment_bytes; int service_vm, forge_grant, forge_response; };
 
 /* Strips the leading kernel options from the command line and returns what follows (init's commands). */
 const char *block_parse_options(const char *cmdline, struct block_options *options);

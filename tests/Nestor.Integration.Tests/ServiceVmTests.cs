@@ -126,7 +126,25 @@ public class ServiceVmTests(ITestOutputHelper output)
         Assert.Equal(batches + 2, Counter(c, "service_vm_notify_exits"));
     }
 
+    [Fact]
+    public void A_forged_response_id_is_refused_by_the_front_end_which_fails_the_request_without_crashing()
+    {
+        string image = Image(DiskTestModel.Noise(DiskBytes, seed: 15));
+        var r = Run(TimeSpan.FromMinutes(10), "run", "--technique", "hw", "--service-vm", "--service-disk", image, "--service-cmdline", "blkback=forge",
+            "--cmdline", "disktest xvda seq 4096", "--stats", "--timeout", "500");
+        output.WriteLine(r.Stdout);
+        Assert.Matches(@"(?m)^\[service\] blkback: answering request \d+ with the forged id \d+ \(blkback=forge\)$", r.Stdout);
+        Assert.Matches(@"(?m)^blkfront: the back-end broke the ring protocol \(response id \d+\); xvda fails from now on$", r.Stdout);
+        // disktest sees its requests fail (-EIO), reports them and fails; the kernel and init go on to their end.
+        Assert.NotEqual("0", DiskTestModel.Result(r.Stdout, "disktest")["errors"]);
+        Assert.Contains("RESULT init programs=1 failures=1", r.Stdout);
+        Assert.DoesNotContain("panic", r.Stdout, StringComparison.OrdinalIgnoreCase);
+        Assert.True(r.ExitCode is > 0 and < 100, r.ToString());
+    }
+
     [Theory]
+    [InlineData("--service-cmdline without --service-vm", "run --technique hw --service-cmdline ata=irq", "there is no --service-vm")]
+    [InlineData("a program for the service VM", "run --technique hw --service-vm --service-disk IMAGE --service-cmdline hello", "the service VM runs no programs")]
     [InlineData("--service-disk without --service-vm", "run --technique hw --service-disk IMAGE", "there is no --service-vm")]
     [InlineData("--service-vm without a disk", "run --technique hw --service-vm", "needs the disk the service VM serves")]
     [InlineData("no VMM", "run --service-vm --service-disk IMAGE", "--technique native has none")]

@@ -64,10 +64,15 @@ internal static class RunCommand
         };
         var serviceDisk = new Option<string?>("--service-disk") { Description = "The service VM's disk: FILE[,if=ata|assigned][,ro]; if=ata (the emulated IDE disk) by default" };
         var serviceMemory = new Option<string>("--service-memory") { Description = "The service VM's RAM", DefaultValueFactory = _ => "32M" };
+        var serviceCommandLine = new Option<string>("--service-cmdline")
+        {
+            Description = "Kernel options for the service VM, after servicevm=back: how its driver waits (ata=irq, ndma=irq), or blkback=forge (a test: one response with a forged id)",
+            DefaultValueFactory = _ => "",
+        };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
-            technique, mmu, nestedPages, disk, virtioConsole, serviceVm, serviceDisk, serviceMemory,
+            technique, mmu, nestedPages, disk, virtioConsole, serviceVm, serviceDisk, serviceMemory, serviceCommandLine,
         };
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
@@ -101,6 +106,7 @@ internal static class RunCommand
                 ServiceVm = parse.GetValue(serviceVm),
                 ServiceDisk = parse.GetValue(serviceDisk),
                 ServiceMemory = parse.GetValue(serviceMemory)!,
+                ServiceCommandLine = parse.GetValue(serviceCommandLine)!,
             }, parse.GetValue(verbose));
         });
         return command;
@@ -128,6 +134,9 @@ internal static class RunCommand
 
         /// <summary>--service-memory.</summary>
         public string ServiceMemory { get; init; } = "32M";
+
+        /// <summary>--service-cmdline: kernel options for the service VM.</summary>
+        public string ServiceCommandLine { get; init; } = "";
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -291,6 +300,11 @@ internal static class RunCommand
     {
         if (!o.ServiceVm)
         {
+            if (o.ServiceCommandLine.Length > 0)
+            {
+                throw new BadInputException("--service-cmdline gives the service VM its kernel options, but there is no --service-vm",
+                    "Add --service-vm --service-disk FILE, or drop --service-cmdline");
+            }
             return o.ServiceDisk is null ? null : throw new BadInputException(
                 "--service-disk gives the service VM its disk, but there is no --service-vm",
                 "Add --service-vm, or attach the disk to this VM itself with --disk FILE");
@@ -309,6 +323,7 @@ internal static class RunCommand
             throw new BadInputException("--service-vm needs a VMM, and --technique native has none: its VMCALL would be #UD",
                 "use --technique hw, pv, trap or bt");
         }
+        NestorOSCommandLine.CheckKernelOptions(o.ServiceCommandLine);
         bool interfaceGiven = o.ServiceDisk.Split(',').Skip(1).Any(part => part.StartsWith("if=", StringComparison.Ordinal));
         var disk = Hypervisor.Devices.Storage.DiskConfig.Parse(interfaceGiven ? o.ServiceDisk : o.ServiceDisk + ",if=ata");
         if (disk.Interface == Hypervisor.Devices.Storage.DiskInterface.Virtio)
@@ -353,7 +368,7 @@ internal static class RunCommand
             Sim = simOptions,
             Kernel = source,
             MemoryBytes = serviceBytes,
-            CommandLine = "servicevm=back",
+            CommandLine = ("servicevm=back " + NestorOSCommandLine.CheckKernelOptions(o.ServiceCommandLine)).TrimEnd(),
             Force = o.Force,
             SerialOutput = serviceSerial,
             Diagnostics = Console.Error,
