@@ -92,6 +92,11 @@ public class ServiceVmTests(ITestOutputHelper output)
         Assert.Equal(batches + 1, Counter(c, "service_vm_completion_interrupts"));
         Assert.Equal(batches + 1, Counter(c, "service_vm_event_interrupts"));
         Assert.Equal(2 * (batches + 1), Counter(c, "service_vm_switches"));
+        // The user VM halts once per wait: a notify's stop is taken at its halt (Cpu), not after idling from timer tick
+        // to timer tick until the slice ends, which took hundreds of thousands of halts per run. The user VM's exit
+        // table comes first in the report.
+        ulong userHalts = ulong.Parse(Regex.Match(r.Stdout, @"(?m)^  halt\s+(\d+)").Groups[1].Value, CultureInfo.InvariantCulture);
+        Assert.InRange(userHalts, 1UL, batches + 3);
         // The grant copies moved the data once each way (disktest reads back what it wrote) and the ring's bytes.
         Assert.Equal(2 * expected.Bytes + ringBytes, Counter(c, "service_vm_grant_copy_bytes"));
         Assert.Equal(0UL, Counter(c, "service_vm_refused_grants"));
