@@ -43,6 +43,7 @@ typedef unsigned long usize;
 #define BLK_INTERFACE_ATA     0   /* emulated: ATA PIO on the primary channel */
 #define BLK_INTERFACE_VIRTIO  1   /* paravirtual: virtio-blk over virtio-mmio */
 #define BLK_INTERFACE_ASSIGNED 2  /* dedicated: the assigned DMA controller (NDMA) */
+#define BLK_INTERFACE_SPLIT    3  /* a service VM's disk, through the split driver's ring (blkfront) */
 #define BLK_FLAG_INTERRUPTS (1u << 0)  /* completion by interrupt rather than polling */
 #define BLK_FLAG_LBA48      (1u << 1)  /* ATA: 48-bit addressing */
 #define BLK_FLAG_FLUSH      (1u << 2)  /* the device has a write cache that flush empties */

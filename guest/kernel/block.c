@@ -3,7 +3,7 @@
  * VM without one boots exactly as before): the user's pages are neither contiguous nor known to be present, and a
  * DMA device (virtio, NDMA) needs one guest-physical range. The kernel is never preempted, so one buffer serves
  * every process. */
-#include "block.h"
+#include "blkring.h"
 
 static struct block_device devices[BLOCK_MAX_DEVICES];
 static int device_count;
@@ -36,8 +36,13 @@ static int starts_with(const char *s, const char *prefix)
     return 1;
 }
 
-/* Options come first on the command line (init's commands follow). Only these three words are taken, so a command
- * line without them reaches init unchanged. */
+static int word_is(const char *s, const char *word)
+{
+    return starts_with(s, word) && (s[strlen(word)] == ' ' || s[strlen(word)] == 0);
+}
+
+/* Options come first on the command line (init's commands follow). Only these words are taken, so a command line
+ * without them reaches init unchanged. */
 const char *block_parse_options(const char *cmdline, struct block_options *options)
 {
     const char *s = cmdline;
@@ -46,6 +51,22 @@ const char *block_parse_options(const char *cmdline, struct block_options *optio
         int *target = starts_with(s, "ata=") ? &options->ata_irq
                     : starts_with(s, "virtio=") ? &options->virtio_irq
                     : starts_with(s, "ndma=") ? &options->ndma_irq : 0;
+        if (!target && starts_with(s, "servicevm=")) {
+            s += 10;
+            options->service_vm = word_is(s, "front") ? SERVICE_VM_FRONT : word_is(s, "back") ? SERVICE_VM_BACK : SERVICE_VM_NONE;
+            while (*s && *s != ' ') s++;
+            continue;
+        }
+        if (!target && word_is(s, "blkfront=forge")) {
+            options->forge_grant = 1;
+            s += 14;
+            continue;
+        }
+        if (!target && word_is(s, "blkback=forge")) {
+            options->forge_response = 1;
+            s += 13;
+            continue;
+        }
         if (!target && starts_with(s, "virtioseg=")) {
             u32 bytes = 0;
             for (s += 10; *s >= '0' && *s <= '9'; s++) bytes = bytes * 10 + (u32)(*s - '0');
@@ -64,7 +85,8 @@ const char *block_parse_options(const char *cmdline, struct block_options *optio
 static const char *interface_name(u32 interface)
 {
     return interface == BLK_INTERFACE_ATA ? "ATA PIO (emulated)"
-         : interface == BLK_INTERFACE_VIRTIO ? "virtio-blk (paravirtual)" : "NDMA (assigned)";
+         : interface == BLK_INTERFACE_VIRTIO ? "virtio-blk (paravirtual)"
+         : interface == BLK_INTERFACE_SPLIT ? "blkfront (service VM)" : "NDMA (assigned)";
 }
 
 void block_init(const struct block_options *options)
@@ -72,6 +94,7 @@ void block_init(const struct block_options *options)
     ata_probe(options->ata_irq);
     virtio_blk_probe(options->virtio_irq, options->virtio_segment_bytes);
     ndma_probe(options->ndma_irq);
+    if (options->service_vm == SERVICE_VM_FRONT) blkfront_probe(options->forge_grant);
     if (!device_count) return;
     bounce = frames_take_contiguous(BLOCK_MAX_TRANSFER / PAGE_SIZE);
     if (!bounce) panic("no 1 MiB of contiguous memory for the block layer's bounce buffer");
@@ -105,6 +128,22 @@ i64 sys_blkinfo(u64 index, u64 info_address)
     memcpy((void *)info_address, &info, sizeof(info));   /* may demand-fault the user page in: fine in the kernel */
     return 0;
 }
+
+struct block_device *block_device_at(u64 index)
+{
+    return index < (u64)device_count ? &devices[index] : 0;
+}
+
+i64 block_transfer(struct block_device *d, u64 op, u64 sector, u64 count, u64 buffer)
+{
+    d->requests++;
+    i64 r = op == BLK_OP_FLUSH ? d->operations->flush(d)
+          : op == BLK_OP_WRITE ? d->operations->write(d, sector, count, buffer) : d->operations->read(d, sector, count, buffer);
+    if (r < 0) d->errors++;
+    return r;
+}
+
+u64 block_bounce_buffer(void) { return bounce; }
 
 i64 sys_blkio(u64 index, u64 op, u64 sector, u64 buffer, u64 bytes)
 {

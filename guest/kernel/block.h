@@ -35,15 +35,27 @@ struct block_device {
 struct block_device *block_register(const char *name, u64 sectors, int read_only, u32 interface, u32 flags,
                                     const struct block_operations *operations, void *driver);
 
-/* Kernel command-line options the block layer reads: ata=poll|irq, virtio=poll|irq, ndma=poll|irq, and
- * virtioseg=BYTES, a smaller limit than the device's size_max on one virtio data descriptor (to see requests split). */
-struct block_options { int ata_irq, virtio_irq, ndma_irq; u32 virtio_segment_bytes; };
+/* Kernel command-line options the block layer reads: ata=poll|irq, virtio=poll|irq, ndma=poll|irq,
+ * virtioseg=BYTES, a smaller limit than the device's size_max on one virtio data descriptor (to see requests split),
+ * servicevm=front|back (the split driver of a service-VM pair: blkfront.c registers xvda, blkback.c serves the first
+ * disk to the user VM), blkfront=forge (once connected, the front-end sends one request with a grant reference it
+ * never granted, to show the back-end refusing it) and blkback=forge (the back-end answers its first data request with
+ * an id the front-end never sent, to show the front-end refusing that). */
+#define SERVICE_VM_NONE 0
+#define SERVICE_VM_FRONT 1
+#define SERVICE_VM_BACK 2
+struct block_options { int ata_irq, virtio_irq, ndma_irq; u32 virtio_segment_bytes; int service_vm, forge_grant, forge_response; };
 
 /* Strips the leading kernel options from the command line and returns what follows (init's commands). */
 const char *block_parse_options(const char *cmdline, struct block_options *options);
 /* Probes every driver, prints one line per device found, and reserves the bounce buffer when there is one. */
 void block_init(const struct block_options *options);
 i64 sys_blkinfo(u64 index, u64 info_address);
+/* The kernel's own use of a device (the service VM's back-end): device index's entry, or 0; and one transfer of count
+ * sectors between it and a kernel buffer, counted as blkio counts (op BLK_OP_*). */
+struct block_device *block_device_at(u64 index);
+i64 block_transfer(struct block_device *device, u64 op, u64 sector, u64 count, u64 buffer);
+u64 block_bounce_buffer(void);      /* the 1 MiB bounce buffer (kernel address = guest-physical), 0 without disks */
 i64 sys_blkio(u64 index, u64 op, u64 sector, u64 buffer, u64 bytes);
 
 /* The drivers' probes (each registers what it finds). */
@@ -57,7 +69,8 @@ void ioapic_route(u32 gsi, u8 vector, int level_triggered);
 #define ATA_VECTOR 33
 #define VIRTIO_VECTOR_BASE 34        /* 34..41: virtio-mmio slots 0..7 */
 #define NDMA_VECTOR_BASE 42          /* 42..43: assigned controllers 0..1 */
-#define DEVICE_VECTOR_LAST 43
+#define EVENT_VECTOR 44              /* the split driver's event channel (blkring.h) */
+#define DEVICE_VECTOR_LAST 44
 void ata_interrupt(void);
 void virtio_interrupt(u32 slot);
 void ndma_interrupt(u32 controller);

@@ -2,7 +2,7 @@
     .text
 
 /* Exceptions 0-31: vectors with a CPU-pushed error code (SDM Vol. 3A Table 6-1): 8, 10-14, 17, 21. Vector 32 is the
- * timer, 33-43 the disk controllers' interrupts (kernel/block.h). */
+ * timer, 33-43 the disk controllers' interrupts, 44 the split driver's event channel (kernel/block.h). */
 .macro ISR vector
 isr_\vector:
     .if (\vector == 8) || (\vector >= 10 && \vector <= 14) || (\vector == 17) || (\vector == 21)
@@ -15,7 +15,7 @@ isr_\vector:
 
 .altmacro
 .set i, 0
-.rept 44
+.rept 45
     ISR %i
     .set i, i + 1
 .endr
@@ -27,7 +27,7 @@ isr_\vector:
     .globl isr_table
 isr_table:
 .set i, 0
-.rept 44
+.rept 45
     ISR_ADDRESS %i
     .set i, i + 1
 .endr

@@ -92,7 +92,7 @@ extern void trap_return(void);
 extern void syscall_entry(void);
 extern u64 kernel_stack_top;
 void switch_context(u64 *save_rsp, u64 new_rsp);
-extern u64 isr_table[44];   /* vectors 0-43: exceptions, the timer, device interrupts */
+extern u64 isr_table[45];   /* vectors 0-44: exceptions, the timer, device interrupts, the event channel */
 
 /* The local APIC timer (vector 32): preemption of user processes. */
 #define TIMER_VECTOR 32

@@ -1,6 +1,6 @@
 /* NestorOS kernel entry: find memory and the command line from whichever boot protocol started us, build the
  * kernel's own page tables and CPU tables, and start init. */
-#include "block.h"
+#include "blkring.h"
 
 extern char __image_start[], __bss_end[];
 
@@ -108,11 +108,13 @@ void kernel_main(int kind, u64 info)
         kprintf("NestorOS: dereferencing a null pointer in the kernel on purpose\n");
         *(volatile u64 *)0 = 1;
     }
-    timer_init();
     /* Disks, found by probing (docs/devices.md); the block layer's options lead the command line. */
-    struct block_options options = { 0, 0, 0, 0 };
+    struct block_options options = { 0, 0, 0, 0, SERVICE_VM_NONE, 0, 0 };
     const char *commands = block_parse_options(cmdline, &options);
+    /* The service VM's back-end runs no processes: no timer to preempt them (blkback.c), and no init. */
+    if (options.service_vm != SERVICE_VM_BACK) timer_init();
     block_init(&options);
+    if (options.service_vm == SERVICE_VM_BACK) blkback_serve(options.forge_response);
     frames_at_init = frames_free_count();
     process_start_init(commands);
 }

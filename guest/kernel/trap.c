@@ -1,5 +1,5 @@
 /* GDT, TSS, IDT and exception handling. */
-#include "block.h"
+#include "blkring.h"
 
 struct tss {
     u32 reserved0;
@@ -51,7 +51,7 @@ void cpu_init(void)
         "mov $0x28, %%ax\n ltr %%ax\n"
         : : "m"(gp) : "rax", "memory");
 
-    for (int v = 0; v < 44; v++) {
+    for (int v = 0; v <= DEVICE_VECTOR_LAST; v++) {
         u64 handler = isr_table[v];
         /* 64-bit interrupt gate, present, DPL 0 (SDM Vol. 3A §6.14.1). */
         idt[v * 2] = (handler & 0xFFFF) | ((u64)KERNEL_CS << 16) | (0x8EUL << 40) | (((handler >> 16) & 0xFFFF) << 48);
@@ -109,6 +109,7 @@ void trap_handler(struct trap_frame *f)
     if (f->vector >= ATA_VECTOR && f->vector <= DEVICE_VECTOR_LAST) {
         /* A disk's interrupt: they are only enabled while the kernel waits for one (block.c). */
         if (f->vector == ATA_VECTOR) ata_interrupt();
+        else if (f->vector == EVENT_VECTOR) event_channel_interrupt();
         else if (f->vector < NDMA_VECTOR_BASE) virtio_interrupt((u32)(f->vector - VIRTIO_VECTOR_BASE));
         else ndma_interrupt((u32)(f->vector - NDMA_VECTOR_BASE));
         return;

@@ -11,9 +11,9 @@ using Nestor.Hypervisor.Errors;
 
 namespace Nestor.Cli.Commands;
 
-/// <summary><c>nestor bench disk</c>: NestorOS's <c>diskbench</c> through the emulated ATA disk, virtio-blk and the
-/// assigned controller, on one scratch image, under each technique; exits, interrupts, modelled cycles and wall time
-/// in one table (issue 13).</summary>
+/// <summary><c>nestor bench disk</c>: NestorOS's <c>diskbench</c> through the emulated ATA disk, virtio-blk, the
+/// assigned controller and a service VM (whose own disk is ATA), on one scratch image, under each technique; exits,
+/// interrupts, modelled cycles and wall time in one table, and the service VM's steps (issue 13).</summary>
 internal static class BenchDiskCommand
 {
     /// <summary>The techniques <c>--techniques</c> takes, by the names the disk tests use (and the table's).</summary>
@@ -36,14 +36,18 @@ internal static class BenchDiskCommand
         var size = new Option<string>("--size") { Description = "Bytes per request: a multiple of 512 up to 1M (suffixes K, M)", DefaultValueFactory = _ => "4096" };
         var count = new Option<long>("--count") { Description = "Requests per run", DefaultValueFactory = _ => 64 };
         var operation = new Option<string>("--op") { Description = "read or write (a write run ends with a flush)", DefaultValueFactory = _ => "read" };
-        var interfaces = new Option<string>("--interfaces") { Description = "Comma-separated: ata, virtio, assigned", DefaultValueFactory = _ => "ata,virtio,assigned" };
+        var interfaces = new Option<string>("--interfaces")
+        {
+            Description = "Comma-separated: ata, virtio, assigned, service (a service VM serving the image through its ATA driver; under the techniques with a VMM only)",
+            DefaultValueFactory = _ => "ata,virtio,assigned,service",
+        };
         var techniques = new Option<string>("--techniques") { Description = "Comma-separated: native, hw-nested, hw-shadow, pv", DefaultValueFactory = _ => "native,hw-nested" };
         var wait = new Option<string>("--wait") { Description = "How NestorOS's drivers wait for their device: poll (NestorOS's default) or irq", DefaultValueFactory = _ => "poll" };
         var profile = new Option<string>("--profile") { Description = $"Cost profile: {string.Join(", ", CostProfile.All.Select(p => p.Name))}", DefaultValueFactory = _ => CostProfile.Pentium4.Name };
         var json = new Option<bool>("--json") { Description = "Print {\"rows\":[...]} as JSON instead of a table" };
         var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
         var timeout = TypedOptions.Seconds("--timeout", "Stop any one run that takes longer than this many seconds; the bench then fails");
-        var command = new Command("disk", "Run NestorOS's diskbench through the ATA disk (emulated), virtio-blk (paravirtual) and the assigned controller (dedicated) on one scratch image, under each technique, and compare exits, interrupts, modelled cycles and wall time")
+        var command = new Command("disk", "Run NestorOS's diskbench through the ATA disk (emulated), virtio-blk (paravirtual), the assigned controller (dedicated) and a service VM (its ATA disk served over the split driver's ring) on one scratch image, under each technique, and compare exits, interrupts, modelled cycles and wall time")
         {
             size, count, operation, interfaces, techniques, wait, profile, json, verbose, timeout,
         };
@@ -74,11 +78,19 @@ internal static class BenchDiskCommand
                 {
                     throw new BadInputException($"--wait is poll or irq, not '{waitMode}'", "Give --wait poll or --wait irq");
                 }
-                var kinds = ParseList(parse.GetValue(interfaces)!, "--interfaces", Interfaces);
+                var named = ParseList<DiskInterface?>(parse.GetValue(interfaces)!, "--interfaces",
+                    [.. Interfaces.Select(i => (i.Name, (DiskInterface?)i.Interface)), (DiskBenchRow.ServiceInterfaceName, (DiskInterface?)null)]);
+                var kinds = named.OfType<DiskInterface>().ToList();
+                bool serviceVm = named.Contains(null);
                 var configurations = ParseList(parse.GetValue(techniques)!, "--techniques", Techniques);
                 var workload = new DiskWorkload(op, requestBytes, requests, waitMode == "irq");
                 // The command line is checked as NestorOS would read it, as 'nestor bench' does.
-                NestorOSCommandLine.Check(workload.CommandLine(kinds[0], requests).Split(' '));
+                NestorOSCommandLine.Check((kinds.Count > 0 ? workload.CommandLine(kinds[0], requests) : workload.CommandLine(DiskBench.ServiceDevice, requests)).Split(' '));
+                if (serviceVm && kinds.Count == 0 && configurations.All(c => c.Options.Technique == Hypervisor.Techniques.Technique.Native))
+                {
+                    throw new BadInputException("a service VM needs a VMM, and --techniques native has none",
+                        "Add hw-nested, hw-shadow or pv to --techniques");
+                }
                 TimeSpan? limit = parse.GetValue(timeout) is { } seconds ? TypedOptions.ToTimeSpan(seconds) : null;
                 bool asJson = parse.GetValue(json);
                 var progress = asJson ? null : Console.Out;
@@ -92,7 +104,7 @@ internal static class BenchDiskCommand
                 progress?.WriteLine($"nestor bench disk: diskbench {op} {requestBytes} × {requests} on a {imageBytes:N0}-byte scratch image {image}, " +
                                     $"costed with the {costs.Name} profile");
                 var kernel = new KernelImageSource("built-in NestorOS", BuiltInGuests.NestorOS(), KernelFormat.Elf);
-                var rows = DiskBench.Run(kernel, image, workload, kinds, configurations, costs, 64UL << 20, progress, limit);
+                var rows = DiskBench.Run(kernel, image, workload, kinds, configurations, costs, 64UL << 20, progress, limit, serviceVm);
                 if (asJson)
                 {
                     WriteJson(rows, workload, costs);
@@ -209,12 +221,36 @@ internal static class BenchDiskCommand
             Console.WriteLine($"ATA PIO / virtio-blk exits per request under {TechniqueName(configuration)}: {ratio:N1} " +
                               $"({workload.RequestBytes}-byte {workload.Operation}s, from the counted exits)");
         }
+        foreach (var row in rows.Where(r => r.Steps is not null))
+        {
+            var s = row.Steps!;
+            Console.WriteLine();
+            Console.WriteLine($"Service VM under {TechniqueName(row.Configuration)}, per step (counted; modelled cycles with the {p.Name} profile, " +
+                              "docs/devices.md \"The service VM\"):");
+            Console.WriteLine($"  {"step",-28} {"count",10} {"cycles",14} {"cycles/op",12}");
+            foreach (var (step, n, cycles) in Steps(s))
+            {
+                Console.WriteLine($"  {step,-28} {n,10:N0} {cycles,14:N0} {cycles / workload.Count,12:N0}");
+            }
+            Console.WriteLine($"  grant-copy bytes {s.GrantCopyBytes:N0}, refused grants {s.RefusedGrants:N0}; the service VM's device exits are " +
+                              $"{(row.Exits == 0 ? 0 : 100.0 * s.DeviceExits / row.Exits):N1}% of the row's exits");
+        }
     }
+
+    private static IEnumerable<(string Step, long Count, double Cycles)> Steps(ServiceVmSteps s) =>
+    [
+        ("notify exit (user VM)", s.NotifyExits, s.NotifyCycles),
+        ("switch between the VMs", s.Switches, s.SwitchCycles),
+        ("service VM's device exits", s.DeviceExits, s.DeviceCycles),
+        ("event interrupt (service)", s.EventInterrupts, s.EventInterrupts * (s.InterruptCycles / Math.Max(1, s.EventInterrupts + s.CompletionInterrupts))),
+        ("completion interrupt (user)", s.CompletionInterrupts, s.CompletionInterrupts * (s.InterruptCycles / Math.Max(1, s.EventInterrupts + s.CompletionInterrupts))),
+        ("grant copy", s.GrantCopies, s.GrantCopyCycles),
+    ];
 
     /// <summary>The ATA/virtio exit ratio per configuration that has both rows and virtio exits to divide by.</summary>
     private static IEnumerable<(BenchConfiguration Configuration, double Ratio)> ExitRatios(IReadOnlyList<DiskBenchRow> rows)
     {
-        foreach (var ata in rows.Where(r => r.Interface == DiskInterface.Ata))
+        foreach (var ata in rows.Where(r => r.Interface == DiskInterface.Ata && r.Steps is null))
         {
             var virtio = rows.FirstOrDefault(r => r.Interface == DiskInterface.Virtio && r.Configuration == ata.Configuration);
             if (virtio is { Exits: > 0 })
@@ -262,6 +298,24 @@ internal static class BenchDiskCommand
             json.WriteNumber("net_wall_seconds", row.NetWall.TotalSeconds);
             json.WriteNumber("mib_per_second", row.MiBPerSecond);
             json.WriteString("result", row.Result);
+            if (row.Steps is { } steps)
+            {
+                json.WriteStartObject("service_vm_steps");
+                json.WriteNumber("notify_exits", steps.NotifyExits);
+                json.WriteNumber("switches", steps.Switches);
+                json.WriteNumber("device_exits", steps.DeviceExits);
+                json.WriteNumber("event_interrupts", steps.EventInterrupts);
+                json.WriteNumber("completion_interrupts", steps.CompletionInterrupts);
+                json.WriteNumber("grant_copies", steps.GrantCopies);
+                json.WriteNumber("grant_copy_bytes", steps.GrantCopyBytes);
+                json.WriteNumber("refused_grants", steps.RefusedGrants);
+                json.WriteNumber("notify_cycles", steps.NotifyCycles);
+                json.WriteNumber("switch_cycles", steps.SwitchCycles);
+                json.WriteNumber("device_cycles", steps.DeviceCycles);
+                json.WriteNumber("interrupt_cycles", steps.InterruptCycles);
+                json.WriteNumber("grant_copy_cycles", steps.GrantCopyCycles);
+                json.WriteEndObject();
+            }
             json.WriteEndObject();
         }
         json.WriteEndArray();

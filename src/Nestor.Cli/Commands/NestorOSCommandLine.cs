@@ -8,8 +8,9 @@ namespace Nestor.Cli.Commands;
 /// <c>parse_u64</c> (guest/user/lib.c), which takes decimal digits only, falls back to the program's default for
 /// anything else (so <c>forkwait -5</c> and <c>forkwait abc</c> would quietly run <c>forkwait 40000</c>) and wraps
 /// past 2^64; no program takes an option, so a word beginning with <c>-</c> is a mistyped option of nestor's. The line
-/// may begin with the kernel's options (<c>ata=</c>, <c>virtio=</c>, <c>ndma=</c> poll or irq, <c>virtioseg=BYTES</c>;
-/// guest/kernel/block.c, docs/guest.md), which the kernel takes off before init sees the rest.</summary>
+/// may begin with the kernel's options (<c>ata=</c>, <c>virtio=</c>, <c>ndma=</c> poll or irq, <c>virtioseg=BYTES</c>,
+/// <c>servicevm=front|back</c>, <c>blkfront=forge</c>, <c>blkback=forge</c>; guest/kernel/block.c, docs/guest.md), which the kernel takes off
+/// before init sees the rest.</summary>
 internal static class NestorOSCommandLine
 {
     /// <summary>One argument of a program: a count (with the default NestorOS uses without it) or a word from a list.</summary>
@@ -106,6 +107,22 @@ internal static class NestorOSCommandLine
         return line;
     }
 
+    /// <summary>A line of kernel options only (a service VM's, which runs no programs), checked as the kernel reads them.</summary>
+    /// <exception cref="BadInputException">A word that is not a kernel option, or a malformed one.</exception>
+    public static string CheckKernelOptions(string line)
+    {
+        var words = line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+        foreach (string word in words)
+        {
+            if (!IsKernelOption(word))
+            {
+                throw new BadInputException($"'{word}' is not a NestorOS kernel option, and the service VM runs no programs",
+                    "Give only kernel options, e.g. --service-cmdline ata=irq");
+            }
+        }
+        return string.Join(' ', words);
+    }
+
     /// <summary>A kernel option the kernel takes off the line's start; a malformed one is an error, since the kernel
     /// would pass it to init as a program name.</summary>
     private static bool IsKernelOption(string word)
@@ -126,8 +143,23 @@ internal static class NestorOSCommandLine
                 ? true
                 : throw new BadInputException($"the kernel option virtioseg= is a number of bytes, a multiple of 512, not '{value}'", "Give e.g. virtioseg=4096");
         }
+        if (key == "servicevm")
+        {
+            return value is "front" or "back" ? true : throw new BadInputException($"the kernel option servicevm= is front or back, not '{value}'",
+                "Give servicevm=front (the user VM of a pair; nestor run --service-vm adds it) or servicevm=back (the service VM)");
+        }
+        if (key == "blkback")
+        {
+            return value == "forge" ? true : throw new BadInputException($"the kernel option blkback= is forge, not '{value}'",
+                "Give blkback=forge (the back-end answers one request with a forged id) or leave it out");
+        }
+        if (key == "blkfront")
+        {
+            return value == "forge" ? true : throw new BadInputException($"the kernel option blkfront= is forge, not '{value}'",
+                "Give blkfront=forge (the front-end sends one request with a forged grant reference) or leave it out");
+        }
         throw new BadInputException($"there is no NestorOS kernel option '{key}='",
-            "The kernel's options, before the program: ata=poll|irq, virtio=poll|irq, ndma=poll|irq, virtioseg=BYTES");
+            "The kernel's options, before the program: ata=poll|irq, virtio=poll|irq, ndma=poll|irq, virtioseg=BYTES, servicevm=front|back, blkfront=forge, blkback=forge");
     }
 
     private static void CheckCommand(List<string> command)

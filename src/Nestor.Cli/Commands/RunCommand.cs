@@ -55,10 +55,24 @@ internal static class RunCommand
             Arity = ArgumentArity.ZeroOrMore,
         };
         var virtioConsole = new Option<bool>("--virtio-console") { Description = "Give the guest a virtio-console (virtio-mmio, the slot after the virtio disks) whose output goes where COM1's does" };
+        var serviceVm = new Option<bool>("--service-vm")
+        {
+            Description = "Run a second NestorOS VM, the service VM, that owns --service-disk through its ordinary driver and serves it to this VM " +
+                          "over the split driver's ring (Xen's blkback/blkfront): the service VM boots with servicevm=back, this VM's command line " +
+                          "gets servicevm=front and a block device xvda. Both run on one sim host with this VM's --technique (not native); the " +
+                          "service VM's console lines are prefixed [service] (docs/devices.md, \"The service VM\")",
+        };
+        var serviceDisk = new Option<string?>("--service-disk") { Description = "The service VM's disk: FILE[,if=ata|assigned][,ro]; if=ata (the emulated IDE disk) by default" };
+        var serviceMemory = new Option<string>("--service-memory") { Description = "The service VM's RAM", DefaultValueFactory = _ => "32M" };
+        var serviceCommandLine = new Option<string>("--service-cmdline")
+        {
+            Description = "Kernel options for the service VM, after servicevm=back: how its driver waits (ata=irq, ndma=irq), or blkback=forge (a test: one response with a forged id)",
+            DefaultValueFactory = _ => "",
+        };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
-            technique, mmu, nestedPages, disk, virtioConsole,
+            technique, mmu, nestedPages, disk, virtioConsole, serviceVm, serviceDisk, serviceMemory, serviceCommandLine,
         };
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
@@ -84,7 +98,16 @@ internal static class RunCommand
                 Console.Error.WriteLine($"  what to do: {e.Advice}");
                 return ExitStatus.BadInput;
             }
-            return Execute(options with { Caches = caches, Disks = parse.GetValue(disk) ?? [], VirtioConsole = parse.GetValue(virtioConsole) }, parse.GetValue(verbose));
+            return Execute(options with
+            {
+                Caches = caches,
+                Disks = parse.GetValue(disk) ?? [],
+                VirtioConsole = parse.GetValue(virtioConsole),
+                ServiceVm = parse.GetValue(serviceVm),
+                ServiceDisk = parse.GetValue(serviceDisk),
+                ServiceMemory = parse.GetValue(serviceMemory)!,
+                ServiceCommandLine = parse.GetValue(serviceCommandLine)!,
+            }, parse.GetValue(verbose));
         });
         return command;
     }
@@ -102,6 +125,18 @@ internal static class RunCommand
 
         /// <summary>--virtio-console.</summary>
         public bool VirtioConsole { get; init; }
+
+        /// <summary>--service-vm.</summary>
+        public bool ServiceVm { get; init; }
+
+        /// <summary>--service-disk, the service VM's disk.</summary>
+        public string? ServiceDisk { get; init; }
+
+        /// <summary>--service-memory.</summary>
+        public string ServiceMemory { get; init; } = "32M";
+
+        /// <summary>--service-cmdline: kernel options for the service VM.</summary>
+        public string ServiceCommandLine { get; init; } = "";
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -164,6 +199,7 @@ internal static class RunCommand
             };
             var simOptions = ParseSimOptions(o, engineKind);
             RefuseMultibootMisuse(o, engineKind);
+            var serviceDisk = ParseServiceVm(o, engineKind, simOptions);
             ulong memoryBytes = Size.Parse(o.Memory, "--memory");
             var source = KernelSource(o, memoryBytes);
             var disks = o.Disks.Select(Hypervisor.Devices.Storage.DiskConfig.Parse).ToList();
@@ -177,6 +213,10 @@ internal static class RunCommand
             else
             {
                 serial = o.Json ? captured : Console.OpenStandardOutput();
+            }
+            if (serviceDisk is not null)
+            {
+                return RunWithServiceVm(o, simOptions, source, memoryBytes, disks, serviceDisk, serial, captured, control, watchdog);
             }
             var config = new VmConfig
             {
@@ -253,6 +293,122 @@ internal static class RunCommand
         }
     }
 
+    /// <summary>The service VM's disk when --service-vm is given (null without it), with the combinations that cannot
+    /// work refused: either option without the other, another engine than sim, a virtio disk (the service VM's driver
+    /// is an ordinary one: ATA or the assigned controller).</summary>
+    private static Hypervisor.Devices.Storage.DiskConfig? ParseServiceVm(RunOptions o, EngineKind engine, SimOptions sim)
+    {
+        if (!o.ServiceVm)
+        {
+            if (o.ServiceCommandLine.Length > 0)
+            {
+                throw new BadInputException("--service-cmdline gives the service VM its kernel options, but there is no --service-vm",
+                    "Add --service-vm --service-disk FILE, or drop --service-cmdline");
+            }
+            return o.ServiceDisk is null ? null : throw new BadInputException(
+                "--service-disk gives the service VM its disk, but there is no --service-vm",
+                "Add --service-vm, or attach the disk to this VM itself with --disk FILE");
+        }
+        if (o.ServiceDisk is null)
+        {
+            throw new BadInputException("--service-vm needs the disk the service VM serves", "Add --service-disk FILE[,if=ata|assigned][,ro]");
+        }
+        if (engine != EngineKind.Sim)
+        {
+            throw new BadInputException($"--service-vm runs both VMs on one host of Nestor's software machine, not on --engine {o.Engine}",
+                "Drop --engine kvm (sim is the default)");
+        }
+        if (sim.Technique == Technique.Native)
+        {
+            throw new BadInputException("--service-vm needs a VMM, and --technique native has none: its VMCALL would be #UD",
+                "use --technique hw, pv, trap or bt");
+        }
+        NestorOSCommandLine.CheckKernelOptions(o.ServiceCommandLine);
+        bool interfaceGiven = o.ServiceDisk.Split(',').Skip(1).Any(part => part.StartsWith("if=", StringComparison.Ordinal));
+        var disk = Hypervisor.Devices.Storage.DiskConfig.Parse(interfaceGiven ? o.ServiceDisk : o.ServiceDisk + ",if=ata");
+        if (disk.Interface == Hypervisor.Devices.Storage.DiskInterface.Virtio)
+        {
+            throw new BadInputException($"--service-disk {o.ServiceDisk}: the service VM owns its disk through an ordinary driver, ATA or the assigned controller, not virtio",
+                "Give if=ata or if=assigned (or use --disk FILE,if=virtio without a service VM)");
+        }
+        return disk;
+    }
+
+    /// <summary><c>--service-vm</c>: the user VM (this command's kernel, options and disks, with
+    /// <c>servicevm=front</c> first on its command line) and the service VM (the same kernel with
+    /// <c>servicevm=back</c> and the service disk) on one host, run by <see cref="Hypervisor.ServiceVm.ServiceVmHost"/>.
+    /// The user VM's console goes where it always does; the service VM's lines go there too, each prefixed
+    /// <c>[service] </c>.</summary>
+    private static int RunWithServiceVm(RunOptions o, SimOptions simOptions, KernelImageSource source, ulong memoryBytes,
+        List<Hypervisor.Devices.Storage.DiskConfig> disks, Hypervisor.Devices.Storage.DiskConfig serviceDisk, Stream serial,
+        MemoryStream captured, RunControl control, RunWatchdog? watchdog)
+    {
+        ulong serviceBytes = Size.Parse(o.ServiceMemory, "--service-memory");
+        var timeout = o.Timeout is { } s ? TypedOptions.ToTimeSpan(s) : (TimeSpan?)null;
+        using var serviceSerial = new LinePrefixStream(serial, "[service] ");
+        using var host = Hypervisor.Host.ForGuestMemory(memoryBytes + serviceBytes);
+        using var user = Vm.Create(new VmConfig
+        {
+            Engine = EngineKind.Sim,
+            Sim = simOptions,
+            Kernel = source,
+            MemoryBytes = memoryBytes,
+            CommandLine = o.CommandLine.Length == 0 ? "servicevm=front" : "servicevm=front " + o.CommandLine,
+            Timeout = timeout,
+            Force = o.Force,
+            SerialOutput = serial,
+            Diagnostics = Console.Error,
+            Multiboot = o.Multiboot,
+            Disks = disks,
+            VirtioConsole = o.VirtioConsole,
+        }, host);
+        using var service = Vm.Create(new VmConfig
+        {
+            Engine = EngineKind.Sim,
+            Sim = simOptions,
+            Kernel = source,
+            MemoryBytes = serviceBytes,
+            CommandLine = ("servicevm=back " + NestorOSCommandLine.CheckKernelOptions(o.ServiceCommandLine)).TrimEnd(),
+            Force = o.Force,
+            SerialOutput = serviceSerial,
+            Diagnostics = Console.Error,
+            Multiboot = o.Multiboot,
+            Disks = [serviceDisk],
+        }, host);
+        using var pair = new Hypervisor.ServiceVm.ServiceVmHost(user, service, simOptions);
+        using var names = new SimEngine(simOptions);   // names the engine in the report; runs nothing
+        watchdog?.Running(control);
+        var clock = Stopwatch.StartNew();
+        var run = pair.Run(control);
+        clock.Stop();
+        user.Serial.Flush();
+        service.Serial.Flush();
+        serviceSerial.Finish();
+        int status = ExitStatus.For(run.Outcome);
+        var report = new RunReport(user, names, new RunResult(run.Outcome, run.Counters), clock.Elapsed, status, captured);
+        if (o.Json)
+        {
+            report.WriteJson(Console.Out, includeState: o.DumpState == "-");
+        }
+        else
+        {
+            report.WriteOutcome(Console.Error);
+            if (o.Stats)
+            {
+                report.WriteStatistics(Console.Out);
+                var serviceReport = new RunReport(service, names, new RunResult(run.ServiceOutcome ?? run.Outcome, []), clock.Elapsed, status, captured);
+                Console.Out.WriteLine();
+                Console.Out.WriteLine("Service VM (domain 0): its own exits and disk, in the same run:");
+                serviceReport.WriteStatistics(Console.Out, withRunLine: false);
+            }
+        }
+        if (o.DumpState is { } path && !(o.Json && path == "-") && run.Outcome.FinalState is { } state)
+        {
+            WriteState(path, state);
+        }
+        return status;
+    }
+
     /// <summary>--multiboot loads a kernel file on the software machine; the advice names only what was given.</summary>
     private static void RefuseMultibootMisuse(RunOptions o, EngineKind engine)
     {
@@ -275,7 +431,7 @@ internal static class RunCommand
     /// <summary><c>--qemu</c>: the same kernel on the reference machine (QEMU TCG), for comparison with Nestor.</summary>
     private static int RunOnQemu(RunOptions o)
     {
-        string[] given = [.. new[] { (o.Flat, "--flat"), (o.Stats, "--stats"), (o.Json, "--json"), (o.DumpState is not null, "--dump-state"), (o.Disks.Count > 0, "--disk") }
+        string[] given = [.. new[] { (o.Flat, "--flat"), (o.Stats, "--stats"), (o.Json, "--json"), (o.DumpState is not null, "--dump-state"), (o.Disks.Count > 0, "--disk"), (o.ServiceVm, "--service-vm") }
             .Where(g => g.Item1).Select(g => g.Item2)];
         if (given.Length > 0)
         {

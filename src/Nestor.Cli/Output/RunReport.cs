@@ -37,12 +37,16 @@ internal sealed class RunReport(Vm vm, IEngine engine, RunResult run, TimeSpan w
         }
     }
 
-    /// <summary>Exit tables and engine counters.</summary>
-    public void WriteStatistics(TextWriter o)
+    /// <summary>Exit tables and engine counters; <paramref name="withRunLine"/> false leaves out the line that says
+    /// how the run ended (a service VM's report, whose run is the user VM's).</summary>
+    public void WriteStatistics(TextWriter o, bool withRunLine = true)
     {
         var exits = vm.Exits;
-        o.WriteLine();
-        o.WriteLine($"Run: {Describe()} after {Milliseconds(wall)} ms wall time (exit status {exitStatus})");
+        if (withRunLine)
+        {
+            o.WriteLine();
+            o.WriteLine($"Run: {Describe()} after {Milliseconds(wall)} ms wall time (exit status {exitStatus})");
+        }
         o.WriteLine();
         o.WriteLine($"VM exits handled by Nestor ({engine.Name} engine):");
         o.WriteLine($"  {"reason",-16} {"count",10} {"handling time",15} {"per exit",12}");

@@ -10,7 +10,15 @@ namespace Nestor.Hypervisor.ServiceVm;
 /// <param name="Outcome">How the user VM's run ended (or why the pair stopped).</param>
 /// <param name="ServiceOutcome">How the service VM's last turn ended.</param>
 /// <param name="Counters">The per-step counts (<c>service_vm_*</c>), for the run report.</param>
-public sealed record ServiceVmRun(VmOutcome Outcome, VmOutcome? ServiceOutcome, IReadOnlyList<EngineCounter> Counters);
+public sealed record ServiceVmRun(VmOutcome Outcome, VmOutcome? ServiceOutcome, IReadOnlyList<EngineCounter> Counters)
+{
+    /// <summary>The software machine's counts of each of the user VM's turns (a turn's counts are its own: each turn
+    /// is one engine run), for a cost model to price; its cost is the sum of theirs.</summary>
+    public IReadOnlyList<CostModel.MachineEvents> UserTurnEvents { get; init; } = [];
+
+    /// <summary>The same for the service VM's turns.</summary>
+    public IReadOnlyList<CostModel.MachineEvents> ServiceTurnEvents { get; init; } = [];
+}
 
 /// <summary>Runs a user VM and its service VM on one software-machine <see cref="Host"/>: Xen's driver domain
 /// (dom0's blkback serving a domU's blkfront), Hyper-V's VSP and VSC. The service VM owns the disk through its
@@ -34,6 +42,7 @@ public sealed class ServiceVmHost : IDisposable
     private long userTicks, serviceTicks;
     private long userInstructions, serviceInstructions;
     private RunControl? turn;
+    private readonly List<CostModel.MachineEvents> userEvents = [], serviceEvents = [];
 
     /// <param name="user">The user VM (no disk; the front-end).</param>
     /// <param name="service">The service VM (owns the disk; the back-end), on the same host.</param>
@@ -172,6 +181,10 @@ public sealed class ServiceVmHost : IDisposable
         turn = null;
         long ticks = Stopwatch.GetTimestamp() - start;
         long instructions = (long)(result.Counters.FirstOrDefault(c => c.Name == "instructions_retired")?.Value ?? 0);
+        if (result.Events is { } events)
+        {
+            (vm == User ? userEvents : serviceEvents).Add(events);
+        }
         if (vm == User)
         {
             userTurns++;
@@ -187,7 +200,8 @@ public sealed class ServiceVmHost : IDisposable
         return result;
     }
 
-    private ServiceVmRun Finish(VmOutcome outcome, VmOutcome? serviceOutcome) => new(outcome, serviceOutcome, Counters());
+    private ServiceVmRun Finish(VmOutcome outcome, VmOutcome? serviceOutcome) =>
+        new(outcome, serviceOutcome, Counters()) { UserTurnEvents = [.. userEvents], ServiceTurnEvents = [.. serviceEvents] };
 
     /// <summary>The per-step counters: the notify exits of the user VM, the switches, the service VM's own device
     /// I/O exits (port and MMIO: its driver's), its completion notifies and the completion interrupts the user VM took,

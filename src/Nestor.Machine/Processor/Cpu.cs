@@ -165,6 +165,10 @@ public sealed unsafe partial class Cpu
                 {
                     // The VMM emulated an instruction that stops the CPU (HLT, a debug-exit OUT).
                     pendingStop = null;
+                    if (emulated == StopReason.Halted && platform.StopRequested)
+                    {
+                        return StopReason.PlatformStop; // a stop asked for is taken at the halt, not after idling
+                    }
                     if (!(emulated == StopReason.Halted && IdleUntilTimer()))
                     {
                         return emulated;
@@ -247,6 +251,12 @@ public sealed unsafe partial class Cpu
             }
             if (stop is { } s)
             {
+                if (s == StopReason.Halted && platform.StopRequested)
+                {
+                    // A stop asked for (a service VM's notify, a timeout) is taken at the halt, as at a port write,
+                    // rather than after idling from timer tick to timer tick to the end of the slice.
+                    return StopReason.PlatformStop;
+                }
                 if (s == StopReason.Halted && IdleUntilTimer())
                 {
                     continue;
