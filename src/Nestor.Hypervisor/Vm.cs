@@ -41,6 +41,7 @@ public sealed class Vm : IDisposable
             InitialState = LongModeSetup.Prepare(memory, Kernel.Entry, bootInformation, noExecuteSupported: true);
         }
         Vcpus = [new Vcpu(0, CpuStateConversion.ToCpuState(InitialState))];
+        PcPlatform = Devices.Platform.PcPlatform.Attach(this);
         Dma = new GuestDma(memory);
         openedDisks = Devices.Storage.DiskAttachment.AttachAll(this);
         Devices.Virtio.Console.VirtioConsole.AttachIfConfigured(this);
@@ -88,6 +89,10 @@ public sealed class Vm : IDisposable
 
     /// <summary>The platform's interrupt lines (GSIs), which devices raise and lower.</summary>
     public InterruptController Interrupts { get; }
+
+    /// <summary>The standard PC devices: fw_cfg, PCI configuration space, the PIT, the ACPI PM timer, the HPET
+    /// (and the ACPI tables of a Multiboot boot).</summary>
+    public Devices.Platform.PcPlatform PcPlatform { get; }
 
     /// <summary>COM1.</summary>
     public Uart16550 Serial { get; }
