@@ -205,7 +205,8 @@ public sealed class Pit8254 : IPortDevice, ISnapshottable, ITimedDevice
             NullCount = false;
             // The count is loaded on the next input clock; modes 1 and 5 wait for a gate trigger.
             Start = Mode is 1 or 5 ? -1 : now + 1;
-            FrozenCount = -1;
+            // Modes 0 and 4 count only while the gate is high: a count written under a low gate waits, loaded.
+            FrozenCount = !Gate && Mode is 0 or 4 ? Reload & 0xFFFF : -1;
             Delivered = now;
         }
 
@@ -228,7 +229,7 @@ public sealed class Pit8254 : IPortDevice, ISnapshottable, ITimedDevice
                 }
                 else if (FrozenCount >= 0)
                 {
-                    Start = now + 1 - (Reload - FrozenCount); // resume where it paused
+                    Start = now + 1 - (Reload - (FrozenCount == 0 && Reload == 0x10000 ? 0x10000 : FrozenCount)); // resume where it paused
                     FrozenCount = -1;
                 }
             }
