@@ -22,11 +22,12 @@ public class HpetTests
         clock.Attach(() => cycles);
         var sink = new RecordingSink();
         var hpet = new Hpet(clock, new InterruptController(sink));
-        return (hpet, sink, ns =>
+        void At(long ns)
         {
             cycles = ns;
             hpet.Advance(clock.Nanoseconds);
-        });
+        }
+        return (hpet, sink, At);
     }
 
     [Fact]
