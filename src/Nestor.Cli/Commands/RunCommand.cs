@@ -172,13 +172,13 @@ internal static class RunCommand
             };
             var simOptions = ParseSimOptions(o, engineKind);
             RefuseMultibootMisuse(o, engineKind);
-            ulong memoryBytes = Size.Parse(o.Memory, "--memory");
-            var source = KernelSource(o, memoryBytes);
-            var disks = o.Disks.Select(Hypervisor.Devices.Storage.DiskConfig.Parse).ToList();
             if (o.Modules.Count > 0 && !o.Multiboot)
             {
                 throw new BadInputException("--module gives a Multiboot kernel its modules", "Add --multiboot, or drop --module");
             }
+            ulong memoryBytes = Size.Parse(o.Memory, "--memory");
+            var source = KernelSource(o, memoryBytes);
+            var disks = o.Disks.Select(Hypervisor.Devices.Storage.DiskConfig.Parse).ToList();
             var modules = o.Modules.Select(m => Hypervisor.Boot.MultibootModule.FromOption(m, memoryBytes)).ToList();
             var captured = new MemoryStream();
             Stream serial;
@@ -358,7 +358,8 @@ internal static class RunCommand
         {
             throw new BadInputException($"'{o.Kernel}' is not an option of 'nestor run'", "Run 'nestor run --help' for the options");
         }
-        return KernelImageSource.FromFile(o.Kernel, o.Flat ? KernelFormat.Flat : KernelFormat.Elf, load, memoryBytes);
+        // A Multiboot kernel need not be ELF (the a.out kludge loads any file): its loader checks the file itself.
+        return KernelImageSource.FromFile(o.Kernel, o.Flat || o.Multiboot ? KernelFormat.Flat : KernelFormat.Elf, load, memoryBytes);
     }
 
     /// <summary>Refuses up front a guest whose code needs something the host KVM's probes show it cannot do, rather
