@@ -31,7 +31,8 @@ public sealed class Vm : IDisposable
         Interrupts = new InterruptController(IoApic);
         if (config.Multiboot)
         {
-            (Kernel, InitialState) = MultibootLoader.Load(config.Kernel, memory, config.CommandLine);
+            var boot = MultibootLoader.Load(config.Kernel, memory, config.CommandLine, config.Modules, config.Diagnostics);
+            (Kernel, InitialState, MultibootInformation) = (boot.Kernel, boot.State, boot.Information);
         }
         else
         {
@@ -40,6 +41,7 @@ public sealed class Vm : IDisposable
             InitialState = LongModeSetup.Prepare(memory, Kernel.Entry, bootInformation, noExecuteSupported: true);
         }
         Vcpus = [new Vcpu(0, CpuStateConversion.ToCpuState(InitialState))];
+        PcPlatform = Devices.Platform.PcPlatform.Attach(this);
         Dma = new GuestDma(memory);
         openedDisks = Devices.Storage.DiskAttachment.AttachAll(this);
         Devices.Virtio.Console.VirtioConsole.AttachIfConfigured(this);
@@ -88,11 +90,18 @@ public sealed class Vm : IDisposable
     /// <summary>The platform's interrupt lines (GSIs), which devices raise and lower.</summary>
     public InterruptController Interrupts { get; }
 
+    /// <summary>The standard PC devices: fw_cfg, PCI configuration space, the PIT, the ACPI PM timer, the HPET
+    /// (and the ACPI tables of a Multiboot boot).</summary>
+    public Devices.Platform.PcPlatform PcPlatform { get; }
+
     /// <summary>COM1.</summary>
     public Uart16550 Serial { get; }
 
     /// <summary>The kernel as loaded.</summary>
     public LoadedKernel Kernel { get; }
+
+    /// <summary>Where the Multiboot information structure lies when the kernel was booted by Multiboot, else null.</summary>
+    public Nestor.Machine.Addresses.GuestPhysical? MultibootInformation { get; }
 
     /// <summary>The vCPU state at the kernel's first instruction.</summary>
     public VcpuState InitialState { get; }

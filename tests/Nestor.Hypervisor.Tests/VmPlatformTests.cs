@@ -62,14 +62,14 @@ public class VmPlatformTests
     {
         using var vm = NewVm();
         var device = new RecordingMmio();
-        vm.Bus.Claim(device, 0xFED0_0000, 0x1000);
+        vm.Bus.Claim(device, 0xFE00_0000, 0x1000);
         var platform = new VmPlatform(vm, new RunControl(), new SoftwareCpuidModel(false));
-        platform.MmioAccess(0xFED0_0010, isWrite: true, new byte[] { 0x11, 0x22, 0x33, 0x44 }, Stopwatch.GetTimestamp());
-        Assert.Equal((0xFED0_0010UL, 4, 0x4433_2211UL), device.LastWrite);
+        platform.MmioAccess(0xFE00_0010, isWrite: true, new byte[] { 0x11, 0x22, 0x33, 0x44 }, Stopwatch.GetTimestamp());
+        Assert.Equal((0xFE00_0010UL, 4, 0x4433_2211UL), device.LastWrite);
         byte[] read = new byte[2];
-        platform.MmioAccess(0xFED0_0020, isWrite: false, read, Stopwatch.GetTimestamp());
+        platform.MmioAccess(0xFE00_0020, isWrite: false, read, Stopwatch.GetTimestamp());
         Assert.Equal(new byte[] { 0x20, 0x00 }, read); // the device returns the offset
-        Assert.Equal(0x30UL, platform.MmioRead(0xFED0_0030, 8));
+        Assert.Equal(0x30UL, platform.MmioRead(0xFE00_0030, 8));
         Assert.Equal(1, vm.Exits.Count(VmExitReason.MmioWrite));
         Assert.Equal(2, vm.Exits.Count(VmExitReason.MmioRead));
     }

@@ -54,6 +54,11 @@ internal static class RunCommand
                           "May be given several times (docs/devices.md)",
             Arity = ArgumentArity.ZeroOrMore,
         };
+        var module = new Option<string[]>("--module")
+        {
+            Description = "With --multiboot: load FILE as a Multiboot module, listed in the information structure with the module's command line; may be given several times (QEMU's -initrd a,b)",
+            Arity = ArgumentArity.ZeroOrMore,
+        };
         var virtioConsole = new Option<bool>("--virtio-console") { Description = "Give the guest a virtio-console (virtio-mmio, the slot after the virtio disks) whose output goes where COM1's does" };
         var serviceVm = new Option<bool>("--service-vm")
         {
@@ -72,7 +77,7 @@ internal static class RunCommand
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
-            technique, mmu, nestedPages, disk, virtioConsole, serviceVm, serviceDisk, serviceMemory, serviceCommandLine,
+            technique, mmu, nestedPages, disk, virtioConsole, serviceVm, serviceDisk, serviceMemory, serviceCommandLine, module,
         };
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
@@ -107,6 +112,7 @@ internal static class RunCommand
                 ServiceDisk = parse.GetValue(serviceDisk),
                 ServiceMemory = parse.GetValue(serviceMemory)!,
                 ServiceCommandLine = parse.GetValue(serviceCommandLine)!,
+                Modules = parse.GetValue(module) ?? [],
             }, parse.GetValue(verbose));
         });
         return command;
@@ -137,6 +143,9 @@ internal static class RunCommand
 
         /// <summary>--service-cmdline: kernel options for the service VM.</summary>
         public string ServiceCommandLine { get; init; } = "";
+
+        /// <summary>The --module values (FILE[,cmdline]), in order.</summary>
+        public IReadOnlyList<string> Modules { get; init; } = [];
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -200,9 +209,14 @@ internal static class RunCommand
             var simOptions = ParseSimOptions(o, engineKind);
             RefuseMultibootMisuse(o, engineKind);
             var serviceDisk = ParseServiceVm(o, engineKind, simOptions);
+            if (o.Modules.Count > 0 && !o.Multiboot)
+            {
+                throw new BadInputException("--module gives a Multiboot kernel its modules", "Add --multiboot, or drop --module");
+            }
             ulong memoryBytes = Size.Parse(o.Memory, "--memory");
             var source = KernelSource(o, memoryBytes);
             var disks = o.Disks.Select(Hypervisor.Devices.Storage.DiskConfig.Parse).ToList();
+            var modules = o.Modules.Select(m => Hypervisor.Boot.MultibootModule.FromOption(m, memoryBytes)).ToList();
             var captured = new MemoryStream();
             Stream serial;
             if (o.SerialLog is not null)
@@ -231,6 +245,7 @@ internal static class RunCommand
                 Diagnostics = Console.Error,
                 KvmDevicePath = o.KvmDevice,
                 Multiboot = o.Multiboot,
+                Modules = modules,
                 Disks = disks,
                 VirtioConsole = o.VirtioConsole,
             };
@@ -500,7 +515,8 @@ internal static class RunCommand
         {
             throw new BadInputException($"'{o.Kernel}' is not an option of 'nestor run'", "Run 'nestor run --help' for the options");
         }
-        return KernelImageSource.FromFile(o.Kernel, o.Flat ? KernelFormat.Flat : KernelFormat.Elf, load, memoryBytes);
+        // A Multiboot kernel need not be ELF (the a.out kludge loads any file): its loader checks the file itself.
+        return KernelImageSource.FromFile(o.Kernel, o.Flat || o.Multiboot ? KernelFormat.Flat : KernelFormat.Elf, load, memoryBytes);
     }
 
     /// <summary>Refuses up front a guest whose code needs something the host KVM's probes show it cannot do, rather

@@ -79,12 +79,14 @@ public sealed class KvmEngine(bool interruptController = false) : IEngine
             platform.ReportInstructionPointer(() => vcpu.GetRegisters().Rip, isNext: true);
             vcpu.BindToCurrentThread();
             control.OnStop(vcpu.Kick);
+            vm.PcPlatform.Clock.AttachHost(); // the platform timers count in host time, as KVM's TSC does
             try
             {
                 outcome = RunLoop(vm, vcpu, platform);
             }
             finally
             {
+                vm.PcPlatform.Clock.Detach();
                 control.ClearStop();
                 platform.EndRun();
                 SaveBack(vm, vcpu);

@@ -211,6 +211,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         };
         // The accessing instruction's own address (RIP is already past it while it executes).
         platform.ReportInstructionPointer(() => machine.InstructionAddress, isNext: false);
+        vm.PcPlatform.Clock.Attach(() => machine.Clock); // the platform timers count in the guest's cycles (its TSC)
         var clock = Stopwatch.StartNew();
         try
         {
@@ -227,6 +228,12 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                             $"stopped after {cpu.Counters.InstructionsRetired:N0} instructions, as asked", Capture(cpu));
                     }
                 }
+                // A slice ends by the next platform timer interrupt (one cycle is a nanosecond: PlatformClock).
+                long timer = vm.PcPlatform.NextTimerEvent;
+                if (timer != long.MaxValue)
+                {
+                    budget = Math.Clamp(timer - vm.PcPlatform.Clock.Nanoseconds + 1, 1, budget);
+                }
                 try
                 {
                     stop = cpu.Run(budget);
@@ -237,6 +244,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                     return new VmOutcome(VmOutcomeKind.EmulationFailure,
                         $"the guest needs what the software machine does not model, at rip=0x{cpu.Rip:x}: {e.Message}", Capture(cpu));
                 }
+                vm.PcPlatform.AdvanceTimers();
                 switch (stop)
                 {
                     case StopReason.VmmStop:
@@ -263,6 +271,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         }
         finally
         {
+            vm.PcPlatform.Clock.Detach();
             vm.Dma.BeforeWrite = null;
             vm.Dma.Written = null;
             clock.Stop();

@@ -1,0 +1,114 @@
+using System.Buffers.Binary;
+using Nestor.Hypervisor.Boot;
+using Nestor.Hypervisor.Devices.Platform.Acpi;
+using Nestor.Hypervisor.Devices.Platform.Pci;
+using Nestor.Hypervisor.Devices.Platform.Timers;
+
+namespace Nestor.Hypervisor.Devices.Platform;
+
+/// <summary>The standard PC devices every Nestor VM has beside COM1, the debug exit and the interrupt controllers
+/// (docs/boot-protocol.md, "Guest-visible platform"): fw_cfg, PCI configuration mechanism #1 with the 440FX host
+/// bridge at 00:00.0, the 8254 PIT with port 0x61, the ACPI PM registers and timer, and the HPET, all on the VM's one
+/// bus so both engines see them, counting in <see cref="Clock"/>. A kernel booted the PC way (Multiboot) also finds
+/// the ACPI tables (<see cref="AcpiTables"/>) in the BIOS area.</summary>
+public sealed class PcPlatform
+{
+    private readonly ITimedDevice[] timed;
+
+    private PcPlatform(Vm vm)
+    {
+        Clock = new PlatformClock();
+        int cpus = vm.Vcpus.Count;
+        FirmwareConfig = new FirmwareConfig(vm.Config.MemoryBytes, cpus, vm.Config.CommandLine);
+        FirmwareConfig.AddFile("etc/e820", E820(vm.Config.MemoryBytes));
+        Pci = new PciBus();
+        HostBridge = new I440fxHostBridge();
+        Pci.Add(0, 0, HostBridge);
+        Pit = new Pit8254(Clock, vm.Interrupts[Pit8254.Gsi]);
+        PowerManagement = new AcpiPowerManagement(Clock);
+        Hpet = new Hpet(Clock, vm.Interrupts);
+        timed = [Pit, Hpet];
+    }
+
+    /// <summary>Builds the devices and claims their ports and MMIO on <paramref name="vm"/>'s bus; writes the ACPI
+    /// tables when the kernel was booted by Multiboot (under the Nestor boot protocol that range is the kernel's RAM).</summary>
+    internal static PcPlatform Attach(Vm vm)
+    {
+        var platform = new PcPlatform(vm);
+        var bus = vm.Bus;
+        bus.Claim(platform.FirmwareConfig, FirmwareConfig.SelectorPort, 2);
+        bus.Claim(platform.Pci, PciBus.AddressPort, 8);
+        bus.Claim(platform.Pit, Pit8254.FirstPort, 4);
+        bus.Claim(platform.Pit, Pit8254.SystemControlPort, 1);
+        bus.Claim(platform.PowerManagement, AcpiPowerManagement.Base, AcpiPowerManagement.PortCount);
+        bus.Claim(platform.Hpet, Hpet.BaseAddress, Hpet.Length);
+        foreach (Persistence.ISnapshottable part in (Persistence.ISnapshottable[])[platform.Clock, platform.FirmwareConfig, platform.Pci,
+            platform.HostBridge, platform.Pit, platform.PowerManagement, platform.Hpet])
+        {
+            vm.AttachDevice(part);
+        }
+        if (vm.MultibootInformation is not null)
+        {
+            platform.Acpi = AcpiTables.Write(vm.Memory, vm.Vcpus.Count, ioApicId: 0);
+        }
+        return platform;
+    }
+
+    /// <summary>The virtual time the timers count in.</summary>
+    public PlatformClock Clock { get; }
+
+    public FirmwareConfig FirmwareConfig { get; }
+
+    public PciBus Pci { get; }
+
+    public I440fxHostBridge HostBridge { get; }
+
+    public Pit8254 Pit { get; }
+
+    public AcpiPowerManagement PowerManagement { get; }
+
+    public Hpet Hpet { get; }
+
+    /// <summary>Where the ACPI tables are, or null when there are none (the Nestor boot protocol).</summary>
+    public AcpiTableAddresses? Acpi { get; private set; }
+
+    /// <summary>The virtual time (ns) of the next timer interrupt, or <see cref="long.MaxValue"/>.</summary>
+    public long NextTimerEvent
+    {
+        get
+        {
+            long next = long.MaxValue;
+            foreach (var device in timed)
+            {
+                next = Math.Min(next, device.NextEvent);
+            }
+            return next;
+        }
+    }
+
+    /// <summary>Delivers the timer interrupts due by now; the engine calls it between slices of guest execution.</summary>
+    public void AdvanceTimers()
+    {
+        long now = Clock.Nanoseconds;
+        foreach (var device in timed)
+        {
+            device.Advance(now);
+        }
+    }
+
+    /// <summary>QEMU's <c>etc/e820</c> fw_cfg file: the firmware memory map as 20-byte little-endian entries
+    /// (u64 address, u64 length, u32 type).</summary>
+    private static byte[] E820(ulong memoryBytes)
+    {
+        var map = FirmwareMemoryMap.Build(memoryBytes);
+        var file = new byte[20 * map.Count];
+        for (int i = 0; i < map.Count; i++)
+        {
+            var e = file.AsSpan(20 * i);
+            BinaryPrimitives.WriteUInt64LittleEndian(e, map[i].Start);
+            BinaryPrimitives.WriteUInt64LittleEndian(e[8..], map[i].Length);
+            BinaryPrimitives.WriteUInt32LittleEndian(e[16..], map[i].Type);
+        }
+        return file;
+    }
+}
