@@ -48,6 +48,9 @@ public sealed unsafe partial class Cpu
     public ref ulong SyscallFlagMask => ref state.SyscallFlagMask;
     public ref ulong TscAux => ref state.TscAux;
     public ref ulong ApicBase => ref state.ApicBase;
+    public ref ulong SysenterCs => ref state.SysenterCs;
+    public ref ulong SysenterEsp => ref state.SysenterEsp;
+    public ref ulong SysenterEip => ref state.SysenterEip;
 
     private const ulong Rflags_Reserved = 0x2;
     private const int Rax = 0, Rcx = 1, Rdx = 2, Rbx = 3, Rsp = 4, Rbp = 5, Rsi = 6, Rdi = 7;
