@@ -31,7 +31,8 @@ public sealed class Vm : IDisposable
         Interrupts = new InterruptController(IoApic);
         if (config.Multiboot)
         {
-            (Kernel, InitialState) = MultibootLoader.Load(config.Kernel, memory, config.CommandLine);
+            var boot = MultibootLoader.Load(config.Kernel, memory, config.CommandLine, config.Modules, config.Diagnostics);
+            (Kernel, InitialState, MultibootInformation) = (boot.Kernel, boot.State, boot.Information);
         }
         else
         {
@@ -93,6 +94,9 @@ public sealed class Vm : IDisposable
 
     /// <summary>The kernel as loaded.</summary>
     public LoadedKernel Kernel { get; }
+
+    /// <summary>Where the Multiboot information structure lies when the kernel was booted by Multiboot, else null.</summary>
+    public Nestor.Machine.Addresses.GuestPhysical? MultibootInformation { get; }
 
     /// <summary>The vCPU state at the kernel's first instruction.</summary>
     public VcpuState InitialState { get; }

@@ -54,11 +54,16 @@ internal static class RunCommand
                           "May be given several times (docs/devices.md)",
             Arity = ArgumentArity.ZeroOrMore,
         };
+        var module = new Option<string[]>("--module")
+        {
+            Description = "With --multiboot: load FILE as a Multiboot module, listed in the information structure with the module's command line; may be given several times (QEMU's -initrd a,b)",
+            Arity = ArgumentArity.ZeroOrMore,
+        };
         var virtioConsole = new Option<bool>("--virtio-console") { Description = "Give the guest a virtio-console (virtio-mmio, the slot after the virtio disks) whose output goes where COM1's does" };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
-            technique, mmu, nestedPages, disk, virtioConsole,
+            technique, mmu, nestedPages, disk, virtioConsole, module,
         };
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
@@ -84,7 +89,7 @@ internal static class RunCommand
                 Console.Error.WriteLine($"  what to do: {e.Advice}");
                 return ExitStatus.BadInput;
             }
-            return Execute(options with { Caches = caches, Disks = parse.GetValue(disk) ?? [], VirtioConsole = parse.GetValue(virtioConsole) }, parse.GetValue(verbose));
+            return Execute(options with { Caches = caches, Disks = parse.GetValue(disk) ?? [], VirtioConsole = parse.GetValue(virtioConsole), Modules = parse.GetValue(module) ?? [] }, parse.GetValue(verbose));
         });
         return command;
     }
@@ -102,6 +107,9 @@ internal static class RunCommand
 
         /// <summary>--virtio-console.</summary>
         public bool VirtioConsole { get; init; }
+
+        /// <summary>The --module values (FILE[,cmdline]), in order.</summary>
+        public IReadOnlyList<string> Modules { get; init; } = [];
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -167,6 +175,11 @@ internal static class RunCommand
             ulong memoryBytes = Size.Parse(o.Memory, "--memory");
             var source = KernelSource(o, memoryBytes);
             var disks = o.Disks.Select(Hypervisor.Devices.Storage.DiskConfig.Parse).ToList();
+            if (o.Modules.Count > 0 && !o.Multiboot)
+            {
+                throw new BadInputException("--module gives a Multiboot kernel its modules", "Add --multiboot, or drop --module");
+            }
+            var modules = o.Modules.Select(m => Hypervisor.Boot.MultibootModule.FromOption(m, memoryBytes)).ToList();
             var captured = new MemoryStream();
             Stream serial;
             if (o.SerialLog is not null)
@@ -191,6 +204,7 @@ internal static class RunCommand
                 Diagnostics = Console.Error,
                 KvmDevicePath = o.KvmDevice,
                 Multiboot = o.Multiboot,
+                Modules = modules,
                 Disks = disks,
                 VirtioConsole = o.VirtioConsole,
             };

@@ -193,6 +193,9 @@ public sealed class VmConfig
     /// <summary>Boot by Multiboot v1 (32-bit entry) instead of the Nestor boot protocol; the software machine only.</summary>
     public bool Multiboot { get; init; }
 
+    /// <summary>Multiboot modules (<c>--module FILE[,cmdline]</c>), in the order given; only with <see cref="Multiboot"/>.</summary>
+    public IReadOnlyList<Boot.MultibootModule> Modules { get; init; } = [];
+
     /// <summary>Wall-clock limit for the run, or null for none.</summary>
     public TimeSpan? Timeout { get; init; }
 
