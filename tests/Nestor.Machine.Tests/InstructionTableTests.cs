@@ -170,6 +170,10 @@ public sealed partial class InstructionTableTests
         [Mnemonic.Invd] = a => a.invd(),
         [Mnemonic.Clts] = a => a.clts(),
         [Mnemonic.Sysretq] = a => a.sysretq(),
+        [Mnemonic.Sysret] = a => a.sysret(),
+        [Mnemonic.Sysexit] = a => a.sysexit(),
+        [Mnemonic.Sysexitq] = a => a.sysexitq(),
+        [Mnemonic.Rdpmc] = a => { a.xor(ecx, ecx); a.rdpmc(); },
         [Mnemonic.Pushf] = a => a.pushf(),
         [Mnemonic.Pushfq] = a => a.pushfq(),
         [Mnemonic.Popf] = a => { a.pushf(); a.popf(); },
@@ -247,7 +251,8 @@ public sealed partial class InstructionTableTests
     [Fact]
     public void The_same_probes_run_on_bare_metal_at_cpl_0_without_a_trap()
     {
-        foreach (var (mnemonic, probe) in Probes.Where(p => p.Key is not (Mnemonic.Hlt or Mnemonic.Sysretq or Mnemonic.Ltr)))
+        foreach (var (mnemonic, probe) in Probes.Where(p => p.Key is not (Mnemonic.Hlt or Mnemonic.Sysretq or Mnemonic.Sysret or Mnemonic.Ltr or
+                                                                    Mnemonic.Sysexit or Mnemonic.Sysexitq or Mnemonic.Rdpmc)))
         {
             var m = new TestMachine(probe, exit: false);
             var counter = new Assembler(64);

@@ -425,7 +425,8 @@ public sealed partial class Cpu
     private StopReason? SystemExit(bool to64)
     {
         ushort selector = (ushort)(SysenterCs & 0xFFFC);
-        if (selector == 0 || PrivilegeLevel != 0)
+        RequirePrivilege0();
+        if (selector == 0)
         {
             throw GuestFault.GeneralProtection();
         }

@@ -451,6 +451,10 @@ public sealed unsafe partial class Cpu
 
     private ref DecodedInstruction FetchSlow(ulong rip)
     {
+        if ((ulong)((long)(rip << 16) >> 16) != rip)
+        {
+            throw GuestFault.GeneralProtection(); // a non-canonical RIP (SDM Vol. 3A §6.15, #GP)
+        }
         if (Mmu.Translate(rip, AccessKind.Execute, PrivilegeLevel == 3, false, out ulong physical) is { } error)
         {
             throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, rip);
@@ -716,6 +720,12 @@ public sealed unsafe partial class Cpu
         if (writeOverride && kind == AccessKind.Write && (linear >> 12) == writeOverrideLinearPage)
         {
             return writeOverrideHostPage | (linear & 0xFFF);
+        }
+        if ((ulong)((long)(linear << 16) >> 16) != linear)
+        {
+            // A non-canonical linear address is #GP(0) (SDM Vol. 3A §3.3.7.1; #SS for stack references, which the
+            // model does not tell apart). Only the slow path gets here: the fast paths hold canonical pages only.
+            throw GuestFault.GeneralProtection();
         }
         bool user = PrivilegeLevel == 3;
         if (Mmu.Translate(linear, kind, user, (rflags & FlagBits.AlignmentCheck) != 0, out ulong physical) is { } error)
