@@ -194,4 +194,40 @@ public class LocalApicModelTests
         Assert.Equal(0UL, m.Cpu.Registers[12]);
         Assert.Equal(1, m.Cpu.Apic.TimerInterrupts);
     }
+
+    [Fact]
+    public void A_self_nmi_is_taken_with_interrupts_off_and_a_second_one_waits_for_iret()
+    {
+        var m = new TestMachine(a =>
+        {
+            var handler = a.CreateLabel();
+            var over = a.CreateLabel();
+            var second = a.CreateLabel();
+            TestMachine.Gate(a, 2, handler);
+            a.jmp(over);
+            a.Label(ref handler);
+            a.inc(r13);
+            a.cmp(r13, 1);
+            a.jne(second);
+            a.mov(r11d, Apic + 0x300);
+            a.mov(__dword_ptr[r11], 4 << 8); // another NMI to this APIC, from inside the handler
+            a.nop();
+            a.mov(r12, r13);                 // still 1: NMIs are blocked until IRET
+            a.Label(ref second);
+            a.iretq();
+            a.Label(ref over);
+            EnableApic(a);
+            a.xor(r13d, r13d);
+            a.cli();
+            a.mov(eax, Apic + 0x300);
+            a.mov(__dword_ptr[rax], 4 << 8); // delivery mode NMI, destination APIC 0
+            a.nop();
+            a.mov(r14, r13);                 // both taken before this, with IF clear: the second right after IRET
+        });
+        m.RunToEnd();
+        Assert.Equal(2UL, m.Cpu.Registers[14]);
+        Assert.Equal(1UL, m.Cpu.Registers[12]);
+        Assert.Equal(2UL, m.Cpu.Registers[13]);
+        Assert.False(m.Cpu.SaveState().NmiBlocked);
+    }
 }

@@ -4,7 +4,7 @@ namespace Nestor.Hypervisor.Persistence;
 
 /// <summary>The binary layout of a <see cref="CpuState"/> inside a vCPU section: every field in declaration order,
 /// little-endian, segments as selector, base, limit, attributes. Version 2 appends the SYSENTER MSRs and the local
-/// APIC's other LVT entries, LDR, DFR, ICR, TSC deadline, hardware-disable flag and IPI counters; a version-1 section
+/// APIC's other LVT entries, LDR, DFR, ICR, TSC deadline, hardware-disable flag, IPI counters, the pending NMI and NMI blocking; a version-1 section
 /// reads them as at reset.</summary>
 public static class CpuStateFormat
 {
@@ -68,6 +68,8 @@ public static class CpuStateFormat
         w.WriteBoolean(a.HardwareDisabled);
         w.WriteInt64(a.SelfInterrupts);
         w.WriteInt64(a.UndeliveredCommands);
+        w.WriteBoolean(a.NmiPending);
+        w.WriteBoolean(s.NmiBlocked);
     }
 
     /// <summary>The layout version <see cref="Write"/> writes.</summary>
@@ -169,6 +171,8 @@ public static class CpuStateFormat
             s.Apic.HardwareDisabled = r.ReadBoolean();
             s.Apic.SelfInterrupts = r.ReadInt64();
             s.Apic.UndeliveredCommands = r.ReadInt64();
+            s.Apic.NmiPending = r.ReadBoolean();
+            s.NmiBlocked = r.ReadBoolean();
         }
         if (s.InstructionsRetired < 0 || s.IdleCycles < 0)
         {

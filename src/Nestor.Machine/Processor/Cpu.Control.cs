@@ -302,6 +302,7 @@ public sealed partial class Cpu
         Ss = stack;
         Registers[Rsp] = newRsp;
         Rip = rip;
+        EndNmiBlocking();
         return null;
     }
 
@@ -345,7 +346,19 @@ public sealed partial class Cpu
         Cs = code;
         Registers[Rsp] = (uint)newEsp;
         Rip = eip;
+        EndNmiBlocking();
         return null;
+    }
+
+    /// <summary>IRET ends the blocking of NMIs an NMI's delivery began (SDM Vol. 3A §6.7.1): one waiting is taken
+    /// after it.</summary>
+    private void EndNmiBlocking()
+    {
+        if (state.NmiBlocked)
+        {
+            state.NmiBlocked = false;
+            eventCheckAt = 0;
+        }
     }
 
     /// <summary>SYSCALL (SDM Vol. 2B): RCX ← RIP, R11 ← RFLAGS, RFLAGS &amp;= ~IA32_FMASK, CS ← STAR[47:32] (flat 64-bit

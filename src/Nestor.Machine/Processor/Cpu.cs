@@ -265,6 +265,11 @@ public sealed unsafe partial class Cpu
     /// is left by an enabled interrupt).</summary>
     private bool IdleUntilTimer()
     {
+        if (Apic.NonMaskableInterruptPending && !state.NmiBlocked)
+        {
+            eventCheckAt = 0; // an NMI wakes HLT whatever IF says
+            return true;
+        }
         if ((Rflags & FlagBits.Interrupt) == 0)
         {
             return false;
@@ -314,6 +319,17 @@ public sealed unsafe partial class Cpu
         {
             Apic.Tick(Clock);
         }
+        if (Apic.NonMaskableInterruptPending && !state.NmiBlocked && nonRoot is null && !InterruptShadow)
+        {
+            // An NMI is taken whatever RFLAGS.IF says, through IDT entry 2, and blocks further NMIs until the next
+            // IRET (SDM Vol. 3A §6.7.1).
+            Apic.TakeNonMaskableInterrupt();
+            state.NmiBlocked = true;
+            if (DeliverExternalInterrupt((int)ExceptionVector.NonMaskableInterrupt) is { } shutdown)
+            {
+                return shutdown;
+            }
+        }
         if (nonRoot is { } controls && (controls.ExternalInterruptExiting || controls.InterruptWindowExiting))
         {
             if (InterruptExit(controls) is { } stop)
@@ -329,7 +345,7 @@ public sealed unsafe partial class Cpu
                 return shutdown;
             }
         }
-        eventCheckAt = Apic.PendingVector >= 0 || nonRoot is { InterruptWindowExiting: true }
+        eventCheckAt = Apic.PendingVector >= 0 || Apic.NonMaskableInterruptPending || nonRoot is { InterruptWindowExiting: true }
             ? Counters.InstructionsRetired + 1                  // waiting for IF, the shadow, the TPR or an EOI: look each time
             : Apic.Deadline == long.MaxValue ? long.MaxValue : Apic.Deadline - idleCycles;
         return null;

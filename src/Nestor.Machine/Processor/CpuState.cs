@@ -70,6 +70,8 @@ public struct CpuState
     public long InterruptShadowUntil;
     /// <summary>The CPU executed HLT and stopped for good (no timer to wake it).</summary>
     public bool Halted;
+    /// <summary>An NMI was delivered and no IRET has run since: further NMIs wait (SDM Vol. 3A §6.7.1).</summary>
+    public bool NmiBlocked;
     /// <summary>The local APIC.</summary>
     public LocalApicState Apic;
 

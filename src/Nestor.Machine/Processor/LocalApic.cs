@@ -196,6 +196,12 @@ public sealed class LocalApic
         }
     }
 
+    /// <summary>An NMI waits for the CPU (<see cref="TakeNonMaskableInterrupt"/>).</summary>
+    public bool NonMaskableInterruptPending => state.NmiPending;
+
+    /// <summary>The CPU takes the waiting NMI.</summary>
+    public void TakeNonMaskableInterrupt() => state.NmiPending = false;
+
     /// <summary>IA32_TSC_DEADLINE (SDM Vol. 3A §10.5.4.1): the TSC value at which the timer fires, 0 when disarmed.</summary>
     public ulong TscDeadline => state.TscDeadline;
 
@@ -213,7 +219,7 @@ public sealed class LocalApic
     /// <summary>A write of the ICR's low half (SDM Vol. 3A §10.6.1): an interprocessor interrupt. The machine has one
     /// processor, so what it carries out is a fixed (or lowest-priority) interrupt to itself, by the self or
     /// all-including-self shorthand or by a destination naming APIC 0 (physical), its logical ID (flat model) or the
-    /// broadcast 0xFF; everything else (NMI, SMI, INIT, start-up, other destinations) is counted and dropped, as
+    /// broadcast 0xFF; and an NMI to itself; everything else (SMI, INIT, start-up, other destinations) is counted and dropped, as
     /// messages to processors that do not exist.</summary>
     private void SendCommand(uint value)
     {
@@ -227,6 +233,13 @@ public sealed class LocalApic
             _ => destination == 0xFF || (logical ? (destination & (state.LogicalDestination >> 24)) != 0 : destination == 0),
         };
         int vector = (int)(value & 0xFF);
+        if (toSelf && deliveryMode == 4)
+        {
+            // NMI: the vector field is ignored; the CPU takes it through IDT entry 2 (§10.6.1, Vol. 3A §6.7).
+            state.SelfInterrupts++;
+            state.NmiPending = true;
+            return;
+        }
         if (!toSelf || deliveryMode > 1 || vector < 16)
         {
             state.UndeliveredCommands++;

@@ -86,6 +86,8 @@ public struct LocalApicState
     public ulong TscDeadline;
     /// <summary>IA32_APIC_BASE.EN is clear (§10.4.3): the APIC is off, accepts nothing and raises nothing.</summary>
     public bool HardwareDisabled;
+    /// <summary>An NMI (a self-IPI with delivery mode NMI, §10.6.1) waits for the CPU to take it.</summary>
+    public bool NmiPending;
     /// <summary>Interrupts the APIC sent itself through the ICR (self-IPIs).</summary>
     public long SelfInterrupts;
     /// <summary>ICR writes the model does not carry out (NMI, SMI, INIT, start-up, or to another APIC: there is none).</summary>
