@@ -4,7 +4,7 @@ namespace Nestor.Hypervisor.Persistence;
 
 /// <summary>The binary layout of a <see cref="CpuState"/> inside a vCPU section: every field in declaration order,
 /// little-endian, segments as selector, base, limit, attributes. Version 2 appends the SYSENTER MSRs and the local
-/// APIC's other LVT entries, LDR, DFR, ICR, TSC deadline, hardware-disable flag, IPI counters, the pending NMI and NMI blocking; a version-1 section
+/// APIC's other LVT entries, LDR, DFR, ICR, TSC deadline, hardware-disable flag, IPI counters, the pending NMI and NMI blocking, IA32_PAT and IA32_MISC_ENABLE; a version-1 section
 /// reads them as at reset.</summary>
 public static class CpuStateFormat
 {
@@ -70,6 +70,8 @@ public static class CpuStateFormat
         w.WriteInt64(a.UndeliveredCommands);
         w.WriteBoolean(a.NmiPending);
         w.WriteBoolean(s.NmiBlocked);
+        w.WriteUInt64(s.PageAttributeTable);
+        w.WriteUInt64(s.MiscEnable);
     }
 
     /// <summary>The layout version <see cref="Write"/> writes.</summary>
@@ -153,6 +155,7 @@ public static class CpuStateFormat
         (s.Apic.LvtThermal, s.Apic.LvtPerformance, s.Apic.LvtLint0, s.Apic.LvtLint1, s.Apic.LvtError,
          s.Apic.LogicalDestination, s.Apic.DestinationFormat) =
             (reset.LvtThermal, reset.LvtPerformance, reset.LvtLint0, reset.LvtLint1, reset.LvtError, 0, reset.DestinationFormat);
+        (s.PageAttributeTable, s.MiscEnable) = (CpuState.Reset.PageAttributeTable, CpuState.Reset.MiscEnable);
         if (version >= 2)
         {
             s.SysenterCs = r.ReadUInt64();
@@ -173,6 +176,8 @@ public static class CpuStateFormat
             s.Apic.UndeliveredCommands = r.ReadInt64();
             s.Apic.NmiPending = r.ReadBoolean();
             s.NmiBlocked = r.ReadBoolean();
+            s.PageAttributeTable = r.ReadUInt64();
+            s.MiscEnable = r.ReadUInt64();
         }
         if (s.InstructionsRetired < 0 || s.IdleCycles < 0)
         {

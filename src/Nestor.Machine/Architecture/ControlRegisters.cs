@@ -49,6 +49,8 @@ public static class Msr
     public const uint SysenterEsp = 0x175;
     public const uint SysenterEip = 0x176;
     public const uint TscDeadline = 0x6E0;
+    public const uint MiscEnable = 0x1A0;
+    public const uint PageAttributeTable = 0x277;
     public const uint Efer = 0xC000_0080;
     public const uint Star = 0xC000_0081;
     public const uint LongStar = 0xC000_0082;

@@ -250,7 +250,8 @@ public sealed partial class Cpu
                     ulong type = ReadOperand(i, 0, 8);
                     ulong address = EffectiveAddress(i);
                     ulong pcid = ReadLinear(address, 8), linear = ReadLinear(address + 8, 8);
-                    if (type > 3 || pcid > 0xFFF)
+                    // A non-canonical address of an individual-address invalidation is #GP(0) too (SDM Vol. 2B INVPCID).
+                    if (type > 3 || pcid > 0xFFF || (type == 0 && (ulong)((long)(linear << 16) >> 16) != linear))
                     {
                         throw GuestFault.GeneralProtection();
                     }
@@ -461,6 +462,8 @@ public sealed partial class Cpu
         Msr.SysenterEsp => SysenterEsp,
         Msr.SysenterEip => SysenterEip,
         Msr.TscDeadline when ProcessorModel.Has(CpuFeature.TscDeadline) => Apic.TscDeadline,
+        Msr.PageAttributeTable when ProcessorModel.Has(CpuFeature.PageAttributeTable) => PageAttributeTable,
+        Msr.MiscEnable => MiscEnable,
         _ => throw GuestFault.GeneralProtection(),
     };
 
@@ -494,6 +497,22 @@ public sealed partial class Cpu
             case Msr.SysenterEsp or Msr.SysenterEip when !IsCanonical(value): throw GuestFault.GeneralProtection();
             case Msr.SysenterEsp: SysenterEsp = value; break;
             case Msr.SysenterEip: SysenterEip = value; break;
+            case Msr.PageAttributeTable when ProcessorModel.Has(CpuFeature.PageAttributeTable):
+                // Each of the eight entries must be a memory type PAT defines: 0, 1, 4, 5, 6, 7 (SDM Vol. 3A §12.12.2:
+                // #GP for the reserved 2, 3 and 8–255).
+                for (int entry = 0; entry < 8; entry++)
+                {
+                    ulong type = (value >> (entry * 8)) & 0xFF;
+                    if (type is 2 or 3 or > 7)
+                    {
+                        throw GuestFault.GeneralProtection();
+                    }
+                }
+                PageAttributeTable = value;
+                break;
+            case Msr.MiscEnable:
+                MiscEnable = (value & ~ProcessorModel.MiscEnableReadOnly) | (MiscEnable & ProcessorModel.MiscEnableReadOnly);
+                break;
             case Msr.TscDeadline when ProcessorModel.Has(CpuFeature.TscDeadline):
                 Apic.WriteTscDeadline(value, Clock);
                 eventCheckAt = 0;

@@ -51,6 +51,8 @@ public sealed unsafe partial class Cpu
     public ref ulong SysenterCs => ref state.SysenterCs;
     public ref ulong SysenterEsp => ref state.SysenterEsp;
     public ref ulong SysenterEip => ref state.SysenterEip;
+    public ref ulong PageAttributeTable => ref state.PageAttributeTable;
+    public ref ulong MiscEnable => ref state.MiscEnable;
 
     private const ulong Rflags_Reserved = 0x2;
     private const int Rax = 0, Rcx = 1, Rdx = 2, Rbx = 3, Rsp = 4, Rbp = 5, Rsi = 6, Rdi = 7;

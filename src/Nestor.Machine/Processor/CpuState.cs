@@ -61,6 +61,9 @@ public struct CpuState
     public ulong KernelGsBase, Star, LongStar, CompatibilityStar, SyscallFlagMask, TscAux, ApicBase;
     /// <summary>IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP (SDM Vol. 3A §5.8.7.1).</summary>
     public ulong SysenterCs, SysenterEsp, SysenterEip;
+    /// <summary>IA32_PAT (SDM Vol. 3A §12.12.2) and IA32_MISC_ENABLE (Vol. 4 Table 2-2): stored, without effect on a
+    /// model that has no caches, no thermal control and no fast-string choice.</summary>
+    public ulong PageAttributeTable, MiscEnable;
     /// <summary>Instructions retired: with <see cref="IdleCycles"/>, the clock the TSC and the APIC timer count.</summary>
     public long InstructionsRetired;
     /// <summary>Clock ticks skipped while halted waiting for the timer.</summary>
@@ -81,6 +84,8 @@ public struct CpuState
     {
         Rflags = FlagBits.Reserved1,
         ApicBase = 0xFEE0_0900,
+        PageAttributeTable = 0x0007_0406_0007_0406,
+        MiscEnable = ProcessorModel.MiscEnableReset,
         InterruptShadowUntil = -1,
         Apic = LocalApicState.Reset,
     };

@@ -95,6 +95,14 @@ public static class ProcessorModel
         (Has(CpuFeature.LongMode) ? Architecture.Efer.LongModeEnable | Architecture.Efer.LongModeActive : 0) |
         (Has(CpuFeature.NoExecute) ? Architecture.Efer.NoExecuteEnable : 0);
 
+    /// <summary>IA32_MISC_ENABLE at reset (SDM Vol. 4 Table 2-2): fast strings (bit 0), and the read-only bits saying
+    /// branch trace storage (bit 11) and PEBS (bit 12) are unavailable; bit 7 (performance monitoring available)
+    /// is clear, as leaf 0xA says.</summary>
+    public const ulong MiscEnableReset = 1UL | (1UL << 11) | (1UL << 12);
+
+    /// <summary>The read-only bits of IA32_MISC_ENABLE: 7, 11, 12.</summary>
+    public const ulong MiscEnableReadOnly = (1UL << 7) | (1UL << 11) | (1UL << 12);
+
     /// <summary>The bits of a physical address above <see cref="PhysicalAddressBits"/> (reserved in CR3 and
     /// IA32_APIC_BASE).</summary>
     public const ulong AboveMaxPhysicalAddress = ~((1UL << PhysicalAddressBits) - 1);
