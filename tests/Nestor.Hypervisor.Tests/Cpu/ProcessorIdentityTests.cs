@@ -8,7 +8,7 @@ using Nestor.Hypervisor.Techniques;
 using Nestor.Machine.Processor;
 using static Iced.Intel.AssemblerRegisters;
 
-namespace Nestor.Hypervisor.Tests.Cpu;
+namespace Nestor.Hypervisor.Tests.CpuModel;
 
 /// <summary>The processor a guest of the software machine sees (issue 18): an Intel part by vendor and signature, with
 /// Nestor named in the hypervisor leaves, its brand string and address sizes, asked by a real guest on the bare
