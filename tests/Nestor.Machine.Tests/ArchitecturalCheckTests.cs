@@ -343,4 +343,58 @@ public class ArchitecturalCheckTests
         Assert.Equal(13, vector);
         Assert.Equal(Cr4.TimeStampDisable, m.Cpu.Cr4 & Cr4.TimeStampDisable);
     }
+
+    [Theory]
+    [InlineData(Msr.FsBase)]
+    [InlineData(Msr.GsBase)]
+    [InlineData(Msr.KernelGsBase)]
+    [InlineData(Msr.LongStar)]
+    public void Msrs_holding_linear_addresses_refuse_non_canonical_ones(uint msr)
+    {
+        var (vector, m) = Run(a =>
+        {
+            a.mov(ecx, msr);
+            a.mov(eax, 0xAAAA_AAAA);
+            a.mov(edx, 0xAAAA_AAAA);
+            a.wrmsr();
+        });
+        Assert.Equal(13, vector);
+        Assert.Equal(0UL, m.Cpu.Gs.Base | m.Cpu.Fs.Base | m.Cpu.KernelGsBase | m.Cpu.LongStar);
+    }
+
+    [Fact]
+    public void A_fault_saves_rflags_with_rf_set_and_a_trap_does_not()
+    {
+        // #GP (a fault) then INT3 (a trap): each handler keeps the RFLAGS image it was given.
+        var m = new TestMachine(a =>
+        {
+            var fault = a.CreateLabel();
+            var trap = a.CreateLabel();
+            var afterFault = a.CreateLabel();
+            var done = a.CreateLabel();
+            TestMachine.Gate(a, 13, fault);
+            TestMachine.Gate(a, 3, trap);
+            a.mov(ecx, 0x1234_5678); // no such MSR
+            a.rdmsr();
+            a.Label(ref afterFault);
+            a.int3();
+            a.jmp(done);
+            a.Label(ref fault);
+            a.mov(r12, __qword_ptr[rsp + 24]); // error code, RIP, CS, then RFLAGS
+            a.lea(rax, __[afterFault]);
+            a.mov(__qword_ptr[rsp + 8], rax);   // resume after the RDMSR
+            a.add(rsp, 8);
+            a.iretq();
+            a.Label(ref trap);
+            a.mov(r13, __qword_ptr[rsp + 16]); // RIP, CS, then RFLAGS
+            a.pushfq();
+            a.pop(r14);                         // RF did not stay set after IRET
+            a.iretq();
+            a.Label(ref done);
+        });
+        Assert.Equal(StopReason.PlatformStop, m.RunToEnd().Stop);
+        Assert.Equal(FlagBits.Resume, m.Cpu.Registers[12] & FlagBits.Resume);
+        Assert.Equal(0UL, m.Cpu.Registers[13] & FlagBits.Resume);
+        Assert.Equal(0UL, m.Cpu.Rflags & FlagBits.Resume);
+    }
 }

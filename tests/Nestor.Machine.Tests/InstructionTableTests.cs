@@ -164,7 +164,7 @@ public sealed partial class InstructionTableTests
         [Mnemonic.Ltr] = a => { a.mov(ax, 8); a.ltr(ax); },
         [Mnemonic.Lldt] = a => { a.xor(eax, eax); a.lldt(ax); },
         [Mnemonic.Invlpg] = a => { a.mov(rdi, 0x6000); a.invlpg(__[rdi]); },
-        [Mnemonic.Invpcid] = a => { a.mov(rdi, 0x6000); a.xor(eax, eax); a.invpcid(rax, __[rdi]); },
+        [Mnemonic.Invpcid] = a => { a.mov(rdi, 0x6000); a.mov(eax, 2); a.invpcid(rax, __[rdi]); }, // type 2: the descriptor's address (here a GDT entry) is not used
         [Mnemonic.Swapgs] = a => a.swapgs(),
         [Mnemonic.Wbinvd] = a => a.wbinvd(),
         [Mnemonic.Invd] = a => a.invd(),

@@ -285,8 +285,10 @@ public sealed partial class Cpu
         var code = LoadDescriptor(cs);
         // Sensitive: a ring-compressed kernel's IRETQ cannot load IF or IOPL (CPL 1 > IOPL).
         int oldPrivilege = DeprivilegedKernel(sensitiveOnly: true) ? ringCompression!.KernelRing : PrivilegeLevel;
+        // RF is not kept: it would only hold off instruction breakpoints (not modelled) for the one instruction
+        // IRET returns to, after which the CPU clears it (SDM Vol. 3A §18.3.1.1).
         ulong changeable = FlagBits.Status | FlagBits.Trap | FlagBits.Direction |
-                           FlagBits.Nested | FlagBits.Resume | FlagBits.AlignmentCheck |
+                           FlagBits.Nested | FlagBits.AlignmentCheck |
                            FlagBits.Identification;
         if (oldPrivilege == 0)
         {
@@ -325,8 +327,8 @@ public sealed partial class Cpu
             throw new NotSupportedException("IRET to virtual-8086 mode is not modelled");
         }
         var code = FarCodeSegment(cs, returning: true);
-        ulong changeable = FlagBits.Status | FlagBits.Trap | FlagBits.Direction | FlagBits.Nested | FlagBits.Resume |
-                           FlagBits.AlignmentCheck | FlagBits.Identification;
+        ulong changeable = FlagBits.Status | FlagBits.Trap | FlagBits.Direction | FlagBits.Nested |
+                           FlagBits.AlignmentCheck | FlagBits.Identification; // RF: as IRETQ
         if (oldPrivilege == 0)
         {
             changeable |= FlagBits.IoPrivilege;

@@ -482,6 +482,9 @@ public sealed partial class Cpu
                 Efer = (value & ~Architecture.Efer.LongModeActive) | (Efer & Architecture.Efer.LongModeActive);
                 UpdatePagingControls();
                 break;
+            // Registers that hold a linear address take only canonical ones (SDM Vol. 4, WRMSR: #GP(0)).
+            case Msr.LongStar or Msr.CompatibilityStar or Msr.FsBase or Msr.GsBase or Msr.KernelGsBase when !IsCanonical(value):
+                throw GuestFault.GeneralProtection();
             case Msr.Star: Star = value; break;
             case Msr.LongStar: LongStar = value; break;
             case Msr.CompatibilityStar: CompatibilityStar = value; break;
