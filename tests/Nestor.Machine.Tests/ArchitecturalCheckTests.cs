@@ -397,4 +397,21 @@ public class ArchitecturalCheckTests
         Assert.Equal(0UL, m.Cpu.Registers[13] & FlagBits.Resume);
         Assert.Equal(0UL, m.Cpu.Rflags & FlagBits.Resume);
     }
+
+    [Fact]
+    public void Invpcid_of_a_pcid_other_than_0_needs_cr4_pcide_for_types_0_and_1()
+    {
+        static void Invpcid(Assembler a, int type)
+        {
+            a.mov(rdi, 0x20_0000);
+            a.mov(__qword_ptr[rdi], 1);     // PCID 1
+            a.mov(__qword_ptr[rdi + 8], 0); // linear address 0
+            a.mov(eax, type);
+            a.invpcid(rax, __[rdi]);
+        }
+        Assert.Equal(13, Run(a => Invpcid(a, 0)).Vector);
+        Assert.Equal(13, Run(a => Invpcid(a, 1)).Vector);
+        Assert.Equal(NoFault, Run(a => Invpcid(a, 2)).Vector);
+        Assert.Equal(NoFault, Run(a => { WriteCr4(a, Cr4.PhysicalAddressExtension | Cr4.ProcessContextIdentifiers); Invpcid(a, 1); }).Vector);
+    }
 }

@@ -251,7 +251,10 @@ public sealed partial class Cpu
                     ulong address = EffectiveAddress(i);
                     ulong pcid = ReadLinear(address, 8), linear = ReadLinear(address + 8, 8);
                     // A non-canonical address of an individual-address invalidation is #GP(0) too (SDM Vol. 2B INVPCID).
-                    if (type > 3 || pcid > 0xFFF || (type == 0 && (ulong)((long)(linear << 16) >> 16) != linear))
+                    // And with CR4.PCIDE clear, a single-context or individual-address invalidation of a PCID
+                    // other than 0 (that PCID cannot be in use).
+                    if (type > 3 || pcid > 0xFFF || (type == 0 && (ulong)((long)(linear << 16) >> 16) != linear) ||
+                        (type <= 1 && pcid != 0 && (Cr4 & Architecture.Cr4.ProcessContextIdentifiers) == 0))
                     {
                         throw GuestFault.GeneralProtection();
                     }
