@@ -414,4 +414,28 @@ public class ArchitecturalCheckTests
         Assert.Equal(NoFault, Run(a => Invpcid(a, 2)).Vector);
         Assert.Equal(NoFault, Run(a => { WriteCr4(a, Cr4.PhysicalAddressExtension | Cr4.ProcessContextIdentifiers); Invpcid(a, 1); }).Vector);
     }
+
+    [Fact]
+    public void Lgdt_and_lidt_refuse_a_non_canonical_base()
+    {
+        static void Load(Assembler a, bool idt)
+        {
+            a.mov(rdi, 0x20_0000);
+            a.mov(__word_ptr[rdi], 0xFFF);
+            a.mov(rax, 0xFFAA_AAAA_AAAA_AAAAUL);
+            a.mov(__qword_ptr[rdi + 2], rax);
+            if (idt)
+            {
+                a.lidt(__[rdi]);
+            }
+            else
+            {
+                a.lgdt(__[rdi]);
+            }
+        }
+        var (gdt, m) = Run(a => Load(a, idt: false));
+        Assert.Equal(13, gdt);
+        Assert.Equal(0x6000UL, m.Cpu.GdtBase);
+        Assert.Equal(13, Run(a => Load(a, idt: true)).Vector);
+    }
 }

@@ -159,8 +159,8 @@ public sealed partial class InstructionTableTests
         [Mnemonic.Stac] = a => a.stac(),
         [Mnemonic.Rdmsr] = a => { a.mov(ecx, 0xC000_0080); a.rdmsr(); },
         [Mnemonic.Wrmsr] = a => { a.mov(ecx, 0xC000_0080); a.mov(eax, 0x500); a.xor(edx, edx); a.wrmsr(); },
-        [Mnemonic.Lgdt] = a => { a.mov(rdi, 0x6000); a.lgdt(__[rdi]); },
-        [Mnemonic.Lidt] = a => { a.mov(rdi, 0x6000); a.lidt(__[rdi]); },
+        [Mnemonic.Lgdt] = a => { a.mov(rdi, 0x7000); a.lgdt(__[rdi]); }, // zeros: base 0 (a non-canonical base is #GP)
+        [Mnemonic.Lidt] = a => { a.mov(rdi, 0x7000); a.lidt(__[rdi]); },
         [Mnemonic.Ltr] = a => { a.mov(ax, 8); a.ltr(ax); },
         [Mnemonic.Lldt] = a => { a.xor(eax, eax); a.lldt(ax); },
         [Mnemonic.Invlpg] = a => { a.mov(rdi, 0x6000); a.invlpg(__[rdi]); },

@@ -181,7 +181,11 @@ public sealed partial class Cpu
                     RequirePrivilege0();
                     ulong address = EffectiveAddress(i);
                     ushort limit = (ushort)ReadLinear(address, 2);
-                    ulong baseAddress = ReadLinear(address + 2, 8);
+                    ulong baseAddress = Bitness == 64 ? ReadLinear(address + 2, 8) : ReadLinear(address + 2, 4);
+                    if (!IsCanonical(baseAddress))
+                    {
+                        throw GuestFault.GeneralProtection(); // a non-canonical table base (SDM Vol. 2A LGDT/LIDT, 64-bit mode)
+                    }
                     if (i.Mnemonic == Mnemonic.Lgdt)
                     {
                         (GdtBase, GdtLimit) = (baseAddress, limit);
@@ -224,6 +228,10 @@ public sealed partial class Cpu
                     ulong low = ReadSupervisor(entry, 8), high = ReadSupervisor(entry + 8, 8);
                     var tr = LoadDescriptor(selector);
                     tr.Base |= high << 32;
+                    if (!IsCanonical(tr.Base))
+                    {
+                        throw GuestFault.GeneralProtection((uint)(selector & ~7)); // SDM Vol. 2A LTR, 64-bit mode
+                    }
                     Tr = tr;
                     // Mark the descriptor busy (type 9 → 11).
                     WriteLinear(entry, 8, low | (2UL << 40));
