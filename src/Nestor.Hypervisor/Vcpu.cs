@@ -20,9 +20,9 @@ public sealed class Vcpu(int index, CpuState initial) : ISnapshottable
 
     public string SectionTag => $"CPU{(char)('0' + Index % 10)}";
 
-    public ushort SectionVersion => 1;
+    public ushort SectionVersion => CpuStateFormat.Version;
 
     public void Save(SnapshotWriter writer) => CpuStateFormat.Write(writer, in State);
 
-    public void Restore(SnapshotReader reader, ushort version) => State = CpuStateFormat.Read(reader);
+    public void Restore(SnapshotReader reader, ushort version) => State = CpuStateFormat.Read(reader, version);
 }

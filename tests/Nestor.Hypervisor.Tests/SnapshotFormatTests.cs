@@ -26,6 +26,8 @@ public class SnapshotFormatTests
         (s.KernelGsBase, s.Star, s.LongStar, s.CompatibilityStar, s.SyscallFlagMask, s.TscAux, s.ApicBase) =
             (0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xFEE0_0900);
         (s.InstructionsRetired, s.IdleCycles, s.InterruptShadowUntil, s.Halted) = (123_456_789, 42, 123_456_790, true);
+        (s.SysenterCs, s.SysenterEsp, s.SysenterEip, s.PageAttributeTable, s.MiscEnable, s.NmiBlocked) =
+            (0xB1, 0xB2, 0xB3, 0x0606_0606_0606_0606, 0x1801 | 4, true);
         s.Apic = new LocalApicState
         {
             SpuriousVector = 0x1FF,
@@ -39,6 +41,12 @@ public class SnapshotFormatTests
             ExternalRequests = 78,
             Refused = 79,
             EndOfInterrupts = 80,
+            LvtLint0 = 0x700,
+            LogicalDestination = 0x0100_0000,
+            CommandHigh = 0xFF00_0000,
+            TscDeadline = 0x1234_5678_9ABC,
+            NmiPending = true,
+            SelfInterrupts = 81,
         };
         // Bits in every word of the 256-bit registers, so that a word lost or swapped shows.
         s.Apic.Requests.Set(0x30, true);
@@ -79,6 +87,8 @@ public class SnapshotFormatTests
             (r.KernelGsBase, r.Star, r.LongStar, r.CompatibilityStar, r.SyscallFlagMask, r.TscAux, r.ApicBase));
         Assert.Equal((original.InstructionsRetired, original.IdleCycles, original.InterruptShadowUntil, original.Halted),
             (r.InstructionsRetired, r.IdleCycles, r.InterruptShadowUntil, r.Halted));
+        Assert.Equal((original.SysenterCs, original.SysenterEsp, original.SysenterEip, original.PageAttributeTable, original.MiscEnable, original.NmiBlocked),
+            (r.SysenterCs, r.SysenterEsp, r.SysenterEip, r.PageAttributeTable, r.MiscEnable, r.NmiBlocked));
         // Byte for byte: the 256-bit registers are inline arrays, which have no built-in Equals.
         var (expectedApic, actualApic) = (original.Apic, r.Apic);
         Assert.Equal(
@@ -109,9 +119,9 @@ public class SnapshotFormatTests
     public void A_newer_section_layout_is_refused()
     {
         byte[] data = Bytes(new Vcpu(0, Distinct()));
-        data[6 + 4] = 2; // the section's version, after the container header and the tag
+        data[6 + 4] = 3; // the section's version, after the container header and the tag
         var e = Assert.Throws<SnapshotFormatException>(() => new SnapshotReader(data).ReadSection(new Vcpu(0, CpuState.Reset)));
-        Assert.Contains("layout version 2, newer than this Nestor reads (1)", e.Message);
+        Assert.Contains("layout version 3, newer than this Nestor reads (2)", e.Message);
     }
 
     [Fact]

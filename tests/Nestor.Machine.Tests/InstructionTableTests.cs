@@ -159,17 +159,21 @@ public sealed partial class InstructionTableTests
         [Mnemonic.Stac] = a => a.stac(),
         [Mnemonic.Rdmsr] = a => { a.mov(ecx, 0xC000_0080); a.rdmsr(); },
         [Mnemonic.Wrmsr] = a => { a.mov(ecx, 0xC000_0080); a.mov(eax, 0x500); a.xor(edx, edx); a.wrmsr(); },
-        [Mnemonic.Lgdt] = a => { a.mov(rdi, 0x6000); a.lgdt(__[rdi]); },
-        [Mnemonic.Lidt] = a => { a.mov(rdi, 0x6000); a.lidt(__[rdi]); },
+        [Mnemonic.Lgdt] = a => { a.mov(rdi, 0x7000); a.lgdt(__[rdi]); }, // zeros: base 0 (a non-canonical base is #GP)
+        [Mnemonic.Lidt] = a => { a.mov(rdi, 0x7000); a.lidt(__[rdi]); },
         [Mnemonic.Ltr] = a => { a.mov(ax, 8); a.ltr(ax); },
         [Mnemonic.Lldt] = a => { a.xor(eax, eax); a.lldt(ax); },
         [Mnemonic.Invlpg] = a => { a.mov(rdi, 0x6000); a.invlpg(__[rdi]); },
-        [Mnemonic.Invpcid] = a => { a.mov(rdi, 0x6000); a.xor(eax, eax); a.invpcid(rax, __[rdi]); },
+        [Mnemonic.Invpcid] = a => { a.mov(rdi, 0x6000); a.mov(eax, 2); a.invpcid(rax, __[rdi]); }, // type 2: the descriptor's address (here a GDT entry) is not used
         [Mnemonic.Swapgs] = a => a.swapgs(),
         [Mnemonic.Wbinvd] = a => a.wbinvd(),
         [Mnemonic.Invd] = a => a.invd(),
         [Mnemonic.Clts] = a => a.clts(),
         [Mnemonic.Sysretq] = a => a.sysretq(),
+        [Mnemonic.Sysret] = a => a.sysret(),
+        [Mnemonic.Sysexit] = a => a.sysexit(),
+        [Mnemonic.Sysexitq] = a => a.sysexitq(),
+        [Mnemonic.Rdpmc] = a => { a.xor(ecx, ecx); a.rdpmc(); },
         [Mnemonic.Pushf] = a => a.pushf(),
         [Mnemonic.Pushfq] = a => a.pushfq(),
         [Mnemonic.Popf] = a => { a.pushf(); a.popf(); },
@@ -247,7 +251,8 @@ public sealed partial class InstructionTableTests
     [Fact]
     public void The_same_probes_run_on_bare_metal_at_cpl_0_without_a_trap()
     {
-        foreach (var (mnemonic, probe) in Probes.Where(p => p.Key is not (Mnemonic.Hlt or Mnemonic.Sysretq or Mnemonic.Ltr)))
+        foreach (var (mnemonic, probe) in Probes.Where(p => p.Key is not (Mnemonic.Hlt or Mnemonic.Sysretq or Mnemonic.Sysret or Mnemonic.Ltr or
+                                                                    Mnemonic.Sysexit or Mnemonic.Sysexitq or Mnemonic.Rdpmc)))
         {
             var m = new TestMachine(probe, exit: false);
             var counter = new Assembler(64);

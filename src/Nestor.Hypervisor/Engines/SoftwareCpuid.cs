@@ -2,19 +2,28 @@ using Nestor.Machine.Processor;
 
 namespace Nestor.Hypervisor.Engines;
 
-/// <summary>The CPUID the software machine reports: exactly the features the model implements, so a guest that
-/// checks CPUID (as it must, Intel SDM Vol. 2A "CPUID", Tables 3-8 to 3-11, and AMD APM Vol. 3 E.3) never takes a
-/// path the machine cannot run. The bits derive from the instruction table (<see cref="CpuidFeatures.Reported"/>): an
-/// instruction feature is reported when every instruction of it has a row needing it, a feature of the machine
-/// model (paging, the APIC, long mode) when the model backs it. Not reported because not modelled: x87 (FPU), MMX,
-/// SSE and later, FXSAVE/XSAVE, SYSENTER/SYSEXIT (SEP), PSE/PSE-36/PAT/MTRR (32-bit paging extras and memory types),
-/// MCE/MCA, BMI1 and BMI2 (TZCNT is implemented, but ANDN, BEXTR and BLSI/BLSMSK/BLSR are not), MOVBE, RDRAND. The
-/// tests run one instruction per advertised feature on the machine and check that each not-advertised one raises
-/// #UD.</summary>
+/// <summary>The CPUID the software machine reports: an Intel processor (<see cref="ProcessorModel"/>: vendor
+/// <c>GenuineIntel</c>, family 6 model 0x3D stepping 4, a Broadwell-U signature) with exactly the features the model
+/// implements, so a guest that checks CPUID (as it must, Intel SDM Vol. 2A "CPUID", Tables 3-8 to 3-11) takes the
+/// Intel paths and never one the machine cannot run. The bits derive from the instruction table
+/// (<see cref="CpuidFeatures.Reported"/>): an instruction feature is reported when every instruction of it has a row
+/// needing it, a feature of the machine model (paging, the APIC, long mode) when the model backs it; the same list
+/// decides which CR4 bits the CPU accepts (<see cref="ProcessorModel.Cr4Writable"/>). Not reported because not
+/// modelled: x87 (FPU), MMX, SSE and later, FXSAVE/XSAVE, VME/DE/PSE/PAT/MTRR, MCE/MCA, BMI1 and BMI2 (TZCNT is
+/// implemented, but ANDN, BEXTR and BLSI/BLSMSK/BLSR are not), MOVBE, RDRAND, x2APIC, PKU, UMIP, LA57, FSGSBASE,
+/// and a performance-monitoring unit (leaf 0xA version 0: RDPMC raises #GP). The hypervisor bit is set and leaves
+/// 0x40000000–0x40000001 name Nestor (docs/paravirt.md). The tests run one instruction per advertised feature on the
+/// machine and check that each not-advertised one raises #UD.</summary>
 public static class SoftwareCpuid
 {
     /// <summary>The CPU's vendor string (leaf 0).</summary>
-    public const string Vendor = "NestorSimCPU";
+    public const string Vendor = ProcessorModel.Vendor;
+
+    /// <summary>The highest basic leaf: 0xA, the architectural performance-monitoring leaf (which says there is none).</summary>
+    public const uint HighestBasicLeaf = 0xA;
+
+    /// <summary>The highest extended leaf: 0x80000008 (address sizes).</summary>
+    public const uint HighestExtendedLeaf = 0x8000_0008;
 
     /// <summary>Which register of a leaf a feature bit is in.</summary>
     public enum Register
@@ -58,24 +67,45 @@ public static class SoftwareCpuid
         return registers;
     }
 
+    private static uint Word(string s, int at) =>
+        at >= s.Length ? 0 : BitConverter.ToUInt32(System.Text.Encoding.ASCII.GetBytes(s.PadRight(at + 4, '\0')), at);
+
     /// <summary>CPUID for leaf EAX, subleaf ECX. <paramref name="paravirtual"/>: leaf 0x40000001 announces the
     /// paravirtual interface (docs/paravirt.md).</summary>
     public static (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf, bool paravirtual)
     {
-        static uint Word(string s, int at) => BitConverter.ToUInt32(System.Text.Encoding.ASCII.GetBytes(s), at);
+        // A leaf above the highest basic or extended one returns the highest basic leaf's data on Intel processors
+        // (SDM Vol. 2A, CPUID, "If a value entered for CPUID.EAX is higher than the maximum input value…"); the
+        // hypervisor range 0x40000000–0x4FFFFFFF is the hypervisor's own.
+        if (leaf is > HighestBasicLeaf and < 0x4000_0000 || leaf > HighestExtendedLeaf || leaf is >= 0x5000_0000 and < 0x8000_0000)
+        {
+            leaf = HighestBasicLeaf;
+        }
+        string brand = ProcessorModel.BrandString;
         return leaf switch
         {
-            // Highest basic leaf 7; vendor in EBX, EDX, ECX order.
-            0 => (7, Word(Vendor, 0), Word(Vendor, 8), Word(Vendor, 4)),
-            // Family 6, model 0, stepping 0.
-            1 => (0x0000_0600, Leaf1[1], Leaf1[2], Leaf1[3]),
+            // The highest basic leaf; the vendor in EBX, EDX, ECX order.
+            0 => (HighestBasicLeaf, Word(Vendor, 0), Word(Vendor, 8), Word(Vendor, 4)),
+            // The signature; EBX: CLFLUSH line size in 8-byte units (bits 15:8), initial APIC ID 0 (bits 31:24).
+            1 => (ProcessorModel.Signature,
+                  ProcessorModel.Has(CpuFeature.CacheLineFlush) ? (uint)(ProcessorModel.CacheLineBytes / 8) << 8 : 0,
+                  Leaf1[2], Leaf1[3]),
+            // Subleaf 0: EAX the highest subleaf (0).
             7 when subleaf == 0 => (0, Leaf7[1], Leaf7[2], Leaf7[3]),
             KvmEngine.HypervisorLeaf + 1 => (paravirtual ? 1u : 0, 0, 0, 0),
             KvmEngine.HypervisorLeaf => (KvmEngine.HypervisorLeaf + 1, Word(KvmEngine.HypervisorSignature, 0),
                 Word(KvmEngine.HypervisorSignature, 4), Word(KvmEngine.HypervisorSignature, 8)),
-            0x8000_0000 => (0x8000_0001, 0, 0, 0),
+            0x8000_0000 => (HighestExtendedLeaf, 0, 0, 0),
             0x8000_0001 => (0, Extended1[1], Extended1[2], Extended1[3]),
+            // The brand string, 16 bytes a leaf, zero-padded to 48.
+            >= 0x8000_0002 and <= 0x8000_0004 => BrandLeaf(brand, (int)(leaf - 0x8000_0002) * 16),
+            // Address sizes: physical bits 7:0, linear bits 15:8 (SDM Vol. 2A Table 3-8).
+            0x8000_0008 => ((uint)(ProcessorModel.LinearAddressBits << 8 | ProcessorModel.PhysicalAddressBits), 0, 0, 0),
+            // Leaves 2–6, 8–0xA (caches, power, PMU version 0), 0x80000005–7, and subleaves of 7 above 0: zero.
             _ => (0, 0, 0, 0),
         };
     }
+
+    private static (uint, uint, uint, uint) BrandLeaf(string brand, int at) =>
+        (Word(brand, at), Word(brand, at + 4), Word(brand, at + 8), Word(brand, at + 12));
 }

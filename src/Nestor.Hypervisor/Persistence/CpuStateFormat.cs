@@ -2,8 +2,10 @@ using Nestor.Machine.Processor;
 
 namespace Nestor.Hypervisor.Persistence;
 
-/// <summary>The binary layout of a <see cref="CpuState"/> inside a vCPU section (layout version 1): every field in
-/// declaration order, little-endian, segments as selector, base, limit, attributes.</summary>
+/// <summary>The binary layout of a <see cref="CpuState"/> inside a vCPU section: every field in declaration order,
+/// little-endian, segments as selector, base, limit, attributes. Version 2 appends the SYSENTER MSRs and the local
+/// APIC's other LVT entries, LDR, DFR, ICR, TSC deadline, hardware-disable flag, IPI counters, the pending NMI and NMI blocking, IA32_PAT and IA32_MISC_ENABLE; a version-1 section
+/// reads them as at reset.</summary>
 public static class CpuStateFormat
 {
     /// <summary>Writes every field of <paramref name="s"/>.</summary>
@@ -53,7 +55,27 @@ public static class CpuStateFormat
         w.WriteInt64(a.ExternalRequests);
         w.WriteInt64(a.Refused);
         w.WriteInt64(a.EndOfInterrupts);
+        // Version 2.
+        w.WriteUInt64(s.SysenterCs);
+        w.WriteUInt64(s.SysenterEsp);
+        w.WriteUInt64(s.SysenterEip);
+        foreach (uint register in (ReadOnlySpan<uint>)[a.LvtThermal, a.LvtPerformance, a.LvtLint0, a.LvtLint1, a.LvtError,
+                     a.LogicalDestination, a.DestinationFormat, a.CommandHigh, a.CommandLow])
+        {
+            w.WriteUInt32(register);
+        }
+        w.WriteUInt64(a.TscDeadline);
+        w.WriteBoolean(a.HardwareDisabled);
+        w.WriteInt64(a.SelfInterrupts);
+        w.WriteInt64(a.UndeliveredCommands);
+        w.WriteBoolean(a.NmiPending);
+        w.WriteBoolean(s.NmiBlocked);
+        w.WriteUInt64(s.PageAttributeTable);
+        w.WriteUInt64(s.MiscEnable);
     }
+
+    /// <summary>The layout version <see cref="Write"/> writes.</summary>
+    public const ushort Version = 2;
 
     private static void WriteBitmap(SnapshotWriter w, in InterruptBitmap bitmap)
     {
@@ -74,7 +96,7 @@ public static class CpuStateFormat
     }
 
     /// <summary>Reads what <see cref="Write"/> wrote.</summary>
-    public static CpuState Read(SnapshotReader r)
+    public static CpuState Read(SnapshotReader r, ushort version = Version)
     {
         var s = new CpuState();
         for (int i = 0; i < 16; i++)
@@ -129,6 +151,34 @@ public static class CpuStateFormat
             Refused = r.ReadInt64(),
             EndOfInterrupts = r.ReadInt64(),
         };
+        var reset = LocalApicState.Reset;
+        (s.Apic.LvtThermal, s.Apic.LvtPerformance, s.Apic.LvtLint0, s.Apic.LvtLint1, s.Apic.LvtError,
+         s.Apic.LogicalDestination, s.Apic.DestinationFormat) =
+            (reset.LvtThermal, reset.LvtPerformance, reset.LvtLint0, reset.LvtLint1, reset.LvtError, 0, reset.DestinationFormat);
+        (s.PageAttributeTable, s.MiscEnable) = (CpuState.Reset.PageAttributeTable, CpuState.Reset.MiscEnable);
+        if (version >= 2)
+        {
+            s.SysenterCs = r.ReadUInt64();
+            s.SysenterEsp = r.ReadUInt64();
+            s.SysenterEip = r.ReadUInt64();
+            s.Apic.LvtThermal = r.ReadUInt32();
+            s.Apic.LvtPerformance = r.ReadUInt32();
+            s.Apic.LvtLint0 = r.ReadUInt32();
+            s.Apic.LvtLint1 = r.ReadUInt32();
+            s.Apic.LvtError = r.ReadUInt32();
+            s.Apic.LogicalDestination = r.ReadUInt32();
+            s.Apic.DestinationFormat = r.ReadUInt32();
+            s.Apic.CommandHigh = r.ReadUInt32();
+            s.Apic.CommandLow = r.ReadUInt32();
+            s.Apic.TscDeadline = r.ReadUInt64();
+            s.Apic.HardwareDisabled = r.ReadBoolean();
+            s.Apic.SelfInterrupts = r.ReadInt64();
+            s.Apic.UndeliveredCommands = r.ReadInt64();
+            s.Apic.NmiPending = r.ReadBoolean();
+            s.NmiBlocked = r.ReadBoolean();
+            s.PageAttributeTable = r.ReadUInt64();
+            s.MiscEnable = r.ReadUInt64();
+        }
         if (s.InstructionsRetired < 0 || s.IdleCycles < 0)
         {
             throw r.Invalid("a negative clock");

@@ -19,6 +19,8 @@ public static class Cr0
 /// <summary>CR4 bits (Intel SDM Vol. 3A §2.5).</summary>
 public static class Cr4
 {
+    /// <summary>TSD: RDTSC and RDTSCP are privileged (#GP at CPL &gt; 0).</summary>
+    public const ulong TimeStampDisable = 1UL << 2;
     public const ulong PageSizeExtensions = 1UL << 4;
     public const ulong PhysicalAddressExtension = 1UL << 5;
     public const ulong PageGlobalEnable = 1UL << 7;
@@ -43,6 +45,12 @@ public static class Msr
 {
     public const uint TimeStampCounter = 0x10;
     public const uint ApicBase = 0x1B;
+    public const uint SysenterCs = 0x174;
+    public const uint SysenterEsp = 0x175;
+    public const uint SysenterEip = 0x176;
+    public const uint TscDeadline = 0x6E0;
+    public const uint MiscEnable = 0x1A0;
+    public const uint PageAttributeTable = 0x277;
     public const uint Efer = 0xC000_0080;
     public const uint Star = 0xC000_0081;
     public const uint LongStar = 0xC000_0082;

@@ -182,7 +182,14 @@ public sealed partial class Cpu
             case Mnemonic.Syscall:
                 return SystemCall();
             case Mnemonic.Sysretq:
-                return SystemReturn();
+                return SystemReturn(to64: true);
+            case Mnemonic.Sysret:
+                return SystemReturn(to64: false);
+            case Mnemonic.Sysenter:
+                return SystemEnter();
+            case Mnemonic.Sysexit:
+            case Mnemonic.Sysexitq:
+                return SystemExit(i.Mnemonic == Mnemonic.Sysexitq);
             default:
                 if (Condition(i.ConditionCode))
                 {
@@ -278,8 +285,10 @@ public sealed partial class Cpu
         var code = LoadDescriptor(cs);
         // Sensitive: a ring-compressed kernel's IRETQ cannot load IF or IOPL (CPL 1 > IOPL).
         int oldPrivilege = DeprivilegedKernel(sensitiveOnly: true) ? ringCompression!.KernelRing : PrivilegeLevel;
+        // RF is not kept: it would only hold off instruction breakpoints (not modelled) for the one instruction
+        // IRET returns to, after which the CPU clears it (SDM Vol. 3A §18.3.1.1).
         ulong changeable = FlagBits.Status | FlagBits.Trap | FlagBits.Direction |
-                           FlagBits.Nested | FlagBits.Resume | FlagBits.AlignmentCheck |
+                           FlagBits.Nested | FlagBits.AlignmentCheck |
                            FlagBits.Identification;
         if (oldPrivilege == 0)
         {
@@ -295,6 +304,7 @@ public sealed partial class Cpu
         Ss = stack;
         Registers[Rsp] = newRsp;
         Rip = rip;
+        EndNmiBlocking();
         return null;
     }
 
@@ -317,8 +327,8 @@ public sealed partial class Cpu
             throw new NotSupportedException("IRET to virtual-8086 mode is not modelled");
         }
         var code = FarCodeSegment(cs, returning: true);
-        ulong changeable = FlagBits.Status | FlagBits.Trap | FlagBits.Direction | FlagBits.Nested | FlagBits.Resume |
-                           FlagBits.AlignmentCheck | FlagBits.Identification;
+        ulong changeable = FlagBits.Status | FlagBits.Trap | FlagBits.Direction | FlagBits.Nested |
+                           FlagBits.AlignmentCheck | FlagBits.Identification; // RF: as IRETQ
         if (oldPrivilege == 0)
         {
             changeable |= FlagBits.IoPrivilege;
@@ -338,14 +348,27 @@ public sealed partial class Cpu
         Cs = code;
         Registers[Rsp] = (uint)newEsp;
         Rip = eip;
+        EndNmiBlocking();
         return null;
     }
 
+    /// <summary>IRET ends the blocking of NMIs an NMI's delivery began (SDM Vol. 3A §6.7.1): one waiting is taken
+    /// after it.</summary>
+    private void EndNmiBlocking()
+    {
+        if (state.NmiBlocked)
+        {
+            state.NmiBlocked = false;
+            eventCheckAt = 0;
+        }
+    }
+
     /// <summary>SYSCALL (SDM Vol. 2B): RCX ← RIP, R11 ← RFLAGS, RFLAGS &amp;= ~IA32_FMASK, CS ← STAR[47:32] (flat 64-bit
-    /// code, DPL 0), SS ← STAR[47:32] + 8, RIP ← IA32_LSTAR.</summary>
+    /// code, DPL 0), SS ← STAR[47:32] + 8, RIP ← IA32_LSTAR. On an Intel processor it exists in 64-bit mode only: #UD
+    /// in compatibility and legacy mode, as without EFER.SCE.</summary>
     private StopReason? SystemCall()
     {
-        if ((Efer & Architecture.Efer.SystemCallEnable) == 0)
+        if ((Efer & Architecture.Efer.SystemCallEnable) == 0 || Bitness != 64)
         {
             throw GuestFault.InvalidOpcode();
         }
@@ -355,29 +378,83 @@ public sealed partial class Cpu
         Rflags &= ~SyscallFlagMask;
         Rflags |= Rflags_Reserved;
         ushort selector = (ushort)((Star >> 32) & 0xFFFC);
-        Cs = new Segment { Selector = selector, Limit = 0xFFFF_FFFF, Attributes = 0xA09B };
-        Ss = new Segment { Selector = (ushort)(selector + 8), Limit = 0xFFFF_FFFF, Attributes = 0xC093 };
+        Cs = new Segment { Selector = selector, Limit = 0xFFFF_FFFF, Attributes = FlatCode64 };
+        Ss = new Segment { Selector = (ushort)(selector + 8), Limit = 0xFFFF_FFFF, Attributes = FlatData };
         Rip = LongStar;
         return null;
     }
 
-    /// <summary>SYSRETQ: RIP ← RCX, RFLAGS ← R11 (cleaned), CS ← STAR[63:48] + 16 | 3, SS ← STAR[63:48] + 8 | 3.</summary>
-    private StopReason? SystemReturn()
+    // Descriptor attributes (access byte, then G, D/B, L in bits 15:13) of the flat segments SYSCALL, SYSRET, SYSENTER
+    // and SYSEXIT load without reading the GDT (SDM Vol. 2B: base 0, limit 4 GiB, type 11 code or 3 data, S, P).
+    private const ushort FlatCode64 = 0xA09B, FlatCode32 = 0xC09B, FlatData = 0xC093, UserDpl = 0x60;
+
+    /// <summary>SYSRET (SDM Vol. 2B), #UD outside 64-bit mode or without EFER.SCE, #GP(0) at CPL &gt; 0. With REX.W
+    /// (SYSRETQ) to 64-bit code: CS ← STAR[63:48] + 16, RIP ← RCX (canonical, else #GP(0) at CPL 0 as Intel parts do);
+    /// without it to compatibility mode: CS ← STAR[63:48] as 32-bit code, EIP ← ECX. Both: SS ← STAR[63:48] + 8, RPL 3,
+    /// RFLAGS ← (R11 &amp; 3C7FD7H) | 2.</summary>
+    private StopReason? SystemReturn(bool to64)
     {
-        if ((Efer & Architecture.Efer.SystemCallEnable) == 0)
+        if ((Efer & Architecture.Efer.SystemCallEnable) == 0 || Bitness != 64)
         {
             throw GuestFault.InvalidOpcode();
         }
         RequirePrivilege0();
-        ulong target = Registers[Rcx];
+        ulong target = to64 ? Registers[Rcx] : (uint)Registers[Rcx];
         if (!IsCanonical(target))
         {
             throw GuestFault.GeneralProtection();
         }
         ushort selector = (ushort)((Star >> 48) & 0xFFFC);
         Rflags = (Registers[11] & 0x3C_7FD7) | Rflags_Reserved;
-        Cs = new Segment { Selector = (ushort)((selector + 16) | 3), Limit = 0xFFFF_FFFF, Attributes = 0xA0FB };
-        Ss = new Segment { Selector = (ushort)((selector + 8) | 3), Limit = 0xFFFF_FFFF, Attributes = 0xC0F3 };
+        Cs = to64
+            ? new Segment { Selector = (ushort)((selector + 16) | 3), Limit = 0xFFFF_FFFF, Attributes = FlatCode64 | UserDpl }
+            : new Segment { Selector = (ushort)(selector | 3), Limit = 0xFFFF_FFFF, Attributes = FlatCode32 | UserDpl };
+        Ss = new Segment { Selector = (ushort)((selector + 8) | 3), Limit = 0xFFFF_FFFF, Attributes = FlatData | UserDpl };
+        Rip = target;
+        return null;
+    }
+
+    /// <summary>SYSENTER (SDM Vol. 2B; Vol. 3A §5.8.7): #GP(0) if IA32_SYSENTER_CS[15:2] is 0; else RFLAGS.VM, IF and RF
+    /// clear, CPL 0 with CS ← SYSENTER_CS (64-bit code in IA-32e mode, else 32-bit), SS ← SYSENTER_CS + 8, RSP ←
+    /// IA32_SYSENTER_ESP, RIP ← IA32_SYSENTER_EIP (their low 32 bits outside IA-32e mode).</summary>
+    private StopReason? SystemEnter()
+    {
+        ushort selector = (ushort)(SysenterCs & 0xFFFC);
+        if (selector == 0)
+        {
+            throw GuestFault.GeneralProtection();
+        }
+        bool longMode = (Efer & Architecture.Efer.LongModeActive) != 0;
+        Counters.SystemCalls++;
+        Rflags &= ~(FlagBits.Virtual8086 | FlagBits.Interrupt | FlagBits.Resume);
+        Cs = new Segment { Selector = selector, Limit = 0xFFFF_FFFF, Attributes = longMode ? FlatCode64 : FlatCode32 };
+        Ss = new Segment { Selector = (ushort)(selector + 8), Limit = 0xFFFF_FFFF, Attributes = FlatData };
+        Registers[Rsp] = longMode ? SysenterEsp : (uint)SysenterEsp;
+        Rip = longMode ? SysenterEip : (uint)SysenterEip;
+        return null;
+    }
+
+    /// <summary>SYSEXIT (SDM Vol. 2B): #GP(0) if IA32_SYSENTER_CS[15:2] is 0 or CPL &gt; 0. To CPL 3: with REX.W
+    /// (SYSEXITQ) 64-bit code CS ← SYSENTER_CS + 32, SS ← + 40, RSP ← RCX, RIP ← RDX (canonical, else #GP(0));
+    /// without it 32-bit code CS ← SYSENTER_CS + 16, SS ← + 24, ESP ← ECX, EIP ← EDX.</summary>
+    private StopReason? SystemExit(bool to64)
+    {
+        ushort selector = (ushort)(SysenterCs & 0xFFFC);
+        RequirePrivilege0();
+        if (selector == 0)
+        {
+            throw GuestFault.GeneralProtection();
+        }
+        ulong target = to64 ? Registers[Rdx] : (uint)Registers[Rdx];
+        if (!IsCanonical(target))
+        {
+            throw GuestFault.GeneralProtection();
+        }
+        Cs = to64
+            ? new Segment { Selector = (ushort)((selector + 32) | 3), Limit = 0xFFFF_FFFF, Attributes = FlatCode64 | UserDpl }
+            : new Segment { Selector = (ushort)((selector + 16) | 3), Limit = 0xFFFF_FFFF, Attributes = FlatCode32 | UserDpl };
+        Ss = new Segment { Selector = (ushort)((selector + (to64 ? 40 : 24)) | 3), Limit = 0xFFFF_FFFF, Attributes = FlatData | UserDpl };
+        Registers[Rsp] = to64 ? Registers[Rcx] : (uint)Registers[Rcx];
         Rip = target;
         return null;
     }

@@ -18,10 +18,24 @@ public sealed partial class Cpu
         Deliver(vector, errorCode, hasErrorCode, faultAddress, software ? DeliveredEvent.SoftwareInterrupt : DeliveredEvent.Exception, returnRip);
 
     /// <summary>An external interrupt (the APIC's), saved RIP the current one.</summary>
+    /// <summary>The exceptions of the fault class (SDM Vol. 3A Table 6-1): the saved RIP is the faulting instruction's.</summary>
+    private static bool IsFault(ExceptionVector vector) => vector is ExceptionVector.DivideError or
+        ExceptionVector.BoundRangeExceeded or ExceptionVector.InvalidOpcode or ExceptionVector.DeviceNotAvailable or
+        ExceptionVector.InvalidTss or ExceptionVector.SegmentNotPresent or ExceptionVector.StackFault or
+        ExceptionVector.GeneralProtection or ExceptionVector.PageFault or ExceptionVector.FloatingPointError or
+        ExceptionVector.AlignmentCheck or ExceptionVector.SimdFloatingPoint or ExceptionVector.Virtualization or
+        ExceptionVector.ControlProtection;
+
     private bool DeliverInterrupt(int vector) => Deliver((ExceptionVector)vector, 0, false, 0, DeliveredEvent.ExternalInterrupt, Rip);
 
     private bool Deliver(ExceptionVector vector, uint errorCode, bool hasErrorCode, ulong faultAddress, DeliveredEvent kind, ulong returnRip)
     {
+        if (kind == DeliveredEvent.Exception && IsFault(vector))
+        {
+            // A fault saves RFLAGS with RF set, so that the faulting instruction, restarted by IRET, does not take an
+            // instruction breakpoint again (SDM Vol. 3A §18.3.1.1); traps (#BP, #OF, single-step #DB) do not.
+            Rflags |= FlagBits.Resume;
+        }
         if (kind == DeliveredEvent.Exception)
         {
             // INT n and external interrupts have their own counters, whatever their vector (INT 8 is no #DF).

@@ -228,6 +228,11 @@ public sealed partial class Cpu
             Row(Mnemonic.Int1, InstructionClass.System, control),
             Row(Mnemonic.Syscall, InstructionClass.System, control, CpuFeature.SystemCall),
             Row(Mnemonic.Sysretq, InstructionClass.System, control, CpuFeature.SystemCall, Privileged),
+            Row(Mnemonic.Sysret, InstructionClass.System, control, CpuFeature.SystemCall, Privileged),
+            // SYSENTER enters CPL 0 from any ring; SYSEXIT is privileged (SDM Vol. 2B).
+            Row(Mnemonic.Sysenter, InstructionClass.System, control, CpuFeature.SystemEnter),
+            Row(Mnemonic.Sysexit, InstructionClass.System, control, CpuFeature.SystemEnter, Privileged),
+            Row(Mnemonic.Sysexitq, InstructionClass.System, control, CpuFeature.SystemEnter, Privileged),
 
             // String (SDM Vol. 1 §5.1.8).
             Row(Mnemonic.Movsb, InstructionClass.String, @string),
@@ -304,6 +309,9 @@ public sealed partial class Cpu
             Row(Mnemonic.Lfence, InstructionClass.System, nothing),
             Row(Mnemonic.Mfence, InstructionClass.System, nothing),
             Row(Mnemonic.Sfence, InstructionClass.System, nothing),
+            // CLFLUSH and CLFLUSHOPT check the line's address (the model has no caches to flush).
+            Row(Mnemonic.Clflush, InstructionClass.System, system, CpuFeature.CacheLineFlush),
+            Row(Mnemonic.Clflushopt, InstructionClass.System, system, CpuFeature.CacheLineFlushOptimized),
             Row(Mnemonic.Prefetchnta, InstructionClass.System, nothing),
             Row(Mnemonic.Prefetcht0, InstructionClass.System, nothing),
             Row(Mnemonic.Prefetcht1, InstructionClass.System, nothing),
@@ -330,6 +338,10 @@ public sealed partial class Cpu
             Row(Mnemonic.Cpuid, InstructionClass.System, system),
             Row(Mnemonic.Rdtsc, InstructionClass.System, system, CpuFeature.TimeStampCounter),
             Row(Mnemonic.Rdtscp, InstructionClass.System, system, CpuFeature.ReadTimeStampCounterAndProcessor),
+            Row(Mnemonic.Rdpid, InstructionClass.System, system, CpuFeature.ReadProcessorId),
+            // RDPMC: #GP for every counter, since the machine has none (CPUID leaf 0xA: version 0); privileged
+            // unless CR4.PCE.
+            Row(Mnemonic.Rdpmc, InstructionClass.System, system, s: Privileged),
             Row(Mnemonic.Rdmsr, InstructionClass.System, system, CpuFeature.ModelSpecificRegisters, Privileged),
             Row(Mnemonic.Wrmsr, InstructionClass.System, system, CpuFeature.ModelSpecificRegisters, Privileged),
             Row(Mnemonic.Lgdt, InstructionClass.System, system, s: Privileged),
@@ -342,7 +354,7 @@ public sealed partial class Cpu
             Row(Mnemonic.Str, InstructionClass.System, system, s: SensitiveUnprivileged),
             Row(Mnemonic.Smsw, InstructionClass.System, system, s: SensitiveUnprivileged),
             Row(Mnemonic.Invlpg, InstructionClass.System, system, s: Privileged),
-            Row(Mnemonic.Invpcid, InstructionClass.System, system, s: Privileged),
+            Row(Mnemonic.Invpcid, InstructionClass.System, system, CpuFeature.InvalidateProcessContext, Privileged),
             Row(Mnemonic.Swapgs, InstructionClass.System, system, s: Privileged),
             Row(Mnemonic.Wbinvd, InstructionClass.System, system, s: Privileged),
             Row(Mnemonic.Invd, InstructionClass.System, system, s: Privileged),

@@ -1,6 +1,7 @@
 using Nestor.Machine.Addresses;
 using Iced.Intel;
 using Nestor.Machine.Architecture;
+using Nestor.Machine.Paging;
 using Nestor.Machine.Virtualization;
 
 namespace Nestor.Machine.Processor;
@@ -118,6 +119,11 @@ public sealed partial class Cpu
             case Mnemonic.Rdtsc:
             case Mnemonic.Rdtscp:
                 {
+                    // CR4.TSD makes the TSC privileged (SDM Vol. 2B RDTSC: #GP(0) if TSD and CPL > 0).
+                    if ((Cr4 & Architecture.Cr4.TimeStampDisable) != 0 && PrivilegeLevel != 0)
+                    {
+                        throw GuestFault.GeneralProtection();
+                    }
                     if (nonRoot is { RdtscExiting: true } && ExitOnInstruction(ExitReason.Rdtsc, 0, i))
                     {
                         return null;
@@ -129,6 +135,24 @@ public sealed partial class Cpu
                     {
                         Registers[Rcx] = (uint)TscAux;
                     }
+                    return null;
+                }
+            case Mnemonic.Rdpid:
+                // IA32_TSC_AUX into the register (SDM Vol. 2B RDPID), at any privilege level.
+                WriteOperand(i, 0, 8, TscAux);
+                return null;
+            case Mnemonic.Rdpmc:
+                // The machine has no performance counters (CPUID leaf 0xA reports version 0, no counters), so every
+                // counter ECX could name is invalid: #GP(0) (SDM Vol. 2B RDPMC), at CPL 0 too; and at CPL > 0 without
+                // CR4.PCE it is #GP(0) before that.
+                throw GuestFault.GeneralProtection();
+            case Mnemonic.Clflush:
+            case Mnemonic.Clflushopt:
+                {
+                    // The model has no caches, so flushing a line only checks its address: CLFLUSH and CLFLUSHOPT
+                    // fault as a byte load from it would (SDM Vol. 2A CLFLUSH: #PF, #GP), and do nothing else.
+                    ulong linear = EffectiveAddress(i);
+                    Translate(linear, AccessKind.Read);
                     return null;
                 }
             case Mnemonic.Rdmsr:
@@ -157,7 +181,11 @@ public sealed partial class Cpu
                     RequirePrivilege0();
                     ulong address = EffectiveAddress(i);
                     ushort limit = (ushort)ReadLinear(address, 2);
-                    ulong baseAddress = ReadLinear(address + 2, 8);
+                    ulong baseAddress = Bitness == 64 ? ReadLinear(address + 2, 8) : ReadLinear(address + 2, 4);
+                    if (!IsCanonical(baseAddress))
+                    {
+                        throw GuestFault.GeneralProtection(); // a non-canonical table base (SDM Vol. 2A LGDT/LIDT, 64-bit mode)
+                    }
                     if (i.Mnemonic == Mnemonic.Lgdt)
                     {
                         (GdtBase, GdtLimit) = (baseAddress, limit);
@@ -200,6 +228,10 @@ public sealed partial class Cpu
                     ulong low = ReadSupervisor(entry, 8), high = ReadSupervisor(entry + 8, 8);
                     var tr = LoadDescriptor(selector);
                     tr.Base |= high << 32;
+                    if (!IsCanonical(tr.Base))
+                    {
+                        throw GuestFault.GeneralProtection((uint)(selector & ~7)); // SDM Vol. 2A LTR, 64-bit mode
+                    }
                     Tr = tr;
                     // Mark the descriptor busy (type 9 → 11).
                     WriteLinear(entry, 8, low | (2UL << 40));
@@ -226,7 +258,11 @@ public sealed partial class Cpu
                     ulong type = ReadOperand(i, 0, 8);
                     ulong address = EffectiveAddress(i);
                     ulong pcid = ReadLinear(address, 8), linear = ReadLinear(address + 8, 8);
-                    if (type > 3 || pcid > 0xFFF)
+                    // A non-canonical address of an individual-address invalidation is #GP(0) too (SDM Vol. 2B INVPCID).
+                    // And with CR4.PCIDE clear, a single-context or individual-address invalidation of a PCID
+                    // other than 0 (that PCID cannot be in use).
+                    if (type > 3 || pcid > 0xFFF || (type == 0 && (ulong)((long)(linear << 16) >> 16) != linear) ||
+                        (type <= 1 && pcid != 0 && (Cr4 & Architecture.Cr4.ProcessContextIdentifiers) == 0))
                     {
                         throw GuestFault.GeneralProtection();
                     }
@@ -324,6 +360,7 @@ public sealed partial class Cpu
         switch (target)
         {
             case Register.CR0:
+                CheckControlRegister0(value);
                 Cr0 = value | Architecture.Cr0.ExtensionType;
                 // IA-32e mode is activated by turning paging on with EFER.LME set, and left by turning it off
                 // (SDM Vol. 3A §9.8.5).
@@ -341,15 +378,31 @@ public sealed partial class Cpu
                 Cr2 = value;
                 break;
             case Register.CR3:
+                // Bits above MAXPHYADDR are reserved, and bit 63 too unless CR4.PCIDE makes it "keep the PCID's TLB
+                // entries" (SDM Vol. 3A §4.10.4.1); a reserved bit set is #GP(0) (Vol. 2B MOV CR).
+                if ((value & ProcessorModel.AboveMaxPhysicalAddress & ~((Cr4 & Architecture.Cr4.ProcessContextIdentifiers) != 0 ? 1UL << 63 : 0)) != 0)
+                {
+                    throw GuestFault.GeneralProtection();
+                }
                 Cr3 = value & ~(1UL << 63);
                 Mmu.WriteCr3(value);
                 break;
             case Register.CR4:
+                CheckControlRegister4(value);
+                if ((value & ~Cr4 & Architecture.Cr4.ProcessContextIdentifiers) != 0 || (Cr4 & ~value & Architecture.Cr4.PageGlobalEnable) != 0)
+                {
+                    Mmu.FlushAll(includingGlobal: true); // setting PCIDE or clearing PGE flushes every TLB entry (§4.10.4.1)
+                }
                 Cr4 = value;
                 UpdatePagingControls();
                 break;
             case Register.CR8:
                 // CR8 is the APIC's TPR[7:4] in 64-bit mode (SDM Vol. 3A §10.8.6.1); a lower TPR may unblock an interrupt.
+                // Bits 63:4 are reserved (#GP).
+                if (value > 0xF)
+                {
+                    throw GuestFault.GeneralProtection();
+                }
                 Cr8 = value & 0xF;
                 Apic.TaskPriority = (uint)Cr8 << 4;
                 eventCheckAt = 0;
@@ -358,6 +411,39 @@ public sealed partial class Cpu
                 throw GuestFault.InvalidOpcode();
         }
         return null;
+    }
+
+    /// <summary>The #GP(0) conditions of MOV to CR0 (SDM Vol. 2B, MOV—Move to/from Control Registers; Vol. 3A §2.5,
+    /// §9.8.5): a reserved bit (63:32) set, PG without PE, NW without CD, paging turned on with EFER.LME but without
+    /// CR4.PAE (IA-32e mode needs PAE paging), and paging turned off while CR4.PCIDE is set or from 64-bit code
+    /// (IA-32e mode is left from compatibility mode).</summary>
+    private void CheckControlRegister0(ulong value)
+    {
+        bool paging = (value & Architecture.Cr0.Paging) != 0;
+        if ((value >> 32) != 0 ||
+            (paging && (value & Architecture.Cr0.ProtectionEnable) == 0) ||
+            ((value & Architecture.Cr0.NotWriteThrough) != 0 && (value & Architecture.Cr0.CacheDisable) == 0) ||
+            (paging && (Cr0 & Architecture.Cr0.Paging) == 0 && (Efer & Architecture.Efer.LongModeEnable) != 0 &&
+             (Cr4 & Architecture.Cr4.PhysicalAddressExtension) == 0) ||
+            (!paging && (Cr0 & Architecture.Cr0.Paging) != 0 &&
+             ((Cr4 & Architecture.Cr4.ProcessContextIdentifiers) != 0 || Bitness == 64)))
+        {
+            throw GuestFault.GeneralProtection();
+        }
+    }
+
+    /// <summary>The #GP(0) conditions of MOV to CR4 (SDM Vol. 2B MOV CR; Vol. 3A §2.5, §4.10.1): a bit of a feature the
+    /// machine does not have (<see cref="ProcessorModel.Cr4Writable"/>: LA57, OSXSAVE without XSAVE, PKE, UMIP, …),
+    /// clearing PAE in IA-32e mode, and setting PCIDE outside IA-32e mode or while CR3[11:0] is not 0.</summary>
+    private void CheckControlRegister4(ulong value)
+    {
+        bool longMode = (Efer & Architecture.Efer.LongModeActive) != 0;
+        if ((value & ~ProcessorModel.Cr4Writable) != 0 ||
+            (longMode && (value & Architecture.Cr4.PhysicalAddressExtension) == 0) ||
+            ((value & ~Cr4 & Architecture.Cr4.ProcessContextIdentifiers) != 0 && (!longMode || (Cr3 & 0xFFF) != 0)))
+        {
+            throw GuestFault.GeneralProtection();
+        }
     }
 
     private ulong ReadControl(Register r) => r switch
@@ -383,6 +469,12 @@ public sealed partial class Cpu
         Msr.GsBase => Gs.Base,
         Msr.KernelGsBase => KernelGsBase,
         Msr.TscAux => TscAux,
+        Msr.SysenterCs => SysenterCs,
+        Msr.SysenterEsp => SysenterEsp,
+        Msr.SysenterEip => SysenterEip,
+        Msr.TscDeadline when ProcessorModel.Has(CpuFeature.TscDeadline) => Apic.TscDeadline,
+        Msr.PageAttributeTable when ProcessorModel.Has(CpuFeature.PageAttributeTable) => PageAttributeTable,
+        Msr.MiscEnable => MiscEnable,
         _ => throw GuestFault.GeneralProtection(),
     };
 
@@ -391,10 +483,19 @@ public sealed partial class Cpu
         switch (index)
         {
             case Msr.Efer:
+                // Reserved bits, and a change of LME while paging is on, are #GP(0) (SDM Vol. 3A §2.2.1, §9.8.5).
+                if ((value & ~ProcessorModel.EferWritable) != 0 ||
+                    ((Cr0 & Architecture.Cr0.Paging) != 0 && ((value ^ Efer) & Architecture.Efer.LongModeEnable) != 0))
+                {
+                    throw GuestFault.GeneralProtection();
+                }
                 // LMA is read-only: it follows CR0.PG && LME.
                 Efer = (value & ~Architecture.Efer.LongModeActive) | (Efer & Architecture.Efer.LongModeActive);
                 UpdatePagingControls();
                 break;
+            // Registers that hold a linear address take only canonical ones (SDM Vol. 4, WRMSR: #GP(0)).
+            case Msr.LongStar or Msr.CompatibilityStar or Msr.FsBase or Msr.GsBase or Msr.KernelGsBase when !IsCanonical(value):
+                throw GuestFault.GeneralProtection();
             case Msr.Star: Star = value; break;
             case Msr.LongStar: LongStar = value; break;
             case Msr.CompatibilityStar: CompatibilityStar = value; break;
@@ -403,9 +504,53 @@ public sealed partial class Cpu
             case Msr.GsBase: Gs.Base = value; break;
             case Msr.KernelGsBase: KernelGsBase = value; break;
             case Msr.TscAux: TscAux = value; break;
-            case Msr.ApicBase: ApicBase = value; break;
+            case Msr.ApicBase: WriteApicBase(value); break;
             case Msr.TimeStampCounter: break;
+            // The SYSENTER targets (SDM Vol. 3A §5.8.7.1); ESP and EIP hold canonical addresses in IA-32e mode.
+            case Msr.SysenterCs: SysenterCs = value & 0xFFFF_FFFF; break;
+            case Msr.SysenterEsp or Msr.SysenterEip when !IsCanonical(value): throw GuestFault.GeneralProtection();
+            case Msr.SysenterEsp: SysenterEsp = value; break;
+            case Msr.SysenterEip: SysenterEip = value; break;
+            case Msr.PageAttributeTable when ProcessorModel.Has(CpuFeature.PageAttributeTable):
+                // Each of the eight entries must be a memory type PAT defines: 0, 1, 4, 5, 6, 7 (SDM Vol. 3A §12.12.2:
+                // #GP for the reserved 2, 3 and 8–255).
+                for (int entry = 0; entry < 8; entry++)
+                {
+                    ulong type = (value >> (entry * 8)) & 0xFF;
+                    if (type is 2 or 3 or > 7)
+                    {
+                        throw GuestFault.GeneralProtection();
+                    }
+                }
+                PageAttributeTable = value;
+                break;
+            case Msr.MiscEnable:
+                MiscEnable = (value & ~ProcessorModel.MiscEnableReadOnly) | (MiscEnable & ProcessorModel.MiscEnableReadOnly);
+                break;
+            case Msr.TscDeadline when ProcessorModel.Has(CpuFeature.TscDeadline):
+                Apic.WriteTscDeadline(value, Clock);
+                eventCheckAt = 0;
+                break;
             default: throw GuestFault.GeneralProtection();
         }
+    }
+
+    /// <summary>WRMSR to IA32_APIC_BASE (SDM Vol. 3A §10.4.4): bits 0–7, 9, 10 (x2APIC mode, not modelled) and those
+    /// above MAXPHYADDR are reserved (#GP); BSP (bit 8) is read-only. Clearing EN (bit 11) disables the APIC globally:
+    /// its page is memory again, it accepts no interrupt, and it comes back, when EN is set again, in its reset state
+    /// (§10.4.3: "functionally equivalent to an IA-32 processor without an on-chip APIC").</summary>
+    private void WriteApicBase(ulong value)
+    {
+        const ulong enable = 1UL << 11, bootstrap = 1UL << 8;
+        if ((value & (0x6FFUL | ProcessorModel.AboveMaxPhysicalAddress) & ~bootstrap) != 0)
+        {
+            throw GuestFault.GeneralProtection();
+        }
+        if (((value ^ ApicBase) & enable) != 0)
+        {
+            Apic.SetHardwareEnabled((value & enable) != 0);
+        }
+        ApicBase = (value & ~bootstrap) | (ApicBase & bootstrap);
+        eventCheckAt = 0;
     }
 }

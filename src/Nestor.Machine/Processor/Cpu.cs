@@ -48,6 +48,11 @@ public sealed unsafe partial class Cpu
     public ref ulong SyscallFlagMask => ref state.SyscallFlagMask;
     public ref ulong TscAux => ref state.TscAux;
     public ref ulong ApicBase => ref state.ApicBase;
+    public ref ulong SysenterCs => ref state.SysenterCs;
+    public ref ulong SysenterEsp => ref state.SysenterEsp;
+    public ref ulong SysenterEip => ref state.SysenterEip;
+    public ref ulong PageAttributeTable => ref state.PageAttributeTable;
+    public ref ulong MiscEnable => ref state.MiscEnable;
 
     private const ulong Rflags_Reserved = 0x2;
     private const int Rax = 0, Rcx = 1, Rdx = 2, Rbx = 3, Rsp = 4, Rbp = 5, Rsi = 6, Rdi = 7;
@@ -272,6 +277,11 @@ public sealed unsafe partial class Cpu
     /// is left by an enabled interrupt).</summary>
     private bool IdleUntilTimer()
     {
+        if (Apic.NonMaskableInterruptPending && !state.NmiBlocked)
+        {
+            eventCheckAt = 0; // an NMI wakes HLT whatever IF says
+            return true;
+        }
         if ((Rflags & FlagBits.Interrupt) == 0)
         {
             return false;
@@ -321,6 +331,17 @@ public sealed unsafe partial class Cpu
         {
             Apic.Tick(Clock);
         }
+        if (Apic.NonMaskableInterruptPending && !state.NmiBlocked && nonRoot is null && !InterruptShadow)
+        {
+            // An NMI is taken whatever RFLAGS.IF says, through IDT entry 2, and blocks further NMIs until the next
+            // IRET (SDM Vol. 3A §6.7.1).
+            Apic.TakeNonMaskableInterrupt();
+            state.NmiBlocked = true;
+            if (DeliverExternalInterrupt((int)ExceptionVector.NonMaskableInterrupt) is { } shutdown)
+            {
+                return shutdown;
+            }
+        }
         if (nonRoot is { } controls && (controls.ExternalInterruptExiting || controls.InterruptWindowExiting))
         {
             if (InterruptExit(controls) is { } stop)
@@ -336,7 +357,7 @@ public sealed unsafe partial class Cpu
                 return shutdown;
             }
         }
-        eventCheckAt = Apic.PendingVector >= 0 || nonRoot is { InterruptWindowExiting: true }
+        eventCheckAt = Apic.PendingVector >= 0 || Apic.NonMaskableInterruptPending || nonRoot is { InterruptWindowExiting: true }
             ? Counters.InstructionsRetired + 1                  // waiting for IF, the shadow, the TPR or an EOI: look each time
             : Apic.Deadline == long.MaxValue ? long.MaxValue : Apic.Deadline - idleCycles;
         return null;
@@ -458,6 +479,10 @@ public sealed unsafe partial class Cpu
 
     private ref DecodedInstruction FetchSlow(ulong rip)
     {
+        if ((ulong)((long)(rip << 16) >> 16) != rip)
+        {
+            throw GuestFault.GeneralProtection(); // a non-canonical RIP (SDM Vol. 3A §6.15, #GP)
+        }
         if (Mmu.Translate(rip, AccessKind.Execute, PrivilegeLevel == 3, false, out ulong physical) is { } error)
         {
             throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, rip);
@@ -723,6 +748,12 @@ public sealed unsafe partial class Cpu
         if (writeOverride && kind == AccessKind.Write && (linear >> 12) == writeOverrideLinearPage)
         {
             return writeOverrideHostPage | (linear & 0xFFF);
+        }
+        if ((ulong)((long)(linear << 16) >> 16) != linear)
+        {
+            // A non-canonical linear address is #GP(0) (SDM Vol. 3A §3.3.7.1; #SS for stack references, which the
+            // model does not tell apart). Only the slow path gets here: the fast paths hold canonical pages only.
+            throw GuestFault.GeneralProtection();
         }
         bool user = PrivilegeLevel == 3;
         if (Mmu.Translate(linear, kind, user, (rflags & FlagBits.AlignmentCheck) != 0, out ulong physical) is { } error)

@@ -39,7 +39,7 @@ public struct GeneralRegisters
 /// what <see cref="Cpu.LoadState"/> restores. Copying it copies it all (no array or object inside).
 /// <para>Modelled and here: the GPRs, RIP, RFLAGS (the lazy status flags materialised), the eight segment registers with
 /// their hidden descriptor caches, GDTR, IDTR, CR0, CR2, CR3, CR4, CR8, EFER, every MSR RDMSR/WRMSR handle
-/// (IA32_APIC_BASE, STAR, LSTAR, CSTAR, SFMASK, FS/GS base as the segments' bases, KERNEL_GS_BASE, TSC_AUX; the TSC is the
+/// (IA32_APIC_BASE, STAR, LSTAR, CSTAR, SFMASK, FS/GS base as the segments' bases, KERNEL_GS_BASE, TSC_AUX, the SYSENTER MSRs; the TSC is the
 /// clock), the clock (retired instructions and idle cycles), the STI/MOV-SS interrupt shadow, halted, and the local
 /// APIC.</para>
 /// <para>Not modelled, hence not here: the x87 FPU, MMX, SSE/AVX registers and MXCSR (the model executes no
@@ -59,6 +59,11 @@ public struct CpuState
     public ushort GdtLimit, IdtLimit;
     /// <summary>IA32_KERNEL_GS_BASE, IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_TSC_AUX, IA32_APIC_BASE.</summary>
     public ulong KernelGsBase, Star, LongStar, CompatibilityStar, SyscallFlagMask, TscAux, ApicBase;
+    /// <summary>IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP (SDM Vol. 3A §5.8.7.1).</summary>
+    public ulong SysenterCs, SysenterEsp, SysenterEip;
+    /// <summary>IA32_PAT (SDM Vol. 3A §12.12.2) and IA32_MISC_ENABLE (Vol. 4 Table 2-2): stored, without effect on a
+    /// model that has no caches, no thermal control and no fast-string choice.</summary>
+    public ulong PageAttributeTable, MiscEnable;
     /// <summary>Instructions retired: with <see cref="IdleCycles"/>, the clock the TSC and the APIC timer count.</summary>
     public long InstructionsRetired;
     /// <summary>Clock ticks skipped while halted waiting for the timer.</summary>
@@ -68,6 +73,8 @@ public struct CpuState
     public long InterruptShadowUntil;
     /// <summary>The CPU executed HLT and stopped for good (no timer to wake it).</summary>
     public bool Halted;
+    /// <summary>An NMI was delivered and no IRET has run since: further NMIs wait (SDM Vol. 3A §6.7.1).</summary>
+    public bool NmiBlocked;
     /// <summary>The local APIC.</summary>
     public LocalApicState Apic;
 
@@ -77,6 +84,8 @@ public struct CpuState
     {
         Rflags = FlagBits.Reserved1,
         ApicBase = 0xFEE0_0900,
+        PageAttributeTable = 0x0007_0406_0007_0406,
+        MiscEnable = ProcessorModel.MiscEnableReset,
         InterruptShadowUntil = -1,
         Apic = LocalApicState.Reset,
     };

@@ -1,8 +1,9 @@
 namespace Nestor.Machine.Processor;
 
 /// <summary>The local APIC (Intel SDM Vol. 3A chapter 10): the spurious-vector register (software enable), task and
-/// processor priority, EOI, the 256-bit IRR, ISR and TMR (§10.8.4), the LVT timer entry (vector, mask, one-shot or
-/// periodic), initial and current count, divide configuration. Fixed interrupts come from its timer and from outside
+/// processor priority, EOI, the 256-bit IRR, ISR and TMR (§10.8.4), the LVT (the timer: vector, mask, one-shot,
+/// periodic or TSC-deadline; the other entries programmable and masked at reset), initial and current count, divide
+/// configuration, LDR/DFR, and the ICR for self-IPIs; hardware disable by IA32_APIC_BASE.EN (§10.4.3). Fixed interrupts come from its timer and from outside
 /// (<see cref="RequestInterrupt"/>, the I/O APIC's messages); the CPU takes the highest-priority requested vector whose
 /// priority class is above the processor priority (§10.8.3). The timer counts the CPU's clock (one tick per retired
 /// instruction, plus idle time skipped in HLT), so runs are reproducible. Its whole state is a
@@ -62,7 +63,35 @@ public sealed class LocalApic
         }
     }
 
+    /// <summary>The mask bit of an LVT entry (bit 16, SDM Vol. 3A §10.5.1).</summary>
+    public const uint Masked = 1u << 16;
+
     private bool SoftwareEnabled => (state.SpuriousVector & 0x100) != 0;
+
+    /// <summary>False once IA32_APIC_BASE.EN is cleared (SDM Vol. 3A §10.4.3), until it is set again.</summary>
+    public bool HardwareEnabled => !state.HardwareDisabled;
+
+    /// <summary>IA32_APIC_BASE.EN changed (§10.4.3). Cleared, the APIC stops: its registers are gone (the CPU stops
+    /// decoding its page), it accepts and raises no interrupt. Set again, it starts from its reset state (§10.4.7.1).
+    /// Either way what it held is lost; its counters are kept.</summary>
+    public void SetHardwareEnabled(bool enabled)
+    {
+        var counters = state;
+        state = LocalApicState.Reset;
+        state.HardwareDisabled = !enabled;
+        state.TimerInterrupts = counters.TimerInterrupts;
+        state.ExternalRequests = counters.ExternalRequests;
+        state.Refused = counters.Refused;
+        state.EndOfInterrupts = counters.EndOfInterrupts;
+        state.SelfInterrupts = counters.SelfInterrupts;
+        state.UndeliveredCommands = counters.UndeliveredCommands;
+    }
+
+    /// <summary>Interrupts the APIC sent itself through the ICR.</summary>
+    public long SelfInterrupts => state.SelfInterrupts;
+
+    /// <summary>ICR commands not carried out (other delivery modes, other destinations: the machine has one CPU).</summary>
+    public long UndeliveredCommands => state.UndeliveredCommands;
 
     private int Divide
     {
@@ -73,39 +102,152 @@ public sealed class LocalApic
         }
     }
 
+    // The LVT timer's mode field, bits 18:17 (§10.5.4): one-shot, periodic, or TSC-deadline (bit 18 is reserved
+    // without CPUID.01H:ECX.TSC_Deadline).
+    private const uint TimerModeField = 3u << 17, PeriodicMode = 1u << 17, TscDeadlineMode = 2u << 17;
+
+    private static readonly uint TimerWritable = 0xFF | Masked | (ProcessorModel.Has(CpuFeature.TscDeadline) ? TimerModeField : PeriodicMode);
+
+    private bool InTscDeadlineMode => (state.LvtTimer & TimerModeField) == TscDeadlineMode;
+
+    /// <summary>A register of the APIC's page (offset from its base; SDM Vol. 3A Table 10-1).</summary>
     public uint Read(uint offset, long clock) => offset switch
     {
-        0x20 => 0,                         // APIC ID
-        0x30 => 0x0005_0014,               // version 0x14, 6 LVT entries
+        0x20 => 0,                         // APIC ID 0: the bootstrap processor
+        0x30 => 0x0005_0014,               // version 0x14, 6 LVT entries (max LVT entry 5)
         0x80 => state.TaskPriority,
         0xA0 => ProcessorPriority,
+        0xD0 => state.LogicalDestination,
+        0xE0 => state.DestinationFormat,
         0xF0 => state.SpuriousVector,
         >= 0x100 and < 0x180 => state.InService.Register((int)(offset - 0x100) >> 4),
         >= 0x180 and < 0x200 => state.TriggerMode.Register((int)(offset - 0x180) >> 4),
         >= 0x200 and < 0x280 => state.Requests.Register((int)(offset - 0x200) >> 4),
+        0x300 => state.CommandLow & ~(1u << 12), // delivery status: idle (a self-IPI is accepted at once)
+        0x310 => state.CommandHigh,
         0x320 => state.LvtTimer,
+        0x330 => state.LvtThermal,
+        0x340 => state.LvtPerformance,
+        0x350 => state.LvtLint0,
+        0x360 => state.LvtLint1,
+        0x370 => state.LvtError,
         0x380 => state.InitialCount,
-        0x390 => state.Deadline == long.MaxValue ? 0 : (uint)Math.Max(0, (state.Deadline - clock) / Divide),
+        // The current count: 0 when the timer is stopped, and in TSC-deadline mode (§10.5.4.1).
+        0x390 => state.Deadline == long.MaxValue || InTscDeadlineMode ? 0 : (uint)Math.Max(0, (state.Deadline - clock) / Divide),
         0x3E0 => state.DivideConfiguration,
         _ => 0,
     };
 
+    /// <summary>Writes a register of the APIC's page. While the APIC is software-disabled (SVR bit 8 clear) every LVT
+    /// entry stays masked (§10.4.7.2).</summary>
     public void Write(uint offset, uint value, long clock)
     {
+        uint mask = SoftwareEnabled ? 0 : Masked;
         switch (offset)
         {
             case 0x80: state.TaskPriority = value & 0xFF; break;
             case 0xB0: EndOfInterrupt(); break;
-            case 0xF0: state.SpuriousVector = value; break;
-            case 0x320: state.LvtTimer = value; break;
-            case 0x3E0: state.DivideConfiguration = value; break;
+            case 0xD0: state.LogicalDestination = value & 0xFF00_0000; break;
+            case 0xE0: state.DestinationFormat = value | 0x0FFF_FFFF; break;
+            case 0xF0:
+                state.SpuriousVector = value & 0x1FF;
+                if (!SoftwareEnabled)
+                {
+                    // Software disable masks every LVT entry (§10.4.7.2); IRR and ISR are kept.
+                    state.LvtTimer |= Masked;
+                    state.LvtThermal |= Masked;
+                    state.LvtPerformance |= Masked;
+                    state.LvtLint0 |= Masked;
+                    state.LvtLint1 |= Masked;
+                    state.LvtError |= Masked;
+                }
+                break;
+            case 0x300: SendCommand(value); break;
+            case 0x310: state.CommandHigh = value & 0xFF00_0000; break;
+            case 0x320:
+                {
+                    uint timer = (value & TimerWritable) | mask;
+                    if (((timer ^ state.LvtTimer) & TscDeadlineMode) != 0)
+                    {
+                        // Changing to or from TSC-deadline mode disarms the timer (§10.5.4.1).
+                        state.Deadline = long.MaxValue;
+                        state.InitialCount = 0;
+                        state.TscDeadline = 0;
+                    }
+                    state.LvtTimer = timer;
+                    break;
+                }
+            case 0x330: state.LvtThermal = (value & 0x107FF) | mask; break;
+            case 0x340: state.LvtPerformance = (value & 0x107FF) | mask; break;
+            case 0x350: state.LvtLint0 = (value & 0x1A7FF) | mask; break;
+            case 0x360: state.LvtLint1 = (value & 0x1A7FF) | mask; break;
+            case 0x370: state.LvtError = (value & 0x100FF) | mask; break;
+            case 0x3E0: state.DivideConfiguration = value & 0xB; break;
             case 0x380:
+                if (InTscDeadlineMode)
+                {
+                    break; // ignored in TSC-deadline mode (§10.5.4.1)
+                }
                 // Writing the initial count starts (or, with 0, stops) the timer (§10.5.4).
                 state.InitialCount = value;
                 state.Period = (long)value * Divide;
                 state.Deadline = value == 0 ? long.MaxValue : clock + state.Period;
                 break;
         }
+    }
+
+    /// <summary>An NMI waits for the CPU (<see cref="TakeNonMaskableInterrupt"/>).</summary>
+    public bool NonMaskableInterruptPending => state.NmiPending;
+
+    /// <summary>The CPU takes the waiting NMI.</summary>
+    public void TakeNonMaskableInterrupt() => state.NmiPending = false;
+
+    /// <summary>IA32_TSC_DEADLINE (SDM Vol. 3A §10.5.4.1): the TSC value at which the timer fires, 0 when disarmed.</summary>
+    public ulong TscDeadline => state.TscDeadline;
+
+    /// <summary>WRMSR to IA32_TSC_DEADLINE: in TSC-deadline mode arms the timer at that TSC value (the TSC is the
+    /// CPU's clock; a value already past fires at once), 0 disarms it; in other modes it is only stored.</summary>
+    public void WriteTscDeadline(ulong value, long clock)
+    {
+        state.TscDeadline = value;
+        if (InTscDeadlineMode)
+        {
+            state.Deadline = value == 0 ? long.MaxValue : (long)Math.Min(value, (ulong)long.MaxValue - 1);
+        }
+    }
+
+    /// <summary>A write of the ICR's low half (SDM Vol. 3A §10.6.1): an interprocessor interrupt. The machine has one
+    /// processor, so what it carries out is a fixed (or lowest-priority) interrupt to itself, by the self or
+    /// all-including-self shorthand or by a destination naming APIC 0 (physical), its logical ID (flat model) or the
+    /// broadcast 0xFF; and an NMI to itself; everything else (SMI, INIT, start-up, other destinations) is counted and dropped, as
+    /// messages to processors that do not exist.</summary>
+    private void SendCommand(uint value)
+    {
+        state.CommandLow = value & 0x000C_CFFF;
+        uint deliveryMode = (value >> 8) & 7, shorthand = (value >> 18) & 3, destination = state.CommandHigh >> 24;
+        bool logical = (value & (1u << 11)) != 0;
+        bool toSelf = shorthand switch
+        {
+            1 or 2 => true,
+            3 => false,
+            _ => destination == 0xFF || (logical ? (destination & (state.LogicalDestination >> 24)) != 0 : destination == 0),
+        };
+        int vector = (int)(value & 0xFF);
+        if (toSelf && deliveryMode == 4)
+        {
+            // NMI: the vector field is ignored; the CPU takes it through IDT entry 2 (§10.6.1, Vol. 3A §6.7).
+            state.SelfInterrupts++;
+            state.NmiPending = true;
+            return;
+        }
+        if (!toSelf || deliveryMode > 1 || vector < 16)
+        {
+            state.UndeliveredCommands++;
+            return;
+        }
+        state.SelfInterrupts++;
+        state.Requests.Set(vector, true);
+        state.TriggerMode.Set(vector, false);
     }
 
     /// <summary>EOI (SDM Vol. 3A §10.8.5): the highest in-service vector is done; for a level-triggered one the EOI is
@@ -133,8 +275,12 @@ public sealed class LocalApic
         {
             return;
         }
-        bool periodic = ((state.LvtTimer >> 17) & 3) == 1;
+        bool periodic = (state.LvtTimer & TimerModeField) == PeriodicMode;
         state.Deadline = periodic && state.Period > 0 ? Math.Max(state.Deadline + state.Period, clock + 1) : long.MaxValue;
+        if (InTscDeadlineMode)
+        {
+            state.TscDeadline = 0; // fired: the MSR reads 0 (§10.5.4.1)
+        }
         int vector = (int)(state.LvtTimer & 0xFF);
         if ((state.LvtTimer & (1u << 16)) == 0 && SoftwareEnabled && !state.Requests.Get(vector))
         {
@@ -150,7 +296,7 @@ public sealed class LocalApic
     /// and while the APIC is software-disabled (§10.4.7.2).</summary>
     public bool RequestInterrupt(int vector, bool levelTriggered)
     {
-        if (vector is < 16 or > 255 || !SoftwareEnabled)
+        if (vector is < 16 or > 255 || !SoftwareEnabled || state.HardwareDisabled)
         {
             state.Refused++;
             return false;
@@ -168,7 +314,7 @@ public sealed class LocalApic
         get
         {
             int vector = state.Requests.Highest();
-            return vector >= 0 && ((uint)vector & 0xF0) > (ProcessorPriority & 0xF0);
+            return vector >= 0 && !state.HardwareDisabled && ((uint)vector & 0xF0) > (ProcessorPriority & 0xF0);
         }
     }
 

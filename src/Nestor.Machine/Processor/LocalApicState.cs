@@ -74,7 +74,37 @@ public struct LocalApicState
     public long Refused;
     /// <summary>EOIs written.</summary>
     public long EndOfInterrupts;
+    /// <summary>The other LVT entries (§10.5.1): thermal sensor, performance counter, LINT0, LINT1, error. Programmable
+    /// and read back; nothing in the model raises them.</summary>
+    public uint LvtThermal, LvtPerformance, LvtLint0, LvtLint1, LvtError;
+    /// <summary>Logical destination register (§10.6.2.2, bits 31:24) and destination format register (bits 31:28).</summary>
+    public uint LogicalDestination, DestinationFormat;
+    /// <summary>The interrupt command register's high half (destination in bits 31:24) and low half as last written
+    /// (§10.6.1).</summary>
+    public uint CommandHigh, CommandLow;
+    /// <summary>IA32_TSC_DEADLINE (§10.5.4.1): the TSC value at which the timer fires in TSC-deadline mode; 0 disarmed.</summary>
+    public ulong TscDeadline;
+    /// <summary>IA32_APIC_BASE.EN is clear (§10.4.3): the APIC is off, accepts nothing and raises nothing.</summary>
+    public bool HardwareDisabled;
+    /// <summary>An NMI (a self-IPI with delivery mode NMI, §10.6.1) waits for the CPU to take it.</summary>
+    public bool NmiPending;
+    /// <summary>Interrupts the APIC sent itself through the ICR (self-IPIs).</summary>
+    public long SelfInterrupts;
+    /// <summary>ICR writes the model does not carry out (NMI, SMI, INIT, start-up, or to another APIC: there is none).</summary>
+    public long UndeliveredCommands;
 
-    /// <summary>The state at reset (SDM Vol. 3A §10.4.7.1): software-disabled, spurious vector 0xFF, LVT masked.</summary>
-    public static LocalApicState Reset => new() { SpuriousVector = 0xFF, LvtTimer = 1u << 16, Deadline = long.MaxValue };
+    /// <summary>The state at reset (SDM Vol. 3A §10.4.7.1): software-disabled, spurious vector 0xFF, every LVT entry
+    /// masked, DFR all ones (the flat model).</summary>
+    public static LocalApicState Reset => new()
+    {
+        SpuriousVector = 0xFF,
+        LvtTimer = LocalApic.Masked,
+        LvtThermal = LocalApic.Masked,
+        LvtPerformance = LocalApic.Masked,
+        LvtLint0 = LocalApic.Masked,
+        LvtLint1 = LocalApic.Masked,
+        LvtError = LocalApic.Masked,
+        DestinationFormat = 0xFFFF_FFFF,
+        Deadline = long.MaxValue,
+    };
 }

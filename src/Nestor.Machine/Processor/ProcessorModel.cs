@@ -1,0 +1,109 @@
+namespace Nestor.Machine.Processor;
+
+/// <summary>Which processor the software machine says it is, and the architectural checks that follow from what it
+/// has. The identity is an Intel part (so that standard software takes the Intel paths: vendor <c>GenuineIntel</c>,
+/// Intel SDM Vol. 2A "CPUID", leaf 0): family 6, model 0x3D, stepping 4, the signature 0x000306D4 of the 5th-generation
+/// Core (Broadwell-U, e.g. the Core i7-5500U), the first client part with SMAP, the newest feature the model
+/// advertises. The features themselves are never taken from that part: they are the ones the model implements
+/// (<see cref="CpuidFeatures.Reported"/>), so the machine shows fewer than a real Broadwell (no x87, SSE, AVX, XSAVE).
+/// CPUID (Nestor.Hypervisor's SoftwareCpuid) and the CPU's own checks (MOV CR4, WRMSR) read this one class.</summary>
+public static class ProcessorModel
+{
+    /// <summary>The vendor string (CPUID leaf 0, EBX:EDX:ECX).</summary>
+    public const string Vendor = "GenuineIntel";
+
+    /// <summary>The processor signature (CPUID leaf 1, EAX: stepping 3:0, model 7:4, family 11:8, extended model
+    /// 19:16; SDM Vol. 2A Figure 3-6): family 6, model 0x3D, stepping 4.</summary>
+    public const uint Signature = 0x0003_06D4;
+
+    /// <summary>The display family (SDM Vol. 2A, CPUID, "Family ID"): 6.</summary>
+    public const int Family = 6;
+
+    /// <summary>The display model (extended model 3 and model 0xD): 0x3D.</summary>
+    public const int Model = 0x3D;
+
+    /// <summary>The stepping.</summary>
+    public const int Stepping = 4;
+
+    /// <summary>The brand string (CPUID leaves 0x80000002–0x80000004, 48 bytes with the terminating zero): says what it
+    /// is, not the part's marketing name, since its features are not the part's.</summary>
+    public const string BrandString = "Nestor software CPU (Intel Broadwell-class)";
+
+    /// <summary>Physical-address width (CPUID 0x80000008 EAX[7:0]): the page walker takes every bit of a
+    /// paging-structure entry up to bit 51 as address (Vol. 3A §4.5.4), so the machine's MAXPHYADDR is 52.</summary>
+    public const int PhysicalAddressBits = 52;
+
+    /// <summary>Linear-address width (CPUID 0x80000008 EAX[15:8]): 4-level paging, 48 bits.</summary>
+    public const int LinearAddressBits = 48;
+
+    /// <summary>Bytes per cache line CLFLUSH reports (CPUID.1:EBX[15:8] counts 8-byte units).</summary>
+    public const int CacheLineBytes = 64;
+
+    /// <summary>Whether the machine implements <paramref name="feature"/> (and so reports it in CPUID).</summary>
+    public static bool Has(CpuFeature feature) => Implemented[(int)feature];
+
+    private static readonly bool[] Implemented = BuildImplemented();
+
+    private static bool[] BuildImplemented()
+    {
+        var implemented = new bool[Enum.GetValues<CpuFeature>().Max(f => (int)f) + 1];
+        implemented[(int)CpuFeature.None] = true;
+        foreach (var f in CpuidFeatures.Reported)
+        {
+            implemented[(int)f.Feature] = true;
+        }
+        return implemented;
+    }
+
+    /// <summary>CR4's bits (SDM Vol. 3A §2.5, Figure 2-7) and the feature each belongs to; a bit whose feature the
+    /// machine lacks is reserved: MOV to CR4 setting it raises #GP(0) (Vol. 2B, MOV—Move to/from Control Registers).
+    /// PCE has no CPUID flag (it only lets CPL &gt; 0 run RDPMC).</summary>
+    public static readonly IReadOnlyList<(int Bit, string Name, CpuFeature Feature)> Cr4Bits =
+    [
+        (0, "VME", CpuFeature.Virtual8086ModeExtensions),
+        (1, "PVI", CpuFeature.Virtual8086ModeExtensions),
+        (2, "TSD", CpuFeature.TimeStampCounter),
+        (3, "DE", CpuFeature.DebuggingExtensions),
+        (4, "PSE", CpuFeature.PageSizeExtension),
+        (5, "PAE", CpuFeature.PhysicalAddressExtension),
+        (6, "MCE", CpuFeature.MachineCheckException),
+        (7, "PGE", CpuFeature.PageGlobal),
+        (8, "PCE", CpuFeature.None),
+        (9, "OSFXSR", CpuFeature.FxsaveFxrstor),
+        (10, "OSXMMEXCPT", CpuFeature.Sse),
+        (11, "UMIP", CpuFeature.UserModeInstructionPrevention),
+        (12, "LA57", CpuFeature.FiveLevelPaging),
+        (13, "VMXE", CpuFeature.VirtualMachineExtensions),
+        (14, "SMXE", CpuFeature.SaferModeExtensions),
+        (16, "FSGSBASE", CpuFeature.FsGsBase),
+        (17, "PCIDE", CpuFeature.ProcessContextIdentifiers),
+        (18, "OSXSAVE", CpuFeature.Xsave),
+        (20, "SMEP", CpuFeature.SupervisorModeExecutionPrevention),
+        (21, "SMAP", CpuFeature.SupervisorModeAccessPrevention),
+        (22, "PKE", CpuFeature.ProtectionKeys),
+        (23, "CET", CpuFeature.ControlFlowEnforcement),
+        (24, "PKS", CpuFeature.ProtectionKeysSupervisor),
+    ];
+
+    /// <summary>The CR4 bits software may set on this machine: those of <see cref="Cr4Bits"/> whose feature it has.</summary>
+    public static readonly ulong Cr4Writable = Cr4Bits.Where(b => Has(b.Feature)).Aggregate(0UL, (m, b) => m | (1UL << b.Bit));
+
+    /// <summary>IA32_EFER bits software may set (SDM Vol. 3A §2.2.1, Table 2-1): SCE with SYSCALL, LME and LMA with long
+    /// mode (LMA is read-only), NXE with NX; every other bit is reserved (WRMSR raises #GP).</summary>
+    public static readonly ulong EferWritable =
+        (Has(CpuFeature.SystemCall) ? Architecture.Efer.SystemCallEnable : 0) |
+        (Has(CpuFeature.LongMode) ? Architecture.Efer.LongModeEnable | Architecture.Efer.LongModeActive : 0) |
+        (Has(CpuFeature.NoExecute) ? Architecture.Efer.NoExecuteEnable : 0);
+
+    /// <summary>IA32_MISC_ENABLE at reset (SDM Vol. 4 Table 2-2): fast strings (bit 0), and the read-only bits saying
+    /// branch trace storage (bit 11) and PEBS (bit 12) are unavailable; bit 7 (performance monitoring available)
+    /// is clear, as leaf 0xA says.</summary>
+    public const ulong MiscEnableReset = 1UL | (1UL << 11) | (1UL << 12);
+
+    /// <summary>The read-only bits of IA32_MISC_ENABLE: 7, 11, 12.</summary>
+    public const ulong MiscEnableReadOnly = (1UL << 7) | (1UL << 11) | (1UL << 12);
+
+    /// <summary>The bits of a physical address above <see cref="PhysicalAddressBits"/> (reserved in CR3 and
+    /// IA32_APIC_BASE).</summary>
+    public const ulong AboveMaxPhysicalAddress = ~((1UL << PhysicalAddressBits) - 1);
+}
