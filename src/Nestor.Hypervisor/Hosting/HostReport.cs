@@ -35,5 +35,5 @@ public static class HostReport
     public static bool AllSucceeded(VirtualMachineHost host) => host.Vms.All(vm =>
         vm.State == HostedVmState.Refused ||
         (vm.OutcomeKind == VmOutcomeKind.DebugExit && vm.GuestStatus == 0) ||
-        (vm.OutcomeKind == VmOutcomeKind.Timeout && vm.Spec.RunLimitMilliseconds is not null && vm.Outcome?.Contains("run limit", StringComparison.Ordinal) == true));
+        vm.EndedAsPlanned);
 }

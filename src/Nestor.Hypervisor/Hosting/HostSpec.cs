@@ -41,6 +41,10 @@ public sealed record HostSpec(ulong MemoryBytes, ulong SwapBytes, int HostCpus, 
     /// <summary>The virtual clock's rate.</summary>
     public HostClock Clock { get; init; } = HostClock.Default;
 
+    /// <summary>How long the host runs, in milliseconds of virtual time: when it has, every VM still running is
+    /// stopped (an experiment of fixed length, as <c>nestor bench consolidate</c> runs); null: until each has ended.</summary>
+    public double? DurationMilliseconds { get; init; }
+
     /// <summary>A wall-clock limit on the whole host run; null: none.</summary>
     public TimeSpan? WallTimeout { get; init; }
 }

@@ -51,6 +51,9 @@ public sealed class HostedVm : IDisposable
     /// <summary>Why the host stopped it (a flood, its run limit, the operator), if it did.</summary>
     internal string? StopCause { get; set; }
 
+    /// <summary>The host ended it as planned: its run limit, or the end of the host's fixed-length run.</summary>
+    public bool EndedAsPlanned { get; internal set; }
+
     internal Thread? Thread { get; set; }
 
     /// <summary>The technique as the CLI spells it.</summary>

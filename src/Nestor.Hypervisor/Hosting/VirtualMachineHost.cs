@@ -37,6 +37,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
     private long rounds;
     private long idleCpuRounds;
     private bool started;
+    private bool durationOver;
 
     /// <param name="spec">What the host has and runs.</param>
     /// <param name="console">Where VMs without a serial file write their prefixed lines (null: nowhere; the report
@@ -197,6 +198,19 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
                 {
                     return;
                 }
+                if (spec.DurationMilliseconds is { } duration && now >= spec.Clock.Cycles(duration) && !durationOver)
+                {
+                    durationOver = true;
+                    foreach (var vm in vms.Where(v => v.Thread is not null && v.Vcpu.State != VcpuRunState.Done && v.StopCause is null))
+                    {
+                        vm.EndedAsPlanned = true;
+                        StopVm(vm, $"stopped: the host's run of {duration:0.###} ms of virtual time is over", VmOutcomeKind.Timeout);
+                        if (vm.Vcpu.State is VcpuRunState.Paused or VcpuRunState.Blocked)
+                        {
+                            vm.Vcpu.State = VcpuRunState.Runnable; // it must run to see the stop
+                        }
+                    }
+                }
                 WakeSleepers();
                 scheduler.Assign(now, hostCpus);
                 for (int i = 0; i < hostCpus.Length; i++)
@@ -207,7 +221,8 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
                 if (assigned == 0)
                 {
                     // Only paused VMs are left when no one sleeps either: wait for the operator.
-                    waitForOperator = !SkipIdleTime(round);
+                    // Once the host's run is over, time stands still while the stopped VMs' threads finish.
+                    waitForOperator = durationOver || !SkipIdleTime(round);
                     operatorActed.Reset();
                 }
                 else
@@ -230,7 +245,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
             {
                 if (waitForOperator)
                 {
-                    operatorActed.Wait(50);
+                    operatorActed.Wait(durationOver ? 5 : 50);
                 }
                 continue;
             }
@@ -289,6 +304,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
         }
         if (vm.Spec.RunLimitMilliseconds is { } limit && q.Clock >= spec.Clock.Cycles(limit) && vm.StopCause is null)
         {
+            vm.EndedAsPlanned = true;
             StopVm(vm, $"stopped: its run limit of {limit:0.###} ms of virtual time passed", VmOutcomeKind.Timeout);
         }
         if (v.State == VcpuRunState.Paused)
@@ -316,6 +332,11 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
         foreach (var vm in vms)
         {
             var v = vm.Vcpu;
+            if (v.State != VcpuRunState.Done && vm.Thread is not null && vm.Quantum.Finished)
+            {
+                v.State = VcpuRunState.Done; // its run ended on its own thread after a stop, outside a round
+                continue;
+            }
             if (v.State == VcpuRunState.Blocked && v.WakeAt <= now)
             {
                 v.State = VcpuRunState.Runnable;

@@ -11,10 +11,10 @@ namespace Nestor.Hypervisor.Scheduling;
 /// wakes takes the larger of its finish tag and the system's virtual time (the smallest start tag of the runnable),
 /// so sleeping earns no credit to spend later. The decision is made every round (100 µs): a vCPU is charged exactly what
 /// it ran, so the quantum does not bias the ratio.</para>
-/// <para>Reservation and limit are enforced per vCPU over a 100 ms period, as token buckets in cycles: a limited vCPU
-/// earns <c>limit% × round</c> of allowance each round (at most a period's worth) and is not eligible while its
-/// allowance is used up; a reserved vCPU that is runnable is owed <c>reservation% × round</c> each round (at most a
-/// period's worth, and nothing while it sleeps: a reservation is not banked), and a vCPU owed a whole round goes
+/// <para>Reservation and limit are enforced per vCPU as token buckets in cycles: a limited vCPU earns
+/// <c>limit% × round</c> of allowance each round (at most ten rounds' worth, so that it cannot burst after idling) and
+/// is not eligible while its allowance is used up; a reserved vCPU that is runnable is owed <c>reservation% × round</c> each round (at most a
+/// 100 ms period's worth, and nothing while it sleeps: a reservation is not banked), and a vCPU owed a whole round goes
 /// before every share-based choice. Admission control keeps the sum of reservations within the host's CPUs, so all
 /// of them can be met.</para>
 /// <para>Known simplification: with several host CPUs a vCPU whose weight entitles it to more than one CPU gets one
@@ -35,7 +35,7 @@ public sealed class ProportionalShareScheduler(HostClock clock, int hostCpus) : 
     protected override void Added(ScheduledVcpu vcpu)
     {
         vcpu.StartTag = vcpu.FinishTag = SystemVirtualTime(vcpu);
-        vcpu.LimitAllowance = Allowance(vcpu);
+        vcpu.LimitAllowance = 0;
     }
 
     /// <inheritdoc/>
@@ -60,8 +60,6 @@ public sealed class ProportionalShareScheduler(HostClock clock, int hostCpus) : 
         // No one runnable: the server is idle, and v(t) is the largest finish tag served so far.
         return smallest == double.MaxValue ? largestFinish : smallest;
     }
-
-    private double Allowance(ScheduledVcpu v) => v.Controls.LimitPercent is { } limit ? limit / 100 * period : double.MaxValue;
 
     /// <inheritdoc/>
     public override void Assign(long now, ScheduledVcpu?[] hostCpus)
@@ -113,7 +111,8 @@ public sealed class ProportionalShareScheduler(HostClock clock, int hostCpus) : 
         {
             if (v.Controls.LimitPercent is { } limit)
             {
-                v.LimitAllowance = Math.Min(v.LimitAllowance + limit / 100 * RoundCycles, limit / 100 * period);
+                // A shallow bucket (ten rounds' worth): after an idle spell a limited vCPU may not burst far above its limit.
+                v.LimitAllowance = Math.Min(v.LimitAllowance + limit / 100 * RoundCycles, limit / 100 * RoundCycles * 10);
             }
             double reservation = v.Controls.ReservationPercent / 100;
             v.ReservationOwed = v.IsRunnable && reservation > 0

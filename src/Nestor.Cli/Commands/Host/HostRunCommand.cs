@@ -25,10 +25,11 @@ internal static class HostRunCommand
         var hostCpus = new Option<int?>("--host-cpus") { Description = "Host CPUs: vCPUs run on this many host threads at once (default 1)" };
         var scheduler = new Option<string?>("--scheduler") { Description = "share (ESX's proportional share, reservation, limit; the default) or credit (Xen's credit scheduler)" };
         var timeout = TypedOptions.Seconds("--timeout", "Stop every VM after this many seconds of wall time");
+        var duration = new Option<double?>("--duration-ms") { Description = "Run the host for this many milliseconds of virtual time, then stop every VM still running" };
         var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
         var command = new Command("run", "Power on many VMs on one host and run them until each has ended")
         {
-            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, verbose,
+            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose,
         };
         command.SetAction(parse =>
         {
@@ -45,6 +46,14 @@ internal static class HostRunCommand
                     parse.GetValue(hostMemory) is { } m ? Size.Parse(m, "--host-memory") : null,
                     parse.GetValue(hostSwap) is { } s ? Size.Parse(s, "--host-swap") : null,
                     parse.GetValue(hostCpus), parse.GetValue(scheduler));
+                if (parse.GetValue(duration) is { } ms)
+                {
+                    if (!(ms > 0) || !double.IsFinite(ms))
+                    {
+                        throw new BadInputException($"--duration-ms {ms} is not a length of time", "Give a positive number of milliseconds");
+                    }
+                    spec = spec with { DurationMilliseconds = ms };
+                }
                 if (parse.GetValue(timeout) is { } seconds)
                 {
                     spec = spec with { WallTimeout = TypedOptions.ToTimeSpan(seconds) };
