@@ -172,13 +172,17 @@ public sealed class CreditScheduler(HostClock clock, int hostCpus) : VcpuSchedul
         }
     }
 
+    // A vCPU takes part in an accounting if it may run and did not leave a whole period's credit unspent: Xen marks a
+    // vCPU whose credit passes CSCHED_CREDITS_PER_TSLICE inactive, so that a mostly idle VM's share goes to the busy.
+    private static bool Active(ScheduledVcpu v) => v.State is VcpuRunState.Runnable or VcpuRunState.Blocked && v.Credit < CreditsPerAccounting;
+
     // csched_acct: credits for the next period, in proportion to weight among the active vCPUs, capped.
     private void Account()
     {
         double totalWeight = 0;
         foreach (var v in Vcpus)
         {
-            if (v.State is VcpuRunState.Runnable or VcpuRunState.Blocked)
+            if (Active(v))
             {
                 totalWeight += v.WeightShare;
             }
@@ -186,7 +190,7 @@ public sealed class CreditScheduler(HostClock clock, int hostCpus) : VcpuSchedul
         double dealt = CreditsPerAccounting * HostCpus;
         foreach (var v in Vcpus)
         {
-            if (v.State is not (VcpuRunState.Runnable or VcpuRunState.Blocked) || totalWeight <= 0)
+            if (!Active(v) || totalWeight <= 0)
             {
                 continue;
             }
