@@ -172,9 +172,9 @@ public sealed class CreditScheduler(HostClock clock, int hostCpus) : VcpuSchedul
         }
     }
 
-    // A vCPU takes part in an accounting if it may run and did not leave a whole period's credit unspent: Xen marks a
-    // vCPU whose credit passes CSCHED_CREDITS_PER_TSLICE inactive, so that a mostly idle VM's share goes to the busy.
-    private static bool Active(ScheduledVcpu v) => v.State is VcpuRunState.Runnable or VcpuRunState.Blocked && v.Credit < CreditsPerAccounting;
+    // A vCPU takes part in an accounting while it may run (Xen's inactive state for a vCPU that leaves its credit
+    // unspent is not modelled: a mostly idle VM keeps its weight's share, clipped at one period's credit).
+    private static bool Active(ScheduledVcpu v) => v.State is VcpuRunState.Runnable or VcpuRunState.Blocked;
 
     // csched_acct: credits for the next period, in proportion to weight among the active vCPUs, capped.
     private void Account()
