@@ -46,6 +46,7 @@ public static class Program
             InfoCommand.Create(),
             BenchCommand.Create(),
             WalkCommand.Create(),
+            Commands.Host.HostCommand.Create(),
         };
         foreach (var command in ContainerCommands.Create())
         {

@@ -26,6 +26,7 @@ internal static class BenchCommand
             program, profile, json, memory, verbose, timeout,
         };
         command.Subcommands.Add(BenchDiskCommand.Create());
+        command.Subcommands.Add(Host.BenchConsolidateCommand.Create());
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
         {

@@ -1,0 +1,130 @@
+namespace Nestor.Hypervisor.Scheduling;
+
+/// <summary>The hand-over between the host's dispatch thread and one vCPU's thread: the host dispatches the vCPU
+/// for a round with a budget, the vCPU's engine runs it and reports what it did (busy and idle cycles) at its next
+/// <see cref="NextBudget"/>, or when its run ends (<see cref="Finish"/>).</summary>
+public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
+{
+    private readonly Lock gate = new();
+    private readonly SemaphoreSlim dispatched = new(0);
+    private CountdownEvent? round;
+    private long budget;
+    private bool awaitingReport;
+    private bool stopped;
+    private bool started;
+    private long lastClock, lastRetired;
+    private long roundStartClock, roundStartRetired, roundLeft;
+    private bool idlesOften;
+
+    /// <summary>The engine's slices for a vCPU that idled lately: short enough to see it go idle in HLT soon after it
+    /// does (the machine skips the idle time inside a slice), so that it blocks and leaves its host CPU.</summary>
+    public const long ShortSlice = 2048;
+
+    /// <summary>Busy cycles (instructions retired) of the last report.</summary>
+    public long BusyCycles { get; private set; }
+
+    /// <summary>Cycles the guest idled in HLT in the last report.</summary>
+    public long IdleCycles { get; private set; }
+
+    /// <summary>The vCPU's clock (its TSC) at the last report.</summary>
+    public long Clock { get; private set; }
+
+    /// <summary>The run ended: the vCPU will never report again.</summary>
+    public bool Finished { get; private set; }
+
+    /// <summary>The host: runs the vCPU for up to <paramref name="instructions"/>; it reports to
+    /// <paramref name="roundDone"/>. False if its run has already ended.</summary>
+    public bool Dispatch(long instructions, CountdownEvent roundDone)
+    {
+        lock (gate)
+        {
+            if (Finished)
+            {
+                return false;
+            }
+            budget = instructions;
+            round = roundDone;
+            awaitingReport = true;
+            BusyCycles = IdleCycles = 0;
+        }
+        dispatched.Release();
+        return true;
+    }
+
+    /// <summary>The host: the run is to end; a waiting vCPU goes on (for one instruction, after which the engine
+    /// sees the stop) without a round.</summary>
+    public void Stop()
+    {
+        lock (gate)
+        {
+            if (stopped)
+            {
+                return;
+            }
+            stopped = true;
+        }
+        dispatched.Release();
+    }
+
+    /// <inheritdoc/>
+    public long NextBudget(long clock, long instructionsRetired)
+    {
+        if (started)
+        {
+            long busy = instructionsRetired - lastRetired;
+            bool idled = clock - lastClock > busy;
+            roundLeft -= busy;
+            if (!idled && roundLeft > 0 && !stopped)
+            {
+                // Still in the round: the next short slice, without a report.
+                lastClock = clock;
+                lastRetired = instructionsRetired;
+                return Math.Min(roundLeft, idlesOften ? ShortSlice : roundLeft);
+            }
+            idlesOften = idled;
+            Report(clock, instructionsRetired, finished: false);
+        }
+        started = true;
+        dispatched.Wait();
+        lock (gate)
+        {
+            lastClock = roundStartClock = clock;
+            lastRetired = roundStartRetired = instructionsRetired;
+            if (stopped)
+            {
+                dispatched.Release(); // every later call goes on at once too
+                return 1;
+            }
+            roundLeft = budget;
+            return Math.Min(budget, idlesOften ? ShortSlice : budget);
+        }
+    }
+
+    /// <summary>The vCPU's thread: its run is over, with the clock and count of its final state.</summary>
+    public void Finish(long clock, long instructionsRetired) => Report(clock, instructionsRetired, finished: true);
+
+    private void Report(long clock, long instructionsRetired, bool finished)
+    {
+        CountdownEvent? done = null;
+        lock (gate)
+        {
+            if (awaitingReport && started)
+            {
+                long busy = instructionsRetired - roundStartRetired;
+                BusyCycles = busy;
+                IdleCycles = Math.Max(0, clock - roundStartClock - busy);
+            }
+            Clock = clock;
+            Finished |= finished;
+            if (awaitingReport)
+            {
+                awaitingReport = false;
+                done = round;
+            }
+        }
+        done?.Signal();
+    }
+
+    /// <inheritdoc/>
+    public void Dispose() => dispatched.Dispose();
+}
