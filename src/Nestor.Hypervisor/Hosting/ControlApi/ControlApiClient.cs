@@ -77,10 +77,40 @@ public sealed class ControlApiClient : IDisposable
     /// <summary><c>PUT /vms/{name}/actions {"action_type": "Stop"}</c>.</summary>
     public void Stop(string name) => Send(HttpMethod.Put, VmPath(name) + "/actions", new ActionDocument("Stop"), ControlApiJson.Default.ActionDocument);
 
-    /// <summary><c>PUT /vms/{name}/cpu</c> (every control given) or <c>PATCH</c> (only those given change, a limit
-    /// not given is kept).</summary>
-    public void SetCpu(string name, CpuDocument controls, bool replace) =>
-        Send(replace ? HttpMethod.Put : HttpMethod.Patch, VmPath(name) + "/cpu", controls, ControlApiJson.Default.CpuDocument);
+    /// <summary><c>PUT /vms/{name}/cpu</c>: replaces the CPU controls (no reservation or limit unless given).</summary>
+    public void ReplaceCpu(string name, int shares, double? reservation, double? limit) =>
+        Send(HttpMethod.Put, VmPath(name) + "/cpu", new CpuDocument(shares, reservation, limit), ControlApiJson.Default.CpuDocument);
+
+    /// <summary><c>PATCH /vms/{name}/cpu</c>: changes only the controls given; <paramref name="removeLimit"/> sends
+    /// <c>"limit": null</c>, which removes the limit.</summary>
+    public void ChangeCpu(string name, int? shares = null, double? reservation = null, double? limit = null, bool removeLimit = false)
+    {
+        // Written by hand, not from a CpuDocument: a PATCH must leave out what it does not change, and an absent
+        // limit differs from a null one.
+        using var buffer = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            if (shares is { } s)
+            {
+                writer.WriteNumber("shares", s);
+            }
+            if (reservation is { } r)
+            {
+                writer.WriteNumber("reservation", r);
+            }
+            if (limit is { } l)
+            {
+                writer.WriteNumber("limit", l);
+            }
+            else if (removeLimit)
+            {
+                writer.WriteNull("limit");
+            }
+            writer.WriteEndObject();
+        }
+        SendBytes(HttpMethod.Patch, VmPath(name) + "/cpu", buffer.ToArray());
+    }
 
     private static string VmPath(string name) => "/vms/" + Uri.EscapeDataString(name);
 
@@ -90,12 +120,12 @@ public sealed class ControlApiClient : IDisposable
         return JsonSerializer.Deserialize(body, type) ?? throw new BadInputException($"the server at {SocketPath} answered GET {path} with null");
     }
 
-    private void Send<T>(HttpMethod method, string path, T document, JsonTypeInfo<T> type)
+    private void Send<T>(HttpMethod method, string path, T document, JsonTypeInfo<T> type) =>
+        SendBytes(method, path, JsonSerializer.SerializeToUtf8Bytes(document, type));
+
+    private void SendBytes(HttpMethod method, string path, byte[] json)
     {
-        var request = new HttpRequestMessage(method, path)
-        {
-            Content = new ByteArrayContent(JsonSerializer.SerializeToUtf8Bytes(document, type)),
-        };
+        var request = new HttpRequestMessage(method, path) { Content = new ByteArrayContent(json) };
         request.Content.Headers.ContentType = new("application/json");
         Exchange(request);
     }
