@@ -68,23 +68,35 @@ public sealed class ControlApiServer : IDisposable
         options ??= new ControlApiOptions();
         string path = Path.GetFullPath(socketPath);
         RemoveStaleSocket(path);
+        // Bound under a name of its own, then renamed into place: the path never exists with the umask's mode, and
+        // .NET's own clean-up (Socket.Dispose unlinks the name it bound) removes that name, not the path, which
+        // Dispose removes only while it is still this server's socket.
+        string bindPath = $"{path}.{Environment.ProcessId}";
         var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
             try
             {
-                listener.Bind(new UnixDomainSocketEndPoint(path));
+                File.Delete(bindPath); // a leftover of a process with this id that died between bind and rename
+                listener.Bind(new UnixDomainSocketEndPoint(bindPath));
             }
-            catch (SocketException e)
+            catch (Exception e) when (e is SocketException or IOException or UnauthorizedAccessException)
             {
                 throw new BadInputException($"cannot create the control API socket {path}: {e.Message}",
-                    e.SocketErrorCode == SocketError.AddressAlreadyInUse
-                        ? "Another process made it just now; choose another --api-socket path."
-                        : "Check that its directory exists and is writable, and that the path is shorter than 108 bytes.", e);
+                    "Check that its directory exists and is writable, and that the path is shorter than 100 bytes.", e);
             }
-            // Mode 0600 before listen(2): until then a connect(2) is refused (ECONNREFUSED), so no other user can get
-            // in through the moment the file had the umask's mode.
-            FileSystemCalls.Chmod(path, 0x180); // 0600
+            // Mode 0600 before listen(2): until then a connect(2) is refused (ECONNREFUSED) anyway.
+            FileSystemCalls.Chmod(bindPath, 0x180); // 0600
+            try
+            {
+                File.Move(bindPath, path); // refuses to replace a file made at the path since the check above
+            }
+            catch (IOException e)
+            {
+                File.Delete(bindPath);
+                throw new BadInputException($"cannot create the control API socket {path}: {e.Message}",
+                    "Another process made it just now; choose another --api-socket path.", e);
+            }
             var bound = FileSystemCalls.LStat(path);
             listener.Listen(options.MaxConnections);
             return new ControlApiServer(path, listener, bound, host, options);
@@ -198,6 +210,7 @@ public sealed class ControlApiServer : IDisposable
                 {
                     Interlocked.Increment(ref requestsRefused);
                     connection.WriteResponse(e.Status, ControlApiRoutes.Fault(e.Status, e.Message).Body, close: true);
+                    connection.LingerAndClose();
                     return;
                 }
                 if (request is null)

@@ -66,7 +66,7 @@ internal sealed class HttpConnection(Socket socket, ControlApiOptions options)
         var (method, target, version, fields) = ParseHead(head.AsSpan(0, end + 2));
         int bodyStart = end + HeadEnd.Length;
         bool keepAlive = version == "HTTP/1.1";
-        int contentLength = 0;
+        int? declaredLength = null;
         bool expectContinue = false;
         string? host = null;
         foreach (var (name, value) in fields)
@@ -82,11 +82,11 @@ internal sealed class HttpConnection(Socket socket, ControlApiOptions options)
                     break;
                 case "content-length":
                     int length = ParseContentLength(value);
-                    if (contentLength != 0 && length != contentLength)
+                    if (declaredLength is { } earlier && length != earlier)
                     {
                         throw new HttpProtocolException(400, "the request has Content-Length headers that disagree");
                     }
-                    contentLength = length;
+                    declaredLength = length;
                     break;
                 case "transfer-encoding":
                     throw new HttpProtocolException(400, "Transfer-Encoding is not supported: send the body with a Content-Length");
@@ -114,6 +114,7 @@ internal sealed class HttpConnection(Socket socket, ControlApiOptions options)
         {
             throw new HttpProtocolException(400, "an HTTP/1.1 request must have a Host header (RFC 9112 §3.2)");
         }
+        int contentLength = declaredLength ?? 0;
         if (contentLength > options.MaxBodyBytes)
         {
             throw new HttpProtocolException(413, $"the body of {contentLength} bytes is larger than the {options.MaxBodyBytes} bytes allowed");
@@ -174,6 +175,31 @@ internal sealed class HttpConnection(Socket socket, ControlApiOptions options)
         headBytes.CopyTo(message, 0);
         body?.CopyTo(message, headBytes.Length);
         Send(message);
+    }
+
+    /// <summary>Closes after an error answer without losing it: half-close, then read and drop what the client still
+    /// sends, up to a bound of bytes and time, so that the client (still writing a body the server refused) reads the
+    /// answer instead of a reset (RFC 9112 §9.6, "lingering close").</summary>
+    public void LingerAndClose()
+    {
+        try
+        {
+            socket.Shutdown(SocketShutdown.Send);
+            long deadline = Stopwatch.GetTimestamp() + Stopwatch.Frequency; // one second at most
+            int budget = 2 * options.MaxBodyBytes + options.MaxHeadBytes;
+            while (budget > 0)
+            {
+                int n = Receive(head, Remaining(deadline));
+                if (n <= 0)
+                {
+                    break;
+                }
+                budget -= n;
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+        }
     }
 
     /// <summary>The standard reason phrases (RFC 9110 §15) of the statuses the server sends.</summary>
