@@ -14,6 +14,8 @@ public sealed class Host : IDisposable
     private HostFramePool? framePool;
     private readonly List<Vm> vms = [];
     private readonly Dictionary<Vm, GuestPhysicalMap> physicalMaps = [];
+    // A host of many VMs (Hosting/VirtualMachineHost) starts their runs on several threads at once.
+    private readonly Lock gate = new();
 
     /// <param name="physicalBytes">Size of the host-physical address space the VMM hands frames out of.</param>
     /// <param name="tableBytes">How much of it the VMM may use for its nested and shadow page tables.</param>
@@ -37,40 +39,66 @@ public sealed class Host : IDisposable
     }
 
     /// <summary>The one host frame pool of all VMs on this host.</summary>
-    public HostFramePool FramePool => framePool ??= new HostFramePool(physicalBytes, tableBytes);
+    public HostFramePool FramePool
+    {
+        get
+        {
+            lock (gate)
+            {
+                return framePool ??= new HostFramePool(physicalBytes, tableBytes);
+            }
+        }
+    }
 
     /// <summary>The VMs created on this host and not yet disposed.</summary>
     public IReadOnlyList<Vm> Vms => vms;
 
     /// <summary>The P2M of <paramref name="vm"/>'s current (or last) run under a VMM, while it is alive (not disposed
     /// with its engine, or because the engine ran another VM since).</summary>
-    public GuestPhysicalMap? PhysicalMapOf(Vm vm) =>
-        physicalMaps.TryGetValue(vm, out var map) && !map.IsDisposed ? map : null;
+    public GuestPhysicalMap? PhysicalMapOf(Vm vm)
+    {
+        lock (gate)
+        {
+            return physicalMaps.TryGetValue(vm, out var map) && !map.IsDisposed ? map : null;
+        }
+    }
 
     /// <summary>A new P2M for a run of <paramref name="vm"/> under a VMM; the one of its previous run gives its frames
     /// and tables back first.</summary>
     public GuestPhysicalMap NewPhysicalMap(Vm vm)
     {
-        if (!vms.Contains(vm))
+        lock (gate)
         {
-            throw new ArgumentException("the VM was not created on this host", nameof(vm));
+            if (!vms.Contains(vm))
+            {
+                throw new ArgumentException("the VM was not created on this host", nameof(vm));
+            }
+            physicalMaps.GetValueOrDefault(vm)?.Dispose();
+            var map = new GuestPhysicalMap(vm.Memory, FramePool);
+            physicalMaps[vm] = map;
+            return map;
         }
-        physicalMaps.GetValueOrDefault(vm)?.Dispose();
-        var map = new GuestPhysicalMap(vm.Memory, FramePool);
-        physicalMaps[vm] = map;
-        return map;
     }
 
-    internal void Add(Vm vm) => vms.Add(vm);
+    internal void Add(Vm vm)
+    {
+        lock (gate)
+        {
+            vms.Add(vm);
+        }
+    }
 
     /// <summary>The VM is going: its frames go back to the pool.</summary>
     internal void Remove(Vm vm)
     {
-        if (physicalMaps.Remove(vm, out var map))
+        lock (gate)
         {
-            map.Dispose();
+            if (physicalMaps.Remove(vm, out var map))
+            {
+                map.Dispose();
+            }
+            vms.Remove(vm);
         }
-        vms.Remove(vm);
     }
 
     /// <summary>Releases the pool's memory (after the VMs on the host are disposed).</summary>

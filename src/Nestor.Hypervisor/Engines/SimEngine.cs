@@ -42,6 +42,11 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
 
     public SimOptions Options => options;
 
+    /// <summary>When set, a host's scheduler gives this engine's vCPU its time: before each slice the engine asks it
+    /// for the slice's instruction budget, and it blocks the engine's thread while the vCPU is descheduled
+    /// (<see cref="Scheduling.IVcpuQuantum"/>). Null: the VM has a host CPU to itself, in slices of a million.</summary>
+    public Scheduling.IVcpuQuantum? Quantum { get; init; }
+
     /// <summary>Releases the host memory of the last run (its host frames and the VMM's tables); the
     /// <see cref="SoftwareMachineRun"/> it returned is no longer valid.</summary>
     public void Dispose()
@@ -217,10 +222,10 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             while (true)
             {
                 StopReason stop;
-                long budget = Slice;
+                long budget = Quantum?.NextBudget(cpu.Clock, cpu.Counters.InstructionsRetired) ?? Slice;
                 if (options.StopAtInstruction is { } breakAt)
                 {
-                    budget = Math.Min(Slice, breakAt - cpu.Counters.InstructionsRetired);
+                    budget = Math.Min(budget, breakAt - cpu.Counters.InstructionsRetired);
                     if (budget <= 0)
                     {
                         return new VmOutcome(VmOutcomeKind.Breakpoint,

@@ -55,6 +55,9 @@ public sealed class HostFramePool : IDisposable
     private readonly Dictionary<ulong, List<GuestFrameMapping>> moreMappings = []; // …the others of shared frames here
     private readonly Stack<ulong> freeFrames = new();
     private readonly Stack<ulong> freeTables = new();
+    // The VMs of one host run on several host threads at once (Hosting/VirtualMachineHost): every change to the
+    // pool's books is made under this lock. Reads of one frame's entries by the VM that maps it need none.
+    private readonly Lock gate = new();
     private ulong nextFrame = 1; // host frame 0 is never handed out, so that 0 can mean "none"
 
     /// <param name="bytes">Size of the host-physical address space.</param>
@@ -98,42 +101,51 @@ public sealed class HostFramePool : IDisposable
     /// <summary>A zeroed frame of the pool's own memory for a VMM table; its host-physical address.</summary>
     public ulong AllocateTable()
     {
-        if (freeTables.TryPop(out ulong recycled))
+        lock (gate)
         {
+            if (freeTables.TryPop(out ulong recycled))
+            {
+                TableFrames++;
+                return recycled;
+            }
+            if (TableFrames >= (long)tableBudget)
+            {
+                throw new InvalidOperationException(
+                    $"the VMM's table memory ({tableBudget * FrameSize / 1024} KiB) is used up: nested or shadow page tables need more");
+            }
+            ulong frame = NextFrames(1, 1);
+            kinds[frame] = HostFrameKind.Table;
+            Memory.Map(frame << FrameShift, StoreAddress(frame));
             TableFrames++;
-            return recycled;
+            return frame << FrameShift;
         }
-        if (TableFrames >= (long)tableBudget)
-        {
-            throw new InvalidOperationException(
-                $"the VMM's table memory ({tableBudget * FrameSize / 1024} KiB) is used up: nested or shadow page tables need more");
-        }
-        ulong frame = NextFrames(1, 1);
-        kinds[frame] = HostFrameKind.Table;
-        Memory.Map(frame << FrameShift, StoreAddress(frame));
-        TableFrames++;
-        return frame << FrameShift;
     }
 
     /// <summary>Gives back a table frame from <see cref="AllocateTable"/>; it is zeroed for its next use.</summary>
     public void FreeTable(ulong hostPhysical)
     {
-        Contents(hostPhysical).Clear();
-        freeTables.Push(hostPhysical & ~(FrameSize - 1));
-        TableFrames--;
+        lock (gate)
+        {
+            Contents(hostPhysical).Clear();
+            freeTables.Push(hostPhysical & ~(FrameSize - 1));
+            TableFrames--;
+        }
     }
 
     /// <summary>A zeroed frame of the pool's own memory with one reference (the caller's) and no mapping; its
     /// host-physical address. <see cref="Release"/> gives it back.</summary>
     public ulong Allocate()
     {
-        ulong frame = NextFrames(1, 1);
-        kinds[frame] = HostFrameKind.Owned;
-        references[frame] = 1;
-        Memory.Map(frame << FrameShift, StoreAddress(frame));
-        OwnedFrames++;
-        GuestFrames++;
-        return frame << FrameShift;
+        lock (gate)
+        {
+            ulong frame = NextFrames(1, 1);
+            kinds[frame] = HostFrameKind.Owned;
+            references[frame] = 1;
+            Memory.Map(frame << FrameShift, StoreAddress(frame));
+            OwnedFrames++;
+            GuestFrames++;
+            return frame << FrameShift;
+        }
     }
 
     /// <summary>Hands out <paramref name="count"/> consecutive host frames aligned to <paramref name="alignment"/>
@@ -142,17 +154,20 @@ public sealed class HostFramePool : IDisposable
     /// first frame's host-physical address.</summary>
     public ulong Adopt(nint backing, int count, int alignment, GuestPhysicalMap map, ulong firstGuestFrame)
     {
-        ulong first = NextFrames((ulong)count, (ulong)alignment);
-        for (int i = 0; i < count; i++)
+        lock (gate)
         {
-            ulong frame = first + (ulong)i;
-            Memory.Map(frame << FrameShift, backing + i * (nint)FrameSize);
-            kinds[frame] = HostFrameKind.Adopted;
-            references[frame] = 1;
-            firstMapping[frame] = new GuestFrameMapping(map, firstGuestFrame + (ulong)i);
+            ulong first = NextFrames((ulong)count, (ulong)alignment);
+            for (int i = 0; i < count; i++)
+            {
+                ulong frame = first + (ulong)i;
+                Memory.Map(frame << FrameShift, backing + i * (nint)FrameSize);
+                kinds[frame] = HostFrameKind.Adopted;
+                references[frame] = 1;
+                firstMapping[frame] = new GuestFrameMapping(map, firstGuestFrame + (ulong)i);
+            }
+            GuestFrames += count;
+            return first << FrameShift;
         }
-        GuestFrames += count;
-        return first << FrameShift;
     }
 
     /// <summary>What the frame at <paramref name="hostPhysical"/> holds.</summary>
@@ -162,7 +177,13 @@ public sealed class HostFramePool : IDisposable
     public int ReferenceCount(ulong hostPhysical) => references[Index(hostPhysical)];
 
     /// <summary>Takes one more reference to a frame in use.</summary>
-    public void AddReference(ulong hostPhysical) => references[InUse(hostPhysical)]++;
+    public void AddReference(ulong hostPhysical)
+    {
+        lock (gate)
+        {
+            references[InUse(hostPhysical)]++;
+        }
+    }
 
     /// <summary>Drops one reference; at zero the frame is freed and, when the pool's own memory backed it, that memory
     /// goes back to the host kernel. Memory of a VM's RAM behind an adopted frame stays the VM's, and is given back
@@ -170,48 +191,54 @@ public sealed class HostFramePool : IDisposable
     /// <returns>Whether the frame was freed.</returns>
     public bool Release(ulong hostPhysical, bool discardBacking = false)
     {
-        ulong frame = InUse(hostPhysical);
-        if (--references[frame] > 0)
+        lock (gate)
         {
-            return false;
+            ulong frame = InUse(hostPhysical);
+            if (--references[frame] > 0)
+            {
+                return false;
+            }
+            var kind = kinds[frame];
+            if (kind == HostFrameKind.Owned || discardBacking)
+            {
+                DiscardFrame(frame);
+            }
+            if (kind == HostFrameKind.Owned)
+            {
+                OwnedFrames--;
+            }
+            Memory.Unmap(frame << FrameShift);
+            kinds[frame] = HostFrameKind.Free;
+            writeProtected[frame] = false;
+            firstMapping[frame] = default;
+            moreMappings.Remove(frame);
+            freeFrames.Push(frame);
+            GuestFrames--;
+            FramesFreed++;
+            return true;
         }
-        var kind = kinds[frame];
-        if (kind == HostFrameKind.Owned || discardBacking)
-        {
-            DiscardFrame(frame);
-        }
-        if (kind == HostFrameKind.Owned)
-        {
-            OwnedFrames--;
-        }
-        Memory.Unmap(frame << FrameShift);
-        kinds[frame] = HostFrameKind.Free;
-        writeProtected[frame] = false;
-        firstMapping[frame] = default;
-        moreMappings.Remove(frame);
-        freeFrames.Push(frame);
-        GuestFrames--;
-        FramesFreed++;
-        return true;
     }
 
     /// <summary>Records that guest frame <paramref name="guestFrame"/> of <paramref name="map"/> maps the frame at
     /// <paramref name="hostPhysical"/>, taking a reference for it.</summary>
     public void AddMapping(ulong hostPhysical, GuestPhysicalMap map, ulong guestFrame)
     {
-        ulong frame = InUse(hostPhysical);
-        references[frame]++;
-        var mapping = new GuestFrameMapping(map, guestFrame);
-        if (firstMapping[frame].Map is null)
+        lock (gate)
         {
-            firstMapping[frame] = mapping;
-            return;
+            ulong frame = InUse(hostPhysical);
+            references[frame]++;
+            var mapping = new GuestFrameMapping(map, guestFrame);
+            if (firstMapping[frame].Map is null)
+            {
+                firstMapping[frame] = mapping;
+                return;
+            }
+            if (!moreMappings.TryGetValue(frame, out var list))
+            {
+                moreMappings[frame] = list = [];
+            }
+            list.Add(mapping);
         }
-        if (!moreMappings.TryGetValue(frame, out var list))
-        {
-            moreMappings[frame] = list = [];
-        }
-        list.Add(mapping);
     }
 
     /// <summary>Guest frame <paramref name="guestFrame"/> of <paramref name="map"/> no longer maps the frame: its
@@ -219,26 +246,29 @@ public sealed class HostFramePool : IDisposable
     /// <returns>Whether the frame was freed.</returns>
     public bool RemoveMapping(ulong hostPhysical, GuestPhysicalMap map, ulong guestFrame, bool discardBacking = false)
     {
-        ulong frame = InUse(hostPhysical);
-        var mapping = new GuestFrameMapping(map, guestFrame);
-        moreMappings.TryGetValue(frame, out var list);
-        if (firstMapping[frame] == mapping)
+        lock (gate)
         {
-            if (list is { Count: > 0 })
+            ulong frame = InUse(hostPhysical);
+            var mapping = new GuestFrameMapping(map, guestFrame);
+            moreMappings.TryGetValue(frame, out var list);
+            if (firstMapping[frame] == mapping)
             {
-                firstMapping[frame] = list[^1];
-                list.RemoveAt(list.Count - 1);
+                if (list is { Count: > 0 })
+                {
+                    firstMapping[frame] = list[^1];
+                    list.RemoveAt(list.Count - 1);
+                }
+                else
+                {
+                    firstMapping[frame] = default;
+                }
             }
-            else
+            else if (list is null || !list.Remove(mapping))
             {
-                firstMapping[frame] = default;
+                throw new InvalidOperationException($"guest frame 0x{guestFrame:x} does not map host frame 0x{hostPhysical:x}");
             }
+            return Release(hostPhysical, discardBacking);
         }
-        else if (list is null || !list.Remove(mapping))
-        {
-            throw new InvalidOperationException($"guest frame 0x{guestFrame:x} does not map host frame 0x{hostPhysical:x}");
-        }
-        return Release(hostPhysical, discardBacking);
     }
 
     /// <summary>The reverse map: every (VM, guest frame) pair mapping the frame at <paramref name="hostPhysical"/>.</summary>

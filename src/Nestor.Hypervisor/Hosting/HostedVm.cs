@@ -1,0 +1,84 @@
+using Nestor.Hypervisor.Engines;
+using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Scheduling;
+using Nestor.Hypervisor.Techniques;
+
+namespace Nestor.Hypervisor.Hosting;
+
+/// <summary>One VM on a <see cref="VirtualMachineHost"/>: its configuration, its <see cref="Vm"/> and engine once
+/// admitted, its vCPU as the scheduler sees it, and how it ended.</summary>
+public sealed class HostedVm : IDisposable
+{
+    internal HostedVm(HostedVmSpec spec, int order)
+    {
+        Spec = spec;
+        Vcpu = new ScheduledVcpu(spec.Name, order, spec.Cpu, spec.VcpuCount);
+    }
+
+    /// <summary>How it was configured.</summary>
+    public HostedVmSpec Spec { get; }
+
+    /// <summary>Its name.</summary>
+    public string Name => Spec.Name;
+
+    /// <summary>Where it is in its life.</summary>
+    public HostedVmState State { get; internal set; } = HostedVmState.Created;
+
+    /// <summary>How it ended, or why it was refused.</summary>
+    public string? Outcome { get; internal set; }
+
+    /// <summary>Its vCPU for the scheduler: controls and what it got.</summary>
+    public ScheduledVcpu Vcpu { get; }
+
+    /// <summary>The VM, once admitted.</summary>
+    public Vm? Vm { get; internal set; }
+
+    /// <summary>Its engine, once admitted.</summary>
+    public SimEngine? Engine { get; internal set; }
+
+    /// <summary>Its run's result, once it ended.</summary>
+    public RunResult? Result { get; internal set; }
+
+    /// <summary>Its serial output.</summary>
+    public SerialOutput? Serial { get; internal set; }
+
+    /// <summary>What stops its run.</summary>
+    internal RunControl Control { get; } = new();
+
+    /// <summary>Its vCPU thread's hand-over with the host.</summary>
+    internal VcpuQuantum Quantum { get; } = new();
+
+    /// <summary>Why the host stopped it (a flood, its run limit, the operator), if it did.</summary>
+    internal string? StopCause { get; set; }
+
+    internal Thread? Thread { get; set; }
+
+    /// <summary>The technique as the CLI spells it.</summary>
+    public string Technique => Spec.Sim.Technique switch
+    {
+        Techniques.Technique.HardwareAssist => "hw",
+        Techniques.Technique.TrapAndEmulate => "trap",
+        Techniques.Technique.BinaryTranslation => "bt",
+        Techniques.Technique.Paravirtual => "pv",
+        _ => "native",
+    };
+
+    /// <summary>The RESULT lines of its serial output.</summary>
+    public IReadOnlyList<string> ResultLines => Serial is null ? [] :
+        [.. Serial.Text.Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.StartsWith("RESULT ", StringComparison.Ordinal))];
+
+    /// <summary>The guest's debug-exit status, if it gave one.</summary>
+    public uint? GuestStatus => Result?.Outcome.GuestStatus ?? Vm?.GuestStatus;
+
+    /// <summary>The outcome kind of its run, if it ran.</summary>
+    public VmOutcomeKind? OutcomeKind => Result?.Outcome.Kind;
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        Engine?.Dispose();
+        Vm?.Dispose();
+        Serial?.Dispose();
+        Quantum.Dispose();
+    }
+}

@@ -1,0 +1,550 @@
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Engines;
+using Nestor.Hypervisor.Errors;
+using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Scheduling;
+
+namespace Nestor.Hypervisor.Hosting;
+
+/// <summary>A host of many VMs in one process (issue 14): one <see cref="Hypervisor.Host"/> (one frame pool) for all of
+/// them, ESX's admission control at power-on, and a scheduler that runs their vCPUs on <see cref="HostSpec.HostCpus"/>
+/// host threads at a time, in rounds of virtual time. Each VM has a thread of its own that runs its software machine;
+/// the dispatch thread (the one that calls <see cref="Run"/>) decides each round, releases the chosen vCPUs for it and
+/// waits until each has reported what it ran, so that decisions depend only on virtual time and a run is reproducible.
+/// <para>Guest time across descheduling: a VM's TSC and APIC timer count its own virtual time (the cycles it ran plus
+/// those it idled in HLT) and stand still while it is descheduled, so its results and timings are those of a VM with a
+/// host CPU to itself; what it lost is its steal time (its ready time), which a paravirtual guest can read
+/// (<see cref="StealTimeDevice"/>). A guest that idles in HLT until its timer is blocked in host time until the host's
+/// clock reaches its wake-up, and then ready until dispatched: that delay is its wake-up latency.</para>
+/// <para>Isolation: a VM that triple-faults, halts, faults in its VMM or floods its serial port ends alone (its run
+/// returns an outcome, and its thread reports it); one that spins is held to its limit or cap and ended by its own
+/// run limit; one that touches all its memory touches only its own (its RAM is its max).</para></summary>
+public sealed class VirtualMachineHost : IHostControl, IDisposable
+{
+    private readonly HostSpec spec;
+    private readonly List<HostedVm> vms = [];
+    private readonly AdmissionControl admission;
+    private readonly VcpuScheduler scheduler;
+    private readonly TextWriter? console;
+    private readonly Lock gate = new();
+    private readonly Lock consoleGate = new();
+    private readonly ScheduledVcpu?[] hostCpus;
+    private readonly HostedVm?[] dispatched;
+    private readonly CountdownEvent roundDone = new(0);
+    private readonly ManualResetEventSlim operatorActed = new(false);
+    private Host? host;
+    private long now;
+    private long rounds;
+    private long idleCpuRounds;
+    private bool started;
+
+    /// <param name="spec">What the host has and runs.</param>
+    /// <param name="console">Where VMs without a serial file write their prefixed lines (null: nowhere; the report
+    /// keeps them).</param>
+    public VirtualMachineHost(HostSpec spec, TextWriter? console)
+    {
+        if (spec.HostCpus < 1)
+        {
+            throw new BadInputException($"a host needs at least one CPU, not {spec.HostCpus}", "Give --host-cpus 1 or more");
+        }
+        var duplicate = spec.Vms.GroupBy(v => v.Name).FirstOrDefault(g => g.Count() > 1);
+        if (duplicate is not null)
+        {
+            throw new BadInputException($"two VMs are named '{duplicate.Key}'", "Give every VM its own name");
+        }
+        this.spec = spec;
+        this.console = console;
+        admission = new AdmissionControl(spec.MemoryBytes, spec.SwapBytes, spec.HostCpus);
+        scheduler = VcpuScheduler.Create(spec.Scheduler, spec.Clock, spec.HostCpus);
+        hostCpus = new ScheduledVcpu?[spec.HostCpus];
+        dispatched = new HostedVm?[spec.HostCpus];
+        for (int i = 0; i < spec.Vms.Count; i++)
+        {
+            vms.Add(new HostedVm(spec.Vms[i], i));
+        }
+    }
+
+    /// <summary>The VMs in the order configured.</summary>
+    public IReadOnlyList<HostedVm> Vms => vms;
+
+    /// <summary>The scheduler.</summary>
+    public VcpuScheduler Scheduler => scheduler;
+
+    /// <summary>The host's virtual clock now (cycles).</summary>
+    public long Now => Interlocked.Read(ref now);
+
+    /// <summary>Rounds run so far.</summary>
+    public long Rounds => Interlocked.Read(ref rounds);
+
+    /// <summary>Admission control's books.</summary>
+    public AdmissionControl Admission => admission;
+
+    /// <summary>Powers the VMs on (those admission control admits), runs them until each has ended, and returns when
+    /// they all have. Call once.</summary>
+    public void Run()
+    {
+        lock (gate)
+        {
+            if (started)
+            {
+                throw new InvalidOperationException("the host has run already");
+            }
+            started = true;
+        }
+        PowerOn();
+        using var deadline = spec.WallTimeout is { } limit ? new Deadline(limit, () => StopAll("the host's --timeout passed")) : null;
+        foreach (var vm in vms.Where(v => v.Thread is not null))
+        {
+            vm.Thread!.Start();
+        }
+        Dispatch();
+        foreach (var vm in vms.Where(v => v.Thread is not null))
+        {
+            vm.Thread!.Join();
+        }
+        lock (gate)
+        {
+            foreach (var vm in vms.Where(v => v.Result is not null))
+            {
+                vm.State = HostedVmState.Stopped;
+                vm.Outcome = vm.StopCause ?? vm.Result!.Outcome.Message;
+                vm.Vcpu.State = VcpuRunState.Done;
+                admission.Release(vm.Spec);
+            }
+        }
+    }
+
+    private void PowerOn()
+    {
+        ulong guestBytes = 0;
+        foreach (var vm in vms)
+        {
+            if (admission.TryAdmit(vm.Spec) is { } refusal)
+            {
+                vm.State = HostedVmState.Refused;
+                vm.Outcome = $"refused at power-on: {refusal}";
+                vm.Vcpu.State = VcpuRunState.Done;
+                continue;
+            }
+            guestBytes += vm.Spec.Memory.MaxBytes;
+        }
+        host = Host.ForGuestMemory(Math.Max(guestBytes, 1UL << 20));
+        foreach (var vm in vms.Where(v => v.State == HostedVmState.Created))
+        {
+            Stream? file = vm.Spec.SerialFile is { } path ? HostFile.CreateExclusive(path, $"serial log of VM '{vm.Name}'", "serial") : null;
+            var captured = vm;
+            vm.Serial = new SerialOutput(vm.Name, file is null ? console : null, consoleGate, file, vm.Spec.SerialLimitBytes,
+                () => StopVm(captured, $"stopped: its serial output passed its limit of {captured.Spec.SerialLimitBytes:N0} bytes (a flood)", VmOutcomeKind.Terminated));
+            var config = new VmConfig
+            {
+                Engine = EngineKind.Sim,
+                Sim = vm.Spec.Sim,
+                Kernel = vm.Spec.Kernel,
+                MemoryBytes = vm.Spec.Memory.MaxBytes,
+                CommandLine = vm.Spec.CommandLine,
+                SerialOutput = vm.Serial,
+                Multiboot = vm.Spec.Multiboot,
+            };
+            try
+            {
+                vm.Vm = Vm.Create(config, host);
+            }
+            catch (NestorException e)
+            {
+                vm.State = HostedVmState.Stopped;
+                vm.Outcome = $"could not be created: {e.Message}";
+                vm.Vcpu.State = VcpuRunState.Done;
+                admission.Release(vm.Spec);
+                continue;
+            }
+            StealTimeDevice.Attach(vm.Vm, vm.Vcpu, spec.Clock);
+            vm.Engine = new SimEngine(vm.Spec.Sim) { Quantum = vm.Quantum };
+            scheduler.Add(vm.Vcpu);
+            vm.State = HostedVmState.Running;
+            vm.Thread = new Thread(() => RunVcpu(captured)) { Name = $"vcpu {vm.Name}", IsBackground = true };
+        }
+    }
+
+    // The vCPU's thread: the engine runs the guest, asking the quantum before each slice.
+    private static void RunVcpu(HostedVm vm)
+    {
+        try
+        {
+            vm.Result = vm.Vm!.Run(vm.Engine!, vm.Control);
+        }
+        catch (Exception e)
+        {
+            vm.Result = new RunResult(new VmOutcome(VmOutcomeKind.EmulationFailure, $"the VMM failed: {e.Message}", null), []);
+        }
+        finally
+        {
+            var state = vm.Vm!.Vcpus[0].State;
+            vm.Serial?.Complete();
+            vm.Quantum.Finish(state.InstructionsRetired + state.IdleCycles, state.InstructionsRetired);
+        }
+    }
+
+    private void Dispatch()
+    {
+        long round = scheduler.RoundCycles;
+        while (true)
+        {
+            int assigned = 0;
+            bool waitForOperator = false;
+            lock (gate)
+            {
+                if (vms.All(v => v.Vcpu.State == VcpuRunState.Done))
+                {
+                    return;
+                }
+                WakeSleepers();
+                scheduler.Assign(now, hostCpus);
+                for (int i = 0; i < hostCpus.Length; i++)
+                {
+                    dispatched[i] = hostCpus[i] is { } v ? vms[v.Order] : null;
+                    assigned += dispatched[i] is null ? 0 : 1;
+                }
+                if (assigned == 0)
+                {
+                    // Only paused VMs are left when no one sleeps either: wait for the operator.
+                    waitForOperator = !SkipIdleTime(round);
+                    operatorActed.Reset();
+                }
+                else
+                {
+                    roundDone.Reset(assigned);
+                    foreach (var vm in dispatched)
+                    {
+                        if (vm is not null)
+                        {
+                            Charge(vm.Vcpu);
+                            if (!vm.Quantum.Dispatch(round, roundDone))
+                            {
+                                roundDone.Signal(); // its run ended before it ever ran
+                            }
+                        }
+                    }
+                }
+            }
+            if (assigned == 0)
+            {
+                if (waitForOperator)
+                {
+                    operatorActed.Wait(50);
+                }
+                continue;
+            }
+            roundDone.Wait();
+            lock (gate)
+            {
+                for (int i = 0; i < dispatched.Length; i++)
+                {
+                    if (dispatched[i] is not { } vm)
+                    {
+                        idleCpuRounds++;
+                        continue;
+                    }
+                    Account(vm, round);
+                }
+                scheduler.RoundEnded(now);
+                foreach (var vm in vms)
+                {
+                    vm.Vcpu.RanLastRound = Array.IndexOf(dispatched, vm) >= 0;
+                }
+                Interlocked.Add(ref now, round);
+                Interlocked.Increment(ref rounds);
+            }
+        }
+    }
+
+    // A vCPU about to run: the ready time it waited, and its wake-up latency if it woke from HLT.
+    private void Charge(ScheduledVcpu v)
+    {
+        if (v.ReadySince >= 0)
+        {
+            long waited = now - v.ReadySince;
+            v.ReadyCycles += waited;
+            v.Dispatches++;
+            if (v.WakeAt > 0 && v.WakeAt == v.ReadySince)
+            {
+                v.WakeLatencyCycles += waited;
+                v.MaximumWakeLatencyCycles = Math.Max(v.MaximumWakeLatencyCycles, waited);
+            }
+            v.ReadySince = -1;
+        }
+    }
+
+    private void Account(HostedVm vm, long round)
+    {
+        var v = vm.Vcpu;
+        var q = vm.Quantum;
+        v.RunCycles += q.BusyCycles;
+        v.IdleCycles += q.IdleCycles;
+        v.GuestClock = q.Clock;
+        scheduler.Ran(v, q.BusyCycles, now);
+        if (q.Finished)
+        {
+            v.State = VcpuRunState.Done;
+            return;
+        }
+        if (vm.Spec.RunLimitMilliseconds is { } limit && q.Clock >= spec.Clock.Cycles(limit) && vm.StopCause is null)
+        {
+            StopVm(vm, $"stopped: its run limit of {limit:0.###} ms of virtual time passed", VmOutcomeKind.Timeout);
+        }
+        if (v.State == VcpuRunState.Paused)
+        {
+            return;
+        }
+        if (q.IdleCycles > 0)
+        {
+            // It idled in HLT until its timer: in host time it sleeps until its clock's deadline.
+            long wake = now + q.BusyCycles + q.IdleCycles;
+            if (wake > now + round)
+            {
+                v.State = VcpuRunState.Blocked;
+                v.WakeAt = wake;
+                return;
+            }
+            v.ReadySince = now + round;
+            return;
+        }
+        v.ReadySince = now + round; // if not picked for the next round, it waits from its end
+    }
+
+    private void WakeSleepers()
+    {
+        foreach (var vm in vms)
+        {
+            var v = vm.Vcpu;
+            if (v.State == VcpuRunState.Blocked && v.WakeAt <= now)
+            {
+                v.State = VcpuRunState.Runnable;
+                v.ReadySince = v.WakeAt;
+                v.Wakeups++;
+                scheduler.Woke(v, now);
+            }
+            else if (v.State == VcpuRunState.Runnable && v.ReadySince < 0 && !v.RanLastRound)
+            {
+                v.ReadySince = now;
+            }
+        }
+    }
+
+    // No vCPU runnable: the host's CPUs idle until the first sleeper's wake-up (whole rounds). False if none sleeps.
+    private bool SkipIdleTime(long round)
+    {
+        long wake = long.MaxValue;
+        foreach (var vm in vms)
+        {
+            if (vm.Vcpu.State == VcpuRunState.Blocked)
+            {
+                wake = Math.Min(wake, vm.Vcpu.WakeAt);
+            }
+        }
+        if (wake == long.MaxValue)
+        {
+            return false;
+        }
+        long target = Math.Max(now + round, (wake + round - 1) / round * round);
+        long skipped = (target - now) / round;
+        for (long i = 0; i < skipped; i++)
+        {
+            scheduler.RoundEnded(now + i * round);
+        }
+        idleCpuRounds += skipped * hostCpus.Length;
+        Interlocked.Exchange(ref now, target);
+        Interlocked.Add(ref rounds, skipped);
+        return true;
+    }
+
+    private void StopVm(HostedVm vm, string cause, VmOutcomeKind kind)
+    {
+        lock (gate)
+        {
+            vm.StopCause ??= cause;
+        }
+        vm.Control.Stop(kind);
+        vm.Quantum.Stop();
+    }
+
+    private void StopAll(string cause)
+    {
+        foreach (var vm in vms.Where(v => v.Thread is not null))
+        {
+            StopVm(vm, $"stopped: {cause}", VmOutcomeKind.Timeout);
+        }
+    }
+
+    private HostedVm Find(string name) => vms.FirstOrDefault(v => v.Name == name)
+        ?? throw new BadInputException($"there is no VM named '{name}' on this host", $"VMs: {string.Join(", ", vms.Select(v => v.Name))}");
+
+    /// <inheritdoc/>
+    public IReadOnlyList<HostedVmInfo> List()
+    {
+        lock (gate)
+        {
+            return [.. vms.Select(Info)];
+        }
+    }
+
+    /// <inheritdoc/>
+    public HostedVmInfo Get(string name)
+    {
+        lock (gate)
+        {
+            return Info(Find(name));
+        }
+    }
+
+    /// <inheritdoc/>
+    public void Pause(string name)
+    {
+        lock (gate)
+        {
+            var vm = Find(name);
+            if (vm.State != HostedVmState.Running || vm.Vcpu.State == VcpuRunState.Done)
+            {
+                throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a running VM can be paused");
+            }
+            vm.State = HostedVmState.Paused;
+            vm.Vcpu.State = VcpuRunState.Paused;
+            vm.Vcpu.ReadySince = -1;
+        }
+    }
+
+    /// <inheritdoc/>
+    public void Resume(string name)
+    {
+        lock (gate)
+        {
+            var vm = Find(name);
+            if (vm.State != HostedVmState.Paused)
+            {
+                throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a paused VM can be resumed");
+            }
+            vm.State = HostedVmState.Running;
+            if (vm.Vcpu.State == VcpuRunState.Paused)
+            {
+                vm.Vcpu.State = VcpuRunState.Runnable;
+                vm.Vcpu.ReadySince = now;
+                scheduler.Woke(vm.Vcpu, now);
+            }
+            operatorActed.Set();
+        }
+    }
+
+    /// <inheritdoc/>
+    public void Stop(string name)
+    {
+        HostedVm vm;
+        lock (gate)
+        {
+            vm = Find(name);
+            if (vm.State is not (HostedVmState.Running or HostedVmState.Paused))
+            {
+                throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a running or paused VM can be stopped");
+            }
+            if (vm.Vcpu.State == VcpuRunState.Paused)
+            {
+                vm.Vcpu.State = VcpuRunState.Runnable; // it must run to see the stop
+            }
+            operatorActed.Set();
+        }
+        StopVm(vm, "stopped by the operator", VmOutcomeKind.Terminated);
+    }
+
+    /// <inheritdoc/>
+    public void SetCpu(string name, CpuControls controls)
+    {
+        if (controls.Shares < 1 || controls.ReservationPercent < 0 || controls.ReservationPercent > 100 ||
+            controls.LimitPercent is < 0 or > 100)
+        {
+            throw new BadInputException($"CPU controls {controls} are out of range",
+                "Give shares of at least 1, and a reservation and limit between 0 and 100 percent of one CPU");
+        }
+        lock (gate)
+        {
+            var vm = Find(name);
+            double reservedByOthers = vms.Where(v => v != vm && v.State is HostedVmState.Running or HostedVmState.Paused or HostedVmState.Created)
+                .Sum(v => v.Vcpu.Controls.ReservationPercent * v.Spec.VcpuCount);
+            if (reservedByOthers + controls.ReservationPercent * vm.Spec.VcpuCount > spec.HostCpus * 100.0 + 1e-9)
+            {
+                throw new BadInputException($"a reservation of {controls.ReservationPercent}% for '{name}' does not fit: the others reserve {reservedByOthers:0.#}% of {spec.HostCpus * 100}%",
+                    "Give a smaller reservation, or lower another VM's first");
+            }
+            vm.Vcpu.Controls = controls;
+        }
+    }
+
+    /// <inheritdoc/>
+    public IReadOnlyList<EngineCounter> HostCounters()
+    {
+        lock (gate)
+        {
+            return
+            [
+                new("host_cpus", (ulong)spec.HostCpus, ""),
+                new("host_memory", spec.MemoryBytes, "bytes"),
+                new("host_swap", spec.SwapBytes, "bytes"),
+                new("reserved_memory", admission.ReservedMemory, "bytes"),
+                new("reserved_swap", admission.ReservedSwap, "bytes"),
+                new("reserved_cpu", (ulong)Math.Round(admission.ReservedCpuPercent), "percent"),
+                new($"scheduler_{scheduler.Name}", 1, ""),
+                new("virtual_time", (ulong)now, "cycles"),
+                new("virtual_time_ms", (ulong)spec.Clock.Milliseconds(now), "ms"),
+                new("rounds", (ulong)rounds, ""),
+                new("idle_cpu_rounds", (ulong)idleCpuRounds, ""),
+                new("vms_running", (ulong)vms.Count(v => v.State == HostedVmState.Running), ""),
+                new("vms_refused", (ulong)vms.Count(v => v.State == HostedVmState.Refused), ""),
+            ];
+        }
+    }
+
+    private static string Describe(HostedVm vm) => vm.State.ToString().ToLowerInvariant();
+
+    // Called with the gate held.
+    private HostedVmInfo Info(HostedVm vm)
+    {
+        var v = vm.Vcpu;
+        return new HostedVmInfo(vm.Name, vm.State, vm.Technique, vm.Spec.VcpuCount, v.Controls, vm.Spec.Memory, vm.Outcome, CountersOf(vm));
+    }
+
+    /// <summary>A VM's counters: what it got from the scheduler, in cycles and microseconds of virtual time, and what
+    /// it did.</summary>
+    public IReadOnlyList<EngineCounter> CountersOf(HostedVm vm)
+    {
+        var v = vm.Vcpu;
+        double us = spec.Clock.CyclesPerMillisecond / 1000.0;
+        var list = new List<EngineCounter>
+        {
+            new("run_cycles", (ulong)v.RunCycles, "cycles"),
+            new("ready_cycles", (ulong)v.ReadyCycles, "cycles"),
+            new("idle_cycles", (ulong)v.IdleCycles, "cycles"),
+            new("run_time", (ulong)(v.RunCycles / us), "us"),
+            new("ready_time", (ulong)(v.ReadyCycles / us), "us"),
+            new("steal_time", (ulong)(v.ReadyCycles / us), "us"),
+            new("cpu_share", now > 0 ? (ulong)Math.Round(10000.0 * v.RunCycles / now) : 0, "0.01 %"),
+            new("dispatches", (ulong)v.Dispatches, ""),
+            new("wakeups", (ulong)v.Wakeups, ""),
+            new("wake_latency_mean", v.Wakeups > 0 ? (ulong)(v.WakeLatencyCycles / v.Wakeups / us) : 0, "us"),
+            new("wake_latency_max", (ulong)(v.MaximumWakeLatencyCycles / us), "us"),
+            new("guest_clock", (ulong)v.GuestClock, "cycles"),
+            new("memory_size", vm.Vm?.Memory.Size ?? 0, "bytes"),
+            new("vm_exits", (ulong)(vm.Vm?.Exits.TotalExits ?? 0), ""),
+        };
+        list.AddRange(scheduler.CountersOf(v));
+        return list;
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        foreach (var vm in vms)
+        {
+            vm.Dispose();
+        }
+        host?.Dispose();
+        roundDone.Dispose();
+        operatorActed.Dispose();
+    }
+}

@@ -1,0 +1,112 @@
+namespace Nestor.Hypervisor.Scheduling;
+
+/// <summary>The hand-over between the host's dispatch thread and one vCPU's thread: the host dispatches the vCPU
+/// for a round with a budget, the vCPU's engine runs it and reports what it did (busy and idle cycles) at its next
+/// <see cref="NextBudget"/>, or when its run ends (<see cref="Finish"/>).</summary>
+public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
+{
+    private readonly Lock gate = new();
+    private readonly SemaphoreSlim dispatched = new(0);
+    private CountdownEvent? round;
+    private long budget;
+    private bool awaitingReport;
+    private bool stopped;
+    private bool started;
+    private long lastClock, lastRetired;
+
+    /// <summary>Busy cycles (instructions retired) of the last report.</summary>
+    public long BusyCycles { get; private set; }
+
+    /// <summary>Cycles the guest idled in HLT in the last report.</summary>
+    public long IdleCycles { get; private set; }
+
+    /// <summary>The vCPU's clock (its TSC) at the last report.</summary>
+    public long Clock { get; private set; }
+
+    /// <summary>The run ended: the vCPU will never report again.</summary>
+    public bool Finished { get; private set; }
+
+    /// <summary>The host: runs the vCPU for up to <paramref name="instructions"/>; it reports to
+    /// <paramref name="roundDone"/>. False if its run has already ended.</summary>
+    public bool Dispatch(long instructions, CountdownEvent roundDone)
+    {
+        lock (gate)
+        {
+            if (Finished)
+            {
+                return false;
+            }
+            budget = instructions;
+            round = roundDone;
+            awaitingReport = true;
+            BusyCycles = IdleCycles = 0;
+        }
+        dispatched.Release();
+        return true;
+    }
+
+    /// <summary>The host: the run is to end; a waiting vCPU goes on (for one instruction, after which the engine
+    /// sees the stop) without a round.</summary>
+    public void Stop()
+    {
+        lock (gate)
+        {
+            if (stopped)
+            {
+                return;
+            }
+            stopped = true;
+        }
+        dispatched.Release();
+    }
+
+    /// <inheritdoc/>
+    public long NextBudget(long clock, long instructionsRetired)
+    {
+        if (started)
+        {
+            Report(clock, instructionsRetired, finished: false);
+        }
+        started = true;
+        lastClock = clock;
+        lastRetired = instructionsRetired;
+        dispatched.Wait();
+        lock (gate)
+        {
+            if (stopped)
+            {
+                dispatched.Release(); // every later call goes on at once too
+                return 1;
+            }
+            return budget;
+        }
+    }
+
+    /// <summary>The vCPU's thread: its run is over, with the clock and count of its final state.</summary>
+    public void Finish(long clock, long instructionsRetired) => Report(clock, instructionsRetired, finished: true);
+
+    private void Report(long clock, long instructionsRetired, bool finished)
+    {
+        CountdownEvent? done = null;
+        lock (gate)
+        {
+            if (awaitingReport && started)
+            {
+                long busy = instructionsRetired - lastRetired;
+                BusyCycles = busy;
+                IdleCycles = Math.Max(0, clock - lastClock - busy);
+            }
+            Clock = clock;
+            Finished |= finished;
+            if (awaitingReport)
+            {
+                awaitingReport = false;
+                done = round;
+            }
+        }
+        done?.Signal();
+    }
+
+    /// <inheritdoc/>
+    public void Dispose() => dispatched.Dispose();
+}
