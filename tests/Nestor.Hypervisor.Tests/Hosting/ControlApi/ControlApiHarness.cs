@@ -15,10 +15,10 @@ internal sealed class ControlApiHarness : IDisposable
     private readonly DirectoryInfo directory = Directory.CreateTempSubdirectory("nestor-api-");
     private readonly IDisposable? ownedHost;
 
-    public ControlApiHarness(IHostControl host, ControlApiOptions? options = null)
+    public ControlApiHarness(IHostControl host, ControlApiOptions? options = null, bool ownsHost = true)
     {
         Host = host;
-        ownedHost = host as IDisposable;
+        ownedHost = ownsHost ? host as IDisposable : null;
         SocketPath = Path.Combine(directory.FullName, "api.sock");
         Server = ControlApiServer.Start(SocketPath, host, options);
         Http = NewClient(SocketPath);
