@@ -46,12 +46,7 @@ public static class Program
             InfoCommand.Create(),
             BenchCommand.Create(),
             WalkCommand.Create(),
-            // A host of many VMs; wt-host adds 'run' (and bench consolidate) to it.
-            new Command("host", "A host of many VMs: its control API's client (ctl) and live view (top)")
-            {
-                Commands.Host.HostCtlCommand.Create(),
-                Commands.Host.HostTopCommand.Create(),
-            },
+            Commands.Host.HostCommand.Create(),
         };
         foreach (var command in ContainerCommands.Create())
         {

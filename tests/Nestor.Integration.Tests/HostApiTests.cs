@@ -121,6 +121,49 @@ public sealed class HostApiTests : IDisposable
         Assert.Contains("16.0 MiB", lines[2]); // memory_size of the 16 MiB guest
     }
 
+    [Fact]
+    public void Host_run_serves_the_api_socket_that_ctl_drives_until_the_host_ends()
+    {
+        string apiSocket = NestorProcess.TempPath(".sock");
+        var info = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string a in (string[])["exec", Path.Combine(AppContext.BaseDirectory, "nestor.dll"), "host", "run",
+            "--vm", "a=builtin:spin", "--vm", "b=builtin:spin", "--api-socket", apiSocket, "--timeout", "120"])
+        {
+            info.ArgumentList.Add(a);
+        }
+        using var run = System.Diagnostics.Process.Start(info)!;
+        var stdout = run.StandardOutput.ReadToEndAsync();
+        var stderr = run.StandardError.ReadToEndAsync();
+        try
+        {
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            while (!File.Exists(apiSocket))
+            {
+                Assert.False(run.HasExited, $"nestor host run ended before it made its socket: {stderr.Result}");
+                Assert.True(watch.Elapsed < TimeSpan.FromSeconds(60), "no socket within 60 s");
+                Thread.Sleep(50);
+            }
+            var list = NestorProcess.Run("host", "ctl", apiSocket, "list");
+            Assert.True(list.ExitCode == 0, list.ToString());
+            Assert.Equal(["a", "b"], list.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Skip(1).Select(l => l.Split(' ')[0]));
+            var pause = NestorProcess.Run("host", "ctl", apiSocket, "pause", "a");
+            Assert.True(pause.ExitCode == 0, pause.ToString());
+            Assert.StartsWith("a: Paused", pause.Stdout);
+            Assert.Equal(0, NestorProcess.Run("host", "ctl", apiSocket, "stop", "a").ExitCode);
+            Assert.Equal(0, NestorProcess.Run("host", "ctl", apiSocket, "stop", "b").ExitCode);
+            Assert.True(run.WaitForExit(TimeSpan.FromSeconds(60)), "the host ended once its VMs were stopped");
+            Assert.Contains("stopped by the operator", stdout.Result);
+            Assert.False(File.Exists(apiSocket)); // removed when the host ended
+        }
+        finally
+        {
+            if (!run.HasExited)
+            {
+                run.Kill(entireProcessTree: true);
+            }
+        }
+    }
+
     private static double Field(string line, string key) =>
         double.Parse(line.Split(' ').Single(f => f.StartsWith(key + "=", StringComparison.Ordinal))[(key.Length + 1)..],
             System.Globalization.CultureInfo.InvariantCulture);

@@ -330,7 +330,8 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
         }
     }
 
-    // No vCPU runnable: the host's CPUs idle until the first sleeper's wake-up (whole rounds). False if none sleeps.
+    // No vCPU placed: the host's CPUs idle for a round if a vCPU is runnable but held back by its limit or cap (it earns
+    // allowance as time passes), else until the first sleeper's wake-up (whole rounds). False if none sleeps either.
     private bool SkipIdleTime(long round)
     {
         long wake = long.MaxValue;
@@ -339,6 +340,10 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
             if (vm.Vcpu.State == VcpuRunState.Blocked)
             {
                 wake = Math.Min(wake, vm.Vcpu.WakeAt);
+            }
+            else if (vm.Vcpu.State == VcpuRunState.Runnable)
+            {
+                wake = now;
             }
         }
         if (wake == long.MaxValue)

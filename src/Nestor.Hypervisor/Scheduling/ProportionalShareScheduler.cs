@@ -9,7 +9,7 @@ namespace Nestor.Hypervisor.Scheduling;
 /// tag and a finish tag in virtual time; the runnable vCPUs with the smallest start tags get the host CPUs; a vCPU
 /// that ran <c>q</c> cycles advances by <c>q / weight</c> (finish = start + q / w, next start = finish); a vCPU that
 /// wakes takes the larger of its finish tag and the system's virtual time (the smallest start tag of the runnable),
-/// so sleeping earns no credit to spend later. The decision is made every round (1 ms): a vCPU is charged exactly what
+/// so sleeping earns no credit to spend later. The decision is made every round (100 µs): a vCPU is charged exactly what
 /// it ran, so the quantum does not bias the ratio.</para>
 /// <para>Reservation and limit are enforced per vCPU over a 100 ms period, as token buckets in cycles: a limited vCPU
 /// earns <c>limit% × round</c> of allowance each round (at most a period's worth) and is not eligible while its

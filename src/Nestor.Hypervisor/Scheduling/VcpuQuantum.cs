@@ -13,6 +13,12 @@ public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
     private bool stopped;
     private bool started;
     private long lastClock, lastRetired;
+    private long roundStartClock, roundStartRetired, roundLeft;
+    private bool idlesOften;
+
+    /// <summary>The engine's slices for a vCPU that idled lately: short enough to see it go idle in HLT soon after it
+    /// does (the machine skips the idle time inside a slice), so that it blocks and leaves its host CPU.</summary>
+    public const long ShortSlice = 2048;
 
     /// <summary>Busy cycles (instructions retired) of the last report.</summary>
     public long BusyCycles { get; private set; }
@@ -65,20 +71,32 @@ public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
     {
         if (started)
         {
+            long busy = instructionsRetired - lastRetired;
+            bool idled = clock - lastClock > busy;
+            roundLeft -= busy;
+            if (!idled && roundLeft > 0 && !stopped)
+            {
+                // Still in the round: the next short slice, without a report.
+                lastClock = clock;
+                lastRetired = instructionsRetired;
+                return Math.Min(roundLeft, idlesOften ? ShortSlice : roundLeft);
+            }
+            idlesOften = idled;
             Report(clock, instructionsRetired, finished: false);
         }
         started = true;
-        lastClock = clock;
-        lastRetired = instructionsRetired;
         dispatched.Wait();
         lock (gate)
         {
+            lastClock = roundStartClock = clock;
+            lastRetired = roundStartRetired = instructionsRetired;
             if (stopped)
             {
                 dispatched.Release(); // every later call goes on at once too
                 return 1;
             }
-            return budget;
+            roundLeft = budget;
+            return Math.Min(budget, idlesOften ? ShortSlice : budget);
         }
     }
 
@@ -92,9 +110,9 @@ public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
         {
             if (awaitingReport && started)
             {
-                long busy = instructionsRetired - lastRetired;
+                long busy = instructionsRetired - roundStartRetired;
                 BusyCycles = busy;
-                IdleCycles = Math.Max(0, clock - lastClock - busy);
+                IdleCycles = Math.Max(0, clock - roundStartClock - busy);
             }
             Clock = clock;
             Finished |= finished;

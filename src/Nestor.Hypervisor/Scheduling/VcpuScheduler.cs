@@ -14,7 +14,7 @@ public enum SchedulerKind
 }
 
 /// <summary>A scheduler of vCPUs on the host's CPUs. The host runs time in rounds of <see cref="RoundCycles"/>
-/// (1 ms of virtual time): before each round the scheduler says which vCPU each host CPU runs, after it the host
+/// (100 µs of virtual time): before each round the scheduler says which vCPU each host CPU runs, after it the host
 /// says what each ran. Decisions depend only on virtual time, so that a run is reproducible.</summary>
 public abstract class VcpuScheduler
 {
@@ -26,7 +26,7 @@ public abstract class VcpuScheduler
     {
         Clock = clock;
         HostCpus = hostCpus;
-        RoundCycles = clock.Cycles(1);
+        RoundCycles = clock.Cycles(0.1);
     }
 
     /// <summary>The one to run: <c>share</c> or <c>credit</c>.</summary>

@@ -1,0 +1,92 @@
+using System.CommandLine;
+using Nestor.Cli.Output;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Errors;
+using Nestor.Hypervisor.Hosting;
+
+namespace Nestor.Cli.Commands.Host;
+
+/// <summary><c>nestor host run [HOST.json] [--vm NAME=KERNEL,...]...</c>: powers on the VMs admission control admits,
+/// schedules their vCPUs on the host's CPUs, prefixes each one's serial output with its name, and prints a combined
+/// report when all have ended.</summary>
+internal static class HostRunCommand
+{
+    public static Command Create()
+    {
+        var file = new Argument<string?>("HOST.json") { Description = "The host's configuration (docs/host.md)", Arity = ArgumentArity.ZeroOrOne };
+        var vm = new Option<string[]>("--vm")
+        {
+            Description = "A VM: NAME=KERNEL[,cmdline=...][,memory=64M][,min=...][,technique=hw][,shares=N][,reservation=%][,limit=%][,run-limit-ms=N]; " +
+                          "KERNEL is a file or builtin:nestoros, builtin:spin, builtin:ticker. May be repeated; added after the file's VMs",
+            Arity = ArgumentArity.ZeroOrMore,
+        };
+        var hostMemory = new Option<string?>("--host-memory") { Description = "Host memory for guests (default 1G, or the file's)" };
+        var hostSwap = new Option<string?>("--host-swap") { Description = "Host swap: backs what VMs have above their min (default 0)" };
+        var hostCpus = new Option<int?>("--host-cpus") { Description = "Host CPUs: vCPUs run on this many host threads at once (default 1)" };
+        var scheduler = new Option<string?>("--scheduler") { Description = "share (ESX's proportional share, reservation, limit; the default) or credit (Xen's credit scheduler)" };
+        var timeout = TypedOptions.Seconds("--timeout", "Stop every VM after this many seconds of wall time");
+        var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
+        var apiSocket = new Option<string?>("--api-socket") { Description = "Serve the control API on this Unix socket while the host runs (nestor host ctl, nestor host top; docs/host.md)" };
+        var command = new Command("run", "Power on many VMs on one host and run them until each has ended")
+        {
+            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, verbose, apiSocket,
+        };
+        command.SetAction(parse =>
+        {
+            try
+            {
+                string? path = parse.GetValue(file);
+                var config = path is null ? new HostConfigFile() : HostConfiguration.ParseFile(ReadFile(path), path);
+                config.Vms ??= [];
+                foreach (string text in parse.GetValue(vm) ?? [])
+                {
+                    config.Vms.Add(HostConfiguration.ParseVmOption(text));
+                }
+                var spec = HostConfiguration.ToSpec(config, path ?? "--vm",
+                    parse.GetValue(hostMemory) is { } m ? Size.Parse(m, "--host-memory") : null,
+                    parse.GetValue(hostSwap) is { } s ? Size.Parse(s, "--host-swap") : null,
+                    parse.GetValue(hostCpus), parse.GetValue(scheduler));
+                if (parse.GetValue(timeout) is { } seconds)
+                {
+                    spec = spec with { WallTimeout = TypedOptions.ToTimeSpan(seconds) };
+                }
+                using var host = new VirtualMachineHost(spec, Console.Out);
+                using (parse.GetValue(apiSocket) is { } socketPath ? Hypervisor.Hosting.ControlApi.ControlApiServer.Start(socketPath, host) : null)
+                {
+                    host.Run();
+                }
+                Console.Out.Flush();
+                HostReport.Write(host, Console.Out);
+                return HostReport.AllSucceeded(host) ? 0 : 1;
+            }
+            catch (NestorException e)
+            {
+                Console.Error.WriteLine($"nestor: {e.Message}");
+                if (e.Advice is not null)
+                {
+                    Console.Error.WriteLine($"  what to do: {e.Advice}");
+                }
+                return ExitStatus.For(e);
+            }
+            catch (Exception e)
+            {
+                Console.Error.WriteLine($"nestor: internal error: {e.Message}");
+                Console.Error.WriteLine(parse.GetValue(verbose) ? e.ToString() : "  (run with --verbose for details, and please report it)");
+                return ExitStatus.InternalError;
+            }
+        });
+        return command;
+    }
+
+    private static string ReadFile(string path)
+    {
+        try
+        {
+            return File.ReadAllText(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new BadInputException($"cannot read the host file '{path}': {e.Message}", "Give the path of a readable HOST.json");
+        }
+    }
+}
