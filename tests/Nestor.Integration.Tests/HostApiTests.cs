@@ -122,7 +122,7 @@ public sealed class HostApiTests : IDisposable
     }
 
     [Fact]
-    public void Host_run_serves_the_api_socket_that_ctl_drives_until_the_host_ends()
+    public async Task Host_run_serves_the_api_socket_that_ctl_drives_until_the_host_ends()
     {
         string apiSocket = NestorProcess.TempPath(".sock");
         var info = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
@@ -139,7 +139,10 @@ public sealed class HostApiTests : IDisposable
             var watch = System.Diagnostics.Stopwatch.StartNew();
             while (!File.Exists(apiSocket))
             {
-                Assert.False(run.HasExited, $"nestor host run ended before it made its socket: {stderr.Result}");
+                if (run.HasExited)
+                {
+                    Assert.Fail($"nestor host run ended before it made its socket: {await stderr}");
+                }
                 Assert.True(watch.Elapsed < TimeSpan.FromSeconds(60), "no socket within 60 s");
                 Thread.Sleep(50);
             }
@@ -152,7 +155,7 @@ public sealed class HostApiTests : IDisposable
             Assert.Equal(0, NestorProcess.Run("host", "ctl", apiSocket, "stop", "a").ExitCode);
             Assert.Equal(0, NestorProcess.Run("host", "ctl", apiSocket, "stop", "b").ExitCode);
             Assert.True(run.WaitForExit(TimeSpan.FromSeconds(60)), "the host ended once its VMs were stopped");
-            Assert.Contains("stopped by the operator", stdout.Result);
+            Assert.Contains("stopped by the operator", await stdout);
             Assert.False(File.Exists(apiSocket)); // removed when the host ended
         }
         finally

@@ -79,8 +79,18 @@ internal static class HostCtlCommand
                 SetCpu(client, name!, shares, reservation, limitText);
                 break;
         }
-        // An action: say what the VM is now, as the host sees it after the action.
-        var after = client.Get(name!);
+        // An action: say what the VM is now, as the host sees it after the action. Stopping the last VM ends the
+        // host, and its socket with it: the action was done, there is only no one left to ask.
+        VmDocument after;
+        try
+        {
+            after = client.Get(name!);
+        }
+        catch (BadInputException) when (verb == "stop")
+        {
+            Console.Write(json ? "{}\n" : $"{name}: stopped; the host has ended\n");
+            return 0;
+        }
         Console.Write(json ? Json(after, ControlApiJson.Default.VmDocument)
             : $"{after.Name}: {after.State}, cpu shares {after.Cpu.Shares}, reservation {HostApiCli.Percent(after.Cpu.Reservation)}, limit {HostApiCli.Percent(after.Cpu.Limit)}\n");
         return 0;
