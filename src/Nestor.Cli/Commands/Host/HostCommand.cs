@@ -9,6 +9,8 @@ internal static class HostCommand
     {
         var command = new Command("host", "Run many VMs in one process on one host: admission control, CPU scheduling, a control API");
         command.Subcommands.Add(HostRunCommand.Create());
+        command.Subcommands.Add(HostCtlCommand.Create());
+        command.Subcommands.Add(HostTopCommand.Create());
         return command;
     }
 }

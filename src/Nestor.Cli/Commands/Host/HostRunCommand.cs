@@ -27,9 +27,10 @@ internal static class HostRunCommand
         var timeout = TypedOptions.Seconds("--timeout", "Stop every VM after this many seconds of wall time");
         var duration = new Option<double?>("--duration-ms") { Description = "Run the host for this many milliseconds of virtual time, then stop every VM still running" };
         var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
+        var apiSocket = new Option<string?>("--api-socket") { Description = "Serve the control API on this Unix socket while the host runs (nestor host ctl, nestor host top; docs/host.md)" };
         var command = new Command("run", "Power on many VMs on one host and run them until each has ended")
         {
-            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose,
+            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose, apiSocket,
         };
         command.SetAction(parse =>
         {
@@ -59,7 +60,10 @@ internal static class HostRunCommand
                     spec = spec with { WallTimeout = TypedOptions.ToTimeSpan(seconds) };
                 }
                 using var host = new VirtualMachineHost(spec, Console.Out);
-                host.Run();
+                using (parse.GetValue(apiSocket) is { } socketPath ? Hypervisor.Hosting.ControlApi.ControlApiServer.Start(socketPath, host) : null)
+                {
+                    host.Run();
+                }
                 Console.Out.Flush();
                 HostReport.Write(host, Console.Out);
                 return HostReport.AllSucceeded(host) ? 0 : 1;
