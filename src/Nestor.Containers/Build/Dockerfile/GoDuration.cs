@@ -57,6 +57,7 @@ public static class GoDuration
                 return null;
             }
         }
-        return TimeSpan.FromTicks((long)ticks);
+        // A positive duration under one tick (1ns) stays positive so that the 1 ms minimum refuses it.
+        return TimeSpan.FromTicks((long)Math.Ceiling(ticks));
     }
 }
