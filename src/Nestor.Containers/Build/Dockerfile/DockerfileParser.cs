@@ -332,7 +332,7 @@ public static partial class DockerfileParser
             "workdir" => new WorkdirInstruction(location, original, rest),
             "user" => new UserInstruction(location, original, rest),
             "expose" => new ExposeInstruction(location, original, DockerfileWords.SplitWhiteSpace(rest)),
-            "volume" => ParseVolume(rest, location, original),
+            "volume" => ParseVolume(rest, location, original, escape),
             "shell" => new ShellInstruction(location, original, DockerfileWords.TryJsonArray(rest) is { Count: > 0 } shell
                 ? shell
                 : throw new DockerfileException(location, "SHELL needs a JSON array of strings",
@@ -546,10 +546,11 @@ public static partial class DockerfileParser
     [GeneratedRegex(@"^[A-Za-z_][A-Za-z0-9_]*$")]
     private static partial Regex ArgNamePattern();
 
-    private static VolumeInstruction ParseVolume(string rest, SourceLocation location, string original)
+    private static VolumeInstruction ParseVolume(string rest, SourceLocation location, string original, char escape)
     {
         bool json = DockerfileWords.TryJsonArray(rest) is not null;
-        var paths = DockerfileWords.TryJsonArray(rest) ?? DockerfileWords.SplitWhiteSpace(rest);
+        // The shell form keeps quoted white space in a word (expansion splits and unquotes it).
+        var paths = DockerfileWords.TryJsonArray(rest) ?? DockerfileWords.SplitQuoted(rest, escape);
         if (paths.Count == 0 || paths.Any(p => p.Trim().Length == 0))
         {
             throw new DockerfileException(location, "VOLUME names an empty path", Usage("volume"));

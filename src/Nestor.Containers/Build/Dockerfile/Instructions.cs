@@ -54,6 +54,10 @@ public abstract record Instruction(SourceLocation Location, string OriginalText)
     protected IReadOnlyList<string> FlagValues(string name) =>
         [.. Flags.Where(f => f.Name == name).Select(f => f.Value ?? "")];
 
+    /// <summary>True for the instructions whose flag values are expanded (FROM, COPY, ADD); the others keep them
+    /// as written, so their canonical text does not quote them.</summary>
+    protected virtual bool ExpandsFlags => false;
+
     /// <summary>A field in canonical form: as written before expansion, quoted after.</summary>
     protected string Word(string value) => IsExpanded ? CanonicalText.Quote(value, EscapeCharacter) : value;
 
@@ -66,7 +70,7 @@ public abstract record Instruction(SourceLocation Location, string OriginalText)
             text.Append("--").Append(flag.Name);
             if (flag.Value is not null)
             {
-                text.Append('=').Append(Word(flag.Value));
+                text.Append('=').Append(ExpandsFlags ? Word(flag.Value) : flag.Value);
             }
             text.Append(' ');
         }
@@ -125,6 +129,9 @@ public sealed record FromInstruction(SourceLocation Location, string OriginalTex
 {
     /// <inheritdoc/>
     public override string Keyword => "FROM";
+
+    /// <inheritdoc/>
+    protected override bool ExpandsFlags => true;
 
     /// <summary>The <c>--platform</c> flag's value, or null.</summary>
     public string? Platform => Flag("platform");
@@ -198,6 +205,9 @@ public sealed record CopyInstruction(SourceLocation Location, string OriginalTex
     /// <inheritdoc/>
     public override string Keyword => IsAdd ? "ADD" : "COPY";
 
+    /// <inheritdoc/>
+    protected override bool ExpandsFlags => true;
+
     /// <summary>The <c>--from</c> flag: a stage name, stage index or image reference; null for the context.</summary>
     public string? From => Flag("from");
 
@@ -233,6 +243,12 @@ public sealed record CopyInstruction(SourceLocation Location, string OriginalTex
         if (IsJsonForm && !IsExpanded)
         {
             return Head() + CanonicalText.JsonArray([.. Sources, Destination]);
+        }
+        if (IsExpanded && Heredocs.Count == 0 && Sources.Append(Destination).Any(p => p.Any(char.IsWhiteSpace)))
+        {
+            // White space splits the shell form's paths, so expanded paths with spaces are written as the JSON
+            // form, each element quoted as a word (JSON-form elements are expanded too).
+            return Head() + CanonicalText.JsonArray(Sources.Append(Destination).Select(Word));
         }
         var words = Heredocs.Select(h => h.Operator).Concat(Sources.Select(Word)).Append(Word(Destination));
         return Head() + string.Join(' ', words) + CanonicalText.Bodies(Heredocs);
