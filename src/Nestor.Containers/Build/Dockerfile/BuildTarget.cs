@@ -45,16 +45,29 @@ public static class BuildTarget
         {
             result.Add(baseStage);
         }
+        // Only what can change a --from value is evaluated: ARG and ENV lines, then the --from values themselves
+        // (the base image's environment is not known here; a --from rarely depends on it).
         var scope = variables.BeginStage(stage, []);
         foreach (var instruction in stage.Instructions)
         {
-            var expanded = scope.Apply(instruction);
-            IEnumerable<string> references = expanded is RunInstruction
-                ? DockerfileParser.StageReferences(instruction).Select(scope.ExpandWord)
-                : DockerfileParser.StageReferences(expanded);
-            foreach (string reference in references)
+            if (instruction is ArgInstruction or EnvInstruction)
             {
-                if (ResolveReference(variables.Dockerfile, reference, stage, instruction.Location) is { } used)
+                scope.Apply(instruction);
+                continue;
+            }
+            foreach (string reference in DockerfileParser.StageReferences(instruction))
+            {
+                string expanded;
+                try
+                {
+                    expanded = scope.ExpandWord(reference);
+                }
+                catch (FormatException e)
+                {
+                    throw new DockerfileException(instruction.Location, $"--from={reference}: {e.Message}",
+                        "check the ${...} substitution in --from", e);
+                }
+                if (ResolveReference(variables.Dockerfile, expanded, stage, instruction.Location) is { } used)
                 {
                     result.Add(used);
                 }

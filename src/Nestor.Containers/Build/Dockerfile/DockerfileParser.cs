@@ -325,7 +325,7 @@ public static partial class DockerfileParser
             "run" => new RunInstruction(location, original, ParseCommand(rest), heredocs),
             "cmd" => new CmdInstruction(location, original, ParseCommand(rest)),
             "entrypoint" => new EntrypointInstruction(location, original, ParseCommand(rest)),
-            "copy" or "add" => ParseCopy(keyword == "add", rest, heredocs, location, original, escape),
+            "copy" or "add" => ParseCopy(keyword == "add", rest, heredocs, location, original),
             "env" => new EnvInstruction(location, original, ParseNameValues(rest, "ENV", location, escape)),
             "label" => new LabelInstruction(location, original, ParseNameValues(rest, "LABEL", location, escape)),
             "arg" => ParseArg(rest, location, original, escape),
@@ -448,7 +448,7 @@ public static partial class DockerfileParser
     private static partial Regex StageNamePattern();
 
     private static CopyInstruction ParseCopy(bool isAdd, string rest, List<Heredoc> heredocs, SourceLocation location,
-        string original, char escape)
+        string original)
     {
         string keyword = isAdd ? "ADD" : "COPY";
         List<string> words;
@@ -462,22 +462,20 @@ public static partial class DockerfileParser
         {
             words = DockerfileWords.SplitWhiteSpace(rest);
         }
-        // Heredoc operators are sources too; they are kept apart from the paths.
-        var sources = new List<string>();
-        int heredocWords = 0;
-        foreach (string word in words.Take(Math.Max(0, words.Count - 1)))
-        {
-            if (!json && heredocs.Count > 0 && ParseHeredocOperator(word) is not null)
-            {
-                heredocWords++;
-                continue;
-            }
-            sources.Add(word);
-        }
-        if (words.Count < 2 && !(heredocWords == 0 && heredocs.Count > 0 && words.Count == 1))
+        if (words.Count < 2)
         {
             throw new DockerfileException(location, $"{keyword} needs at least one source and a destination",
                 Usage(isAdd ? "add" : "copy"));
+        }
+        // Heredoc operators are sources too; they are kept apart from the paths.
+        var sources = new List<string>();
+        foreach (string word in words.Take(words.Count - 1))
+        {
+            if (!json && heredocs.Count > 0 && ParseHeredocOperator(word) is not null)
+            {
+                continue;
+            }
+            sources.Add(word);
         }
         string destination = words[^1];
         if (!json && heredocs.Count > 0 && ParseHeredocOperator(destination) is not null)
@@ -485,7 +483,6 @@ public static partial class DockerfileParser
             throw new DockerfileException(location, $"{keyword}: the last argument is a heredoc, not a destination",
                 Usage(isAdd ? "add" : "copy"));
         }
-        _ = escape;
         return new CopyInstruction(location, original, isAdd, sources, destination, heredocs, json);
     }
 

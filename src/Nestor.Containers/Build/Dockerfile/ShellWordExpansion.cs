@@ -125,26 +125,26 @@ public sealed class ShellWordExpansion(Func<string, string?> lookup, char escape
                 switch (c)
                 {
                     case '\'':
-                    {
-                        string quoted = SingleQuoted();
-                        result.Append(quoted);
-                        words?.AddLiteral(quoted);
-                        break;
-                    }
+                        {
+                            string quoted = SingleQuoted();
+                            result.Append(quoted);
+                            words?.AddLiteral(quoted);
+                            break;
+                        }
                     case '"':
-                    {
-                        string quoted = DoubleQuoted();
-                        result.Append(quoted);
-                        words?.AddLiteral(quoted);
-                        break;
-                    }
+                        {
+                            string quoted = DoubleQuoted();
+                            result.Append(quoted);
+                            words?.AddLiteral(quoted);
+                            break;
+                        }
                     case '$':
-                    {
-                        string value = Dollar();
-                        result.Append(value);
-                        words?.AddSplitting(value);
-                        break;
-                    }
+                        {
+                            string value = Dollar();
+                            result.Append(value);
+                            words?.AddSplitting(value);
+                            break;
+                        }
                     default:
                         position++;
                         if (c == Escape)

@@ -441,6 +441,8 @@ public class DockerfileParserTests
     [InlineData("FROM a\nCOPY --frm=x a b", 2, "--frm")]
     [InlineData("FROM a\nENV --x=1 a=b", 2, "--x")]
     [InlineData("FROM a\nCOPY onlyone", 2, "source and a destination")]
+    [InlineData("FROM a\nCOPY <<EOF\nbody\nEOF", 2, "source and a destination")]
+    [InlineData("FROM a\nCOPY a <<EOF\nbody\nEOF", 2, "last argument is a heredoc")]
     [InlineData("RUN echo\nFROM a", 1, "before the first FROM")]
     [InlineData("ARG X\nENV A=b\nFROM a", 2, "before the first FROM")]
     [InlineData("FROM a AS x\nRUN y\nFROM b AS X", 3, "duplicate stage name")]
