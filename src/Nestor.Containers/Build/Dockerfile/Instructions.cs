@@ -23,8 +23,24 @@ public abstract record Instruction(SourceLocation Location, string OriginalText)
     public bool IsExpanded { get; init; }
 
     /// <summary>The instruction with build variables substituted where the reference says this instruction
-    /// expands them (the same instruction, marked expanded, for those that do not).</summary>
-    public virtual Instruction Expand(ShellWordExpansion expansion) => this with { IsExpanded = true };
+    /// expands them (the same instruction, marked expanded, for those that do not).
+    /// Throws <see cref="DockerfileException"/> at the instruction's line for a malformed substitution or a
+    /// <c>${VAR:?message}</c> whose variable is unset.</summary>
+    public Instruction Expand(ShellWordExpansion expansion)
+    {
+        try
+        {
+            return ExpandCore(expansion);
+        }
+        catch (FormatException e)
+        {
+            throw new DockerfileException(Location, $"{Keyword}: {e.Message}",
+                "check the ${...} substitutions on this line (and pass the variable with --build-arg if it is unset)", e);
+        }
+    }
+
+    /// <summary>The expansion itself (the default marks the instruction expanded and changes nothing).</summary>
+    protected virtual Instruction ExpandCore(ShellWordExpansion expansion) => this with { IsExpanded = true };
 
     /// <summary>The instruction as one canonical Dockerfile line (keyword upper case, flags in their written
     /// order, single spaces, exec forms as compact JSON), heredoc bodies on the following lines. For an expanded
@@ -117,7 +133,7 @@ public sealed record FromInstruction(SourceLocation Location, string OriginalTex
     public bool IsScratch => string.Equals(BaseImage, "scratch", StringComparison.OrdinalIgnoreCase);
 
     /// <inheritdoc/>
-    public override Instruction Expand(ShellWordExpansion expansion) => this with
+    protected override Instruction ExpandCore(ShellWordExpansion expansion) => this with
     {
         BaseImage = expansion.ProcessWord(BaseImage),
         Flags = ExpandFlags(Flags, expansion),
@@ -155,7 +171,13 @@ public sealed record RunInstruction(SourceLocation Location, string OriginalText
     /// <summary>True when the whole command is one heredoc (<c>RUN &lt;&lt;EOF</c>): its body is the script the
     /// shell runs (BuildKit runs it as a file when it starts with <c>#!</c>).</summary>
     public bool IsHeredocScript => !Command.IsExecForm && Heredocs.Count == 1
-        && Command.ShellText.Trim() == Heredocs[0].Operator;
+        && DockerfileParser.HeredocWordPattern().IsMatch(Command.ShellText.Trim());
+
+    /// <summary>The shell-form command with its heredoc bodies after it, as one script for <c>sh -c</c> (the shell
+    /// then feeds each body to its operator). For <see cref="IsHeredocScript"/> the builder may instead run the
+    /// body itself.</summary>
+    public string ShellTextWithHeredocs => Command.ShellText + CanonicalText.Bodies(Heredocs)
+        + (Heredocs.Count > 0 ? "\n" : "");
 
     /// <inheritdoc/>
     public override string ToCanonicalText() => Head() + Command.ToCanonicalText() + CanonicalText.Bodies(Heredocs);
@@ -196,7 +218,7 @@ public sealed record CopyInstruction(SourceLocation Location, string OriginalTex
     public bool DestinationIsDirectory => Destination.EndsWith('/');
 
     /// <inheritdoc/>
-    public override Instruction Expand(ShellWordExpansion expansion) => this with
+    protected override Instruction ExpandCore(ShellWordExpansion expansion) => this with
     {
         Sources = [.. Sources.Select(expansion.ProcessWord)],
         Destination = expansion.ProcessWord(Destination),
@@ -250,7 +272,7 @@ public sealed record EnvInstruction(SourceLocation Location, string OriginalText
     public override string Keyword => "ENV";
 
     /// <inheritdoc/>
-    public override Instruction Expand(ShellWordExpansion expansion) => this with
+    protected override Instruction ExpandCore(ShellWordExpansion expansion) => this with
     {
         Pairs = [.. Pairs.Select(p => new NameValuePair(expansion.ProcessWord(p.Name), expansion.ProcessWord(p.Value)))],
         IsExpanded = true,
@@ -269,7 +291,7 @@ public sealed record LabelInstruction(SourceLocation Location, string OriginalTe
     public override string Keyword => "LABEL";
 
     /// <inheritdoc/>
-    public override Instruction Expand(ShellWordExpansion expansion) => this with
+    protected override Instruction ExpandCore(ShellWordExpansion expansion) => this with
     {
         Pairs = [.. Pairs.Select(p => new NameValuePair(expansion.ProcessWord(p.Name), expansion.ProcessWord(p.Value)))],
         IsExpanded = true,
@@ -299,7 +321,7 @@ public sealed record ArgInstruction(SourceLocation Location, string OriginalText
     public string? DefaultValue => Declarations[0].DefaultValue;
 
     /// <inheritdoc/>
-    public override Instruction Expand(ShellWordExpansion expansion) => this with
+    protected override Instruction ExpandCore(ShellWordExpansion expansion) => this with
     {
         Declarations = [.. Declarations.Select(d =>
             d.DefaultValue is null ? d : d with { DefaultValue = expansion.ProcessWord(d.DefaultValue) })],
@@ -320,7 +342,7 @@ public sealed record WorkdirInstruction(SourceLocation Location, string Original
     public override string Keyword => "WORKDIR";
 
     /// <inheritdoc/>
-    public override Instruction Expand(ShellWordExpansion expansion) =>
+    protected override Instruction ExpandCore(ShellWordExpansion expansion) =>
         this with { Path = expansion.ProcessWord(Path), IsExpanded = true };
 
     /// <inheritdoc/>
@@ -335,7 +357,7 @@ public sealed record UserInstruction(SourceLocation Location, string OriginalTex
     public override string Keyword => "USER";
 
     /// <inheritdoc/>
-    public override Instruction Expand(ShellWordExpansion expansion) =>
+    protected override Instruction ExpandCore(ShellWordExpansion expansion) =>
         this with { User = expansion.ProcessWord(User), IsExpanded = true };
 
     /// <inheritdoc/>
@@ -356,7 +378,7 @@ public sealed record ExposeInstruction(SourceLocation Location, string OriginalT
     public IReadOnlyList<ExposedPort> ParsePorts() => ExposedPort.ParseAll(Ports, Location);
 
     /// <inheritdoc/>
-    public override Instruction Expand(ShellWordExpansion expansion) =>
+    protected override Instruction ExpandCore(ShellWordExpansion expansion) =>
         this with { Ports = [.. Ports.SelectMany(expansion.ProcessWords)], IsExpanded = true };
 
     /// <inheritdoc/>
@@ -431,7 +453,7 @@ public sealed record VolumeInstruction(SourceLocation Location, string OriginalT
     public override string Keyword => "VOLUME";
 
     /// <inheritdoc/>
-    public override Instruction Expand(ShellWordExpansion expansion) => this with
+    protected override Instruction ExpandCore(ShellWordExpansion expansion) => this with
     {
         Paths = IsJsonForm ? [.. Paths.Select(expansion.ProcessWord)] : [.. Paths.SelectMany(expansion.ProcessWords)],
         IsExpanded = true,
@@ -461,7 +483,7 @@ public sealed record StopSignalInstruction(SourceLocation Location, string Origi
     public override string Keyword => "STOPSIGNAL";
 
     /// <inheritdoc/>
-    public override Instruction Expand(ShellWordExpansion expansion) =>
+    protected override Instruction ExpandCore(ShellWordExpansion expansion) =>
         this with { Signal = expansion.ProcessWord(Signal), IsExpanded = true };
 
     /// <inheritdoc/>

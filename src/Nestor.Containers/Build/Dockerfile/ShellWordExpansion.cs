@@ -1,18 +1,298 @@
+using System.Text;
+
 namespace Nestor.Containers.Build.Dockerfiles;
 
 /// <summary>Docker's shell-word lexer: variable substitution (<c>$VAR</c>, <c>${VAR}</c>, <c>${VAR:-word}</c>,
-/// <c>${VAR:+word}</c>, <c>${VAR-word}</c>, <c>${VAR+word}</c>), single and double quotes and the escape
-/// character, applied to the arguments of the instructions that expand.</summary>
+/// <c>${VAR:+word}</c>, <c>${VAR-word}</c>, <c>${VAR+word}</c>, <c>${VAR:?message}</c>, <c>${VAR?message}</c>),
+/// single quotes (literal), double quotes (variables expand; the escape character escapes <c>"</c>, <c>$</c> and
+/// itself) and the escape character outside quotes (the next character is literal), applied to the arguments of
+/// the instructions that expand. An unset variable expands to nothing. Malformed substitutions throw
+/// <see cref="FormatException"/> (<see cref="Instruction.Expand"/> reports them with the instruction's line).</summary>
 /// <param name="lookup">The value of a variable, or null when it is not set.</param>
 /// <param name="escapeCharacter">The file's escape character.</param>
 public sealed class ShellWordExpansion(Func<string, string?> lookup, char escapeCharacter = '\\')
 {
-    /// <summary>Expands one word and removes its quotes (ENV values, paths, a FROM reference).</summary>
-    public string ProcessWord(string word) => throw new NotImplementedException(word + lookup + escapeCharacter);
+    /// <summary>An expansion in which no variable is set: it only removes quotes and escapes.</summary>
+    public static ShellWordExpansion Empty(char escapeCharacter = '\\') => new(_ => null, escapeCharacter);
 
-    /// <summary>Splits <paramref name="text"/> into words at unquoted white space, expanding each (EXPOSE, VOLUME).</summary>
-    public IReadOnlyList<string> ProcessWords(string text) => throw new NotImplementedException(text);
+    /// <summary>Expands one word and removes its quotes (ENV values, paths, a FROM reference); white space stays.</summary>
+    public string ProcessWord(string word) => new Lexer(this, word, heredoc: false).Process(-1, null);
 
-    /// <summary>Expands variables in a heredoc body whose delimiter was not quoted (quotes are kept as text).</summary>
-    public string ProcessHeredoc(string content) => throw new NotImplementedException(content);
+    /// <summary>Splits <paramref name="text"/> into words at unquoted white space, including white space a variable's
+    /// value brings (<c>EXPOSE $PORTS</c>), expanding each (EXPOSE, VOLUME).</summary>
+    public IReadOnlyList<string> ProcessWords(string text)
+    {
+        var words = new WordList();
+        new Lexer(this, text, heredoc: false).Process(-1, words);
+        return words.Finish();
+    }
+
+    /// <summary>Expands variables in a heredoc body whose delimiter was not quoted: quotes are kept as text, and
+    /// the escape character only escapes <c>$</c> and itself (as a POSIX shell's here-document).</summary>
+    public string ProcessHeredoc(string content) => new Lexer(this, content, heredoc: true).Process(-1, null);
+
+    /// <summary>Collects words for <see cref="ProcessWords"/>: literal and expanded white space separates them,
+    /// quoted or escaped white space does not, and <c>""</c> is an empty word.</summary>
+    private sealed class WordList
+    {
+        private readonly List<string> words = [];
+        private readonly StringBuilder current = new();
+        private bool present;
+
+        public void AddSplitting(string text)
+        {
+            foreach (char c in text)
+            {
+                AddSplitting(c);
+            }
+        }
+
+        public void AddSplitting(char c)
+        {
+            if (char.IsWhiteSpace(c))
+            {
+                Flush();
+                return;
+            }
+            current.Append(c);
+            present = true;
+        }
+
+        public void AddLiteral(string text)
+        {
+            current.Append(text);
+            present = true;
+        }
+
+        public void AddLiteral(char c)
+        {
+            current.Append(c);
+            present = true;
+        }
+
+        private void Flush()
+        {
+            if (present)
+            {
+                words.Add(current.ToString());
+            }
+            current.Clear();
+            present = false;
+        }
+
+        public List<string> Finish()
+        {
+            Flush();
+            return words;
+        }
+    }
+
+    private sealed class Lexer(ShellWordExpansion expansion, string text, bool heredoc)
+    {
+        private int position;
+        private char Escape => expansion.EscapeCharacter;
+
+        /// <summary>Processes up to <paramref name="stop"/> (consumed; -1 for the end of the text).</summary>
+        public string Process(int stop, WordList? words)
+        {
+            var result = new StringBuilder();
+            while (position < text.Length)
+            {
+                char c = text[position];
+                if (stop >= 0 && c == stop)
+                {
+                    position++;
+                    return result.ToString();
+                }
+                if (heredoc)
+                {
+                    position++;
+                    if (c == '$')
+                    {
+                        position--;
+                        result.Append(Dollar());
+                    }
+                    else if (c == Escape && position < text.Length && (text[position] == '$' || text[position] == Escape))
+                    {
+                        result.Append(text[position++]);
+                    }
+                    else
+                    {
+                        result.Append(c);
+                    }
+                    continue;
+                }
+                switch (c)
+                {
+                    case '\'':
+                    {
+                        string quoted = SingleQuoted();
+                        result.Append(quoted);
+                        words?.AddLiteral(quoted);
+                        break;
+                    }
+                    case '"':
+                    {
+                        string quoted = DoubleQuoted();
+                        result.Append(quoted);
+                        words?.AddLiteral(quoted);
+                        break;
+                    }
+                    case '$':
+                    {
+                        string value = Dollar();
+                        result.Append(value);
+                        words?.AddSplitting(value);
+                        break;
+                    }
+                    default:
+                        position++;
+                        if (c == Escape)
+                        {
+                            if (position == text.Length)
+                            {
+                                break; // an escape at the end of the word is dropped
+                            }
+                            c = text[position++];
+                            result.Append(c);
+                            words?.AddLiteral(c);
+                        }
+                        else
+                        {
+                            result.Append(c);
+                            words?.AddSplitting(c);
+                        }
+                        break;
+                }
+            }
+            if (stop >= 0)
+            {
+                throw new FormatException($"missing '{(char)stop}' in '{text}'");
+            }
+            return result.ToString();
+        }
+
+        private string SingleQuoted()
+        {
+            int start = ++position;
+            int end = text.IndexOf('\'', start);
+            if (end < 0)
+            {
+                throw new FormatException($"no closing single quote in '{text}'");
+            }
+            position = end + 1;
+            return text[start..end];
+        }
+
+        private string DoubleQuoted()
+        {
+            position++;
+            var result = new StringBuilder();
+            while (position < text.Length)
+            {
+                char c = text[position];
+                if (c == '"')
+                {
+                    position++;
+                    return result.ToString();
+                }
+                if (c == '$')
+                {
+                    result.Append(Dollar());
+                    continue;
+                }
+                position++;
+                if (c == Escape && position < text.Length && (text[position] is '"' or '$' || text[position] == Escape))
+                {
+                    c = text[position++];
+                }
+                else if (c == Escape && position == text.Length)
+                {
+                    continue;
+                }
+                result.Append(c);
+            }
+            throw new FormatException($"no closing double quote in '{text}'");
+        }
+
+        private static bool IsNameStart(char c) => char.IsAsciiLetter(c) || c == '_';
+
+        private static bool IsNameChar(char c) => char.IsAsciiLetterOrDigit(c) || c == '_';
+
+        /// <summary>Expands the <c>$</c> at the position; a <c>$</c> not followed by a name or <c>{</c> is itself.</summary>
+        private string Dollar()
+        {
+            position++;
+            if (position == text.Length)
+            {
+                return "$";
+            }
+            char c = text[position];
+            if (c != '{')
+            {
+                if (char.IsAsciiDigit(c))
+                {
+                    position++;
+                    return expansion.Lookup(c.ToString()) ?? "";
+                }
+                if (!IsNameStart(c))
+                {
+                    return "$";
+                }
+                int start = position;
+                while (position < text.Length && IsNameChar(text[position]))
+                {
+                    position++;
+                }
+                return expansion.Lookup(text[start..position]) ?? "";
+            }
+            position++;
+            int nameStart = position;
+            while (position < text.Length && IsNameChar(text[position]))
+            {
+                position++;
+            }
+            string name = text[nameStart..position];
+            if (name.Length == 0 || position == text.Length)
+            {
+                throw new FormatException($"bad substitution in '{text}'");
+            }
+            c = text[position++];
+            string? value = expansion.Lookup(name);
+            if (c == '}')
+            {
+                return value ?? "";
+            }
+            bool colon = c == ':';
+            if (colon)
+            {
+                if (position == text.Length)
+                {
+                    throw new FormatException($"bad substitution in '{text}'");
+                }
+                c = text[position++];
+            }
+            if (c is not ('-' or '+' or '?'))
+            {
+                throw new FormatException(
+                    $"unsupported modifier '{(colon ? ":" : "")}{c}' in '${{{name}...}}' (use :- :+ :? - + ?)");
+            }
+            // The word is expanded only when it is used, as a shell does; expanding it unused has no effect here
+            // (no assignments), so it is processed either way to find the closing brace.
+            string word = Process('}', null);
+            bool set = colon ? !string.IsNullOrEmpty(value) : value is not null;
+            return c switch
+            {
+                '-' => set ? value! : word,
+                '+' => set ? word : "",
+                _ => set ? value! : throw new FormatException(
+                    $"{name}: {(word.Length > 0 ? word : colon ? "is not set or empty" : "is not set")}"),
+            };
+        }
+    }
+
+    /// <summary>The escape character this expansion honours.</summary>
+    public char EscapeCharacter { get; } = escapeCharacter;
+
+    private string? Lookup(string name) => lookup(name);
 }
