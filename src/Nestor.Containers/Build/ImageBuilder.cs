@@ -49,12 +49,10 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
         }
         var dockerfile = DockerfileParser.Parse(File.ReadAllText(dockerfilePath), Path.GetFileName(dockerfilePath));
         var variables = new BuildVariables(dockerfile, options.BuildArgs);
-        var target = options.Target is null ? dockerfile.FinalStage : dockerfile.FindStage(options.Target)
-            ?? throw new BuildException($"--target {options.Target}: the Dockerfile has no such stage",
-                $"choose one of {string.Join(", ", dockerfile.Stages.Select(s => s.DisplayName))}");
-        var needed = NeededStages(dockerfile, variables, target);
+        var needed = BuildTarget.StagesFor(variables, options.Target);
+        var target = needed[^1];
         int total = needed.Sum(stage => 1 + stage.Instructions.Count);
-        var run = new BuildRun(this, options, context, variables, dockerfile, total);
+        var run = new BuildRun(this, options, context, variables, total);
         string work = Path.Combine(Store.Layout.TemporaryDirectory, "build-" + Guid.NewGuid().ToString("N")[..12]);
         Directory.CreateDirectory(work);
         StoredImage result;
@@ -101,36 +99,6 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
         return !File.Exists(dockerfile) && File.Exists(containerfile) ? containerfile : dockerfile;
     }
 
-    /// <summary>The target and the stages it needs (a FROM or COPY --from naming an earlier stage), in file order:
-    /// stages nothing needs are not built, as BuildKit skips them.</summary>
-    private static List<BuildStage> NeededStages(Dockerfiles.Dockerfile dockerfile, BuildVariables variables, BuildStage target)
-    {
-        var needed = new SortedDictionary<int, BuildStage>();
-        var pending = new Stack<BuildStage>([target]);
-        while (pending.Count > 0)
-        {
-            var stage = pending.Pop();
-            if (!needed.TryAdd(stage.Index, stage))
-            {
-                continue;
-            }
-            var references = new List<string> { variables.ExpandFrom(stage).BaseImage };
-            references.AddRange(stage.Instructions.OfType<CopyInstruction>().Select(copy => copy.From).OfType<string>());
-            foreach (string reference in references)
-            {
-                if (EarlierStage(dockerfile, stage, reference) is { } dependency)
-                {
-                    pending.Push(dependency);
-                }
-            }
-        }
-        return [.. needed.Values];
-    }
-
-    /// <summary>The stage before <paramref name="stage"/> that <paramref name="reference"/> names, or null (an image).</summary>
-    private static BuildStage? EarlierStage(Dockerfiles.Dockerfile dockerfile, BuildStage stage, string reference) =>
-        dockerfile.FindStage(reference) is { } found && found.Index < stage.Index ? found : null;
-
     private static void RemoveWorkDirectory(string work)
     {
         foreach (string line in File.ReadAllLines("/proc/self/mountinfo").Reverse())
@@ -148,9 +116,9 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
     }
 
     /// <summary>One build's progress through its stages.</summary>
-    private sealed class BuildRun(ImageBuilder builder, BuildOptions options, BuildContext context, BuildVariables variables,
-        Dockerfiles.Dockerfile dockerfile, int total)
+    private sealed class BuildRun(ImageBuilder builder, BuildOptions options, BuildContext context, BuildVariables variables, int total)
     {
+        private readonly Dockerfiles.Dockerfile dockerfile = variables.Dockerfile;
         private readonly BuildCache cache = new(builder.Store);
         private int step;
 
@@ -188,7 +156,7 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
         /// image of the store.</summary>
         private StoredImage BaseOf(BuildStage stage, FromInstruction from)
         {
-            if (EarlierStage(dockerfile, stage, from.BaseImage) is { } earlier)
+            if (BuildTarget.ResolveBase(variables, stage) is { } earlier)
             {
                 return Results[earlier.Index];
             }
@@ -508,7 +476,7 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
             var inputs = new List<string>();
             if (copy.From is { } fromName)
             {
-                fromImage = EarlierStage(dockerfile, stage, fromName) is { } earlier ? Results[earlier.Index] : ResolveImage(fromName, copy);
+                fromImage = BuildTarget.ResolveReference(dockerfile, fromName, stage, copy.Location) is { } earlier ? Results[earlier.Index] : ResolveImage(fromName, copy);
                 inputs.Add("from " + fromImage.Id);
             }
             else
