@@ -157,7 +157,7 @@ public sealed class BuildContext
     {
         var stat = FileSystemCalls.LStat(full);
         uint type = stat.Mode & FileSystemCalls.S_IFMT;
-        string line = $"{relative.Length}:{relative} {type:x} {stat.Mode & 0xfff:o}";
+        string line = $"{relative.Length}:{relative} {type:x} {Convert.ToString(stat.Mode & 0xfff, 8)}";
         switch (type)
         {
             case FileSystemCalls.S_IFREG:

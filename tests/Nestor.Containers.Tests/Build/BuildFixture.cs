@@ -28,10 +28,13 @@ public sealed class BuildFixture : IDisposable
     }
 
     /// <summary>Runs <c>nestor build --root DATA --state STATE --progress plain ARGS…</c>.</summary>
-    public CommandResult Build(params string[] arguments)
+    public CommandResult Build(params string[] arguments) => Build(Engine, arguments);
+
+    /// <summary>As <see cref="Build(string[])"/> on the directories of <paramref name="engine"/>.</summary>
+    public static CommandResult Build(EngineFixture engine, params string[] arguments)
     {
         var start = new ProcessStartInfo(EngineFixture.Nestor) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string word in new[] { "build", "--root", Engine.Data, "--state", Engine.State, "--progress", "plain" }.Concat(arguments))
+        foreach (string word in new[] { "build", "--root", engine.Data, "--state", engine.State, "--progress", "plain" }.Concat(arguments))
         {
             start.ArgumentList.Add(word);
         }

@@ -133,7 +133,7 @@ public sealed class PodmanBuildInteropTests(BuildFixture fixture) : IClassFixtur
                 TarEntryType.SymbolicLink or TarEntryType.HardLink => "-> " + entry.LinkName,
                 _ => "",
             };
-            files[name] = $"{(entry.EntryType == TarEntryType.V7RegularFile ? TarEntryType.RegularFile : entry.EntryType)} {(int)entry.Mode:o} {entry.Uid}:{entry.Gid} {content}";
+            files[name] = $"{(entry.EntryType == TarEntryType.V7RegularFile ? TarEntryType.RegularFile : entry.EntryType)} {Convert.ToString((int)entry.Mode, 8)} {entry.Uid}:{entry.Gid} {content}";
         }
         return files;
     }
