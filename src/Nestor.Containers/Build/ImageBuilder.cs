@@ -400,7 +400,8 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                     if (status != 0)
                     {
                         throw new BuildException($"{run.Location}: RUN {FirstLine(run.OriginalText[3..].Trim())}: the command exited with status {status}",
-                            "fix the command (its output is above); the steps before it stay in the cache") { ExitStatus = status };
+                            "fix the command (its output is above); the steps before it stay in the cache")
+                        { ExitStatus = status };
                     }
                     return WithLayer(state, record.RootFileSystem.UpperDirectory, createdBy);
                 }

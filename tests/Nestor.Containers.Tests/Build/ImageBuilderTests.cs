@@ -93,10 +93,11 @@ public sealed class ImageBuilderTests(BuildFixture fixture) : IClassFixture<Buil
         Assert.Equal("inside\n", fixture.ReadFile(image, "/opt/bundle/inside.txt")); // ADD unpacked the gzip tar
         Assert.Equal("inside\n", fixture.ReadFile(image, "/opt/xz/bundle/inside.txt")); // and the xz one
 
-        // The image runs by its config: ENTRYPOINT sh -c with CMD, in WORKDIR, as USER.
-        var run = fixture.Engine.Container("run", "--rm", "--network", "none", "every:v1");
+        // The image runs by its config: in WORKDIR, as USER (its own ENTRYPOINT sh -c with the shell-form CMD would
+        // run "sh -c /bin/sh -ec …", Docker's well-known pairing, so the command is given here).
+        var run = fixture.Engine.Container("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", "every:v1", "-c", "cat greeting; id -u; pwd");
         Assert.True(run.Status == 0, run.ToString());
-        Assert.Equal("hi from test\n", run.Output);
+        Assert.Equal("hi from test\n65534\n/srv/app\n", run.Output);
         Assert.Empty(fixture.Mounts());
     }
 
