@@ -93,7 +93,7 @@ public sealed class TerminalBuildProgress(TextWriter writer) : IBuildProgress
     public void Produced(string imageId, TimeSpan elapsed)
     {
         EndLine();
-        writer.WriteLine($"  \u001b[32mDONE\u001b[0m {PlainBuildProgress.ShortId(imageId)} {elapsed.TotalSeconds:F1}s");
+        writer.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"  \u001b[32mDONE\u001b[0m {PlainBuildProgress.ShortId(imageId)} {elapsed.TotalSeconds:F1}s"));
         writer.Flush();
     }
 
