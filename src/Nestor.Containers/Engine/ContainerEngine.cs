@@ -56,6 +56,16 @@ public sealed class ContainerEngine
         {
             throw new ContainerEngineException($"unable to find image '{options.Image}': {exception.Message}", exception);
         }
+        return Create(options, image);
+    }
+
+    /// <summary>As <see cref="Create(CreateOptions)"/> with the image given rather than named: <c>nestor build</c>
+    /// runs each RUN on its stage's state so far, an image that no name in the store points at yet
+    /// (<see cref="CreateOptions.Image"/> is then only what <c>ps</c> shows).</summary>
+    public ContainerRecord Create(CreateOptions options, StoredImage image)
+    {
+        var runtimeName = options.Runtime ?? Runtimes.Default;
+        Runtimes.Create(runtimeName);
         var ports = options.Ports.Select(CreateOptions.ParsePort).ToList();
         // Rootless, published ports need slirp4netns (bridge): -p without --network asks for it, as in Podman.
         var network = ParseNetwork(options.Network ?? (ContainerPaths.Rootless && ports.Count > 0 ? "bridge" : null));

@@ -46,6 +46,28 @@ public sealed class ImageConfig
     public string? WorkingDir { get; set; }
     public Dictionary<string, string>? Labels { get; set; }
     public string? StopSignal { get; set; }
+
+    /// <summary>Docker's <c>Healthcheck</c> (not in the image-spec; podman and Docker read it from the config).</summary>
+    public HealthConfig? Healthcheck { get; set; }
+
+    /// <summary>Docker's <c>Shell</c>: the shell of later shell-form instructions (the Dockerfile's SHELL).</summary>
+    public List<string>? Shell { get; set; }
+
+    /// <summary>Docker's <c>OnBuild</c>: instructions a build using this image as its base runs (ONBUILD).</summary>
+    public List<string>? OnBuild { get; set; }
+}
+
+/// <summary>Docker's image config <c>Healthcheck</c> (moby's container.HealthConfig): the test and its timing in
+/// nanoseconds (0: the default).</summary>
+public sealed class HealthConfig
+{
+    /// <summary><c>["NONE"]</c>, <c>["CMD", args…]</c> or <c>["CMD-SHELL", command]</c>.</summary>
+    public List<string>? Test { get; set; }
+    public long? Interval { get; set; }
+    public long? Timeout { get; set; }
+    public long? StartPeriod { get; set; }
+    public long? StartInterval { get; set; }
+    public int? Retries { get; set; }
 }
 
 /// <summary>A container's overlay root: lower layers (bottom first), upper and work directories, mount point.</summary>

@@ -232,6 +232,34 @@ public sealed class ImageStore : IImageStore
         return (descriptor, descriptor.Digest);
     }
 
+    /// <summary>Where <c>nestor build</c> keeps its cache: one file per cache key naming the manifest of the state
+    /// after that step (<see cref="Build.BuildCache"/>). Those manifests are roots of <see cref="CollectGarbage"/>.</summary>
+    public string BuildCacheDirectory => Path.Combine(Root, "build-cache");
+
+    /// <summary>Writes <paramref name="configuration"/> and a manifest of <paramref name="layers"/> as blobs without
+    /// naming them in the index (a build's intermediate state), and returns that image. The layer blobs must be
+    /// stored already.</summary>
+    internal StoredImage WriteUnindexedImage(OciImageConfiguration configuration, IReadOnlyList<OciDescriptor> layers)
+    {
+        var configDescriptor = Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(configuration, OciJson.Writer.OciImageConfiguration), OciMediaTypes.Config);
+        var manifest = new OciManifest { Config = configDescriptor, Layers = [.. layers] };
+        var manifestDescriptor = Layout.WriteBlob(JsonSerializer.SerializeToUtf8Bytes(manifest, OciJson.Writer.OciManifest), OciMediaTypes.Manifest);
+        return LoadManifest(manifestDescriptor.Digest);
+    }
+
+    /// <summary>The image whose manifest blob is <paramref name="manifestDigest"/>, named in the index or not.</summary>
+    internal StoredImage LoadManifest(string manifestDigest) => Load(manifestDigest, Layout.ReadManifests());
+
+    /// <summary>Names the stored manifest <paramref name="manifestDigest"/> <paramref name="reference"/> in the index
+    /// (moving the name from any image it named), as a build's last step does.</summary>
+    internal StoredImage NameManifest(string manifestDigest, string reference)
+    {
+        using var _ = Lock();
+        var bytes = Layout.ReadBlob(manifestDigest);
+        AddToIndex(new OciDescriptor { MediaType = OciMediaTypes.Manifest, Digest = manifestDigest, Size = bytes.LongLength }, reference);
+        return Resolve(manifestDigest);
+    }
+
     /// <summary>Adds an image from stored layer blobs: writes its config (from <paramref name="parent"/>
     /// when given, plus the new layers and a history entry), its manifest and then the index. Callers hold
     /// <see cref="Lock"/>.</summary>
@@ -508,8 +536,23 @@ public sealed class ImageStore : IImageStore
     {
         var reachable = new HashSet<string>();
         var diffIds = new HashSet<string>();
-        foreach (var (_, descriptor) in Layout.ReadManifests())
+        // The build cache's states are roots too: a cached step must still find its layers (BuildKit's cache holds
+        // its records the same way until pruned).
+        var roots = Layout.ReadManifests().Select(m => m.Manifest.Digest).ToList();
+        if (Directory.Exists(BuildCacheDirectory))
         {
+            foreach (string entry in Directory.EnumerateFiles(BuildCacheDirectory))
+            {
+                string digest = File.ReadAllText(entry).Trim();
+                if (Digest.IsValid(digest) && Layout.HasBlob(digest))
+                {
+                    roots.Add(digest);
+                }
+            }
+        }
+        foreach (string root in roots.Distinct())
+        {
+            var descriptor = new OciDescriptor { Digest = root };
             reachable.Add(descriptor.Digest);
             var manifest = ReadManifest(descriptor.Digest);
             reachable.Add(manifest.Config.Digest);

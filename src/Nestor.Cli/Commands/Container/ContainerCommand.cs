@@ -35,6 +35,7 @@ internal static class ContainerCommand
         {
             command.Subcommands.Add(verb);
         }
+        command.Subcommands.Add(BuildCommand.Create(underContainer: true));
         return command;
     }
 

@@ -13,6 +13,7 @@ internal static class ContainerCommands
         ImageCommand.Create(),
         OciCommand.Create(),
         ChrootCommand.Create(),
+        BuildCommand.Create(),
     ];
 
     /// <summary>Processes Nestor starts for itself (a container's init inside its new namespaces, a container's

@@ -1,0 +1,597 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net.Sockets;
+using System.Text.Json;
+using Nestor.Containers.Build.Dockerfiles;
+using Nestor.Containers.Engine;
+using Nestor.Containers.Images;
+using Nestor.Containers.Runtime;
+using Nestor.Containers.Storage;
+using Nestor.Host;
+
+namespace Nestor.Containers.Build;
+
+/// <summary><c>nestor build</c>: builds the target stage of a Dockerfile (and the stages it needs) into the image
+/// store. Each stage starts from its base (an image of the store, <c>scratch</c>, or an earlier stage) and each
+/// instruction makes a new state: RUN runs its command in a real container of the engine on the state so far and
+/// the container's overlay upper directory becomes a layer (<see cref="LayerDiff"/>, as <c>container commit</c>
+/// makes one); COPY and ADD write into the state's overlay mounted on the host and its upper directory becomes the
+/// layer; the other instructions change the config only and add an empty-layer history entry, with created_by as
+/// podman writes it (<c>/bin/sh -c #(nop) CMD ["sh"]</c>). Every state is an image in the store's blobs that the
+/// index does not name, found again through <see cref="BuildCache"/>; the last is named by the tags.</summary>
+public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress)
+{
+    /// <summary>The shell of shell-form instructions when no SHELL says otherwise (Dockerfile reference, SHELL).</summary>
+    public static readonly IReadOnlyList<string> DefaultShell = ["/bin/sh", "-c"];
+
+    private ContainerEngine Engine => engine;
+
+    private IBuildProgress Progress => progress;
+
+    private ImageStore Store => engine.Images as ImageStore
+        ?? throw new BuildException("nestor build needs the local image store", "run it without a custom image store");
+
+    /// <summary>Builds as <paramref name="options"/> say; returns the image and the counts of steps run and cached.
+    /// Throws <see cref="DockerfileException"/> for a bad Dockerfile and <see cref="BuildException"/> for a failed
+    /// step; either way no image is named and no container or mount of the build is left.</summary>
+    public BuildResult Build(BuildOptions options)
+    {
+        if (!Environment.IsPrivilegedProcess)
+        {
+            throw new BuildException("nestor build needs root here: COPY and ADD mount the stage's overlay root on the host",
+                "run it as root (sudo nestor build …)");
+        }
+        var context = BuildContext.Open(options.ContextDirectory);
+        string dockerfilePath = options.DockerfilePath ?? FindDockerfile(context.Directory);
+        if (!File.Exists(dockerfilePath))
+        {
+            throw new BuildException($"no Dockerfile at {dockerfilePath}", "give one with -f FILE, or put a Dockerfile (or Containerfile) in the context directory");
+        }
+        var dockerfile = DockerfileParser.Parse(File.ReadAllText(dockerfilePath), Path.GetFileName(dockerfilePath));
+        var variables = new BuildVariables(dockerfile, options.BuildArgs);
+        var needed = BuildTarget.StagesFor(variables, options.Target);
+        var target = needed[^1];
+        int total = needed.Sum(stage => 1 + stage.Instructions.Count);
+        var run = new BuildRun(this, options, context, variables, total);
+        string work = Path.Combine(Store.Layout.TemporaryDirectory, "build-" + Guid.NewGuid().ToString("N")[..12]);
+        Directory.CreateDirectory(work);
+        StoredImage result;
+        try
+        {
+            foreach (var stage in needed)
+            {
+                run.Results[stage.Index] = run.BuildStage(stage, work);
+            }
+            result = run.Results[target.Index];
+        }
+        finally
+        {
+            RemoveWorkDirectory(work);
+        }
+        foreach (string unused in variables.UnusedBuildArgs(needed))
+        {
+            progress.Message($"[Warning] one or more build args were not consumed: [{unused}]");
+        }
+        progress.Message("COMMIT " + string.Join(", ", options.Tags));
+        if (options.Tags.Count == 0)
+        {
+            using var _ = Store.Lock();
+            Store.AddToIndex(new OciDescriptor { MediaType = OciMediaTypes.Manifest, Digest = result.ManifestDigest, Size = Store.Layout.ReadBlob(result.ManifestDigest).LongLength }, null);
+        }
+        foreach (string tag in options.Tags)
+        {
+            result = Store.NameManifest(result.ManifestDigest, tag);
+        }
+        progress.Message("--> " + PlainBuildProgress.ShortId(result.Id));
+        foreach (string tag in options.Tags)
+        {
+            progress.Message("Successfully tagged " + ImageReference.Parse(tag));
+        }
+        progress.Message(Digest.Hex(result.Id));
+        return new BuildResult(result, run.StepsRun, run.StepsCached);
+    }
+
+    /// <summary>The Dockerfile of a context: <c>Dockerfile</c>, else podman's <c>Containerfile</c>.</summary>
+    private static string FindDockerfile(string context)
+    {
+        string dockerfile = Path.Combine(context, "Dockerfile");
+        string containerfile = Path.Combine(context, "Containerfile");
+        return !File.Exists(dockerfile) && File.Exists(containerfile) ? containerfile : dockerfile;
+    }
+
+    private static void RemoveWorkDirectory(string work)
+    {
+        foreach (string line in File.ReadAllLines("/proc/self/mountinfo").Reverse())
+        {
+            string mountPoint = MountInfo.Unescape(line.Split(' ')[4]);
+            if (mountPoint.StartsWith(work + "/", StringComparison.Ordinal))
+            {
+                MountCalls.TryUnmountDetached(mountPoint);
+            }
+        }
+        if (Directory.Exists(work))
+        {
+            Directory.Delete(work, recursive: true);
+        }
+    }
+
+    /// <summary>One build's progress through its stages.</summary>
+    private sealed class BuildRun(ImageBuilder builder, BuildOptions options, BuildContext context, BuildVariables variables, int total)
+    {
+        private readonly Dockerfiles.Dockerfile dockerfile = variables.Dockerfile;
+        private readonly BuildCache cache = new(builder.Store);
+        private int step;
+
+        public Dictionary<int, StoredImage> Results { get; } = [];
+        public int StepsRun { get; private set; }
+        public int StepsCached { get; private set; }
+
+        private ImageStore Store => builder.Store;
+        private IBuildProgress Progress => builder.Progress;
+
+        public StoredImage BuildStage(BuildStage stage, string work)
+        {
+            var from = variables.ExpandFrom(stage);
+            Progress.Step(++step, total, FirstLine(stage.From.OriginalText));
+            StoredImage state = BaseOf(stage, from);
+            var scope = variables.BeginStage(stage, state.Config.Env ?? []);
+            bool cmdInStage = false;
+            foreach (var instruction in stage.Instructions)
+            {
+                Progress.Step(++step, total, FirstLine(instruction.OriginalText));
+                var expanded = scope.Apply(instruction);
+                state = instruction switch
+                {
+                    RunInstruction => Run(state, (RunInstruction)expanded, scope, work),
+                    CopyInstruction => Copy(state, (CopyInstruction)expanded, stage, work),
+                    _ => Metadata(state, instruction, expanded, scope, ref cmdInStage),
+                };
+            }
+            return state;
+        }
+
+        private static string FirstLine(string text) => text.Split('\n')[0];
+
+        /// <summary>The stage's base: an earlier stage's result, <c>scratch</c> (no layers, an empty config), or an
+        /// image of the store.</summary>
+        private StoredImage BaseOf(BuildStage stage, FromInstruction from)
+        {
+            if (BuildTarget.ResolveBase(variables, stage) is { } earlier)
+            {
+                return Results[earlier.Index];
+            }
+            if (from.IsScratch)
+            {
+                return Scratch();
+            }
+            try
+            {
+                return Store.Resolve(from.BaseImage);
+            }
+            catch (ImageNotFoundException exception)
+            {
+                throw new BuildException($"{from.Location}: FROM {from.BaseImage}: no such image in the local store", exception.Message, exception);
+            }
+        }
+
+        private StoredImage Scratch()
+        {
+            var configuration = new OciImageConfiguration { Config = new ImageConfig(), History = [] };
+            return Store.WriteUnindexedImage(configuration, []);
+        }
+
+        /// <summary>Looks the step up in the cache (unless --no-cache); otherwise runs it and records it.</summary>
+        private StoredImage Cached(StoredImage parent, Instruction expanded, IEnumerable<string> inputs, Func<StoredImage> execute)
+        {
+            string key = BuildCache.Key(parent.Id, expanded.ToCanonicalText(), inputs);
+            if (!options.NoCache && cache.TryGet(key) is { } hit)
+            {
+                Progress.Cached(hit.Id);
+                StepsCached++;
+                return hit;
+            }
+            var clock = Stopwatch.StartNew();
+            var state = execute();
+            cache.Put(key, state);
+            Progress.Produced(state.Id, clock.Elapsed);
+            StepsRun++;
+            return state;
+        }
+
+        // ---- metadata ----
+
+        private StoredImage Metadata(StoredImage state, Instruction written, Instruction expanded, StageScope scope, ref bool cmdInStage)
+        {
+            bool resetCmd = expanded is EntrypointInstruction && !cmdInStage;
+            cmdInStage |= expanded is CmdInstruction;
+            var environment = scope.Environment.ToList();
+            return Cached(state, expanded, ["env", .. environment, resetCmd ? "reset-cmd" : ""], () =>
+            {
+                var configuration = Store.ReadConfiguration(state);
+                var config = configuration.Config ??= new ImageConfig();
+                var shell = config.Shell ?? [.. DefaultShell];
+                switch (expanded)
+                {
+                    case CmdInstruction cmd:
+                        config.Cmd = [.. cmd.Command.ToArguments(shell)];
+                        break;
+                    case EntrypointInstruction entrypoint:
+                        config.Entrypoint = [.. entrypoint.Command.ToArguments(shell)];
+                        if (resetCmd)
+                        {
+                            config.Cmd = null; // the reference: ENTRYPOINT resets a CMD inherited from the base image
+                        }
+                        break;
+                    case EnvInstruction:
+                        config.Env = environment;
+                        break;
+                    case ArgInstruction:
+                        break;
+                    case WorkdirInstruction workdir:
+                        config.WorkingDir = workdir.Path.StartsWith('/') ? Normalize(workdir.Path)
+                            : Normalize((config.WorkingDir ?? "/") + "/" + workdir.Path);
+                        break;
+                    case UserInstruction user:
+                        config.User = user.User;
+                        break;
+                    case ExposeInstruction expose:
+                        config.ExposedPorts ??= [];
+                        foreach (var port in expose.ParsePorts())
+                        {
+                            config.ExposedPorts[port.ToString()] = EmptyObject();
+                        }
+                        break;
+                    case LabelInstruction label:
+                        config.Labels ??= [];
+                        foreach (var pair in label.Pairs)
+                        {
+                            config.Labels[pair.Name] = pair.Value;
+                        }
+                        break;
+                    case VolumeInstruction volume:
+                        config.Volumes ??= [];
+                        foreach (string path in volume.Paths)
+                        {
+                            config.Volumes[path] = EmptyObject();
+                        }
+                        break;
+                    case ShellInstruction shellInstruction:
+                        config.Shell = [.. shellInstruction.Shell];
+                        break;
+                    case StopSignalInstruction stop:
+                        try
+                        {
+                            Signals.Parse(stop.Signal);
+                        }
+                        catch (ContainerEngineException exception)
+                        {
+                            throw new BuildException($"{stop.Location}: STOPSIGNAL {stop.Signal}: {exception.Message}", "give a name such as SIGTERM or a number");
+                        }
+                        config.StopSignal = stop.Signal;
+                        break;
+                    case HealthcheckInstruction health:
+                        config.Healthcheck = new HealthConfig
+                        {
+                            Test = [.. health.Test],
+                            Interval = Nanoseconds(health.Interval),
+                            Timeout = Nanoseconds(health.Timeout),
+                            StartPeriod = Nanoseconds(health.StartPeriod),
+                            StartInterval = Nanoseconds(health.StartInterval),
+                            Retries = health.Retries,
+                        };
+                        break;
+                    case OnbuildInstruction onbuild:
+                        (config.OnBuild ??= []).Add(onbuild.TriggerText);
+                        break;
+                    case MaintainerInstruction maintainer:
+                        configuration.Author = maintainer.Name;
+                        break;
+                    default:
+                        throw new BuildException($"{expanded.Location}: {expanded.Keyword} is not supported by nestor build", "remove the instruction");
+                }
+                AddHistory(configuration, "/bin/sh -c #(nop) " + written.ToCanonicalText(), emptyLayer: true);
+                return Store.WriteUnindexedImage(configuration, Store.ReadManifest(state.ManifestDigest).Layers);
+            });
+        }
+
+        private static long? Nanoseconds(TimeSpan? duration) => duration is { } value ? value.Ticks * 100 : null;
+
+        private static JsonElement EmptyObject()
+        {
+            using var document = JsonDocument.Parse("{}");
+            return document.RootElement.Clone();
+        }
+
+        private static string Normalize(string path) => "/" + BuildContext.Clean(path);
+
+        private static void AddHistory(OciImageConfiguration configuration, string createdBy, bool emptyLayer)
+        {
+            var now = DateTimeOffset.UtcNow;
+            now = new DateTimeOffset(now.Ticks - now.Ticks % TimeSpan.TicksPerMillisecond, TimeSpan.Zero);
+            configuration.Created = now;
+            (configuration.History ??= []).Add(new OciHistory { Created = now, CreatedBy = createdBy, EmptyLayer = emptyLayer ? true : null });
+        }
+
+        /// <summary>A new state: <paramref name="parent"/> with the layer of <paramref name="upperDirectory"/> on top.</summary>
+        private StoredImage WithLayer(StoredImage parent, string upperDirectory, string createdBy)
+        {
+            (OciDescriptor Descriptor, string DiffId) layer;
+            using (Store.Lock())
+            {
+                layer = Store.WriteLayerFromDirectory(upperDirectory);
+            }
+            var configuration = Store.ReadConfiguration(parent);
+            configuration.RootFileSystem.DiffIds.Add(layer.DiffId);
+            AddHistory(configuration, createdBy, emptyLayer: false);
+            return Store.WriteUnindexedImage(configuration, [.. Store.ReadManifest(parent.ManifestDigest).Layers, layer.Descriptor]);
+        }
+
+        /// <summary>The overlay root of <paramref name="state"/> under <paramref name="directory"/> (an empty lower
+        /// directory for a state without layers: overlayfs needs one).</summary>
+        private ContainerRootFileSystem RootOf(StoredImage state, string directory)
+        {
+            Directory.CreateDirectory(directory);
+            if (state.LayerDiffIds.Count > 0)
+            {
+                return Store.CreateRootFileSystem(state, directory);
+            }
+            string empty = Path.Combine(directory, "empty");
+            var paths = new[] { empty, Path.Combine(directory, "upper"), Path.Combine(directory, "work"), Path.Combine(directory, "merged") };
+            foreach (string path in paths)
+            {
+                Directory.CreateDirectory(path);
+            }
+            var root = new ContainerRootFileSystem([empty], paths[1], paths[2], paths[3]);
+            return root with { Mount = () => OverlayMount.Mount(root, rootless: false) };
+        }
+
+        // ---- RUN ----
+
+        private StoredImage Run(StoredImage state, RunInstruction run, StageScope scope, string work)
+        {
+            if (run.Mounts.Count > 0)
+            {
+                throw new BuildException($"{run.Location}: RUN --mount is not supported by nestor build", "copy what the command needs with COPY, or bind nothing");
+            }
+            string network = run.Network is { } asked && asked != "default" ? asked : options.Network ?? "bridge";
+            if (network is not ("bridge" or "host" or "none"))
+            {
+                throw new BuildException($"{run.Location}: RUN --network={network}: choose default, none or host", null);
+            }
+            var shell = state.Config.Shell ?? [.. DefaultShell];
+            List<string> arguments = run.IsHeredocScript ? [.. shell, run.Heredocs[0].Content]
+                : run.Command.IsExecForm ? [.. run.Command.ExecArguments]
+                : [.. shell, run.Command.ShellText + CanonicalText.Bodies(run.Heredocs)];
+            var runEnvironment = scope.RunEnvironment.ToList();
+            var buildArgs = runEnvironment.Except(scope.Environment).ToList();
+            // podman's (the classic builder's) created_by: "|N NAME=VALUE… /bin/sh -c COMMAND" when ARGs are in scope.
+            string createdBy = (buildArgs.Count > 0 ? $"|{buildArgs.Count} {string.Join(' ', buildArgs)} " : "") + string.Join(' ', arguments);
+            return Cached(state, run, ["env", .. runEnvironment, "network", network], () =>
+            {
+                var record = builder.Engine.Create(new CreateOptions
+                {
+                    Image = "nestor-build:" + PlainBuildProgress.ShortId(state.Id),
+                    Name = "nestor-build-" + Guid.NewGuid().ToString("N")[..12],
+                    Entrypoint = "",
+                    Command = arguments,
+                    Env = runEnvironment,
+                    WorkingDir = state.Config.WorkingDir,
+                    User = state.Config.User,
+                    Network = network,
+                    Hostname = "buildkitsandbox",
+                }, state);
+                try
+                {
+                    if (state.Config.WorkingDir is { Length: > 0 } workdir)
+                    {
+                        // WORKDIR makes its directory (the reference); it lands in this step's layer, as in podman.
+                        var layers = record.RootFileSystem;
+                        MountCalls.Mount("overlay", layers.MergedDirectory, "overlay", MountFlags.None, layers.MountOptions);
+                        try
+                        {
+                            FileCopier.MakeDirectories(layers.MergedDirectory, workdir);
+                        }
+                        finally
+                        {
+                            OverlayMount.Unmount(layers.MergedDirectory);
+                        }
+                    }
+                    int status = RunToEnd(record);
+                    if (status != 0)
+                    {
+                        throw new BuildException($"{run.Location}: RUN {FirstLine(run.OriginalText[3..].Trim())}: the command exited with status {status}",
+                            "fix the command (its output is above); the steps before it stay in the cache")
+                        { ExitStatus = status };
+                    }
+                    return WithLayer(state, record.RootFileSystem.UpperDirectory, createdBy);
+                }
+                finally
+                {
+                    builder.Engine.Remove(record.Id, force: true);
+                }
+            });
+        }
+
+        /// <summary>Starts the build container with its monitor, relays its output to the progress and returns its
+        /// exit status once the monitor has recorded it (and released its mounts).</summary>
+        private int RunToEnd(ContainerRecord record)
+        {
+            var engine = builder.Engine;
+            int? status = null;
+            try
+            {
+                using var start = engine.Start(record.Id, attach: true);
+                using (var stream = new NetworkStream(start.Attach(AttachProtocol.OutputOnly), ownsSocket: true))
+                {
+                    while (AttachProtocol.ReadFrame(stream) is { } frame)
+                    {
+                        if (frame.Type == AttachProtocol.Exit)
+                        {
+                            status = int.Parse(System.Text.Encoding.ASCII.GetString(frame.Payload), CultureInfo.InvariantCulture);
+                            break;
+                        }
+                        Progress.Output(frame.Payload, frame.Type == AttachProtocol.Stderr);
+                    }
+                }
+                start.WaitStarted();
+            }
+            catch (ContainerStartException exception)
+            {
+                Progress.Message("error running the command: " + exception.Message);
+                return exception.Status;
+            }
+            var ended = engine.WaitForExit(record.Id, TimeSpan.FromMinutes(5));
+            return status ?? ended?.State.ExitCode ?? 125;
+        }
+
+        // ---- COPY and ADD ----
+
+        private StoredImage Copy(StoredImage state, CopyInstruction copy, BuildStage stage, string work)
+        {
+            foreach (string source in copy.Sources)
+            {
+                if (source.Contains("://", StringComparison.Ordinal) || source.StartsWith("git@", StringComparison.Ordinal))
+                {
+                    throw new BuildException($"{copy.Location}: {copy.Keyword} {source}: nestor build fetches no URLs (this machine has no network for builds to download from)",
+                        "download the file into the build context and ADD or COPY it from there");
+                }
+            }
+            uint? mode = null;
+            if (copy.Chmod is { } chmod)
+            {
+                try
+                {
+                    mode = Convert.ToUInt32(chmod, 8) is var parsed && parsed <= 0xfff ? parsed : throw new FormatException();
+                }
+                catch (Exception exception) when (exception is FormatException or OverflowException or ArgumentException)
+                {
+                    throw new BuildException($"{copy.Location}: --chmod={chmod} is not an octal mode", "give octal permission bits, e.g. --chmod=755");
+                }
+            }
+            string destination = copy.Destination.StartsWith('/') ? copy.Destination
+                : (state.Config.WorkingDir ?? "/").TrimEnd('/') + "/" + copy.Destination;
+            bool intoDirectory = copy.DestinationIsDirectory || copy.Sources.Count + copy.Heredocs.Count > 1
+                || copy.Sources.Any(s => s.IndexOfAny(['*', '?', '[']) >= 0);
+            StoredImage? fromImage = null;
+            IReadOnlyList<ContextSource> sources = [];
+            var inputs = new List<string>();
+            if (copy.From is { } fromName)
+            {
+                fromImage = BuildTarget.ResolveReference(dockerfile, fromName, stage, copy.Location) is { } earlier ? Results[earlier.Index] : ResolveImage(fromName, copy);
+                inputs.Add("from " + fromImage.Id);
+            }
+            else
+            {
+                sources = [.. copy.Sources.SelectMany(source => Resolve(source, copy))];
+                inputs.Add("context " + context.ContentDigest(sources));
+            }
+            string kind = copy.Sources.Count + copy.Heredocs.Count > 1 ? "multi" : sources.Count == 1 && Directory.Exists(sources[0].FullPath) ? "dir" : "file";
+            string contentDigest = Digest.Hex(Digest.Of(System.Text.Encoding.UTF8.GetBytes(string.Join('\n', inputs) + copy.ToCanonicalText())));
+            string createdBy = $"/bin/sh -c #(nop) {copy.Keyword} {kind}:{contentDigest} in {copy.Destination} ";
+            return Cached(state, copy, inputs, () =>
+            {
+                string directory = Path.Combine(work, "step-" + Guid.NewGuid().ToString("N")[..8]);
+                var root = RootOf(state, directory);
+                ContainerRootFileSystem? fromRoot = null;
+                root.Mount();
+                try
+                {
+                    string merged = root.MergedDirectory;
+                    var owner = copy.Chown is { } chown ? BundleBuilder.ResolveUser(chown, merged) : new Runtime.Spec.SpecUser();
+                    var attributes = new CopyAttributes(owner.Uid, owner.Gid, mode);
+                    if (state.Config.WorkingDir is { Length: > 0 } workdir)
+                    {
+                        FileCopier.MakeDirectories(merged, workdir);
+                    }
+                    if (intoDirectory)
+                    {
+                        FileCopier.MakeDirectories(merged, destination);
+                    }
+                    if (fromImage is not null)
+                    {
+                        fromRoot = RootOf(fromImage, Path.Combine(directory, "from"));
+                        fromRoot.Mount();
+                        foreach (string source in copy.Sources)
+                        {
+                            if (source.IndexOfAny(['*', '?', '[']) >= 0)
+                            {
+                                throw new BuildException($"{copy.Location}: COPY --from with a wildcard ({source}) is not supported by nestor build", "name the files");
+                            }
+                            string full = PathJoin.InRoot(fromRoot.MergedDirectory, source);
+                            if (FileSystemCalls.TryLStat(full) is null)
+                            {
+                                throw new BuildException($"{copy.Location}: COPY --from={copy.From} {source}: no such file or directory in that stage", "check the path in the stage it copies from");
+                            }
+                            CopyOne(merged, full, "", source, destination, intoDirectory, attributes, _ => false, unpack: false);
+                        }
+                    }
+                    foreach (var source in sources)
+                    {
+                        CopyOne(merged, source.FullPath, source.RelativePath, source.RelativePath, destination, intoDirectory, attributes,
+                            context.IsExcluded, unpack: copy.IsAdd);
+                    }
+                    foreach (var heredoc in copy.Heredocs)
+                    {
+                        string path = intoDirectory || copy.Heredocs.Count > 1 ? destination.TrimEnd('/') + "/" + heredoc.Name : destination;
+                        string temporary = Path.Combine(directory, "heredoc-" + Guid.NewGuid().ToString("N"));
+                        File.WriteAllText(temporary, heredoc.Content);
+                        FileSystemCalls.Chmod(temporary, 0x1a4);
+                        FileCopier.Copy(merged, temporary, "", path, attributes, _ => false);
+                    }
+                }
+                finally
+                {
+                    if (fromRoot is not null)
+                    {
+                        OverlayMount.Unmount(fromRoot.MergedDirectory);
+                    }
+                    OverlayMount.Unmount(root.MergedDirectory);
+                }
+                var next = WithLayer(state, root.UpperDirectory, createdBy);
+                Directory.Delete(directory, recursive: true);
+                return next;
+            });
+        }
+
+        private void CopyOne(string merged, string full, string relative, string written, string destination, bool intoDirectory,
+            CopyAttributes attributes, Func<string, bool> isExcluded, bool unpack)
+        {
+            bool isDirectory = Directory.Exists(full) && new DirectoryInfo(full).LinkTarget is null;
+            if (unpack && !isDirectory && FileCopier.IsArchive(full))
+            {
+                FileCopier.Unpack(merged, full, destination);
+                return;
+            }
+            string target = destination;
+            if (!isDirectory && (intoDirectory || Directory.Exists(PathJoin.InRoot(merged, destination))))
+            {
+                target = destination.TrimEnd('/') + "/" + Path.GetFileName(written.TrimEnd('/'));
+            }
+            FileCopier.Copy(merged, full, relative, target, attributes, isExcluded);
+        }
+
+        private IReadOnlyList<ContextSource> Resolve(string source, CopyInstruction copy)
+        {
+            try
+            {
+                return context.Resolve(source);
+            }
+            catch (BuildException exception)
+            {
+                throw new BuildException($"{copy.Location}: {copy.Keyword} {exception.Message}", exception.Advice, exception);
+            }
+        }
+
+        private StoredImage ResolveImage(string reference, CopyInstruction copy)
+        {
+            try
+            {
+                return Store.Resolve(reference);
+            }
+            catch (ImageNotFoundException exception)
+            {
+                throw new BuildException($"{copy.Location}: {copy.Keyword} --from={reference}: neither a stage before this one nor an image of the local store", exception.Message, exception);
+            }
+        }
+    }
+}
