@@ -32,6 +32,10 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
     private readonly HostedVm?[] dispatched;
     private readonly CountdownEvent roundDone = new(0);
     private readonly ManualResetEventSlim operatorActed = new(false);
+    // Set while no Run is under way: Dispose waits on it, so that a host disposed while another thread runs it (a
+    // test that failed half-way, an operator's Ctrl-C) stops its VMs first instead of pulling the events from under
+    // the dispatcher and its vCPU threads.
+    private readonly ManualResetEventSlim runEnded = new(true);
     private Host? host;
     private long now;
     private long rounds;
@@ -91,7 +95,20 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
                 throw new InvalidOperationException("the host has run already");
             }
             started = true;
+            runEnded.Reset();
         }
+        try
+        {
+            RunAdmitted();
+        }
+        finally
+        {
+            runEnded.Set();
+        }
+    }
+
+    private void RunAdmitted()
+    {
         PowerOn();
         using var deadline = spec.WallTimeout is { } limit ? new Deadline(limit, () => StopAll("the host's --timeout passed")) : null;
         foreach (var vm in vms.Where(v => v.Thread is not null))
@@ -565,6 +582,15 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
     /// <inheritdoc/>
     public void Dispose()
     {
+        if (!runEnded.IsSet)
+        {
+            StopAll("the host was disposed while it ran");
+            operatorActed.Set();
+            if (!runEnded.Wait(TimeSpan.FromSeconds(30)))
+            {
+                return; // its threads still use them: leave the events and VMs to the finalizers rather than crash
+            }
+        }
         foreach (var vm in vms)
         {
             vm.Dispose();
@@ -572,5 +598,6 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
         host?.Dispose();
         roundDone.Dispose();
         operatorActed.Dispose();
+        runEnded.Dispose();
     }
 }

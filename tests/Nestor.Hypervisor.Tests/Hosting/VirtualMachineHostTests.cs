@@ -161,6 +161,10 @@ public class VirtualMachineHostTests
         thread.Start();
         SpinWait.SpinUntil(() => host.Rounds > 200);
         control.Pause("a");
+        // The round under way when the pause came may still be running "a": its slice ends the round, so read the
+        // count once a few rounds have passed.
+        long roundsAtPauseCall = host.Rounds;
+        SpinWait.SpinUntil(() => host.Rounds > roundsAtPauseCall + 20);
         long pausedAt = host.Vms[0].Vcpu.RunCycles;
         long roundsAtPause = host.Rounds;
         SpinWait.SpinUntil(() => host.Rounds > roundsAtPause + 200);
