@@ -33,6 +33,22 @@ typedef unsigned long usize;
 #define SYS_NANOBENCH 14 /* Adams & Agesen's nanobenchmarks in the kernel (kernel/nanobench.c): op, count */
 #define SYS_BLKINFO 15   /* blkinfo(index, &struct blk_info): a block device of the block layer (kernel/block.c) */
 #define SYS_BLKIO   16   /* blkio(index, op, sector, buffer, bytes): one transfer of up to 1 MiB, or a flush */
+#define SYS_BALLOON 30   /* balloon(op, address, pages): pin/unpin user pages into the virtio balloon, or info */
+
+/* The balloon (kernel/virtio_balloon.c, docs/overcommit.md). */
+#define BALLOON_PIN   0   /* pins the `pages` mapped pages at `address` and gives them to the host; returns how many */
+#define BALLOON_UNPIN 1   /* takes them back from the host (their contents are gone: zero); returns how many */
+#define BALLOON_INFO  2   /* fills struct balloon_info at `address` */
+struct balloon_info {
+    u32 present;         /* a virtio-balloon was found */
+    u32 target;          /* num_pages: what the host asks for */
+    u32 actual;          /* pages in the balloon: the kernel's and the pinned ones */
+    u32 kernel_pages;    /* inflated by the kernel driver */
+    u32 pinned_pages;    /* pinned by processes */
+    u32 reserved;
+    u64 features;        /* negotiated */
+    u64 inflated, deflated, oom_deflated;   /* pages so far */
+};
 
 /* The block layer (kernel/block.c, docs/guest.md). */
 #define BLK_OP_READ  0

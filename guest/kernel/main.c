@@ -1,6 +1,7 @@
 /* NestorOS kernel entry: find memory and the command line from whichever boot protocol started us, build the
  * kernel's own page tables and CPU tables, and start init. */
 #include "blkring.h"
+#include "virtio_balloon.h"
 
 extern char __image_start[], __bss_end[];
 
@@ -115,6 +116,7 @@ void kernel_main(int kind, u64 info)
     if (options.service_vm != SERVICE_VM_BACK) timer_init();
     block_init(&options);
     if (options.service_vm == SERVICE_VM_BACK) blkback_serve(options.forge_response);
+    virtio_balloon_probe(total);
     frames_at_init = frames_free_count();
     process_start_init(commands);
 }

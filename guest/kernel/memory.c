@@ -1,6 +1,7 @@
 /* Physical frame allocator: a free list threaded through the free frames themselves (they are identity-mapped),
  * and a reference count per frame so that fork can share frames copy-on-write. */
 #include "kernel.h"
+#include "virtio_balloon.h"
 
 static u64 free_list;
 static u64 free_count;
@@ -42,6 +43,7 @@ void frames_add_range(u64 start, u64 end)
 u64 frame_alloc(void)
 {
     u64 f = free_list;
+    if (!f && balloon_deflate_on_oom()) f = free_list;   /* VIRTIO_BALLOON_F_DEFLATE_ON_OOM (virtio_balloon.c) */
     if (!f) return 0;
     free_list = *(u64 *)f;
     free_count--;

@@ -1,6 +1,7 @@
 /* Processes, the scheduler (run until block: a process runs until it waits, yields or exits), system calls,
  * copy-on-write fork and demand paging. */
 #include "block.h"
+#include "virtio_balloon.h"
 
 #define MAX_PROCESSES 64
 #define MAX_MAPS 16
@@ -52,7 +53,7 @@ extern char __user_text_size[], __user_size[];
 
 static const char *const program_names[] = {
     "init", "hello", "forkwait", "syscall", "pagefault", "memtouch", "ptchurn", "compute", "sensitive", "fault", "preempt", "mmutest",
-    "nanobench", "disktest", "diskbench", "diskcheck", 0,
+    "nanobench", "disktest", "diskbench", "diskcheck", "balloon", 0,
 };
 
 static u64 stack_top_of(struct process *p) { return (u64)kernel_stacks[p - processes] + KERNEL_STACK_SIZE; }
@@ -189,6 +190,7 @@ static void process_exit(int status) __attribute__((noreturn));
 static void process_exit(int status)
 {
     struct process *p = current;
+    balloon_process_exit(p->pid, p->pml4); /* its pinned pages leave the balloon before its frames are freed */
     write_cr3(kernel_pml4);
     address_space_destroy(p->pml4);
     p->pml4 = kernel_pml4;
@@ -429,6 +431,8 @@ u64 syscall_dispatch(struct trap_frame *f)
         return (u64)sys_blkinfo(f->rdi, f->rsi);
     case SYS_BLKIO:
         return (u64)sys_blkio(f->rdi, f->rsi, f->rdx, f->r10, f->r8);
+    case SYS_BALLOON:
+        return (u64)sys_balloon(f->rdi, f->rsi, f->rdx, current->pml4, current->pid);
     case SYS_KINFO: {
         if (f->rdi == 1) return timer_ticks;
         if (f->rdi == 2) return preemptions;

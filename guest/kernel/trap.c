@@ -1,5 +1,6 @@
 /* GDT, TSS, IDT and exception handling. */
 #include "blkring.h"
+#include "virtio_balloon.h"
 
 struct tss {
     u32 reserved0;
@@ -95,6 +96,7 @@ void timer_interrupt(struct trap_frame *f)
     timer_ticks++;
     apic_write(0xB0, 0);                            /* EOI */
     if ((f->cs & 3) == 3) {
+        balloon_tick();                             /* a new balloon target, a statistics request (virtio_balloon.c) */
         preemptions++;
         preempt_current();
     }

@@ -45,6 +45,7 @@ public sealed class Vm : IDisposable
         Dma = new GuestDma(memory);
         openedDisks = Devices.Storage.DiskAttachment.AttachAll(this);
         Devices.Virtio.Console.VirtioConsole.AttachIfConfigured(this);
+        Devices.Virtio.Balloon.VirtioBalloon.AttachIfConfigured(this);
         // Where guests probe for the devices of docs/devices.md; an empty place answers as an open bus, quietly.
         Bus.AddProbeWindow(AccessSpace.Port, Devices.Legacy.Ata.AtaController.CommandBlock, Devices.Legacy.Ata.AtaController.CommandBlockPorts);
         Bus.AddProbeWindow(AccessSpace.Port, Devices.Legacy.Ata.AtaController.ControlBlock, Devices.Legacy.Ata.AtaController.ControlBlockPorts);

@@ -60,6 +60,11 @@ internal static class RunCommand
             Arity = ArgumentArity.ZeroOrMore,
         };
         var virtioConsole = new Option<bool>("--virtio-console") { Description = "Give the guest a virtio-console (virtio-mmio, the slot after the virtio disks) whose output goes where COM1's does" };
+        var balloon = new Option<bool>("--balloon") { Description = "Give the guest a virtio-balloon (virtio-mmio, the slot after the virtio disks and console; docs/overcommit.md)" };
+        var balloonTarget = new Option<string?>("--balloon-target")
+        {
+            Description = "With --balloon: the balloon's first target, the memory the guest is asked to give back (bytes, or with K/M/G), a multiple of 4 KiB",
+        };
         var serviceVm = new Option<bool>("--service-vm")
         {
             Description = "Run a second NestorOS VM, the service VM, that owns --service-disk through its ordinary driver and serves it to this VM " +
@@ -77,7 +82,7 @@ internal static class RunCommand
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
-            technique, mmu, nestedPages, disk, virtioConsole, serviceVm, serviceDisk, serviceMemory, serviceCommandLine, module,
+            technique, mmu, nestedPages, disk, virtioConsole, balloon, balloonTarget, serviceVm, serviceDisk, serviceMemory, serviceCommandLine, module,
         };
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
@@ -108,6 +113,8 @@ internal static class RunCommand
                 Caches = caches,
                 Disks = parse.GetValue(disk) ?? [],
                 VirtioConsole = parse.GetValue(virtioConsole),
+                Balloon = parse.GetValue(balloon),
+                BalloonTarget = parse.GetValue(balloonTarget),
                 ServiceVm = parse.GetValue(serviceVm),
                 ServiceDisk = parse.GetValue(serviceDisk),
                 ServiceMemory = parse.GetValue(serviceMemory)!,
@@ -131,6 +138,12 @@ internal static class RunCommand
 
         /// <summary>--virtio-console.</summary>
         public bool VirtioConsole { get; init; }
+
+        /// <summary>--balloon.</summary>
+        public bool Balloon { get; init; }
+
+        /// <summary>--balloon-target, as given.</summary>
+        public string? BalloonTarget { get; init; }
 
         /// <summary>--service-vm.</summary>
         public bool ServiceVm { get; init; }
@@ -248,6 +261,8 @@ internal static class RunCommand
                 Modules = modules,
                 Disks = disks,
                 VirtioConsole = o.VirtioConsole,
+                Balloon = o.Balloon,
+                BalloonTargetPages = BalloonTargetPages(o),
             };
             using var vm = Vm.Create(config);
             if (!o.Force && engineKind == EngineKind.Kvm)
@@ -271,6 +286,12 @@ internal static class RunCommand
             else
             {
                 report.WriteOutcome(Console.Error);
+                if (Nestor.Hypervisor.Devices.Virtio.Balloon.VirtioBalloon.Of(vm) is { } b)
+                {
+                    Console.Error.WriteLine($"balloon: target {b.Target} pages, actual {b.Actual}, inflated now {b.InflatedPages}, " +
+                        $"inflated {b.PagesInflated} and deflated {b.PagesDeflated} in all, {b.BytesReturnedToHost / 1024} KiB returned to the host, " +
+                        $"{b.RefusedPfns} PFNs refused");
+                }
                 if (o.Stats)
                 {
                     report.WriteStatistics(Console.Out);
@@ -441,6 +462,26 @@ internal static class RunCommand
             throw new BadInputException("--multiboot and --flat are two different ways of loading a kernel",
                 "Drop --flat: a Multiboot kernel says where it loads");
         }
+    }
+
+    /// <summary>--balloon-target in 4 KiB pages (0 without it); refused without --balloon or when not whole pages.</summary>
+    private static uint BalloonTargetPages(RunOptions o)
+    {
+        if (o.BalloonTarget is null)
+        {
+            return 0;
+        }
+        if (!o.Balloon)
+        {
+            throw new BadInputException("--balloon-target sets the target of a balloon, and the VM has none", "Add --balloon");
+        }
+        ulong bytes = Size.Parse(o.BalloonTarget, "--balloon-target");
+        if (bytes % 4096 != 0 || bytes / 4096 > uint.MaxValue)
+        {
+            throw new BadInputException($"--balloon-target {o.BalloonTarget} is not a whole number of 4 KiB pages below 16 TiB",
+                "Give a multiple of 4K, e.g. --balloon-target 8M");
+        }
+        return (uint)(bytes / 4096);
     }
 
     /// <summary><c>--qemu</c>: the same kernel on the reference machine (QEMU TCG), for comparison with Nestor.</summary>

@@ -216,6 +216,13 @@ public sealed class VmConfig
     /// guest transmits goes to <see cref="SerialOutput"/>, as COM1's output (docs/devices.md).</summary>
     public bool VirtioConsole { get; init; }
 
+    /// <summary>A virtio-balloon (<c>--balloon</c>, issue 15) in the virtio-mmio slot after the disks and the console
+    /// (docs/overcommit.md).</summary>
+    public bool Balloon { get; init; }
+
+    /// <summary>The balloon's first target (<c>num_pages</c>, 4 KiB pages) when <see cref="Balloon"/> is set.</summary>
+    public uint BalloonTargetPages { get; init; }
+
     /// <summary>What the virtio-console's receive queue gives the guest; read without waiting when the guest makes
     /// receive buffers available, so a stream whose bytes are all there (a file, a test's memory).</summary>
     public Stream VirtioConsoleInput { get; init; } = Stream.Null;

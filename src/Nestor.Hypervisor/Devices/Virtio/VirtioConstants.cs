@@ -55,4 +55,7 @@ public enum VirtioDeviceType : uint
 
     /// <summary>virtio-console (§5.3).</summary>
     Console = 3,
+
+    /// <summary>virtio-balloon, the traditional memory balloon (§5.5).</summary>
+    Balloon = 5,
 }
