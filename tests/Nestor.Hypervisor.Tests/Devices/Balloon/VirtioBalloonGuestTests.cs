@@ -170,8 +170,11 @@ public class VirtioBalloonGuestTests
         var without = new MemoryStream();
         using (var vm = Vm.Create(new VmConfig
         {
-            Kernel = BuiltInGuests.Get("nestoros"), MemoryBytes = GuestBytes, CommandLine = programs,
-            Timeout = TimeSpan.FromSeconds(300), SerialOutput = without,
+            Kernel = BuiltInGuests.Get("nestoros"),
+            MemoryBytes = GuestBytes,
+            CommandLine = programs,
+            Timeout = TimeSpan.FromSeconds(300),
+            SerialOutput = without,
         }))
         {
             using var engine = new SimEngine(VirtioBlockGuestTests.Options("native"));
