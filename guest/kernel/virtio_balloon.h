@@ -3,9 +3,10 @@
 #define VIRTIO_BALLOON_H
 #include "kernel.h"
 
-/* Software PTE bit: a user page pinned for the balloon (sys_balloon BALLOON_PIN). Its frame is the host's until it is
- * unpinned, so nothing may page it out, copy it or free it: demand paging and swap must leave such pages alone. */
-#define PTE_PINNED (1UL << 11)
+/* Software PTE bit of a present entry (bits 62:52 are ignored by the MMU, SDM Vol. 3A §4.5, Table 4-20): a user page
+ * pinned for the balloon (sys_balloon BALLOON_PIN). Its frame is the host's until it is unpinned, so nothing may page
+ * it out, copy it or free it: demand paging and swap must leave such pages alone. */
+#define PTE_PINNED (1UL << 52)
 
 /* Finds the device (after the block layer's probe); `total_frames` is the guest's memory, for the statistics. */
 void virtio_balloon_probe(u64 total_frames);

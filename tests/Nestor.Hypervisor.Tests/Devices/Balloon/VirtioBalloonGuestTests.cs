@@ -6,6 +6,7 @@ using Nestor.Hypervisor.Devices.Virtio.Balloon;
 using Nestor.Hypervisor.Engines;
 using Nestor.Hypervisor.Errors;
 using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Techniques;
 using Nestor.Hypervisor.Tests.Devices.Virtio;
 using Nestor.Machine.Addresses;
 using static Iced.Intel.AssemblerRegisters;
@@ -206,11 +207,14 @@ public class VirtioBalloonGuestTests
     [Theory]
     [InlineData("native")]
     [InlineData("hw-nested")]
+    [InlineData("pv")] // the pinned bit goes through the MMU_UPDATE hypercall
     public void A_user_process_pins_pages_into_the_balloon_and_gets_zero_pages_back(string technique)
     {
         var output = new LineWatcher();
         using var vm = NestorOS("balloon 300", output, target: 1000);
-        using var engine = new SimEngine(VirtioBlockGuestTests.Options(technique));
+        using var engine = new SimEngine(technique == "pv"
+            ? new SimOptions { Technique = Technique.Paravirtual }
+            : VirtioBlockGuestTests.Options(technique));
         var run = vm.Run(engine);
         string all = output.All.ToString();
         Assert.True(run.Outcome.Kind == VmOutcomeKind.DebugExit && run.Outcome.GuestStatus == 0, run.Outcome.Message + all);
