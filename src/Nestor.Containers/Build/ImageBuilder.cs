@@ -5,6 +5,7 @@ using System.Text.Json;
 using Nestor.Containers.Build.Dockerfiles;
 using Nestor.Containers.Engine;
 using Nestor.Containers.Images;
+using Nestor.Containers.Registry;
 using Nestor.Containers.Runtime;
 using Nestor.Containers.Storage;
 using Nestor.Host;
@@ -120,6 +121,7 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
     {
         private readonly Dockerfiles.Dockerfile dockerfile = variables.Dockerfile;
         private readonly BuildCache cache = new(builder.Store);
+        private readonly HashSet<string> pulled = new(StringComparer.Ordinal);
         private int step;
 
         public Dictionary<int, StoredImage> Results { get; } = [];
@@ -164,14 +166,56 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
             {
                 return Scratch();
             }
+            return Obtain(from.BaseImage, $"{from.Location}: FROM {from.BaseImage}");
+        }
+
+        /// <summary>An image a stage starts from or copies from, by the pull policy: the local store's, or pulled
+        /// from its registry first through <see cref="ImageTransfer"/> (the client of <c>nestor image pull</c>) when
+        /// the store lacks it or <c>--pull</c> says always, as <c>docker build</c> and <c>podman build</c> do. Each
+        /// reference is pulled at most once per build (a later stage or COPY --from naming it again uses that pull).</summary>
+        private StoredImage Obtain(string reference, string what)
+        {
+            bool pulledNow = pulled.Contains(reference);
+            if (options.Pull != PullPolicy.Always || pulledNow)
+            {
+                try
+                {
+                    return Store.Resolve(reference);
+                }
+                catch (ImageNotFoundException exception) when (options.Pull == PullPolicy.Never)
+                {
+                    throw new BuildException($"{what}: no such image in the local store, and --pull=never forbids pulling {reference}",
+                        $"pull it first (nestor image pull {reference}), or build without --pull=never", exception);
+                }
+                catch (ImageNotFoundException) when (!pulledNow)
+                {
+                    // Missing: pulled below.
+                }
+            }
+            if (!ImageReference.TryParse(reference, out var parsed, out string? problem))
+            {
+                throw new BuildException($"{what}: '{reference}' is neither an image of the local store nor a reference a registry could serve ({problem})",
+                    "give NAME[:TAG] or REGISTRY/REPOSITORY[:TAG|@DIGEST]");
+            }
+            Progress.Message($"Trying to pull {parsed}...");
+            var transfer = new ImageTransfer(new RegistryClientOptions
+            {
+                TlsVerify = options.TlsVerify,
+                Credentials = RegistryCredentialStore.FromEnvironment(),
+            }, Progress.Message);
             try
             {
-                return Store.Resolve(from.BaseImage);
+                transfer.PullAsync(parsed, new ImageStoreContentStore(Store)).GetAwaiter().GetResult();
             }
-            catch (ImageNotFoundException exception)
+            catch (RegistryException exception)
             {
-                throw new BuildException($"{from.Location}: FROM {from.BaseImage}: no such image in the local store", exception.Message, exception);
+                string local = options.Pull == PullPolicy.Always ? "" : "no such image in the local store, and ";
+                throw new BuildException($"{what}: {local}pulling {parsed} failed: {exception.Message}",
+                    options.Pull == PullPolicy.Always ? "check the name and the registry, or build with the local copy (without --pull)"
+                        : "check the name and the registry (nestor image pull shows the same), or load the image into the store first", exception);
             }
+            pulled.Add(reference);
+            return Store.Resolve(parsed.ToString());
         }
 
         private StoredImage Scratch()
@@ -584,14 +628,7 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
 
         private StoredImage ResolveImage(string reference, CopyInstruction copy)
         {
-            try
-            {
-                return Store.Resolve(reference);
-            }
-            catch (ImageNotFoundException exception)
-            {
-                throw new BuildException($"{copy.Location}: {copy.Keyword} --from={reference}: neither a stage before this one nor an image of the local store", exception.Message, exception);
-            }
+            return Obtain(reference, $"{copy.Location}: {copy.Keyword} --from={reference} (not a stage before this one)");
         }
     }
 }

@@ -18,7 +18,9 @@ internal static class BuildCommand
             : new Option<string?>("--root") { Description = "Data directory (default /var/lib/nestor)" };
         var stateRoot = underContainer ? ContainerCommand.StateRoot
             : new Option<string?>("--state") { Description = "Run-time state directory (default /run/nestor)" };
-        var context = new Argument<string>("context") { Description = "The build context: the directory COPY and ADD read from" };
+        // The context may be taken by a bare --pull (System.CommandLine gives an optional value the next word): see
+        // PullPolicyOf, which hands it back.
+        var context = new Argument<string?>("context") { Description = "The build context: the directory COPY and ADD read from", Arity = ArgumentArity.ZeroOrOne };
         var tags = new Option<string[]>("--tag", "-t") { Description = "Name the image NAME[:TAG] (repeatable)" };
         var file = new Option<string?>("--file", "-f") { Description = "The Dockerfile (default CONTEXT/Dockerfile)" };
         var buildArgs = new Option<string[]>("--build-arg") { Description = "Set a build argument NAME=VALUE (NAME alone: from this environment)" };
@@ -27,9 +29,19 @@ internal static class BuildCommand
         var network = new Option<string?>("--network") { Description = "The network of RUN steps: bridge (default), host or none" };
         var progress = new Option<string>("--progress") { Description = "plain, tty, or auto (tty on a terminal)", DefaultValueFactory = _ => "auto" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "Print only the image id" };
+        var pull = new Option<string?>("--pull")
+        {
+            Description = "Pull the FROM images: --pull (always), --pull=missing (default: only what the store lacks), --pull=never",
+            Arity = ArgumentArity.ZeroOrOne,
+        };
+        var tlsVerify = new Option<bool>("--tls-verify")
+        {
+            Description = "Require HTTPS with a trusted certificate for pulls (false: also self-signed HTTPS and plain HTTP)",
+            DefaultValueFactory = _ => true,
+        };
         var command = new Command("build", "Build an image from a Dockerfile (Docker's and podman's build)")
         {
-            context, tags, file, buildArgs, target, noCache, network, progress, quiet,
+            context, tags, file, buildArgs, target, noCache, network, progress, quiet, pull, tlsVerify,
         };
         if (!underContainer)
         {
@@ -60,18 +72,21 @@ internal static class BuildCommand
             using var stdout = Console.OpenStandardOutput();
             IBuildProgress report = parse.GetValue(quiet) ? new QuietProgress()
                 : terminal ? new TerminalBuildProgress(Console.Out) : new PlainBuildProgress(Console.Out, stdout);
+            var (policy, contextDirectory) = PullPolicyOf(parse.GetResult(pull) is not null, parse.GetValue(pull), parse.GetValue(context));
             var engine = ContainerCommand.Engine(parse.GetValue(dataRoot), parse.GetValue(stateRoot));
             try
             {
                 var result = new ImageBuilder(engine, report).Build(new BuildOptions
                 {
-                    ContextDirectory = parse.GetValue(context)!,
+                    ContextDirectory = contextDirectory,
                     DockerfilePath = parse.GetValue(file) is { } path ? Path.GetFullPath(path) : null,
                     Tags = [.. parse.GetValue(tags) ?? []],
                     BuildArgs = arguments,
                     Target = parse.GetValue(target),
                     NoCache = parse.GetValue(noCache),
                     Network = parse.GetValue(network),
+                    Pull = policy,
+                    TlsVerify = parse.GetValue(tlsVerify),
                 });
                 if (parse.GetValue(quiet))
                 {
@@ -99,6 +114,39 @@ internal static class BuildCommand
             }
         }));
         return command;
+    }
+
+    /// <summary>The pull policy and the context directory. <c>--pull</c> alone is docker's (always);
+    /// <c>--pull=always|true</c>, <c>missing|false</c> and <c>never</c> are podman's. A bare <c>--pull</c> before the
+    /// context takes the context as its value, so a word that is no policy is the context back.</summary>
+    private static (PullPolicy Policy, string Context) PullPolicyOf(bool given, string? value, string? context)
+    {
+        PullPolicy policy = PullPolicy.Missing;
+        if (given)
+        {
+            switch (value?.ToLowerInvariant())
+            {
+                case null or "always" or "true":
+                    policy = PullPolicy.Always;
+                    break;
+                case "missing" or "false" or "ifmissing":
+                    policy = PullPolicy.Missing;
+                    break;
+                case "never":
+                    policy = PullPolicy.Never;
+                    break;
+                default:
+                    if (context is not null)
+                    {
+                        throw new Nestor.Containers.Engine.ContainerEngineException($"--pull={value}: choose always, missing or never");
+                    }
+                    (policy, context) = (PullPolicy.Always, value);
+                    break;
+            }
+        }
+        return context is null
+            ? throw new Nestor.Containers.Engine.ContainerEngineException("no build context: give the directory the Dockerfile copies from, e.g. 'nestor build -t NAME .'")
+            : (policy, context);
     }
 
     /// <summary><c>-q</c>: nothing but the id at the end.</summary>
