@@ -42,8 +42,8 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
             throw new BuildException("nestor build needs root here: COPY and ADD mount the stage's overlay root on the host",
                 "run it as root (sudo nestor build …)");
         }
-        var context = BuildContext.Open(options.ContextDirectory);
-        string dockerfilePath = options.DockerfilePath ?? FindDockerfile(context.Directory);
+        string dockerfilePath = options.DockerfilePath ?? FindDockerfile(Path.GetFullPath(options.ContextDirectory));
+        var context = BuildContext.Open(options.ContextDirectory, dockerfilePath);
         if (!File.Exists(dockerfilePath))
         {
             throw new BuildException($"no Dockerfile at {dockerfilePath}", "give one with -f FILE, or put a Dockerfile (or Containerfile) in the context directory");
