@@ -138,7 +138,16 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
             StoredImage state = BaseOf(stage, from);
             var scope = variables.BeginStage(stage, state.Config.Env ?? []);
             bool cmdInStage = false;
-            foreach (var instruction in stage.Instructions)
+            var triggers = Triggers(state, from);
+            if (triggers.Count > 0)
+            {
+                // The reference (ONBUILD): the base's triggers run first, in order, as if written right after FROM,
+                // and the child does not inherit them (a grandchild runs only the child's own ONBUILDs).
+                Progress.Message($"# Executing {triggers.Count} build trigger{(triggers.Count == 1 ? "" : "s")}");
+                total += triggers.Count;
+                state = WithoutTriggers(state);
+            }
+            foreach (var instruction in triggers.Concat(stage.Instructions))
             {
                 Progress.Step(++step, total, FirstLine(instruction.OriginalText));
                 var expanded = scope.Apply(instruction);
@@ -153,6 +162,35 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
         }
 
         private static string FirstLine(string text) => text.Split('\n')[0];
+
+        /// <summary>The ONBUILD triggers of a stage's base (its config's <c>OnBuild</c>, each an instruction's
+        /// canonical text), parsed as instructions of the stage; their locations name the base.</summary>
+        private static IReadOnlyList<Instruction> Triggers(StoredImage state, FromInstruction from)
+        {
+            if (state.Config.OnBuild is not { Count: > 0 } onBuild)
+            {
+                return [];
+            }
+            try
+            {
+                var parsed = DockerfileParser.Parse("FROM scratch\n" + string.Join('\n', onBuild) + "\n", $"ONBUILD of {from.BaseImage}");
+                return parsed.Stages[0].Instructions;
+            }
+            catch (DockerfileException exception)
+            {
+                throw new BuildException($"{from.Location}: FROM {from.BaseImage}: its ONBUILD triggers do not parse: {exception.Message}",
+                    "rebuild the base image with valid ONBUILD instructions", exception);
+            }
+        }
+
+        /// <summary><paramref name="state"/> with an empty <c>OnBuild</c>: same layers and history, so the same
+        /// base always gives the same state (and the cache keys after it stay stable).</summary>
+        private StoredImage WithoutTriggers(StoredImage state)
+        {
+            var configuration = Store.ReadConfiguration(state);
+            configuration.Config!.OnBuild = null;
+            return Store.WriteUnindexedImage(configuration, Store.ReadManifest(state.ManifestDigest).Layers);
+        }
 
         /// <summary>The stage's base: an earlier stage's result, <c>scratch</c> (no layers, an empty config), or an
         /// image of the store.</summary>

@@ -45,6 +45,9 @@ internal static class BuildCommand
         };
         if (!underContainer)
         {
+            // Recursive: 'nestor build --root DIR prune' and 'nestor build prune --root DIR' both name the store.
+            dataRoot.Recursive = true;
+            stateRoot.Recursive = true;
             command.Options.Add(dataRoot);
             command.Options.Add(stateRoot);
         }
@@ -113,7 +116,66 @@ internal static class BuildCommand
                 return 1;
             }
         }));
+        command.Subcommands.Add(Prune(dataRoot, stateRoot));
         return command;
+    }
+
+    /// <summary><c>nestor build prune [--filter until=DURATION] [--keep-storage SIZE] [-f]</c>: docker's
+    /// <c>builder prune</c> over <see cref="BuildCache.Prune"/>; prints what went and the space reclaimed, measured.</summary>
+    private static Command Prune(Option<string?> dataRoot, Option<string?> stateRoot)
+    {
+        var filters = new Option<string[]>("--filter") { Description = "until=DURATION: remove only entries unused for that long (e.g. 24h, 90m)" };
+        var keepStorage = new Option<string?>("--keep-storage") { Description = "Then remove the least recently used entries until the cache holds at most SIZE (e.g. 512mb)" };
+        var force = new Option<bool>("--force", "-f") { Description = "Do not ask (nestor never asks; accepted for docker's command line)" };
+        var command = new Command("prune", "Remove build cache entries and the layers only they keep (docker builder prune)")
+        {
+            filters, keepStorage, force,
+        };
+        command.SetAction(parse => ContainerCommand.Guard(() =>
+        {
+            TimeSpan? until = null;
+            foreach (string filter in parse.GetValue(filters) ?? [])
+            {
+                int equals = filter.IndexOf('=');
+                string key = equals > 0 ? filter[..equals] : filter;
+                if (key != "until" || Nestor.Containers.Build.Dockerfiles.GoDuration.TryParse(filter[(equals + 1)..]) is not { } duration)
+                {
+                    throw new Nestor.Containers.Engine.ContainerEngineException($"--filter {filter}: give until=DURATION, a Go duration such as 24h or 90m");
+                }
+                until = duration;
+            }
+            long? keep = null;
+            try
+            {
+                keep = parse.GetValue(keepStorage) is { } size ? BuildCache.ParseSize(size) : null;
+            }
+            catch (BuildException exception)
+            {
+                throw new Nestor.Containers.Engine.ContainerEngineException($"--keep-storage {exception.Message}: {exception.Advice}");
+            }
+            var engine = ContainerCommand.Engine(parse.GetValue(dataRoot), parse.GetValue(stateRoot));
+            var store = engine.Images as Nestor.Containers.Images.ImageStore
+                ?? throw new Nestor.Containers.Engine.ContainerEngineException("nestor build prune needs the local image store");
+            var result = new BuildCache(store).Prune(until, keep);
+            Console.WriteLine($"Deleted build cache entries: {result.EntriesRemoved} (kept {result.EntriesKept}, holding {FormatBytes(result.BytesKept)})");
+            Console.WriteLine($"Total reclaimed space: {FormatBytes(result.BytesReclaimed)}");
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>Bytes as docker's units.HumanSize writes them (decimal units, four significant digits).</summary>
+    private static string FormatBytes(long bytes)
+    {
+        string[] units = ["B", "kB", "MB", "GB", "TB"];
+        double value = bytes;
+        int unit = 0;
+        while (Math.Abs(value) >= 1000 && unit < units.Length - 1)
+        {
+            value /= 1000;
+            unit++;
+        }
+        return value.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture) + units[unit];
     }
 
     /// <summary>The pull policy and the context directory. <c>--pull</c> alone is docker's (always);
