@@ -102,6 +102,12 @@ public sealed class BuildCache(ImageStore store)
         {
             File.Delete(entry.Path);
         }
+        if (unusedFor is null && keepBytes is null && Directory.Exists(RunMount.CacheMountsDirectory(store)))
+        {
+            // Everything: RUN --mount=type=cache directories too (docker builder prune removes exec.cachemount).
+            before += DirectoryBytes(RunMount.CacheMountsDirectory(store));
+            Directory.Delete(RunMount.CacheMountsDirectory(store), recursive: true);
+        }
         store.CollectGarbage();
         long after = StoreBytes();
         return new BuildCachePruneResult(removed.Count, entries.Count, before - after, CacheOnlyBytes(entries));

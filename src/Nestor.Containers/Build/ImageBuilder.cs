@@ -431,10 +431,10 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
 
         private StoredImage Run(StoredImage state, RunInstruction run, StageScope scope, string work)
         {
-            if (run.Mounts.Count > 0)
-            {
-                throw new BuildException($"{run.Location}: RUN --mount is not supported by nestor build", "copy what the command needs with COPY, or bind nothing");
-            }
+            var mounts = run.Mounts.Select(text => RunMount.Parse(text, run.Location)).ToList();
+            // A bind mount's files are an input like COPY's (BuildKit keys them by content); a cache mount's are not.
+            var bindSources = mounts.Where(m => m.Type == RunMountType.Bind)
+                .Select(m => (Mount: m, Source: ResolveBindSource(m, run))).ToList();
             string network = run.Network is { } asked && asked != "default" ? asked : options.Network ?? "bridge";
             if (network is not ("bridge" or "host" or "none"))
             {
@@ -448,8 +448,35 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
             var buildArgs = runEnvironment.Except(scope.Environment).ToList();
             // podman's (the classic builder's) created_by: "|N NAME=VALUE… /bin/sh -c COMMAND" when ARGs are in scope.
             string createdBy = (buildArgs.Count > 0 ? $"|{buildArgs.Count} {string.Join(' ', buildArgs)} " : "") + string.Join(' ', arguments);
-            return Cached(state, run, ["env", .. runEnvironment, "network", network], () =>
+            List<string> inputs = ["env", .. runEnvironment, "network", network];
+            foreach (var (mount, source) in bindSources)
             {
+                inputs.Add($"bind {mount.Target} {context.ContentDigest([source])}");
+            }
+            return Cached(state, run, inputs, () =>
+            {
+                var volumes = new List<string>();
+                string binds = Path.Combine(work, "binds-" + Guid.NewGuid().ToString("N")[..8]);
+                foreach (var mount in mounts)
+                {
+                    string host;
+                    if (mount.Type == RunMountType.Cache)
+                    {
+                        host = RunMount.CacheDirectory(Store, mount.Id);
+                        Directory.CreateDirectory(host);
+                    }
+                    else
+                    {
+                        // A copy of the source less what .dockerignore excludes (the context BuildKit sends has
+                        // none of it), so that a rw bind's writes are discarded with it.
+                        var source = bindSources.First(b => b.Mount == mount).Source;
+                        host = Path.Combine(binds, volumes.Count.ToString(CultureInfo.InvariantCulture));
+                        Directory.CreateDirectory(host);
+                        FileCopier.Copy(host, source.FullPath, source.RelativePath, "/src", new CopyAttributes(), context.IsExcluded);
+                        host = Path.Combine(host, "src");
+                    }
+                    volumes.Add($"{host}:{mount.Target}:{(mount.ReadOnly ? "ro" : "rw")}");
+                }
                 var record = builder.Engine.Create(new CreateOptions
                 {
                     Image = "nestor-build:" + PlainBuildProgress.ShortId(state.Id),
@@ -461,17 +488,25 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                     User = state.Config.User,
                     Network = network,
                     Hostname = "buildkitsandbox",
+                    Volumes = volumes,
                 }, state);
+                IReadOnlyList<string> madeForMounts = [];
                 try
                 {
-                    if (state.Config.WorkingDir is { Length: > 0 } workdir)
+                    if (state.Config.WorkingDir is { Length: > 0 } || mounts.Count > 0)
                     {
                         // WORKDIR makes its directory (the reference); it lands in this step's layer, as in podman.
+                        // Mount targets the state lacks are made by the runtime; noted here so that they are taken
+                        // out of the layer afterwards (BuildKit leaves no mount point behind).
                         var layers = record.RootFileSystem;
                         MountCalls.Mount("overlay", layers.MergedDirectory, "overlay", MountFlags.None, layers.MountOptions);
                         try
                         {
-                            FileCopier.MakeDirectories(layers.MergedDirectory, workdir);
+                            madeForMounts = [.. mounts.SelectMany(m => MissingPaths(layers.MergedDirectory, m.Target))];
+                            if (state.Config.WorkingDir is { Length: > 0 } workdir)
+                            {
+                                FileCopier.MakeDirectories(layers.MergedDirectory, workdir);
+                            }
                         }
                         finally
                         {
@@ -485,13 +520,56 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                             "fix the command (its output is above); the steps before it stay in the cache")
                         { ExitStatus = status };
                     }
+                    foreach (string path in madeForMounts.OrderByDescending(p => p.Length))
+                    {
+                        string inUpper = Path.Combine(record.RootFileSystem.UpperDirectory, path.TrimStart('/'));
+                        if (Directory.Exists(inUpper) && !Directory.EnumerateFileSystemEntries(inUpper).Any())
+                        {
+                            Directory.Delete(inUpper);
+                        }
+                    }
                     return WithLayer(state, record.RootFileSystem.UpperDirectory, createdBy);
                 }
                 finally
                 {
                     builder.Engine.Remove(record.Id, force: true);
+                    if (Directory.Exists(binds))
+                    {
+                        Directory.Delete(binds, recursive: true);
+                    }
                 }
             });
+        }
+
+        /// <summary>The context path a bind mount names (one file or directory; no wildcards).</summary>
+        private ContextSource ResolveBindSource(RunMount mount, RunInstruction run)
+        {
+            try
+            {
+                var sources = context.Resolve(mount.Source);
+                return sources.Count == 1 && sources[0].RelativePath == BuildContext.Clean(mount.Source) ? sources[0]
+                    : throw new BuildException($"RUN --mount source={mount.Source}: a bind mount takes one path, not a pattern", "name one file or directory of the context");
+            }
+            catch (BuildException exception)
+            {
+                throw new BuildException($"{run.Location}: RUN --mount {exception.Message}", exception.Advice, exception);
+            }
+        }
+
+        /// <summary>The directories from the topmost missing one down to <paramref name="target"/> that
+        /// <paramref name="root"/> lacks (none when the target exists).</summary>
+        private static IEnumerable<string> MissingPaths(string root, string target)
+        {
+            var missing = new List<string>();
+            for (string path = target; path.Length > 1; path = Path.GetDirectoryName(path) ?? "/")
+            {
+                if (FileSystemCalls.TryLStat(Path.Combine(root, path.TrimStart('/'))) is not null)
+                {
+                    break;
+                }
+                missing.Add(path);
+            }
+            return missing;
         }
 
         /// <summary>Starts the build container with its monitor, relays its output to the progress and returns its
