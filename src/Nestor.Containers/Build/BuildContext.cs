@@ -1,6 +1,6 @@
 using System.Security.Cryptography;
 using System.Text;
-using System.Text.RegularExpressions;
+using Nestor.Containers.Build.Dockerfiles;
 using Nestor.Host;
 
 namespace Nestor.Containers.Build;
@@ -10,87 +10,65 @@ namespace Nestor.Containers.Build;
 public sealed record ContextSource(string RelativePath, string FullPath);
 
 /// <summary>The build context: the directory COPY and ADD read from, less what <c>.dockerignore</c> excludes. Sources
-/// are resolved inside it (<c>..</c> never leaves it, as the Dockerfile reference requires), wildcards match by Go's
-/// <c>filepath.Match</c> rules (<c>*</c>, <c>?</c>, <c>[…]</c>, one path component each) and <c>**</c> spans
-/// components as in <c>.dockerignore</c>.</summary>
+/// are resolved inside it (<c>..</c> never leaves it, as the Dockerfile reference requires). Both the ignore rules and
+/// the wildcards of sources are <see cref="PathPattern"/>s, the one matcher of the build (Go's <c>filepath.Match</c>:
+/// <c>*</c>, <c>?</c>, <c>[…]</c> within one path component, plus <c>**</c> across components, as Docker's
+/// patternmatcher), and exclusion is <see cref="DockerIgnore"/>'s (the last matching rule decides, parents count).</summary>
 public sealed class BuildContext
 {
-    private readonly List<(Regex Pattern, bool Exception)> ignoreRules;
+    /// <param name="directory">The context directory.</param>
+    /// <param name="ignore">What the context's ignore file excludes.</param>
+    public BuildContext(string directory, DockerIgnore ignore)
+    {
+        Directory = Path.GetFullPath(directory);
+        Ignore = ignore;
+    }
 
     /// <param name="directory">The context directory.</param>
     /// <param name="ignorePatterns">The lines of <c>.dockerignore</c> (comments and blank lines are skipped).</param>
     public BuildContext(string directory, IEnumerable<string> ignorePatterns)
+        : this(directory, ParseIgnore(ignorePatterns))
     {
-        Directory = Path.GetFullPath(directory);
-        ignoreRules = [];
-        foreach (string line in ignorePatterns)
-        {
-            string pattern = line.Trim();
-            if (pattern.Length == 0 || pattern.StartsWith('#'))
-            {
-                continue;
-            }
-            bool exception = pattern.StartsWith('!');
-            pattern = Clean(exception ? pattern[1..].Trim() : pattern);
-            if (pattern.Length > 0)
-            {
-                ignoreRules.Add((GlobRegex(pattern), exception));
-            }
-        }
     }
 
     /// <summary>The context directory (absolute).</summary>
     public string Directory { get; }
 
-    /// <summary>Opens <paramref name="directory"/> as a context with its <c>.dockerignore</c>, if it has one.</summary>
-    public static BuildContext Open(string directory)
+    /// <summary>The ignore rules in force.</summary>
+    public DockerIgnore Ignore { get; }
+
+    private static DockerIgnore ParseIgnore(IEnumerable<string> lines)
+    {
+        try
+        {
+            return DockerIgnore.Parse(string.Join('\n', lines));
+        }
+        catch (DockerfileException exception)
+        {
+            throw new BuildException(exception.Message, exception.Advice, exception);
+        }
+    }
+
+    /// <summary>Opens <paramref name="directory"/> as a context with its ignore file, if it has one: BuildKit's
+    /// <c>DOCKERFILE.dockerignore</c> beside <paramref name="dockerfilePath"/> first, else <c>.dockerignore</c> at the
+    /// context's root (<see cref="DockerIgnore.Load"/>). A malformed pattern is a <see cref="DockerfileException"/>
+    /// naming the ignore file and line.</summary>
+    public static BuildContext Open(string directory, string? dockerfilePath = null)
     {
         if (!System.IO.Directory.Exists(directory))
         {
             throw new BuildException($"the build context {directory} is not a directory", "give the directory whose files the Dockerfile copies, e.g. 'nestor build -t NAME .'");
         }
-        string ignore = Path.Combine(directory, ".dockerignore");
-        return new BuildContext(directory, File.Exists(ignore) ? File.ReadAllLines(ignore) : []);
+        return new BuildContext(directory, DockerIgnore.Load(directory, dockerfilePath));
     }
 
-    /// <summary>Whether <c>.dockerignore</c> leaves <paramref name="relativePath"/> out: the last rule matching the path
+    /// <summary>Whether the ignore file leaves <paramref name="relativePath"/> out: the last rule matching the path
     /// or one of its parent directories decides (a <c>!</c> rule takes it back in).</summary>
-    public bool IsExcluded(string relativePath)
-    {
-        if (ignoreRules.Count == 0)
-        {
-            return false;
-        }
-        relativePath = Clean(relativePath);
-        bool excluded = false;
-        foreach (var (pattern, exception) in ignoreRules)
-        {
-            if (MatchesSelfOrParent(pattern, relativePath))
-            {
-                excluded = !exception;
-            }
-        }
-        return excluded;
-    }
-
-    private static bool MatchesSelfOrParent(Regex pattern, string path)
-    {
-        for (int end = path.Length; end > 0; end = path.LastIndexOf('/', end - 1))
-        {
-            if (pattern.IsMatch(path[..end]))
-            {
-                return true;
-            }
-            if (end <= 0)
-            {
-                break;
-            }
-        }
-        return false;
-    }
+    public bool IsExcluded(string relativePath) => Ignore.Patterns.Count > 0 && Ignore.IsExcluded(relativePath);
 
     /// <summary>The context entries <paramref name="pattern"/> names: the path itself, or with wildcards every
-    /// matching path, in ordinal order; excluded entries are not there. None is an error.</summary>
+    /// matching path that is not excluded, in ordinal order (an entry inside a matched directory comes with its
+    /// directory, not again by itself). None is an error.</summary>
     public IReadOnlyList<ContextSource> Resolve(string pattern)
     {
         string cleaned = Clean(pattern);
@@ -98,18 +76,28 @@ public sealed class BuildContext
         {
             throw new BuildException($"{pattern} is outside the build context", "COPY and ADD read only files inside the context directory; move the file there");
         }
-        if (cleaned.IndexOfAny(['*', '?', '[']) < 0)
+        PathPattern compiled;
+        try
         {
-            string full = cleaned.Length == 0 ? Directory : Path.Combine(Directory, cleaned);
-            if (FileSystemCalls.TryLStat(full) is null || (cleaned.Length > 0 && IsExcluded(cleaned)))
+            compiled = PathPattern.Parse(cleaned);
+        }
+        catch (FormatException exception)
+        {
+            throw new BuildException($"{pattern}: {exception.Message}", "close the [...] class, or quote a literal '[' with a backslash", exception);
+        }
+        if (!compiled.HasWildcards)
+        {
+            string literal = Unquote(cleaned);
+            string full = literal.Length == 0 ? Directory : Path.Combine(Directory, literal);
+            if (FileSystemCalls.TryLStat(full) is null || (literal.Length > 0 && IsExcluded(literal)))
             {
                 throw new BuildException($"{pattern}: no such file or directory in the build context {Directory} (or .dockerignore excludes it)",
                     "check the path relative to the context directory, and .dockerignore");
             }
-            return [new ContextSource(cleaned, full)];
+            return [new ContextSource(literal, full)];
         }
-        var regex = GlobRegex(cleaned, spanDirectories: false);
-        var matches = Walk("").Where(path => regex.IsMatch(path)).Order(StringComparer.Ordinal)
+        var matched = Ignore.ListContext(Directory).Where(compiled.IsMatch).ToHashSet(StringComparer.Ordinal);
+        var matches = matched.Where(path => !Ancestors(path).Any(matched.Contains)).Order(StringComparer.Ordinal)
             .Select(path => new ContextSource(path, Path.Combine(Directory, path))).ToList();
         if (matches.Count == 0)
         {
@@ -118,26 +106,27 @@ public sealed class BuildContext
         return matches;
     }
 
-    /// <summary>Every entry below <paramref name="relative"/> that is not excluded (an excluded directory is still
-    /// walked: a <c>!</c> rule may take something inside it back).</summary>
-    private IEnumerable<string> Walk(string relative)
+    private static IEnumerable<string> Ancestors(string path)
     {
-        string full = relative.Length == 0 ? Directory : Path.Combine(Directory, relative);
-        foreach (string entry in System.IO.Directory.EnumerateFileSystemEntries(full).Order(StringComparer.Ordinal))
+        for (int slash = path.LastIndexOf('/'); slash > 0; slash = path.LastIndexOf('/', slash - 1))
         {
-            string path = relative.Length == 0 ? Path.GetFileName(entry) : relative + "/" + Path.GetFileName(entry);
-            if (!IsExcluded(path))
-            {
-                yield return path;
-            }
-            if ((FileSystemCalls.LStat(entry).Mode & FileSystemCalls.S_IFMT) == FileSystemCalls.S_IFDIR)
-            {
-                foreach (string inner in Walk(path))
-                {
-                    yield return inner;
-                }
-            }
+            yield return path[..slash];
         }
+    }
+
+    /// <summary>A pattern without wildcards names a path: its backslashes only quote the next character.</summary>
+    private static string Unquote(string pattern)
+    {
+        if (!pattern.Contains('\\'))
+        {
+            return pattern;
+        }
+        var text = new StringBuilder(pattern.Length);
+        for (int i = 0; i < pattern.Length; i++)
+        {
+            text.Append(pattern[i] == '\\' && i + 1 < pattern.Length ? pattern[++i] : pattern[i]);
+        }
+        return text.ToString();
     }
 
     /// <summary>The content digest of <paramref name="sources"/> for the cache: for each entry (directories walked,
@@ -205,55 +194,5 @@ public sealed class BuildContext
             }
         }
         return string.Join('/', parts);
-    }
-
-    /// <summary>A glob as a regular expression: <c>*</c> and <c>?</c> within one component, <c>[…]</c> a class
-    /// (<c>^</c> negating it, as Go's), <c>**</c> any number of components (in .dockerignore), a backslash escaping
-    /// the next character.</summary>
-    private static Regex GlobRegex(string pattern, bool spanDirectories = true)
-    {
-        var text = new StringBuilder("^");
-        for (int i = 0; i < pattern.Length; i++)
-        {
-            char c = pattern[i];
-            switch (c)
-            {
-                case '*' when spanDirectories && i + 1 < pattern.Length && pattern[i + 1] == '*':
-                    i++;
-                    if (i + 1 < pattern.Length && pattern[i + 1] == '/')
-                    {
-                        i++;
-                        text.Append("(.*/)?");
-                    }
-                    else
-                    {
-                        text.Append(".*");
-                    }
-                    break;
-                case '*':
-                    text.Append("[^/]*");
-                    break;
-                case '?':
-                    text.Append("[^/]");
-                    break;
-                case '[':
-                    int close = pattern.IndexOf(']', i + 1);
-                    if (close < 0)
-                    {
-                        throw new BuildException($"the pattern '{pattern}' has a '[' without its ']'", "close the character class, or escape the '[' with a backslash");
-                    }
-                    string inside = pattern[(i + 1)..close];
-                    text.Append('[').Append(inside.StartsWith('^') || inside.StartsWith('!') ? "^" + Regex.Escape(inside[1..]).Replace("\\-", "-") : Regex.Escape(inside).Replace("\\-", "-")).Append(']');
-                    i = close;
-                    break;
-                case '\\' when i + 1 < pattern.Length:
-                    text.Append(Regex.Escape(pattern[++i].ToString()));
-                    break;
-                default:
-                    text.Append(Regex.Escape(c.ToString()));
-                    break;
-            }
-        }
-        return new Regex(text.Append('$').ToString(), RegexOptions.CultureInvariant);
     }
 }

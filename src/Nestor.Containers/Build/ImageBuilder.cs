@@ -5,6 +5,7 @@ using System.Text.Json;
 using Nestor.Containers.Build.Dockerfiles;
 using Nestor.Containers.Engine;
 using Nestor.Containers.Images;
+using Nestor.Containers.Registry;
 using Nestor.Containers.Runtime;
 using Nestor.Containers.Storage;
 using Nestor.Host;
@@ -41,8 +42,8 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
             throw new BuildException("nestor build needs root here: COPY and ADD mount the stage's overlay root on the host",
                 "run it as root (sudo nestor build …)");
         }
-        var context = BuildContext.Open(options.ContextDirectory);
-        string dockerfilePath = options.DockerfilePath ?? FindDockerfile(context.Directory);
+        string dockerfilePath = options.DockerfilePath ?? FindDockerfile(Path.GetFullPath(options.ContextDirectory));
+        var context = BuildContext.Open(options.ContextDirectory, dockerfilePath);
         if (!File.Exists(dockerfilePath))
         {
             throw new BuildException($"no Dockerfile at {dockerfilePath}", "give one with -f FILE, or put a Dockerfile (or Containerfile) in the context directory");
@@ -120,6 +121,7 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
     {
         private readonly Dockerfiles.Dockerfile dockerfile = variables.Dockerfile;
         private readonly BuildCache cache = new(builder.Store);
+        private readonly HashSet<string> pulled = new(StringComparer.Ordinal);
         private int step;
 
         public Dictionary<int, StoredImage> Results { get; } = [];
@@ -136,7 +138,16 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
             StoredImage state = BaseOf(stage, from);
             var scope = variables.BeginStage(stage, state.Config.Env ?? []);
             bool cmdInStage = false;
-            foreach (var instruction in stage.Instructions)
+            var triggers = Triggers(state, from);
+            if (triggers.Count > 0)
+            {
+                // The reference (ONBUILD): the base's triggers run first, in order, as if written right after FROM,
+                // and the child does not inherit them (a grandchild runs only the child's own ONBUILDs).
+                Progress.Message($"# Executing {triggers.Count} build trigger{(triggers.Count == 1 ? "" : "s")}");
+                total += triggers.Count;
+                state = WithoutTriggers(state);
+            }
+            foreach (var instruction in triggers.Concat(stage.Instructions))
             {
                 Progress.Step(++step, total, FirstLine(instruction.OriginalText));
                 var expanded = scope.Apply(instruction);
@@ -152,6 +163,35 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
 
         private static string FirstLine(string text) => text.Split('\n')[0];
 
+        /// <summary>The ONBUILD triggers of a stage's base (its config's <c>OnBuild</c>, each an instruction's
+        /// canonical text), parsed as instructions of the stage; their locations name the base.</summary>
+        private static IReadOnlyList<Instruction> Triggers(StoredImage state, FromInstruction from)
+        {
+            if (state.Config.OnBuild is not { Count: > 0 } onBuild)
+            {
+                return [];
+            }
+            try
+            {
+                var parsed = DockerfileParser.Parse("FROM scratch\n" + string.Join('\n', onBuild) + "\n", $"ONBUILD of {from.BaseImage}");
+                return parsed.Stages[0].Instructions;
+            }
+            catch (DockerfileException exception)
+            {
+                throw new BuildException($"{from.Location}: FROM {from.BaseImage}: its ONBUILD triggers do not parse: {exception.Message}",
+                    "rebuild the base image with valid ONBUILD instructions", exception);
+            }
+        }
+
+        /// <summary><paramref name="state"/> with an empty <c>OnBuild</c>: same layers and history, so the same
+        /// base always gives the same state (and the cache keys after it stay stable).</summary>
+        private StoredImage WithoutTriggers(StoredImage state)
+        {
+            var configuration = Store.ReadConfiguration(state);
+            configuration.Config!.OnBuild = null;
+            return Store.WriteUnindexedImage(configuration, Store.ReadManifest(state.ManifestDigest).Layers);
+        }
+
         /// <summary>The stage's base: an earlier stage's result, <c>scratch</c> (no layers, an empty config), or an
         /// image of the store.</summary>
         private StoredImage BaseOf(BuildStage stage, FromInstruction from)
@@ -164,14 +204,56 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
             {
                 return Scratch();
             }
+            return Obtain(from.BaseImage, $"{from.Location}: FROM {from.BaseImage}");
+        }
+
+        /// <summary>An image a stage starts from or copies from, by the pull policy: the local store's, or pulled
+        /// from its registry first through <see cref="ImageTransfer"/> (the client of <c>nestor image pull</c>) when
+        /// the store lacks it or <c>--pull</c> says always, as <c>docker build</c> and <c>podman build</c> do. Each
+        /// reference is pulled at most once per build (a later stage or COPY --from naming it again uses that pull).</summary>
+        private StoredImage Obtain(string reference, string what)
+        {
+            bool pulledNow = pulled.Contains(reference);
+            if (options.Pull != PullPolicy.Always || pulledNow)
+            {
+                try
+                {
+                    return Store.Resolve(reference);
+                }
+                catch (ImageNotFoundException exception) when (options.Pull == PullPolicy.Never)
+                {
+                    throw new BuildException($"{what}: no such image in the local store, and --pull=never forbids pulling {reference}",
+                        $"pull it first (nestor image pull {reference}), or build without --pull=never", exception);
+                }
+                catch (ImageNotFoundException) when (!pulledNow)
+                {
+                    // Missing: pulled below.
+                }
+            }
+            if (!ImageReference.TryParse(reference, out var parsed, out string? problem))
+            {
+                throw new BuildException($"{what}: '{reference}' is neither an image of the local store nor a reference a registry could serve ({problem})",
+                    "give NAME[:TAG] or REGISTRY/REPOSITORY[:TAG|@DIGEST]");
+            }
+            Progress.Message($"Trying to pull {parsed}...");
+            var transfer = new ImageTransfer(new RegistryClientOptions
+            {
+                TlsVerify = options.TlsVerify,
+                Credentials = RegistryCredentialStore.FromEnvironment(),
+            }, Progress.Message);
             try
             {
-                return Store.Resolve(from.BaseImage);
+                transfer.PullAsync(parsed, new ImageStoreContentStore(Store)).GetAwaiter().GetResult();
             }
-            catch (ImageNotFoundException exception)
+            catch (RegistryException exception)
             {
-                throw new BuildException($"{from.Location}: FROM {from.BaseImage}: no such image in the local store", exception.Message, exception);
+                string local = options.Pull == PullPolicy.Always ? "" : "no such image in the local store, and ";
+                throw new BuildException($"{what}: {local}pulling {parsed} failed: {exception.Message}",
+                    options.Pull == PullPolicy.Always ? "check the name and the registry, or build with the local copy (without --pull)"
+                        : "check the name and the registry (nestor image pull shows the same), or load the image into the store first", exception);
             }
+            pulled.Add(reference);
+            return Store.Resolve(parsed.ToString());
         }
 
         private StoredImage Scratch()
@@ -349,10 +431,10 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
 
         private StoredImage Run(StoredImage state, RunInstruction run, StageScope scope, string work)
         {
-            if (run.Mounts.Count > 0)
-            {
-                throw new BuildException($"{run.Location}: RUN --mount is not supported by nestor build", "copy what the command needs with COPY, or bind nothing");
-            }
+            var mounts = run.Mounts.Select(text => RunMount.Parse(text, run.Location)).ToList();
+            // A bind mount's files are an input like COPY's (BuildKit keys them by content); a cache mount's are not.
+            var bindSources = mounts.Where(m => m.Type == RunMountType.Bind)
+                .Select(m => (Mount: m, Source: ResolveBindSource(m, run))).ToList();
             string network = run.Network is { } asked && asked != "default" ? asked : options.Network ?? "bridge";
             if (network is not ("bridge" or "host" or "none"))
             {
@@ -366,8 +448,35 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
             var buildArgs = runEnvironment.Except(scope.Environment).ToList();
             // podman's (the classic builder's) created_by: "|N NAME=VALUE… /bin/sh -c COMMAND" when ARGs are in scope.
             string createdBy = (buildArgs.Count > 0 ? $"|{buildArgs.Count} {string.Join(' ', buildArgs)} " : "") + string.Join(' ', arguments);
-            return Cached(state, run, ["env", .. runEnvironment, "network", network], () =>
+            List<string> inputs = ["env", .. runEnvironment, "network", network];
+            foreach (var (mount, source) in bindSources)
             {
+                inputs.Add($"bind {mount.Target} {context.ContentDigest([source])}");
+            }
+            return Cached(state, run, inputs, () =>
+            {
+                var volumes = new List<string>();
+                string binds = Path.Combine(work, "binds-" + Guid.NewGuid().ToString("N")[..8]);
+                foreach (var mount in mounts)
+                {
+                    string host;
+                    if (mount.Type == RunMountType.Cache)
+                    {
+                        host = RunMount.CacheDirectory(Store, mount.Id);
+                        Directory.CreateDirectory(host);
+                    }
+                    else
+                    {
+                        // A copy of the source less what .dockerignore excludes (the context BuildKit sends has
+                        // none of it), so that a rw bind's writes are discarded with it.
+                        var source = bindSources.First(b => b.Mount == mount).Source;
+                        host = Path.Combine(binds, volumes.Count.ToString(CultureInfo.InvariantCulture));
+                        Directory.CreateDirectory(host);
+                        FileCopier.Copy(host, source.FullPath, source.RelativePath, "/src", new CopyAttributes(), context.IsExcluded);
+                        host = Path.Combine(host, "src");
+                    }
+                    volumes.Add($"{host}:{mount.Target}:{(mount.ReadOnly ? "ro" : "rw")}");
+                }
                 var record = builder.Engine.Create(new CreateOptions
                 {
                     Image = "nestor-build:" + PlainBuildProgress.ShortId(state.Id),
@@ -379,17 +488,25 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                     User = state.Config.User,
                     Network = network,
                     Hostname = "buildkitsandbox",
+                    Volumes = volumes,
                 }, state);
+                IReadOnlyList<string> madeForMounts = [];
                 try
                 {
-                    if (state.Config.WorkingDir is { Length: > 0 } workdir)
+                    if (state.Config.WorkingDir is { Length: > 0 } || mounts.Count > 0)
                     {
                         // WORKDIR makes its directory (the reference); it lands in this step's layer, as in podman.
+                        // Mount targets the state lacks are made by the runtime; noted here so that they are taken
+                        // out of the layer afterwards (BuildKit leaves no mount point behind).
                         var layers = record.RootFileSystem;
                         MountCalls.Mount("overlay", layers.MergedDirectory, "overlay", MountFlags.None, layers.MountOptions);
                         try
                         {
-                            FileCopier.MakeDirectories(layers.MergedDirectory, workdir);
+                            madeForMounts = [.. mounts.SelectMany(m => MissingPaths(layers.MergedDirectory, m.Target))];
+                            if (state.Config.WorkingDir is { Length: > 0 } workdir)
+                            {
+                                FileCopier.MakeDirectories(layers.MergedDirectory, workdir);
+                            }
                         }
                         finally
                         {
@@ -403,13 +520,56 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                             "fix the command (its output is above); the steps before it stay in the cache")
                         { ExitStatus = status };
                     }
+                    foreach (string path in madeForMounts.OrderByDescending(p => p.Length))
+                    {
+                        string inUpper = Path.Combine(record.RootFileSystem.UpperDirectory, path.TrimStart('/'));
+                        if (Directory.Exists(inUpper) && !Directory.EnumerateFileSystemEntries(inUpper).Any())
+                        {
+                            Directory.Delete(inUpper);
+                        }
+                    }
                     return WithLayer(state, record.RootFileSystem.UpperDirectory, createdBy);
                 }
                 finally
                 {
                     builder.Engine.Remove(record.Id, force: true);
+                    if (Directory.Exists(binds))
+                    {
+                        Directory.Delete(binds, recursive: true);
+                    }
                 }
             });
+        }
+
+        /// <summary>The context path a bind mount names (one file or directory; no wildcards).</summary>
+        private ContextSource ResolveBindSource(RunMount mount, RunInstruction run)
+        {
+            try
+            {
+                var sources = context.Resolve(mount.Source);
+                return sources.Count == 1 && sources[0].RelativePath == BuildContext.Clean(mount.Source) ? sources[0]
+                    : throw new BuildException($"RUN --mount source={mount.Source}: a bind mount takes one path, not a pattern", "name one file or directory of the context");
+            }
+            catch (BuildException exception)
+            {
+                throw new BuildException($"{run.Location}: RUN --mount {exception.Message}", exception.Advice, exception);
+            }
+        }
+
+        /// <summary>The directories from the topmost missing one down to <paramref name="target"/> that
+        /// <paramref name="root"/> lacks (none when the target exists).</summary>
+        private static IEnumerable<string> MissingPaths(string root, string target)
+        {
+            var missing = new List<string>();
+            for (string path = target; path.Length > 1; path = Path.GetDirectoryName(path) ?? "/")
+            {
+                if (FileSystemCalls.TryLStat(Path.Combine(root, path.TrimStart('/'))) is not null)
+                {
+                    break;
+                }
+                missing.Add(path);
+            }
+            return missing;
         }
 
         /// <summary>Starts the build container with its monitor, relays its output to the progress and returns its
@@ -584,14 +744,7 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
 
         private StoredImage ResolveImage(string reference, CopyInstruction copy)
         {
-            try
-            {
-                return Store.Resolve(reference);
-            }
-            catch (ImageNotFoundException exception)
-            {
-                throw new BuildException($"{copy.Location}: {copy.Keyword} --from={reference}: neither a stage before this one nor an image of the local store", exception.Message, exception);
-            }
+            return Obtain(reference, $"{copy.Location}: {copy.Keyword} --from={reference} (not a stage before this one)");
         }
     }
 }

@@ -21,8 +21,17 @@ public static class LayerDiff
     {
         directory = Path.GetFullPath(directory);
         var firstNames = new Dictionary<(ulong Device, ulong Inode), string>();
-        using var writer = new TarWriter(output, TarEntryFormat.Pax, leaveOpen: true);
-        new Walk(writer, firstNames, owners).WriteChildren(directory, "");
+        long start = output.CanSeek ? output.Position : -1;
+        using (var writer = new TarWriter(output, TarEntryFormat.Pax, leaveOpen: true))
+        {
+            new Walk(writer, firstNames, owners).WriteChildren(directory, "");
+        }
+        if (output.CanSeek && output.Position == start)
+        {
+            // No change (a RUN that wrote nothing): TarWriter writes no end-of-archive for no entries, but a layer
+            // is still a tar, two zero blocks (POSIX ustar), as docker's and podman's empty layers are.
+            output.Write(new byte[1024]);
+        }
     }
 
     private sealed record Walk(TarWriter Writer, Dictionary<(ulong, ulong), string> FirstNames, IdMapping? Owners)

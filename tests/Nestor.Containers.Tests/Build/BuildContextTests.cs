@@ -46,6 +46,44 @@ public sealed class BuildContextTests
         Assert.Throws<BuildException>(() => context.Resolve("src/*.h"));
     }
 
+    /// <summary>Sources and ignore rules share one matcher (PathPattern): <c>**</c> spans directories in a COPY
+    /// source as in .dockerignore, an entry inside a matched directory is not listed again, a quoted <c>\[</c> is a
+    /// literal, and a malformed class is an error naming the pattern.</summary>
+    [Fact]
+    public void SourcesAndIgnoreRulesShareOneMatcher()
+    {
+        using var directory = Context();
+        File.WriteAllText(directory.Combine("src", "[x].c"), "int x;\n");
+        Directory.CreateDirectory(directory.Combine("src", "more"));
+        File.WriteAllText(directory.Combine("src", "more", "d.c"), "int d;\n");
+        var context = new BuildContext(directory.Path, ["src/deep/**"]);
+        Assert.Equal(["src/[x].c", "src/a.c", "src/b.c", "src/more/d.c"], context.Resolve("**/*.c").Select(source => source.RelativePath));
+        Assert.Equal(["src"], context.Resolve("sr*").Select(source => source.RelativePath));
+        Assert.Equal(["src/[x].c", "src/a.c", "src/b.c", "src/deep", "src/more", "src/notes.txt"],
+            context.Resolve("src/**").Select(source => source.RelativePath)); // src/more/d.c comes with src/more
+        Assert.Equal(["src/[x].c"], context.Resolve("src/\\[x].c").Select(source => source.RelativePath));
+        Assert.True(context.IsExcluded("src/deep/c.c"));
+        Assert.False(context.IsExcluded("src/deep")); // deep/** matches what is under deep, not deep itself
+        var bad = Assert.Throws<BuildException>(() => context.Resolve("src/[ab.c"));
+        Assert.Contains("src/[ab.c", bad.Message);
+        var badIgnore = Assert.Throws<BuildException>(() => new BuildContext(directory.Path, ["ok", "[oops"]));
+        Assert.Contains(":2", badIgnore.Message); // the line of the bad rule
+    }
+
+    /// <summary>BuildKit's per-Dockerfile ignore file (<c>NAME.dockerignore</c> beside the Dockerfile) wins over the
+    /// context's <c>.dockerignore</c>.</summary>
+    [Fact]
+    public void ADockerfilesOwnIgnoreFileWins()
+    {
+        using var directory = Context();
+        File.WriteAllText(directory.Combine(".dockerignore"), "src\n");
+        Assert.True(BuildContext.Open(directory.Path).IsExcluded("src/a.c"));
+        File.WriteAllText(directory.Combine("Other.dockerignore"), "*.key\n");
+        var context = BuildContext.Open(directory.Path, directory.Combine("Other"));
+        Assert.False(context.IsExcluded("src/a.c"));
+        Assert.True(context.IsExcluded("keep.key"));
+    }
+
     [Fact]
     public void ContentDigestFollowsContentsModesAndNamesNotTimes()
     {

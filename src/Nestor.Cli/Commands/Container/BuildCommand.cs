@@ -18,7 +18,9 @@ internal static class BuildCommand
             : new Option<string?>("--root") { Description = "Data directory (default /var/lib/nestor)" };
         var stateRoot = underContainer ? ContainerCommand.StateRoot
             : new Option<string?>("--state") { Description = "Run-time state directory (default /run/nestor)" };
-        var context = new Argument<string>("context") { Description = "The build context: the directory COPY and ADD read from" };
+        // The context may be taken by a bare --pull (System.CommandLine gives an optional value the next word): see
+        // PullPolicyOf, which hands it back.
+        var context = new Argument<string?>("context") { Description = "The build context: the directory COPY and ADD read from", Arity = ArgumentArity.ZeroOrOne };
         var tags = new Option<string[]>("--tag", "-t") { Description = "Name the image NAME[:TAG] (repeatable)" };
         var file = new Option<string?>("--file", "-f") { Description = "The Dockerfile (default CONTEXT/Dockerfile)" };
         var buildArgs = new Option<string[]>("--build-arg") { Description = "Set a build argument NAME=VALUE (NAME alone: from this environment)" };
@@ -27,12 +29,25 @@ internal static class BuildCommand
         var network = new Option<string?>("--network") { Description = "The network of RUN steps: bridge (default), host or none" };
         var progress = new Option<string>("--progress") { Description = "plain, tty, or auto (tty on a terminal)", DefaultValueFactory = _ => "auto" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "Print only the image id" };
+        var pull = new Option<string?>("--pull")
+        {
+            Description = "Pull the FROM images: --pull (always), --pull=missing (default: only what the store lacks), --pull=never",
+            Arity = ArgumentArity.ZeroOrOne,
+        };
+        var tlsVerify = new Option<bool>("--tls-verify")
+        {
+            Description = "Require HTTPS with a trusted certificate for pulls (false: also self-signed HTTPS and plain HTTP)",
+            DefaultValueFactory = _ => true,
+        };
         var command = new Command("build", "Build an image from a Dockerfile (Docker's and podman's build)")
         {
-            context, tags, file, buildArgs, target, noCache, network, progress, quiet,
+            context, tags, file, buildArgs, target, noCache, network, progress, quiet, pull, tlsVerify,
         };
         if (!underContainer)
         {
+            // Recursive: 'nestor build --root DIR prune' and 'nestor build prune --root DIR' both name the store.
+            dataRoot.Recursive = true;
+            stateRoot.Recursive = true;
             command.Options.Add(dataRoot);
             command.Options.Add(stateRoot);
         }
@@ -60,18 +75,21 @@ internal static class BuildCommand
             using var stdout = Console.OpenStandardOutput();
             IBuildProgress report = parse.GetValue(quiet) ? new QuietProgress()
                 : terminal ? new TerminalBuildProgress(Console.Out) : new PlainBuildProgress(Console.Out, stdout);
+            var (policy, contextDirectory) = PullPolicyOf(parse.GetResult(pull) is not null, parse.GetValue(pull), parse.GetValue(context));
             var engine = ContainerCommand.Engine(parse.GetValue(dataRoot), parse.GetValue(stateRoot));
             try
             {
                 var result = new ImageBuilder(engine, report).Build(new BuildOptions
                 {
-                    ContextDirectory = parse.GetValue(context)!,
+                    ContextDirectory = contextDirectory,
                     DockerfilePath = parse.GetValue(file) is { } path ? Path.GetFullPath(path) : null,
                     Tags = [.. parse.GetValue(tags) ?? []],
                     BuildArgs = arguments,
                     Target = parse.GetValue(target),
                     NoCache = parse.GetValue(noCache),
                     Network = parse.GetValue(network),
+                    Pull = policy,
+                    TlsVerify = parse.GetValue(tlsVerify),
                 });
                 if (parse.GetValue(quiet))
                 {
@@ -98,7 +116,99 @@ internal static class BuildCommand
                 return 1;
             }
         }));
+        command.Subcommands.Add(Prune(dataRoot, stateRoot));
         return command;
+    }
+
+    /// <summary><c>nestor build prune [--filter until=DURATION] [--keep-storage SIZE] [-f]</c>: docker's
+    /// <c>builder prune</c> over <see cref="BuildCache.Prune"/>; prints what went and the space reclaimed, measured.</summary>
+    private static Command Prune(Option<string?> dataRoot, Option<string?> stateRoot)
+    {
+        var filters = new Option<string[]>("--filter") { Description = "until=DURATION: remove only entries unused for that long (e.g. 24h, 90m)" };
+        var keepStorage = new Option<string?>("--keep-storage") { Description = "Then remove the least recently used entries until the cache holds at most SIZE (e.g. 512mb)" };
+        var force = new Option<bool>("--force", "-f") { Description = "Do not ask (nestor never asks; accepted for docker's command line)" };
+        var command = new Command("prune", "Remove build cache entries and the layers only they keep (docker builder prune)")
+        {
+            filters, keepStorage, force,
+        };
+        command.SetAction(parse => ContainerCommand.Guard(() =>
+        {
+            TimeSpan? until = null;
+            foreach (string filter in parse.GetValue(filters) ?? [])
+            {
+                int equals = filter.IndexOf('=');
+                string key = equals > 0 ? filter[..equals] : filter;
+                if (key != "until" || Nestor.Containers.Build.Dockerfiles.GoDuration.TryParse(filter[(equals + 1)..]) is not { } duration)
+                {
+                    throw new Nestor.Containers.Engine.ContainerEngineException($"--filter {filter}: give until=DURATION, a Go duration such as 24h or 90m");
+                }
+                until = duration;
+            }
+            long? keep = null;
+            try
+            {
+                keep = parse.GetValue(keepStorage) is { } size ? BuildCache.ParseSize(size) : null;
+            }
+            catch (BuildException exception)
+            {
+                throw new Nestor.Containers.Engine.ContainerEngineException($"--keep-storage {exception.Message}: {exception.Advice}");
+            }
+            var engine = ContainerCommand.Engine(parse.GetValue(dataRoot), parse.GetValue(stateRoot));
+            var store = engine.Images as Nestor.Containers.Images.ImageStore
+                ?? throw new Nestor.Containers.Engine.ContainerEngineException("nestor build prune needs the local image store");
+            var result = new BuildCache(store).Prune(until, keep);
+            Console.WriteLine($"Deleted build cache entries: {result.EntriesRemoved} (kept {result.EntriesKept}, holding {FormatBytes(result.BytesKept)})");
+            Console.WriteLine($"Total reclaimed space: {FormatBytes(result.BytesReclaimed)}");
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>Bytes as docker's units.HumanSize writes them (decimal units, four significant digits).</summary>
+    private static string FormatBytes(long bytes)
+    {
+        string[] units = ["B", "kB", "MB", "GB", "TB"];
+        double value = bytes;
+        int unit = 0;
+        while (Math.Abs(value) >= 1000 && unit < units.Length - 1)
+        {
+            value /= 1000;
+            unit++;
+        }
+        return value.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture) + units[unit];
+    }
+
+    /// <summary>The pull policy and the context directory. <c>--pull</c> alone is docker's (always);
+    /// <c>--pull=always|true</c>, <c>missing|false</c> and <c>never</c> are podman's. A bare <c>--pull</c> before the
+    /// context takes the context as its value, so a word that is no policy is the context back.</summary>
+    private static (PullPolicy Policy, string Context) PullPolicyOf(bool given, string? value, string? context)
+    {
+        PullPolicy policy = PullPolicy.Missing;
+        if (given)
+        {
+            switch (value?.ToLowerInvariant())
+            {
+                case null or "always" or "true":
+                    policy = PullPolicy.Always;
+                    break;
+                case "missing" or "false" or "ifmissing":
+                    policy = PullPolicy.Missing;
+                    break;
+                case "never":
+                    policy = PullPolicy.Never;
+                    break;
+                default:
+                    if (context is not null)
+                    {
+                        throw new Nestor.Containers.Engine.ContainerEngineException($"--pull={value}: choose always, missing or never");
+                    }
+                    (policy, context) = (PullPolicy.Always, value);
+                    break;
+            }
+        }
+        return context is null
+            ? throw new Nestor.Containers.Engine.ContainerEngineException("no build context: give the directory the Dockerfile copies from, e.g. 'nestor build -t NAME .'")
+            : (policy, context);
     }
 
     /// <summary><c>-q</c>: nothing but the id at the end.</summary>

@@ -3,7 +3,9 @@ using System.Text;
 namespace Nestor.Containers.Build.Dockerfiles;
 
 /// <summary>Docker's shell-word lexer: variable substitution (<c>$VAR</c>, <c>${VAR}</c>, <c>${VAR:-word}</c>,
-/// <c>${VAR:+word}</c>, <c>${VAR-word}</c>, <c>${VAR+word}</c>, <c>${VAR:?message}</c>, <c>${VAR?message}</c>),
+/// <c>${VAR:+word}</c>, <c>${VAR-word}</c>, <c>${VAR+word}</c>, <c>${VAR:?message}</c>, <c>${VAR?message}</c>, and
+/// BuildKit's pattern removal <c>${VAR#pattern}</c>, <c>${VAR##pattern}</c>, <c>${VAR%pattern}</c>,
+/// <c>${VAR%%pattern}</c> as POSIX's "Parameter Expansion" (XCU 2.6.2) defines them),
 /// single quotes (literal), double quotes (variables expand; the escape character escapes <c>"</c>, <c>$</c> and
 /// itself) and the escape character outside quotes (the next character is literal), applied to the arguments of
 /// the instructions that expand. An unset variable expands to nothing. Malformed substitutions throw
@@ -90,6 +92,7 @@ public sealed class ShellWordExpansion(Func<string, string?> lookup, char escape
     private sealed class Lexer(ShellWordExpansion expansion, string text, bool heredoc)
     {
         private int position;
+        private bool rawEscapes;
         private char Escape => expansion.EscapeCharacter;
 
         /// <summary>Processes up to <paramref name="stop"/> (consumed; -1 for the end of the text).</summary>
@@ -154,6 +157,10 @@ public sealed class ShellWordExpansion(Func<string, string?> lookup, char escape
                                 break; // an escape at the end of the word is dropped
                             }
                             c = text[position++];
+                            if (rawEscapes)
+                            {
+                                result.Append('\\'); // kept for the pattern matcher: the next character is literal
+                            }
                             result.Append(c);
                             words?.AddLiteral(c);
                         }
@@ -263,6 +270,27 @@ public sealed class ShellWordExpansion(Func<string, string?> lookup, char escape
             {
                 return value ?? "";
             }
+            if (c is '#' or '%')
+            {
+                bool longest = position < text.Length && text[position] == c;
+                if (longest)
+                {
+                    position++;
+                }
+                // BuildKit's lexer keeps the pattern's escapes (rawEscapes) so that \* stays a literal star.
+                bool wasRaw = rawEscapes;
+                rawEscapes = true;
+                string pattern;
+                try
+                {
+                    pattern = Process('}', null);
+                }
+                finally
+                {
+                    rawEscapes = wasRaw;
+                }
+                return c == '#' ? RemovePrefix(value ?? "", pattern, longest) : RemoveSuffix(value ?? "", pattern, longest);
+            }
             bool colon = c == ':';
             if (colon)
             {
@@ -275,7 +303,7 @@ public sealed class ShellWordExpansion(Func<string, string?> lookup, char escape
             if (c is not ('-' or '+' or '?'))
             {
                 throw new FormatException(
-                    $"unsupported modifier '{(colon ? ":" : "")}{c}' in '${{{name}...}}' (use :- :+ :? - + ?)");
+                    $"unsupported modifier '{(colon ? ":" : "")}{c}' in '${{{name}...}}' (use :- :+ :? - + ? # ## % %%)");
             }
             // The word is expanded only when it is used, as a shell does; expanding it unused has no effect here
             // (no assignments), so it is processed either way to find the closing brace.
@@ -289,6 +317,152 @@ public sealed class ShellWordExpansion(Func<string, string?> lookup, char escape
                     $"{name}: {(word.Length > 0 ? word : colon ? "is not set or empty" : "is not set")}"),
             };
         }
+    }
+
+    /// <summary><c>${VAR#pattern}</c> (shortest) and <c>${VAR##pattern}</c> (longest): the value without the
+    /// prefix the pattern matches, or unchanged when no prefix matches (XCU 2.6.2).</summary>
+    public static string RemovePrefix(string value, string pattern, bool longest)
+    {
+        for (int i = 0; i <= value.Length; i++)
+        {
+            int length = longest ? value.Length - i : i;
+            if (PatternMatches(pattern, value.AsSpan(0, length)))
+            {
+                return value[length..];
+            }
+        }
+        return value;
+    }
+
+    /// <summary><c>${VAR%pattern}</c> (shortest) and <c>${VAR%%pattern}</c> (longest): the value without the
+    /// suffix the pattern matches, or unchanged.</summary>
+    public static string RemoveSuffix(string value, string pattern, bool longest)
+    {
+        for (int i = 0; i <= value.Length; i++)
+        {
+            int start = longest ? i : value.Length - i;
+            if (PatternMatches(pattern, value.AsSpan(start)))
+            {
+                return value[..start];
+            }
+        }
+        return value;
+    }
+
+    /// <summary>Whether the whole of <paramref name="text"/> matches a shell pattern (XCU 2.13): <c>*</c> any string
+    /// (<c>/</c> included, unlike a path pattern), <c>?</c> one character, <c>[…]</c> a class (<c>!</c> or
+    /// <c>^</c> negating, ranges), a backslash quoting the next character; a <c>[</c> without its <c>]</c> is
+    /// itself. Backtracks only to the last <c>*</c>, so it is linear in practice.</summary>
+    public static bool PatternMatches(string pattern, ReadOnlySpan<char> text)
+    {
+        int p = 0, t = 0, starP = -1, starT = 0;
+        while (t < text.Length)
+        {
+            if (p < pattern.Length && pattern[p] == '*')
+            {
+                starP = ++p;
+                starT = t;
+                continue;
+            }
+            if (p < pattern.Length && MatchOne(pattern, ref p, text[t]))
+            {
+                t++;
+                continue;
+            }
+            if (starP < 0)
+            {
+                return false;
+            }
+            p = starP;
+            t = ++starT;
+        }
+        while (p < pattern.Length && pattern[p] == '*')
+        {
+            p++;
+        }
+        return p == pattern.Length;
+    }
+
+    /// <summary>Matches the pattern element at <paramref name="p"/> against <paramref name="c"/>, advancing
+    /// <paramref name="p"/> past it when it matches.</summary>
+    private static bool MatchOne(string pattern, ref int p, char c)
+    {
+        char element = pattern[p];
+        if (element == '?')
+        {
+            p++;
+            return true;
+        }
+        if (element == '\\' && p + 1 < pattern.Length)
+        {
+            if (pattern[p + 1] != c)
+            {
+                return false;
+            }
+            p += 2;
+            return true;
+        }
+        if (element == '[' && ClassEnd(pattern, p) is int end and > 0)
+        {
+            int i = p + 1;
+            bool negate = pattern[i] is '!' or '^';
+            if (negate)
+            {
+                i++;
+            }
+            bool found = false;
+            while (i < end)
+            {
+                char low = pattern[i] == '\\' && i + 1 < end ? pattern[++i] : pattern[i];
+                i++;
+                char high = low;
+                if (i + 1 < end && pattern[i] == '-')
+                {
+                    high = pattern[i + 1] == '\\' && i + 2 < end ? pattern[i + 2] : pattern[i + 1];
+                    i += pattern[i + 1] == '\\' && i + 2 < end ? 3 : 2;
+                }
+                found |= c >= low && c <= high;
+            }
+            if (found == negate)
+            {
+                return false;
+            }
+            p = end + 1;
+            return true;
+        }
+        if (element != c)
+        {
+            return false;
+        }
+        p++;
+        return true;
+    }
+
+    /// <summary>The index of the <c>]</c> closing the class at <paramref name="open"/>, or -1 (a <c>]</c> right after
+    /// the <c>[</c> or its negation is a member, as XCU 9.3.5 says).</summary>
+    private static int ClassEnd(string pattern, int open)
+    {
+        int i = open + 1;
+        if (i < pattern.Length && pattern[i] is '!' or '^')
+        {
+            i++;
+        }
+        if (i < pattern.Length && pattern[i] == ']')
+        {
+            i++;
+        }
+        for (; i < pattern.Length; i++)
+        {
+            if (pattern[i] == '\\')
+            {
+                i++;
+            }
+            else if (pattern[i] == ']')
+            {
+                return i;
+            }
+        }
+        return -1;
     }
 
     /// <summary>The escape character this expansion honours.</summary>

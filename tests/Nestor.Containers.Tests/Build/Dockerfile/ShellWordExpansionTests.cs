@@ -81,11 +81,63 @@ public class ShellWordExpansionTests
         Assert.Equal(expected, Expansion.ProcessWords(text));
     }
 
+    /// <summary>BuildKit's pattern removal, as POSIX's parameter expansion: <c>#</c>/<c>##</c> the shortest/longest
+    /// matching prefix, <c>%</c>/<c>%%</c> the shortest/longest matching suffix; <c>*</c> spans <c>/</c>; the
+    /// pattern expands variables, and a quoted or escaped wildcard is literal.</summary>
+    [Theory]
+    [InlineData("${P#*/}", "usr/local/bin/tool.tar.gz")]
+    [InlineData("${P##*/}", "tool.tar.gz")]
+    [InlineData("${P%.*}", "/usr/local/bin/tool.tar")]
+    [InlineData("${P%%.*}", "/usr/local/bin/tool")]
+    [InlineData("${P%/*}", "/usr/local/bin")]
+    [InlineData("${P#/usr}", "/local/bin/tool.tar.gz")]
+    [InlineData("${P#nomatch}", "/usr/local/bin/tool.tar.gz")]
+    [InlineData("${P%%nomatch}", "/usr/local/bin/tool.tar.gz")]
+    [InlineData("${P##*[/.]}", "gz")]
+    [InlineData("${P%%[!/]*}", "/")]
+    [InlineData("${P#/?sr}", "/local/bin/tool.tar.gz")]
+    [InlineData("${P#$PREFIX}", "local/bin/tool.tar.gz")]
+    [InlineData("${P%\"$SUFFIX\"}", "/usr/local/bin/tool.tar")]
+    [InlineData("${UNSET#x}", "")]
+    [InlineData("${STAR#*}", "*star")]
+    [InlineData("${STAR##*}", "")]
+    [InlineData("${STAR#\\*}", "star")]
+    [InlineData("${STAR%r}", "*sta")]
+    [InlineData("x${P##*/}y", "xtool.tar.gzy")]
+    public void PatternRemoval(string word, string expected)
+    {
+        var variables = new Dictionary<string, string>
+        {
+            ["P"] = "/usr/local/bin/tool.tar.gz",
+            ["PREFIX"] = "/usr/",
+            ["SUFFIX"] = ".gz",
+            ["STAR"] = "*star",
+        };
+        Assert.Equal(expected, new ShellWordExpansion(n => variables.GetValueOrDefault(n)).ProcessWord(word));
+    }
+
+    /// <summary>The shell pattern matcher by itself: whole-string matches, classes with ranges and negation, an
+    /// unclosed <c>[</c> as a literal.</summary>
+    [Theory]
+    [InlineData("a*c", "abbbc", true)]
+    [InlineData("a*c", "abbbd", false)]
+    [InlineData("*", "", true)]
+    [InlineData("?", "", false)]
+    [InlineData("[a-c]x", "bx", true)]
+    [InlineData("[!a-c]x", "bx", false)]
+    [InlineData("[]]", "]", true)]
+    [InlineData("[ab", "[ab", true)]
+    [InlineData("a/*", "a/b/c", true)]
+    public void PatternMatches(string pattern, string text, bool expected)
+    {
+        Assert.Equal(expected, ShellWordExpansion.PatternMatches(pattern, text));
+    }
+
     /// <summary>Malformed substitutions and unset required variables are errors.</summary>
     [Theory]
     [InlineData("${FOO")]
     [InlineData("${}")]
-    [InlineData("${FOO%x}")]
+    [InlineData("${FOO^x}")]
     [InlineData("${UNSET:?need it}")]
     [InlineData("${EMPTY:?}")]
     [InlineData("'open")]
