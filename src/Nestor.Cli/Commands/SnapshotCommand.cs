@@ -102,6 +102,14 @@ internal static class SnapshotCommand
                 (n, atFile) = (count, at[1]);
             }
             var plan = new Plan(n, atFile, onSignal, restore);
+            if (restore is not null && engine != EngineKind.Sim)
+            {
+                // The file says which engine took it: refuse by that, after checking it is an intact snapshot.
+                var header = SnapshotFile.Read(restore).Header;
+                throw new SnapshotFormatException(
+                    $"the snapshot was taken on engine {(header.Engine == EngineKind.Sim ? "sim" : "kvm")}, and this run uses kvm",
+                    SnapshotRefusal.WrongEngine, "Restore it with --engine sim (the default)");
+            }
             if (plan.Any && engine != EngineKind.Sim)
             {
                 throw new BadInputException("snapshots are taken and restored on Nestor's software machine; KVM's state is not saved yet",

@@ -91,7 +91,7 @@ public static class SnapshotFile
             text.Append("nested-pages=").Append(options.LargeNestedPages ? "2m" : "4k").Append('\n');
         }
         text.Append("virtio-console=").Append(c.VirtioConsole ? "yes" : "no").Append('\n');
-        foreach (var disk in vm.Disks)
+        foreach (var disk in DisksOf(vm))
         {
             text.Append("disk=").Append(disk.Place).Append(' ').Append(PathOf(disk)).Append(disk.Backend.ReadOnly ? " ro" : "").Append('\n');
         }
@@ -121,8 +121,8 @@ public static class SnapshotFile
         w.Write(SHA256.HashData(Encoding.UTF8.GetBytes(configuration)));
         w.Write(vm.Vcpus[0].State.InstructionsRetired);
         WriteText(w, configuration);
-        w.Write(vm.Disks.Count);
-        foreach (var disk in vm.Disks)
+        w.Write(DisksOf(vm).Count);
+        foreach (var disk in DisksOf(vm))
         {
             var (bytes, hash) = Hash(disk.Backend);
             w.Write((byte)disk.Interface);
@@ -319,7 +319,7 @@ public static class SnapshotFile
             throw new SnapshotFormatException($"wrong configuration: the snapshot's VM had {then}, this one has {here}",
                 SnapshotRefusal.WrongConfiguration, "Restore it with the kernel, options and disks it was taken with ('nestor snapshot info FILE' shows them)");
         }
-        foreach (var (reference, disk) in h.Disks.Zip(vm.Disks))
+        foreach (var (reference, disk) in h.Disks.Zip(DisksOf(vm)))
         {
             var (bytes, hash) = Hash(disk.Backend);
             if (bytes != reference.Bytes || hash != reference.Sha256)
@@ -331,6 +331,16 @@ public static class SnapshotFile
         }
         VmSnapshot.Restore(vm, contents.Body, sim);
     }
+
+    /// <summary>Every disk of the VM: the ATA and assigned ones it lists, and the virtio-blk devices in its virtio-mmio
+    /// slots (which it does not list), by interface and place.</summary>
+    private static List<AttachedDisk> DisksOf(Vm vm) =>
+    [
+        .. vm.Disks.Concat(Devices.Virtio.VirtioSlots.Of(vm)
+                .Where(t => t.Device is Devices.Virtio.Block.VirtioBlock)
+                .Select(t => new AttachedDisk(((Devices.Virtio.Block.VirtioBlock)t.Device).Backend, DiskInterface.Virtio, t.Slot, new DiskStatistics())))
+            .OrderBy(d => d.Interface).ThenBy(d => d.Index),
+    ];
 
     /// <summary>Where a disk's image is: its file's full path, or the backend's name (an in-memory disk).</summary>
     private static string PathOf(AttachedDisk disk) => disk.Backend is DiskImage image ? System.IO.Path.GetFullPath(image.Path) : disk.Backend.Name;
