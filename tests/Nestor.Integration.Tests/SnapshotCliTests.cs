@@ -2,7 +2,14 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Nestor.Hypervisor;
+using Nestor.Hypervisor.BuiltIn;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Engines;
+using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Persistence;
 using Xunit;
+using static Iced.Intel.AssemblerRegisters;
 using static Nestor.Integration.Tests.NestorProcess;
 
 namespace Nestor.Integration.Tests;
@@ -158,7 +165,7 @@ public class SnapshotCliTests
             ("truncated", WriteTemp(snapshot[..(snapshot.Length - 4096)], ".snap"), vm, "the snapshot is truncated: its header declares"),
             ("flipped byte", WriteTemp(flipped, ".snap"), vm, "the snapshot is corrupted: its CRC-64 is"),
             ("version bumped", WriteTemp(bumped, ".snap"), vm, "the snapshot's format version is 2, newer than this Nestor reads (1)"),
-            ("wrong engine", file, [.. vm, "--engine", "kvm"], "the snapshot was taken on engine sim, and this run uses kvm"),
+            ("wrong engine", file, ["--engine", "kvm", .. vm[2..]], "the snapshot was taken on engine sim, and this VM runs on kvm"),
             ("wrong memory", file, [.. vm, "--memory", "32M"], "wrong configuration: the snapshot's VM has 64 MiB of memory"),
             ("wrong technique", file, ["--technique", "trap", .. vm[2..]], "wrong configuration: the snapshot was taken under technique hw+nested, and this VM runs trap"),
         };
@@ -172,6 +179,14 @@ public class SnapshotCliTests
             Assert.Equal(before, File.ReadAllBytes(path));
             Assert.Equal(disk, File.ReadAllBytes(image));
         }
+
+        // A stop before the point the snapshot was taken at would not stop at N: refused, nothing saved.
+        string later = TempPath(".snap");
+        var past = RunVm(vm, "--restore", file, "--snapshot-at", "1000", later);
+        Assert.True(past.Result.ExitCode == 120, past.Result.ToString());
+        Assert.Contains("--snapshot-at 1000: the snapshot restored was taken at 3,000,000 instructions, past it", past.Result.Stderr);
+        Assert.False(File.Exists(later));
+        Assert.Equal("", past.Serial);
 
         // The disk changed since: one byte flipped.
         disk[^1] ^= 1;
@@ -232,5 +247,58 @@ public class SnapshotCliTests
         Assert.EndsWith(restored.Serial, whole.Serial);
         Assert.True(restored.Serial.Length < whole.Serial.Length, "the snapshot was taken before the run began");
         Assert.Equal(whole.Instructions, restored.Instructions);
+    }
+    /// <summary>Part 5, KVM: a ring-0 guest run on KVM until its HLT, its state read back with KVM_GET_REGS/SREGS/
+    /// FPU/MSRS into the VM and saved; a new VM on a new KVM VM restored from the file (the state loaded with the
+    /// SET forms) runs on from the instruction after the HLT, with the registers and the RAM the first left.</summary>
+    [Fact]
+    public void A_ring0_guest_saved_after_a_run_on_kvm_runs_on_in_a_new_kvm_vm_restored_from_the_file()
+    {
+        RequireKvm();
+        var code = GuestAssembler.Assemble(a =>
+        {
+            a.mov(rbx, 0x1234);
+            a.mov(rax, 0x30_0000);
+            a.mov(__qword_ptr[rax], rbx); // RAM the restored VM must have
+            a.hlt();                       // interrupts off: the run ends here
+            a.mov(rcx, __qword_ptr[rax]);
+            a.lea(rcx, rcx + 1);
+            a.mov(dx, 0xF4);
+            a.mov(eax, ecx);
+            a.@out(dx, eax);
+            a.hlt();
+        });
+        VmConfig Config() => new()
+        {
+            Engine = EngineKind.Kvm,
+            Kernel = GuestAssembler.Flat("kvm-snapshot", code),
+            MemoryBytes = 4UL << 20,
+            Timeout = TimeSpan.FromSeconds(30),
+        };
+        byte[] file;
+        using (var vm = Vm.Create(Config()))
+        {
+            var engine = new KvmEngine();
+            Assert.Equal(VmOutcomeKind.Halted, vm.Run(engine).Outcome.Kind);
+            file = SnapshotFile.Encode(vm, engine);
+        }
+        var contents = SnapshotFile.Decode(file);
+        Assert.Equal(EngineKind.Kvm, contents.Header.Engine);
+        Assert.DoesNotContain(contents.Sections, s => s.Tag == "VMM ");
+        using (var vm = Vm.Create(Config()))
+        using (var sim = new SimEngine())
+        {
+            var e = Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Restore(contents, vm, sim));
+            Assert.Equal(SnapshotRefusal.WrongEngine, e.Refusal);
+            Assert.Contains("taken on engine kvm, and this VM runs on sim", e.Message);
+        }
+        using (var vm = Vm.Create(Config()))
+        {
+            var engine = new KvmEngine();
+            SnapshotFile.Restore(contents, vm, engine);
+            var outcome = vm.Run(engine).Outcome;
+            Assert.True(outcome.Kind == VmOutcomeKind.DebugExit, outcome.Message);
+            Assert.Equal(0x1235u, outcome.GuestStatus);
+        }
     }
 }

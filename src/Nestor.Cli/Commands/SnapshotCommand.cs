@@ -102,18 +102,10 @@ internal static class SnapshotCommand
                 (n, atFile) = (count, at[1]);
             }
             var plan = new Plan(n, atFile, onSignal, restore);
-            if (restore is not null && engine != EngineKind.Sim)
+            if (atFile is not null && engine != EngineKind.Sim)
             {
-                // The file says which engine took it: refuse by that, after checking it is an intact snapshot.
-                var header = SnapshotFile.Read(restore).Header;
-                throw new SnapshotFormatException(
-                    $"the snapshot was taken on engine {(header.Engine == EngineKind.Sim ? "sim" : "kvm")}, and this run uses kvm",
-                    SnapshotRefusal.WrongEngine, "Restore it with --engine sim (the default)");
-            }
-            if (plan.Any && engine != EngineKind.Sim)
-            {
-                throw new BadInputException("snapshots are taken and restored on Nestor's software machine; KVM's state is not saved yet",
-                    "Drop --engine kvm (sim is the default)");
+                throw new BadInputException("--snapshot-at stops after N instructions, which only the software machine counts exactly",
+                    "Drop --engine kvm (sim is the default), or snapshot a KVM guest with --snapshot-on-signal FILE");
             }
             if (plan.Any && serviceVm)
             {
@@ -140,6 +132,12 @@ internal static class SnapshotCommand
         {
             var header = SnapshotFile.Restore(restore, vm, engine);
             Console.Error.WriteLine($"nestor: restored '{restore}' ({header.TechniqueName}, {header.InstructionsRetired:N0} instructions retired)");
+            if (plan.AtInstruction is { } at && at <= header.InstructionsRetired)
+            {
+                // N counts from the guest's boot, and the restored VM is already past it: a save now would not be at N.
+                throw new BadInputException($"--snapshot-at {at}: the snapshot restored was taken at {header.InstructionsRetired:N0} instructions, past it",
+                    $"Give an N greater than {header.InstructionsRetired} (instructions count from the guest's boot)");
+            }
         }
         int pauses = 0;
         using var signal = plan.OnSignalFile is null ? null : PosixSignalRegistration.Create((PosixSignal)SigUsr1, context =>

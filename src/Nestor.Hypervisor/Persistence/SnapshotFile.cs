@@ -99,24 +99,30 @@ public static class SnapshotFile
     }
 
     /// <summary>The snapshot of <paramref name="vm"/> and <paramref name="engine"/> (between runs) as file bytes.</summary>
-    /// <exception cref="Errors.BadInputException">The engine's state cannot be saved (KVM, so far).</exception>
+    /// <remarks>On KVM there is no engine section: the KVM engine keeps no state between runs, and its vCPU's
+    /// state is in the VM (read back with KVM_GET_REGS/SREGS/FPU/MSRS after each run, loaded with their SET forms
+    /// before the next), so the VM's own sections are the whole snapshot of a ring-0 guest without interrupts.</remarks>
+    /// <exception cref="Errors.BadInputException">An engine whose state cannot be saved.</exception>
     public static byte[] Encode(Vm vm, IEngine engine)
     {
-        var sim = engine as SimEngine ?? throw new Errors.BadInputException(
-            $"snapshots of a VM on --engine {engine.Name} are not implemented: only the software machine's state is saved so far",
-            "Run the VM on --engine sim (the default) to snapshot it");
-        byte[] body = VmSnapshot.Capture(vm, sim);
-        string configuration = ConfigurationText(vm, sim.Options);
+        var sim = engine as SimEngine;
+        if (sim is null && engine is not KvmEngine)
+        {
+            throw new Errors.BadInputException($"snapshots of a VM on engine {engine.Name} are not implemented", "Run the VM on --engine sim (the default)");
+        }
+        byte[] body = sim is null ? VmSnapshot.Capture(vm) : VmSnapshot.Capture(vm, sim);
+        var options = sim?.Options ?? new SimOptions();
+        string configuration = ConfigurationText(vm, sim?.Options);
         using var stream = new MemoryStream();
         using var w = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
         w.Write(Magic);
         w.Write(FormatVersion);
         w.Write((ushort)0);
         w.Write(0UL); // the length, backpatched
-        w.Write((byte)EngineKind.Sim);
-        w.Write((byte)sim.Options.Technique);
-        w.Write(sim.Options.EffectiveMemory switch { MemoryVirtualization.Shadow => (byte)1, MemoryVirtualization.Nested => (byte)2, _ => (byte)0 });
-        w.Write(sim.Options.LargeNestedPages);
+        w.Write((byte)(sim is null ? EngineKind.Kvm : EngineKind.Sim));
+        w.Write((byte)options.Technique);
+        w.Write(options.EffectiveMemory switch { MemoryVirtualization.Shadow => (byte)1, MemoryVirtualization.Nested => (byte)2, _ => (byte)0 });
+        w.Write(options.LargeNestedPages);
         w.Write(vm.Config.MemoryBytes);
         w.Write(SHA256.HashData(Encoding.UTF8.GetBytes(configuration)));
         w.Write(vm.Vcpus[0].State.InstructionsRetired);
@@ -286,7 +292,8 @@ public static class SnapshotFile
     {
         var h = contents.Header;
         string engineName = h.Engine == EngineKind.Sim ? "sim" : "kvm";
-        if (engine is not SimEngine sim || h.Engine != EngineKind.Sim)
+        var sim = engine as SimEngine;
+        if (h.Engine == EngineKind.Sim ? sim is null : engine is not KvmEngine)
         {
             throw new SnapshotFormatException($"the snapshot was taken on engine {engineName}, and this VM runs on {engine.Name}",
                 SnapshotRefusal.WrongEngine, $"Restore it with --engine {engineName}");
@@ -297,14 +304,14 @@ public static class SnapshotFile
                 $"wrong configuration: the snapshot's VM has {h.MemoryBytes >> 20} MiB of memory ({h.MemoryBytes:N0} bytes), this one {vm.Config.MemoryBytes >> 20} MiB ({vm.Config.MemoryBytes:N0} bytes)",
                 SnapshotRefusal.WrongConfiguration, $"Restore it with --memory {h.MemoryBytes >> 20}M");
         }
-        var o = sim.Options;
+        var o = sim?.Options ?? new SimOptions();
         if (h.Technique != o.Technique || h.Memory != o.EffectiveMemory || h.LargeNestedPages != o.LargeNestedPages)
         {
             throw new SnapshotFormatException(
                 $"wrong configuration: the snapshot was taken under technique {h.TechniqueName}{(h.LargeNestedPages ? " with 2 MiB nested pages" : "")}, and this VM runs {o.Name}{(o.LargeNestedPages ? " with 2 MiB nested pages" : "")}",
                 SnapshotRefusal.WrongConfiguration, "Restore it with the --technique, --mmu and --nested-pages it was taken with ('nestor snapshot info FILE' shows them)");
         }
-        string configuration = ConfigurationText(vm, o);
+        string configuration = ConfigurationText(vm, sim?.Options);
         if (configuration != h.Configuration)
         {
             var saved = h.Configuration.Split('\n');
@@ -329,7 +336,14 @@ public static class SnapshotFile
                     SnapshotRefusal.DiskChanged, "Restore the image as it was when the snapshot was taken (a copy made then), or take a new snapshot");
             }
         }
-        VmSnapshot.Restore(vm, contents.Body, sim);
+        if (sim is null)
+        {
+            VmSnapshot.Restore(vm, contents.Body); // KVM: the next run loads the vCPU state with KVM_SET_*
+        }
+        else
+        {
+            VmSnapshot.Restore(vm, contents.Body, sim);
+        }
     }
 
     /// <summary>Every disk of the VM: the ATA and assigned ones it lists, and the virtio-blk devices in its virtio-mmio
