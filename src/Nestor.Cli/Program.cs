@@ -43,6 +43,7 @@ public static class Program
         var root = new RootCommand("Nestor: a virtualization platform to run, see and measure virtual machines and containers.")
         {
             RunCommand.Create(),
+            SnapshotCommand.Create(),
             InfoCommand.Create(),
             BenchCommand.Create(),
             WalkCommand.Create(),

@@ -79,8 +79,17 @@ internal static class RunCommand
             Description = "Kernel options for the service VM, after servicevm=back: how its driver waits (ata=irq, ndma=irq), or blkback=forge (a test: one response with a forged id)",
             DefaultValueFactory = _ => "",
         };
+        var snapshotAt = new Option<string[]>("--snapshot-at")
+        {
+            Description = "Stop after N guest instructions retired (the unit the software machine counts exactly), save the VM to FILE and end: --snapshot-at N FILE (docs/migration.md)",
+            Arity = new ArgumentArity(2, 2),
+            AllowMultipleArgumentsPerToken = true,
+        };
+        var snapshotOnSignal = new Option<string?>("--snapshot-on-signal") { Description = "On each SIGUSR1, pause the VM at its next stop check, save it to FILE and run on" };
+        var restore = new Option<string?>("--restore") { Description = "Restore the VM from a snapshot FILE and continue it; give the options the snapshot was taken with" };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
+            snapshotAt, snapshotOnSignal, restore,
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
             technique, mmu, nestedPages, disk, virtioConsole, balloon, balloonTarget, serviceVm, serviceDisk, serviceMemory, serviceCommandLine, module,
         };
@@ -120,6 +129,9 @@ internal static class RunCommand
                 ServiceMemory = parse.GetValue(serviceMemory)!,
                 ServiceCommandLine = parse.GetValue(serviceCommandLine)!,
                 Modules = parse.GetValue(module) ?? [],
+                SnapshotAt = parse.GetValue(snapshotAt),
+                SnapshotOnSignal = parse.GetValue(snapshotOnSignal),
+                Restore = parse.GetValue(restore),
             }, parse.GetValue(verbose));
         });
         return command;
@@ -159,6 +171,15 @@ internal static class RunCommand
 
         /// <summary>The --module values (FILE[,cmdline]), in order.</summary>
         public IReadOnlyList<string> Modules { get; init; } = [];
+
+        /// <summary>--snapshot-at N FILE.</summary>
+        public string[]? SnapshotAt { get; init; }
+
+        /// <summary>--snapshot-on-signal FILE.</summary>
+        public string? SnapshotOnSignal { get; init; }
+
+        /// <summary>--restore FILE.</summary>
+        public string? Restore { get; init; }
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -219,7 +240,8 @@ internal static class RunCommand
                 "sim" => EngineKind.Sim,
                 _ => throw new BadInputException($"there is no engine '{o.Engine}'", "Use --engine kvm or --engine sim"),
             };
-            var simOptions = ParseSimOptions(o, engineKind);
+            var snapshots = SnapshotCommand.Plan.Parse(o.SnapshotAt, o.SnapshotOnSignal, o.Restore, engineKind, o.ServiceVm);
+            var simOptions = snapshots.Apply(ParseSimOptions(o, engineKind));
             RefuseMultibootMisuse(o, engineKind);
             var serviceDisk = ParseServiceVm(o, engineKind, simOptions);
             if (o.Modules.Count > 0 && !o.Multiboot)
@@ -273,11 +295,16 @@ internal static class RunCommand
             using var disposeEngine = engine as IDisposable;
             watchdog?.Running(control);
             var clock = Stopwatch.StartNew();
-            var run = vm.Run(engine, control);
+            var continuations = new List<IEngine>();
+            using var disposeContinuations = new DisposeAll(continuations);
+            var (run, last, saved) = snapshots.Any
+                ? SnapshotCommand.Run(vm, engine, control, snapshots, () => EngineFactory.Create(config), continuations)
+                : (vm.Run(engine, control), engine, null);
+            engine = last;
             var outcome = run.Outcome;
             clock.Stop();
             vm.Serial.Flush();
-            int status = ExitStatus.For(outcome);
+            int status = saved is null ? ExitStatus.For(outcome) : 0; // stopped as asked, and saved
             var report = new RunReport(vm, engine, run, clock.Elapsed, status, captured);
             if (o.Json)
             {
@@ -603,6 +630,18 @@ internal static class RunCommand
     /// <summary>The serial log, written by this nestor alone: a second run given the same file is refused (120)
     /// before anything in it is truncated.</summary>
     private static Stream OpenSerialLog(string path) => HostFile.CreateExclusive(path, "serial log", "--serial-log");
+
+    /// <summary>Disposes of the engines made for the continuations of a run (<see cref="SnapshotCommand.Run"/>).</summary>
+    private sealed class DisposeAll(List<IEngine> engines) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var e in engines)
+            {
+                (e as IDisposable)?.Dispose();
+            }
+        }
+    }
 
     private static void WriteState(string path, VcpuState state)
     {

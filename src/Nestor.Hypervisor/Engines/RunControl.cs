@@ -25,6 +25,22 @@ public sealed class RunControl
         }
     }
 
+    /// <summary>Withdraws a stop request of <paramref name="reason"/> once it has been served (a pause, such as
+    /// SIGUSR1's snapshot, after which the VM runs on); a request of another reason stays.</summary>
+    /// <returns>True when the request was withdrawn.</returns>
+    public bool Resume(VmOutcomeKind reason)
+    {
+        lock (gate)
+        {
+            if (StopReason != reason)
+            {
+                return false;
+            }
+            StopReason = null;
+            return true;
+        }
+    }
+
     /// <summary>Arms a timer that stops the run with <see cref="VmOutcomeKind.Timeout"/> once
     /// <paramref name="limit"/> has passed; dispose of it to disarm it.</summary>
     public Deadline StopAfter(TimeSpan limit) => new(limit, () => Stop(VmOutcomeKind.Timeout));

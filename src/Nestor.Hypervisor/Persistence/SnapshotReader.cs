@@ -26,7 +26,7 @@ public sealed class SnapshotReader
         if (container > SnapshotWriter.ContainerVersion)
         {
             throw new SnapshotFormatException(
-                $"the snapshot's container version is {container}, newer than this Nestor reads ({SnapshotWriter.ContainerVersion})");
+                $"the snapshot's container version is {container}, newer than this Nestor reads ({SnapshotWriter.ContainerVersion})", SnapshotRefusal.NewerVersion);
         }
     }
 
@@ -71,12 +71,12 @@ public sealed class SnapshotReader
         if (version > part.SectionVersion)
         {
             throw new SnapshotFormatException(
-                $"section '{found}' has layout version {version}, newer than this Nestor reads ({part.SectionVersion})");
+                $"section '{found}' has layout version {version}, newer than this Nestor reads ({part.SectionVersion})", SnapshotRefusal.NewerVersion);
         }
         if (declared > (uint)(data.Length - position))
         {
             throw new SnapshotFormatException(
-                $"section '{found}' is truncated: it declares {declared} bytes and {data.Length - position} remain");
+                $"section '{found}' is truncated: it declares {declared} bytes and {data.Length - position} remain", SnapshotRefusal.Truncated);
         }
         sectionEnd = position + (int)declared;
         sectionTag = found;
@@ -87,6 +87,33 @@ public sealed class SnapshotReader
                 $"section '{found}' holds {sectionEnd - position} bytes more than its fields (a corrupt length)");
         }
         sectionEnd = data.Length;
+    }
+
+    /// <summary>The sections of a snapshot as their headers describe them (tag, layout version, length of the fields),
+    /// without reading the fields: what <c>nestor snapshot info</c> lists.</summary>
+    public static IReadOnlyList<(string Tag, ushort Version, uint Length)> Sections(byte[] data)
+    {
+        var reader = new SnapshotReader(data);
+        var sections = new List<(string, ushort, uint)>();
+        while (!reader.AtEnd)
+        {
+            if (data.Length - reader.position < 10)
+            {
+                throw new SnapshotFormatException($"the snapshot ends inside a section header ({data.Length - reader.position} bytes left, a header takes 10)",
+                    SnapshotRefusal.Truncated);
+            }
+            string tag = TagText(reader.ReadUInt32());
+            ushort version = reader.ReadUInt16();
+            uint length = reader.ReadUInt32();
+            if (length > (uint)(data.Length - reader.position))
+            {
+                throw new SnapshotFormatException($"section '{tag}' is truncated: it declares {length} bytes and {data.Length - reader.position} remain",
+                    SnapshotRefusal.Truncated);
+            }
+            reader.position += (int)length;
+            sections.Add((tag, version, length));
+        }
+        return sections;
     }
 
     public byte ReadByte() => Take(1)[0];
