@@ -53,7 +53,7 @@ extern char __user_text_size[], __user_size[];
 
 static const char *const program_names[] = {
     "init", "hello", "forkwait", "syscall", "pagefault", "memtouch", "ptchurn", "compute", "sensitive", "fault", "preempt", "mmutest",
-    "nanobench", "disktest", "diskbench", "diskcheck", "balloon", 0,
+    "nanobench", "disktest", "diskbench", "diskcheck", "balloon", "steal", 0,
 };
 
 static u64 stack_top_of(struct process *p) { return (u64)kernel_stacks[p - processes] + KERNEL_STACK_SIZE; }
@@ -436,6 +436,7 @@ u64 syscall_dispatch(struct trap_frame *f)
     case SYS_KINFO: {
         if (f->rdi == 1) return timer_ticks;
         if (f->rdi == 2) return preemptions;
+        if (f->rdi == KINFO_STEAL) { extern u64 steal_time_ns(void); return steal_time_ns(); }
         if (f->rdi == 3) { /* the sensitive instructions, executed by the kernel itself */
             extern void sensitive_probe(u64 *out);
             u64 out[9];

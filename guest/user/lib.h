@@ -56,4 +56,5 @@ int main_disktest(int argc, char **argv);
 int main_diskbench(int argc, char **argv);
 int main_diskcheck(int argc, char **argv);
 int main_balloon(int argc, char **argv);
+int main_steal(int argc, char **argv);
 #endif

@@ -61,6 +61,10 @@ public sealed unsafe class HostMemory : IDisposable
         return MemoryCalls.IsResident(Address + (nint)(offset & ~(MemoryCalls.PageSize - 1)));
     }
 
+    /// <summary>Bytes of the mapping resident in host memory now (<c>mincore</c> over all of it): what it costs the
+    /// host, which for a <c>MAP_NORESERVE</c> mapping is the pages written so far, less those discarded.</summary>
+    public ulong ResidentBytes() => MemoryCalls.ResidentPages(Address, Length) * MemoryCalls.PageSize;
+
     private void Check(ulong offset, ulong length)
     {
         if (offset > Length || length > Length - offset)

@@ -73,4 +73,27 @@ public static class MemoryCalls
         }
         return (vector & 1) != 0;
     }
+
+    /// <summary>mincore(2) over <paramref name="length"/> bytes from <paramref name="address"/> (page-aligned): how many
+    /// of its pages are resident in host memory, in calls of up to 64 Ki pages (one byte of vector each).</summary>
+    public static unsafe ulong ResidentPages(nint address, ulong length)
+    {
+        const ulong Chunk = 64 * 1024;
+        byte* vector = stackalloc byte[(int)Chunk];
+        ulong pages = (length + PageSize - 1) / PageSize, resident = 0;
+        for (ulong first = 0; first < pages; first += Chunk)
+        {
+            ulong count = Math.Min(Chunk, pages - first);
+            nint start = address + (nint)(first * PageSize);
+            if (LibC.Mincore(start, (nuint)(count * PageSize), vector) != 0)
+            {
+                throw HostCallException.LastError($"mincore of 0x{start:x}+{count * PageSize}");
+            }
+            for (ulong i = 0; i < count; i++)
+            {
+                resident += (ulong)(vector[i] & 1);
+            }
+        }
+        return resident;
+    }
 }

@@ -5,10 +5,10 @@ using Nestor.Hypervisor.Devices.Assigned;
 using Nestor.Hypervisor.Devices.Storage;
 using Nestor.Hypervisor.Engines;
 using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Hosting;
 using Nestor.Hypervisor.Techniques;
 using Nestor.Hypervisor;
 using Nestor.Machine.Addresses;
-using Nestor.Tests.Shared;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Integration.Tests;

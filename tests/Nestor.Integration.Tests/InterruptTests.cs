@@ -4,11 +4,11 @@ using Nestor.Hypervisor.Configuration;
 using Nestor.Hypervisor.Devices.Interrupts;
 using Nestor.Hypervisor.Engines;
 using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Hosting;
 using Nestor.Hypervisor.Techniques;
 using Nestor.Hypervisor;
 using Nestor.Machine.Addresses;
 using Nestor.Machine.Virtualization;
-using Nestor.Tests.Shared;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Integration.Tests;

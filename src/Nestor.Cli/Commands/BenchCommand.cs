@@ -60,20 +60,9 @@ internal static class BenchCommand
                 }
                 return 0;
             }
-            catch (NestorException e)
-            {
-                Console.Error.WriteLine($"nestor: {e.Message}");
-                if (e.Advice is not null)
-                {
-                    Console.Error.WriteLine($"  what to do: {e.Advice}");
-                }
-                return ExitStatus.For(e);
-            }
             catch (Exception e)
             {
-                Console.Error.WriteLine($"nestor: internal error: {e.Message}");
-                Console.Error.WriteLine(parse.GetValue(verbose) ? e.ToString() : "  (run with --verbose for details, and please report it)");
-                return ExitStatus.InternalError;
+                return CommandErrors.Report(e, parse.GetValue(verbose));
             }
         });
         return command;

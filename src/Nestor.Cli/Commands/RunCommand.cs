@@ -330,25 +330,9 @@ internal static class RunCommand
             }
             return status;
         }
-        catch (NestorException e)
-        {
-            Console.Error.WriteLine($"nestor: {e.Message}");
-            if (e.Advice is not null)
-            {
-                Console.Error.WriteLine($"  what to do: {e.Advice}");
-            }
-            return ExitStatus.For(e);
-        }
-        catch (KvmException e)
-        {
-            Console.Error.WriteLine($"nestor: {e.Message}");
-            return ExitStatus.EngineFailure;
-        }
         catch (Exception e)
         {
-            Console.Error.WriteLine($"nestor: internal error: {e.Message}");
-            Console.Error.WriteLine(verbose ? e.ToString() : "  (run with --verbose for details, and please report it)");
-            return ExitStatus.InternalError;
+            return CommandErrors.Report(e, verbose);
         }
         finally
         {

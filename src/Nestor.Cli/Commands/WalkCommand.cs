@@ -48,12 +48,7 @@ internal static class WalkCommand
             }
             catch (NestorException e)
             {
-                Console.Error.WriteLine($"nestor: {e.Message}");
-                if (e.Advice is not null)
-                {
-                    Console.Error.WriteLine($"  what to do: {e.Advice}");
-                }
-                return ExitStatus.For(e);
+                return CommandErrors.Report(e);
             }
         });
         return command;

@@ -251,10 +251,18 @@ public static class HostConfiguration
             throw new BadInputException($"{at}.cpu.limit: {l}% is below the reservation {reservation}%", "A limit must be at least the reservation");
         }
         int vcpus = vm.Vcpus ?? 1;
-        if (vcpus != 1)
+        if (vcpus < 1)
         {
-            throw new BadInputException($"{at}.vcpus: {vcpus} vCPUs: the software machine runs one vCPU per VM (it has no SMP start-up yet)",
-                "Give vcpus 1; several VMs give the host more vCPUs than CPUs");
+            throw new BadInputException($"{at}.vcpus: {vcpus} is not a number of vCPUs", "Give vcpus 1, or leave it out");
+        }
+        if (vcpus > 1)
+        {
+            // A second vCPU would need the guest's SMP start-up (INIT, then two start-up IPIs to each application
+            // processor, Intel SDM Vol. 3A §9.4 and §10.6), which the software machine's local APIC does not deliver:
+            // the VM's other vCPUs would never run, so the host refuses rather than admit CPU it cannot schedule.
+            throw new BadInputException(
+                $"{at}.vcpus: {vcpus} vCPUs refused: a VM on this host has exactly one vCPU, because the software machine does not model the INIT-SIPI-SIPI start-up of a second one (its other vCPUs would never run)",
+                "Give vcpus 1 (or leave it out); to overcommit the host's CPUs, run more one-vCPU VMs than --host-cpus");
         }
         var sim = ParseTechnique(vm.Technique ?? "native", vm.Mmu, at);
         var kernel = Kernel(vm.Kernel ?? "builtin:nestoros", max, at);

@@ -14,7 +14,7 @@ public static class HostReport
         long elapsed = Math.Max(1, host.Now);
         output.WriteLine($"host: {host.Scheduler.HostCpus} CPU(s), scheduler {host.Scheduler.Name}, {clock.Milliseconds(host.Now):0.###} ms of virtual time " +
                          $"({clock.CyclesPerMillisecond / 1000.0:0.###} MHz virtual clock), {host.Rounds:N0} rounds of {clock.Milliseconds(host.Scheduler.RoundCycles):0.###} ms");
-        output.WriteLine($"{"vm",-12} {"state",-8} {"tech",-6} {"shares",6} {"resv%",5} {"limit%",6} {"run ms",10} {"ready ms",10} {"cpu %",6} {"wakeups",7} {"lat ms",7}  outcome");
+        output.WriteLine($"{"vm",-12} {"state",-8} {"tech",-6} {"shares",6} {"resv%",5} {"limit%",6} {"run ms",10} {"ready ms",10} {"cpu %",6} {"wakeups",7} {"lat ms",7} {"mem MiB",7}  outcome");
         foreach (var vm in host.Vms)
         {
             var v = vm.Vcpu;
@@ -22,7 +22,7 @@ public static class HostReport
             double latency = v.Wakeups > 0 ? clock.Milliseconds(v.WakeLatencyCycles) / v.Wakeups : 0;
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{vm.Name,-12} {vm.State.ToString().ToLowerInvariant(),-8} {vm.Technique,-6} {v.Controls.Shares,6} {v.Controls.ReservationPercent,5:0.#} {limit,6} " +
-                $"{clock.Milliseconds(v.RunCycles),10:0.###} {clock.Milliseconds(v.ReadyCycles),10:0.###} {100.0 * v.RunCycles / elapsed,6:0.0} {v.Wakeups,7} {latency,7:0.###}  {vm.Outcome}"));
+                $"{clock.Milliseconds(v.RunCycles),10:0.###} {clock.Milliseconds(v.ReadyCycles),10:0.###} {100.0 * v.RunCycles / elapsed,6:0.0} {v.Wakeups,7} {latency,7:0.###} {vm.AllocatedBytes() / (1024.0 * 1024),7:0.0}  {vm.Outcome}"));
         }
         var a = host.Admission;
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,

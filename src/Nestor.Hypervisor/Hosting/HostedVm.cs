@@ -56,6 +56,29 @@ public sealed class HostedVm : IDisposable
 
     internal Thread? Thread { get; set; }
 
+    /// <summary>Host memory backing its guest pages now (ESX's "consumed" memory, before sharing): under a VMM, the
+    /// guest pages its P2M has given a host frame (<see cref="Paging.GuestPhysicalMap.TouchedPages"/> × 4 KiB); without
+    /// one (native), the pages of its RAM mapping resident in the host (mincore), since the guest touches that mapping
+    /// directly. Zero before it is created. A guest that touches little is far below its memory size: RAM is
+    /// <c>MAP_NORESERVE</c> and frames are given on first touch.</summary>
+    public ulong AllocatedBytes()
+    {
+        if (Vm is not { } vm)
+        {
+            return 0;
+        }
+        if (vm.Host.PhysicalMapOf(vm) is { } map)
+        {
+            return (ulong)map.TouchedPages * 0x1000;
+        }
+        ulong bytes = 0;
+        foreach (var (_, backing) in vm.Memory.Regions)
+        {
+            bytes += backing.ResidentBytes();
+        }
+        return bytes;
+    }
+
     /// <summary>The technique as the CLI spells it.</summary>
     public string Technique => Spec.Sim.Technique switch
     {

@@ -42,6 +42,9 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
     private long idleCpuRounds;
     private bool started;
     private bool durationOver;
+    // VMs the dispatcher stopped between rounds (their duration or run limit is over), whose threads it waits for
+    // before the next round (VcpuQuantum.WaitFinished says why).
+    private readonly List<HostedVm> stoppedBetweenRounds = [];
 
     /// <param name="spec">What the host has and runs.</param>
     /// <param name="console">Where VMs without a serial file write their prefixed lines (null: nowhere; the report
@@ -222,12 +225,16 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
                     {
                         vm.EndedAsPlanned = true;
                         StopVm(vm, $"stopped: the host's run of {duration:0.###} ms of virtual time is over", VmOutcomeKind.Timeout);
-                        if (vm.Vcpu.State is VcpuRunState.Paused or VcpuRunState.Blocked)
-                        {
-                            vm.Vcpu.State = VcpuRunState.Runnable; // it must run to see the stop
-                        }
+                        stoppedBetweenRounds.Add(vm);
                     }
                 }
+            }
+            if (FinishStopped())
+            {
+                continue;
+            }
+            lock (gate)
+            {
                 WakeSleepers();
                 scheduler.Assign(now, hostCpus);
                 for (int i = 0; i < hostCpus.Length; i++)
@@ -289,6 +296,34 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
         }
     }
 
+    // Waits, outside the gate (a VM's thread may take it on its way out, e.g. a serial flood's stop), until every VM
+    // stopped between rounds has ended, then marks them done; true if there were any.
+    private bool FinishStopped()
+    {
+        HostedVm[] stopped;
+        lock (gate)
+        {
+            if (stoppedBetweenRounds.Count == 0)
+            {
+                return false;
+            }
+            stopped = [.. stoppedBetweenRounds];
+            stoppedBetweenRounds.Clear();
+        }
+        foreach (var vm in stopped)
+        {
+            vm.Quantum.WaitFinished();
+        }
+        lock (gate)
+        {
+            foreach (var vm in stopped)
+            {
+                vm.Vcpu.State = VcpuRunState.Done;
+            }
+        }
+        return true;
+    }
+
     // A vCPU about to run: the ready time it waited, and its wake-up latency if it woke from HLT.
     private void Charge(ScheduledVcpu v)
     {
@@ -323,6 +358,8 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
         {
             vm.EndedAsPlanned = true;
             StopVm(vm, $"stopped: its run limit of {limit:0.###} ms of virtual time passed", VmOutcomeKind.Timeout);
+            stoppedBetweenRounds.Add(vm);
+            return;
         }
         if (v.State == VcpuRunState.Paused)
         {
@@ -573,6 +610,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
             new("wake_latency_max", (ulong)(v.MaximumWakeLatencyCycles / us), "us"),
             new("guest_clock", (ulong)v.GuestClock, "cycles"),
             new("memory_size", vm.Vm?.Memory.Size ?? 0, "bytes"),
+            new("memory_allocated", vm.AllocatedBytes(), "bytes"),
             new("vm_exits", (ulong)(vm.Vm?.Exits.TotalExits ?? 0), ""),
         };
         list.AddRange(scheduler.CountersOf(v));

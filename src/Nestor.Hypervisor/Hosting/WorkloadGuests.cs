@@ -56,26 +56,8 @@ public static class WorkloadGuests
 
         a.mov(rsp, stack);
         a.mov(rbx, 0xFEE00000UL);
-        // IDT gate for vector 32 (SDM Vol. 3A §6.14.1), LIDT, 8259s masked, APIC on.
-        a.mov(rdi, idt + 32 * 16);
-        a.lea(rax, __[handler]);
-        a.mov(__word_ptr[rdi], ax);
-        a.mov(__word_ptr[rdi + 2], 0x08);
-        a.mov(__word_ptr[rdi + 4], 0x8E00);
-        a.shr(rax, 16);
-        a.mov(__word_ptr[rdi + 6], ax);
-        a.shr(rax, 16);
-        a.mov(__dword_ptr[rdi + 8], eax);
-        a.mov(__dword_ptr[rdi + 12], 0);
-        a.mov(rdi, scratch);
-        a.mov(__word_ptr[rdi], 0xFFF);
-        a.mov(rax, idt);
-        a.mov(__qword_ptr[rdi + 2], rax);
-        a.lidt(__[rdi]);
-        a.mov(al, 0xFF);
-        a.@out(0x21, al);
-        a.@out(0xA1, al);
-        a.mov(__dword_ptr[rbx + 0xF0], 0x1FF);
+        // IDT gate for vector 32, LIDT, 8259s masked, APIC on.
+        GuestInterruptSetup.Emit(a, idt, 32, handler, scratch, rbx);
         a.mov(__dword_ptr[rbx + 0x3E0], 0xB);               // divide by 1
         a.mov(__dword_ptr[rbx + 0x320], 32 | (1 << 17));    // periodic, vector 32
         a.mov(__dword_ptr[rbx + 0x380], TickerPeriod);

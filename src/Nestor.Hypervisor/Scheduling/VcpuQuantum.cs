@@ -7,6 +7,7 @@ public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
 {
     private readonly Lock gate = new();
     private readonly SemaphoreSlim dispatched = new(0);
+    private readonly ManualResetEventSlim ended = new(false);
     private CountdownEvent? round;
     private long budget;
     private bool awaitingReport;
@@ -100,6 +101,13 @@ public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
         }
     }
 
+    /// <summary>The host: waits until the vCPU's run has ended (after <see cref="Stop"/>). The host stops a VM between
+    /// rounds (its duration or run limit is over) and then waits here before it decides the next round, so that the
+    /// one instruction the engine runs to see the stop is never inside a round (it is not charged) and the VM is
+    /// never dispatched again: whether its thread or the next round came first would otherwise decide both, and two
+    /// identical runs could differ by that cycle.</summary>
+    public void WaitFinished() => ended.Wait();
+
     /// <summary>The vCPU's thread: its run is over, with the clock and count of its final state.</summary>
     public void Finish(long clock, long instructionsRetired) => Report(clock, instructionsRetired, finished: true);
 
@@ -122,9 +130,17 @@ public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
                 done = round;
             }
         }
+        if (finished)
+        {
+            ended.Set();
+        }
         done?.Signal();
     }
 
     /// <inheritdoc/>
-    public void Dispose() => dispatched.Dispose();
+    public void Dispose()
+    {
+        dispatched.Dispose();
+        ended.Dispose();
+    }
 }

@@ -6,10 +6,10 @@ using Nestor.Hypervisor.Devices.Legacy.Ata;
 using Nestor.Hypervisor.Devices.Storage;
 using Nestor.Hypervisor.Engines;
 using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Hosting;
 using Nestor.Hypervisor.Techniques;
 using Nestor.Machine.Addresses;
 using Nestor.Machine.Virtualization;
-using Nestor.Tests.Shared;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Hypervisor.Tests.Devices;

@@ -43,6 +43,17 @@ public class HostConfigurationTests
         Assert.StartsWith("HOST.json: ", error.Message);
     }
 
+    [Theory]
+    [InlineData(4, "4 vCPUs refused: a VM on this host has exactly one vCPU", "INIT-SIPI-SIPI")]
+    [InlineData(0, "0 is not a number of vCPUs", "vcpus 1")]
+    public void More_than_one_vcpu_is_refused_saying_why(int vcpus, string message, string detail)
+    {
+        var file = new HostConfigFile { Vms = [HostConfiguration.ParseVmOption($"a=builtin:spin,vcpus={vcpus}")] };
+        var error = Assert.Throws<BadInputException>(() => HostConfiguration.ToSpec(file, "--vm"));
+        Assert.Contains("vms[0].vcpus: " + message, error.Message);
+        Assert.Contains(detail, error.Message + " " + error.Advice);
+    }
+
     [Fact]
     public void A_vm_option_gives_the_same_fields()
     {

@@ -5,10 +5,10 @@ using Nestor.Hypervisor.Devices;
 using Nestor.Hypervisor.Engines;
 using Nestor.Hypervisor.Errors;
 using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Hosting;
 using Nestor.Hypervisor.ServiceVm;
 using Nestor.Hypervisor.Techniques;
 using Nestor.Machine.Addresses;
-using Nestor.Tests.Shared;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Hypervisor.Tests.ServiceVm;

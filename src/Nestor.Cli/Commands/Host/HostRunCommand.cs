@@ -28,9 +28,11 @@ internal static class HostRunCommand
         var duration = new Option<double?>("--duration-ms") { Description = "Run the host for this many milliseconds of virtual time, then stop every VM still running" };
         var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
         var apiSocket = new Option<string?>("--api-socket") { Description = "Serve the control API on this Unix socket while the host runs (nestor host ctl, nestor host top; docs/host.md)" };
+        var watch = new Option<bool>("--watch") { Description = "Redraw the report's table while the VMs run (plain key=value lines when stdout is not a terminal)" };
+        var watchInterval = new Option<double>("--watch-interval") { Description = "Seconds between --watch views (default 1)", DefaultValueFactory = _ => 1.0 };
         var command = new Command("run", "Power on many VMs on one host and run them until each has ended")
         {
-            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose, apiSocket,
+            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose, apiSocket, watch, watchInterval,
         };
         command.SetAction(parse =>
         {
@@ -59,8 +61,14 @@ internal static class HostRunCommand
                 {
                     spec = spec with { WallTimeout = TypedOptions.ToTimeSpan(seconds) };
                 }
+                double every = parse.GetValue(watchInterval);
+                if (!(every >= 0.05 && every <= 3600))
+                {
+                    throw new BadInputException($"--watch-interval {every.ToString(System.Globalization.CultureInfo.InvariantCulture)} is out of range", "Give between 0.05 and 3600 seconds");
+                }
                 using var host = new VirtualMachineHost(spec, Console.Out);
                 using (parse.GetValue(apiSocket) is { } socketPath ? Hypervisor.Hosting.ControlApi.ControlApiServer.Start(socketPath, host) : null)
+                using (parse.GetValue(watch) ? HostReportWatch.Start(host, Console.Out, TimeSpan.FromSeconds(every), terminal: !Console.IsOutputRedirected) : null)
                 {
                     host.Run();
                 }
@@ -68,20 +76,9 @@ internal static class HostRunCommand
                 HostReport.Write(host, Console.Out);
                 return HostReport.AllSucceeded(host) ? 0 : 1;
             }
-            catch (NestorException e)
-            {
-                Console.Error.WriteLine($"nestor: {e.Message}");
-                if (e.Advice is not null)
-                {
-                    Console.Error.WriteLine($"  what to do: {e.Advice}");
-                }
-                return ExitStatus.For(e);
-            }
             catch (Exception e)
             {
-                Console.Error.WriteLine($"nestor: internal error: {e.Message}");
-                Console.Error.WriteLine(parse.GetValue(verbose) ? e.ToString() : "  (run with --verbose for details, and please report it)");
-                return ExitStatus.InternalError;
+                return CommandErrors.Report(e, parse.GetValue(verbose));
             }
         });
         return command;

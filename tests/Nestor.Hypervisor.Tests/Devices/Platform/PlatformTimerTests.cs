@@ -1,7 +1,7 @@
 using Iced.Intel;
 using Nestor.Hypervisor.Devices.Platform;
 using Nestor.Hypervisor.Devices.Platform.Timers;
-using Nestor.Tests.Shared;
+using Nestor.Hypervisor.Hosting;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Hypervisor.Tests.Devices.Platform;

@@ -1,6 +1,6 @@
-using Nestor.Tests.Shared;
 using Iced.Intel;
 using Nestor.Hypervisor.Devices.Virtio;
+using Nestor.Hypervisor.Hosting;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Hypervisor.Tests.Devices.Virtio;

@@ -1,10 +1,11 @@
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
 
-namespace Nestor.Tests.Shared;
+namespace Nestor.Hypervisor.Hosting;
 
-/// <summary>What the ring-0 test guests that take a device's interrupt through the I/O APIC all do first (compiled
-/// into each test project that needs it).</summary>
+/// <summary>What the small ring-0 guests that take an interrupt (the built-in ticker's local APIC timer, the tests'
+/// device interrupts through the I/O APIC) all do first: one implementation, used by <see cref="WorkloadGuests"/> and
+/// the tests.</summary>
 internal static class GuestInterruptSetup
 {
     /// <summary>Emits: a 64-bit interrupt gate (type 0xE, present, DPL 0, selector 8; SDM Vol. 3A §6.14.1) for
