@@ -1,6 +1,7 @@
 /* Processes, the scheduler (run until block: a process runs until it waits, yields or exits), system calls,
  * copy-on-write fork and demand paging. */
 #include "block.h"
+#include "swap.h"
 
 #define MAX_PROCESSES 64
 #define MAX_MAPS 16
@@ -52,8 +53,17 @@ extern char __user_text_size[], __user_size[];
 
 static const char *const program_names[] = {
     "init", "hello", "forkwait", "syscall", "pagefault", "memtouch", "ptchurn", "compute", "sensitive", "fault", "preempt", "mmutest",
-    "nanobench", "disktest", "diskbench", "diskcheck", 0,
+    "nanobench", "disktest", "diskbench", "diskcheck", "swaptouch", 0,
 };
+
+/* swap.c's clock walks every process's user space through these. */
+int process_table_size(void) { return MAX_PROCESSES; }
+u64 process_pml4_at(int index)
+{
+    struct process *p = &processes[index];
+    if ((p->state != RUNNABLE && p->state != WAITING) || p->pml4 == kernel_pml4 || !p->pml4) return 0;
+    return p->pml4;
+}
 
 static u64 stack_top_of(struct process *p) { return (u64)kernel_stacks[p - processes] + KERNEL_STACK_SIZE; }
 
@@ -122,7 +132,11 @@ static i64 load_program(struct trap_frame *f, const char *name, const char *args
     memcpy(line + n + 1, args, m + 1);
 
     write_cr3(kernel_pml4);
-    address_space_destroy(current->pml4);
+    /* No address space while the old one is torn down: creating the new one may page out (swap.c), whose clock must
+     * not walk freed tables. */
+    u64 old = current->pml4;
+    current->pml4 = kernel_pml4;
+    address_space_destroy(old);
     current->pml4 = address_space_create();
     write_cr3(current->pml4);
     memset(current->maps, 0, sizeof(current->maps));
@@ -196,6 +210,7 @@ static void process_exit(int status)
     p->state = ZOMBIE;
     if (p->pid == 1) {
         extern u64 frames_at_init;
+        swap_report();
         kprintf("NestorOS: init exited with status %d; %lu frames free (%lu when init started)\n", status,
                 frames_free_count(), frames_at_init);
         machine_exit((u32)status);
@@ -227,7 +242,9 @@ void kill_current(struct trap_frame *f, u64 vector, u64 address)
     extern const char *exception_name(u64 vector);
     kprintf("NestorOS: process %d (%s) killed: %s at address 0x%lx, rip 0x%lx, error code 0x%lx%s\n",
             current->pid, current->name, exception_name(vector), address, f->rip, f->error,
-            out_of_memory ? " (out of memory: no free frame to map there; give the VM more memory)" : "");
+            !out_of_memory ? ""
+            : swap_enabled() ? " (out of memory: no free frame, and no page could be swapped out; give the VM more memory or more swap)"
+            : " (out of memory: no free frame to map there; give the VM more memory, or a swap disk: --disk and swap=DEV)");
     out_of_memory = 0;
     process_exit(KILLED_BY_FAULT + (int)vector);
 }
@@ -330,6 +347,12 @@ int user_page_fault(u64 address, u64 error)
     (void)error;
     u64 va = address & ~(PAGE_SIZE - 1);
     u64 *pte = pte_lookup(current->pml4, va, 0);
+    if (pte && pte_is_swap(*pte)) {
+        /* A major fault: the page is in a swap slot (swap.c). */
+        if (swap_fault(pte, va) == 0) return 0;
+        out_of_memory = 1;
+        return -1;
+    }
     if (pte && (*pte & PTE_P)) {
         if ((error & 2) && (*pte & PTE_COW)) {
             u64 frame = *pte & PTE_ADDR;
@@ -432,6 +455,7 @@ u64 syscall_dispatch(struct trap_frame *f)
     case SYS_KINFO: {
         if (f->rdi == 1) return timer_ticks;
         if (f->rdi == 2) return preemptions;
+        if (f->rdi == 4) return frames_free_count();   /* swaptouch: how many pages fit without swapping */
         if (f->rdi == 3) { /* the sensitive instructions, executed by the kernel itself */
             extern void sensitive_probe(u64 *out);
             u64 out[9];

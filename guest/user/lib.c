@@ -75,6 +75,7 @@ int user_main(int argc, char **argv)
     if (!strcmp(p, "disktest")) return main_disktest(argc, argv);
     if (!strcmp(p, "diskbench")) return main_diskbench(argc, argv);
     if (!strcmp(p, "diskcheck")) return main_diskcheck(argc, argv);
+    if (!strcmp(p, "swaptouch")) return main_swaptouch(argc, argv);
     print("no such program: %s\n", p);
     return 127;
 }

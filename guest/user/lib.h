@@ -55,4 +55,5 @@ int main_nanobench(int argc, char **argv);
 int main_disktest(int argc, char **argv);
 int main_diskbench(int argc, char **argv);
 int main_diskcheck(int argc, char **argv);
+int main_swaptouch(int argc, char **argv);
 #endif

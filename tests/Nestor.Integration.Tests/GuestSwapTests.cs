@@ -1,0 +1,156 @@
+using System.Text;
+using System.Text.RegularExpressions;
+using Nestor.Hypervisor;
+using Nestor.Hypervisor.BuiltIn;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Devices.Storage;
+using Nestor.Hypervisor.Engines;
+using Xunit.Abstractions;
+
+namespace Nestor.Integration.Tests;
+
+/// <summary>NestorOS's demand paging with a swap area on a disk (guest/kernel/swap.c, docs/overcommit.md "Guest
+/// swapping"), booted on sim with little memory: <c>swaptouch</c> writes a pattern over more pages than the guest has
+/// free and reads every page back. Without swap the kernel kills it for want of a frame (and does not panic); with
+/// <c>swap=DEV</c> on a virtio-blk or an ATA disk, under hardware assist with nested and with shadow paging, every page
+/// comes back as written (the checksum is recomputed here), the kernel's swap counters show the traffic, every slot
+/// and frame is given back, and the programs init runs next still pass.</summary>
+public class GuestSwapTests(ITestOutputHelper output)
+{
+    /// <summary>8 MiB of guest RAM leaves NestorOS about 4.5 MiB of free frames (the kernel, its bss and the block
+    /// layer's 1 MiB bounce buffer take the rest), so 1,600 pages (6.25 MiB) cannot all be resident.</summary>
+    private const ulong SmallMemory = 8UL << 20;
+    private const int Pages = 1600;
+    private const int SwapDiskBytes = 16 << 20;
+
+    private const ulong FnvOffset = 0xcbf29ce484222325, FnvPrime = 0x100000001b3;
+
+    private static ulong Fmix64(ulong x)
+    {
+        x ^= x >> 33;
+        x *= 0xff51afd7ed558ccd;
+        x ^= x >> 33;
+        x *= 0xc4ceb9fe1a85ec53;
+        x ^= x >> 33;
+        return x;
+    }
+
+    /// <summary>swaptouch's checksum (guest/user/swaptouch.c), computed here from its stated pattern: FNV-1a over word
+    /// k of page i = fmix64(i &lt;&lt; 16 ^ k ^ 0x5357415054434855), pages in ascending order.</summary>
+    internal static string SwaptouchChecksum(int pages)
+    {
+        ulong checksum = FnvOffset;
+        for (ulong i = 0; i < (ulong)pages; i++)
+        {
+            for (ulong k = 0; k < 512; k++)
+            {
+                checksum = (checksum ^ Fmix64(i << 16 ^ k ^ 0x5357415054434855)) * FnvPrime;
+            }
+        }
+        return checksum.ToString("x");
+    }
+
+    private static (VmOutcome Outcome, string Serial) Boot(string commandLine, string technique, ulong memory, params DiskConfig[] disks)
+    {
+        var serial = new MemoryStream();
+        using var vm = Vm.Create(new VmConfig
+        {
+            Kernel = new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf),
+            MemoryBytes = memory,
+            CommandLine = commandLine,
+            SerialOutput = serial,
+            Timeout = TimeSpan.FromMinutes(8),
+            Disks = disks,
+        });
+        var run = vm.Run(NestorOSDiskOnSimTests.Engine(technique));
+        vm.Serial.Flush();
+        return (run.Outcome, Encoding.UTF8.GetString(serial.ToArray()));
+    }
+
+    private static string SwapDisk()
+    {
+        string path = NestorProcess.TempPath(".img");
+        using (var file = File.Create(path))
+        {
+            file.SetLength(SwapDiskBytes);
+        }
+        return path;
+    }
+
+    private static void AssertFramesAllReturned(string serial)
+    {
+        var m = Regex.Match(serial, @"(\d+) frames free \((\d+) when init started\)");
+        Assert.True(m.Success, serial);
+        Assert.Equal(m.Groups[2].Value, m.Groups[1].Value);
+    }
+
+    [Fact]
+    public void Without_swap_swaptouch_is_killed_for_want_of_memory_and_the_kernel_carries_on()
+    {
+        var (outcome, serial) = Boot($"swaptouch {Pages} ; hello", "hw-nested", SmallMemory);
+        output.WriteLine(serial);
+
+        Assert.Equal(VmOutcomeKind.DebugExit, outcome.Kind);
+        Assert.Equal(1u, outcome.GuestStatus);                 // init: one program failed
+        Assert.DoesNotContain("panic", serial);
+        Assert.Matches(@"process \d+ \(swaptouch\) killed: page fault at address 0x[0-9a-f]+.*\(out of memory: no free frame to map there; give the VM more memory, or a swap disk", serial);
+        Assert.DoesNotContain("RESULT swaptouch", serial);
+        Assert.DoesNotContain("RESULT swap ", serial);          // no swap, no swap counters
+        Assert.Contains("RESULT hello", serial);
+        Assert.Contains("RESULT init programs=2 failures=1", serial);
+        AssertFramesAllReturned(serial);
+    }
+
+    public static TheoryData<string, DiskInterface, int, string> Techniques() => new()
+    {
+        // Two virtio disks: the swap area is the second, by name.
+        { "hw-nested", DiskInterface.Virtio, 2, "vdb" },
+        { "hw-shadow", DiskInterface.Ata, 1, "ata0" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Techniques))]
+    public void With_swap_every_page_comes_back_as_written_and_init_programs_still_pass(string technique, DiskInterface kind, int disks, string device)
+    {
+        var attached = Enumerable.Range(0, disks).Select(_ => new DiskConfig(SwapDisk(), kind)).ToArray();
+        var (outcome, serial) = Boot($"swap={device} swaptouch {Pages} ; hello ; forkwait 100 ; pagefault 100 ; memtouch 2 rand", technique, SmallMemory, attached);
+        output.WriteLine(serial);
+
+        Assert.True(outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
+        Assert.Contains($"NestorOS: swap on {device}: {SwapDiskBytes / 4096} slots of 4 KiB", serial);
+        var touch = DiskTestModel.Result(serial, "swaptouch");
+        Assert.Equal(Pages.ToString(), touch["pages"]);
+        Assert.True(ulong.Parse(touch["free_at_start"]) < Pages, $"the guest had {touch["free_at_start"]} free frames: {Pages} pages fit without swapping");
+        Assert.Equal("0", touch["bad_pages"]);
+        Assert.Equal(SwaptouchChecksum(Pages), touch["checksum"]);
+
+        var swap = DiskTestModel.Result(serial, "swap");
+        output.WriteLine(string.Join(' ', swap.Select(kv => $"{kv.Key}={kv.Value}")));
+        Assert.Equal(device, swap["device"]);
+        ulong outs = ulong.Parse(swap["pages_out"]), ins = ulong.Parse(swap["pages_in"]);
+        // At least the pages beyond what was free went out, and the verify pass read them back.
+        ulong beyond = Pages - ulong.Parse(touch["free_at_start"]);
+        Assert.True(outs >= beyond, $"{outs} pages out, but {beyond} did not fit");
+        Assert.True(ins >= beyond, $"{ins} pages in, but {beyond} had to come back");
+        Assert.Equal(swap["pages_in"], swap["major_faults"]);
+        Assert.Equal(("0", "0", "0"), (swap["slots_in_use"], swap["io_errors"], swap["swap_full"]));
+        Assert.True(ulong.Parse(swap["peak_slots"]) >= beyond);
+
+        foreach (string program in new[] { "hello", "forkwait", "pagefault", "memtouch" })
+        {
+            Assert.Contains($"RESULT {program} ", serial);
+        }
+        Assert.Contains("RESULT init programs=5 failures=0", serial);
+        AssertFramesAllReturned(serial);
+    }
+
+    [Fact]
+    public void A_swap_option_naming_no_disk_is_reported_and_the_guest_runs_without_swap()
+    {
+        var (outcome, serial) = Boot("swap=vdz hello", "hw-nested", SmallMemory);
+        Assert.Equal(0u, outcome.GuestStatus);
+        Assert.Contains("NestorOS: swap=vdz: there is no block device vdz; running without swap", serial);
+        Assert.Contains("RESULT hello", serial);
+        Assert.DoesNotContain("RESULT swap ", serial);
+    }
+}
