@@ -106,6 +106,9 @@ public class GuestSwapTests(ITestOutputHelper output)
         // Two virtio disks: the swap area is the second, by name.
         { "hw-nested", DiskInterface.Virtio, 2, "vdb" },
         { "hw-shadow", DiskInterface.Ata, 1, "ata0" },
+        { "pv", DiskInterface.Virtio, 1, "vda" },
+        // The ring-1 kernel's REP INSW: swap.c's staging frame keeps it off frames that were page tables lately.
+        { "trap", DiskInterface.Ata, 1, "ata0" },
     };
 
     [Theory]
