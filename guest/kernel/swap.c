@@ -120,7 +120,11 @@ static int page_out_one(void)
         u64 *pte = pml4 ? next_present_leaf((u64 *)pml4, 3, 0, hand_va, &va) : 0;
         if (!pte) {
             hand_va = 0;
-            if (++hand_process == processes) { hand_process = 0; wraps++; }
+            if (++hand_process == processes) {
+                hand_process = 0;
+                wraps++;
+                pv_flush();                   /* the next round must read the A bits this one cleared */
+            }
             continue;
         }
         hand_va = va + PAGE_SIZE;

@@ -5,6 +5,9 @@ using Nestor.Hypervisor.BuiltIn;
 using Nestor.Hypervisor.Configuration;
 using Nestor.Hypervisor.Devices.Storage;
 using Nestor.Hypervisor.Engines;
+using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Reference;
+using Nestor.Hypervisor.Techniques;
 using Xunit.Abstractions;
 
 namespace Nestor.Integration.Tests;
@@ -62,7 +65,7 @@ public class GuestSwapTests(ITestOutputHelper output)
             Timeout = TimeSpan.FromMinutes(8),
             Disks = disks,
         });
-        var run = vm.Run(NestorOSDiskOnSimTests.Engine(technique));
+        var run = vm.Run(technique == "trap" ? new SimEngine(new SimOptions { Technique = Technique.TrapAndEmulate }) : NestorOSDiskOnSimTests.Engine(technique));
         vm.Serial.Flush();
         return (run.Outcome, Encoding.UTF8.GetString(serial.ToArray()));
     }
@@ -147,6 +150,20 @@ public class GuestSwapTests(ITestOutputHelper output)
         AssertFramesAllReturned(serial);
     }
 
+    /// <summary>nestor bench checks the line as NestorOS reads it: swap= needs a device name that fits, and swaptouch a
+    /// page count.</summary>
+    [Theory]
+    [InlineData("the kernel option swap= names a block device (at most 7 characters), not ''", "swap=", "swaptouch", "10")]
+    [InlineData("the kernel option swap= names a block device (at most 7 characters), not 'verylongname'", "swap=verylongname", "swaptouch", "10")]
+    [InlineData("swaptouch's PAGES must be a whole number of at least 1, not 'many'", "swaptouch", "many")]
+    [InlineData("swaptouch's PAGES must be at least 1, not 0", "swaptouch", "0")]
+    public void Bench_refuses_swap_options_and_arguments_nestoros_would_misread(string message, params string[] arguments)
+    {
+        var r = NestorProcess.Run(TimeSpan.FromSeconds(60), ["bench", .. arguments]);
+        Assert.True(r.ExitCode == 120, r.ToString());
+        Assert.Contains(message, r.Stderr);
+    }
+
     [Fact]
     public void A_swap_option_naming_no_disk_is_reported_and_the_guest_runs_without_swap()
     {
@@ -155,5 +172,41 @@ public class GuestSwapTests(ITestOutputHelper output)
         Assert.Contains("NestorOS: swap=vdz: there is no block device vdz; running without swap", serial);
         Assert.Contains("RESULT hello", serial);
         Assert.DoesNotContain("RESULT swap ", serial);
+    }
+}
+
+/// <summary>The same paging on the reference machine (QEMU TCG), whose MMU sets the accessed bits the clock reads
+/// as hardware does: an IDE disk on QEMU's PC, virtio-blk on microvm.</summary>
+public class GuestSwapOnQemuTests(ITestOutputHelper output)
+{
+    private const int Pages = 1600;
+
+    [Theory]
+    [InlineData(QemuDiskInterface.Ide, "ata0")]
+    [InlineData(QemuDiskInterface.VirtioMmio, "vda")]
+    public void Swaptouch_with_swap_on_qemu_gets_every_page_back(QemuDiskInterface kind, string device)
+    {
+        string kernel = NestorProcess.WriteTemp(BuiltInGuests.NestorOS(), ".elf");
+        string disk = NestorProcess.TempPath(".img");
+        using (var file = File.Create(disk))
+        {
+            file.SetLength(16 << 20);
+        }
+        var serial = new MemoryStream();
+        var outcome = QemuReferenceMachine.Run(kernel, 8UL << 20, $"swap={device} swaptouch {Pages} ; hello", serial, TimeSpan.FromMinutes(4),
+            disks: [new QemuDisk(disk, kind)]);
+        File.Delete(kernel);
+        string text = Encoding.UTF8.GetString(serial.ToArray());
+        output.WriteLine(text);
+
+        Assert.False(outcome.TimedOut, text);
+        Assert.True(outcome.GuestStatus == 0, text + outcome.Diagnostics);
+        var touch = DiskTestModel.Result(text, "swaptouch");
+        Assert.True(ulong.Parse(touch["free_at_start"]) < Pages, text);
+        Assert.Equal(("0", GuestSwapTests.SwaptouchChecksum(Pages)), (touch["bad_pages"], touch["checksum"]));
+        var swap = DiskTestModel.Result(text, "swap");
+        Assert.True(ulong.Parse(swap["pages_in"]) >= Pages - ulong.Parse(touch["free_at_start"]), text);
+        Assert.Equal(("0", "0"), (swap["slots_in_use"], swap["io_errors"]));
+        Assert.Contains("RESULT init programs=2 failures=0", text);
     }
 }
