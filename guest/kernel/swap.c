@@ -9,7 +9,8 @@
  * Shared frames are excluded: a frame whose reference count is above 1 (a fork's copy-on-write sharing, before either
  * side writes) is passed over, because NestorOS keeps no reverse map to find its other entries. A swap entry that
  * fork copies is shared instead, by a per-slot count of the entries that name it (Linux's swap_map): each side reads
- * the slot into its own frame, and the slot is freed with its last entry. Program text (PTE_IMAGE) is never paged out.
+ * the slot into its own frame, and the slot is freed with its last entry. Program text (PTE_IMAGE) and pages pinned
+ * into the balloon (PTE_NOSWAP) are never paged out.
  *
  * The transfers do not use the block layer's bounce buffer: a fault can happen in the middle of a blkio call's copy
  * into or out of it. A page goes out straight from its frame (physically contiguous and identity-mapped, so its
@@ -130,7 +131,7 @@ static int page_out_one(void)
         hand_va = va + PAGE_SIZE;
         scanned++;
         u64 e = *pte, frame = e & PTE_ADDR;
-        if (e & PTE_IMAGE) continue;
+        if (e & (PTE_IMAGE | PTE_NOSWAP)) continue;
         if (frame_refcount(frame) != 1) { shared_skipped++; continue; }
         if (e & PTE_A) {
             /* Second chance. The A bit is only a hint: a stale TLB entry in another address space cannot set it
