@@ -56,10 +56,13 @@ static const char *const program_names[] = {
     "nanobench", "disktest", "diskbench", "diskcheck", "swaptouch", 0,
 };
 
-/* swap.c's clock walks every process's user space through these. */
-int process_table_size(void) { return MAX_PROCESSES; }
+/* swap.c's clock walks every process's user space through these; the last index is the child a fork is building
+ * (not in the table yet, but its entries share the parent's frames). */
+static u64 forking_pml4;
+int process_table_size(void) { return MAX_PROCESSES + 1; }
 u64 process_pml4_at(int index)
 {
+    if (index == MAX_PROCESSES) return forking_pml4;
     struct process *p = &processes[index];
     if ((p->state != RUNNABLE && p->state != WAITING) || p->pml4 == kernel_pml4 || !p->pml4) return 0;
     return p->pml4;
@@ -254,7 +257,10 @@ static i64 sys_fork(struct trap_frame *f)
     struct process *child = allocate_process();
     if (!child) return -E_NOMEM;
     child->pml4 = address_space_create();
-    if (address_space_fork(current->pml4, child->pml4) < 0) {
+    forking_pml4 = child->pml4;
+    int forked = address_space_fork(current->pml4, child->pml4);
+    forking_pml4 = 0;
+    if (forked < 0) {
         address_space_destroy(child->pml4);
         child->state = FREE;
         return -E_NOMEM;
@@ -360,7 +366,11 @@ int user_page_fault(u64 address, u64 error)
             if (frame_refcount(frame) == 1) {
                 pt_set_entry(pte, frame | flags);
             } else {
+                /* Held while a frame is found, so that paging out (swap.c) cannot take it: its entries would then
+                 * not account for its whole reference count. */
+                frame_ref(frame);
                 u64 copy = frame_alloc();
+                frame_unref(frame);
                 if (!copy) { out_of_memory = 1; return -1; }
                 memcpy((void *)copy, (void *)frame, PAGE_SIZE);
                 pt_set_entry(pte, copy | flags);

@@ -6,11 +6,14 @@
  * PTE_SWAP, the slot number in the address bits, as Linux's swp_entry_t) and its TLB entry is invalidated. A fault on
  * a swap entry reads the slot back into a fresh frame (a major fault).
  *
- * Shared frames are excluded: a frame whose reference count is above 1 (a fork's copy-on-write sharing, before either
- * side writes) is passed over, because NestorOS keeps no reverse map to find its other entries. A swap entry that
- * fork copies is shared instead, by a per-slot count of the entries that name it (Linux's swap_map): each side reads
- * the slot into its own frame, and the slot is freed with its last entry. Program text (PTE_IMAGE) and pages pinned
- * into the balloon (PTE_NOSWAP) are never paged out.
+ * Shared frames (a fork's copy-on-write sharing, before either side writes) are handled too. NestorOS keeps no
+ * reverse map, but fork is its only way to share a frame and keeps the virtual address, so a shared victim's other
+ * entries are looked up at the same address in every process (and in the child a fork is building): only when the
+ * entries found account for the whole reference count (no kernel path holds the frame, no entry is half copied) and
+ * none has its accessed bit set is the frame written once and every entry made the same swap entry. The slot counts
+ * the entries that name it (Linux's swap_map), as it does for a swap entry fork copies: each side reads the slot into
+ * its own frame, and the slot is freed with its last entry. Program text (PTE_IMAGE) and pages pinned into the
+ * balloon (PTE_NOSWAP) are never paged out.
  *
  * The transfers do not use the block layer's bounce buffer: a fault can happen in the middle of a blkio call's copy
  * into or out of it. A page goes out straight from its frame (physically contiguous and identity-mapped, so its
@@ -35,7 +38,7 @@ static u64 staging;                            /* one frame: where a page is rea
 static int hand_process;
 static u64 hand_va;
 
-static u64 pages_out, pages_in, major_faults, second_chances, scanned, shared_skipped, io_errors, swap_full;
+static u64 pages_out, pages_in, major_faults, second_chances, scanned, shared_out, shared_skipped, io_errors, swap_full;
 
 int swap_enabled(void) { return device != 0; }
 
@@ -111,6 +114,66 @@ static u64 *next_present_leaf(u64 *table, int level, u64 base, u64 from, u64 *fo
     return 0;
 }
 
+/* The entries at `va` of every process (and of a child fork is building) that map `frame`; the count found. */
+#define SHARERS 80
+static struct { u64 *entry; u64 va, pml4; } sharers[SHARERS];
+
+static int find_sharers(u64 frame, u64 va)
+{
+    int found = 0;
+    for (int p = 0; p < process_table_size() && found < SHARERS; p++) {
+        u64 pml4 = process_pml4_at(p);
+        u64 *e = pml4 ? pte_lookup(pml4, va, 0) : 0;
+        if (!e || !(*e & PTE_P) || (*e & PTE_ADDR) != frame) continue;
+        sharers[found].entry = e;
+        sharers[found].va = va;
+        sharers[found].pml4 = pml4;
+        found++;
+    }
+    return found;
+}
+
+static int write_slot(i64 slot, u64 frame, u64 va)
+{
+    if (block_transfer(device, BLK_OP_WRITE, (u64)slot * SECTORS_PER_SLOT, SECTORS_PER_SLOT, frame) == 0) return 0;
+    io_errors++;
+    slot_put((u64)slot);
+    kprintf("NestorOS: swap: writing slot %ld of %s failed; page at 0x%lx kept in memory\n", slot, device->name, va);
+    return -1;
+}
+
+/* A shared frame as victim: 1 when paged out, 0 when passed over (its second chance, or entries not all found). */
+static int page_out_shared(u64 frame, u64 va)
+{
+    u32 references = frame_refcount(frame);
+    int found = find_sharers(frame, va), accessed = 0;
+    if (found != (int)references) { shared_skipped++; return 0; }
+    for (int i = 0; i < found; i++) {
+        u64 e = *sharers[i].entry;
+        if (e & PTE_NOSWAP) { shared_skipped++; return 0; }
+        if (e & PTE_A) {
+            pt_set_entry(sharers[i].entry, e & ~PTE_A);
+            if (read_cr3() == sharers[i].pml4) invlpg(sharers[i].va);
+            accessed = 1;
+        }
+    }
+    if (accessed) { second_chances++; return 0; }
+    i64 slot = slot_alloc();
+    if (slot < 0) { swap_full++; return 0; }
+    if (write_slot(slot, frame, sharers[0].va) < 0) return 0;
+    slot_users[slot] = (u8)found;
+    for (int i = 0; i < found; i++) {
+        u64 e = *sharers[i].entry;
+        pt_set_entry(sharers[i].entry, ((u64)slot << 12) | PTE_SWAP | (e & (PTE_U | PTE_W | PTE_COW | PTE_NX)));
+        if (read_cr3() == sharers[i].pml4) invlpg(sharers[i].va);
+    }
+    pv_flush();
+    for (int i = 0; i < found; i++) frame_unref(frame);
+    pages_out++;
+    shared_out++;
+    return 1;
+}
+
 /* Pages out one user page. Returns 1 when a frame went back to the free list. */
 static int page_out_one(void)
 {
@@ -132,7 +195,6 @@ static int page_out_one(void)
         scanned++;
         u64 e = *pte, frame = e & PTE_ADDR;
         if (e & (PTE_IMAGE | PTE_NOSWAP)) continue;
-        if (frame_refcount(frame) != 1) { shared_skipped++; continue; }
         if (e & PTE_A) {
             /* Second chance. The A bit is only a hint: a stale TLB entry in another address space cannot set it
              * again, but CR3 loads flush those (user pages are not global). */
@@ -141,14 +203,16 @@ static int page_out_one(void)
             second_chances++;
             continue;
         }
+        if (frame_refcount(frame) != 1) {
+            /* The walk for its other entries may clear their A bits: the next lookups must see that. */
+            int out = page_out_shared(frame, va);
+            pv_flush();
+            if (out) return 1;
+            continue;
+        }
         i64 slot = slot_alloc();
         if (slot < 0) { swap_full++; return 0; }
-        if (block_transfer(device, BLK_OP_WRITE, (u64)slot * SECTORS_PER_SLOT, SECTORS_PER_SLOT, frame) < 0) {
-            io_errors++;
-            slot_put((u64)slot);
-            kprintf("NestorOS: swap: writing slot %ld of %s failed; page at 0x%lx kept in memory\n", slot, device->name, va);
-            return 0;
-        }
+        if (write_slot(slot, frame, va) < 0) return 0;
         /* Keep U, W, NX and COW so that the page comes back with the permissions it had. */
         pt_set_entry(pte, ((u64)slot << 12) | PTE_SWAP | (e & (PTE_U | PTE_W | PTE_COW | PTE_NX)));
         if (read_cr3() == pml4) invlpg(va);
@@ -232,7 +296,7 @@ void swap_report(void)
 {
     if (!device) return;
     kprintf("RESULT swap device=%s slots=%lu pages_out=%lu pages_in=%lu major_faults=%lu second_chances=%lu scanned=%lu "
-            "shared_skipped=%lu peak_slots=%lu slots_in_use=%lu swap_full=%lu io_errors=%lu\n",
-            device->name, slot_count, pages_out, pages_in, major_faults, second_chances, scanned, shared_skipped,
+            "shared_out=%lu shared_skipped=%lu peak_slots=%lu slots_in_use=%lu swap_full=%lu io_errors=%lu\n",
+            device->name, slot_count, pages_out, pages_in, major_faults, second_chances, scanned, shared_out, shared_skipped,
             slots_peak, slots_used, swap_full, io_errors);
 }

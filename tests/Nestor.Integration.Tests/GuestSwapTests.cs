@@ -157,11 +157,36 @@ public class GuestSwapTests(ITestOutputHelper output)
     [InlineData("the kernel option swap= names a block device (at most 7 characters), not 'verylongname'", "swap=verylongname", "swaptouch", "10")]
     [InlineData("swaptouch's PAGES must be a whole number of at least 1, not 'many'", "swaptouch", "many")]
     [InlineData("swaptouch's PAGES must be at least 1, not 0", "swaptouch", "0")]
+    [InlineData("swaptouch's MODE is one of fork, not 'spoon'", "swaptouch", "10", "spoon")]
     public void Bench_refuses_swap_options_and_arguments_nestoros_would_misread(string message, params string[] arguments)
     {
         var r = NestorProcess.Run(TimeSpan.FromSeconds(60), ["bench", .. arguments]);
         Assert.True(r.ExitCode == 120, r.ToString());
         Assert.Contains(message, r.Stderr);
+    }
+
+    /// <summary>With <c>fork</c>, a child forked after the writes checks every page while they are shared: frames
+    /// shared copy-on-write must be paged out from both sides at once (one slot, two entries), swap entries copied by
+    /// fork read back on either side.</summary>
+    [Theory]
+    [InlineData("hw-nested", DiskInterface.Virtio, "vda")]
+    [InlineData("hw-shadow", DiskInterface.Ata, "ata0")]
+    public void Pages_shared_by_fork_are_paged_out_from_both_sides_and_come_back_to_each(string technique, DiskInterface kind, string device)
+    {
+        var (outcome, serial) = Boot($"swap={device} swaptouch {Pages} fork ; hello", technique, SmallMemory, new DiskConfig(SwapDisk(), kind));
+        output.WriteLine(serial);
+
+        Assert.True(outcome.Kind == VmOutcomeKind.DebugExit && outcome.GuestStatus == 0, outcome.Message + "\n" + serial);
+        string checksum = SwaptouchChecksum(Pages);
+        var child = DiskTestModel.Result(serial, "swaptouch_child");
+        Assert.Equal(("0", checksum), (child["bad_pages"], child["checksum"]));
+        var parent = DiskTestModel.Result(serial, "swaptouch");
+        Assert.Equal(("0", checksum, "0"), (parent["bad_pages"], parent["checksum"], parent["child_status"]));
+        var swap = DiskTestModel.Result(serial, "swap");
+        Assert.True(ulong.Parse(swap["shared_out"]) > 0, "no shared frame was paged out: the child ran with fewer frames than it needed only if some were");
+        Assert.Equal(("0", "0", "0"), (swap["slots_in_use"], swap["io_errors"], swap["swap_full"]));
+        Assert.Contains("RESULT init programs=2 failures=0", serial);
+        AssertFramesAllReturned(serial);
     }
 
     [Fact]

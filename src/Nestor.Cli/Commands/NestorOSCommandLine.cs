@@ -53,7 +53,7 @@ internal static class NestorOSCommandLine
             new Parameter("SIZE", 4096, Minimum: SectorBytes, Multiple: SectorBytes, Maximum: MaximumTransfer), new Parameter("COUNT", 100)),
         new("diskcheck", new Parameter("DEV", AnyWord: true)),
         // guest/user/swaptouch.c: 0 pages is refused by the program.
-        new("swaptouch", new Parameter("PAGES", 4096, Minimum: 1)),
+        new("swaptouch", new Parameter("PAGES", 4096, Minimum: 1), new Parameter("MODE", Words: ["fork"])),
     ];
 
     /// <summary>Programs that print their usage and fail unless given all their arguments.</summary>
