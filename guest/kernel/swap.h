@@ -7,12 +7,12 @@
 #include "kernel.h"
 
 #define PTE_A    (1UL << 5)      /* accessed: set by the MMU on any access (SDM Vol. 3A §4.8) */
-/* Only in a not-present entry: the page is in swap slot PTE_ADDR >> 12. Bit 52 (ignored by the MMU, SDM Vol. 3A
- * Table 4-19) rather than one of 9-11, which mark present pages (COW, IMAGE, and bit 11 below). */
+/* Bit 52 (ignored by the MMU, SDM Vol. 3A Table 4-19) means one thing in a not-present entry and another in a present
+ * one. Not present: the page is in swap slot PTE_ADDR >> 12. Present: the page must stay in memory whatever the clock
+ * says, the bit the balloon driver sets on the pages a process pins into the balloon (virtio_balloon.h's PTE_PINNED):
+ * their frames are the host's now. */
 #define PTE_SWAP (1UL << 52)
-/* A present page that must stay in memory whatever the clock says: bit 11, which the balloon driver sets on the pages
- * a process pins into the balloon (virtio_balloon.h's PTE_PINNED): their frames are the host's now. */
-#define PTE_NOSWAP (1UL << 11)
+#define PTE_NOSWAP (1UL << 52)
 
 static inline int pte_is_swap(u64 e) { return !(e & PTE_P) && (e & PTE_SWAP); }
 
