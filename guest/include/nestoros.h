@@ -30,6 +30,7 @@ typedef unsigned long usize;
 #define SYS_EXEC    11
 #define SYS_KINFO   12   /* what the kernel observes about itself: CPL of its own code */
 #define KINFO_STEAL 4    /* SYS_KINFO 4: the vCPU's steal time in ns (kernel/steal.c), all ones without the device */
+#define KINFO_FREE_FRAMES 5 /* SYS_KINFO 5: the kernel's free frames now (swaptouch) */
 #define SYS_MMUTEST 13   /* the MMU permission matrix (kernel/mmutest.c) */
 #define SYS_NANOBENCH 14 /* Adams & Agesen's nanobenchmarks in the kernel (kernel/nanobench.c): op, count */
 #define SYS_BLKINFO 15   /* blkinfo(index, &struct blk_info): a block device of the block layer (kernel/block.c) */

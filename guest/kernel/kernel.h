@@ -61,6 +61,8 @@ void frame_unref(u64 frame);     /* frees at refcount 0 */
 u32 frame_refcount(u64 frame);
 u64 frames_free_count(void);
 void frames_init_refcounts(u64 top);
+/* Called by frame_alloc when the free list is empty (swap.c pages a user page out); nonzero when it freed a frame. */
+extern int (*frames_low)(void);
 
 /* paging.c: every page-table write goes through pt_set_entry (the paravirtual hook). */
 void paging_init(void);

@@ -2,6 +2,7 @@
  * kernel's own page tables and CPU tables, and start init. */
 #include "blkring.h"
 #include "virtio_balloon.h"
+#include "swap.h"
 
 extern char __image_start[], __bss_end[];
 
@@ -112,9 +113,12 @@ void kernel_main(int kind, u64 info)
     /* Disks, found by probing (docs/devices.md); the block layer's options lead the command line. */
     struct block_options options = { 0, 0, 0, 0, SERVICE_VM_NONE, 0, 0 };
     const char *commands = block_parse_options(cmdline, &options);
+    /* swap=DEV (swap.c) may come before, after or between the block layer's options. */
+    for (const char *after; (after = swap_parse_option(commands)) != commands; ) commands = block_parse_options(after, &options);
     /* The service VM's back-end runs no processes: no timer to preempt them (blkback.c), and no init. */
     if (options.service_vm != SERVICE_VM_BACK) timer_init();
     block_init(&options);
+    swap_init();
     if (options.service_vm == SERVICE_VM_BACK) blkback_serve(options.forge_response);
     virtio_balloon_probe(total);
     frames_at_init = frames_free_count();

@@ -7,6 +7,7 @@ static u64 free_list;
 static u64 free_count;
 static u16 *refcounts;
 static u64 refcount_frames;
+int (*frames_low)(void);
 
 void frames_init_refcounts(u64 top)
 {
@@ -43,6 +44,7 @@ void frames_add_range(u64 start, u64 end)
 u64 frame_alloc(void)
 {
     u64 f = free_list;
+    if (!f && frames_low && frames_low()) f = free_list;
     if (!f && balloon_deflate_on_oom()) f = free_list;   /* VIRTIO_BALLOON_F_DEFLATE_ON_OOM (virtio_balloon.c) */
     if (!f) return 0;
     free_list = *(u64 *)f;

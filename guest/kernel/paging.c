@@ -1,7 +1,7 @@
 /* The kernel's page tables and per-process address spaces (Intel SDM Vol. 3A §4.5, 4-level paging).
  * PML4 entry 0 (the first 512 GiB) is the kernel's identity map of the first 4 GiB, supervisor-only, shared by
  * every address space; user space lives in PML4 entries 1..255. Page 0 is left unmapped so null pointers fault. */
-#include "kernel.h"
+#include "swap.h"
 
 u64 kernel_pml4;
 int running_on_nestor;
@@ -138,6 +138,11 @@ int map_page(u64 pml4, u64 va, u64 frame, u64 flags)
 void unmap_page(u64 pml4, u64 va)
 {
     u64 *e = pte_lookup(pml4, va, 0);
+    if (e && pte_is_swap(*e)) {          /* paged out: only its swap slot to give back */
+        swap_entry_free(*e);
+        pt_set_entry(e, 0);
+        return;
+    }
     if (!e || !(*e & PTE_P)) return;
     u64 old = *e;
     pt_set_entry(e, 0);
@@ -146,14 +151,18 @@ void unmap_page(u64 pml4, u64 va)
 }
 
 /* Visits every present user leaf entry below `table` (level 3 = PML4, whose user entries are 1..255; level 0 = page
- * table). With `release`, each page-table page is freed once everything below it has been visited. */
+ * table), and every swap entry (swap.h: a paged-out page, not present), so that fork and exit see those too. With
+ * `release`, each page-table page is freed once everything below it has been visited. */
 typedef void (*leaf_visitor)(u64 *entry, u64 va, void *context);
 
 static void walk_level(u64 *table, int level, u64 base, leaf_visitor visit, void *context, int release)
 {
     u64 first = level == 3 ? 1 : 0, last = level == 3 ? 256 : 512;
     for (u64 i = first; i < last; i++) {
-        if (!(table[i] & PTE_P)) continue;
+        if (!(table[i] & PTE_P)) {
+            if (level == 0 && pte_is_swap(table[i])) visit(&table[i], base | (i << 12), context);
+            continue;
+        }
         u64 va = base | (i << (12 + 9 * level));
         if (level == 0) {
             visit(&table[i], va, context);
@@ -178,7 +187,8 @@ static void walk_user(u64 pml4, leaf_visitor visit, void *context)
 static void release_leaf(u64 *entry, u64 va, void *context)
 {
     (void)va; (void)context;
-    if (!(*entry & PTE_IMAGE)) frame_unref(*entry & PTE_ADDR);
+    if (pte_is_swap(*entry)) swap_entry_free(*entry);
+    else if (!(*entry & PTE_IMAGE)) frame_unref(*entry & PTE_ADDR);
     pt_set_entry(entry, 0);
 }
 
@@ -197,6 +207,14 @@ static void share_leaf(u64 *entry, u64 va, void *context)
 {
     struct fork_context *c = context;
     u64 e = *entry;
+    if (pte_is_swap(e)) {
+        /* A paged-out page: the child names the same slot, which now has one more user (swap.c). */
+        swap_entry_dup(e);
+        u64 *child = pte_lookup(c->child, va, 1);
+        if (!child) { c->failed = 1; swap_entry_free(e); return; }
+        pt_set_entry(child, e);
+        return;
+    }
     if (e & PTE_W) {
         /* Copy-on-write: both sides lose write permission until one of them writes. */
         e = (e & ~PTE_W) | PTE_COW;

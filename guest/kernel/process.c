@@ -2,6 +2,7 @@
  * copy-on-write fork and demand paging. */
 #include "block.h"
 #include "virtio_balloon.h"
+#include "swap.h"
 
 #define MAX_PROCESSES 64
 #define MAX_MAPS 16
@@ -53,8 +54,20 @@ extern char __user_text_size[], __user_size[];
 
 static const char *const program_names[] = {
     "init", "hello", "forkwait", "syscall", "pagefault", "memtouch", "ptchurn", "compute", "sensitive", "fault", "preempt", "mmutest",
-    "nanobench", "disktest", "diskbench", "diskcheck", "balloon", "steal", 0,
+    "nanobench", "disktest", "diskbench", "diskcheck", "balloon", "steal", "swaptouch", 0,
 };
+
+/* swap.c's clock walks every process's user space through these; the last index is the child a fork is building
+ * (not in the table yet, but its entries share the parent's frames). */
+static u64 forking_pml4;
+int process_table_size(void) { return MAX_PROCESSES + 1; }
+u64 process_pml4_at(int index)
+{
+    if (index == MAX_PROCESSES) return forking_pml4;
+    struct process *p = &processes[index];
+    if ((p->state != RUNNABLE && p->state != WAITING) || p->pml4 == kernel_pml4 || !p->pml4) return 0;
+    return p->pml4;
+}
 
 static u64 stack_top_of(struct process *p) { return (u64)kernel_stacks[p - processes] + KERNEL_STACK_SIZE; }
 
@@ -123,7 +136,11 @@ static i64 load_program(struct trap_frame *f, const char *name, const char *args
     memcpy(line + n + 1, args, m + 1);
 
     write_cr3(kernel_pml4);
-    address_space_destroy(current->pml4);
+    /* No address space while the old one is torn down: creating the new one may page out (swap.c), whose clock must
+     * not walk freed tables. */
+    u64 old = current->pml4;
+    current->pml4 = kernel_pml4;
+    address_space_destroy(old);
     current->pml4 = address_space_create();
     write_cr3(current->pml4);
     memset(current->maps, 0, sizeof(current->maps));
@@ -198,6 +215,7 @@ static void process_exit(int status)
     p->state = ZOMBIE;
     if (p->pid == 1) {
         extern u64 frames_at_init;
+        swap_report();
         kprintf("NestorOS: init exited with status %d; %lu frames free (%lu when init started)\n", status,
                 frames_free_count(), frames_at_init);
         machine_exit((u32)status);
@@ -229,7 +247,9 @@ void kill_current(struct trap_frame *f, u64 vector, u64 address)
     extern const char *exception_name(u64 vector);
     kprintf("NestorOS: process %d (%s) killed: %s at address 0x%lx, rip 0x%lx, error code 0x%lx%s\n",
             current->pid, current->name, exception_name(vector), address, f->rip, f->error,
-            out_of_memory ? " (out of memory: no free frame to map there; give the VM more memory)" : "");
+            !out_of_memory ? ""
+            : swap_enabled() ? " (out of memory: no free frame, and no page could be swapped out; give the VM more memory or more swap)"
+            : " (out of memory: no free frame to map there; give the VM more memory, or a swap disk: --disk and swap=DEV)");
     out_of_memory = 0;
     process_exit(KILLED_BY_FAULT + (int)vector);
 }
@@ -239,7 +259,10 @@ static i64 sys_fork(struct trap_frame *f)
     struct process *child = allocate_process();
     if (!child) return -E_NOMEM;
     child->pml4 = address_space_create();
-    if (address_space_fork(current->pml4, child->pml4) < 0) {
+    forking_pml4 = child->pml4;
+    int forked = address_space_fork(current->pml4, child->pml4);
+    forking_pml4 = 0;
+    if (forked < 0) {
         address_space_destroy(child->pml4);
         child->state = FREE;
         return -E_NOMEM;
@@ -332,6 +355,12 @@ int user_page_fault(u64 address, u64 error)
     (void)error;
     u64 va = address & ~(PAGE_SIZE - 1);
     u64 *pte = pte_lookup(current->pml4, va, 0);
+    if (pte && pte_is_swap(*pte)) {
+        /* A major fault: the page is in a swap slot (swap.c). */
+        if (swap_fault(pte, va) == 0) return 0;
+        out_of_memory = 1;
+        return -1;
+    }
     if (pte && (*pte & PTE_P)) {
         if ((error & 2) && (*pte & PTE_COW)) {
             u64 frame = *pte & PTE_ADDR;
@@ -339,7 +368,11 @@ int user_page_fault(u64 address, u64 error)
             if (frame_refcount(frame) == 1) {
                 pt_set_entry(pte, frame | flags);
             } else {
+                /* Held while a frame is found, so that paging out (swap.c) cannot take it: its entries would then
+                 * not account for its whole reference count. */
+                frame_ref(frame);
                 u64 copy = frame_alloc();
+                frame_unref(frame);
                 if (!copy) { out_of_memory = 1; return -1; }
                 memcpy((void *)copy, (void *)frame, PAGE_SIZE);
                 pt_set_entry(pte, copy | flags);
@@ -437,6 +470,7 @@ u64 syscall_dispatch(struct trap_frame *f)
         if (f->rdi == 1) return timer_ticks;
         if (f->rdi == 2) return preemptions;
         if (f->rdi == KINFO_STEAL) { extern u64 steal_time_ns(void); return steal_time_ns(); }
+        if (f->rdi == KINFO_FREE_FRAMES) return frames_free_count();   /* swaptouch: how many pages fit without swapping */
         if (f->rdi == 3) { /* the sensitive instructions, executed by the kernel itself */
             extern void sensitive_probe(u64 *out);
             u64 out[9];

@@ -77,6 +77,7 @@ int user_main(int argc, char **argv)
     if (!strcmp(p, "diskcheck")) return main_diskcheck(argc, argv);
     if (!strcmp(p, "balloon")) return main_balloon(argc, argv);
     if (!strcmp(p, "steal")) return main_steal(argc, argv);
+    if (!strcmp(p, "swaptouch")) return main_swaptouch(argc, argv);
     print("no such program: %s\n", p);
     return 127;
 }

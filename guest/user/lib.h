@@ -57,4 +57,5 @@ int main_diskbench(int argc, char **argv);
 int main_diskcheck(int argc, char **argv);
 int main_balloon(int argc, char **argv);
 int main_steal(int argc, char **argv);
+int main_swaptouch(int argc, char **argv);
 #endif

@@ -9,7 +9,8 @@ namespace Nestor.Cli.Commands;
 /// anything else (so <c>forkwait -5</c> and <c>forkwait abc</c> would quietly run <c>forkwait 40000</c>) and wraps
 /// past 2^64; no program takes an option, so a word beginning with <c>-</c> is a mistyped option of nestor's. The line
 /// may begin with the kernel's options (<c>ata=</c>, <c>virtio=</c>, <c>ndma=</c> poll or irq, <c>virtioseg=BYTES</c>,
-/// <c>servicevm=front|back</c>, <c>blkfront=forge</c>, <c>blkback=forge</c>; guest/kernel/block.c, docs/guest.md), which the kernel takes off
+/// <c>servicevm=front|back</c>, <c>blkfront=forge</c>, <c>blkback=forge</c>; guest/kernel/block.c, docs/guest.md; <c>swap=DEV</c>,
+/// guest/kernel/swap.c), which the kernel takes off
 /// before init sees the rest.</summary>
 internal static class NestorOSCommandLine
 {
@@ -51,6 +52,8 @@ internal static class NestorOSCommandLine
         new("diskbench", new Parameter("DEV", AnyWord: true), new Parameter("OP", Words: ["read", "write"]),
             new Parameter("SIZE", 4096, Minimum: SectorBytes, Multiple: SectorBytes, Maximum: MaximumTransfer), new Parameter("COUNT", 100)),
         new("diskcheck", new Parameter("DEV", AnyWord: true)),
+        // guest/user/swaptouch.c: 0 pages is refused by the program.
+        new("swaptouch", new Parameter("PAGES", 4096, Minimum: 1), new Parameter("MODE", Words: ["fork"])),
     ];
 
     /// <summary>Programs that print their usage and fail unless given all their arguments.</summary>
@@ -148,6 +151,13 @@ internal static class NestorOSCommandLine
             return value is "front" or "back" ? true : throw new BadInputException($"the kernel option servicevm= is front or back, not '{value}'",
                 "Give servicevm=front (the user VM of a pair; nestor run --service-vm adds it) or servicevm=back (the service VM)");
         }
+        if (key == "swap")
+        {
+            // guest/kernel/swap.c keeps 7 characters of the device's name, as the block layer does (block.h).
+            return value.Length is > 0 and <= 7 && !value.Contains(';') ? true : throw new BadInputException(
+                $"the kernel option swap= names a block device (at most 7 characters), not '{value}'",
+                "Give e.g. swap=vdb with a second --disk, or swap=ata0 with --disk FILE,if=ata");
+        }
         if (key == "blkback")
         {
             return value == "forge" ? true : throw new BadInputException($"the kernel option blkback= is forge, not '{value}'",
@@ -159,7 +169,7 @@ internal static class NestorOSCommandLine
                 "Give blkfront=forge (the front-end sends one request with a forged grant reference) or leave it out");
         }
         throw new BadInputException($"there is no NestorOS kernel option '{key}='",
-            "The kernel's options, before the program: ata=poll|irq, virtio=poll|irq, ndma=poll|irq, virtioseg=BYTES, servicevm=front|back, blkfront=forge, blkback=forge");
+            "The kernel's options, before the program: ata=poll|irq, virtio=poll|irq, ndma=poll|irq, virtioseg=BYTES, servicevm=front|back, blkfront=forge, blkback=forge, swap=DEV");
     }
 
     private static void CheckCommand(List<string> command)
