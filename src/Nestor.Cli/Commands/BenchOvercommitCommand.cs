@@ -68,16 +68,21 @@ internal static class BenchOvercommitCommand
     private static Command Swap()
     {
         var fraction = new Option<double>("--fraction") { Description = "Resident target as a fraction of the pages the VM touches alone", DefaultValueFactory = _ => 0.5 };
+        var diskUs = new Option<double>("--disk-us") { Description = "Modelled host swap disk latency per 4 KiB read or write, in µs (an assumption: a SATA SSD's random 4 KiB access)", DefaultValueFactory = _ => 100 };
         var directory = new Option<string>("--swap-dir") { Description = "Where the host swap file goes", DefaultValueFactory = _ => Path.GetTempPath() };
-        var workload = Workload();
+        var workload = new Option<string>("--workload") { Description = "The VM's NestorOS command line", DefaultValueFactory = _ => "memtouch 16 rand ; compute 20000" };
         var memory = Memory();
         var command = new Command("swap", "A NestorOS VM squeezed by host swapping (random and clock victims): slowdown and swap counts")
         {
-            fraction, directory, workload, memory,
+            fraction, directory, workload, memory, diskUs,
         };
         command.SetAction(parse => Guarded(() =>
         {
-            double f = parse.GetValue(fraction);
+            double f = parse.GetValue(fraction), us = parse.GetValue(diskUs);
+            if (!(us >= 0) || double.IsInfinity(us))
+            {
+                throw new BadInputException($"--disk-us must be a number of microseconds, not {us}", "Give e.g. --disk-us 100");
+            }
             if (!(f > 0 && f <= 1))
             {
                 throw new BadInputException($"--fraction must be in (0, 1], not {f}", "Give e.g. --fraction 0.5 to squeeze the VM to half its pages");
@@ -88,18 +93,22 @@ internal static class BenchOvercommitCommand
             var c = CultureInfo.InvariantCulture;
             var baseline = rows[0];
             Console.WriteLine(string.Create(c, $"One NestorOS VM ({bytes >> 20} MiB, '{cmdline}', hw + nested paging) alone, then squeezed by host swapping to {f:0.##} of the {baseline.TouchedPages} pages it touches (target enforced every 50,000 instructions). Measured {DateTime.UtcNow:yyyy-MM-dd}."));
-            Console.WriteLine($"{"run",-9} {"target",7} {"peak res",8} {"swap out",8} {"swap in",8} {"2x-page",7} {"2nd-ch",7} {"EPT faults",10} {"guest Mcyc",10} {"wall s",7} {"slowdown",8} {"results",8}");
+            Console.WriteLine($"{"run",-9} {"target",7} {"peak res",8} {"swap out",8} {"swap in",8} {"2x-page",7} {"2nd-ch",7} {"EPT faults",10} {"guest Mcyc",10} {"wall s",7} {"slowdown",8} {"model",6} {"results",8}");
             foreach (var r in rows)
             {
                 string target = r.TargetPages?.ToString(c) ?? "-";
                 double slowdown = r.Wall.TotalSeconds / baseline.Wall.TotalSeconds;
-                Console.WriteLine(string.Create(c, $"{r.Name,-9} {target,7} {r.PeakResident,8} {r.SwappedOut,8} {r.SwappedIn,8} {r.DoublePaging,7} {r.SecondChances,7} {r.NestedFaults,10} {r.GuestCycles / 1e6,10:0.00} {r.Wall.TotalSeconds,7:0.00} {slowdown,8:0.00} {(r.Native ? "native" : "DIFFER"),8}"));
+                // Modelled: the guest's own time at the default 1 GHz clock plus the swap disk's time for each page moved.
+                double guestUs = r.GuestCycles / (Nestor.Hypervisor.Scheduling.HostClock.Default.CyclesPerMillisecond / 1000.0);
+                double modelled = (guestUs + (r.SwappedIn + r.SwappedOut) * us) / guestUs;
+                Console.WriteLine(string.Create(c, $"{r.Name,-9} {target,7} {r.PeakResident,8} {r.SwappedOut,8} {r.SwappedIn,8} {r.DoublePaging,7} {r.SecondChances,7} {r.NestedFaults,10} {r.GuestCycles / 1e6,10:0.00} {r.Wall.TotalSeconds,7:0.00} {slowdown,8:0.00} {modelled,6:0.00} {(r.Native ? "native" : "DIFFER"),8}"));
                 if (r.Error is not null)
                 {
                     Console.WriteLine($"  {r.Name}: swapping stopped: {r.Error}");
                 }
             }
-            Console.WriteLine("2x-page: double paging, counted as swap-ins caused by a device's DMA read (none without a guest disk). Slowdown: host wall time against the baseline's.");
+            Console.WriteLine("2x-page: double paging, counted as swap-ins caused by a device's DMA read (none without a guest disk). Slowdown: host wall time against the baseline's (after a warm-up run); the guest's own cycles do not change, its time is its own.");
+            Console.WriteLine(string.Create(c, $"Model: (guest time at 1 GHz + (swap-ins + swap-outs) × {us:0.#} µs of swap disk) / guest time, the disk time a host would wait without overlapping it."));
             return rows.All(r => r.Native) ? 0 : throw new WorkloadFailedException("a squeezed run's RESULT lines differ from the baseline's", "Report it: host swapping must not change what the guest computes");
         }));
         return command;

@@ -24,6 +24,7 @@ public static class SwapBench
     public static IReadOnlyList<SwapBenchRow> Run(string workload, ulong memoryBytes, double fraction, string swapDirectory, long sliceInstructions = 50_000)
     {
         var rows = new List<SwapBenchRow>();
+        RunOne("warm-up", workload, memoryBytes, null, null, null, sliceInstructions); // the JIT's first run is not the baseline
         var baseline = RunOne("baseline", workload, memoryBytes, null, null, null, sliceInstructions);
         rows.Add(baseline.Row with { Native = true });
         long target = Math.Max(1, (long)(baseline.Row.TouchedPages * fraction));
