@@ -10,6 +10,9 @@ namespace Nestor.Hypervisor.Devices;
 /// of the assigned kind does not use this: its DMA goes through the IOMMU's remapping to host-physical memory.</summary>
 public sealed class GuestDma(GuestMemory memory)
 {
+    /// <summary>Called before a read with its guest-physical range: an engine brings host-swapped pages back there.</summary>
+    public Action<GuestPhysical, int>? BeforeRead { get; set; }
+
     /// <summary>Called before a write with its guest-physical range: an engine makes shared frames private there.</summary>
     public Action<GuestPhysical, int>? BeforeWrite { get; set; }
 
@@ -35,6 +38,7 @@ public sealed class GuestDma(GuestMemory memory)
             Refused++;
             return false;
         }
+        BeforeRead?.Invoke(address, destination.Length);
         memory.Span(address, destination.Length).CopyTo(destination);
         BytesRead += destination.Length;
         return true;

@@ -148,6 +148,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             var shadow = nestedPaging ? null
                 : new ShadowPaging(physicalMap, pool, vm.Memory) { VerifyAfterEachChange = options.VerifyShadowPaging, Devices = vm.Bus };
             physicalMap.Attach(cpu.Mmu, nested, shadow);
+            physicalMap.BackingInstalled = host => machine.PhysicalMemoryWritten(new HostPhysical(host), 0x1000); // frame numbers are reused
             lastVmcs = vmcs = new VmControlStructure();
             lastMonitor = monitor = VirtualMachineMonitor.Create(vm, vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);
             (lastPhysicalMap, lastNestedTable) = (physicalMap, nested);
@@ -199,6 +200,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 dmaMap.Touch(new GuestPhysical(page), write: true);
             }
         };
+        vm.Dma.BeforeRead = dmaMap is null ? null : (address, length) => dmaMap.DeviceRead(address.Value, length); // host-swapped pages come back
         vm.Dma.Written = (address, length) =>
         {
             if (dmaMap is null)

@@ -72,6 +72,10 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
         }
     }
 
+    /// <summary>Called on the dispatch thread after each round, while every vCPU waits, with the host and the round's
+    /// length in cycles: where page sharing and host swapping run (Memory/Sharing, Memory/Swapping).</summary>
+    public Action<Host, long>? BetweenRounds { get; set; }
+
     /// <summary>The VMs in the order configured.</summary>
     public IReadOnlyList<HostedVm> Vms => vms;
 
@@ -274,6 +278,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
                 continue;
             }
             roundDone.Wait();
+            BetweenRounds?.Invoke(host!, round); // every vCPU is stopped: the host's memory managers may change the P2Ms
             lock (gate)
             {
                 for (int i = 0; i < dispatched.Length; i++)

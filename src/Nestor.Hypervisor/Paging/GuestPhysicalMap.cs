@@ -56,6 +56,14 @@ public sealed partial class GuestPhysicalMap : IDisposable
     /// <summary>Writes to shared frames that the VMM resolved by giving the writer a private copy.</summary>
     public long CopyOnWriteBreaks { get; private set; }
 
+    /// <summary>Called with the host-physical address of every host frame the map starts using for a guest page. Host
+    /// frame numbers are reused (a freed frame may come back behind another page, with other bytes), so the engine
+    /// drops what its CPU derived from the frame's old bytes (the decoded instructions of that host-physical page).</summary>
+    internal Action<ulong>? BackingInstalled { get; set; }
+
+    /// <summary>Guest frames the map covers (guest-physical top >> 12): guest frame numbers are below it.</summary>
+    public ulong FrameCount => (ulong)hostFrames.Length;
+
     /// <summary>The processor running the VM and the tables derived from this map in the current run, which every
     /// change of a guest frame's backing must reach (a nested table to unmap and shoot down, or shadow paging).</summary>
     public void Attach(Mmu processor, NestedPageTable? nestedTable, ShadowPaging? shadowPaging)
@@ -100,6 +108,10 @@ public sealed partial class GuestPhysicalMap : IDisposable
     /// its home (copy-on-write).</summary>
     internal ulong Touch(ulong guestPhysical, bool write)
     {
+        if (referenced is not null && (guestPhysical >> FrameShift) < (ulong)referenced.Length)
+        {
+            referenced[guestPhysical >> FrameShift] = 1; // the clock's reference bit (Swapping/HostSwap)
+        }
         if (TryHostPhysical(guestPhysical, out ulong host))
         {
             if (!write || !pool.IsWriteProtected(host))
@@ -110,9 +122,14 @@ public sealed partial class GuestPhysicalMap : IDisposable
             return hostFrames[guestPhysical >> FrameShift] | (guestPhysical & 0xFFF);
         }
         ulong page = guestPhysical & ~0xFFFUL;
+        if (swapSlots is not null && swapSlots[page >> FrameShift] != 0)
+        {
+            SwapIn(page >> FrameShift, byDevice: false);
+        }
         host = pool.Adopt(Home(page), 1, 1, this, page >> FrameShift);
         hostFrames[page >> FrameShift] = host;
         TouchedPages++;
+        BackingInstalled?.Invoke(host);
         return host | (guestPhysical & 0xFFF);
     }
 
@@ -130,7 +147,8 @@ public sealed partial class GuestPhysicalMap : IDisposable
         ulong frame = first >> FrameShift;
         for (int i = 0; i < LargeFrames; i++)
         {
-            if (hostFrames[frame + (ulong)i] != 0)
+            // A page of it swapped out by the host is brought back by its own 4 KiB fault (Touch).
+            if (hostFrames[frame + (ulong)i] != 0 || (swapSlots is not null && swapSlots[frame + (ulong)i] != 0))
             {
                 return false;
             }
@@ -139,6 +157,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
         for (int i = 0; i < LargeFrames; i++)
         {
             hostFrames[frame + (ulong)i] = hostLarge + (ulong)i * 0x1000;
+            BackingInstalled?.Invoke(hostLarge + (ulong)i * 0x1000);
         }
         TouchedPages += LargeFrames;
         return true;
@@ -171,6 +190,10 @@ public sealed partial class GuestPhysicalMap : IDisposable
         }
         ulong frame = guestPhysical >> FrameShift;
         ulong target = hostPhysical & ~0xFFFUL;
+        if (swapSlots is not null && swapSlots[frame] != 0)
+        {
+            SwapIn(frame, byDevice: false); // its slot goes; the home holds its bytes again
+        }
         pool.AddMapping(target, this, frame);
         ulong previous = hostFrames[frame];
         hostFrames[frame] = target;
@@ -179,6 +202,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
             TouchedPages++;
         }
         BackingChanged(frame);
+        BackingInstalled?.Invoke(target);
         if (previous != 0)
         {
             pool.RemoveMapping(previous, this, frame);
@@ -217,6 +241,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
             pool.Release(copy); // Allocate's own reference: the mapping holds the frame now
             pool.SetWriteProtected(copy, true);
             BackingChanged(sourceFrame);
+            BackingInstalled?.Invoke(copy);
             pool.RemoveMapping(shared, this, sourceFrame);
             shared = copy;
         }
@@ -245,6 +270,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
         hostFrames[frame] = pool.Adopt(home, 1, 1, this, frame);
         CopyOnWriteBreaks++;
         BackingChanged(frame);
+        BackingInstalled?.Invoke(hostFrames[frame]);
         pool.RemoveMapping(shared, this, frame);
     }
 
@@ -281,6 +307,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
         nested?.Dispose();
         shadow?.ReleaseTables();
         (nested, shadow, processor) = (null, null, null);
+        SwapInAll(); // the VM's RAM must hold all its bytes again: loaders, snapshots and the next run read it
         for (ulong frame = 0; frame < (ulong)hostFrames.Length; frame++)
         {
             if (hostFrames[frame] != 0)
@@ -301,6 +328,12 @@ public sealed partial class GuestPhysicalMap
     /// <summary>Writes the touched guest pages as (guest-physical address, large) pairs.</summary>
     public void Save(Persistence.SnapshotWriter writer)
     {
+        if (SwappedOutPages > 0)
+        {
+            // The snapshot's RAM section was read from the VM's RAM, where these pages are not now.
+            throw new InvalidOperationException(
+                $"{SwappedOutPages} guest pages are in the host swap file: bring them back (GuestPhysicalMap.SwapInAll) before taking a snapshot");
+        }
         var touched = new List<(ulong Address, bool Large)>();
         for (ulong frame = 0; frame < (ulong)hostFrames.Length; frame++)
         {
@@ -363,5 +396,155 @@ public sealed partial class GuestPhysicalMap
             }
         }
         return true;
+    }
+}
+
+// Content-based page sharing (Memory/Sharing) and host swapping (Memory/Swapping): what the scanner and the swapper ask
+// of a guest page, and the P2M's side of swapping a page out to the host swap file and back in on its next fault.
+public sealed partial class GuestPhysicalMap
+{
+    private int[]? swapSlots; // by guest frame: 1 + its slot in the swap file, 0 = not swapped out
+    private byte[]? referenced; // by guest frame: touched since the clock hand last passed (the LRU approximation)
+    private Memory.Swapping.HostSwapFile? swapFile;
+
+    /// <summary>Guest pages in the host swap file now.</summary>
+    public long SwappedOutPages { get; private set; }
+
+    /// <summary>Pages written to the host swap file so far.</summary>
+    public long PagesSwappedOut { get; private set; }
+
+    /// <summary>Pages read back from the host swap file so far.</summary>
+    public long PagesSwappedIn { get; private set; }
+
+    /// <summary>Swap-ins caused by a device's DMA read of the page (<see cref="DeviceRead"/>): the guest had the device
+    /// read a page the host had swapped out, as when it writes the page to its own swap disk. This is the rule by which
+    /// double paging is counted (Waldspurger, OSDI 2002, §3.1: the host pages a page out, then the guest picks it to
+    /// page out itself, so the host must read it back only for the guest to write it to its virtual disk).</summary>
+    public long DeviceSwapIns { get; private set; }
+
+    /// <summary>Whether a host swap file backs this map (<see cref="AttachSwap"/>).</summary>
+    public bool HasSwap => swapFile is not null;
+
+    /// <summary>Lets the host page this map's guest pages out to <paramref name="file"/>. Host swapping needs nested
+    /// paging: shadow paging's software walks read the guest's page tables from the VM's RAM, where a swapped-out page
+    /// is not.</summary>
+    /// <exception cref="InvalidOperationException">Under shadow paging, or when a swap file is attached already.</exception>
+    internal void AttachSwap(Memory.Swapping.HostSwapFile file)
+    {
+        if (shadow is not null)
+        {
+            throw new InvalidOperationException(
+                "host swapping needs nested paging: shadow paging walks the guest's page tables in the VM's RAM, where a swapped-out page is not");
+        }
+        if (swapFile is not null)
+        {
+            throw new InvalidOperationException("the map has a host swap file already");
+        }
+        swapFile = file;
+        swapSlots = new int[hostFrames.Length];
+        referenced = new byte[hostFrames.Length];
+    }
+
+    /// <summary>Whether the page at <paramref name="address"/> is in the host swap file now.</summary>
+    public bool IsSwappedOut(GuestPhysical address) =>
+        swapSlots is not null && (address.Value >> FrameShift) < (ulong)swapSlots.Length && swapSlots[address.Value >> FrameShift] != 0;
+
+    /// <summary>Whether guest frame <paramref name="guestFrame"/> has a private host frame backed by its home (adopted,
+    /// one mapping, not write-protected): the pages a sharing scanner may merge and a swapper may page out.</summary>
+    internal bool IsPrivate(ulong guestFrame, out ulong host)
+    {
+        host = guestFrame < (ulong)hostFrames.Length ? hostFrames[guestFrame] : 0;
+        return host != 0 && !pool.IsWriteProtected(host) && pool.KindOf(host) == Memory.HostFrameKind.Adopted && pool.ReferenceCount(host) == 1;
+    }
+
+    /// <summary>The clock's reference bit of <paramref name="guestFrame"/>: true when the guest touched it since the
+    /// last call, which then clears the bit and drops the page's nested entry (the host frame stays), so that the
+    /// guest's next access faults into the VMM and sets the bit again. The simulated EPT has no accessed bits; this is
+    /// the sampling by invalidation ESX uses to estimate which pages are active (Waldspurger, OSDI 2002, §5.3).</summary>
+    internal bool TestAndClearReferenced(ulong guestFrame)
+    {
+        if (referenced is null || referenced[guestFrame] == 0)
+        {
+            return false;
+        }
+        referenced[guestFrame] = 0;
+        nested?.Unmap(guestFrame << FrameShift);
+        return true;
+    }
+
+    /// <summary>Pages guest frame <paramref name="guestFrame"/> out: its bytes are written to the swap file, its host
+    /// frame goes, and the memory of its home is given back to the host kernel (<c>madvise(MADV_DONTNEED)</c>); the
+    /// guest's next access faults and <see cref="Touch(ulong, bool)"/> reads it back. False (nothing changed) when the
+    /// page is not private (<see cref="IsPrivate"/>).</summary>
+    /// <exception cref="Memory.Swapping.HostSwapException">The swap file is full or cannot be written; the page stays
+    /// resident and unchanged.</exception>
+    internal bool SwapOut(ulong guestFrame)
+    {
+        if (swapFile is null || swapSlots is null)
+        {
+            throw new InvalidOperationException("no host swap file is attached to the map");
+        }
+        if (!IsPrivate(guestFrame, out ulong host))
+        {
+            return false;
+        }
+        // The write comes first: if the file is full, nothing has changed.
+        int slot = swapFile.Write(HomeContents(guestFrame << FrameShift));
+        swapSlots[guestFrame] = slot + 1;
+        hostFrames[guestFrame] = 0;
+        TouchedPages--;
+        BackingChanged(guestFrame);
+        pool.RemoveMapping(host, this, guestFrame, discardBacking: true);
+        SwappedOutPages++;
+        PagesSwappedOut++;
+        return true;
+    }
+
+    /// <summary>A device is about to read guest memory at <paramref name="address"/> (<see cref="Devices.GuestDma"/>):
+    /// pages of it in the host swap file are read back into the VM's RAM first, each counted in
+    /// <see cref="DeviceSwapIns"/>.</summary>
+    internal void DeviceRead(ulong address, int length)
+    {
+        if (swapSlots is null || length <= 0)
+        {
+            return;
+        }
+        for (ulong page = address & ~0xFFFUL; page < address + (ulong)length; page += 0x1000)
+        {
+            if ((page >> FrameShift) < (ulong)swapSlots.Length && swapSlots[page >> FrameShift] != 0)
+            {
+                SwapIn(page >> FrameShift, byDevice: true);
+            }
+        }
+    }
+
+    /// <summary>Reads every swapped-out page back into the VM's RAM (they get host frames again on their next access).</summary>
+    public void SwapInAll()
+    {
+        if (swapSlots is null)
+        {
+            return;
+        }
+        for (ulong frame = 0; frame < (ulong)swapSlots.Length && SwappedOutPages > 0; frame++)
+        {
+            if (swapSlots[frame] != 0)
+            {
+                SwapIn(frame, byDevice: false);
+            }
+        }
+    }
+
+    private void SwapIn(ulong guestFrame, bool byDevice)
+    {
+        int slot = swapSlots![guestFrame] - 1;
+        swapFile!.Read(slot, HomeContents(guestFrame << FrameShift));
+        swapFile.Free(slot);
+        swapSlots[guestFrame] = 0;
+        SwappedOutPages--;
+        PagesSwappedIn++;
+        if (byDevice)
+        {
+            DeviceSwapIns++;
+        }
     }
 }
