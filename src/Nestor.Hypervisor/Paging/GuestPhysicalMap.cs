@@ -62,7 +62,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
     internal Action<ulong>? BackingInstalled { get; set; }
 
     /// <summary>Guest frames the map covers (guest-physical top >> 12): guest frame numbers are below it.</summary>
-    public ulong FrameCount => (ulong)hostFrames.Length;
+    internal ulong FrameCount => (ulong)hostFrames.Length;
 
     /// <summary>The processor running the VM and the tables derived from this map in the current run, which every
     /// change of a guest frame's backing must reach (a nested table to unmap and shoot down, or shadow paging).</summary>
