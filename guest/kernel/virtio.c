@@ -34,9 +34,11 @@ int virtio_negotiate(struct virtio_device *d, u64 wanted)
     return 0;
 }
 
-int virtio_setup_queue(struct virtio_device *d)
+int virtio_setup_queue_at(u64 base, u32 index, struct virtqueue *q, int no_interrupt)
 {
-    wr(d, VIRTIO_QUEUE_SEL, 0);
+    struct virtio_device at = { .base = base };
+    struct virtio_device *d = &at;
+    wr(d, VIRTIO_QUEUE_SEL, index);
     if (rd(d, VIRTIO_QUEUE_READY)) return -1;                  /* §4.2.3.2: must not be in use already */
     u32 max = rd(d, VIRTIO_QUEUE_NUM_MAX);
     if (max == 0) return -1;
@@ -44,7 +46,6 @@ int virtio_setup_queue(struct virtio_device *d)
     while (size > max) size >>= 1;                             /* split queue sizes are powers of two */
     u64 frame = frame_alloc();
     if (!frame) return -1;
-    struct virtqueue *q = &d->queue;
     q->frame = frame;
     q->size = (u16)size;
     q->desc = (struct virtq_desc *)frame;
@@ -52,7 +53,7 @@ int virtio_setup_queue(struct virtio_device *d)
     q->used = (volatile u16 *)(frame + 2560);
     q->avail_index = q->used_seen = 0;
     /* No interrupt wanted while polling: VIRTQ_AVAIL_F_NO_INTERRUPT (§2.7.7), a hint the device may ignore. */
-    q->avail[0] = d->use_interrupts ? 0 : 1;
+    q->avail[0] = no_interrupt ? 1 : 0;
     wr(d, VIRTIO_QUEUE_NUM, size);
     wr(d, VIRTIO_QUEUE_DESC_LOW, (u32)frame);
     wr(d, VIRTIO_QUEUE_DESC_HIGH, (u32)(frame >> 32));
@@ -61,6 +62,12 @@ int virtio_setup_queue(struct virtio_device *d)
     wr(d, VIRTIO_QUEUE_DEVICE_LOW, (u32)(frame + 2560));
     wr(d, VIRTIO_QUEUE_DEVICE_HIGH, (u32)((frame + 2560) >> 32));
     wr(d, VIRTIO_QUEUE_READY, 1);
+    return 0;
+}
+
+int virtio_setup_queue(struct virtio_device *d)
+{
+    if (virtio_setup_queue_at(d->base, 0, &d->queue, !d->use_interrupts) < 0) return -1;
     wr(d, VIRTIO_STATUS, rd(d, VIRTIO_STATUS) | VIRTIO_STATUS_DRIVER_OK);
     return 0;
 }

@@ -73,6 +73,9 @@ struct virtio_device {
 /* §3.1.1 up to FEATURES_OK: reset, ACKNOWLEDGE, DRIVER, the intersection of the device's features with `wanted`
  * (VIRTIO_F_VERSION_1 always), FEATURES_OK written and read back. Returns 0, or -1 (status FAILED set). */
 int virtio_negotiate(struct virtio_device *device, u64 wanted);
+/* Queue `index` of the device at `base` in a fresh frame laid out as above, enabled (§4.2.3.2), with
+ * VIRTQ_AVAIL_F_NO_INTERRUPT when `no_interrupt` (a polling driver). Returns 0 or -1. */
+int virtio_setup_queue_at(u64 base, u32 index, struct virtqueue *q, int no_interrupt);
 /* Queue 0 set up and enabled; then DRIVER_OK. Returns 0 or -1. */
 int virtio_setup_queue(struct virtio_device *device);
 /* Starts a batch: every descriptor is free again. */

@@ -51,36 +51,8 @@ static struct {
 static u32 rd(u32 offset) { return mmio_read32(b.base + offset); }
 static void wr(u32 offset, u32 value) { mmio_write32(b.base + offset, value); }
 
-/* §4.2.3.2: one queue in one frame, laid out as virtio.c lays queue 0 (descriptors, driver ring at 2048, device ring
- * at 2560). */
-static int setup_queue(u32 index)
-{
-    wr(VIRTIO_QUEUE_SEL, index);
-    if (rd(VIRTIO_QUEUE_READY)) return -1;
-    u32 max = rd(VIRTIO_QUEUE_NUM_MAX);
-    if (max == 0) return -1;
-    u32 size = VIRTQ_MAX_SIZE;
-    while (size > max) size >>= 1;
-    u64 frame = frame_alloc();
-    if (!frame) return -1;
-    struct virtqueue *q = &b.queues[index];
-    q->frame = frame;
-    q->size = (u16)size;
-    q->desc = (struct virtq_desc *)frame;
-    q->avail = (volatile u16 *)(frame + 2048);
-    q->used = (volatile u16 *)(frame + 2560);
-    q->avail_index = q->used_seen = 0;
-    q->avail[0] = 1;                                           /* VIRTQ_AVAIL_F_NO_INTERRUPT: we poll (§2.7.7) */
-    wr(VIRTIO_QUEUE_NUM, size);
-    wr(VIRTIO_QUEUE_DESC_LOW, (u32)frame);
-    wr(VIRTIO_QUEUE_DESC_HIGH, (u32)(frame >> 32));
-    wr(VIRTIO_QUEUE_DRIVER_LOW, (u32)(frame + 2048));
-    wr(VIRTIO_QUEUE_DRIVER_HIGH, (u32)((frame + 2048) >> 32));
-    wr(VIRTIO_QUEUE_DEVICE_LOW, (u32)(frame + 2560));
-    wr(VIRTIO_QUEUE_DEVICE_HIGH, (u32)((frame + 2560) >> 32));
-    wr(VIRTIO_QUEUE_READY, 1);
-    return 0;
-}
+/* §4.2.3.2: one queue in one frame, as virtio.c lays every queue; the driver polls. */
+static int setup_queue(u32 index) { return virtio_setup_queue_at(b.base, index, &b.queues[index], 1); }
 
 /* One chain of one device-readable buffer on queue `index`, notified; waits for it when `wait`. */
 static int send(u32 index, u64 address, u32 length, int wait)

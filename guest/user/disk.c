@@ -14,16 +14,6 @@
 #define FNV_OFFSET 0xcbf29ce484222325UL
 #define FNV_PRIME 0x100000001b3UL
 
-static u64 fmix64(u64 x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdUL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53UL;
-    x ^= x >> 33;
-    return x;
-}
-
 static u64 pattern_word(u64 sector, u64 pass, u64 k) { return fmix64(sector << 16 ^ pass << 8 ^ k ^ 0x9E3779B97F4A7C15UL); }
 
 static void fill(u64 *buffer, u64 sector, u64 sectors, u64 pass)

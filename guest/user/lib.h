@@ -58,4 +58,14 @@ int main_diskcheck(int argc, char **argv);
 int main_balloon(int argc, char **argv);
 int main_steal(int argc, char **argv);
 int main_swaptouch(int argc, char **argv);
+/* MurmurHash3's 64-bit finalizer (Appleby, fmix64): the disk and swap programs' patterns, which the host recomputes. */
+static inline u64 fmix64(u64 x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdUL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53UL;
+    x ^= x >> 33;
+    return x;
+}
 #endif

@@ -11,16 +11,6 @@
 
 #define WORDS_PER_PAGE 512
 
-static u64 fmix64(u64 x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdUL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53UL;
-    x ^= x >> 33;
-    return x;
-}
-
 static u64 pattern_word(u64 page, u64 k) { return fmix64(page << 16 ^ k ^ 0x5357415054434855UL); }
 
 /* Reads every page back: the pages that differ from the pattern; *checksum the FNV-1a of the words read. */
