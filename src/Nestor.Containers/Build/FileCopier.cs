@@ -17,6 +17,33 @@ public sealed record CopyAttributes(uint Uid = 0, uint Gid = 0, uint? Mode = nul
 /// uncompressed or compressed with gzip, bzip2 or xz, into the destination directory.</summary>
 public static class FileCopier
 {
+    /// <summary>Rootless: the owners to give later, in a user namespace (<see cref="RootlessBuild.ApplyOwners"/>),
+    /// since an unprivileged user cannot chown to another id. Per thread: one COPY runs on one thread.</summary>
+    [ThreadStatic]
+    private static List<(string Path, uint Uid, uint Gid)>? deferredOwners;
+
+    /// <summary>Until disposed, the owners this thread's copies set are added to <paramref name="owners"/> instead.</summary>
+    public static IDisposable DeferOwners(List<(string Path, uint Uid, uint Gid)> owners)
+    {
+        deferredOwners = owners;
+        return new Deferral();
+    }
+
+    private sealed class Deferral : IDisposable
+    {
+        public void Dispose() => deferredOwners = null;
+    }
+
+    private static void Chown(string path, uint uid, uint gid)
+    {
+        if (deferredOwners is { } owners)
+        {
+            owners.Add((path, uid, gid));
+            return;
+        }
+        FileSystemCalls.LChown(path, uid, gid);
+    }
+
     /// <summary>Copies <paramref name="source"/> (a context path) to the path <paramref name="destination"/> inside
     /// <paramref name="root"/>; <paramref name="isExcluded"/> is asked about every entry below a directory by its
     /// context-relative path (<paramref name="relative"/> is the source's own).</summary>
@@ -49,14 +76,14 @@ public static class FileCopier
                 {
                     input.CopyTo(output);
                 }
-                FileSystemCalls.LChown(target, attributes.Uid, attributes.Gid);
+                Chown(target, attributes.Uid, attributes.Gid);
                 FileSystemCalls.Chmod(target, attributes.Mode ?? stat.Mode & 0xfff);
                 SetTimes(target, stat);
                 break;
             case FileSystemCalls.S_IFLNK:
                 RemoveNonDirectory(target, destination);
                 File.CreateSymbolicLink(target, new FileInfo(source).LinkTarget ?? "");
-                FileSystemCalls.LChown(target, attributes.Uid, attributes.Gid);
+                Chown(target, attributes.Uid, attributes.Gid);
                 SetTimes(target, stat);
                 break;
             default:
@@ -173,7 +200,7 @@ public static class FileCopier
                     default:
                         continue; // devices and fifos in an ADDed archive are left out (a build makes no device nodes)
                 }
-                FileSystemCalls.LChown(target, (uint)entry.Uid, (uint)entry.Gid);
+                Chown(target, (uint)entry.Uid, (uint)entry.Gid);
                 FileSystemCalls.SetTimes(target, entry.ModificationTime, entry.ModificationTime);
             }
             foreach (var (path, time) in Enumerable.Reverse(directoryTimes))
@@ -249,7 +276,7 @@ public static class FileCopier
             File.Delete(target);
         }
         Directory.CreateDirectory(target);
-        FileSystemCalls.LChown(target, attributes.Uid, attributes.Gid);
+        Chown(target, attributes.Uid, attributes.Gid);
         FileSystemCalls.Chmod(target, attributes.Mode ?? mode);
     }
 

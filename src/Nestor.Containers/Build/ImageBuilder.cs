@@ -37,10 +37,9 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
     /// step; either way no image is named and no container or mount of the build is left.</summary>
     public BuildResult Build(BuildOptions options)
     {
-        if (!Environment.IsPrivilegedProcess)
+        if (ContainerPaths.Rootless)
         {
-            throw new BuildException("nestor build needs root here: COPY and ADD mount the stage's overlay root on the host",
-                "run it as root (sudo nestor build …)");
+            RootlessBuild.CheckSubordinateIds();
         }
         string dockerfilePath = options.DockerfilePath ?? FindDockerfile(Path.GetFullPath(options.ContextDirectory));
         var context = BuildContext.Open(options.ContextDirectory, dockerfilePath);
@@ -110,7 +109,11 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                 MountCalls.TryUnmountDetached(mountPoint);
             }
         }
-        if (Directory.Exists(work))
+        if (ContainerPaths.Rootless)
+        {
+            RootlessStorage.RemoveTree(work); // COPY --chown leaves files of subordinate ids
+        }
+        else if (Directory.Exists(work))
         {
             Directory.Delete(work, recursive: true);
         }
@@ -398,9 +401,16 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
         private StoredImage WithLayer(StoredImage parent, string upperDirectory, string createdBy)
         {
             (OciDescriptor Descriptor, string DiffId) layer;
-            using (Store.Lock())
+            if (ContainerPaths.Rootless)
             {
-                layer = Store.WriteLayerFromDirectory(upperDirectory);
+                layer = RootlessBuild.WriteLayer(Store, builder.Engine.MonitorCommand, upperDirectory);
+            }
+            else
+            {
+                using (Store.Lock())
+                {
+                    layer = Store.WriteLayerFromDirectory(upperDirectory);
+                }
             }
             var configuration = Store.ReadConfiguration(parent);
             configuration.RootFileSystem.DiffIds.Add(layer.DiffId);
@@ -431,7 +441,15 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
 
         private StoredImage Run(StoredImage state, RunInstruction run, StageScope scope, string work)
         {
-            var mounts = run.Mounts.Select(text => RunMount.Parse(text, run.Location)).ToList();
+            int sshCount = 0;
+            var mounts = new List<RunMount>();
+            foreach (string text in run.Mounts)
+            {
+                var mount = RunMount.Parse(text, run.Location, sshCount);
+                sshCount += mount.Type == RunMountType.Ssh ? 1 : 0;
+                mounts.Add(mount);
+            }
+            CheckSecretsAndAgents(mounts, run);
             // A bind mount's files are an input like COPY's (BuildKit keys them by content); a cache mount's are not.
             var bindSources = mounts.Where(m => m.Type == RunMountType.Bind)
                 .Select(m => (Mount: m, Source: ResolveBindSource(m, run))).ToList();
@@ -456,40 +474,83 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
             return Cached(state, run, inputs, () =>
             {
                 var volumes = new List<string>();
+                var tmpfs = new List<string>();
+                var environment = new List<string>(runEnvironment);
                 string binds = Path.Combine(work, "binds-" + Guid.NewGuid().ToString("N")[..8]);
-                foreach (var mount in mounts)
+                // Secrets go to the run-time state directory (a tmpfs under /run, or $XDG_RUNTIME_DIR rootless), never
+                // to the store's disk: nothing of them outlives the step (the reference, "RUN --mount=type=secret").
+                string secrets = Path.Combine(builder.Engine.Paths.StateRoot, "build-secrets", Guid.NewGuid().ToString("N")[..12]);
+                var mountedTargets = new List<RunMount>();
+                ContainerRecord record;
+                try
                 {
-                    string host;
-                    if (mount.Type == RunMountType.Cache)
+                    foreach (var mount in mounts)
                     {
-                        host = RunMount.CacheDirectory(Store, mount.Id);
-                        Directory.CreateDirectory(host);
+                        string host;
+                        if (mount.Type == RunMountType.Tmpfs)
+                        {
+                            tmpfs.Add(mount.Size is { } size ? $"{mount.Target}:size={size.ToString(CultureInfo.InvariantCulture)}" : mount.Target);
+                            mountedTargets.Add(mount);
+                            continue;
+                        }
+                        if (mount.Type == RunMountType.Secret)
+                        {
+                            if (!options.Secrets.TryGetValue(mount.Id, out var secret))
+                            {
+                                continue; // not given and not required: the step runs without it, as BuildKit's
+                            }
+                            host = WriteSecret(secrets, mount, secret, volumes.Count);
+                        }
+                        else if (mount.Type == RunMountType.Ssh)
+                        {
+                            host = options.SshAgents[mount.Id];
+                            if (!environment.Any(v => v.StartsWith("SSH_AUTH_SOCK=", StringComparison.Ordinal)))
+                            {
+                                environment.Add("SSH_AUTH_SOCK=" + mount.Target); // BuildKit: the first ssh mount's socket
+                            }
+                        }
+                        else if (mount.Type == RunMountType.Cache)
+                        {
+                            host = RunMount.CacheDirectory(Store, mount.Id);
+                            Directory.CreateDirectory(host);
+                        }
+                        else
+                        {
+                            // A copy of the source less what .dockerignore excludes (the context BuildKit sends has
+                            // none of it), so that a rw bind's writes are discarded with it.
+                            var source = bindSources.First(b => b.Mount == mount).Source;
+                            host = Path.Combine(binds, volumes.Count.ToString(CultureInfo.InvariantCulture));
+                            Directory.CreateDirectory(host);
+                            // Rootless the copy is the user's, which is container root's: no owner to set.
+                            using (ContainerPaths.Rootless ? FileCopier.DeferOwners([]) : null)
+                            {
+                                FileCopier.Copy(host, source.FullPath, source.RelativePath, "/src", new CopyAttributes(), context.IsExcluded);
+                            }
+                            host = Path.Combine(host, "src");
+                        }
+                        volumes.Add($"{host}:{mount.Target}:{(mount.ReadOnly ? "ro" : "rw")}");
+                        mountedTargets.Add(mount);
                     }
-                    else
+                    record = builder.Engine.Create(new CreateOptions
                     {
-                        // A copy of the source less what .dockerignore excludes (the context BuildKit sends has
-                        // none of it), so that a rw bind's writes are discarded with it.
-                        var source = bindSources.First(b => b.Mount == mount).Source;
-                        host = Path.Combine(binds, volumes.Count.ToString(CultureInfo.InvariantCulture));
-                        Directory.CreateDirectory(host);
-                        FileCopier.Copy(host, source.FullPath, source.RelativePath, "/src", new CopyAttributes(), context.IsExcluded);
-                        host = Path.Combine(host, "src");
-                    }
-                    volumes.Add($"{host}:{mount.Target}:{(mount.ReadOnly ? "ro" : "rw")}");
+                        Image = "nestor-build:" + PlainBuildProgress.ShortId(state.Id),
+                        Name = "nestor-build-" + Guid.NewGuid().ToString("N")[..12],
+                        Entrypoint = "",
+                        Command = arguments,
+                        Env = environment,
+                        WorkingDir = state.Config.WorkingDir,
+                        User = state.Config.User,
+                        Network = network,
+                        Hostname = "buildkitsandbox",
+                        Volumes = volumes,
+                        Tmpfs = tmpfs,
+                    }, state);
                 }
-                var record = builder.Engine.Create(new CreateOptions
+                catch
                 {
-                    Image = "nestor-build:" + PlainBuildProgress.ShortId(state.Id),
-                    Name = "nestor-build-" + Guid.NewGuid().ToString("N")[..12],
-                    Entrypoint = "",
-                    Command = arguments,
-                    Env = runEnvironment,
-                    WorkingDir = state.Config.WorkingDir,
-                    User = state.Config.User,
-                    Network = network,
-                    Hostname = "buildkitsandbox",
-                    Volumes = volumes,
-                }, state);
+                    RemoveStepFiles(binds, secrets);
+                    throw;
+                }
                 IReadOnlyList<string> madeForMounts = [];
                 try
                 {
@@ -499,18 +560,32 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                         // Mount targets the state lacks are made by the runtime; noted here so that they are taken
                         // out of the layer afterwards (BuildKit leaves no mount point behind).
                         var layers = record.RootFileSystem;
-                        MountCalls.Mount("overlay", layers.MergedDirectory, "overlay", MountFlags.None, layers.MountOptions);
-                        try
+                        if (ContainerPaths.Rootless)
                         {
-                            madeForMounts = [.. mounts.SelectMany(m => MissingPaths(layers.MergedDirectory, m.Target))];
-                            if (state.Config.WorkingDir is { Length: > 0 } workdir)
+                            // Nothing is mounted on the host rootless: the state's files are looked up in its layers
+                            // and WORKDIR made in the fresh upper directory (a directory there merges with the lower).
+                            var view = new RootlessBuild.LayerView(layers.UpperDirectory, layers.LowerDirectories);
+                            madeForMounts = [.. mountedTargets.SelectMany(m => view.MissingPaths(m.Target))];
+                            if (state.Config.WorkingDir is { Length: > 0 } directory)
                             {
-                                FileCopier.MakeDirectories(layers.MergedDirectory, workdir);
+                                view.MakeDirectories(directory);
                             }
                         }
-                        finally
+                        else
                         {
-                            OverlayMount.Unmount(layers.MergedDirectory);
+                            MountCalls.Mount("overlay", layers.MergedDirectory, "overlay", MountFlags.None, layers.MountOptions);
+                            try
+                            {
+                                madeForMounts = [.. mountedTargets.SelectMany(m => MissingPaths(layers.MergedDirectory, m.Target))];
+                                if (state.Config.WorkingDir is { Length: > 0 } workdir)
+                                {
+                                    FileCopier.MakeDirectories(layers.MergedDirectory, workdir);
+                                }
+                            }
+                            finally
+                            {
+                                OverlayMount.Unmount(layers.MergedDirectory);
+                            }
                         }
                     }
                     int status = RunToEnd(record);
@@ -527,18 +602,83 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                         {
                             Directory.Delete(inUpper);
                         }
+                        else if (File.Exists(inUpper) && new FileInfo(inUpper).Length == 0)
+                        {
+                            File.Delete(inUpper); // the empty file the runtime made to bind a secret or socket on
+                        }
                     }
                     return WithLayer(state, record.RootFileSystem.UpperDirectory, createdBy);
                 }
                 finally
                 {
                     builder.Engine.Remove(record.Id, force: true);
-                    if (Directory.Exists(binds))
-                    {
-                        Directory.Delete(binds, recursive: true);
-                    }
+                    RemoveStepFiles(binds, secrets);
                 }
             });
+        }
+
+        /// <summary>A RUN's copies of bind sources and its secrets, removed after the step (also when it failed).</summary>
+        private static void RemoveStepFiles(string binds, string secrets)
+        {
+            foreach (string directory in new[] { secrets, binds })
+            {
+                if (Directory.Exists(directory))
+                {
+                    Directory.Delete(directory, recursive: true);
+                }
+            }
+        }
+
+        /// <summary>Refuses, before anything runs, a required secret that no <c>--secret</c> gives and an ssh mount
+        /// without its <c>--ssh</c> agent socket (there is no agent to forward then).</summary>
+        private void CheckSecretsAndAgents(IReadOnlyList<RunMount> mounts, RunInstruction run)
+        {
+            foreach (var mount in mounts)
+            {
+                if (mount.Type == RunMountType.Secret && mount.Required && !options.Secrets.ContainsKey(mount.Id))
+                {
+                    throw new BuildException($"{run.Location}: RUN --mount=type=secret,id={mount.Id}: the secret is required and was not given",
+                        $"give it: nestor build --secret id={mount.Id},src=FILE …");
+                }
+                if (mount.Type == RunMountType.Ssh)
+                {
+                    if (!options.SshAgents.TryGetValue(mount.Id, out string? socket))
+                    {
+                        throw new BuildException($"{run.Location}: RUN --mount=type=ssh{(mount.Id == "default" ? "" : ",id=" + mount.Id)}: no SSH agent socket was given for '{mount.Id}'",
+                            $"forward one: nestor build --ssh {mount.Id}=$SSH_AUTH_SOCK … (start an agent with eval $(ssh-agent) and ssh-add first)");
+                    }
+                    if (FileSystemCalls.TryLStat(socket) is not { } status || (status.Mode & 0xf000) != 0xc000)
+                    {
+                        throw new BuildException($"{run.Location}: RUN --mount=type=ssh: --ssh {mount.Id}={socket} is not a socket",
+                            "give the agent's socket (echo $SSH_AUTH_SOCK shows it)");
+                    }
+                }
+            }
+        }
+
+        /// <summary>Writes a secret into the step's private directory (0700) with the mount's mode and owner, for a
+        /// read-only bind. Rootless, container root is the user: other owners would need a subordinate id.</summary>
+        private static string WriteSecret(string directory, RunMount mount, BuildSecret secret, int index)
+        {
+            Directory.CreateDirectory(directory);
+            FileSystemCalls.Chmod(directory, 0x1c0); // 0700, before anything is written into it
+            string path = Path.Combine(directory, index.ToString(CultureInfo.InvariantCulture));
+            using (var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write))
+            {
+                FileSystemCalls.Chmod(path, 0x180); // 0600 while it is written
+                stream.Write(secret.Read());
+            }
+            FileSystemCalls.Chmod(path, mount.Mode);
+            if (mount.Uid != 0 || mount.Gid != 0)
+            {
+                if (ContainerPaths.Rootless)
+                {
+                    throw new BuildException($"RUN --mount=type=secret,id={mount.Id},uid={mount.Uid},gid={mount.Gid}: rootless, a secret belongs to container root",
+                        "drop uid= and gid=, or build as root");
+                }
+                FileSystemCalls.LChown(path, mount.Uid, mount.Gid);
+            }
+            return path;
         }
 
         /// <summary>The context path a bind mount names (one file or directory; no wildcards).</summary>
@@ -628,7 +768,7 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                     throw new BuildException($"{copy.Location}: --chmod={chmod} is not an octal mode", "give octal permission bits, e.g. --chmod=755");
                 }
             }
-            string destination = copy.Destination.StartsWith('/') ? copy.Destination
+            string written = copy.Destination.StartsWith('/') ? copy.Destination
                 : (state.Config.WorkingDir ?? "/").TrimEnd('/') + "/" + copy.Destination;
             bool intoDirectory = copy.DestinationIsDirectory || copy.Sources.Count + copy.Heredocs.Count > 1
                 || copy.Sources.Any(s => s.IndexOfAny(['*', '?', '[']) >= 0);
@@ -653,68 +793,125 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                 string directory = Path.Combine(work, "step-" + Guid.NewGuid().ToString("N")[..8]);
                 var root = RootOf(state, directory);
                 ContainerRootFileSystem? fromRoot = null;
-                root.Mount();
-                try
+                // Rootless nothing is mounted on the host: the copy writes into the fresh upper directory, looking the
+                // state's directories and links up in its layers, and owners are set afterwards in a user namespace.
+                bool rootless = ContainerPaths.Rootless;
+                var view = rootless ? new RootlessBuild.LayerView(root.UpperDirectory, root.LowerDirectories) : null;
+                var owners = new List<(string Path, uint Uid, uint Gid)>();
+                if (!rootless)
                 {
-                    string merged = root.MergedDirectory;
-                    var owner = copy.Chown is { } chown ? BundleBuilder.ResolveUser(chown, merged) : new Runtime.Spec.SpecUser();
-                    var attributes = new CopyAttributes(owner.Uid, owner.Gid, mode);
-                    if (state.Config.WorkingDir is { Length: > 0 } workdir)
+                    root.Mount();
+                }
+                using (rootless ? FileCopier.DeferOwners(owners) : null)
+                    try
                     {
-                        FileCopier.MakeDirectories(merged, workdir);
-                    }
-                    if (intoDirectory)
-                    {
-                        FileCopier.MakeDirectories(merged, destination);
-                    }
-                    if (fromImage is not null)
-                    {
-                        fromRoot = RootOf(fromImage, Path.Combine(directory, "from"));
-                        fromRoot.Mount();
-                        foreach (string source in copy.Sources)
+                        string merged = rootless ? root.UpperDirectory : root.MergedDirectory;
+                        // Rootless, links among the destination's directories (Debian's /bin -> usr/bin) are followed
+                        // in the layers here, so that the upper directory gets the real directory, not one that hides the link.
+                        string destination = view is null ? written
+                            : intoDirectory ? view.ResolveParents(written.TrimEnd('/') + "/.").TrimEnd('.').TrimEnd('/') + "/"
+                            : view.ResolveParents(written);
+                        var owner = copy.Chown is { } chown ? BundleBuilder.ResolveUser(chown, view is null ? merged : UserDatabaseRoot(view)) : new Runtime.Spec.SpecUser();
+                        var attributes = new CopyAttributes(owner.Uid, owner.Gid, mode);
+                        if (state.Config.WorkingDir is { Length: > 0 } workdir)
                         {
-                            if (source.IndexOfAny(['*', '?', '[']) >= 0)
+                            MakeDirectories(merged, view, workdir);
+                        }
+                        if (intoDirectory)
+                        {
+                            MakeDirectories(merged, view, destination);
+                        }
+                        else if (view is not null)
+                        {
+                            view.MakeDirectories(Path.GetDirectoryName(destination) ?? "/");
+                        }
+                        Func<string, bool> isDirectory = view is null ? path => Directory.Exists(PathJoin.InRoot(merged, path))
+                            : path => view.Find(view.ResolveParents(path)) is { } found && Directory.Exists(found);
+                        if (fromImage is not null && rootless)
+                        {
+                            throw new BuildException($"{copy.Location}: {copy.Keyword} --from={copy.From}: not supported by a rootless nestor build yet (the stage's root would have to be mounted)",
+                                "build as root, or copy the files into the build context");
+                        }
+                        if (fromImage is not null)
+                        {
+                            fromRoot = RootOf(fromImage, Path.Combine(directory, "from"));
+                            fromRoot.Mount();
+                            foreach (string source in copy.Sources)
                             {
-                                throw new BuildException($"{copy.Location}: COPY --from with a wildcard ({source}) is not supported by nestor build", "name the files");
+                                if (source.IndexOfAny(['*', '?', '[']) >= 0)
+                                {
+                                    throw new BuildException($"{copy.Location}: COPY --from with a wildcard ({source}) is not supported by nestor build", "name the files");
+                                }
+                                string full = PathJoin.InRoot(fromRoot.MergedDirectory, source);
+                                if (FileSystemCalls.TryLStat(full) is null)
+                                {
+                                    throw new BuildException($"{copy.Location}: COPY --from={copy.From} {source}: no such file or directory in that stage", "check the path in the stage it copies from");
+                                }
+                                CopyOne(merged, full, "", source, destination, intoDirectory, attributes, _ => false, unpack: false, isDirectory);
                             }
-                            string full = PathJoin.InRoot(fromRoot.MergedDirectory, source);
-                            if (FileSystemCalls.TryLStat(full) is null)
-                            {
-                                throw new BuildException($"{copy.Location}: COPY --from={copy.From} {source}: no such file or directory in that stage", "check the path in the stage it copies from");
-                            }
-                            CopyOne(merged, full, "", source, destination, intoDirectory, attributes, _ => false, unpack: false);
+                        }
+                        foreach (var source in sources)
+                        {
+                            CopyOne(merged, source.FullPath, source.RelativePath, source.RelativePath, destination, intoDirectory, attributes,
+                                context.IsExcluded, unpack: copy.IsAdd, isDirectory);
+                        }
+                        foreach (var heredoc in copy.Heredocs)
+                        {
+                            string path = intoDirectory || copy.Heredocs.Count > 1 ? destination.TrimEnd('/') + "/" + heredoc.Name : destination;
+                            string temporary = Path.Combine(directory, "heredoc-" + Guid.NewGuid().ToString("N"));
+                            File.WriteAllText(temporary, heredoc.Content);
+                            FileSystemCalls.Chmod(temporary, 0x1a4);
+                            FileCopier.Copy(merged, temporary, "", path, attributes, _ => false);
                         }
                     }
-                    foreach (var source in sources)
+                    finally
                     {
-                        CopyOne(merged, source.FullPath, source.RelativePath, source.RelativePath, destination, intoDirectory, attributes,
-                            context.IsExcluded, unpack: copy.IsAdd);
+                        if (fromRoot is not null)
+                        {
+                            OverlayMount.Unmount(fromRoot.MergedDirectory);
+                        }
+                        if (!rootless)
+                        {
+                            OverlayMount.Unmount(root.MergedDirectory);
+                        }
                     }
-                    foreach (var heredoc in copy.Heredocs)
-                    {
-                        string path = intoDirectory || copy.Heredocs.Count > 1 ? destination.TrimEnd('/') + "/" + heredoc.Name : destination;
-                        string temporary = Path.Combine(directory, "heredoc-" + Guid.NewGuid().ToString("N"));
-                        File.WriteAllText(temporary, heredoc.Content);
-                        FileSystemCalls.Chmod(temporary, 0x1a4);
-                        FileCopier.Copy(merged, temporary, "", path, attributes, _ => false);
-                    }
-                }
-                finally
+                if (rootless)
                 {
-                    if (fromRoot is not null)
-                    {
-                        OverlayMount.Unmount(fromRoot.MergedDirectory);
-                    }
-                    OverlayMount.Unmount(root.MergedDirectory);
+                    RootlessBuild.ApplyOwners(owners);
                 }
                 var next = WithLayer(state, root.UpperDirectory, createdBy);
-                Directory.Delete(directory, recursive: true);
+                if (rootless)
+                {
+                    RootlessStorage.RemoveTree(directory);
+                }
+                else
+                {
+                    Directory.Delete(directory, recursive: true);
+                }
                 return next;
             });
         }
 
+        /// <summary>WORKDIR's and COPY's directories: in the mounted root, or rootless in the upper directory over the
+        /// state's layers.</summary>
+        private static void MakeDirectories(string merged, RootlessBuild.LayerView? view, string path)
+        {
+            if (view is null)
+            {
+                FileCopier.MakeDirectories(merged, path);
+            }
+            else
+            {
+                view.MakeDirectories(path);
+            }
+        }
+
+        /// <summary>Rootless: where the state's /etc/passwd and /etc/group are (the topmost layer that has them).</summary>
+        private static string UserDatabaseRoot(RootlessBuild.LayerView view) =>
+            view.Find("/etc/passwd") is { } passwd ? Path.GetDirectoryName(Path.GetDirectoryName(passwd))! : view.Find("/") ?? "/nonexistent";
+
         private void CopyOne(string merged, string full, string relative, string written, string destination, bool intoDirectory,
-            CopyAttributes attributes, Func<string, bool> isExcluded, bool unpack)
+            CopyAttributes attributes, Func<string, bool> isExcluded, bool unpack, Func<string, bool> isDirectoryThere)
         {
             bool isDirectory = Directory.Exists(full) && new DirectoryInfo(full).LinkTarget is null;
             if (unpack && !isDirectory && FileCopier.IsArchive(full))
@@ -723,7 +920,7 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                 return;
             }
             string target = destination;
-            if (!isDirectory && (intoDirectory || Directory.Exists(PathJoin.InRoot(merged, destination))))
+            if (!isDirectory && (intoDirectory || isDirectoryThere(destination)))
             {
                 target = destination.TrimEnd('/') + "/" + Path.GetFileName(written.TrimEnd('/'));
             }

@@ -79,6 +79,17 @@ public sealed class BundleBuilder
                 Options = readOnly ? ["rbind", "ro"] : ["rbind", "rw"],
             });
         }
+        foreach (string tmpfs in host.Tmpfs)
+        {
+            int colon = tmpfs.IndexOf(':');
+            // Docker's --tmpfs defaults: nosuid, nodev, noexec off (builds run what they unpack there), mode 1777.
+            List<string> options = ["nosuid", "nodev", "mode=1777"];
+            if (colon > 0)
+            {
+                options.AddRange(tmpfs[(colon + 1)..].Split(',', StringSplitOptions.RemoveEmptyEntries));
+            }
+            mounts.Add(new SpecMount { Destination = colon > 0 ? tmpfs[..colon] : tmpfs, Type = "tmpfs", Source = "tmpfs", Options = options });
+        }
         WriteEtcFiles(record, etcFiles);
         foreach (string file in new[] { "hostname", "hosts", "resolv.conf" })
         {
@@ -138,6 +149,18 @@ public sealed class BundleBuilder
             mappings.Add(new() { ContainerID = 1, HostID = start, Size = count });
         }
         return mappings;
+    }
+
+    /// <summary><c>--tmpfs PATH[:size=BYTES]</c>: an absolute path and only the size option (the others are fixed).</summary>
+    public static string CheckTmpfs(string tmpfs)
+    {
+        int colon = tmpfs.IndexOf(':');
+        string path = colon > 0 ? tmpfs[..colon] : tmpfs;
+        string options = colon > 0 ? tmpfs[(colon + 1)..] : "";
+        bool sizeOnly = options.Length == 0 || (options.StartsWith("size=", StringComparison.Ordinal)
+            && ulong.TryParse(options[5..], NumberStyles.None, CultureInfo.InvariantCulture, out ulong size) && size > 0);
+        return path.StartsWith('/') && sizeOnly ? tmpfs
+            : throw new ContainerEngineException($"bad --tmpfs '{tmpfs}': give an absolute path, optionally with :size=BYTES (e.g. /tmp:size=67108864)");
     }
 
     /// <summary><c>HOST:CONTAINER[:ro|rw]</c>; the host side must be an absolute path (named volumes are not

@@ -78,6 +78,7 @@ public sealed class ContainerEngine
             Runtime = runtimeName,
             AutoRemove = options.AutoRemove,
             Binds = [.. options.Volumes],
+            Tmpfs = [.. options.Tmpfs.Select(BundleBuilder.CheckTmpfs)],
             PortBindings = ports,
             NetworkMode = network,
             Memory = options.Memory is null ? 0 : CreateOptions.ParseMemory(options.Memory),

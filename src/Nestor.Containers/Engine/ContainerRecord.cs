@@ -64,6 +64,8 @@ public sealed class ContainerHostConfiguration
     public bool AutoRemove { get; set; }
     /// <summary><c>HOST:CONTAINER[:ro]</c>.</summary>
     public List<string> Binds { get; set; } = [];
+    /// <summary><c>PATH[:size=BYTES]</c>.</summary>
+    public List<string> Tmpfs { get; set; } = [];
     public List<PortMapping> PortBindings { get; set; } = [];
     public NetworkMode NetworkMode { get; set; } = NetworkMode.None;
     /// <summary>Bytes; 0 is no limit.</summary>

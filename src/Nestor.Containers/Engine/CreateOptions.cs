@@ -17,6 +17,8 @@ public sealed class CreateOptions
     /// <summary><c>-p [IP:]HOST:CONTAINER[/PROTOCOL]</c>.</summary>
     public List<string> Ports { get; set; } = [];
     public List<string> Volumes { get; set; } = [];
+    /// <summary><c>--tmpfs PATH[:size=BYTES]</c>: an empty tmpfs at PATH (Docker's flag; <c>RUN --mount=type=tmpfs</c>).</summary>
+    public List<string> Tmpfs { get; set; } = [];
     /// <summary><c>--memory</c>: bytes with an optional b, k, m or g suffix.</summary>
     public string? Memory { get; set; }
     public double? Cpus { get; set; }

@@ -39,9 +39,11 @@ internal static class BuildCommand
             Description = "Require HTTPS with a trusted certificate for pulls (false: also self-signed HTTPS and plain HTTP)",
             DefaultValueFactory = _ => true,
         };
+        var secrets = new Option<string[]>("--secret") { Description = "A secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VARIABLE (repeatable)" };
+        var ssh = new Option<string[]>("--ssh") { Description = "An SSH agent for RUN --mount=type=ssh: ID=SOCKET, or default ($SSH_AUTH_SOCK) (repeatable)" };
         var command = new Command("build", "Build an image from a Dockerfile (Docker's and podman's build)")
         {
-            context, tags, file, buildArgs, target, noCache, network, progress, quiet, pull, tlsVerify,
+            context, tags, file, buildArgs, target, noCache, network, progress, quiet, pull, tlsVerify, secrets, ssh,
         };
         if (!underContainer)
         {
@@ -79,6 +81,12 @@ internal static class BuildCommand
             var engine = ContainerCommand.Engine(parse.GetValue(dataRoot), parse.GetValue(stateRoot));
             try
             {
+                var secretsById = new Dictionary<string, BuildSecret>(StringComparer.Ordinal);
+                foreach (string text in parse.GetValue(secrets) ?? [])
+                {
+                    var secret = BuildSecret.Parse(text);
+                    secretsById[secret.Id] = secret;
+                }
                 var result = new ImageBuilder(engine, report).Build(new BuildOptions
                 {
                     ContextDirectory = contextDirectory,
@@ -90,6 +98,8 @@ internal static class BuildCommand
                     Network = parse.GetValue(network),
                     Pull = policy,
                     TlsVerify = parse.GetValue(tlsVerify),
+                    Secrets = secretsById,
+                    SshAgents = SshAgents(parse.GetValue(ssh) ?? []),
                 });
                 if (parse.GetValue(quiet))
                 {
@@ -209,6 +219,28 @@ internal static class BuildCommand
         return context is null
             ? throw new Nestor.Containers.Engine.ContainerEngineException("no build context: give the directory the Dockerfile copies from, e.g. 'nestor build -t NAME .'")
             : (policy, context);
+    }
+
+    /// <summary><c>--ssh ID=SOCKET</c>, or docker's <c>--ssh ID</c> alone for the caller's <c>$SSH_AUTH_SOCK</c>.</summary>
+    private static Dictionary<string, string> SshAgents(IEnumerable<string> values)
+    {
+        var agents = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (string value in values)
+        {
+            int equals = value.IndexOf('=');
+            string id = equals < 0 ? value : value[..equals];
+            string? socket = equals < 0 ? Environment.GetEnvironmentVariable("SSH_AUTH_SOCK") : value[(equals + 1)..];
+            if (id.Length == 0 || string.IsNullOrEmpty(socket))
+            {
+                throw new BuildException($"--ssh {value}: no agent socket", "give --ssh default=$SSH_AUTH_SOCK (start an agent with eval $(ssh-agent) first)");
+            }
+            if (socket.Contains(','))
+            {
+                throw new BuildException($"--ssh {value}: nestor build forwards one agent socket per id, not key files", "give the socket of an ssh-agent holding the keys (ssh-add them)");
+            }
+            agents[id] = Path.GetFullPath(socket);
+        }
+        return agents;
     }
 
     /// <summary><c>-q</c>: nothing but the id at the end.</summary>

@@ -291,6 +291,35 @@ public sealed class ShellWordExpansion(Func<string, string?> lookup, char escape
                 }
                 return c == '#' ? RemovePrefix(value ?? "", pattern, longest) : RemoveSuffix(value ?? "", pattern, longest);
             }
+            if (c == '/')
+            {
+                // ${VAR/pattern/replacement} and ${VAR//pattern/replacement}: the Dockerfile reference's
+                // "Environment replacement", stable since dockerfile 1.7.0 (BuildKit #4287, #4427). The first
+                // (or every) leftmost-longest match of the shell pattern is replaced, as bash's
+                // "Pattern substitution" does it; the pattern keeps its escapes so that \* is a literal star.
+                bool all = position < text.Length && text[position] == '/';
+                if (all)
+                {
+                    position++;
+                }
+                bool wasRaw = rawEscapes;
+                rawEscapes = true;
+                string pattern;
+                try
+                {
+                    pattern = Process('/', null);
+                }
+                catch (FormatException)
+                {
+                    throw new FormatException($"bad substitution in '{text}': write ${{{name}/pattern/replacement}} (the second '/' is required)");
+                }
+                finally
+                {
+                    rawEscapes = wasRaw;
+                }
+                string replacement = Process('}', null);
+                return Replace(value ?? "", pattern, replacement, all);
+            }
             bool colon = c == ':';
             if (colon)
             {
@@ -302,8 +331,9 @@ public sealed class ShellWordExpansion(Func<string, string?> lookup, char escape
             }
             if (c is not ('-' or '+' or '?'))
             {
+                // ${VAR:offset:length} is bash's, not the Dockerfile reference's (BuildKit refuses it too).
                 throw new FormatException(
-                    $"unsupported modifier '{(colon ? ":" : "")}{c}' in '${{{name}...}}' (use :- :+ :? - + ? # ## % %%)");
+                    $"unsupported modifier '{(colon ? ":" : "")}{c}' in '${{{name}...}}' (use :- :+ :? - + ? # ## % %% / //; substrings ${{{name}:offset:length}} are not in the Dockerfile reference)");
             }
             // The word is expanded only when it is used, as a shell does; expanding it unused has no effect here
             // (no assignments), so it is processed either way to find the closing brace.
@@ -317,6 +347,48 @@ public sealed class ShellWordExpansion(Func<string, string?> lookup, char escape
                     $"{name}: {(word.Length > 0 ? word : colon ? "is not set or empty" : "is not set")}"),
             };
         }
+    }
+
+    /// <summary><c>${VAR/pattern/replacement}</c> (<paramref name="all"/> false: the first match) and
+    /// <c>${VAR//pattern/replacement}</c> (every match): each match is the longest one starting at the leftmost
+    /// position where the pattern matches a non-empty string; an empty pattern leaves the value unchanged.</summary>
+    public static string Replace(string value, string pattern, string replacement, bool all)
+    {
+        if (pattern.Length == 0)
+        {
+            return value;
+        }
+        var result = new StringBuilder();
+        int start = 0;
+        for (int i = 0; i < value.Length; i++)
+        {
+            int length = LongestMatchAt(value, i, pattern);
+            if (length == 0)
+            {
+                continue;
+            }
+            result.Append(value, start, i - start).Append(replacement);
+            start = i + length;
+            i = start - 1;
+            if (!all)
+            {
+                break;
+            }
+        }
+        return result.Append(value, start, value.Length - start).ToString();
+    }
+
+    /// <summary>The length of the longest non-empty string at <paramref name="index"/> the pattern matches, or 0.</summary>
+    private static int LongestMatchAt(string value, int index, string pattern)
+    {
+        for (int length = value.Length - index; length > 0; length--)
+        {
+            if (PatternMatches(pattern, value.AsSpan(index, length)))
+            {
+                return length;
+            }
+        }
+        return 0;
     }
 
     /// <summary><c>${VAR#pattern}</c> (shortest) and <c>${VAR##pattern}</c> (longest): the value without the

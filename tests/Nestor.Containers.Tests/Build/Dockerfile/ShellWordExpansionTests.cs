@@ -116,6 +116,47 @@ public class ShellWordExpansionTests
         Assert.Equal(expected, new ShellWordExpansion(n => variables.GetValueOrDefault(n)).ProcessWord(word));
     }
 
+    /// <summary>The reference's pattern substitution (stable since dockerfile 1.7.0): <c>/</c> replaces the first
+    /// leftmost-longest match, <c>//</c> every one; the reference's own examples (foobarbaz) among them.</summary>
+    [Theory]
+    [InlineData("${S/ba/fo}", "fooforbaz")]
+    [InlineData("${S//ba/fo}", "fooforfoz")]
+    [InlineData("${S/nomatch/x}", "foobarbaz")]
+    [InlineData("${S/b*a/X}", "fooXz")]
+    [InlineData("${S//b?/X}", "fooXrXz")]
+    [InlineData("${S/o/}", "fobarbaz")]
+    [InlineData("${S//o/}", "fbarbaz")]
+    [InlineData("${S//[ab]/-}", "foo--r--z")]
+    [InlineData("${S//o/$R}", "f..barbaz")]
+    [InlineData("${S//o/\"a b\"}", "fa ba bbarbaz")]
+    [InlineData("${S///x}", "foobarbaz")]
+    [InlineData("${P//\\//:}", ":usr:local")]
+    [InlineData("${STAR/\\*/+}", "+star*")]
+    [InlineData("${UNSET/a/b}", "")]
+    [InlineData("x${S/foo/}y", "xbarbazy")]
+    public void PatternSubstitution(string word, string expected)
+    {
+        var variables = new Dictionary<string, string>
+        {
+            ["S"] = "foobarbaz",
+            ["R"] = ".",
+            ["P"] = "/usr/local",
+            ["STAR"] = "*star*",
+        };
+        Assert.Equal(expected, new ShellWordExpansion(n => variables.GetValueOrDefault(n)).ProcessWord(word));
+    }
+
+    /// <summary><c>${VAR:offset:length}</c> is bash's, not the reference's: refused, saying so; a substitution
+    /// without its second slash is refused too.</summary>
+    [Theory]
+    [InlineData("${FOO:1:2}", "not in the Dockerfile reference")]
+    [InlineData("${FOO/a}", "the second '/' is required")]
+    public void UnsupportedSubstitutionsSaySo(string word, string expected)
+    {
+        var error = Assert.Throws<FormatException>(() => Expansion.ProcessWord(word));
+        Assert.Contains(expected, error.Message);
+    }
+
     /// <summary>The shell pattern matcher by itself: whole-string matches, classes with ranges and negation, an
     /// unclosed <c>[</c> as a literal.</summary>
     [Theory]

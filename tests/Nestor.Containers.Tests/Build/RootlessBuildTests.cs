@@ -1,0 +1,224 @@
+using System.Diagnostics;
+using System.Formats.Tar;
+using System.Globalization;
+using Nestor.Containers.Images;
+using Nestor.Containers.Tests.Engine;
+
+namespace Nestor.Containers.Tests.Build;
+
+/// <summary>Rootless <c>nestor build</c>: the built CLI run by the unprivileged user nestor-rootless (65536
+/// subordinate ids in /etc/subuid and /etc/subgid, made by scripts/install-prerequisites) with its store under a
+/// directory it owns. Nothing is mounted on the host; files container root writes belong to the user, and other
+/// owners (a RUN's chown, COPY --chown) are recorded in the layers as the container sees them. Everything the test
+/// made (processes of the user, the directory) is removed after, also on failure.</summary>
+public sealed class RootlessBuildTests : IDisposable
+{
+    private const string User = "nestor-rootless";
+    private readonly string root;
+    private readonly string data;
+    private readonly string state;
+    private readonly uint userId;
+    private string? userWithoutRange;
+
+    public RootlessBuildTests()
+    {
+        // Short: the attach socket's path must stay under unix(7)'s 108 bytes.
+        root = Path.Combine("/tmp", $"nb-{Guid.NewGuid():N}"[..11]);
+        data = Path.Combine(root, "d");
+        state = Path.Combine(root, "s");
+        Directory.CreateDirectory(root);
+        userId = uint.Parse(Run("id", "-u", User).Output.Trim(), CultureInfo.InvariantCulture);
+        Assert.Equal(0, Run("chown", User, root).Status);
+        var bootstrap = AsUser(EngineFixture.Nestor, "image", "bootstrap", "busybox", "--store", Path.Combine(data, "images"));
+        Assert.True(bootstrap.Status == 0, bootstrap.ToString());
+    }
+
+    /// <summary>WORKDIR, COPY (into the workdir, and --chown to a subordinate id), RUN with chown, all as the user:
+    /// the layers record root, 33 and 100/101 as owners, the image runs rootless with those owners, and a rebuild
+    /// runs no step.</summary>
+    [Fact]
+    public void BuildsAsAnUnprivilegedUserWithTheContainersOwners()
+    {
+        string context = Path.Combine(root, "ctx");
+        Directory.CreateDirectory(context);
+        File.WriteAllText(Path.Combine(context, "Dockerfile"), """
+            FROM busybox
+            WORKDIR /app
+            COPY hello.txt ./
+            COPY --chown=33:33 owned.txt /srv/
+            RUN mkdir -p /data && echo made > /data/f && chown 100:101 /data/f && id -u > /data/uid
+            CMD ["cat", "/app/hello.txt"]
+            """);
+        File.WriteAllText(Path.Combine(context, "hello.txt"), "hello\n");
+        File.WriteAllText(Path.Combine(context, "owned.txt"), "owned\n");
+        Assert.Equal(0, Run("chown", "-R", User, context).Status);
+
+        var build = Build("-t", "rootless-built:v1", "--network", "none", context);
+        Assert.True(build.Status == 0, build.ToString());
+        AssertNothingLeft();
+
+        var store = ImageStore.Open(Path.Combine(data, "images"));
+        var image = store.Resolve("rootless-built:v1");
+        var owners = LayerOwners(store, image);
+        Assert.Equal((0, 0), owners["app/hello.txt"]);
+        Assert.Equal((33, 33), owners["srv/owned.txt"]);
+        Assert.Equal((100, 101), owners["data/f"]);
+        Assert.Equal((0, 0), owners["data/uid"]);
+        Assert.DoesNotContain("run/secrets", owners.Keys);
+
+        var run = AsUser(EngineFixture.Nestor, "container", "--root", data, "--state", state, "run", "--rm", "rootless-built:v1");
+        Assert.True(run.Status == 0, run.ToString());
+        Assert.Equal("hello\n", run.Output);
+        var seen = AsUser(EngineFixture.Nestor, "container", "--root", data, "--state", state, "run", "--rm", "rootless-built:v1",
+            "sh", "-c", "stat -c %u:%g /srv/owned.txt /data/f /app/hello.txt && cat /data/uid && pwd");
+        Assert.True(seen.Status == 0, seen.ToString());
+        Assert.Equal("33:33\n100:101\n0:0\n0\n/app\n", seen.Output);
+
+        // On the host the user owns what container root owns; the rest belongs to its subordinate ids.
+        string upperOfCopy = store.LayerDirectory(image.LayerDiffIds[^2]);
+        Assert.True(Directory.Exists(upperOfCopy), upperOfCopy);
+
+        var again = Build("-t", "rootless-built:v2", "--network", "none", context);
+        Assert.True(again.Status == 0, again.ToString());
+        Assert.Equal(5, again.Output.Split('\n').Count(line => line == "--> CACHED"));
+        Assert.Equal(image.Id, store.Resolve("rootless-built:v2").Id);
+        AssertNothingLeft();
+    }
+
+    /// <summary>A user without subordinate ids is refused at once, with the file and the line to add.</summary>
+    [Fact]
+    public void AUserWithoutSubordinateIdsIsToldWhatToAdd()
+    {
+        string name = "nestor-nosub" + Guid.NewGuid().ToString("N")[..4];
+        // A system user: useradd gives ordinary users a subordinate range (login.defs SUB_UID_COUNT), not system ones.
+        var add = Run("useradd", "--system", "--no-create-home", "--shell", "/bin/sh", name);
+        Assert.True(add.Status == 0, add.ToString());
+        userWithoutRange = name;
+        Assert.DoesNotContain(File.ReadAllLines("/etc/subuid"), line => line.StartsWith(name + ":", StringComparison.Ordinal));
+        string own = Path.Combine(root, "nosub");
+        Directory.CreateDirectory(Path.Combine(own, "ctx"));
+        File.WriteAllText(Path.Combine(own, "ctx", "Dockerfile"), "FROM busybox\nRUN true\n");
+        Assert.Equal(0, Run("chown", "-R", name, own).Status);
+        var refused = Run("runuser", "-u", name, "--", EngineFixture.Nestor, "build", "--root", Path.Combine(own, "d"),
+            "--state", Path.Combine(own, "s"), "--progress", "plain", "-t", "x:v1", Path.Combine(own, "ctx"));
+        Assert.Equal(1, refused.Status);
+        Assert.Contains("/etc/subuid has no range for " + name, refused.Error);
+        Assert.Contains($"'{name}:100000:65536'", refused.Error);
+    }
+
+    /// <summary>The owners of the paths in the image's layer tars, the topmost layer's for a path in several.</summary>
+    private static Dictionary<string, (int Uid, int Gid)> LayerOwners(ImageStore store, StoredImage image)
+    {
+        var owners = new Dictionary<string, (int, int)>(StringComparer.Ordinal);
+        foreach (var layer in store.ReadManifest(image.ManifestDigest).Layers)
+        {
+            using var stream = File.OpenRead(store.Layout.BlobPath(layer.Digest));
+            using var reader = new TarReader(stream);
+            while (reader.GetNextEntry() is { } entry)
+            {
+                owners[entry.Name.TrimStart('.', '/').TrimEnd('/')] = (entry.Uid, entry.Gid);
+            }
+        }
+        return owners;
+    }
+
+    /// <summary>No mount of this test's directory on the host (the build mounts nothing there) and no process of
+    /// the user left that involves it.</summary>
+    private void AssertNothingLeft()
+    {
+        Assert.DoesNotContain(root, File.ReadAllText("/proc/self/mountinfo"));
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+        while (UserProcesses().Count > 0 && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(100);
+        }
+        var left = UserProcesses();
+        Assert.True(left.Count == 0, "left running: " + string.Join("; ", left.Select(pid => File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' '))));
+    }
+
+    private List<int> UserProcesses()
+    {
+        var found = new List<int>();
+        foreach (string directory in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(directory), NumberStyles.None, CultureInfo.InvariantCulture, out int pid))
+            {
+                continue;
+            }
+            try
+            {
+                string status = File.ReadAllText(Path.Combine(directory, "status"));
+                string uidLine = status.Split('\n').First(line => line.StartsWith("Uid:", StringComparison.Ordinal));
+                if (uidLine.Split('\t', StringSplitOptions.RemoveEmptyEntries)[1] != userId.ToString(CultureInfo.InvariantCulture))
+                {
+                    continue;
+                }
+                string commandLine = File.ReadAllText(Path.Combine(directory, "cmdline")).Replace('\0', ' ');
+                string? rootLink = new FileInfo(Path.Combine(directory, "root")).LinkTarget;
+                if (commandLine.Contains(root, StringComparison.Ordinal) || (rootLink?.Contains(root, StringComparison.Ordinal) ?? false))
+                {
+                    found.Add(pid);
+                }
+            }
+            catch (Exception exception) when (exception is IOException or UnauthorizedAccessException or InvalidOperationException)
+            {
+            }
+        }
+        return found;
+    }
+
+    private CommandResult Build(params string[] arguments) =>
+        AsUser([EngineFixture.Nestor, "build", "--root", data, "--state", state, "--progress", "plain", .. arguments]);
+
+    private static CommandResult AsUser(params string[] command) => Run(["runuser", "-u", User, "--", .. command]);
+
+    private static CommandResult Run(params string[] command)
+    {
+        var start = new ProcessStartInfo(command[0])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            WorkingDirectory = "/",
+        };
+        foreach (string word in command.Skip(1))
+        {
+            start.ArgumentList.Add(word);
+        }
+        using var process = Process.Start(start)!;
+        var output = process.StandardOutput.ReadToEndAsync();
+        var error = process.StandardError.ReadToEndAsync();
+        process.StandardInput.Close();
+        if (!process.WaitForExit(TimeSpan.FromMinutes(5)))
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"{string.Join(' ', command)} did not end");
+        }
+        return new CommandResult(process.ExitCode, output.Result, error.Result);
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            foreach (string id in AsUser(EngineFixture.Nestor, "container", "--root", data, "--state", state, "ps", "-a", "-q", "--no-trunc")
+                .Output.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+            {
+                AsUser(EngineFixture.Nestor, "container", "--root", data, "--state", state, "rm", "-f", id);
+            }
+        }
+        finally
+        {
+            foreach (int pid in UserProcesses())
+            {
+                Run("kill", "-9", pid.ToString(CultureInfo.InvariantCulture));
+            }
+            if (userWithoutRange is { } name)
+            {
+                Run("userdel", name);
+            }
+            // As root: files of subordinate ids in the store are not the user's to remove.
+            Run("rm", "-rf", root);
+        }
+    }
+}
