@@ -18,7 +18,9 @@ namespace Nestor.Containers.Build;
 /// the container's overlay upper directory becomes a layer (<see cref="LayerDiff"/>, as <c>container commit</c>
 /// makes one); COPY and ADD write into the state's overlay mounted on the host and its upper directory becomes the
 /// layer; the other instructions change the config only and add an empty-layer history entry, with created_by as
-/// podman writes it (<c>/bin/sh -c #(nop) CMD ["sh"]</c>). Every state is an image in the store's blobs that the
+/// podman writes it (<c>/bin/sh -c #(nop) CMD ["sh"]</c>). Run by an unprivileged user nothing is mounted on the host
+/// (<see cref="RootlessBuild"/>): RUN is a rootless container, COPY and ADD write into the upper directory over a view
+/// of the state's layers, and owners and layers go through a user namespace that maps the subordinate ids. Every state is an image in the store's blobs that the
 /// index does not name, found again through <see cref="BuildCache"/>; the last is named by the tags.</summary>
 public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress)
 {

@@ -121,8 +121,9 @@ public static class RootlessBuild
     }
 
     /// <summary>A state's files as its overlay would show them, without mounting it: an upper directory over lower
-    /// ones (topmost first), with overlayfs's whiteouts (a 0/0 character device, or the user.overlay.whiteout xattr
-    /// of a rootless store) hiding what is below.</summary>
+    /// ones (topmost first), overlayfs's whiteouts (a 0/0 character device, as <see cref="Storage.LayerUnpacker"/>
+    /// makes them in either mode) hiding what is below. Opaque directories are not looked at: an entry below a
+    /// directory a higher layer made opaque is still found.</summary>
     public sealed class LayerView(string upper, IReadOnlyList<string> lowers)
     {
         /// <summary>The layers, the writable one first.</summary>
