@@ -69,6 +69,11 @@ public interface IHostControl
     /// <summary>Changes a VM's CPU controls; the scheduler uses them from its next decision.</summary>
     void SetCpu(string name, CpuControls controls);
 
+    /// <summary>Saves a running or paused VM to a snapshot file (and its RAM to a memory file if
+    /// <see cref="SnapshotRequest.MemoryPath"/> is given): pauses it, saves it, and resumes it unless it was paused or
+    /// asked to stay paused (ControlApi/HostSnapshots.cs).</summary>
+    SnapshotTaken Snapshot(string name, SnapshotRequest request);
+
     /// <summary>What the host has and has handed out: host CPUs, memory, swap, admitted reservations, the scheduler.</summary>
     IReadOnlyList<Engines.EngineCounter> HostCounters();
 }
