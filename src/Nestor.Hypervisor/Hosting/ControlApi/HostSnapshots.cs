@@ -160,7 +160,10 @@ namespace Nestor.Hypervisor.Hosting
                 // dispatched and is woken for it.
                 while (!pending.Done.Wait(1))
                 {
-                    vm.Quantum.Interrupt();
+                    if (!pending.Done.IsSet)
+                    {
+                        vm.Quantum.Interrupt();
+                    }
                     if (vm.Quantum.Finished && !pending.Done.Wait(100))
                     {
                         lock (gate)
