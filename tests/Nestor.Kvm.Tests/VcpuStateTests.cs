@@ -53,6 +53,7 @@ public class VcpuStateTests
         {
             area[160 + i] = (byte)(0xA0 + i);
         }
+        area[512] |= 0x2; // XSTATE_BV.SSE: the SSE component is not in its initial state (SDM Vol. 1 §13.4.2, §13.8)
         a.SetXsave(area);
         byte[] saved = a.GetXsave();
         Assert.Equal(area.AsSpan(160, 16).ToArray(), saved.AsSpan(160, 16).ToArray());
