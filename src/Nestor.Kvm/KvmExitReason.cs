@@ -71,4 +71,7 @@ public enum KvmCapability : uint
     BinaryStatistics = 203,
     ExitOnEmulationFailure = 204,
     TripleFaultEvent = 218,
+    AdjustClock = 39,
+    ExtendedControlRegisters = 56,
+    Xsave2 = 208,
 }

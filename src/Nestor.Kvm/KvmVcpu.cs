@@ -41,7 +41,7 @@ public readonly ref struct KvmMmioExit
 }
 
 /// <summary>One virtual CPU: register state, CPUID, MSRs and the KVM_RUN loop primitive (api.rst, "vCPU ioctls").</summary>
-public sealed unsafe class KvmVcpu : IDisposable
+public sealed unsafe partial class KvmVcpu : IDisposable
 {
     private const int ExitReasonOffset = 8;
     private const int ExitDataOffset = 32;

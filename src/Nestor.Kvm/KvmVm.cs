@@ -3,7 +3,7 @@ using Nestor.Kvm.Native;
 namespace Nestor.Kvm;
 
 /// <summary>One KVM virtual machine: its memory slots and vCPUs (api.rst, "VM ioctls").</summary>
-public sealed class KvmVm : IDisposable
+public sealed partial class KvmVm : IDisposable
 {
     private readonly FileDescriptor vm;
     private readonly List<KvmVcpu> vcpus = [];

@@ -126,7 +126,8 @@ public class SnapshotCliTests
         Assert.True(r.Result.ExitCode == 0, r.Result.ToString());
         var info = Run("snapshot", "info", file);
         Assert.True(info.ExitCode == 0, info.ToString());
-        Assert.Contains("format version 1", info.Stdout);
+        Assert.Contains($"format version {SnapshotFile.FormatVersion}", info.Stdout);
+        Assert.Contains("memory file:  none", info.Stdout);
         Assert.Contains(", verified", info.Stdout);
         Assert.Contains("technique:    pv", info.Stdout);
         Assert.Contains("memory:       48 MiB", info.Stdout);
@@ -157,14 +158,14 @@ public class SnapshotCliTests
         byte[] disk = File.ReadAllBytes(image);
 
         byte[] bumped = (byte[])snapshot.Clone();
-        BinaryPrimitives.WriteUInt16LittleEndian(bumped.AsSpan(8), 2);
+        BinaryPrimitives.WriteUInt16LittleEndian(bumped.AsSpan(8), SnapshotFile.FormatVersion + 1);
         byte[] flipped = (byte[])snapshot.Clone();
         flipped[snapshot.Length / 2] ^= 0x80;
         var cases = new (string What, string Snapshot, string[] Options, string Message)[]
         {
             ("truncated", WriteTemp(snapshot[..(snapshot.Length - 4096)], ".snap"), vm, "the snapshot is truncated: its header declares"),
             ("flipped byte", WriteTemp(flipped, ".snap"), vm, "the snapshot is corrupted: its CRC-64 is"),
-            ("version bumped", WriteTemp(bumped, ".snap"), vm, "the snapshot's format version is 2, newer than this Nestor reads (1)"),
+            ("version bumped", WriteTemp(bumped, ".snap"), vm, $"the snapshot's format version is {SnapshotFile.FormatVersion + 1}, newer than this Nestor reads ({SnapshotFile.FormatVersion})"),
             ("wrong engine", file, ["--engine", "kvm", .. vm[2..]], "the snapshot was taken on engine sim, and this VM runs on kvm"),
             ("wrong memory", file, [.. vm, "--memory", "32M"], "wrong configuration: the snapshot's VM has 64 MiB of memory"),
             ("wrong technique", file, ["--technique", "trap", .. vm[2..]], "wrong configuration: the snapshot was taken under technique hw+nested, and this VM runs trap"),
@@ -299,6 +300,180 @@ public class SnapshotCliTests
             var outcome = vm.Run(engine).Outcome;
             Assert.True(outcome.Kind == VmOutcomeKind.DebugExit, outcome.Message);
             Assert.Equal(0x1235u, outcome.GuestStatus);
+        }
+    }
+
+    /// <summary>Firecracker's layout through the command: <c>--snapshot-at N FILE --mem-file MEM</c> writes the state
+    /// and a sparse memory file, <c>snapshot info</c> names the memory file, <c>--restore FILE</c> finds it and runs on
+    /// to the uninterrupted end; a truncated or a foreign memory file is refused naming it, with status 120.</summary>
+    [Fact]
+    public void A_snapshot_with_a_memory_file_restores_through_the_command_and_a_bad_memory_file_is_refused()
+    {
+        string[] vm = ["--technique", "hw"];
+        var whole = RunVm(vm);
+        Assert.True(whole.Result.ExitCode == 0, whole.Result.ToString());
+        string state = TempPath(".snap"), memory = TempPath(".mem"), other = TempPath(".snap"), otherMemory = TempPath(".mem");
+        long third = whole.Instructions / 3;
+        var a = RunVm(vm, "--snapshot-at", third.ToString(), state, "--mem-file", memory);
+        Assert.True(a.Result.ExitCode == 0, a.Result.ToString());
+        Assert.Contains($"its RAM to '{memory}' (67,108,864 bytes, sparse)", a.Result.Stderr);
+        var info = Run("snapshot", "info", state);
+        Assert.True(info.ExitCode == 0, info.ToString());
+        Assert.Contains($"memory file:  {Path.GetFullPath(memory)}  67,108,864 bytes  sha256 ", info.Stdout);
+        var c = RunVm(vm, "--restore", state);
+        Assert.True(c.Result.ExitCode == 0, c.Result.ToString());
+        Assert.Equal(whole.Serial, a.Serial + c.Serial);
+        Assert.Equal(whole.Instructions, c.Instructions);
+
+        Assert.Equal(0, RunVm(vm, "--snapshot-at", (2 * third).ToString(), other, "--mem-file", otherMemory).Result.ExitCode);
+        byte[] image = File.ReadAllBytes(memory);
+        Assert.NotEqual(image, File.ReadAllBytes(otherMemory)); // the guest wrote RAM between the two points
+        foreach (var (bytes, message) in new[]
+        {
+            (image[..^8192], $"the memory file '{Path.GetFullPath(memory)}' has {image.Length - 8192:N0} bytes, and the snapshot recorded {image.Length:N0} (truncated)"),
+            (File.ReadAllBytes(otherMemory), $"the memory file '{Path.GetFullPath(memory)}' does not match the snapshot: its SHA-256 is"),
+        })
+        {
+            File.WriteAllBytes(memory, bytes);
+            var refused = RunVm(vm, "--restore", state);
+            Assert.True(refused.Result.ExitCode == 120, refused.Result.ToString());
+            Assert.Contains(message, refused.Result.Stderr);
+            Assert.Equal("", refused.Serial);
+        }
+        File.Delete(memory);
+        var missing = RunVm(vm, "--restore", state);
+        Assert.True(missing.Result.ExitCode == 120, missing.Result.ToString());
+        Assert.Contains($"the memory file '{Path.GetFullPath(memory)}' is missing", missing.Result.Stderr);
+        var stray = Run(["run", .. vm, "--mem-file", memory]);
+        Assert.Equal(120, stray.ExitCode);
+        Assert.Contains("--mem-file is where this run's snapshots put their RAM", stray.Stderr);
+    }
+
+    /// <summary>Snapshots of a VM of <c>nestor host run</c> from the command line: <c>nestor snapshot save --api</c>
+    /// (with a memory file) and <c>nestor host ctl SOCKET snapshot</c> (staying paused); then each restored into a new
+    /// host with <c>--restore NAME=FILE</c>. The guest spins forever, so the host is there whenever the commands come.</summary>
+    [Fact]
+    public async Task A_hosted_vm_is_saved_through_the_control_api_and_restored_into_a_new_host()
+    {
+        string apiSocket = TempPath(".sock"), first = TempPath(".snap"), memory = TempPath(".mem"), second = TempPath(".snap");
+        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string arg in (string[])["exec", Path.Combine(AppContext.BaseDirectory, "nestor.dll"), "host", "run",
+            "--vm", "spin=builtin:spin,technique=hw,memory=16M", "--api-socket", apiSocket, "--timeout", "120"])
+        {
+            info.ArgumentList.Add(arg);
+        }
+        using var host = Process.Start(info)!;
+        var stdout = host.StandardOutput.ReadToEndAsync();
+        var stderr = host.StandardError.ReadToEndAsync();
+        try
+        {
+            var watch = Stopwatch.StartNew();
+            while (!File.Exists(apiSocket))
+            {
+                if (host.HasExited)
+                {
+                    Assert.Fail($"nestor host run ended before it made its socket: {await stderr}");
+                }
+                Assert.True(watch.Elapsed < TimeSpan.FromSeconds(60), "no socket within 60 s");
+                Thread.Sleep(50);
+            }
+            var save = Run("snapshot", "save", "--api", apiSocket, "spin", first, "--mem-file", memory);
+            Assert.True(save.ExitCode == 0, save.ToString());
+            Assert.Matches($"^spin: saved at [0-9,]+ instructions to '{Regex.Escape(Path.GetFullPath(first))}' \\([0-9,]+ bytes\\), its RAM to '{Regex.Escape(Path.GetFullPath(memory))}' \\(16,777,216 bytes\\); now Running", save.Stdout);
+            var ctl = Run("host", "ctl", apiSocket, "snapshot", "spin", second, "--stay-paused", "--json");
+            Assert.True(ctl.ExitCode == 0, ctl.ToString());
+            using (var json = JsonDocument.Parse(ctl.Stdout))
+            {
+                Assert.Equal("Paused", json.RootElement.GetProperty("state").GetString());
+                Assert.True(json.RootElement.GetProperty("instructions_retired").GetInt64() > 0);
+            }
+            var nothing = Run("host", "ctl", apiSocket, "snapshot", "nobody", second);
+            Assert.NotEqual(0, nothing.ExitCode);
+            Assert.Contains("there is no VM named 'nobody'", nothing.Stderr);
+            Assert.Equal(0, Run("host", "ctl", apiSocket, "stop", "spin").ExitCode);
+            Assert.True(host.WaitForExit(TimeSpan.FromSeconds(60)), "the host ended once its VM was stopped");
+            await stdout;
+        }
+        finally
+        {
+            if (!host.HasExited)
+            {
+                host.Kill(entireProcessTree: true);
+            }
+        }
+        long Taken(string file) => SnapshotFile.Read(file).Header.InstructionsRetired;
+        Assert.True(Taken(second) > Taken(first));
+        foreach (string file in new[] { first, second })
+        {
+            var restored = Run(Limit, ["host", "run", "--vm", "spin=builtin:spin,technique=hw,memory=16M", "--restore", $"spin={file}", "--duration-ms", "5"]);
+            Assert.True(restored.ExitCode == 0, restored.ToString());
+            Assert.Contains($"VM 'spin' restored from '{file}' (hw+nested, {Taken(file):N0} instructions retired)", restored.Stdout);
+        }
+        var wrong = Run(Limit, ["host", "run", "--vm", "spin=builtin:spin,technique=trap,memory=16M", "--restore", $"spin={first}", "--duration-ms", "5"]);
+        Assert.NotEqual(0, wrong.ExitCode);
+        Assert.Contains("wrong configuration: the snapshot was taken under technique hw+nested, and this VM runs trap", wrong.Stdout + wrong.Stderr);
+    }
+
+    /// <summary>KVM's vCPU state beyond the registers: a ring-0 guest writes IA32_SYSENTER_ESP and _EIP, halts, is
+    /// saved, and a new VM on a new KVM VM restored from the file reads both back (the MSRs the guest changed are in
+    /// the KVMS section, with the XSAVE area and the kvmclock); without them the restored guest would read zeros.
+    /// This host's nested KVM fails every x87 and SSE instruction (KVM "could not emulate" fldcw, ldmxcsr, movq), so
+    /// no guest here can put a value in the XSAVE area: VcpuStateTests carries one across at the binding's level.</summary>
+    [Fact]
+    public void A_ring0_guest_restored_on_kvm_has_the_msrs_it_wrote_back()
+    {
+        RequireKvm();
+        var code = GuestAssembler.Assemble(a =>
+        {
+            a.mov(ecx, 0x175); // IA32_SYSENTER_ESP
+            a.mov(eax, 0xABCD);
+            a.xor(edx, edx);
+            a.wrmsr();
+            a.mov(ecx, 0x176); // IA32_SYSENTER_EIP
+            a.mov(eax, 0x1200);
+            a.wrmsr();
+            a.xor(eax, eax);
+            a.hlt();           // the run ends here; the snapshot is taken
+            a.mov(ecx, 0x175);
+            a.rdmsr();
+            a.mov(ebx, eax);
+            a.mov(ecx, 0x176);
+            a.rdmsr();
+            a.add(eax, ebx);
+            a.mov(dx, 0xF4);
+            a.@out(dx, eax);
+            a.hlt();
+        });
+        VmConfig Config() => new()
+        {
+            Engine = EngineKind.Kvm,
+            Kernel = GuestAssembler.Flat("kvm-msrs", code),
+            MemoryBytes = 4UL << 20,
+            Timeout = TimeSpan.FromSeconds(30),
+        };
+        byte[] file;
+        using (var vm = Vm.Create(Config()))
+        {
+            var engine = new KvmEngine();
+            var first = vm.Run(engine).Outcome;
+            Assert.True(first.Kind == VmOutcomeKind.Halted, first.Message);
+            var state = engine.ExtendedStateOf(vm);
+            Assert.Contains(state.Msrs, m => m.Index == 0x175 && m.Data == 0xABCD);
+            Assert.Contains(state.Msrs, m => m.Index == 0x176 && m.Data == 0x1200);
+            Assert.DoesNotContain(state.Msrs, m => m.Index == 0xC000_0080); // EFER travels in CPU0
+            Assert.True(state.FloatingPointArea.Length >= 4096, $"an XSAVE area of {state.FloatingPointArea.Length} bytes");
+            Assert.NotNull(state.Clock);
+            file = SnapshotFile.Encode(vm, engine);
+        }
+        var contents = SnapshotFile.Decode(file);
+        Assert.Contains(contents.Sections, s => s.Tag == "KVMS");
+        using (var vm = Vm.Create(Config()))
+        {
+            var engine = new KvmEngine();
+            SnapshotFile.Restore(contents, vm, engine);
+            var outcome = vm.Run(engine).Outcome;
+            Assert.True(outcome.Kind == VmOutcomeKind.DebugExit, outcome.Message);
+            Assert.Equal(0xABCDu + 0x1200u, outcome.GuestStatus);
         }
     }
 }

@@ -87,9 +87,10 @@ internal static class RunCommand
         };
         var snapshotOnSignal = new Option<string?>("--snapshot-on-signal") { Description = "On each SIGUSR1, pause the VM at its next stop check, save it to FILE and run on" };
         var restore = new Option<string?>("--restore") { Description = "Restore the VM from a snapshot FILE and continue it; give the options the snapshot was taken with" };
+        var memFile = SnapshotCommand.MemoryFileOption();
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
-            snapshotAt, snapshotOnSignal, restore,
+            snapshotAt, snapshotOnSignal, restore, memFile,
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
             technique, mmu, nestedPages, disk, virtioConsole, balloon, balloonTarget, serviceVm, serviceDisk, serviceMemory, serviceCommandLine, module,
         };
@@ -132,6 +133,7 @@ internal static class RunCommand
                 SnapshotAt = parse.GetValue(snapshotAt),
                 SnapshotOnSignal = parse.GetValue(snapshotOnSignal),
                 Restore = parse.GetValue(restore),
+                MemoryFile = parse.GetValue(memFile),
             }, parse.GetValue(verbose));
         });
         return command;
@@ -180,6 +182,9 @@ internal static class RunCommand
 
         /// <summary>--restore FILE.</summary>
         public string? Restore { get; init; }
+
+        /// <summary>--mem-file MEM: the snapshots this run saves keep their RAM there.</summary>
+        public string? MemoryFile { get; init; }
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -240,7 +245,7 @@ internal static class RunCommand
                 "sim" => EngineKind.Sim,
                 _ => throw new BadInputException($"there is no engine '{o.Engine}'", "Use --engine kvm or --engine sim"),
             };
-            var snapshots = SnapshotCommand.Plan.Parse(o.SnapshotAt, o.SnapshotOnSignal, o.Restore, engineKind, o.ServiceVm);
+            var snapshots = SnapshotCommand.Plan.Parse(o.SnapshotAt, o.SnapshotOnSignal, o.Restore, engineKind, o.ServiceVm, o.MemoryFile);
             var simOptions = snapshots.Apply(ParseSimOptions(o, engineKind));
             RefuseMultibootMisuse(o, engineKind);
             var serviceDisk = ParseServiceVm(o, engineKind, simOptions);

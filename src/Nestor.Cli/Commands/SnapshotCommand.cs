@@ -40,7 +40,87 @@ internal static class SnapshotCommand
                 return ExitStatus.For(e);
             }
         });
-        return new Command("snapshot", "Inspect VM snapshots (take them with nestor run --snapshot-at or --snapshot-on-signal, restore them with nestor run --restore)") { info };
+        var socket = new Option<string?>("--api") { Description = "The control API socket of the nestor host run whose VM to save (--api-socket)" };
+        var vmName = new Argument<string>("VM") { Description = "The hosted VM's name" };
+        var target = new Argument<string>("FILE") { Description = "The snapshot file to write" };
+        var memFile = MemoryFileOption();
+        var stayPaused = StayPausedOption();
+        var json = new Option<bool>("--json") { Description = "Print the API's answer as JSON" };
+        var save = new Command("save", "Save a running or paused VM of nestor host run through its control API: pause, save, resume (docs/migration.md)")
+        {
+            socket, vmName, target, memFile, stayPaused, json,
+        };
+        save.SetAction(parse => Host.HostApiCli.Guard(() =>
+        {
+            string api = parse.GetValue(socket) ?? throw new BadInputException("nestor snapshot save needs --api SOCKET: it saves a VM of a running nestor host run",
+                "Start the host with nestor host run --api-socket SOCKET, then nestor snapshot save --api SOCKET VM FILE; a nestor run saves itself with --snapshot-at or --snapshot-on-signal");
+            return SaveThroughApi(api, parse.GetValue(vmName)!, parse.GetValue(target), parse.GetValue(memFile), parse.GetValue(stayPaused), parse.GetValue(json));
+        }));
+        return new Command("snapshot", "Save VMs of a host (save --api), inspect snapshots (info); nestor run takes them with --snapshot-at or --snapshot-on-signal and restores them with --restore") { info, save };
+    }
+
+    /// <summary><c>--mem-file MEM</c>: where a save puts the RAM (Firecracker's separate memory file).</summary>
+    internal static Option<string?> MemoryFileOption() => new("--mem-file")
+    {
+        Description = "Write the snapshot's RAM to this file (a sparse image of guest memory, only touched pages written) and the rest to FILE, as Firecracker does; restore finds it where it was written",
+    };
+
+    private static Option<bool> StayPausedOption() => new("--stay-paused") { Description = "Leave the VM paused after the snapshot (it is resumed by default)" };
+
+    /// <summary><c>nestor host run --restore NAME=FILE</c>.</summary>
+    internal static Option<string[]> HostRestoreOption() => new("--restore")
+    {
+        Description = "Restore the VM NAME from a snapshot FILE at power-on (repeatable): NAME=FILE; the VM's configuration must be the snapshot's",
+        AllowMultipleArgumentsPerToken = false,
+    };
+
+    /// <summary>Parses <c>--restore NAME=FILE</c> values against the host's VMs.</summary>
+    internal static Dictionary<string, string> ParseHostRestores(string[]? values, Hypervisor.Hosting.HostSpec spec)
+    {
+        var restores = new Dictionary<string, string>();
+        foreach (string value in values ?? [])
+        {
+            int at = value.IndexOf('=');
+            if (at <= 0 || at == value.Length - 1)
+            {
+                throw new BadInputException($"--restore {value}: give NAME=FILE, the VM's name and its snapshot", "e.g. --restore web=web.snap");
+            }
+            string name = value[..at];
+            if (spec.Vms.All(v => v.Name != name))
+            {
+                throw new BadInputException($"--restore {value}: the host has no VM named '{name}'", $"VMs: {string.Join(", ", spec.Vms.Select(v => v.Name))}");
+            }
+            if (!restores.TryAdd(name, value[(at + 1)..]))
+            {
+                throw new BadInputException($"--restore names VM '{name}' twice", "Give one snapshot per VM");
+            }
+        }
+        return restores;
+    }
+
+    /// <summary>The arguments <c>nestor host ctl SOCKET snapshot VM FILE</c> adds.</summary>
+    internal static (Argument<string?> File, Option<string?> MemoryFile, Option<bool> StayPaused) HostCtlArguments() =>
+        (new Argument<string?>("FILE") { Description = "snapshot: the snapshot file to write", Arity = ArgumentArity.ZeroOrOne }, MemoryFileOption(), StayPausedOption());
+
+    /// <summary>Saves a hosted VM through the control API (<c>PUT /vms/NAME/snapshot</c>) and says what was written.</summary>
+    internal static int SaveThroughApi(string socket, string vm, string? file, string? memoryFile, bool stayPaused, bool json)
+    {
+        if (string.IsNullOrEmpty(file))
+        {
+            throw new BadInputException("a snapshot needs the FILE to write", "Run nestor host ctl SOCKET snapshot VM FILE [--mem-file MEM]");
+        }
+        // The host writes the files: give it full paths, since its working directory need not be this one's.
+        using var client = new Hypervisor.Hosting.ControlApi.ControlApiClient(socket, TimeSpan.FromMinutes(3));
+        var taken = client.Snapshot(vm, new Hypervisor.Hosting.ControlApi.SnapshotCreateDocument(
+            Path.GetFullPath(file), memoryFile is null ? null : Path.GetFullPath(memoryFile), stayPaused));
+        if (json)
+        {
+            Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(taken, Hypervisor.Hosting.ControlApi.ControlApiSnapshotJson.Default.SnapshotDocument));
+            return 0;
+        }
+        Console.WriteLine($"{vm}: saved at {taken.InstructionsRetired:N0} instructions to '{taken.Path}' ({taken.Bytes:N0} bytes)" +
+                          (taken.MemPath is null ? "" : $", its RAM to '{taken.MemPath}' ({taken.MemBytes:N0} bytes)") + $"; now {taken.State}");
+        return 0;
     }
 
     /// <summary>What <c>nestor snapshot info</c> prints.</summary>
@@ -54,6 +134,9 @@ internal static class SnapshotCommand
         output.WriteLine($"  memory:       {h.MemoryBytes >> 20} MiB ({h.MemoryBytes:N0} bytes)");
         output.WriteLine($"  instructions: {h.InstructionsRetired:N0} retired when taken");
         output.WriteLine($"  fingerprint:  {h.Fingerprint} (SHA-256 of the configuration)");
+        output.WriteLine(h.MemoryFile is { } m
+            ? $"  memory file:  {m.Path}  {m.Bytes:N0} bytes  sha256 {m.Sha256} (checked at restore)"
+            : "  memory file:  none (the RAM section holds the touched pages)");
         output.WriteLine("Configuration:");
         foreach (string line in h.Configuration.Split('\n', StringSplitOptions.RemoveEmptyEntries))
         {
@@ -79,12 +162,12 @@ internal static class SnapshotCommand
         Hypervisor.Devices.Storage.DiskConfig.InterfaceName(kind);
 
     /// <summary>The snapshot options of one <c>nestor run</c>.</summary>
-    internal sealed record Plan(long? AtInstruction, string? AtFile, string? OnSignalFile, string? RestoreFile)
+    internal sealed record Plan(long? AtInstruction, string? AtFile, string? OnSignalFile, string? RestoreFile, string? MemoryFile = null)
     {
         public bool Any => AtFile is not null || OnSignalFile is not null || RestoreFile is not null;
 
         /// <summary>Parses <c>--snapshot-at N FILE</c> and checks the options against the engine.</summary>
-        public static Plan Parse(string[]? at, string? onSignal, string? restore, EngineKind engine, bool serviceVm)
+        public static Plan Parse(string[]? at, string? onSignal, string? restore, EngineKind engine, bool serviceVm, string? memoryFile = null)
         {
             long? n = null;
             string? atFile = null;
@@ -101,7 +184,12 @@ internal static class SnapshotCommand
                 }
                 (n, atFile) = (count, at[1]);
             }
-            var plan = new Plan(n, atFile, onSignal, restore);
+            var plan = new Plan(n, atFile, onSignal, restore, memoryFile);
+            if (memoryFile is not null && atFile is null && onSignal is null)
+            {
+                throw new BadInputException("--mem-file is where this run's snapshots put their RAM, and it takes none",
+                    "Give it with --snapshot-at N FILE or --snapshot-on-signal FILE; --restore finds the memory file where the snapshot recorded it");
+            }
             if (atFile is not null && engine != EngineKind.Sim)
             {
                 throw new BadInputException("--snapshot-at stops after N instructions, which only the software machine counts exactly",
@@ -152,9 +240,10 @@ internal static class SnapshotCommand
             long retired = vm.Vcpus[0].State.InstructionsRetired;
             if (run.Outcome.Kind == VmOutcomeKind.Breakpoint && plan.AtInstruction is { } n && retired >= n && control.StopReason is null)
             {
-                long bytes = SnapshotFile.Save(plan.AtFile!, vm, engine);
-                Console.Error.WriteLine($"nestor: saved the snapshot at {retired:N0} instructions to '{plan.AtFile}' ({bytes:N0} bytes); " +
-                                        "continue it with nestor run --restore FILE and the same options");
+                var saved = SnapshotFile.Save(plan.AtFile!, vm, engine, plan.MemoryFile);
+                Console.Error.WriteLine($"nestor: saved the snapshot at {retired:N0} instructions to '{plan.AtFile}' ({saved.Bytes:N0} bytes)" +
+                                        (saved.MemoryFile is { } m ? $", its RAM to '{plan.MemoryFile}' ({m.Bytes:N0} bytes, sparse)" : "") +
+                                        "; continue it with nestor run --restore FILE and the same options");
                 return (run, engine, plan.AtFile);
             }
             if (run.Outcome.Kind == VmOutcomeKind.Breakpoint && Volatile.Read(ref pauses) > 0 && control.StopReason == VmOutcomeKind.Breakpoint)
@@ -162,12 +251,21 @@ internal static class SnapshotCommand
                 Interlocked.Exchange(ref pauses, 0);
                 var fresh = newEngine();
                 engines.Add(fresh);
-                byte[] file = SnapshotFile.Encode(vm, engine);
-                long bytes = SnapshotFile.Write(plan.OnSignalFile!, file);
-                SnapshotFile.Restore(SnapshotFile.Decode(file), vm, fresh);
+                var taken = SnapshotFile.Take(vm, engine);
+                string said;
+                try
+                {
+                    long bytes = SnapshotFile.Save(taken, plan.OnSignalFile!, plan.MemoryFile).Bytes;
+                    said = $"saved the snapshot at {retired:N0} instructions to '{plan.OnSignalFile}' ({bytes:N0} bytes)";
+                }
+                catch (NestorException e)
+                {
+                    said = $"the snapshot at {retired:N0} instructions was not saved: {e.Message}"; // the VM runs on regardless
+                }
+                SnapshotFile.Restore(taken.Contents, vm, fresh);
                 engine = fresh;
                 control.Resume(VmOutcomeKind.Breakpoint);
-                Console.Error.WriteLine($"nestor: SIGUSR1: saved the snapshot at {retired:N0} instructions to '{plan.OnSignalFile}' ({bytes:N0} bytes); running on");
+                Console.Error.WriteLine($"nestor: SIGUSR1: {said}; running on");
                 continue;
             }
             if (plan.AtFile is not null)

@@ -29,6 +29,13 @@ public sealed class KvmEngine(bool interruptController = false) : IEngine
 
     public string Name => "kvm";
 
+    // Each VM's vCPU state beyond its registers, read after its last run and loaded before its next (issue 16).
+    private readonly System.Runtime.CompilerServices.ConditionalWeakTable<Vm, KvmVcpuExtendedState> extended = new();
+
+    /// <summary>The XSAVE area, changed MSRs, LAPIC, events and kvmclock of <paramref name="vm"/>'s vCPU as its last
+    /// run left them (or a snapshot restored them), loaded before its next run on this engine; its snapshot section.</summary>
+    public KvmVcpuExtendedState ExtendedStateOf(Vm vm) => extended.GetOrCreateValue(vm);
+
     /// <inheritdoc/>
     public EngineDescription Description { get; } = new("inside KVM_RUN", "KVM's own counters for vCPU 0 (KVM_GET_STATS_FD; zero counters left out):");
 
@@ -70,6 +77,9 @@ public sealed class KvmEngine(bool interruptController = false) : IEngine
         var platform = new VmPlatform(vm, control, cpuid);
         // The VM's vCPU state: at the kernel's entry, or as the last run (or a snapshot) left it.
         Load(vcpu, vm.Vcpus[0].View, vm.Vcpus[0].State.CompatibilityStar);
+        var extendedState = ExtendedStateOf(vm);
+        var freshMsrs = KvmVcpuExtendedState.ReadMsrs(vcpu, KvmVcpuExtendedState.Candidates(system)); // before the guest or a snapshot changed any
+        extendedState.Apply(kvmVm, vcpu, interruptController);
         KvmStatistics? statistics = system.CheckCapability(KvmCapability.BinaryStatistics) > 0 ? vcpu.OpenStatistics() : null;
         VmOutcome outcome;
         IReadOnlyList<EngineCounter> counters;
@@ -90,6 +100,7 @@ public sealed class KvmEngine(bool interruptController = false) : IEngine
                 control.ClearStop();
                 platform.EndRun();
                 SaveBack(vm, vcpu);
+                extendedState.Capture(kvmVm, vcpu, interruptController, freshMsrs);
             }
         }
         finally

@@ -69,6 +69,13 @@ public interface IHostControl
     /// <summary>Changes a VM's CPU controls; the scheduler uses them from its next decision.</summary>
     void SetCpu(string name, CpuControls controls);
 
+    /// <summary>Saves a running or paused VM to a snapshot file (and its RAM to a memory file if
+    /// <see cref="SnapshotRequest.MemoryPath"/> is given): pauses it, saves it, and resumes it unless it was paused or
+    /// asked to stay paused (ControlApi/HostSnapshots.cs).</summary>
+    /// <remarks>A host that cannot save its VMs (a test double) refuses it as an action its state forbids.</remarks>
+    SnapshotTaken Snapshot(string name, SnapshotRequest request) =>
+        throw new InvalidOperationException($"this host does not take snapshots of its VMs ('{name}')");
+
     /// <summary>What the host has and has handed out: host CPUs, memory, swap, admitted reservations, the scheduler.</summary>
     IReadOnlyList<Engines.EngineCounter> HostCounters();
 }

@@ -19,7 +19,7 @@ namespace Nestor.Hypervisor.Hosting;
 /// <para>Isolation: a VM that triple-faults, halts, faults in its VMM or floods its serial port ends alone (its run
 /// returns an outcome, and its thread reports it); one that spins is held to its limit or cap and ended by its own
 /// run limit; one that touches all its memory touches only its own (its RAM is its max).</para></summary>
-public sealed class VirtualMachineHost : IHostControl, IDisposable
+public sealed partial class VirtualMachineHost : IHostControl, IDisposable
 {
     private readonly HostSpec spec;
     private readonly List<HostedVm> vms = [];
@@ -184,6 +184,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
             }
             StealTimeDevice.Attach(vm.Vm, vm.Vcpu, spec.Clock);
             vm.Engine = new SimEngine(vm.Spec.Sim) { Quantum = vm.Quantum };
+            RestoreIfAsked(vm); // nestor host run --restore NAME=FILE (ControlApi/HostSnapshots.cs)
             scheduler.Add(vm.Vcpu);
             vm.State = HostedVmState.Running;
             vm.Thread = new Thread(() => RunVcpu(captured)) { Name = $"vcpu {vm.Name}", IsBackground = true };
@@ -191,11 +192,11 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
     }
 
     // The vCPU's thread: the engine runs the guest, asking the quantum before each slice.
-    private static void RunVcpu(HostedVm vm)
+    private void RunVcpu(HostedVm vm)
     {
         try
         {
-            vm.Result = vm.Vm!.Run(vm.Engine!, vm.Control);
+            vm.Result = RunTakingSnapshots(vm); // vm.Vm.Run, paused for each snapshot asked (ControlApi/HostSnapshots.cs)
         }
         catch (Exception e)
         {

@@ -27,13 +27,22 @@ public sealed record DiskReference(DiskInterface Interface, int Index, string Pa
 /// <param name="Disks">The disks by reference.</param>
 /// <param name="Checksum">The CRC-64 stored at the end of the file (verified when read).</param>
 /// <param name="FileBytes">The file's length.</param>
+/// <param name="MemoryFile">Where the RAM is when it is not in this file (format version 2), else null.</param>
 public sealed record SnapshotHeader(ushort FormatVersion, EngineKind Engine, Technique Technique, MemoryVirtualization? Memory,
     bool LargeNestedPages, ulong MemoryBytes, string Fingerprint, long InstructionsRetired, string Configuration,
-    IReadOnlyList<DiskReference> Disks, ulong Checksum, long FileBytes)
+    IReadOnlyList<DiskReference> Disks, ulong Checksum, long FileBytes, MemoryFileReference? MemoryFile = null)
 {
     /// <summary>The technique as <c>nestor run --technique/--mmu</c> name it: native, trap, bt, pv, hw+nested, hw+shadow.</summary>
     public string TechniqueName => new SimOptions { Technique = Technique, Memory = Memory }.Name;
 }
+
+/// <summary>What a save wrote: the state file, the memory file if the RAM went to one, and the snapshot as it was
+/// taken (its body whole, RAM included), which <see cref="SnapshotFile.Restore(SnapshotContents, Vm, IEngine)"/> takes.</summary>
+public sealed record SavedSnapshot(string Path, long Bytes, MemoryFileReference? MemoryFile, SnapshotContents Contents);
+
+/// <summary>A snapshot taken in memory (<see cref="SnapshotFile.Take"/>), not yet written: the VM's and engine's
+/// sections, the disks by reference, and the contents a restore takes.</summary>
+public sealed record TakenSnapshot(Vm Vm, IEngine Engine, byte[] Body, List<DiskReference> Disks, SnapshotContents Contents);
 
 /// <summary>A snapshot read from a file: the header and the VM's sections (<see cref="VmSnapshot"/>).</summary>
 public sealed record SnapshotContents(SnapshotHeader Header, byte[] Body)
@@ -51,6 +60,7 @@ public sealed record SnapshotContents(SnapshotHeader Header, byte[] Body)
 /// u64 guest RAM | 32 bytes SHA-256 of the configuration text | i64 instructions retired
 /// u32 length + UTF-8 configuration text (key=value lines)
 /// u32 disk count, each: u8 interface, u8 index, u32 length + UTF-8 path, i64 bytes, 32 bytes SHA-256
+/// (version 2) u8 memory file (0 none: the RAM section holds the pages; 1: u32 length + UTF-8 path, i64 bytes, 32 bytes SHA-256)
 /// u64 length + the sections ("NSNP", container version, then tag/version/length/fields each)
 /// u64 CRC-64 of all the bytes before it
 /// </code>
@@ -64,7 +74,9 @@ public static class SnapshotFile
     public static ReadOnlySpan<byte> Magic => "NESTORSN"u8;
 
     /// <summary>The newest format version this Nestor writes and reads.</summary>
-    public const ushort FormatVersion = 1;
+    /// <remarks>Version 2 (issue 16) added the memory-file field after the disks, and the KVM engine's
+    /// <c>KVMS</c> section; version 1 files are still read.</remarks>
+    public const ushort FormatVersion = 2;
 
     /// <summary>Bytes before the engine byte: magic, version, reserved, length.</summary>
     private const int PrefixBytes = 20;
@@ -99,18 +111,33 @@ public static class SnapshotFile
     }
 
     /// <summary>The snapshot of <paramref name="vm"/> and <paramref name="engine"/> (between runs) as file bytes.</summary>
-    /// <remarks>On KVM there is no engine section: the KVM engine keeps no state between runs, and its vCPU's
-    /// state is in the VM (read back with KVM_GET_REGS/SREGS/FPU/MSRS after each run, loaded with their SET forms
-    /// before the next), so the VM's own sections are the whole snapshot of a ring-0 guest without interrupts.</remarks>
+    /// <remarks>On KVM the engine's section is <c>KVMS</c> (<see cref="State.KvmVcpuExtendedState"/>): what KVM's
+    /// vCPU holds beyond the registers the VM's <c>CPU0</c> section keeps, read after each run (XSAVE, the MSRs
+    /// the guest changed, the in-kernel LAPIC, events in flight, the kvmclock) and loaded before the next.</remarks>
     /// <exception cref="Errors.BadInputException">An engine whose state cannot be saved.</exception>
-    public static byte[] Encode(Vm vm, IEngine engine)
+    public static byte[] Encode(Vm vm, IEngine engine) => Assemble(vm, engine, Capture(vm, engine), DiskReferences(vm), memoryFile: null);
+
+    // The VM's sections, then the engine's: the software machine's VMM, or KVM's vCPU state beyond the registers.
+    private static byte[] Capture(Vm vm, IEngine engine) => engine switch
+    {
+        SimEngine sim => VmSnapshot.Capture(vm, sim),
+        KvmEngine kvm => VmSnapshot.Capture(vm, kvm.ExtendedStateOf(vm)),
+        _ => throw new Errors.BadInputException($"snapshots of a VM on engine {engine.Name} are not implemented", "Run the VM on --engine sim (the default)"),
+    };
+
+    private static List<DiskReference> DiskReferences(Vm vm) =>
+    [
+        .. DisksOf(vm).Select(disk =>
+        {
+            var (bytes, hash) = Hash(disk.Backend);
+            return new DiskReference(disk.Interface, disk.Index, PathOf(disk), bytes, hash);
+        }),
+    ];
+
+    // The file's bytes around a body.
+    private static byte[] Assemble(Vm vm, IEngine engine, byte[] body, List<DiskReference> disks, MemoryFileReference? memoryFile)
     {
         var sim = engine as SimEngine;
-        if (sim is null && engine is not KvmEngine)
-        {
-            throw new Errors.BadInputException($"snapshots of a VM on engine {engine.Name} are not implemented", "Run the VM on --engine sim (the default)");
-        }
-        byte[] body = sim is null ? VmSnapshot.Capture(vm) : VmSnapshot.Capture(vm, sim);
         var options = sim?.Options ?? new SimOptions();
         string configuration = ConfigurationText(vm, sim?.Options);
         using var stream = new MemoryStream();
@@ -127,15 +154,21 @@ public static class SnapshotFile
         w.Write(SHA256.HashData(Encoding.UTF8.GetBytes(configuration)));
         w.Write(vm.Vcpus[0].State.InstructionsRetired);
         WriteText(w, configuration);
-        w.Write(DisksOf(vm).Count);
-        foreach (var disk in DisksOf(vm))
+        w.Write(disks.Count);
+        foreach (var disk in disks)
         {
-            var (bytes, hash) = Hash(disk.Backend);
             w.Write((byte)disk.Interface);
             w.Write((byte)disk.Index);
-            WriteText(w, PathOf(disk));
-            w.Write(bytes);
-            w.Write(Convert.FromHexString(hash));
+            WriteText(w, disk.Path);
+            w.Write(disk.Bytes);
+            w.Write(Convert.FromHexString(disk.Sha256));
+        }
+        w.Write(memoryFile is null ? (byte)0 : (byte)1);
+        if (memoryFile is not null)
+        {
+            WriteText(w, memoryFile.Path);
+            w.Write(memoryFile.Bytes);
+            w.Write(Convert.FromHexString(memoryFile.Sha256));
         }
         w.Write((ulong)body.Length);
         w.Write(body);
@@ -154,18 +187,67 @@ public static class SnapshotFile
     /// <returns>The bytes written.</returns>
     public static long Save(string path, Vm vm, IEngine engine) => Write(path, Encode(vm, engine));
 
-    /// <summary>Writes snapshot bytes (<see cref="Encode"/>) to <paramref name="path"/> as <see cref="Save"/> does.</summary>
+    /// <summary>Takes the snapshot of <paramref name="vm"/> and <paramref name="engine"/> (between runs) in memory:
+    /// what <see cref="Save(TakenSnapshot, string, string?)"/> writes, and what a fresh engine can be restored from
+    /// whether or not the write succeeds.</summary>
+    public static TakenSnapshot Take(Vm vm, IEngine engine)
+    {
+        byte[] body = Capture(vm, engine);
+        var disks = DiskReferences(vm);
+        return new TakenSnapshot(vm, engine, body, disks, Decode(Assemble(vm, engine, body, disks, memoryFile: null)));
+    }
+
+    /// <summary>Saves the snapshot of <paramref name="vm"/> to <paramref name="path"/>, its RAM to
+    /// <paramref name="memoryFile"/> if given (<see cref="Save(TakenSnapshot, string, string?)"/>).</summary>
+    public static SavedSnapshot Save(string path, Vm vm, IEngine engine, string? memoryFile) => Save(Take(vm, engine), path, memoryFile);
+
+    /// <summary>Writes <paramref name="taken"/> to <paramref name="path"/> and, when <paramref name="memoryFile"/> is
+    /// given, its RAM to that file instead (<see cref="MemoryFile"/>: Firecracker's layout, a state file and a memory
+    /// file). Each is written to a temporary file beside its final name, synced, and only then renamed over it, the
+    /// memory file first, so that a save that fails (a full disk, a read-only directory) leaves no partial file and
+    /// what was at both names before.</summary>
+    /// <exception cref="Errors.BadInputException">The files could not be written; nothing was left behind.</exception>
+    public static SavedSnapshot Save(TakenSnapshot taken, string path, string? memoryFile)
+    {
+        var (vm, engine, body, disks) = (taken.Vm, taken.Engine, taken.Body, taken.Disks);
+        if (memoryFile is null)
+        {
+            long bytes = Write(path, Assemble(vm, engine, body, disks, memoryFile: null));
+            return new SavedSnapshot(path, bytes, null, taken.Contents);
+        }
+        string fullState = System.IO.Path.GetFullPath(path), fullMemory = System.IO.Path.GetFullPath(memoryFile);
+        if (fullState == fullMemory)
+        {
+            throw new Errors.BadInputException($"the snapshot and its memory file are both '{path}'", "Give the memory file another path than the snapshot's");
+        }
+        var split = MemoryFile.Take(body);
+        string temporaryMemory = Temporary(fullMemory), temporaryState = Temporary(fullState);
+        try
+        {
+            var reference = MemoryFile.Write(split, temporaryMemory, fullMemory);
+            byte[] state = Assemble(vm, engine, split.StateBody, disks, reference);
+            WriteNew(temporaryState, state);
+            File.Move(temporaryMemory, fullMemory, overwrite: true);
+            File.Move(temporaryState, fullState, overwrite: true);
+            return new SavedSnapshot(path, state.Length, reference, taken.Contents);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            TryDelete(temporaryMemory);
+            TryDelete(temporaryState);
+            throw new Errors.BadInputException($"cannot write the snapshot '{path}' and its memory file '{memoryFile}': {e.Message}",
+                "Give writable paths in directories with room for them (nothing was written there)");
+        }
+    }
+
+    /// <summary>Writes snapshot bytes (<see cref="Encode"/>) to <paramref name="path"/> as <see cref="Save(string, Vm, IEngine)"/> does.</summary>
     public static long Write(string path, byte[] file)
     {
         string full = System.IO.Path.GetFullPath(path);
-        string temporary = full + $".{Environment.ProcessId}.partial";
+        string temporary = Temporary(full);
         try
         {
-            using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write))
-            {
-                stream.Write(file);
-                stream.Flush(flushToDisk: true);
-            }
+            WriteNew(temporary, file);
             File.Move(temporary, full, overwrite: true);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -175,6 +257,16 @@ public static class SnapshotFile
                 "Give a writable path in a directory with room for it (nothing was written there)");
         }
         return file.Length;
+    }
+
+    /// <summary>The temporary name a file is written under before it is renamed to <paramref name="full"/>.</summary>
+    public static string Temporary(string full) => full + $".{Environment.ProcessId}.partial";
+
+    private static void WriteNew(string temporary, byte[] file)
+    {
+        using var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write);
+        stream.Write(file);
+        stream.Flush(flushToDisk: true);
     }
 
     /// <summary>Reads and verifies a snapshot file (magic, version, length, CRC-64); does not restore it.</summary>
@@ -260,6 +352,22 @@ public static class SnapshotFile
                 long bytes = r.ReadInt64();
                 references.Add(new DiskReference(kind, index, path, bytes, Convert.ToHexStringLower(r.ReadBytes(32))));
             }
+            MemoryFileReference? memoryFile = null;
+            if (version >= 2)
+            {
+                switch (r.ReadByte())
+                {
+                    case 0:
+                        break;
+                    case 1:
+                        string path = ReadText(r);
+                        long bytes = r.ReadInt64();
+                        memoryFile = new MemoryFileReference(path, bytes, Convert.ToHexStringLower(r.ReadBytes(32)));
+                        break;
+                    case var m:
+                        throw Bad($"memory file kind {m}");
+                }
+            }
             ulong bodyLength = r.ReadUInt64();
             if (bodyLength != (ulong)(r.BaseStream.Length - r.BaseStream.Position))
             {
@@ -267,7 +375,7 @@ public static class SnapshotFile
             }
             byte[] body = r.ReadBytes((int)bodyLength);
             return new SnapshotContents(new SnapshotHeader(version, engine, technique, memory, large, memoryBytes, fingerprint, instructions,
-                configuration, references, stored, file.Length), body);
+                configuration, references, stored, file.Length, memoryFile), body);
         }
         catch (EndOfStreamException)
         {
@@ -277,10 +385,12 @@ public static class SnapshotFile
 
     /// <summary>Restores the snapshot at <paramref name="path"/> into <paramref name="vm"/> (fresh, built from the same
     /// configuration) and <paramref name="engine"/> (fresh, of the same options), whose next run continues it.</summary>
-    public static SnapshotHeader Restore(string path, Vm vm, IEngine engine)
+    /// <param name="memoryFile">Where the memory file is, if it is not where the snapshot recorded it (moved with
+    /// the state file); ignored for a snapshot that holds its RAM.</param>
+    public static SnapshotHeader Restore(string path, Vm vm, IEngine engine, string? memoryFile = null)
     {
         var contents = Read(path);
-        Restore(contents, vm, engine);
+        Restore(contents, vm, engine, memoryFile);
         return contents.Header;
     }
 
@@ -288,7 +398,12 @@ public static class SnapshotFile
     /// the engine, the memory size, the technique, the rest of the configuration, the disks' content — and only then
     /// restores the state.</summary>
     /// <exception cref="SnapshotFormatException">Which check failed, naming what differs.</exception>
-    public static void Restore(SnapshotContents contents, Vm vm, IEngine engine)
+    public static void Restore(SnapshotContents contents, Vm vm, IEngine engine) => Restore(contents, vm, engine, null);
+
+    /// <summary>As <see cref="Restore(SnapshotContents, Vm, IEngine)"/>; a snapshot whose RAM is in a memory file has
+    /// it read from <paramref name="memoryFile"/> (or the path it recorded) and checked, after the configuration and
+    /// before any state is touched.</summary>
+    public static void Restore(SnapshotContents contents, Vm vm, IEngine engine, string? memoryFile)
     {
         var h = contents.Header;
         string engineName = h.Engine == EngineKind.Sim ? "sim" : "kvm";
@@ -336,13 +451,22 @@ public static class SnapshotFile
                     SnapshotRefusal.DiskChanged, "Restore the image as it was when the snapshot was taken (a copy made then), or take a new snapshot");
             }
         }
-        if (sim is null)
+        byte[] body = h.MemoryFile is { } memory ? MemoryFile.Join(contents.Body, memory, memoryFile ?? memory.Path) : contents.Body;
+        if (sim is not null)
         {
-            VmSnapshot.Restore(vm, contents.Body); // KVM: the next run loads the vCPU state with KVM_SET_*
+            VmSnapshot.Restore(vm, body, sim);
+        }
+        else if (h.FormatVersion < 2)
+        {
+            VmSnapshot.Restore(vm, body); // a KVM snapshot of format 1 holds the registers only
         }
         else
         {
-            VmSnapshot.Restore(vm, contents.Body, sim);
+            // KVM: the next run loads the registers with KVM_SET_REGS/SREGS, then this state (XSAVE, MSRs, LAPIC,
+            // events, clock). Read into a fresh value first, so a refused section leaves the engine's as it was.
+            var state = new State.KvmVcpuExtendedState();
+            VmSnapshot.Restore(vm, body, state);
+            ((KvmEngine)engine).ExtendedStateOf(vm).CopyFrom(state);
         }
     }
 

@@ -19,6 +19,8 @@ public enum SnapshotRefusal
     WrongConfiguration,
     /// <summary>A disk image's content differs from what it was when the snapshot was taken.</summary>
     DiskChanged,
+    /// <summary>The memory file the snapshot keeps its RAM in is missing, of another length, or of other bytes.</summary>
+    MemoryFileMismatch,
 }
 
 /// <summary>Snapshot data that cannot be restored: not a snapshot, a section of an unknown kind or of a newer layout

@@ -82,4 +82,35 @@ public sealed class SnapshotWriter
         length += count;
         return span;
     }
+
+    /// <summary>Little-endian fields outside any section: what a part's fields are rebuilt into (a RAM section
+    /// whose pages come back from a memory file, <see cref="MemoryFile"/>).</summary>
+    internal sealed class Fields
+    {
+        private byte[] buffer = new byte[4096];
+
+        public int Length { get; private set; }
+
+        public void WriteInt32(int value) => BinaryPrimitives.WriteInt32LittleEndian(Reserve(4), value);
+
+        public void WriteUInt64(ulong value) => BinaryPrimitives.WriteUInt64LittleEndian(Reserve(8), value);
+
+        public void WriteBytes(ReadOnlySpan<byte> bytes) => bytes.CopyTo(Reserve(bytes.Length));
+
+        /// <summary>Rewrites a 32-bit field written earlier at <paramref name="at"/> (a count known only after).</summary>
+        public void PatchInt32(int at, int value) => BinaryPrimitives.WriteInt32LittleEndian(buffer.AsSpan(at), value);
+
+        public byte[] ToArray() => buffer.AsSpan(0, Length).ToArray();
+
+        private Span<byte> Reserve(int count)
+        {
+            if (Length + count > buffer.Length)
+            {
+                Array.Resize(ref buffer, Math.Max(buffer.Length * 2, Length + count));
+            }
+            var span = buffer.AsSpan(Length, count);
+            Length += count;
+            return span;
+        }
+    }
 }

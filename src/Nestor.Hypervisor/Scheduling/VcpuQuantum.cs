@@ -16,6 +16,7 @@ public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
     private long lastClock, lastRetired;
     private long roundStartClock, roundStartRetired, roundLeft;
     private bool idlesOften;
+    private bool waiting, interrupted;
 
     /// <summary>The engine's slices for a vCPU that idled lately: short enough to see it go idle in HLT soon after it
     /// does (the machine skips the idle time inside a slice), so that it blocks and leaves its host CPU.</summary>
@@ -67,6 +68,23 @@ public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
         dispatched.Release();
     }
 
+    /// <summary>The host: wakes a vCPU thread that waits to be dispatched (descheduled, between rounds) without a
+    /// round, for one instruction, so that the engine sees a stop request its run was given (a snapshot of a paused
+    /// VM: the run must return for its state to be saved). False if the thread is not waiting now.</summary>
+    public bool Interrupt()
+    {
+        lock (gate)
+        {
+            if (!waiting || interrupted || stopped || Finished)
+            {
+                return false;
+            }
+            interrupted = true;
+        }
+        dispatched.Release();
+        return true;
+    }
+
     /// <inheritdoc/>
     public long NextBudget(long clock, long instructionsRetired)
     {
@@ -86,14 +104,26 @@ public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
             Report(clock, instructionsRetired, finished: false);
         }
         started = true;
+        lock (gate)
+        {
+            waiting = true;
+        }
         dispatched.Wait();
         lock (gate)
         {
+            waiting = false;
             lastClock = roundStartClock = clock;
             lastRetired = roundStartRetired = instructionsRetired;
             if (stopped)
             {
                 dispatched.Release(); // every later call goes on at once too
+                return 1;
+            }
+            if (interrupted)
+            {
+                // Woken without a round (Interrupt): one instruction, after which the engine sees its stop request.
+                interrupted = false;
+                roundLeft = 0;
                 return 1;
             }
             roundLeft = budget;

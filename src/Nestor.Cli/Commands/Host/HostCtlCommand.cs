@@ -10,21 +10,22 @@ namespace Nestor.Cli.Commands.Host;
 /// socket a running <c>nestor host run --api-socket SOCKET</c> serves (docs/host.md, "The control API").</summary>
 internal static class HostCtlCommand
 {
-    private static readonly string[] Actions = ["list", "get", "pause", "resume", "stop", "cpu", "host"];
+    private static readonly string[] Actions = ["list", "get", "pause", "resume", "stop", "cpu", "host", "snapshot"];
 
     public static Command Create()
     {
         var socket = new Argument<string>("SOCKET") { Description = "The control API socket (nestor host run --api-socket)" };
-        var action = new Argument<string>("ACTION") { Description = "list | get VM | pause VM | resume VM | stop VM | cpu VM | host" };
+        var action = new Argument<string>("ACTION") { Description = "list | get VM | pause VM | resume VM | stop VM | cpu VM | host | snapshot VM FILE" };
         action.AcceptOnlyFromAmong(Actions);
         var vm = new Argument<string?>("VM") { Description = "The VM's name", Arity = ArgumentArity.ZeroOrOne };
         var shares = new Option<int?>("--shares") { Description = "cpu: the VM's CPU shares (its weight under the credit scheduler)" };
         var reservation = new Option<double?>("--reservation") { Description = "cpu: percent of one host CPU guaranteed to it" };
         var limit = new Option<string?>("--limit") { Description = "cpu: the most percent of one host CPU it may have, or 'none'" };
         var json = new Option<bool>("--json") { Description = "Print the API's JSON instead of a table" };
+        var (snapshotFile, memFile, stayPaused) = SnapshotCommand.HostCtlArguments();
         var command = new Command("ctl", "Act on a running host of VMs through its control API: list, get, pause, resume, stop, change CPU controls, show the host")
         {
-            socket, action, vm, shares, reservation, limit, json,
+            socket, action, vm, snapshotFile, shares, reservation, limit, json, memFile, stayPaused,
         };
         command.SetAction(parse => HostApiCli.Guard(() =>
         {
@@ -43,6 +44,11 @@ internal static class HostCtlCommand
             if (verb != "cpu" && (sharesValue is not null || reservationValue is not null || limitText is not null))
             {
                 throw new BadInputException("--shares, --reservation and --limit belong to 'ctl cpu'", "Run nestor host ctl SOCKET cpu VM --shares N.");
+            }
+            if (verb == "snapshot" || parse.GetValue(snapshotFile) is not null)
+            {
+                return SnapshotCommand.SaveThroughApi(parse.GetValue(socket)!, verb == "snapshot" ? name! : throw new BadInputException($"'ctl {verb}' takes no FILE", "Only 'ctl snapshot VM FILE' does."),
+                    parse.GetValue(snapshotFile), parse.GetValue(memFile), parse.GetValue(stayPaused), parse.GetValue(json));
             }
             using var client = new ControlApiClient(parse.GetValue(socket)!);
             return Execute(client, verb, name, sharesValue, reservationValue, limitText, parse.GetValue(json));

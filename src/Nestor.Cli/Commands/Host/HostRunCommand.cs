@@ -30,9 +30,10 @@ internal static class HostRunCommand
         var apiSocket = new Option<string?>("--api-socket") { Description = "Serve the control API on this Unix socket while the host runs (nestor host ctl, nestor host top; docs/host.md)" };
         var watch = new Option<bool>("--watch") { Description = "Redraw the report's table while the VMs run (plain key=value lines when stdout is not a terminal)" };
         var watchInterval = new Option<double>("--watch-interval") { Description = "Seconds between --watch views (default 1)", DefaultValueFactory = _ => 1.0 };
+        var restore = SnapshotCommand.HostRestoreOption();
         var command = new Command("run", "Power on many VMs on one host and run them until each has ended")
         {
-            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose, apiSocket, watch, watchInterval,
+            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose, apiSocket, watch, watchInterval, restore,
         };
         command.SetAction(parse =>
         {
@@ -66,7 +67,7 @@ internal static class HostRunCommand
                 {
                     throw new BadInputException($"--watch-interval {every.ToString(System.Globalization.CultureInfo.InvariantCulture)} is out of range", "Give between 0.05 and 3600 seconds");
                 }
-                using var host = new VirtualMachineHost(spec, Console.Out);
+                using var host = new VirtualMachineHost(spec, Console.Out) { Restores = SnapshotCommand.ParseHostRestores(parse.GetValue(restore), spec) };
                 using (parse.GetValue(apiSocket) is { } socketPath ? Hypervisor.Hosting.ControlApi.ControlApiServer.Start(socketPath, host) : null)
                 using (parse.GetValue(watch) ? HostReportWatch.Start(host, Console.Out, TimeSpan.FromSeconds(every), terminal: !Console.IsOutputRedirected) : null)
                 {

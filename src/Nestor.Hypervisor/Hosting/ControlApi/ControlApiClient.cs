@@ -112,6 +112,14 @@ public sealed class ControlApiClient : IDisposable
         SendBytes(HttpMethod.Patch, VmPath(name) + "/cpu", buffer.ToArray());
     }
 
+    /// <summary><c>PUT /vms/{name}/snapshot</c>: saves the VM (HostSnapshots.cs).</summary>
+    public SnapshotDocument Snapshot(string name, SnapshotCreateDocument document)
+    {
+        var request = new HttpRequestMessage(HttpMethod.Put, VmPath(name) + "/snapshot") { Content = new ByteArrayContent(JsonSerializer.SerializeToUtf8Bytes(document, ControlApiSnapshotJson.Default.SnapshotCreateDocument)) };
+        request.Content.Headers.ContentType = new("application/json");
+        return JsonSerializer.Deserialize(Exchange(request), ControlApiSnapshotJson.Default.SnapshotDocument) ?? throw new BadInputException($"the server at {SocketPath} answered the snapshot with null");
+    }
+
     private static string VmPath(string name) => "/vms/" + Uri.EscapeDataString(name);
 
     private T Get<T>(string path, JsonTypeInfo<T> type)

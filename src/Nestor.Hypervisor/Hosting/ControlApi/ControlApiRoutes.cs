@@ -42,6 +42,7 @@ internal sealed class ControlApiRoutes
                 ["PATCH"] = (a, body) => SetCpu(Find(a[0]), body, replace: false),
             }),
             new(["vms", "{name}", "actions"], new Dictionary<string, Handler> { ["PUT"] = (a, body) => Act(Find(a[0]).Name, Parse(body, ControlApiJson.Default.ActionDocument)) }),
+            new(["vms", "{name}", "snapshot"], new Dictionary<string, Handler> { ["PUT"] = (a, body) => Ok(SnapshotRoute.Put(host, Find(a[0]).Name, Parse(body, ControlApiSnapshotJson.Default.SnapshotCreateDocument)), ControlApiSnapshotJson.Default.SnapshotDocument) }),
             new(["vms", "{name}", "counters"], new Dictionary<string, Handler> { ["GET"] = (a, _) => Ok(Counters(Find(a[0]).Counters), ControlApiJson.Default.CountersDocument) }),
         ];
     }
@@ -96,7 +97,7 @@ internal sealed class ControlApiRoutes
                 return Fault(409, e.Message);
             }
         }
-        return Fault(404, $"there is no route {target}: the routes are /, /host, /vms, /vms/{{name}}, /vms/{{name}}/cpu, /vms/{{name}}/actions, /vms/{{name}}/counters");
+        return Fault(404, $"there is no route {target}: the routes are /, /host, /vms, /vms/{{name}}, /vms/{{name}}/cpu, /vms/{{name}}/actions, /vms/{{name}}/snapshot, /vms/{{name}}/counters");
     }
 
     /// <summary>A fault document's bytes.</summary>
