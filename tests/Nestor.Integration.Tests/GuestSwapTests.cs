@@ -198,6 +198,73 @@ public class GuestSwapTests(ITestOutputHelper output)
         Assert.Contains("RESULT hello", serial);
         Assert.DoesNotContain("RESULT swap ", serial);
     }
+
+    /// <summary>Double paging (Waldspurger, OSDI 2002, §3.1): the guest pages out, to its own swap disk, pages the host
+    /// had already swapped out, so the host reads each back only for the guest's disk write to read it again. NestorOS
+    /// writes a victim straight from its frame (guest/kernel/swap.c), so with virtio-blk the device's DMA read of a
+    /// host-swapped page is that double paging, which is the rule the P2M counts
+    /// (<see cref="Nestor.Hypervisor.Paging.GuestPhysicalMap.DeviceSwapIns"/>). With the ATA disk the guest's CPU
+    /// copies the page out with REP OUTSW: the host's swap-in is then an ordinary EPT violation or shadow fault, which
+    /// the VMM cannot tell from any other access, so the count stays 0 there (the rule sees DMA only).</summary>
+    [Theory]
+    [InlineData(MemoryVirtualization.Nested, DiskInterface.Virtio, "vda")]
+    [InlineData(MemoryVirtualization.Shadow, DiskInterface.Virtio, "vda")]
+    [InlineData(MemoryVirtualization.Nested, DiskInterface.Ata, "ata0")]
+    public void A_guest_swapping_under_host_swapping_gets_every_page_back_and_its_disk_writes_of_host_swapped_pages_are_double_paging(
+        MemoryVirtualization memory, DiskInterface kind, string device)
+    {
+        string directory = Directory.CreateTempSubdirectory("nestor-double-").FullName;
+        try
+        {
+            using var file = new Nestor.Hypervisor.Memory.Swapping.HostSwapFile(Path.Combine(directory, "host.swap"), SmallMemory);
+            // The host keeps half the guest's configured memory resident: both the guest and the host page.
+            var swap = new Nestor.Hypervisor.Memory.Swapping.HostSwap(file, Nestor.Hypervisor.Memory.Swapping.SwapVictimPolicy.Random)
+            {
+                TargetResidentPages = (long)(SmallMemory / 4096 / 2),
+            };
+            var serialBytes = new MemoryStream();
+            using var vm = Vm.Create(new VmConfig
+            {
+                Kernel = new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf),
+                MemoryBytes = SmallMemory,
+                CommandLine = $"swap={device} swaptouch {Pages} ; hello",
+                SerialOutput = serialBytes,
+                Timeout = TimeSpan.FromMinutes(8),
+                Disks = [new DiskConfig(SwapDisk(), kind)],
+            });
+            var quantum = new Nestor.Hypervisor.Memory.Swapping.SwapQuantum(vm, swap, 50_000);
+            using var engine = new SimEngine(new SimOptions { Technique = Technique.HardwareAssist, Memory = memory }) { Quantum = quantum };
+            var run = vm.Run(engine);
+            vm.Serial.Flush();
+            string serial = Encoding.UTF8.GetString(serialBytes.ToArray());
+            output.WriteLine(serial);
+            output.WriteLine($"host: out {swap.PagesSwappedOut} in {swap.PagesSwappedIn} double paging {swap.DoublePaging}");
+
+            Assert.True(run.Outcome.Kind == VmOutcomeKind.DebugExit && run.Outcome.GuestStatus == 0, run.Outcome.Message + "\n" + serial);
+            Assert.Null(quantum.Error);
+            var touch = DiskTestModel.Result(serial, "swaptouch");
+            Assert.Equal(("0", SwaptouchChecksum(Pages)), (touch["bad_pages"], touch["checksum"]));
+            var guestSwap = DiskTestModel.Result(serial, "swap");
+            long guestOut = long.Parse(guestSwap["pages_out"]);
+            Assert.True(guestOut > 0);
+            Assert.True(swap.PagesSwappedOut > 0 && swap.PagesSwappedIn > 0, $"host out {swap.PagesSwappedOut}, in {swap.PagesSwappedIn}");
+            if (kind == DiskInterface.Virtio)
+            {
+                // Some of the guest's victims were host-swapped; each such disk write is one double paging, no more.
+                Assert.True(swap.DoublePaging > 0, "no page the guest wrote to its swap disk had been swapped out by the host");
+                Assert.True(swap.DoublePaging <= guestOut, $"{swap.DoublePaging} double pagings, but the guest wrote only {guestOut} pages out");
+            }
+            else
+            {
+                Assert.Equal(0, swap.DoublePaging);
+            }
+            Assert.Contains("RESULT init programs=2 failures=0", serial);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
 }
 
 /// <summary>The same paging on the reference machine (QEMU TCG), whose MMU sets the accessed bits the clock reads

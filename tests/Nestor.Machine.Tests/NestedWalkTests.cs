@@ -208,4 +208,42 @@ public class NestedWalkTests
         Assert.Equal(VmExit.QualificationWrite | VmExit.QualificationLinearValid | VmExit.QualificationFinalTranslation, fault.Exit.Qualification);
         Assert.Equal(1, mmu.Counters.NestedPageFaults);
     }
+
+    [Fact]
+    public void An_accessed_bit_update_through_a_read_only_nested_entry_is_an_ept_violation_for_writing_and_writes_nothing()
+    {
+        // A guest page table whose guest-physical page the nested table maps read-only (a page shared copy-on-write):
+        // setting the A bit of its PTE is a write to it, so it must fault for writing before the entry changes
+        // (SDM Vol. 3C §29.3.3.2), not be written under the read-only mapping.
+        const ulong Linear = 0x0000_7000_0012_3456;
+        var setup = new NestedSetup(3);
+        setup.MapGuest(Linear & ~0xFFFUL, 0x30_0000, 3);
+        ulong pageTable = setup.GuestCr3;
+        for (int level = 0; level < 3; level++)
+        {
+            pageTable = setup.Host.Read(pageTable + Offset + ((Linear >> (39 - 9 * level)) & 511) * 8) & NestedEntry.AddressMask;
+        }
+        ulong pte = pageTable + ((Linear >> 12) & 511) * 8;
+        ulong nestedTable = setup.NestedRoot;
+        for (int level = 0; level < 3; level++)
+        {
+            nestedTable = setup.Host.Read(nestedTable + ((pageTable >> (39 - 9 * level)) & 511) * 8) & NestedEntry.AddressMask;
+        }
+        ulong nestedLeaf = nestedTable + ((pageTable >> 12) & 511) * 8;
+        setup.Host.Write(nestedLeaf, setup.Host.Read(nestedLeaf) & ~NestedEntry.Write);
+        var mmu = setup.NewMmu(NoCaches);
+
+        var fault = Assert.Throws<NestedPageFault>(() => mmu.Translate(Linear, AccessKind.Read, false, false, out _));
+
+        Assert.Equal(ExitReason.EptViolation, fault.Exit.Reason);
+        Assert.Equal(pte, fault.Exit.GuestPhysical);
+        // A write, to a present entry allowing read and execute, of a guest paging structure (not the final translation).
+        Assert.Equal(VmExit.QualificationWrite | (1UL << 3) | (1UL << 5) | VmExit.QualificationLinearValid, fault.Exit.Qualification);
+        Assert.Equal(0UL, setup.Host.Read(pte + Offset) & A);
+
+        // Once the VMM makes the page writable (its own copy), the walk sets the bit.
+        setup.Host.Write(nestedLeaf, setup.Host.Read(nestedLeaf) | NestedEntry.Write);
+        Assert.Null(mmu.Translate(Linear, AccessKind.Read, false, false, out _));
+        Assert.Equal(A, setup.Host.Read(pte + Offset) & A);
+    }
 }

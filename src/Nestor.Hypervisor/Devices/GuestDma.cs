@@ -39,7 +39,9 @@ public sealed class GuestDma(GuestMemory memory)
             return false;
         }
         BeforeRead?.Invoke(address, destination.Length);
-        memory.Span(address, destination.Length).CopyTo(destination);
+        // Through the P2M: a shared page's bytes are in its shared frame (its home memory was given back), and a read
+        // leaves it shared; a page in the host swap file was read back in by BeforeRead (or is, here).
+        memory.Read(address, destination);
         BytesRead += destination.Length;
         return true;
     }
@@ -54,6 +56,8 @@ public sealed class GuestDma(GuestMemory memory)
             return false;
         }
         BeforeWrite?.Invoke(address, source.Length);
+        // Span makes every page of the range the VM's own first (a shared page's copy-on-write break, a swapped page
+        // read in), where BeforeWrite has not already.
         source.CopyTo(memory.Span(address, source.Length));
         BytesWritten += source.Length;
         Written?.Invoke(address, source.Length);

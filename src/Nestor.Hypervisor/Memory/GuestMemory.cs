@@ -6,10 +6,13 @@ using Nestor.Machine.Addresses;
 namespace Nestor.Hypervisor.Memory;
 
 /// <summary>A VM's RAM: guest-physical regions, each backed by an anonymous host mapping that is allocated page by
-/// page as the guest touches it.</summary>
+/// page as the guest touches it. Under a VMM a page's bytes may be elsewhere (shared copy-on-write, or in the host
+/// swap file, its memory here given back: <see cref="IGuestPageSource"/>); every access here goes through the P2M
+/// then, so that the VMM reads what the guest would, and writes only pages that are the guest's own.</summary>
 public sealed partial class GuestMemory : IDisposable
 {
     private readonly (RamRegion Region, HostMemory Backing)[] regions;
+    private IGuestPageSource? elsewhere;
 
     public GuestMemory(ulong memoryBytes)
     {
@@ -51,9 +54,50 @@ public sealed partial class GuestMemory : IDisposable
     /// <summary>True when [<paramref name="address"/>, +<paramref name="length"/>) is RAM in a single region.</summary>
     public bool IsRam(GuestPhysical address, ulong length) => FindRegion(address, length) >= 0;
 
-    /// <summary>The bytes at [<paramref name="address"/>, +<paramref name="length"/>), which must be RAM.</summary>
+    /// <summary>The bytes at [<paramref name="address"/>, +<paramref name="length"/>), which must be RAM, to read or
+    /// write: under a VMM, pages of it that were shared or swapped out are first made the VM's own again (a private
+    /// copy, or read back in). To only read, <see cref="Read"/> leaves them shared.</summary>
     /// <exception cref="ArgumentOutOfRangeException">Part of the range is not RAM.</exception>
     public Span<byte> Span(GuestPhysical address, int length)
+    {
+        var span = Home(address, length);
+        if (elsewhere is { AnyReleased: true } source)
+        {
+            source.BringHome(address.Value, (ulong)length);
+        }
+        return span;
+    }
+
+    /// <summary>Copies the bytes at <paramref name="address"/>, which must be RAM, into <paramref name="destination"/>:
+    /// what the guest sees there, also where a page is shared (read from the shared frame, which stays shared) or in
+    /// the host swap file (read back in).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">Part of the range is not RAM.</exception>
+    public void Read(GuestPhysical address, Span<byte> destination)
+    {
+        var home = Home(address, destination.Length);
+        if (elsewhere is not { AnyReleased: true } source)
+        {
+            home.CopyTo(destination);
+            return;
+        }
+        // Page by page: each may be elsewhere.
+        int done = 0;
+        while (done < destination.Length)
+        {
+            ulong at = address.Value + (ulong)done;
+            int chunk = (int)Math.Min((ulong)(destination.Length - done), 0x1000 - (at & 0xFFF));
+            var part = destination.Slice(done, chunk);
+            if (!source.ReadReleased(at, part))
+            {
+                home.Slice(done, chunk).CopyTo(part);
+            }
+            done += chunk;
+        }
+    }
+
+    /// <summary>The VM's own memory at [<paramref name="address"/>, +<paramref name="length"/>), without asking where
+    /// the bytes are: for the P2M, which knows (a page's home).</summary>
+    internal Span<byte> Home(GuestPhysical address, int length)
     {
         int i = FindRegion(address, (ulong)length);
         if (i < 0)
@@ -62,6 +106,16 @@ public sealed partial class GuestMemory : IDisposable
                 $"{address}+0x{length:x} is not inside guest RAM ({Configuration.Size.Format(Size)})");
         }
         return regions[i].Backing.Slice(address.Value - regions[i].Region.Start.Value, length);
+    }
+
+    /// <summary>The P2M whose pages may be away from their homes now (null: none). One at a time: a VM's runs each
+    /// have their own P2M, the previous one having brought everything home when it was disposed.</summary>
+    internal IGuestPageSource? PageSource
+    {
+        get => elsewhere;
+        set => elsewhere = value is not null && elsewhere is { AnyReleased: true } && elsewhere != value
+            ? throw new InvalidOperationException("another P2M of this VM still has guest pages away from their homes: dispose it first")
+            : value;
     }
 
     /// <summary>Copies as many bytes as are RAM starting at <paramref name="address"/> (for diagnostics).</summary>
@@ -74,7 +128,7 @@ public sealed partial class GuestMemory : IDisposable
         }
         if (n > 0)
         {
-            Span(address, n).CopyTo(destination);
+            Read(address, destination[..n]);
         }
         return n;
     }
@@ -87,9 +141,19 @@ public sealed partial class GuestMemory : IDisposable
     public void WriteUInt32(GuestPhysical address, uint value) =>
         BinaryPrimitives.WriteUInt32LittleEndian(Span(address, 4), value);
 
-    public ulong ReadUInt64(GuestPhysical address) => BinaryPrimitives.ReadUInt64LittleEndian(Span(address, 8));
+    public ulong ReadUInt64(GuestPhysical address)
+    {
+        Span<byte> value = stackalloc byte[8];
+        Read(address, value);
+        return BinaryPrimitives.ReadUInt64LittleEndian(value);
+    }
 
-    public uint ReadUInt32(GuestPhysical address) => BinaryPrimitives.ReadUInt32LittleEndian(Span(address, 4));
+    public uint ReadUInt32(GuestPhysical address)
+    {
+        Span<byte> value = stackalloc byte[4];
+        Read(address, value);
+        return BinaryPrimitives.ReadUInt32LittleEndian(value);
+    }
 
     private int FindRegion(GuestPhysical address, ulong length)
     {
@@ -132,10 +196,13 @@ public sealed partial class GuestMemory : Persistence.ISnapshottable
         {
             writer.WriteUInt64(region.Start.Value);
             writer.WriteUInt64(region.Length);
+            // Through the P2M (Read): a shared page's home holds nothing, its bytes are in the shared frame.
             var pages = new List<ulong>();
+            var page = new byte[PageSize];
             for (ulong offset = 0; offset < region.Length; offset += PageSize)
             {
-                if (backing.Slice(offset, PageSize).ContainsAnyExcept((byte)0))
+                Read(new GuestPhysical(region.Start.Value + offset), page);
+                if (page.AsSpan().ContainsAnyExcept((byte)0))
                 {
                     pages.Add(offset);
                 }
@@ -143,8 +210,9 @@ public sealed partial class GuestMemory : Persistence.ISnapshottable
             writer.WriteInt32(pages.Count);
             foreach (ulong offset in pages)
             {
+                Read(new GuestPhysical(region.Start.Value + offset), page);
                 writer.WriteUInt64(region.Start.Value + offset);
-                writer.WriteBytes(backing.Slice(offset, PageSize));
+                writer.WriteBytes(page);
             }
         }
     }
@@ -165,6 +233,10 @@ public sealed partial class GuestMemory : Persistence.ISnapshottable
             if (start != region.Start.Value || length != region.Length)
             {
                 throw reader.Invalid($"a RAM region at 0x{start:x}+0x{length:x} where this VM has 0x{region.Start.Value:x}+0x{region.Length:x}");
+            }
+            if (elsewhere is { AnyReleased: true } source)
+            {
+                source.BringHome(start, length); // every page is written: none may stay shared or swapped out
             }
             int pages = reader.ReadInt32();
             ulong next = 0; // pages below it are restored or cleared

@@ -301,6 +301,10 @@ public sealed class HostFramePool : IDisposable
     /// host now (<c>mincore</c>): true for an owned or table frame that was written, false once freed.</summary>
     public bool IsStoreResident(ulong hostPhysical) => store.IsResident(Index(hostPhysical) << FrameShift);
 
+    /// <summary>Bytes of the pool's own memory resident in the host now (<c>mincore</c> over the whole store): owned
+    /// and table frames that were written and not yet given back.</summary>
+    public ulong StoreResidentBytes() => store.ResidentBytes();
+
     private void DiscardFrame(ulong frame)
     {
         unsafe

@@ -35,6 +35,14 @@ public sealed partial class GuestPhysicalMap
             BackingChanged(frame);
             pool.RemoveMapping(host & ~0xFFFUL, this, frame, discardBacking: true);
         }
+        if (swapSlots is not null && swapSlots[frame] != 0)
+        {
+            // Given up while in the host swap file: its slot goes, unread (the page's bytes do not matter any more).
+            swapFile!.Free(swapSlots[frame] - 1);
+            swapSlots[frame] = 0;
+            SwappedOutPages--;
+        }
+        HomeBack(frame); // its home is discarded: the page reads as zeros, shared or not
         MemoryCalls.Discard(Home(page), 0x1000);
         PagesReclaimed++;
         return mapped;

@@ -1,3 +1,4 @@
+using Nestor.Host;
 using Nestor.Hypervisor.Memory;
 using Nestor.Machine.Addresses;
 using Nestor.Machine.Paging;
@@ -19,12 +20,13 @@ namespace Nestor.Hypervisor.Paging;
 /// (<see cref="Attach"/>): the nested page table unmaps or write-protects the page with a nested-TLB shootdown, shadow
 /// paging drops the shadow entries of the frame.</item>
 /// </list>
-/// A private guest frame is backed by its home, so the VMM's direct view of guest RAM (<see cref="GuestMemory"/>: the
-/// loaders, devices, shadow paging's software walks) agrees with what the guest sees; a shared frame's home holds a
-/// copy of its bytes taken when it was shared (the guest cannot write it while shared). A frame remapped with
-/// <see cref="Remap(GuestPhysical, HostPhysical)"/> to a frame other than its home is seen by the guest only: copy its bytes home where the VMM
-/// must see them too.</summary>
-public sealed partial class GuestPhysicalMap : IDisposable
+/// A private guest frame is backed by its home. A shared frame's home is given back to the host kernel
+/// (<c>madvise(MADV_DONTNEED)</c>), and so is a swapped-out page's, so that sharing and swapping free real memory: the
+/// VMM's accesses to guest RAM (<see cref="GuestMemory"/>: loaders, devices, snapshots, inspection) ask the map where
+/// such a page's bytes are (<see cref="IGuestPageSource"/>), and shadow paging's software walks read the guest's tables
+/// through the map. A frame remapped with <see cref="Remap(GuestPhysical, HostPhysical)"/> to a frame other than its
+/// home keeps its home: copy its bytes home where the VMM must see them too.</summary>
+public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
 {
     private const int FrameShift = 12;
     private const int LargeFrames = 512;
@@ -173,6 +175,11 @@ public sealed partial class GuestPhysicalMap : IDisposable
         {
             return false;
         }
+        if (IsHomeAway(frame))
+        {
+            pool.Contents(host).CopyTo(HomeContents(frame << FrameShift)); // the next touch maps the home
+            HomeBack(frame);
+        }
         hostFrames[frame] = 0;
         TouchedPages--;
         BackingChanged(frame);
@@ -245,9 +252,60 @@ public sealed partial class GuestPhysicalMap : IDisposable
             pool.RemoveMapping(shared, this, sourceFrame);
             shared = copy;
         }
-        pool.Contents(shared).CopyTo(target.HomeContents(targetGuestPhysical & ~0xFFFUL));
-        target.Remap(targetGuestPhysical, shared);
+        ReleaseHome(sourceFrame);
+        target.MergeInto(targetGuestPhysical, shared);
         return shared;
+    }
+
+    /// <summary>Maps the guest page at <paramref name="guestPhysical"/> to <paramref name="sharedFrame"/>, a
+    /// write-protected frame of the pool's own memory holding the same bytes (a shared frame, or the zero frame), and
+    /// gives the page's home memory back to the host kernel: what merging a page saves (Waldspurger, OSDI 2002, §4.1:
+    /// "the redundant copy is reclaimed"). The home is reloaded from the shared frame when the page is written, by the
+    /// guest or by the VMM.</summary>
+    internal void MergeInto(ulong guestPhysical, ulong sharedFrame)
+    {
+        if (!pool.IsWriteProtected(sharedFrame) || pool.KindOf(sharedFrame) != HostFrameKind.Owned)
+        {
+            throw new ArgumentException($"host frame 0x{sharedFrame:x} is not a write-protected frame of the pool's own: only such a frame can stand for a page whose home is released",
+                nameof(sharedFrame));
+        }
+        Remap(guestPhysical, sharedFrame);
+        ReleaseHome(guestPhysical >> FrameShift);
+    }
+
+    /// <summary>The guest's page tables as the VMM's own software walks read them (shadow paging): through this map,
+    /// so that a shared or swapped-out table page is read where its bytes are, and an accessed or dirty bit written
+    /// into a shared one breaks its sharing first, as a guest write would.</summary>
+    internal IGuestPhysicalTranslator GuestTables => guestTables ??= new GuestTableTranslator(this);
+
+    private GuestTableTranslator? guestTables;
+
+    /// <summary>The 4 KiB the guest sees in its page at <paramref name="guestPhysical"/>, giving it a host frame (read
+    /// back in if swapped out; a private copy first for a <paramref name="write"/> to a shared frame).</summary>
+    internal Span<byte> GuestPage(ulong guestPhysical, bool write) => pool.Contents(Touch(guestPhysical & ~0xFFFUL, write));
+
+    /// <summary>Guest-physical to host-physical for the walks of <see cref="GuestTables"/>. An address that is not RAM
+    /// goes to a host-physical address beyond every frame, which reads as all ones, as the guest's RAM view did.</summary>
+    private sealed class GuestTableTranslator(GuestPhysicalMap map) : IGuestPhysicalTranslator
+    {
+        private bool lastWritable;
+
+        public bool LastTranslationWritable => lastWritable;
+
+        public HostPhysical ToHost(GuestPhysical guestPhysical, AccessKind kind, bool finalTranslation, GuestVirtual linear, out int pageShift,
+            List<WalkStep>? trace)
+        {
+            pageShift = 12;
+            ulong address = guestPhysical.Value;
+            if (!map.IsRam(address))
+            {
+                lastWritable = false; // nothing to write there
+                return new HostPhysical(Machine.Memory.PhysicalMemory.DeviceWindow | address);
+            }
+            ulong host = map.Touch(address, write: kind == AccessKind.Write); // a write breaks the page's sharing
+            lastWritable = !map.pool.IsWriteProtected(host);
+            return new HostPhysical(host);
+        }
     }
 
     /// <summary>The bytes the guest sees in its page at <paramref name="guestPhysical"/>: its host frame's, or (no
@@ -261,12 +319,89 @@ public sealed partial class GuestPhysicalMap : IDisposable
     /// <summary>The 4 KiB of a guest page's home.</summary>
     private unsafe Span<byte> HomeContents(ulong guestPage) => new((void*)Home(guestPage), 0x1000);
 
+    private byte[]? homeAway; // by guest frame: 1 when its home's memory was given back while a shared frame holds its bytes
+    private long homesAway;
+
+    /// <summary>Guest pages mapped to a shared frame whose home memory is given back to the host kernel now: the memory
+    /// sharing frees in the host, beyond the pool's books.</summary>
+    public long HomesReleased => homesAway;
+
+    /// <summary>Gives guest frame <paramref name="frame"/>'s home memory back to the host kernel; its mapped (shared)
+    /// frame holds its bytes.</summary>
+    private void ReleaseHome(ulong frame)
+    {
+        homeAway ??= new byte[hostFrames.Length];
+        if (homeAway[frame] != 0)
+        {
+            return;
+        }
+        guest.PageSource = this; // the VMM's accesses to guest RAM ask this map from now on
+        MemoryCalls.Discard(Home(frame << FrameShift), 0x1000);
+        homeAway[frame] = 1;
+        homesAway++;
+    }
+
+    /// <summary>Guest frame <paramref name="frame"/>'s home holds its bytes again (or is to be discarded).</summary>
+    private void HomeBack(ulong frame)
+    {
+        if (homeAway is not null && homeAway[frame] != 0)
+        {
+            homeAway[frame] = 0;
+            homesAway--;
+        }
+    }
+
+    private bool IsHomeAway(ulong frame) => homeAway is not null && homeAway[frame] != 0;
+
+    bool IGuestPageSource.AnyReleased => homesAway > 0 || SwappedOutPages > 0;
+
+    bool IGuestPageSource.ReadReleased(ulong guestPhysical, Span<byte> destination)
+    {
+        ulong frame = guestPhysical >> FrameShift;
+        if (frame >= (ulong)hostFrames.Length)
+        {
+            return false;
+        }
+        if (swapSlots is not null && swapSlots[frame] != 0)
+        {
+            SwapIn(frame, byDevice: false); // its home holds it again
+            return false;
+        }
+        if (!IsHomeAway(frame))
+        {
+            return false;
+        }
+        pool.Contents(hostFrames[frame]).Slice((int)(guestPhysical & 0xFFF), destination.Length).CopyTo(destination);
+        return true;
+    }
+
+    void IGuestPageSource.BringHome(ulong guestPhysical, ulong length)
+    {
+        for (ulong page = guestPhysical & ~0xFFFUL; page < guestPhysical + length; page += 0x1000)
+        {
+            ulong frame = page >> FrameShift;
+            if (frame >= (ulong)hostFrames.Length)
+            {
+                break;
+            }
+            if (swapSlots is not null && swapSlots[frame] != 0)
+            {
+                SwapIn(frame, byDevice: false);
+            }
+            else if (IsHomeAway(frame))
+            {
+                BreakSharing(frame, hostFrames[frame]); // the VMM may write it: the guest must see its own copy
+            }
+        }
+    }
+
     /// <summary>A write to shared frame <paramref name="shared"/>: the guest frame gets its bytes back in its home,
     /// mapped in place of the shared frame, which loses one reference (freed, its memory returned, at none).</summary>
     private void BreakSharing(ulong frame, ulong shared)
     {
         nint home = Home(frame << FrameShift);
         pool.Contents(shared).CopyTo(HomeContents(frame << FrameShift));
+        HomeBack(frame);
         hostFrames[frame] = pool.Adopt(home, 1, 1, this, frame);
         CopyOnWriteBreaks++;
         BackingChanged(frame);
@@ -289,7 +424,7 @@ public sealed partial class GuestPhysicalMap : IDisposable
     /// <summary>The host memory of a guest page's home (a region's backing is contiguous, so a run of pages is too).</summary>
     private unsafe nint Home(ulong guestPage)
     {
-        fixed (byte* p = guest.Span(new GuestPhysical(guestPage), 1))
+        fixed (byte* p = guest.Home(new GuestPhysical(guestPage), 1))
         {
             return (nint)p;
         }
@@ -312,11 +447,20 @@ public sealed partial class GuestPhysicalMap : IDisposable
         {
             if (hostFrames[frame] != 0)
             {
+                if (IsHomeAway(frame))
+                {
+                    pool.Contents(hostFrames[frame]).CopyTo(HomeContents(frame << FrameShift));
+                    HomeBack(frame);
+                }
                 pool.RemoveMapping(hostFrames[frame], this, frame);
                 hostFrames[frame] = 0;
             }
         }
         TouchedPages = 0;
+        if (guest.PageSource == this)
+        {
+            guest.PageSource = null;
+        }
     }
 }
 
@@ -328,12 +472,8 @@ public sealed partial class GuestPhysicalMap
     /// <summary>Writes the touched guest pages as (guest-physical address, large) pairs.</summary>
     public void Save(Persistence.SnapshotWriter writer)
     {
-        if (SwappedOutPages > 0)
-        {
-            // The snapshot's RAM section was read from the VM's RAM, where these pages are not now.
-            throw new InvalidOperationException(
-                $"{SwappedOutPages} guest pages are in the host swap file: bring them back (GuestPhysicalMap.SwapInAll) before taking a snapshot");
-        }
+        // Pages in the host swap file are not listed: the RAM section, read through this map, holds their bytes, and the
+        // restored VM gives them frames on their first touch.
         var touched = new List<(ulong Address, bool Large)>();
         for (ulong frame = 0; frame < (ulong)hostFrames.Length; frame++)
         {
@@ -425,17 +565,13 @@ public sealed partial class GuestPhysicalMap
     /// <summary>Whether a host swap file backs this map (<see cref="AttachSwap"/>).</summary>
     public bool HasSwap => swapFile is not null;
 
-    /// <summary>Lets the host page this map's guest pages out to <paramref name="file"/>. Host swapping needs nested
-    /// paging: shadow paging's software walks read the guest's page tables from the VM's RAM, where a swapped-out page
-    /// is not.</summary>
-    /// <exception cref="InvalidOperationException">Under shadow paging, or when a swap file is attached already.</exception>
+    /// <summary>Lets the host page this map's guest pages out to <paramref name="file"/>, under nested or shadow paging
+    /// (a swapped-out page loses its nested entry or its shadow leaves, and its next access faults into the VMM, which
+    /// reads it back in; shadow paging's software walks read the guest's tables through this map, so a swapped-out page
+    /// table comes back the same way).</summary>
+    /// <exception cref="InvalidOperationException">A swap file is attached already.</exception>
     internal void AttachSwap(Memory.Swapping.HostSwapFile file)
     {
-        if (shadow is not null)
-        {
-            throw new InvalidOperationException(
-                "host swapping needs nested paging: shadow paging walks the guest's page tables in the VM's RAM, where a swapped-out page is not");
-        }
         if (swapFile is not null)
         {
             throw new InvalidOperationException("the map has a host swap file already");
@@ -468,7 +604,7 @@ public sealed partial class GuestPhysicalMap
             return false;
         }
         referenced[guestFrame] = 0;
-        nested?.Unmap(guestFrame << FrameShift);
+        BackingChanged(guestFrame); // its nested entry or shadow leaves: the next access faults and sets the bit again
         return true;
     }
 
@@ -490,6 +626,7 @@ public sealed partial class GuestPhysicalMap
         }
         // The write comes first: if the file is full, nothing has changed.
         int slot = swapFile.Write(HomeContents(guestFrame << FrameShift));
+        guest.PageSource = this; // the VMM's accesses to guest RAM ask this map from now on
         swapSlots[guestFrame] = slot + 1;
         hostFrames[guestFrame] = 0;
         TouchedPages--;

@@ -37,7 +37,6 @@ public sealed class ShadowPaging
     private readonly GuestPhysicalMap physicalMap;
     private readonly HostFramePool pool;
     private readonly PhysicalMemory host;
-    private readonly GuestMemoryView guestView;
     private readonly PageWalker guestWalker;
     private readonly Dictionary<ShadowKey, ShadowPageTable> tables = [];
     private readonly Dictionary<ulong, ShadowedFrame> byGuestFrame = [];
@@ -49,8 +48,10 @@ public sealed class ShadowPaging
         this.physicalMap = physicalMap;
         this.pool = pool;
         host = pool.Memory;
-        guestView = new GuestMemoryView(guest);
-        guestWalker = new PageWalker(guestView.Memory, new PageWalkCache(0), SoftwareWalks);
+        // The guest's tables are read through the P2M (guest-physical to host frame), not from the VM's RAM: a page
+        // table shared copy-on-write or paged out by the host has its bytes elsewhere, and an accessed/dirty-bit
+        // update is a write that breaks its sharing first (PageWalker, SDM Vol. 3C §29.3.3.2).
+        guestWalker = new PageWalker(host, new PageWalkCache(0), SoftwareWalks, physicalMap.GuestTables);
     }
 
     /// <summary>The VM's devices: the pages of an assigned device's registers are mapped into the assigned window
@@ -206,7 +207,7 @@ public sealed class ShadowPaging
             {
                 break;
             }
-            var page = guestView.Page(address);
+            var page = physicalMap.GuestPage(address, write: true);
             System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(page[(int)(address & 0xFFF)..], value);
             if (byGuestFrame.TryGetValue(address >> 12, out var shadowed))
             {
@@ -334,7 +335,7 @@ public sealed class ShadowPaging
         guestWalker.Walk(new GuestVirtual(linear), AccessKind.Write, (exit.ErrorCode & (uint)PageFaultError.User) != 0, false, controls, out var walk, []);
         ulong guestPage = walk.PhysicalPage + (linear & ((1UL << walk.PageShift) - 1) & ~0xFFFUL);
         ulong frame = guestPage >> 12;
-        byte[]? before = byGuestFrame.ContainsKey(frame) ? guestView.Page(guestPage).ToArray() : null;
+        byte[]? before = byGuestFrame.ContainsKey(frame) ? physicalMap.GuestPage(guestPage, write: false).ToArray() : null;
         // A callout's write is counted by the caller.
         if (!counted && before is not null)
         {
@@ -392,7 +393,7 @@ public sealed class ShadowPaging
     /// derived from them in every shadow of that table (they refill on the next access), and flush the TLB.</summary>
     private void Synchronize(Cpu cpu, ulong frame, byte[] before)
     {
-        var after = guestView.Page(frame << 12);
+        var after = physicalMap.GuestPage(frame << 12, write: false);
         bool changed = false;
         for (int i = 0; i < 512; i++)
         {
@@ -432,7 +433,7 @@ public sealed class ShadowPaging
     public IReadOnlyList<string> Verify(in PagingControls controls)
     {
         var problems = new List<string>();
-        var walker = new PageWalker(guestView.Memory, new PageWalkCache(0), new MmuCounters());
+        var walker = new PageWalker(host, new PageWalkCache(0), new MmuCounters(), physicalMap.GuestTables);
         foreach (var top in tables.Values.Where(t => t.Key.Level == 0).ToArray())
         {
             VerifyTable(walker, top, 0, 0, controls with { Cr3 = top.Key.GuestFrame }, problems);
@@ -675,12 +676,3 @@ internal sealed class ShadowedFrame
 
 /// <summary>The shadow-paging VMM met a guest state it cannot virtualize.</summary>
 public sealed class ShadowPagingException(string message) : Exception(message);
-
-/// <summary>The guest's RAM as a guest-physical address space, for the VMM's software walks of guest page tables.</summary>
-internal sealed unsafe class GuestMemoryView(GuestMemory guest)
-{
-    public PhysicalMemory Memory { get; } =
-        new(guest.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
-
-    public Span<byte> Page(ulong guestPhysical) => new(Memory.Pointer(guestPhysical & ~0xFFFUL, 0x1000), 0x1000);
-}

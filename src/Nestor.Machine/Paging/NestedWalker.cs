@@ -200,6 +200,9 @@ public sealed class NestedWalker : IGuestPhysicalTranslator
     // the translation in the TLB.
     private TranslationRights finalNestedRights;
 
+    /// <inheritdoc/>
+    public bool LastTranslationWritable => (finalNestedRights & TranslationRights.Writable) != 0;
+
     private TranslationRights CombinedRights(TranslationRights guest) =>
         guest & ~((TranslationRights.Writable | TranslationRights.Executable) & ~finalNestedRights);
 

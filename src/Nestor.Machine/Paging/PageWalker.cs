@@ -41,6 +41,11 @@ public interface IGuestPhysicalTranslator
     /// <paramref name="kind"/>; <paramref name="finalTranslation"/> is false for reads of the guest's paging
     /// structures. Throws <see cref="Virtualization.NestedPageFault"/> when the nested table does not allow it.</summary>
     HostPhysical ToHost(GuestPhysical guestPhysical, AccessKind kind, bool finalTranslation, GuestVirtual linear, out int pageShift, List<WalkStep>? trace);
+
+    /// <summary>Whether the nested entries of the last <see cref="ToHost"/> allow writing: a walk that must set an
+    /// accessed or dirty bit in the guest entry it read through that translation may write it only then (else it asks
+    /// <see cref="ToHost"/> again for a write, which raises the EPT violation or makes the page writable).</summary>
+    bool LastTranslationWritable => true;
 }
 
 /// <summary>The one-dimensional walk of 4-level paging (Intel SDM Vol. 3A §4.5, Figure 4-8): CR3 → PML4E → PDPTE →
@@ -73,6 +78,8 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
         counters.Walks++;
         result = default;
         Span<ulong> entryAddresses = stackalloc ulong[4];
+        Span<ulong> guestEntryAddresses = stackalloc ulong[4]; // under nesting: the guest-physical ones…
+        Span<bool> entryWritable = stackalloc bool[4];         // …and whether their nested entries allow writing
         int used = 0;
         var rights = TranslationRights.Writable | TranslationRights.User | TranslationRights.Executable;
         ulong table = controls.Cr3 & AddressMask;
@@ -94,9 +101,11 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
         {
             int shift = 39 - 9 * level;
             ulong entryAddress = table + ((linear >> shift) & 511) * 8;
+            guestEntryAddresses[used] = entryAddress;
             if (nested is not null)
             {
                 entryAddress = nested.ToHost(new GuestPhysical(entryAddress), AccessKind.Read, finalTranslation: false, new GuestVirtual(linear), out _, trace).Value;
+                entryWritable[used] = nested.LastTranslationWritable;
             }
             ulong entry = memory.ReadUInt64(entryAddress);
             counters.WalkReferences++;
@@ -134,14 +143,21 @@ public sealed class PageWalker(PhysicalMemory memory, PageWalkCache walkCache, M
                 counters.PageFaults++;
                 return denied;
             }
-            // The access is allowed: set A on every entry used and D on the leaf for a write (§4.8).
+            // The access is allowed: set A on every entry used and D on the leaf for a write (§4.8). Under nesting that
+            // update is a write to the guest's paging structure through the translation the read used, so its nested
+            // entries must allow writing: a read-only one (a guest page table shared copy-on-write) makes it an EPT
+            // violation for a write, not a final translation, before anything is written to that entry (SDM Vol. 3C
+            // §29.3.3.2; §29.3.5, "Accessed and Dirty Flags for EPT": accesses to guest paging structures to update
+            // A/D are writes).
             for (int i = 0; i < used && trace is null; i++)
             {
                 ulong value = memory.ReadUInt64(entryAddresses[i]);
                 ulong wanted = value | Accessed | (i == used - 1 && kind == AccessKind.Write ? Dirty : 0);
                 if (wanted != value)
                 {
-                    memory.WriteUInt64(entryAddresses[i], wanted);
+                    ulong target = nested is null || entryWritable[i] ? entryAddresses[i]
+                        : nested.ToHost(new GuestPhysical(guestEntryAddresses[i]), AccessKind.Write, finalTranslation: false, new GuestVirtual(linear), out _, null).Value;
+                    memory.WriteUInt64(target, wanted);
                     counters.AccessedDirtyWrites++;
                 }
             }

@@ -244,7 +244,7 @@ public sealed class PageSharingScanner : IDisposable
                 zeroFrame = host.FramePool.Allocate();
                 host.FramePool.SetWriteProtected(zeroFrame, true);
             }
-            map.Remap(new GuestPhysical(address), new HostPhysical(zeroFrame));
+            map.MergeInto(address, zeroFrame); // its home memory goes back to the host kernel
             merges++;
             return;
         }
@@ -268,7 +268,7 @@ public sealed class PageSharingScanner : IDisposable
                 return;
             }
             modelledCycles += Costs.MergeCycles;
-            map.Remap(new GuestPhysical(address), new HostPhysical(entry.Frame));
+            map.MergeInto(address, entry.Frame);
             merges++;
             return;
         }

@@ -9,7 +9,12 @@ namespace Nestor.Hypervisor.Memory.Sharing;
 /// <param name="GuestPages">Guest pages with a host frame, over all the VMs, at the end.</param>
 /// <param name="HostFrames">Host frames behind them.</param>
 /// <param name="AllNative">Whether every VM gave the RESULT lines of a VM alone (its cycle counts aside, see the tests).</param>
-public sealed record SharingBenchRow(int Vms, long GuestPages, long HostFrames, SharingCounters Counters, bool AllNative, TimeSpan Wall)
+/// <param name="ResidentBefore">Bytes of the VMs' RAM and the frame pool resident in the host (mincore) before the final scans.</param>
+/// <param name="ResidentAfter">The same after them.</param>
+/// <param name="RssBefore">The process's VmRSS before the final scans.</param>
+/// <param name="RssAfter">And after them.</param>
+public sealed record SharingBenchRow(int Vms, long GuestPages, long HostFrames, SharingCounters Counters, bool AllNative, TimeSpan Wall,
+    long ResidentBefore, long ResidentAfter, long RssBefore, long RssAfter)
 {
     /// <summary>Host memory saved, in percent of the guest pages' memory.</summary>
     public double SavedPercent => GuestPages == 0 ? 0 : 100.0 * Counters.PagesSharing / GuestPages;
@@ -49,15 +54,25 @@ public static class SharingBench
             {
                 throw new Errors.WorkloadFailedException($"the host of {count} VMs ran no round", "Check the VMs' outcomes with nestor host run");
             }
+            // The final scans, with the host's real memory measured around them: merged pages' homes go back to the
+            // host kernel, so the VMs' resident RAM falls by what sharing saves (Waldspurger, OSDI 2002, §4.1).
+            GC.Collect();
+            long residentBefore = ResidentBytes(host), rssBefore = ProcessMemory.ResidentSetBytes();
             scanner.ScanAll(2);
+            GC.Collect();
+            long residentAfter = ResidentBytes(host), rssAfter = ProcessMemory.ResidentSetBytes();
             var counters = scanner.Counters();
             long pages = host.Vms.Sum(vm => host.PhysicalMapOf(vm)?.TouchedPages ?? 0);
             bool native = vmHost.Vms.All(v => v.GuestStatus == 0 && Masked(v.ResultLines) == Masked(nativeResults));
-            var row = new SharingBenchRow(count, pages, host.FramePool.GuestFrames, counters, native, wall.Elapsed);
+            var row = new SharingBenchRow(count, pages, host.FramePool.GuestFrames, counters, native, wall.Elapsed, residentBefore, residentAfter, rssBefore, rssAfter);
             scanner.Dispose();
             yield return row;
         }
     }
+
+    /// <summary>Bytes of the host's VMs' RAM and of its frame pool resident now (mincore).</summary>
+    public static long ResidentBytes(Host host) =>
+        (long)host.FramePool.StoreResidentBytes() + host.Vms.Sum(vm => vm.Memory.Regions.Sum(r => (long)r.Backing.ResidentBytes()));
 
     /// <summary>RESULT lines with their cycle counts blanked.</summary>
     public static string Masked(IEnumerable<string> lines) =>
