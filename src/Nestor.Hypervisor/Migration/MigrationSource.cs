@@ -67,6 +67,7 @@ public sealed class MigrationSource
     private readonly ManualResetEventSlim stopped = new(false);
     private readonly ManualResetEventSlim verdict = new(false);
     private readonly ManualResetEventSlim finished = new(false);
+    private readonly ManualResetEventSlim outcomeRead = new(false);
     private RamImage image = null!;
     private bool[] pending = [];
     private volatile bool harvestWanted;
@@ -128,6 +129,10 @@ public sealed class MigrationSource
         {
             lock (gate)
             {
+                if (phase is MigrationPhase.Completed)
+                {
+                    outcomeRead.Set();
+                }
                 return new MigrationStatus(vm.Name, settings.Destination, phase, message, [.. rounds], total.Elapsed.TotalMilliseconds, downtime,
                     expectedDowntime, pagesSent, bytesSent, throttle, instructionsAtStop);
             }
@@ -441,6 +446,9 @@ public sealed class MigrationSource
         {
             vm.StopCause = $"migrated to {settings.Destination}";
             vm.EndedAsPlanned = true;
+            // The host ends when its last VM has, and its control API with it: give the client that asked for the
+            // migration a moment to read that it completed (it polls every 100 ms).
+            outcomeRead.Wait(TimeSpan.FromSeconds(5));
             return false;
         }
         // Run on from where it stopped, exactly: a fresh engine restored from the VM's own state (the software engine
