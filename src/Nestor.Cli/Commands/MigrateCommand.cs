@@ -75,7 +75,7 @@ internal static class MigrateCommand
                 {
                     Console.WriteLine(string.Create(c, $"total {status.TotalMs:0} ms, {status.PagesSent:N0} pages, {status.BytesSent / 1048576.0:0.00} MiB; " +
                         $"downtime {(status.DowntimeMs is { } d ? d.ToString("0.0", c) + " ms" : "-")} (expected {(status.ExpectedDowntimeMs is { } e ? e.ToString("0.0", c) + " ms" : "-")}); " +
-                        $"stopped at {status.InstructionsAtStop:N0} instructions"));
+                        $"stopped at {status.InstructionsAtStop:N0} instructions; dirty pages by {status.DirtyTracking} ({status.PagesLogged:N0} logged, {status.FinalPagesFound:N0} found in the stop-and-copy)"));
                 }
                 Console.Error.WriteLine($"nestor: {status.Message}");
                 return status.Phase == "Completed" ? 0 : 1;

@@ -37,7 +37,7 @@ public sealed record MigrationRound(int Number, long Pages, long FilledPages, lo
 /// <summary>A migration's state at one moment: a value.</summary>
 public sealed record MigrationStatus(string Vm, string Destination, MigrationPhase Phase, string? Message, IReadOnlyList<MigrationRound> Rounds,
     double TotalMilliseconds, double? DowntimeMilliseconds, double? ExpectedDowntimeMilliseconds, long PagesSent, long BytesSent,
-    int ThrottlePercent, long InstructionsAtStop);
+    int ThrottlePercent, long InstructionsAtStop, string DirtyTracking, long PagesLogged, long FinalPagesFound);
 
 /// <summary>The source side of a live pre-copy migration of one VM of a <see cref="VirtualMachineHost"/> (Clark et al.,
 /// "Live Migration of Virtual Machines", NSDI'05, §3): round 0 sends every page while the VM runs; each further round
@@ -79,6 +79,8 @@ public sealed class MigrationSource
     private double? downtime, expectedDowntime;
     private long pagesSent, bytesSent, instructionsAtStop;
     private volatile int throttle;
+    private long pagesLogged, finalPagesFound;
+    private readonly bool useDirtyLog;
     private long lastRoundEnd;
 
     private MigrationSource(VirtualMachineHost host, HostedVm vm, MigrationSettings settings)
@@ -86,6 +88,9 @@ public sealed class MigrationSource
         this.host = host;
         this.vm = vm;
         this.settings = settings;
+        // The write-protection dirty log needs a P2M (a technique with a VMM) of 4 KiB nested entries: a 2 MiB entry
+        // covers frames the log cannot protect one by one.
+        useDirtyLog = vm.Spec.Sim.Technique != Techniques.Technique.Native && !vm.Spec.Sim.LargeNestedPages;
     }
 
     /// <summary>Starts migrating VM <paramref name="name"/> of <paramref name="host"/>; returns at once (the status says
@@ -134,7 +139,7 @@ public sealed class MigrationSource
                     outcomeRead.Set();
                 }
                 return new MigrationStatus(vm.Name, settings.Destination, phase, message, [.. rounds], total.Elapsed.TotalMilliseconds, downtime,
-                    expectedDowntime, pagesSent, bytesSent, throttle, instructionsAtStop);
+                    expectedDowntime, pagesSent, bytesSent, throttle, instructionsAtStop, useDirtyLog ? "write-protection" : "comparison", pagesLogged, finalPagesFound);
             }
         }
     }
@@ -225,7 +230,13 @@ public sealed class MigrationSource
                 throw new MigrationStreamException($"the VM ended before the stop-and-copy ({vm.Result?.Outcome.Message ?? "its run is over"})", MigrationRefusal.Refused, null);
             }
             instructionsAtStop = vmObject.Vcpus[0].State.InstructionsRetired;
-            CompareAll(); // the last dirty set, with the vCPU stopped
+            // The last dirty set, with the vCPU stopped: every page compared, so that what the dirty log cannot see (the
+            // VMM's own writes into guest RAM: A/D bits set by software walks, emulated page-table writes) goes too.
+            long found = CompareAll();
+            lock (gate)
+            {
+                finalPagesFound = found;
+            }
             SendPending(link, round, last: true);
             var state = new SnapshotWriter();
             foreach (var part in vmObject.SnapshotParts.Where(p => p != vmObject.Memory).Append(vm.Engine!))
@@ -336,7 +347,30 @@ public sealed class MigrationSource
         }
         if (harvestWanted && !stopping)
         {
-            CompareAll();
+            var map = useDirtyLog ? vm.Vm!.Host.PhysicalMapOf(vm.Vm) : null;
+            if (map is null || !map.DirtyLogging)
+            {
+                // Round 0, or no P2M to log with (native, 2 MiB nested pages): every page is compared.
+                map?.StartDirtyLog();
+                CompareAll();
+            }
+            else
+            {
+                long logged = 0;
+                map.TakeDirtyLog(frame =>
+                {
+                    long index = image.IndexOf(frame);
+                    if (index >= 0)
+                    {
+                        logged++;
+                        Compare(index);
+                    }
+                });
+                lock (gate)
+                {
+                    pagesLogged += logged;
+                }
+            }
             harvestWanted = false;
             harvested.Set();
         }
@@ -344,19 +378,30 @@ public sealed class MigrationSource
     }
 
     // Every page that differs from the copy sent last: copied into the image, marked to be sent.
-    private void CompareAll()
+    private long CompareAll()
     {
-        var memory = vm.Vm!.Memory;
+        long found = 0;
         for (long i = 0; i < image.Pages; i++)
         {
-            var live = RamImage.Live(memory, image, i);
-            var copy = image.Page(i);
-            if (!live.SequenceEqual(copy))
-            {
-                live.CopyTo(copy);
-                pending[i] = true;
-            }
+            found += Compare(i) ? 1 : 0;
         }
+        return found;
+    }
+
+    // One page: if it differs from the copy sent last (a page written back to what it held needs no resend), the copy
+    // takes its bytes and it is marked to be sent.
+    private bool Compare(long index)
+    {
+        var live = RamImage.Live(vm.Vm!.Memory, image, index);
+        var copy = image.Page(index);
+        if (live.SequenceEqual(copy))
+        {
+            return false;
+        }
+        live.CopyTo(copy);
+        bool fresh = !pending[index];
+        pending[index] = true;
+        return fresh;
     }
 
     // Sends the pending pages from the image, then the round's end; returns the bytes it took.

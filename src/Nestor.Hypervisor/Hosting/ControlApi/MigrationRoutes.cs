@@ -25,7 +25,8 @@ public sealed record MigrationRoundDocument(int Round, long Pages, long FilledPa
 
 /// <summary><c>GET /vms/{name}/migration</c>: the VM's migration under way or last.</summary>
 public sealed record MigrationDocument(string Vm, string Destination, string Phase, string? Message, IReadOnlyList<MigrationRoundDocument> Rounds,
-    double TotalMs, double? DowntimeMs, double? ExpectedDowntimeMs, long PagesSent, long BytesSent, int ThrottlePercent, long InstructionsAtStop);
+    double TotalMs, double? DowntimeMs, double? ExpectedDowntimeMs, long PagesSent, long BytesSent, int ThrottlePercent, long InstructionsAtStop,
+    string DirtyTracking, long PagesLogged, long FinalPagesFound);
 
 /// <summary>The migration documents' serializers (source-generated, strict as the control API's).</summary>
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower,
@@ -81,7 +82,8 @@ internal static class MigrationRoutes
     public static MigrationDocument Document(MigrationStatus s) =>
         new(s.Vm, s.Destination, s.Phase.ToString(), s.Message,
             [.. s.Rounds.Select(r => new MigrationRoundDocument(r.Number, r.Pages, r.FilledPages, r.Bytes, r.Milliseconds, r.ThrottlePercent))],
-            s.TotalMilliseconds, s.DowntimeMilliseconds, s.ExpectedDowntimeMilliseconds, s.PagesSent, s.BytesSent, s.ThrottlePercent, s.InstructionsAtStop);
+            s.TotalMilliseconds, s.DowntimeMilliseconds, s.ExpectedDowntimeMilliseconds, s.PagesSent, s.BytesSent, s.ThrottlePercent, s.InstructionsAtStop,
+            s.DirtyTracking, s.PagesLogged, s.FinalPagesFound);
 }
 
 /// <summary>The migration route from a client (<c>nestor migrate</c>): start, then poll the status until it ends.</summary>
