@@ -110,7 +110,7 @@ public sealed class MigrationTests : IDisposable
         listener.Start();
         string address = $"tcp:127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}";
         long pages = 0;
-        var fake = Task.Run(() =>
+        var fake = new Thread(() =>
         {
             using var client = listener.AcceptTcpClient();
             var stream = client.GetStream();
@@ -129,12 +129,13 @@ public sealed class MigrationTests : IDisposable
                 }
             }
             MigrationStream.WriteSection(stream, MigrationStream.Failed, "the test's destination does not restore VMs"u8);
-        });
+        }) { IsBackground = true };
+        fake.Start();
         string socket = NestorProcess.TempPath(".sock");
         var source = StartNestor("host", "run", "--vm", $"w=builtin:nestoros,cmdline={Workload},memory={Memory},technique=hw", "--api-socket", socket, "--timeout", "200");
         Assert.True(source.WaitFor(() => source.Stdout.Contains("migtouch: started"), Limit), source.ToString());
         var migrate = NestorProcess.Run(Limit, "migrate", "--api", socket, "w", address);
-        Assert.True(fake.Wait(Limit));
+        Assert.True(fake.Join(Limit));
         Assert.True(pages > 0);
         Assert.Equal(1, migrate.ExitCode);
         Assert.Contains("the destination failed to resume the VM: the test's destination does not restore VMs", migrate.Stderr);

@@ -50,9 +50,12 @@ public static class MigrationBench
             try
             {
                 var spec = incoming.Accept(TimeSpan.FromMinutes(2));
-                incoming.Receive();
                 using var host = new VirtualMachineHost(new HostSpec(1UL << 30, 0, 1, SchedulerKind.ProportionalShare, [spec]) { WallTimeout = TimeSpan.FromMinutes(10) }, null);
-                host.VmCreated = incoming.Install;
+                host.VmCreated = vm =>
+                {
+                    incoming.Receive(vm.Vm);
+                    incoming.Install(vm);
+                };
                 host.Run();
                 results = host.Vms[0].ResultLines;
             }

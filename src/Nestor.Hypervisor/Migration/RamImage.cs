@@ -68,10 +68,17 @@ public sealed class RamImage
     public static Span<byte> Live(GuestMemory memory, RamImage image, long index) =>
         memory.Span(new Machine.Addresses.GuestPhysical(image.GuestFrame(index) * PageSize), PageSize);
 
+    /// <summary>Where page <c>index</c>'s bytes go.</summary>
+    public delegate Span<byte> PageAt(long index);
+
     /// <summary>Applies one <c>PAGE</c> section's entries to the image.</summary>
     /// <returns>The pages it held.</returns>
     /// <exception cref="MigrationStreamException">An entry of a frame that is not RAM, or of an unknown kind.</exception>
-    public int Apply(ReadOnlySpan<byte> payload)
+    public int Apply(ReadOnlySpan<byte> payload) => Apply(payload, Page);
+
+    /// <summary>Applies one <c>PAGE</c> section's entries to the pages <paramref name="target"/> gives (the VM's RAM,
+    /// laid out as this image).</summary>
+    public int Apply(ReadOnlySpan<byte> payload, PageAt target)
     {
         if (payload.Length < 8)
         {
@@ -96,11 +103,11 @@ public sealed class RamImage
             switch (kind)
             {
                 case MigrationStream.FilledPage when payload.Length - at >= 1:
-                    Page(index).Fill(payload[at]);
+                    target(index).Fill(payload[at]);
                     at += 1;
                     break;
                 case MigrationStream.RawPage when payload.Length - at >= PageSize:
-                    payload.Slice(at, PageSize).CopyTo(Page(index));
+                    payload.Slice(at, PageSize).CopyTo(target(index));
                     at += PageSize;
                     break;
                 default:

@@ -3,16 +3,20 @@ using Nestor.Hypervisor.Migration;
 namespace Nestor.Hypervisor.Hosting.ControlApi;
 
 /// <summary><c>nestor host run --incoming tcp:HOST:PORT</c>: before the host is built, waits for a VM migrated to it
-/// and receives it whole (<see cref="IncomingMigration"/>); the host then runs it with the others, restored as it
-/// powers it on. Until the source's end marker has arrived nothing runs here, so a source that fails mid-way leaves
-/// this host with nothing to run, and it ends saying why.</summary>
+/// and checks the stream's header (<see cref="IncomingMigration"/>); the host then builds the VM as it powers it on,
+/// receives the rounds straight into its RAM, restores its state and runs it with the others. Until the source's end
+/// marker has arrived the VM does not run, so a source that fails mid-way leaves this host ending with a message
+/// saying why.</summary>
 public sealed class IncomingHostRun : IDisposable
 {
     private readonly IncomingMigration migration;
 
-    private IncomingHostRun(IncomingMigration migration, HostedVmSpec spec)
+    private readonly TextWriter log;
+
+    private IncomingHostRun(IncomingMigration migration, HostedVmSpec spec, TextWriter log)
     {
         this.migration = migration;
+        this.log = log;
         Spec = spec;
     }
 
@@ -31,10 +35,7 @@ public sealed class IncomingHostRun : IDisposable
             var spec = migration.Accept();
             log.WriteLine($"nestor: receiving VM '{spec.Name}' ({spec.Sim.Name}, {spec.Memory.MaxBytes >> 20} MiB)");
             log.Flush();
-            migration.Receive();
-            log.WriteLine($"nestor: received VM '{spec.Name}': {migration.Rounds} rounds, {migration.Pages:N0} pages in {migration.Elapsed.TotalMilliseconds:N0} ms");
-            log.Flush();
-            return new IncomingHostRun(migration, spec);
+            return new IncomingHostRun(migration, spec, log);
         }
         catch
         {
@@ -53,8 +54,13 @@ public sealed class IncomingHostRun : IDisposable
         host.VmCreated = vm =>
         {
             previous?.Invoke(vm);
-            if (ReferenceEquals(vm.Spec, Spec))
+            if (ReferenceEquals(vm.Spec, Spec) && vm.Vm is { } built)
             {
+                // The host built the VM as it powers it on: the rounds arrive straight into its RAM, and it runs once
+                // the state is restored. The host's other VMs power on after it.
+                migration.Receive(built);
+                log.WriteLine($"nestor: received VM '{Spec.Name}': {migration.Rounds} rounds, {migration.Pages:N0} pages in {migration.Elapsed.TotalMilliseconds:N0} ms");
+                log.Flush();
                 migration.Install(vm);
             }
         };
