@@ -129,7 +129,8 @@ public sealed class MigrationTests : IDisposable
                 }
             }
             MigrationStream.WriteSection(stream, MigrationStream.Failed, "the test's destination does not restore VMs"u8);
-        }) { IsBackground = true };
+        })
+        { IsBackground = true };
         fake.Start();
         string socket = NestorProcess.TempPath(".sock");
         var source = StartNestor("host", "run", "--vm", $"w=builtin:nestoros,cmdline={Workload},memory={Memory},technique=hw", "--api-socket", socket, "--timeout", "200");

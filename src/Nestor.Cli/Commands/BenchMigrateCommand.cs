@@ -13,9 +13,10 @@ namespace Nestor.Cli.Commands;
 /// downtime, rounds and pages sent per round, measured (<see cref="MigrationBench"/>).</summary>
 internal static class BenchMigrateCommand
 {
-    // Writable working sets: 256 pages written slowly (integer work after every page), 1,024 pages slowly and fast,
-    // and 4,096 pages fast (faster than the link: only the throttle makes the rounds shrink).
-    private static readonly string[] DefaultWorkloads = ["migtouch 256 400 1", "migtouch 1024 100 1", "migtouch 1024 100 64", "migtouch 4096 25 0"];
+    // Writable working sets: 256 pages written slowly (2,048 LCG steps after every page), 1,024 pages slowly and fast
+    // (after every 64 pages), and 4,096 pages as fast as the guest can (faster than the link: only the throttle makes
+    // the rounds shrink). Each runs long enough (tens of seconds unmigrated here) to be migrated mid-run.
+    private static readonly string[] DefaultWorkloads = ["migtouch 256 200 1", "migtouch 1024 50 1", "migtouch 1024 1200 64", "migtouch 4096 3000 0"];
 
     public static Command Create()
     {

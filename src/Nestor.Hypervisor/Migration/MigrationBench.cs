@@ -63,7 +63,8 @@ public static class MigrationBench
             {
                 destinationFailure = e;
             }
-        }) { IsBackground = true, Name = "bench destination" };
+        })
+        { IsBackground = true, Name = "bench destination" };
         destination.Start();
         using var source = new VirtualMachineHost(hostSpec with { WallTimeout = TimeSpan.FromMinutes(10) }, null);
         var running = new Thread(source.Run) { IsBackground = true, Name = "bench source" };

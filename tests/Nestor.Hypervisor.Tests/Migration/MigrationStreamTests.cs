@@ -140,7 +140,8 @@ public class MigrationStreamTests
     {
         var kernel = new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf);
         var spec = new HostedVmSpec("web", kernel, "migtouch 64 5", new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Shadow },
-            new MemoryControls(32UL << 20, 64UL << 20, 640), new CpuControls(2000, 12.5, 80)) { SerialLimitBytes = 1 << 20 };
+            new MemoryControls(32UL << 20, 64UL << 20, 640), new CpuControls(2000, 12.5, 80))
+        { SerialLimitBytes = 1 << 20 };
         var back = MigrationVmDescription.Decode(MigrationVmDescription.Encode(spec), kernel);
         Assert.Equal(spec, back);
     }
