@@ -128,7 +128,7 @@ public class MigrationStreamTests
         Assert.Equal(2, image.Apply(payload));
         Assert.True(MigrationStream.IsFilled(image.Page(image.IndexOf(5)), out byte value));
         Assert.Equal(0xAB, value);
-        Assert.Equal((byte)(100 * 7), image.Page(image.IndexOf(7))[100]);
+        Assert.Equal(unchecked((byte)(100 * 7)), image.Page(image.IndexOf(7))[100]);
         Assert.False(image.Page(image.IndexOf(6)).ContainsAnyExcept((byte)0));
 
         BinaryPrimitives.WriteUInt64LittleEndian(payload.AsSpan(8), 1UL << 40); // not RAM
