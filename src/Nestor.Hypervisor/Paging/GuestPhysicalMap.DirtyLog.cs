@@ -22,7 +22,7 @@ public sealed partial class GuestPhysicalMap
 
     /// <summary>Starts logging writes: every frame clean and write-protected (its nested entry or shadow leaves
     /// dropped, so the next access rebuilds them read-only).</summary>
-    public void StartDirtyLog()
+    internal void StartDirtyLog()
     {
         dirtyLog = new bool[hostFrames.Length];
         DirtyLogFaults = 0;
@@ -30,7 +30,7 @@ public sealed partial class GuestPhysicalMap
     }
 
     /// <summary>Stops logging; entries are rebuilt writable at their next fault.</summary>
-    public void StopDirtyLog()
+    internal void StopDirtyLog()
     {
         if (dirtyLog is null)
         {
@@ -42,7 +42,7 @@ public sealed partial class GuestPhysicalMap
 
     /// <summary>Calls <paramref name="dirty"/> with each guest frame written since the log started or was last taken,
     /// and write-protects those frames again.</summary>
-    public void TakeDirtyLog(Action<ulong> dirty)
+    internal void TakeDirtyLog(Action<ulong> dirty)
     {
         var log = dirtyLog ?? throw new InvalidOperationException("the dirty log is not running");
         var taken = new List<ulong>();
