@@ -54,7 +54,7 @@ extern char __user_text_size[], __user_size[];
 
 static const char *const program_names[] = {
     "init", "hello", "forkwait", "syscall", "pagefault", "memtouch", "ptchurn", "compute", "sensitive", "fault", "preempt", "mmutest",
-    "nanobench", "disktest", "diskbench", "diskcheck", "balloon", "steal", "swaptouch", 0,
+    "nanobench", "disktest", "diskbench", "diskcheck", "balloon", "steal", "swaptouch", "migtouch", 0,
 };
 
 /* swap.c's clock walks every process's user space through these; the last index is the child a fork is building

@@ -78,6 +78,7 @@ int user_main(int argc, char **argv)
     if (!strcmp(p, "balloon")) return main_balloon(argc, argv);
     if (!strcmp(p, "steal")) return main_steal(argc, argv);
     if (!strcmp(p, "swaptouch")) return main_swaptouch(argc, argv);
+    if (!strcmp(p, "migtouch")) return main_migtouch(argc, argv);
     print("no such program: %s\n", p);
     return 127;
 }

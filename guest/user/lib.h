@@ -58,6 +58,7 @@ int main_diskcheck(int argc, char **argv);
 int main_balloon(int argc, char **argv);
 int main_steal(int argc, char **argv);
 int main_swaptouch(int argc, char **argv);
+int main_migtouch(int argc, char **argv);
 /* MurmurHash3's 64-bit finalizer (Appleby, fmix64): the disk and swap programs' patterns, which the host recomputes. */
 static inline u64 fmix64(u64 x)
 {

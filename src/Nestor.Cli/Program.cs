@@ -48,6 +48,7 @@ public static class Program
             BenchCommand.Create(),
             WalkCommand.Create(),
             Commands.Host.HostCommand.Create(),
+            MigrateCommand.Create(),
         };
         foreach (var command in ContainerCommands.Create())
         {

@@ -28,6 +28,7 @@ internal static class BenchCommand
         command.Subcommands.Add(BenchDiskCommand.Create());
         command.Subcommands.Add(Host.BenchConsolidateCommand.Create());
         command.Subcommands.Add(BenchOvercommitCommand.Create());
+        command.Subcommands.Add(BenchMigrateCommand.Create());
         var mmuOptions = new MmuOptions();
         foreach (var option in mmuOptions.All)
         {

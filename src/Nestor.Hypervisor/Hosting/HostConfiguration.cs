@@ -191,7 +191,8 @@ public static class HostConfiguration
             : throw new BadInputException($"{field}: '{value}' is not a number", "Give a number (a percentage of one host CPU)");
 
     /// <summary>The host a file and the command line describe; a command-line value wins over the file's.</summary>
-    public static HostSpec ToSpec(HostConfigFile file, string source, ulong? memory = null, ulong? swap = null, int? cpus = null, string? scheduler = null)
+    public static HostSpec ToSpec(HostConfigFile file, string source, ulong? memory = null, ulong? swap = null, int? cpus = null, string? scheduler = null,
+        bool allowNoVms = false)
     {
         var host = file.Host ?? new HostSection();
         ulong hostMemory = memory ?? (host.Memory is { } m ? Size.Parse(m, $"{source}: host.memory") : 1UL << 30);
@@ -208,7 +209,7 @@ public static class HostConfiguration
             throw new BadInputException($"{source}: host.mhz: {mhz} MHz is not a clock rate", "Give 1 to 100000 MHz (1000 by default)");
         }
         var vms = file.Vms ?? [];
-        if (vms.Count == 0)
+        if (vms.Count == 0 && !allowNoVms) // a host with --incoming gets its VM from the migration
         {
             throw new BadInputException($"{source}: vms: the host has no VMs", "Add VMs to \"vms\", or give --vm NAME=KERNEL");
         }

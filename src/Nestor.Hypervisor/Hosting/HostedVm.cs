@@ -56,6 +56,9 @@ public sealed class HostedVm : IDisposable
 
     internal Thread? Thread { get; set; }
 
+    /// <summary>Its live migration under way or last, if any (Migration/MigrationSource).</summary>
+    public Nestor.Hypervisor.Migration.MigrationSource? Migration { get; internal set; }
+
     /// <summary>Host memory backing its guest pages now (ESX's "consumed" memory, before sharing): under a VMM, the
     /// guest pages its P2M has given a host frame (<see cref="Paging.GuestPhysicalMap.TouchedPages"/> × 4 KiB); without
     /// one (native), the pages of its RAM mapping resident in the host (mincore), since the guest touches that mapping

@@ -76,6 +76,10 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
     /// length in cycles: where page sharing and host swapping run (Memory/Sharing, Memory/Swapping).</summary>
     public Action<Host, long>? BetweenRounds { get; set; }
 
+    /// <summary>Called on the dispatch thread for each VM as it is powered on, its VM and engine made, before its
+    /// vCPU runs: where an incoming migration restores it (Migration/IncomingMigration).</summary>
+    public Action<HostedVm>? VmCreated { get; set; }
+
     /// <summary>The VMs in the order configured.</summary>
     public IReadOnlyList<HostedVm> Vms => vms;
 
@@ -185,6 +189,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             StealTimeDevice.Attach(vm.Vm, vm.Vcpu, spec.Clock);
             vm.Engine = new SimEngine(vm.Spec.Sim) { Quantum = vm.Quantum };
             RestoreIfAsked(vm); // nestor host run --restore NAME=FILE (ControlApi/HostSnapshots.cs)
+            VmCreated?.Invoke(vm); // an incoming migration installs its RAM and state here (Migration/IncomingMigration)
             scheduler.Add(vm.Vcpu);
             vm.State = HostedVmState.Running;
             vm.Thread = new Thread(() => RunVcpu(captured)) { Name = $"vcpu {vm.Name}", IsBackground = true };
@@ -197,6 +202,10 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
         try
         {
             vm.Result = RunTakingSnapshots(vm); // vm.Vm.Run, paused for each snapshot asked (ControlApi/HostSnapshots.cs)
+            while (vm.Migration?.TakeOver(vm.Result) == true) // the migration failed after stopping it: it runs on
+            {
+                vm.Result = RunTakingSnapshots(vm);
+            }
         }
         catch (Exception e)
         {

@@ -95,7 +95,7 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
     /// <summary>Whether the page at <paramref name="guestPhysical"/> is mapped to a write-protected (shared) frame:
     /// nested and shadow tables must map it read-only.</summary>
     internal bool IsWriteProtected(ulong guestPhysical) =>
-        TryHostPhysical(guestPhysical, out ulong host) && pool.IsWriteProtected(host);
+        TryHostPhysical(guestPhysical, out ulong host) && pool.IsWriteProtected(host) || LogProtected(guestPhysical);
 
     /// <summary>The EPT permissions a nested entry for <paramref name="guestPhysical"/> may grant.</summary>
     internal ulong NestedPermissions(ulong guestPhysical) =>
@@ -110,6 +110,10 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
     /// its home (copy-on-write).</summary>
     internal ulong Touch(ulong guestPhysical, bool write)
     {
+        if (write && dirtyLog is not null)
+        {
+            LogWrite(guestPhysical >> FrameShift); // the dirty log (GuestPhysicalMap.DirtyLog.cs)
+        }
         if (referenced is not null && (guestPhysical >> FrameShift) < (ulong)referenced.Length)
         {
             referenced[guestPhysical >> FrameShift] = 1; // the clock's reference bit (Swapping/HostSwap)

@@ -27,13 +27,14 @@ internal static class HostRunCommand
         var timeout = TypedOptions.Seconds("--timeout", "Stop every VM after this many seconds of wall time");
         var duration = new Option<double?>("--duration-ms") { Description = "Run the host for this many milliseconds of virtual time, then stop every VM still running" };
         var verbose = new Option<bool>("--verbose") { Description = "Show stack traces of internal errors" };
+        var incoming = new Option<string?>("--incoming") { Description = "Wait for a VM migrated here (tcp:HOST:PORT, nestor migrate), receive it, then run it with the others" };
         var apiSocket = new Option<string?>("--api-socket") { Description = "Serve the control API on this Unix socket while the host runs (nestor host ctl, nestor host top; docs/host.md)" };
         var watch = new Option<bool>("--watch") { Description = "Redraw the report's table while the VMs run (plain key=value lines when stdout is not a terminal)" };
         var watchInterval = new Option<double>("--watch-interval") { Description = "Seconds between --watch views (default 1)", DefaultValueFactory = _ => 1.0 };
         var restore = SnapshotCommand.HostRestoreOption();
         var command = new Command("run", "Power on many VMs on one host and run them until each has ended")
         {
-            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose, apiSocket, watch, watchInterval, restore,
+            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose, apiSocket, watch, watchInterval, restore, incoming,
         };
         command.SetAction(parse =>
         {
@@ -46,10 +47,12 @@ internal static class HostRunCommand
                 {
                     config.Vms.Add(HostConfiguration.ParseVmOption(text));
                 }
+                using var arriving = parse.GetValue(incoming) is { } from ? Hypervisor.Hosting.ControlApi.IncomingHostRun.Receive(from, Console.Error) : null;
                 var spec = HostConfiguration.ToSpec(config, path ?? "--vm",
                     parse.GetValue(hostMemory) is { } m ? Size.Parse(m, "--host-memory") : null,
                     parse.GetValue(hostSwap) is { } s ? Size.Parse(s, "--host-swap") : null,
-                    parse.GetValue(hostCpus), parse.GetValue(scheduler));
+                    parse.GetValue(hostCpus), parse.GetValue(scheduler), allowNoVms: arriving is not null);
+                spec = arriving?.AddTo(spec) ?? spec;
                 if (parse.GetValue(duration) is { } ms)
                 {
                     if (!(ms > 0) || !double.IsFinite(ms))
@@ -68,6 +71,7 @@ internal static class HostRunCommand
                     throw new BadInputException($"--watch-interval {every.ToString(System.Globalization.CultureInfo.InvariantCulture)} is out of range", "Give between 0.05 and 3600 seconds");
                 }
                 using var host = new VirtualMachineHost(spec, Console.Out) { Restores = SnapshotCommand.ParseHostRestores(parse.GetValue(restore), spec) };
+                arriving?.Attach(host);
                 using (parse.GetValue(apiSocket) is { } socketPath ? Hypervisor.Hosting.ControlApi.ControlApiServer.Start(socketPath, host) : null)
                 using (parse.GetValue(watch) ? HostReportWatch.Start(host, Console.Out, TimeSpan.FromSeconds(every), terminal: !Console.IsOutputRedirected) : null)
                 {

@@ -44,6 +44,11 @@ internal sealed class ControlApiRoutes
             new(["vms", "{name}", "actions"], new Dictionary<string, Handler> { ["PUT"] = (a, body) => Act(Find(a[0]).Name, Parse(body, ControlApiJson.Default.ActionDocument)) }),
             new(["vms", "{name}", "snapshot"], new Dictionary<string, Handler> { ["PUT"] = (a, body) => Ok(SnapshotRoute.Put(host, Find(a[0]).Name, Parse(body, ControlApiSnapshotJson.Default.SnapshotCreateDocument)), ControlApiSnapshotJson.Default.SnapshotDocument) }),
             new(["vms", "{name}", "counters"], new Dictionary<string, Handler> { ["GET"] = (a, _) => Ok(Counters(Find(a[0]).Counters), ControlApiJson.Default.CountersDocument) }),
+            new(["vms", "{name}", "migration"], new Dictionary<string, Handler>
+            {
+                ["GET"] = (a, _) => MigrationRoutes.Get(host, Find(a[0]).Name),
+                ["PUT"] = (a, body) => MigrationRoutes.Start(host, Find(a[0]).Name, body),
+            }),
         ];
     }
 

@@ -1,0 +1,86 @@
+using System.CommandLine;
+using System.Globalization;
+using Nestor.Cli.Output;
+using Nestor.Hypervisor.Errors;
+using Nestor.Hypervisor.Hosting.ControlApi;
+
+namespace Nestor.Cli.Commands;
+
+/// <summary><c>nestor migrate --api SOCKET VM tcp:HOST:PORT</c>: live-migrates VM of the host serving the control API
+/// on SOCKET (<c>nestor host run --api-socket</c>) to the host listening there (<c>nestor host run --incoming</c>),
+/// by pre-copy (docs/migration.md), and prints each round, the downtime and the outcome. Exit status 0 when the
+/// destination runs the VM; 1 when the migration failed (the VM runs on at the source, as the message says).</summary>
+internal static class MigrateCommand
+{
+    public static Command Create()
+    {
+        var vm = new Argument<string>("VM") { Description = "The VM's name on the source host" };
+        var destination = new Argument<string>("DESTINATION") { Description = "tcp:HOST:PORT where nestor host run --incoming listens" };
+        var api = new Option<string?>("--api") { Description = "The source host's control API socket (nestor host run --api-socket)" };
+        var bandwidth = new Option<string?>("--max-bandwidth") { Description = "Bytes a second at most, e.g. 128M (QEMU's max-bandwidth; default 128M)" };
+        var downtime = new Option<double?>("--downtime-limit") { Description = "Milliseconds the VM may be stopped (QEMU's downtime-limit; default 300)" };
+        var noConverge = new Option<bool>("--no-auto-converge") { Description = "Do not throttle the vCPU when rounds do not shrink" };
+        var rounds = new Option<int?>("--max-rounds") { Description = "Pre-copy rounds at most before the stop-and-copy (default 30)" };
+        var mode = new Option<string>("--mode") { Description = "precopy (the default) or postcopy (not built yet)", DefaultValueFactory = _ => "precopy" };
+        mode.AcceptOnlyFromAmong("precopy", "postcopy");
+        var streamVersion = new Option<int?>("--stream-version") { Description = "Declare this stream version (to test a destination's refusal)", Hidden = true };
+        var json = new Option<bool>("--json") { Description = "Print the final status as the API's JSON" };
+        var command = new Command("migrate", "Live-migrate a VM of a running host to another host (pre-copy over TCP)")
+        {
+            vm, destination, api, bandwidth, downtime, noConverge, rounds, mode, streamVersion, json,
+        };
+        command.SetAction(parse =>
+        {
+            try
+            {
+                string socket = parse.GetValue(api) ?? throw new BadInputException("nestor migrate needs the source host's control API socket",
+                    "Give --api SOCKET, the path the source's nestor host run --api-socket serves");
+                string name = parse.GetValue(vm)!;
+                var request = new MigrationRequestDocument(parse.GetValue(destination),
+                    parse.GetValue(bandwidth) is { } b ? (long)Hypervisor.Configuration.Size.Parse(b, "--max-bandwidth") : null,
+                    parse.GetValue(downtime), parse.GetValue(noConverge) ? false : null, parse.GetValue(rounds), parse.GetValue(mode),
+                    parse.GetValue(streamVersion));
+                using var client = new MigrationApiClient(socket);
+                client.Start(name, request);
+                return Follow(client, name, parse.GetValue(json));
+            }
+            catch (Exception e)
+            {
+                return CommandErrors.Report(e);
+            }
+        });
+        return command;
+    }
+
+    // Polls the status, printing each round as it ends, until the migration completed or failed.
+    private static int Follow(MigrationApiClient client, string name, bool json)
+    {
+        var c = CultureInfo.InvariantCulture;
+        int printed = 0;
+        while (true)
+        {
+            var status = client.Status(name);
+            for (; printed < status.Rounds.Count && !json; printed++)
+            {
+                var r = status.Rounds[printed];
+                Console.WriteLine(string.Create(c, $"round {r.Round,3}: {r.Pages,8:N0} pages ({r.FilledPages:N0} filled), {r.Bytes / 1048576.0,8:0.00} MiB in {r.Milliseconds,8:0.0} ms, throttle {r.ThrottlePercent}%"));
+            }
+            if (status.Phase is "Completed" or "Failed")
+            {
+                if (json)
+                {
+                    Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(status, MigrationJson.Default.MigrationDocument));
+                }
+                else
+                {
+                    Console.WriteLine(string.Create(c, $"total {status.TotalMs:0} ms, {status.PagesSent:N0} pages, {status.BytesSent / 1048576.0:0.00} MiB; " +
+                        $"downtime {(status.DowntimeMs is { } d ? d.ToString("0.0", c) + " ms" : "-")} (expected {(status.ExpectedDowntimeMs is { } e ? e.ToString("0.0", c) + " ms" : "-")}); " +
+                        $"stopped at {status.InstructionsAtStop:N0} instructions; dirty pages by {status.DirtyTracking} ({status.PagesLogged:N0} logged, {status.FinalPagesFound:N0} found in the stop-and-copy)"));
+                }
+                Console.Error.WriteLine($"nestor: {status.Message}");
+                return status.Phase == "Completed" ? 0 : 1;
+            }
+            Thread.Sleep(100);
+        }
+    }
+}

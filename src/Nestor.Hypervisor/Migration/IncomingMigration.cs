@@ -1,0 +1,251 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Errors;
+using Nestor.Hypervisor.Hosting;
+using Nestor.Hypervisor.Persistence;
+
+namespace Nestor.Hypervisor.Migration;
+
+/// <summary>The destination side of a live migration (<c>nestor host run --incoming tcp:HOST:PORT</c>, QEMU's
+/// <c>-incoming</c>): it listens, takes one connection, checks the stream's header (format version, engine, and that
+/// the VM it builds from the description has the configuration the source declared, by its fingerprint), receives the
+/// pre-copy rounds into a <see cref="RamImage"/>, then the stop-and-copy's pages and the VM's state. Only then is the
+/// VM built on the host (<see cref="Install"/>, called as the host powers it on): RAM installed, the vCPU, devices and
+/// VMM restored from the snapshot sections, and the source told it resumed (<c>RSUM</c>). Anything wrong before
+/// that is refused with a message (<c>RFSE</c> or <c>FAIL</c> to the source, which then runs its VM on) and nothing
+/// runs here.</summary>
+public sealed class IncomingMigration : IDisposable
+{
+    private readonly TcpListener listener;
+    private readonly string address;
+    private TcpClient? client;
+    private NetworkStream? network;
+    private MigrationHeader? header;
+    private RamImage? image;
+    private byte[]? state;
+    private bool receivedIntoVm;
+    private readonly Stopwatch clock = new();
+
+    private IncomingMigration(TcpListener listener, string address)
+    {
+        this.listener = listener;
+        this.address = address;
+    }
+
+    /// <summary>Listens on <paramref name="address"/> (<c>tcp:HOST:PORT</c>; port 0 takes a free one, named by
+    /// <see cref="Address"/>).</summary>
+    /// <exception cref="BadInputException">A bad address, or one that cannot be listened on.</exception>
+    public static IncomingMigration Listen(string address)
+    {
+        var endpoint = MigrationSettings.ParseAddress(address, "--incoming");
+        var listener = new TcpListener(endpoint);
+        try
+        {
+            listener.Start(1);
+        }
+        catch (SocketException e)
+        {
+            listener.Dispose();
+            throw new BadInputException($"cannot listen on {address}: {e.Message}", "Give a free port of an address of this machine, e.g. tcp:127.0.0.1:4444");
+        }
+        var bound = (IPEndPoint)listener.LocalEndpoint;
+        return new IncomingMigration(listener, $"tcp:{(bound.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{bound.Address}]" : bound.Address)}:{bound.Port}");
+    }
+
+    /// <summary>The address listened on.</summary>
+    public string Address => address;
+
+    /// <summary>Rounds received, pages received.</summary>
+    public int Rounds { get; private set; }
+
+    /// <inheritdoc cref="Rounds"/>
+    public long Pages { get; private set; }
+
+    /// <summary>Waits for the source, checks its header and answers it; returns the VM to build.</summary>
+    /// <exception cref="MigrationStreamException">The stream is refused (the source is told why).</exception>
+    public HostedVmSpec Accept(TimeSpan? timeout = null)
+    {
+        var accept = listener.AcceptTcpClientAsync();
+        if (!accept.Wait(timeout ?? Timeout.InfiniteTimeSpan))
+        {
+            throw new MigrationStreamException($"no source connected to {address} within {timeout!.Value.TotalSeconds:0} s", MigrationRefusal.Cut,
+                $"Start the migration with nestor migrate VM {address}");
+        }
+        client = accept.Result;
+        client.NoDelay = true;
+        network = client.GetStream();
+        network.ReadTimeout = 120_000;
+        clock.Start();
+        try
+        {
+            header = MigrationStream.ReadHeader(network);
+            if (header.Engine != EngineKind.Sim)
+            {
+                throw new MigrationStreamException($"the source runs engine {header.Engine.ToString().ToLowerInvariant()}, and this host runs sim only",
+                    MigrationRefusal.WrongEngine, "Migrate a VM of nestor host run (the software machine)");
+            }
+            var spec = MigrationVmDescription.Decode(header.Description, header.Kernel);
+            // The VM the description builds must be the one the source runs: its configuration text, fingerprinted.
+            using (var probe = Vm.Create(ConfigOf(spec, Stream.Null)))
+            {
+                string here = SnapshotFile.ConfigurationText(probe, spec.Sim);
+                if (MigrationStream.FingerprintOf(here) != header.Fingerprint || here != header.Configuration)
+                {
+                    throw new MigrationStreamException($"wrong configuration: the source's VM has fingerprint {header.Fingerprint[..16]}…, and the one built here {MigrationStream.FingerprintOf(here)[..16]}…",
+                        MigrationRefusal.WrongConfiguration, "Migrate between two Nestors of the same version");
+                }
+                image = new RamImage(probe.Memory);
+            }
+            MigrationStream.WriteSection(network, MigrationStream.Accept, []);
+            return spec;
+        }
+        catch (MigrationStreamException e) when (e.Refusal != MigrationRefusal.Cut)
+        {
+            TrySend(MigrationStream.Refuse, e.Message);
+            throw;
+        }
+    }
+
+    /// <summary>Receives the pre-copy rounds, the stop-and-copy and the state, up to the end marker, the pages straight
+    /// into <paramref name="into"/>'s RAM (built as the source's, before the first page arrives, as QEMU's
+    /// <c>-incoming</c> builds the VM first: so the downtime does not pay for building it), or into the image when
+    /// null.</summary>
+    /// <exception cref="MigrationStreamException">Cut, corrupted, or the source gave up.</exception>
+    public void Receive(Vm? into = null)
+    {
+        if (network is null || image is null)
+        {
+            throw new InvalidOperationException("Accept first");
+        }
+        var layout = image;
+        RamImage.PageAt target = into is null ? layout.Page : index => RamImage.Live(into.Memory, layout, index);
+        if (into is not null)
+        {
+            // The source sends only the pages that are not all zeros: the fresh VM's RAM (its loaded kernel) is
+            // cleared first, so that it starts all zeros as the source assumes.
+            for (long i = 0; i < layout.Pages; i++)
+            {
+                var live = RamImage.Live(into.Memory, layout, i);
+                if (live.ContainsAnyExcept((byte)0))
+                {
+                    live.Clear();
+                }
+            }
+            receivedIntoVm = true;
+        }
+        while (true)
+        {
+            var (tag, payload) = MigrationStream.ReadSection(network);
+            switch (tag)
+            {
+                case MigrationStream.Page:
+                    Pages += image.Apply(payload, target);
+                    break;
+                case MigrationStream.RoundEnd:
+                    Rounds++;
+                    break;
+                case MigrationStream.State:
+                    state = payload;
+                    break;
+                case MigrationStream.Done:
+                    if (state is null)
+                    {
+                        throw new MigrationStreamException("the migration stream ended without the VM's state", MigrationRefusal.Invalid);
+                    }
+                    return;
+                case MigrationStream.Abort:
+                    throw new MigrationStreamException($"the source gave the migration up: {Encoding.UTF8.GetString(payload)}", MigrationRefusal.Refused,
+                        "Nothing was started here; the source VM runs on there");
+                default:
+                    throw new MigrationStreamException($"the source sent section '{tag}' inside a migration", MigrationRefusal.Invalid);
+            }
+        }
+    }
+
+    /// <summary>Called by the host as it powers the VM on (<see cref="VirtualMachineHost.VmCreated"/>): RAM from the
+    /// image, then the state; then the source is told the VM resumed here.</summary>
+    public void Install(HostedVm hosted)
+    {
+        if (image is null || state is null || hosted.Vm is not { } vm || hosted.Engine is not { } engine)
+        {
+            return;
+        }
+        try
+        {
+            for (long i = 0; i < image.Pages && !receivedIntoVm; i++)
+            {
+                var live = RamImage.Live(vm.Memory, image, i);
+                var page = image.Page(i);
+                if (page.ContainsAnyExcept((byte)0) || live.ContainsAnyExcept((byte)0))
+                {
+                    page.CopyTo(live);
+                }
+            }
+            var reader = new SnapshotReader(state);
+            foreach (var part in vm.SnapshotParts.Where(p => p != vm.Memory).Append(engine))
+            {
+                reader.ReadSection(part);
+            }
+            if (!reader.AtEnd)
+            {
+                throw new SnapshotFormatException("the migrated state has sections after the last this VM and engine restore");
+            }
+        }
+        catch (NestorException e)
+        {
+            TrySend(MigrationStream.Failed, e.Message);
+            throw;
+        }
+        var resumed = new byte[8];
+        BinaryPrimitives.WriteInt64LittleEndian(resumed, vm.Vcpus[0].State.InstructionsRetired);
+        MigrationStream.WriteSection(network!, MigrationStream.Resumed, resumed);
+        network!.Flush();
+        clock.Stop();
+        InstructionsAtResume = vm.Vcpus[0].State.InstructionsRetired;
+    }
+
+    /// <summary>The vCPU's instructions retired when it resumed here.</summary>
+    public long InstructionsAtResume { get; private set; }
+
+    /// <summary>Wall time from the connection to the resume.</summary>
+    public TimeSpan Elapsed => clock.Elapsed;
+
+    /// <summary>The VM configuration the host builds for <paramref name="spec"/> (as <see cref="VirtualMachineHost"/>
+    /// powers it on): what the source's configuration text is compared with.</summary>
+    private static VmConfig ConfigOf(HostedVmSpec spec, Stream serial) => new()
+    {
+        Engine = EngineKind.Sim,
+        Sim = spec.Sim,
+        Kernel = spec.Kernel,
+        MemoryBytes = spec.Memory.MaxBytes,
+        CommandLine = spec.CommandLine,
+        SerialOutput = serial,
+        Multiboot = spec.Multiboot,
+    };
+
+    private void TrySend(string tag, string text)
+    {
+        try
+        {
+            if (network is not null)
+            {
+                MigrationStream.WriteSection(network, tag, Encoding.UTF8.GetBytes(text));
+                network.Flush();
+            }
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
+        {
+            // The source is gone: it sees the connection closed, which it takes as a failure too.
+        }
+    }
+
+    public void Dispose()
+    {
+        client?.Dispose();
+        listener.Dispose();
+    }
+}

@@ -1,0 +1,157 @@
+using System.Globalization;
+using System.Net;
+using System.Text;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Errors;
+using Nestor.Hypervisor.Hosting;
+using Nestor.Hypervisor.Techniques;
+
+namespace Nestor.Hypervisor.Migration;
+
+/// <summary>How a live migration goes. The defaults are QEMU's migration parameters (qapi/migration.json, QEMU 9):
+/// <c>downtime-limit</c> 300 ms, <c>max-bandwidth</c> 128 MiB/s, and for <c>auto-converge</c>
+/// <c>cpu-throttle-initial</c> 20 %, <c>cpu-throttle-increment</c> 10 %, <c>max-cpu-throttle</c> 99 %.</summary>
+/// <param name="Destination">Where: <c>tcp:HOST:PORT</c>, a <c>nestor host run --incoming</c> there.</param>
+public sealed record MigrationSettings(string Destination)
+{
+    /// <summary>QEMU's default <c>max-bandwidth</c>: 128 MiB/s.</summary>
+    public const long DefaultBandwidth = 128L << 20;
+
+    /// <summary>QEMU's default <c>downtime-limit</c>: 300 ms.</summary>
+    public static readonly TimeSpan DefaultDowntime = TimeSpan.FromMilliseconds(300);
+
+    /// <summary>The most bytes a second the stream may carry.</summary>
+    public long MaxBandwidth { get; init; } = DefaultBandwidth;
+
+    /// <summary>The stop-and-copy starts once the dirty pages left could be sent within this at the bandwidth measured.</summary>
+    public TimeSpan DowntimeLimit { get; init; } = DefaultDowntime;
+
+    /// <summary>Throttle the vCPU when rounds do not shrink (QEMU's <c>auto-converge</c> capability).</summary>
+    public bool AutoConverge { get; init; } = true;
+
+    /// <summary>QEMU's <c>cpu-throttle-initial</c> and <c>cpu-throttle-increment</c>, in percent.</summary>
+    public int ThrottleInitial { get; init; } = 20;
+
+    /// <inheritdoc cref="ThrottleInitial"/>
+    public int ThrottleIncrement { get; init; } = 10;
+
+    /// <summary>QEMU's <c>max-cpu-throttle</c>, in percent.</summary>
+    public int ThrottleMaximum { get; init; } = 99;
+
+    /// <summary>Pre-copy rounds after which the stop-and-copy starts whatever is left (Clark et al. bound the rounds
+    /// too, §4: 30 in Xen's implementation).</summary>
+    public int MaxRounds { get; init; } = 30;
+
+    /// <summary>Post-copy instead of pre-copy (not built: refused with a message).</summary>
+    public bool PostCopy { get; init; }
+
+    /// <summary>The stream version to declare: for the tests of a destination's refusal of a newer stream only.</summary>
+    public ushort? StreamVersion { get; init; }
+
+    /// <summary>The destination's address.</summary>
+    /// <exception cref="BadInputException">Not <c>tcp:HOST:PORT</c>.</exception>
+    public static IPEndPoint ParseAddress(string text, string what)
+    {
+        const string hint = "Give tcp:HOST:PORT with a numeric IPv4 or IPv6 host, e.g. tcp:127.0.0.1:4444";
+        if (!text.StartsWith("tcp:", StringComparison.Ordinal))
+        {
+            throw new BadInputException($"{what} '{text}' is not a tcp: address (the only transport is TCP)", hint);
+        }
+        string rest = text["tcp:".Length..];
+        int colon = rest.LastIndexOf(':');
+        if (colon <= 0 || !ushort.TryParse(rest[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out ushort port) ||
+            !IPAddress.TryParse(rest[..colon].Trim('[', ']'), out var address))
+        {
+            throw new BadInputException($"{what} '{text}' is not tcp:HOST:PORT", hint);
+        }
+        return new IPEndPoint(address, port);
+    }
+
+    /// <summary>Checks the values.</summary>
+    public void Validate()
+    {
+        ParseAddress(Destination, "the destination");
+        if (MaxBandwidth < 1 << 16)
+        {
+            throw new BadInputException($"a bandwidth limit of {MaxBandwidth:N0} bytes/s is too small to migrate", "Give at least 64 KiB/s (the default is QEMU's 128 MiB/s)");
+        }
+        if (DowntimeLimit <= TimeSpan.Zero || DowntimeLimit > TimeSpan.FromMinutes(10))
+        {
+            throw new BadInputException($"a downtime limit of {DowntimeLimit.TotalMilliseconds} ms is out of range", "Give 1 ms to 10 minutes (the default is QEMU's 300 ms)");
+        }
+        if (MaxRounds is < 1 or > 1000)
+        {
+            throw new BadInputException($"{MaxRounds} rounds is out of range", "Give 1 to 1000 pre-copy rounds");
+        }
+        if (PostCopy)
+        {
+            throw new BadInputException("post-copy migration is not built yet", "Migrate with pre-copy (the default); docs/migration.md says what post-copy would risk");
+        }
+    }
+}
+
+/// <summary>A hosted VM's settings as the migration stream carries them to the destination, which builds the same
+/// <see cref="HostedVmSpec"/> from them (with the kernel's bytes from the header): one <c>key=value</c> a line.</summary>
+public static class MigrationVmDescription
+{
+    /// <summary>The text of <paramref name="spec"/>.</summary>
+    public static string Encode(HostedVmSpec spec)
+    {
+        var c = CultureInfo.InvariantCulture;
+        var text = new StringBuilder();
+        text.Append("name=").Append(spec.Name).Append('\n');
+        text.Append("cmdline=").Append(spec.CommandLine).Append('\n');
+        text.Append("technique=").Append((int)spec.Sim.Technique).Append('\n');
+        text.Append("mmu=").Append(spec.Sim.Memory is { } m ? ((int)m).ToString(c) : "").Append('\n');
+        text.Append("large-nested-pages=").Append(spec.Sim.LargeNestedPages ? 1 : 0).Append('\n');
+        text.Append("memory=").Append(spec.Memory.MinBytes).Append(' ').Append(spec.Memory.MaxBytes).Append(' ').Append(spec.Memory.Shares).Append('\n');
+        text.Append("cpu=").Append(spec.Cpu.Shares).Append(' ').Append(spec.Cpu.ReservationPercent.ToString("R", c)).Append(' ')
+            .Append(spec.Cpu.LimitPercent?.ToString("R", c) ?? "none").Append('\n');
+        text.Append("multiboot=").Append(spec.Multiboot ? 1 : 0).Append('\n');
+        text.Append("serial-limit=").Append(spec.SerialLimitBytes).Append('\n');
+        return text.ToString();
+    }
+
+    /// <summary>The spec <paramref name="text"/> describes, booting <paramref name="kernel"/>.</summary>
+    /// <exception cref="MigrationStreamException">A description this Nestor does not write.</exception>
+    public static HostedVmSpec Decode(string text, KernelImageSource kernel)
+    {
+        var c = CultureInfo.InvariantCulture;
+        var values = new Dictionary<string, string>();
+        foreach (string line in text.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            int eq = line.IndexOf('=');
+            if (eq <= 0)
+            {
+                throw Bad(line);
+            }
+            values[line[..eq]] = line[(eq + 1)..];
+        }
+        string Get(string key) => values.TryGetValue(key, out var v) ? v : throw Bad($"(no {key})");
+        try
+        {
+            var memory = Get("memory").Split(' ');
+            var cpu = Get("cpu").Split(' ');
+            var sim = new SimOptions
+            {
+                Technique = (Technique)int.Parse(Get("technique"), c),
+                Memory = Get("mmu") is { Length: > 0 } mmu ? (MemoryVirtualization)int.Parse(mmu, c) : null,
+                LargeNestedPages = Get("large-nested-pages") == "1",
+            };
+            return new HostedVmSpec(Get("name"), kernel, Get("cmdline"), sim,
+                new MemoryControls(ulong.Parse(memory[0], c), ulong.Parse(memory[1], c), int.Parse(memory[2], c)),
+                new CpuControls(int.Parse(cpu[0], c), double.Parse(cpu[1], c), cpu[2] == "none" ? null : double.Parse(cpu[2], c)))
+            {
+                Multiboot = Get("multiboot") == "1",
+                SerialLimitBytes = long.Parse(Get("serial-limit"), c),
+            };
+        }
+        catch (Exception e) when (e is FormatException or OverflowException or IndexOutOfRangeException)
+        {
+            throw Bad(text.Replace('\n', ' '));
+        }
+    }
+
+    private static MigrationStreamException Bad(string what) =>
+        new($"the migration stream's VM description holds '{what}', which this Nestor does not write", MigrationRefusal.Invalid);
+}
