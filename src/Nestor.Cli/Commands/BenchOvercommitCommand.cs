@@ -20,6 +20,7 @@ internal static class BenchOvercommitCommand
         var command = new Command("overcommit", "Memory overcommitment on sim: page sharing across identical VMs, host swapping");
         command.Subcommands.Add(Sharing());
         command.Subcommands.Add(Swap());
+        command.Subcommands.Add(BenchOvercommitKvm.Create());
         return command;
     }
 
@@ -129,7 +130,7 @@ internal static class BenchOvercommitCommand
         return [.. System.Text.Encoding.UTF8.GetString(output.ToArray()).Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.StartsWith("RESULT ", StringComparison.Ordinal))];
     }
 
-    private static List<int> ParseCounts(string text)
+    internal static List<int> ParseCounts(string text)
     {
         var bad = new BadInputException($"--vms '{text}' is not a range or list of VM counts", "Give e.g. --vms 1..10 or --vms 1,2,4,8 (1 to 64)");
         List<int> counts = [];

@@ -43,9 +43,12 @@ public sealed class SamePageMerging : IDisposable
     // Restored in this order: run last.
     private static readonly string[] SavedSettings = ["pages_to_scan", "sleep_millisecs", "run"];
 
+    private static SamePageMerging? current;
+
     private readonly string directory;
     private readonly Dictionary<string, string> saved = [];
     private readonly FileStream? hold;
+    private readonly Lock gate = new();
     private bool disposed;
 
     private SamePageMerging(string directory, FileStream? hold)
@@ -106,6 +109,7 @@ public sealed class SamePageMerging : IDisposable
             session.Write("pages_to_scan", pagesToScan);
             session.Write("sleep_millisecs", sleepMilliseconds);
             session.Write("run", 1);
+            current = session;
         }
         catch
         {
@@ -114,6 +118,10 @@ public sealed class SamePageMerging : IDisposable
         }
         return session;
     }
+
+    /// <summary>Restores the host's settings if this process holds a session now: for a SIGINT or SIGTERM handler,
+    /// which ends the process without running the session's <c>using</c>.</summary>
+    public static void RestoreCurrent() => current?.Dispose();
 
     /// <summary>The counters now.</summary>
     public KsmCounters Read() => ReadCounters(directory);
@@ -156,11 +164,20 @@ public sealed class SamePageMerging : IDisposable
     /// again) and releases the lock. Pages KSM merged stay merged until their process unmaps or writes them.</summary>
     public void Dispose()
     {
-        if (disposed)
+        lock (gate)
         {
-            return;
+            if (disposed)
+            {
+                return;
+            }
+            disposed = true;
+            Interlocked.CompareExchange(ref current, null, this);
+            Restore();
         }
-        disposed = true;
+    }
+
+    private void Restore()
+    {
         List<Exception> failures = [];
         foreach (string name in SavedSettings)
         {
