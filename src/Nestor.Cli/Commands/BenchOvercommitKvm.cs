@@ -15,8 +15,8 @@ internal static class BenchOvercommitKvm
 {
     public static Command Create()
     {
-        var vms = new Option<string>("--vms") { Description = "How many VMs: a range 1..4 or a list 1,2,4", DefaultValueFactory = _ => "1..4" };
-        var memory = new Option<string>("--memory", "-m") { Description = "Each VM's RAM", DefaultValueFactory = _ => "64M" };
+        var vms = new Option<string>("--vms") { Description = "How many VMs: a range 1..4 or a list 1,2,4", DefaultValueFactory = _ => "1..3" };
+        var memory = new Option<string>("--memory", "-m") { Description = "Each VM's RAM (more than 2 MiB; small, as this host's nested KVM faults pages in slowly)", DefaultValueFactory = _ => "4M" };
         var identical = new Option<double>("--identical") { Description = "Fraction of each VM's fill that is the same in every VM", DefaultValueFactory = _ => 0.5 };
         var zero = new Option<double>("--zero") { Description = "Fraction written with zeros (the rest is random, unique per VM)", DefaultValueFactory = _ => 0.25 };
         var balloon = new Option<double>("--balloon") { Description = "Fraction of the fill the balloon run inflates", DefaultValueFactory = _ => 0.5 };
@@ -63,13 +63,13 @@ internal static class BenchOvercommitKvm
         Console.WriteLine(string.Create(c, $"Measured {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} CPUs ({CpuModel()}), Linux {Environment.OSVersion.Version}. RSS and PSS of the VMs' RAM from /proc/self/pagemap and /proc/kpagecount; KSM counters from /sys/kernel/mm/ksm."));
         if (report.Sharing.Count > 0)
         {
-            Console.WriteLine($"{"VMs",4} {"RSS MiB",8} {"PSS MiB",8} {"RSS' MiB",8} {"PSS' MiB",8} {"KSM pg",7} {"shared",7} {"sharing",8} {"saved MiB",9} {"per VM",7} {"saved %",7} {"model MiB",9} {"scans",6} {"settle s",8} {"smaps Rss",9} {"smaps Pss",9} {"smaps KSM",9}");
+            Console.WriteLine($"{"VMs",4} {"RSS MiB",8} {"PSS MiB",8} {"RSS' MiB",8} {"PSS' MiB",8} {"KSM pg",7} {"shared",7} {"sharing",8} {"saved MiB",9} {"per VM",7} {"saved %",7} {"model MiB",9} {"scans",6} {"settle s",8} {"smaps Rss",9} {"smaps Pss",9} {"smaps KSM",9} {"fill ms/pg",10}");
             foreach (var r in report.Sharing)
             {
                 var k = r.Counters;
-                Console.WriteLine(string.Create(c, $"{r.Vms,4} {MiB(r.ResidentBefore),8} {MiB(r.ProportionalBefore),8} {MiB(r.ResidentAfter),8} {MiB(r.ProportionalAfter),8} {r.KsmPages,7} {k.PagesShared,7} {k.PagesSharing,8} {MiB(r.SavedPages),9} {r.SavedBytesPerVm / 1048576.0,7:0.00} {r.SavedPercent,7:0.0} {MiB(r.ModelledSavedPages),9} {k.FullScans,6} {r.SettleTime.TotalSeconds,8:0.0} {r.Smaps.RssBytes / 1048576.0,9:0.00} {r.Smaps.PssBytes / 1048576.0,9:0.00} {r.Smaps.KsmBytes / 1048576.0,9:0.00}"));
+                Console.WriteLine(string.Create(c, $"{r.Vms,4} {MiB(r.ResidentBefore),8} {MiB(r.ProportionalBefore),8} {MiB(r.ResidentAfter),8} {MiB(r.ProportionalAfter),8} {r.KsmPages,7} {k.PagesShared,7} {k.PagesSharing,8} {MiB(r.SavedPages),9} {r.SavedBytesPerVm / 1048576.0,7:0.00} {r.SavedPercent,7:0.0} {MiB(r.ModelledSavedPages),9} {k.FullScans,6} {r.SettleTime.TotalSeconds,8:0.0} {r.Smaps.RssBytes / 1048576.0,9:0.00} {r.Smaps.PssBytes / 1048576.0,9:0.00} {r.Smaps.KsmBytes / 1048576.0,9:0.00} {r.FillMillisecondsPerPage,10:0.0}"));
             }
-            Console.WriteLine("RSS, PSS: before KSM settled; RSS', PSS': after. A merged page stays mapped in every VM (RSS does not drop) but is held once (PSS counts 1/k of a page shared k ways); saved = RSS' - PSS'. shared, sharing, scans: KSM's pages_shared, pages_sharing, full_scans (host-wide). model: the pages the fill plan lets KSM save, (N-1) x identical + (N x zero - 1), the boot pages below 2 MiB left out.");
+            Console.WriteLine("RSS, PSS: before KSM settled; RSS', PSS': after. A merged page stays mapped in every VM (RSS does not drop) but is held once (PSS counts 1/k of a page shared k ways); saved = RSS' - PSS'. shared, sharing, scans: KSM's pages_shared, pages_sharing, full_scans (host-wide). model: the pages the fill plan lets KSM save, (N-1) x identical + (N x zero - 1), the boot pages below 2 MiB left out. fill ms/pg: the slowest VM's time to fill, per page it wrote (on KVM mostly the host faulting the page in).");
         }
         var b = report.Balloon;
         Console.WriteLine(string.Create(c, $"Balloon: one VM ({b.GuestPages} pages of RAM) filled, then {b.BalloonPages} pages inflated through the port balloon and released with madvise(MADV_DONTNEED): its RAM's RSS {MiB(b.ResidentFilled)} -> {MiB(b.ResidentInflated)} MiB ({b.BytesReturned / 1048576.0:0.00} MiB returned; process RSS {b.ProcessRssFilled / 1048576.0:0.0} -> {b.ProcessRssInflated / 1048576.0:0.0} MiB); deflated and read back: {(b.ReadBackZero ? "all zero" : "NOT ZERO")}, RSS {MiB(b.ResidentDeflated)} MiB."));

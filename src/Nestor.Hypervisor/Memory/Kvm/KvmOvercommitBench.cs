@@ -14,7 +14,7 @@ namespace Nestor.Hypervisor.Memory.Kvm;
 /// <param name="PagesToScan">KSM's <c>pages_to_scan</c> while the bench runs.</param>
 /// <param name="SleepMilliseconds">KSM's <c>sleep_millisecs</c> while the bench runs.</param>
 /// <param name="SettleTimeout">Longest wait for the scanner to settle, per row.</param>
-public sealed record KvmOvercommitSettings(ulong MemoryBytes = 64UL << 20, double Identical = 0.5, double Zero = 0.25, double Balloon = 0.5,
+public sealed record KvmOvercommitSettings(ulong MemoryBytes = 4UL << 20, double Identical = 0.5, double Zero = 0.25, double Balloon = 0.5,
     int PagesToScan = 4000, int SleepMilliseconds = 10, TimeSpan? SettleTimeout = null, string DevicePath = Nestor.Kvm.KvmSystem.DefaultDevicePath)
 {
     /// <summary>The fill plan of every VM.</summary>
@@ -24,9 +24,11 @@ public sealed record KvmOvercommitSettings(ulong MemoryBytes = 64UL << 20, doubl
 /// <summary>One row of the sharing table: <see cref="Vms"/> pattern VMs, measured from /proc once filled, and again
 /// once KSM settled. Resident pages are what the VMs' RAM has mapped (RSS: a merged page is still mapped in each VM),
 /// proportional pages what they hold (PSS: a KSM page shared by k mappings counts 1/k each), so the memory saved is
-/// the difference.</summary>
+/// the difference. <see cref="FillMillisecondsPerPage"/> is the longest fill of the row's VMs over the pages each wrote: on KVM, what the
+/// host takes to fault a page in for the guest (the guest's own work is about 10,000 instructions a page).</summary>
 public sealed record KvmSharingRow(int Vms, long GuestPages, long ResidentBefore, double ProportionalBefore, long ResidentAfter,
-    double ProportionalAfter, long KsmPages, KsmCounters Counters, long ModelledSavedPages, bool Settled, TimeSpan SettleTime, MappingResidency Smaps)
+    double ProportionalAfter, long KsmPages, KsmCounters Counters, long ModelledSavedPages, bool Settled, TimeSpan SettleTime, MappingResidency Smaps,
+    double FillMillisecondsPerPage)
 {
     /// <summary>Pages saved: resident less proportional, once KSM settled.</summary>
     public double SavedPages => ResidentAfter - ProportionalAfter;
@@ -119,7 +121,8 @@ public static class KvmOvercommitBench
             vms.ForEach(v => v.Continue());
             vms.ForEach(v => v.Finish());
             return new KvmSharingRow(n, after.Pages, before.ResidentPages, before.ProportionalPages ?? before.ResidentPages, after.ResidentPages,
-                after.ProportionalPages ?? after.ResidentPages, after.KsmPages ?? 0, counters, ModelledSavedPages(plan, n), settled, clock.Elapsed, smaps);
+                after.ProportionalPages ?? after.ResidentPages, after.KsmPages ?? 0, counters, ModelledSavedPages(plan, n), settled, clock.Elapsed, smaps,
+                vms.Max(v => v.FillTime.TotalMilliseconds) / Math.Max(1, plan.FilledPages));
         }
         finally
         {
@@ -167,12 +170,15 @@ public static class KvmOvercommitBench
 /// <summary>A pattern guest on KVM, on its own thread, that stops at each phase until told to go on.</summary>
 public sealed class PatternVm : IDisposable
 {
-    private static readonly TimeSpan PhaseTimeout = TimeSpan.FromMinutes(2);
+    // Generous: on this host's nested KVM a guest's first touch of a page costs tens of milliseconds (docs/overcommit.md,
+    // "On KVM"), so filling even a few MiB takes a while.
+    private static readonly TimeSpan PhaseTimeout = TimeSpan.FromMinutes(10);
 
     private readonly SemaphoreSlim reached = new(0);
     private readonly SemaphoreSlim proceed = new(0);
     private readonly RunControl control = new();
     private readonly KvmEngine engine;
+    private readonly System.Diagnostics.Stopwatch clock = new();
     private Thread? thread;
     private VmOutcome? outcome;
     private Exception? failure;
@@ -188,11 +194,15 @@ public sealed class PatternVm : IDisposable
             Kernel = PatternGuest.Build(plan, seed),
             MemoryBytes = settings.MemoryBytes,
             KvmDevicePath = settings.DevicePath,
-            Timeout = TimeSpan.FromMinutes(15),
+            Timeout = TimeSpan.FromMinutes(60),
         });
         Balloon = BalloonPort.Attach(Vm);
-        Balloon.PhaseReached = _ =>
+        Balloon.PhaseReached = phase =>
         {
+            if (phase == PatternGuest.Filled)
+            {
+                FillTime = clock.Elapsed;
+            }
             reached.Release();
             if (!abandoned)
             {
@@ -208,9 +218,13 @@ public sealed class PatternVm : IDisposable
     /// <summary>Its balloon port.</summary>
     public BalloonPort Balloon { get; }
 
+    /// <summary>From the start of the run to the guest's report that it filled its memory.</summary>
+    public TimeSpan FillTime { get; private set; }
+
     /// <summary>Starts the vCPU's thread.</summary>
     public void Start()
     {
+        clock.Start();
         thread = new Thread(() =>
         {
             try

@@ -40,8 +40,10 @@ public sealed class SamePageMerging : IDisposable
 
     private const string LockPath = "/run/nestor-ksm.lock";
 
-    // Restored in this order: run last.
-    private static readonly string[] SavedSettings = ["pages_to_scan", "sleep_millisecs", "run"];
+    // Restored in this order: run last. smart_scan (Linux 6.7) is optional: where it exists it is switched off, since
+    // it skips pages that did not merge on earlier passes for several passes more, so that a page the guest was still
+    // writing when first scanned would merge only minutes later.
+    private static readonly string[] SavedSettings = ["pages_to_scan", "sleep_millisecs", "smart_scan", "run"];
 
     private static SamePageMerging? current;
 
@@ -102,9 +104,13 @@ public sealed class SamePageMerging : IDisposable
         var session = new SamePageMerging(directory, TakeLock(lockTimeout ?? TimeSpan.FromMinutes(5)));
         try
         {
-            foreach (string name in SavedSettings)
+            foreach (string name in SavedSettings.Where(n => n != "smart_scan" || File.Exists(Path.Combine(directory, n))))
             {
                 session.saved[name] = File.ReadAllText(Path.Combine(directory, name)).Trim();
+            }
+            if (session.saved.ContainsKey("smart_scan"))
+            {
+                session.Write("smart_scan", 0);
             }
             session.Write("pages_to_scan", pagesToScan);
             session.Write("sleep_millisecs", sleepMilliseconds);
@@ -126,8 +132,9 @@ public sealed class SamePageMerging : IDisposable
     /// <summary>The counters now.</summary>
     public KsmCounters Read() => ReadCounters(directory);
 
-    /// <summary>Waits until the scanner has settled: at least two full scans after this call (KSM merges a page on
-    /// the second pass that finds its twin: the first puts it in the unstable tree) and then
+    /// <summary>Waits until the scanner has settled: at least three full scans after this call (a page enters KSM's
+    /// unstable tree only when its checksum is the same on two passes, and merges on the pass that finds its twin
+    /// there) and then
     /// <c>pages_sharing</c> unchanged over a whole further scan. Returns the counters then, or when
     /// <paramref name="timeout"/> has passed (<paramref name="settled"/> says which).</summary>
     public KsmCounters WaitUntilSettled(TimeSpan timeout, out bool settled)
@@ -146,7 +153,7 @@ public sealed class SamePageMerging : IDisposable
                 continue;
             }
             lastScan = last.FullScans;
-            if (last.FullScans - start.FullScans >= 2)
+            if (last.FullScans - start.FullScans >= 3)
             {
                 if (last.PagesSharing == sharingAtLastScan)
                 {
