@@ -25,10 +25,12 @@ public sealed record KvmOvercommitSettings(ulong MemoryBytes = 4UL << 20, double
 /// once KSM settled. Resident pages are what the VMs' RAM has mapped (RSS: a merged page is still mapped in each VM),
 /// proportional pages what they hold (PSS: a KSM page shared by k mappings counts 1/k each), so the memory saved is
 /// the difference. <see cref="FillMillisecondsPerPage"/> is the longest fill of the row's VMs over the pages each wrote: on KVM, what the
-/// host takes to fault a page in for the guest (the guest's own work is about 10,000 instructions a page).</summary>
+/// host takes to fault a page in for the guest plus the guest's own work (about 10,000 instructions a page);
+/// <see cref="VerifyMillisecondsPerPage"/> the same for the pass that re-reads every word (the same instructions, a
+/// fault only for a page KSM remapped).</summary>
 public sealed record KvmSharingRow(int Vms, long GuestPages, long ResidentBefore, double ProportionalBefore, long ResidentAfter,
     double ProportionalAfter, long KsmPages, KsmCounters Counters, long ModelledSavedPages, bool Settled, TimeSpan SettleTime, MappingResidency Smaps,
-    double FillMillisecondsPerPage)
+    double FillMillisecondsPerPage, double VerifyMillisecondsPerPage)
 {
     /// <summary>Pages saved: resident less proportional, once KSM settled.</summary>
     public double SavedPages => ResidentAfter - ProportionalAfter;
@@ -108,9 +110,11 @@ public static class KvmOvercommitBench
             {
                 vms.Add(new PatternVm(noBalloon, (ulong)i + 1, settings, merge: true));
             }
+            ksm.SetRunning(false); // "before" is before any merging
             vms.ForEach(v => v.Start());
             vms.ForEach(v => v.WaitFor(PatternGuest.Filled));
             var before = Measure(vms);
+            ksm.SetRunning(true);
             var clock = Stopwatch.StartNew();
             var counters = ksm.WaitUntilSettled(settings.SettleTimeout ?? TimeSpan.FromMinutes(3), out bool settled);
             clock.Stop();
@@ -120,9 +124,10 @@ public static class KvmOvercommitBench
             vms.ForEach(v => v.WaitFor(PatternGuest.Verified));
             vms.ForEach(v => v.Continue());
             vms.ForEach(v => v.Finish());
+            double verify = vms.Max(v => v.VerifyTime.TotalMilliseconds) / Math.Max(1, plan.FilledPages);
             return new KvmSharingRow(n, after.Pages, before.ResidentPages, before.ProportionalPages ?? before.ResidentPages, after.ResidentPages,
                 after.ProportionalPages ?? after.ResidentPages, after.KsmPages ?? 0, counters, ModelledSavedPages(plan, n), settled, clock.Elapsed, smaps,
-                vms.Max(v => v.FillTime.TotalMilliseconds) / Math.Max(1, plan.FilledPages));
+                vms.Max(v => v.FillTime.TotalMilliseconds) / Math.Max(1, plan.FilledPages), verify);
         }
         finally
         {
@@ -179,6 +184,7 @@ public sealed class PatternVm : IDisposable
     private readonly RunControl control = new();
     private readonly KvmEngine engine;
     private readonly System.Diagnostics.Stopwatch clock = new();
+    private TimeSpan continuedAt;
     private Thread? thread;
     private VmOutcome? outcome;
     private Exception? failure;
@@ -203,6 +209,10 @@ public sealed class PatternVm : IDisposable
             {
                 FillTime = clock.Elapsed;
             }
+            else if (phase == PatternGuest.Verified)
+            {
+                VerifyTime = clock.Elapsed - continuedAt;
+            }
             reached.Release();
             if (!abandoned)
             {
@@ -220,6 +230,9 @@ public sealed class PatternVm : IDisposable
 
     /// <summary>From the start of the run to the guest's report that it filled its memory.</summary>
     public TimeSpan FillTime { get; private set; }
+
+    /// <summary>From the guest's going on after <see cref="PatternGuest.Filled"/> to its report that it verified.</summary>
+    public TimeSpan VerifyTime { get; private set; }
 
     /// <summary>Starts the vCPU's thread.</summary>
     public void Start()
@@ -260,7 +273,11 @@ public sealed class PatternVm : IDisposable
     }
 
     /// <summary>Lets the guest go on from the phase it waits at.</summary>
-    public void Continue() => proceed.Release();
+    public void Continue()
+    {
+        continuedAt = clock.Elapsed;
+        proceed.Release();
+    }
 
     /// <summary>Waits for the run to end; the guest must have ended with <see cref="PatternGuest.Success"/>.</summary>
     public VmOutcome Finish()

@@ -129,6 +129,10 @@ public sealed class SamePageMerging : IDisposable
     /// which ends the process without running the session's <c>using</c>.</summary>
     public static void RestoreCurrent() => current?.Dispose();
 
+    /// <summary>Stops the scanner (<c>run</c> = 0, which keeps what it merged) or starts it again (<c>run</c> = 1),
+    /// so that memory can be measured before merging.</summary>
+    public void SetRunning(bool running) => Write("run", running ? 1 : 0);
+
     /// <summary>The counters now.</summary>
     public KsmCounters Read() => ReadCounters(directory);
 
