@@ -23,7 +23,7 @@ public sealed class RequiresKsmFactAttribute : FactAttribute
 [Collection(KsmCollection.Name)]
 public class GuestMemoryOnKvmTests
 {
-    private static readonly KvmOvercommitSettings Settings = new(MemoryBytes: 3UL << 20); // small: this host's nested KVM takes tens of ms to fault each page in
+    private static readonly KvmOvercommitSettings Settings = new(MemoryBytes: 3UL << 20); // small: this host's nested KVM takes tens of ms a page
 
     [Fact]
     public void A_kvm_vms_written_memory_is_measured_resident_and_a_fresh_vm_holds_almost_none()

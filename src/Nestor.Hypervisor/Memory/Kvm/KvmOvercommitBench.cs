@@ -24,8 +24,8 @@ public sealed record KvmOvercommitSettings(ulong MemoryBytes = 4UL << 20, double
 /// <summary>One row of the sharing table: <see cref="Vms"/> pattern VMs, measured from /proc once filled, and again
 /// once KSM settled. Resident pages are what the VMs' RAM has mapped (RSS: a merged page is still mapped in each VM),
 /// proportional pages what they hold (PSS: a KSM page shared by k mappings counts 1/k each), so the memory saved is
-/// the difference. <see cref="FillMillisecondsPerPage"/> is the longest fill of the row's VMs over the pages each wrote: on KVM, what the
-/// host takes to fault a page in for the guest plus the guest's own work (about 10,000 instructions a page);
+/// the difference. <see cref="FillMillisecondsPerPage"/> is the longest fill of the row's VMs over the pages each wrote
+/// (about 10,000 guest instructions a page, and the host faulting the page in);
 /// <see cref="VerifyMillisecondsPerPage"/> the same for the pass that re-reads every word (the same instructions, a
 /// fault only for a page KSM remapped).</summary>
 public sealed record KvmSharingRow(int Vms, long GuestPages, long ResidentBefore, double ProportionalBefore, long ResidentAfter,
@@ -175,8 +175,8 @@ public static class KvmOvercommitBench
 /// <summary>A pattern guest on KVM, on its own thread, that stops at each phase until told to go on.</summary>
 public sealed class PatternVm : IDisposable
 {
-    // Generous: on this host's nested KVM a guest's first touch of a page costs tens of milliseconds (docs/overcommit.md,
-    // "On KVM"), so filling even a few MiB takes a while.
+    // Generous: on this host's loaded nested KVM the pattern guest takes tens of milliseconds a page, filling or only
+    // reading (docs/overcommit.md, "On KVM"), so even a few MiB take a while.
     private static readonly TimeSpan PhaseTimeout = TimeSpan.FromMinutes(10);
 
     private readonly SemaphoreSlim reached = new(0);
