@@ -54,6 +54,16 @@ public static class MemoryCalls
         }
     }
 
+    /// <summary>madvise(MADV_MERGEABLE) or madvise(MADV_UNMERGEABLE): offers the pages of the range to the host
+    /// kernel's same-page merging (KSM), or takes them back (unmerging those it merged).</summary>
+    public static void SetMergeable(nint address, ulong length, bool mergeable)
+    {
+        if (LibC.Madvise(address, (nuint)length, mergeable ? LibC.MADV_MERGEABLE : LibC.MADV_UNMERGEABLE) != 0)
+        {
+            throw HostCallException.LastError($"madvise({(mergeable ? "MADV_MERGEABLE" : "MADV_UNMERGEABLE")}) of 0x{address:x}+{length}");
+        }
+    }
+
     /// <summary>mprotect(2): sets the access rights of the pages in the range.</summary>
     public static void Protect(nint address, ulong length, HostProtection protection)
     {

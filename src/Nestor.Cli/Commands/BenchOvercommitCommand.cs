@@ -18,9 +18,9 @@ internal static class BenchOvercommitCommand
 
     public static Command Create()
     {
-        var command = new Command("overcommit", "Memory overcommitment on sim: page sharing across identical VMs, host swapping, ballooning");
+        var command = new Command("overcommit", "Memory overcommitment on sim: page sharing across identical VMs, host swapping, ballooning; KVM with KSM and real resident memory");
         // One line per subcommand: each builds its own Command.
-        foreach (var subcommand in new[] { Sharing(), Swap(), Balloon(), Squeeze() })
+        foreach (var subcommand in new[] { Sharing(), Swap(), Balloon(), Squeeze(), BenchOvercommitKvm.Create() })
         {
             command.Subcommands.Add(subcommand);
         }
@@ -211,7 +211,7 @@ internal static class BenchOvercommitCommand
         return [.. System.Text.Encoding.UTF8.GetString(output.ToArray()).Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.StartsWith("RESULT ", StringComparison.Ordinal))];
     }
 
-    private static List<int> ParseCounts(string text)
+    internal static List<int> ParseCounts(string text)
     {
         var bad = new BadInputException($"--vms '{text}' is not a range or list of VM counts", "Give e.g. --vms 1..10 or --vms 1,2,4,8 (1 to 64)");
         List<int> counts = [];

@@ -19,6 +19,12 @@ internal static partial class LibC
     /// <summary>madvise(2): the range's contents may be dropped; a private anonymous page reads as zeros afterwards.</summary>
     public const int MADV_DONTNEED = 4;
 
+    /// <summary>madvise(2): the range may be merged with identical pages by KSM (Documentation/admin-guide/mm/ksm.rst).</summary>
+    public const int MADV_MERGEABLE = 12;
+
+    /// <summary>madvise(2): undoes MADV_MERGEABLE, unmerging whatever KSM merged in the range.</summary>
+    public const int MADV_UNMERGEABLE = 13;
+
     [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
     public static partial nint Mmap(nint address, nuint length, int protection, int flags, int fd, nint offset);
 

@@ -15,7 +15,10 @@ namespace Nestor.Hypervisor.Engines;
 /// <param name="interruptController">Create KVM's in-kernel interrupt controllers (KVM_CREATE_IRQCHIP) and route the
 /// platform's interrupt lines to them (KVM_IRQ_LINE). Off by default: the guest's APIC and 8259 accesses then reach
 /// Nestor's devices as before, and HLT exits to Nestor.</param>
-public sealed class KvmEngine(bool interruptController = false) : IEngine
+/// <param name="samePageMerging">Offer the VM's RAM to the host kernel's same-page merging (KSM) with
+/// <c>madvise(MADV_MERGEABLE)</c> before the run (docs/overcommit.md, "On KVM"); whether KSM runs is the host's
+/// setting (<see cref="Memory.Kvm.SamePageMerging"/>).</param>
+public sealed class KvmEngine(bool interruptController = false, bool samePageMerging = false) : IEngine
 {
     /// <summary>The CPUID leaf where a hypervisor announces itself (Intel SDM Vol. 2A, CPUID: leaves 40000000H–4FFFFFFFH
     /// are reserved for hypervisor use).</summary>
@@ -62,6 +65,10 @@ public sealed class KvmEngine(bool interruptController = false) : IEngine
         foreach (var (region, backing) in vm.Memory.Regions)
         {
             kvmVm.SetUserMemoryRegion(slot++, region.Start.Value, region.Length, backing.Address);
+        }
+        if (samePageMerging)
+        {
+            Memory.Kvm.KvmMemoryAdvice.SetMergeable(vm.Memory, true);
         }
         KvmLineSink? lines = null;
         if (interruptController)
