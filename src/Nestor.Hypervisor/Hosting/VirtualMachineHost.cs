@@ -2,6 +2,7 @@ using Nestor.Hypervisor.Configuration;
 using Nestor.Hypervisor.Engines;
 using Nestor.Hypervisor.Errors;
 using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Memory.Reclamation;
 using Nestor.Hypervisor.Scheduling;
 
 namespace Nestor.Hypervisor.Hosting;
@@ -45,6 +46,8 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
     // VMs the dispatcher stopped between rounds (their duration or run limit is over), whose threads it waits for
     // before the next round (VcpuQuantum.WaitFinished says why).
     private readonly List<HostedVm> stoppedBetweenRounds = [];
+    private readonly HostMemoryManager memory;
+    private readonly List<HostedVm> toBlock = [];
 
     /// <param name="spec">What the host has and runs.</param>
     /// <param name="console">Where VMs without a serial file write their prefixed lines (null: nowhere; the report
@@ -63,6 +66,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
         this.spec = spec;
         this.console = console;
         admission = new AdmissionControl(spec.MemoryBytes, spec.SwapBytes, spec.HostCpus);
+        memory = new HostMemoryManager(spec);
         scheduler = VcpuScheduler.Create(spec.Scheduler, spec.Clock, spec.HostCpus);
         hostCpus = new ScheduledVcpu?[spec.HostCpus];
         dispatched = new HostedVm?[spec.HostCpus];
@@ -75,6 +79,10 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
     /// <summary>Called on the dispatch thread after each round, while every vCPU waits, with the host and the round's
     /// length in cycles: where page sharing and host swapping run (Memory/Sharing, Memory/Swapping).</summary>
     public Action<Host, long>? BetweenRounds { get; set; }
+
+    /// <summary>Called on the dispatch thread after the memory manager's round (every vCPU still stopped): where a bench
+    /// or a test reads the free-memory state it just set.</summary>
+    public Action<VirtualMachineHost, long>? AfterReclaim { get; set; }
 
     /// <summary>The VMs in the order configured.</summary>
     public IReadOnlyList<HostedVm> Vms => vms;
@@ -90,6 +98,12 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
 
     /// <summary>Admission control's books.</summary>
     public AdmissionControl Admission => admission;
+
+    /// <summary>Memory overcommitment: the free-memory state, sharing, balloons, host swapping (issue 15).</summary>
+    public HostMemoryManager MemoryManager => memory;
+
+    /// <summary>The host spec it runs.</summary>
+    public HostSpec Spec => spec;
 
     /// <summary>Powers the VMs on (those admission control admits), runs them until each has ended, and returns when
     /// they all have. Call once.</summary>
@@ -166,9 +180,11 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
                 Sim = vm.Spec.Sim,
                 Kernel = vm.Spec.Kernel,
                 MemoryBytes = vm.Spec.Memory.MaxBytes,
-                CommandLine = vm.Spec.CommandLine,
+                CommandLine = vm.Spec.BootCommandLine,
                 SerialOutput = vm.Serial,
                 Multiboot = vm.Spec.Multiboot,
+                Disks = vm.Spec.SwapDisk is { } swapDisk ? [swapDisk] : [],
+                Balloon = vm.Spec.Balloon && spec.Overcommit.Balloon,
             };
             try
             {
@@ -182,6 +198,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
                 admission.Release(vm.Spec);
                 continue;
             }
+            vm.Balloon = Devices.Virtio.Balloon.VirtioBalloon.Of(vm.Vm);
             StealTimeDevice.Attach(vm.Vm, vm.Vcpu, spec.Clock);
             vm.Engine = new SimEngine(vm.Spec.Sim) { Quantum = vm.Quantum };
             scheduler.Add(vm.Vcpu);
@@ -279,8 +296,11 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
             }
             roundDone.Wait();
             BetweenRounds?.Invoke(host!, round); // every vCPU is stopped: the host's memory managers may change the P2Ms
+            memory.Run(host!, vms, round, toBlock);
+            AfterReclaim?.Invoke(this, round);
             lock (gate)
             {
+                ApplyBlocking();
                 for (int i = 0; i < dispatched.Length; i++)
                 {
                     if (dispatched[i] is not { } vm)
@@ -297,6 +317,37 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
                 }
                 Interlocked.Add(ref now, round);
                 Interlocked.Increment(ref rounds);
+            }
+        }
+    }
+
+    // The low state's blocking (Waldspurger OSDI'02 §6.1: "blocks the execution of all VMs that are above their target
+    // allocations"): a blocked VM is descheduled as a paused one is, until the manager no longer lists it. Called with
+    // the gate held, before the round's accounting (which leaves a paused vCPU alone).
+    private void ApplyBlocking()
+    {
+        foreach (var vm in vms)
+        {
+            bool block = toBlock.Contains(vm);
+            if (block && !vm.Memory.Blocked)
+            {
+                vm.Memory.Blocked = true;
+                vm.Memory.Blocks++;
+                if (vm.Vcpu.State is VcpuRunState.Runnable or VcpuRunState.Blocked)
+                {
+                    vm.Vcpu.State = VcpuRunState.Paused;
+                    vm.Vcpu.ReadySince = -1;
+                }
+            }
+            else if (!block && vm.Memory.Blocked)
+            {
+                vm.Memory.Blocked = false;
+                if (vm.State == HostedVmState.Running && vm.Vcpu.State == VcpuRunState.Paused)
+                {
+                    vm.Vcpu.State = VcpuRunState.Runnable;
+                    vm.Vcpu.ReadySince = now;
+                    scheduler.Woke(vm.Vcpu, now);
+                }
             }
         }
     }
@@ -508,7 +559,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
                 throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a paused VM can be resumed");
             }
             vm.State = HostedVmState.Running;
-            if (vm.Vcpu.State == VcpuRunState.Paused)
+            if (vm.Vcpu.State == VcpuRunState.Paused && !vm.Memory.Blocked)
             {
                 vm.Vcpu.State = VcpuRunState.Runnable;
                 vm.Vcpu.ReadySince = now;
@@ -562,12 +613,56 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
     }
 
     /// <inheritdoc/>
+    public BalloonInfo Balloon(string name)
+    {
+        lock (gate)
+        {
+            var vm = Find(name);
+            var balloon = vm.Balloon ?? throw NoBalloon(vm);
+            var statistics = balloon.Statistics.ToDictionary(s => s.Key.ToString(), s => s.Value);
+            return new BalloonInfo(vm.Name, (ulong)balloon.Target * 4096, balloon.Target, balloon.Actual, balloon.InflatedPages, balloon.PagesInflated,
+                balloon.PagesDeflated, balloon.BytesReturnedToHost, balloon.RefusedPfns, vm.Memory.OperatorBalloonPages >= 0,
+                vm.Memory.TargetPages >= 0 ? (ulong)vm.Memory.TargetPages * 4096 : vm.Spec.Memory.MaxBytes, (ulong)vm.Memory.HeldPages * 4096, statistics);
+        }
+    }
+
+    /// <inheritdoc/>
+    public void SetBalloon(string name, ulong targetBytes)
+    {
+        lock (gate)
+        {
+            var vm = Find(name);
+            if (vm.Balloon is null)
+            {
+                throw NoBalloon(vm);
+            }
+            if (vm.State is not (HostedVmState.Running or HostedVmState.Paused))
+            {
+                throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a running or paused VM's balloon can be set");
+            }
+            if (targetBytes % 4096 != 0 || targetBytes > vm.Spec.Memory.MaxBytes)
+            {
+                throw new BadInputException($"a balloon target of {targetBytes} bytes does not fit VM '{name}' of {vm.Spec.Memory.MaxBytes >> 20} MiB",
+                    $"Give 0 to {vm.Spec.Memory.MaxBytes >> 20} MiB");
+            }
+            // Applied between rounds by the memory manager, when no vCPU runs (the device notifies the guest then).
+            vm.Memory.OperatorBalloonPages = (long)(targetBytes / 4096);
+        }
+    }
+
+    private InvalidOperationException NoBalloon(HostedVm vm) => new(
+        spec.Overcommit.Balloon
+            ? $"VM '{vm.Name}' has no balloon: give it \"balloon\": true in HOST.json (or ,balloon in --vm) to have one"
+            : $"VM '{vm.Name}' has no balloon: the host runs without balloons (--no-balloon, or host.balloon false)");
+
+    /// <inheritdoc/>
     public IReadOnlyList<EngineCounter> HostCounters()
     {
         lock (gate)
         {
             return
             [
+                .. memory.Counters(),
                 new("host_cpus", (ulong)spec.HostCpus, ""),
                 new("host_memory", spec.MemoryBytes, "bytes"),
                 new("host_swap", spec.SwapBytes, "bytes"),
@@ -618,6 +713,21 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
             new("memory_allocated", vm.AllocatedBytes(), "bytes"),
             new("vm_exits", (ulong)(vm.Vm?.Exits.TotalExits ?? 0), ""),
         };
+        var m = vm.Memory;
+        list.AddRange(
+        [
+            new("memory_target", m.TargetPages >= 0 ? (ulong)m.TargetPages * 4096 : vm.Spec.Memory.MaxBytes, "bytes"),
+            new("memory_held_peak", (ulong)m.PeakHeldPages * 4096, "bytes"),
+            new("memory_shared", (ulong)m.SharedPages * 4096, "bytes"),
+            new("memory_ballooned", (ulong)m.BalloonPages * 4096, "bytes"),
+            new("balloon_target", (ulong)m.BalloonTargetPages * 4096, "bytes"),
+            new("memory_swapped", (ulong)m.SwappedPages * 4096, "bytes"),
+            new("host_swap_out", (ulong)m.PagesSwappedOut, "pages"),
+            new("host_swap_in", (ulong)m.PagesSwappedIn, "pages"),
+            new("double_paging", (ulong)m.DoublePaging, "pages"),
+            new("memory_blocked", m.Blocked ? 1UL : 0, ""),
+            new("blocked_time", (ulong)(m.BlockedCycles / us), "us"),
+        ]);
         list.AddRange(scheduler.CountersOf(v));
         return list;
     }
@@ -638,6 +748,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
         {
             vm.Dispose();
         }
+        memory.Dispose(); // the scanner's zero frame goes back to the pool before the pool goes
         host?.Dispose();
         roundDone.Dispose();
         operatorActed.Dispose();

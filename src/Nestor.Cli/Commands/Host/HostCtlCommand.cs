@@ -10,21 +10,22 @@ namespace Nestor.Cli.Commands.Host;
 /// socket a running <c>nestor host run --api-socket SOCKET</c> serves (docs/host.md, "The control API").</summary>
 internal static class HostCtlCommand
 {
-    private static readonly string[] Actions = ["list", "get", "pause", "resume", "stop", "cpu", "host"];
+    private static readonly string[] Actions = ["list", "get", "pause", "resume", "stop", "cpu", "host", "balloon"];
 
     public static Command Create()
     {
         var socket = new Argument<string>("SOCKET") { Description = "The control API socket (nestor host run --api-socket)" };
-        var action = new Argument<string>("ACTION") { Description = "list | get VM | pause VM | resume VM | stop VM | cpu VM | host" };
+        var action = new Argument<string>("ACTION") { Description = "list | get VM | pause VM | resume VM | stop VM | cpu VM | host | balloon VM [MiB]" };
         action.AcceptOnlyFromAmong(Actions);
         var vm = new Argument<string?>("VM") { Description = "The VM's name", Arity = ArgumentArity.ZeroOrOne };
+        var mib = new Argument<string?>("MiB") { Description = "balloon: the balloon's target in MiB (what the guest gives up); without it, show the balloon", Arity = ArgumentArity.ZeroOrOne };
         var shares = new Option<int?>("--shares") { Description = "cpu: the VM's CPU shares (its weight under the credit scheduler)" };
         var reservation = new Option<double?>("--reservation") { Description = "cpu: percent of one host CPU guaranteed to it" };
         var limit = new Option<string?>("--limit") { Description = "cpu: the most percent of one host CPU it may have, or 'none'" };
         var json = new Option<bool>("--json") { Description = "Print the API's JSON instead of a table" };
-        var command = new Command("ctl", "Act on a running host of VMs through its control API: list, get, pause, resume, stop, change CPU controls, show the host")
+        var command = new Command("ctl", "Act on a running host of VMs through its control API: list, get, pause, resume, stop, change CPU controls, set a balloon, show the host")
         {
-            socket, action, vm, shares, reservation, limit, json,
+            socket, action, vm, mib, shares, reservation, limit, json,
         };
         command.SetAction(parse => HostApiCli.Guard(() =>
         {
@@ -44,7 +45,26 @@ internal static class HostCtlCommand
             {
                 throw new BadInputException("--shares, --reservation and --limit belong to 'ctl cpu'", "Run nestor host ctl SOCKET cpu VM --shares N.");
             }
+            string? mibText = parse.GetValue(mib);
+            long? target = null;
+            if (mibText is not null)
+            {
+                if (verb != "balloon")
+                {
+                    throw new BadInputException($"'ctl {verb}' takes no size (got '{mibText}')", "Only 'ctl balloon VM MiB' takes one.");
+                }
+                string digits = mibText.EndsWith("MiB", StringComparison.OrdinalIgnoreCase) ? mibText[..^3] : mibText.TrimEnd('M', 'm');
+                if (!long.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out long parsed))
+                {
+                    throw new BadInputException($"balloon size '{mibText}' is not a whole number of MiB", "Give the target in MiB: nestor host ctl SOCKET balloon VM 16");
+                }
+                target = parsed;
+            }
             using var client = new ControlApiClient(parse.GetValue(socket)!);
+            if (verb == "balloon")
+            {
+                return Balloon(client, name!, target, parse.GetValue(json));
+            }
             return Execute(client, verb, name, sharesValue, reservationValue, limitText, parse.GetValue(json));
         }));
         return command;
@@ -93,6 +113,29 @@ internal static class HostCtlCommand
         }
         Console.Write(json ? Json(after, ControlApiJson.Default.VmDocument)
             : $"{after.Name}: {after.State}, cpu shares {after.Cpu.Shares}, reservation {HostApiCli.Percent(after.Cpu.Reservation)}, limit {HostApiCli.Percent(after.Cpu.Limit)}\n");
+        return 0;
+    }
+
+    private static int Balloon(ControlApiClient client, string name, long? targetMib, bool json)
+    {
+        if (targetMib is { } target)
+        {
+            client.SetBalloon(name, target);
+        }
+        var b = client.Balloon(name);
+        if (json)
+        {
+            Console.Write(Json(b, ControlApiJson.Default.BalloonDocument));
+            return 0;
+        }
+        string set = targetMib is null ? "" : $"target set to {targetMib} MiB (applied at the host's next round); ";
+        Console.Write($"{name}: balloon {set}target {b.TargetMib} MiB ({b.TargetPages} pages){(b.SetByOperator ? ", an operator's" : "")}, actual {b.ActualPages} pages, " +
+            $"{b.InflatedPages} in the balloon now; {b.PagesInflated} inflated and {b.PagesDeflated} deflated in all, {HostApiCli.Bytes(b.ReturnedBytes)} returned; " +
+            $"the host lets it keep {HostApiCli.Bytes(b.AllocationTargetBytes)}, it holds {HostApiCli.Bytes(b.HeldBytes)}\n");
+        if (b.Statistics.Count > 0)
+        {
+            Console.Write(HostApiCli.Table(["STATISTIC", "VALUE"], b.Statistics.Select(st => (IReadOnlyList<string>)[st.Name, st.Value.ToString(CultureInfo.InvariantCulture)])));
+        }
         return 0;
     }
 
