@@ -168,6 +168,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
             guestBytes += vm.Spec.Memory.MaxBytes;
         }
         host = Host.ForGuestMemory(Math.Max(guestBytes, 1UL << 20));
+        var initialBalloon = memory.InitialBalloons(vms.Where(v => v.State == HostedVmState.Created).ToList());
         foreach (var vm in vms.Where(v => v.State == HostedVmState.Created))
         {
             Stream? file = vm.Spec.SerialFile is { } path ? HostFile.CreateExclusive(path, $"serial log of VM '{vm.Name}'", "serial") : null;
@@ -185,6 +186,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
                 Multiboot = vm.Spec.Multiboot,
                 Disks = vm.Spec.SwapDisk is { } swapDisk ? [swapDisk] : [],
                 Balloon = vm.Spec.Balloon && spec.Overcommit.Balloon,
+                BalloonTargetPages = vm.Spec.Balloon && spec.Overcommit.Balloon ? (uint)initialBalloon.GetValueOrDefault(vm) : 0,
             };
             try
             {

@@ -33,6 +33,7 @@ public sealed class HostMemoryManager : IDisposable
     private readonly HostSpec spec;
     private readonly OvercommitOptions options;
     private readonly List<HostedVm> live = [];
+    private readonly List<HostedVm> waiting = [];
     private VmMemoryDemand[] demands = [];
     private long[] targets = [];
     private PageSharingScanner? scanner;
@@ -104,6 +105,7 @@ public sealed class HostMemoryManager : IDisposable
             scanner.Step(sharing.PagesPerRound, sharing.PagesPerVmPerRound);
         }
         live.Clear();
+        waiting.Clear();
         long touched = 0;
         foreach (var vm in vms)
         {
@@ -113,7 +115,13 @@ public sealed class HostMemoryManager : IDisposable
                 vm.Memory.Blocked = false;
                 continue;
             }
-            if (host.PhysicalMapOf(machine) is not { } map)
+            var map = host.PhysicalMapOf(machine);
+            if (map is null && vm.Vcpu.RunCycles == 0 && vm.Spec.Sim.Technique != Techniques.Technique.Native)
+            {
+                waiting.Add(vm); // not booted yet (its VMM makes its P2M as its run starts): the boot gate below decides
+                continue;
+            }
+            if (map is null)
             {
                 // Run natively: its RAM is mapped directly, no host frame to count or swap; only the operator's
                 // balloon target applies (the balloon then discards with madvise).
@@ -172,7 +180,22 @@ public sealed class HostMemoryManager : IDisposable
         {
             Reclaim(live[i], targets[i], state, block);
         }
-        if (block.Count > 0 && block.Count >= live.Count(v => v.State == HostedVmState.Running))
+        // The boot gate: a guest may touch all its RAM as it boots (NestorOS links every free frame into its free
+        // list), faster than a round, so a VM boots only when its max fits in what is free above the high threshold,
+        // counting the VMs let boot before it in this round. ESX admits the same way, by reservation (§6.1).
+        long room = FreePages - (long)(HostPages * options.Thresholds.High / 100);
+        foreach (var vm in waiting)
+        {
+            long max = (long)(vm.Spec.Memory.MaxBytes / PageBytes);
+            if (max <= room)
+            {
+                room -= max;
+                vm.Memory.Blocked = false;
+                continue;
+            }
+            block.Add(vm);
+        }
+        if (block.Count > 0 && block.Count >= live.Count(v => v.State == HostedVmState.Running) + waiting.Count)
         {
             // Never block every VM: the one closest to its target goes on, so that rounds (and this manager) still run
             // and memory comes back as VMs finish.
@@ -183,6 +206,35 @@ public sealed class HostMemoryManager : IDisposable
         {
             BlockingRounds++;
         }
+    }
+
+    /// <summary>The balloons' first targets, at power-on: each VM's max less the target the policy gives it when every
+    /// VM demands its max (what the guest's driver inflates to as it boots, before the first round); none when
+    /// reclamation or balloons are off, or when the maxes fit.</summary>
+    internal Dictionary<HostedVm, long> InitialBalloons(IReadOnlyList<HostedVm> admitted)
+    {
+        var result = new Dictionary<HostedVm, long>();
+        if (!options.Reclaim || !options.Balloon || admitted.Count == 0)
+        {
+            return result;
+        }
+        var first = new VmMemoryDemand[admitted.Count];
+        var firstTargets = new long[admitted.Count];
+        for (int i = 0; i < admitted.Count; i++)
+        {
+            var spec = admitted[i].Spec.Memory;
+            long max = (long)(spec.MaxBytes / PageBytes);
+            first[i] = new VmMemoryDemand(admitted[i].Name, (long)(spec.MinBytes / PageBytes), max, spec.Shares, max, 1.0);
+        }
+        spec.AllocationPolicy.Allocate(first, (long)(HostPages * (1 - options.Thresholds.High / 100)), firstTargets);
+        for (int i = 0; i < admitted.Count; i++)
+        {
+            long wanted = Math.Max(0, first[i].MaxPages - firstTargets[i]);
+            result[admitted[i]] = wanted;
+            admitted[i].Memory.BalloonTargetPages = wanted;
+            admitted[i].Memory.TargetPages = firstTargets[i];
+        }
+        return result;
     }
 
     private void Allocate(HostFramePool pool)
