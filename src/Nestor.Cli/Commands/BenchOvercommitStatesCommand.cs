@@ -43,7 +43,7 @@ internal static class BenchOvercommitStatesCommand
                 var result = StatesBench.Run(count, vmBytes, hostBytes, first, then, stepMs, parse.GetValue(directory)!);
                 var c = CultureInfo.InvariantCulture;
                 Console.WriteLine(string.Create(c,
-                    $"{count} NestorOS VMs ({vmBytes >> 20} MiB max, {vmBytes >> 22} MiB min, balloon, hw + nested paging; VM i runs '{first}' then '{then}' i times) on a host of {hostBytes >> 20} MiB and 2 CPUs; " +
+                    $"{count} NestorOS VMs ({vmBytes >> 20} MiB max, {vmBytes >> 22} MiB min, balloon, hw + nested paging; VM i runs '{first}' then '{then}' i times) on a host of {hostBytes >> 20} MiB and 2 CPUs, a {result.Spec.Clock.CyclesPerMillisecond / 1000} MHz virtual clock; " +
                     $"thresholds {result.Spec.Overcommit.Thresholds}; proportional share (τ = 0); host swap random. Measured {DateTime.UtcNow:yyyy-MM-dd}, {result.Wall.TotalSeconds:0} s of wall time."));
                 Console.WriteLine($"{"ms",8} {"free MiB",8} {"free %",6} {"state",-5} {"balloon target",14} {"ballooned",9} {"swapped",7} {"swap out",8} {"blocked",7} {"running",7}");
                 foreach (var r in result.Rows)

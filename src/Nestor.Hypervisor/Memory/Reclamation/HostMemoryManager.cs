@@ -116,9 +116,9 @@ public sealed class HostMemoryManager : IDisposable
                 continue;
             }
             var map = host.PhysicalMapOf(machine);
-            if (map is null && vm.Vcpu.RunCycles == 0 && vm.Spec.Sim.Technique != Techniques.Technique.Native)
+            if (vm.Vcpu.RunCycles == 0 && (map is null || map.TouchedPages == 0) && vm.Spec.Sim.Technique != Techniques.Technique.Native)
             {
-                waiting.Add(vm); // not booted yet (its VMM makes its P2M as its run starts): the boot gate below decides
+                waiting.Add(vm); // not booted yet (its P2M, made as its thread starts, has no frame): the boot gate decides
                 continue;
             }
             if (map is null)
@@ -189,8 +189,7 @@ public sealed class HostMemoryManager : IDisposable
             long max = (long)(vm.Spec.Memory.MaxBytes / PageBytes);
             if (max <= room)
             {
-                room -= max;
-                vm.Memory.Blocked = false;
+                room -= max; // not listed: the host unblocks it if the gate held it
                 continue;
             }
             block.Add(vm);

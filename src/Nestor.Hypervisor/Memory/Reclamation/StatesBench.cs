@@ -50,6 +50,9 @@ public static class StatesBench
         {
             Overcommit = OvercommitOptions.On with { Sharing = null, HostSwap = new HostSwapOptions(swapDirectory), Thresholds = thresholds ?? ReclamationThresholds.Default },
             WallTimeout = TimeSpan.FromMinutes(30),
+            // 100 MHz: rounds of 10,000 instructions, so that the manager, acting between rounds, sees memory move
+            // in small steps (a NestorOS VM faulting in fresh pages takes one every ~50 instructions).
+            Clock = new HostClock(100_000),
         };
         var rows = new List<StatesBenchRow>();
         var wall = Stopwatch.StartNew();

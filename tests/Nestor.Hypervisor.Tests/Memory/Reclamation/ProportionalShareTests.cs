@@ -1,6 +1,6 @@
 using Nestor.Hypervisor.Memory.Reclamation;
 
-namespace Nestor.Hypervisor.Tests.Memory.Reclamation;
+namespace Nestor.Hypervisor.Tests.Reclamation;
 
 /// <summary>Share-based allocation without a tax (τ = 0, Waldspurger OSDI'02 §5.2): targets in proportion to shares,
 /// within min and max, a VM holding less than its share not reclaimed from.</summary>

@@ -1,7 +1,7 @@
 using Nestor.Hypervisor.Errors;
 using Nestor.Hypervisor.Memory.Reclamation;
 
-namespace Nestor.Hypervisor.Tests.Memory.Reclamation;
+namespace Nestor.Hypervisor.Tests.Reclamation;
 
 /// <summary>ESX's free-memory states (Waldspurger OSDI'02 §6.1) with their hysteresis, from the free-memory figures
 /// alone.</summary>
