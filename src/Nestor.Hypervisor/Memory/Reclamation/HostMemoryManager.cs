@@ -106,7 +106,7 @@ public sealed class HostMemoryManager : IDisposable
         }
         live.Clear();
         waiting.Clear();
-        long touched = 0;
+        long touched = 0, bootReserve = 0;
         foreach (var vm in vms)
         {
             if (vm.Vm is not { } machine || vm.State is not (HostedVmState.Running or HostedVmState.Paused) || vm.StopCause is not null ||
@@ -136,6 +136,10 @@ public sealed class HostMemoryManager : IDisposable
                 continue;
             }
             live.Add(vm);
+            if (Booting(vm))
+            {
+                bootReserve += Math.Max(0, (long)(vm.Spec.Memory.MaxBytes / PageBytes) - map.TouchedPages);
+            }
             var account = vm.Memory;
             account.HeldPages = map.TouchedPages;
             account.PeakHeldPages = Math.Max(account.PeakHeldPages, map.TouchedPages);
@@ -181,9 +185,10 @@ public sealed class HostMemoryManager : IDisposable
             Reclaim(live[i], targets[i], state, block);
         }
         // The boot gate: a guest may touch all its RAM as it boots (NestorOS links every free frame into its free
-        // list), faster than a round, so a VM boots only when its max fits in what is free above the high threshold,
-        // counting the VMs let boot before it in this round. ESX admits the same way, by reservation (§6.1).
-        long room = FreePages - (long)(HostPages * options.Thresholds.High / 100);
+        // list), faster than the balloon can answer, so a VM boots only when its max fits in what is free above the
+        // high threshold, less what the VMs still booting may yet touch (the rest of their max) and the maxes of the
+        // VMs let boot before it in this round.
+        long room = FreePages - (long)(HostPages * options.Thresholds.High / 100) - bootReserve;
         foreach (var vm in waiting)
         {
             long max = (long)(vm.Spec.Memory.MaxBytes / PageBytes);
@@ -235,6 +240,14 @@ public sealed class HostMemoryManager : IDisposable
         }
         return result;
     }
+
+    /// <summary>Virtual cycles a VM without a balloon counts as booting (a stated allowance: NestorOS boots in about
+    /// a million instructions).</summary>
+    public const long BootCycles = 2_000_000;
+
+    // Still booting: its balloon's driver has not started (NestorOS starts it after its frame allocator, which is what
+    // touches every frame), or, without a balloon, it has run less than BootCycles.
+    private static bool Booting(HostedVm vm) => vm.Balloon is { } balloon ? balloon.Negotiated == 0 : vm.Vcpu.RunCycles < BootCycles;
 
     private void Allocate(HostFramePool pool)
     {
