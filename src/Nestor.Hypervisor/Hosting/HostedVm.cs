@@ -77,6 +77,10 @@ public sealed class HostedVm : IDisposable
         {
             return (ulong)map.TouchedPages * 0x1000;
         }
+        if (Spec.Sim.Technique != Techniques.Technique.Native && Quantum.Finished)
+        {
+            return 0; // under a VMM, its frames went back when its run ended (Memory/Reclamation/HostMemoryManager)
+        }
         ulong bytes = 0;
         foreach (var (_, backing) in vm.Memory.Regions)
         {

@@ -42,29 +42,34 @@ public class OvercommitHostTests
     [Fact]
     public void A_host_short_of_memory_goes_down_through_the_states_reclaims_and_comes_back_up_with_every_vm_finishing()
     {
-        var vms = Enumerable.Range(0, 4).Select(i => Vm($"vm{i}", Touch)).ToArray();
-        var (host, states) = RunShort(40UL << 20, OvercommitOptions.On with { Sharing = null }, vms);
+        // Four VMs of 16 MiB on 32 MiB: their maxes add up to twice the host, their targets (7.5 MiB) are below what
+        // memtouch 8 needs.
+        var vms = Enumerable.Range(0, 4).Select(i => Vm($"vm{i}", Touch, min: 2UL << 20)).ToArray();
+        var (host, states) = RunShort(32UL << 20, OvercommitOptions.On with { Sharing = null }, vms);
         using (host)
         {
             var m = host.MemoryManager;
             Assert.All(host.Vms, vm => Assert.Equal(0u, vm.GuestStatus));
             Assert.All(host.Vms, vm => Assert.Contains(vm.ResultLines, l => l.StartsWith("RESULT compute n=20000 primes=2262 crc=3cd3bea1", StringComparison.Ordinal)));
             Assert.Contains(MemoryState.Soft, states);
-            Assert.Contains(MemoryState.Hard, states);
             Assert.Equal(MemoryState.High, states[^1]); // as the VMs end, their frames come back
-            Assert.True(m.States.Transitions >= 3, string.Join(" ", states));
-            Assert.True(m.States.CyclesIn(MemoryState.Soft) > 0 && m.States.CyclesIn(MemoryState.Hard) > 0);
+            Assert.True(m.States.Transitions >= 2, string.Join(" ", states));
+            Assert.True(m.States.CyclesIn(MemoryState.Soft) > 0);
             Assert.True(host.Vms.Sum(v => v.Balloon!.PagesInflated) > 0, "the balloons took pages");
-            Assert.True(host.Vms.Sum(v => v.Memory.PagesSwappedOut) > 0, "the hard state swapped");
             Assert.True(m.BalloonTargetsSet > 0);
+            // The manager acts between rounds; within one a VM can take a little more (docs/overcommit.md).
+            Assert.True(m.PeakHeldPages <= m.HostPages * 102 / 100, $"held {m.PeakHeldPages} pages at the peak, of {m.HostPages}");
+            Assert.Contains(MemoryState.Hard, states);
+            Assert.True(m.States.CyclesIn(MemoryState.Hard) > 0);
+            Assert.True(host.Vms.Sum(v => v.Memory.PagesSwappedOut) > 0, "the hard state swapped");
         }
     }
 
     [Fact]
     public void Without_reclamation_the_same_host_overruns_its_memory_and_nothing_is_taken_back()
     {
-        var vms = Enumerable.Range(0, 4).Select(i => Vm($"vm{i}", Touch)).ToArray();
-        var (host, states) = RunShort(40UL << 20, OvercommitOptions.On with { Sharing = null, Reclaim = false }, vms);
+        var vms = Enumerable.Range(0, 4).Select(i => Vm($"vm{i}", Touch, min: 2UL << 20)).ToArray();
+        var (host, states) = RunShort(32UL << 20, OvercommitOptions.On with { Sharing = null, Reclaim = false }, vms);
         using (host)
         {
             var m = host.MemoryManager;

@@ -113,6 +113,12 @@ public sealed class HostMemoryManager : IDisposable
                 vm.Quantum.Finished)
             {
                 vm.Memory.Blocked = false;
+                if (options.Reclaim && vm.Quantum.Finished && vm.Engine is { } engine)
+                {
+                    // Its run is over (its thread reported the end): its host frames and tables go back to the host now,
+                    // as a powered-off VM's memory does, not when the host ends.
+                    engine.Dispose();
+                }
                 continue;
             }
             var map = host.PhysicalMapOf(machine);
@@ -180,9 +186,12 @@ public sealed class HostMemoryManager : IDisposable
             return;
         }
         Allocate(pool);
+        // VMs waiting to boot want memory too: while there are any, a high host reclaims as a soft one does (by the
+        // balloons), so that the running VMs make room for them.
+        var pressure = waiting.Count > 0 && state == MemoryState.High ? MemoryState.Soft : state;
         for (int i = 0; i < live.Count; i++)
         {
-            Reclaim(live[i], targets[i], state, block);
+            Reclaim(live[i], targets[i], pressure, block);
         }
         // The boot gate: a guest may touch all its RAM as it boots (NestorOS links every free frame into its free
         // list), faster than the balloon can answer, so a VM boots only when its max fits in what is free above the
@@ -251,22 +260,26 @@ public sealed class HostMemoryManager : IDisposable
 
     private void Allocate(HostFramePool pool)
     {
-        if (demands.Length < live.Count)
+        int count = live.Count + waiting.Count;
+        if (demands.Length < count)
         {
-            demands = new VmMemoryDemand[live.Count * 2];
-            targets = new long[live.Count * 2];
+            demands = new VmMemoryDemand[count * 2];
+            targets = new long[count * 2];
         }
-        for (int i = 0; i < live.Count; i++)
+        for (int i = 0; i < count; i++)
         {
-            var vm = live[i];
+            // The running VMs first (their targets are targets[0..live.Count)), then those waiting to boot, which
+            // demand their max.
+            var vm = i < live.Count ? live[i] : waiting[i - live.Count];
+            long max = (long)(vm.Spec.Memory.MaxBytes / PageBytes);
             double active = ActiveFraction?.Invoke(vm) ?? 1.0;
-            demands[i] = new VmMemoryDemand(vm.Name, (long)(vm.Spec.Memory.MinBytes / PageBytes), (long)(vm.Spec.Memory.MaxBytes / PageBytes),
-                vm.Spec.Memory.Shares, vm.Memory.HeldPages, Math.Clamp(active, 0, 1));
+            demands[i] = new VmMemoryDemand(vm.Name, (long)(vm.Spec.Memory.MinBytes / PageBytes), max,
+                vm.Spec.Memory.Shares, i < live.Count ? vm.Memory.HeldPages : max, Math.Clamp(active, 0, 1));
         }
         // What the VMs may hold so that the high threshold stays free: host memory less the threshold and the VMM's
         // tables, plus what sharing saves (held counts a shared frame once per guest page mapping it).
         long available = (long)(HostPages * (1 - options.Thresholds.High / 100)) - pool.TableFrames + SharingSavedPages;
-        spec.AllocationPolicy.Allocate(demands.AsSpan(0, live.Count), Math.Max(0, available), targets.AsSpan(0, live.Count));
+        spec.AllocationPolicy.Allocate(demands.AsSpan(0, count), Math.Max(0, available), targets.AsSpan(0, count));
     }
 
     private void Reclaim(HostedVm vm, long target, MemoryState state, List<HostedVm> block)
@@ -277,7 +290,7 @@ public sealed class HostMemoryManager : IDisposable
         account.TargetPages = target;
         bool above = account.HeldPages > target;
         var balloon = vm.Balloon;
-        if (balloon is not null)
+        if (balloon is not null && !Booting(vm)) // while it boots, its first target (set at power-on) stands
         {
             long wanted = max - target;
             if (state == MemoryState.High || !above)
