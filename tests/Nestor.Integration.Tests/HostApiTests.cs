@@ -200,6 +200,8 @@ public sealed class HostApiTests : IDisposable
         try
         {
             WaitFor(() => File.Exists(apiSocket), "it made its socket");
+            WaitFor(() => NestorProcess.Run("host", "ctl", apiSocket, "get", "a", "--json") is { ExitCode: 0 } got &&
+                JsonDocument.Parse(got.Stdout).RootElement.GetProperty("state").GetString() == "Running", "VM a was powered on");
             ulong before = 0;
             WaitFor(() => (before = Balloon().GetProperty("held_bytes").GetUInt64()) >= 12UL << 20, "VM a held 12 MiB");
             var set = NestorProcess.Run("host", "ctl", apiSocket, "balloon", "a", "8");

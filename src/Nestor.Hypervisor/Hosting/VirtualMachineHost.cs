@@ -653,7 +653,9 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
     }
 
     private InvalidOperationException NoBalloon(HostedVm vm) => new(
-        spec.Overcommit.Balloon
+        vm.Spec.Balloon && spec.Overcommit.Balloon && vm.State is HostedVmState.Created
+            ? $"VM '{vm.Name}' is not powered on yet: its balloon comes with it; ask again once it runs"
+            : spec.Overcommit.Balloon
             ? $"VM '{vm.Name}' has no balloon: give it \"balloon\": true in HOST.json (or ,balloon in --vm) to have one"
             : $"VM '{vm.Name}' has no balloon: the host runs without balloons (--no-balloon, or host.balloon false)");
 

@@ -69,9 +69,11 @@ public static class StatesBench
             }
             last = m.States.State;
             nextRow = (Math.Floor(ms / stepMs) + 1) * stepMs;
+            // The balloons and swap of the VMs still running (an ended VM's frames and swap slots went back).
+            var running = h.Vms.Where(v => v.State == HostedVmState.Running && !v.Quantum.Finished).ToList();
             rows.Add(new StatesBenchRow(ms, m.FreePages, m.FreePercent, m.States.State,
-                h.Vms.Sum(v => v.Memory.BalloonTargetPages), h.Vms.Sum(v => v.Memory.BalloonPages), h.Vms.Sum(v => v.Memory.SwappedPages),
-                h.Vms.Sum(v => v.Memory.PagesSwappedOut), h.Vms.Count(v => v.Memory.Blocked), h.Vms.Count(v => v.State == HostedVmState.Running)));
+                running.Sum(v => v.Memory.BalloonTargetPages), running.Sum(v => v.Memory.BalloonPages), running.Sum(v => v.Memory.SwappedPages),
+                h.Vms.Sum(v => v.Memory.PagesSwappedOut), h.Vms.Count(v => v.Memory.Blocked), running.Count));
         };
         host.Run();
         wall.Stop();
