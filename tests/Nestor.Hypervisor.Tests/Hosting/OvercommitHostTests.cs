@@ -15,7 +15,8 @@ public class OvercommitHostTests
 
     private static HostedVmSpec Vm(string name, string cmdline, bool balloon = true, ulong max = 16UL << 20, ulong min = 4UL << 20) =>
         HostTestSupport.Vm(name, "nestoros", cmdline: cmdline, technique: Technique.HardwareAssist, mmu: MemoryVirtualization.Nested, memory: max, min: min)
-            with { Balloon = balloon };
+            with
+        { Balloon = balloon };
 
     private static (VirtualMachineHost Host, List<MemoryState> States) RunShort(ulong hostMemory, OvercommitOptions options, params HostedVmSpec[] vms)
     {

@@ -45,7 +45,8 @@ public static class StatesBench
     {
         var sim = new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Nested };
         var specs = Enumerable.Range(0, vms).Select(i => new HostedVmSpec($"vm{i}", BuiltIn.BuiltInGuests.Get("nestoros"), CommandLine(workload, tail, i), sim,
-            new MemoryControls(vmBytes / 4, vmBytes, 1000), new CpuControls(1000, 0, null)) { Balloon = true }).ToArray();
+            new MemoryControls(vmBytes / 4, vmBytes, 1000), new CpuControls(1000, 0, null))
+        { Balloon = true }).ToArray();
         var spec = new HostSpec(hostBytes, (ulong)vms * vmBytes, 2, SchedulerKind.ProportionalShare, specs)
         {
             Overcommit = OvercommitOptions.On with { Sharing = null, HostSwap = new HostSwapOptions(swapDirectory), Thresholds = thresholds ?? ReclamationThresholds.Default },
