@@ -172,7 +172,7 @@ public sealed class HostApiTests : IDisposable
     {
         string apiSocket = NestorProcess.TempPath(".sock");
         var info = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string a in (string[])["exec", Path.Combine(AppContext.BaseDirectory, "nestor.dll"), "host", "run", "--host-cpus", "2",
+        foreach (string a in (string[])["exec", Path.Combine(AppContext.BaseDirectory, "nestor.dll"), "host", "run", "--host-cpus", "2", "--host-swap", "64M",
             "--vm", "a=builtin:nestoros,technique=hw,memory=16M,min=4M,balloon,cmdline=memtouch 8 seq ; balloon wait 2048 ; compute 20000",
             "--vm", "b=builtin:spin", "--api-socket", apiSocket, "--timeout", "300"])
         {
