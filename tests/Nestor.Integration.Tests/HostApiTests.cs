@@ -167,6 +167,71 @@ public sealed class HostApiTests : IDisposable
         }
     }
 
+    [Fact]
+    public async Task Ctl_balloon_sets_a_vms_balloon_and_its_held_memory_falls_and_a_vm_without_one_is_refused()
+    {
+        string apiSocket = NestorProcess.TempPath(".sock");
+        var info = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string a in (string[])["exec", Path.Combine(AppContext.BaseDirectory, "nestor.dll"), "host", "run", "--host-cpus", "2", "--host-swap", "64M",
+            "--vm", "a=builtin:nestoros,technique=hw,memory=16M,min=4M,balloon,cmdline=memtouch 8 seq ; balloon wait 2048 ; compute 20000",
+            "--vm", "b=builtin:spin", "--api-socket", apiSocket, "--timeout", "300"])
+        {
+            info.ArgumentList.Add(a);
+        }
+        using var run = System.Diagnostics.Process.Start(info)!;
+        var stdout = run.StandardOutput.ReadToEndAsync();
+        var stderr = run.StandardError.ReadToEndAsync();
+        JsonElement Balloon()
+        {
+            var shown = NestorProcess.Run("host", "ctl", apiSocket, "balloon", "a", "--json");
+            Assert.True(shown.ExitCode == 0, shown.ToString());
+            return JsonDocument.Parse(shown.Stdout).RootElement;
+        }
+        void WaitFor(Func<bool> condition, string what)
+        {
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            while (!condition())
+            {
+                Assert.False(run.HasExited, $"nestor host run ended before {what}");
+                Assert.True(watch.Elapsed < TimeSpan.FromMinutes(3), $"not within 3 minutes: {what}");
+                Thread.Sleep(100);
+            }
+        }
+        try
+        {
+            WaitFor(() => File.Exists(apiSocket), "it made its socket");
+            WaitFor(() => NestorProcess.Run("host", "ctl", apiSocket, "get", "a", "--json") is { ExitCode: 0 } got &&
+                JsonDocument.Parse(got.Stdout).RootElement.GetProperty("state").GetString() == "Running", "VM a was powered on");
+            ulong before = 0;
+            WaitFor(() => (before = Balloon().GetProperty("held_bytes").GetUInt64()) >= 12UL << 20, "VM a held 12 MiB");
+            var set = NestorProcess.Run("host", "ctl", apiSocket, "balloon", "a", "8");
+            Assert.True(set.ExitCode == 0, set.ToString());
+            Assert.Contains("target set to 8 MiB", set.Stdout);
+            JsonElement after = default;
+            WaitFor(() => (after = Balloon()).GetProperty("inflated_pages").GetInt64() == 2048, "the guest inflated 2048 pages");
+            Assert.True(after.GetProperty("set_by_operator").GetBoolean());
+            ulong held = after.GetProperty("held_bytes").GetUInt64();
+            Assert.True(held <= before - (7UL << 20), $"VM a held {before} bytes before the balloon and {held} after");
+
+            var refused = NestorProcess.Run("host", "ctl", apiSocket, "balloon", "b", "8");
+            Assert.Equal(120, refused.ExitCode);
+            Assert.Contains("has no balloon", refused.Stderr);
+            Assert.Equal(0, NestorProcess.Run("host", "ctl", apiSocket, "stop", "b").ExitCode);
+            Assert.True(run.WaitForExit(TimeSpan.FromMinutes(3)), "the host ended");
+            string output = await stdout;
+            Assert.DoesNotContain("nestor:", await stderr);
+            Assert.Contains("[a] RESULT balloon-wait pages=2048 actual=2048 target=2048", output);
+            Assert.Contains("[a] RESULT compute n=20000 primes=2262", output);
+        }
+        finally
+        {
+            if (!run.HasExited)
+            {
+                run.Kill(entireProcessTree: true);
+            }
+        }
+    }
+
     private static double Field(string line, string key) =>
         double.Parse(line.Split(' ').Single(f => f.StartsWith(key + "=", StringComparison.Ordinal))[(key.Length + 1)..],
             System.Globalization.CultureInfo.InvariantCulture);

@@ -3,7 +3,10 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using Nestor.Hypervisor.BuiltIn;
 using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Devices.Storage;
 using Nestor.Hypervisor.Errors;
+using Nestor.Hypervisor.Memory.Reclamation;
+using Nestor.Hypervisor.Memory.Swapping;
 using Nestor.Hypervisor.Scheduling;
 using Nestor.Hypervisor.Techniques;
 
@@ -37,6 +40,92 @@ public sealed class HostSection
 
     /// <summary>The virtual clock's rate in MHz (1000 by default).</summary>
     public double? Mhz { get; set; }
+
+    /// <summary>Whether VMs configured with a balloon get it (default true).</summary>
+    public bool? Balloon { get; set; }
+
+    /// <summary>Content-based page sharing (default on).</summary>
+    public SharingSection? Sharing { get; set; }
+
+    /// <summary>Host swapping (default on).</summary>
+    public HostSwapSection? HostSwap { get; set; }
+
+    /// <summary>Reclamation by free-memory states (default on).</summary>
+    public ReclaimSection? Reclaim { get; set; }
+}
+
+/// <summary>The <c>host.sharing</c> object.</summary>
+public sealed class SharingSection
+{
+    /// <summary>On or off (default on).</summary>
+    public bool? Enabled { get; set; }
+
+    /// <summary>Pages scanned per round (100 µs of virtual time) over all VMs (default 200).</summary>
+    public int? Rate { get; set; }
+
+    /// <summary>At most this many pages of one VM per round (default: no limit).</summary>
+    public int? PerVmRate { get; set; }
+}
+
+/// <summary>The <c>host.host-swap</c> object.</summary>
+public sealed class HostSwapSection
+{
+    /// <summary>On or off (default on).</summary>
+    public bool? Enabled { get; set; }
+
+    /// <summary>The directory of the per-VM swap files (default: the temporary directory).</summary>
+    public string? Dir { get; set; }
+
+    /// <summary><c>random</c> (ESX's, the default) or <c>clock</c>.</summary>
+    public string? Policy { get; set; }
+}
+
+/// <summary>The <c>host.reclaim</c> object.</summary>
+public sealed class ReclaimSection
+{
+    /// <summary>On or off (default on).</summary>
+    public bool? Enabled { get; set; }
+
+    /// <summary>The high threshold, percent of host memory free (default 6).</summary>
+    public double? High { get; set; }
+
+    /// <summary>The soft threshold (default 4).</summary>
+    public double? Soft { get; set; }
+
+    /// <summary>The hard threshold (default 2).</summary>
+    public double? Hard { get; set; }
+
+    /// <summary>The low threshold (default 1).</summary>
+    public double? Low { get; set; }
+}
+
+/// <summary>Memory-overcommitment switches from the command line (<c>--no-sharing</c>, <c>--sharing-rate</c>, ...);
+/// each given one wins over the file's.</summary>
+public sealed record OvercommitSwitches
+{
+    /// <summary><c>--no-sharing</c>.</summary>
+    public bool NoSharing { get; init; }
+
+    /// <summary><c>--no-balloon</c>.</summary>
+    public bool NoBalloon { get; init; }
+
+    /// <summary><c>--no-host-swap</c>.</summary>
+    public bool NoHostSwap { get; init; }
+
+    /// <summary><c>--no-reclaim</c>.</summary>
+    public bool NoReclaim { get; init; }
+
+    /// <summary><c>--sharing-rate</c>: pages per round.</summary>
+    public int? SharingRate { get; init; }
+
+    /// <summary><c>--sharing-vm-rate</c>: pages per VM per round.</summary>
+    public int? SharingPerVmRate { get; init; }
+
+    /// <summary><c>--host-swap-dir</c>.</summary>
+    public string? HostSwapDir { get; init; }
+
+    /// <summary><c>--host-swap-policy</c>: random or clock.</summary>
+    public string? HostSwapPolicy { get; init; }
 }
 
 /// <summary>One entry of <c>vms</c>.</summary>
@@ -78,6 +167,12 @@ public sealed class VmSection
 
     /// <summary>The most virtual time it may run, in milliseconds.</summary>
     public double? RunLimitMs { get; set; }
+
+    /// <summary>A virtio balloon on the VM.</summary>
+    public bool? Balloon { get; set; }
+
+    /// <summary>The guest's swap disk: <c>FILE[,if=ata|virtio]</c>, an existing raw image (NestorOS gets <c>swap=DEV</c>).</summary>
+    public string? Swap { get; set; }
 }
 
 /// <summary>The memory controls of a VM.</summary>
@@ -128,8 +223,9 @@ public static class HostConfiguration
         {
             string field = string.IsNullOrEmpty(e.Path) ? "the document" : e.Path;
             throw new BadInputException($"{source}: {field}: {FirstSentence(e.Message)}",
-                "Fields: host {memory, swap, cpus, scheduler, mhz}; vms [{name, kernel, cmdline, technique, mmu, vcpus, multiboot, " +
-                "memory {min, max, shares}, cpu {shares, reservation, limit}, serial, serial-limit, run-limit-ms}] (docs/host.md)");
+                "Fields: host {memory, swap, cpus, scheduler, mhz, balloon, sharing {enabled, rate, per-vm-rate}, host-swap {enabled, dir, policy}, " +
+                "reclaim {enabled, high, soft, hard, low}}; vms [{name, kernel, cmdline, technique, mmu, vcpus, multiboot, " +
+                "memory {min, max, shares}, cpu {shares, reservation, limit}, serial, serial-limit, run-limit-ms, balloon, swap}] (docs/host.md)");
         }
     }
 
@@ -152,6 +248,7 @@ public static class HostConfiguration
             throw new BadInputException($"--vm '{text}' does not start with NAME=KERNEL", "Write --vm web=builtin:nestoros,cmdline=compute 1000,memory=64M");
         }
         var vm = new VmSection { Name = parts[0][..equals], Kernel = parts[0][(equals + 1)..], Memory = new MemorySection(), Cpu = new CpuSection() };
+        string? swapInterface = null;
         foreach (string part in parts.Skip(1))
         {
             int eq = part.IndexOf('=');
@@ -174,10 +271,17 @@ public static class HostConfiguration
                 case "serial-limit": vm.SerialLimit = value; break;
                 case "run-limit-ms": vm.RunLimitMs = Number(value, field); break;
                 case "multiboot": vm.Multiboot = true; break;
+                case "balloon": vm.Balloon = true; break;
+                case "swap": vm.Swap = value; break;
+                case "swap-if": swapInterface = value; break;
                 default:
                     throw new BadInputException($"--vm {vm.Name}: there is no setting '{key}'",
-                        "Settings: cmdline, technique, mmu, vcpus, memory (or max), min, memshares, shares, reservation, limit, serial, serial-limit, run-limit-ms, multiboot");
+                        "Settings: cmdline, technique, mmu, vcpus, memory (or max), min, memshares, shares, reservation, limit, serial, serial-limit, run-limit-ms, multiboot, balloon, swap, swap-if");
             }
+        }
+        if (swapInterface is not null)
+        {
+            vm.Swap = (vm.Swap ?? throw new BadInputException($"--vm {vm.Name}: swap-if needs swap=FILE", "Give swap=FILE with swap-if=ata|virtio")) + ",if=" + swapInterface;
         }
         return vm;
     }
@@ -192,7 +296,7 @@ public static class HostConfiguration
 
     /// <summary>The host a file and the command line describe; a command-line value wins over the file's.</summary>
     public static HostSpec ToSpec(HostConfigFile file, string source, ulong? memory = null, ulong? swap = null, int? cpus = null, string? scheduler = null,
-        bool allowNoVms = false)
+        OvercommitSwitches? switches = null, bool allowNoVms = false)
     {
         var host = file.Host ?? new HostSection();
         ulong hostMemory = memory ?? (host.Memory is { } m ? Size.Parse(m, $"{source}: host.memory") : 1UL << 30);
@@ -214,7 +318,64 @@ public static class HostConfiguration
             throw new BadInputException($"{source}: vms: the host has no VMs", "Add VMs to \"vms\", or give --vm NAME=KERNEL");
         }
         var specs = vms.Select((vm, i) => ToSpec(vm, $"{source}: vms[{i}]", kind)).ToList();
-        return new HostSpec(hostMemory, hostSwap, hostCpus, kind, specs) { Clock = new HostClock((long)(mhz * 1000)) };
+        return new HostSpec(hostMemory, hostSwap, hostCpus, kind, specs)
+        {
+            Clock = new HostClock((long)(mhz * 1000)),
+            Overcommit = Overcommit(host, source, switches ?? new OvercommitSwitches()),
+        };
+    }
+
+    /// <summary>The overcommitment switches of <c>host</c> and the command line; each mechanism on unless turned off.</summary>
+    private static OvercommitOptions Overcommit(HostSection host, string source, OvercommitSwitches cli)
+    {
+        SharingOptions? sharing = null;
+        if (!cli.NoSharing && (host.Sharing?.Enabled ?? true))
+        {
+            int rate = cli.SharingRate ?? host.Sharing?.Rate ?? 200;
+            string rateField = cli.SharingRate is null ? $"{source}: host.sharing.rate" : "--sharing-rate";
+            if (rate is < 1 or > 1 << 24)
+            {
+                throw new BadInputException($"{rateField}: {rate} pages per round is not a scan rate", "Give 1 to 16777216 pages per round (a round is 100 µs of virtual time)");
+            }
+            int? perVm = cli.SharingPerVmRate ?? host.Sharing?.PerVmRate;
+            if (perVm is < 1 or > 1 << 24)
+            {
+                throw new BadInputException($"{(cli.SharingPerVmRate is null ? $"{source}: host.sharing.per-vm-rate" : "--sharing-vm-rate")}: {perVm} pages per round is not a scan rate",
+                    "Give 1 to 16777216 pages per VM per round, or leave it out");
+            }
+            sharing = new SharingOptions(rate, perVm);
+        }
+        HostSwapOptions? hostSwap = null;
+        if (!cli.NoHostSwap && (host.HostSwap?.Enabled ?? true))
+        {
+            string policyText = cli.HostSwapPolicy ?? host.HostSwap?.Policy ?? "random";
+            var policy = policyText.ToLowerInvariant() switch
+            {
+                "random" => SwapVictimPolicy.Random,
+                "clock" => SwapVictimPolicy.Clock,
+                _ => throw new BadInputException($"{(cli.HostSwapPolicy is null ? $"{source}: host.host-swap.policy" : "--host-swap-policy")}: there is no victim policy '{policyText}'",
+                    "Use random (ESX's) or clock"),
+            };
+            string? dir = cli.HostSwapDir ?? host.HostSwap?.Dir;
+            if (dir is not null && !Directory.Exists(dir))
+            {
+                throw new BadInputException($"{(cli.HostSwapDir is null ? $"{source}: host.host-swap.dir" : "--host-swap-dir")}: '{dir}' is not a directory",
+                    "Give an existing directory for the VMs' swap files");
+            }
+            hostSwap = new HostSwapOptions(dir, policy);
+        }
+        var r = host.Reclaim;
+        var defaults = ReclamationThresholds.Default;
+        var thresholds = new ReclamationThresholds(r?.High ?? defaults.High, r?.Soft ?? defaults.Soft, r?.Hard ?? defaults.Hard, r?.Low ?? defaults.Low);
+        thresholds.Validate($"{source}: host.reclaim");
+        return new OvercommitOptions
+        {
+            Reclaim = !cli.NoReclaim && (r?.Enabled ?? true),
+            Balloon = !cli.NoBalloon && (host.Balloon ?? true),
+            Sharing = sharing,
+            HostSwap = hostSwap,
+            Thresholds = thresholds,
+        };
     }
 
     private static HostedVmSpec ToSpec(VmSection vm, string at, SchedulerKind scheduler)
@@ -272,6 +433,22 @@ public static class HostConfiguration
         {
             throw new BadInputException($"{at}.run-limit-ms: {vm.RunLimitMs} ms is not a limit", "Give a positive number of milliseconds, or leave it out");
         }
+        DiskConfig? swapDisk = null;
+        if (vm.Swap is { } swapText)
+        {
+            try
+            {
+                swapDisk = DiskConfig.Parse(swapText);
+            }
+            catch (BadInputException e)
+            {
+                throw new BadInputException($"{at}.swap: {e.Message}", "Give the swap disk as FILE[,if=ata|virtio], an existing raw image (truncate -s 16M swap.img)");
+            }
+            if (swapDisk.ReadOnly || swapDisk.Interface == DiskInterface.Assigned)
+            {
+                throw new BadInputException($"{at}.swap: '{swapText}' cannot be a swap disk", "Give a writable virtio or ATA disk: FILE or FILE,if=ata");
+            }
+        }
         return new HostedVmSpec(name, kernel, vm.Cmdline ?? "", sim, new MemoryControls(min, max, memoryShares), new CpuControls(shares, reservation, limit))
         {
             VcpuCount = vcpus,
@@ -279,6 +456,8 @@ public static class HostConfiguration
             SerialFile = vm.Serial,
             SerialLimitBytes = serialLimit,
             RunLimitMilliseconds = vm.RunLimitMs,
+            Balloon = vm.Balloon ?? false,
+            SwapDisk = swapDisk,
         };
     }
 

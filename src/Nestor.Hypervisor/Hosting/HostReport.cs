@@ -28,6 +28,50 @@ public static class HostReport
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"admission: {a.Capacity.Memory >> 20} MiB memory, {a.Capacity.Swap >> 20} MiB swap, {a.Capacity.CpuPercent:0}% CPU; " +
             $"refused {host.Vms.Count(v => v.State == HostedVmState.Refused)} of {host.Vms.Count}"));
+        WriteMemory(host, output);
+    }
+
+    /// <summary>The memory-overcommitment part (issue 15): the switches, the free-memory states with the time spent in
+    /// each, what each mechanism took back, and one row per VM.</summary>
+    public static void WriteMemory(VirtualMachineHost host, TextWriter output)
+    {
+        var m = host.MemoryManager;
+        var clock = host.Scheduler.Clock;
+        var c = CultureInfo.InvariantCulture;
+        const double Mib = 1024.0 * 1024 / 4096; // pages per MiB
+        output.WriteLine(string.Create(c,
+            $"memory: {host.Spec.Overcommit}; host {m.HostPages / Mib:0.#} MiB, held at the end {m.HeldPages / Mib:0.#} MiB, peak held {m.PeakHeldPages / Mib:0.#} MiB " +
+            $"({100.0 * m.PeakHeldPages / Math.Max(1, m.HostPages):0.#}% of host), lowest free {(m.LowestFreePages == long.MaxValue ? 0 : m.LowestFreePages) / Mib:0.#} MiB"));
+        var states = m.States;
+        string times = string.Join(", ", Enum.GetValues<Memory.Reclamation.MemoryState>().Select(s =>
+            string.Create(c, $"{s.ToString().ToLowerInvariant()} {clock.Milliseconds(states.CyclesIn(s)):0.###} ms ({states.Entries(s)}×)")));
+        output.WriteLine(string.Create(c, $"memory states: now {states.State.ToString().ToLowerInvariant()}, {states.Transitions} transitions; {times}"));
+        if (m.Scanner is { } scanner)
+        {
+            var k = scanner.Counters();
+            output.WriteLine(string.Create(c,
+                $"sharing: pages_shared={k.PagesShared} pages_sharing={k.PagesSharing} pages_unshared={k.PagesUnshared} pages_volatile={k.PagesVolatile} " +
+                $"zero_pages={k.ZeroPages} full_scans={k.FullScans} scanned={k.PagesScanned} cow_breaks={k.CopyOnWriteBreaks}; saved at peak {m.PeakSharingSavedPages / Mib:0.##} MiB " +
+                $"({m.PeakSharingSavedPages} pages); scan time {k.ScanTime.TotalMilliseconds:0.#} ms"));
+        }
+        long inflated = host.Vms.Sum(v => v.Balloon?.PagesInflated ?? 0), deflated = host.Vms.Sum(v => v.Balloon?.PagesDeflated ?? 0);
+        long returned = host.Vms.Sum(v => v.Balloon?.BytesReturnedToHost ?? 0);
+        output.WriteLine(string.Create(c,
+            $"balloon: {host.Vms.Count(v => v.Balloon is not null)} VMs with one; {inflated} pages inflated and {deflated} deflated in all, " +
+            $"{returned / 1048576.0:0.##} MiB returned to the host; {m.BalloonTargetsSet} targets set"));
+        long swappedOut = host.Vms.Sum(v => v.Memory.PagesSwappedOut), swappedIn = host.Vms.Sum(v => v.Memory.PagesSwappedIn);
+        output.WriteLine(string.Create(c,
+            $"host swap: {swappedOut} pages out, {swappedIn} in, double paging {host.Vms.Sum(v => v.Memory.DoublePaging)}; " +
+            $"blocking: {m.BlockingRounds} rounds, {host.Vms.Sum(v => v.Memory.Blocks)} blocks"));
+        output.WriteLine($"{"vm",-12} {"min MiB",7} {"max MiB",7} {"shares",6} {"target",7} {"peak",7} {"balloon",7} {"infl",6} {"swap out",8} {"swap in",7} {"shared",6} {"blocked ms",10}");
+        foreach (var vm in host.Vms)
+        {
+            var a = vm.Memory;
+            output.WriteLine(string.Create(c,
+                $"{vm.Name,-12} {vm.Spec.Memory.MinBytes / 1048576.0,7:0.#} {vm.Spec.Memory.MaxBytes / 1048576.0,7:0.#} {vm.Spec.Memory.Shares,6} " +
+                $"{(a.TargetPages < 0 ? "-" : (a.TargetPages / Mib).ToString("0.#", c)),7} {a.PeakHeldPages / Mib,7:0.#} {a.BalloonTargetPages / Mib,7:0.#} " +
+                $"{vm.Balloon?.PagesInflated ?? 0,6} {a.PagesSwappedOut,8} {a.PagesSwappedIn,7} {a.SharedPages,6} {clock.Milliseconds(a.BlockedCycles),10:0.###}{(a.SwapError is { } e ? $"  host swap stopped: {e}" : "")}"));
+        }
     }
 
     /// <summary>Whether every VM that powered on ended as it should: a debug exit with status 0, or the run limit it

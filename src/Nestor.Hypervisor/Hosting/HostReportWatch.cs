@@ -60,11 +60,18 @@ public sealed class HostReportWatch : IDisposable
         var c = CultureInfo.InvariantCulture;
         ulong ms = Counter(hostCounters, "virtual_time_ms") ?? 0;
         var text = new StringBuilder();
-        text.Append(c, $"nestor host run  {time:HH:mm:ss}  {ms:N0} ms of virtual time  {vms.Count} VMs\n\n");
-        text.Append(c, $"{"vm",-12} {"state",-8} {"tech",-6} {"cpu %",6} {"run ms",10} {"ready ms",10} {"memory",10}  outcome\n");
+        text.Append(c, $"nestor host run  {time:HH:mm:ss}  {ms:N0} ms of virtual time  {vms.Count} VMs");
+        if (Counter(hostCounters, "memory_state") is { } state && Counter(hostCounters, "memory_free") is { } free)
+        {
+            // The free-memory state (docs/overcommit.md, "Reclamation on one host").
+            text.Append(c, $"  memory {((Nestor.Hypervisor.Memory.Reclamation.MemoryState)state).ToString().ToLowerInvariant()}, {free / (1024.0 * 1024):0.0} MiB free");
+        }
+        text.Append("\n\n");
+        text.Append(c, $"{"vm",-12} {"state",-8} {"tech",-6} {"cpu %",6} {"run ms",10} {"ready ms",10} {"memory",10} {"shared",9} {"balloon",9} {"swapped",9}  outcome\n");
         foreach (var vm in vms)
         {
-            text.Append(c, $"{vm.Name,-12} {vm.State.ToString().ToLowerInvariant(),-8} {vm.Technique,-6} {Share(vm),6} {Millis(vm, "run_time"),10} {Millis(vm, "ready_time"),10} {Memory(vm),10}  {vm.Outcome ?? "-"}\n");
+            text.Append(c, $"{vm.Name,-12} {vm.State.ToString().ToLowerInvariant(),-8} {vm.Technique,-6} {Share(vm),6} {Millis(vm, "run_time"),10} {Millis(vm, "ready_time"),10} {Memory(vm),10} " +
+                           $"{Mib(vm, "memory_shared"),9} {Mib(vm, "memory_ballooned"),9} {Mib(vm, "memory_swapped"),9}  {vm.Outcome ?? "-"}\n");
         }
         return text.ToString();
     }
@@ -77,7 +84,8 @@ public sealed class HostReportWatch : IDisposable
         foreach (var vm in vms)
         {
             text.Append(CultureInfo.InvariantCulture,
-                $"{stamp} vm={vm.Name} state={vm.State} tech={vm.Technique} cpu={Share(vm)}% run_ms={Millis(vm, "run_time")} ready_ms={Millis(vm, "ready_time")} memory={Memory(vm)}\n");
+                $"{stamp} vm={vm.Name} state={vm.State} tech={vm.Technique} cpu={Share(vm)}% run_ms={Millis(vm, "run_time")} ready_ms={Millis(vm, "ready_time")} memory={Memory(vm)} " +
+                $"shared={Mib(vm, "memory_shared")} ballooned={Mib(vm, "memory_ballooned")} swapped={Mib(vm, "memory_swapped")}\n");
         }
         return text.ToString();
     }
@@ -91,6 +99,9 @@ public sealed class HostReportWatch : IDisposable
 
     private static string Memory(HostedVmInfo vm) =>
         ((Counter(vm.Counters, "memory_allocated") ?? 0) / (1024.0 * 1024)).ToString("0.0", CultureInfo.InvariantCulture) + "MiB";
+
+    private static string Mib(HostedVmInfo vm, string name) =>
+        ((Counter(vm.Counters, name) ?? 0) / (1024.0 * 1024)).ToString("0.0", CultureInfo.InvariantCulture) + "MiB";
 
     private static ulong? Counter(IReadOnlyList<EngineCounter> counters, string name)
     {

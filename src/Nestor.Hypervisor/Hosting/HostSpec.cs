@@ -1,4 +1,7 @@
 using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Devices.Storage;
+using Nestor.Hypervisor.Memory.Reclamation;
+using Nestor.Hypervisor.Memory.Swapping;
 using Nestor.Hypervisor.Scheduling;
 using Nestor.Hypervisor.Techniques;
 
@@ -28,6 +31,66 @@ public sealed record HostedVmSpec(string Name, KernelImageSource Kernel, string 
     /// <summary>The most virtual time it may run (its own clock, in milliseconds of the host clock); null: no limit.
     /// A VM past it ends with a timeout outcome, alone.</summary>
     public double? RunLimitMilliseconds { get; init; }
+
+    /// <summary>A virtio balloon on the VM (issue 15): the host's memory manager and the operator
+    /// (<c>nestor host ctl balloon</c>) set its target; NestorOS's kernel driver or its <c>balloon</c> program answers.</summary>
+    public bool Balloon { get; init; }
+
+    /// <summary>The guest's swap disk (<c>--disk</c>'s spelling, <c>FILE[,if=ata|virtio]</c>): attached as the VM's only
+    /// disk and named on NestorOS's command line (<c>swap=vda</c> or <c>swap=ata0</c>), so that a ballooned guest pages
+    /// out its own cold pages (docs/overcommit.md, "Guest swapping").</summary>
+    public DiskConfig? SwapDisk { get; init; }
+
+    /// <summary>The kernel command line the VM boots with: <see cref="CommandLine"/>, after <c>swap=DEV</c> when it
+    /// has a swap disk.</summary>
+    public string BootCommandLine => SwapDisk is { } disk
+        ? $"swap={(disk.Interface == DiskInterface.Ata ? "ata0" : "vda")} {CommandLine}".TrimEnd()
+        : CommandLine;
+}
+
+/// <summary>Page sharing on a host: the scanner's rates, in pages per round (a round is 100 µs of virtual time),
+/// system-wide and per VM (ESX's two knobs, Waldspurger OSDI'02 §4.2).</summary>
+/// <param name="PagesPerRound">Pages hashed per round over all VMs.</param>
+/// <param name="PagesPerVmPerRound">At most this many from one VM per round; null: no per-VM limit.</param>
+/// <param name="Seed">Seed of each VM's random scan order.</param>
+public sealed record SharingOptions(int PagesPerRound = 200, int? PagesPerVmPerRound = null, int Seed = 15);
+
+/// <summary>Host swapping on a host: where each VM's swap file (ESX's per-VM <c>.vswp</c>, sized max − min) is
+/// created, and how victims are picked.</summary>
+/// <param name="Directory">The swap files' directory; null: the temporary directory.</param>
+/// <param name="Policy">Random (ESX's) or clock victims.</param>
+public sealed record HostSwapOptions(string? Directory = null, SwapVictimPolicy Policy = SwapVictimPolicy.Random);
+
+/// <summary>The memory-overcommitment switches of a host (issue 15, docs/overcommit.md): each mechanism on or off,
+/// so that a run shows what each saves.</summary>
+public sealed record OvercommitOptions
+{
+    /// <summary>Everything off: no scanner, no balloons, no host swap, no reclamation (the default of a
+    /// <see cref="HostSpec"/> built in code; <c>nestor host run</c> turns them on unless told otherwise).</summary>
+    public static OvercommitOptions Off { get; } = new() { Reclaim = false, Balloon = false, Sharing = null, HostSwap = null };
+
+    /// <summary>Every mechanism on with its defaults.</summary>
+    public static OvercommitOptions On { get; } = new();
+
+    /// <summary>Reclamation by the free-memory states: targets from the policy, balloons, swapping, blocking.</summary>
+    public bool Reclaim { get; init; } = true;
+
+    /// <summary>VMs configured with a balloon get their device; false: none does.</summary>
+    public bool Balloon { get; init; } = true;
+
+    /// <summary>Content-based page sharing; null: off.</summary>
+    public SharingOptions? Sharing { get; init; } = new();
+
+    /// <summary>Host swapping; null: off.</summary>
+    public HostSwapOptions? HostSwap { get; init; } = new();
+
+    /// <summary>The free-memory thresholds (ESX's 6/4/2/1%).</summary>
+    public ReclamationThresholds Thresholds { get; init; } = ReclamationThresholds.Default;
+
+    /// <inheritdoc/>
+    public override string ToString() =>
+        $"reclaim {(Reclaim ? "on" : "off")}, balloon {(Balloon ? "on" : "off")}, sharing {(Sharing is { } s ? $"on ({s.PagesPerRound} pages/round{(s.PagesPerVmPerRound is { } v ? $", {v} per VM" : "")})" : "off")}, " +
+        $"host swap {(HostSwap is { } h ? $"on ({h.Policy.ToString().ToLowerInvariant()})" : "off")}, thresholds {Thresholds}";
 }
 
 /// <summary>What the host has and how it runs its VMs.</summary>
@@ -47,4 +110,11 @@ public sealed record HostSpec(ulong MemoryBytes, ulong SwapBytes, int HostCpus, 
 
     /// <summary>A wall-clock limit on the whole host run; null: none.</summary>
     public TimeSpan? WallTimeout { get; init; }
+
+    /// <summary>Memory overcommitment: which mechanisms run (<see cref="HostMemoryManager"/>).</summary>
+    public OvercommitOptions Overcommit { get; init; } = OvercommitOptions.Off;
+
+    /// <summary>How the host divides its memory among the VMs when it reclaims: proportional share (τ = 0) by default;
+    /// the idle memory tax (Waldspurger OSDI'02 §5.3) plugs in here (<c>--idle-tax τ</c>).</summary>
+    public IMemoryAllocationPolicy AllocationPolicy { get; init; } = new ProportionalShare();
 }

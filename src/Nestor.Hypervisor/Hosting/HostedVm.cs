@@ -59,6 +59,12 @@ public sealed class HostedVm : IDisposable
     /// <summary>Its live migration under way or last, if any (Migration/MigrationSource).</summary>
     public Nestor.Hypervisor.Migration.MigrationSource? Migration { get; internal set; }
 
+    /// <summary>What the host's memory manager knows and decided about it (issue 15).</summary>
+    public HostedVmMemory Memory { get; } = new();
+
+    /// <summary>Its virtio balloon, once created with one (<see cref="HostedVmSpec.Balloon"/>, and balloons on).</summary>
+    public Devices.Virtio.Balloon.VirtioBalloon? Balloon { get; internal set; }
+
     /// <summary>Host memory backing its guest pages now (ESX's "consumed" memory, before sharing): under a VMM, the
     /// guest pages its P2M has given a host frame (<see cref="Paging.GuestPhysicalMap.TouchedPages"/> × 4 KiB); without
     /// one (native), the pages of its RAM mapping resident in the host (mincore), since the guest touches that mapping
@@ -73,6 +79,10 @@ public sealed class HostedVm : IDisposable
         if (vm.Host.PhysicalMapOf(vm) is { } map)
         {
             return (ulong)map.TouchedPages * 0x1000;
+        }
+        if (Spec.Sim.Technique != Techniques.Technique.Native && Quantum.Finished)
+        {
+            return 0; // under a VMM, its frames went back when its run ended (Memory/Reclamation/HostMemoryManager)
         }
         ulong bytes = 0;
         foreach (var (_, backing) in vm.Memory.Regions)
@@ -109,5 +119,6 @@ public sealed class HostedVm : IDisposable
         Vm?.Dispose();
         Serial?.Dispose();
         Quantum.Dispose();
+        Memory.SwapFile?.Dispose(); // after the VM: its P2M swapped every page back in before giving its frames back
     }
 }

@@ -78,4 +78,30 @@ public interface IHostControl
 
     /// <summary>What the host has and has handed out: host CPUs, memory, swap, admitted reservations, the scheduler.</summary>
     IReadOnlyList<Engines.EngineCounter> HostCounters();
+
+    /// <summary>A VM's balloon: its target, what the driver holds, the guest's statistics. A VM without a balloon is
+    /// an <see cref="InvalidOperationException"/> saying how to give it one.</summary>
+    BalloonInfo Balloon(string name) => throw new InvalidOperationException($"this host has no balloons (VM '{name}')");
+
+    /// <summary>Sets a VM's balloon target by hand (a multiple of 4 KiB, at most its memory): the host's own target for
+    /// it is never below it from now on (0 gives the VM back to the host's policy alone).</summary>
+    void SetBalloon(string name, ulong targetBytes) => throw new InvalidOperationException($"this host has no balloons (VM '{name}')");
 }
+
+/// <summary>A VM's balloon as the control API shows it (<c>GET /vms/NAME/balloon</c>).</summary>
+/// <param name="Name">The VM.</param>
+/// <param name="TargetBytes">The target now (<c>num_pages</c> × 4 KiB): what the guest is asked to give up.</param>
+/// <param name="TargetPages">The same in pages.</param>
+/// <param name="ActualPages">What the driver says it holds (<c>actual</c>).</param>
+/// <param name="InflatedPages">PFNs in the balloon now, as the device counted them.</param>
+/// <param name="PagesInflated">Inflated so far.</param>
+/// <param name="PagesDeflated">Deflated so far.</param>
+/// <param name="BytesReturned">Bytes of inflated pages that were resident when the host discarded them.</param>
+/// <param name="RefusedPfns">PFNs the device refused.</param>
+/// <param name="SetByOperator">Whether an operator's target is in force.</param>
+/// <param name="AllocationTargetBytes">The memory the host's policy lets the VM keep.</param>
+/// <param name="HeldBytes">Host memory behind its guest pages at the last round.</param>
+/// <param name="Statistics">The guest's last statistics (virtio 1.2 §5.5.6.3), by tag.</param>
+public sealed record BalloonInfo(string Name, ulong TargetBytes, uint TargetPages, uint ActualPages, long InflatedPages, long PagesInflated,
+    long PagesDeflated, long BytesReturned, long RefusedPfns, bool SetByOperator, ulong AllocationTargetBytes, ulong HeldBytes,
+    IReadOnlyDictionary<string, ulong> Statistics);

@@ -2,6 +2,7 @@ using Nestor.Hypervisor.Configuration;
 using Nestor.Hypervisor.Engines;
 using Nestor.Hypervisor.Errors;
 using Nestor.Hypervisor.Exits;
+using Nestor.Hypervisor.Memory.Reclamation;
 using Nestor.Hypervisor.Scheduling;
 
 namespace Nestor.Hypervisor.Hosting;
@@ -45,6 +46,8 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
     // VMs the dispatcher stopped between rounds (their duration or run limit is over), whose threads it waits for
     // before the next round (VcpuQuantum.WaitFinished says why).
     private readonly List<HostedVm> stoppedBetweenRounds = [];
+    private readonly HostMemoryManager memory;
+    private readonly List<HostedVm> toBlock = [];
 
     /// <param name="spec">What the host has and runs.</param>
     /// <param name="console">Where VMs without a serial file write their prefixed lines (null: nowhere; the report
@@ -63,6 +66,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
         this.spec = spec;
         this.console = console;
         admission = new AdmissionControl(spec.MemoryBytes, spec.SwapBytes, spec.HostCpus);
+        memory = new HostMemoryManager(spec);
         scheduler = VcpuScheduler.Create(spec.Scheduler, spec.Clock, spec.HostCpus);
         hostCpus = new ScheduledVcpu?[spec.HostCpus];
         dispatched = new HostedVm?[spec.HostCpus];
@@ -80,6 +84,10 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
     /// vCPU runs: where an incoming migration restores it (Migration/IncomingMigration).</summary>
     public Action<HostedVm>? VmCreated { get; set; }
 
+    /// <summary>Called on the dispatch thread after the memory manager's round (every vCPU still stopped): where a bench
+    /// or a test reads the free-memory state it just set.</summary>
+    public Action<VirtualMachineHost, long>? AfterReclaim { get; set; }
+
     /// <summary>The VMs in the order configured.</summary>
     public IReadOnlyList<HostedVm> Vms => vms;
 
@@ -94,6 +102,12 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
 
     /// <summary>Admission control's books.</summary>
     public AdmissionControl Admission => admission;
+
+    /// <summary>Memory overcommitment: the free-memory state, sharing, balloons, host swapping (issue 15).</summary>
+    public HostMemoryManager MemoryManager => memory;
+
+    /// <summary>The host spec it runs.</summary>
+    public HostSpec Spec => spec;
 
     /// <summary>Powers the VMs on (those admission control admits), runs them until each has ended, and returns when
     /// they all have. Call once.</summary>
@@ -158,6 +172,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             guestBytes += vm.Spec.Memory.MaxBytes;
         }
         host = Host.ForGuestMemory(Math.Max(guestBytes, 1UL << 20));
+        var initialBalloon = memory.InitialBalloons(vms.Where(v => v.State == HostedVmState.Created).ToList());
         foreach (var vm in vms.Where(v => v.State == HostedVmState.Created))
         {
             Stream? file = vm.Spec.SerialFile is { } path ? HostFile.CreateExclusive(path, $"serial log of VM '{vm.Name}'", "serial") : null;
@@ -170,9 +185,12 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
                 Sim = vm.Spec.Sim,
                 Kernel = vm.Spec.Kernel,
                 MemoryBytes = vm.Spec.Memory.MaxBytes,
-                CommandLine = vm.Spec.CommandLine,
+                CommandLine = vm.Spec.BootCommandLine,
                 SerialOutput = vm.Serial,
                 Multiboot = vm.Spec.Multiboot,
+                Disks = vm.Spec.SwapDisk is { } swapDisk ? [swapDisk] : [],
+                Balloon = vm.Spec.Balloon && spec.Overcommit.Balloon,
+                BalloonTargetPages = vm.Spec.Balloon && spec.Overcommit.Balloon ? (uint)initialBalloon.GetValueOrDefault(vm) : 0,
             };
             try
             {
@@ -186,6 +204,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
                 admission.Release(vm.Spec);
                 continue;
             }
+            vm.Balloon = Devices.Virtio.Balloon.VirtioBalloon.Of(vm.Vm);
             StealTimeDevice.Attach(vm.Vm, vm.Vcpu, spec.Clock);
             vm.Engine = new SimEngine(vm.Spec.Sim) { Quantum = vm.Quantum };
             RestoreIfAsked(vm); // nestor host run --restore NAME=FILE (ControlApi/HostSnapshots.cs)
@@ -289,8 +308,11 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             }
             roundDone.Wait();
             BetweenRounds?.Invoke(host!, round); // every vCPU is stopped: the host's memory managers may change the P2Ms
+            memory.Run(host!, vms, round, toBlock);
+            AfterReclaim?.Invoke(this, round);
             lock (gate)
             {
+                ApplyBlocking();
                 for (int i = 0; i < dispatched.Length; i++)
                 {
                     if (dispatched[i] is not { } vm)
@@ -307,6 +329,37 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
                 }
                 Interlocked.Add(ref now, round);
                 Interlocked.Increment(ref rounds);
+            }
+        }
+    }
+
+    // The low state's blocking (Waldspurger OSDI'02 §6.1: "blocks the execution of all VMs that are above their target
+    // allocations"): a blocked VM is descheduled as a paused one is, until the manager no longer lists it. Called with
+    // the gate held, before the round's accounting (which leaves a paused vCPU alone).
+    private void ApplyBlocking()
+    {
+        foreach (var vm in vms)
+        {
+            bool block = toBlock.Contains(vm);
+            if (block && !vm.Memory.Blocked)
+            {
+                vm.Memory.Blocked = true;
+                vm.Memory.Blocks++;
+                if (vm.Vcpu.State is VcpuRunState.Runnable or VcpuRunState.Blocked)
+                {
+                    vm.Vcpu.State = VcpuRunState.Paused;
+                    vm.Vcpu.ReadySince = -1;
+                }
+            }
+            else if (!block && vm.Memory.Blocked)
+            {
+                vm.Memory.Blocked = false;
+                if (vm.State == HostedVmState.Running && vm.Vcpu.State == VcpuRunState.Paused)
+                {
+                    vm.Vcpu.State = VcpuRunState.Runnable;
+                    vm.Vcpu.ReadySince = now;
+                    scheduler.Woke(vm.Vcpu, now);
+                }
             }
         }
     }
@@ -518,7 +571,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
                 throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a paused VM can be resumed");
             }
             vm.State = HostedVmState.Running;
-            if (vm.Vcpu.State == VcpuRunState.Paused)
+            if (vm.Vcpu.State == VcpuRunState.Paused && !vm.Memory.Blocked)
             {
                 vm.Vcpu.State = VcpuRunState.Runnable;
                 vm.Vcpu.ReadySince = now;
@@ -572,12 +625,58 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
     }
 
     /// <inheritdoc/>
+    public BalloonInfo Balloon(string name)
+    {
+        lock (gate)
+        {
+            var vm = Find(name);
+            var balloon = vm.Balloon ?? throw NoBalloon(vm);
+            var statistics = balloon.Statistics.ToDictionary(s => s.Key.ToString(), s => s.Value);
+            return new BalloonInfo(vm.Name, (ulong)balloon.Target * 4096, balloon.Target, balloon.Actual, balloon.InflatedPages, balloon.PagesInflated,
+                balloon.PagesDeflated, balloon.BytesReturnedToHost, balloon.RefusedPfns, vm.Memory.OperatorBalloonPages >= 0,
+                vm.Memory.TargetPages >= 0 ? (ulong)vm.Memory.TargetPages * 4096 : vm.Spec.Memory.MaxBytes, (ulong)vm.Memory.HeldPages * 4096, statistics);
+        }
+    }
+
+    /// <inheritdoc/>
+    public void SetBalloon(string name, ulong targetBytes)
+    {
+        lock (gate)
+        {
+            var vm = Find(name);
+            if (vm.Balloon is null)
+            {
+                throw NoBalloon(vm);
+            }
+            if (vm.State is not (HostedVmState.Running or HostedVmState.Paused))
+            {
+                throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a running or paused VM's balloon can be set");
+            }
+            if (targetBytes % 4096 != 0 || targetBytes > vm.Spec.Memory.MaxBytes)
+            {
+                throw new BadInputException($"a balloon target of {targetBytes} bytes does not fit VM '{name}' of {vm.Spec.Memory.MaxBytes >> 20} MiB",
+                    $"Give 0 to {vm.Spec.Memory.MaxBytes >> 20} MiB");
+            }
+            // Applied between rounds by the memory manager, when no vCPU runs (the device notifies the guest then).
+            vm.Memory.OperatorBalloonPages = (long)(targetBytes / 4096);
+        }
+    }
+
+    private InvalidOperationException NoBalloon(HostedVm vm) => new(
+        vm.Spec.Balloon && spec.Overcommit.Balloon && vm.State is HostedVmState.Created
+            ? $"VM '{vm.Name}' is not powered on yet: its balloon comes with it; ask again once it runs"
+            : spec.Overcommit.Balloon
+            ? $"VM '{vm.Name}' has no balloon: give it \"balloon\": true in HOST.json (or ,balloon in --vm) to have one"
+            : $"VM '{vm.Name}' has no balloon: the host runs without balloons (--no-balloon, or host.balloon false)");
+
+    /// <inheritdoc/>
     public IReadOnlyList<EngineCounter> HostCounters()
     {
         lock (gate)
         {
             return
             [
+                .. memory.Counters(),
                 new("host_cpus", (ulong)spec.HostCpus, ""),
                 new("host_memory", spec.MemoryBytes, "bytes"),
                 new("host_swap", spec.SwapBytes, "bytes"),
@@ -628,6 +727,21 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             new("memory_allocated", vm.AllocatedBytes(), "bytes"),
             new("vm_exits", (ulong)(vm.Vm?.Exits.TotalExits ?? 0), ""),
         };
+        var m = vm.Memory;
+        list.AddRange(
+        [
+            new("memory_target", m.TargetPages >= 0 ? (ulong)m.TargetPages * 4096 : vm.Spec.Memory.MaxBytes, "bytes"),
+            new("memory_held_peak", (ulong)m.PeakHeldPages * 4096, "bytes"),
+            new("memory_shared", (ulong)m.SharedPages * 4096, "bytes"),
+            new("memory_ballooned", (ulong)m.BalloonPages * 4096, "bytes"),
+            new("balloon_target", (ulong)m.BalloonTargetPages * 4096, "bytes"),
+            new("memory_swapped", (ulong)m.SwappedPages * 4096, "bytes"),
+            new("host_swap_out", (ulong)m.PagesSwappedOut, "pages"),
+            new("host_swap_in", (ulong)m.PagesSwappedIn, "pages"),
+            new("double_paging", (ulong)m.DoublePaging, "pages"),
+            new("memory_blocked", m.Blocked ? 1UL : 0, ""),
+            new("blocked_time", (ulong)(m.BlockedCycles / us), "us"),
+        ]);
         list.AddRange(scheduler.CountersOf(v));
         return list;
     }
@@ -648,6 +762,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
         {
             vm.Dispose();
         }
+        memory.Dispose(); // the scanner's zero frame goes back to the pool before the pool goes
         host?.Dispose();
         roundDone.Dispose();
         operatorActed.Dispose();

@@ -10,7 +10,7 @@ namespace Nestor.Hypervisor.Tests.Hosting;
 /// per VM, drawn while the VMs run, whose figures move as they run.</summary>
 public partial class HostReportWatchTests
 {
-    [GeneratedRegex(@"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z vm=(?<vm>a|b) state=(?<state>Running|Stopped) tech=native cpu=\d+\.\d% run_ms=(?<run>\d+(\.\d+)?) ready_ms=\d+(\.\d+)? memory=\d+\.\dMiB$")]
+    [GeneratedRegex(@"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z vm=(?<vm>a|b) state=(?<state>Running|Stopped) tech=native cpu=\d+\.\d% run_ms=(?<run>\d+(\.\d+)?) ready_ms=\d+(\.\d+)? memory=\d+\.\dMiB shared=\d+\.\dMiB ballooned=\d+\.\dMiB swapped=\d+\.\dMiB$")]
     private static partial Regex PlainLine();
 
     [Fact]
@@ -53,6 +53,6 @@ public partial class HostReportWatchTests
         string table = HostReportWatch.Table(host.List(), host.HostCounters(), new DateTime(2026, 12, 1, 23, 0, 0, DateTimeKind.Utc));
         Assert.StartsWith("nestor host run  23:00:00  5 ms of virtual time  1 VMs", table);
         Assert.Contains("vm           state    tech    cpu %", table);
-        Assert.Matches(@"\na +stopped +native +100\.0 +5 +0 +\d+\.\dMiB  stopped: the host's run of 5 ms", table);
+        Assert.Matches(@"\na +stopped +native +100\.0 +5 +0 +\d+\.\dMiB +0\.0MiB +0\.0MiB +0\.0MiB  stopped: the host's run of 5 ms", table);
     }
 }

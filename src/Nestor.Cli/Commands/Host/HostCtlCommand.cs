@@ -10,22 +10,25 @@ namespace Nestor.Cli.Commands.Host;
 /// socket a running <c>nestor host run --api-socket SOCKET</c> serves (docs/host.md, "The control API").</summary>
 internal static class HostCtlCommand
 {
-    private static readonly string[] Actions = ["list", "get", "pause", "resume", "stop", "cpu", "host", "snapshot"];
+    private static readonly string[] Actions = ["list", "get", "pause", "resume", "stop", "cpu", "host", "snapshot", "balloon"];
 
     public static Command Create()
     {
         var socket = new Argument<string>("SOCKET") { Description = "The control API socket (nestor host run --api-socket)" };
-        var action = new Argument<string>("ACTION") { Description = "list | get VM | pause VM | resume VM | stop VM | cpu VM | host | snapshot VM FILE" };
+        var action = new Argument<string>("ACTION") { Description = "list | get VM | pause VM | resume VM | stop VM | cpu VM | host | snapshot VM FILE | balloon VM [MiB]" };
         action.AcceptOnlyFromAmong(Actions);
         var vm = new Argument<string?>("VM") { Description = "The VM's name", Arity = ArgumentArity.ZeroOrOne };
+        // One optional third word for the two actions that take one: two optional positional arguments would both
+        // claim it.
+        var third = new Argument<string?>("FILE|MiB") { Description = "snapshot: the snapshot file to write; balloon: the balloon's target in MiB (what the guest gives up), without it show the balloon", Arity = ArgumentArity.ZeroOrOne };
         var shares = new Option<int?>("--shares") { Description = "cpu: the VM's CPU shares (its weight under the credit scheduler)" };
         var reservation = new Option<double?>("--reservation") { Description = "cpu: percent of one host CPU guaranteed to it" };
         var limit = new Option<string?>("--limit") { Description = "cpu: the most percent of one host CPU it may have, or 'none'" };
         var json = new Option<bool>("--json") { Description = "Print the API's JSON instead of a table" };
-        var (snapshotFile, memFile, stayPaused) = SnapshotCommand.HostCtlArguments();
-        var command = new Command("ctl", "Act on a running host of VMs through its control API: list, get, pause, resume, stop, change CPU controls, show the host")
+        var (_, memFile, stayPaused) = SnapshotCommand.HostCtlArguments();
+        var command = new Command("ctl", "Act on a running host of VMs through its control API: list, get, pause, resume, stop, change CPU controls, set a balloon, snapshot a VM, show the host")
         {
-            socket, action, vm, snapshotFile, shares, reservation, limit, json, memFile, stayPaused,
+            socket, action, vm, third, shares, reservation, limit, json, memFile, stayPaused,
         };
         command.SetAction(parse => HostApiCli.Guard(() =>
         {
@@ -45,12 +48,30 @@ internal static class HostCtlCommand
             {
                 throw new BadInputException("--shares, --reservation and --limit belong to 'ctl cpu'", "Run nestor host ctl SOCKET cpu VM --shares N.");
             }
-            if (verb == "snapshot" || parse.GetValue(snapshotFile) is not null)
+            if (verb == "snapshot")
             {
-                return SnapshotCommand.SaveThroughApi(parse.GetValue(socket)!, verb == "snapshot" ? name! : throw new BadInputException($"'ctl {verb}' takes no FILE", "Only 'ctl snapshot VM FILE' does."),
-                    parse.GetValue(snapshotFile), parse.GetValue(memFile), parse.GetValue(stayPaused), parse.GetValue(json));
+                return SnapshotCommand.SaveThroughApi(parse.GetValue(socket)!, name!, parse.GetValue(third), parse.GetValue(memFile), parse.GetValue(stayPaused), parse.GetValue(json));
+            }
+            string? mibText = parse.GetValue(third);
+            long? target = null;
+            if (mibText is not null)
+            {
+                if (verb != "balloon")
+                {
+                    throw new BadInputException($"'ctl {verb}' takes nothing after the VM's name (got '{mibText}')", "Only 'ctl balloon VM MiB' and 'ctl snapshot VM FILE' do.");
+                }
+                string digits = mibText.EndsWith("MiB", StringComparison.OrdinalIgnoreCase) ? mibText[..^3] : mibText.TrimEnd('M', 'm');
+                if (!long.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out long parsed))
+                {
+                    throw new BadInputException($"balloon size '{mibText}' is not a whole number of MiB", "Give the target in MiB: nestor host ctl SOCKET balloon VM 16");
+                }
+                target = parsed;
             }
             using var client = new ControlApiClient(parse.GetValue(socket)!);
+            if (verb == "balloon")
+            {
+                return Balloon(client, name!, target, parse.GetValue(json));
+            }
             return Execute(client, verb, name, sharesValue, reservationValue, limitText, parse.GetValue(json));
         }));
         return command;
@@ -99,6 +120,29 @@ internal static class HostCtlCommand
         }
         Console.Write(json ? Json(after, ControlApiJson.Default.VmDocument)
             : $"{after.Name}: {after.State}, cpu shares {after.Cpu.Shares}, reservation {HostApiCli.Percent(after.Cpu.Reservation)}, limit {HostApiCli.Percent(after.Cpu.Limit)}\n");
+        return 0;
+    }
+
+    private static int Balloon(ControlApiClient client, string name, long? targetMib, bool json)
+    {
+        if (targetMib is { } target)
+        {
+            client.SetBalloon(name, target);
+        }
+        var b = client.Balloon(name);
+        if (json)
+        {
+            Console.Write(Json(b, ControlApiJson.Default.BalloonDocument));
+            return 0;
+        }
+        string set = targetMib is null ? "" : $"target set to {targetMib} MiB (applied at the host's next round); ";
+        Console.Write($"{name}: balloon {set}target {b.TargetMib} MiB ({b.TargetPages} pages){(b.SetByOperator ? ", an operator's" : "")}, actual {b.ActualPages} pages, " +
+            $"{b.InflatedPages} in the balloon now; {b.PagesInflated} inflated and {b.PagesDeflated} deflated in all, {HostApiCli.Bytes(b.ReturnedBytes)} returned; " +
+            $"the host lets it keep {HostApiCli.Bytes(b.AllocationTargetBytes)}, it holds {HostApiCli.Bytes(b.HeldBytes)}\n");
+        if (b.Statistics.Count > 0)
+        {
+            Console.Write(HostApiCli.Table(["STATISTIC", "VALUE"], b.Statistics.Select(st => (IReadOnlyList<string>)[st.Name, st.Value.ToString(CultureInfo.InvariantCulture)])));
+        }
         return 0;
     }
 

@@ -31,10 +31,19 @@ internal static class HostRunCommand
         var apiSocket = new Option<string?>("--api-socket") { Description = "Serve the control API on this Unix socket while the host runs (nestor host ctl, nestor host top; docs/host.md)" };
         var watch = new Option<bool>("--watch") { Description = "Redraw the report's table while the VMs run (plain key=value lines when stdout is not a terminal)" };
         var watchInterval = new Option<double>("--watch-interval") { Description = "Seconds between --watch views (default 1)", DefaultValueFactory = _ => 1.0 };
+        var noSharing = new Option<bool>("--no-sharing") { Description = "No content-based page sharing (docs/overcommit.md)" };
+        var noBalloon = new Option<bool>("--no-balloon") { Description = "No VM gets its balloon device" };
+        var noHostSwap = new Option<bool>("--no-host-swap") { Description = "No host swapping" };
+        var noReclaim = new Option<bool>("--no-reclaim") { Description = "No reclamation by free-memory states: no balloon targets from the host, no swapping, no blocking" };
+        var sharingRate = new Option<int?>("--sharing-rate") { Description = "Pages the sharing scanner hashes per round (100 µs of virtual time) over all VMs (default 200)" };
+        var sharingVmRate = new Option<int?>("--sharing-vm-rate") { Description = "At most this many pages of one VM per round" };
+        var hostSwapDir = new Option<string?>("--host-swap-dir") { Description = "Directory of the VMs' host swap files (default: the temporary directory)" };
+        var hostSwapPolicy = new Option<string?>("--host-swap-policy") { Description = "random (ESX's, the default) or clock victims" };
         var restore = SnapshotCommand.HostRestoreOption();
         var command = new Command("run", "Power on many VMs on one host and run them until each has ended")
         {
             file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose, apiSocket, watch, watchInterval, restore, incoming,
+            noSharing, noBalloon, noHostSwap, noReclaim, sharingRate, sharingVmRate, hostSwapDir, hostSwapPolicy,
         };
         command.SetAction(parse =>
         {
@@ -51,7 +60,17 @@ internal static class HostRunCommand
                 var spec = HostConfiguration.ToSpec(config, path ?? "--vm",
                     parse.GetValue(hostMemory) is { } m ? Size.Parse(m, "--host-memory") : null,
                     parse.GetValue(hostSwap) is { } s ? Size.Parse(s, "--host-swap") : null,
-                    parse.GetValue(hostCpus), parse.GetValue(scheduler), allowNoVms: arriving is not null);
+                    parse.GetValue(hostCpus), parse.GetValue(scheduler), new OvercommitSwitches
+                    {
+                        NoSharing = parse.GetValue(noSharing),
+                        NoBalloon = parse.GetValue(noBalloon),
+                        NoHostSwap = parse.GetValue(noHostSwap),
+                        NoReclaim = parse.GetValue(noReclaim),
+                        SharingRate = parse.GetValue(sharingRate),
+                        SharingPerVmRate = parse.GetValue(sharingVmRate),
+                        HostSwapDir = parse.GetValue(hostSwapDir),
+                        HostSwapPolicy = parse.GetValue(hostSwapPolicy),
+                    }, allowNoVms: arriving is not null);
                 spec = arriving?.AddTo(spec) ?? spec;
                 if (parse.GetValue(duration) is { } ms)
                 {

@@ -120,6 +120,13 @@ public sealed class ControlApiClient : IDisposable
         return JsonSerializer.Deserialize(Exchange(request), ControlApiSnapshotJson.Default.SnapshotDocument) ?? throw new BadInputException($"the server at {SocketPath} answered the snapshot with null");
     }
 
+    /// <summary><c>GET /vms/{name}/balloon</c>.</summary>
+    public BalloonDocument Balloon(string name) => Get(VmPath(name) + "/balloon", ControlApiJson.Default.BalloonDocument);
+
+    /// <summary><c>PUT /vms/{name}/balloon {"target_mib": N}</c>.</summary>
+    public void SetBalloon(string name, long targetMib) =>
+        Send(HttpMethod.Put, VmPath(name) + "/balloon", new BalloonTargetDocument(targetMib), ControlApiJson.Default.BalloonTargetDocument);
+
     private static string VmPath(string name) => "/vms/" + Uri.EscapeDataString(name);
 
     private T Get<T>(string path, JsonTypeInfo<T> type)

@@ -44,6 +44,19 @@ public sealed record VmStateDocument(string? State);
 /// <summary><c>PUT /vms/{name}/actions</c>: <c>{"action_type": "Stop"}</c> (Firecracker's InstanceActionInfo).</summary>
 public sealed record ActionDocument(string? ActionType);
 
+/// <summary><c>PUT /vms/{name}/balloon</c>: <c>{"target_mib": N}</c>, the pages the guest is asked to give up, in MiB
+/// (Firecracker's PATCH /balloon has <c>amount_mib</c>; here the operator's target is a floor under the host's own).</summary>
+public sealed record BalloonTargetDocument(long? TargetMib);
+
+/// <summary>One statistic the guest reported on the statsq (virtio 1.2 §5.5.6.3), by its tag's name.</summary>
+public sealed record BalloonStatisticDocument(string Name, ulong Value);
+
+/// <summary><c>GET /vms/{name}/balloon</c>: the target, what the driver holds, and the guest's statistics
+/// (Firecracker's GET /balloon and /balloon/statistics in one).</summary>
+public sealed record BalloonDocument(ulong TargetMib, uint TargetPages, uint ActualPages, long InflatedPages, long PagesInflated,
+    long PagesDeflated, long ReturnedBytes, long RefusedPfns, bool SetByOperator, ulong AllocationTargetBytes, ulong HeldBytes,
+    IReadOnlyList<BalloonStatisticDocument> Statistics);
+
 /// <summary>Every error: what went wrong, and what to do (Firecracker's Error object).</summary>
 public sealed record FaultDocument(string FaultMessage);
 
@@ -60,4 +73,6 @@ public sealed record FaultDocument(string FaultMessage);
 [JsonSerializable(typeof(VmStateDocument))]
 [JsonSerializable(typeof(ActionDocument))]
 [JsonSerializable(typeof(FaultDocument))]
+[JsonSerializable(typeof(BalloonTargetDocument))]
+[JsonSerializable(typeof(BalloonDocument))]
 public sealed partial class ControlApiJson : JsonSerializerContext;

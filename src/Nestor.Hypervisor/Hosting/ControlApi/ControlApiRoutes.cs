@@ -49,6 +49,11 @@ internal sealed class ControlApiRoutes
                 ["GET"] = (a, _) => MigrationRoutes.Get(host, Find(a[0]).Name),
                 ["PUT"] = (a, body) => MigrationRoutes.Start(host, Find(a[0]).Name, body),
             }),
+            new(["vms", "{name}", "balloon"], new Dictionary<string, Handler>
+            {
+                ["GET"] = (a, _) => Ok(Document(host.Balloon(Find(a[0]).Name)), ControlApiJson.Default.BalloonDocument),
+                ["PUT"] = (a, body) => SetBalloon(Find(a[0]).Name, Parse(body, ControlApiJson.Default.BalloonTargetDocument)),
+            }),
         ];
     }
 
@@ -102,7 +107,7 @@ internal sealed class ControlApiRoutes
                 return Fault(409, e.Message);
             }
         }
-        return Fault(404, $"there is no route {target}: the routes are /, /host, /vms, /vms/{{name}}, /vms/{{name}}/cpu, /vms/{{name}}/actions, /vms/{{name}}/snapshot, /vms/{{name}}/counters");
+        return Fault(404, $"there is no route {target}: the routes are /, /host, /vms, /vms/{{name}}, /vms/{{name}}/cpu, /vms/{{name}}/actions, /vms/{{name}}/snapshot, /vms/{{name}}/counters, /vms/{{name}}/balloon, /vms/{{name}}/migration");
     }
 
     /// <summary>A fault document's bytes.</summary>
@@ -197,6 +202,21 @@ internal sealed class ControlApiRoutes
         host.SetCpu(vm.Name, controls);
         return NoContent();
     }
+
+    private ControlApiResponse SetBalloon(string name, BalloonTargetDocument document)
+    {
+        long mib = document.TargetMib ?? throw new BadInputException("target_mib is missing: give {\"target_mib\": N}, the MiB the guest gives up");
+        if (mib < 0 || mib > 1L << 24)
+        {
+            throw new BadInputException($"target_mib {mib} is not a balloon size: give 0 up to the VM's memory in MiB");
+        }
+        host.SetBalloon(name, (ulong)mib << 20);
+        return NoContent();
+    }
+
+    private static BalloonDocument Document(BalloonInfo b) =>
+        new(b.TargetBytes >> 20, b.TargetPages, b.ActualPages, b.InflatedPages, b.PagesInflated, b.PagesDeflated, b.BytesReturned, b.RefusedPfns,
+            b.SetByOperator, b.AllocationTargetBytes, b.HeldBytes, [.. b.Statistics.Select(s => new BalloonStatisticDocument(s.Key, s.Value))]);
 
     private static CountersDocument Counters(IReadOnlyList<Engines.EngineCounter> counters) =>
         new([.. counters.Select(c => new CounterDocument(c.Name, c.Value, c.Unit))]);

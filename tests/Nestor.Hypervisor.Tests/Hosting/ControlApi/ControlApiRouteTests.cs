@@ -119,7 +119,7 @@ public class ControlApiRouteTests
     [InlineData("PUT", "/vms/nobody/actions", """{"action_type":"Stop"}""", 404)]
     [InlineData("GET", "/vms/", null, 404)]
     [InlineData("GET", "/vms//cpu", null, 404)]
-    [InlineData("GET", "/vms/alpha/balloon", null, 404)]
+    [InlineData("GET", "/vms/alpha/balloon", null, 409)] // the route is there; this host has no balloons
     [InlineData("GET", "/vms?name=alpha", null, 400)]
     [InlineData("PATCH", "/vms/alpha", """{"state":"Running"}""", 400)]
     [InlineData("PATCH", "/vms/alpha", """{"status":"Paused"}""", 400)]
