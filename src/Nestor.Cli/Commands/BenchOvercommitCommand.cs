@@ -20,6 +20,7 @@ internal static class BenchOvercommitCommand
         var command = new Command("overcommit", "Memory overcommitment on sim: page sharing across identical VMs, host swapping");
         command.Subcommands.Add(Sharing());
         command.Subcommands.Add(Swap());
+        command.Subcommands.Add(BenchOvercommitIdleTax.Create());
         return command;
     }
 

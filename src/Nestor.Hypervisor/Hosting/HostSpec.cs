@@ -16,6 +16,9 @@ public sealed record HostedVmSpec(string Name, KernelImageSource Kernel, string 
     /// <summary>Its vCPUs (the software machine runs one per VM).</summary>
     public int VcpuCount { get; init; } = 1;
 
+    /// <summary>Give it a virtio balloon (docs/overcommit.md), through which the host's memory policy takes pages back.</summary>
+    public bool Balloon { get; init; }
+
     /// <summary>Boot it by Multiboot (the 32-bit entry) instead of the Nestor boot protocol.</summary>
     public bool Multiboot { get; init; }
 

@@ -169,6 +169,7 @@ public sealed class VirtualMachineHost : IHostControl, IDisposable
                 CommandLine = vm.Spec.CommandLine,
                 SerialOutput = vm.Serial,
                 Multiboot = vm.Spec.Multiboot,
+                Balloon = vm.Spec.Balloon,
             };
             try
             {

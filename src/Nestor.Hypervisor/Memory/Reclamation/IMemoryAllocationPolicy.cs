@@ -8,8 +8,8 @@ public readonly record struct VmMemoryDemand(
     string Name, long MinPages, long MaxPages, long Shares, long AllocatedPages, double ActiveFraction);
 
 /// <summary>Divides the pages the host can give its VMs among them. An implementation writes one target per VM into
-/// <paramref name="targetPages"/> (same order as <paramref name="vms"/>), each between the VM's min and max, summing
-/// to no more than <paramref name="availablePages"/> unless the mins alone exceed it (admission control prevents
+/// <c>targetPages</c> (same order as <c>vms</c>), each between the VM's min and max, summing
+/// to no more than <c>availablePages</c> unless the mins alone exceed it (admission control prevents
 /// that). The host then moves each VM towards its target by ballooning, and by swapping when the balloon cannot.
 /// Proportional share without a tax (τ = 0) and ESX's idle memory tax (§5.3) are the two policies.</summary>
 public interface IMemoryAllocationPolicy
