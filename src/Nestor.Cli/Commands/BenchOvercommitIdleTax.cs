@@ -74,17 +74,21 @@ internal static class BenchOvercommitIdleTax
         var c = CultureInfo.InvariantCulture;
         Console.WriteLine(string.Create(c, $"Two NestorOS VMs ({setup.MemoryBytes >> 20} MiB max, {setup.MinBytes >> 20} MiB min, 1000 shares each, hw + nested paging, virtio balloon) on a host with {setup.AvailablePages} pages ({setup.AvailablePages >> 8} MiB) for both, {setup.DurationMilliseconds:0.#} ms of virtual time; {setup.SamplesPerPeriod} pages sampled per {setup.SamplePeriodMilliseconds:0.##} ms period, targets applied through the balloons every period. Measured {DateTime.UtcNow:yyyy-MM-dd}."));
         Console.WriteLine(string.Create(c, $"idle: '{setup.IdleWorkload}'; active: '{setup.ActiveWorkload.Split(" ; ")[0]}' x {setup.ActiveWorkload.Split(" ; ").Length}"));
-        Console.WriteLine($"{"tau",5} {"VM",-7} {"f",5} {"last t/n",8} {"target",7} {"formula",7} {"held",6} {"peak",6} {"balloon",7} {"actual",7} {"inflated",8} {"deflated",8} {"faults",6} {"periods",7}");
+        Console.WriteLine($"{"tau",5} {"VM",-7} {"f",5} {"last t/n",8} {"target",7} {"formula",7} {"held",6} {"peak",6} {"balloon",7} {"actual",7} {"inflated",8} {"deflated",8} {"faults",6} {"periods",7} {"programs",8} {"Mcyc/prog",9}");
         var all = new List<IdleTaxRun>();
         foreach (var run in runs)
         {
             all.Add(run);
             foreach (var v in run.Vms)
             {
-                Console.WriteLine(string.Create(c, $"{run.TaxRate,5:0.00} {v.Name,-7} {v.ActiveFraction,5:0.00} {v.LastSample,8:0.00} {v.TargetPages,7} {v.FormulaPages,7} {v.HeldPages,6} {v.PeakHeldPages,6} {v.BalloonTarget,7} {v.BalloonActual,7} {v.PagesInflated,8} {v.PagesDeflated,8} {v.SampledFaults,6} {v.Periods,7}"));
+                Console.WriteLine(string.Create(c, $"{run.TaxRate,5:0.00} {v.Name,-7} {v.ActiveFraction,5:0.00} {v.LastSample,8:0.00} {v.TargetPages,7} {v.FormulaPages,7} {v.HeldPages,6} {v.PeakHeldPages,6} {v.BalloonTarget,7} {v.BalloonActual,7} {v.PagesInflated,8} {v.PagesDeflated,8} {v.SampledFaults,6} {v.Periods,7} {v.Programs,8} {v.GuestCyclesPerProgram / 1e6,9:0.00}"));
             }
         }
-        Console.WriteLine("f: the sampler's estimate (max of slow, fast and fast-with-current averages); target: the policy's; formula: equal ρ = S/(P(f + k(1-f))) solved in closed form for the same f; held: guest pages with a host frame at the end; balloon/actual: the target max - target and the driver's pages; faults: sampled pages touched (the sampling's minor faults).");
+        Console.WriteLine("f: the sampler's estimate (max of slow, fast and fast-with-current averages); target: the policy's; formula: equal ρ = S/(P(f + k(1-f))) solved in closed form for the same f; held: guest pages with a host frame at the end; balloon/actual: the target max - target and the driver's pages; faults: sampled pages touched (the sampling's minor faults); programs: RESULT lines of its programs in the run, Mcyc/prog: the mean total_cycles they measured for themselves.");
+        foreach (var run in all)
+        {
+            Console.WriteLine(string.Create(c, $"  tau {run.TaxRate:0.00}: ") + string.Join("; ", run.Vms.Select(v => $"{v.Name}: {v.Outcome}")));
+        }
         Console.WriteLine("Held pages (idle/active) over virtual time:");
         foreach (var run in all)
         {

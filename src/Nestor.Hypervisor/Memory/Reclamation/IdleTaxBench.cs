@@ -20,9 +20,10 @@ public sealed record IdleTaxBenchSetup(string IdleWorkload, string ActiveWorkloa
     double SamplePeriodMilliseconds, double DurationMilliseconds, int SamplesPerPeriod = ActiveMemorySampler.DefaultSamplesPerPeriod)
 {
     /// <summary>The defaults of <c>nestor bench overcommit idletax</c>: 32 MiB VMs (min 4 MiB) on 40 MiB; the idle VM
-    /// touches 24 MiB and then computes, the active one runs <c>memtouch 20 rand</c> over and over.</summary>
+    /// touches 24 MiB and then computes, the active one runs <c>memtouch 20 rand</c> twelve times (NestorOS takes a
+    /// command line of up to 250 characters).</summary>
     public static IdleTaxBenchSetup Default => new("memtouch 24 seq ; steal 4000000000",
-        string.Join(" ; ", Enumerable.Repeat("memtouch 20 rand", 15)), 32UL << 20, 4UL << 20, 10240, 1, 40);
+        string.Join(" ; ", Enumerable.Repeat("memtouch 20 rand", 12)), 32UL << 20, 4UL << 20, 10240, 1, 32);
 }
 
 /// <summary>One VM at the end of an <see cref="IdleTaxBench"/> run.</summary>
@@ -34,8 +35,12 @@ public sealed record IdleTaxBenchSetup(string IdleWorkload, string ActiveWorkloa
 /// <param name="HeldPages">Guest pages with a host frame (what the VM holds).</param>
 /// <param name="BalloonActual">Pages the guest's balloon driver says it holds.</param>
 /// <param name="BalloonTarget">The balloon target the host set: max − target.</param>
+/// <param name="Programs">RESULT lines of its programs (init's own aside): the work it finished in the run.</param>
+/// <param name="GuestCyclesPerProgram">The mean <c>total_cycles</c> its programs measured for themselves (0: none).</param>
+/// <param name="Outcome">How its run ended.</param>
 public sealed record IdleTaxVmResult(string Name, double ActiveFraction, double LastSample, long TargetPages, long FormulaPages, long HeldPages,
-    long PeakHeldPages, uint BalloonTarget, uint BalloonActual, long PagesInflated, long PagesDeflated, long SampledFaults, long Periods);
+    long PeakHeldPages, uint BalloonTarget, uint BalloonActual, long PagesInflated, long PagesDeflated, long SampledFaults, long Periods,
+    int Programs, double GuestCyclesPerProgram, string Outcome);
 
 /// <summary>The VMs' held pages at one policy step (the Fig. 8 timeline).</summary>
 public readonly record struct IdleTaxStep(double Milliseconds, long IdleHeld, long ActiveHeld, long IdleTarget, long ActiveTarget, double IdleF, double ActiveF);
@@ -123,8 +128,17 @@ public static class IdleTaxBench
         {
             var vm = vmHost.Vms[i];
             var balloon = vm.Vm is { } v ? VirtioBalloon.Of(v) : null;
+            var programs = vm.ResultLines.Where(l => !l.StartsWith("RESULT init ", StringComparison.Ordinal)).ToList();
+            var cycles = programs.Select(l => System.Text.RegularExpressions.Regex.Match(l, @" total_cycles=(\d+)")).Where(m => m.Success)
+                .Select(m => double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
             results.Add(new IdleTaxVmResult(vm.Name, demands[i].ActiveFraction, samplers[i].LastSample, targets[i], formula[i], held[i], peak[i],
-                balloon?.Target ?? 0, balloon?.Actual ?? 0, balloon?.PagesInflated ?? 0, balloon?.PagesDeflated ?? 0, samplers[i].TouchedTotal, samplers[i].Periods));
+                balloon?.Target ?? 0, balloon?.Actual ?? 0, balloon?.PagesInflated ?? 0, balloon?.PagesDeflated ?? 0, samplers[i].TouchedTotal, samplers[i].Periods,
+                programs.Count, cycles.Count > 0 ? cycles.Average() : 0, vm.Outcome ?? "not run"));
+            if (!vm.EndedAsPlanned && vm.GuestStatus != 0)
+            {
+                throw new Errors.WorkloadFailedException($"VM '{vm.Name}' did not run to the end of the bench: {vm.Outcome}",
+                    $"Check its workload alone: nestor run --technique hw --balloon -m {setup.MemoryBytes >> 20}M --cmdline '...'");
+            }
         }
         return new IdleTaxRun(policy.TaxRate, results, timeline, wall.Elapsed);
     }
