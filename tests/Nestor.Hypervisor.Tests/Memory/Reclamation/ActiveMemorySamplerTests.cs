@@ -19,8 +19,8 @@ namespace Nestor.Hypervisor.Tests.MemoryOvercommit;
 public sealed class ActiveMemorySamplerTests
 {
     private const ulong Region = 0x100_0000; // 16 MiB, above the loaded code
-    private const int RegionPages = 2048;    // 8 MiB
-    private const long Period = 400_000;
+    private const int RegionPages = 512;     // 2 MiB
+    private const long Period = 100_000;
     private const int Samples = 100;
 
     public static TheoryData<MemoryVirtualization, int> Cases => new()
@@ -77,7 +77,7 @@ public sealed class ActiveMemorySamplerTests
     [MemberData(nameof(Cases))]
     public void A_guest_touching_a_known_fraction_of_its_memory_is_estimated_near_that_fraction(MemoryVirtualization memory, int activePages)
     {
-        const int Periods = 24;
+        const int Periods = 20;
         long passes = activePages > 0 ? Periods * Period / (4L * activePages) : Periods * Period / (4L * RegionPages);
         using var vm = Vm.Create(new VmConfig
         {

@@ -15,6 +15,10 @@ public sealed class IdleMemoryTaxTests
         double k = 1 / (1 - tau);
         double[] w = [.. vms.Select(v => v.Shares / (v.ActiveFraction + k * (1 - v.ActiveFraction)))];
         double Sum(double c) => vms.Select((v, i) => Math.Clamp(c * w[i], v.MinPages, v.MaxPages)).Sum();
+        if (vms.Sum(v => v.MaxPages) <= available)
+        {
+            return [.. vms.Select(v => (double)v.MaxPages)]; // everything fits: no level to find
+        }
         double lo = 0, hi = 1;
         while (Sum(hi) < available)
         {
