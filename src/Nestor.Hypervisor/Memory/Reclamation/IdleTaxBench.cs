@@ -72,7 +72,8 @@ public static class IdleTaxBench
         const int Shares = 1000;
         var sim = new SimOptions { Technique = Technique.HardwareAssist, Memory = MemoryVirtualization.Nested };
         HostedVmSpec Spec(string name, string cmdline) => new(name, BuiltIn.BuiltInGuests.Get("nestoros"), cmdline, sim,
-            new MemoryControls(setup.MinBytes, setup.MemoryBytes, Shares), new CpuControls(1000, 0, null)) { Balloon = true };
+            new MemoryControls(setup.MinBytes, setup.MemoryBytes, Shares), new CpuControls(1000, 0, null))
+        { Balloon = true };
         var spec = new HostSpec(4 * setup.MemoryBytes, 4 * setup.MemoryBytes, 2, SchedulerKind.ProportionalShare,
             [Spec("idle", setup.IdleWorkload), Spec("active", setup.ActiveWorkload)])
         { Clock = clock, DurationMilliseconds = setup.DurationMilliseconds };
