@@ -20,7 +20,7 @@ internal static class BenchOvercommitCommand
     {
         var command = new Command("overcommit", "Memory overcommitment on sim: page sharing across identical VMs, host swapping, ballooning; KVM with KSM and real resident memory");
         // One line per subcommand: each builds its own Command.
-        foreach (var subcommand in new[] { Sharing(), Swap(), Balloon(), Squeeze(), BenchOvercommitKvm.Create(), BenchOvercommitStatesCommand.Create() })
+        foreach (var subcommand in new[] { Sharing(), Swap(), Balloon(), Squeeze(), BenchOvercommitKvm.Create(), BenchOvercommitStatesCommand.Create(), BenchOvercommitIdleTax.Create() })
         {
             command.Subcommands.Add(subcommand);
         }

@@ -118,6 +118,7 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
         {
             referenced[guestPhysical >> FrameShift] = 1; // the clock's reference bit (Swapping/HostSwap)
         }
+        NoteSampledTouch(guestPhysical >> FrameShift); // active-memory sampling (GuestPhysicalMap.Sampling)
         if (TryHostPhysical(guestPhysical, out ulong host))
         {
             if (!write || !pool.IsWriteProtected(host))
