@@ -10,6 +10,10 @@ public sealed class HostedVmMemory
     /// <summary>Guest pages with a host frame (shared ones included).</summary>
     public long HeldPages { get; internal set; }
 
+    /// <summary>The active fraction f the allocation policy was last given for it (1 when not sampled: only the idle
+    /// memory tax samples, Waldspurger OSDI'02 §5.3).</summary>
+    public double ActiveFraction { get; internal set; } = 1;
+
     /// <summary>The most it held at the end of a round.</summary>
     public long PeakHeldPages { get; internal set; }
 

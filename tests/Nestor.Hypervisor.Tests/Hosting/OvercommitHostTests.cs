@@ -67,6 +67,42 @@ public class OvercommitHostTests
     }
 
     [Fact]
+    public void With_the_idle_memory_tax_the_host_samples_each_vm_and_gives_the_active_one_more_than_the_idle_one()
+    {
+        // Two 32 MiB VMs with equal shares on 48 MiB: the idle one touches its memory once and then computes in a few
+        // pages, the active one rewrites a 20 MiB buffer over and over (the idle-tax bench's workloads). Under
+        // τ = 0.75 the host's own samplers (--idle-tax) must see the difference and the policy tax the idle VM.
+        var vms = new[]
+        {
+            Vm("idle", "memtouch 24 seq ; steal 4000000000", max: 32UL << 20),
+            Vm("active", string.Join(" ; ", Enumerable.Repeat("memtouch 20 rand", 12)), max: 32UL << 20),
+        };
+        var spec = new HostSpec(48UL << 20, 1UL << 30, 2, SchedulerKind.ProportionalShare, vms)
+        {
+            Clock = HostTestSupport.SlowClock,
+            WallTimeout = TimeSpan.FromMinutes(5),
+            DurationMilliseconds = 20,
+            Overcommit = OvercommitOptions.On with { Sharing = null, HostSwap = null },
+            AllocationPolicy = new IdleMemoryTax(0.75),
+        };
+        using var host = new VirtualMachineHost(spec, console: null);
+        long widest = long.MinValue;
+        host.AfterReclaim = (h, _) =>
+        {
+            var (idle, active) = (h.Vms[0].Memory, h.Vms[1].Memory);
+            if (idle.TargetPages >= 0 && active.TargetPages >= 0)
+            {
+                widest = Math.Max(widest, active.TargetPages - idle.TargetPages);
+            }
+        };
+        host.Run();
+        var (idleVm, activeVm) = (host.Vms[0].Memory, host.Vms[1].Memory);
+        Assert.True(idleVm.ActiveFraction < 1 && activeVm.ActiveFraction < 1, "both VMs were sampled");
+        Assert.True(idleVm.ActiveFraction < activeVm.ActiveFraction, $"f idle {idleVm.ActiveFraction:F2}, active {activeVm.ActiveFraction:F2}");
+        Assert.True(widest > 0, $"the active VM's target never exceeded the idle one's (widest gap {widest} pages)");
+    }
+
+    [Fact]
     public void Without_reclamation_the_same_host_overruns_its_memory_and_nothing_is_taken_back()
     {
         var vms = Enumerable.Range(0, 4).Select(i => Vm($"vm{i}", Touch, min: 2UL << 20)).ToArray();

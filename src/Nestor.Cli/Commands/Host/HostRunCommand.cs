@@ -39,10 +39,11 @@ internal static class HostRunCommand
         var sharingVmRate = new Option<int?>("--sharing-vm-rate") { Description = "At most this many pages of one VM per round" };
         var hostSwapDir = new Option<string?>("--host-swap-dir") { Description = "Directory of the VMs' host swap files (default: the temporary directory)" };
         var hostSwapPolicy = new Option<string?>("--host-swap-policy") { Description = "random (ESX's, the default) or clock victims" };
+        var idleTax = new Option<double?>("--idle-tax") { Description = "Divide memory by ESX's idle memory tax with this rate τ (0 ≤ τ < 1, the paper's default 0.75) instead of plain proportional share (docs/overcommit.md)" };
         var restore = SnapshotCommand.HostRestoreOption();
         var command = new Command("run", "Power on many VMs on one host and run them until each has ended")
         {
-            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose, apiSocket, watch, watchInterval, restore, incoming,
+            file, vm, hostMemory, hostSwap, hostCpus, scheduler, timeout, duration, verbose, apiSocket, watch, watchInterval, restore, incoming, idleTax,
             noSharing, noBalloon, noHostSwap, noReclaim, sharingRate, sharingVmRate, hostSwapDir, hostSwapPolicy,
         };
         command.SetAction(parse =>
@@ -72,6 +73,14 @@ internal static class HostRunCommand
                         HostSwapPolicy = parse.GetValue(hostSwapPolicy),
                     }, allowNoVms: arriving is not null);
                 spec = arriving?.AddTo(spec) ?? spec;
+                if (parse.GetValue(idleTax) is { } tau)
+                {
+                    if (!(tau >= 0 && tau < 1))
+                    {
+                        throw new BadInputException($"--idle-tax {tau.ToString(System.Globalization.CultureInfo.InvariantCulture)} is not a tax rate: τ must be at least 0 and below 1 (at τ = 1 an idle page would cost infinitely more than an active one)", "Give e.g. --idle-tax 0.75 (ESX's default), or 0 for plain proportional share");
+                    }
+                    spec = spec with { AllocationPolicy = new Hypervisor.Memory.Reclamation.IdleMemoryTax(tau) };
+                }
                 if (parse.GetValue(duration) is { } ms)
                 {
                     if (!(ms > 0) || !double.IsFinite(ms))

@@ -273,6 +273,7 @@ public sealed class HostMemoryManager : IDisposable
             var vm = i < live.Count ? live[i] : waiting[i - live.Count];
             long max = (long)(vm.Spec.Memory.MaxBytes / PageBytes);
             double active = ActiveFraction?.Invoke(vm) ?? 1.0;
+            vm.Memory.ActiveFraction = Math.Clamp(active, 0, 1);
             demands[i] = new VmMemoryDemand(vm.Name, (long)(vm.Spec.Memory.MinBytes / PageBytes), max,
                 vm.Spec.Memory.Shares, i < live.Count ? vm.Memory.HeldPages : max, Math.Clamp(active, 0, 1));
         }
