@@ -40,8 +40,8 @@ internal static class MigrateCommand
                     parse.GetValue(bandwidth) is { } b ? (long)Hypervisor.Configuration.Size.Parse(b, "--max-bandwidth") : null,
                     parse.GetValue(downtime), parse.GetValue(noConverge) ? false : null, parse.GetValue(rounds), parse.GetValue(mode),
                     parse.GetValue(streamVersion));
-                using var client = new MigrationApiClient(socket);
-                client.Start(name, request);
+                using var client = new ControlApiClient(socket);
+                client.StartMigration(name, request);
                 return Follow(client, name, parse.GetValue(json));
             }
             catch (Exception e)
@@ -53,13 +53,13 @@ internal static class MigrateCommand
     }
 
     // Polls the status, printing each round as it ends, until the migration completed or failed.
-    private static int Follow(MigrationApiClient client, string name, bool json)
+    private static int Follow(ControlApiClient client, string name, bool json)
     {
         var c = CultureInfo.InvariantCulture;
         int printed = 0;
         while (true)
         {
-            var status = client.Status(name);
+            var status = client.Migration(name);
             for (; printed < status.Rounds.Count && !json; printed++)
             {
                 var r = status.Rounds[printed];

@@ -320,22 +320,9 @@ public static class MigrationStream
         return new string(text);
     }
 
-    private static void WriteText(BinaryWriter w, string text)
-    {
-        byte[] bytes = Encoding.UTF8.GetBytes(text);
-        w.Write(bytes.Length);
-        w.Write(bytes);
-    }
+    private static void WriteText(BinaryWriter w, string text) => BinaryText.Write(w, text);
 
-    private static string ReadText(BinaryReader r)
-    {
-        int length = r.ReadInt32();
-        if (length < 0 || length > r.BaseStream.Length - r.BaseStream.Position)
-        {
-            throw Bad($"a text of {length} bytes");
-        }
-        return Encoding.UTF8.GetString(r.ReadBytes(length));
-    }
+    private static string ReadText(BinaryReader r) => BinaryText.Read(r, Bad);
 }
 
 /// <summary>Writes sections at most <see cref="BytesPerSecond"/> (QEMU's <c>max-bandwidth</c>) as a token bucket with

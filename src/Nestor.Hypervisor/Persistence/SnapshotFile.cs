@@ -500,22 +500,9 @@ public static class SnapshotFile
         return (backend.SectorCount * IBlockBackend.SectorSize, Convert.ToHexStringLower(sha.GetHashAndReset()));
     }
 
-    private static void WriteText(BinaryWriter w, string text)
-    {
-        byte[] bytes = Encoding.UTF8.GetBytes(text);
-        w.Write(bytes.Length);
-        w.Write(bytes);
-    }
+    private static void WriteText(BinaryWriter w, string text) => BinaryText.Write(w, text);
 
-    private static string ReadText(BinaryReader r)
-    {
-        int length = r.ReadInt32();
-        if (length < 0 || length > r.BaseStream.Length - r.BaseStream.Position)
-        {
-            throw Bad($"a text of {length} bytes");
-        }
-        return Encoding.UTF8.GetString(r.ReadBytes(length));
-    }
+    private static string ReadText(BinaryReader r) => BinaryText.Read(r, Bad);
 
     // The CRC matched, so the writer wrote this: a Nestor of the same format version that wrote something else.
     private static SnapshotFormatException Bad(string what) => new($"the snapshot's header holds {what}, which this Nestor does not write");

@@ -127,6 +127,13 @@ public sealed class ControlApiClient : IDisposable
     public void SetBalloon(string name, long targetMib) =>
         Send(HttpMethod.Put, VmPath(name) + "/balloon", new BalloonTargetDocument(targetMib), ControlApiJson.Default.BalloonTargetDocument);
 
+    /// <summary><c>PUT /vms/{name}/migration</c>: starts a live migration of the VM (MigrationRoutes.cs).</summary>
+    public void StartMigration(string name, MigrationRequestDocument request) =>
+        Send(HttpMethod.Put, VmPath(name) + "/migration", request, MigrationJson.Default.MigrationRequestDocument);
+
+    /// <summary><c>GET /vms/{name}/migration</c>: how the VM's migration goes, polled by <c>nestor migrate</c>.</summary>
+    public MigrationDocument Migration(string name) => Get(VmPath(name) + "/migration", MigrationJson.Default.MigrationDocument);
+
     private static string VmPath(string name) => "/vms/" + Uri.EscapeDataString(name);
 
     private T Get<T>(string path, JsonTypeInfo<T> type)
