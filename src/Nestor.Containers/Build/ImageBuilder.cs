@@ -811,7 +811,7 @@ public sealed class ImageBuilder(ContainerEngine engine, IBuildProgress progress
                         // Rootless, links among the destination's directories (Debian's /bin -> usr/bin) are followed
                         // in the layers here, so that the upper directory gets the real directory, not one that hides the link.
                         string destination = view is null ? written
-                            : intoDirectory ? view.ResolveParents(written.TrimEnd('/') + "/.").TrimEnd('.').TrimEnd('/') + "/"
+                            : intoDirectory ? view.ResolveParents(written.TrimEnd('/') + "/.").TrimEnd('/') + "/"
                             : view.ResolveParents(written);
                         var owner = copy.Chown is { } chown ? BundleBuilder.ResolveUser(chown, view is null ? merged : UserDatabaseRoot(view)) : new Runtime.Spec.SpecUser();
                         var attributes = new CopyAttributes(owner.Uid, owner.Gid, mode);

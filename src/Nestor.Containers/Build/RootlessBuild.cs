@@ -152,43 +152,9 @@ public static class RootlessBuild
 
         /// <summary><paramref name="path"/> with the links of its directories resolved in the view (an absolute
         /// target from the root, a relative one from the link's directory), as the kernel would in the merged root;
-        /// the last component is kept as it is.</summary>
-        public string ResolveParents(string path)
-        {
-            var parts = new List<string>();
-            string[] components = path.Split('/', StringSplitOptions.RemoveEmptyEntries);
-            int hops = 0;
-            var pending = new Queue<string>(components[..^Math.Min(1, components.Length)]);
-            while (pending.Count > 0)
-            {
-                string part = pending.Dequeue();
-                if (part == ".")
-                {
-                    continue;
-                }
-                if (part == "..")
-                {
-                    if (parts.Count > 0)
-                    {
-                        parts.RemoveAt(parts.Count - 1);
-                    }
-                    continue;
-                }
-                string candidate = "/" + string.Join('/', parts.Append(part));
-                if (Find(candidate) is { } found && new FileInfo(found).LinkTarget is { } target && ++hops < 40)
-                {
-                    if (target.StartsWith('/'))
-                    {
-                        parts.Clear();
-                    }
-                    var rest = pending.ToList();
-                    pending = new Queue<string>(target.Split('/', StringSplitOptions.RemoveEmptyEntries).Concat(rest));
-                    continue;
-                }
-                parts.Add(part);
-            }
-            return "/" + string.Join('/', components.Length > 0 ? parts.Append(components[^1]) : parts);
-        }
+        /// a link in the last component is not followed (one walk, <see cref="Runtime.PathJoin.Resolve"/>).</summary>
+        public string ResolveParents(string path) =>
+            Runtime.PathJoin.Resolve(path, candidate => Find(candidate) is { } found ? new FileInfo(found).LinkTarget : null, followLast: false);
 
         /// <summary>The directories from the topmost missing one down to <paramref name="target"/> that the view
         /// lacks (none when the target exists).</summary>

@@ -9,6 +9,19 @@ internal static class PathJoin
     /// destination: yes); <c>cp</c> into a container names the link itself (no).</param>
     public static string InRoot(string root, string path, bool followLast = true)
     {
+        string inside = Resolve(path, candidate => new FileInfo(Path.Combine(root, candidate.TrimStart('/'))).LinkTarget, followLast);
+        return inside == "/" ? root : Path.Combine(root, inside.TrimStart('/'));
+    }
+
+    /// <summary>The walk behind <see cref="InRoot"/>, over any tree that can say what a path's symbolic link points
+    /// at (a directory, or a build's stack of layers): <c>.</c> is dropped, <c>..</c> stops at <c>/</c>, a link's
+    /// target replaces it (from <c>/</c> when absolute), at most 255 links as Linux's path walk allows
+    /// (path_resolution(7): ELOOP past 40 nested, a fixed total beyond that).</summary>
+    /// <param name="linkTarget">The target of the link at an absolute path inside the tree, null when that path
+    /// is not a link (or does not exist).</param>
+    /// <returns>The resolved path, absolute inside the tree.</returns>
+    public static string Resolve(string path, Func<string, string?> linkTarget, bool followLast = true)
+    {
         var parts = new List<string>();
         var pending = new Stack<string>(path.Split('/', StringSplitOptions.RemoveEmptyEntries).Reverse());
         int links = 0;
@@ -27,13 +40,13 @@ internal static class PathJoin
                 }
                 continue;
             }
-            string candidate = Path.Combine(root, string.Join('/', parts), part);
-            var info = new FileInfo(candidate);
-            if (info.LinkTarget is { } target && (followLast || pending.Count > 0))
+            parts.Add(part);
+            if ((followLast || pending.Count > 0) && linkTarget("/" + string.Join('/', parts)) is { } target)
             {
+                parts.RemoveAt(parts.Count - 1);
                 if (++links > 255)
                 {
-                    throw new ContainerRuntimeException($"too many symbolic links resolving {path} in {root}");
+                    throw new ContainerRuntimeException($"too many symbolic links resolving {path}");
                 }
                 if (target.StartsWith('/'))
                 {
@@ -43,10 +56,8 @@ internal static class PathJoin
                 {
                     pending.Push(next);
                 }
-                continue;
             }
-            parts.Add(part);
         }
-        return parts.Count == 0 ? root : Path.Combine(root, string.Join('/', parts));
+        return "/" + string.Join('/', parts);
     }
 }
