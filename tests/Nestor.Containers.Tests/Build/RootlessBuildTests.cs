@@ -11,27 +11,9 @@ namespace Nestor.Containers.Tests.Build;
 /// directory it owns. Nothing is mounted on the host; files container root writes belong to the user, and other
 /// owners (a RUN's chown, COPY --chown) are recorded in the layers as the container sees them. Everything the test
 /// made (processes of the user, the directory) is removed after, also on failure.</summary>
-public sealed class RootlessBuildTests : IDisposable
+public sealed class RootlessBuildTests() : RootlessUserTest("nb", TimeSpan.FromMinutes(5))
 {
-    private const string User = "nestor-rootless";
-    private readonly string root;
-    private readonly string data;
-    private readonly string state;
-    private readonly uint userId;
     private string? userWithoutRange;
-
-    public RootlessBuildTests()
-    {
-        // Short: the attach socket's path must stay under unix(7)'s 108 bytes.
-        root = Path.Combine("/tmp", $"nb-{Guid.NewGuid():N}"[..11]);
-        data = Path.Combine(root, "d");
-        state = Path.Combine(root, "s");
-        Directory.CreateDirectory(root);
-        userId = uint.Parse(Run("id", "-u", User).Output.Trim(), CultureInfo.InvariantCulture);
-        Assert.Equal(0, Run("chown", User, root).Status);
-        var bootstrap = AsUser(EngineFixture.Nestor, "image", "bootstrap", "busybox", "--store", Path.Combine(data, "images"));
-        Assert.True(bootstrap.Status == 0, bootstrap.ToString());
-    }
 
     /// <summary>WORKDIR, COPY (into the workdir, --chown to a subordinate id, through a link the state has), RUN with
     /// chown, all as the user: the layers record root, 33 and 100/101 as owners, the image runs rootless, and a
@@ -123,103 +105,14 @@ public sealed class RootlessBuildTests : IDisposable
         return owners;
     }
 
-    /// <summary>No mount of this test's directory on the host (the build mounts nothing there) and no process of
-    /// the user left that involves it.</summary>
-    private void AssertNothingLeft()
-    {
-        Assert.DoesNotContain(root, File.ReadAllText("/proc/self/mountinfo"));
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
-        while (UserProcesses().Count > 0 && DateTime.UtcNow < deadline)
-        {
-            Thread.Sleep(100);
-        }
-        var left = UserProcesses();
-        Assert.True(left.Count == 0, "left running: " + string.Join("; ", left.Select(pid => File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' '))));
-    }
-
-    private List<int> UserProcesses()
-    {
-        var found = new List<int>();
-        foreach (string directory in Directory.EnumerateDirectories("/proc"))
-        {
-            if (!int.TryParse(Path.GetFileName(directory), NumberStyles.None, CultureInfo.InvariantCulture, out int pid))
-            {
-                continue;
-            }
-            try
-            {
-                string status = File.ReadAllText(Path.Combine(directory, "status"));
-                string uidLine = status.Split('\n').First(line => line.StartsWith("Uid:", StringComparison.Ordinal));
-                if (uidLine.Split('\t', StringSplitOptions.RemoveEmptyEntries)[1] != userId.ToString(CultureInfo.InvariantCulture))
-                {
-                    continue;
-                }
-                string commandLine = File.ReadAllText(Path.Combine(directory, "cmdline")).Replace('\0', ' ');
-                string? rootLink = new FileInfo(Path.Combine(directory, "root")).LinkTarget;
-                if (commandLine.Contains(root, StringComparison.Ordinal) || (rootLink?.Contains(root, StringComparison.Ordinal) ?? false))
-                {
-                    found.Add(pid);
-                }
-            }
-            catch (Exception exception) when (exception is IOException or UnauthorizedAccessException or InvalidOperationException)
-            {
-            }
-        }
-        return found;
-    }
-
     private CommandResult Build(params string[] arguments) =>
         AsUser([EngineFixture.Nestor, "build", "--root", data, "--state", state, "--progress", "plain", .. arguments]);
 
-    private static CommandResult AsUser(params string[] command) => Run(["runuser", "-u", User, "--", .. command]);
-
-    private static CommandResult Run(params string[] command)
+    protected override void RemoveMore()
     {
-        var start = new ProcessStartInfo(command[0])
+        if (userWithoutRange is { } name)
         {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            WorkingDirectory = "/",
-        };
-        foreach (string word in command.Skip(1))
-        {
-            start.ArgumentList.Add(word);
-        }
-        using var process = Process.Start(start)!;
-        var output = process.StandardOutput.ReadToEndAsync();
-        var error = process.StandardError.ReadToEndAsync();
-        process.StandardInput.Close();
-        if (!process.WaitForExit(TimeSpan.FromMinutes(5)))
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"{string.Join(' ', command)} did not end");
-        }
-        return new CommandResult(process.ExitCode, output.Result, error.Result);
-    }
-
-    public void Dispose()
-    {
-        try
-        {
-            foreach (string id in AsUser(EngineFixture.Nestor, "container", "--root", data, "--state", state, "ps", "-a", "-q", "--no-trunc")
-                .Output.Split('\n', StringSplitOptions.RemoveEmptyEntries))
-            {
-                AsUser(EngineFixture.Nestor, "container", "--root", data, "--state", state, "rm", "-f", id);
-            }
-        }
-        finally
-        {
-            foreach (int pid in UserProcesses())
-            {
-                Run("kill", "-9", pid.ToString(CultureInfo.InvariantCulture));
-            }
-            if (userWithoutRange is { } name)
-            {
-                Run("userdel", name);
-            }
-            // As root: files of subordinate ids in the store are not the user's to remove.
-            Run("rm", "-rf", root);
+            Run("userdel", name);
         }
     }
 }

@@ -6,26 +6,10 @@ namespace Nestor.Containers.Tests.Engine;
 /// <summary>Rootless <c>nestor container</c>: the built CLI run as the unprivileged user nestor-rootless, with its own
 /// --root and --state under a directory it owns (removed after, also on failure). The overlay root is mounted by
 /// Nestor's runtime inside the container's user namespace, so nothing is mounted on the host.</summary>
-public sealed class RootlessEngineTests : IDisposable
+public sealed class RootlessEngineTests() : RootlessUserTest("nr", TimeSpan.FromSeconds(60))
 {
-    private const string User = "nestor-rootless";
-    private readonly string root;
-    private readonly string data;
-    private readonly string state;
-    private readonly uint userId;
-
-    public RootlessEngineTests()
-    {
-        // Short: the attach socket's path must stay under unix(7)'s 108 bytes.
-        root = Path.Combine("/tmp", $"nr-{Guid.NewGuid():N}"[..11]);
-        data = Path.Combine(root, "d");
-        state = Path.Combine(root, "s");
-        Directory.CreateDirectory(root);
-        userId = uint.Parse(Run("id", "-u", User).Output.Trim(), CultureInfo.InvariantCulture);
-        Assert.Equal(0, Run("chown", User, root).Status);
-        var bootstrap = AsUser(EngineFixture.Nestor, "image", "bootstrap", "busybox", "--store", Path.Combine(data, "images"));
-        Assert.True(bootstrap.Status == 0, bootstrap.ToString());
-    }
+    // A container's own process (sleep 1000) names neither the directory nor has it as its root path seen from here.
+    protected override bool IsTestProcess(string commandLine) => commandLine.Contains("sleep 1000", StringComparison.Ordinal);
 
     /// <summary>Inside, the container's root is uid 0; /proc/self/uid_map maps it to the caller and container ids
     /// from 1 to the caller's subordinate range (/etc/subuid), user_namespaces(7).</summary>
@@ -256,102 +240,5 @@ public sealed class RootlessEngineTests : IDisposable
         var refused = Container("run", "--rm", "--runtime", "crun", "busybox", "true");
         Assert.Equal(125, refused.Status);
         Assert.Contains("Nestor's runtime", refused.Error);
-    }
-
-    private void AssertNothingLeft()
-    {
-        Assert.DoesNotContain(root, File.ReadAllText("/proc/self/mountinfo"));
-        // A --rm run's monitor may still be ending for a moment after the command returned.
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
-        while (UserProcesses().Count > 0 && DateTime.UtcNow < deadline)
-        {
-            Thread.Sleep(100);
-        }
-        var left = UserProcesses();
-        Assert.True(left.Count == 0, "left running: " + string.Join("; ", left.Select(pid => File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' '))));
-    }
-
-    /// <summary>Processes of the user whose command line or working directory involves this test's directory
-    /// (monitors, containers' processes), other than those of a parallel test class.</summary>
-    private List<int> UserProcesses()
-    {
-        var found = new List<int>();
-        foreach (string directory in Directory.EnumerateDirectories("/proc"))
-        {
-            if (!int.TryParse(Path.GetFileName(directory), NumberStyles.None, CultureInfo.InvariantCulture, out int pid))
-            {
-                continue;
-            }
-            try
-            {
-                string status = File.ReadAllText(Path.Combine(directory, "status"));
-                string uidLine = status.Split('\n').First(line => line.StartsWith("Uid:", StringComparison.Ordinal));
-                if (uidLine.Split('\t', StringSplitOptions.RemoveEmptyEntries)[1] != userId.ToString(CultureInfo.InvariantCulture))
-                {
-                    continue;
-                }
-                string commandLine = File.ReadAllText(Path.Combine(directory, "cmdline")).Replace('\0', ' ');
-                string? rootLink = new FileInfo(Path.Combine(directory, "root")).LinkTarget;
-                if (commandLine.Contains(this.root, StringComparison.Ordinal) || (rootLink?.Contains(this.root, StringComparison.Ordinal) ?? false)
-                    || commandLine.Contains("sleep 1000", StringComparison.Ordinal))
-                {
-                    found.Add(pid);
-                }
-            }
-            catch (Exception exception) when (exception is IOException or UnauthorizedAccessException or InvalidOperationException)
-            {
-            }
-        }
-        return found;
-    }
-
-    private CommandResult Container(params string[] arguments) =>
-        AsUser([EngineFixture.Nestor, "container", "--root", data, "--state", state, .. arguments]);
-
-    private static CommandResult AsUser(params string[] command) => Run(["runuser", "-u", User, "--", .. command]);
-
-    private static CommandResult Run(params string[] command)
-    {
-        var start = new ProcessStartInfo(command[0])
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            WorkingDirectory = "/",
-        };
-        foreach (string word in command.Skip(1))
-        {
-            start.ArgumentList.Add(word);
-        }
-        using var process = Process.Start(start)!;
-        var output = process.StandardOutput.ReadToEndAsync();
-        var error = process.StandardError.ReadToEndAsync();
-        process.StandardInput.Close();
-        if (!process.WaitForExit(TimeSpan.FromSeconds(60)))
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"{string.Join(' ', command)} did not end");
-        }
-        return new CommandResult(process.ExitCode, output.Result, error.Result);
-    }
-
-    public void Dispose()
-    {
-        try
-        {
-            foreach (string id in Container("ps", "-a", "-q", "--no-trunc").Output.Split('\n', StringSplitOptions.RemoveEmptyEntries))
-            {
-                Container("rm", "-f", id);
-            }
-        }
-        finally
-        {
-            foreach (int pid in UserProcesses())
-            {
-                Run("kill", "-9", pid.ToString(CultureInfo.InvariantCulture));
-            }
-            // As root: the subordinate-owned files in containers' upper directories are not the user's to remove.
-            Run("rm", "-rf", root);
-        }
     }
 }
