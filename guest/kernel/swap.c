@@ -15,11 +15,9 @@
  * its own frame, and the slot is freed with its last entry. Program text (PTE_IMAGE) and pages pinned into the
  * balloon (PTE_NOSWAP) are never paged out.
  *
- * The transfers do not use the block layer's bounce buffer: a fault can happen in the middle of a blkio call's copy
- * into or out of it. A page goes out straight from its frame (physically contiguous and identity-mapped, so its
- * address is also what a DMA device needs) and comes in through a staging frame of this file's own, then is copied:
- * the fresh frame may have been a page table until lately, which a shadow-paging VMM may still keep write-protected,
- * and Nestor's trap-and-emulate VMM turns the ring-1 kernel's REP INSW into such a page into a #GP for the guest. */
+ * The transfers go straight between the frame and the device (a frame is physically contiguous and identity-mapped,
+ * so its address is also what a DMA device needs), not through the block layer's bounce buffer: a fault can happen
+ * in the middle of a blkio call's copy into or out of that buffer. */
 #include "swap.h"
 #include "block.h"
 
@@ -32,7 +30,6 @@ static u64 slot_count, slots_used, slots_peak, next_free;
 static u64 slot_bitmap[SWAP_MAX_SLOTS / 64];   /* bit set: slot in use */
 static u8 slot_users[SWAP_MAX_SLOTS];          /* entries naming the slot (above 1 after fork) */
 static int reclaiming;
-static u64 staging;                            /* one frame: where a page is read in before it is copied */
 
 /* The clock's hand: a process-table index and the next user virtual address to look at in its address space. */
 static int hand_process;
@@ -258,12 +255,6 @@ void swap_init(void)
         device = 0;
         return;
     }
-    staging = frame_alloc();
-    if (!staging) {
-        kprintf("NestorOS: swap=%s: no frame for the swap staging buffer; running without swap\n", device_name);
-        device = 0;
-        return;
-    }
     kprintf("NestorOS: swap on %s: %lu slots of 4 KiB (%lu KiB), clock replacement over user pages\n", device->name,
             slot_count, slot_count * 4);
     frames_low = frames_low_callback;
@@ -276,13 +267,12 @@ int swap_fault(u64 *pte, u64 va)
     if (!frame) return -1;
     u64 e = *pte, slot = (e & PTE_ADDR) >> 12;
     if (!pte_is_swap(e)) panic("swap entry at 0x%lx changed while its frame was allocated", va);
-    if (block_transfer(device, BLK_OP_READ, slot * SECTORS_PER_SLOT, SECTORS_PER_SLOT, staging) < 0) {
+    if (block_transfer(device, BLK_OP_READ, slot * SECTORS_PER_SLOT, SECTORS_PER_SLOT, frame) < 0) {
         io_errors++;
         frame_unref(frame);
         kprintf("NestorOS: swap: reading slot %lu of %s failed for the page at 0x%lx\n", slot, device->name, va);
         return -1;
     }
-    memcpy((void *)frame, (void *)staging, PAGE_SIZE);
     /* The frame is this entry's own now, so a page that was copy-on-write when it went out comes back writable. */
     u64 flags = e & (PTE_U | PTE_W | PTE_NX);
     if (e & PTE_COW) flags |= PTE_W;

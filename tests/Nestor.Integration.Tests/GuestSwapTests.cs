@@ -110,7 +110,8 @@ public class GuestSwapTests(ITestOutputHelper output)
         { "hw-nested", DiskInterface.Virtio, 2, "vdb" },
         { "hw-shadow", DiskInterface.Ata, 1, "ata0" },
         { "pv", DiskInterface.Virtio, 1, "vda" },
-        // The ring-1 kernel's REP INSW: swap.c's staging frame keeps it off frames that were page tables lately.
+        // The ring-1 kernel's REP INSW straight into a fresh frame, often a page table lately: trap-and-emulate runs the
+        // shadow's write emulation at CPL 0 too (PrivilegedWriteToPageTableTests).
         { "trap", DiskInterface.Ata, 1, "ata0" },
     };
 

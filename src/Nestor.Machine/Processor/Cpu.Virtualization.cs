@@ -91,6 +91,29 @@ public sealed partial class Cpu
         }
     }
 
+    /// <summary>For a trap-and-emulate VMM curing a fault that its emulation of a privileged instruction met (a page
+    /// the shadow keeps read-only): while the scope lasts, the memory virtualization's own emulation of that
+    /// instruction (<see cref="EmulateWithWriteAccess"/>) runs it at CPL 0 as well. Without it that emulation runs the
+    /// instruction in ring 1, where it traps again (REP INSW: CPL &gt; IOPL, SDM Vol. 1 §19.5.1), and the #GP would be
+    /// reflected into a guest that bare metal never gives one.</summary>
+    public PrivilegedEmulationScope PrivilegedEmulation()
+    {
+        bool was = emulatingPrivileged;
+        emulatingPrivileged = true;
+        return new PrivilegedEmulationScope(this, was);
+    }
+
+    /// <summary>Ends <see cref="PrivilegedEmulation"/>: the previous state comes back.</summary>
+    public readonly struct PrivilegedEmulationScope : IDisposable
+    {
+        private readonly Cpu cpu;
+        private readonly bool previous;
+
+        internal PrivilegedEmulationScope(Cpu cpu, bool previous) => (this.cpu, this.previous) = (cpu, previous);
+
+        public void Dispose() => cpu.emulatingPrivileged = previous;
+    }
+
     /// <summary>The execution controls while in VMX non-root operation, else null (a bare machine).</summary>
     public ExecutionControls? NonRootControls => nonRoot;
 

@@ -71,7 +71,16 @@ public class TrapAndEmulateTechnique : VirtualizationTechnique
                 GuestLinear = raised.FaultAddress,
                 Qualification = raised.FaultAddress,
             };
-            var action = raised.Vector == ExceptionVector.PageFault ? Memory.PageFault(cpu, ref fault) : VmExitAction.Inject;
+            VmExitAction action = VmExitAction.Inject;
+            if (raised.Vector == ExceptionVector.PageFault)
+            {
+                // The memory virtualization may emulate the instruction itself (a write to a page its shadow keeps
+                // read-only): it is still the privileged instruction this VMM is emulating at CPL 0.
+                using (cpu.PrivilegedEmulation())
+                {
+                    action = Memory.PageFault(cpu, ref fault);
+                }
+            }
             if (action != VmExitAction.Resume)
             {
                 exit = fault;
