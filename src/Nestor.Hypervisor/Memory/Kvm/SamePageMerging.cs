@@ -26,7 +26,9 @@ public sealed record KsmProbe(bool Available, bool Writable, string Reason);
 /// <c>/sys/kernel/mm/ksm/run</c> at a chosen rate, its counters read. A session holds the host's KSM for this
 /// process: it saves <c>run</c>, <c>pages_to_scan</c> and <c>sleep_millisecs</c> when it starts and writes them back
 /// when it is disposed (also when what ran in between failed), and an exclusive lock on a file in /run keeps two
-/// Nestor processes from saving each other's settings. KSM is the kernel's counterpart of ESX's content-based page
+/// Nestor processes from saving each other's settings. The saved settings are written into that file (synced) before
+/// anything changes and cleared once restored, so that a process killed in between (SIGKILL, a crash) leaves them
+/// for the next session, which restores those rather than the killed one's (<see cref="Recovered"/>). KSM is the kernel's counterpart of ESX's content-based page
 /// sharing (Waldspurger, OSDI 2002, §4; Arcangeli, Eidus and Wright, "Increasing memory density by using KSM", Linux
 /// Symposium 2009): it hashes nothing, but keeps candidate pages in an unstable tree keyed by content and merges a
 /// page into the stable tree when an identical one is found, write-protected and copied on write.</summary>
@@ -38,7 +40,7 @@ public sealed class SamePageMerging : IDisposable
     /// <summary>KSM merges base pages.</summary>
     public const int PageBytes = 4096;
 
-    private const string LockPath = "/run/nestor-ksm.lock";
+    private const string DefaultLockPath = "/run/nestor-ksm.lock";
 
     // Restored in this order: run last. smart_scan (Linux 6.7) is optional: where it exists it is switched off, since
     // it skips pages that did not merge on earlier passes for several passes more, so that a page the guest was still
@@ -101,12 +103,26 @@ public sealed class SamePageMerging : IDisposable
             throw new HostUnsupportedException($"the host's same-page merging cannot be switched on: {probe.Reason}",
                 "Run as root on a host whose kernel has KSM, or measure without sharing");
         }
-        var session = new SamePageMerging(directory, TakeLock(lockTimeout ?? TimeSpan.FromMinutes(5)));
+        var session = new SamePageMerging(directory, TakeLock(LockPathFor(directory), lockTimeout ?? TimeSpan.FromMinutes(5)));
         try
         {
-            foreach (string name in SavedSettings.Where(n => n != "smart_scan" || File.Exists(Path.Combine(directory, n))))
+            // A session that was killed (SIGKILL runs no handler) left the host's settings in the lock file: those are
+            // the host's, not what KSM shows now (the killed session's own), so they are what this one restores.
+            if (session.ReadLeftSettings() is { Count: > 0 } left)
             {
-                session.saved[name] = File.ReadAllText(Path.Combine(directory, name)).Trim();
+                foreach (var (name, value) in left)
+                {
+                    session.saved[name] = value;
+                }
+                session.Recovered = true;
+            }
+            else
+            {
+                foreach (string name in SavedSettings.Where(n => n != "smart_scan" || File.Exists(Path.Combine(directory, n))))
+                {
+                    session.saved[name] = File.ReadAllText(Path.Combine(directory, name)).Trim();
+                }
+                session.RecordSettings();
             }
             if (session.saved.ContainsKey("smart_scan"))
             {
@@ -123,6 +139,60 @@ public sealed class SamePageMerging : IDisposable
             throw;
         }
         return session;
+    }
+
+    /// <summary>Whether this session found the host's settings left by a session that was killed before it could
+    /// restore them (and so will restore those, not what KSM showed when this one started).</summary>
+    public bool Recovered { get; private set; }
+
+    /// <summary>The lock file of a KSM directory: /run's for the host's, a sibling file for any other (a test's).</summary>
+    private static string LockPathFor(string directory) =>
+        Path.GetFullPath(directory) == DefaultDirectory ? DefaultLockPath : Path.GetFullPath(directory).TrimEnd('/') + ".nestor-lock";
+
+    /// <summary>The settings a killed session wrote into the lock file (name=value lines), empty when it ended well.</summary>
+    private Dictionary<string, string> ReadLeftSettings()
+    {
+        var left = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (hold is null)
+        {
+            return left;
+        }
+        hold.Position = 0;
+        using var reader = new StreamReader(hold, leaveOpen: true);
+        while (reader.ReadLine() is { } line)
+        {
+            int equals = line.IndexOf('=');
+            if (equals > 0 && SavedSettings.Contains(line[..equals]))
+            {
+                left[line[..equals]] = line[(equals + 1)..];
+            }
+        }
+        return left;
+    }
+
+    /// <summary>Writes the host's settings into the lock file and syncs it, before anything is changed: if this
+    /// process is killed, the next session finds them there.</summary>
+    private void RecordSettings()
+    {
+        if (hold is null)
+        {
+            return;
+        }
+        hold.SetLength(0);
+        byte[] text = System.Text.Encoding.UTF8.GetBytes(string.Concat(saved.Select(s => $"{s.Key}={s.Value}\n")));
+        hold.Write(text);
+        hold.Flush(flushToDisk: true);
+    }
+
+    /// <summary>For a test: ends this session as a killed process would, releasing the lock without restoring anything.</summary>
+    internal void Abandon()
+    {
+        lock (gate)
+        {
+            disposed = true;
+            Interlocked.CompareExchange(ref current, null, this);
+            hold?.Dispose();
+        }
     }
 
     /// <summary>Restores the host's settings if this process holds a session now: for a SIGINT or SIGTERM handler,
@@ -205,6 +275,12 @@ public sealed class SamePageMerging : IDisposable
                 failures.Add(e);
             }
         }
+        if (failures.Count == 0 && hold is not null)
+        {
+            // Restored: nothing for a later session to recover.
+            hold.SetLength(0);
+            hold.Flush(flushToDisk: true);
+        }
         hold?.Dispose();
         if (failures.Count > 0)
         {
@@ -216,7 +292,7 @@ public sealed class SamePageMerging : IDisposable
     private void Write(string name, int value) =>
         File.WriteAllText(Path.Combine(directory, name), value.ToString(CultureInfo.InvariantCulture));
 
-    private static FileStream? TakeLock(TimeSpan timeout)
+    private static FileStream? TakeLock(string lockPath, TimeSpan timeout)
     {
         var clock = Stopwatch.StartNew();
         while (true)
@@ -224,7 +300,7 @@ public sealed class SamePageMerging : IDisposable
             try
             {
                 // .NET takes flock(LOCK_EX) for FileShare.None on Linux: an advisory lock between Nestor processes.
-                return new FileStream(LockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+                return new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
             }
             catch (UnauthorizedAccessException)
             {
@@ -236,7 +312,7 @@ public sealed class SamePageMerging : IDisposable
             }
             catch (IOException e)
             {
-                throw new HostUnsupportedException($"another process has held {LockPath} (KSM) for {timeout.TotalSeconds:0} s: {e.Message}",
+                throw new HostUnsupportedException($"another process has held {lockPath} (KSM) for {timeout.TotalSeconds:0} s: {e.Message}",
                     "Wait for the other Nestor benchmark or test that uses KSM to finish");
             }
         }
