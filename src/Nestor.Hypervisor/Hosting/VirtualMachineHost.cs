@@ -698,6 +698,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
                 new("reserved_swap", admission.ReservedSwap, "bytes"),
                 new("reserved_cpu", (ulong)Math.Round(admission.ReservedCpuPercent), "percent"),
                 new($"scheduler_{scheduler.Name}", 1, ""),
+                .. scheduler.HostCounters(),
                 new("virtual_time", (ulong)now, "cycles"),
                 new("virtual_time_ms", (ulong)spec.Clock.Milliseconds(now), "ms"),
                 new("rounds", (ulong)rounds, ""),

@@ -91,6 +91,9 @@ public sealed class ScheduledVcpu
     /// <summary>Whether it was on a host CPU in the last round.</summary>
     public bool RanLastRound { get; set; }
 
+    /// <summary>Times it moved to another host CPU's run queue (the credit scheduler's load balancing stole it).</summary>
+    public long Migrations { get; set; }
+
     /// <summary>True when it may run now by state.</summary>
     public bool IsRunnable => State == VcpuRunState.Runnable;
 
@@ -106,4 +109,6 @@ public sealed class ScheduledVcpu
     internal long SliceLeft;
     internal bool Parked;
     internal long QueueStamp;
+    internal int Processor = -1;   // the host CPU whose run queue it is on, or last ran on (Xen's v->processor)
+    internal bool Queued;
 }

@@ -89,6 +89,9 @@ public abstract class VcpuScheduler
     /// <summary>The scheduler's own counters for a vCPU.</summary>
     public abstract IEnumerable<EngineCounter> CountersOf(ScheduledVcpu vcpu);
 
+    /// <summary>The scheduler's own counters for the whole host (the credit scheduler's load balancing).</summary>
+    public virtual IEnumerable<EngineCounter> HostCounters() => [];
+
     /// <summary>Earlier in the configuration first: ties are broken the same way every run.</summary>
     protected static int ByOrder(ScheduledVcpu a, ScheduledVcpu b) => a.Order.CompareTo(b.Order);
 }
