@@ -107,7 +107,7 @@ public sealed class CreditScheduler : VcpuScheduler
         }
     }
 
-    private bool Eligible(ScheduledVcpu v) => v.IsRunnable && !v.Parked;
+    private static bool Eligible(ScheduledVcpu v) => v.IsRunnable && !v.Parked && !v.CoStopped;
 
     // Priority first (BOOST < UNDER < OVER in the enum), then first come first served.
     private static int QueueOrder(ScheduledVcpu a, ScheduledVcpu b) =>
@@ -124,6 +124,7 @@ public sealed class CreditScheduler : VcpuScheduler
             dealt = true;
             Account();
         }
+        MarkCoStopped();
         // A vCPU whose slice is over, or that may no longer run, gives up its CPU (and, if it may still run, goes to
         // the back of its priority on that CPU's queue).
         for (int i = 0; i < hostCpus.Length; i++)
@@ -266,7 +267,7 @@ public sealed class CreditScheduler : VcpuScheduler
         {
             // The debit of the tick ends a boost; priority follows credit.
             v.Priority = v.Credit > 0 ? CreditPriority.Under : CreditPriority.Over;
-            if (v.Controls.LimitPercent is not null && v.Credit < 0)
+            if (v.LimitShare is not null && v.Credit < 0)
             {
                 v.Parked = true;
             }
@@ -302,9 +303,10 @@ public sealed class CreditScheduler : VcpuScheduler
             double share = dealt * v.WeightShare / totalWeight;
             // One vCPU can use at most one CPU: its share is at most a CPU's worth, and a cap's worth when capped.
             share = Math.Min(share, CreditsPerAccounting);
-            if (v.Controls.LimitPercent is { } cap)
+            if (v.LimitShare is { } cap)
             {
-                share = Math.Min(share, CreditsPerAccounting * cap / 100 / v.VcpusOfVm);
+                // Xen's cap is the domain's, in percent of one CPU: each of its vCPUs gets its part.
+                share = Math.Min(share, CreditsPerAccounting * cap / 100);
             }
             v.Credit = Math.Clamp(v.Credit + share, -CreditsPerAccounting, CreditsPerAccounting);
             if (v.Parked && v.Credit > 0)
@@ -326,6 +328,7 @@ public sealed class CreditScheduler : VcpuScheduler
         yield return new EngineCounter("cap_parked_rounds", (ulong)vcpu.ThrottledRounds, "rounds");
         yield return new EngineCounter("host_cpu", (ulong)Math.Max(0, vcpu.Processor), "");
         yield return new EngineCounter("migrations", (ulong)vcpu.Migrations, "");
+        yield return new EngineCounter("costop_rounds", (ulong)vcpu.CoStopRounds, "rounds");
     }
 
     /// <inheritdoc/>
