@@ -46,14 +46,14 @@ public sealed class AdmissionControl(ulong hostMemory, ulong hostSwap, int hostC
             return $"its unreserved memory (max − min = {Mib(swapNeeded)}) does not fit in the {Mib(swapFree)} of host swap not yet " +
                    $"promised: {Mib(swapNeeded - swapFree)} short";
         }
-        if (vm.Cpu.ReservationPercent * vm.VcpuCount > cpuFree + 1e-9)
+        if (vm.Cpu.ReservationPercent > cpuFree + 1e-9)
         {
-            return $"its CPU reservation of {vm.Cpu.ReservationPercent * vm.VcpuCount:0.#}% does not fit in the {cpuFree:0.#}% of host CPU " +
-                   $"not yet reserved: {vm.Cpu.ReservationPercent * vm.VcpuCount - cpuFree:0.#} points short";
+            return $"its CPU reservation of {vm.Cpu.ReservationPercent:0.#}% does not fit in the {cpuFree:0.#}% of host CPU " +
+                   $"not yet reserved: {vm.Cpu.ReservationPercent - cpuFree:0.#} points short";
         }
         ReservedMemory += memoryNeeded;
         ReservedSwap += swapNeeded;
-        ReservedCpuPercent += vm.Cpu.ReservationPercent * vm.VcpuCount;
+        ReservedCpuPercent += vm.Cpu.ReservationPercent;
         return null;
     }
 
@@ -62,7 +62,7 @@ public sealed class AdmissionControl(ulong hostMemory, ulong hostSwap, int hostC
     {
         ReservedMemory -= vm.Memory.MinBytes + OverheadBytes(vm.Memory.MaxBytes, vm.VcpuCount);
         ReservedSwap -= vm.Memory.MaxBytes - vm.Memory.MinBytes;
-        ReservedCpuPercent -= vm.Cpu.ReservationPercent * vm.VcpuCount;
+        ReservedCpuPercent -= vm.Cpu.ReservationPercent;
     }
 
     private static string Mib(ulong bytes) => $"{bytes / (1024.0 * 1024):0.#} MiB";

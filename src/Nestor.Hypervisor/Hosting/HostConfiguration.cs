@@ -398,20 +398,6 @@ public static class HostConfiguration
         {
             throw new BadInputException($"{at}.cpu.shares: {shares} is out of range", "Give 1 to 1000000 shares (a weight)");
         }
-        double reservation = vm.Cpu?.Reservation ?? 0;
-        if (reservation is < 0 or > 100)
-        {
-            throw new BadInputException($"{at}.cpu.reservation: {reservation}% is not a share of one host CPU", "Give 0 to 100 (percent of one host CPU)");
-        }
-        double? limit = vm.Cpu?.Limit;
-        if (limit is <= 0 or > 100)
-        {
-            throw new BadInputException($"{at}.cpu.limit: {limit}% is not a share of one host CPU", "Give more than 0 and at most 100 (percent), or leave it out");
-        }
-        if (limit is { } l && l < reservation)
-        {
-            throw new BadInputException($"{at}.cpu.limit: {l}% is below the reservation {reservation}%", "A limit must be at least the reservation");
-        }
         int vcpus = vm.Vcpus ?? 1;
         if (vcpus < 1)
         {
@@ -419,12 +405,27 @@ public static class HostConfiguration
         }
         if (vcpus > 1)
         {
-            // A second vCPU would need the guest's SMP start-up (INIT, then two start-up IPIs to each application
-            // processor, Intel SDM Vol. 3A §9.4 and §10.6), which the software machine's local APIC does not deliver:
-            // the VM's other vCPUs would never run, so the host refuses rather than admit CPU it cannot schedule.
+            // The schedulers take a VM's vCPUs (ScheduledVcpu.ForVm: its controls split over them, relaxed
+            // co-scheduling), but the sim engine runs one Cpu per VM: a second vCPU, started by the guest's INIT-SIPI-SIPI
+            // (Intel SDM Vol. 3A §9.4), would never run, so the host refuses rather than admit CPU it cannot schedule.
             throw new BadInputException(
-                $"{at}.vcpus: {vcpus} vCPUs refused: a VM on this host has exactly one vCPU, because the software machine does not model the INIT-SIPI-SIPI start-up of a second one (its other vCPUs would never run)",
+                $"{at}.vcpus: {vcpus} vCPUs refused: a VM on this host has exactly one vCPU, because the sim engine runs one vCPU per VM (its other vCPUs would never run)",
                 "Give vcpus 1 (or leave it out); to overcommit the host's CPUs, run more one-vCPU VMs than --host-cpus");
+        }
+        double reservation = vm.Cpu?.Reservation ?? 0;
+        // The VM's, in percent of one host CPU (ESX's reservation and limit, Xen's cap): at most what its vCPUs can use.
+        if (reservation < 0 || reservation > 100.0 * vcpus)
+        {
+            throw new BadInputException($"{at}.cpu.reservation: {reservation}% is not a share of {vcpus} host CPU(s)", $"Give 0 to {100 * vcpus} (percent of one host CPU, for the VM's {vcpus} vCPU(s))");
+        }
+        double? limit = vm.Cpu?.Limit;
+        if (limit <= 0 || limit > 100.0 * vcpus)
+        {
+            throw new BadInputException($"{at}.cpu.limit: {limit}% is not a share of {vcpus} host CPU(s)", $"Give more than 0 and at most {100 * vcpus} (percent of one host CPU, for the VM's {vcpus} vCPU(s)), or leave it out");
+        }
+        if (limit is { } l && l < reservation)
+        {
+            throw new BadInputException($"{at}.cpu.limit: {l}% is below the reservation {reservation}%", "A limit must be at least the reservation");
         }
         var sim = ParseTechnique(vm.Technique ?? "native", vm.Mmu, at);
         var kernel = Kernel(vm.Kernel ?? "builtin:nestoros", max, at);

@@ -24,6 +24,13 @@ public static class HostReport
                 $"{vm.Name,-12} {vm.State.ToString().ToLowerInvariant(),-8} {vm.Technique,-6} {v.Controls.Shares,6} {v.Controls.ReservationPercent,5:0.#} {limit,6} " +
                 $"{clock.Milliseconds(v.RunCycles),10:0.###} {clock.Milliseconds(v.ReadyCycles),10:0.###} {100.0 * v.RunCycles / elapsed,6:0.0} {v.Wakeups,7} {latency,7:0.###} {vm.AllocatedBytes() / (1024.0 * 1024),7:0.0}  {vm.Outcome}"));
         }
+        if (host.Scheduler is Scheduling.CreditScheduler credit)
+        {
+            // Xen's credit1 load balancing (per-CPU run queues): how often a CPU took a vCPU from a peer's queue.
+            string migrations = string.Join(", ", host.Vms.Select(v => $"{v.Name} {v.Vcpu.Migrations}"));
+            output.WriteLine($"credit: {host.Scheduler.HostCpus} run queue(s); load balancing stole {credit.StealsWhenIdle + credit.StealsWhenOver} vCPU(s) " +
+                             $"({credit.StealsWhenIdle} by an idle CPU, {credit.StealsWhenOver} instead of an OVER one); migrations: {migrations}");
+        }
         var a = host.Admission;
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"admission: {a.Capacity.Memory >> 20} MiB memory, {a.Capacity.Swap >> 20} MiB swap, {a.Capacity.CpuPercent:0}% CPU; " +

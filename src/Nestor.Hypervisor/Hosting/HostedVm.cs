@@ -12,7 +12,7 @@ public sealed class HostedVm : IDisposable
     internal HostedVm(HostedVmSpec spec, int order)
     {
         Spec = spec;
-        Vcpu = new ScheduledVcpu(spec.Name, order, spec.Cpu, spec.VcpuCount);
+        Vcpus = ScheduledVcpu.ForVm(spec.Name, order, spec.Cpu, spec.VcpuCount);
     }
 
     /// <summary>How it was configured.</summary>
@@ -27,8 +27,12 @@ public sealed class HostedVm : IDisposable
     /// <summary>How it ended, or why it was refused.</summary>
     public string? Outcome { get; internal set; }
 
-    /// <summary>Its vCPU for the scheduler: controls and what it got.</summary>
-    public ScheduledVcpu Vcpu { get; }
+    /// <summary>Its vCPUs for the scheduler (one today: the sim engine runs one per VM), each with the VM's controls
+    /// split over them.</summary>
+    public IReadOnlyList<ScheduledVcpu> Vcpus { get; }
+
+    /// <summary>Its first vCPU for the scheduler (its only one today): controls and what it got.</summary>
+    public ScheduledVcpu Vcpu => Vcpus[0];
 
     /// <summary>The VM, once admitted.</summary>
     public Vm? Vm { get; internal set; }

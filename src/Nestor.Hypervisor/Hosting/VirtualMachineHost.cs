@@ -69,6 +69,12 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
         {
             throw new BadInputException($"two VMs are named '{duplicate.Key}'", "Give every VM its own name");
         }
+        if (spec.Vms.FirstOrDefault(v => v.VcpuCount != 1) is { } several)
+        {
+            // As HostConfiguration refuses it: the sim engine runs one vCPU per VM (docs/host.md, "VMs with several vCPUs").
+            throw new BadInputException($"VM '{several.Name}' has {several.VcpuCount} vCPUs: a VM on this host has exactly one, because the sim engine runs one vCPU per VM",
+                "Give it one vCPU; to overcommit the host's CPUs, run more one-vCPU VMs than --host-cpus");
+        }
         this.spec = spec;
         this.console = console;
         admission = new AdmissionControl(spec.MemoryBytes, spec.SwapBytes, spec.HostCpus);
@@ -618,23 +624,28 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
     /// <inheritdoc/>
     public void SetCpu(string name, CpuControls controls)
     {
-        if (controls.Shares < 1 || controls.ReservationPercent < 0 || controls.ReservationPercent > 100 ||
-            controls.LimitPercent is < 0 or > 100)
-        {
-            throw new BadInputException($"CPU controls {controls} are out of range",
-                "Give shares of at least 1, and a reservation and limit between 0 and 100 percent of one CPU");
-        }
         lock (gate)
         {
             var vm = Find(name);
+            // A VM's controls are the VM's, in percent of one host CPU, split over its vCPUs by the schedulers.
+            double most = 100.0 * vm.Spec.VcpuCount;
+            if (controls.Shares < 1 || controls.ReservationPercent < 0 || controls.ReservationPercent > most ||
+                controls.LimitPercent < 0 || controls.LimitPercent > most)
+            {
+                throw new BadInputException($"CPU controls {controls} are out of range",
+                    $"Give shares of at least 1, and a reservation and limit between 0 and {most} percent of one CPU (VM '{name}' has {vm.Spec.VcpuCount} vCPU(s))");
+            }
             double reservedByOthers = vms.Where(v => v != vm && v.State is HostedVmState.Running or HostedVmState.Paused or HostedVmState.Created)
-                .Sum(v => v.Vcpu.Controls.ReservationPercent * v.Spec.VcpuCount);
-            if (reservedByOthers + controls.ReservationPercent * vm.Spec.VcpuCount > spec.HostCpus * 100.0 + 1e-9)
+                .Sum(v => v.Vcpu.Controls.ReservationPercent);
+            if (reservedByOthers + controls.ReservationPercent > spec.HostCpus * 100.0 + 1e-9)
             {
                 throw new BadInputException($"a reservation of {controls.ReservationPercent}% for '{name}' does not fit: the others reserve {reservedByOthers:0.#}% of {spec.HostCpus * 100}%",
                     "Give a smaller reservation, or lower another VM's first");
             }
-            vm.Vcpu.Controls = controls;
+            foreach (var v in vm.Vcpus)
+            {
+                v.Controls = controls;
+            }
         }
     }
 
@@ -698,6 +709,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
                 new("reserved_swap", admission.ReservedSwap, "bytes"),
                 new("reserved_cpu", (ulong)Math.Round(admission.ReservedCpuPercent), "percent"),
                 new($"scheduler_{scheduler.Name}", 1, ""),
+                .. scheduler.HostCounters(),
                 new("virtual_time", (ulong)now, "cycles"),
                 new("virtual_time_ms", (ulong)spec.Clock.Milliseconds(now), "ms"),
                 new("rounds", (ulong)rounds, ""),

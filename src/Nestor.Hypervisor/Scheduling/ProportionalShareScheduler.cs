@@ -65,13 +65,14 @@ public sealed class ProportionalShareScheduler(HostClock clock, int hostCpus) : 
     public override void Assign(long now, ScheduledVcpu?[] hostCpus)
     {
         candidates.Clear();
+        MarkCoStopped();
         foreach (var v in Vcpus)
         {
-            if (!v.IsRunnable)
+            if (!v.IsRunnable || v.CoStopped)
             {
                 continue;
             }
-            if (v.Controls.LimitPercent is not null && v.LimitAllowance <= 0)
+            if (v.LimitShare is not null && v.LimitAllowance <= 0)
             {
                 v.ThrottledRounds++;
                 continue;
@@ -109,12 +110,12 @@ public sealed class ProportionalShareScheduler(HostClock clock, int hostCpus) : 
     {
         foreach (var v in Vcpus)
         {
-            if (v.Controls.LimitPercent is { } limit)
+            if (v.LimitShare is { } limit)
             {
                 // A shallow bucket (ten rounds' worth): after an idle spell a limited vCPU may not burst far above its limit.
                 v.LimitAllowance = Math.Min(v.LimitAllowance + limit / 100 * RoundCycles, limit / 100 * RoundCycles * 10);
             }
-            double reservation = v.Controls.ReservationPercent / 100;
+            double reservation = v.ReservationShare / 100;
             v.ReservationOwed = v.IsRunnable && reservation > 0
                 ? Math.Min(v.ReservationOwed + reservation * RoundCycles, reservation * period)
                 : Math.Min(v.ReservationOwed, 0);
@@ -126,5 +127,6 @@ public sealed class ProportionalShareScheduler(HostClock clock, int hostCpus) : 
     {
         yield return new EngineCounter("sfq_finish_tag", (ulong)Math.Max(0, vcpu.FinishTag), "virtual cycles");
         yield return new EngineCounter("limit_throttled_rounds", (ulong)vcpu.ThrottledRounds, "rounds");
+        yield return new EngineCounter("costop_rounds", (ulong)vcpu.CoStopRounds, "rounds");
     }
 }

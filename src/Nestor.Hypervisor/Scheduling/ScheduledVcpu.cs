@@ -26,16 +26,46 @@ public sealed class ScheduledVcpu
     /// <param name="name">Its VM's name, with the vCPU index when the VM has several.</param>
     /// <param name="order">Its place in the host's configuration: ties go to the earlier one, so that a run is
     /// reproducible.</param>
-    /// <param name="controls">Its VM's CPU controls (each vCPU of a VM gets them in full: ESX's per-VM shares are
-    /// split over its vCPUs by <see cref="WeightShare"/>).</param>
+    /// <param name="controls">Its VM's CPU controls, which are the VM's as a whole: ESX's shares, reservation and
+    /// limit, and Xen's weight and cap, are a VM's (a domain's), split equally over its vCPUs
+    /// (<see cref="WeightShare"/>, <see cref="ReservationShare"/>, <see cref="LimitShare"/>).</param>
     /// <param name="vcpusOfVm">How many vCPUs its VM has.</param>
-    public ScheduledVcpu(string name, int order, CpuControls controls, int vcpusOfVm = 1)
+    /// <param name="index">Its index among them.</param>
+    public ScheduledVcpu(string name, int order, CpuControls controls, int vcpusOfVm = 1, int index = 0)
     {
         Name = name;
         Order = order;
         Controls = controls;
         VcpusOfVm = vcpusOfVm;
+        Index = index;
+        Siblings = [this];
     }
+
+    /// <summary>The <paramref name="vcpus"/> vCPUs of one VM, named <c>vm</c> when it has one and <c>vm/0</c>,
+    /// <c>vm/1</c>, ... when it has several, each knowing the others (<see cref="Siblings"/>: co-scheduling).</summary>
+    public static IReadOnlyList<ScheduledVcpu> ForVm(string vmName, int order, CpuControls controls, int vcpus)
+    {
+        if (vcpus < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(vcpus), vcpus, "a VM has at least one vCPU");
+        }
+        var list = new ScheduledVcpu[vcpus];
+        for (int i = 0; i < vcpus; i++)
+        {
+            list[i] = new ScheduledVcpu(vcpus == 1 ? vmName : $"{vmName}/{i}", order, controls, vcpus, i);
+        }
+        foreach (var v in list)
+        {
+            v.Siblings = list;
+        }
+        return list;
+    }
+
+    /// <summary>Its index among its VM's vCPUs.</summary>
+    public int Index { get; }
+
+    /// <summary>Its VM's vCPUs, itself included, in index order.</summary>
+    public IReadOnlyList<ScheduledVcpu> Siblings { get; private set; }
 
     /// <summary>Its name in reports.</summary>
     public string Name { get; }
@@ -49,8 +79,21 @@ public sealed class ScheduledVcpu
     /// <summary>How many vCPUs its VM has.</summary>
     public int VcpusOfVm { get; }
 
-    /// <summary>This vCPU's part of its VM's shares.</summary>
+    /// <summary>This vCPU's part of its VM's shares (ESX) or weight (Xen).</summary>
     public double WeightShare => (double)Controls.Shares / VcpusOfVm;
+
+    /// <summary>This vCPU's part of its VM's reservation, in percent of one host CPU.</summary>
+    public double ReservationShare => Controls.ReservationPercent / VcpusOfVm;
+
+    /// <summary>This vCPU's part of its VM's limit (ESX) or cap (Xen), in percent of one host CPU; null: none.</summary>
+    public double? LimitShare => Controls.LimitPercent / VcpusOfVm;
+
+    /// <summary>Held back from the current round by relaxed co-scheduling: it is ahead of a runnable sibling by more
+    /// than <see cref="VcpuScheduler.CoStopSkewCycles"/> (ESX's co-stop).</summary>
+    public bool CoStopped { get; internal set; }
+
+    /// <summary>Rounds it was co-stopped (ESX's %CSTP, in rounds).</summary>
+    public long CoStopRounds { get; set; }
 
     /// <summary>Where it is now.</summary>
     public VcpuRunState State { get; set; } = VcpuRunState.Runnable;
@@ -91,6 +134,9 @@ public sealed class ScheduledVcpu
     /// <summary>Whether it was on a host CPU in the last round.</summary>
     public bool RanLastRound { get; set; }
 
+    /// <summary>Times it moved to another host CPU's run queue (the credit scheduler's load balancing stole it).</summary>
+    public long Migrations { get; set; }
+
     /// <summary>True when it may run now by state.</summary>
     public bool IsRunnable => State == VcpuRunState.Runnable;
 
@@ -106,4 +152,6 @@ public sealed class ScheduledVcpu
     internal long SliceLeft;
     internal bool Parked;
     internal long QueueStamp;
+    internal int Processor = -1;   // the host CPU whose run queue it is on, or last ran on (Xen's v->processor)
+    internal bool Queued;
 }

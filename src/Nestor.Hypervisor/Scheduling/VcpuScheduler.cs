@@ -27,7 +27,17 @@ public abstract class VcpuScheduler
         Clock = clock;
         HostCpus = hostCpus;
         RoundCycles = clock.Cycles(0.1);
+        CoStopSkewCycles = clock.Cycles(CoStopSkewMilliseconds);
     }
+
+    /// <summary>The skew between two vCPUs of one VM beyond which the one ahead is co-stopped, in milliseconds of
+    /// virtual time. ESX's threshold is an internal setting of its scheduler; this is the model's stated parameter:
+    /// three of the credit scheduler's 10 ms ticks would let a guest's spin-waits on a descheduled sibling run far too
+    /// long, one round would make the VM gang-scheduled in all but name.</summary>
+    public const double CoStopSkewMilliseconds = 3;
+
+    /// <summary><see cref="CoStopSkewMilliseconds"/> in cycles.</summary>
+    public long CoStopSkewCycles { get; }
 
     /// <summary>The one to run: <c>share</c> or <c>credit</c>.</summary>
     public static VcpuScheduler Create(SchedulerKind kind, HostClock clock, int hostCpus) => kind switch
@@ -88,6 +98,38 @@ public abstract class VcpuScheduler
 
     /// <summary>The scheduler's own counters for a vCPU.</summary>
     public abstract IEnumerable<EngineCounter> CountersOf(ScheduledVcpu vcpu);
+
+    /// <summary>The scheduler's own counters for the whole host (the credit scheduler's load balancing).</summary>
+    public virtual IEnumerable<EngineCounter> HostCounters() => [];
+
+    /// <summary>ESX's relaxed co-scheduling (VMware, "The CPU Scheduler in VMware vSphere 5.1", §2.3): a VM's
+    /// vCPUs may run at different times, but the <em>skew</em> between them is bounded. The skew of a vCPU is how far
+    /// its progress (its own virtual time: the cycles it ran plus those its guest idled in HLT, <see
+    /// cref="ScheduledVcpu.GuestClock"/>) is ahead of a sibling that is runnable and waiting; a sibling that idles in
+    /// HLT or is paused makes no progress it is owed, so it holds no one back (ESX: an idle vCPU accrues no skew).
+    /// Only the vCPUs that are too far ahead are co-stopped (relaxed, as ESX since 4.0; strict co-scheduling would
+    /// stop the whole VM), for the round; the laggard, with them out of the way, catches up and they are co-started.
+    /// Each scheduler calls this before it decides a round and treats a co-stopped vCPU as not eligible.</summary>
+    protected void MarkCoStopped()
+    {
+        foreach (var v in vcpus)
+        {
+            v.CoStopped = false;
+            if (v.VcpusOfVm < 2 || !v.IsRunnable)
+            {
+                continue;
+            }
+            foreach (var sibling in v.Siblings)
+            {
+                if (sibling != v && sibling.IsRunnable && v.GuestClock - sibling.GuestClock > CoStopSkewCycles)
+                {
+                    v.CoStopped = true;
+                    v.CoStopRounds++;
+                    break;
+                }
+            }
+        }
+    }
 
     /// <summary>Earlier in the configuration first: ties are broken the same way every run.</summary>
     protected static int ByOrder(ScheduledVcpu a, ScheduledVcpu b) => a.Order.CompareTo(b.Order);

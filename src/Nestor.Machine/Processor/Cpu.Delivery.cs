@@ -211,8 +211,11 @@ public sealed partial class Cpu
                 Push64(ref rsp, errorCode);
             }
         }
-        catch (GuestFault)
+        catch (Exception e) when (e is GuestFault or NestedPageFault)
         {
+            // Also for an EPT violation on the new stack (not mapped yet, or a frame shared copy-on-write): the
+            // delivery is retried after the VMM's exit, and must start from the interrupted privilege, or the retry
+            // would see CPL 0, skip the stack switch and save the handler's CS as the interrupted one.
             Cs.Selector = (ushort)oldCs;
             Cs = LoadDescriptorOrCurrent((ushort)oldCs, oldPrivilege);
             throw;
@@ -298,7 +301,7 @@ public sealed partial class Cpu
                 Push32(ref esp, errorCode);
             }
         }
-        catch (GuestFault)
+        catch (Exception e) when (e is GuestFault or NestedPageFault) // as in 64-bit delivery above
         {
             Cs = LoadDescriptorOrCurrent((ushort)oldCs, oldPrivilege);
             throw;

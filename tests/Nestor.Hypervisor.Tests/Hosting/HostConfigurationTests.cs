@@ -44,7 +44,7 @@ public class HostConfigurationTests
     }
 
     [Theory]
-    [InlineData(4, "4 vCPUs refused: a VM on this host has exactly one vCPU", "INIT-SIPI-SIPI")]
+    [InlineData(4, "4 vCPUs refused: a VM on this host has exactly one vCPU", "the sim engine runs one vCPU per VM")]
     [InlineData(0, "0 is not a number of vCPUs", "vcpus 1")]
     public void More_than_one_vcpu_is_refused_saying_why(int vcpus, string message, string detail)
     {

@@ -16,7 +16,7 @@ internal static class BenchConsolidateCommand
     {
         var duration = new Option<double>("--duration-ms") { Description = "Virtual time each experiment runs", DefaultValueFactory = _ => 1000 };
         var mhz = new Option<double>("--mhz") { Description = "The virtual clock's rate: at 100 MHz a 10 ms tick is a million instructions", DefaultValueFactory = _ => 100 };
-        var command = new Command("consolidate", "Server consolidation on one host CPU: limits, shares, reservations, caps and latency under share and credit")
+        var command = new Command("consolidate", "Server consolidation on one host CPU: limits, shares, reservations, caps and latency under share and credit; credit's load balancing on two")
         {
             duration, mhz,
         };
@@ -45,8 +45,8 @@ internal static class BenchConsolidateCommand
     private static void Print(IReadOnlyList<ConsolidationExperiment> experiments, double duration, double mhz)
     {
         var c = CultureInfo.InvariantCulture;
-        Console.WriteLine(string.Create(c, $"One host CPU, {duration:0.#} ms of virtual time per experiment, {mhz:0.#} MHz virtual clock; CPU % is measured (retired cycles over host time), entitled % is what ESX's rules give by the controls (reservations, then shares, limits water-filled); Xen's credit scheduler gives a capped VM at most its weight's share."));
-        Console.WriteLine($"{"experiment",-28} {"sched",-6} {"vm",-9} {"shares",6} {"resv%",5} {"limit%",6} {"cpu %",7} {"ESX-entl",8} {"lat mean",9} {"lat max",8}");
+        Console.WriteLine(string.Create(c, $"One host CPU unless the experiment says otherwise, {duration:0.#} ms of virtual time per experiment, {mhz:0.#} MHz virtual clock; CPU % is measured (retired cycles over host time), entitled % is what ESX's rules give by the controls (reservations, then shares, limits water-filled); Xen's credit scheduler gives a capped VM at most its weight's share; migr: moves to another host CPU's run queue (credit's load balancing)."));
+        Console.WriteLine($"{"experiment",-28} {"sched",-6} {"vm",-9} {"shares",6} {"resv%",5} {"limit%",6} {"cpu %",7} {"ESX-entl",8} {"lat mean",9} {"lat max",8} {"migr",5}");
         foreach (var e in experiments)
         {
             foreach (var r in e.Rows)
@@ -55,7 +55,7 @@ internal static class BenchConsolidateCommand
                 string expected = r.ExpectedPercent is { } x ? x.ToString("0.0", c) : "-";
                 string mean = r.MeanLatencyMilliseconds is { } m ? m.ToString("0.000", c) + "ms" : "-";
                 string max = r.MaximumLatencyMilliseconds is { } mx ? mx.ToString("0.00", c) + "ms" : "-";
-                Console.WriteLine(string.Create(c, $"{e.Name,-28} {e.Scheduler,-6} {r.Vm,-9} {r.Cpu.Shares,6} {r.Cpu.ReservationPercent,5:0.#} {limit,6} {r.CpuPercent,7:0.00} {expected,8} {mean,9} {max,8}"));
+                Console.WriteLine(string.Create(c, $"{e.Name,-28} {e.Scheduler,-6} {r.Vm,-9} {r.Cpu.Shares,6} {r.Cpu.ReservationPercent,5:0.#} {limit,6} {r.CpuPercent,7:0.00} {expected,8} {mean,9} {max,8} {r.Migrations,5}"));
             }
             if (e.JainIndex is { } j)
             {
