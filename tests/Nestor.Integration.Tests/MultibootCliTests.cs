@@ -94,4 +94,29 @@ public class MultibootCliTests
             Directory.Delete(directory, recursive: true);
         }
     }
+
+    /// <summary><c>nestor run --qemu</c> gives the modules to QEMU as its <c>-initrd</c>: the same kernel sees them in
+    /// order, each string being what QEMU makes of it (the path as given, a space, the command line, commas kept).
+    /// Without the modules passed on, the kernel exits with mods_count 0.</summary>
+    [Fact]
+    public void Modules_given_with_module_reach_the_kernel_on_qemu_as_its_initrd()
+    {
+        string directory = Directory.CreateTempSubdirectory("nestor-modules-").FullName;
+        try
+        {
+            string kernel = Path.Combine(directory, "kernel.bin");
+            File.WriteAllBytes(kernel, ModulePrinter());
+            string one = Path.Combine(directory, "one"), two = Path.Combine(directory, "two");
+            File.WriteAllText(one, "first");
+            File.WriteAllText(two, "second");
+            var r = Run("run", "--qemu", "--multiboot", kernel, "--module", one + ",a=1,b", "--module", two, "--timeout", "120");
+            Assert.True(r.ExitCode == 2, r.ToString());
+            // SeaBIOS's banner comes first on QEMU's serial port.
+            Assert.EndsWith($"{one} a=1,b=first\n{two}=second\n", r.Stdout);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
 }

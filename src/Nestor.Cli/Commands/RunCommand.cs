@@ -530,7 +530,10 @@ internal static class RunCommand
             {
                 qemuLimit = null;
             }
-            var outcome = Nestor.Hypervisor.Reference.QemuReferenceMachine.Run(path, memory, o.CommandLine, serial, qemuLimit);
+            // --module is QEMU's -initrd (its Multiboot modules), the files checked as for Nestor's own loader.
+            var modules = o.Modules.Select(m => Hypervisor.Boot.MultibootModule.FromOption(m, memory))
+                .Select(m => new Nestor.Hypervisor.Reference.QemuModule(m.Name, m.CommandLine)).ToList();
+            var outcome = Nestor.Hypervisor.Reference.QemuReferenceMachine.Run(path, memory, o.CommandLine, serial, qemuLimit, modules: modules);
             if (outcome.TimedOut)
             {
                 Console.Error.WriteLine($"nestor: the guest was still running on QEMU after {o.Timeout} s (--timeout); QEMU was stopped");

@@ -41,6 +41,13 @@ public sealed class VmPlatform : IPlatform
     /// instructions; the KVM engine after every exit.</summary>
     public bool StopRequested => vm.GuestStatus is not null || control.StopReason is not null;
 
+    /// <summary>When the PC platform's next timer interrupt (PIT, HPET) is due, in the software CPU's clock, so that
+    /// a halted CPU idles until it (docs/boot-protocol.md, "Time").</summary>
+    public long NextDeviceEvent => vm.PcPlatform.NextTimerEventInSourceCycles;
+
+    /// <summary>Delivers the platform timer interrupts due by now (the halted CPU's clock reached one).</summary>
+    public void AdvanceDevices() => vm.PcPlatform.AdvanceTimers();
+
     /// <summary>The outcome a stop request means, or null if there is none: a debug exit wins over a request from
     /// outside that came while the guest was writing it, since the guest has finished.</summary>
     public VmOutcome? StopOutcome(VcpuState state) =>

@@ -29,6 +29,11 @@ public enum QemuDiskInterface
 /// <param name="ReadOnly">The disk is write-protected.</param>
 public sealed record QemuDisk(string Path, QemuDiskInterface Interface, bool ReadOnly = false);
 
+/// <summary>A Multiboot module given to the reference machine (QEMU's <c>-initrd</c>, Nestor's <c>--module</c>).</summary>
+/// <param name="Path">The module's file.</param>
+/// <param name="CommandLine">What follows the file's name in the module's string (may be empty).</param>
+public sealed record QemuModule(string Path, string CommandLine = "");
+
 /// <summary>QEMU as the reference machine (REFERENCE-MACHINE.md): the same guest-visible platform as Nestor (COM1,
 /// debug-exit at 0xF4), booting a Multiboot kernel with <c>-kernel</c>. With <c>tcg</c> it is QEMU's software CPU,
 /// the yardstick for Nestor's engines.</summary>
@@ -42,7 +47,8 @@ public static class QemuReferenceMachine
     /// virtio-mmio transports, microvm no IDE channel).</param>
     /// <exception cref="HostUnsupportedException">QEMU is not installed.</exception>
     public static QemuOutcome Run(string kernelPath, ulong memoryBytes, string commandLine, Stream serial,
-        TimeSpan? timeout = null, string accelerator = "tcg", IReadOnlyList<QemuDisk>? disks = null)
+        TimeSpan? timeout = null, string accelerator = "tcg", IReadOnlyList<QemuDisk>? disks = null,
+        IReadOnlyList<QemuModule>? modules = null)
     {
         var info = new ProcessStartInfo(Executable)
         {
@@ -56,6 +62,10 @@ public static class QemuReferenceMachine
             "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-kernel", kernelPath, "-append", commandLine,
         ];
+        if (modules is { Count: > 0 })
+        {
+            arguments = [.. arguments, "-initrd", InitrdArgument(modules)];
+        }
         foreach (var a in DiskArguments(disks ?? []).Concat(arguments))
         {
             info.ArgumentList.Add(a);
@@ -93,6 +103,27 @@ public static class QemuReferenceMachine
             uint? guest = finished && (status & 1) == 1 && !qemuFailed ? (uint)(status >> 1) : null;
             return new QemuOutcome(status, guest, !finished, clock.Elapsed, errors.Result);
         }
+    }
+
+    /// <summary>QEMU's <c>-initrd</c> value for a Multiboot kernel's modules (QEMU 7.2 hw/i386/multiboot.c): the
+    /// modules separated by commas, each the file, a space and its command line; a comma inside a module's string is
+    /// doubled (QEMU's option escape). QEMU gives the guest the whole string, file name included, as the module's
+    /// string, and opens the file named by what precedes the first space, so a path with a space cannot be passed.</summary>
+    /// <exception cref="BadInputException">A path contains a space or is empty.</exception>
+    public static string InitrdArgument(IReadOnlyList<QemuModule> modules)
+    {
+        var parts = new List<string>(modules.Count);
+        foreach (var m in modules)
+        {
+            if (m.Path.Length == 0 || m.Path.Contains(' ', StringComparison.Ordinal))
+            {
+                throw new BadInputException($"the module file '{m.Path}' cannot be given to QEMU: its -initrd takes a module's file name up to the first space",
+                    "Give the module by a path without spaces (a symbolic link will do)");
+            }
+            string entry = m.CommandLine.Length > 0 ? m.Path + " " + m.CommandLine : m.Path;
+            parts.Add(entry.Replace(",", ",,", StringComparison.Ordinal));
+        }
+        return string.Join(',', parts);
     }
 
     /// <summary>QEMU's options for <paramref name="disks"/>: <c>-drive</c> per disk (a comma in a path is doubled,

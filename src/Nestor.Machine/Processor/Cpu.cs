@@ -176,7 +176,7 @@ public sealed unsafe partial class Cpu
                     }
                     if (!(emulated == StopReason.Halted && IdleUntilTimer()))
                     {
-                        return emulated;
+                        return emulated == StopReason.Halted && platform.StopRequested ? StopReason.PlatformStop : emulated;
                     }
                 }
                 if (platform.StopRequested)
@@ -266,38 +266,51 @@ public sealed unsafe partial class Cpu
                 {
                     continue;
                 }
-                return s;
+                // Idling from device event to device event ends at a stop request (a timeout), which wins.
+                return s == StopReason.Halted && platform.StopRequested ? StopReason.PlatformStop : s;
             }
         }
         return null;
     }
 
     /// <summary>HLT with interrupts on: an interrupt the APIC can deliver wakes the CPU at once; otherwise, with the
-    /// timer armed, it idles until the timer fires (true); otherwise the CPU halts for good (SDM Vol. 3A §8.10.2: HLT
-    /// is left by an enabled interrupt).</summary>
+    /// APIC timer or a platform device's timer armed (<see cref="IPlatform.NextDeviceEvent"/>), it idles until the
+    /// earlier fires (true; a device event that brings no deliverable interrupt, e.g. to a masked I/O APIC pin, idles
+    /// on to the next one, until a stop is requested); otherwise the CPU halts for good (SDM Vol. 3A §8.10.2: HLT is
+    /// left by an enabled interrupt).</summary>
     private bool IdleUntilTimer()
     {
-        if (Apic.NonMaskableInterruptPending && !state.NmiBlocked)
+        while (true)
         {
-            eventCheckAt = 0; // an NMI wakes HLT whatever IF says
-            return true;
-        }
-        if ((Rflags & FlagBits.Interrupt) == 0)
-        {
-            return false;
-        }
-        if (Apic.CanDeliver)
-        {
+            if (Apic.NonMaskableInterruptPending && !state.NmiBlocked)
+            {
+                eventCheckAt = 0; // an NMI wakes HLT whatever IF says
+                return true;
+            }
+            if ((Rflags & FlagBits.Interrupt) == 0)
+            {
+                return false;
+            }
+            if (Apic.CanDeliver)
+            {
+                eventCheckAt = 0;
+                return true;
+            }
+            long device = platform.NextDeviceEvent;
+            if (device < Apic.Deadline && !platform.StopRequested)
+            {
+                idleCycles += Math.Max(0, device - Clock);
+                platform.AdvanceDevices();
+                continue;
+            }
+            if (Apic.Deadline == long.MaxValue)
+            {
+                return false;
+            }
+            idleCycles += Math.Max(0, Apic.Deadline - Clock);
             eventCheckAt = 0;
             return true;
         }
-        if (Apic.Deadline == long.MaxValue)
-        {
-            return false;
-        }
-        idleCycles += Math.Max(0, Apic.Deadline - Clock);
-        eventCheckAt = 0;
-        return true;
     }
 
     /// <summary>A fixed interrupt for this CPU's local APIC from outside (an I/O APIC message, SDM Vol. 3A §10.8.1):

@@ -30,6 +30,16 @@ public interface IPlatform
     /// <see cref="StopReason.PlatformStop"/>; the platform knows which request it was. Otherwise the caller of
     /// <see cref="Cpu.Run"/> sees the request between calls.</summary>
     bool StopRequested { get; }
+
+    /// <summary>The CPU clock value (<see cref="Cpu.Clock"/>) at which a platform device (the PIT, the HPET) next
+    /// raises an interrupt, or <see cref="long.MaxValue"/> when none is armed: a halted CPU idles until then, as it
+    /// does until its local APIC timer (SDM Vol. 3A §8.10.2: HLT is left by an interrupt, whoever raises it).</summary>
+    long NextDeviceEvent => long.MaxValue;
+
+    /// <summary>The CPU's clock reached <see cref="NextDeviceEvent"/> while halted: the devices deliver what fell due.</summary>
+    void AdvanceDevices()
+    {
+    }
 }
 
 /// <summary>Why <see cref="Cpu.Run"/> returned.</summary>

@@ -50,6 +50,13 @@ public sealed class PcPlatform
         if (vm.MultibootInformation is not null)
         {
             platform.Acpi = AcpiTables.Write(vm.Memory, vm.Vcpus.Count, ioApicId: 0);
+            // QEMU's pc-testdev, which kvm-unit-tests' harness always adds: on every PC-booted VM (docs/boot-protocol.md).
+            var testDevice = new Testing.PcTestDevice(vm.Interrupts);
+            bus.Claim(testDevice, Testing.PcTestDevice.DataPort, Testing.PcTestDevice.PortCount);
+            bus.Claim(testDevice.IrqLinePorts, Testing.PcTestDevice.IrqLinePort, Testing.PcTestDevice.IrqLines);
+            bus.Claim(testDevice, Testing.PcTestDevice.IoMemoryBase, Testing.PcTestDevice.IoMemoryLength);
+            vm.AttachDevice(testDevice);
+            platform.TestDevice = testDevice;
         }
         return platform;
     }
@@ -69,6 +76,9 @@ public sealed class PcPlatform
 
     public Hpet Hpet { get; }
 
+    /// <summary>QEMU's <c>pc-testdev</c> on a VM booted by Multiboot, else null.</summary>
+    public Testing.PcTestDevice? TestDevice { get; private set; }
+
     /// <summary>Where the ACPI tables are, or null when there are none (the Nestor boot protocol).</summary>
     public AcpiTableAddresses? Acpi { get; private set; }
 
@@ -85,6 +95,10 @@ public sealed class PcPlatform
             return next;
         }
     }
+
+    /// <summary><see cref="NextTimerEvent"/> in the clock the platform clock is attached to (the software CPU's
+    /// cycles), or <see cref="long.MaxValue"/> when no timer is armed or the clock counts host time.</summary>
+    public long NextTimerEventInSourceCycles => Clock.SourceValueAt(NextTimerEvent);
 
     /// <summary>Delivers the timer interrupts due by now; the engine calls it between slices of guest execution.</summary>
     public void AdvanceTimers()

@@ -37,6 +37,19 @@ public sealed class PlatformClock : ISnapshottable
         }
     }
 
+    /// <summary>The value of the attached cycle source at virtual time <paramref name="nanoseconds"/> (the first
+    /// cycle at which the time has come), or <see cref="long.MaxValue"/> for <see cref="long.MaxValue"/> or when
+    /// no cycle source is attached (host time: nothing to skip to).</summary>
+    public long SourceValueAt(long nanoseconds)
+    {
+        if (source is null || nanoseconds == long.MaxValue)
+        {
+            return long.MaxValue;
+        }
+        const long perCycle = 1_000_000_000 / SimCyclesPerSecond;
+        return sourceStart + (Math.Max(0, nanoseconds - epoch) + perCycle - 1) / perCycle;
+    }
+
     /// <summary>Counts from now on in <paramref name="cycles"/> (the software CPU's clock), continuing from the
     /// time reached so far.</summary>
     public void Attach(Func<long> cycles)
