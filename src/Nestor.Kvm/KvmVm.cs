@@ -45,7 +45,7 @@ public sealed partial class KvmVm : IDisposable
             UserspaceAddress = (ulong)hostAddress,
         };
         vm.Call(Ioctl.SetUserMemoryRegion, &region, $"KVM_SET_USER_MEMORY_REGION (slot {slot}, 0x{guestPhysicalAddress:x}+0x{size:x})");
-        RememberSlot(slot, guestPhysicalAddress, size, logDirtyPages);
+        RememberSlot(slot, guestPhysicalAddress, size, hostAddress, readOnly, logDirtyPages);
     }
 
     /// <summary>Places the three pages Intel VMX needs for real-mode emulation (KVM_SET_TSS_ADDR). Must lie outside
