@@ -91,6 +91,11 @@ internal sealed record KvmMigrationPlan(MigrationSettings? Source, TimeSpan Afte
         }
     }
 
+    /// <summary>An unmigrated run of the migration workload, checked at its end as a migrated one is; null for
+    /// another kernel.</summary>
+    public static KvmMigrationRun? Unmigrated(Vm vm, IEngine engine, RunControl control) =>
+        MigrationGuest.IsWorkload(vm.Config.Kernel) ? new KvmMigrationRun(vm, engine, control, null, null, MigrationGuestPort.Attach(vm)) : null;
+
     /// <summary>The run: on the source, the VM migrating; on the destination, the VM received and resumed.</summary>
     public KvmMigrationRun Start(Vm vm, IEngine engine, RunControl control, KvmIncomingMigration? incoming)
     {
@@ -128,9 +133,17 @@ internal sealed class KvmMigrationRun(Vm vm, IEngine engine, RunControl control,
                 $"nestor: migration {s.Phase.ToString().ToLowerInvariant()}: {s.Message}; total {s.TotalMilliseconds:0.0} ms, downtime {(s.DowntimeMilliseconds is { } d ? $"{d:0.0} ms" : "none")}, " +
                 $"{s.PagesSent} pages sent, {s.BytesSent} bytes; KVM's dirty log named {s.PagesLogged} pages, {s.FinalPagesFound} after the vCPU stopped"));
         }
+        else if (incoming is { Resumed: true })
+        {
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"nestor: resumed on KVM {incoming.ResumeMilliseconds:0.0} ms after the stream's end marker"));
+        }
         else if (incoming is { Resumed: false })
         {
             Console.Error.WriteLine("nestor: the source was not told the VM resumed here (the connection broke after the state arrived)");
+        }
+        if (MigratedAway && MigrationGuest.IsWorkload(vm.Config.Kernel))
+        {
+            Console.Error.WriteLine($"nestor: the migration workload had done {port.Passes} passes here when its vCPU stopped");
         }
         if (!MigratedAway && MigrationGuest.IsWorkload(vm.Config.Kernel))
         {

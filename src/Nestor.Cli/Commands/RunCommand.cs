@@ -308,7 +308,7 @@ internal static class RunCommand
             }
             var engine = EngineFactory.Create(config);
             using var disposeEngine = engine as IDisposable;
-            var migrating = o.Migration?.Start(vm, engine, control, incoming);
+            var migrating = o.Migration?.Start(vm, engine, control, incoming) ?? KvmMigrationPlan.Unmigrated(vm, engine, control);
             watchdog?.Running(control);
             var clock = Stopwatch.StartNew();
             var continuations = new List<IEngine>();

@@ -26,6 +26,7 @@ public sealed class KvmIncomingMigration : IKvmRunObserver, IDisposable
     private NetworkStream? network;
     private MigrationHeader? header;
     private bool resumed;
+    private long arrived;
     private readonly Stopwatch clock = new();
 
     private KvmIncomingMigration(TcpListener listener, string address)
@@ -160,6 +161,7 @@ public sealed class KvmIncomingMigration : IKvmRunObserver, IDisposable
                 {
                     throw new MigrationStreamException("the migration stream ended without the VM's state", MigrationRefusal.Invalid);
                 }
+                arrived = Stopwatch.GetTimestamp();
                 break;
             }
             else if (tag == MigrationStream.Abort)
@@ -219,7 +221,12 @@ public sealed class KvmIncomingMigration : IKvmRunObserver, IDisposable
         }
         clock.Stop();
         Resumed = resumed;
+        ResumeMilliseconds = Stopwatch.GetElapsedTime(arrived).TotalMilliseconds;
     }
+
+    /// <summary>From the stream's end marker to the answer: restoring the state and making the KVM VM, vCPU and memory
+    /// slots (the destination's part of the downtime).</summary>
+    public double ResumeMilliseconds { get; private set; }
 
     /// <summary>True once the source was told the VM resumed here.</summary>
     public bool Resumed { get; private set; }

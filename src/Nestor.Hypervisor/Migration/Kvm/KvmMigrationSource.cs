@@ -26,7 +26,7 @@ namespace Nestor.Hypervisor.Migration.Kvm;
 /// new KVM VM loaded with its own state, as after any run of the engine.
 /// <para>Auto-converge: when a round's dirty bytes stay above half of what the round sent, twice in a row, the vCPU is
 /// throttled as QEMU's <c>cpu_throttle</c> does it (kicked out of KVM_RUN every 10 ms and kept out for pct/(1-pct) of
-/// the slice), from 20 % by 10 % up to 99 %.</para></summary>
+/// the time it ran), from 20 % by 10 % up to 99 %.</para></summary>
 public sealed class KvmMigrationSource : IKvmRunObserver
 {
     private const int PageSize = 4096;
@@ -53,6 +53,7 @@ public sealed class KvmMigrationSource : IKvmRunObserver
     private bool logging;
     private volatile bool stopping, vmEnded, migrated, over;
     private volatile int throttle;
+    private long lastEntry;
     private MigrationPhase phase = MigrationPhase.Setup;
     private string? message;
     private double? downtime, expectedDowntime;
@@ -150,10 +151,20 @@ public sealed class KvmMigrationSource : IKvmRunObserver
     void IKvmRunObserver.Interrupted()
     {
         int percent = throttle;
+        long now = Stopwatch.GetTimestamp();
         if (percent > 0 && !stopping)
         {
-            Thread.Sleep(Math.Min(200, ThrottleSliceMilliseconds * percent / (100 - percent)));
+            // Out of KVM_RUN for pct/(100-pct) of the time it ran since it last went back in: a kick that arrived
+            // while it slept ends its next entry at once, with nothing run and so no sleep.
+            double ran = lastEntry == 0 ? ThrottleSliceMilliseconds : Stopwatch.GetElapsedTime(lastEntry, now).TotalMilliseconds;
+            double sleep = Math.Min(200, ran * percent / (100 - percent));
+            if (sleep >= 0.5)
+            {
+                Thread.Sleep(TimeSpan.FromMilliseconds(sleep));
+            }
+            now = Stopwatch.GetTimestamp();
         }
+        lastEntry = now;
     }
 
     void IKvmRunObserver.Stopped(KvmVm closing)
