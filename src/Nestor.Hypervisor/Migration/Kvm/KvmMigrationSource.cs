@@ -171,7 +171,8 @@ public sealed class KvmMigrationSource : IKvmRunObserver
     {
         lock (kvmGate)
         {
-            if (logging && stopping)
+            bool ours = logging && stopping && control.StopReason == VmOutcomeKind.Breakpoint;
+            if (ours)
             {
                 // The vCPU is out of KVM_RUN for good: the last bitmaps, read before the VM's descriptor closes.
                 long found = HarvestLocked(closing);
@@ -183,6 +184,13 @@ public sealed class KvmMigrationSource : IKvmRunObserver
             kvm = null;
             vcpu = null;
             logging = false;
+            if (ours)
+            {
+                // The vCPU's state is in the VM already: the stop-and-copy need not wait for the KVM VM to be torn
+                // down. Should the guest have ended in the same instant (its debug exit beating the kick), the state
+                // sent holds that end, and the destination's VM ends as this one did.
+                stopped.Set();
+            }
         }
     }
 
