@@ -260,5 +260,4 @@ public sealed class KvmIncomingMigration : IKvmRunObserver, IDisposable
         client?.Dispose();
         listener.Dispose();
     }
-
 }
