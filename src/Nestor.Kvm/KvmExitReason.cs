@@ -74,4 +74,10 @@ public enum KvmCapability : uint
     AdjustClock = 39,
     ExtendedControlRegisters = 56,
     Xsave2 = 208,
+    /// <summary>KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: the flags KVM_ENABLE_CAP takes (1 manual protect, 2 initially set).</summary>
+    ManualDirtyLogProtect2 = 168,
+    /// <summary>KVM_CAP_DIRTY_LOG_RING: the largest dirty ring per vCPU, in bytes (0: none).</summary>
+    DirtyLogRing = 192,
+    /// <summary>KVM_CAP_DIRTY_LOG_RING_ACQ_REL: the same with acquire/release ordering of the ring's entries.</summary>
+    DirtyLogRingAcquireRelease = 223,
 }

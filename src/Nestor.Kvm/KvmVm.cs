@@ -27,7 +27,10 @@ public sealed partial class KvmVm : IDisposable
     /// <summary>Maps guest-physical <paramref name="guestPhysicalAddress"/>..+<paramref name="size"/> onto host
     /// memory at <paramref name="hostAddress"/> (KVM_SET_USER_MEMORY_REGION). Guest accesses to addresses outside
     /// every slot leave KVM as MMIO exits.</summary>
-    public unsafe void SetUserMemoryRegion(uint slot, ulong guestPhysicalAddress, ulong size, nint hostAddress, bool readOnly = false)
+    /// <param name="logDirtyPages">Log the guest's writes to the slot (<c>KVM_MEM_LOG_DIRTY_PAGES</c>, api.rst §4.35),
+    /// read with <see cref="GetDirtyLog"/>. Calling again for the same slot with the same range changes only its
+    /// flags, which is how logging is switched on and off while the VM runs.</param>
+    public unsafe void SetUserMemoryRegion(uint slot, ulong guestPhysicalAddress, ulong size, nint hostAddress, bool readOnly = false, bool logDirtyPages = false)
     {
         if ((guestPhysicalAddress & 0xFFF) != 0 || (size & 0xFFF) != 0 || (hostAddress & 0xFFF) != 0)
         {
@@ -36,12 +39,13 @@ public sealed partial class KvmVm : IDisposable
         var region = new KvmUserspaceMemoryRegion
         {
             Slot = slot,
-            Flags = readOnly ? 2u : 0u, // KVM_MEM_READONLY
+            Flags = (readOnly ? ReadOnlyFlag : 0u) | (logDirtyPages ? LogDirtyPagesFlag : 0u),
             GuestPhysicalAddress = guestPhysicalAddress,
             MemorySize = size,
             UserspaceAddress = (ulong)hostAddress,
         };
         vm.Call(Ioctl.SetUserMemoryRegion, &region, $"KVM_SET_USER_MEMORY_REGION (slot {slot}, 0x{guestPhysicalAddress:x}+0x{size:x})");
+        RememberSlot(slot, guestPhysicalAddress, size, hostAddress, readOnly, logDirtyPages);
     }
 
     /// <summary>Places the three pages Intel VMX needs for real-mode emulation (KVM_SET_TSS_ADDR). Must lie outside

@@ -178,7 +178,7 @@ public sealed class MigrationTests : IDisposable
     }
 
     /// <summary>A <c>nestor</c> process whose output is read as it comes; killed when disposed.</summary>
-    private sealed class Child : IDisposable
+    internal sealed class Child : IDisposable
     {
         private readonly Process process;
         private readonly StringBuilder stdout = new(), stderr = new();
@@ -283,7 +283,7 @@ public sealed class MigrationTests : IDisposable
 
     /// <summary>A TCP proxy that forwards one connection to <paramref name="target"/> and cuts it (both ways, with a
     /// reset) once <paramref name="cutAfterBytes"/> have gone through toward the target: a network that fails mid-way.</summary>
-    private sealed class CuttingProxy : IDisposable
+    internal sealed class CuttingProxy : IDisposable
     {
         private readonly TcpListener listener = new(IPAddress.Loopback, 0);
         private readonly Task forwarding;

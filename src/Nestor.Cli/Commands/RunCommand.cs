@@ -95,7 +95,8 @@ internal static class RunCommand
             technique, mmu, nestedPages, disk, virtioConsole, balloon, balloonTarget, serviceVm, serviceDisk, serviceMemory, serviceCommandLine, module,
         };
         var mmuOptions = new MmuOptions();
-        foreach (var option in mmuOptions.All)
+        var kvmMigration = new KvmMigrationOptions();
+        foreach (var option in mmuOptions.All.Concat(kvmMigration.All))
         {
             command.Options.Add(option);
         }
@@ -108,9 +109,11 @@ internal static class RunCommand
                 parse.GetValue(kvmDevice)!, parse.GetValue(qemu), parse.GetValue(multiboot),
                 parse.GetValue(technique)!, parse.GetValue(mmu), parse.GetValue(nestedPages));
             MmuConfiguration caches;
+            KvmMigrationPlan? migration;
             try
             {
                 caches = mmuOptions.Parse(parse);
+                migration = kvmMigration.Parse(parse);
             }
             catch (BadInputException e)
             {
@@ -134,6 +137,7 @@ internal static class RunCommand
                 SnapshotOnSignal = parse.GetValue(snapshotOnSignal),
                 Restore = parse.GetValue(restore),
                 MemoryFile = parse.GetValue(memFile),
+                Migration = migration,
             }, parse.GetValue(verbose));
         });
         return command;
@@ -185,6 +189,9 @@ internal static class RunCommand
 
         /// <summary>--mem-file MEM: the snapshots this run saves keep their RAM there.</summary>
         public string? MemoryFile { get; init; }
+
+        /// <summary>--migrate-to or --incoming on KVM.</summary>
+        public KvmMigrationPlan? Migration { get; init; }
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -253,8 +260,11 @@ internal static class RunCommand
             {
                 throw new BadInputException("--module gives a Multiboot kernel its modules", "Add --multiboot, or drop --module");
             }
-            ulong memoryBytes = Size.Parse(o.Memory, "--memory");
-            var source = KernelSource(o, memoryBytes);
+            o.Migration?.Check(engineKind, snapshots.Any);
+            var arrival = o.Migration?.Accept(o.Timeout); // a destination: the VM's kernel, RAM and command line come from the source
+            using var incoming = arrival?.Incoming;
+            ulong memoryBytes = arrival?.Description.MemoryBytes ?? Size.Parse(o.Memory, "--memory");
+            var source = arrival?.Kernel ?? KernelSource(o, memoryBytes);
             var disks = o.Disks.Select(Hypervisor.Devices.Storage.DiskConfig.Parse).ToList();
             var modules = o.Modules.Select(m => Hypervisor.Boot.MultibootModule.FromOption(m, memoryBytes)).ToList();
             var captured = new MemoryStream();
@@ -278,7 +288,7 @@ internal static class RunCommand
                 Sim = simOptions,
                 Kernel = source,
                 MemoryBytes = memoryBytes,
-                CommandLine = o.CommandLine,
+                CommandLine = arrival?.Description.CommandLine ?? o.CommandLine,
                 Timeout = o.Timeout is { } s ? TypedOptions.ToTimeSpan(s) : null,
                 Force = o.Force,
                 SerialOutput = serial,
@@ -298,22 +308,27 @@ internal static class RunCommand
             }
             var engine = EngineFactory.Create(config);
             using var disposeEngine = engine as IDisposable;
+            var migrating = o.Migration?.Start(vm, engine, control, incoming) ?? KvmMigrationPlan.Unmigrated(vm, engine, control);
             watchdog?.Running(control);
             var clock = Stopwatch.StartNew();
             var continuations = new List<IEngine>();
             using var disposeContinuations = new DisposeAll(continuations);
             var (run, last, saved) = snapshots.Any
                 ? SnapshotCommand.Run(vm, engine, control, snapshots, () => EngineFactory.Create(config), continuations)
-                : (vm.Run(engine, control), engine, null);
+                : (migrating?.Run() ?? vm.Run(engine, control), engine, null);
             engine = last;
             var outcome = run.Outcome;
             clock.Stop();
             vm.Serial.Flush();
-            int status = saved is null ? ExitStatus.For(outcome) : 0; // stopped as asked, and saved
+            int status = saved is null && migrating?.MigratedAway != true ? ExitStatus.For(outcome) : 0; // stopped as asked, and saved or migrated
             var report = new RunReport(vm, engine, run, clock.Elapsed, status, captured);
             if (o.Json)
             {
                 report.WriteJson(Console.Out, includeState: o.DumpState == "-");
+            }
+            else if (migrating?.MigratedAway == true)
+            {
+                Console.Error.WriteLine($"nestor: the VM left for {o.Migration!.Source!.Destination}, where it runs on");
             }
             else
             {
@@ -559,6 +574,10 @@ internal static class RunCommand
     private static KernelImageSource KernelSource(RunOptions o, ulong memoryBytes)
     {
         GuestPhysical? load = o.LoadAddress is null ? null : new GuestPhysical(AddressText.Parse(o.LoadAddress, "--load-addr"));
+        if (o.Kernel == Hypervisor.Migration.Kvm.MigrationGuest.BuiltInName && load is null && !o.Flat)
+        {
+            return Hypervisor.Migration.Kvm.MigrationGuest.Build(Hypervisor.Migration.Kvm.MigrationWorkload.Parse(o.CommandLine, memoryBytes));
+        }
         if (o.Kernel is null || o.Kernel.StartsWith("builtin:", StringComparison.Ordinal))
         {
             if (load is not null || o.Flat)

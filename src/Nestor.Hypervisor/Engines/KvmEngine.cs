@@ -32,6 +32,10 @@ public sealed class KvmEngine(bool interruptController = false, bool samePageMer
 
     public string Name => "kvm";
 
+    /// <summary>Told when each run's KVM VM is ready and when it ends (live migration on KVM uses it:
+    /// <see cref="Migration.Kvm.KvmMigrationSource"/>); null for none.</summary>
+    public IKvmRunObserver? Observer { get; set; }
+
     // Each VM's vCPU state beyond its registers, read after its last run and loaded before its next (issue 16).
     private readonly System.Runtime.CompilerServices.ConditionalWeakTable<Vm, KvmVcpuExtendedState> extended = new();
 
@@ -88,6 +92,7 @@ public sealed class KvmEngine(bool interruptController = false, bool samePageMer
         var freshMsrs = KvmVcpuExtendedState.ReadMsrs(vcpu, KvmVcpuExtendedState.Candidates(system)); // before the guest or a snapshot changed any
         extendedState.Apply(kvmVm, vcpu, interruptController);
         KvmStatistics? statistics = system.CheckCapability(KvmCapability.BinaryStatistics) > 0 ? vcpu.OpenStatistics() : null;
+        var observer = Observer;
         VmOutcome outcome;
         IReadOnlyList<EngineCounter> counters;
         try
@@ -97,9 +102,10 @@ public sealed class KvmEngine(bool interruptController = false, bool samePageMer
             vcpu.BindToCurrentThread();
             control.OnStop(vcpu.Kick);
             vm.PcPlatform.Clock.AttachHost(); // the platform timers count in host time, as KVM's TSC does
+            observer?.Started(kvmVm, vcpu);
             try
             {
-                outcome = RunLoop(vm, vcpu, platform);
+                outcome = RunLoop(vm, vcpu, platform, observer);
             }
             finally
             {
@@ -108,6 +114,7 @@ public sealed class KvmEngine(bool interruptController = false, bool samePageMer
                 platform.EndRun();
                 SaveBack(vm, vcpu);
                 extendedState.Capture(kvmVm, vcpu, interruptController, freshMsrs);
+                observer?.Stopped(kvmVm);
             }
         }
         finally
@@ -143,7 +150,7 @@ public sealed class KvmEngine(bool interruptController = false, bool samePageMer
     // kvm_run's exit format into calls to the platform, which does everything else as it does for the software
     // machine.
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
-    private static VmOutcome RunLoop(Vm vm, KvmVcpu vcpu, VmPlatform platform)
+    private static VmOutcome RunLoop(Vm vm, KvmVcpu vcpu, VmPlatform platform, IKvmRunObserver? observer)
     {
         while (true)
         {
@@ -166,6 +173,7 @@ public sealed class KvmEngine(bool interruptController = false, bool samePageMer
                         break;
                     }
                 case KvmExitReason.Interrupted:
+                    observer?.Interrupted();
                     platform.RecordExit(VmExitReason.Interrupted, Stopwatch.GetTimestamp() - exited);
                     break;
                 case KvmExitReason.Halt:
@@ -419,4 +427,19 @@ public sealed class KvmEngine(bool interruptController = false, bool samePageMer
         KvmStatisticUnit.Boolean => "bool",
         _ => "",
     };
+}
+
+/// <summary>What <see cref="KvmEngine"/> tells about each run's KVM VM (<see cref="KvmEngine.Observer"/>), on the vCPU's
+/// thread.</summary>
+public interface IKvmRunObserver
+{
+    /// <summary>The run's KVM VM has its memory slots (one per RAM region of the VM, in order) and its vCPU holds the
+    /// VM's state; the first KVM_RUN follows.</summary>
+    void Started(KvmVm kvm, KvmVcpu vcpu);
+
+    /// <summary>A kick (<see cref="KvmVcpu.Kick"/>) brought the vCPU out of KVM_RUN.</summary>
+    void Interrupted();
+
+    /// <summary>The run is over: the vCPU's state is saved back into the VM and the KVM VM is closed after this.</summary>
+    void Stopped(KvmVm kvm);
 }

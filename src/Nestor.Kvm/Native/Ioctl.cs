@@ -22,6 +22,9 @@ internal static class Ioctl
     public static readonly nuint CreateVcpu = Encode(None, 0x41, 0);
     public static readonly nuint SetUserMemoryRegion = Encode(Write, 0x46, 32);
     public static readonly nuint SetTssAddress = Encode(None, 0x47, 0);
+    public static readonly nuint GetDirtyLog = Encode(Write, 0x42, 16);           // struct kvm_dirty_log
+    public static readonly nuint ClearDirtyLog = Encode(Read | Write, 0xC0, 24);  // struct kvm_clear_dirty_log
+    public static readonly nuint EnableCapability = Encode(Write, 0xA3, 104);     // struct kvm_enable_cap
     public static readonly nuint GetStatsFd = Encode(None, 0xCE, 0);
     public static readonly nuint CreateIrqChip = Encode(None, 0x60, 0);
     public static readonly nuint IrqLine = Encode(Write, 0x61, 8);           // struct kvm_irq_level
