@@ -315,4 +315,180 @@ public sealed partial class Cpu
         Cs = RealModeCode((ushort)(entry >> 16));
         Rip = (ushort)entry;
     }
+
+    // ---- Instructions of 16- and 32-bit code only (#UD in 64-bit mode, where Iced does not decode them) ---------
+
+    /// <summary>PUSHA/PUSHAD: AX (EAX), CX, DX, BX, the SP before the first push, BP, SI, DI; POPA/POPAD pops them
+    /// back in reverse, skipping SP's slot (SDM Vol. 2B PUSHA, POPA). All eight slots are checked before SP moves.</summary>
+    private StopReason? PushAll(in Instruction i)
+    {
+        int width = i.Mnemonic == Mnemonic.Pusha ? 2 : 4;
+        ulong sp = Registers[Rsp];
+        for (int r = 0; r < 8; r++)
+        {
+            WriteLinear(StackLinear(sp - (ulong)(width * (r + 1))), width, Registers[r]);
+        }
+        SetStackPointer(sp - (ulong)(8 * width));
+        return null;
+    }
+
+    private StopReason? PopAll(in Instruction i)
+    {
+        int width = i.Mnemonic == Mnemonic.Popa ? 2 : 4;
+        Span<ulong> values = stackalloc ulong[8];
+        for (int r = 7; r >= 0; r--)
+        {
+            values[r] = ReadStack((ulong)(width * (7 - r)), width);
+        }
+        for (int r = 0; r < 8; r++)
+        {
+            if (r != Rsp)
+            {
+                ref ulong g = ref Registers[r];
+                g = width == 2 ? (g & ~0xFFFFUL) | values[r] : values[r];
+            }
+        }
+        SetStackPointer(Registers[Rsp] + (ulong)(8 * width));
+        return null;
+    }
+
+    /// <summary>LDS, LES, LFS, LGS, LSS: a far pointer from memory, the offset at the operand size then the
+    /// selector; the segment register is loaded as MOV would load it, then the register (SDM Vol. 2A LDS/LES/...).</summary>
+    private StopReason? LoadFarPointer(in Instruction i)
+    {
+        int size = OperandSize(i, 0);
+        ulong address = EffectiveAddress(i);
+        ulong offset = ReadLinear(address, size);
+        ushort selector = (ushort)ReadLinear(address + (ulong)size, 2);
+        var segment = i.Mnemonic switch
+        {
+            Mnemonic.Lds => Register.DS,
+            Mnemonic.Les => Register.ES,
+            Mnemonic.Lfs => Register.FS,
+            Mnemonic.Lgs => Register.GS,
+            _ => Register.SS,
+        };
+        WriteSegmentRegister(segment, selector);
+        WriteRegister(i.GetOpRegister(0), offset);
+        return null;
+    }
+
+    /// <summary>BOUND r, m: #BR (vector 5, a fault) unless lower ≤ r ≤ upper, signed, the bounds in memory at the
+    /// operand size (SDM Vol. 2A BOUND).</summary>
+    private StopReason? CheckBounds(in Instruction i)
+    {
+        int size = OperandSize(i, 0);
+        ulong address = EffectiveAddress(i);
+        long index = (long)SignExtend(ReadRegister(i.GetOpRegister(0)), size);
+        long lower = (long)SignExtend(ReadLinear(address, size), size);
+        long upper = (long)SignExtend(ReadLinear(address + (ulong)size, size), size);
+        if (index < lower || index > upper)
+        {
+            throw new GuestFault(ExceptionVector.BoundRangeExceeded);
+        }
+        return null;
+    }
+
+    /// <summary>The decimal and ASCII adjustments (SDM Vol. 2A AAA, AAD, AAM, AAS, DAA, DAS) and SALC (AL = CF ?
+    /// FFh : 0, undocumented but on every Intel processor and in QEMU). Where the SDM leaves flags undefined, they
+    /// are what QEMU's helpers give (SF, ZF, PF from AL; OF clear), so that results compare with the reference.</summary>
+    private StopReason? DecimalAdjust(in Instruction i)
+    {
+        ulong flags = Rflags;
+        ulong al = Registers[Rax] & 0xFF, ah = (Registers[Rax] >> 8) & 0xFF;
+        bool cf = (flags & FlagBits.Carry) != 0, af = (flags & FlagBits.Adjust) != 0;
+        ulong set = 0; // CF and AF to set; the others from AL below unless kept
+        bool resultFlags = true;
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Daa:
+                {
+                    ulong old = al;
+                    bool newCf = false;
+                    if ((al & 0xF) > 9 || af)
+                    {
+                        newCf = cf || al + 6 > 0xFF;
+                        al = (al + 6) & 0xFF;
+                        set |= FlagBits.Adjust;
+                    }
+                    if (old > 0x99 || cf)
+                    {
+                        al = (al + 0x60) & 0xFF;
+                        newCf = true;
+                    }
+                    set |= newCf ? FlagBits.Carry : 0;
+                    break;
+                }
+            case Mnemonic.Das:
+                {
+                    ulong old = al;
+                    bool newCf = false;
+                    if ((al & 0xF) > 9 || af)
+                    {
+                        newCf = cf || al < 6;
+                        al = (al - 6) & 0xFF;
+                        set |= FlagBits.Adjust;
+                    }
+                    if (old > 0x99 || cf)
+                    {
+                        al = (al - 0x60) & 0xFF;
+                        newCf = true;
+                    }
+                    set |= newCf ? FlagBits.Carry : 0;
+                    break;
+                }
+            case Mnemonic.Aaa:
+            case Mnemonic.Aas:
+                {
+                    if ((al & 0xF) > 9 || af)
+                    {
+                        if (i.Mnemonic == Mnemonic.Aaa)
+                        {
+                            ulong ax = ((ah << 8) | al) + 0x106;
+                            (ah, al) = ((ax >> 8) & 0xFF, ax & 0xFF);
+                        }
+                        else
+                        {
+                            ulong ax = ((ah << 8) | al) - 6;
+                            al = ax & 0xFF;
+                            ah = (ah - 1) & 0xFF;
+                        }
+                        set = FlagBits.Adjust | FlagBits.Carry;
+                    }
+                    al &= 0xF;
+                    Registers[Rax] = (Registers[Rax] & ~0xFFFFUL) | (ah << 8) | al;
+                    // SF, ZF, PF, OF undefined; QEMU keeps them as they were.
+                    Rflags = (flags & ~(FlagBits.Carry | FlagBits.Adjust)) | set;
+                    return null;
+                }
+            case Mnemonic.Aam:
+                {
+                    ulong divisor = i.Immediate8;
+                    if (divisor == 0)
+                    {
+                        throw new GuestFault(ExceptionVector.DivideError);
+                    }
+                    ah = al / divisor;
+                    al %= divisor;
+                    break;
+                }
+            case Mnemonic.Aad:
+                al = (al + ah * i.Immediate8) & 0xFF;
+                ah = 0;
+                break;
+            default: // SALC
+                al = cf ? 0xFFUL : 0;
+                resultFlags = false;
+                break;
+        }
+        Registers[Rax] = (Registers[Rax] & ~0xFFFFUL) | (ah << 8) | al;
+        if (resultFlags)
+        {
+            ulong parity = (System.Numerics.BitOperations.PopCount(al) & 1) == 0 ? FlagBits.Parity : 0;
+            ulong result = parity | (al == 0 ? FlagBits.Zero : 0) | ((al & 0x80) != 0 ? FlagBits.Sign : 0);
+            // DAA and DAS set CF and AF as computed; AAM and AAD leave them (and OF) undefined: cleared, as QEMU does.
+            Rflags = (flags & ~FlagBits.Status) | result | set;
+        }
+        return null;
+    }
 }

@@ -211,7 +211,15 @@ public sealed partial class Cpu
                     bool gdt = i.Mnemonic == Mnemonic.Sgdt;
                     var vmm = RevealsVmm() ? ringCompression : null;
                     WriteLinear(address, 2, vmm is null ? (gdt ? GdtLimit : IdtLimit) : gdt ? vmm.VmmGdtLimit : vmm.VmmIdtLimit);
-                    WriteLinear(address + 2, 8, vmm is null ? (gdt ? GdtBase : IdtBase) : gdt ? vmm.VmmGdtBase : vmm.VmmIdtBase);
+                    ulong tableBase = vmm is null ? (gdt ? GdtBase : IdtBase) : gdt ? vmm.VmmGdtBase : vmm.VmmIdtBase;
+                    if (Bitness != 64)
+                    {
+                        // Outside 64-bit mode a 4-byte base; with a 16-bit operand size 24 bits of it and a zero byte
+                        // (SDM Vol. 2B SGDT).
+                        WriteLinear(address + 2, 4, i.Code is Code.Sgdt_m1632_16 or Code.Sidt_m1632_16 ? tableBase & 0xFF_FFFF : tableBase);
+                        return null;
+                    }
+                    WriteLinear(address + 2, 8, tableBase);
                     return null;
                 }
             case Mnemonic.Sldt:
