@@ -26,6 +26,11 @@ public sealed partial class Cpu
         {
             return MoveToControl(i);
         }
+        if (i.GetOpKind(0) == OpKind.Register && i.GetOpKind(1) == OpKind.Register &&
+            (i.GetOpRegister(0).IsDR() || i.GetOpRegister(1).IsDR()))
+        {
+            return MoveDebugRegister(i); // Cpu.RealMode: 16- and 32-bit code sets them up too
+        }
         if (i.GetOpKind(1) == OpKind.Register && i.GetOpRegister(1).IsCR())
         {
             RequirePrivilege0();

@@ -491,4 +491,68 @@ public sealed partial class Cpu
         }
         return null;
     }
+
+    // ---- Debug registers ----------------------------------------------------------------------------------------
+
+    /// <summary>MOV to or from DR0–DR7 (SDM Vol. 2B "MOV—Move to/from Debug Registers", Vol. 3B §17.2): #GP(0) above
+    /// CPL 0; DR4 and DR5 are DR6 and DR7 unless CR4.DE makes them #UD; with DR7.GD set the access is a #DB fault
+    /// that clears GD and sets DR6.BD; a write of DR6 or DR7 with bits 63:32 set is #GP(0). DR6 and DR7 keep their
+    /// fixed bits. Outside 64-bit mode the operand is 32 bits (the mod field is ignored: 0F 21 00 is MOV EAX, DR0).
+    /// No breakpoint is matched against them (not modelled; CPUID does not report DE).</summary>
+    private StopReason? MoveDebugRegister(in Instruction i)
+    {
+        RequirePrivilege0();
+        bool toDebug = i.GetOpRegister(0).IsDR();
+        var debug = toDebug ? i.GetOpRegister(0) : i.GetOpRegister(1);
+        int n = debug - Register.DR0;
+        if (n is 4 or 5)
+        {
+            if ((Cr4 & (1UL << 3)) != 0) // CR4.DE (not writable on this model, ProcessorModel.Cr4Writable)
+            {
+                throw GuestFault.InvalidOpcode();
+            }
+            n += 2;
+        }
+        if (n > 7)
+        {
+            throw GuestFault.InvalidOpcode(); // DR8–DR15 do not exist
+        }
+        if ((state.Dr7 & 0x2000) != 0)
+        {
+            state.Dr7 &= ~0x2000UL;
+            state.Dr6 |= 0x2000; // BD: the next instruction accesses a debug register
+            throw new GuestFault(ExceptionVector.Debug);
+        }
+        ref ulong register = ref DebugRegister(n);
+        if (!toDebug)
+        {
+            WriteRegister(i.GetOpRegister(0), register);
+            return null;
+        }
+        ulong value = ReadRegister(i.GetOpRegister(1));
+        if (n >= 6 && (value >> 32) != 0)
+        {
+            throw GuestFault.GeneralProtection();
+        }
+        register = n switch
+        {
+            6 => (value & 0xE00F) | CpuState.DebugStatusFixed,
+            7 => (value & 0xFFFF_23FF) | CpuState.DebugControlFixed,
+            _ => Bitness == 64 ? value : (uint)value,
+        };
+        return null;
+    }
+
+    private ref ulong DebugRegister(int n)
+    {
+        switch (n)
+        {
+            case 0: return ref state.Dr0;
+            case 1: return ref state.Dr1;
+            case 2: return ref state.Dr2;
+            case 3: return ref state.Dr3;
+            case 6: return ref state.Dr6;
+            default: return ref state.Dr7;
+        }
+    }
 }

@@ -157,4 +157,115 @@ public class ModeSwitchTests
         Assert.Equal(0x3000UL, m.Cpu.Ss.Base);
         Assert.Equal(16, m.Cpu.Bitness);
     }
+
+    /// <summary>Back from protected to real mode as SDM Vol. 3A §9.9.2 describes (and kvm-unit-tests' realmode image
+    /// does): far-jump to a 16-bit code segment, load a data segment with a 4 GiB limit into GS, clear CR0.PE,
+    /// far-jump to a real-mode CS. The descriptor caches keep their limits, so GS:[EBX] reaches above 1 MiB ("big
+    /// real" mode), and segment loads in real mode take selector × 16 as the base without reading the GDT.</summary>
+    [Fact]
+    public void Clearing_pe_returns_to_real_mode_with_the_cached_limits_kept()
+    {
+        var m = new RealModeMachine(0x0000, 0x1000);
+        WriteGdt(m);
+        m.Memory.Write(0x0F00, 0x9000UL << 16 | 0x2F);
+        m.Place(16, 0x1000, 0x1000, a =>
+        {
+            a.AddInstruction(Instruction.Create(Code.Lgdt_m1632_16, new MemoryOperand(Register.None, 0x0F00, 2)));
+            a.mov(eax, cr0);
+            a.or(eax, 1);
+            a.mov(cr0, eax);
+            a.AddInstruction(Instruction.CreateBranch(Code.Jmp_ptr1616, 0x20, 0x1100)); // 16-bit protected mode
+        });
+        m.Place(16, 0x1100, 0x1100, a =>
+        {
+            a.mov(ax, 0x28);
+            a.mov(gs, ax);                                         // base 0, limit 4 GiB, from the GDT
+            a.mov(__word_ptr[0x0E00], cs);                         // CS = 0x20 in protected mode
+            a.mov(eax, cr0);
+            a.and(eax, ~1);
+            a.mov(cr0, eax);
+            a.AddInstruction(Instruction.CreateBranch(Code.Jmp_ptr1616, 0x0120, 0x0000)); // real mode, base 0x1200
+        });
+        m.Place(16, 0x1200, 0x0000, a =>
+        {
+            a.mov(ebx, 0x0030_0000);
+            a.mov(__dword_ptr.gs[ebx], 0xB16B_16B1);               // above 1 MiB through GS's kept limit
+            a.mov(ax, 0x0123);
+            a.mov(ds, ax);                                         // real mode: base 0x1230, no GDT read
+            a.mov(__word_ptr[0x0010], cs);                         // at 0x1240
+            a.mov(dx, 0xF4);
+            a.@out(dx, al);
+        });
+        m.RunToExit();
+        Assert.Equal(0x20, m.ReadWord(0x0E00));
+        Assert.Equal(0xB16B_16B1u, m.ReadDword(0x30_0000));
+        Assert.Equal(0x0120, m.ReadWord(0x1240));
+        Assert.True(m.Cpu.RealMode);
+        Assert.Equal(0x1230UL, m.Cpu.Ds.Base);
+        Assert.Equal(0xFFFF_FFFFu, m.Cpu.Gs.Limit);
+        Assert.Equal(16, m.Cpu.Bitness);
+    }
+
+    /// <summary>In 32-bit protected mode every segment's base applies, on the fast path (MOV r32, [EBX]) as on the
+    /// general path (a string store through ES): before 16-bit support the model took DS, ES and SS bases to be zero
+    /// outside 64-bit mode (SDM Vol. 3A §3.4.2 says otherwise).</summary>
+    [Fact]
+    public void Segment_bases_apply_to_32_bit_code_too()
+    {
+        var m = new RealModeMachine(0x0000, 0x1000);
+        WriteGdt(m);
+        m.Memory.Write(0x9030, 0x00CF_9201_0000_FFFFUL);           // 0x30: data at base 0x10000
+        m.Memory.Write(0x0F00, 0x9000UL << 16 | 0x37);
+        m.Poke(0x10000 + 0x40, 0x78, 0x56, 0x34, 0x12);
+        m.Place(16, 0x1000, 0x1000, a =>
+        {
+            a.AddInstruction(Instruction.Create(Code.Lgdt_m1632_16, new MemoryOperand(Register.None, 0x0F00, 2)));
+            a.mov(eax, cr0);
+            a.or(eax, 1);
+            a.mov(cr0, eax);
+            a.AddInstruction(Instruction.CreateBranch(Code.Jmp_ptr1616, 0x08, 0x1100));
+        });
+        m.Place(32, 0x1100, 0x1100, a =>
+        {
+            a.mov(ax, 0x30);
+            a.mov(ds, ax);
+            a.mov(es, ax);
+            a.mov(ebx, 0x40);
+            a.mov(ecx, __dword_ptr[ebx]);                          // DS: 0x10040
+            a.mov(edi, 0x80);
+            a.mov(eax, ecx);
+            a.stosd();                                             // ES: 0x10080
+            a.mov(dx, 0xF4);
+            a.@out(dx, al);
+        });
+        m.RunToExit();
+        Assert.Equal(0x1234_5678UL, m.Cpu.Registers[1]);
+        Assert.Equal(0x1234_5678u, m.ReadDword(0x10080));
+    }
+
+    /// <summary>MOV to and from the debug registers (SDM Vol. 2B MOV DR; Vol. 3B §17.2): DR0 holds what was written,
+    /// and 0F 21 with mod bits 00 is still the register form (kvm-unit-tests' "mov dr with mod bits"); DR6 and DR7
+    /// keep their fixed bits.</summary>
+    [Fact]
+    public void Debug_registers_hold_their_values_with_the_fixed_bits()
+    {
+        var m = new RealModeMachine(0x0100);
+        m.Place(16, 0x1000, 0, a =>
+        {
+            a.mov(ebx, 0xACED);
+            a.mov(dr0, ebx);
+            a.db(0x0F, 0x21, 0x00);                                // MOV EAX, DR0 encoded with mod = 00
+            a.xor(ecx, ecx);
+            a.mov(dr7, ecx);
+            a.mov(esi, dr7);
+            a.mov(dr6, ecx);
+            a.mov(edi, dr6);
+            a.mov(dx, 0xF4);
+            a.@out(dx, al);
+        });
+        m.RunToExit();
+        Assert.Equal(0xACEDUL, m.Cpu.Registers[0]);
+        Assert.Equal(0x400UL, m.Cpu.Registers[6]);
+        Assert.Equal(0xFFFF_0FF0UL, m.Cpu.Registers[7]);
+    }
 }
