@@ -213,7 +213,7 @@ public sealed unsafe partial class Cpu
             }
             catch (NotSupportedException)
             {
-                // Something the model does not implement (16-bit code, a task switch): the run ends, with RIP at the
+                // Something the model does not implement (virtual-8086 mode, a task switch): the run ends, with RIP at the
                 // instruction that asked for it rather than past it, so that the final state and the message name it.
                 Rip = instructionStart;
                 throw;
