@@ -74,6 +74,17 @@ public sealed partial class Cpu
                 return null;
             }),
             Row(Mnemonic.Xchg, InstructionClass.DataMovement, static (Cpu c, in Instruction i) => c.Exchange(i)),
+            // 16- and 32-bit code only (SDM Vol. 2: PUSHA, POPA, LDS/LES/LFS/LGS/LSS, BOUND; Cpu.RealMode).
+            Row(Mnemonic.Pusha, InstructionClass.DataMovement, static (Cpu c, in Instruction i) => c.PushAll(i)),
+            Row(Mnemonic.Pushad, InstructionClass.DataMovement, static (Cpu c, in Instruction i) => c.PushAll(i)),
+            Row(Mnemonic.Popa, InstructionClass.DataMovement, static (Cpu c, in Instruction i) => c.PopAll(i)),
+            Row(Mnemonic.Popad, InstructionClass.DataMovement, static (Cpu c, in Instruction i) => c.PopAll(i)),
+            Row(Mnemonic.Lds, InstructionClass.DataMovement, static (Cpu c, in Instruction i) => c.LoadFarPointer(i)),
+            Row(Mnemonic.Les, InstructionClass.DataMovement, static (Cpu c, in Instruction i) => c.LoadFarPointer(i)),
+            Row(Mnemonic.Lfs, InstructionClass.DataMovement, static (Cpu c, in Instruction i) => c.LoadFarPointer(i)),
+            Row(Mnemonic.Lgs, InstructionClass.DataMovement, static (Cpu c, in Instruction i) => c.LoadFarPointer(i)),
+            Row(Mnemonic.Lss, InstructionClass.DataMovement, static (Cpu c, in Instruction i) => c.LoadFarPointer(i)),
+            Row(Mnemonic.Bound, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) => c.CheckBounds(i)),
             Row(Mnemonic.Xlatb, InstructionClass.DataMovement, static (Cpu c, in Instruction i) =>
             {
                 // AL = [rBX + zero-extended AL] (SDM Vol. 2B XLAT): Iced gives the operand as base rBX, index AL.
@@ -103,6 +114,14 @@ public sealed partial class Cpu
             Row(Mnemonic.Cmpxchg8b, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) => c.CompareExchange8Bytes(i), CpuFeature.CompareExchange8Bytes),
             Row(Mnemonic.Cmpxchg16b, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) => c.CompareExchange16Bytes(i), CpuFeature.CompareExchange16Bytes),
             Row(Mnemonic.Bswap, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) => c.ByteSwap(i)),
+            // Decimal arithmetic (SDM Vol. 1 §5.1.2.5) and SALC, of 16- and 32-bit code only.
+            Row(Mnemonic.Daa, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) => c.DecimalAdjust(i)),
+            Row(Mnemonic.Das, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) => c.DecimalAdjust(i)),
+            Row(Mnemonic.Aaa, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) => c.DecimalAdjust(i)),
+            Row(Mnemonic.Aas, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) => c.DecimalAdjust(i)),
+            Row(Mnemonic.Aam, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) => c.DecimalAdjust(i)),
+            Row(Mnemonic.Aad, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) => c.DecimalAdjust(i)),
+            Row(Mnemonic.Salc, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) => c.DecimalAdjust(i)),
             Row(Mnemonic.Cbw, InstructionClass.Arithmetic, static (Cpu c, in Instruction i) =>
             {
                 c.WriteRegister(Register.AX, SignExtend(c.Registers[Rax], 1));
@@ -213,6 +232,7 @@ public sealed partial class Cpu
             Row(Mnemonic.Jg, InstructionClass.ControlTransfer, control),
             Row(Mnemonic.Jrcxz, InstructionClass.ControlTransfer, control),
             Row(Mnemonic.Jecxz, InstructionClass.ControlTransfer, control),
+            Row(Mnemonic.Jcxz, InstructionClass.ControlTransfer, control),
             Row(Mnemonic.Loop, InstructionClass.ControlTransfer, control),
             Row(Mnemonic.Loope, InstructionClass.ControlTransfer, control),
             Row(Mnemonic.Loopne, InstructionClass.ControlTransfer, control),
@@ -221,6 +241,7 @@ public sealed partial class Cpu
             Row(Mnemonic.Retf, InstructionClass.System, control, s: SensitiveUnprivileged),
             Row(Mnemonic.Iretq, InstructionClass.System, control, s: SensitiveUnprivileged),
             Row(Mnemonic.Iretd, InstructionClass.System, control, s: SensitiveUnprivileged),
+            Row(Mnemonic.Iret, InstructionClass.System, control, s: SensitiveUnprivileged),
             Row(Mnemonic.Int, InstructionClass.System, control, s: SensitiveUnprivileged),
             Row(Mnemonic.Int3, InstructionClass.System, control, s: SensitiveUnprivileged),
             Row(Mnemonic.Into, InstructionClass.System, control, s: SensitiveUnprivileged),
@@ -299,6 +320,8 @@ public sealed partial class Cpu
             Row(Mnemonic.Stac, InstructionClass.System, system, CpuFeature.SupervisorModeAccessPrevention, Privileged),
             Row(Mnemonic.Pushf, InstructionClass.System, system, s: SensitiveUnprivileged),
             Row(Mnemonic.Pushfq, InstructionClass.System, system, s: SensitiveUnprivileged),
+            Row(Mnemonic.Pushfd, InstructionClass.System, system, s: SensitiveUnprivileged),
+            Row(Mnemonic.Popfd, InstructionClass.System, system, s: SensitiveUnprivileged),
             Row(Mnemonic.Popf, InstructionClass.System, system, s: SensitiveUnprivileged),
             Row(Mnemonic.Popfq, InstructionClass.System, system, s: SensitiveUnprivileged),
 
@@ -306,6 +329,7 @@ public sealed partial class Cpu
             Row(Mnemonic.Nop, InstructionClass.DataMovement, nothing),
             Row(Mnemonic.Pause, InstructionClass.DataMovement, nothing),
             Row(Mnemonic.Endbr64, InstructionClass.DataMovement, nothing),
+            Row(Mnemonic.Endbr32, InstructionClass.DataMovement, nothing), // CET is not modelled: a NOP (SDM Vol. 2A ENDBR32)
             Row(Mnemonic.Lfence, InstructionClass.System, nothing),
             Row(Mnemonic.Mfence, InstructionClass.System, nothing),
             Row(Mnemonic.Sfence, InstructionClass.System, nothing),

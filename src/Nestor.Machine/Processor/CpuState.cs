@@ -43,7 +43,7 @@ public struct GeneralRegisters
 /// clock), the clock (retired instructions and idle cycles), the STI/MOV-SS interrupt shadow, halted, and the local
 /// APIC.</para>
 /// <para>Not modelled, hence not here: the x87 FPU, MMX, SSE/AVX registers and MXCSR (the model executes no
-/// floating-point or vector instruction), the debug registers DR0–DR7, MTRRs/PAT, performance counters, and
+/// floating-point or vector instruction), breakpoints (the debug registers hold their values, nothing matches them), MTRRs, performance counters, and
 /// NMI/SMI/INIT state. Not state but rebuildable caches, which <see cref="Cpu.LoadState"/> drops: the TLBs and
 /// page-walk caches of the MMU, the decoded-instruction cache, and the fetch, read and write fast-path translations.</para></summary>
 public struct CpuState
@@ -64,6 +64,9 @@ public struct CpuState
     /// <summary>IA32_PAT (SDM Vol. 3A §12.12.2) and IA32_MISC_ENABLE (Vol. 4 Table 2-2): stored, without effect on a
     /// model that has no caches, no thermal control and no fast-string choice.</summary>
     public ulong PageAttributeTable, MiscEnable;
+    /// <summary>The debug registers DR0–DR3 (breakpoint addresses), DR6 (status) and DR7 (control) as MOV DR reads and
+    /// writes them (SDM Vol. 3B §17.2); the model matches no breakpoint against them.</summary>
+    public ulong Dr0, Dr1, Dr2, Dr3, Dr6, Dr7;
     /// <summary>Instructions retired: with <see cref="IdleCycles"/>, the clock the TSC and the APIC timer count.</summary>
     public long InstructionsRetired;
     /// <summary>Clock ticks skipped while halted waiting for the timer.</summary>
@@ -80,12 +83,17 @@ public struct CpuState
 
     /// <summary>The state of a CPU after reset as this model has it (RFLAGS bit 1 set, APIC at its default base,
     /// enabled, bootstrap processor), before a loader sets long mode up.</summary>
+    /// <summary>DR6's bits that read as 1 (4–11, 16–31) and DR7's (10) (SDM Vol. 3B §17.2.3, §17.2.4).</summary>
+    public const ulong DebugStatusFixed = 0xFFFF_0FF0, DebugControlFixed = 0x400;
+
     public static CpuState Reset => new()
     {
         Rflags = FlagBits.Reserved1,
         ApicBase = 0xFEE0_0900,
         PageAttributeTable = 0x0007_0406_0007_0406,
         MiscEnable = ProcessorModel.MiscEnableReset,
+        Dr6 = DebugStatusFixed,
+        Dr7 = DebugControlFixed,
         InterruptShadowUntil = -1,
         Apic = LocalApicState.Reset,
     };
