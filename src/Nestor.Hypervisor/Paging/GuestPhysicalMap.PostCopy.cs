@@ -55,6 +55,10 @@ public sealed partial class GuestPhysicalMap
 
     private bool RemoteAwaiting => remote is { Awaited: > 0 };
 
+    /// <summary>Whether this map was made while its VM awaited post-copy pages (a page it restored without a frame was
+    /// one of them then, though it may have arrived since).</summary>
+    internal bool ReceivesPostCopy => remote is not null;
+
     /// <summary>Whether the page at <paramref name="guestPhysical"/> is still at the source of a post-copy migration.</summary>
     internal bool IsAwaitedRemote(ulong guestPhysical) => remote is not null && remote.IsAwaited(guestPhysical >> FrameShift);
 

@@ -219,9 +219,9 @@ public sealed partial class NestedPageTable
                 throw reader.Invalid($"a nested mapping of 0x{guest:x} with page shift {shift} and permissions 0x{permissions:x}");
             }
             ulong host = PhysicalMemory.DeviceWindow | guest;
-            if (!device && shift == 12 && map.IsAwaitedRemote(guest))
+            if (!device && shift == 12 && map.ReceivesPostCopy && !map.TryHostPhysical(guest, out _))
             {
-                continue; // post-copy: still at the source; its first access faults and maps it
+                continue; // post-copy: it was still at the source as the map was restored; its first access maps it
             }
             if (!device && !map.TryHostPhysical(guest, out host))
             {
