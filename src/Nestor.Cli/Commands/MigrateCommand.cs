@@ -23,12 +23,13 @@ internal static class MigrateCommand
         var rounds = new Option<int?>("--max-rounds") { Description = "Pre-copy rounds at most before the stop-and-copy (default 30)" };
         var mode = new Option<string>("--mode") { Description = "precopy (the default), postcopy (CPU first, pages on demand: either side failing then loses the VM), or hybrid (one pre-copy round, then post-copy)", DefaultValueFactory = _ => "precopy" };
         mode.AcceptOnlyFromAmong("precopy", "postcopy", "hybrid");
+        var balloonFirst = new Option<bool>("--balloon-first") { Description = "Inflate the VM's balloon to the guest's free memory first, so that those pages are neither sent nor demanded" };
         var window = new Option<int?>("--prepage-window") { Description = "Post-copy: pages on each side of a demanded page sent right after it (default 8)" };
         var streamVersion = new Option<int?>("--stream-version") { Description = "Declare this stream version (to test a destination's refusal)", Hidden = true };
         var json = new Option<bool>("--json") { Description = "Print the final status as the API's JSON" };
         var command = new Command("migrate", "Live-migrate a VM of a running host to another host over TCP (pre-copy, post-copy or hybrid)")
         {
-            vm, destination, api, bandwidth, downtime, noConverge, rounds, mode, window, streamVersion, json,
+            vm, destination, api, bandwidth, downtime, noConverge, rounds, mode, window, balloonFirst, streamVersion, json,
         };
         command.SetAction(parse =>
         {
@@ -40,7 +41,7 @@ internal static class MigrateCommand
                 var request = new MigrationRequestDocument(parse.GetValue(destination),
                     parse.GetValue(bandwidth) is { } b ? (long)Hypervisor.Configuration.Size.Parse(b, "--max-bandwidth") : null,
                     parse.GetValue(downtime), parse.GetValue(noConverge) ? false : null, parse.GetValue(rounds), parse.GetValue(mode),
-                    parse.GetValue(streamVersion), parse.GetValue(window));
+                    parse.GetValue(streamVersion), parse.GetValue(window), parse.GetValue(balloonFirst) ? true : null);
                 if (parse.GetValue(mode) is "postcopy" or "hybrid" && !parse.GetValue(json))
                 {
                     Console.Error.WriteLine("nestor: post-copy: once the VM resumes on the destination, its memory is split between the two hosts until the last page arrives; " +
@@ -79,6 +80,10 @@ internal static class MigrateCommand
                 }
                 else
                 {
+                    if (status.BalloonPages > 0)
+                    {
+                        Console.WriteLine(string.Create(c, $"balloon first: {status.BalloonPages:N0} pages ({status.BalloonPages * 4096 / 1048576.0:0.0} MiB) in the balloon, inflated in {status.BalloonMs:0} ms"));
+                    }
                     if (status.PostCopy is { } p)
                     {
                         Console.WriteLine(string.Create(c, $"post-copy: {p.PagesAtSwitch:N0} pages after the switch-over in {p.PostCopyMs:0.0} ms: {p.Pushed:N0} pushed, {p.Demanded:N0} demanded, " +

@@ -271,6 +271,7 @@ public sealed class IncomingMigration : IDisposable
         CommandLine = spec.CommandLine,
         SerialOutput = serial,
         Multiboot = spec.Multiboot,
+        Balloon = spec.Balloon,
     };
 
     private void TrySend(string tag, string text)

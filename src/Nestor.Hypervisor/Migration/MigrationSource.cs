@@ -45,6 +45,13 @@ public sealed record MigrationStatus(string Vm, string Destination, MigrationPha
     /// <summary>Pre-copy, post-copy or hybrid.</summary>
     public MigrationMode Mode { get; init; }
 
+    /// <summary>Balloon first: pages in the VM's balloon when the migration began sending, and the wall time the
+    /// inflation took (0 without <see cref="MigrationSettings.BalloonFirst"/>).</summary>
+    public long BalloonPages { get; init; }
+
+    /// <inheritdoc cref="BalloonPages"/>
+    public double BalloonMilliseconds { get; init; }
+
     /// <summary>The post-copy phase (post-copy and hybrid), once the destination resumed the VM.</summary>
     public PostCopyStatus? PostCopy { get; init; }
 }
@@ -97,6 +104,9 @@ public sealed class MigrationSource
     private PostCopyStatus? postCopyStatus;
     private long pagesAtSwitch;
     private readonly Stopwatch postCopyClock = new();
+    private volatile bool statisticsWanted; // balloon first: the dispatcher asks the driver for its statistics
+    private long balloonPages;
+    private double balloonMilliseconds;
 
     private MigrationSource(VirtualMachineHost host, HostedVm vm, MigrationSettings settings)
     {
@@ -170,6 +180,8 @@ public sealed class MigrationSource
                 {
                     Mode = settings.Mode,
                     PostCopy = postCopyNow,
+                    BalloonPages = balloonPages,
+                    BalloonMilliseconds = balloonMilliseconds,
                 };
             }
         }
@@ -188,6 +200,10 @@ public sealed class MigrationSource
         try
         {
             var endpoint = MigrationSettings.ParseAddress(settings.Destination, "the destination");
+            if (settings.BalloonFirst)
+            {
+                InflateBalloon();
+            }
             client = new TcpClient(endpoint.AddressFamily) { NoDelay = true };
             try
             {
@@ -389,9 +405,57 @@ public sealed class MigrationSource
         return pending.LongCount(p => p);
     }
 
+    // Balloon first: the guest's free memory from its balloon driver's statistics, then the balloon inflated to it
+    // less BalloonKeepBytes through the host's balloon API (applied between rounds by its memory manager), waiting
+    // until the driver has given those pages (or stopped making progress for a second).
+    private void InflateBalloon()
+    {
+        var balloon = vm.Balloon ?? throw new MigrationStreamException($"VM '{vm.Name}' has no balloon to inflate before the migration", MigrationRefusal.Refused,
+            "Give it one (balloon in its --vm, on a host with the balloon on), or migrate without balloon-first");
+        var clock = Stopwatch.StartNew();
+        long reports = balloon.StatisticsReports;
+        statisticsWanted = true;
+        while (balloon.StatisticsReports == reports)
+        {
+            if (clock.Elapsed > TimeSpan.FromSeconds(20) || vm.Vcpu.State == Scheduling.VcpuRunState.Done)
+            {
+                statisticsWanted = false;
+                throw new MigrationStreamException($"VM '{vm.Name}''s balloon driver reported no statistics within 20 s", MigrationRefusal.Refused,
+                    "Boot a guest whose balloon driver answers the statistics queue (NestorOS's does), or migrate without balloon-first");
+            }
+            Thread.Sleep(10);
+        }
+        // Read after the report that carried it: the driver writes none until asked again.
+        ulong free = balloon.Statistics.GetValueOrDefault(Devices.Virtio.Balloon.BalloonStatistic.FreeMemory);
+        ulong inflated = (ulong)balloon.Actual * PageSize;
+        ulong target = Math.Min(vm.Spec.Memory.MaxBytes, inflated + (free > MigrationSettings.BalloonKeepBytes ? free - MigrationSettings.BalloonKeepBytes : 0)) & ~(ulong)(PageSize - 1);
+        host.SetBalloon(vm.Name, target);
+        uint last = balloon.Actual;
+        var still = Stopwatch.StartNew();
+        while (balloon.Actual < target / PageSize && still.Elapsed < TimeSpan.FromSeconds(1) && clock.Elapsed < TimeSpan.FromSeconds(60) &&
+               vm.Vcpu.State != Scheduling.VcpuRunState.Done)
+        {
+            Thread.Sleep(10);
+            if (balloon.Actual != last)
+            {
+                last = balloon.Actual;
+                still.Restart();
+            }
+        }
+        lock (gate)
+        {
+            balloonPages = balloon.Actual;
+            balloonMilliseconds = clock.Elapsed.TotalMilliseconds;
+        }
+    }
+
     // Called on the host's dispatch thread between rounds, every vCPU stopped.
     private void BetweenRounds(Host unused, long roundCycles)
     {
+        if (statisticsWanted && vm.Balloon is { } balloon && balloon.RequestStatistics())
+        {
+            statisticsWanted = false; // the driver answers when its vCPU next runs
+        }
         if (throttle > 0)
         {
             long now = Stopwatch.GetTimestamp();
