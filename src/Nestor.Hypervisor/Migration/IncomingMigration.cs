@@ -292,6 +292,9 @@ public sealed class IncomingMigration : IDisposable
 
     public void Dispose()
     {
+        // A guest that ended before touching its last pages still has them coming: take them, so that the source ends
+        // its migration as completed rather than seeing the connection cut (which it must take as the VM lost).
+        PostCopy?.WaitOver(TimeSpan.FromMinutes(5));
         client?.Dispose();
         listener.Dispose();
     }

@@ -45,7 +45,9 @@ public static class MigrationBench
         var kernel = new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf);
         bool balloon = settings("tcp:127.0.0.1:1").BalloonFirst;
         var vmSpec = new HostedVmSpec("w", kernel, workload, sim, new MemoryControls(memoryBytes, memoryBytes, 10), new CpuControls(1000, 0, null)) { Balloon = balloon };
-        var hostSpec = new HostSpec(1UL << 30, 0, 1, SchedulerKind.ProportionalShare, [vmSpec]);
+        // The balloon needs the host's balloon on (the operator's target, as nestor host ctl balloon sets it), nothing else.
+        var overcommit = balloon ? OvercommitOptions.Off with { Balloon = true } : OvercommitOptions.Off;
+        var hostSpec = new HostSpec(1UL << 30, 0, 1, SchedulerKind.ProportionalShare, [vmSpec]) { Overcommit = overcommit };
         using var incoming = IncomingMigration.Listen("tcp:127.0.0.1:0");
         string address = incoming.Address;
         IReadOnlyList<string> results = [];
@@ -55,7 +57,7 @@ public static class MigrationBench
             try
             {
                 var spec = incoming.Accept(TimeSpan.FromMinutes(2));
-                using var host = new VirtualMachineHost(new HostSpec(1UL << 30, 0, 1, SchedulerKind.ProportionalShare, [spec]) { WallTimeout = TimeSpan.FromMinutes(10) }, null);
+                using var host = new VirtualMachineHost(new HostSpec(1UL << 30, 0, 1, SchedulerKind.ProportionalShare, [spec]) { WallTimeout = TimeSpan.FromMinutes(10), Overcommit = overcommit }, null);
                 host.VmCreated = vm =>
                 {
                     incoming.Receive(vm.Vm);

@@ -46,6 +46,10 @@ internal sealed class PostCopyDestination : IRemotePages
     private long faults, received, waitTicks, longestTicks;
     private volatile string? lost;
     private readonly Stopwatch clock = Stopwatch.StartNew();
+    private readonly ManualResetEventSlim over = new(false);
+
+    /// <summary>Waits until every page arrived or the source was lost (false: neither within <paramref name="timeout"/>).</summary>
+    public bool WaitOver(TimeSpan timeout) => over.Wait(timeout);
 
     /// <summary>Awaits the pages the source's <c>POST</c> bitmap <paramref name="bitmap"/> lists (by page index of
     /// <paramref name="layout"/>); their homes in <paramref name="memory"/> must hold zeros.</summary>
@@ -202,6 +206,7 @@ internal sealed class PostCopyDestination : IRemotePages
                             network.Flush();
                         }
                         clock.Stop();
+                        over.Set();
                         Completed?.Invoke(this);
                         return;
                     case MigrationStream.Abort:
@@ -231,6 +236,7 @@ internal sealed class PostCopyDestination : IRemotePages
             lost = message;
             Monitor.PulseAll(arrivals);
         }
+        over.Set();
         Lost?.Invoke(message);
     }
 }
