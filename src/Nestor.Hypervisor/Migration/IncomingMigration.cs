@@ -290,11 +290,14 @@ public sealed class IncomingMigration : IDisposable
         }
     }
 
+    /// <summary>After the host's run, before its VMs are disposed: a guest that ended before touching its last pages
+    /// still has them coming; they are taken into its RAM, so that the source ends its migration as completed rather
+    /// than seeing the connection cut (which it must take as the VM lost).</summary>
+    public void AwaitPostCopy() => PostCopy?.WaitOver(TimeSpan.FromMinutes(5));
+
     public void Dispose()
     {
-        // A guest that ended before touching its last pages still has them coming: take them, so that the source ends
-        // its migration as completed rather than seeing the connection cut (which it must take as the VM lost).
-        PostCopy?.WaitOver(TimeSpan.FromMinutes(5));
+        AwaitPostCopy();
         client?.Dispose();
         listener.Dispose();
     }

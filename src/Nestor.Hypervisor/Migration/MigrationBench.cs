@@ -64,6 +64,7 @@ public static class MigrationBench
                     incoming.Install(vm);
                 };
                 host.Run();
+                incoming.AwaitPostCopy(); // before the VM's RAM goes with the host
                 results = host.Vms[0].ResultLines;
             }
             catch (Exception e)

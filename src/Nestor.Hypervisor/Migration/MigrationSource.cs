@@ -430,9 +430,11 @@ public sealed class MigrationSource
         ulong inflated = (ulong)balloon.Actual * PageSize;
         ulong target = Math.Min(vm.Spec.Memory.MaxBytes, inflated + (free > MigrationSettings.BalloonKeepBytes ? free - MigrationSettings.BalloonKeepBytes : 0)) & ~(ulong)(PageSize - 1);
         host.SetBalloon(vm.Name, target);
-        uint last = balloon.Actual;
+        // The memory manager applies the target between rounds and the driver inflates in batches as its vCPU runs: wait
+        // until it has the target, or it moved and then stood still for 2 s (the guest gives no more), at most 30 s.
+        uint first = balloon.Actual, last = first;
         var still = Stopwatch.StartNew();
-        while (balloon.Actual < target / PageSize && still.Elapsed < TimeSpan.FromSeconds(1) && clock.Elapsed < TimeSpan.FromSeconds(60) &&
+        while (balloon.Actual < target / PageSize && (last == first || still.Elapsed < TimeSpan.FromSeconds(2)) && clock.Elapsed < TimeSpan.FromSeconds(30) &&
                vm.Vcpu.State != Scheduling.VcpuRunState.Done)
         {
             Thread.Sleep(10);

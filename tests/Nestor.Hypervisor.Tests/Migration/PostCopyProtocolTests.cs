@@ -105,7 +105,10 @@ public sealed class PostCopyProtocolTests : IDisposable
         var (sourceEnd, destinationEnd) = Connect();
         string? lost = null;
         var destination = new PostCopyDestination(memory, new RamImage(memory), destinationEnd, new Lock(), bitmap.AsSpan(8),
-            (ulong)(memory.Regions.Max(r => r.Region.End.Value) / Page)) { Lost = why => lost = why };
+            (ulong)(memory.Regions.Max(r => r.Region.End.Value) / Page))
+        {
+            Lost = why => lost = why,
+        };
         destination.Start();
         Exception? failed = null;
         var waiting = new Thread(() =>

@@ -83,5 +83,9 @@ public sealed class IncomingHostRun : IDisposable
         };
     }
 
+    /// <summary>Waits, after the host's run and before its VMs go, for the post-copy pages still on their way (a guest
+    /// that ended before it needed them).</summary>
+    public void AwaitPostCopy() => migration.AwaitPostCopy();
+
     public void Dispose() => migration.Dispose();
 }
