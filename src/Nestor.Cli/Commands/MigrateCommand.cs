@@ -21,13 +21,15 @@ internal static class MigrateCommand
         var downtime = new Option<double?>("--downtime-limit") { Description = "Milliseconds the VM may be stopped (QEMU's downtime-limit; default 300)" };
         var noConverge = new Option<bool>("--no-auto-converge") { Description = "Do not throttle the vCPU when rounds do not shrink" };
         var rounds = new Option<int?>("--max-rounds") { Description = "Pre-copy rounds at most before the stop-and-copy (default 30)" };
-        var mode = new Option<string>("--mode") { Description = "precopy (the default) or postcopy (not built yet)", DefaultValueFactory = _ => "precopy" };
-        mode.AcceptOnlyFromAmong("precopy", "postcopy");
+        var mode = new Option<string>("--mode") { Description = "precopy (the default), postcopy (CPU first, pages on demand: either side failing then loses the VM), or hybrid (one pre-copy round, then post-copy)", DefaultValueFactory = _ => "precopy" };
+        mode.AcceptOnlyFromAmong("precopy", "postcopy", "hybrid");
+        var balloonFirst = new Option<bool>("--balloon-first") { Description = "Inflate the VM's balloon to the guest's free memory first, so that those pages are neither sent nor demanded" };
+        var window = new Option<int?>("--prepage-window") { Description = "Post-copy: pages on each side of a demanded page sent right after it (default 8)" };
         var streamVersion = new Option<int?>("--stream-version") { Description = "Declare this stream version (to test a destination's refusal)", Hidden = true };
         var json = new Option<bool>("--json") { Description = "Print the final status as the API's JSON" };
-        var command = new Command("migrate", "Live-migrate a VM of a running host to another host (pre-copy over TCP)")
+        var command = new Command("migrate", "Live-migrate a VM of a running host to another host over TCP (pre-copy, post-copy or hybrid)")
         {
-            vm, destination, api, bandwidth, downtime, noConverge, rounds, mode, streamVersion, json,
+            vm, destination, api, bandwidth, downtime, noConverge, rounds, mode, window, balloonFirst, streamVersion, json,
         };
         command.SetAction(parse =>
         {
@@ -39,7 +41,12 @@ internal static class MigrateCommand
                 var request = new MigrationRequestDocument(parse.GetValue(destination),
                     parse.GetValue(bandwidth) is { } b ? (long)Hypervisor.Configuration.Size.Parse(b, "--max-bandwidth") : null,
                     parse.GetValue(downtime), parse.GetValue(noConverge) ? false : null, parse.GetValue(rounds), parse.GetValue(mode),
-                    parse.GetValue(streamVersion));
+                    parse.GetValue(streamVersion), parse.GetValue(window), parse.GetValue(balloonFirst) ? true : null);
+                if (parse.GetValue(mode) is "postcopy" or "hybrid" && !parse.GetValue(json))
+                {
+                    Console.Error.WriteLine("nestor: post-copy: once the VM resumes on the destination, its memory is split between the two hosts until the last page arrives; " +
+                                            "if either side fails (killed, connection cut) in that time, the VM is lost");
+                }
                 using var client = new ControlApiClient(socket);
                 client.StartMigration(name, request);
                 return Follow(client, name, parse.GetValue(json));
@@ -73,6 +80,15 @@ internal static class MigrateCommand
                 }
                 else
                 {
+                    if (status.BalloonPages > 0)
+                    {
+                        Console.WriteLine(string.Create(c, $"balloon first: {status.BalloonPages:N0} pages ({status.BalloonPages * 4096 / 1048576.0:0.0} MiB) in the balloon, inflated in {status.BalloonMs:0} ms"));
+                    }
+                    if (status.PostCopy is { } p)
+                    {
+                        Console.WriteLine(string.Create(c, $"post-copy: {p.PagesAtSwitch:N0} pages after the switch-over in {p.PostCopyMs:0.0} ms: {p.Pushed:N0} pushed, {p.Demanded:N0} demanded, " +
+                            $"{p.Prepaged:N0} pre-paged (window {p.PrepageWindow}); {p.DemandFaults:N0} demand faults waited {p.FaultWaitMs:0.0} ms (longest {p.LongestFaultWaitMs:0.0} ms)"));
+                    }
                     Console.WriteLine(string.Create(c, $"total {status.TotalMs:0} ms, {status.PagesSent:N0} pages, {status.BytesSent / 1048576.0:0.00} MiB; " +
                         $"downtime {(status.DowntimeMs is { } d ? d.ToString("0.0", c) + " ms" : "-")} (expected {(status.ExpectedDowntimeMs is { } e ? e.ToString("0.0", c) + " ms" : "-")}); " +
                         $"stopped at {status.InstructionsAtStop:N0} instructions; dirty pages by {status.DirtyTracking} ({status.PagesLogged:N0} logged, {status.FinalPagesFound:N0} found in the stop-and-copy)"));

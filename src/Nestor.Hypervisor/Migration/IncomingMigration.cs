@@ -28,6 +28,8 @@ public sealed class IncomingMigration : IDisposable
     private RamImage? image;
     private byte[]? state;
     private bool receivedIntoVm;
+    private byte[]? postCopyMap; // post-copy: the pages still at the source (MigrationStream.PostCopy)
+    private readonly Lock writeGate = new();
     private readonly Stopwatch clock = new();
 
     private IncomingMigration(TcpListener listener, string address)
@@ -151,6 +153,14 @@ public sealed class IncomingMigration : IDisposable
                 case MigrationStream.State:
                     state = payload;
                     break;
+                case MigrationStream.PostCopy:
+                    if (payload.Length != 8 + (image.Pages + 7) / 8)
+                    {
+                        throw new MigrationStreamException($"the post-copy map has {payload.Length:N0} bytes, and this VM's {image.Pages:N0} pages need {8 + (image.Pages + 7) / 8:N0}",
+                            MigrationRefusal.Invalid);
+                    }
+                    postCopyMap = payload;
+                    break;
                 case MigrationStream.Done:
                     if (state is null)
                     {
@@ -200,13 +210,49 @@ public sealed class IncomingMigration : IDisposable
             TrySend(MigrationStream.Failed, e.Message);
             throw;
         }
+        if (postCopyMap is { } map)
+        {
+            if (!receivedIntoVm)
+            {
+                throw new InvalidOperationException("post-copy receives into the VM: call Receive with it");
+            }
+            // Post-copy (Hines and Gopalan, VEE'09): the VM runs from now on, and each page still at the source is away
+            // until it arrives: its P2M fetches it at its first touch (Paging/GuestPhysicalMap.PostCopy.cs).
+            var lostCallback = PostCopyLost;
+            PostCopy = new PostCopyDestination(vm.Memory, image, network!, writeGate, map.AsSpan(8), (ulong)((vm.Memory.Regions.Max(r => r.Region.End.Value) + 4095) / 4096))
+            {
+                Completed = done => PostCopyCompleted?.Invoke(done),
+                Lost = why =>
+                {
+                    // The VM is lost (its memory exists in halves and one is gone): it ends now, saying so, rather than
+                    // when it next touches a page that never arrived.
+                    hosted.StopCause ??= why;
+                    hosted.Control.Stop(Exits.VmOutcomeKind.Terminated);
+                    lostCallback?.Invoke(why);
+                },
+            };
+            Paging.GuestPhysicalMap.AwaitPages(vm.Memory, PostCopy);
+        }
         var resumed = new byte[8];
         BinaryPrimitives.WriteInt64LittleEndian(resumed, vm.Vcpus[0].State.InstructionsRetired);
-        MigrationStream.WriteSection(network!, MigrationStream.Resumed, resumed);
-        network!.Flush();
+        lock (writeGate)
+        {
+            MigrationStream.WriteSection(network!, MigrationStream.Resumed, resumed);
+            network!.Flush();
+        }
         clock.Stop();
         InstructionsAtResume = vm.Vcpus[0].State.InstructionsRetired;
+        PostCopy?.Start();
     }
+
+    /// <summary>Post-copy's destination side, once the VM resumed by post-copy (null for pre-copy).</summary>
+    internal PostCopyDestination? PostCopy { get; private set; }
+
+    /// <summary>Called when the last post-copy page arrived.</summary>
+    internal Action<PostCopyDestination>? PostCopyCompleted { get; set; }
+
+    /// <summary>Called when the source was lost during post-copy, with the VM's outcome.</summary>
+    internal Action<string>? PostCopyLost { get; set; }
 
     /// <summary>The vCPU's instructions retired when it resumed here.</summary>
     public long InstructionsAtResume { get; private set; }
@@ -225,6 +271,7 @@ public sealed class IncomingMigration : IDisposable
         CommandLine = spec.CommandLine,
         SerialOutput = serial,
         Multiboot = spec.Multiboot,
+        Balloon = spec.Balloon,
     };
 
     private void TrySend(string tag, string text)
@@ -243,8 +290,14 @@ public sealed class IncomingMigration : IDisposable
         }
     }
 
+    /// <summary>After the host's run, before its VMs are disposed: a guest that ended before touching its last pages
+    /// still has them coming; they are taken into its RAM, so that the source ends its migration as completed rather
+    /// than seeing the connection cut (which it must take as the VM lost).</summary>
+    public void AwaitPostCopy() => PostCopy?.WaitOver(TimeSpan.FromMinutes(5));
+
     public void Dispose()
     {
+        AwaitPostCopy();
         client?.Dispose();
         listener.Dispose();
     }

@@ -42,8 +42,25 @@ public sealed record MigrationSettings(string Destination)
     /// too, §4: 30 in Xen's implementation).</summary>
     public int MaxRounds { get; init; } = 30;
 
-    /// <summary>Post-copy instead of pre-copy (not built: refused with a message).</summary>
-    public bool PostCopy { get; init; }
+    /// <summary>Pre-copy (the default), post-copy, or one pre-copy round then post-copy.</summary>
+    public MigrationMode Mode { get; init; } = MigrationMode.PreCopy;
+
+    /// <summary>Post-copy's pre-paging window: after a demanded page, this many pages on each side of it that have not
+    /// been sent go next, nearest first (Hines and Gopalan, VEE'09, §3.2: bubbling around the faulting pivot), and the
+    /// background push continues from past the window.</summary>
+    public int PrepageWindow { get; init; } = DefaultPrepageWindow;
+
+    /// <summary>Before migrating, inflate the VM's balloon to the guest's free memory (its last <c>MEMFREE</c>
+    /// statistic, virtio 1.2 §5.5.6.3, less <see cref="BalloonKeepBytes"/>), through the host's balloon API, so that
+    /// the pages the guest does not use are all zeros (reclaimed) and neither sent nor demanded (Hines and Gopalan's
+    /// dynamic self-ballooning, VEE'09 §3.3, here driven by the host). The balloon stays inflated on the destination.</summary>
+    public bool BalloonFirst { get; init; }
+
+    /// <summary>Free memory the balloon-first inflation leaves the guest: 1 MiB.</summary>
+    public const ulong BalloonKeepBytes = 1UL << 20;
+
+    /// <summary>The pre-paging window by default: 8 pages on each side (64 KiB in all with the faulting page).</summary>
+    public const int DefaultPrepageWindow = 8;
 
     /// <summary>The stream version to declare: for the tests of a destination's refusal of a newer stream only.</summary>
     public ushort? StreamVersion { get; init; }
@@ -83,11 +100,44 @@ public sealed record MigrationSettings(string Destination)
         {
             throw new BadInputException($"{MaxRounds} rounds is out of range", "Give 1 to 1000 pre-copy rounds");
         }
-        if (PostCopy)
+        if (PrepageWindow is < 0 or > 4096)
         {
-            throw new BadInputException("post-copy migration is not built yet", "Migrate with pre-copy (the default); docs/migration.md says what post-copy would risk");
+            throw new BadInputException($"a pre-paging window of {PrepageWindow} pages is out of range", $"Give 0 to 4096 pages on each side (the default is {DefaultPrepageWindow})");
         }
     }
+
+    /// <summary>The mode named <paramref name="text"/> (<c>precopy</c>, <c>postcopy</c>, <c>hybrid</c>; null: pre-copy).</summary>
+    /// <exception cref="BadInputException">Another name.</exception>
+    public static MigrationMode ParseMode(string? text) => text switch
+    {
+        null or "precopy" => MigrationMode.PreCopy,
+        "postcopy" => MigrationMode.PostCopy,
+        "hybrid" => MigrationMode.Hybrid,
+        var other => throw new BadInputException($"mode '{other}' is not a migration mode", "Give precopy, postcopy or hybrid"),
+    };
+
+    /// <summary>The mode's name as <see cref="ParseMode"/> reads it.</summary>
+    public static string NameOf(MigrationMode mode) => mode switch
+    {
+        MigrationMode.PostCopy => "postcopy",
+        MigrationMode.Hybrid => "hybrid",
+        _ => "precopy",
+    };
+}
+
+/// <summary>How a live migration moves memory.</summary>
+public enum MigrationMode
+{
+    /// <summary>Clark et al. (NSDI'05): RAM in rounds while the VM runs, then the stop-and-copy; the source keeps a
+    /// whole VM until the destination has all of it.</summary>
+    PreCopy,
+    /// <summary>Hines and Gopalan (VEE'09): the VM stops, its vCPU, devices and VMM state go first and it resumes on
+    /// the destination at once; its pages follow, pushed in the background and demanded when the guest touches one
+    /// that has not arrived. Until the last page arrives the VM exists in two halves: either side failing loses it.</summary>
+    PostCopy,
+    /// <summary>One pre-copy round (every page while the VM runs), then post-copy for what it dirtied since (Hines and
+    /// Gopalan's hybrid, §3.4).</summary>
+    Hybrid,
 }
 
 /// <summary>A hosted VM's settings as the migration stream carries them to the destination, which builds the same
@@ -109,6 +159,7 @@ public static class MigrationVmDescription
             .Append(spec.Cpu.LimitPercent?.ToString("R", c) ?? "none").Append('\n');
         text.Append("multiboot=").Append(spec.Multiboot ? 1 : 0).Append('\n');
         text.Append("serial-limit=").Append(spec.SerialLimitBytes).Append('\n');
+        text.Append("balloon=").Append(spec.Balloon ? 1 : 0).Append('\n');
         return text.ToString();
     }
 
@@ -144,6 +195,7 @@ public static class MigrationVmDescription
             {
                 Multiboot = Get("multiboot") == "1",
                 SerialLimitBytes = long.Parse(Get("serial-limit"), c),
+                Balloon = values.GetValueOrDefault("balloon") == "1", // the device must be there for its state to restore
             };
         }
         catch (Exception e) when (e is FormatException or OverflowException or IndexOutOfRangeException)

@@ -19,6 +19,9 @@ public enum MigrationPhase
     PreCopy,
     /// <summary>The VM is stopped; its last dirty pages and its state are on their way.</summary>
     StopAndCopy,
+    /// <summary>Post-copy: the destination runs the VM, and the pages still here are pushed and demanded. Until the
+    /// last arrives, the VM exists in two halves: either side failing loses it.</summary>
+    PostCopy,
     /// <summary>The destination runs the VM; the source's has ended.</summary>
     Completed,
     /// <summary>Given up: the source VM runs on as before; <see cref="MigrationStatus.Message"/> says why.</summary>
@@ -37,7 +40,21 @@ public sealed record MigrationRound(int Number, long Pages, long FilledPages, lo
 /// <summary>A migration's state at one moment: a value.</summary>
 public sealed record MigrationStatus(string Vm, string Destination, MigrationPhase Phase, string? Message, IReadOnlyList<MigrationRound> Rounds,
     double TotalMilliseconds, double? DowntimeMilliseconds, double? ExpectedDowntimeMilliseconds, long PagesSent, long BytesSent,
-    int ThrottlePercent, long InstructionsAtStop, string DirtyTracking, long PagesLogged, long FinalPagesFound);
+    int ThrottlePercent, long InstructionsAtStop, string DirtyTracking, long PagesLogged, long FinalPagesFound)
+{
+    /// <summary>Pre-copy, post-copy or hybrid.</summary>
+    public MigrationMode Mode { get; init; }
+
+    /// <summary>Balloon first: pages in the VM's balloon when the migration began sending, and the wall time the
+    /// inflation took (0 without <see cref="MigrationSettings.BalloonFirst"/>).</summary>
+    public long BalloonPages { get; init; }
+
+    /// <inheritdoc cref="BalloonPages"/>
+    public double BalloonMilliseconds { get; init; }
+
+    /// <summary>The post-copy phase (post-copy and hybrid), once the destination resumed the VM.</summary>
+    public PostCopyStatus? PostCopy { get; init; }
+}
 
 /// <summary>The source side of a live pre-copy migration of one VM of a <see cref="VirtualMachineHost"/> (Clark et al.,
 /// "Live Migration of Virtual Machines", NSDI'05, §3): round 0 sends every page while the VM runs; each further round
@@ -82,6 +99,14 @@ public sealed class MigrationSource
     private long pagesLogged, finalPagesFound;
     private readonly bool useDirtyLog;
     private long lastRoundEnd;
+    private volatile bool resumedThere; // post-copy: the destination runs the VM; the source's may not run on
+    private PostCopySource? postCopy;
+    private PostCopyStatus? postCopyStatus;
+    private long pagesAtSwitch;
+    private readonly Stopwatch postCopyClock = new();
+    private volatile bool statisticsWanted; // balloon first: the dispatcher asks the driver for its statistics
+    private long balloonPages;
+    private double balloonMilliseconds;
 
     private MigrationSource(VirtualMachineHost host, HostedVm vm, MigrationSettings settings)
     {
@@ -112,6 +137,15 @@ public sealed class MigrationSource
             {
                 throw new InvalidOperationException($"VM '{name}' is {vm.State.ToString().ToLowerInvariant()}: only a running VM can be migrated");
             }
+            if (settings.Mode != MigrationMode.PreCopy && (vm.Spec.Sim.Technique == Techniques.Technique.Native || vm.Spec.Sim.LargeNestedPages))
+            {
+                throw new BadInputException($"VM '{name}' runs {(vm.Spec.Sim.LargeNestedPages ? "with 2 MiB nested pages" : "native")}, and post-copy needs the VMM's P2M to catch the guest's first touch of each page not yet arrived, 4 KiB at a time",
+                    "Migrate it with --mode precopy, or run it under a technique with 4 KiB pages (e.g. technique=hw)");
+            }
+            if (Paging.GuestPhysicalMap.AwaitsPages(vm.Vm.Memory))
+            {
+                throw new InvalidOperationException($"VM '{name}' is still receiving pages of its own post-copy migration here: migrate it once they have all arrived");
+            }
             if (vm.Vm.Host.PhysicalMapOf(vm.Vm) is { HasSwap: true })
             {
                 throw new InvalidOperationException($"VM '{name}' has pages in the host's swap, which the migration does not read: run it without --host-swap to migrate it");
@@ -138,8 +172,17 @@ public sealed class MigrationSource
                 {
                     outcomeRead.Set();
                 }
+                var live = postCopy;
+                var postCopyNow = postCopyStatus ?? (live is null ? null : new PostCopyStatus(pagesAtSwitch, live.Pushed, live.Demanded, live.Prepaged, live.Requests, 0, 0, 0,
+                    postCopyClock.Elapsed.TotalMilliseconds, settings.PrepageWindow));
                 return new MigrationStatus(vm.Name, settings.Destination, phase, message, [.. rounds], total.Elapsed.TotalMilliseconds, downtime,
-                    expectedDowntime, pagesSent, bytesSent, throttle, instructionsAtStop, useDirtyLog ? "write-protection" : "comparison", pagesLogged, finalPagesFound);
+                    expectedDowntime, pagesSent, bytesSent, throttle, instructionsAtStop, useDirtyLog ? "write-protection" : "comparison", pagesLogged, finalPagesFound)
+                {
+                    Mode = settings.Mode,
+                    PostCopy = postCopyNow,
+                    BalloonPages = balloonPages,
+                    BalloonMilliseconds = balloonMilliseconds,
+                };
             }
         }
     }
@@ -157,6 +200,10 @@ public sealed class MigrationSource
         try
         {
             var endpoint = MigrationSettings.ParseAddress(settings.Destination, "the destination");
+            if (settings.BalloonFirst)
+            {
+                InflateBalloon();
+            }
             client = new TcpClient(endpoint.AddressFamily) { NoDelay = true };
             try
             {
@@ -186,8 +233,13 @@ public sealed class MigrationSource
             int round = 0;
             int notShrinking = 0;
             long lastSentBytes = 0;
-            while (true)
+            // Post-copy sends no page before the switch-over; hybrid sends one full round while the VM runs.
+            while (settings.Mode != MigrationMode.PostCopy)
             {
+                if (settings.Mode == MigrationMode.Hybrid && round == 1)
+                {
+                    break;
+                }
                 long dirty = Harvest();
                 double bandwidth = MeasuredBandwidth();
                 double expected = (dirty * (PageSize + 9.0) + 65536) / bandwidth * 1000;
@@ -237,7 +289,14 @@ public sealed class MigrationSource
             {
                 finalPagesFound = found;
             }
-            SendPending(link, round, last: true);
+            if (settings.Mode == MigrationMode.PreCopy)
+            {
+                SendPending(link, round, last: true);
+            }
+            else
+            {
+                SendPostCopyMap(link);
+            }
             var state = new SnapshotWriter();
             foreach (var part in vmObject.SnapshotParts.Where(p => p != vmObject.Memory).Append(vm.Engine!))
             {
@@ -255,9 +314,20 @@ public sealed class MigrationSource
             {
                 downtime = downtimeClock.Elapsed.TotalMilliseconds;
                 bytesSent = link.Written;
+            }
+            if (settings.Mode != MigrationMode.PreCopy)
+            {
+                RunPostCopy(link, network, round + 1);
+            }
+            lock (gate)
+            {
+                bytesSent = link.Written;
                 migrated = true;
                 phase = MigrationPhase.Completed;
-                message = $"migrated to {settings.Destination} in {rounds.Count} rounds, {pagesSent:N0} pages; downtime {downtime:0.0} ms";
+                message = settings.Mode == MigrationMode.PreCopy
+                    ? $"migrated to {settings.Destination} in {rounds.Count} rounds, {pagesSent:N0} pages; downtime {downtime:0.0} ms"
+                    : $"migrated to {settings.Destination} by {MigrationSettings.NameOf(settings.Mode)}: downtime {downtime:0.0} ms; {postCopyStatus!.PagesAtSwitch:N0} pages after the switch-over " +
+                      $"({postCopyStatus.Pushed:N0} pushed, {postCopyStatus.Demanded:N0} demanded, {postCopyStatus.Prepaged:N0} pre-paged; {postCopyStatus.DemandFaults:N0} faults waited {postCopyStatus.FaultWaitMilliseconds:0.0} ms)";
             }
         }
         catch (Exception e) when (e is NestorException or IOException or SocketException or ObjectDisposedException or InvalidOperationException)
@@ -275,7 +345,10 @@ public sealed class MigrationSource
             {
                 bytesSent = link?.Written ?? 0;
                 phase = MigrationPhase.Failed;
-                message = vmEnded ? $"the migration was given up: {why}" : $"the migration failed, and the VM runs on here: {why}";
+                message = vmEnded ? $"the migration was given up: {why}"
+                    : resumedThere ? $"post-copy failed after the VM resumed on {settings.Destination}, with {postCopy?.Remaining ?? pagesAtSwitch:N0} pages not yet sent: {why}; " +
+                                     "neither side has the whole VM, so it is lost (post-copy's risk: docs/migration.md)"
+                    : $"the migration failed, and the VM runs on here: {why}";
             }
         }
         finally
@@ -332,9 +405,59 @@ public sealed class MigrationSource
         return pending.LongCount(p => p);
     }
 
+    // Balloon first: the guest's free memory from its balloon driver's statistics, then the balloon inflated to it
+    // less BalloonKeepBytes through the host's balloon API (applied between rounds by its memory manager), waiting
+    // until the driver has given those pages (or stopped making progress for a second).
+    private void InflateBalloon()
+    {
+        var balloon = vm.Balloon ?? throw new MigrationStreamException($"VM '{vm.Name}' has no balloon to inflate before the migration", MigrationRefusal.Refused,
+            "Give it one (balloon in its --vm, on a host with the balloon on), or migrate without balloon-first");
+        var clock = Stopwatch.StartNew();
+        long reports = balloon.StatisticsReports;
+        statisticsWanted = true;
+        while (balloon.StatisticsReports == reports)
+        {
+            if (clock.Elapsed > TimeSpan.FromSeconds(20) || vm.Vcpu.State == Scheduling.VcpuRunState.Done)
+            {
+                statisticsWanted = false;
+                throw new MigrationStreamException($"VM '{vm.Name}''s balloon driver reported no statistics within 20 s", MigrationRefusal.Refused,
+                    "Boot a guest whose balloon driver answers the statistics queue (NestorOS's does), or migrate without balloon-first");
+            }
+            Thread.Sleep(10);
+        }
+        // Read after the report that carried it: the driver writes none until asked again.
+        ulong free = balloon.Statistics.GetValueOrDefault(Devices.Virtio.Balloon.BalloonStatistic.FreeMemory);
+        ulong inflated = (ulong)balloon.Actual * PageSize;
+        ulong target = Math.Min(vm.Spec.Memory.MaxBytes, inflated + (free > MigrationSettings.BalloonKeepBytes ? free - MigrationSettings.BalloonKeepBytes : 0)) & ~(ulong)(PageSize - 1);
+        host.SetBalloon(vm.Name, target);
+        // The memory manager applies the target between rounds and the driver inflates in batches as its vCPU runs: wait
+        // until it has the target, or it moved and then stood still for 2 s (the guest gives no more), at most 30 s.
+        uint first = balloon.Actual, last = first;
+        var still = Stopwatch.StartNew();
+        while (balloon.Actual < target / PageSize && (last == first || still.Elapsed < TimeSpan.FromSeconds(2)) && clock.Elapsed < TimeSpan.FromSeconds(30) &&
+               vm.Vcpu.State != Scheduling.VcpuRunState.Done)
+        {
+            Thread.Sleep(10);
+            if (balloon.Actual != last)
+            {
+                last = balloon.Actual;
+                still.Restart();
+            }
+        }
+        lock (gate)
+        {
+            balloonPages = balloon.Actual;
+            balloonMilliseconds = clock.Elapsed.TotalMilliseconds;
+        }
+    }
+
     // Called on the host's dispatch thread between rounds, every vCPU stopped.
     private void BetweenRounds(Host unused, long roundCycles)
     {
+        if (statisticsWanted && vm.Balloon is { } balloon && balloon.RequestStatistics())
+        {
+            statisticsWanted = false; // the driver answers when its vCPU next runs
+        }
         if (throttle > 0)
         {
             long now = Stopwatch.GetTimestamp();
@@ -473,6 +596,51 @@ public sealed class MigrationSource
         return sent;
     }
 
+    // Post-copy's switch-over: instead of the last pages, which pages are still to come (a bit per page of RAM; an
+    // all-zero page is not among them, the destination's RAM starting all zeros).
+    private void SendPostCopyMap(RateLimitedWriter link)
+    {
+        var payload = new byte[8 + (image.Pages + 7) / 8];
+        long count = 0;
+        for (long i = 0; i < image.Pages; i++)
+        {
+            if (pending[i])
+            {
+                payload[8 + (i >> 3)] |= (byte)(1 << (int)(i & 7));
+                count++;
+            }
+        }
+        BinaryPrimitives.WriteInt64LittleEndian(payload, count);
+        link.WriteSection(MigrationStream.PostCopy, payload);
+        lock (gate)
+        {
+            pagesAtSwitch = count;
+        }
+    }
+
+    // After the destination resumed the VM: every page still here, pushed and demanded (PostCopySource).
+    private void RunPostCopy(RateLimitedWriter link, Stream network, int round)
+    {
+        resumedThere = true;
+        postCopyClock.Start();
+        var server = new PostCopySource(image, pending, link, network, settings.PrepageWindow, round);
+        lock (gate)
+        {
+            postCopy = server;
+            phase = MigrationPhase.PostCopy;
+        }
+        long before = link.Written;
+        var (faults, received, waitMicros, longestMicros) = server.Run();
+        postCopyClock.Stop();
+        lock (gate)
+        {
+            postCopyStatus = new PostCopyStatus(pagesAtSwitch, server.Pushed, server.Demanded, server.Prepaged, server.Requests, faults,
+                waitMicros / 1000.0, longestMicros / 1000.0, postCopyClock.Elapsed.TotalMilliseconds, settings.PrepageWindow);
+            rounds.Add(new MigrationRound(round, received, 0, link.Written - before, postCopyClock.Elapsed.TotalMilliseconds, 100));
+            pagesSent += received;
+        }
+    }
+
     /// <summary>Called on the VM's vCPU thread each time its run returns (<see cref="VirtualMachineHost"/>): when the
     /// run ended for the stop-and-copy, waits for the verdict; true if the VM must run on here (the migration failed:
     /// it is restored from its own state into a fresh engine), false if its run is over (migrated, or it ended on its
@@ -487,6 +655,12 @@ public sealed class MigrationSource
         }
         stopped.Set();
         verdict.Wait();
+        if (!migrated && resumedThere)
+        {
+            // Post-copy failed after the switch-over: the destination ran the VM on, so this copy is stale and must not.
+            vm.StopCause = $"lost in post-copy to {settings.Destination}: {message}";
+            return false;
+        }
         if (migrated)
         {
             vm.StopCause = $"migrated to {settings.Destination}";

@@ -89,10 +89,17 @@ public static class MigrationStream
     public const string Page = "PAGE", RoundEnd = "ROUN", State = "STAT", Done = "DONE", Abort = "ABRT";
     public const string Accept = "ACPT", Refuse = "RFSE", Resumed = "RSUM", Failed = "FAIL";
 
+    /// <summary>Post-copy's sections: <c>POST</c> (source, before <c>STAT</c>: u64 pages to follow, then one bit per
+    /// page of RAM in the order of its regions, set for each page still at the source), <c>PREQ</c> (destination: u64
+    /// guest frame the guest faulted on), <c>PEND</c> (source: every page sent; u64 pushed, u64 demanded, u64
+    /// pre-paged), <c>PACK</c> (destination: every page arrived; u64 demand faults, u64 pages received, i64 total and
+    /// i64 longest fault wait in microseconds).</summary>
+    public const string PostCopy = "POST", PageRequest = "PREQ", PostCopyEnd = "PEND", PostCopyAck = "PACK";
+
     /// <summary>Page kinds of a <c>PAGE</c> entry.</summary>
     public const byte FilledPage = 0, RawPage = 1;
 
-    private static readonly string[] KnownTags = [Page, RoundEnd, State, Done, Abort, Accept, Refuse, Resumed, Failed];
+    private static readonly string[] KnownTags = [Page, RoundEnd, State, Done, Abort, Accept, Refuse, Resumed, Failed, PostCopy, PageRequest, PostCopyEnd, PostCopyAck];
 
     /// <summary>The header's bytes. <paramref name="version"/> other than <see cref="FormatVersion"/> is for the
     /// refusal tests only (a destination must refuse a newer stream).</summary>

@@ -44,6 +44,7 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
         this.pool = pool;
         ulong top = guest.Regions.Max(r => r.Region.End.Value);
         hostFrames = new ulong[top >> FrameShift];
+        AttachRemote(); // post-copy: pages still at the source (GuestPhysicalMap.PostCopy.cs)
     }
 
     /// <summary>The host frame pool the map draws on.</summary>
@@ -133,6 +134,7 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
         {
             SwapIn(page >> FrameShift, byDevice: false);
         }
+        FetchIfRemote(page >> FrameShift); // post-copy's demand fault (GuestPhysicalMap.PostCopy.cs)
         host = pool.Adopt(Home(page), 1, 1, this, page >> FrameShift);
         hostFrames[page >> FrameShift] = host;
         TouchedPages++;
@@ -358,7 +360,7 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
 
     private bool IsHomeAway(ulong frame) => homeAway is not null && homeAway[frame] != 0;
 
-    bool IGuestPageSource.AnyReleased => homesAway > 0 || SwappedOutPages > 0;
+    bool IGuestPageSource.AnyReleased => homesAway > 0 || SwappedOutPages > 0 || RemoteAwaiting;
 
     bool IGuestPageSource.ReadReleased(ulong guestPhysical, Span<byte> destination)
     {
@@ -367,6 +369,7 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
         {
             return false;
         }
+        FetchIfRemote(frame); // its home holds it once it arrived
         if (swapSlots is not null && swapSlots[frame] != 0)
         {
             SwapIn(frame, byDevice: false); // its home holds it again
@@ -389,6 +392,7 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
             {
                 break;
             }
+            FetchIfRemote(frame);
             if (swapSlots is not null && swapSlots[frame] != 0)
             {
                 SwapIn(frame, byDevice: false);
@@ -513,6 +517,10 @@ public sealed partial class GuestPhysicalMap
             if ((address >> FrameShift) >= (ulong)hostFrames.Length || !IsRam(address))
             {
                 throw reader.Invalid($"guest page 0x{address:x} is not RAM of this VM");
+            }
+            if (!large && IsAwaitedRemote(address))
+            {
+                continue; // post-copy: it gets its frame when it arrives and is touched
             }
             if (large ? !TouchLarge(address, out _) : TryHostPhysical(address, out _))
             {
@@ -647,6 +655,7 @@ public sealed partial class GuestPhysicalMap
     /// <see cref="DeviceSwapIns"/>.</summary>
     internal void DeviceRead(ulong address, int length)
     {
+        FetchRangeIfRemote(address, length); // post-copy: a device reads a page still at the source
         if (swapSlots is null || length <= 0)
         {
             return;

@@ -219,6 +219,10 @@ public sealed partial class NestedPageTable
                 throw reader.Invalid($"a nested mapping of 0x{guest:x} with page shift {shift} and permissions 0x{permissions:x}");
             }
             ulong host = PhysicalMemory.DeviceWindow | guest;
+            if (!device && shift == 12 && map.ReceivesPostCopy && !map.TryHostPhysical(guest, out _))
+            {
+                continue; // post-copy: it was still at the source as the map was restored; its first access maps it
+            }
             if (!device && !map.TryHostPhysical(guest, out host))
             {
                 throw reader.Invalid($"the nested table maps guest page 0x{guest:x}, which has no host frame");

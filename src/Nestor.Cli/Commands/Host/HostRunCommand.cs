@@ -104,6 +104,7 @@ internal static class HostRunCommand
                 using (parse.GetValue(watch) ? HostReportWatch.Start(host, Console.Out, TimeSpan.FromSeconds(every), terminal: !Console.IsOutputRedirected) : null)
                 {
                     host.Run();
+                    arriving?.AwaitPostCopy(); // post-copy pages still coming go into the VM's RAM before it is disposed
                 }
                 Console.Out.Flush();
                 HostReport.Write(host, Console.Out);

@@ -138,6 +138,10 @@ namespace Nestor.Hypervisor.Hosting
                 {
                     throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a running or paused VM can be saved");
                 }
+                if (vm.Vm is { } machine && Paging.GuestPhysicalMap.AwaitsPages(machine.Memory))
+                {
+                    throw new InvalidOperationException($"VM '{name}' is still receiving pages of its post-copy migration: save it once they have all arrived");
+                }
                 if (snapshots.ContainsKey(vm))
                 {
                     throw new InvalidOperationException($"a snapshot of VM '{name}' is being taken: wait for it to finish");

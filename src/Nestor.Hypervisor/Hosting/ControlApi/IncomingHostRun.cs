@@ -61,10 +61,31 @@ public sealed class IncomingHostRun : IDisposable
                 migration.Receive(built);
                 log.WriteLine($"nestor: received VM '{Spec.Name}': {migration.Rounds} rounds, {migration.Pages:N0} pages in {migration.Elapsed.TotalMilliseconds:N0} ms");
                 log.Flush();
+                migration.PostCopyCompleted = done =>
+                {
+                    log.WriteLine($"nestor: post-copy of VM '{Spec.Name}' complete: {done.PagesReceived:N0} pages in {done.Elapsed.TotalMilliseconds:N0} ms; " +
+                                  $"{done.DemandFaults:N0} demand faults waited {done.FaultWait.TotalMilliseconds:0.0} ms (longest {done.LongestFaultWait.TotalMilliseconds:0.0} ms)");
+                    log.Flush();
+                };
+                migration.PostCopyLost = why =>
+                {
+                    log.WriteLine($"nestor: VM '{Spec.Name}' is lost: {why}");
+                    log.Flush();
+                };
                 migration.Install(vm);
+                if (migration.PostCopy is { } postCopy)
+                {
+                    log.WriteLine($"nestor: VM '{Spec.Name}' runs here by post-copy with {postCopy.PagesAtSwitch:N0} pages still at the source: " +
+                                  "until they have all arrived, the VM exists in two halves, and if the source fails it is lost");
+                    log.Flush();
+                }
             }
         };
     }
+
+    /// <summary>Waits, after the host's run and before its VMs go, for the post-copy pages still on their way (a guest
+    /// that ended before it needed them).</summary>
+    public void AwaitPostCopy() => migration.AwaitPostCopy();
 
     public void Dispose() => migration.Dispose();
 }

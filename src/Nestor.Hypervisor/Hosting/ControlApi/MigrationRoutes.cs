@@ -15,10 +15,16 @@ namespace Nestor.Hypervisor.Hosting.ControlApi;
 /// <param name="DowntimeLimitMs">QEMU's <c>downtime-limit</c> (300 ms).</param>
 /// <param name="AutoConverge">QEMU's <c>auto-converge</c> (on).</param>
 /// <param name="MaxRounds">Pre-copy rounds at most (30).</param>
-/// <param name="Mode"><c>precopy</c> (the default) or <c>postcopy</c> (not built).</param>
+/// <param name="Mode"><c>precopy</c> (the default), <c>postcopy</c> or <c>hybrid</c> (one pre-copy round, then post-copy).</param>
 /// <param name="StreamVersion">The stream version to declare: for refusal tests only.</param>
+/// <param name="PrepageWindow">Post-copy's pre-paging window, pages on each side of a demanded one (8).</param>
+/// <param name="BalloonFirst">Inflate the VM's balloon to the guest's free memory before sending (off).</param>
 public sealed record MigrationRequestDocument(string? Destination, long? MaxBandwidth = null, double? DowntimeLimitMs = null, bool? AutoConverge = null,
-    int? MaxRounds = null, string? Mode = null, int? StreamVersion = null);
+    int? MaxRounds = null, string? Mode = null, int? StreamVersion = null, int? PrepageWindow = null, bool? BalloonFirst = null);
+
+/// <summary>Post-copy's part of <c>GET /vms/{name}/migration</c> (<see cref="PostCopyStatus"/>).</summary>
+public sealed record PostCopyDocument(long PagesAtSwitch, long Pushed, long Demanded, long Prepaged, long Requests, long DemandFaults,
+    double FaultWaitMs, double LongestFaultWaitMs, double PostCopyMs, int PrepageWindow);
 
 /// <summary>One round as <c>GET /vms/{name}/migration</c> shows it.</summary>
 public sealed record MigrationRoundDocument(int Round, long Pages, long FilledPages, long Bytes, double Milliseconds, int ThrottlePercent);
@@ -26,7 +32,8 @@ public sealed record MigrationRoundDocument(int Round, long Pages, long FilledPa
 /// <summary><c>GET /vms/{name}/migration</c>: the VM's migration under way or last.</summary>
 public sealed record MigrationDocument(string Vm, string Destination, string Phase, string? Message, IReadOnlyList<MigrationRoundDocument> Rounds,
     double TotalMs, double? DowntimeMs, double? ExpectedDowntimeMs, long PagesSent, long BytesSent, int ThrottlePercent, long InstructionsAtStop,
-    string DirtyTracking, long PagesLogged, long FinalPagesFound);
+    string DirtyTracking, long PagesLogged, long FinalPagesFound, string Mode = "precopy", PostCopyDocument? PostCopy = null, long BalloonPages = 0,
+    double BalloonMs = 0);
 
 /// <summary>The migration documents' serializers (source-generated, strict as the control API's).</summary>
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower,
@@ -57,12 +64,9 @@ internal static class MigrationRoutes
             DowntimeLimit = request.DowntimeLimitMs is { } ms ? TimeSpan.FromMilliseconds(ms) : MigrationSettings.DefaultDowntime,
             AutoConverge = request.AutoConverge ?? true,
             MaxRounds = request.MaxRounds ?? 30,
-            PostCopy = request.Mode switch
-            {
-                null or "precopy" => false,
-                "postcopy" => true,
-                var other => throw new BadInputException($"mode '{other}' is not a migration mode: give \"precopy\" or \"postcopy\""),
-            },
+            Mode = MigrationSettings.ParseMode(request.Mode),
+            PrepageWindow = request.PrepageWindow ?? MigrationSettings.DefaultPrepageWindow,
+            BalloonFirst = request.BalloonFirst ?? false,
             StreamVersion = request.StreamVersion is { } v ? checked((ushort)v) : null,
         };
         MigrationSource.Start(host, name, settings);
@@ -83,5 +87,7 @@ internal static class MigrationRoutes
         new(s.Vm, s.Destination, s.Phase.ToString(), s.Message,
             [.. s.Rounds.Select(r => new MigrationRoundDocument(r.Number, r.Pages, r.FilledPages, r.Bytes, r.Milliseconds, r.ThrottlePercent))],
             s.TotalMilliseconds, s.DowntimeMilliseconds, s.ExpectedDowntimeMilliseconds, s.PagesSent, s.BytesSent, s.ThrottlePercent, s.InstructionsAtStop,
-            s.DirtyTracking, s.PagesLogged, s.FinalPagesFound);
+            s.DirtyTracking, s.PagesLogged, s.FinalPagesFound, MigrationSettings.NameOf(s.Mode),
+            s.PostCopy is { } p ? new PostCopyDocument(p.PagesAtSwitch, p.Pushed, p.Demanded, p.Prepaged, p.Requests, p.DemandFaults, p.FaultWaitMilliseconds,
+                p.LongestFaultWaitMilliseconds, p.Milliseconds, p.Window) : null, s.BalloonPages, s.BalloonMilliseconds);
 }
