@@ -65,6 +65,13 @@ public sealed partial class Cpu
         }
     }
 
+    /// <summary>Whether running the processor now makes progress (for an engine that interleaves several): not while
+    /// it waits for a start-up IPI, nor while halted unless an NMI or an interrupt it accepts now (RFLAGS.IF set, a
+    /// class above the processor priority) is pending, which ends the halt (SDM Vol. 3A §8.10.2; run again, it takes
+    /// the interrupt with the instruction after HLT as its return address).</summary>
+    public bool Runnable => !state.WaitingForStartup &&
+        (!halted || (Apic.NonMaskableInterruptPending && !state.NmiBlocked) || (Apic.CanDeliver && (Rflags & FlagBits.Interrupt) != 0));
+
     /// <summary>The processor is in the wait-for-SIPI state (SDM Vol. 3A §8.4.1): it executes nothing until a
     /// start-up IPI (<see cref="StartUp"/>).</summary>
     public bool WaitingForStartup => state.WaitingForStartup;
