@@ -189,8 +189,10 @@ public sealed partial class InstructionTableTests
     /// NestorOS run under trap-and-emulate executes them (SoftwareTechniqueTests).</summary>
     private static readonly Mnemonic[] ExercisedByTheGuest = [Mnemonic.Iretq, Mnemonic.Iretd, Mnemonic.Retf, Mnemonic.Int, Mnemonic.Int3];
 
-    /// <summary>Rows of instructions that do not exist in 64-bit mode (the decoder gives #UD there).</summary>
-    private static readonly Mnemonic[] InvalidIn64BitMode = [Mnemonic.Into];
+    /// <summary>Rows of instructions that do not exist in 64-bit mode (the decoder gives #UD there), and IRET with a
+    /// 16-bit operand size, which the model runs in real mode only (RealMode/ tests it; elsewhere it is #UD, counted
+    /// as unmodelled).</summary>
+    private static readonly Mnemonic[] InvalidIn64BitMode = [Mnemonic.Into, Mnemonic.Pushfd, Mnemonic.Popfd, Mnemonic.Iret];
 
     /// <summary>Privileged rows the model does not trap in ring 1: it checks CLAC and STAC against the guest's CPL,
     /// not the hardware ring, where hardware raises #UD at CPL 1 (SDM Vol. 2A CLAC). A known gap of the model,

@@ -9,6 +9,10 @@ public sealed partial class Cpu
 {
     private StopReason? ControlTransfer(in Instruction i)
     {
+        if (Bitness != 64 && LegacyControlTransfer(i, out var legacy))
+        {
+            return legacy; // operand sizes of 16 and 32 bits, SS's base, real mode (Cpu.RealMode)
+        }
         switch (i.Mnemonic)
         {
             case Mnemonic.Jmp:

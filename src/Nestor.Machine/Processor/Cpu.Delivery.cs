@@ -237,9 +237,10 @@ public sealed partial class Cpu
     /// mode are not modelled.</summary>
     private void DeliverLegacy(int vector, uint errorCode, bool hasErrorCode, bool software, ulong returnRip)
     {
-        if ((Cr0 & Architecture.Cr0.ProtectionEnable) == 0)
+        if (RealMode)
         {
-            throw new NotSupportedException($"exception {vector} in real mode: real-mode interrupt delivery is not modelled");
+            DeliverRealMode(vector, returnRip); // through the IVT (Cpu.RealMode)
+            return;
         }
         if ((ulong)vector * 8 + 7 > IdtLimit)
         {

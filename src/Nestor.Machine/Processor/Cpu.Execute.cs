@@ -13,7 +13,7 @@ public sealed partial class Cpu
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private StopReason? Execute(in Instruction i)
     {
-        Rip = i.NextIP;
+        Rip = i.CodeSize == CodeSize.Code16 ? (ushort)i.NextIP : i.NextIP; // IP wraps at 64 KiB in 16-bit code
         return Handlers[(int)i.Mnemonic](this, in i);
     }
 
@@ -132,7 +132,9 @@ public sealed partial class Cpu
         {
             value = i.GetImmediate(0);
         }
-        Push(value, i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister() ? StackWidth : size == 2 ? 2 : StackWidth);
+        // PUSH of a segment register moves the operand size (o16 or o32 outside 64-bit mode: Pushw_ES, Pushd_ES).
+        Push(value, i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister()
+            ? (Bitness == 64 ? 8 : -i.StackPointerIncrement) : size == 2 ? 2 : StackWidth);
         return null;
     }
 
@@ -141,7 +143,7 @@ public sealed partial class Cpu
         int size = OperandSize(i, 0);
         if (i.GetOpKind(0) == OpKind.Register && i.GetOpRegister(0).IsSegmentRegister())
         {
-            ulong selector = Pop(StackWidth);
+            ulong selector = Pop(Bitness == 64 ? 8 : i.StackPointerIncrement);
             WriteRegister(i.GetOpRegister(0), selector);
             return null;
         }
@@ -183,7 +185,7 @@ public sealed partial class Cpu
         {
             address += ReadRegister(i.MemoryIndex) * (ulong)i.MemoryIndexScale;
         }
-        return address;
+        return Bitness != 64 && AddressSize16(i) ? (ushort)address : address; // LEA's offset at the address size
     }
 
     /// <summary>Evaluates a condition code from RFLAGS (SDM Vol. 1 Appendix B).</summary>
@@ -246,16 +248,17 @@ public sealed partial class Cpu
         ulong mask = addressSize == 8 ? ulong.MaxValue : addressSize == 4 ? 0xFFFF_FFFFUL : 0xFFFFUL;
         ulong kept = addressSize == 2 ? ~0xFFFFUL : 0; // a 16-bit register write keeps the rest of the register
         // DS:RSI takes a segment override (only FS and GS have a base in 64-bit mode, SDM Vol. 3A §3.2.4); ES:RDI
-        // does not. The other segment bases are taken to be zero, as everywhere in the model.
-        ulong sourceBase = 0;
+        // does not. Outside 64-bit mode every segment has its base (Cpu.RealMode).
+        ulong sourceBase = 0, destinationBase = Bitness == 64 ? 0 : Es.Base;
         if (form is StringForm.Move or StringForm.Load or StringForm.Compare)
         {
-            sourceBase = i.MemorySegment == Register.FS ? Fs.Base : i.MemorySegment == Register.GS ? Gs.Base : 0;
+            sourceBase = Bitness != 64 ? SegmentBase(i.MemorySegment)
+                : i.MemorySegment == Register.FS ? Fs.Base : i.MemorySegment == Register.GS ? Gs.Base : 0;
         }
         ulong step = (Rflags & FlagBits.Direction) != 0 ? unchecked((ulong)-size) : (ulong)size;
         if (!(i.HasRepPrefix || i.HasRepePrefix || i.HasRepnePrefix))
         {
-            StringIteration(form, size, sourceBase, step, mask, kept);
+            StringIteration(form, size, sourceBase, destinationBase, step, mask, kept);
             return null;
         }
         if (addressSize == 8 && form == StringForm.Store)
@@ -272,7 +275,7 @@ public sealed partial class Cpu
         long iterations = 0;
         while ((Registers[Rcx] & mask) != 0)
         {
-            StringIteration(form, size, sourceBase, step, mask, kept);
+            StringIteration(form, size, sourceBase, destinationBase, step, mask, kept);
             Registers[Rcx] = (Registers[Rcx] & kept) | ((Registers[Rcx] - 1) & mask);
             if ((untilUnequal && (Rflags & Z) == 0) || (untilEqual && (Rflags & Z) != 0))
             {
@@ -341,18 +344,18 @@ public sealed partial class Cpu
 
     /// <summary>One iteration: the memory operands at (RSI &amp; mask) and (RDI &amp; mask), the registers advanced.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void StringIteration(StringForm form, int size, ulong sourceBase, ulong step, ulong mask, ulong kept)
+    private void StringIteration(StringForm form, int size, ulong sourceBase, ulong destinationBase, ulong step, ulong mask, ulong kept)
     {
         ulong rsi = Registers[Rsi], rdi = Registers[Rdi];
         switch (form)
         {
             case StringForm.Move:
-                WriteLinear(rdi & mask, size, ReadLinear(sourceBase + (rsi & mask), size));
+                WriteLinear(destinationBase + (rdi & mask), size, ReadLinear(sourceBase + (rsi & mask), size));
                 Registers[Rsi] = (rsi & kept) | ((rsi + step) & mask);
                 Registers[Rdi] = (rdi & kept) | ((rdi + step) & mask);
                 break;
             case StringForm.Store:
-                WriteLinear(rdi & mask, size, Registers[Rax]);
+                WriteLinear(destinationBase + (rdi & mask), size, Registers[Rax]);
                 Registers[Rdi] = (rdi & kept) | ((rdi + step) & mask);
                 break;
             case StringForm.Load:
@@ -363,12 +366,12 @@ public sealed partial class Cpu
                     break;
                 }
             case StringForm.Compare:
-                Subtract(ReadLinear(sourceBase + (rsi & mask), size), ReadLinear(rdi & mask, size), 0, size);
+                Subtract(ReadLinear(sourceBase + (rsi & mask), size), ReadLinear(destinationBase + (rdi & mask), size), 0, size);
                 Registers[Rsi] = (rsi & kept) | ((rsi + step) & mask);
                 Registers[Rdi] = (rdi & kept) | ((rdi + step) & mask);
                 break;
             default:
-                Subtract(Registers[Rax] & Mask(size), ReadLinear(rdi & mask, size), 0, size);
+                Subtract(Registers[Rax] & Mask(size), ReadLinear(destinationBase + (rdi & mask), size), 0, size);
                 Registers[Rdi] = (rdi & kept) | ((rdi + step) & mask);
                 break;
         }

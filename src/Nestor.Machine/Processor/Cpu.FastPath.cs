@@ -61,6 +61,10 @@ public sealed partial class Cpu
         ulong address = AddressWithoutSegment(ref d);
         if (d.Segment != 0)
         {
+            if (d.Segment > 2)
+            {
+                return (uint)(address + LegacySegmentBase(d.Segment)); // outside 64-bit mode: 32-bit linear addresses
+            }
             address += d.Segment == 1 ? Fs.Base : Gs.Base;
         }
         return address;

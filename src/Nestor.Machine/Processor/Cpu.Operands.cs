@@ -78,6 +78,10 @@ public sealed partial class Cpu
                 address = (uint)address; // 32-bit address size (67h prefix)
             }
         }
+        if (Bitness != 64)
+        {
+            return LegacyLinear(i, address); // every segment has a base (Cpu.RealMode)
+        }
         var segment = i.MemorySegment;
         if (segment == Register.FS)
         {
@@ -202,6 +206,11 @@ public sealed partial class Cpu
     /// <summary>MOV to a data segment register loads its descriptor (null selectors allowed except in SS at CPL 3).</summary>
     private void WriteSegmentRegister(Register r, ushort selector)
     {
+        if (RealMode)
+        {
+            WriteRealModeSegmentRegister(r, selector);
+            return;
+        }
         switch (r)
         {
             case Register.DS: Ds = LoadDescriptor(selector); break;
@@ -215,6 +224,11 @@ public sealed partial class Cpu
 
     private void Push(ulong value, int size = 8)
     {
+        if (Bitness != 64)
+        {
+            PushLegacy(value, size); // SS's base, SP or ESP (Cpu.RealMode)
+            return;
+        }
         ulong rsp = Registers[Rsp] - (ulong)size;
         WriteLinear(rsp, size, value);
         Registers[Rsp] = rsp;
@@ -222,6 +236,10 @@ public sealed partial class Cpu
 
     private ulong Pop(int size = 8)
     {
+        if (Bitness != 64)
+        {
+            return PopLegacy(size);
+        }
         ulong value = ReadLinear(Registers[Rsp], size);
         Registers[Rsp] += (ulong)size;
         return value;

@@ -30,6 +30,10 @@ public sealed partial class Cpu
         ulong kept = addressSize == 2 ? ~0xFFFFUL : 0;
         // Only FS and GS have a base in 64-bit mode (SDM Vol. 3A §3.2.4); INS's ES cannot be overridden.
         ulong sourceBase = input ? 0 : i.MemorySegment == Register.FS ? Fs.Base : i.MemorySegment == Register.GS ? Gs.Base : 0;
+        if (Bitness != 64)
+        {
+            sourceBase = input ? Es.Base : SegmentBase(i.MemorySegment); // every segment has a base (Cpu.RealMode)
+        }
         ulong step = (Rflags & FlagBits.Direction) != 0 ? unchecked((ulong)-size) : (ulong)size;
         // F3 and F2 both repeat INS and OUTS (neither tests ZF), as F2 does MOVS.
         bool repeat = i.HasRepPrefix || i.HasRepePrefix || i.HasRepnePrefix;
@@ -73,7 +77,7 @@ public sealed partial class Cpu
     /// completing the item (the VMM emulated it, re-entered at the instruction, or injected an event).</summary>
     private bool PortItem(in Instruction i, bool input, int size, ushort port, ulong sourceBase, ulong step, ulong mask, ulong kept, bool repeat)
     {
-        ulong linear = input ? Registers[Rdi] & mask : sourceBase + (Registers[Rsi] & mask);
+        ulong linear = sourceBase + ((input ? Registers[Rdi] : Registers[Rsi]) & mask); // for INS the base is ES's
         // The item's memory is translated before anything moves. For INS the store is checked before the port is
         // read: a device's read has side effects (the ATA data register advances its buffer), so a page fault on the
         // store must not lose the item; after the handler the iteration is made again with the same RDI and RCX.

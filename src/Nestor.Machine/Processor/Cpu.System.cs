@@ -45,13 +45,15 @@ public sealed partial class Cpu
                 Rflags = i.Mnemonic == Mnemonic.Clac ? Rflags & ~FlagBits.AlignmentCheck : Rflags | FlagBits.AlignmentCheck;
                 return null;
             case Mnemonic.Pushfq:
+            case Mnemonic.Pushfd:
             case Mnemonic.Pushf:
-                Push(Rflags & ~(FlagBits.Resume | FlagBits.Virtual8086), i.Mnemonic == Mnemonic.Pushf ? 2 : 8);
+                Push(Rflags & ~(FlagBits.Resume | FlagBits.Virtual8086), i.Mnemonic == Mnemonic.Pushf ? 2 : i.Mnemonic == Mnemonic.Pushfd ? 4 : 8);
                 return null;
             case Mnemonic.Popfq:
+            case Mnemonic.Popfd:
             case Mnemonic.Popf:
                 {
-                    ulong value = Pop(i.Mnemonic == Mnemonic.Popf ? 2 : 8);
+                    ulong value = Pop(i.Mnemonic == Mnemonic.Popf ? 2 : i.Mnemonic == Mnemonic.Popfd ? 4 : 8);
                     // POPF is sensitive but not privileged: at CPL > 0 IOPL is kept, and IF is kept unless CPL ≤ IOPL —
                     // silently, without a fault (Robin & Irvine; SDM Vol. 2B POPF).
                     ulong changeable = FlagBits.Status | FlagBits.Trap | FlagBits.Direction |
@@ -187,6 +189,10 @@ public sealed partial class Cpu
                     ulong address = EffectiveAddress(i);
                     ushort limit = (ushort)ReadLinear(address, 2);
                     ulong baseAddress = Bitness == 64 ? ReadLinear(address + 2, 8) : ReadLinear(address + 2, 4);
+                    if (i.Code is Code.Lgdt_m1632_16 or Code.Lidt_m1632_16)
+                    {
+                        baseAddress &= 0xFF_FFFF; // a 16-bit operand size loads a 24-bit base (SDM Vol. 2A LGDT/LIDT)
+                    }
                     if (!IsCanonical(baseAddress))
                     {
                         throw GuestFault.GeneralProtection(); // a non-canonical table base (SDM Vol. 2A LGDT/LIDT, 64-bit mode)

@@ -64,6 +64,7 @@ public sealed unsafe partial class Cpu
     private readonly FetchReader fetchReader = new();
     private readonly Decoder decoder64;
     private readonly Decoder decoder32;
+    private readonly Decoder decoder16;
     private ulong instructionStart;
     private int deliveryDepth;
 
@@ -75,6 +76,7 @@ public sealed unsafe partial class Cpu
         codePages = new byte[(highestPhysicalAddress >> 12) + 1];
         decoder64 = Decoder.Create(64, fetchReader);
         decoder32 = Decoder.Create(32, fetchReader);
+        decoder16 = Decoder.Create(16, fetchReader);
         Apic.Owner = this;
     }
 
@@ -93,8 +95,10 @@ public sealed unsafe partial class Cpu
     /// the last one started.</summary>
     public ulong InstructionAddress => instructionStart;
 
-    /// <summary>Current privilege level.</summary>
-    public int PrivilegeLevel => Cs.Selector & 3;
+    /// <summary>Current privilege level: CS.RPL in protected mode, 0 in real mode (SDM Vol. 3A §20.1: real-mode code
+    /// runs with full privilege whatever the low bits of CS). IA-32e mode counts as protected whatever CR0.PE says,
+    /// as machines set up from outside (tests, a VMM's boot state) may leave it clear.</summary>
+    public int PrivilegeLevel => ((Cr0 & Architecture.Cr0.ProtectionEnable) | (Efer & Architecture.Efer.LongModeActive)) != 0 ? Cs.Selector & 3 : 0;
 
     /// <summary>Call after setting control registers or segments from outside (boot, state load).</summary>
     public void ControlStateChanged()
@@ -387,11 +391,14 @@ public sealed unsafe partial class Cpu
     /// <summary>The instructions decoded from one physical page as seen at one linear page. Iced resolves branch
     /// targets and RIP-relative operands to absolute addresses, so a page mapped at two linear addresses gets one
     /// DecodedPage per alias, chained through <see cref="Alias"/>.</summary>
-    private sealed class DecodedPage(ulong physicalPage, ulong linearPage, int bitness)
+    private sealed class DecodedPage(ulong physicalPage, ulong linearPage, int bitness, ulong codeBase)
     {
         public readonly ulong PhysicalPage = physicalPage;
         public readonly ulong LinearPage = linearPage;
         public readonly int Bitness = bitness;
+        /// <summary>CS's base when decoded (0 in 64-bit mode): Iced resolves branch targets as offsets from it, so the
+        /// same linear page under another CS base is another decode.</summary>
+        public readonly ulong CodeBase = codeBase;
         public DecodedPage? Alias;
         public readonly short[] Slots = new short[4096];
         public DecodedInstruction[] Instructions = new DecodedInstruction[32];
@@ -459,6 +466,7 @@ public sealed unsafe partial class Cpu
     private ulong fetchLinearPage = ulong.MaxValue;
     private long fetchGeneration = -1;
     private ulong fetchModeKey = ulong.MaxValue;
+    private ulong fetchCodeBase;
     private long fastFetches;
 
     /// <summary>CS (selector, hence CPL; attributes, hence L and D) and EFER.LMA in one value: equal keys mean the
@@ -484,37 +492,46 @@ public sealed unsafe partial class Cpu
 
     private ref DecodedInstruction FetchSlow(ulong rip)
     {
-        if ((ulong)((long)(rip << 16) >> 16) != rip)
+        int bitness = Bitness;
+        // Outside 64-bit mode RIP is an offset in CS (SDM Vol. 3A §3.4.2): the fetch is at CS.base + IP, in a 32-bit
+        // linear space. The fetch fast path keys on the IP's page, which names one linear page only while CS's
+        // base is a multiple of the page size (real-mode bases are multiples of 16): otherwise every fetch comes here.
+        ulong codeBase = bitness == 64 ? 0 : Cs.Base;
+        ulong linear = bitness == 64 ? rip : (uint)(rip + codeBase);
+        if ((ulong)((long)(linear << 16) >> 16) != linear)
         {
             throw GuestFault.GeneralProtection(); // a non-canonical RIP (SDM Vol. 3A §6.15, #GP)
         }
-        if (Mmu.Translate(rip, AccessKind.Execute, PrivilegeLevel == 3, false, out ulong physical) is { } error)
+        if (Mmu.Translate(linear, AccessKind.Execute, PrivilegeLevel == 3, false, out ulong physical) is { } error)
         {
-            throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, rip);
+            throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, linear);
         }
         ulong page = physical >> 12;
-        int bitness = Bitness;
         decodedPages.TryGetValue(page, out DecodedPage? decoded);
-        while (decoded is not null && (decoded.LinearPage != rip >> 12 || decoded.Bitness != bitness))
+        while (decoded is not null && (decoded.LinearPage != linear >> 12 || decoded.Bitness != bitness || decoded.CodeBase != codeBase))
         {
             decoded = decoded.Alias;
         }
         int offset = (int)(physical & 0xFFF);
         if (decoded is not null)
         {
-            fetchPage = decoded;
-            fetchLinearPage = rip >> 12;
-            fetchGeneration = Mmu.Generation;
-            fetchModeKey = ModeKey;
+            if ((codeBase & 0xFFF) == 0)
+            {
+                fetchPage = decoded;
+                fetchLinearPage = rip >> 12;
+                fetchGeneration = Mmu.Generation;
+                fetchModeKey = ModeKey;
+                fetchCodeBase = Cs.Base;
+            }
             if (decoded.Slots[offset] > 0)
             {
                 return ref decoded.Instructions[decoded.Slots[offset] - 1];
             }
         }
-        return ref DecodeSlow(rip, physical, page, offset);
+        return ref DecodeSlow(rip, linear, codeBase, physical, page, offset);
     }
 
-    private ref DecodedInstruction DecodeSlow(ulong rip, ulong physical, ulong page, int offset)
+    private ref DecodedInstruction DecodeSlow(ulong rip, ulong linear, ulong codeBase, ulong physical, ulong page, int offset)
     {
         int first = Math.Min(15, 4096 - offset);
         byte* p = memory.Pointer(physical, first);
@@ -528,7 +545,7 @@ public sealed unsafe partial class Cpu
         if (first < 15)
         {
             // The instruction may continue on the next page, translated on its own.
-            ulong nextLinear = (rip & ~0xFFFUL) + 0x1000;
+            ulong nextLinear = (linear & ~0xFFFUL) + 0x1000;
             if (Mmu.Translate(nextLinear, AccessKind.Execute, PrivilegeLevel == 3, false, out ulong nextPhysical) is null)
             {
                 byte* q = memory.Pointer(nextPhysical, 15 - first);
@@ -542,11 +559,7 @@ public sealed unsafe partial class Cpu
         fetchReader.Position = 0;
         fetchReader.Length = length;
         int bits = Bitness;
-        if (bits == 16)
-        {
-            throw new NotSupportedException("16-bit code is not modelled");
-        }
-        var decoder = bits == 64 ? decoder64 : decoder32;
+        var decoder = bits == 64 ? decoder64 : bits == 32 ? decoder32 : decoder16;
         decoder.IP = rip;
         decoder.Decode(out Instruction instruction);
         Counters.DecodedInstructions++;
@@ -559,7 +572,7 @@ public sealed unsafe partial class Cpu
             if (decoder.LastError == DecoderError.NoMoreBytes && length < 15)
             {
                 // The rest of the instruction is on a page that is not mapped.
-                ulong nextLinear = (rip & ~0xFFFUL) + 0x1000;
+                ulong nextLinear = (linear & ~0xFFFUL) + 0x1000;
                 var error = Mmu.Translate(nextLinear, AccessKind.Execute, PrivilegeLevel == 3, false, out _) ?? PageFaultError.None;
                 throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, nextLinear);
             }
@@ -578,7 +591,7 @@ public sealed unsafe partial class Cpu
         decodedPages.TryGetValue(page, out var chain);
         var decoded = chain;
         int aliases = 0;
-        while (decoded is not null && (decoded.LinearPage != rip >> 12 || decoded.Bitness != bits))
+        while (decoded is not null && (decoded.LinearPage != linear >> 12 || decoded.Bitness != bits || decoded.CodeBase != codeBase))
         {
             decoded = decoded.Alias;
             aliases++;
@@ -596,7 +609,7 @@ public sealed unsafe partial class Cpu
                 Evict(oldest);
                 decodedPages.TryGetValue(page, out chain);
             }
-            decoded = new DecodedPage(page, rip >> 12, bits) { Alias = chain };
+            decoded = new DecodedPage(page, linear >> 12, bits, codeBase) { Alias = chain };
             decodedPages[page] = decoded;
             if (page < (ulong)codePages.Length)
             {
@@ -793,7 +806,7 @@ public sealed unsafe partial class Cpu
     private void RevalidateTranslations()
     {
         long generation = Mmu.Generation;
-        if (generation != fetchGeneration || ModeKey != fetchModeKey)
+        if (generation != fetchGeneration || ModeKey != fetchModeKey || Cs.Base != fetchCodeBase)
         {
             fetchPage = null;
             fetchLinearPage = ulong.MaxValue;

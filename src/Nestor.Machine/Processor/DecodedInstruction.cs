@@ -84,8 +84,8 @@ internal struct DecodedInstruction
     /// <summary>General-purpose register indices (encoding order, RAX = 0).</summary>
     public byte Destination, Source;
     /// <summary>The memory operand: base and index register indices (or <see cref="NoRegister"/>), log2 of the
-    /// scale, segment (0, or 1 = FS, 2 = GS: the only segments with a base in 64-bit mode, SDM Vol. 3A §3.2.4) and a
-    /// 32-bit address size (67h prefix, or 32-bit code).</summary>
+    /// scale, segment (0, or 1 = FS, 2 = GS: the only segments with a base in 64-bit mode, SDM Vol. 3A §3.2.4; outside
+    /// it 3–6 for ES, CS, SS, DS) and a 32-bit address size (67h prefix, or 32-bit code).</summary>
     public byte Base, Index, ScaleShift, Segment;
     public bool Address32;
     /// <summary>The retired-instruction class (<see cref="InstructionClass"/>).</summary>
@@ -391,6 +391,25 @@ internal struct DecodedInstruction
     {
         var segment = i.MemorySegment;
         d.Segment = segment == Iced.Intel.Register.FS ? (byte)1 : segment == Iced.Intel.Register.GS ? (byte)2 : (byte)0;
+        if (i.CodeSize != CodeSize.Code64)
+        {
+            // Outside 64-bit mode every segment has a base (SDM Vol. 3A §3.4.2): 3 = ES, 4 = CS, 5 = SS, 6 = DS; and
+            // 16-bit addressing (BX+SI and the rest, disp16) stays on the general path.
+            if (d.Segment == 0)
+            {
+                d.Segment = segment switch
+                {
+                    Iced.Intel.Register.ES => 3,
+                    Iced.Intel.Register.CS => 4,
+                    Iced.Intel.Register.SS => 5,
+                    _ => 6,
+                };
+            }
+            if (i.MemoryBase == Iced.Intel.Register.None && i.MemoryIndex == Iced.Intel.Register.None && i.MemoryDisplSize == 2)
+            {
+                return false;
+            }
+        }
         if (i.IsIPRelativeMemoryOperand)
         {
             d.Displacement = i.IPRelativeMemoryAddress;
