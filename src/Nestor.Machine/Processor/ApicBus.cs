@@ -80,7 +80,12 @@ public sealed class ApicBus
             {
                 source.CountSent();
             }
-            delivered |= target.Receive(mode, vector, fromSelf: target == source);
+            bool accepted = target.Receive(mode, vector, fromSelf: target == source);
+            if (accepted && target != source)
+            {
+                source.Owner?.YieldSlice(); // the target reacts now, not after the sender's slice
+            }
+            delivered |= accepted;
             if (mode == LowestPriority && delivered)
             {
                 break; // to one APIC: the lowest-numbered one named that accepts it

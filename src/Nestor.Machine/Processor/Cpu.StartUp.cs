@@ -65,6 +65,23 @@ public sealed partial class Cpu
         }
     }
 
+    // Set when this processor sent another an interprocessor interrupt: Run returns Budget before the next instruction,
+    // so that an engine interleaving processors lets the target react now rather than after the sender's whole slice
+    // (a sender typically spins until the target answers: kvm-unit-tests' on_cpu). Folded into the event check, so
+    // that the hot loop pays nothing for it.
+    private bool yieldRequested;
+
+    /// <summary>Ends the current <see cref="Run"/> before the next instruction (it returns
+    /// <see cref="StopReason.Budget"/>): the processor sent another an IPI.</summary>
+    internal void YieldSlice()
+    {
+        if (siblings is not null)
+        {
+            yieldRequested = true;
+            eventCheckAt = 0;
+        }
+    }
+
     /// <summary>Whether running the processor now makes progress (for an engine that interleaves several): not while
     /// it waits for a start-up IPI, nor while halted unless an NMI or an interrupt it accepts now (RFLAGS.IF set, a
     /// class above the processor priority) is pending, which ends the halt (SDM Vol. 3A §8.10.2; run again, it takes

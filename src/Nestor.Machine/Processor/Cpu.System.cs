@@ -116,6 +116,10 @@ public sealed partial class Cpu
                     if (leaf == 1)
                     {
                         b = (b & 0x00FF_FFFF) | (Apic.Id << 24); // this processor's initial APIC ID (SDM Vol. 2A CPUID)
+                        if (!Apic.HardwareEnabled)
+                        {
+                            d &= ~(1u << 9); // EDX.APIC follows IA32_APIC_BASE.EN (SDM Vol. 3A §10.4.3)
+                        }
                     }
                     Registers[Rax] = a;
                     Registers[Rbx] = b;

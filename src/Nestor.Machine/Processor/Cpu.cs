@@ -336,6 +336,11 @@ public sealed unsafe partial class Cpu
     /// In VMX non-root operation with external-interrupt or interrupt-window exiting the VMM decides instead.</summary>
     private StopReason? HandleEvents()
     {
+        if (yieldRequested)
+        {
+            yieldRequested = false;
+            return StopReason.Budget; // this processor sent another an IPI: its slice ends (Cpu.StartUp.cs)
+        }
         if (Clock >= Apic.Deadline)
         {
             Apic.Tick(Clock);

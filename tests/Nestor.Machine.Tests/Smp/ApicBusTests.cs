@@ -97,4 +97,26 @@ public class ApicBusTests
         Assert.True(m.Cpus[1].Apic.Save().TriggerMode.Get(0x71));
         Assert.Equal(1, m.Bus.Undeliverable);
     }
+
+    [Fact]
+    public void A_processor_that_sent_another_an_ipi_ends_its_slice_so_that_the_target_runs_now()
+    {
+        var m = new SmpMachine(2);
+        m.Cpus[1].Apic.Write(0xF0, 0x1FF, 0);
+        m.Load(0, 0x20000, a =>
+        {
+            a.mov(eax, Apic + 0x310);
+            a.mov(__dword_ptr[rax], 1 << 24);
+            a.mov(eax, Apic + 0x300);
+            a.mov(__dword_ptr[rax], 0x4060);      // fixed 0x60 to APIC 1
+            var spin = a.CreateLabel();
+            a.Label(ref spin);
+            a.jmp(spin);                          // as on_cpu spins until the target answers
+        }, stack: 0x9000, exit: false);
+        Assert.Equal(StopReason.Budget, m.Cpus[0].Run(1_000_000));
+        Assert.Equal(4, m.Cpus[0].Counters.InstructionsRetired); // the four up to the ICR write, not a million
+        Assert.True(m.Requested(1, 0x60));
+        Assert.Equal(StopReason.Budget, m.Cpus[0].Run(1000));
+        Assert.Equal(1004, m.Cpus[0].Counters.InstructionsRetired); // the next slice is whole
+    }
 }

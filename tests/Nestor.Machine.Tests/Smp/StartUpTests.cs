@@ -73,15 +73,26 @@ public class StartUpTests
     }
 
     [Fact]
-    public void Cpuid_reports_each_processors_initial_apic_id()
+    public void Cpuid_reports_each_processors_initial_apic_id_and_the_apic_while_enabled()
     {
         var m = new SmpMachine(3);
+        m.Host.CpuidSource = (leaf, _) => leaf == 1 ? (0u, 0u, 0u, 1u << 9) : (0u, 0u, 0u, 0u);
         m.Load(2, 0x30000, a =>
         {
             a.mov(eax, 1);
             a.cpuid();
+            a.mov(r8, rbx);
+            a.mov(r9, rdx);
+            a.mov(ecx, 0x1B);
+            a.rdmsr();
+            a.and(eax, ~(1 << 11));                    // IA32_APIC_BASE.EN off
+            a.wrmsr();
+            a.mov(eax, 1);
+            a.cpuid();
         }, stack: 0xA000);
         Assert.Equal(StopReason.PlatformStop, m.Run(2));
-        Assert.Equal(2UL, m.Cpus[2].Registers[3] >> 24);
+        Assert.Equal(2UL, m.Cpus[2].Registers[8] >> 24);
+        Assert.Equal(1UL << 9, m.Cpus[2].Registers[9] & (1 << 9));
+        Assert.Equal(0UL, m.Cpus[2].Registers[2] & (1 << 9)); // EDX.APIC reads 0 once the APIC is disabled (§10.4.3)
     }
 }
