@@ -18,7 +18,8 @@ public sealed class Vcpu(int index, CpuState initial) : ISnapshottable
     /// <summary>The state as a <see cref="VcpuState"/> (for <c>--dump-state</c>, JSON and listings).</summary>
     public VcpuState View => CpuStateConversion.ToVcpuState(in State);
 
-    public string SectionTag => $"CPU{(char)('0' + Index % 10)}";
+    // CPU0 to CPU9, then CPUA to CPUF (VmConfig.MaximumCpus is 16).
+    public string SectionTag => $"CPU{"0123456789ABCDEF"[Index]}";
 
     public ushort SectionVersion => CpuStateFormat.Version;
 

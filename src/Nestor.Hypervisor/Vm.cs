@@ -40,7 +40,16 @@ public sealed class Vm : IDisposable
             var bootInformation = BootInformation.Write(memory, config.CommandLine, Kernel);
             InitialState = LongModeSetup.Prepare(memory, Kernel.Entry, bootInformation, noExecuteSupported: true);
         }
-        Vcpus = [new Vcpu(0, CpuStateConversion.ToCpuState(InitialState))];
+        // vCPU 0 boots the kernel; the others wait for a start-up IPI (SDM Vol. 3A §8.4.1), their APIC IDs their indices.
+        var vcpus = new Vcpu[config.Cpus];
+        vcpus[0] = new Vcpu(0, CpuStateConversion.ToCpuState(InitialState));
+        for (int i = 1; i < vcpus.Length; i++)
+        {
+            var apic = Nestor.Machine.Processor.LocalApicState.Reset;
+            apic.Id = (uint)i;
+            vcpus[i] = new Vcpu(i, Nestor.Machine.Processor.Cpu.InitState(apic));
+        }
+        Vcpus = vcpus;
         PcPlatform = Devices.Platform.PcPlatform.Attach(this);
         Dma = new GuestDma(memory);
         openedDisks = Devices.Storage.DiskAttachment.AttachAll(this);
@@ -107,7 +116,7 @@ public sealed class Vm : IDisposable
     /// <summary>The vCPU state at the kernel's first instruction.</summary>
     public VcpuState InitialState { get; }
 
-    /// <summary>The VM's vCPUs (one so far), which it owns between runs: a run starts from their state and leaves
+    /// <summary>The VM's vCPUs (<see cref="VmConfig.Cpus"/>; vCPU 0 the bootstrap processor), which it owns between runs: a run starts from their state and leaves
     /// its end state in them, so that the next run continues.</summary>
     public IReadOnlyList<Vcpu> Vcpus { get; }
 

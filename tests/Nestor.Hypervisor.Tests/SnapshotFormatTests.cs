@@ -28,8 +28,12 @@ public class SnapshotFormatTests
         (s.InstructionsRetired, s.IdleCycles, s.InterruptShadowUntil, s.Halted) = (123_456_789, 42, 123_456_790, true);
         (s.SysenterCs, s.SysenterEsp, s.SysenterEip, s.PageAttributeTable, s.MiscEnable, s.NmiBlocked) =
             (0xB1, 0xB2, 0xB3, 0x0606_0606_0606_0606, 0x1801 | 4, true);
+        s.WaitingForStartup = true;
         s.Apic = new LocalApicState
         {
+            Id = 5,
+            InterprocessorInterruptsSent = 9,
+            InterprocessorInterruptsReceived = 11,
             SpuriousVector = 0x1FF,
             TaskPriority = 3,
             LvtTimer = 0x2_0030,
@@ -89,6 +93,7 @@ public class SnapshotFormatTests
             (r.InstructionsRetired, r.IdleCycles, r.InterruptShadowUntil, r.Halted));
         Assert.Equal((original.SysenterCs, original.SysenterEsp, original.SysenterEip, original.PageAttributeTable, original.MiscEnable, original.NmiBlocked),
             (r.SysenterCs, r.SysenterEsp, r.SysenterEip, r.PageAttributeTable, r.MiscEnable, r.NmiBlocked));
+        Assert.True(r.WaitingForStartup);
         // Byte for byte: the 256-bit registers are inline arrays, which have no built-in Equals.
         var (expectedApic, actualApic) = (original.Apic, r.Apic);
         Assert.Equal(
@@ -119,9 +124,9 @@ public class SnapshotFormatTests
     public void A_newer_section_layout_is_refused()
     {
         byte[] data = Bytes(new Vcpu(0, Distinct()));
-        data[6 + 4] = 3; // the section's version, after the container header and the tag
+        data[6 + 4] = (byte)(CpuStateFormat.Version + 1); // the section's version, after the container header and the tag
         var e = Assert.Throws<SnapshotFormatException>(() => new SnapshotReader(data).ReadSection(new Vcpu(0, CpuState.Reset)));
-        Assert.Contains("layout version 3, newer than this Nestor reads (2)", e.Message);
+        Assert.Contains($"layout version {CpuStateFormat.Version + 1}, newer than this Nestor reads ({CpuStateFormat.Version})", e.Message);
     }
 
     [Fact]

@@ -152,6 +152,7 @@ public class MachineHonestyTests
             "RDPID" => a => a.rdpid(rax),
             "PAT" => a => { a.mov(ecx, 0x277); a.rdmsr(); a.wrmsr(); },
             "TSC-Deadline" => a => { a.mov(ecx, 0x6E0); a.rdmsr(); },
+            "x2APIC" => a => { a.mov(ecx, 0x1B); a.rdmsr(); a.or(eax, 1 << 10); a.wrmsr(); a.mov(ecx, 0x802); a.rdmsr(); },
             "LM" => a => { }, // the guest runs in long mode
             _ => throw new InvalidOperationException($"no probe for the advertised feature {feature}: add one"),
         };

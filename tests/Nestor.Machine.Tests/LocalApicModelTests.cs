@@ -115,7 +115,7 @@ public class LocalApicModelTests
             TestMachine.Gate(a, 13, handler);
             a.mov(ecx, Msr.ApicBase);
             a.rdmsr();
-            a.or(eax, 1 << 10); // x2APIC mode: not advertised, reserved
+            a.or(eax, 1 << 9); // reserved (bit 10 is x2APIC mode: Smp/X2ApicTests)
             a.wrmsr();
             a.jmp(done);
             a.Label(ref handler);

@@ -39,7 +39,9 @@ internal sealed class TestMachine
         }
         public ulong MmioRead(ulong physical, int size) => ulong.MaxValue;
         public void MmioWrite(ulong physical, int size, ulong value) { }
-        public (uint Eax, uint Ebx, uint Ecx, uint Edx) Cpuid(uint leaf, uint subleaf) => (0, 0, 0, 0);
+        /// <summary>What CPUID answers (before the CPU's own per-processor fields); zeros without it.</summary>
+        public Func<uint, uint, (uint, uint, uint, uint)>? CpuidSource;
+        public (uint Eax, uint Ebx, uint Ecx, uint Edx) Cpuid(uint leaf, uint subleaf) => CpuidSource?.Invoke(leaf, subleaf) ?? (0, 0, 0, 0);
     }
 
     public readonly Cpu Cpu;

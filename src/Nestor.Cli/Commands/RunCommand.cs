@@ -88,9 +88,11 @@ internal static class RunCommand
         var snapshotOnSignal = new Option<string?>("--snapshot-on-signal") { Description = "On each SIGUSR1, pause the VM at its next stop check, save it to FILE and run on" };
         var restore = new Option<string?>("--restore") { Description = "Restore the VM from a snapshot FILE and continue it; give the options the snapshot was taken with" };
         var memFile = SnapshotCommand.MemoryFileOption();
+        var cpus = new Option<int>("--cpus") { Description = $"vCPUs (1 to {VmConfig.MaximumCpus}): vCPU 0 boots the kernel, the others wait for INIT and start-up IPIs; --engine sim", DefaultValueFactory = _ => 1 };
+        var deterministic = new Option<bool>("--deterministic") { Description = "Interleave the vCPUs the same way every run (sim's one-thread interleaving, docs/cpu-model.md), so that results repeat" };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
-            snapshotAt, snapshotOnSignal, restore, memFile,
+            snapshotAt, snapshotOnSignal, restore, memFile, cpus, deterministic,
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
             technique, mmu, nestedPages, disk, virtioConsole, balloon, balloonTarget, serviceVm, serviceDisk, serviceMemory, serviceCommandLine, module,
         };
@@ -138,6 +140,8 @@ internal static class RunCommand
                 Restore = parse.GetValue(restore),
                 MemoryFile = parse.GetValue(memFile),
                 Migration = migration,
+                Cpus = parse.GetValue(cpus),
+                Deterministic = parse.GetValue(deterministic),
             }, parse.GetValue(verbose));
         });
         return command;
@@ -192,6 +196,12 @@ internal static class RunCommand
 
         /// <summary>--migrate-to or --incoming on KVM.</summary>
         public KvmMigrationPlan? Migration { get; init; }
+
+        /// <summary>--cpus N.</summary>
+        public int Cpus { get; init; } = 1;
+
+        /// <summary>--deterministic.</summary>
+        public bool Deterministic { get; init; }
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -300,6 +310,8 @@ internal static class RunCommand
                 VirtioConsole = o.VirtioConsole,
                 Balloon = o.Balloon,
                 BalloonTargetPages = BalloonTargetPages(o),
+                Cpus = o.Cpus,
+                Deterministic = o.Deterministic,
             };
             using var vm = Vm.Create(config);
             if (!o.Force && engineKind == EngineKind.Kvm)

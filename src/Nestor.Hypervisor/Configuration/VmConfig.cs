@@ -182,6 +182,18 @@ public sealed class VmConfig
     /// <summary>How the software machine runs it: technique, memory virtualization, caches (ignored on KVM).</summary>
     public Techniques.SimOptions Sim { get; init; } = new();
 
+    /// <summary>The most vCPUs a VM may have (<c>--cpus</c>): the MADT, fw_cfg and the APIC IDs have room for more,
+    /// but the software machine interleaves its vCPUs on one host thread, so that more only slow each other down.</summary>
+    public const int MaximumCpus = 16;
+
+    /// <summary>vCPUs (<c>--cpus N</c>, 1 to <see cref="MaximumCpus"/>): vCPU 0 is the bootstrap processor, which
+    /// boots the kernel; the others are application processors waiting for a start-up IPI (SDM Vol. 3A §8.4).</summary>
+    public int Cpus { get; init; } = 1;
+
+    /// <summary><c>--deterministic</c>: the run must interleave its vCPUs, and so end, the same way every time; the
+    /// software machine only (KVM's vCPUs run when the host schedules them).</summary>
+    public bool Deterministic { get; init; }
+
     /// <summary>Guest RAM in bytes (default 64 MiB).</summary>
     public ulong MemoryBytes { get; init; } = 64UL << 20;
 
@@ -245,6 +257,27 @@ public sealed class VmConfig
         {
             throw new BadInputException($"guest memory {Exact(MemoryBytes)} is not a whole number of 4 KiB pages",
                 "Give --memory as a multiple of 4K, e.g. 64M");
+        }
+        if (Cpus < 1 || Cpus > MaximumCpus)
+        {
+            throw new BadInputException($"{Cpus} vCPUs is out of range: a VM has 1 to {MaximumCpus}",
+                $"Give --cpus between 1 and {MaximumCpus}");
+        }
+        if (Cpus > 1 && Engine != EngineKind.Sim)
+        {
+            throw new BadInputException($"--cpus {Cpus} runs on the software machine only: the KVM engine starts one vCPU",
+                "Add --engine sim, or drop --cpus");
+        }
+        if (Cpus > 1 && Sim.Technique != Techniques.Technique.Native)
+        {
+            throw new BadInputException(
+                $"--cpus {Cpus} with --technique {Sim.Technique}: the VMM (VirtualMachineMonitor) virtualizes one vCPU so far",
+                "Drop --technique (native runs several vCPUs), or use --cpus 1");
+        }
+        if (Deterministic && Engine != EngineKind.Sim)
+        {
+            throw new BadInputException("--deterministic needs the software machine: KVM's vCPUs run as the host schedules them",
+                "Add --engine sim, or drop --deterministic");
         }
         if (Timeout is { } t && t <= TimeSpan.Zero)
         {

@@ -133,10 +133,24 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         lastCpu = cpu;
         counters = [];
         events = new MachineEvents();
-        // The platform's lines reach the CPU through the I/O APIC's messages to its local APIC, whose EOI for a
+        // Several vCPUs: one Cpu each on the one physical memory, their local APICs on one APIC bus (APIC ID = index).
+        var cpus = new Cpu[vm.Vcpus.Count];
+        cpus[0] = machine;
+        for (int i = 1; i < cpus.Length; i++)
+        {
+            cpus[i] = new Cpu(memory, platform, options.Mmu, top);
+            cpus[i].LoadState(in vm.Vcpus[i].State);
+        }
+        Cpu.ShareMemory(cpus);
+        var apicBus = new ApicBus(cpus);
+        // The platform's lines reach the CPUs through the I/O APIC's messages to their local APICs, whose EOI for a
         // level-triggered vector comes back to the I/O APIC.
         vm.IoApic.LocalApic = machine.RequestInterrupt;
-        machine.Apic.LevelTriggeredEndOfInterrupt = vm.IoApic.EndOfInterrupt;
+        vm.IoApic.Bus = cpus.Length == 1 ? null : apicBus.DeliverExternal;
+        foreach (var each in cpus)
+        {
+            each.Apic.LevelTriggeredEndOfInterrupt = vm.IoApic.EndOfInterrupt;
+        }
         vm.Interrupts.Sink = vm.IoApic;
         GuestPhysicalMap? physicalMap = null;
         if (pool is not null)
@@ -217,14 +231,16 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             }
         };
         // The accessing instruction's own address (RIP is already past it while it executes).
-        platform.ReportInstructionPointer(() => machine.InstructionAddress, isNext: false);
-        vm.PcPlatform.Clock.Attach(() => machine.Clock); // the platform timers count in the guest's cycles (its TSC)
+        var running = machine; // the vCPU running now, whose instruction reaches the devices
+        platform.ReportInstructionPointer(() => running.InstructionAddress, isNext: false);
+        // The platform timers count in the guest's cycles (its TSC): with several vCPUs, the furthest clock, so that
+        // time goes on while the bootstrap processor is halted and others run.
+        vm.PcPlatform.Clock.Attach(cpus.Length == 1 ? () => machine.Clock : () => LatestClock(cpus));
         var clock = Stopwatch.StartNew();
         try
         {
             while (true)
             {
-                StopReason stop;
                 long budget = Quantum?.NextBudget(cpu.Clock, cpu.Counters.InstructionsRetired) ?? Slice;
                 if (options.StopAtInstruction is { } breakAt)
                 {
@@ -241,38 +257,17 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 {
                     budget = Math.Clamp(timer - vm.PcPlatform.Clock.Nanoseconds + 1, 1, budget);
                 }
-                try
+                if (cpus.Length > 1)
                 {
-                    stop = cpu.Run(budget);
+                    if (RunInterleaved(vm, cpus, budget, platform, vmcs, monitor, ref running) is { } ended)
+                    {
+                        return ended;
+                    }
+                    continue;
                 }
-                catch (NotSupportedException e)
+                if (RunSlice(vm, cpu, budget, platform, vmcs, monitor) is { } outcome)
                 {
-                    // RIP is at the instruction (or event) that needed what the machine does not model.
-                    return new VmOutcome(VmOutcomeKind.EmulationFailure,
-                        $"the guest needs what the software machine does not model, at rip=0x{cpu.Rip:x}: {e.Message}", Capture(cpu));
-                }
-                vm.PcPlatform.AdvanceTimers();
-                switch (stop)
-                {
-                    case StopReason.VmmStop:
-                        return new VmOutcome(VmOutcomeKind.EmulationFailure,
-                            $"the VMM stopped the guest at rip=0x{cpu.Rip:x} after a {vmcs?.LastExit.Reason} exit: {monitor?.StopMessage ?? "it could not handle it"}",
-                            Capture(cpu));
-                    case StopReason.PlatformStop:
-                        // The debug exit, or a stop request (timeout, a signal) the CPU saw after a port write, a
-                        // fault, or between the iterations of a REP string instruction, which it left suspended.
-                        return platform.StopOutcome(Capture(cpu)) ?? throw new InvalidOperationException("the CPU stopped for the platform, which asked nothing");
-                    case StopReason.Halted:
-                        return platform.Halted(Capture(cpu));
-                    case StopReason.Shutdown:
-                        {
-                            var (cause, note) = SimStopMessages.TripleFault(cpu);
-                            return platform.TripleFault(Capture(cpu), cause, note);
-                        }
-                }
-                if (platform.StopOutcome(Capture(cpu)) is { } stopped)
-                {
-                    return stopped;
+                    return outcome;
                 }
             }
         }
@@ -282,7 +277,10 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             vm.Dma.BeforeWrite = null;
             vm.Dma.Written = null;
             clock.Stop();
-            vcpu.State = cpu.SaveState(); // the next run continues from here
+            for (int i = 0; i < cpus.Length; i++)
+            {
+                vm.Vcpus[i].State = cpus[i].SaveState(); // the next run continues from here
+            }
             platform.AddGuestTicks(clock.ElapsedTicks);
             platform.EndRun();
             counters = CountersOf(cpu, clock.Elapsed);
@@ -301,6 +299,93 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 counters = [.. counters, .. VirtualizationCounters(cpu, vmcs, pool, physicalMap, monitor)];
             }
         }
+    }
+
+    /// <summary>Instructions a vCPU runs before the next one takes its turn, when a VM has several (the default
+    /// interleaving, docs/cpu-model.md): short enough that a processor spinning on a flag another sets waits a few
+    /// tens of microseconds of host time, long enough that switching costs little.</summary>
+    public const long InterleaveSlice = 10_000;
+
+    /// <summary>Runs one vCPU for up to <paramref name="budget"/> instructions; the run's outcome if it ended. With
+    /// several vCPUs (<paramref name="smp"/>) HLT ends only this vCPU's slice.</summary>
+    private static VmOutcome? RunSlice(Vm vm, Cpu cpu, long budget, VmPlatform platform, VmControlStructure? vmcs,
+        VirtualMachineMonitor? monitor, bool smp = false)
+    {
+        StopReason stop;
+        try
+        {
+            stop = cpu.Run(budget);
+        }
+        catch (NotSupportedException e)
+        {
+            // RIP is at the instruction (or event) that needed what the machine does not model.
+            return new VmOutcome(VmOutcomeKind.EmulationFailure,
+                $"the guest needs what the software machine does not model, at rip=0x{cpu.Rip:x}{(smp ? $" on vCPU {cpu.Apic.Id}" : "")}: {e.Message}", Capture(cpu));
+        }
+        vm.PcPlatform.AdvanceTimers();
+        switch (stop)
+        {
+            case StopReason.VmmStop:
+                return new VmOutcome(VmOutcomeKind.EmulationFailure,
+                    $"the VMM stopped the guest at rip=0x{cpu.Rip:x} after a {vmcs?.LastExit.Reason} exit: {monitor?.StopMessage ?? "it could not handle it"}",
+                    Capture(cpu));
+            case StopReason.PlatformStop:
+                // The debug exit, or a stop request (timeout, a signal) the CPU saw after a port write, a
+                // fault, or between the iterations of a REP string instruction, which it left suspended.
+                return platform.StopOutcome(Capture(cpu)) ?? throw new InvalidOperationException("the CPU stopped for the platform, which asked nothing");
+            case StopReason.Halted when smp:
+                return null; // the others run on
+            case StopReason.Halted:
+                return platform.Halted(Capture(cpu));
+            case StopReason.Shutdown:
+                {
+                    var (cause, note) = SimStopMessages.TripleFault(cpu);
+                    return platform.TripleFault(Capture(cpu), cause, note);
+                }
+        }
+        return platform.StopOutcome(Capture(cpu));
+    }
+
+    /// <summary>Several vCPUs on this host thread, deterministically: in index order, each runnable one for
+    /// <see cref="InterleaveSlice"/> instructions at a time, until each has had <paramref name="budget"/>. A vCPU
+    /// waiting for a start-up IPI is skipped; a halted one is skipped until an interrupt it accepts (or an NMI) is
+    /// pending. When none can run, the VM has halted (reported with the bootstrap processor's state).</summary>
+    private static VmOutcome? RunInterleaved(Vm vm, Cpu[] cpus, long budget, VmPlatform platform, VmControlStructure? vmcs,
+        VirtualMachineMonitor? monitor, ref Cpu running)
+    {
+        for (long done = 0; done < budget; done += InterleaveSlice)
+        {
+            long slice = Math.Min(InterleaveSlice, budget - done);
+            bool ran = false;
+            foreach (var cpu in cpus)
+            {
+                if (!cpu.Runnable)
+                {
+                    continue;
+                }
+                ran = true;
+                running = cpu;
+                if (RunSlice(vm, cpu, slice, platform, vmcs, monitor, smp: true) is { } outcome)
+                {
+                    return outcome;
+                }
+            }
+            if (!ran)
+            {
+                return platform.Halted(Capture(cpus[0]));
+            }
+        }
+        return null;
+    }
+
+    private static long LatestClock(Cpu[] cpus)
+    {
+        long latest = 0;
+        foreach (var cpu in cpus)
+        {
+            latest = Math.Max(latest, cpu.Clock);
+        }
+        return latest;
     }
 
     private static MachineEvents EventsOf(Cpu cpu, VmControlStructure? vmcs, ShadowPaging? shadow)

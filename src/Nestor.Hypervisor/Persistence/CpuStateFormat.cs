@@ -5,7 +5,8 @@ namespace Nestor.Hypervisor.Persistence;
 /// <summary>The binary layout of a <see cref="CpuState"/> inside a vCPU section: every field in declaration order,
 /// little-endian, segments as selector, base, limit, attributes. Version 2 appends the SYSENTER MSRs and the local
 /// APIC's other LVT entries, LDR, DFR, ICR, TSC deadline, hardware-disable flag, IPI counters, the pending NMI and NMI blocking, IA32_PAT and IA32_MISC_ENABLE; a version-1 section
-/// reads them as at reset.</summary>
+/// reads them as at reset. Version 3 appends the APIC ID, the wait-for-SIPI state and the interprocessor-interrupt
+/// counters (several processors); an older section reads as APIC ID 0, running.</summary>
 public static class CpuStateFormat
 {
     /// <summary>Writes every field of <paramref name="s"/>.</summary>
@@ -72,10 +73,15 @@ public static class CpuStateFormat
         w.WriteBoolean(s.NmiBlocked);
         w.WriteUInt64(s.PageAttributeTable);
         w.WriteUInt64(s.MiscEnable);
+        // Version 3: several processors (the APIC ID, the wait-for-SIPI state, the IPI counters).
+        w.WriteUInt32(a.Id);
+        w.WriteBoolean(s.WaitingForStartup);
+        w.WriteInt64(a.InterprocessorInterruptsSent);
+        w.WriteInt64(a.InterprocessorInterruptsReceived);
     }
 
     /// <summary>The layout version <see cref="Write"/> writes.</summary>
-    public const ushort Version = 2;
+    public const ushort Version = 3;
 
     private static void WriteBitmap(SnapshotWriter w, in InterruptBitmap bitmap)
     {
@@ -178,6 +184,13 @@ public static class CpuStateFormat
             s.NmiBlocked = r.ReadBoolean();
             s.PageAttributeTable = r.ReadUInt64();
             s.MiscEnable = r.ReadUInt64();
+        }
+        if (version >= 3)
+        {
+            s.Apic.Id = r.ReadUInt32();
+            s.WaitingForStartup = r.ReadBoolean();
+            s.Apic.InterprocessorInterruptsSent = r.ReadInt64();
+            s.Apic.InterprocessorInterruptsReceived = r.ReadInt64();
         }
         if (s.InstructionsRetired < 0 || s.IdleCycles < 0)
         {

@@ -49,6 +49,8 @@ public static class Msr
     public const uint SysenterEsp = 0x175;
     public const uint SysenterEip = 0x176;
     public const uint TscDeadline = 0x6E0;
+    /// <summary>The x2APIC registers (SDM Vol. 3A §10.12.1.2, Table 10-6): MSR 0x800 + (xAPIC offset >> 4).</summary>
+    public const uint X2ApicFirst = 0x800, X2ApicLast = 0x8FF;
     public const uint MiscEnable = 0x1A0;
     public const uint PageAttributeTable = 0x277;
     public const uint Efer = 0xC000_0080;

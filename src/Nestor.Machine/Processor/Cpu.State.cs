@@ -58,7 +58,10 @@ public sealed partial class Cpu
             }
         }
         decodedPages.Clear();
-        Array.Clear(codePages);
+        if (siblings is null)
+        {
+            Array.Clear(codePages); // shared with other processors, whose marks must stay
+        }
         Array.Clear(residentOrder);
         residentNext = 0;
     }

@@ -111,7 +111,16 @@ public sealed partial class Cpu
                     {
                         return null;
                     }
-                    var (a, b, c, d) = platform.Cpuid((uint)Registers[Rax], (uint)Registers[Rcx]);
+                    uint leaf = (uint)Registers[Rax];
+                    var (a, b, c, d) = platform.Cpuid(leaf, (uint)Registers[Rcx]);
+                    if (leaf == 1)
+                    {
+                        b = (b & 0x00FF_FFFF) | (Apic.Id << 24); // this processor's initial APIC ID (SDM Vol. 2A CPUID)
+                        if (!Apic.HardwareEnabled)
+                        {
+                            d &= ~(1u << 9); // EDX.APIC follows IA32_APIC_BASE.EN (SDM Vol. 3A §10.4.3)
+                        }
+                    }
                     Registers[Rax] = a;
                     Registers[Rbx] = b;
                     Registers[Rcx] = c;
@@ -489,6 +498,7 @@ public sealed partial class Cpu
         Msr.TscDeadline when ProcessorModel.Has(CpuFeature.TscDeadline) => Apic.TscDeadline,
         Msr.PageAttributeTable when ProcessorModel.Has(CpuFeature.PageAttributeTable) => PageAttributeTable,
         Msr.MiscEnable => MiscEnable,
+        >= Msr.X2ApicFirst and <= Msr.X2ApicLast when ProcessorModel.Has(CpuFeature.X2Apic) => Apic.ReadMsr(index, Clock),
         _ => throw GuestFault.GeneralProtection(),
     };
 
@@ -545,18 +555,32 @@ public sealed partial class Cpu
                 Apic.WriteTscDeadline(value, Clock);
                 eventCheckAt = 0;
                 break;
+            case >= Msr.X2ApicFirst and <= Msr.X2ApicLast when ProcessorModel.Has(CpuFeature.X2Apic):
+                Apic.WriteMsr(index, value, Clock);
+                eventCheckAt = 0;
+                break;
             default: throw GuestFault.GeneralProtection();
         }
     }
 
-    /// <summary>WRMSR to IA32_APIC_BASE (SDM Vol. 3A §10.4.4): bits 0–7, 9, 10 (x2APIC mode, not modelled) and those
-    /// above MAXPHYADDR are reserved (#GP); BSP (bit 8) is read-only. Clearing EN (bit 11) disables the APIC globally:
-    /// its page is memory again, it accepts no interrupt, and it comes back, when EN is set again, in its reset state
-    /// (§10.4.3: "functionally equivalent to an IA-32 processor without an on-chip APIC").</summary>
+    /// <summary>WRMSR to IA32_APIC_BASE (SDM Vol. 3A §10.4.4, §10.12.5): bits 0–7, 9 and those above MAXPHYADDR are
+    /// reserved (#GP), and so is EXTD (bit 10) without x2APIC; BSP (bit 8) is read-only. The mode transitions of
+    /// §10.12.5 (Figure 10-27): EXTD without EN is invalid, and x2APIC mode is left only by disabling the APIC, and
+    /// entered only from xAPIC mode (#GP otherwise). Clearing EN (bit 11) disables the APIC globally: its page is
+    /// memory again, it accepts no interrupt, and it comes back, when EN is set again, in its reset state (§10.4.3:
+    /// "functionally equivalent to an IA-32 processor without an on-chip APIC").</summary>
     private void WriteApicBase(ulong value)
     {
-        const ulong enable = 1UL << 11, bootstrap = 1UL << 8;
-        if ((value & (0x6FFUL | ProcessorModel.AboveMaxPhysicalAddress) & ~bootstrap) != 0)
+        const ulong enable = ApicBaseEnable, extended = ApicBaseExtended, bootstrap = ApicBaseBootstrap;
+        ulong reserved = 0x2FFUL | ProcessorModel.AboveMaxPhysicalAddress | (ProcessorModel.Has(CpuFeature.X2Apic) ? 0 : extended);
+        if ((value & reserved & ~bootstrap) != 0)
+        {
+            throw GuestFault.GeneralProtection();
+        }
+        ulong oldMode = ApicBase & (enable | extended), newMode = value & (enable | extended);
+        if (newMode == extended ||                                                  // invalid: EXTD without EN
+            (oldMode == (enable | extended) && newMode == enable) ||                // x2APIC straight to xAPIC
+            (oldMode == 0 && newMode == (enable | extended)))                       // disabled straight to x2APIC
         {
             throw GuestFault.GeneralProtection();
         }

@@ -60,7 +60,7 @@ public sealed unsafe partial class Cpu
     private readonly PhysicalMemory memory;
     private readonly IPlatform platform;
     private readonly Dictionary<ulong, DecodedPage> decodedPages = [];
-    private readonly byte[] codePages;
+    private byte[] codePages; // shared by the processors of one machine (Cpu.StartUp.cs)
     private readonly FetchReader fetchReader = new();
     private readonly Decoder decoder64;
     private readonly Decoder decoder32;
@@ -77,6 +77,7 @@ public sealed unsafe partial class Cpu
         decoder64 = Decoder.Create(64, fetchReader);
         decoder32 = Decoder.Create(32, fetchReader);
         decoder16 = Decoder.Create(16, fetchReader);
+        Apic.Owner = this;
     }
 
     public Mmu Mmu { get; }
@@ -130,6 +131,10 @@ public sealed unsafe partial class Cpu
     /// <summary>Executes up to <paramref name="budget"/> instructions.</summary>
     public StopReason Run(long budget)
     {
+        if (state.WaitingForStartup)
+        {
+            return StopReason.Halted; // wait-for-SIPI: nothing runs until a start-up IPI (Cpu.StartUp.cs)
+        }
         RevalidateTranslations(); // registers may have been set from outside since the last run
         try
         {
@@ -344,6 +349,11 @@ public sealed unsafe partial class Cpu
     /// In VMX non-root operation with external-interrupt or interrupt-window exiting the VMM decides instead.</summary>
     private StopReason? HandleEvents()
     {
+        if (yieldRequested)
+        {
+            yieldRequested = false;
+            return StopReason.Budget; // this processor sent another an IPI: its slice ends (Cpu.StartUp.cs)
+        }
         if (Clock >= Apic.Deadline)
         {
             Apic.Tick(Clock);
@@ -624,6 +634,10 @@ public sealed unsafe partial class Cpu
                 codePages[page] = 1;
             }
             writeLinearPage = ulong.MaxValue; // the page may be cached for writes: writes to it must now be seen
+            if (siblings is not null)
+            {
+                SiblingsDecoded(); // by the other processors too
+            }
             if (residentOrder[residentNext] is { } displaced)
             {
                 Evict(displaced); // the ring is full of resident pages: this is the oldest
@@ -675,6 +689,10 @@ public sealed unsafe partial class Cpu
         if (page < (ulong)codePages.Length && codePages[page] != 0)
         {
             codePages[page] = 0;
+            if (siblings is not null)
+            {
+                SiblingsCodeWritten(page);
+            }
             if (decodedPages.Remove(page, out var chain)) // every alias of the page
             {
                 for (var alias = chain; alias is not null; alias = alias.Alias)
@@ -718,9 +736,9 @@ public sealed unsafe partial class Cpu
                 if (victim.Alias is null)
                 {
                     decodedPages.Remove(page);
-                    if (page < (ulong)codePages.Length)
+                    if (page < (ulong)codePages.Length && siblings is null)
                     {
-                        codePages[page] = 0; // no decoded code left on it: writes need not look any more
+                        codePages[page] = 0; // no decoded code left on it: writes need not look any more (shared: others may have)
                     }
                 }
                 else
@@ -955,8 +973,9 @@ public sealed unsafe partial class Cpu
         }
     }
 
-    /// <summary>The APIC's page, while IA32_APIC_BASE enables it (bit 11).</summary>
-    private bool IsApic(ulong physical) => (ApicBase & (1 << 11)) != 0 && (physical & ~0xFFFUL) == (ApicBase & ~0xFFFUL);
+    /// <summary>The APIC's page, while IA32_APIC_BASE enables it (bit 11) in xAPIC mode (in x2APIC mode, EXTD, the
+    /// registers are MSRs and the page is not decoded: SDM Vol. 3A §10.12.1.2).</summary>
+    private bool IsApic(ulong physical) => (ApicBase & (ApicBaseEnable | ApicBaseExtended)) == ApicBaseEnable && (physical & ~0xFFFUL) == (ApicBase & ~0xFFFUL);
 
     private void UpdatePagingControls()
     {

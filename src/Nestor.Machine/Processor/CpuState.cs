@@ -78,6 +78,9 @@ public struct CpuState
     public bool Halted;
     /// <summary>An NMI was delivered and no IRET has run since: further NMIs wait (SDM Vol. 3A §6.7.1).</summary>
     public bool NmiBlocked;
+    /// <summary>The processor is in the wait-for-SIPI state (SDM Vol. 3A §8.4.1): an application processor after
+    /// power-up or INIT, which executes nothing until a start-up IPI gives it a real-mode entry point.</summary>
+    public bool WaitingForStartup;
     /// <summary>The local APIC.</summary>
     public LocalApicState Apic;
 

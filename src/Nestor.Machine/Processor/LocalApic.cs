@@ -3,7 +3,8 @@ namespace Nestor.Machine.Processor;
 /// <summary>The local APIC (Intel SDM Vol. 3A chapter 10): the spurious-vector register (software enable), task and
 /// processor priority, EOI, the 256-bit IRR, ISR and TMR (§10.8.4), the LVT (the timer: vector, mask, one-shot,
 /// periodic or TSC-deadline; the other entries programmable and masked at reset), initial and current count, divide
-/// configuration, LDR/DFR, and the ICR for self-IPIs; hardware disable by IA32_APIC_BASE.EN (§10.4.3). Fixed interrupts come from its timer and from outside
+/// configuration, LDR/DFR, and the ICR, whose interprocessor interrupts go over the <see cref="ApicBus"/>; the x2APIC
+/// MSR interface (§10.12); hardware disable by IA32_APIC_BASE.EN (§10.4.3). Fixed interrupts come from its timer and from outside
 /// (<see cref="RequestInterrupt"/>, the I/O APIC's messages); the CPU takes the highest-priority requested vector whose
 /// priority class is above the processor priority (§10.8.3). The timer counts the CPU's clock (one tick per retired
 /// instruction, plus idle time skipped in HLT), so runs are reproducible. Its whole state is a
@@ -85,12 +86,15 @@ public sealed class LocalApic
         state.EndOfInterrupts = counters.EndOfInterrupts;
         state.SelfInterrupts = counters.SelfInterrupts;
         state.UndeliveredCommands = counters.UndeliveredCommands;
+        state.Id = counters.Id;
+        state.InterprocessorInterruptsSent = counters.InterprocessorInterruptsSent;
+        state.InterprocessorInterruptsReceived = counters.InterprocessorInterruptsReceived;
     }
 
     /// <summary>Interrupts the APIC sent itself through the ICR.</summary>
     public long SelfInterrupts => state.SelfInterrupts;
 
-    /// <summary>ICR commands not carried out (other delivery modes, other destinations: the machine has one CPU).</summary>
+    /// <summary>ICR commands not carried out (SMI, reserved modes, illegal vectors, destinations no APIC accepts).</summary>
     public long UndeliveredCommands => state.UndeliveredCommands;
 
     private int Divide
@@ -113,7 +117,7 @@ public sealed class LocalApic
     /// <summary>A register of the APIC's page (offset from its base; SDM Vol. 3A Table 10-1).</summary>
     public uint Read(uint offset, long clock) => offset switch
     {
-        0x20 => 0,                         // APIC ID 0: the bootstrap processor
+        0x20 => state.Id << 24,            // the APIC ID in bits 31:24 (§10.4.6)
         0x30 => 0x0005_0014,               // version 0x14, 6 LVT entries (max LVT entry 5)
         0x80 => state.TaskPriority,
         0xA0 => ProcessorPriority,
@@ -162,7 +166,7 @@ public sealed class LocalApic
                     state.LvtError |= Masked;
                 }
                 break;
-            case 0x300: SendCommand(value); break;
+            case 0x300: SendCommand(value, x2Apic: false); break;
             case 0x310: state.CommandHigh = value & 0xFF00_0000; break;
             case 0x320:
                 {
@@ -216,38 +220,193 @@ public sealed class LocalApic
         }
     }
 
-    /// <summary>A write of the ICR's low half (SDM Vol. 3A §10.6.1): an interprocessor interrupt. The machine has one
-    /// processor, so what it carries out is a fixed (or lowest-priority) interrupt to itself, by the self or
-    /// all-including-self shorthand or by a destination naming APIC 0 (physical), its logical ID (flat model) or the
-    /// broadcast 0xFF; and an NMI to itself; everything else (SMI, INIT, start-up, other destinations) is counted and dropped, as
-    /// messages to processors that do not exist.</summary>
-    private void SendCommand(uint value)
+    /// <summary>A write of the ICR (SDM Vol. 3A §10.6.1; in x2APIC mode the one 64-bit MSR, §10.12.9): an
+    /// interprocessor interrupt, which the <see cref="ApicBus"/> carries to the APICs it names (a lone APIC is a bus
+    /// of one).</summary>
+    private void SendCommand(uint value, bool x2Apic)
     {
         state.CommandLow = value & 0x000C_CFFF;
-        uint deliveryMode = (value >> 8) & 7, shorthand = (value >> 18) & 3, destination = state.CommandHigh >> 24;
-        bool logical = (value & (1u << 11)) != 0;
-        bool toSelf = shorthand switch
+        uint destination = x2Apic ? state.CommandHigh : state.CommandHigh >> 24;
+        (Bus ??= new ApicBus(this)).Send(this, value, destination, x2Apic);
+    }
+
+    /// <summary>The APIC ID (SDM Vol. 3A §10.4.6), also the x2APIC ID (§10.12.5.1): the processor's index.</summary>
+    public uint Id => state.Id;
+
+    /// <summary>The bus the APIC sends and receives interprocessor interrupts on; null until the machine joins its
+    /// APICs (a lone APIC makes itself a bus of one at its first ICR write).</summary>
+    public ApicBus? Bus { get; private set; }
+
+    /// <summary>The processor the APIC belongs to (null for an APIC on its own, as the unit tests make).</summary>
+    public Cpu? Owner { get; internal set; }
+
+    internal void Join(ApicBus bus, uint id)
+    {
+        Bus = bus;
+        state.Id = id;
+    }
+
+    /// <summary>IA32_APIC_BASE.EXTD of the owning processor (SDM Vol. 3A §10.12.1): the registers are MSRs, the page
+    /// is not decoded.</summary>
+    public bool X2ApicMode => Owner is { } cpu && (cpu.ApicBase & Cpu.ApicBaseExtended) != 0;
+
+    /// <summary>The x2APIC logical ID (SDM Vol. 3A §10.12.10.2): the cluster (x2APIC ID bits 19:4) in bits 31:16 and
+    /// one bit of 16 (x2APIC ID bits 3:0) in bits 15:0; read-only, derived from the ID.</summary>
+    public uint X2ApicLogicalId => ((state.Id >> 4) << 16) | (1u << (int)(state.Id & 0xF));
+
+    /// <summary>Interprocessor interrupts sent to other APICs.</summary>
+    public long InterprocessorInterruptsSent => state.InterprocessorInterruptsSent;
+
+    /// <summary>Interprocessor interrupts accepted from other APICs.</summary>
+    public long InterprocessorInterruptsReceived => state.InterprocessorInterruptsReceived;
+
+    internal void CountSent() => state.InterprocessorInterruptsSent++;
+
+    internal void CountUndelivered() => state.UndeliveredCommands++;
+
+    /// <summary>Whether a message for <paramref name="destination"/> reaches this APIC (SDM Vol. 3A §10.6.2): a
+    /// physical destination by APIC ID, a logical one through the LDR in the DFR's model (flat: any common bit;
+    /// cluster: the cluster in bits 7:4 and any common bit of 3:0) or, in x2APIC mode, through the derived logical ID;
+    /// the all-ones destination reaches every APIC. A hardware-disabled APIC is off the bus.</summary>
+    internal bool IsNamedBy(uint destination, bool logical, bool x2Apic)
+    {
+        if (state.HardwareDisabled)
         {
-            1 or 2 => true,
-            3 => false,
-            _ => destination == 0xFF || (logical ? (destination & (state.LogicalDestination >> 24)) != 0 : destination == 0),
-        };
-        int vector = (int)(value & 0xFF);
-        if (toSelf && deliveryMode == 4)
+            return false;
+        }
+        if (x2Apic)
         {
-            // NMI: the vector field is ignored; the CPU takes it through IDT entry 2 (§10.6.1, Vol. 3A §6.7).
+            if (destination == 0xFFFF_FFFF)
+            {
+                return true;
+            }
+            if (!logical)
+            {
+                return destination == state.Id;
+            }
+            uint id = X2ApicLogicalId;
+            return (destination >> 16) == (id >> 16) && (destination & id & 0xFFFF) != 0;
+        }
+        destination &= 0xFF;
+        if (destination == 0xFF)
+        {
+            return true;
+        }
+        if (!logical)
+        {
+            return destination == (state.Id & 0xFF);
+        }
+        uint ldr = state.LogicalDestination >> 24;
+        return (state.DestinationFormat >> 28) == 0xF
+            ? (destination & ldr) != 0
+            : (destination >> 4) == (ldr >> 4) && (destination & ldr & 0xF) != 0;
+    }
+
+    /// <summary>A message from the bus (or from this APIC's own ICR, <paramref name="fromSelf"/>): a fixed interrupt
+    /// is requested in the IRR (refused while software-disabled, §10.4.7.2), an NMI waits for the CPU, INIT and
+    /// start-up go to the processor (§8.4). False when it was not accepted.</summary>
+    internal bool Receive(int mode, int vector, bool fromSelf)
+    {
+        if (state.HardwareDisabled)
+        {
+            return false; // off the bus (§10.4.3)
+        }
+        bool accepted;
+        switch (mode)
+        {
+            case ApicBus.Fixed or ApicBus.LowestPriority:
+                if (!SoftwareEnabled)
+                {
+                    state.Refused++;
+                    return false;
+                }
+                state.Requests.Set(vector, true);
+                state.TriggerMode.Set(vector, false);
+                accepted = true;
+                break;
+            case ApicBus.NonMaskable:
+                // The vector field is ignored; the CPU takes it through IDT entry 2 (§10.6.1, §6.7).
+                state.NmiPending = true;
+                accepted = true;
+                break;
+            case ApicBus.Init:
+                // A processor cannot INIT itself in the middle of its own instruction; nor is the BSP's INIT modelled.
+                accepted = !fromSelf && Owner is { } initialised && initialised.EnterWaitForStartup();
+                break;
+            case ApicBus.StartUp:
+                accepted = !fromSelf && Owner is { } started && started.StartUp(vector);
+                break;
+            default:
+                return false;
+        }
+        if (!accepted)
+        {
+            return false;
+        }
+        if (fromSelf)
+        {
             state.SelfInterrupts++;
-            state.NmiPending = true;
-            return;
         }
-        if (!toSelf || deliveryMode > 1 || vector < 16)
+        else
         {
-            state.UndeliveredCommands++;
-            return;
+            state.InterprocessorInterruptsReceived++;
         }
-        state.SelfInterrupts++;
-        state.Requests.Set(vector, true);
-        state.TriggerMode.Set(vector, false);
+        Owner?.InterruptStateChanged();
+        return true;
+    }
+
+    /// <summary>RDMSR of an x2APIC register (SDM Vol. 3A §10.12.1.2, Table 10-6): #GP outside x2APIC mode, for an
+    /// MSR of the range that is no register, and for the write-only EOI and SELF IPI.</summary>
+    internal ulong ReadMsr(uint index, long clock)
+    {
+        if (!X2ApicMode)
+        {
+            throw GuestFault.GeneralProtection();
+        }
+        return index switch
+        {
+            0x802 => state.Id,
+            0x80D => X2ApicLogicalId,
+            0x830 => ((ulong)state.CommandHigh << 32) | state.CommandLow,
+            0x803 or 0x808 or 0x80A or 0x80F or (>= 0x810 and <= 0x828) or (>= 0x832 and <= 0x839) or 0x83E =>
+                Read((index - 0x800) << 4, clock),
+            _ => throw GuestFault.GeneralProtection(),
+        };
+    }
+
+    /// <summary>WRMSR of an x2APIC register (SDM Vol. 3A §10.12.1.2): #GP outside x2APIC mode, for read-only and
+    /// absent registers (the ID, version, PPR, LDR, ISR/TMR/IRR, current count; DFR and the ICR's high half are gone in
+    /// x2APIC mode), for bits 63:32 set in any register but the ICR, for reserved ICR bits, for a non-zero EOI or ESR
+    /// write and for SELF IPI bits 31:8 (§10.12.11). The ICR is one 64-bit register: destination in bits 63:32.</summary>
+    internal void WriteMsr(uint index, ulong value, long clock)
+    {
+        // ICR bits 13, 17:16 and 31:20 are reserved in x2APIC mode (§10.12.9, Figure 10-28).
+        const ulong icrReserved = (1UL << 13) | (3UL << 16) | (0xFFFUL << 20);
+        if (!X2ApicMode || (index != 0x830 && (value >> 32) != 0))
+        {
+            throw GuestFault.GeneralProtection();
+        }
+        switch (index)
+        {
+            case 0x808 or 0x80F or (>= 0x832 and <= 0x838) or 0x83E:
+                Write((index - 0x800) << 4, (uint)value, clock);
+                break;
+            case 0x80B when value == 0:
+                EndOfInterrupt();
+                break;
+            case 0x828 when value == 0:
+                break; // ESR: a write of 0 clears it; the model records no errors
+            case 0x830 when (value & icrReserved) == 0:
+                state.CommandHigh = (uint)(value >> 32);
+                SendCommand((uint)value, x2Apic: true);
+                break;
+            case 0x83F when (value & ~0xFFUL) == 0:
+                // SELF IPI: a fixed, edge-triggered interrupt to this APIC (§10.12.11).
+                SendCommand((uint)value | (1u << 18), x2Apic: true);
+                break;
+            default:
+                throw GuestFault.GeneralProtection();
+        }
     }
 
     /// <summary>EOI (SDM Vol. 3A §10.8.5): the highest in-service vector is done; for a level-triggered one the EOI is

@@ -90,8 +90,16 @@ public struct LocalApicState
     public bool NmiPending;
     /// <summary>Interrupts the APIC sent itself through the ICR (self-IPIs).</summary>
     public long SelfInterrupts;
-    /// <summary>ICR writes the model does not carry out (NMI, SMI, INIT, start-up, or to another APIC: there is none).</summary>
+    /// <summary>ICR writes the model does not carry out (SMI, a reserved delivery mode, an illegal vector, a destination
+    /// no APIC matches, INIT or start-up to the bootstrap processor).</summary>
     public long UndeliveredCommands;
+    /// <summary>The APIC ID (SDM Vol. 3A §10.4.6): the processor's index in the machine, set at power-up and kept by
+    /// INIT and by a hardware disable; the x2APIC ID is the same value (§10.12.5.1).</summary>
+    public uint Id;
+    /// <summary>Interprocessor interrupts (fixed, lowest-priority, NMI, INIT, start-up) this APIC sent to another APIC.</summary>
+    public long InterprocessorInterruptsSent;
+    /// <summary>Interprocessor interrupts this APIC accepted from another APIC over the APIC bus.</summary>
+    public long InterprocessorInterruptsReceived;
 
     /// <summary>The state at reset (SDM Vol. 3A §10.4.7.1): software-disabled, spurious vector 0xFF, every LVT entry
     /// masked, DFR all ones (the flat model).</summary>

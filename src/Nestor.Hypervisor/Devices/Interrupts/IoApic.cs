@@ -37,6 +37,11 @@ public sealed class IoApic : IMmioDevice, IInterruptSink, Persistence.ISnapshott
     /// it. Connected by the engine; without it messages are counted as undeliverable.</summary>
     public Func<int, bool, bool>? LocalApic { get; set; }
 
+    /// <summary>Where messages go on a machine with several local APICs (the APIC bus): destination, logical,
+    /// lowest priority, vector, level-triggered; true when an APIC accepted it. When set it replaces
+    /// <see cref="LocalApic"/> and the one-processor destination check.</summary>
+    public Func<uint, bool, bool, int, bool, bool>? Bus { get; set; }
+
     /// <summary>Interrupt messages sent to the local APIC and accepted.</summary>
     public long MessagesSent { get; private set; }
 
@@ -200,7 +205,15 @@ public sealed class IoApic : IMmioDevice, IInterruptSink, Persistence.ISnapshott
         // One CPU, APIC ID 0: a physical destination reaches it as 0 or the broadcast 0xFF; a logical destination
         // reaches it unless it names no processor at all.
         bool reaches = logical ? destination != 0 : destination is 0 or 0xFF;
-        if (!reaches || LocalApic is not { } apic || !apic((int)(entry & 0xFF), level))
+        if (Bus is { } bus)
+        {
+            reaches = bus((uint)destination, logical, mode == 1, (int)(entry & 0xFF), level);
+        }
+        else if (!reaches || LocalApic is not { } apic || !apic((int)(entry & 0xFF), level))
+        {
+            reaches = false;
+        }
+        if (!reaches)
         {
             Undeliverable++;
             return;

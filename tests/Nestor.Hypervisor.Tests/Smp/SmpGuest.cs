@@ -1,0 +1,206 @@
+using Iced.Intel;
+using Nestor.Hypervisor.BuiltIn;
+using Nestor.Hypervisor.Configuration;
+using Nestor.Hypervisor.Devices;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Nestor.Hypervisor.Tests.Smp;
+
+/// <summary>A multiprocessor guest, as an SMP kernel starts its processors (Intel SDM Vol. 3A §8.4.4, "MP
+/// initialization example"): the BSP builds an IDT, enables its APIC and sends INIT, SIPI, SIPI (vector 8) to all
+/// excluding self; each AP runs the real-mode trampoline at 0x8000 (LGDT, CR0.PE, far JMP to 32-bit code, PAE, the
+/// BSP's CR3, EFER.LME, paging, far JMP to 64-bit code), takes a stack by its APIC ID, loads the BSP's IDT, enables its
+/// APIC, adds 1 to a shared counter with LOCK XADD, sends the BSP an IPI (vector 0x40) and idles in STI; HLT. The
+/// BSP waits for every AP's increment and IPI, then broadcasts vector 0x41 to all excluding self (each AP counts it),
+/// sends itself vector 0x42, and exits with status 0.</summary>
+internal static class SmpGuest
+{
+    /// <summary>Where the guest keeps its counters (a page of the free boot-data area).</summary>
+    public const ulong Started = 0x5000, IpisToBsp = 0x5008, Broadcasts = 0x5010, SelfIpis = 0x5018, StartOrder = 0x5100;
+
+    private const ulong Trampoline = 0x8000, Protected = 0x8100, Long = 0x8200, Data = 0x8F00;
+    private const ulong GdtPointer = Data, Gdt = Data + 0x10, IdtPointer = Data + 0xE0, Cr3Slot = Data + 0xF0, EntrySlot = Data + 0xF8;
+    private const ulong Idt = 0x9000;
+    private const uint Apic = 0xFEE0_0000;
+
+    public static VmConfig Config(int cpus, bool deterministic = false) => new()
+    {
+        Kernel = GuestAssembler.Flat("smp", Kernel(cpus, out _)),
+        MemoryBytes = 32UL << 20,
+        Cpus = cpus,
+        Deterministic = deterministic,
+        SerialOutput = Stream.Null,
+        Timeout = TimeSpan.FromSeconds(60),
+    };
+
+    /// <summary>Writes the trampoline, its GDT and the slots the BSP's code reads into <paramref name="vm"/>'s RAM (as a
+    /// boot loader places an SMP kernel's low-memory trampoline).</summary>
+    public static void Install(Vm vm)
+    {
+        Kernel(vm.Vcpus.Count, out ulong apEntry);
+        vm.Memory.Write(new(Trampoline), GuestAssembler.Assemble(RealMode, 0, bitness: 16));
+        vm.Memory.Write(new(Protected), GuestAssembler.Assemble(ProtectedMode, Protected, bitness: 32));
+        vm.Memory.Write(new(Long), GuestAssembler.Assemble(a =>
+        {
+            a.mov(rax, __qword_ptr[(long)EntrySlot]);
+            a.jmp(rax);
+        }, Long));
+        // GDT: 0x08 64-bit code (the boot GDT's selector too, so that one IDT serves all), 0x10 data, 0x20 32-bit code.
+        vm.Memory.WriteUInt64(new(GdtPointer), (Gdt << 16) | 0x27);
+        vm.Memory.WriteUInt64(new(Gdt + 0x08), 0x00AF_9A00_0000_FFFFUL);
+        vm.Memory.WriteUInt64(new(Gdt + 0x10), 0x00CF_9200_0000_FFFFUL);
+        vm.Memory.WriteUInt64(new(Gdt + 0x20), 0x00CF_9A00_0000_FFFFUL);
+        vm.Memory.WriteUInt64(new(Cr3Slot), vm.InitialState.Cr3);
+        vm.Memory.WriteUInt64(new(EntrySlot), apEntry);
+    }
+
+    private static void RealMode(Assembler a)
+    {
+        a.cli();
+        a.mov(ax, cs);
+        a.mov(ds, ax);
+        a.AddInstruction(Instruction.Create(Code.Lgdt_m1632, new MemoryOperand(Register.None, (long)(GdtPointer - Trampoline), 2)));
+        a.mov(eax, cr0);
+        a.or(eax, 1);
+        a.mov(cr0, eax);
+        a.AddInstruction(Instruction.CreateBranch(Code.Jmp_ptr1632, 0x20, (uint)Protected));
+    }
+
+    private static void ProtectedMode(Assembler a)
+    {
+        a.mov(ax, 0x10);
+        a.mov(ds, ax);
+        a.mov(es, ax);
+        a.mov(ss, ax);
+        a.mov(eax, cr4);
+        a.or(eax, 0x20);                                  // PAE
+        a.mov(cr4, eax);
+        a.mov(eax, __dword_ptr[(long)Cr3Slot]);
+        a.mov(cr3, eax);
+        a.mov(ecx, 0xC000_0080);
+        a.rdmsr();
+        a.or(eax, 0x900);                                 // EFER.LME, NXE (the boot tables may use NX)
+        a.wrmsr();
+        a.mov(eax, cr0);
+        a.or(eax, 0x8000_0000);
+        a.mov(cr0, eax);
+        a.AddInstruction(Instruction.CreateBranch(Code.Jmp_ptr1632, 0x08, (uint)Long));
+    }
+
+    /// <summary>The kernel (BSP code, the APs' 64-bit code and the handlers); <paramref name="apEntry"/> is where
+    /// the trampoline's 64-bit code jumps.</summary>
+    private static byte[] Kernel(int cpus, out ulong apEntry)
+    {
+        // BSP and APs enter at the kernel's first byte; IA32_APIC_BASE.BSP (bit 8) tells them apart.
+        ulong entry = Nestor.Hypervisor.Memory.GuestMemoryLayout.DefaultFlatLoadAddress.Value;
+        byte[] code = GuestAssembler.Assemble(a =>
+        {
+            var ap = a.CreateLabel();
+            var toBsp = a.CreateLabel();
+            var broadcast = a.CreateLabel();
+            var self = a.CreateLabel();
+            a.mov(ecx, 0x1B);
+            a.rdmsr();
+            a.test(eax, 0x100);
+            a.jz(ap);
+            // The IDT: three interrupt gates, selector 8.
+            void Gate(int vector, Label handler)
+            {
+                ulong gate = Idt + (ulong)vector * 16;
+                a.lea(rax, __[handler]);
+                a.mov(__word_ptr[(long)gate], ax);
+                a.mov(__word_ptr[(long)gate + 2], 8);
+                a.mov(__word_ptr[(long)gate + 4], 0x8E00);
+                a.shr(rax, 16);
+                a.mov(__word_ptr[(long)gate + 6], ax);
+                a.mov(__dword_ptr[(long)gate + 8], 0);
+            }
+            Gate(0x40, toBsp);
+            Gate(0x41, broadcast);
+            Gate(0x42, self);
+            a.mov(__word_ptr[(long)IdtPointer], 0xFFF);
+            a.mov(__qword_ptr[(long)IdtPointer + 2], (int)Idt);
+            a.lidt(__[(long)IdtPointer]);
+            a.mov(eax, Apic + 0xF0);
+            a.mov(__dword_ptr[rax], 0x1FF);
+            a.mov(eax, Apic + 0x300);
+            a.mov(__dword_ptr[rax], 0x000C_4500);          // INIT, all excluding self
+            a.mov(__dword_ptr[rax], 0x000C_4608);          // start-up, vector 8 (0x8000)
+            a.mov(__dword_ptr[rax], 0x000C_4608);          // the second SIPI (§8.4.4.1)
+            a.sti();
+            var waitStarted = a.CreateLabel();
+            a.Label(ref waitStarted);
+            a.pause();
+            a.cmp(__qword_ptr[(long)Started], cpus - 1);
+            a.jne(waitStarted);
+            var waitIpis = a.CreateLabel();
+            a.Label(ref waitIpis);
+            a.cmp(__qword_ptr[(long)IpisToBsp], cpus - 1);
+            a.jne(waitIpis);
+            a.mov(eax, Apic + 0x300);
+            a.mov(__dword_ptr[rax], 0x000C_4041);          // fixed 0x41, all excluding self
+            var waitBroadcast = a.CreateLabel();
+            a.Label(ref waitBroadcast);
+            a.cmp(__qword_ptr[(long)Broadcasts], cpus - 1);
+            a.jne(waitBroadcast);
+            a.mov(eax, Apic + 0x300);
+            a.mov(__dword_ptr[rax], 0x0004_4042);          // fixed 0x42, self
+            var waitSelf = a.CreateLabel();
+            a.Label(ref waitSelf);
+            a.cmp(__qword_ptr[(long)SelfIpis], 1);
+            a.jne(waitSelf);
+            a.mov(dx, DebugExitPort.Port);
+            a.xor(eax, eax);
+            a.@out(dx, eax);
+            a.hlt();
+
+            // The APs, in 64-bit mode from the trampoline: a stack by APIC ID, the IDT, the APIC, the count, the IPI.
+            a.Label(ref ap);
+            a.mov(eax, Apic + 0x20);
+            a.mov(ebx, __dword_ptr[rax]);
+            a.shr(ebx, 24);
+            a.mov(eax, ebx);
+            a.shl(eax, 12);
+            a.add(eax, 0x20_1000);
+            a.mov(rsp, rax);
+            a.lidt(__[(long)IdtPointer]);
+            a.mov(eax, Apic + 0xF0);
+            a.mov(__dword_ptr[rax], 0x1FF);
+            a.mov(eax, 1);
+            a.@lock.xadd(__qword_ptr[(long)Started], rax);  // RAX: how many started before this one
+            a.mov(__byte_ptr[rax + (long)StartOrder], bl);   // who came in which place
+            // One IRR bit per vector (SDM Vol. 3A §10.8.4): IPIs of one vector sent before the BSP took the first would
+            // merge, so each AP waits for the IPIs of those before it to be taken.
+            var myTurn = a.CreateLabel();
+            a.Label(ref myTurn);
+            a.pause();
+            a.cmp(__qword_ptr[(long)IpisToBsp], rax);
+            a.jne(myTurn);
+            a.mov(eax, Apic + 0x310);
+            a.mov(__dword_ptr[rax], 0);                    // to APIC 0
+            a.mov(eax, Apic + 0x300);
+            a.mov(__dword_ptr[rax], 0x0000_4040);          // fixed 0x40
+            var idle = a.CreateLabel();
+            a.Label(ref idle);
+            a.sti();
+            a.hlt();
+            a.jmp(idle);
+
+            void Counting(Label handler, ulong counter)
+            {
+                a.Label(ref handler);
+                a.push(rax);
+                a.@lock.inc(__qword_ptr[(long)counter]);
+                a.mov(eax, Apic + 0xB0);
+                a.mov(__dword_ptr[rax], 0);                // EOI
+                a.pop(rax);
+                a.iretq();
+            }
+            Counting(toBsp, IpisToBsp);
+            Counting(broadcast, Broadcasts);
+            Counting(self, SelfIpis);
+        });
+        apEntry = entry;
+        return code;
+    }
+}
