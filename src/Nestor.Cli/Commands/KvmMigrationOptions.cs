@@ -16,9 +16,9 @@ namespace Nestor.Cli.Commands;
 internal sealed class KvmMigrationOptions
 {
     private readonly Option<string?> migrateTo = new("--migrate-to") { Description = "With --engine kvm: live-migrate the VM to a 'nestor run --engine kvm --incoming' at tcp:HOST:PORT (pre-copy with KVM's dirty log; docs/migration.md)" };
-    private readonly Option<double> after = new("--migrate-after-ms") { Description = "With --migrate-to: start the migration this many milliseconds after the VM starts", DefaultValueFactory = _ => 0 };
+    private readonly Option<double?> after = TypedOptions.Quantity("--migrate-after-ms", "With --migrate-to: start the migration this many milliseconds after the VM starts", 0, "milliseconds", "500");
     private readonly Option<string?> bandwidth = new("--migrate-bandwidth") { Description = "With --migrate-to: the most bytes a second the stream carries, e.g. 64M (QEMU's default 128M)" };
-    private readonly Option<double?> downtime = new("--migrate-downtime-ms") { Description = "With --migrate-to: the downtime target in milliseconds (QEMU's default 300)" };
+    private readonly Option<double?> downtime = TypedOptions.Quantity("--migrate-downtime-ms", "With --migrate-to: the downtime target in milliseconds (QEMU's default 300)", 0, "milliseconds", "300");
     private readonly Option<string?> incoming = new("--incoming") { Description = "With --engine kvm: wait for a live migration at tcp:HOST:PORT and run the VM it brings (its kernel, RAM and command line come from the source)" };
 
     public IEnumerable<Option> All => [migrateTo, after, bandwidth, downtime, incoming];
@@ -27,7 +27,7 @@ internal sealed class KvmMigrationOptions
     public KvmMigrationPlan? Parse(ParseResult parse)
     {
         string? to = parse.GetValue(migrateTo), from = parse.GetValue(incoming), rate = parse.GetValue(bandwidth);
-        double afterMs = parse.GetValue(after);
+        double afterMs = parse.GetValue(after) ?? 0;
         double? downtimeMs = parse.GetValue(downtime);
         if (to is null && from is null)
         {

@@ -88,7 +88,8 @@ internal static class RunCommand
         var snapshotOnSignal = new Option<string?>("--snapshot-on-signal") { Description = "On each SIGUSR1, pause the VM at its next stop check, save it to FILE and run on" };
         var restore = new Option<string?>("--restore") { Description = "Restore the VM from a snapshot FILE and continue it; give the options the snapshot was taken with" };
         var memFile = SnapshotCommand.MemoryFileOption();
-        var cpus = new Option<int>("--cpus") { Description = $"vCPUs (1 to {VmConfig.MaximumCpus}): vCPU 0 boots the kernel, the others wait for INIT and start-up IPIs; --engine sim", DefaultValueFactory = _ => 1 };
+        var cpus = TypedOptions.Integer("--cpus", $"vCPUs (1 to {VmConfig.MaximumCpus}): vCPU 0 boots the kernel, the others wait for INIT and start-up IPIs; --engine sim",
+            1, VmConfig.MaximumCpus, $"a number of vCPUs from 1 to {VmConfig.MaximumCpus}", "2");
         var deterministic = new Option<bool>("--deterministic") { Description = "Interleave the vCPUs the same way every run (sim's one-thread interleaving, docs/cpu-model.md), so that results repeat" };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
@@ -140,7 +141,7 @@ internal static class RunCommand
                 Restore = parse.GetValue(restore),
                 MemoryFile = parse.GetValue(memFile),
                 Migration = migration,
-                Cpus = parse.GetValue(cpus),
+                Cpus = parse.GetValue(cpus) ?? 1,
                 Deterministic = parse.GetValue(deterministic),
             }, parse.GetValue(verbose));
         });

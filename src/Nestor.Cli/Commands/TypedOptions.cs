@@ -31,6 +31,22 @@ internal static class TypedOptions
         },
     };
 
+    /// <summary>A number of <paramref name="unit"/> (fractions allowed), at least <paramref name="minimum"/>.</summary>
+    public static Option<double?> Quantity(string name, string description, double minimum, string unit, string example) => new(name)
+    {
+        Description = description,
+        CustomParser = result =>
+        {
+            string text = Single(result);
+            if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) || !double.IsFinite(value) || value < minimum)
+            {
+                result.AddError($"{name} '{text}' is not a number of {unit} of at least {minimum.ToString(CultureInfo.InvariantCulture)}: give e.g. {name} {example}");
+                return null;
+            }
+            return value;
+        },
+    };
+
     /// <summary>A whole number from <paramref name="minimum"/> to <paramref name="maximum"/>;
     /// <paramref name="expected"/> says what it is in errors ("a number of entries from 0 to 4096").</summary>
     public static Option<int?> Integer(string name, string description, int minimum, int maximum, string expected, string example) => new(name)

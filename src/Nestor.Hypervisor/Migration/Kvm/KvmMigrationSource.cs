@@ -474,66 +474,12 @@ public sealed class KvmMigrationSource : IKvmRunObserver
     private long SendPending(RateLimitedWriter link, int round, bool last = false)
     {
         var clock = Stopwatch.StartNew();
-        long before = link.Written;
-        long pages = 0, filled = 0;
-        var payload = new MemoryStream();
-        var entry = new byte[9];
-        int inSection = 0;
-        void Flush()
-        {
-            var bytes = payload.GetBuffer();
-            BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(0), round);
-            BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(4), inSection);
-            link.WriteSection(MigrationStream.Page, bytes.AsSpan(0, (int)payload.Length));
-            payload.SetLength(0);
-            inSection = 0;
-        }
-        for (long i = 0; i < pageCount; i++)
-        {
-            if (!pending[i])
-            {
-                continue;
-            }
-            pending[i] = false;
-            if (inSection == 0)
-            {
-                payload.Write(new byte[8]); // round, count: filled in at the flush
-            }
-            var page = Live(i, out ulong frame);
-            BinaryPrimitives.WriteUInt64LittleEndian(entry, frame);
-            if (MigrationStream.IsFilled(page, out byte value))
-            {
-                entry[8] = MigrationStream.FilledPage;
-                payload.Write(entry);
-                payload.WriteByte(value);
-                filled++;
-            }
-            else
-            {
-                entry[8] = MigrationStream.RawPage;
-                payload.Write(entry);
-                payload.Write(page);
-            }
-            pages++;
-            if (++inSection == MigrationStream.PagesPerSection)
-            {
-                Flush();
-            }
-        }
-        if (inSection > 0)
-        {
-            Flush();
-        }
-        var end = new byte[20];
-        BinaryPrimitives.WriteInt32LittleEndian(end, round);
-        BinaryPrimitives.WriteInt64LittleEndian(end.AsSpan(4), pages);
-        BinaryPrimitives.WriteInt64LittleEndian(end.AsSpan(12), link.Written - before);
-        link.WriteSection(MigrationStream.RoundEnd, end);
-        long sent = link.Written - before;
+        var sentRound = PageRoundWriter.Send(link, round, pending, pageCount, (long i, out ulong frame) => Live(i, out frame));
+        long sent = sentRound.Bytes;
         lock (gate)
         {
-            rounds.Add(new MigrationRound(round, pages, filled, sent, clock.Elapsed.TotalMilliseconds, last ? 100 : throttle));
-            pagesSent += pages;
+            rounds.Add(new MigrationRound(round, sentRound.Pages, sentRound.FilledPages, sent, clock.Elapsed.TotalMilliseconds, last ? 100 : throttle));
+            pagesSent += sentRound.Pages;
             bytesSent = link.Written;
         }
         return sent;
