@@ -38,6 +38,26 @@ public sealed record MigrationSettings(string Destination)
     /// <summary>QEMU's <c>max-cpu-throttle</c>, in percent.</summary>
     public int ThrottleMaximum { get; init; } = 99;
 
+    /// <summary>Auto-converge's decision after a round, for sim's and KVM's sources alike (QEMU's
+    /// <c>migration_trigger_throttle</c>): a round whose dirty bytes are above half the bytes the round before it sent
+    /// does not shrink; after two such rounds in a row the throttle rises (to <see cref="ThrottleInitial"/>, then by
+    /// <see cref="ThrottleIncrement"/> up to <see cref="ThrottleMaximum"/>) and the count starts again. Returns the
+    /// throttle in percent, <paramref name="current"/> when unchanged.</summary>
+    public int NextThrottle(int current, long dirtyBytes, long lastSentBytes, ref int roundsNotShrinking)
+    {
+        if (!AutoConverge)
+        {
+            return current;
+        }
+        roundsNotShrinking = dirtyBytes > lastSentBytes / 2 ? roundsNotShrinking + 1 : 0;
+        if (roundsNotShrinking < 2)
+        {
+            return current;
+        }
+        roundsNotShrinking = 0;
+        return current == 0 ? ThrottleInitial : Math.Min(ThrottleMaximum, current + ThrottleIncrement);
+    }
+
     /// <summary>Pre-copy rounds after which the stop-and-copy starts whatever is left (Clark et al. bound the rounds
     /// too, §4: 30 in Xen's implementation).</summary>
     public int MaxRounds { get; init; } = 30;

@@ -204,21 +204,8 @@ public sealed class MigrationSource
             {
                 InflateBalloon();
             }
-            client = new TcpClient(endpoint.AddressFamily) { NoDelay = true };
-            try
-            {
-                if (!client.ConnectAsync(endpoint).Wait(TimeSpan.FromSeconds(10)))
-                {
-                    throw new MigrationStreamException($"cannot connect to {settings.Destination}: no answer within 10 s", MigrationRefusal.Cut);
-                }
-            }
-            catch (AggregateException e) when (e.InnerException is SocketException s)
-            {
-                throw new MigrationStreamException($"cannot connect to {settings.Destination}: {s.Message}", MigrationRefusal.Cut,
-                    "Start the destination first: nestor host run --incoming " + settings.Destination);
-            }
+            client = MigrationStream.Connect(endpoint, settings.Destination, "nestor host run --incoming " + settings.Destination);
             var network = client.GetStream();
-            network.ReadTimeout = 120_000;
             link = new RateLimitedWriter(network, settings.MaxBandwidth);
             var vmObject = vm.Vm!;
             var sim = vm.Engine!;
@@ -251,15 +238,9 @@ public sealed class MigrationSource
                 {
                     break;
                 }
-                if (settings.AutoConverge && round > 0)
+                if (round > 0)
                 {
-                    // QEMU's migration_trigger_throttle: bytes dirtied in the period above half the bytes sent in it.
-                    notShrinking = dirty * PageSize > lastSentBytes / 2 ? notShrinking + 1 : 0;
-                    if (notShrinking >= 2)
-                    {
-                        throttle = throttle == 0 ? settings.ThrottleInitial : Math.Min(settings.ThrottleMaximum, throttle + settings.ThrottleIncrement);
-                        notShrinking = 0;
-                    }
+                    throttle = settings.NextThrottle(throttle, dirty * PageSize, lastSentBytes, ref notShrinking);
                 }
                 lastSentBytes = SendPending(link, round);
                 round++;

@@ -1,5 +1,7 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using Nestor.Hypervisor.Configuration;
@@ -100,6 +102,36 @@ public static class MigrationStream
     public const byte FilledPage = 0, RawPage = 1;
 
     private static readonly string[] KnownTags = [Page, RoundEnd, State, Done, Abort, Accept, Refuse, Resumed, Failed, PostCopy, PageRequest, PostCopyEnd, PostCopyAck];
+
+    /// <summary>Opens the source's connection to <paramref name="destination"/> (already parsed as
+    /// <paramref name="endpoint"/>), for sim's and KVM's sources alike: Nagle off (a section is written whole and
+    /// the destination's answers are small), 10 s to connect, then 120 s for any read. An unreachable destination is
+    /// a <see cref="MigrationRefusal.Cut"/> whose hint is <paramref name="startDestination"/>, the command that
+    /// starts the destination this source expects.</summary>
+    public static TcpClient Connect(IPEndPoint endpoint, string destination, string startDestination)
+    {
+        var client = new TcpClient(endpoint.AddressFamily) { NoDelay = true };
+        try
+        {
+            if (!client.ConnectAsync(endpoint).Wait(TimeSpan.FromSeconds(10)))
+            {
+                throw new MigrationStreamException($"cannot connect to {destination}: no answer within 10 s", MigrationRefusal.Cut);
+            }
+            client.GetStream().ReadTimeout = 120_000;
+            return client;
+        }
+        catch (AggregateException e) when (e.InnerException is SocketException s)
+        {
+            client.Dispose();
+            throw new MigrationStreamException($"cannot connect to {destination}: {s.Message}", MigrationRefusal.Cut,
+                "Start the destination first: " + startDestination);
+        }
+        catch
+        {
+            client.Dispose();
+            throw;
+        }
+    }
 
     /// <summary>The header's bytes. <paramref name="version"/> other than <see cref="FormatVersion"/> is for the
     /// refusal tests only (a destination must refuse a newer stream).</summary>

@@ -233,21 +233,8 @@ public sealed class KvmMigrationSource : IKvmRunObserver
             }
             total.Start();
             var endpoint = MigrationSettings.ParseAddress(settings.Destination, "the destination");
-            client = new TcpClient(endpoint.AddressFamily) { NoDelay = true };
-            try
-            {
-                if (!client.ConnectAsync(endpoint).Wait(TimeSpan.FromSeconds(10)))
-                {
-                    throw new MigrationStreamException($"cannot connect to {settings.Destination}: no answer within 10 s", MigrationRefusal.Cut);
-                }
-            }
-            catch (AggregateException e) when (e.InnerException is SocketException s)
-            {
-                throw new MigrationStreamException($"cannot connect to {settings.Destination}: {s.Message}", MigrationRefusal.Cut,
-                    "Start the destination first: nestor run --engine kvm --incoming " + settings.Destination);
-            }
+            client = MigrationStream.Connect(endpoint, settings.Destination, "nestor run --engine kvm --incoming " + settings.Destination);
             var network = client.GetStream();
-            network.ReadTimeout = 120_000;
             link = new RateLimitedWriter(network, settings.MaxBandwidth);
             network.Write(MigrationStream.EncodeHeader(KvmMigrationDescription.HeaderOf(vm), settings.StreamVersion));
             MigrationStream.Expect(network, MigrationStream.Accept, "destination");
@@ -298,14 +285,11 @@ public sealed class KvmMigrationSource : IKvmRunObserver
                 {
                     break;
                 }
-                if (settings.AutoConverge && round > 0)
+                if (round > 0)
                 {
-                    // QEMU's migration_trigger_throttle: bytes dirtied in the period above half the bytes sent in it.
-                    notShrinking = dirty * PageSize > lastSentBytes / 2 ? notShrinking + 1 : 0;
-                    if (notShrinking >= 2)
+                    throttle = settings.NextThrottle(throttle, dirty * PageSize, lastSentBytes, ref notShrinking);
+                    if (throttle > 0)
                     {
-                        throttle = throttle == 0 ? settings.ThrottleInitial : Math.Min(settings.ThrottleMaximum, throttle + settings.ThrottleIncrement);
-                        notShrinking = 0;
                         throttleTimer ??= new Timer(_ => KickForThrottle(), null, ThrottleSliceMilliseconds, ThrottleSliceMilliseconds);
                     }
                 }
