@@ -71,35 +71,18 @@ public sealed class IncomingMigration : IDisposable
     /// <exception cref="MigrationStreamException">The stream is refused (the source is told why).</exception>
     public HostedVmSpec Accept(TimeSpan? timeout = null)
     {
-        var accept = listener.AcceptTcpClientAsync();
-        if (!accept.Wait(timeout ?? Timeout.InfiniteTimeSpan))
-        {
-            throw new MigrationStreamException($"no source connected to {address} within {timeout!.Value.TotalSeconds:0} s", MigrationRefusal.Cut,
-                $"Start the migration with nestor migrate VM {address}");
-        }
-        client = accept.Result;
-        client.NoDelay = true;
+        client = MigrationStream.AcceptSource(listener, timeout, address, $"nestor migrate VM {address}");
         network = client.GetStream();
-        network.ReadTimeout = 120_000;
         clock.Start();
         try
         {
-            header = MigrationStream.ReadHeader(network);
-            if (header.Engine != EngineKind.Sim)
-            {
-                throw new MigrationStreamException($"the source runs engine {header.Engine.ToString().ToLowerInvariant()}, and this host runs sim only",
-                    MigrationRefusal.WrongEngine, "Migrate a VM of nestor host run (the software machine)");
-            }
+            header = MigrationStream.ReadHeaderFor(network, EngineKind.Sim, "this host runs sim only", "Migrate a VM of nestor host run (the software machine)");
             var spec = MigrationVmDescription.Decode(header.Description, header.Kernel);
             // The VM the description builds must be the one the source runs: its configuration text, fingerprinted.
             using (var probe = Vm.Create(ConfigOf(spec, Stream.Null)))
             {
                 string here = SnapshotFile.ConfigurationText(probe, spec.Sim);
-                if (MigrationStream.FingerprintOf(here) != header.Fingerprint || here != header.Configuration)
-                {
-                    throw new MigrationStreamException($"wrong configuration: the source's VM has fingerprint {header.Fingerprint[..16]}…, and the one built here {MigrationStream.FingerprintOf(here)[..16]}…",
-                        MigrationRefusal.WrongConfiguration, "Migrate between two Nestors of the same version");
-                }
+                MigrationStream.CheckConfiguration(header, here);
                 image = new RamImage(probe.Memory);
             }
             MigrationStream.WriteSection(network, MigrationStream.Accept, []);

@@ -133,6 +133,50 @@ public static class MigrationStream
         }
     }
 
+    /// <summary>The destination's side of <see cref="Connect"/>, for sim's and KVM's alike: waits up to
+    /// <paramref name="timeout"/> (none: for ever) for a source on <paramref name="listener"/>, then Nagle off and
+    /// 120 s for any read. No source in time is a <see cref="MigrationRefusal.Cut"/> whose hint is
+    /// <paramref name="startSource"/>, the command that starts the migration at the source.</summary>
+    public static TcpClient AcceptSource(TcpListener listener, TimeSpan? timeout, string address, string startSource)
+    {
+        var accept = listener.AcceptTcpClientAsync();
+        if (!accept.Wait(timeout ?? Timeout.InfiniteTimeSpan))
+        {
+            throw new MigrationStreamException($"no source connected to {address} within {timeout!.Value.TotalSeconds:0} s", MigrationRefusal.Cut,
+                "Start the migration with " + startSource);
+        }
+        var client = accept.Result;
+        client.NoDelay = true;
+        client.GetStream().ReadTimeout = 120_000;
+        return client;
+    }
+
+    /// <summary>Reads the header (<see cref="ReadHeader"/>) and refuses a source of another engine than
+    /// <paramref name="engine"/>, the one this destination runs (<paramref name="here"/> says so in the message,
+    /// <paramref name="advice"/> what to do).</summary>
+    public static MigrationHeader ReadHeaderFor(Stream input, EngineKind engine, string here, string advice)
+    {
+        var header = ReadHeader(input);
+        if (header.Engine != engine)
+        {
+            throw new MigrationStreamException($"the source runs engine {header.Engine.ToString().ToLowerInvariant()}, and {here}",
+                MigrationRefusal.WrongEngine, advice);
+        }
+        return header;
+    }
+
+    /// <summary>Refuses a VM built here whose configuration text (<paramref name="here"/>,
+    /// <see cref="SnapshotFile.ConfigurationText"/>) is not the source's: the fingerprint and the text must both match.</summary>
+    public static void CheckConfiguration(MigrationHeader header, string here)
+    {
+        string fingerprint = FingerprintOf(here);
+        if (fingerprint != header.Fingerprint || here != header.Configuration)
+        {
+            throw new MigrationStreamException($"wrong configuration: the source's VM has fingerprint {header.Fingerprint[..16]}…, and the one built here {fingerprint[..16]}…",
+                MigrationRefusal.WrongConfiguration, "Migrate between two Nestors of the same version");
+        }
+    }
+
     /// <summary>The header's bytes. <paramref name="version"/> other than <see cref="FormatVersion"/> is for the
     /// refusal tests only (a destination must refuse a newer stream).</summary>
     public static byte[] EncodeHeader(MigrationHeader header, ushort? version = null)

@@ -72,25 +72,13 @@ public sealed class KvmIncomingMigration : IKvmRunObserver, IDisposable
     /// <exception cref="MigrationStreamException">The stream is refused (the source is told why).</exception>
     public (KernelImageSource Kernel, KvmMigrationDescription Description) Accept(TimeSpan? timeout = null)
     {
-        var accept = listener.AcceptTcpClientAsync();
-        if (!accept.Wait(timeout ?? Timeout.InfiniteTimeSpan))
-        {
-            throw new MigrationStreamException($"no source connected to {Address} within {timeout!.Value.TotalSeconds:0} s", MigrationRefusal.Cut,
-                $"Start the migration with nestor run --engine kvm --migrate-to {Address}");
-        }
-        client = accept.Result;
-        client.NoDelay = true;
+        client = MigrationStream.AcceptSource(listener, timeout, Address, "nestor run --engine kvm --migrate-to " + Address);
         network = client.GetStream();
-        network.ReadTimeout = 120_000;
         clock.Start();
         try
         {
-            header = MigrationStream.ReadHeader(network);
-            if (header.Engine != EngineKind.Kvm)
-            {
-                throw new MigrationStreamException($"the source runs engine {header.Engine.ToString().ToLowerInvariant()}, and this destination runs kvm",
-                    MigrationRefusal.WrongEngine, "Migrate a sim VM to nestor host run --incoming, a KVM VM to nestor run --engine kvm --incoming");
-            }
+            header = MigrationStream.ReadHeaderFor(network, EngineKind.Kvm, "this destination runs kvm",
+                "Migrate a sim VM to nestor host run --incoming, a KVM VM to nestor run --engine kvm --incoming");
             return (header.Kernel, KvmMigrationDescription.Decode(header.Description));
         }
         catch (MigrationStreamException e) when (e.Refusal != MigrationRefusal.Cut)
@@ -110,12 +98,14 @@ public sealed class KvmIncomingMigration : IKvmRunObserver, IDisposable
             throw new InvalidOperationException("Accept first");
         }
         string here = SnapshotFile.ConfigurationText(vm, null);
-        if (MigrationStream.FingerprintOf(here) != header.Fingerprint || here != header.Configuration)
+        try
         {
-            var e = new MigrationStreamException($"wrong configuration: the source's VM has fingerprint {header.Fingerprint[..16]}…, and the one built here {MigrationStream.FingerprintOf(here)[..16]}…",
-                MigrationRefusal.WrongConfiguration, "Migrate between two Nestors of the same version");
+            MigrationStream.CheckConfiguration(header, here);
+        }
+        catch (MigrationStreamException e)
+        {
             TrySend(MigrationStream.Refuse, e.Message);
-            throw e;
+            throw;
         }
         MigrationStream.WriteSection(network, MigrationStream.Accept, []);
     }
