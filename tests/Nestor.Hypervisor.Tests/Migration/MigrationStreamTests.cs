@@ -159,4 +159,23 @@ public class MigrationStreamTests
         Assert.InRange(clock.Elapsed.TotalMilliseconds, 240, 2000);
         Assert.Equal(4 * (chunk.Length + 16), writer.Written);
     }
+
+    [Fact]
+    public void ADestinationRefusesASourceOfAnotherEngineAndAVmBuiltWithAnotherConfiguration()
+    {
+        var header = Header();
+        var e = Assert.Throws<MigrationStreamException>(() => MigrationStream.ReadHeaderFor(new MemoryStream(MigrationStream.EncodeHeader(header)),
+            EngineKind.Kvm, "this destination runs kvm", "advice"));
+        Assert.Equal(MigrationRefusal.WrongEngine, e.Refusal);
+        Assert.Equal("the source runs engine sim, and this destination runs kvm", e.Message);
+        Assert.Equal(header.Fingerprint, MigrationStream.ReadHeaderFor(new MemoryStream(MigrationStream.EncodeHeader(header)), EngineKind.Sim, "", "").Fingerprint);
+
+        MigrationStream.CheckConfiguration(header, "memory=67108864\n");
+        var wrong = Assert.Throws<MigrationStreamException>(() => MigrationStream.CheckConfiguration(header, "memory=134217728\n"));
+        Assert.Equal(MigrationRefusal.WrongConfiguration, wrong.Refusal);
+        Assert.StartsWith("wrong configuration: the source's VM has fingerprint " + header.Fingerprint[..16], wrong.Message);
+        // Same fingerprint claimed, other text: still refused (the text is compared too).
+        var forged = header with { Configuration = "memory=1\n" };
+        Assert.Throws<MigrationStreamException>(() => MigrationStream.CheckConfiguration(forged, "memory=67108864\n"));
+    }
 }
