@@ -60,11 +60,22 @@ public class HostSnapshotTests
             using (var client = new ControlApiClient(socket, TimeSpan.FromMinutes(2)))
             {
                 IHostControl control = host;
+                // Each round held 2 ms of wall time (between rounds, every vCPU stopped: the virtual clock and so the
+                // guest's run are unchanged) until the running snapshot is taken, so that a busy machine descheduling
+                // this thread cannot let the VM run to its end first (a CI run met exactly that: 409, 'os' is stopped).
+                int slow = 1;
+                host.AfterReclaim = (_, _) =>
+                {
+                    if (Volatile.Read(ref slow) == 1)
+                    {
+                        Thread.Sleep(2);
+                    }
+                };
                 var thread = new Thread(host.Run);
                 thread.Start();
                 try
                 {
-                    SpinWait.SpinUntil(() => host.Rounds > 20, TimeSpan.FromMinutes(1));
+                    Assert.True(SpinWait.SpinUntil(() => host.Rounds > 20, TimeSpan.FromMinutes(1)));
                     // Paused: its thread waits to be dispatched, inside the engine; the snapshot wakes it, and it stays paused.
                     control.Pause("os");
                     first = control.Snapshot("os", new SnapshotRequest(paused));
@@ -75,12 +86,13 @@ public class HostSnapshotTests
                     Assert.Contains("VM 'os' was not saved, and runs on as before: cannot write the snapshot", refused.Message);
                     Assert.Equal(HostedVmState.Paused, control.Get("os").State);
                     control.Resume("os");
-                    SpinWait.SpinUntil(() => host.Rounds > 200, TimeSpan.FromMinutes(1));
+                    Assert.True(SpinWait.SpinUntil(() => host.Rounds > 200, TimeSpan.FromMinutes(1)));
                     // Running: through the control API's route, with a memory file; paused, saved and resumed.
                     var document = client.Snapshot("os", new SnapshotCreateDocument(running, memory));
                     Assert.Equal("Running", document.State);
                     Assert.Equal(memory, document.MemPath);
                     Assert.Equal(64L << 20, document.MemBytes);
+                    Volatile.Write(ref slow, 0);
                     second = new SnapshotTaken(document.Path, document.Bytes, document.MemPath, document.MemBytes, document.InstructionsRetired, HostedVmState.Running);
                     Assert.True(second.InstructionsRetired > first.InstructionsRetired);
                     var conflict = Assert.Throws<ControlApiRefusedException>(() => client.Snapshot("nobody", new SnapshotCreateDocument(running)));
@@ -88,6 +100,7 @@ public class HostSnapshotTests
                 }
                 finally
                 {
+                    Volatile.Write(ref slow, 0);
                     thread.Join();
                 }
                 var taken = Ended(host);
