@@ -268,7 +268,7 @@ public sealed class VmConfig
             throw new BadInputException($"--cpus {Cpus} runs on the software machine only: the KVM engine starts one vCPU",
                 "Add --engine sim, or drop --cpus");
         }
-        if (Cpus > 1 && Sim.Technique != Techniques.Technique.Native)
+        if (Cpus > 1 && !Techniques.TechniqueRules.AllowsSeveralVcpus(Sim.Technique))
         {
             throw new BadInputException(
                 $"--cpus {Cpus} with --technique {Sim.Technique}: the VMM (VirtualMachineMonitor) virtualizes one vCPU so far",

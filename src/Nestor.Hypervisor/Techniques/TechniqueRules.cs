@@ -20,6 +20,12 @@ public static class TechniqueRules
     /// <summary>Whether <paramref name="technique"/> has a VMM (everything but <see cref="Technique.Native"/>).</summary>
     public static bool HasMonitor(Technique technique) => technique != Technique.Native;
 
+    /// <summary>Whether a VM run under <paramref name="technique"/> may have several vCPUs: the one rule
+    /// <c>nestor run --cpus</c> (<see cref="Configuration.VmConfig"/>) and a host's <c>vcpus</c> both check. Only the
+    /// native machine so far: the VMM (<see cref="VirtualMachineMonitor"/>) keeps one VMCS, and a second vCPU would
+    /// need its own (Intel SDM Vol. 3C §25.1: one VMCS per logical processor a VMM runs a guest vCPU on).</summary>
+    public static bool AllowsSeveralVcpus(Technique technique) => technique == Technique.Native;
+
     /// <summary>Whether <paramref name="technique"/> may virtualize memory with <paramref name="memory"/>.</summary>
     public static bool Allows(Technique technique, MemoryVirtualization memory) =>
         technique == Technique.HardwareAssist || (HasMonitor(technique) && memory == MemoryVirtualization.Shadow);
