@@ -138,6 +138,50 @@ public class SmpTechniqueTests
         }
     }
 
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void A_snapshot_keeps_every_vcpus_vmcs(int cpus)
+    {
+        long total;
+        using (var whole = Boot(cpus, Technique.HardwareAssist, deterministic: true).Vm)
+        {
+            total = whole.Vcpus[0].State.InstructionsRetired;
+        }
+        var options = Options(Technique.HardwareAssist);
+        byte[] snapshot;
+        long[] exitsThen;
+        {
+            var config = SmpGuest.Config(cpus, deterministic: true, options);
+            using var vm = Vm.Create(config);
+            SmpGuest.Install(vm);
+            vm.Bus.Claim(new SmpGuest.RemapDevice(vm), SmpGuest.RemapPort, 1);
+            using var engine = new SimEngine(options with { StopAtInstruction = total * 3 / 4 });
+            var first = vm.Run(engine);
+            Assert.Equal(VmOutcomeKind.Breakpoint, first.Outcome.Kind);
+            exitsThen = [.. first.Machine!.Monitor!.ControlStructures.Select(v => v.TotalExits)];
+            Assert.All(exitsThen, e => Assert.True(e > 0));
+            snapshot = Persistence.VmSnapshot.Capture(vm, engine);
+        }
+        {
+            var config = SmpGuest.Config(cpus, deterministic: true, options);
+            using var vm = Vm.Create(config);
+            vm.Bus.Claim(new SmpGuest.RemapDevice(vm), SmpGuest.RemapPort, 1);
+            using var engine = new SimEngine(options);
+            Persistence.VmSnapshot.Restore(vm, snapshot, engine);
+            var rest = vm.Run(engine);
+            Assert.True(rest.Outcome.Kind == VmOutcomeKind.DebugExit, rest.Outcome.Message);
+            Assert.Equal(0u, vm.GuestStatus);
+            Assert.Equal((ulong)(cpus - 1), Read(vm, SmpGuest.Done));
+            var vmcss = rest.Machine!.Monitor!.ControlStructures;
+            for (int i = 0; i < cpus; i++)
+            {
+                // The exit counters go on from the snapshot's (section version 2 holds every vCPU's VMCS).
+                Assert.True(vmcss[i].TotalExits >= exitsThen[i], $"vCPU {i}: {vmcss[i].TotalExits} exits after the restore, {exitsThen[i]} at the snapshot");
+            }
+        }
+    }
+
     [Fact]
     public void Without_a_remap_the_aps_read_the_probe_page_unchanged()
     {
