@@ -20,13 +20,10 @@ public static class TechniqueRules
     /// <summary>Whether <paramref name="technique"/> has a VMM (everything but <see cref="Technique.Native"/>).</summary>
     public static bool HasMonitor(Technique technique) => technique != Technique.Native;
 
-    /// <summary>Whether a VM run under <paramref name="technique"/> with its default memory virtualization may have
-    /// several vCPUs: the one rule <c>nestor run --cpus</c> (<see cref="Configuration.VmConfig"/>) and a host's
-    /// <c>vcpus</c> both check (<see cref="AllowsSeveralVcpus(Technique, MemoryVirtualization?)"/>).</summary>
-    public static bool AllowsSeveralVcpus(Technique technique) => AllowsSeveralVcpus(technique, null);
-
     /// <summary>Whether a VM run under <paramref name="technique"/> virtualizing memory with <paramref name="memory"/>
-    /// (null: the technique's default) may have several vCPUs. The native machine, and hardware assistance with nested
+    /// (null: the technique's default) may have several vCPUs: the one rule <c>nestor run --cpus</c>
+    /// (<see cref="Configuration.VmConfig"/>, through <see cref="SeveralVcpusRefusal"/>) checks, and a host's
+    /// <c>vcpus</c> is to check. The native machine, and hardware assistance with nested
     /// paging: the VMM keeps a VMCS per vCPU (Intel SDM Vol. 3C §25.1: one VMCS per logical processor a VMM runs a
     /// guest vCPU on) over one nested page table for the VM, whose changes shoot down every vCPU's nested TLB
     /// (INVEPT, §29.4.3). Shadow paging and the software techniques keep one vCPU so far: shadow paging keeps one

@@ -213,11 +213,11 @@ public class SmpTechniqueTests
     [Fact]
     public void The_one_rule_allows_native_and_hardware_assist_with_nested_paging()
     {
-        Assert.True(TechniqueRules.AllowsSeveralVcpus(Technique.Native));
-        Assert.True(TechniqueRules.AllowsSeveralVcpus(Technique.HardwareAssist)); // its default is nested paging
+        Assert.True(TechniqueRules.AllowsSeveralVcpus(Technique.Native, null));
+        Assert.True(TechniqueRules.AllowsSeveralVcpus(Technique.HardwareAssist, null)); // its default is nested paging
         Assert.True(TechniqueRules.AllowsSeveralVcpus(Technique.HardwareAssist, MemoryVirtualization.Nested));
         Assert.False(TechniqueRules.AllowsSeveralVcpus(Technique.HardwareAssist, MemoryVirtualization.Shadow));
-        Assert.False(TechniqueRules.AllowsSeveralVcpus(Technique.TrapAndEmulate));
+        Assert.False(TechniqueRules.AllowsSeveralVcpus(Technique.TrapAndEmulate, null));
         var kernel = new KernelImageSource("k", [0xF4], KernelFormat.Flat);
         new VmConfig { Kernel = kernel, Cpus = 4, Sim = new SimOptions { Technique = Technique.HardwareAssist } }.Validate();
     }
