@@ -90,6 +90,59 @@ public class TlbTests
         Assert.Equal(walks, mmu.Counters.Walks);
     }
 
+    /// <summary>SDM Vol. 3A §4.10.4.1: toggling CR0.WP invalidates nothing (the TLB keeps paging-structure rights and
+    /// each access applies the current WP), so no walk follows; toggling CR4.PGE invalidates every entry, global
+    /// ones included, so the next access walks again and sees the page tables as they are now.</summary>
+    [Fact]
+    public void Toggling_cr0_wp_keeps_the_tlb_and_toggling_cr4_pge_drops_global_entries_too()
+    {
+        var (m, mmu) = Setup(Small, globalPages: true);
+        var entries = m.Map(0x1000, 0x200000, P | W | G | A | D);
+        m.Map(0x2000, 0x201000, P | A | D);
+        var controls = PagingControls.LongMode4Level(m.Cr3) with { GlobalPages = true };
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);
+        mmu.Translate(0x2000, AccessKind.Read, false, false, out _);
+        long walks = mmu.Counters.Walks, flushes = mmu.Counters.TlbFlushes;
+        mmu.SetControlRegisters(controls with { WriteProtect = false });
+        Assert.Null(mmu.Translate(0x2000, AccessKind.Write, false, false, out _)); // WP = 0: a supervisor write to a read-only page
+        mmu.SetControlRegisters(controls);
+        Assert.Equal(PageFaultError.Present | PageFaultError.Write, mmu.Translate(0x2000, AccessKind.Write, false, false, out _));
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);
+        Assert.Equal(walks + 1, mmu.Counters.Walks); // only the denied write re-walked (to fault on the tables as they are)
+        Assert.Equal(flushes, mmu.Counters.TlbFlushes);
+        Assert.Equal(2, mmu.DataTlb.Count);
+
+        m.Write(entries[^1], 0x300000 | P | W | G | A | D); // remap the global page without INVLPG
+        mmu.SetControlRegisters(controls with { GlobalPages = false });
+        Assert.Equal(0, mmu.DataTlb.Count);
+        mmu.SetControlRegisters(controls);
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out ulong fresh);
+        Assert.Equal(0x300000UL, fresh);
+    }
+
+    /// <summary>A whole-TLB flush retires entries by epoch: a non-global flush keeps the global entry, the full one
+    /// drops it, and entries filled after a flush live on.</summary>
+    [Fact]
+    public void Flushes_drop_exactly_the_entries_they_cover_and_spare_later_fills()
+    {
+        var (m, mmu) = Setup(Small, globalPages: true);
+        m.Map(0x1000, 0x200000, P | W | G);
+        m.Map(0x2000, 0x201000, P | W);
+        m.Map(0x3000, 0x202000, P | W);
+        mmu.Translate(0x1000, AccessKind.Read, false, false, out _);
+        mmu.Translate(0x2000, AccessKind.Read, false, false, out _);
+        mmu.DataTlb.Flush(includingGlobal: false);
+        Assert.True(mmu.DataTlb.Holds(new GuestVirtual(0x1000), 0));
+        Assert.False(mmu.DataTlb.Holds(new GuestVirtual(0x2000), 0));
+        mmu.Translate(0x3000, AccessKind.Read, false, false, out _);
+        Assert.Equal(2, mmu.DataTlb.Count);
+        mmu.DataTlb.Flush(includingGlobal: true);
+        Assert.Equal(0, mmu.DataTlb.Count);
+        mmu.Translate(0x2000, AccessKind.Read, false, false, out _);
+        Assert.True(mmu.DataTlb.Holds(new GuestVirtual(0x2000), 0));
+        Assert.Equal(1, mmu.DataTlb.Count);
+    }
+
     [Fact]
     public void Pcid_tagged_entries_survive_a_no_flush_cr3_switch_and_serve_their_own_context_only()
     {

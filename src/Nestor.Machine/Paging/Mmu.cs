@@ -137,16 +137,21 @@ public sealed class Mmu
     /// callers holding a translation of their own (the CPU's fetch and data fast paths) know to drop it.</summary>
     public long Generation { get; private set; }
 
-    /// <summary>Installs new paging controls. Changing CR0.PG/WP, CR4.PGE/PCIDE/SMEP/SMAP or EFER.NXE flushes the
-    /// TLBs entirely (§4.10.4.1: these writes invalidate all translations); a CR3 write goes through
-    /// <see cref="WriteCr3"/> instead.</summary>
+    /// <summary>Installs new paging controls. Changing CR0.PG, CR4.PGE/PCIDE/SMEP/SMAP or EFER.NXE flushes the
+    /// TLBs entirely (§4.10.4.1: these writes invalidate all translations, or are allowed to); changing CR0.WP alone
+    /// flushes nothing. A CR3 write goes through <see cref="WriteCr3"/> instead.</summary>
     public void SetControlRegisters(in PagingControls value)
     {
         var previous = controls;
         controls = value;
         walkControls = shadowRoot is { } r ? controls with { Cr3 = r.Value | (controls.Cr3 & 0xFFF) } : controls;
-        Generation++;
-        if (previous with { Cr3 = value.Cr3 } != value)
+        Generation++; // the CPU's fast paths re-check their cached translation against the new controls
+        // SDM Vol. 3A §4.10.4.1 lists what MOV to CR0 invalidates: everything when it clears CR0.PG, nothing for
+        // CR0.WP. The TLB holds the paging-structure rights (R/W, U/S, XD; §4.10.2.2) and every access combines them
+        // with the current CR0.WP (§4.6.1, AccessRights.Check), and a denied access re-walks, so an entry filled
+        // under one WP is right under the other. Toggling WP is a kernel's way to write its read-only pages
+        // (kvm-unit-tests' vmexit toggle_cr0_wp does it in a loop): it keeps the TLB.
+        if (previous with { Cr3 = value.Cr3, WriteProtect = value.WriteProtect } != value)
         {
             FlushAll(includingGlobal: true);
         }

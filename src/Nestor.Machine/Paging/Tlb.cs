@@ -29,9 +29,13 @@ public struct TlbEntry
     public TranslationRights Rights;
     /// <summary>log2 of the page size: 12, 21 or 30.</summary>
     public byte PageShift;
+    /// <summary>Filled and not invalidated one by one; a whole-TLB flush leaves it set and retires the entry by its
+    /// <see cref="Epoch"/> instead, so only entries a lookup returns are known to be live.</summary>
     public bool Valid;
     public ushort ProcessContext;
     internal ulong LastUse;
+    /// <summary>The TLB's flush epoch when this entry was filled (see <see cref="Tlb.Flush"/>).</summary>
+    internal ulong Epoch;
 }
 
 /// <summary>A set-associative, PCID-tagged translation lookaside buffer holding 4 KiB, 2 MiB and 1 GiB translations
@@ -43,6 +47,12 @@ public sealed class Tlb
     private readonly int sets;
     private readonly int ways;
     private ulong clock;
+
+    // Flushing by epoch: a flush starts a new epoch and entries filled before the first epoch still valid for their
+    // kind (global or not) no longer count, so a flush costs the same for 64 entries as for 4096. Guests that flush
+    // often (kvm-unit-tests' vmexit toggle_cr4_pge: two full flushes every few instructions) would otherwise spend
+    // their time clearing entries one by one.
+    private ulong epoch = 1, globalFrom = 1, nonGlobalFrom = 1;
 
     public Tlb(TlbConfiguration configuration)
     {
@@ -63,7 +73,7 @@ public sealed class Tlb
             int n = 0;
             foreach (ref readonly var e in entries.AsSpan())
             {
-                n += e.Valid ? 1 : 0;
+                n += Live(in e) ? 1 : 0;
             }
             return n;
         }
@@ -117,7 +127,7 @@ public sealed class Tlb
         for (int w = 0; w < ways; w++)
         {
             ref readonly var e = ref entries[first + w];
-            if (e.Valid && e.PageShift == shift && e.VirtualPage == page &&
+            if (Live(in e) && e.PageShift == shift && e.VirtualPage == page &&
                 ((e.Rights & TranslationRights.Global) != 0 || e.ProcessContext == processContext))
             {
                 return first + w;
@@ -144,12 +154,13 @@ public sealed class Tlb
         {
             ref readonly var e = ref entries[first + w];
             // Replace an entry for the same page (e.g. after a re-walk set D), else an empty one, else the LRU one.
-            if (e.Valid && e.PageShift == pageShift && e.VirtualPage == page && e.ProcessContext == processContext)
+            bool live = Live(in e);
+            if (live && e.PageShift == pageShift && e.VirtualPage == page && e.ProcessContext == processContext)
             {
                 victim = first + w;
                 break;
             }
-            if (!e.Valid)
+            if (!live)
             {
                 victim = first + w;
                 break;
@@ -168,6 +179,7 @@ public sealed class Tlb
             Valid = true,
             ProcessContext = processContext,
             LastUse = ++clock,
+            Epoch = epoch,
         };
     }
 
@@ -183,7 +195,7 @@ public sealed class Tlb
         for (int i = 0; i < entries.Length; i++)
         {
             ref var e = ref entries[i];
-            if (e.Valid && e.VirtualPage == linear >> e.PageShift)
+            if (Live(in e) && e.VirtualPage == linear >> e.PageShift)
             {
                 e.Valid = false;
             }
@@ -196,7 +208,7 @@ public sealed class Tlb
         for (int i = 0; i < entries.Length; i++)
         {
             ref var e = ref entries[i];
-            if (e.Valid && (e.Rights & TranslationRights.Global) == 0 && e.ProcessContext == processContext)
+            if (Live(in e) && (e.Rights & TranslationRights.Global) == 0 && e.ProcessContext == processContext)
             {
                 e.Valid = false;
             }
@@ -206,13 +218,17 @@ public sealed class Tlb
     /// <summary>Drops every non-global translation (all PCIDs), or everything when <paramref name="includingGlobal"/>.</summary>
     public void Flush(bool includingGlobal)
     {
-        for (int i = 0; i < entries.Length; i++)
+        epoch++;
+        nonGlobalFrom = epoch;
+        if (includingGlobal)
         {
-            ref var e = ref entries[i];
-            if (includingGlobal || (e.Rights & TranslationRights.Global) == 0)
-            {
-                e.Valid = false;
-            }
+            globalFrom = epoch;
         }
     }
+
+    /// <summary>Whether an entry holds a translation: filled, not invalidated one by one, and not older than the last
+    /// flush that covers its kind.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool Live(in TlbEntry e) =>
+        e.Valid && e.Epoch >= ((e.Rights & TranslationRights.Global) != 0 ? globalFrom : nonGlobalFrom);
 }
