@@ -93,7 +93,7 @@ public sealed class Mmu
     {
         shadowRoot = root;
         walkControls = root is { } r ? controls with { Cr3 = r.Value | (controls.Cr3 & 0xFFF) } : controls;
-        Generation++;
+        NewGeneration();
     }
 
     /// <summary>Explains the walk of <paramref name="linear"/> as it would happen now, without using or changing any
@@ -137,6 +137,18 @@ public sealed class Mmu
     /// callers holding a translation of their own (the CPU's fetch and data fast paths) know to drop it.</summary>
     public long Generation { get; private set; }
 
+    /// <summary>Incremented with <see cref="Generation"/> and also when only CR0.WP changed: a write fast path holds a
+    /// translation found writable under one WP, which the other may refuse (§4.6.1), while fetches and reads do not
+    /// depend on WP and keep theirs.</summary>
+    public long WriteRightsGeneration { get; private set; }
+
+    // Everything cached may have changed: the fast paths of fetches, reads and writes all look again.
+    private void NewGeneration()
+    {
+        Generation++;
+        WriteRightsGeneration++;
+    }
+
     /// <summary>Installs new paging controls. Changing CR0.PG, CR4.PGE/PCIDE/SMEP/SMAP or EFER.NXE flushes the
     /// TLBs entirely (§4.10.4.1: these writes invalidate all translations, or are allowed to); changing CR0.WP alone
     /// flushes nothing. A CR3 write goes through <see cref="WriteCr3"/> instead.</summary>
@@ -145,12 +157,18 @@ public sealed class Mmu
         var previous = controls;
         controls = value;
         walkControls = shadowRoot is { } r ? controls with { Cr3 = r.Value | (controls.Cr3 & 0xFFF) } : controls;
-        Generation++; // the CPU's fast paths re-check their cached translation against the new controls
         // SDM Vol. 3A §4.10.4.1 lists what MOV to CR0 invalidates: everything when it clears CR0.PG, nothing for
         // CR0.WP. The TLB holds the paging-structure rights (R/W, U/S, XD; §4.10.2.2) and every access combines them
         // with the current CR0.WP (§4.6.1, AccessRights.Check), and a denied access re-walks, so an entry filled
         // under one WP is right under the other. Toggling WP is a kernel's way to write its read-only pages
-        // (kvm-unit-tests' vmexit toggle_cr0_wp does it in a loop): it keeps the TLB.
+        // (kvm-unit-tests' vmexit toggle_cr0_wp does it in a loop): it keeps the TLB, and only the CPU's write fast
+        // path, which cached "writable" under the old WP, looks again.
+        if (previous != value && previous with { WriteProtect = value.WriteProtect } == value)
+        {
+            WriteRightsGeneration++;
+            return;
+        }
+        NewGeneration();
         if (previous with { Cr3 = value.Cr3, WriteProtect = value.WriteProtect } != value)
         {
             FlushAll(includingGlobal: true);
@@ -164,7 +182,7 @@ public sealed class Mmu
         bool noFlush = controls.ProcessContextIdentifiers && (value & (1UL << 63)) != 0;
         controls = controls with { Cr3 = value & ~(1UL << 63) };
         walkControls = shadowRoot is { } r ? controls with { Cr3 = r.Value | (controls.Cr3 & 0xFFF) } : controls;
-        Generation++;
+        NewGeneration();
         walkCache.Flush();
         Counters.TlbFlushes++;
         if (!controls.ProcessContextIdentifiers)
@@ -188,7 +206,7 @@ public sealed class Mmu
     /// <summary>INVLPG.</summary>
     public void InvalidatePage(GuestVirtual linear)
     {
-        Generation++;
+        NewGeneration();
         dataTlb.InvalidatePage(linear.Value);
         if (instructionTlb != dataTlb)
         {
@@ -207,7 +225,7 @@ public sealed class Mmu
                 InvalidatePage(linear);
                 break;
             case 1:
-                Generation++;
+                NewGeneration();
                 dataTlb.FlushProcessContext(processContext);
                 if (instructionTlb != dataTlb)
                 {
@@ -224,7 +242,7 @@ public sealed class Mmu
     /// <summary>Drops everything cached.</summary>
     public void FlushAll(bool includingGlobal)
     {
-        Generation++;
+        NewGeneration();
         dataTlb.Flush(includingGlobal);
         if (instructionTlb != dataTlb)
         {

@@ -834,7 +834,7 @@ public sealed unsafe partial class Cpu
         {
             readLinearPage = ulong.MaxValue;
         }
-        if (generation != writeGeneration || access != writeKey)
+        if (Mmu.WriteRightsGeneration != writeGeneration || access != writeKey)
         {
             writeLinearPage = ulong.MaxValue;
         }
@@ -955,7 +955,7 @@ public sealed unsafe partial class Cpu
         {
             writeLinearPage = linear >> 12;
             writeHost = pageHost;
-            writeGeneration = Mmu.Generation;
+            writeGeneration = Mmu.WriteRightsGeneration;
             writeKey = AccessKey;
         }
         Store(p, size, value);
