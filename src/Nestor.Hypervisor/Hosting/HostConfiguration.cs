@@ -424,13 +424,12 @@ public static class HostConfiguration
             throw new BadInputException($"{at}.cpu.limit: {l}% is below the reservation {reservation}%", "A limit must be at least the reservation");
         }
         var sim = ParseTechnique(vm.Technique ?? "native", vm.Mmu, at);
-        if (vcpus > 1 && !TechniqueRules.AllowsSeveralVcpus(sim.Technique))
+        if (vcpus > 1 && TechniqueRules.SeveralVcpusRefusal(sim.Technique, sim.Memory) is { } refusal)
         {
             // The one rule for several vCPUs under a technique (TechniqueRules): a VMM that virtualizes one vCPU
             // would leave the others unstarted, so the host refuses rather than admit CPU it cannot run.
-            throw new BadInputException(
-                $"{at}.vcpus: {vcpus} vCPUs refused under technique '{vm.Technique}': the VMM of that technique virtualizes one vCPU",
-                "Give vcpus 1 for that technique, or run the VM's vCPUs natively (technique native)");
+            throw new BadInputException($"{at}.vcpus: {vcpus} vCPUs refused: {refusal.Message}",
+                $"{refusal.Hint} (here: the VM's technique and mmu fields, or vcpus 1)");
         }
         var kernel = Kernel(vm.Kernel ?? "builtin:nestoros", max, at, vcpus);
         long serialLimit = vm.SerialLimit is { } sl ? (long)Size.Parse(sl, $"{at}.serial-limit") : 16L << 20;

@@ -70,11 +70,11 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
         {
             throw new BadInputException($"two VMs are named '{duplicate.Key}'", "Give every VM its own name");
         }
-        if (spec.Vms.FirstOrDefault(v => v.VcpuCount > 1 && !TechniqueRules.AllowsSeveralVcpus(v.Sim.Technique)) is { } several)
+        if (spec.Vms.FirstOrDefault(v => v.VcpuCount > 1 && !TechniqueRules.AllowsSeveralVcpus(v.Sim.Technique, v.Sim.Memory)) is { } several)
         {
             // As HostConfiguration refuses it (TechniqueRules.AllowsSeveralVcpus, the one rule).
-            throw new BadInputException($"VM '{several.Name}' has {several.VcpuCount} vCPUs under {several.Sim.Technique}, whose VMM virtualizes one vCPU",
-                "Give it one vCPU, or run it natively (technique native)");
+            var refusal = TechniqueRules.SeveralVcpusRefusal(several.Sim.Technique, several.Sim.Memory)!;
+            throw new BadInputException($"VM '{several.Name}' has {several.VcpuCount} vCPUs: {refusal.Message}", refusal.Hint);
         }
         this.spec = spec;
         this.console = console;
