@@ -464,8 +464,9 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 }
                 running = each;
                 long before = each.Counters.InstructionsRetired;
-                outcome = RunSlice(vm, each, slice, platform, vmcs, monitor, smp: true);
-                left[i] -= each.Counters.InstructionsRetired - before;
+                outcome = RunSlice(vm, each, slice, platform, monitor?.ControlStructureOf(each) ?? vmcs, monitor, smp: true);
+                long retired = each.Counters.InstructionsRetired - before;
+                left[i] = retired == 0 ? 0 : left[i] - retired; // one that made no progress (halted) is done for the round
                 long busy = each.Counters.InstructionsRetired - startRetired[i];
                 if (each.Clock - startClock[i] > busy)
                 {

@@ -206,6 +206,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
                 MemoryBytes = vm.Spec.Memory.MaxBytes,
                 CommandLine = vm.Spec.BootCommandLine,
                 SerialOutput = vm.Serial,
+                Cpus = vm.Spec.VcpuCount,
                 Multiboot = vm.Spec.Multiboot,
                 Disks = vm.Spec.SwapDisk is { } swapDisk ? [swapDisk] : [],
                 Balloon = vm.Spec.Balloon && spec.Overcommit.Balloon,
@@ -775,14 +776,16 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
     private HostedVmInfo Info(HostedVm vm)
     {
         var v = vm.Vcpu;
-        return new HostedVmInfo(vm.Name, vm.State, vm.Technique, vm.Spec.VcpuCount, v.Controls, vm.Spec.Memory, vm.Outcome, CountersOf(vm));
+        return new HostedVmInfo(vm.Name, vm.State, vm.Technique, vm.Spec.VcpuCount, v.Controls, vm.Spec.Memory, vm.Outcome, CountersOf(vm))
+        {
+            VcpuCounters = vm.Vcpus.Count > 1 ? [.. vm.Vcpus.Select(VcpuCountersOf)] : [],
+        };
     }
 
-    /// <summary>A VM's counters: what it got from the scheduler, in cycles and microseconds of virtual time, and what
-    /// it did.</summary>
-    public IReadOnlyList<EngineCounter> CountersOf(HostedVm vm)
+    /// <summary>One vCPU's counters (a VM with several has a set per vCPU): what the scheduler gave it, in cycles
+    /// and microseconds of virtual time, its own clock, and the scheduler's own counters of it (co-stop rounds).</summary>
+    public IReadOnlyList<EngineCounter> VcpuCountersOf(ScheduledVcpu v)
     {
-        var v = vm.Vcpu;
         double us = spec.Clock.CyclesPerMillisecond / 1000.0;
         var list = new List<EngineCounter>
         {
@@ -791,12 +794,46 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             new("idle_cycles", (ulong)v.IdleCycles, "cycles"),
             new("run_time", (ulong)(v.RunCycles / us), "us"),
             new("ready_time", (ulong)(v.ReadyCycles / us), "us"),
-            new("steal_time", (ulong)(v.ReadyCycles / us), "us"),
             new("cpu_share", now > 0 ? (ulong)Math.Round(10000.0 * v.RunCycles / now) : 0, "0.01 %"),
             new("dispatches", (ulong)v.Dispatches, ""),
             new("wakeups", (ulong)v.Wakeups, ""),
-            new("wake_latency_mean", v.Wakeups > 0 ? (ulong)(v.WakeLatencyCycles / v.Wakeups / us) : 0, "us"),
-            new("wake_latency_max", (ulong)(v.MaximumWakeLatencyCycles / us), "us"),
+            new("guest_clock", (ulong)v.GuestClock, "cycles"),
+        };
+        list.AddRange(scheduler.CountersOf(v));
+        return list;
+    }
+
+    /// <summary>A VM's counters: what it got from the scheduler, in cycles and microseconds of virtual time, and what
+    /// it did.</summary>
+    public IReadOnlyList<EngineCounter> CountersOf(HostedVm vm)
+    {
+        var v = vm.Vcpu;
+        double us = spec.Clock.CyclesPerMillisecond / 1000.0;
+        // A VM with several vCPUs: its books are its vCPUs' added (VcpuCountersOf has each); its clock is the BSP's.
+        long run = 0, ready = 0, idle = 0, dispatches = 0, wakeups = 0, latency = 0, maximumLatency = 0;
+        foreach (var x in vm.Vcpus)
+        {
+            run += x.RunCycles;
+            ready += x.ReadyCycles;
+            idle += x.IdleCycles;
+            dispatches += x.Dispatches;
+            wakeups += x.Wakeups;
+            latency += x.WakeLatencyCycles;
+            maximumLatency = Math.Max(maximumLatency, x.MaximumWakeLatencyCycles);
+        }
+        var list = new List<EngineCounter>
+        {
+            new("run_cycles", (ulong)run, "cycles"),
+            new("ready_cycles", (ulong)ready, "cycles"),
+            new("idle_cycles", (ulong)idle, "cycles"),
+            new("run_time", (ulong)(run / us), "us"),
+            new("ready_time", (ulong)(ready / us), "us"),
+            new("steal_time", (ulong)(ready / us), "us"),
+            new("cpu_share", now > 0 ? (ulong)Math.Round(10000.0 * run / now) : 0, "0.01 %"),
+            new("dispatches", (ulong)dispatches, ""),
+            new("wakeups", (ulong)wakeups, ""),
+            new("wake_latency_mean", wakeups > 0 ? (ulong)(latency / wakeups / us) : 0, "us"),
+            new("wake_latency_max", (ulong)(maximumLatency / us), "us"),
             new("guest_clock", (ulong)v.GuestClock, "cycles"),
             new("memory_size", vm.Vm?.Memory.Size ?? 0, "bytes"),
             new("memory_allocated", vm.AllocatedBytes(), "bytes"),

@@ -44,7 +44,9 @@ public static class WorkloadGuests
     /// per vCPU and <c>RESULT smp-spin vcpus=N total=T</c> (the sums added, computed by the guest), and exits with
     /// status 0 through the debug-exit port. A vCPU's sum depends on nothing but its ID, and its cycles on nothing but
     /// its own virtual time (its TSC), so a host's schedule, however it interleaves the vCPUs, changes neither.</summary>
-    public static byte[] SmpSpin(int vcpus)
+    /// <param name="vcpus">The processors it starts and waits for.</param>
+    /// <param name="iterations">Each vCPU's rounds of work (a huge number: CPU-bound until its host ends it).</param>
+    public static byte[] SmpSpin(int vcpus, long iterations = SmpSpinIterations)
     {
         if (vcpus < 1 || vcpus > Configuration.VmConfig.MaximumCpus)
         {
@@ -163,13 +165,13 @@ public static class WorkloadGuests
             a.or(rax, rdx);
             a.mov(r8, rax);
             a.lea(rax, __[rbx + 1]);
-            a.mov(ecx, SmpSpinIterations);
+            a.mov(rcx, iterations);
             var step = a.CreateLabel();
             a.Label(ref step);
             a.imul(rax, rax, 1_103_515_245);
             a.add(rax, rbx);
             a.add(rax, 12_345);
-            a.dec(ecx);
+            a.dec(rcx);
             a.jnz(step);
             a.mov(__qword_ptr[rbx * 8 + (long)sums], rax);
             a.rdtsc();
