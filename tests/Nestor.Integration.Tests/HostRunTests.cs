@@ -46,4 +46,20 @@ public class HostRunTests
         Assert.DoesNotContain("[b] ", result.Stdout);
         Assert.Matches(@"b\s+refused .*MiB short", result.Stdout);
     }
+
+    [Fact]
+    public void A_two_vcpu_smp_guest_beside_nestoros_on_two_host_cpus_prints_its_native_results_and_a_row_per_vcpu()
+    {
+        var solo = NestorProcess.Run(TimeSpan.FromMinutes(5), "run", "builtin:smp-spin", "--cpus", "2");
+        Assert.True(solo.ExitCode == 0, solo.ToString());
+        var expected = Results(solo.Stdout);
+        Assert.Equal(3, expected.Count); // a line per vCPU and the total
+        var host = NestorProcess.Run(TimeSpan.FromMinutes(10), "host", "run", "--vm", "a=builtin:smp-spin,vcpus=2",
+            "--vm", $"b=builtin:nestoros,cmdline={Workload}", "--host-cpus", "2");
+        Assert.True(host.ExitCode == 0, host.ToString());
+        Assert.Equal(expected, Results(host.Stdout, "[a] "));
+        Assert.Contains(Results(host.Stdout, "[b] "), l => l.StartsWith("RESULT compute", StringComparison.Ordinal));
+        Assert.Matches(@"\n  a/vcpu0 ", host.Stdout);
+        Assert.Matches(@"\n  a/vcpu1 ", host.Stdout);
+    }
 }

@@ -601,7 +601,9 @@ internal static class RunCommand
             // The default guest: NestorOS where it can run anywhere (sim), the ring-0 demo on KVM, which on hosts
             // like ours cannot deliver guest exceptions.
             string fallback = o.Engine.Equals("kvm", StringComparison.OrdinalIgnoreCase) ? "hello" : "nestoros";
-            return BuiltInGuests.Get(o.Kernel?["builtin:".Length..] ?? fallback);
+            string name = o.Kernel?["builtin:".Length..] ?? fallback;
+            // The host's workload guests too (builtin:smp-spin, built for --cpus processors: docs/host.md).
+            return Hypervisor.Hosting.WorkloadGuests.Get(name, o.Cpus) ?? BuiltInGuests.Get(name);
         }
         if (o.Kernel.StartsWith('-') && !File.Exists(o.Kernel))
         {

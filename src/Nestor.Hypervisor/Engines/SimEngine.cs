@@ -48,6 +48,13 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     /// (<see cref="Scheduling.IVcpuQuantum"/>). Null: the VM has a host CPU to itself, in slices of a million.</summary>
     public Scheduling.IVcpuQuantum? Quantum { get; init; }
 
+    /// <summary>When set, a host's scheduler gives each vCPU of a VM with several its own time, one
+    /// <see cref="Scheduling.IVcpuRound"/> per vCPU (index = vCPU): every round the engine asks each for its budget,
+    /// runs only those the host dispatched, interleaved on this one thread as <c>--cpus N</c> runs them (so a run stays
+    /// reproducible and no machine state needs a lock), and reports each vCPU's clock and count (docs/host.md, "VMs
+    /// with several vCPUs"). Replaces <see cref="Quantum"/> for such a VM.</summary>
+    public IReadOnlyList<Scheduling.IVcpuRound>? VcpuRounds { get; init; }
+
     /// <summary>Releases the host memory of the last run (its host frames and the VMM's tables); the
     /// <see cref="SoftwareMachineRun"/> it returned is no longer valid.</summary>
     public void Dispose()
@@ -269,8 +276,18 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         var clock = Stopwatch.StartNew();
         try
         {
+            var roundBudgets = cpus.Length > 1 && VcpuRounds is { } rounds ? new long[cpus.Length] : null;
+            var idledLastRound = roundBudgets is null ? null : new bool[cpus.Length];
             while (true)
             {
+                if (roundBudgets is not null)
+                {
+                    if (RunDispatched(vm, cpus, VcpuRounds!, roundBudgets, idledLastRound!, platform, vmcs, monitor, ref running) is { } stopped)
+                    {
+                        return stopped;
+                    }
+                    continue;
+                }
                 long budget = Quantum?.NextBudget(cpu.Clock, cpu.Counters.InstructionsRetired) ?? Slice;
                 if (options.StopAtInstruction is { } breakAt)
                 {
@@ -406,6 +423,81 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             }
         }
         return null;
+    }
+
+    /// <summary>One host round of a VM whose vCPUs a host schedules one by one (<see cref="VcpuRounds"/>): every
+    /// vCPU's budget first (0 for one not dispatched: it does not run and its clock stands still), then the dispatched
+    /// ones interleaved in index order, each in slices of <see cref="InterleaveSlice"/> (or
+    /// <see cref="Scheduling.VcpuQuantum.ShortSlice"/> after it idled, to see its next HLT soon) until its budget is
+    /// used, it idles in HLT (its clock jumped to its timer: the host blocks it until then), or it cannot run (a start-up
+    /// IPI or an interrupt from a sibling makes it runnable again, perhaps within this same round); then every vCPU's
+    /// report. Allocates nothing: the arrays are the run's.</summary>
+    private static VmOutcome? RunDispatched(Vm vm, Cpu[] cpus, IReadOnlyList<Scheduling.IVcpuRound> rounds, long[] left,
+        bool[] idledLastRound, VmPlatform platform, VmControlStructure? vmcs, VirtualMachineMonitor? monitor, ref Cpu running)
+    {
+        Span<long> startClock = stackalloc long[cpus.Length];
+        Span<long> startRetired = stackalloc long[cpus.Length];
+        for (int i = 0; i < cpus.Length; i++)
+        {
+            startClock[i] = cpus[i].Clock;
+            startRetired[i] = cpus[i].Counters.InstructionsRetired;
+            left[i] = rounds[i].AwaitRound(startClock[i], startRetired[i]);
+        }
+        VmOutcome? outcome = null;
+        bool more = true;
+        while (more && outcome is null)
+        {
+            more = false;
+            for (int i = 0; i < cpus.Length && outcome is null; i++)
+            {
+                var each = cpus[i];
+                if (left[i] <= 0 || !each.Runnable)
+                {
+                    continue;
+                }
+                long slice = Math.Min(idledLastRound[i] ? Scheduling.VcpuQuantum.ShortSlice : InterleaveSlice, left[i]);
+                // A slice ends by the next platform timer interrupt (one cycle is a nanosecond: PlatformClock).
+                long timer = vm.PcPlatform.NextTimerEvent;
+                if (timer != long.MaxValue)
+                {
+                    slice = Math.Clamp(timer - vm.PcPlatform.Clock.Nanoseconds + 1, 1, slice);
+                }
+                running = each;
+                long before = each.Counters.InstructionsRetired;
+                outcome = RunSlice(vm, each, slice, platform, monitor?.ControlStructureOf(each) ?? vmcs, monitor, smp: true);
+                long retired = each.Counters.InstructionsRetired - before;
+                left[i] = retired == 0 ? 0 : left[i] - retired; // one that made no progress (halted) is done for the round
+                long busy = each.Counters.InstructionsRetired - startRetired[i];
+                if (each.Clock - startClock[i] > busy)
+                {
+                    left[i] = 0; // it idled in HLT until its timer: its round ends there
+                }
+                more |= left[i] > 0;
+            }
+        }
+        bool anyRunnable = false, anyRan = false;
+        for (int i = 0; i < cpus.Length; i++)
+        {
+            long busy = cpus[i].Counters.InstructionsRetired - startRetired[i];
+            anyRan |= busy > 0;
+            idledLastRound[i] = cpus[i].Clock - startClock[i] > busy;
+            anyRunnable |= cpus[i].Runnable;
+            rounds[i].EndRound(cpus[i].Clock, cpus[i].Counters.InstructionsRetired, cpus[i].Runnable);
+        }
+        if (outcome is not null)
+        {
+            return outcome;
+        }
+        if (anyRan)
+        {
+            return null; // a slice that ran looked at stop requests itself (RunSlice)
+        }
+        // A stop the host asked (a budget of 1) or a snapshot's stop request, when no vCPU could run to see it.
+        if (platform.StopOutcome(Capture(cpus[0])) is { } stop)
+        {
+            return stop;
+        }
+        return anyRunnable ? null : platform.Halted(Capture(cpus[0])); // none can run again: the VM has halted
     }
 
     private static long LatestClock(Cpu[] cpus)

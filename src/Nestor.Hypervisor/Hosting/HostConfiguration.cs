@@ -403,14 +403,10 @@ public static class HostConfiguration
         {
             throw new BadInputException($"{at}.vcpus: {vcpus} is not a number of vCPUs", "Give vcpus 1, or leave it out");
         }
-        if (vcpus > 1)
+        if (vcpus > Configuration.VmConfig.MaximumCpus)
         {
-            // The schedulers take a VM's vCPUs (ScheduledVcpu.ForVm: its controls split over them, relaxed
-            // co-scheduling), but the sim engine runs one Cpu per VM: a second vCPU, started by the guest's INIT-SIPI-SIPI
-            // (Intel SDM Vol. 3A §9.4), would never run, so the host refuses rather than admit CPU it cannot schedule.
-            throw new BadInputException(
-                $"{at}.vcpus: {vcpus} vCPUs refused: a VM on this host has exactly one vCPU, because the sim engine runs one vCPU per VM (its other vCPUs would never run)",
-                "Give vcpus 1 (or leave it out); to overcommit the host's CPUs, run more one-vCPU VMs than --host-cpus");
+            throw new BadInputException($"{at}.vcpus: {vcpus} vCPUs is out of range: a VM has 1 to {Configuration.VmConfig.MaximumCpus}",
+                $"Give vcpus between 1 and {Configuration.VmConfig.MaximumCpus}");
         }
         double reservation = vm.Cpu?.Reservation ?? 0;
         // The VM's, in percent of one host CPU (ESX's reservation and limit, Xen's cap): at most what its vCPUs can use.
@@ -428,7 +424,14 @@ public static class HostConfiguration
             throw new BadInputException($"{at}.cpu.limit: {l}% is below the reservation {reservation}%", "A limit must be at least the reservation");
         }
         var sim = ParseTechnique(vm.Technique ?? "native", vm.Mmu, at);
-        var kernel = Kernel(vm.Kernel ?? "builtin:nestoros", max, at);
+        if (vcpus > 1 && TechniqueRules.SeveralVcpusRefusal(sim.Technique, sim.Memory) is { } refusal)
+        {
+            // The one rule for several vCPUs under a technique (TechniqueRules): a VMM that virtualizes one vCPU
+            // would leave the others unstarted, so the host refuses rather than admit CPU it cannot run.
+            throw new BadInputException($"{at}.vcpus: {vcpus} vCPUs refused: {refusal.Message}",
+                $"{refusal.Hint} (here: the VM's technique and mmu fields, or vcpus 1)");
+        }
+        var kernel = Kernel(vm.Kernel ?? "builtin:nestoros", max, at, vcpus);
         long serialLimit = vm.SerialLimit is { } sl ? (long)Size.Parse(sl, $"{at}.serial-limit") : 16L << 20;
         if (vm.RunLimitMs is <= 0)
         {
@@ -487,12 +490,12 @@ public static class HostConfiguration
         return new SimOptions { Technique = technique, Memory = memory };
     }
 
-    private static KernelImageSource Kernel(string text, ulong memory, string at)
+    private static KernelImageSource Kernel(string text, ulong memory, string at, int vcpus)
     {
         if (text.StartsWith("builtin:", StringComparison.Ordinal))
         {
             string name = text["builtin:".Length..];
-            return WorkloadGuests.Get(name) ?? BuiltInGuests.Get(name);
+            return WorkloadGuests.Get(name, vcpus) ?? BuiltInGuests.Get(name);
         }
         return KernelImageSource.FromFile(text, KernelFormat.Elf, null, memory);
     }

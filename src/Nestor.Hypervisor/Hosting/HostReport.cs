@@ -19,10 +19,16 @@ public static class HostReport
         {
             var v = vm.Vcpu;
             string limit = v.Controls.LimitPercent is { } l ? l.ToString("0.#", CultureInfo.InvariantCulture) : "-";
-            double latency = v.Wakeups > 0 ? clock.Milliseconds(v.WakeLatencyCycles) / v.Wakeups : 0;
+            // A VM's row adds its vCPUs' books (its controls are the VM's, split over them: ScheduledVcpu.ForVm).
+            long run = vm.Vcpus.Sum(x => x.RunCycles), ready = vm.Vcpus.Sum(x => x.ReadyCycles), wakeups = vm.Vcpus.Sum(x => x.Wakeups);
+            double latency = wakeups > 0 ? clock.Milliseconds(vm.Vcpus.Sum(x => x.WakeLatencyCycles)) / wakeups : 0;
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{vm.Name,-12} {vm.State.ToString().ToLowerInvariant(),-8} {vm.Technique,-6} {v.Controls.Shares,6} {v.Controls.ReservationPercent,5:0.#} {limit,6} " +
-                $"{clock.Milliseconds(v.RunCycles),10:0.###} {clock.Milliseconds(v.ReadyCycles),10:0.###} {100.0 * v.RunCycles / elapsed,6:0.0} {v.Wakeups,7} {latency,7:0.###} {vm.AllocatedBytes() / (1024.0 * 1024),7:0.0}  {vm.Outcome}"));
+                $"{clock.Milliseconds(run),10:0.###} {clock.Milliseconds(ready),10:0.###} {100.0 * run / elapsed,6:0.0} {wakeups,7} {latency,7:0.###} {vm.AllocatedBytes() / (1024.0 * 1024),7:0.0}  {vm.Outcome}"));
+            if (vm.Vcpus.Count > 1)
+            {
+                WriteVcpus(vm, clock, elapsed, output);
+            }
         }
         if (host.Scheduler is Scheduling.CreditScheduler credit)
         {
@@ -36,6 +42,22 @@ public static class HostReport
             $"admission: {a.Capacity.Memory >> 20} MiB memory, {a.Capacity.Swap >> 20} MiB swap, {a.Capacity.CpuPercent:0}% CPU; " +
             $"refused {host.Vms.Count(v => v.State == HostedVmState.Refused)} of {host.Vms.Count}"));
         WriteMemory(host, output);
+    }
+
+    /// <summary>A row per vCPU of a VM with several, under its VM's: run, ready (runnable, not placed), idle (in HLT),
+    /// blocked (halted until an interrupt, or waiting for its start-up IPI: the rest of the time), co-stopped rounds
+    /// (ahead of a sibling by more than the skew bound) and how far its clock is from the VM's slowest vCPU's.</summary>
+    private static void WriteVcpus(HostedVm vm, Scheduling.HostClock clock, long elapsed, TextWriter output)
+    {
+        long slowest = vm.Vcpus.Min(x => x.GuestClock);
+        output.WriteLine($"  {"vcpu",-10} {"state",-8} {"run ms",10} {"ready ms",10} {"idle ms",10} {"blocked ms",10} {"cpu %",6} {"dispatch",8} {"costop",6} {"skew ms",8}");
+        foreach (var x in vm.Vcpus)
+        {
+            long blocked = Math.Max(0, elapsed - x.RunCycles - x.ReadyCycles - x.IdleCycles);
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"  {$"{vm.Name}/vcpu{x.Index}",-10} {x.State.ToString().ToLowerInvariant(),-8} {clock.Milliseconds(x.RunCycles),10:0.###} {clock.Milliseconds(x.ReadyCycles),10:0.###} " +
+                $"{clock.Milliseconds(x.IdleCycles),10:0.###} {clock.Milliseconds(blocked),10:0.###} {100.0 * x.RunCycles / elapsed,6:0.0} {x.Dispatches,8} {x.CoStopRounds,6} {clock.Milliseconds(x.GuestClock - slowest),8:0.###}"));
+        }
     }
 
     /// <summary>The memory-overcommitment part (issue 15): the switches, the free-memory states with the time spent in

@@ -72,6 +72,12 @@ public sealed class HostReportWatch : IDisposable
         {
             text.Append(c, $"{vm.Name,-12} {vm.State.ToString().ToLowerInvariant(),-8} {vm.Technique,-6} {Share(vm),6} {Millis(vm, "run_time"),10} {Millis(vm, "ready_time"),10} {Memory(vm),10} " +
                            $"{Mib(vm, "memory_shared"),9} {Mib(vm, "memory_ballooned"),9} {Mib(vm, "memory_swapped"),9}  {vm.Outcome ?? "-"}\n");
+            for (int i = 0; i < vm.VcpuCounters.Count; i++)
+            {
+                // A VM with several vCPUs: a row per vCPU under its VM's.
+                var one = vm with { Name = $"  {vm.Name}/vcpu{i}", Counters = vm.VcpuCounters[i] };
+                text.Append(c, $"{one.Name,-12} {"",-8} {"",-6} {Share(one),6} {Millis(one, "run_time"),10} {Millis(one, "ready_time"),10}\n");
+            }
         }
         return text.ToString();
     }

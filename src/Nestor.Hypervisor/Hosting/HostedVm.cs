@@ -13,6 +13,7 @@ public sealed class HostedVm : IDisposable
     {
         Spec = spec;
         Vcpus = ScheduledVcpu.ForVm(spec.Name, order, spec.Cpu, spec.VcpuCount);
+        Quanta = [.. Enumerable.Range(0, spec.VcpuCount).Select(_ => new VcpuQuantum())];
     }
 
     /// <summary>How it was configured.</summary>
@@ -27,11 +28,12 @@ public sealed class HostedVm : IDisposable
     /// <summary>How it ended, or why it was refused.</summary>
     public string? Outcome { get; internal set; }
 
-    /// <summary>Its vCPUs for the scheduler (one today: the sim engine runs one per VM), each with the VM's controls
-    /// split over them.</summary>
+    /// <summary>Its vCPUs for the scheduler, each with the VM's controls split over them (index = the vCPU's APIC ID;
+    /// vCPU 0 is the bootstrap processor).</summary>
     public IReadOnlyList<ScheduledVcpu> Vcpus { get; }
 
-    /// <summary>Its first vCPU for the scheduler (its only one today): controls and what it got.</summary>
+    /// <summary>Its first vCPU for the scheduler (the bootstrap processor): the VM's controls, and its state as the
+    /// VM's (paused, done).</summary>
     public ScheduledVcpu Vcpu => Vcpus[0];
 
     /// <summary>The VM, once admitted.</summary>
@@ -49,8 +51,54 @@ public sealed class HostedVm : IDisposable
     /// <summary>What stops its run.</summary>
     internal RunControl Control { get; } = new();
 
-    /// <summary>Its vCPU thread's hand-over with the host.</summary>
-    internal VcpuQuantum Quantum { get; } = new();
+    /// <summary>Its vCPU thread's hand-over with the host, one per vCPU (index = vCPU).</summary>
+    internal IReadOnlyList<VcpuQuantum> Quanta { get; }
+
+    /// <summary>The bootstrap processor's hand-over with the host (a one-vCPU VM's only one).</summary>
+    internal VcpuQuantum Quantum => Quanta[0];
+
+    /// <summary>Its engine: a one-vCPU VM's asks its one quantum before each slice; a VM with several asks each
+    /// vCPU's round (<see cref="SimEngine.VcpuRounds"/>).</summary>
+    internal SimEngine NewEngine() => Quanta.Count == 1
+        ? new SimEngine(Spec.Sim) { Quantum = Quantum }
+        : new SimEngine(Spec.Sim) { VcpuRounds = Quanta };
+
+    /// <summary>Every vCPU leaves the scheduler's runnable set (paused, or blocked by the memory manager).</summary>
+    internal void Deschedule()
+    {
+        foreach (var v in Vcpus)
+        {
+            if (v.State is VcpuRunState.Runnable or VcpuRunState.Blocked)
+            {
+                v.State = VcpuRunState.Paused;
+                v.ReadySince = -1;
+            }
+        }
+    }
+
+    /// <summary>Every paused vCPU is runnable again from <paramref name="now"/> (one still halted is found so at its
+    /// next round and blocks again).</summary>
+    internal void Reschedule(long now, VcpuScheduler scheduler)
+    {
+        foreach (var v in Vcpus)
+        {
+            if (v.State == VcpuRunState.Paused)
+            {
+                v.State = VcpuRunState.Runnable;
+                v.ReadySince = now;
+                scheduler.Woke(v, now);
+            }
+        }
+    }
+
+    /// <summary>Its run is over: no vCPU runs again.</summary>
+    internal void MarkDone()
+    {
+        foreach (var v in Vcpus)
+        {
+            v.State = VcpuRunState.Done;
+        }
+    }
 
     /// <summary>Why the host stopped it (a flood, its run limit, the operator), if it did.</summary>
     internal string? StopCause { get; set; }
@@ -122,7 +170,10 @@ public sealed class HostedVm : IDisposable
         Engine?.Dispose();
         Vm?.Dispose();
         Serial?.Dispose();
-        Quantum.Dispose();
+        foreach (var quantum in Quanta)
+        {
+            quantum.Dispose();
+        }
         Memory.SwapFile?.Dispose(); // after the VM: its P2M swapped every page back in before giving its frames back
     }
 }

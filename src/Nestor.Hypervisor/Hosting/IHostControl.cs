@@ -42,7 +42,12 @@ public sealed record MemoryControls(ulong MinBytes, ulong MaxBytes, int Shares);
 /// <param name="Counters">Its counters at this moment: run and ready time, exits, instructions, memory allocated,
 /// steal time and the scheduler's own, each with its unit (the same names as the run report).</param>
 public sealed record HostedVmInfo(string Name, HostedVmState State, string Technique, int VcpuCount, CpuControls Cpu,
-    MemoryControls Memory, string? Outcome, IReadOnlyList<Engines.EngineCounter> Counters);
+    MemoryControls Memory, string? Outcome, IReadOnlyList<Engines.EngineCounter> Counters)
+{
+    /// <summary>Each vCPU's own counters (index = vCPU), for a VM with several; empty for a one-vCPU VM, whose
+    /// <see cref="Counters"/> are its vCPU's.</summary>
+    public IReadOnlyList<IReadOnlyList<Engines.EngineCounter>> VcpuCounters { get; init; } = [];
+}
 
 /// <summary>What a host of many VMs lets its operator do while it runs: the actions of the control API (Firecracker's
 /// REST shape on a Unix socket) and of <c>nestor host ctl</c>, one implementation for both. Every method is safe to

@@ -4,6 +4,7 @@ using Nestor.Hypervisor.Errors;
 using Nestor.Hypervisor.Exits;
 using Nestor.Hypervisor.Memory.Reclamation;
 using Nestor.Hypervisor.Scheduling;
+using Nestor.Hypervisor.Techniques;
 
 namespace Nestor.Hypervisor.Hosting;
 
@@ -30,7 +31,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
     private readonly Lock gate = new();
     private readonly Lock consoleGate = new();
     private readonly ScheduledVcpu?[] hostCpus;
-    private readonly HostedVm?[] dispatched;
+    private readonly List<HostedVm> roundVms = []; // the VMs with a vCPU placed this round
     private readonly CountdownEvent roundDone = new(0);
     private readonly ManualResetEventSlim operatorActed = new(false);
     // Set while no Run is under way: Dispose waits on it, so that a host disposed while another thread runs it (a
@@ -69,11 +70,11 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
         {
             throw new BadInputException($"two VMs are named '{duplicate.Key}'", "Give every VM its own name");
         }
-        if (spec.Vms.FirstOrDefault(v => v.VcpuCount != 1) is { } several)
+        if (spec.Vms.FirstOrDefault(v => v.VcpuCount > 1 && !TechniqueRules.AllowsSeveralVcpus(v.Sim.Technique, v.Sim.Memory)) is { } several)
         {
-            // As HostConfiguration refuses it: the sim engine runs one vCPU per VM (docs/host.md, "VMs with several vCPUs").
-            throw new BadInputException($"VM '{several.Name}' has {several.VcpuCount} vCPUs: a VM on this host has exactly one, because the sim engine runs one vCPU per VM",
-                "Give it one vCPU; to overcommit the host's CPUs, run more one-vCPU VMs than --host-cpus");
+            // As HostConfiguration refuses it (TechniqueRules.AllowsSeveralVcpus, the one rule).
+            var refusal = TechniqueRules.SeveralVcpusRefusal(several.Sim.Technique, several.Sim.Memory)!;
+            throw new BadInputException($"VM '{several.Name}' has {several.VcpuCount} vCPUs: {refusal.Message}", refusal.Hint);
         }
         this.spec = spec;
         this.console = console;
@@ -88,7 +89,6 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
         }
         scheduler = VcpuScheduler.Create(spec.Scheduler, spec.Clock, spec.HostCpus);
         hostCpus = new ScheduledVcpu?[spec.HostCpus];
-        dispatched = new HostedVm?[spec.HostCpus];
         for (int i = 0; i < spec.Vms.Count; i++)
         {
             vms.Add(new HostedVm(spec.Vms[i], i));
@@ -170,7 +170,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             {
                 vm.State = HostedVmState.Stopped;
                 vm.Outcome = vm.StopCause ?? vm.Result!.Outcome.Message;
-                vm.Vcpu.State = VcpuRunState.Done;
+                vm.MarkDone();
                 admission.Release(vm.Spec);
             }
         }
@@ -185,7 +185,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             {
                 vm.State = HostedVmState.Refused;
                 vm.Outcome = $"refused at power-on: {refusal}";
-                vm.Vcpu.State = VcpuRunState.Done;
+                vm.MarkDone();
                 continue;
             }
             guestBytes += vm.Spec.Memory.MaxBytes;
@@ -206,6 +206,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
                 MemoryBytes = vm.Spec.Memory.MaxBytes,
                 CommandLine = vm.Spec.BootCommandLine,
                 SerialOutput = vm.Serial,
+                Cpus = vm.Spec.VcpuCount,
                 Multiboot = vm.Spec.Multiboot,
                 Disks = vm.Spec.SwapDisk is { } swapDisk ? [swapDisk] : [],
                 Balloon = vm.Spec.Balloon && spec.Overcommit.Balloon,
@@ -219,16 +220,27 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             {
                 vm.State = HostedVmState.Stopped;
                 vm.Outcome = $"could not be created: {e.Message}";
-                vm.Vcpu.State = VcpuRunState.Done;
+                vm.MarkDone();
                 admission.Release(vm.Spec);
                 continue;
             }
             vm.Balloon = Devices.Virtio.Balloon.VirtioBalloon.Of(vm.Vm);
             StealTimeDevice.Attach(vm.Vm, vm.Vcpu, spec.Clock);
-            vm.Engine = new SimEngine(vm.Spec.Sim) { Quantum = vm.Quantum };
+            vm.Engine = vm.NewEngine();
             RestoreIfAsked(vm); // nestor host run --restore NAME=FILE (ControlApi/HostSnapshots.cs)
             VmCreated?.Invoke(vm); // an incoming migration installs its RAM and state here (Migration/IncomingMigration)
-            scheduler.Add(vm.Vcpu);
+            for (int i = 0; i < vm.Vcpus.Count; i++)
+            {
+                // An application processor in wait-for-SIPI (SDM Vol. 3A §8.4.1) is not runnable, nor ready, until a
+                // sibling's start-up IPI reaches it (its round's report says so: WakeSleepers).
+                if (vm.Vm.Vcpus[i].State.WaitingForStartup)
+                {
+                    vm.Vcpus[i].State = VcpuRunState.Blocked;
+                    vm.Vcpus[i].WakeAt = long.MaxValue;
+                    vm.Quanta[i].Runnable = false;
+                }
+                scheduler.Add(vm.Vcpus[i]);
+            }
             vm.State = HostedVmState.Running;
             vm.Thread = new Thread(() => RunVcpu(captured)) { Name = $"vcpu {vm.Name}", IsBackground = true };
         }
@@ -251,9 +263,12 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
         }
         finally
         {
-            var state = vm.Vm!.Vcpus[0].State;
             vm.Serial?.Complete();
-            vm.Quantum.Finish(state.InstructionsRetired + state.IdleCycles, state.InstructionsRetired);
+            for (int i = 0; i < vm.Quanta.Count; i++)
+            {
+                var state = vm.Vm!.Vcpus[i].State;
+                vm.Quanta[i].Finish(state.InstructionsRetired + state.IdleCycles, state.InstructionsRetired);
+            }
         }
     }
 
@@ -289,10 +304,19 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             {
                 WakeSleepers();
                 scheduler.Assign(now, hostCpus);
+                roundVms.Clear();
+                int handOvers = 0;
                 for (int i = 0; i < hostCpus.Length; i++)
                 {
-                    dispatched[i] = hostCpus[i] is { } v ? vms[v.Order] : null;
-                    assigned += dispatched[i] is null ? 0 : 1;
+                    if (hostCpus[i] is { } v)
+                    {
+                        assigned++;
+                        if (!roundVms.Contains(vms[v.Order]))
+                        {
+                            roundVms.Add(vms[v.Order]);
+                            handOvers += vms[v.Order].Quanta.Count;
+                        }
+                    }
                 }
                 if (assigned == 0)
                 {
@@ -303,13 +327,20 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
                 }
                 else
                 {
-                    roundDone.Reset(assigned);
-                    foreach (var vm in dispatched)
+                    // The host CPUs are dispatch slots in virtual time: each runs one vCPU for the round. A VM's vCPUs
+                    // share its one engine thread, so every vCPU of a VM with any placed gets its hand-over, 0 for one
+                    // not placed (it does not run; its clock stands still: "Time").
+                    roundDone.Reset(handOvers);
+                    foreach (var vm in roundVms)
                     {
-                        if (vm is not null)
+                        for (int j = 0; j < vm.Quanta.Count; j++)
                         {
-                            Charge(vm.Vcpu);
-                            if (!vm.Quantum.Dispatch(round, roundDone))
+                            bool placed = Array.IndexOf(hostCpus, vm.Vcpus[j]) >= 0;
+                            if (placed)
+                            {
+                                Charge(vm.Vcpus[j]);
+                            }
+                            if (!vm.Quanta[j].Dispatch(placed ? round : 0, roundDone))
                             {
                                 roundDone.Signal(); // its run ended before it ever ran
                             }
@@ -333,19 +364,22 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             lock (gate)
             {
                 ApplyBlocking();
-                for (int i = 0; i < dispatched.Length; i++)
+                for (int i = 0; i < hostCpus.Length; i++)
                 {
-                    if (dispatched[i] is not { } vm)
+                    if (hostCpus[i] is not { } v)
                     {
                         idleCpuRounds++;
                         continue;
                     }
-                    Account(vm, round);
+                    Account(vms[v.Order], v.Index, round);
                 }
                 scheduler.RoundEnded(now);
                 foreach (var vm in vms)
                 {
-                    vm.Vcpu.RanLastRound = Array.IndexOf(dispatched, vm) >= 0;
+                    foreach (var v in vm.Vcpus)
+                    {
+                        v.RanLastRound = Array.IndexOf(hostCpus, v) >= 0;
+                    }
                 }
                 Interlocked.Add(ref now, round);
                 Interlocked.Increment(ref rounds);
@@ -365,20 +399,14 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             {
                 vm.Memory.Blocked = true;
                 vm.Memory.Blocks++;
-                if (vm.Vcpu.State is VcpuRunState.Runnable or VcpuRunState.Blocked)
-                {
-                    vm.Vcpu.State = VcpuRunState.Paused;
-                    vm.Vcpu.ReadySince = -1;
-                }
+                vm.Deschedule();
             }
             else if (!block && vm.Memory.Blocked)
             {
                 vm.Memory.Blocked = false;
-                if (vm.State == HostedVmState.Running && vm.Vcpu.State == VcpuRunState.Paused)
+                if (vm.State == HostedVmState.Running)
                 {
-                    vm.Vcpu.State = VcpuRunState.Runnable;
-                    vm.Vcpu.ReadySince = now;
-                    scheduler.Woke(vm.Vcpu, now);
+                    vm.Reschedule(now, scheduler);
                 }
             }
         }
@@ -400,13 +428,16 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
         }
         foreach (var vm in stopped)
         {
-            vm.Quantum.WaitFinished();
+            foreach (var quantum in vm.Quanta)
+            {
+                quantum.WaitFinished();
+            }
         }
         lock (gate)
         {
             foreach (var vm in stopped)
             {
-                vm.Vcpu.State = VcpuRunState.Done;
+                vm.MarkDone();
             }
         }
         return true;
@@ -429,17 +460,17 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
         }
     }
 
-    private void Account(HostedVm vm, long round)
+    private void Account(HostedVm vm, int index, long round)
     {
-        var v = vm.Vcpu;
-        var q = vm.Quantum;
+        var v = vm.Vcpus[index];
+        var q = vm.Quanta[index];
         v.RunCycles += q.BusyCycles;
         v.IdleCycles += q.IdleCycles;
         v.GuestClock = q.Clock;
         scheduler.Ran(v, q.BusyCycles, now);
         if (q.Finished)
         {
-            v.State = VcpuRunState.Done;
+            vm.MarkDone();
             return;
         }
         if (vm.Spec.RunLimitMilliseconds is { } limit && q.Clock >= spec.Clock.Cycles(limit) && vm.StopCause is null)
@@ -449,8 +480,16 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             stoppedBetweenRounds.Add(vm);
             return;
         }
-        if (v.State == VcpuRunState.Paused)
+        if (v.State is VcpuRunState.Paused or VcpuRunState.Done)
         {
+            return;
+        }
+        if (!q.Runnable)
+        {
+            // Halted with nothing to wake it but an interrupt (an IPI from a sibling, a device), or waiting for a
+            // start-up IPI: blocked alone until its report says it can run (WakeSleepers).
+            v.State = VcpuRunState.Blocked;
+            v.WakeAt = long.MaxValue;
             return;
         }
         if (q.IdleCycles > 0)
@@ -473,22 +512,33 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
     {
         foreach (var vm in vms)
         {
-            var v = vm.Vcpu;
-            if (v.State != VcpuRunState.Done && vm.Thread is not null && vm.Quantum.Finished)
+            if (vm.Vcpu.State != VcpuRunState.Done && vm.Thread is not null && vm.Quantum.Finished)
             {
-                v.State = VcpuRunState.Done; // its run ended on its own thread after a stop, outside a round
+                vm.MarkDone(); // its run ended on its own thread after a stop, outside a round
                 continue;
             }
-            if (v.State == VcpuRunState.Blocked && v.WakeAt <= now)
+            for (int i = 0; i < vm.Vcpus.Count; i++)
             {
-                v.State = VcpuRunState.Runnable;
-                v.ReadySince = v.WakeAt;
-                v.Wakeups++;
-                scheduler.Woke(v, now);
-            }
-            else if (v.State == VcpuRunState.Runnable && v.ReadySince < 0 && !v.RanLastRound)
-            {
-                v.ReadySince = now;
+                var v = vm.Vcpus[i];
+                if (v.State == VcpuRunState.Blocked && v.WakeAt == long.MaxValue && vm.Quanta[i].Runnable)
+                {
+                    // A sibling's IPI (or start-up IPI) made it runnable in the last round: ready from now.
+                    v.State = VcpuRunState.Runnable;
+                    v.ReadySince = now;
+                    v.Wakeups++;
+                    scheduler.Woke(v, now);
+                }
+                else if (v.State == VcpuRunState.Blocked && v.WakeAt <= now)
+                {
+                    v.State = VcpuRunState.Runnable;
+                    v.ReadySince = v.WakeAt;
+                    v.Wakeups++;
+                    scheduler.Woke(v, now);
+                }
+                else if (v.State == VcpuRunState.Runnable && v.ReadySince < 0 && !v.RanLastRound)
+                {
+                    v.ReadySince = now;
+                }
             }
         }
     }
@@ -498,13 +548,13 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
     private bool SkipIdleTime(long round)
     {
         long wake = long.MaxValue;
-        foreach (var vm in vms)
+        foreach (var v in vms.SelectMany(vm => vm.Vcpus))
         {
-            if (vm.Vcpu.State == VcpuRunState.Blocked)
+            if (v.State == VcpuRunState.Blocked)
             {
-                wake = Math.Min(wake, vm.Vcpu.WakeAt);
+                wake = Math.Min(wake, v.WakeAt);
             }
-            else if (vm.Vcpu.State == VcpuRunState.Runnable)
+            else if (v.State == VcpuRunState.Runnable)
             {
                 wake = now;
             }
@@ -532,7 +582,10 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             vm.StopCause ??= cause;
         }
         vm.Control.Stop(kind);
-        vm.Quantum.Stop();
+        foreach (var quantum in vm.Quanta)
+        {
+            quantum.Stop();
+        }
     }
 
     private void StopAll(string cause)
@@ -575,8 +628,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
                 throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a running VM can be paused");
             }
             vm.State = HostedVmState.Paused;
-            vm.Vcpu.State = VcpuRunState.Paused;
-            vm.Vcpu.ReadySince = -1;
+            vm.Deschedule();
         }
     }
 
@@ -591,11 +643,9 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
                 throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a paused VM can be resumed");
             }
             vm.State = HostedVmState.Running;
-            if (vm.Vcpu.State == VcpuRunState.Paused && !vm.Memory.Blocked)
+            if (!vm.Memory.Blocked)
             {
-                vm.Vcpu.State = VcpuRunState.Runnable;
-                vm.Vcpu.ReadySince = now;
-                scheduler.Woke(vm.Vcpu, now);
+                vm.Reschedule(now, scheduler);
             }
             operatorActed.Set();
         }
@@ -612,9 +662,9 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             {
                 throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a running or paused VM can be stopped");
             }
-            if (vm.Vcpu.State == VcpuRunState.Paused)
+            foreach (var v in vm.Vcpus.Where(v => v.State == VcpuRunState.Paused))
             {
-                vm.Vcpu.State = VcpuRunState.Runnable; // it must run to see the stop
+                v.State = VcpuRunState.Runnable; // it must run to see the stop
             }
             operatorActed.Set();
         }
@@ -726,14 +776,16 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
     private HostedVmInfo Info(HostedVm vm)
     {
         var v = vm.Vcpu;
-        return new HostedVmInfo(vm.Name, vm.State, vm.Technique, vm.Spec.VcpuCount, v.Controls, vm.Spec.Memory, vm.Outcome, CountersOf(vm));
+        return new HostedVmInfo(vm.Name, vm.State, vm.Technique, vm.Spec.VcpuCount, v.Controls, vm.Spec.Memory, vm.Outcome, CountersOf(vm))
+        {
+            VcpuCounters = vm.Vcpus.Count > 1 ? [.. vm.Vcpus.Select(VcpuCountersOf)] : [],
+        };
     }
 
-    /// <summary>A VM's counters: what it got from the scheduler, in cycles and microseconds of virtual time, and what
-    /// it did.</summary>
-    public IReadOnlyList<EngineCounter> CountersOf(HostedVm vm)
+    /// <summary>One vCPU's counters (a VM with several has a set per vCPU): what the scheduler gave it, in cycles
+    /// and microseconds of virtual time, its own clock, and the scheduler's own counters of it (co-stop rounds).</summary>
+    public IReadOnlyList<EngineCounter> VcpuCountersOf(ScheduledVcpu v)
     {
-        var v = vm.Vcpu;
         double us = spec.Clock.CyclesPerMillisecond / 1000.0;
         var list = new List<EngineCounter>
         {
@@ -742,12 +794,46 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
             new("idle_cycles", (ulong)v.IdleCycles, "cycles"),
             new("run_time", (ulong)(v.RunCycles / us), "us"),
             new("ready_time", (ulong)(v.ReadyCycles / us), "us"),
-            new("steal_time", (ulong)(v.ReadyCycles / us), "us"),
             new("cpu_share", now > 0 ? (ulong)Math.Round(10000.0 * v.RunCycles / now) : 0, "0.01 %"),
             new("dispatches", (ulong)v.Dispatches, ""),
             new("wakeups", (ulong)v.Wakeups, ""),
-            new("wake_latency_mean", v.Wakeups > 0 ? (ulong)(v.WakeLatencyCycles / v.Wakeups / us) : 0, "us"),
-            new("wake_latency_max", (ulong)(v.MaximumWakeLatencyCycles / us), "us"),
+            new("guest_clock", (ulong)v.GuestClock, "cycles"),
+        };
+        list.AddRange(scheduler.CountersOf(v));
+        return list;
+    }
+
+    /// <summary>A VM's counters: what it got from the scheduler, in cycles and microseconds of virtual time, and what
+    /// it did.</summary>
+    public IReadOnlyList<EngineCounter> CountersOf(HostedVm vm)
+    {
+        var v = vm.Vcpu;
+        double us = spec.Clock.CyclesPerMillisecond / 1000.0;
+        // A VM with several vCPUs: its books are its vCPUs' added (VcpuCountersOf has each); its clock is the BSP's.
+        long run = 0, ready = 0, idle = 0, dispatches = 0, wakeups = 0, latency = 0, maximumLatency = 0;
+        foreach (var x in vm.Vcpus)
+        {
+            run += x.RunCycles;
+            ready += x.ReadyCycles;
+            idle += x.IdleCycles;
+            dispatches += x.Dispatches;
+            wakeups += x.Wakeups;
+            latency += x.WakeLatencyCycles;
+            maximumLatency = Math.Max(maximumLatency, x.MaximumWakeLatencyCycles);
+        }
+        var list = new List<EngineCounter>
+        {
+            new("run_cycles", (ulong)run, "cycles"),
+            new("ready_cycles", (ulong)ready, "cycles"),
+            new("idle_cycles", (ulong)idle, "cycles"),
+            new("run_time", (ulong)(run / us), "us"),
+            new("ready_time", (ulong)(ready / us), "us"),
+            new("steal_time", (ulong)(ready / us), "us"),
+            new("cpu_share", now > 0 ? (ulong)Math.Round(10000.0 * run / now) : 0, "0.01 %"),
+            new("dispatches", (ulong)dispatches, ""),
+            new("wakeups", (ulong)wakeups, ""),
+            new("wake_latency_mean", wakeups > 0 ? (ulong)(latency / wakeups / us) : 0, "us"),
+            new("wake_latency_max", (ulong)(maximumLatency / us), "us"),
             new("guest_clock", (ulong)v.GuestClock, "cycles"),
             new("memory_size", vm.Vm?.Memory.Size ?? 0, "bytes"),
             new("memory_allocated", vm.AllocatedBytes(), "bytes"),

@@ -10,7 +10,8 @@ namespace Nestor.Hypervisor.Hosting;
 /// guests: <c>builtin:spin</c>, CPU-bound forever (its host ends it with a run limit), and <c>builtin:ticker</c>, a
 /// latency-sensitive guest that sleeps in HLT between the interrupts of its local APIC timer (periodic, SDM Vol. 3A
 /// §10.5.4), does a little work at each, and after a number of ticks prints its RESULT line (with its steal time as the
-/// paravirtual steal-time port reports it) and exits through the debug-exit port.</summary>
+/// paravirtual steal-time port reports it) and exits through the debug-exit port; <c>builtin:smp-spin</c>, a guest of
+/// several vCPUs (<see cref="SmpSpin"/>).</summary>
 public static class WorkloadGuests
 {
     /// <summary>The timer period of the ticker: 1,000,000 cycles (1 ms at the default clock), NestorOS's own.</summary>
@@ -22,13 +23,182 @@ public static class WorkloadGuests
     /// <summary>Loop iterations of work after each tick (about 2,000 instructions).</summary>
     public const int TickerWork = 1000;
 
-    /// <summary>The guest named <paramref name="name"/>, or null if it is not one of these.</summary>
-    public static KernelImageSource? Get(string name) => name switch
+    /// <summary>The guest named <paramref name="name"/>, built for <paramref name="vcpus"/> processors where that
+    /// matters (<c>smp-spin</c>), or null if it is not one of these.</summary>
+    public static KernelImageSource? Get(string name, int vcpus = 1) => name switch
     {
         "spin" => GuestAssembler.Flat("built-in guest 'spin'", Spin()),
         "ticker" => GuestAssembler.Flat("built-in guest 'ticker'", Ticker()),
+        "smp-spin" => GuestAssembler.Flat($"built-in guest 'smp-spin' for {vcpus} vCPU(s)", SmpSpin(vcpus)),
         _ => null,
     };
+
+    /// <summary>Iterations of each vCPU's work in <c>smp-spin</c> (five instructions each).</summary>
+    public const int SmpSpinIterations = 400_000;
+
+    /// <summary>The multiprocessor workload, built for <paramref name="vcpus"/> processors (1 to
+    /// <see cref="Configuration.VmConfig.MaximumCpus"/>): the BSP starts the APs as an SMP kernel does (INIT, SIPI,
+    /// SIPI to all excluding self, Intel SDM Vol. 3A §8.4.4; <see cref="ApTrampoline"/>), every vCPU (the BSP too) does
+    /// the same fixed CPU-bound work seeded by its APIC ID with interrupts off, timing it with RDTSC, stores its result
+    /// and counts itself done with LOCK XADD; the BSP waits for all, prints <c>RESULT smp-spin vcpu=I sum=S cycles=C</c>
+    /// per vCPU and <c>RESULT smp-spin vcpus=N total=T</c> (the sums added, computed by the guest), and exits with
+    /// status 0 through the debug-exit port. A vCPU's sum depends on nothing but its ID, and its cycles on nothing but
+    /// its own virtual time (its TSC), so a host's schedule, however it interleaves the vCPUs, changes neither.</summary>
+    /// <param name="vcpus">The processors it starts and waits for.</param>
+    /// <param name="iterations">Each vCPU's rounds of work (a huge number: CPU-bound until its host ends it).</param>
+    public static byte[] SmpSpin(int vcpus, long iterations = SmpSpinIterations)
+    {
+        if (vcpus < 1 || vcpus > Configuration.VmConfig.MaximumCpus)
+        {
+            throw new ArgumentOutOfRangeException(nameof(vcpus), vcpus, "smp-spin runs on 1 to 16 vCPUs");
+        }
+        var low = ApTrampoline.LowMemory();
+        return GuestAssembler.Assemble(a =>
+        {
+            const ulong scratch = 0x16F000, stack = 0x1F0000, apStacks = 0x300000;
+            const ulong started = 0x5000, finished = 0x5008, sums = 0x5100, cycles = 0x5200;
+            const uint apic = 0xFEE0_0000;
+            var ap = a.CreateLabel();
+            var work = a.CreateLabel();
+            var puts = a.CreateLabel();
+            var putDecimal = a.CreateLabel();
+            var lowMemory = a.CreateLabel();
+            var vcpuText = a.CreateLabel();
+            var sumText = a.CreateLabel();
+            var cyclesText = a.CreateLabel();
+            var totalText = a.CreateLabel();
+            var totalSumText = a.CreateLabel();
+            a.mov(ecx, 0x1B);                                    // IA32_APIC_BASE: bit 8 is the BSP flag
+            a.rdmsr();
+            a.test(eax, 0x100);
+            a.jz(ap);
+            a.mov(rsp, stack);
+            a.mov(__qword_ptr[(long)started], 0);
+            a.mov(__qword_ptr[(long)finished], 0);
+            if (vcpus > 1)
+            {
+                // The trampoline into low memory, the slots it reads, then INIT and two start-up IPIs (§8.4.4.1).
+                a.lea(rsi, __[lowMemory]);
+                a.mov(edi, (uint)ApTrampoline.Trampoline);
+                a.mov(ecx, low.Length);
+                a.rep.movsb();
+                a.mov(rax, cr3);
+                a.mov(__qword_ptr[(long)ApTrampoline.Cr3Slot], rax);
+                a.lea(rax, __[ap]);
+                a.mov(__qword_ptr[(long)ApTrampoline.EntrySlot], rax);
+                a.mov(eax, apic + 0xF0);
+                a.mov(__dword_ptr[rax], 0x1FF);                  // spurious vector register: APIC on
+                a.mov(eax, apic + 0x300);
+                a.mov(__dword_ptr[rax], 0x000C_4500);            // INIT, all excluding self
+                a.mov(__dword_ptr[rax], 0x000C_4600 | ApTrampoline.StartupVector);
+                a.mov(__dword_ptr[rax], 0x000C_4600 | ApTrampoline.StartupVector);
+            }
+            a.xor(ebx, ebx);                                     // the BSP's APIC ID
+            a.call(work);
+            var waitAll = a.CreateLabel();
+            a.Label(ref waitAll);
+            a.pause();
+            a.cmp(__qword_ptr[(long)finished], vcpus);
+            a.jne(waitAll);
+            for (int i = 0; i < vcpus; i++)
+            {
+                a.lea(rsi, __[vcpuText]);
+                a.call(puts);
+                a.mov(eax, i);
+                a.call(putDecimal);
+                a.lea(rsi, __[sumText]);
+                a.call(puts);
+                a.mov(rax, __qword_ptr[(long)sums + i * 8]);
+                a.call(putDecimal);
+                a.lea(rsi, __[cyclesText]);
+                a.call(puts);
+                a.mov(rax, __qword_ptr[(long)cycles + i * 8]);
+                a.call(putDecimal);
+                a.mov(al, (byte)'\n');
+                a.mov(dx, Uart16550.Com1);
+                a.@out(dx, al);
+            }
+            a.lea(rsi, __[totalText]);
+            a.call(puts);
+            a.mov(eax, vcpus);
+            a.call(putDecimal);
+            a.lea(rsi, __[totalSumText]);
+            a.call(puts);
+            a.xor(eax, eax);
+            for (int i = 0; i < vcpus; i++)
+            {
+                a.add(rax, __qword_ptr[(long)sums + i * 8]);
+            }
+            a.call(putDecimal);
+            a.mov(al, (byte)'\n');
+            a.mov(dx, Uart16550.Com1);
+            a.@out(dx, al);
+            var exit = a.CreateLabel();
+            a.Label(ref exit);
+            a.mov(dx, DebugExitPort.Port);
+            a.xor(eax, eax);
+            a.@out(dx, eax);
+            a.jmp(exit);
+
+            // An AP, in 64-bit mode from the trampoline: its APIC ID, a stack by it, the work, then halted for good.
+            a.Label(ref ap);
+            a.mov(eax, apic + 0x20);
+            a.mov(ebx, __dword_ptr[rax]);
+            a.shr(ebx, 24);
+            a.mov(eax, ebx);
+            a.shl(eax, 12);
+            a.add(eax, (int)apStacks + 0x1000);
+            a.mov(rsp, rax);
+            a.mov(eax, 1);
+            a.@lock.xadd(__qword_ptr[(long)started], rax);
+            a.call(work);
+            var halt = a.CreateLabel();
+            a.Label(ref halt);
+            a.cli();
+            a.hlt();
+            a.jmp(halt);
+
+            // The work of vCPU RBX: SmpSpinIterations rounds of a linear congruential step seeded by its ID.
+            a.Label(ref work);
+            a.rdtsc();
+            a.shl(rdx, 32);
+            a.or(rax, rdx);
+            a.mov(r8, rax);
+            a.lea(rax, __[rbx + 1]);
+            a.mov(rcx, iterations);
+            var step = a.CreateLabel();
+            a.Label(ref step);
+            a.imul(rax, rax, 1_103_515_245);
+            a.add(rax, rbx);
+            a.add(rax, 12_345);
+            a.dec(rcx);
+            a.jnz(step);
+            a.mov(__qword_ptr[rbx * 8 + (long)sums], rax);
+            a.rdtsc();
+            a.shl(rdx, 32);
+            a.or(rax, rdx);
+            a.sub(rax, r8);
+            a.mov(__qword_ptr[rbx * 8 + (long)cycles], rax);
+            a.mov(eax, 1);
+            a.@lock.xadd(__qword_ptr[(long)finished], rax);
+            a.ret();
+
+            EmitPrinting(a, puts, putDecimal, scratch);
+
+            a.Label(ref vcpuText);
+            a.AsciiZ("RESULT smp-spin vcpu=");
+            a.Label(ref sumText);
+            a.AsciiZ(" sum=");
+            a.Label(ref cyclesText);
+            a.AsciiZ(" cycles=");
+            a.Label(ref totalText);
+            a.AsciiZ("RESULT smp-spin vcpus=");
+            a.Label(ref totalSumText);
+            a.AsciiZ(" total=");
+            a.Label(ref lowMemory);
+            a.db(low);
+        });
+    }
 
     /// <summary>An endless loop of ALU work in ring 0 (no exits, no I/O).</summary>
     public static byte[] Spin() => GuestAssembler.Assemble(a =>
@@ -113,6 +283,18 @@ public static class WorkloadGuests
         a.mov(__dword_ptr[rbx + 0xB0], 0);
         a.iretq();
 
+        EmitPrinting(a, puts, putDecimal, scratch);
+
+        a.Label(ref head);
+        a.AsciiZ("RESULT ticker ticks=");
+        a.Label(ref stealText);
+        a.AsciiZ(" steal_ns=");
+    });
+
+    // puts (the NUL-terminated text at RSI to COM1) and putDecimal (RAX in decimal to COM1, digits built below
+    // scratch + 0x200); both clobber RAX, RCX, RDX, RSI, RDI.
+    private static void EmitPrinting(Assembler a, Label puts, Label putDecimal, ulong scratch)
+    {
         // puts: the NUL-terminated text at RSI to COM1.
         a.Label(ref puts);
         var next = a.CreateLabel();
@@ -142,10 +324,5 @@ public static class WorkloadGuests
         a.jnz(divide);
         a.mov(rsi, rdi);
         a.jmp(puts);
-
-        a.Label(ref head);
-        a.AsciiZ("RESULT ticker ticks=");
-        a.Label(ref stealText);
-        a.AsciiZ(" steal_ns=");
-    });
+    }
 }

@@ -137,6 +137,10 @@ public sealed class MigrationSource
             {
                 throw new InvalidOperationException($"VM '{name}' is {vm.State.ToString().ToLowerInvariant()}: only a running VM can be migrated");
             }
+            if (vm.Spec.VcpuCount > 1)
+            {
+                throw new InvalidOperationException($"VM '{name}' has {vm.Spec.VcpuCount} vCPUs: a hosted VM with several cannot be migrated yet (its migration stream carries one vCPU's hand-over); migrate a one-vCPU VM");
+            }
             if (settings.Mode != MigrationMode.PreCopy && (vm.Spec.Sim.Technique == Techniques.Technique.Native || vm.Spec.Sim.LargeNestedPages))
             {
                 throw new BadInputException($"VM '{name}' runs {(vm.Spec.Sim.LargeNestedPages ? "with 2 MiB nested pages" : "native")}, and post-copy needs the VMM's P2M to catch the guest's first touch of each page not yet arrived, 4 KiB at a time",

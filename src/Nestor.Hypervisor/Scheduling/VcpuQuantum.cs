@@ -3,7 +3,7 @@ namespace Nestor.Hypervisor.Scheduling;
 /// <summary>The hand-over between the host's dispatch thread and one vCPU's thread: the host dispatches the vCPU
 /// for a round with a budget, the vCPU's engine runs it and reports what it did (busy and idle cycles) at its next
 /// <see cref="NextBudget"/>, or when its run ends (<see cref="Finish"/>).</summary>
-public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
+public sealed class VcpuQuantum : IVcpuQuantum, IVcpuRound, IDisposable
 {
     private readonly Lock gate = new();
     private readonly SemaphoreSlim dispatched = new(0);
@@ -129,6 +129,45 @@ public sealed class VcpuQuantum : IVcpuQuantum, IDisposable
             roundLeft = budget;
             return Math.Min(budget, idlesOften ? ShortSlice : budget);
         }
+    }
+
+    /// <summary>Whether the vCPU could run at its last <see cref="EndRound"/> (a vCPU of a VM with several: false while
+    /// it waits for its start-up IPI or is halted until an interrupt).</summary>
+    public bool Runnable { get; internal set; } = true;
+
+    /// <inheritdoc/>
+    public long AwaitRound(long clock, long instructionsRetired)
+    {
+        started = true;
+        lock (gate)
+        {
+            waiting = true;
+        }
+        dispatched.Wait();
+        lock (gate)
+        {
+            waiting = false;
+            lastClock = roundStartClock = clock;
+            lastRetired = roundStartRetired = instructionsRetired;
+            if (stopped)
+            {
+                dispatched.Release(); // every later call goes on at once too
+                return 1;
+            }
+            if (interrupted)
+            {
+                interrupted = false;
+                return 0;
+            }
+            return budget;
+        }
+    }
+
+    /// <inheritdoc/>
+    public void EndRound(long clock, long instructionsRetired, bool runnable)
+    {
+        Runnable = runnable;
+        Report(clock, instructionsRetired, finished: false);
     }
 
     /// <summary>The host: waits until the vCPU's run has ended (after <see cref="Stop"/>). The host stops a VM between

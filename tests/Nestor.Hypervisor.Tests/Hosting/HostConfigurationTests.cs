@@ -44,14 +44,26 @@ public class HostConfigurationTests
     }
 
     [Theory]
-    [InlineData(4, "4 vCPUs refused: a VM on this host has exactly one vCPU", "the sim engine runs one vCPU per VM")]
-    [InlineData(0, "0 is not a number of vCPUs", "vcpus 1")]
-    public void More_than_one_vcpu_is_refused_saying_why(int vcpus, string message, string detail)
+    [InlineData("vcpus=2,technique=bt", "2 vCPUs refused: several vCPUs under --technique bt", "--technique hw --mmu nested")]
+    [InlineData("vcpus=2,technique=hw,mmu=shadow", "2 vCPUs refused: several vCPUs under --technique hw with shadow paging", "vcpus 1")]
+    [InlineData("vcpus=17", "17 vCPUs is out of range", "between 1 and 16")]
+    [InlineData("vcpus=0", "0 is not a number of vCPUs", "vcpus 1")]
+    public void Vcpus_a_technique_cannot_run_are_refused_saying_why(string option, string message, string detail)
     {
-        var file = new HostConfigFile { Vms = [HostConfiguration.ParseVmOption($"a=builtin:spin,vcpus={vcpus}")] };
+        var file = new HostConfigFile { Vms = [HostConfiguration.ParseVmOption($"a=builtin:spin,{option}")] };
         var error = Assert.Throws<BadInputException>(() => HostConfiguration.ToSpec(file, "--vm"));
         Assert.Contains("vms[0].vcpus: " + message, error.Message);
         Assert.Contains(detail, error.Message + " " + error.Advice);
+    }
+
+    [Theory]
+    [InlineData("native", null)]
+    [InlineData("hw", "nested")]
+    public void Several_vcpus_are_taken_under_a_technique_that_runs_them(string technique, string? mmu)
+    {
+        var file = new HostConfigFile { Vms = [HostConfiguration.ParseVmOption($"a=builtin:smp-spin,vcpus=2,technique={technique}{(mmu is null ? "" : ",mmu=" + mmu)}")] };
+        var spec = HostConfiguration.ToSpec(file, "--vm");
+        Assert.Equal(2, spec.Vms[0].VcpuCount);
     }
 
     [Fact]

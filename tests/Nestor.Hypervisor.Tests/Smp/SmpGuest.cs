@@ -34,8 +34,7 @@ internal static class SmpGuest
     /// <inheritdoc cref="Go"/>
     public const ushort RemapPort = 0xE8;
 
-    private const ulong Trampoline = 0x8000, Protected = 0x8100, Long = 0x8200, Data = 0x8F00;
-    private const ulong GdtPointer = Data, Gdt = Data + 0x10, IdtPointer = Data + 0xE0, Cr3Slot = Data + 0xF0, EntrySlot = Data + 0xF8;
+    private const ulong IdtPointer = 0x8F00 + 0xE0; // in the trampoline's data page, below its slots
     private const ulong Idt = 0x9000;
     private const uint Apic = 0xFEE0_0000;
 
@@ -55,20 +54,9 @@ internal static class SmpGuest
     public static void Install(Vm vm)
     {
         Kernel(vm.Vcpus.Count, out ulong apEntry);
-        vm.Memory.Write(new(Trampoline), GuestAssembler.Assemble(RealMode, 0, bitness: 16));
-        vm.Memory.Write(new(Protected), GuestAssembler.Assemble(ProtectedMode, Protected, bitness: 32));
-        vm.Memory.Write(new(Long), GuestAssembler.Assemble(a =>
-        {
-            a.mov(rax, __qword_ptr[(long)EntrySlot]);
-            a.jmp(rax);
-        }, Long));
-        // GDT: 0x08 64-bit code (the boot GDT's selector too, so that one IDT serves all), 0x10 data, 0x20 32-bit code.
-        vm.Memory.WriteUInt64(new(GdtPointer), (Gdt << 16) | 0x27);
-        vm.Memory.WriteUInt64(new(Gdt + 0x08), 0x00AF_9A00_0000_FFFFUL);
-        vm.Memory.WriteUInt64(new(Gdt + 0x10), 0x00CF_9200_0000_FFFFUL);
-        vm.Memory.WriteUInt64(new(Gdt + 0x20), 0x00CF_9A00_0000_FFFFUL);
-        vm.Memory.WriteUInt64(new(Cr3Slot), vm.InitialState.Cr3);
-        vm.Memory.WriteUInt64(new(EntrySlot), apEntry);
+        vm.Memory.Write(new(ApTrampoline.Trampoline), ApTrampoline.LowMemory());
+        vm.Memory.WriteUInt64(new(ApTrampoline.Cr3Slot), vm.InitialState.Cr3);
+        vm.Memory.WriteUInt64(new(ApTrampoline.EntrySlot), apEntry);
         vm.Memory.WriteUInt64(new(Probe), ProbeValue);
         vm.Memory.WriteUInt64(new(Replacement), ReplacementValue);
     }
@@ -94,39 +82,6 @@ internal static class SmpGuest
             map.Remap(new Machine.Addresses.GuestPhysical(Probe), map.Touch(new Machine.Addresses.GuestPhysical(Replacement)));
             Remaps++;
         }
-    }
-
-    private static void RealMode(Assembler a)
-    {
-        a.cli();
-        a.mov(ax, cs);
-        a.mov(ds, ax);
-        a.AddInstruction(Instruction.Create(Code.Lgdt_m1632, new MemoryOperand(Register.None, (long)(GdtPointer - Trampoline), 2)));
-        a.mov(eax, cr0);
-        a.or(eax, 1);
-        a.mov(cr0, eax);
-        a.AddInstruction(Instruction.CreateBranch(Code.Jmp_ptr1632, 0x20, (uint)Protected));
-    }
-
-    private static void ProtectedMode(Assembler a)
-    {
-        a.mov(ax, 0x10);
-        a.mov(ds, ax);
-        a.mov(es, ax);
-        a.mov(ss, ax);
-        a.mov(eax, cr4);
-        a.or(eax, 0x20);                                  // PAE
-        a.mov(cr4, eax);
-        a.mov(eax, __dword_ptr[(long)Cr3Slot]);
-        a.mov(cr3, eax);
-        a.mov(ecx, 0xC000_0080);
-        a.rdmsr();
-        a.or(eax, 0x900);                                 // EFER.LME, NXE (the boot tables may use NX)
-        a.wrmsr();
-        a.mov(eax, cr0);
-        a.or(eax, 0x8000_0000);
-        a.mov(cr0, eax);
-        a.AddInstruction(Instruction.CreateBranch(Code.Jmp_ptr1632, 0x08, (uint)Long));
     }
 
     /// <summary>The kernel (BSP code, the APs' 64-bit code and the handlers); <paramref name="apEntry"/> is where

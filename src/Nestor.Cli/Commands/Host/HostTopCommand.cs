@@ -135,6 +135,13 @@ internal static class HostTopCommand
                 Shown(vm, MemoryBallooned),
                 Shown(vm, MemorySwapped),
             ];
+            // A VM with several vCPUs: a row per vCPU under its VM's (the API's vcpus array), its CPU, run and ready.
+            foreach (var vcpu in vm.Vcpus ?? [])
+            {
+                var one = vm with { Name = $"{vm.Name}/vcpu{vcpu.Index}", Counters = vcpu.Counters, Vcpus = null };
+                var oneBefore = before?.Vcpus?.FirstOrDefault(b => b.Index == vcpu.Index) is { } b ? before with { Counters = b.Counters, Vcpus = null } : null;
+                yield return [one.Name, "", CpuPercent(one, oneBefore, virtualNow - virtualBefore), Shown(one, RunTime), Shown(one, ReadyTime), "", "", "", "", ""];
+            }
         }
     }
 

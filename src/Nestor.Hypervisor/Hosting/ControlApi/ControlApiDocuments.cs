@@ -32,7 +32,11 @@ public sealed record MemoryDocument(ulong MinBytes, ulong MaxBytes, int Shares);
 
 /// <summary><c>GET /vms/{name}</c>: a VM as it is now.</summary>
 public sealed record VmDocument(string Name, string State, string Technique, int VcpuCount, CpuDocument Cpu,
-    MemoryDocument Memory, string? Outcome, IReadOnlyList<CounterDocument> Counters);
+    MemoryDocument Memory, string? Outcome, IReadOnlyList<CounterDocument> Counters, IReadOnlyList<VcpuDocument>? Vcpus = null);
+
+/// <summary>One vCPU of a VM with several, in <see cref="VmDocument.Vcpus"/>: its index (its APIC ID; 0 is the
+/// bootstrap processor) and what the scheduler gave it (the VM's counters add them up).</summary>
+public sealed record VcpuDocument(int Index, IReadOnlyList<CounterDocument> Counters);
 
 /// <summary><c>GET /vms</c>: every VM on the host, in the order configured.</summary>
 public sealed record VmListDocument(IReadOnlyList<VmDocument> Vms);

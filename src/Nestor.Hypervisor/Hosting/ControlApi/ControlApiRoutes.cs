@@ -227,5 +227,6 @@ internal sealed class ControlApiRoutes
     public static VmDocument Document(HostedVmInfo vm) =>
         new(vm.Name, vm.State.ToString(), vm.Technique, vm.VcpuCount, Document(vm.Cpu),
             new MemoryDocument(vm.Memory.MinBytes, vm.Memory.MaxBytes, vm.Memory.Shares), vm.Outcome,
-            [.. vm.Counters.Select(c => new CounterDocument(c.Name, c.Value, c.Unit))]);
+            [.. vm.Counters.Select(c => new CounterDocument(c.Name, c.Value, c.Unit))],
+            [.. vm.VcpuCounters.Select((counters, i) => new VcpuDocument(i, [.. counters.Select(c => new CounterDocument(c.Name, c.Value, c.Unit))]))]);
 }

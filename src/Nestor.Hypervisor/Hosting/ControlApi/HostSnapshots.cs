@@ -138,6 +138,11 @@ namespace Nestor.Hypervisor.Hosting
                 {
                     throw new InvalidOperationException($"VM '{name}' is {Describe(vm)}: only a running or paused VM can be saved");
                 }
+                if (vm.Spec.VcpuCount > 1)
+                {
+                    // Its vCPUs are paused round by round, not all at one instruction boundary a snapshot could record.
+                    throw new InvalidOperationException($"VM '{name}' has {vm.Spec.VcpuCount} vCPUs: a hosted VM with several cannot be saved yet (run it with --cpus {vm.Spec.VcpuCount} under `nestor run` to snapshot it)");
+                }
                 if (vm.Vm is { } machine && Paging.GuestPhysicalMap.AwaitsPages(machine.Memory))
                 {
                     throw new InvalidOperationException($"VM '{name}' is still receiving pages of its post-copy migration: save it once they have all arrived");
