@@ -51,6 +51,26 @@ public class PciConfigurationHeader : IPciFunction, ISnapshottable
     /// <summary>Makes [<paramref name="offset"/>, +<paramref name="length"/>) writable (device-specific registers).</summary>
     protected void AllowWrites(int offset, int length) => writable.AsSpan(offset, length).Fill(0xFF);
 
+    /// <summary>Makes the bits of <paramref name="mask"/> writable in the dword at <paramref name="offset"/> (a BAR's
+    /// address bits above its size, PCI 3.0 §6.2.5.1, so that writing all ones reads back the size mask).</summary>
+    protected void AllowWrites32(int offset, uint mask)
+    {
+        for (int i = 0; i < 4; i++)
+        {
+            writable[offset + i] = (byte)(mask >> (8 * i));
+        }
+    }
+
+    /// <summary>Sets an 8-bit register's reset value.</summary>
+    protected void Set8(int offset, byte value) => bytes[offset] = value;
+
+    /// <summary>Sets a 32-bit register's reset value.</summary>
+    protected void Set32(int offset, uint value)
+    {
+        Set16(offset, (ushort)value);
+        Set16(offset + 2, (ushort)(value >> 16));
+    }
+
     /// <summary>Sets a 16-bit register's reset value.</summary>
     protected void Set16(int offset, ushort value)
     {
@@ -75,6 +95,12 @@ public class PciConfigurationHeader : IPciFunction, ISnapshottable
             byte b = (byte)(value >> (8 * i));
             bytes[offset + i] = (byte)((bytes[offset + i] & ~writable[offset + i]) | (b & writable[offset + i]));
         }
+        ConfigurationWritten(offset, size);
+    }
+
+    /// <summary>Called after a configuration write (a function that acts on its registers, e.g. MSI enable).</summary>
+    protected virtual void ConfigurationWritten(int offset, int size)
+    {
     }
 
     public string SectionTag { get; }
