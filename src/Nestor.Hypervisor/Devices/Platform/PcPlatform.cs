@@ -50,7 +50,8 @@ public sealed class PcPlatform
         }
         if (vm.MultibootInformation is not null)
         {
-            platform.Acpi = AcpiTables.Write(vm.Memory, vm.Vcpus.Count, ioApicId: 0);
+            platform.Acpi = AcpiTables.Write(vm.Memory, vm.Vcpus.Count, ioApicId: 0,
+                vm.Config.PlatformDevices.IntelIommu ? (Iommu.DmaRemappingHardwareUnit.BaseAddress, Iommu.DmaRemappingHardwareUnit.AddressWidth) : null);
             // QEMU's pc-testdev, which kvm-unit-tests' harness always adds: on every PC-booted VM (docs/boot-protocol.md).
             var testDevice = new Testing.PcTestDevice(vm.Interrupts);
             bus.Claim(testDevice, Testing.PcTestDevice.DataPort, Testing.PcTestDevice.PortCount);

@@ -30,12 +30,15 @@ public sealed class DmaRemappingHardwareUnit : IMmioDevice, ISnapshottable
         AdvancedFaultLog = 1u << 28, WriteBufferFlush = 1u << 27, QueuedInvalidationEnable = 1u << 26,
         InterruptRemappingEnable = 1u << 25, SetInterruptRemapTablePointer = 1u << 24, CompatibilityFormatInterrupts = 1u << 23;
 
+    /// <summary>The widest DMA address the unit translates (CAP.MGAW + 1 bits), as the DMAR table reports it.</summary>
+    public const int AddressWidth = 48;
+
     /// <summary>VER: architecture version 1.0 (major in bits 7:4).</summary>
     public const uint VersionValue = 0x10;
 
     /// <summary>CAP (§10.4.2): ND = 6 (65536 domains), SAGAW 39- and 48-bit (bits 9, 10), MGAW 48 bits (47), FRO =
     /// 0x22 (fault recording at 0x220), SLLPS 2 MiB and 1 GiB (bits 34, 35), NFR 0 (one recording register).</summary>
-    public const ulong CapabilityValue = 6 | (0b110UL << 8) | (47UL << 16) | ((ulong)(FaultRecording / 16) << 24) | (1UL << 34) | (1UL << 35);
+    public const ulong CapabilityValue = 6 | (0b110UL << 8) | ((ulong)(AddressWidth - 1) << 16) | ((ulong)(FaultRecording / 16) << 24) | (1UL << 34) | (1UL << 35);
 
     /// <summary>ECAP bits (§10.4.3): queued invalidation (1), interrupt remapping (3), extended interrupt mode (4);
     /// IRO (bits 17:8) = 0xF: the IOTLB registers at 0xF0.</summary>
@@ -127,6 +130,7 @@ public sealed class DmaRemappingHardwareUnit : IMmioDevice, ISnapshottable
         }
         recordLow = address & ~0xFFFUL;
         recordHigh = source | ((ulong)reason << 32) | (write ? 0 : 1UL << 62) | (1UL << 63);
+        faultStatus |= PrimaryPendingFault; // §10.4.9: PPF follows the F bits of the recording registers
         FaultEvent();
     }
 
