@@ -59,6 +59,12 @@ internal static class RunCommand
             Description = "With --multiboot: load FILE as a Multiboot module, listed in the information structure with the module's command line; may be given several times (QEMU's -initrd a,b)",
             Arity = ArgumentArity.ZeroOrMore,
         };
+        var platformDevice = new Option<string[]>("--device")
+        {
+            Description = "With --multiboot: add an optional platform device by its QEMU name: intel-iommu (the VT-d unit at 0xFED90000 " +
+                          "with interrupt remapping) or edu (QEMU's educational PCI device at 00:01.0); may be given several times (docs/boot-protocol.md)",
+            Arity = ArgumentArity.ZeroOrMore,
+        };
         var virtioConsole = new Option<bool>("--virtio-console") { Description = "Give the guest a virtio-console (virtio-mmio, the slot after the virtio disks) whose output goes where COM1's does" };
         var balloon = new Option<bool>("--balloon") { Description = "Give the guest a virtio-balloon (virtio-mmio, the slot after the virtio disks and console; docs/overcommit.md)" };
         var balloonTarget = new Option<string?>("--balloon-target")
@@ -95,7 +101,7 @@ internal static class RunCommand
         {
             snapshotAt, snapshotOnSignal, restore, memFile, cpus, deterministic,
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
-            technique, mmu, nestedPages, disk, virtioConsole, balloon, balloonTarget, serviceVm, serviceDisk, serviceMemory, serviceCommandLine, module,
+            technique, mmu, nestedPages, disk, virtioConsole, balloon, balloonTarget, serviceVm, serviceDisk, serviceMemory, serviceCommandLine, module, platformDevice,
         };
         var mmuOptions = new MmuOptions();
         var kvmMigration = new KvmMigrationOptions();
@@ -136,6 +142,7 @@ internal static class RunCommand
                 ServiceMemory = parse.GetValue(serviceMemory)!,
                 ServiceCommandLine = parse.GetValue(serviceCommandLine)!,
                 Modules = parse.GetValue(module) ?? [],
+                PlatformDevices = parse.GetValue(platformDevice) ?? [],
                 SnapshotAt = parse.GetValue(snapshotAt),
                 SnapshotOnSignal = parse.GetValue(snapshotOnSignal),
                 Restore = parse.GetValue(restore),
@@ -182,6 +189,9 @@ internal static class RunCommand
 
         /// <summary>The --module values (FILE[,cmdline]), in order.</summary>
         public IReadOnlyList<string> Modules { get; init; } = [];
+
+        /// <summary>The --device values (optional platform devices by name).</summary>
+        public IReadOnlyList<string> PlatformDevices { get; init; } = [];
 
         /// <summary>--snapshot-at N FILE.</summary>
         public string[]? SnapshotAt { get; init; }
@@ -271,6 +281,19 @@ internal static class RunCommand
             {
                 throw new BadInputException("--module gives a Multiboot kernel its modules", "Add --multiboot, or drop --module");
             }
+            Hypervisor.Devices.Platform.PlatformDevices platformDevices;
+            try
+            {
+                platformDevices = Hypervisor.Devices.Platform.PlatformDevices.Parse(o.PlatformDevices);
+            }
+            catch (ArgumentException e)
+            {
+                throw new BadInputException(e.Message, "Name one of them with --device, or drop it");
+            }
+            if (platformDevices.Any && !o.Multiboot)
+            {
+                throw new BadInputException("--device adds a device to the PC platform a Multiboot kernel finds", "Add --multiboot, or drop --device");
+            }
             o.Migration?.Check(engineKind, snapshots.Any);
             var arrival = o.Migration?.Accept(o.Timeout); // a destination: the VM's kernel, RAM and command line come from the source
             using var incoming = arrival?.Incoming;
@@ -307,6 +330,7 @@ internal static class RunCommand
                 KvmDevicePath = o.KvmDevice,
                 Multiboot = o.Multiboot,
                 Modules = modules,
+                PlatformDevices = platformDevices,
                 Disks = disks,
                 VirtioConsole = o.VirtioConsole,
                 Balloon = o.Balloon,

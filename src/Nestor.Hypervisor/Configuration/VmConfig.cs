@@ -208,6 +208,9 @@ public sealed class VmConfig
     /// <summary>Multiboot modules (<c>--module FILE[,cmdline]</c>), in the order given; only with <see cref="Multiboot"/>.</summary>
     public IReadOnlyList<Boot.MultibootModule> Modules { get; init; } = [];
 
+    /// <summary>Optional platform devices (<c>--device</c>: the VT-d unit, edu); only with <see cref="Multiboot"/>.</summary>
+    public Devices.Platform.PlatformDevices PlatformDevices { get; init; } = Devices.Platform.PlatformDevices.None;
+
     /// <summary>Wall-clock limit for the run, or null for none.</summary>
     public TimeSpan? Timeout { get; init; }
 

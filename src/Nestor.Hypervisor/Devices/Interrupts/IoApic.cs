@@ -21,6 +21,9 @@ public sealed class IoApic : IMmioDevice, IInterruptSink, Persistence.ISnapshott
     public const ulong Masked = 1UL << 16, LevelTriggered = 1UL << 15, RemoteIrr = 1UL << 14, ActiveLow = 1UL << 13,
         DeliveryStatus = 1UL << 12, LogicalDestination = 1UL << 11;
 
+    /// <summary>Bit 48 of a redirection entry: the interrupt-remapping (remappable) format (VT-d §5.1.5.1).</summary>
+    public const ulong RemappableFormat = 1UL << 48;
+
     private readonly ulong[] entries = new ulong[RedirectionEntries];
     private readonly bool[] asserted = new bool[RedirectionEntries];
     private uint select, id;
@@ -41,6 +44,12 @@ public sealed class IoApic : IMmioDevice, IInterruptSink, Persistence.ISnapshott
     /// lowest priority, vector, level-triggered; true when an APIC accepted it. When set it replaces
     /// <see cref="LocalApic"/> and the one-processor destination check.</summary>
     public Func<uint, bool, bool, int, bool, bool>? Bus { get; set; }
+
+    /// <summary>Where an entry in the remappable format goes (VT-d specification rev. 4, §5.1.5.1: bit 48 set, the
+    /// interrupt index in bits 63:49 and bit 11): the message address and data the I/O APIC sends, given to the
+    /// interrupt-remapping unit, true when it was delivered. Null (no remapping unit) sends every entry in the
+    /// compatibility format.</summary>
+    public Func<ulong, uint, bool>? Remapping { get; set; }
 
     /// <summary>Interrupt messages sent to the local APIC and accepted.</summary>
     public long MessagesSent { get; private set; }
@@ -199,19 +208,20 @@ public sealed class IoApic : IMmioDevice, IInterruptSink, Persistence.ISnapshott
             UnsupportedDeliveries++;
             return;
         }
-        int destination = (int)(entry >> 56);
-        bool logical = (entry & LogicalDestination) != 0;
         bool level = (entry & LevelTriggered) != 0;
-        // One CPU, APIC ID 0: a physical destination reaches it as 0 or the broadcast 0xFF; a logical destination
-        // reaches it unless it names no processor at all.
-        bool reaches = logical ? destination != 0 : destination is 0 or 0xFF;
-        if (Bus is { } bus)
+        bool reaches;
+        if ((entry & RemappableFormat) != 0 && Remapping is { } remap)
         {
-            reaches = bus((uint)destination, logical, mode == 1, (int)(entry & 0xFF), level);
+            // VT-d §5.1.5.1: the message carries the index (address bits 19:5 = index 14:0, bit 2 = index 15, bit 4
+            // the remappable format); the data carries the vector (for the EOI match) and the trigger mode.
+            uint index = (uint)((entry >> 49) & 0x7FFF) | (uint)(((entry >> 11) & 1) << 15);
+            ulong address = 0xFEE0_0000UL | ((ulong)(index & 0x7FFF) << 5) | (1UL << 4) | ((ulong)(index >> 15) << 2);
+            uint data = (uint)(entry & 0xFF) | (level ? 1u << 15 : 0);
+            reaches = remap(address, data);
         }
-        else if (!reaches || LocalApic is not { } apic || !apic((int)(entry & 0xFF), level))
+        else
         {
-            reaches = false;
+            reaches = DeliverMessage((uint)(entry >> 56), (entry & LogicalDestination) != 0, mode == 1, (int)(entry & 0xFF), level);
         }
         if (!reaches)
         {
@@ -223,6 +233,21 @@ public sealed class IoApic : IMmioDevice, IInterruptSink, Persistence.ISnapshott
         {
             entries[pin] = entry | RemoteIrr;
         }
+    }
+
+    /// <summary>An interrupt message to the local APIC(s) <paramref name="destination"/> names (SDM Vol. 3A §10.6.2),
+    /// through <see cref="Bus"/> when there are several, else to the one local APIC (ID 0): the path the I/O APIC's
+    /// own messages take, and the one a PCI device's MSI takes (SDM Vol. 3A §10.11). True when an APIC accepted it.</summary>
+    public bool DeliverMessage(uint destination, bool logical, bool lowestPriority, int vector, bool level)
+    {
+        if (Bus is { } bus)
+        {
+            return bus(destination, logical, lowestPriority, vector, level);
+        }
+        // One CPU, APIC ID 0: a physical destination reaches it as 0 or the broadcast 0xFF; a logical destination
+        // reaches it unless it names no processor at all.
+        bool reaches = logical ? destination != 0 : destination is 0 or 0xFF;
+        return reaches && LocalApic is { } apic && apic(vector, level);
     }
 
     /// <inheritdoc/>

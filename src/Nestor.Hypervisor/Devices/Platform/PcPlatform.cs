@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using Nestor.Hypervisor.Boot;
 using Nestor.Hypervisor.Devices.Platform.Acpi;
 using Nestor.Hypervisor.Devices.Platform.Pci;
+using Nestor.Hypervisor.Devices.Platform.Pci.Edu;
 using Nestor.Hypervisor.Devices.Platform.Timers;
 
 namespace Nestor.Hypervisor.Devices.Platform;
@@ -49,7 +50,8 @@ public sealed class PcPlatform
         }
         if (vm.MultibootInformation is not null)
         {
-            platform.Acpi = AcpiTables.Write(vm.Memory, vm.Vcpus.Count, ioApicId: 0);
+            platform.Acpi = AcpiTables.Write(vm.Memory, vm.Vcpus.Count, ioApicId: 0,
+                vm.Config.PlatformDevices.IntelIommu ? (Iommu.DmaRemappingHardwareUnit.BaseAddress, Iommu.DmaRemappingHardwareUnit.AddressWidth) : null);
             // QEMU's pc-testdev, which kvm-unit-tests' harness always adds: on every PC-booted VM (docs/boot-protocol.md).
             var testDevice = new Testing.PcTestDevice(vm.Interrupts);
             bus.Claim(testDevice, Testing.PcTestDevice.DataPort, Testing.PcTestDevice.PortCount);
@@ -57,9 +59,40 @@ public sealed class PcPlatform
             bus.Claim(testDevice, Testing.PcTestDevice.IoMemoryBase, Testing.PcTestDevice.IoMemoryLength);
             vm.AttachDevice(testDevice);
             platform.TestDevice = testDevice;
+            platform.AttachOptionalDevices(vm);
         }
         return platform;
     }
+
+    // --device (PlatformDevices): the VT-d unit claims its register page and takes the I/O APIC's remappable-format
+    // messages; edu is a function on the PCI bus with its BAR's MMIO, mastering through the unit when there is one.
+    private void AttachOptionalDevices(Vm vm)
+    {
+        var wanted = vm.Config.PlatformDevices;
+        if (wanted.IntelIommu)
+        {
+            var unit = new Iommu.DmaRemappingHardwareUnit(vm.Memory, vm.IoApic);
+            vm.Bus.Claim(unit, Iommu.DmaRemappingHardwareUnit.BaseAddress, Iommu.DmaRemappingHardwareUnit.Length);
+            vm.IoApic.Remapping = (address, data) => unit.DeliverMessage(address, data, source: null);
+            vm.AttachDevice(unit);
+            RemappingUnit = unit;
+        }
+        if (wanted.Edu)
+        {
+            var edu = new EduDevice(vm, RemappingUnit);
+            Pci.Add(EduDevice.Device, EduDevice.Function, edu.Configuration);
+            vm.Bus.Claim(edu, EduConfiguration.BarAddress, EduConfiguration.BarSize);
+            vm.AttachDevice(edu.Configuration);
+            vm.AttachDevice(edu);
+            Edu = edu;
+        }
+    }
+
+    /// <summary>The guest's VT-d unit (<c>--device intel-iommu</c>), else null.</summary>
+    public Iommu.DmaRemappingHardwareUnit? RemappingUnit { get; private set; }
+
+    /// <summary>QEMU's edu device (<c>--device edu</c>), else null.</summary>
+    public EduDevice? Edu { get; private set; }
 
     /// <summary>The virtual time the timers count in.</summary>
     public PlatformClock Clock { get; }

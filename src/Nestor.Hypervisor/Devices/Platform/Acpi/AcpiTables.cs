@@ -8,7 +8,8 @@ using Nestor.Machine.Addresses;
 namespace Nestor.Hypervisor.Devices.Platform.Acpi;
 
 /// <summary>Where each table went.</summary>
-public sealed record AcpiTableAddresses(ulong Rsdp, ulong Rsdt, ulong Xsdt, ulong Fadt, ulong Facs, ulong Dsdt, ulong Madt, ulong Hpet);
+/// <param name="Dmar">The DMAR table (VT-d §8.1), 0 when the VM has no VT-d unit.</param>
+public sealed record AcpiTableAddresses(ulong Rsdp, ulong Rsdt, ulong Xsdt, ulong Fadt, ulong Facs, ulong Dsdt, ulong Madt, ulong Hpet, ulong Dmar = 0);
 
 /// <summary>The ACPI tables of a Nestor VM (ACPI Specification 6.5), written where a PC BIOS leaves them, in the BIOS
 /// area [0xE0000, 0x100000) that the firmware memory map reserves: the RSDP (§5.2.5, revision 2) at 0xE0000, on the
@@ -34,8 +35,9 @@ public static class AcpiTables
     private const int HeaderSize = 36;
 
     /// <summary>Builds the tables for <paramref name="cpus"/> vCPUs (APIC IDs 0 to cpus - 1) and writes them into
-    /// <paramref name="memory"/>.</summary>
-    public static AcpiTableAddresses Write(GuestMemory memory, int cpus, byte ioApicId)
+    /// <paramref name="memory"/>; with <paramref name="remappingUnit"/> (the guest's VT-d unit: its register base and
+    /// DMA address width) a DMAR table too (<see cref="DmarTable"/>), listed after the HPET table.</summary>
+    public static AcpiTableAddresses Write(GuestMemory memory, int cpus, byte ioApicId, (ulong RegisterBase, int AddressWidth)? remappingUnit = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(cpus, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(cpus, 255);
@@ -53,8 +55,10 @@ public static class AcpiTables
         }
         byte[] dsdt = Dsdt(), madt = Madt(cpus, ioApicId), hpet = HpetTable();
         ulong rsdp = Next(36, 16);
-        ulong rsdt = Next(HeaderSize + 3 * 4, 16);
-        ulong xsdt = Next(HeaderSize + 3 * 8, 16);
+        byte[]? dmar = remappingUnit is { } unit ? DmarTable.Build(unit.RegisterBase, unit.AddressWidth, ioApicId) : null;
+        int listed = dmar is null ? 3 : 4;
+        ulong rsdt = Next(HeaderSize + listed * 4, 16);
+        ulong xsdt = Next(HeaderSize + listed * 8, 16);
         ulong facs = Next(64, 64); // the FACS is 64-byte aligned (§5.2.10)
         ulong dsdtAt = Next(dsdt.Length, 16);
         ulong fadt = Next(276, 16);
@@ -65,11 +69,16 @@ public static class AcpiTables
         memory.Write(new GuestPhysical(fadt), Fadt((uint)facs, (uint)dsdtAt));
         memory.Write(new GuestPhysical(madtAt), madt);
         memory.Write(new GuestPhysical(hpetAt), hpet);
-        ulong[] entries = [fadt, madtAt, hpetAt];
+        ulong dmarAt = dmar is null ? 0 : Next(dmar.Length, 16);
+        if (dmar is not null)
+        {
+            memory.Write(new GuestPhysical(dmarAt), dmar);
+        }
+        ulong[] entries = dmar is null ? [fadt, madtAt, hpetAt] : [fadt, madtAt, hpetAt, dmarAt];
         memory.Write(new GuestPhysical(rsdt), Rsdt(entries));
         memory.Write(new GuestPhysical(xsdt), Xsdt(entries));
         memory.Write(new GuestPhysical(rsdp), Rsdp((uint)rsdt, xsdt));
-        return new AcpiTableAddresses(rsdp, rsdt, xsdt, fadt, facs, dsdtAt, madtAt, hpetAt);
+        return new AcpiTableAddresses(rsdp, rsdt, xsdt, fadt, facs, dsdtAt, madtAt, hpetAt, dmarAt);
     }
 
     /// <summary>The sum of <paramref name="bytes"/> modulo 256 (zero for a table whose checksum is right).</summary>
@@ -101,7 +110,7 @@ public static class AcpiTables
 
     /// <summary>The system description table header (§5.2.6) for a table of <paramref name="length"/> bytes; the
     /// checksum is set by <see cref="Seal"/> once the body is in.</summary>
-    private static byte[] Table(string signature, int length, byte revision)
+    internal static byte[] Table(string signature, int length, byte revision)
     {
         var t = new byte[length];
         Encoding.ASCII.GetBytes(signature).CopyTo(t, 0);
@@ -115,7 +124,8 @@ public static class AcpiTables
         return t;
     }
 
-    private static byte[] Seal(byte[] table)
+    /// <summary>Sets the checksum (§5.2.6) so that the table's bytes sum to zero.</summary>
+    internal static byte[] Seal(byte[] table)
     {
         table[9] = 0;
         table[9] = (byte)-Sum(table);

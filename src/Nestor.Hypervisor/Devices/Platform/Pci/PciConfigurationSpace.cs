@@ -51,6 +51,26 @@ public class PciConfigurationHeader : IPciFunction, ISnapshottable
     /// <summary>Makes [<paramref name="offset"/>, +<paramref name="length"/>) writable (device-specific registers).</summary>
     protected void AllowWrites(int offset, int length) => writable.AsSpan(offset, length).Fill(0xFF);
 
+    /// <summary>Makes the bits of <paramref name="mask"/> writable in the dword at <paramref name="offset"/> (a BAR's
+    /// address bits above its size, PCI 3.0 §6.2.5.1, so that writing all ones reads back the size mask).</summary>
+    protected void AllowWrites32(int offset, uint mask)
+    {
+        for (int i = 0; i < 4; i++)
+        {
+            writable[offset + i] = (byte)(mask >> (8 * i));
+        }
+    }
+
+    /// <summary>Sets an 8-bit register's reset value.</summary>
+    protected void Set8(int offset, byte value) => bytes[offset] = value;
+
+    /// <summary>Sets a 32-bit register's reset value.</summary>
+    protected void Set32(int offset, uint value)
+    {
+        Set16(offset, (ushort)value);
+        Set16(offset + 2, (ushort)(value >> 16));
+    }
+
     /// <summary>Sets a 16-bit register's reset value.</summary>
     protected void Set16(int offset, ushort value)
     {
@@ -75,6 +95,12 @@ public class PciConfigurationHeader : IPciFunction, ISnapshottable
             byte b = (byte)(value >> (8 * i));
             bytes[offset + i] = (byte)((bytes[offset + i] & ~writable[offset + i]) | (b & writable[offset + i]));
         }
+        ConfigurationWritten(offset, size);
+    }
+
+    /// <summary>Called after a configuration write (a function that acts on its registers, e.g. MSI enable).</summary>
+    protected virtual void ConfigurationWritten(int offset, int size)
+    {
     }
 
     public string SectionTag { get; }
@@ -150,8 +176,8 @@ public sealed class PciBus : IPortDevice, ISnapshottable
     /// <summary>The function at 00:<paramref name="device"/>.<paramref name="number"/>, or null.</summary>
     public IPciFunction? Function(int device, int number) => functions[device * 8 + number];
 
-    /// <summary>The CONFIG_ADDRESS register.</summary>
-    public uint Address => address;
+    /// <summary>The CONFIG_ADDRESS register as software reads it (bits 1:0 clear).</summary>
+    public uint Address => address & 0x80FF_FFFC;
 
     public uint Read(ushort port, int size)
     {
@@ -159,10 +185,10 @@ public sealed class PciBus : IPortDevice, ISnapshottable
         if (port < DataPort)
         {
             // Only a dword access at 0xCF8 is CONFIG_ADDRESS (§3.2.2.3.2); narrower ones are other I/O, not here.
-            return port == AddressPort && size == 4 ? address : ones;
+            return port == AddressPort && size == 4 ? Address : ones;
         }
         var function = Selected(out int offset);
-        offset += port - DataPort;
+        offset |= port - DataPort;
         if (function is null || offset + size > (offset & ~3) + 4)
         {
             AbsentAccesses += function is null ? 1 : 0;
@@ -177,12 +203,15 @@ public sealed class PciBus : IPortDevice, ISnapshottable
         {
             if (port == AddressPort && size == 4)
             {
-                address = value & 0x80FF_FFFC; // reserved bits 30:24 and 1:0 read as 0
+                // Reserved bits 30:24 and 1:0 read as 0, but bits 1:0 are kept: QEMU's host bridge (the reference
+                // machine) ORs them into the register a CONFIG_DATA access reaches, and kvm-unit-tests' lib/x86 reads
+                // a word at register 2 by selecting register 2 and reading port 0xCFC.
+                address = value & 0x80FF_FFFF;
             }
             return;
         }
         var function = Selected(out int offset);
-        offset += port - DataPort;
+        offset |= port - DataPort;
         if (function is null || offset + size > (offset & ~3) + 4)
         {
             AbsentAccesses += function is null ? 1 : 0;
@@ -193,7 +222,7 @@ public sealed class PciBus : IPortDevice, ISnapshottable
 
     private IPciFunction? Selected(out int offset)
     {
-        offset = (int)(address & 0xFC);
+        offset = (int)(address & 0xFF); // the dword's register, ORed with bits 1:0 written to CONFIG_ADDRESS
         if ((address & 0x8000_0000) == 0 || ((address >> 16) & 0xFF) != 0)
         {
             return null; // disabled, or a bus behind no bridge
@@ -208,5 +237,5 @@ public sealed class PciBus : IPortDevice, ISnapshottable
     /// <summary>CONFIG_ADDRESS; each function with state is its own section.</summary>
     public void Save(SnapshotWriter writer) => writer.WriteUInt32(address);
 
-    public void Restore(SnapshotReader reader, ushort version) => address = reader.ReadUInt32() & 0x80FF_FFFC;
+    public void Restore(SnapshotReader reader, ushort version) => address = reader.ReadUInt32() & 0x80FF_FFFF;
 }
