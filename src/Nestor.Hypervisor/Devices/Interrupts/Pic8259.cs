@@ -165,18 +165,33 @@ public sealed class Pic8259Pair : IPortDevice, Persistence.ISnapshottable, IExte
     {
         public string Name => "elcr";
 
-        public uint Read(ushort port, int size) => port == ElcrMaster ? pair.Master.EdgeLevel : pair.Slave.EdgeLevel;
+        // A wider access is split into byte accesses, as QEMU's byte-wide ELCR region is.
+        public uint Read(ushort port, int size)
+        {
+            uint value = 0;
+            for (int i = 0; i < size; i++)
+            {
+                int at = port + i;
+                uint part = at == ElcrMaster ? pair.Master.EdgeLevel : at == ElcrSlave ? pair.Slave.EdgeLevel : 0xFFu;
+                value |= part << (8 * i);
+            }
+            return value;
+        }
 
         public void Write(ushort port, int size, uint value)
         {
             // PIIX: IRQs 0, 1, 2 (master) and 8, 13 (slave) are always edge-triggered; their ELCR bits read 0.
-            if (port == ElcrMaster)
+            for (int i = 0; i < size; i++)
             {
-                pair.Master.EdgeLevel = (byte)(value & 0xF8);
-            }
-            else
-            {
-                pair.Slave.EdgeLevel = (byte)(value & 0xDE);
+                byte part = (byte)(value >> (8 * i));
+                if (port + i == ElcrMaster)
+                {
+                    pair.Master.EdgeLevel = (byte)(part & 0xF8);
+                }
+                else if (port + i == ElcrSlave)
+                {
+                    pair.Slave.EdgeLevel = (byte)(part & 0xDE);
+                }
             }
             pair.Update();
         }
