@@ -153,7 +153,11 @@ public static class CpuidFeatures
             "IA32_TSC_AUX"),
         new(CpuFeature.LongMode, 0x8000_0001, CpuidRegister.Edx, 29, "LM", [], "long mode"),
         // The x87 FPU: its control instructions and data moves (Cpu.X87); its arithmetic has no rows (#UD, counted).
-        new(CpuFeature.FloatingPointUnit, 1, CpuidRegister.Edx, 0, "FPU", [Mnemonic.Fld, Mnemonic.Fld1, Mnemonic.Fstp, Mnemonic.Fninit],
+        new(CpuFeature.FloatingPointUnit, 1, CpuidRegister.Edx, 0, "FPU",
+            [Mnemonic.Fld, Mnemonic.Fld1, Mnemonic.Fstp, Mnemonic.Fninit, Mnemonic.Finit, Mnemonic.Fnclex, Mnemonic.Fclex, Mnemonic.Fnstsw,
+             Mnemonic.Fstsw, Mnemonic.Fnstcw, Mnemonic.Fstcw, Mnemonic.Fldcw, Mnemonic.Fnstenv, Mnemonic.Fstenv, Mnemonic.Fldenv,
+             Mnemonic.Fnsave, Mnemonic.Fsave, Mnemonic.Frstor, Mnemonic.Fnop, Mnemonic.Ffree, Mnemonic.Fincstp, Mnemonic.Fdecstp,
+             Mnemonic.Fldz, Mnemonic.Fst, Mnemonic.Fxch, Mnemonic.Fchs, Mnemonic.Fabs],
             "the x87 control instructions and data moves, not its arithmetic (FADD, FMUL, FCOM, ... raise #UD, counted as not modelled)"),
         // Not modelled (the instructions have no rows, so they raise #UD and the bits stay clear). A few of each
         // feature's instructions suffice: one missing row keeps the bit clear.
