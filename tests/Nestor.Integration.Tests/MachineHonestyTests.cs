@@ -154,6 +154,7 @@ public class MachineHonestyTests
             "TSC-Deadline" => a => { a.mov(ecx, 0x6E0); a.rdmsr(); },
             "x2APIC" => a => { a.mov(ecx, 0x1B); a.rdmsr(); a.or(eax, 1 << 10); a.wrmsr(); a.mov(ecx, 0x802); a.rdmsr(); },
             "LM" => a => { }, // the guest runs in long mode
+            "FPU" => a => { a.fninit(); a.fld1(); a.fstp(__qword_ptr[rsp - 16]); a.fnstsw(ax); },
             _ => throw new InvalidOperationException($"no probe for the advertised feature {feature}: add one"),
         };
         byte[] code = GuestAssembler.Assemble(a =>
