@@ -28,7 +28,9 @@ public sealed class Vm : IDisposable
         Bus.Claim(IoApic, IoApic.DefaultBase, IoApic.Length);
         Bus.Claim(Pic, Pic8259Pair.MasterCommand, 2);
         Bus.Claim(Pic, Pic8259Pair.SlaveCommand, 2);
-        Interrupts = new InterruptController(IoApic);
+        Bus.Claim(Pic.ElcrPorts, Pic8259Pair.ElcrMaster, 2);
+        IsaRouting = new IsaInterruptRouting(IoApic, Pic);
+        Interrupts = new InterruptController(IsaRouting);
         if (config.Multiboot)
         {
             var boot = MultibootLoader.Load(config.Kernel, memory, config.CommandLine, config.Modules, config.Diagnostics);
@@ -94,8 +96,11 @@ public sealed class Vm : IDisposable
     /// <summary>The I/O APIC at 0xFEC00000: where the platform's interrupt lines are delivered on the software machine.</summary>
     public IoApic IoApic { get; } = new();
 
-    /// <summary>The 8259 pair (masked; present for guests that mask it).</summary>
+    /// <summary>The 8259 pair: the ISA lines' second destination, the bootstrap processor's INTR (LINT0 ExtINT).</summary>
     public Pic8259Pair Pic { get; } = new();
+
+    /// <summary>The software machine's sink for the platform's lines: the I/O APIC pin and, for ISA IRQs, the 8259s.</summary>
+    public IsaInterruptRouting IsaRouting { get; }
 
     /// <summary>The platform's interrupt lines (GSIs), which devices raise and lower.</summary>
     public InterruptController Interrupts { get; }

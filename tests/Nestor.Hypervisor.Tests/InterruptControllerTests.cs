@@ -204,9 +204,10 @@ public class InterruptControllerTests
         var writer = new Persistence.SnapshotWriter();
         writer.WriteSection(new Pic8259Pair());
         byte[] data = writer.ToArray();
-        // Each 8259 writes 16 bytes, the master first; its first is the initialization step. Make it one that does not exist.
-        Assert.Equal(0, data[^32]);
-        data[^32] = 9;
+        // Each 8259 writes 25 bytes, the master first, then the pair its two 8-byte counters; the master's first byte
+        // is the initialization step. Make it one that does not exist.
+        Assert.Equal(0, data[^66]);
+        data[^66] = 9;
         var error = Assert.Throws<Persistence.SnapshotFormatException>(() => new Persistence.SnapshotReader(data).ReadSection(new Pic8259Pair()));
         Assert.Contains("initialization step 9", error.Message);
     }

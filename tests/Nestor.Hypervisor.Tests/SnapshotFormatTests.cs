@@ -58,6 +58,13 @@ public class SnapshotFormatTests
         s.Apic.InService.Set(0x71, true);
         s.Apic.InService.Set(0xB2, true);
         s.Apic.TriggerMode.Set(0xB2, true);
+        // The x87 FPU (CPU state format 4): every word and register different.
+        (s.X87.Control, s.X87.Status, s.X87.Tag, s.X87.Opcode) = (0x027F, 0x3800, 0x0FF1, 0x5EE);
+        (s.X87.InstructionPointer, s.X87.OperandPointer, s.X87.InstructionSelector, s.X87.OperandSelector) = (0xC1, 0xC2, 0xC3, 0xC4);
+        for (int i = 0; i < 8; i++)
+        {
+            s.X87.Registers[i] = new X87Register { Significand = 0x8000_0000_0000_0000UL | (ulong)(i + 1) << 32, SignExponent = (ushort)(0x3FFF + i) };
+        }
         return s;
 
         static Segment Seg(ushort k) => new() { Selector = (ushort)(k * 8), Base = 0x1000UL * k, Limit = 0xF_FFFFu - k, Attributes = (ushort)(0xA09B + k) };
@@ -100,7 +107,34 @@ public class SnapshotFormatTests
             System.Runtime.InteropServices.MemoryMarshal.AsBytes(System.Runtime.InteropServices.MemoryMarshal.CreateReadOnlySpan(ref expectedApic, 1)).ToArray(),
             System.Runtime.InteropServices.MemoryMarshal.AsBytes(System.Runtime.InteropServices.MemoryMarshal.CreateReadOnlySpan(ref actualApic, 1)).ToArray());
         Assert.True(actualApic.Requests.Get(0xF1) && actualApic.InService.Get(0x71) && actualApic.TriggerMode.Get(0xB2));
+        var (ox, rx) = (original.X87, r.X87);
+        Assert.Equal((ox.Control, ox.Status, ox.Tag, ox.Opcode), (rx.Control, rx.Status, rx.Tag, rx.Opcode));
+        Assert.Equal((ox.InstructionPointer, ox.OperandPointer, ox.InstructionSelector, ox.OperandSelector),
+            (rx.InstructionPointer, rx.OperandPointer, rx.InstructionSelector, rx.OperandSelector));
+        for (int i = 0; i < 8; i++)
+        {
+            Assert.Equal((ox.Registers[i].Significand, ox.Registers[i].SignExponent), (rx.Registers[i].Significand, rx.Registers[i].SignExponent));
+        }
         Assert.Equal(data, Bytes(restored)); // and nothing else: written again, the same bytes
+    }
+
+    /// <summary>A section of layout 3 (before the x87 FPU was state) still reads: its FPU is as after RESET.</summary>
+    [Fact]
+    public void A_version_3_cpu_state_reads_with_the_x87_FPU_as_after_reset()
+    {
+        var original = Distinct();
+        byte[] v4 = Bytes(new Vcpu(0, original));
+        const int X87Bytes = 6 * 2 + 2 * 8 + 8 * 10;   // the words, the two pointers, R0-R7
+        byte[] v3 = v4[..^X87Bytes];
+        Assert.Equal(CpuStateFormat.Version, System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(v3.AsSpan(10)));
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(v3.AsSpan(10), 3);
+        uint length = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(v3.AsSpan(12));
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(v3.AsSpan(12), length - X87Bytes);
+        var restored = new Vcpu(0, CpuState.Reset);
+        new SnapshotReader(v3).ReadSection(restored);
+        Assert.Equal(original.Rip, restored.State.Rip);
+        Assert.Equal(original.Apic.Id, restored.State.Apic.Id);
+        Assert.Equal(((ushort)0x0040, (ushort)0, (ushort)0x5555), (restored.State.X87.Control, restored.State.X87.Status, restored.State.X87.Tag));
     }
 
     [Fact]

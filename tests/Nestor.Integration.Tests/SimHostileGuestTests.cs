@@ -63,7 +63,7 @@ public class SimHostileGuestTests
         Assert.Equal(frame + ((1UL << 40) - state.Rcx), state.Rdi);
     }
 
-    /// <summary>`fld1` (x87) with no IDT: the CPU raises #UD as one without an FPU would, the #UD cannot be
+    /// <summary>`fsqrt` (x87 arithmetic, not modelled) with no IDT: the CPU raises #UD for it, the #UD cannot be
     /// delivered, and the triple-fault message names the instruction and says it is not modelled.</summary>
     [Fact]
     public void An_x87_instruction_without_an_idt_is_named_as_not_modelled()
@@ -71,14 +71,14 @@ public class SimHostileGuestTests
         string guest = FlatGuest(a =>
         {
             a.nop();
-            a.fld1();
+            a.fsqrt();
             a.hlt();
         });
         try
         {
             var r = Run("run", "--flat", guest, "--timeout", "30");
             Assert.True(r.ExitCode == 122, r.ToString()); // triple fault
-            Assert.Contains("fld1 at rip=0x100001 (an x87 FPU instruction), which is not modelled by the software machine", r.Stderr);
+            Assert.Contains("fsqrt at rip=0x100001 (an x87 FPU instruction), which is not modelled by the software machine", r.Stderr);
             Assert.Contains("#UD", r.Stderr);
             Assert.Contains("IDT entry 6", r.Stderr);
         }

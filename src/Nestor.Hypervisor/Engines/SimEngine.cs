@@ -168,7 +168,10 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         {
             each.Apic.LevelTriggeredEndOfInterrupt = vm.IoApic.EndOfInterrupt;
         }
-        vm.Interrupts.Sink = vm.IoApic;
+        // Each ISA line also drives the 8259 pair, whose output is the bootstrap processor's INTR (LINT0).
+        vm.Interrupts.Sink = vm.IsaRouting;
+        machine.ExternalInterrupts = vm.Pic;
+        vm.Pic.OutputChanged = machine.InterruptStateChanged;
         GuestPhysicalMap? physicalMap = null;
         if (pool is not null)
         {

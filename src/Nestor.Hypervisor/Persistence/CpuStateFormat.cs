@@ -6,7 +6,8 @@ namespace Nestor.Hypervisor.Persistence;
 /// little-endian, segments as selector, base, limit, attributes. Version 2 appends the SYSENTER MSRs and the local
 /// APIC's other LVT entries, LDR, DFR, ICR, TSC deadline, hardware-disable flag, IPI counters, the pending NMI and NMI blocking, IA32_PAT and IA32_MISC_ENABLE; a version-1 section
 /// reads them as at reset. Version 3 appends the APIC ID, the wait-for-SIPI state and the interprocessor-interrupt
-/// counters (several processors); an older section reads as APIC ID 0, running.</summary>
+/// counters (several processors); an older section reads as APIC ID 0, running. Version 4 appends the x87 FPU (FCW, FSW,
+/// FTW, FOP, the pointer selectors and offsets, R0–R7); an older section reads it as after RESET.</summary>
 public static class CpuStateFormat
 {
     /// <summary>Writes every field of <paramref name="s"/>.</summary>
@@ -78,10 +79,23 @@ public static class CpuStateFormat
         w.WriteBoolean(s.WaitingForStartup);
         w.WriteInt64(a.InterprocessorInterruptsSent);
         w.WriteInt64(a.InterprocessorInterruptsReceived);
+        // Version 4: the x87 FPU.
+        var x = s.X87;
+        foreach (ushort word in (ReadOnlySpan<ushort>)[x.Control, x.Status, x.Tag, x.Opcode, x.InstructionSelector, x.OperandSelector])
+        {
+            w.WriteUInt16(word);
+        }
+        w.WriteUInt64(x.InstructionPointer);
+        w.WriteUInt64(x.OperandPointer);
+        for (int i = 0; i < 8; i++)
+        {
+            w.WriteUInt64(x.Registers[i].Significand);
+            w.WriteUInt16(x.Registers[i].SignExponent);
+        }
     }
 
     /// <summary>The layout version <see cref="Write"/> writes.</summary>
-    public const ushort Version = 3;
+    public const ushort Version = 4;
 
     private static void WriteBitmap(SnapshotWriter w, in InterruptBitmap bitmap)
     {
@@ -191,6 +205,23 @@ public static class CpuStateFormat
             s.WaitingForStartup = r.ReadBoolean();
             s.Apic.InterprocessorInterruptsSent = r.ReadInt64();
             s.Apic.InterprocessorInterruptsReceived = r.ReadInt64();
+        }
+        s.X87 = X87State.PowerUp;
+        if (version >= 4)
+        {
+            s.X87.Control = r.ReadUInt16();
+            s.X87.Status = r.ReadUInt16();
+            s.X87.Tag = r.ReadUInt16();
+            s.X87.Opcode = r.ReadUInt16();
+            s.X87.InstructionSelector = r.ReadUInt16();
+            s.X87.OperandSelector = r.ReadUInt16();
+            s.X87.InstructionPointer = r.ReadUInt64();
+            s.X87.OperandPointer = r.ReadUInt64();
+            for (int i = 0; i < 8; i++)
+            {
+                s.X87.Registers[i].Significand = r.ReadUInt64();
+                s.X87.Registers[i].SignExponent = r.ReadUInt16();
+            }
         }
         if (s.InstructionsRetired < 0 || s.IdleCycles < 0)
         {

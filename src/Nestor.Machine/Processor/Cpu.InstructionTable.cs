@@ -51,6 +51,7 @@ public sealed partial class Cpu
         InstructionHandler system = static (Cpu c, in Instruction i) => c.SystemInstruction(i);
         InstructionHandler stringIo = static (Cpu c, in Instruction i) => c.StringPortIo(i);
         InstructionHandler nothing = static (Cpu c, in Instruction i) => null;
+        InstructionHandler x87 = static (Cpu c, in Instruction i) => c.X87Instruction(i);
         InstructionHandler undefined = static (Cpu c, in Instruction i) => throw GuestFault.InvalidOpcode();
 
         static InstructionRow Row(Mnemonic m, InstructionClass c, InstructionHandler h, CpuFeature f = CpuFeature.None, Sensitivity s = Innocuous) =>
@@ -384,6 +385,37 @@ public sealed partial class Cpu
             Row(Mnemonic.Invd, InstructionClass.System, system, s: Privileged),
             Row(Mnemonic.Clts, InstructionClass.System, system, s: Privileged),
             Row(Mnemonic.Vmcall, InstructionClass.System, system),
+
+            // The x87 FPU (SDM Vol. 1 chapter 8; Cpu.X87): its control instructions and data moves, no arithmetic.
+            // WAIT/FWAIT is on every processor; it checks for pending x87 exceptions.
+            Row(Mnemonic.Wait, InstructionClass.System, x87),
+            Row(Mnemonic.Fninit, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Finit, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fnclex, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fclex, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fnstsw, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fstsw, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fnstcw, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fstcw, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fldcw, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fnstenv, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fstenv, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fldenv, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fnsave, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fsave, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Frstor, InstructionClass.System, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fnop, InstructionClass.DataMovement, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Ffree, InstructionClass.DataMovement, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fincstp, InstructionClass.DataMovement, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fdecstp, InstructionClass.DataMovement, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fld, InstructionClass.DataMovement, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fld1, InstructionClass.DataMovement, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fldz, InstructionClass.DataMovement, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fst, InstructionClass.DataMovement, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fstp, InstructionClass.DataMovement, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fxch, InstructionClass.DataMovement, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fchs, InstructionClass.Arithmetic, x87, CpuFeature.FloatingPointUnit),
+            Row(Mnemonic.Fabs, InstructionClass.Arithmetic, x87, CpuFeature.FloatingPointUnit),
         ];
     }
 }

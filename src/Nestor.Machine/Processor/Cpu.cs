@@ -111,6 +111,15 @@ public sealed unsafe partial class Cpu
     /// (<see cref="RequestInterrupt"/>).</summary>
     public LocalApic Apic { get; } = new();
 
+    /// <summary>What drives this processor's INTR pin (the 8259 pair, on the bootstrap processor), or null. Taken
+    /// when <see cref="LocalApic.AcceptsExternalInterrupt"/> and the CPU accepts interrupts, its vector from the
+    /// acknowledge cycle; after a change of its output call <see cref="InterruptStateChanged"/>.</summary>
+    public IExternalInterruptController? ExternalInterrupts { get; set; }
+
+    // INTR asserted and passed on by LINT0 (or a disabled APIC).
+    private bool ExternalInterruptRequested =>
+        ExternalInterrupts is { InterruptRequested: true } && Apic.AcceptsExternalInterrupt;
+
     /// <summary>The CPU's clock: retired instructions plus the time skipped while halted. The TSC and the APIC timer
     /// count it.</summary>
     public long Clock => Counters.InstructionsRetired + idleCycles;
@@ -300,7 +309,7 @@ public sealed unsafe partial class Cpu
             {
                 return false;
             }
-            if (Apic.CanDeliver)
+            if (Apic.CanDeliver || (ExternalInterruptRequested && nonRoot is null))
             {
                 eventCheckAt = 0;
                 return true;
@@ -384,7 +393,17 @@ public sealed unsafe partial class Cpu
                 return shutdown;
             }
         }
+        else if (nonRoot is null && ExternalInterruptRequested && (Rflags & FlagBits.Interrupt) != 0 && !InterruptShadow)
+        {
+            // INTR through LINT0 in ExtINT mode: the vector is the 8259's, read in the acknowledge cycle; it does not
+            // pass through the IRR, the ISR or the PPR (SDM Vol. 3A §10.5.1). Under a VMM the line is not delivered.
+            if (DeliverExternalInterrupt(ExternalInterrupts!.Acknowledge()) is { } shutdown)
+            {
+                return shutdown;
+            }
+        }
         eventCheckAt = Apic.PendingVector >= 0 || Apic.NonMaskableInterruptPending || nonRoot is { InterruptWindowExiting: true }
+                || ExternalInterruptRequested
             ? Counters.InstructionsRetired + 1                  // waiting for IF, the shadow, the TPR or an EOI: look each time
             : Apic.Deadline == long.MaxValue ? long.MaxValue : Apic.Deadline - idleCycles;
         return null;

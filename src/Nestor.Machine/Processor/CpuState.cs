@@ -42,8 +42,9 @@ public struct GeneralRegisters
 /// (IA32_APIC_BASE, STAR, LSTAR, CSTAR, SFMASK, FS/GS base as the segments' bases, KERNEL_GS_BASE, TSC_AUX, the SYSENTER MSRs; the TSC is the
 /// clock), the clock (retired instructions and idle cycles), the STI/MOV-SS interrupt shadow, halted, and the local
 /// APIC.</para>
-/// <para>Not modelled, hence not here: the x87 FPU, MMX, SSE/AVX registers and MXCSR (the model executes no
-/// floating-point or vector instruction), breakpoints (the debug registers hold their values, nothing matches them), MTRRs, performance counters, and
+/// <para>The x87 FPU's state (<see cref="X87State"/>: the machine executes its control instructions, not its
+/// arithmetic). Not modelled, hence not here: MMX, SSE/AVX registers and MXCSR (the model executes no vector
+/// instruction), breakpoints (the debug registers hold their values, nothing matches them), MTRRs, performance counters, and
 /// NMI/SMI/INIT state. Not state but rebuildable caches, which <see cref="Cpu.LoadState"/> drops: the TLBs and
 /// page-walk caches of the MMU, the decoded-instruction cache, and the fetch, read and write fast-path translations.</para></summary>
 public struct CpuState
@@ -83,6 +84,8 @@ public struct CpuState
     public bool WaitingForStartup;
     /// <summary>The local APIC.</summary>
     public LocalApicState Apic;
+    /// <summary>The x87 FPU's registers (Cpu.X87: which x87 instructions the machine executes).</summary>
+    public X87State X87;
 
     /// <summary>The state of a CPU after reset as this model has it (RFLAGS bit 1 set, APIC at its default base,
     /// enabled, bootstrap processor), before a loader sets long mode up.</summary>
@@ -99,5 +102,6 @@ public struct CpuState
         Dr7 = DebugControlFixed,
         InterruptShadowUntil = -1,
         Apic = LocalApicState.Reset,
+        X87 = X87State.PowerUp,
     };
 }

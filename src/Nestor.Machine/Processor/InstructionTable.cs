@@ -46,8 +46,8 @@ public enum CpuFeature : byte
     CacheLineFlushOptimized,
     InvalidateProcessContext,
     ReadProcessorId,
-    // Instruction features the machine does not model (no rows): never reported.
     FloatingPointUnit,
+    // Instruction features the machine does not model (no rows): never reported.
     Mmx,
     FxsaveFxrstor,
     Sse,
@@ -152,9 +152,15 @@ public static class CpuidFeatures
         new(CpuFeature.ReadTimeStampCounterAndProcessor, 0x8000_0001, CpuidRegister.Edx, 27, "RDTSCP", [Mnemonic.Rdtscp],
             "IA32_TSC_AUX"),
         new(CpuFeature.LongMode, 0x8000_0001, CpuidRegister.Edx, 29, "LM", [], "long mode"),
+        // The x87 FPU: its control instructions and data moves (Cpu.X87); its arithmetic has no rows (#UD, counted).
+        new(CpuFeature.FloatingPointUnit, 1, CpuidRegister.Edx, 0, "FPU",
+            [Mnemonic.Fld, Mnemonic.Fld1, Mnemonic.Fstp, Mnemonic.Fninit, Mnemonic.Finit, Mnemonic.Fnclex, Mnemonic.Fclex, Mnemonic.Fnstsw,
+             Mnemonic.Fstsw, Mnemonic.Fnstcw, Mnemonic.Fstcw, Mnemonic.Fldcw, Mnemonic.Fnstenv, Mnemonic.Fstenv, Mnemonic.Fldenv,
+             Mnemonic.Fnsave, Mnemonic.Fsave, Mnemonic.Frstor, Mnemonic.Fnop, Mnemonic.Ffree, Mnemonic.Fincstp, Mnemonic.Fdecstp,
+             Mnemonic.Fldz, Mnemonic.Fst, Mnemonic.Fxch, Mnemonic.Fchs, Mnemonic.Fabs],
+            "the x87 control instructions and data moves, not its arithmetic (FADD, FMUL, FCOM, ... raise #UD, counted as not modelled)"),
         // Not modelled (the instructions have no rows, so they raise #UD and the bits stay clear). A few of each
         // feature's instructions suffice: one missing row keeps the bit clear.
-        new(CpuFeature.FloatingPointUnit, 1, CpuidRegister.Edx, 0, "FPU", [Mnemonic.Fld, Mnemonic.Fld1, Mnemonic.Fstp, Mnemonic.Fninit]),
         new(CpuFeature.Mmx, 1, CpuidRegister.Edx, 23, "MMX", [Mnemonic.Emms, Mnemonic.Paddb]),
         new(CpuFeature.FxsaveFxrstor, 1, CpuidRegister.Edx, 24, "FXSR", [Mnemonic.Fxsave, Mnemonic.Fxrstor]),
         new(CpuFeature.Sse, 1, CpuidRegister.Edx, 25, "SSE", [Mnemonic.Addps, Mnemonic.Movaps, Mnemonic.Ldmxcsr]),

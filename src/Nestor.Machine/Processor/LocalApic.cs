@@ -466,6 +466,12 @@ public sealed class LocalApic
         return true;
     }
 
+    /// <summary>The processor takes its INTR pin (the 8259's output): LVT LINT0 unmasked in ExtINT delivery mode
+    /// (111b, SDM Vol. 3A §10.5.1), or the APIC hardware-disabled, when INTR reaches the core directly (§10.4.3). A
+    /// software-disabled APIC has every LVT entry masked (§10.4.7.2), so it passes nothing.</summary>
+    public bool AcceptsExternalInterrupt =>
+        state.HardwareDisabled || (state.LvtLint0 & (Masked | 0x700)) == 0x700;
+
     /// <summary>True when the APIC has an interrupt for the CPU: the highest requested vector's priority class is above
     /// the processor priority's (SDM Vol. 3A §10.8.3.1).</summary>
     public bool CanDeliver

@@ -52,6 +52,8 @@ public sealed class PcPlatform
         {
             platform.Acpi = AcpiTables.Write(vm.Memory, vm.Vcpus.Count, ioApicId: 0,
                 vm.Config.PlatformDevices.IntelIommu ? (Iommu.DmaRemappingHardwareUnit.BaseAddress, Iommu.DmaRemappingHardwareUnit.AddressWidth) : null);
+            // The 8259s, PIT, IVT and LINT0/LINT1 as SeaBIOS leaves them for a QEMU -kernel boot (measured).
+            Interrupts.FirmwareInterruptState.Apply(vm, platform.Pit);
             // QEMU's pc-testdev, which kvm-unit-tests' harness always adds: on every PC-booted VM (docs/boot-protocol.md).
             var testDevice = new Testing.PcTestDevice(vm.Interrupts);
             bus.Claim(testDevice, Testing.PcTestDevice.DataPort, Testing.PcTestDevice.PortCount);
