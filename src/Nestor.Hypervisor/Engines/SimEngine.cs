@@ -159,6 +159,11 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             cpus[i].LoadState(in vm.Vcpus[i].State);
         }
         Cpu.ShareMemory(cpus);
+        for (int i = 0; cpus.Length > 1 && i < cpus.Length; i++)
+        {
+            var self = cpus[i];
+            self.IdleHorizon = () => LatestClockOfOthers(cpus, self);
+        }
         var apicBus = new ApicBus(cpus);
         // The platform's lines reach the CPUs through the I/O APIC's messages to their local APICs, whose EOI for a
         // level-triggered vector comes back to the I/O APIC.
@@ -420,7 +425,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                     return outcome;
                 }
             }
-            if (!ran)
+            if (!ran && !IdleToNextDeviceEvent(cpus, platform))
             {
                 return platform.Halted(Capture(cpus[0]));
             }
@@ -500,7 +505,38 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         {
             return stop;
         }
-        return anyRunnable ? null : platform.Halted(Capture(cpus[0])); // none can run again: the VM has halted
+        return anyRunnable || IdleToNextDeviceEvent(cpus, platform) ? null : platform.Halted(Capture(cpus[0])); // none can run again: the VM has halted
+    }
+
+    /// <summary>Every vCPU halted (or waiting for its start-up IPI) and a platform device's timer armed: the halted
+    /// ones idle to that event together and the devices advance, as one halted processor idles alone (Cpu's
+    /// IdleHorizon); true if time moved. False when no event is armed or a stop is asked: the VM has halted.</summary>
+    private static bool IdleToNextDeviceEvent(Cpu[] cpus, VmPlatform platform)
+    {
+        long next = platform.NextDeviceEvent;
+        if (next == long.MaxValue || platform.StopRequested)
+        {
+            return false;
+        }
+        foreach (var each in cpus)
+        {
+            each.IdleUntil(next);
+        }
+        platform.AdvanceDevices();
+        return true;
+    }
+
+    private static long LatestClockOfOthers(Cpu[] cpus, Cpu self)
+    {
+        long latest = 0;
+        foreach (var each in cpus)
+        {
+            if (!ReferenceEquals(each, self))
+            {
+                latest = Math.Max(latest, each.Clock);
+            }
+        }
+        return latest;
     }
 
     private static long LatestClock(Cpu[] cpus)

@@ -296,6 +296,23 @@ public sealed unsafe partial class Cpu
     /// earlier fires (true; a device event that brings no deliverable interrupt, e.g. to a masked I/O APIC pin, idles
     /// on to the next one, until a stop is requested); otherwise the CPU halts for good (SDM Vol. 3A §8.10.2: HLT is
     /// left by an enabled interrupt).</summary>
+    /// <summary>Set by an engine that runs several vCPUs of a VM on one thread: the latest clock of this vCPU's
+    /// siblings. A halted vCPU idles to a platform device's timer event only up to there (null: alone, it idles on to
+    /// every event, since nothing else can wake it). Without the bound a halted application processor facing a
+    /// device timer that interrupts nobody (the firmware's PIT behind masked 8259 and I/O APIC pins) would idle on
+    /// forever, one period at a time, while its siblings wait.</summary>
+    public Func<long>? IdleHorizon { get; set; }
+
+    /// <summary>A halted processor's clock moves to <paramref name="clock"/> as idle time (an engine idling all of
+    /// a VM's halted vCPUs to the next device event, when none can run); nothing else changes.</summary>
+    public void IdleUntil(long clock)
+    {
+        if (halted && clock > Clock)
+        {
+            idleCycles += clock - Clock;
+        }
+    }
+
     private bool IdleUntilTimer()
     {
         while (true)
@@ -317,6 +334,13 @@ public sealed unsafe partial class Cpu
             long device = platform.NextDeviceEvent;
             if (device < Apic.Deadline && !platform.StopRequested)
             {
+                if (IdleHorizon is { } horizon && device > horizon())
+                {
+                    // One of several vCPUs: a sibling may wake it (an IPI) before that event, and the platform's
+                    // time is the siblings' too, so it halts here; the siblings' run fires the event, or the
+                    // engine idles every halted vCPU to it when none can run (IdleUntil).
+                    return false;
+                }
                 idleCycles += Math.Max(0, device - Clock);
                 platform.AdvanceDevices();
                 continue;
