@@ -38,7 +38,7 @@ internal static class SmpGuest
     private const ulong Idt = 0x9000;
     private const uint Apic = 0xFEE0_0000;
 
-    public static VmConfig Config(int cpus, bool deterministic = false, Techniques.SimOptions? sim = null) => new()
+    public static VmConfig Config(int cpus, bool deterministic = false, Techniques.SimOptions? sim = null, TimeSpan? timeout = null) => new()
     {
         Sim = sim ?? new Techniques.SimOptions(),
         Kernel = GuestAssembler.Flat("smp", Kernel(cpus, out _)),
@@ -46,7 +46,7 @@ internal static class SmpGuest
         Cpus = cpus,
         Deterministic = deterministic,
         SerialOutput = Stream.Null,
-        Timeout = TimeSpan.FromSeconds(60),
+        Timeout = timeout ?? TimeSpan.FromSeconds(60),
     };
 
     /// <summary>Writes the trampoline, its GDT and the slots the BSP's code reads into <paramref name="vm"/>'s RAM (as a

@@ -51,6 +51,29 @@ public class SmpRunTests
     }
 
     [Fact]
+    public void A_halted_ap_with_a_timer_that_interrupts_nobody_still_wakes_by_ipi()
+    {
+        // The firmware's PIT (FirmwareInterruptState: counter 0 in mode 2, 65,536 counts) runs behind masked 8259
+        // and I/O APIC pins: its events interrupt nobody. An AP idling in STI; HLT must halt there, not idle on
+        // across those periods for ever, so that the BSP runs and wakes it with its broadcast IPI.
+        var vm = Vm.Create(SmpGuest.Config(2, timeout: TimeSpan.FromSeconds(20)));
+        using (vm)
+        {
+            SmpGuest.Install(vm);
+            var pit = vm.PcPlatform.Pit;
+            pit.Write(Nestor.Hypervisor.Devices.Platform.Timers.Pit8254.ControlPort, 1, 0x34);
+            pit.Write(Nestor.Hypervisor.Devices.Platform.Timers.Pit8254.FirstPort, 1, 0);
+            pit.Write(Nestor.Hypervisor.Devices.Platform.Timers.Pit8254.FirstPort, 1, 0);
+            Assert.NotEqual(long.MaxValue, vm.PcPlatform.NextTimerEvent);
+            using var engine = new SimEngine();
+            var outcome = vm.Run(engine).Outcome;
+            Assert.True(outcome.Kind == VmOutcomeKind.DebugExit, outcome.Message);
+            Assert.Equal(0u, vm.GuestStatus);
+            Assert.Equal(1UL, vm.Memory.ReadUInt64(new(SmpGuest.Broadcasts)));
+        }
+    }
+
+    [Fact]
     public void Two_deterministic_runs_interleave_the_same_way()
     {
         var (first, a) = Boot(4, deterministic: true);
