@@ -82,6 +82,11 @@ public sealed unsafe partial class Cpu
 
     public Mmu Mmu { get; }
 
+    /// <summary>Which processor this is (<see cref="ProcessorModel.Intel"/> unless the VM says otherwise): the CPUID
+    /// identity and the vendor's behaviours (SYSCALL/SYSRET outside 64-bit mode, SYSENTER in long mode). A field the
+    /// few instructions that differ read, never a lookup.</summary>
+    public ProcessorModel Model { get; set; } = ProcessorModel.Intel;
+
     public CpuCounters Counters { get; } = new();
 
     /// <summary>The code size: 64 in 64-bit mode (CS.L), 32 in 32-bit protected mode (CS.D), else 16.</summary>
