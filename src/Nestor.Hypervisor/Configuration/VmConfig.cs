@@ -273,11 +273,9 @@ public sealed class VmConfig
             throw new BadInputException($"--cpus {Cpus} runs on the software machine only: the KVM engine starts one vCPU",
                 "Add --engine sim, or drop --cpus");
         }
-        if (Cpus > 1 && !Techniques.TechniqueRules.AllowsSeveralVcpus(Sim.Technique))
+        if (Cpus > 1 && Techniques.TechniqueRules.SeveralVcpusRefusal(Sim.Technique, Sim.Memory) is { } refusal)
         {
-            throw new BadInputException(
-                $"--cpus {Cpus} with --technique {Sim.Technique}: the VMM (VirtualMachineMonitor) virtualizes one vCPU so far",
-                "Drop --technique (native runs several vCPUs), or use --cpus 1");
+            throw new BadInputException($"--cpus {Cpus}: {refusal.Message}", refusal.Hint);
         }
         if (CpuModel != Nestor.Machine.Processor.ProcessorModel.Intel && Engine != EngineKind.Sim)
         {

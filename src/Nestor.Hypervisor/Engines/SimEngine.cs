@@ -28,6 +28,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     private VirtualMachineMonitor? lastMonitor;
     private Cpu? lastCpu;
     private byte[]? restoredVmm;
+    private ushort restoredVersion;
 
 
     private readonly SimOptions options = (options ?? new SimOptions()).Validate();
@@ -59,7 +60,8 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     /// <summary>The section of the engine's state in a snapshot: the VMM's (<see cref="Save"/>).</summary>
     public string SectionTag => "VMM ";
 
-    public ushort SectionVersion => 1;
+    /// <summary>2: the VMCSs of every vCPU after vCPU 0's fields (1: one vCPU under a VMM).</summary>
+    public ushort SectionVersion => 2;
 
     /// <summary>Saves the VMM state of the last run: the technique, then (under a VMM) the VMCS controls and exit
     /// counters, the P2M's touched pages and the nested page table's mappings. Shadow page tables are rebuilt, not
@@ -93,6 +95,13 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             writer.WriteUInt64(rip);
             writer.WriteInt32(count);
         }
+        // The other vCPUs' VMCSs (section version 2).
+        int vcpus = lastMonitor?.VcpuCount ?? 1;
+        writer.WriteInt32(vcpus - 1);
+        for (int i = 1; i < vcpus; i++)
+        {
+            lastMonitor!.ControlStructure(i).Save(writer);
+        }
     }
 
     /// <summary>Takes a snapshot's VMM state, which the next <see cref="Run(Vm, RunControl)"/> installs in the VMM it builds. The
@@ -107,6 +116,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                                  (options.Technique == Technique.HardwareAssist ? $" with {options.EffectiveMemory} paging" : ""));
         }
         restoredVmm = technique == Technique.Native ? null : reader.SectionRemainder();
+        restoredVersion = version;
     }
 
 
@@ -166,6 +176,11 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             lastVmcs = vmcs = new VmControlStructure();
             lastMonitor = monitor = VirtualMachineMonitor.Create(vm, vmcs, physicalMap, nested, shadow, options.LargeNestedPages, options.Technique);
             (lastPhysicalMap, lastNestedTable) = (physicalMap, nested);
+            // Several vCPUs: a VMCS each, their MMUs walking the one nested table (docs/memory-virtualization.md).
+            for (int i = 1; i < cpus.Length; i++)
+            {
+                monitor.AddVcpu();
+            }
             if (restoredVmm is { } saved)
             {
                 // A snapshot's VMM state: the exit counters, the guest pages' host frames and the nested mappings. The
@@ -189,6 +204,16 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                     counts.Add(new(fields.ReadUInt64(), fields.ReadInt32()));
                 }
                 monitor.RestorePageTableWriteTraps(counts);
+                // Version 2: the VMCSs of vCPUs 1..N-1 (version 1 had one vCPU under a VMM).
+                int others = restoredVersion >= 2 ? fields.ReadInt32() : 0;
+                if (others != monitor.VcpuCount - 1)
+                {
+                    throw fields.Invalid($"the snapshot has the VMCSs of {others + 1} vCPUs and this VM has {monitor.VcpuCount}");
+                }
+                for (int i = 1; i < monitor.VcpuCount; i++)
+                {
+                    monitor.ControlStructure(i).Restore(fields);
+                }
                 if (fields.SectionRemaining != 0)
                 {
                     throw fields.Invalid($"{fields.SectionRemaining} bytes more than the VMM's fields");
@@ -197,6 +222,11 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             try
             {
                 monitor.Enter(cpu);
+                for (int i = 1; i < cpus.Length; i++)
+                {
+                    physicalMap.AttachProcessor(cpus[i].Mmu);
+                    monitor.Enter(cpus[i], i);
+                }
             }
             catch (ShadowPagingException e)
             {
@@ -284,7 +314,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             platform.AddGuestTicks(clock.ElapsedTicks);
             platform.EndRun();
             counters = CountersOf(cpu, clock.Elapsed);
-            events = EventsOf(cpu, vmcs, monitor?.Shadow) with
+            events = EventsOf(cpu, monitor, monitor?.Shadow) with
             {
                 Technique = options.Technique,
                 PrivilegedTraps = monitor?.PrivilegedInstructionTraps ?? 0,
@@ -365,7 +395,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
                 }
                 ran = true;
                 running = cpu;
-                if (RunSlice(vm, cpu, slice, platform, vmcs, monitor, smp: true) is { } outcome)
+                if (RunSlice(vm, cpu, slice, platform, monitor?.ControlStructureOf(cpu) ?? vmcs, monitor, smp: true) is { } outcome)
                 {
                     return outcome;
                 }
@@ -388,7 +418,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         return latest;
     }
 
-    private static MachineEvents EventsOf(Cpu cpu, VmControlStructure? vmcs, ShadowPaging? shadow)
+    private static MachineEvents EventsOf(Cpu cpu, VirtualMachineMonitor? monitor, ShadowPaging? shadow)
     {
         var c = cpu.Counters;
         var m = cpu.Mmu.Counters;
@@ -405,7 +435,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             EventsDelivered = c.ExceptionsByVector.Sum() + c.ExternalInterrupts + c.SoftwareInterrupts,
             SystemCalls = c.SystemCalls,
             PortAccesses = c.PortReads + c.PortWrites,
-            Exits = vmcs?.ExitsByReason.ToDictionary(e => e.Reason, e => e.Count) ?? [],
+            Exits = monitor?.ExitsByReason.ToDictionary(e => e.Reason, e => e.Count) ?? [],
             HiddenFaults = shadow?.HiddenFaults ?? 0,
             TrueFaults = shadow?.TrueFaults ?? 0,
             EmulatedWrites = (shadow?.PageTableWrites ?? 0) + (shadow?.OtherEmulatedWrites ?? 0) + (shadow?.CalloutWrites ?? 0),
@@ -418,10 +448,15 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
     private static IEnumerable<EngineCounter> VirtualizationCounters(Cpu cpu, VmControlStructure vmcs, HostFramePool pool, GuestPhysicalMap map,
         VirtualMachineMonitor? monitor)
     {
-        yield return new EngineCounter("vm_exits", (ulong)vmcs.TotalExits, "");
-        foreach (var (reason, count) in vmcs.ExitsByReason)
+        yield return new EngineCounter("vm_exits", (ulong)(monitor?.TotalExits ?? vmcs.TotalExits), "");
+        foreach (var (reason, count) in monitor?.ExitsByReason ?? vmcs.ExitsByReason)
         {
             yield return new EngineCounter($"vm_exits_{Snake(reason.ToString())}", (ulong)count, "");
+        }
+        // Several vCPUs: each one's VMCS counts its own exits (SDM Vol. 3C §25.1).
+        for (int i = 0; monitor is not null && monitor.VcpuCount > 1 && i < monitor.VcpuCount; i++)
+        {
+            yield return new EngineCounter($"vm_exits_vcpu{i}", (ulong)monitor.ControlStructure(i).TotalExits, "");
         }
         if (monitor is not null)
         {

@@ -39,4 +39,17 @@ internal static class GuestInterruptSetup
         }
         a.mov(__dword_ptr[apic + 0xF0], 0x1FF);
     }
+
+    /// <summary>Emits the routing of I/O APIC pin <paramref name="gsi"/> to the local APIC of ID 0: through the I/O
+    /// APIC whose base is in <paramref name="ioApic"/> (IOREGSEL at +0, IOWIN at +0x10; 82093AA data sheet §3.2.4),
+    /// the redirection entry's high dword (destination 0, physical) first, then its low dword
+    /// <paramref name="low"/>: the vector and, if wanted, bit 15 for level-triggered; unmasked, fixed, active high.
+    /// Writing the high half first means the pin is never unmasked toward a stale destination.</summary>
+    public static void RouteIoApicPin(Assembler a, AssemblerRegister64 ioApic, int gsi, uint low)
+    {
+        a.mov(__dword_ptr[ioApic], 0x10 + 2 * gsi + 1);
+        a.mov(__dword_ptr[ioApic + 0x10], 0);
+        a.mov(__dword_ptr[ioApic], 0x10 + 2 * gsi);
+        a.mov(__dword_ptr[ioApic + 0x10], low);
+    }
 }

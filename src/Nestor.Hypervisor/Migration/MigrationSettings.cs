@@ -58,6 +58,16 @@ public sealed record MigrationSettings(string Destination)
         return current == 0 ? ThrottleInitial : Math.Min(ThrottleMaximum, current + ThrottleIncrement);
     }
 
+    /// <summary>The link's rate for the next estimate (bytes per second): what the last round that moved bytes for over a
+    /// millisecond achieved, at most <see cref="MaxBandwidth"/> (a loopback link outruns the limit, so mostly the limit);
+    /// the limit itself before any such round. The one estimate sim's and KVM's sources use for the downtime.</summary>
+    public double MeasuredBandwidth(IReadOnlyList<MigrationRound> rounds)
+    {
+        var last = rounds.LastOrDefault(r => r.Milliseconds > 1 && r.Bytes > 0);
+        double measured = last is null ? MaxBandwidth : last.Bytes / (last.Milliseconds / 1000);
+        return Math.Min(measured, MaxBandwidth);
+    }
+
     /// <summary>Pre-copy rounds after which the stop-and-copy starts whatever is left (Clark et al. bound the rounds
     /// too, §4: 30 in Xen's implementation).</summary>
     public int MaxRounds { get; init; } = 30;

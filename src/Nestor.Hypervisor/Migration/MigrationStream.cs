@@ -103,6 +103,28 @@ public static class MigrationStream
 
     private static readonly string[] KnownTags = [Page, RoundEnd, State, Done, Abort, Accept, Refuse, Resumed, Failed, PostCopy, PageRequest, PostCopyEnd, PostCopyAck];
 
+    /// <summary>The destination's listening socket on <paramref name="address"/> (<c>tcp:HOST:PORT</c>; port 0 takes a
+    /// free one), for sim's and KVM's destinations alike: one connection is waited for, so a backlog of one;
+    /// <paramref name="bound"/> is the address as bound, with the port the kernel chose.</summary>
+    /// <exception cref="BadInputException">A bad address, or one that cannot be listened on.</exception>
+    public static TcpListener Listen(string address, out string bound)
+    {
+        var endpoint = MigrationSettings.ParseAddress(address, "--incoming");
+        var listener = new TcpListener(endpoint);
+        try
+        {
+            listener.Start(1);
+        }
+        catch (SocketException e)
+        {
+            listener.Dispose();
+            throw new BadInputException($"cannot listen on {address}: {e.Message}", "Give a free port of an address of this machine, e.g. tcp:127.0.0.1:4444");
+        }
+        var local = (IPEndPoint)listener.LocalEndpoint;
+        bound = $"tcp:{(local.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{local.Address}]" : local.Address)}:{local.Port}";
+        return listener;
+    }
+
     /// <summary>Opens the source's connection to <paramref name="destination"/> (already parsed as
     /// <paramref name="endpoint"/>), for sim's and KVM's sources alike: Nagle off (a section is written whole and
     /// the destination's answers are small), 10 s to connect, then 120 s for any read. An unreachable destination is

@@ -93,7 +93,7 @@ public sealed partial class GuestPhysicalMap
         }
         if (shadow is not null)
         {
-            processor?.FlushAll(includingGlobal: true);
+            FlushProcessors();
         }
     }
 }

@@ -42,7 +42,7 @@ public sealed partial class GuestPhysicalMap
     {
         if (shadow is not null)
         {
-            processor?.FlushAll(includingGlobal: true);
+            FlushProcessors();
         }
     }
 

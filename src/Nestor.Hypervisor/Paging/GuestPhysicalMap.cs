@@ -33,7 +33,7 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
     private readonly GuestMemory guest;
     private readonly HostFramePool pool;
     private readonly ulong[] hostFrames; // by guest frame: host-physical address, 0 = no frame
-    private Mmu? processor;
+    private readonly List<Mmu> processors = []; // every vCPU's MMU of the current run
     private NestedPageTable? nested;
     private ShadowPaging? shadow;
     private bool disposed;
@@ -71,10 +71,32 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
     /// change of a guest frame's backing must reach (a nested table to unmap and shoot down, or shadow paging).</summary>
     public void Attach(Mmu processor, NestedPageTable? nestedTable, ShadowPaging? shadowPaging)
     {
-        this.processor = processor;
+        processors.Clear();
+        processors.Add(processor);
         nested = nestedTable;
         nested?.AttachProcessor(processor);
         shadow = shadowPaging;
+    }
+
+    /// <summary>Another vCPU's processor of the same run (after <see cref="Attach"/>): a change of a guest frame's
+    /// backing shoots down its nested TLB too, as INVEPT on every logical processor the VM runs on (Intel SDM Vol. 3C
+    /// §29.4.3.1: cached mappings are per logical processor, so a VMM invalidates them on each).</summary>
+    public void AttachProcessor(Mmu processor)
+    {
+        if (!processors.Contains(processor))
+        {
+            processors.Add(processor);
+        }
+        nested?.AttachProcessor(processor);
+    }
+
+    // Shadow paging's change of a shadow entry: every processor's TLB may cache the old translation.
+    private void FlushProcessors()
+    {
+        foreach (var processor in processors)
+        {
+            processor.FlushAll(includingGlobal: true);
+        }
     }
 
     /// <summary>Whether <paramref name="guestPhysical"/> is guest RAM (else it is a device, or nothing).</summary>
@@ -426,7 +448,7 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
         if (shadow is not null)
         {
             shadow.BackingChanged(frame);
-            processor?.FlushAll(includingGlobal: true);
+            FlushProcessors();
         }
     }
 
@@ -450,7 +472,8 @@ public sealed partial class GuestPhysicalMap : IDisposable, IGuestPageSource
         disposed = true;
         nested?.Dispose();
         shadow?.ReleaseTables();
-        (nested, shadow, processor) = (null, null, null);
+        (nested, shadow) = (null, null);
+        processors.Clear();
         SwapInAll(); // the VM's RAM must hold all its bytes again: loaders, snapshots and the next run read it
         for (ulong frame = 0; frame < (ulong)hostFrames.Length; frame++)
         {

@@ -20,11 +20,28 @@ public static class TechniqueRules
     /// <summary>Whether <paramref name="technique"/> has a VMM (everything but <see cref="Technique.Native"/>).</summary>
     public static bool HasMonitor(Technique technique) => technique != Technique.Native;
 
-    /// <summary>Whether a VM run under <paramref name="technique"/> may have several vCPUs: the one rule
-    /// <c>nestor run --cpus</c> (<see cref="Configuration.VmConfig"/>) and a host's <c>vcpus</c> both check. Only the
-    /// native machine so far: the VMM (<see cref="VirtualMachineMonitor"/>) keeps one VMCS, and a second vCPU would
-    /// need its own (Intel SDM Vol. 3C §25.1: one VMCS per logical processor a VMM runs a guest vCPU on).</summary>
-    public static bool AllowsSeveralVcpus(Technique technique) => technique == Technique.Native;
+    /// <summary>Whether a VM run under <paramref name="technique"/> virtualizing memory with <paramref name="memory"/>
+    /// (null: the technique's default) may have several vCPUs: the one rule <c>nestor run --cpus</c>
+    /// (<see cref="Configuration.VmConfig"/>, through <see cref="SeveralVcpusRefusal"/>) checks, and a host's
+    /// <c>vcpus</c> is to check. The native machine, and hardware assistance with nested
+    /// paging: the VMM keeps a VMCS per vCPU (Intel SDM Vol. 3C §25.1: one VMCS per logical processor a VMM runs a
+    /// guest vCPU on) over one nested page table for the VM, whose changes shoot down every vCPU's nested TLB
+    /// (INVEPT, §29.4.3). Shadow paging and the software techniques keep one vCPU so far: shadow paging keeps one
+    /// current shadow root, and a guest page-table write seen through write protection would have to reach every vCPU's
+    /// shadows (<see cref="SeveralVcpusRefusal"/> says so).</summary>
+    public static bool AllowsSeveralVcpus(Technique technique, MemoryVirtualization? memory) =>
+        technique == Technique.Native ||
+        (technique == Technique.HardwareAssist && (memory ?? DefaultMemory(technique)) == MemoryVirtualization.Nested);
+
+    /// <summary>Why <paramref name="technique"/> with <paramref name="memory"/> cannot run several vCPUs and what to do
+    /// instead, or null when it can (<see cref="AllowsSeveralVcpus(Technique, MemoryVirtualization?)"/>).</summary>
+    public static TechniqueRuleViolation? SeveralVcpusRefusal(Technique technique, MemoryVirtualization? memory) =>
+        AllowsSeveralVcpus(technique, memory)
+            ? null
+            : new TechniqueRuleViolation(
+                $"several vCPUs under --technique {ShortName(technique)} with {((memory ?? DefaultMemory(technique)) == MemoryVirtualization.Nested ? "nested" : "shadow")} paging: " +
+                "the VMM keeps a VMCS per vCPU only with nested paging so far (its shadow paging keeps one shadow root, for one vCPU)",
+                "Use --technique hw --mmu nested (or --technique native) for several vCPUs, or --cpus 1");
 
     /// <summary>Whether <paramref name="technique"/> may virtualize memory with <paramref name="memory"/>.</summary>
     public static bool Allows(Technique technique, MemoryVirtualization memory) =>

@@ -21,17 +21,30 @@ public enum MemoryVirtualization
 
 /// <summary>The VMM: it holds one technique (<see cref="VirtualizationTechnique"/>: hardware assistance,
 /// trap-and-emulate, binary translation or paravirtualization) and one memory virtualization
-/// (<see cref="IMemoryVirtualization"/>: shadow or nested paging), installs their controls in its VMCS, and hands every
-/// exit to the technique, accounting for its handling time in the VM's exit statistics. For the software techniques
-/// an "exit" is a trap into the VMM: the CPU model's execution controls and exit handler stand for the VMM owning the
-/// real IDT.</summary>
+/// (<see cref="IMemoryVirtualization"/>: shadow or nested paging), installs their controls in a VMCS per vCPU, and
+/// hands every exit to the technique, accounting for its handling time in the VM's exit statistics. For the software
+/// techniques an "exit" is a trap into the VMM: the CPU model's execution controls and exit handler stand for the VMM
+/// owning the real IDT.
+/// Several vCPUs (<see cref="AddVcpu"/>): each has its own VMCS (Intel SDM Vol. 3C §25.1: a VMCS per logical processor
+/// the VMM runs a vCPU on, with its own controls and exit information) and its own instance of the technique (the
+/// interrupt it is injecting, its interrupt window, its counters), while the memory virtualization is the VM's, one
+/// for all (one nested page table; each vCPU's MMU keeps its own nested TLB and page-walk cache, shot down together).
+/// An exit is handed to the context of the vCPU that took it, found by its <see cref="Cpu"/>.</summary>
 public sealed class VirtualMachineMonitor : IVmExitHandler
 {
     private readonly Vm vm;
+    private readonly GuestPhysicalMap? physicalMap; // for the technique of a vCPU added later (paravirtualization reads the P2M)
+    private readonly List<VcpuVirtualization> vcpus = [];
 
     /// <summary>A VMM with <paramref name="technique"/> and <paramref name="memory"/>, whose controls are set in
-    /// <paramref name="vmcs"/>.</summary>
+    /// <paramref name="vmcs"/>, the VMCS of vCPU 0.</summary>
     public VirtualMachineMonitor(Vm vm, VmControlStructure vmcs, VirtualizationTechnique technique, IMemoryVirtualization memory)
+        : this(vm, vmcs, technique, memory, null)
+    {
+    }
+
+    private VirtualMachineMonitor(Vm vm, VmControlStructure vmcs, VirtualizationTechnique technique, IMemoryVirtualization memory,
+        GuestPhysicalMap? physicalMap)
     {
         if (!ReferenceEquals(technique.Memory, memory))
         {
@@ -39,11 +52,9 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
         }
         TechniqueRules.Validate(new TechniqueChoice(technique.Kind, memory.Kind));
         this.vm = vm;
-        Vmcs = vmcs;
-        CpuVirtualization = technique;
+        this.physicalMap = physicalMap;
         Memory = memory;
-        technique.Configure(vmcs.Controls);
-        memory.Configure(vmcs.Controls, hardwareAssisted: technique.Kind == Technique.HardwareAssist);
+        Install(vmcs, technique);
     }
 
     /// <summary>A VMM for <paramref name="technique"/> over nested paging (<paramref name="nestedTable"/>) or shadow
@@ -60,16 +71,76 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
             ? new NestedMemoryVirtualization(nestedTable, physicalMap, largeNestedPages, vm.Bus)
             : new ShadowMemoryVirtualization(shadow!);
         TechniqueRules.Validate(new TechniqueChoice(technique, memory.Kind, NestedPageSizeChosen: largeNestedPages));
-        return new VirtualMachineMonitor(vm, vmcs, VirtualizationTechnique.Create(technique, vm, vmcs, memory, physicalMap), memory);
+        return new VirtualMachineMonitor(vm, vmcs, VirtualizationTechnique.Create(technique, vm, vmcs, memory, physicalMap), memory, physicalMap);
+    }
+
+    private void Install(VmControlStructure vmcs, VirtualizationTechnique technique)
+    {
+        technique.Configure(vmcs.Controls);
+        Memory.Configure(vmcs.Controls, hardwareAssisted: technique.Kind == Technique.HardwareAssist);
+        vcpus.Add(new VcpuVirtualization(vmcs, technique));
+    }
+
+    /// <summary>Adds the next vCPU (index <see cref="VcpuCount"/>): its own VMCS, with the controls of the technique and
+    /// of the shared memory virtualization, and its own instance of the technique. Only where
+    /// <see cref="TechniqueRules.AllowsSeveralVcpus(Technique, MemoryVirtualization?)"/> allows it.</summary>
+    /// <returns>The new vCPU's VMCS.</returns>
+    public VmControlStructure AddVcpu()
+    {
+        if (TechniqueRules.SeveralVcpusRefusal(Technique, Memory.Kind) is { } refusal)
+        {
+            throw new InvalidOperationException($"{refusal.Message}. {refusal.Hint}.");
+        }
+        if (physicalMap is null)
+        {
+            throw new InvalidOperationException("a VMM built around one technique instance has one vCPU: build it with Create to add more");
+        }
+        var vmcs = new VmControlStructure();
+        Install(vmcs, VirtualizationTechnique.Create(Technique, vm, vmcs, Memory, physicalMap));
+        return vmcs;
+    }
+
+    /// <summary>The vCPUs this VMM virtualizes.</summary>
+    public int VcpuCount => vcpus.Count;
+
+    /// <summary>Each vCPU's VMCS, by vCPU index.</summary>
+    public IReadOnlyList<VmControlStructure> ControlStructures => vcpus.ConvertAll(v => v.Vmcs);
+
+    /// <summary>The VMCS of vCPU <paramref name="index"/>.</summary>
+    public VmControlStructure ControlStructure(int index) => vcpus[index].Vmcs;
+
+    /// <summary>The technique's instance of vCPU <paramref name="index"/>.</summary>
+    public VirtualizationTechnique TechniqueOf(int index) => vcpus[index].Technique;
+
+    /// <summary>Exits of every vCPU together by basic reason, most frequent first, reasons that never happened left out
+    /// (with one vCPU, its VMCS's <see cref="VmControlStructure.ExitsByReason"/>).</summary>
+    public IReadOnlyList<(ExitReason Reason, long Count)> ExitsByReason =>
+        vcpus.Count == 1
+            ? vcpus[0].Vmcs.ExitsByReason
+            : Enum.GetValues<ExitReason>().Select(r => (r, vcpus.Sum(v => v.Vmcs.Exits(r)))).Where(e => e.Item2 > 0)
+                .OrderByDescending(e => e.Item2).ToList();
+
+    /// <summary>Exits of every vCPU together.</summary>
+    public long TotalExits
+    {
+        get
+        {
+            long total = 0;
+            foreach (var vcpu in vcpus)
+            {
+                total += vcpu.Vmcs.TotalExits;
+            }
+            return total;
+        }
     }
 
     /// <summary>The technique this VMM uses.</summary>
     public Technique Technique => CpuVirtualization.Kind;
 
-    /// <summary>The technique's implementation: its controls and exit handling.</summary>
-    public VirtualizationTechnique CpuVirtualization { get; }
+    /// <summary>The technique's implementation (vCPU 0's instance): its controls and exit handling.</summary>
+    public VirtualizationTechnique CpuVirtualization => vcpus[0].Technique;
 
-    /// <summary>The memory virtualization: shadow or nested paging.</summary>
+    /// <summary>The memory virtualization, the VM's for all its vCPUs: shadow or nested paging.</summary>
     public IMemoryVirtualization Memory { get; }
 
     /// <summary>How the guest kernel is deprivileged (software techniques), else null.</summary>
@@ -79,7 +150,8 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
     /// what still traps under binary translation and paravirtualization).</summary>
     public long PrivilegedInstructionTraps => (CpuVirtualization as TrapAndEmulateTechnique)?.PrivilegedInstructionTraps ?? 0;
 
-    public VmControlStructure Vmcs { get; }
+    /// <summary>vCPU 0's VMCS (the only one with one vCPU).</summary>
+    public VmControlStructure Vmcs => vcpus[0].Vmcs;
 
     /// <summary>Shadow paging's counters, when it is in use.</summary>
     public ShadowPaging? Shadow => Memory.Shadow;
@@ -87,11 +159,12 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
     /// <summary>Why the VMM stopped the guest, when it did.</summary>
     public string? StopMessage { get; private set; }
 
-    /// <summary>External interrupts the VMM injected into the guest.</summary>
-    public long InjectedInterrupts => CpuVirtualization.InjectedInterrupts;
+    /// <summary>External interrupts the VMM injected into the guest, on every vCPU.</summary>
+    public long InjectedInterrupts => vcpus.Sum(v => v.Technique.InjectedInterrupts);
 
-    /// <summary>Times the VMM held an interrupt because the guest could not take it, and asked for the window.</summary>
-    public long InterruptWindowsRequested => CpuVirtualization.InterruptWindowsRequested;
+    /// <summary>Times the VMM held an interrupt because the guest could not take it, and asked for the window, on every
+    /// vCPU.</summary>
+    public long InterruptWindowsRequested => vcpus.Sum(v => v.Technique.InterruptWindowsRequested);
 
     /// <summary>True while the VMM holds an interrupt the guest cannot take yet (its virtual IF clear, or an STI
     /// shadow): the "pending" flag of Xen's event channels, which a paravirtual guest reads with
@@ -127,24 +200,47 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
         }
     }
 
-    /// <summary>VM entry: the CPU enters non-root operation under this VMM's controls (with the shadow of the guest's
-    /// address space installed, under shadow paging).</summary>
-    public void Enter(Cpu cpu)
+    /// <summary>VM entry of vCPU 0: the CPU enters non-root operation under this VMM's controls (with the shadow of the
+    /// guest's address space installed, under shadow paging).</summary>
+    public void Enter(Cpu cpu) => Enter(cpu, 0);
+
+    /// <summary>VM entry of vCPU <paramref name="index"/> on <paramref name="cpu"/>, under that vCPU's VMCS; its exits
+    /// come back to that vCPU's context.</summary>
+    public void Enter(Cpu cpu, int index)
     {
-        cpu.EnterNonRoot(Vmcs.Controls, this);
-        cpu.RingCompression = RingCompression;
+        var vcpu = vcpus[index];
+        vcpu.Cpu = cpu;
+        cpu.EnterNonRoot(vcpu.Vmcs.Controls, this);
+        cpu.RingCompression = vcpu.Technique.RingCompression;
         Memory.Activate(cpu);
     }
 
-    /// <summary>Handles one exit through the technique; an exit the VMM cannot handle stops the guest
-    /// (<see cref="StopMessage"/> says why).</summary>
+    /// <summary>The VMCS of the vCPU running on <paramref name="cpu"/> (vCPU 0's when it entered none).</summary>
+    public VmControlStructure ControlStructureOf(Cpu cpu) => ContextOf(cpu).Vmcs;
+
+    // The context of the vCPU on this CPU: a scan of a few references, no allocation (the exit path).
+    private VcpuVirtualization ContextOf(Cpu cpu)
+    {
+        for (int i = 1; i < vcpus.Count; i++)
+        {
+            if (ReferenceEquals(vcpus[i].Cpu, cpu))
+            {
+                return vcpus[i];
+            }
+        }
+        return vcpus[0];
+    }
+
+    /// <summary>Handles one exit through the technique of the vCPU that took it; an exit the VMM cannot handle stops
+    /// the guest (<see cref="StopMessage"/> says why).</summary>
     public VmExitAction HandleExit(Cpu cpu, ref VmExit exit)
     {
         try
         {
             long start = Stopwatch.GetTimestamp();
-            Vmcs.Record(exit);
-            var action = CpuVirtualization.Handle(cpu, ref exit, out var reason);
+            var vcpu = ContextOf(cpu);
+            vcpu.Vmcs.Record(exit);
+            var action = vcpu.Technique.Handle(cpu, ref exit, out var reason);
             if (reason is { } recorded)
             {
                 vm.Exits.Record(recorded, Stopwatch.GetTimestamp() - start);
@@ -156,5 +252,13 @@ public sealed class VirtualMachineMonitor : IVmExitHandler
             StopMessage = e.Message;
             return VmExitAction.Stop;
         }
+    }
+
+    // What the VMM keeps for one vCPU: its VMCS, its technique's instance, and the CPU it entered on.
+    private sealed class VcpuVirtualization(VmControlStructure vmcs, VirtualizationTechnique technique)
+    {
+        public VmControlStructure Vmcs { get; } = vmcs;
+        public VirtualizationTechnique Technique { get; } = technique;
+        public Cpu? Cpu { get; set; }
     }
 }

@@ -386,10 +386,7 @@ public class AtaControllerTests
         a.mov(rbx, 0xFEE0_0000UL);
         a.mov(rsi, 0xFEC0_0000UL);
         GuestInterruptSetup.Emit(a, Idt, Vector, handler, Scratch, rbx, maskPic: false);
-        a.mov(__dword_ptr[rsi], 0x10 + 2 * AtaController.Gsi + 1);
-        a.mov(__dword_ptr[rsi + 0x10], 0);
-        a.mov(__dword_ptr[rsi], 0x10 + 2 * AtaController.Gsi);
-        a.mov(__dword_ptr[rsi + 0x10], Vector);                     // edge, active high, fixed, unmasked
+        GuestInterruptSetup.RouteIoApicPin(a, rsi, AtaController.Gsi, Vector); // edge, active high, fixed, unmasked
         a.sti();
         Out(a, Control, 0);
         Out(a, DevicePort, 0xE0);

@@ -38,6 +38,18 @@ public class AutoConvergeAndConnectTests
     }
 
     [Fact]
+    public void MeasuredBandwidthIsTheLastRoundThatMovedBytesForOverAMillisecondAtMostTheLimit()
+    {
+        var settings = new MigrationSettings("tcp:127.0.0.1:1") { MaxBandwidth = 100_000_000 };
+        Assert.Equal(100_000_000, settings.MeasuredBandwidth([]));
+        // 1 MB in 20 ms is 50 MB/s; a later round of under a millisecond, or of no bytes, is not a measurement.
+        MigrationRound[] rounds = [new(1, 256, 256, 1_000_000, 20, 0), new(2, 1, 1, 4096, 0.5, 0), new(3, 0, 0, 0, 5, 0)];
+        Assert.Equal(50_000_000, settings.MeasuredBandwidth(rounds));
+        // A loopback link outruns the limit: the limit.
+        Assert.Equal(100_000_000, settings.MeasuredBandwidth([new(1, 256, 256, 1_000_000, 2, 0)]));
+    }
+
+    [Fact]
     public void WithoutAutoConvergeTheThrottleNeverMoves()
     {
         var settings = new MigrationSettings("tcp:127.0.0.1:1") { AutoConverge = false };

@@ -20,22 +20,9 @@ public class HaltWakeTests
         const long FirstTicks = 100_000, SecondTicks = 200_000; // 1 ms and 2 ms in 10 ns ticks
         var (status, vm, message) = PlatformGuest.Run(a =>
         {
-            var handler = a.CreateLabel();
-            var start = a.CreateLabel();
             var sleep = a.CreateLabel();
-            a.jmp(start);
-            a.Label(ref handler);
-            a.inc(__qword_ptr[r15 + 16]);
-            a.mov(__dword_ptr[rbx + 0xB0], 0);
-            a.iretq();
-            a.Label(ref start);
-            a.mov(rbx, 0xFEE0_0000UL);
-            a.mov(rsi, 0xFEC0_0000UL);
-            GuestInterruptSetup.Emit(a, PlatformGuest.Idt, Vector, handler, PlatformGuest.Scratch, rbx);
-            a.mov(__dword_ptr[rsi], 0x10 + 2 * Gsi + 1);
-            a.mov(__dword_ptr[rsi + 0x10], 0);
-            a.mov(__dword_ptr[rsi], 0x10 + 2 * Gsi);
-            a.mov(__dword_ptr[rsi + 0x10], Vector);        // edge, unmasked; GSI 20 stays masked (reset)
+            PlatformGuest.InterruptHandler(a, Vector, counter: 16);
+            GuestInterruptSetup.RouteIoApicPin(a, rsi, Gsi, Vector);        // edge, unmasked; GSI 20 stays masked (reset)
             a.mov(rdi, Hpet.BaseAddress);
             a.mov(__qword_ptr[rdi + 0x100], (MaskedGsi << 9) | (1 << 2)); // timer 0: one-shot to the masked pin
             a.mov(__qword_ptr[rdi + 0x120], (Gsi << 9) | (1 << 2));       // timer 1: one-shot to GSI 21
@@ -74,29 +61,9 @@ public class HaltWakeTests
         const int Count = 11932, Interrupts = 4; // 10 ms periods
         var (status, vm, message) = PlatformGuest.Run(a =>
         {
-            var handler = a.CreateLabel();
-            var start = a.CreateLabel();
             var sleep = a.CreateLabel();
-            a.jmp(start);
-            a.Label(ref handler);
-            a.push(rax);
-            a.push(rdx);
-            PlatformGuest.ReadTsc(a);
-            a.mov(rdx, __qword_ptr[r15 + 16]);
-            a.mov(__qword_ptr[r15 + rdx * 8 + 24], rax);
-            a.inc(__qword_ptr[r15 + 16]);
-            a.mov(__dword_ptr[rbx + 0xB0], 0);
-            a.pop(rdx);
-            a.pop(rax);
-            a.iretq();
-            a.Label(ref start);
-            a.mov(rbx, 0xFEE0_0000UL);
-            a.mov(rsi, 0xFEC0_0000UL);
-            GuestInterruptSetup.Emit(a, PlatformGuest.Idt, Vector, handler, PlatformGuest.Scratch, rbx);
-            a.mov(__dword_ptr[rsi], 0x10 + 2 * Pit8254.Gsi + 1);
-            a.mov(__dword_ptr[rsi + 0x10], 0);
-            a.mov(__dword_ptr[rsi], 0x10 + 2 * Pit8254.Gsi);
-            a.mov(__dword_ptr[rsi + 0x10], Vector);
+            PlatformGuest.InterruptHandler(a, Vector, counter: 16, logTsc: true); // the TSC at each interrupt
+            GuestInterruptSetup.RouteIoApicPin(a, rsi, Pit8254.Gsi, Vector);
             a.mov(al, 0b00_11_010_0);                       // counter 0, LSB then MSB, mode 2
             a.@out((byte)Pit8254.ControlPort, al);
             a.mov(al, Count & 0xFF);

@@ -89,10 +89,7 @@ public class ServiceVmHostTests(Xunit.Abstractions.ITestOutputHelper output)
         a.mov(rbx, 0xFEE0_0000UL);
         a.mov(rsi, 0xFEC0_0000UL);
         GuestInterruptSetup.Emit(a, Idt, Vector, handler, Scratch, rbx);
-        a.mov(__dword_ptr[rsi], 0x10 + 2 * ServiceVmHost.EventChannelGsi + 1);
-        a.mov(__dword_ptr[rsi + 0x10], 0);
-        a.mov(__dword_ptr[rsi], 0x10 + 2 * ServiceVmHost.EventChannelGsi);
-        a.mov(__dword_ptr[rsi + 0x10], Vector);                // edge-triggered, active high, unmasked
+        GuestInterruptSetup.RouteIoApicPin(a, rsi, ServiceVmHost.EventChannelGsi, Vector); // edge-triggered, active high, unmasked
 
         Cpuid(a, UserCpuid);
         // The data: a pattern at both ends of the read-only frame, a secret in a frame never granted.

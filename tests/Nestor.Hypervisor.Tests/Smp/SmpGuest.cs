@@ -12,19 +12,36 @@ namespace Nestor.Hypervisor.Tests.Smp;
 /// BSP's CR3, EFER.LME, paging, far JMP to 64-bit code), takes a stack by its APIC ID, loads the BSP's IDT, enables its
 /// APIC, adds 1 to a shared counter with LOCK XADD, sends the BSP an IPI (vector 0x40) and idles in STI; HLT. The
 /// BSP waits for every AP's increment and IPI, then broadcasts vector 0x41 to all excluding self (each AP counts it),
-/// sends itself vector 0x42, and exits with status 0.</summary>
+/// sends itself vector 0x42, and exits with status 0.
+/// Before that exit comes a change of mapping seen by every vCPU: each AP reads the probe page (<see cref="Probe"/>)
+/// after counting itself, so that its TLB holds the page's translation; the BSP then writes <see cref="RemapPort"/>
+/// (where a test may install a device that changes what the VMM maps behind the probe page, <see cref="RemapDevice"/>),
+/// sets a go flag, and each AP reads the probe page again into its slot of <see cref="ProbeAfter"/> and counts itself
+/// done; the BSP waits for all of them.</summary>
 internal static class SmpGuest
 {
     /// <summary>Where the guest keeps its counters (a page of the free boot-data area).</summary>
     public const ulong Started = 0x5000, IpisToBsp = 0x5008, Broadcasts = 0x5010, SelfIpis = 0x5018, StartOrder = 0x5100;
+
+    /// <summary>The probe phase: the go flag, the count of APs done, the value each AP read from the probe page before
+    /// and after the BSP's remap request (by APIC ID, 8 bytes each), the probe page and the page whose frame a
+    /// <see cref="RemapDevice"/> maps behind it, their first quadwords, and the port of the request.</summary>
+    public const ulong Go = 0x5020, Done = 0x5028, ProbeBefore = 0x5200, ProbeAfter = 0x5300, Probe = 0x6000, Replacement = 0x7000;
+
+    /// <inheritdoc cref="Go"/>
+    public const ulong ProbeValue = 0x1111_1111_1111_1111, ReplacementValue = 0x2222_2222_2222_2222;
+
+    /// <inheritdoc cref="Go"/>
+    public const ushort RemapPort = 0xE8;
 
     private const ulong Trampoline = 0x8000, Protected = 0x8100, Long = 0x8200, Data = 0x8F00;
     private const ulong GdtPointer = Data, Gdt = Data + 0x10, IdtPointer = Data + 0xE0, Cr3Slot = Data + 0xF0, EntrySlot = Data + 0xF8;
     private const ulong Idt = 0x9000;
     private const uint Apic = 0xFEE0_0000;
 
-    public static VmConfig Config(int cpus, bool deterministic = false) => new()
+    public static VmConfig Config(int cpus, bool deterministic = false, Techniques.SimOptions? sim = null) => new()
     {
+        Sim = sim ?? new Techniques.SimOptions(),
         Kernel = GuestAssembler.Flat("smp", Kernel(cpus, out _)),
         MemoryBytes = 32UL << 20,
         Cpus = cpus,
@@ -52,6 +69,31 @@ internal static class SmpGuest
         vm.Memory.WriteUInt64(new(Gdt + 0x20), 0x00CF_9A00_0000_FFFFUL);
         vm.Memory.WriteUInt64(new(Cr3Slot), vm.InitialState.Cr3);
         vm.Memory.WriteUInt64(new(EntrySlot), apEntry);
+        vm.Memory.WriteUInt64(new(Probe), ProbeValue);
+        vm.Memory.WriteUInt64(new(Replacement), ReplacementValue);
+    }
+
+    /// <summary>The VMM's change of mapping on the BSP's request: the probe page is backed by the replacement page's host
+    /// frame from then on (<see cref="Paging.GuestPhysicalMap.Remap(Machine.Addresses.GuestPhysical, Machine.Addresses.HostPhysical)"/>,
+    /// which unmaps the nested entry and shoots down every vCPU's cached translations of it).</summary>
+    public sealed class RemapDevice(Vm vm) : IPortDevice
+    {
+        /// <summary>Remap requests served.</summary>
+        public int Remaps { get; private set; }
+
+        /// <inheritdoc/>
+        public string Name => "remap";
+
+        /// <inheritdoc/>
+        public uint Read(ushort port, int size) => 0;
+
+        /// <inheritdoc/>
+        public void Write(ushort port, int size, uint value)
+        {
+            var map = vm.Host.PhysicalMapOf(vm) ?? throw new InvalidOperationException("the VM runs without a VMM: there is no P2M to change");
+            map.Remap(new Machine.Addresses.GuestPhysical(Probe), map.Touch(new Machine.Addresses.GuestPhysical(Replacement)));
+            Remaps++;
+        }
     }
 
     private static void RealMode(Assembler a)
@@ -149,6 +191,14 @@ internal static class SmpGuest
             a.Label(ref waitSelf);
             a.cmp(__qword_ptr[(long)SelfIpis], 1);
             a.jne(waitSelf);
+            a.mov(dx, RemapPort);
+            a.@out(dx, al);                                // the VMM may change the probe page's mapping now
+            a.mov(__qword_ptr[(long)Go], 1);
+            var waitDone = a.CreateLabel();
+            a.Label(ref waitDone);
+            a.pause();
+            a.cmp(__qword_ptr[(long)Done], cpus - 1);
+            a.jne(waitDone);
             a.mov(dx, DebugExitPort.Port);
             a.xor(eax, eax);
             a.@out(dx, eax);
@@ -169,6 +219,8 @@ internal static class SmpGuest
             a.mov(eax, 1);
             a.@lock.xadd(__qword_ptr[(long)Started], rax);  // RAX: how many started before this one
             a.mov(__byte_ptr[rax + (long)StartOrder], bl);   // who came in which place
+            a.mov(rcx, __qword_ptr[(long)Probe]);           // the probe page's translation is now in this AP's TLB
+            a.mov(__qword_ptr[rbx * 8 + (long)ProbeBefore], rcx);
             // One IRR bit per vector (SDM Vol. 3A §10.8.4): IPIs of one vector sent before the BSP took the first would
             // merge, so each AP waits for the IPIs of those before it to be taken.
             var myTurn = a.CreateLabel();
@@ -180,6 +232,15 @@ internal static class SmpGuest
             a.mov(__dword_ptr[rax], 0);                    // to APIC 0
             a.mov(eax, Apic + 0x300);
             a.mov(__dword_ptr[rax], 0x0000_4040);          // fixed 0x40
+            a.sti();                                       // the broadcast comes while the AP waits to go
+            var waitGo = a.CreateLabel();
+            a.Label(ref waitGo);
+            a.pause();
+            a.cmp(__qword_ptr[(long)Go], 0);
+            a.je(waitGo);
+            a.mov(rcx, __qword_ptr[(long)Probe]);
+            a.mov(__qword_ptr[rbx * 8 + (long)ProbeAfter], rcx);
+            a.@lock.inc(__qword_ptr[(long)Done]);
             var idle = a.CreateLabel();
             a.Label(ref idle);
             a.sti();

@@ -80,9 +80,9 @@ public class SmpRunTests
         Assert.Throws<BadInputException>(() => new VmConfig { Kernel = kernel, Cpus = 0 }.Validate());
         var kvm = Assert.Throws<BadInputException>(() => new VmConfig { Kernel = kernel, Cpus = 2, Engine = EngineKind.Kvm }.Validate());
         Assert.Contains("software machine", kvm.Message);
-        var hw = Assert.Throws<BadInputException>(() =>
-            new VmConfig { Kernel = kernel, Cpus = 2, Sim = new SimOptions { Technique = Technique.HardwareAssist } }.Validate());
-        Assert.Contains("HardwareAssist", hw.Message);
+        var trap = Assert.Throws<BadInputException>(() =>
+            new VmConfig { Kernel = kernel, Cpus = 2, Sim = new SimOptions { Technique = Technique.TrapAndEmulate } }.Validate());
+        Assert.Contains("--technique trap", trap.Message);
         Assert.Throws<BadInputException>(() => new VmConfig { Kernel = kernel, Deterministic = true, Engine = EngineKind.Kvm }.Validate());
         new VmConfig { Kernel = kernel, Cpus = 16 }.Validate();
     }

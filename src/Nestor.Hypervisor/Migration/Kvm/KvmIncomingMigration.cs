@@ -39,19 +39,8 @@ public sealed class KvmIncomingMigration : IKvmRunObserver, IDisposable
     /// <exception cref="BadInputException">A bad address, or one that cannot be listened on.</exception>
     public static KvmIncomingMigration Listen(string address)
     {
-        var endpoint = MigrationSettings.ParseAddress(address, "--incoming");
-        var listener = new TcpListener(endpoint);
-        try
-        {
-            listener.Start(1);
-        }
-        catch (SocketException e)
-        {
-            listener.Dispose();
-            throw new BadInputException($"cannot listen on {address}: {e.Message}", "Give a free port of an address of this machine, e.g. tcp:127.0.0.1:4444");
-        }
-        var bound = (IPEndPoint)listener.LocalEndpoint;
-        return new KvmIncomingMigration(listener, $"tcp:{(bound.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{bound.Address}]" : bound.Address)}:{bound.Port}");
+        var listener = MigrationStream.Listen(address, out string bound);
+        return new KvmIncomingMigration(listener, bound);
     }
 
     /// <summary>The address listened on.</summary>

@@ -427,14 +427,11 @@ public sealed class KvmMigrationSource : IKvmRunObserver
         }
     }
 
-    // The link's rate: what the last rounds achieved, at most the limit.
     private double MeasuredBandwidth()
     {
         lock (gate)
         {
-            var last = rounds.LastOrDefault(r => r.Milliseconds > 1 && r.Bytes > 0);
-            double measured = last is null ? settings.MaxBandwidth : last.Bytes / (last.Milliseconds / 1000);
-            return Math.Min(measured, settings.MaxBandwidth);
+            return settings.MeasuredBandwidth(rounds);
         }
     }
 

@@ -3,6 +3,7 @@ using Iced.Intel;
 using Nestor.Hypervisor.BuiltIn;
 using Nestor.Hypervisor.Configuration;
 using Nestor.Hypervisor.Engines;
+using Nestor.Hypervisor.Hosting;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Hypervisor.Tests.Devices.Platform;
@@ -44,6 +45,38 @@ internal static class PlatformGuest
         a.rdtsc();
         a.shl(rdx, 32);
         a.or(rax, rdx);
+    }
+
+    /// <summary>Emits a handler for <paramref name="vector"/> that adds one to the slot at R15 + <paramref name="counter"/>
+    /// (with <paramref name="logTsc"/>, first storing the TSC at R15 + 24 + 8 × the count, the interrupt's arrival time)
+    /// and EOIs, jumps over it, and sets up the IDT and the local APIC (<see cref="GuestInterruptSetup.Emit"/>) with RBX
+    /// the local APIC's base and RSI the I/O APIC's, which the body goes on to use.</summary>
+    public static void InterruptHandler(Assembler a, int vector, int counter, bool logTsc = false)
+    {
+        var handler = a.CreateLabel();
+        var start = a.CreateLabel();
+        a.jmp(start);
+        a.Label(ref handler);
+        if (logTsc)
+        {
+            a.push(rax);
+            a.push(rdx);
+            ReadTsc(a);
+            a.mov(rdx, __qword_ptr[r15 + counter]);
+            a.mov(__qword_ptr[r15 + rdx * 8 + 24], rax);
+        }
+        a.inc(__qword_ptr[r15 + counter]);
+        a.mov(__dword_ptr[rbx + 0xB0], 0); // EOI
+        if (logTsc)
+        {
+            a.pop(rdx);
+            a.pop(rax);
+        }
+        a.iretq();
+        a.Label(ref start);
+        a.mov(rbx, 0xFEE0_0000UL);
+        a.mov(rsi, 0xFEC0_0000UL);
+        GuestInterruptSetup.Emit(a, Idt, vector, handler, Scratch, rbx);
     }
 
     public static string Ascii(ulong value, int length) => Encoding.ASCII.GetString(BitConverter.GetBytes(value), 0, length);

@@ -68,29 +68,9 @@ public class PlatformTimerTests
         const int Count = 1193, Interrupts = 5;
         var (status, vm, message) = PlatformGuest.Run(a =>
         {
-            var handler = a.CreateLabel();
-            var start = a.CreateLabel();
             var wait = a.CreateLabel();
-            a.jmp(start);
-            a.Label(ref handler);
-            a.push(rax);
-            a.push(rdx);
-            PlatformGuest.ReadTsc(a);
-            a.mov(rdx, __qword_ptr[r15 + 16]);
-            a.mov(__qword_ptr[r15 + rdx * 8 + 24], rax);  // the TSC at each interrupt
-            a.inc(__qword_ptr[r15 + 16]);
-            a.mov(__dword_ptr[rbx + 0xB0], 0);           // EOI
-            a.pop(rdx);
-            a.pop(rax);
-            a.iretq();
-            a.Label(ref start);
-            a.mov(rbx, 0xFEE0_0000UL);
-            a.mov(rsi, 0xFEC0_0000UL);
-            GuestInterruptSetup.Emit(a, PlatformGuest.Idt, Vector, handler, PlatformGuest.Scratch, rbx);
-            a.mov(__dword_ptr[rsi], 0x10 + 2 * Pit8254.Gsi + 1);
-            a.mov(__dword_ptr[rsi + 0x10], 0);
-            a.mov(__dword_ptr[rsi], 0x10 + 2 * Pit8254.Gsi);
-            a.mov(__dword_ptr[rsi + 0x10], Vector);     // edge, active high, unmasked
+            PlatformGuest.InterruptHandler(a, Vector, counter: 16, logTsc: true); // the TSC at each interrupt
+            GuestInterruptSetup.RouteIoApicPin(a, rsi, Pit8254.Gsi, Vector);     // edge, active high, unmasked
             a.mov(al, 0b00_11_010_0);                   // counter 0, LSB then MSB, mode 2
             a.@out((byte)Pit8254.ControlPort, al);
             a.mov(al, Count & 0xFF);
@@ -162,23 +142,10 @@ public class PlatformTimerTests
         const int Gsi = 20;
         var (status, vm, message) = PlatformGuest.Run(a =>
         {
-            var handler = a.CreateLabel();
-            var start = a.CreateLabel();
             var spin = a.CreateLabel();
             var wait = a.CreateLabel();
-            a.jmp(start);
-            a.Label(ref handler);
-            a.inc(__qword_ptr[r15 + 32]);
-            a.mov(__dword_ptr[rbx + 0xB0], 0);
-            a.iretq();
-            a.Label(ref start);
-            a.mov(rbx, 0xFEE0_0000UL);
-            a.mov(rsi, 0xFEC0_0000UL);
-            GuestInterruptSetup.Emit(a, PlatformGuest.Idt, Vector, handler, PlatformGuest.Scratch, rbx);
-            a.mov(__dword_ptr[rsi], 0x10 + 2 * Gsi + 1);
-            a.mov(__dword_ptr[rsi + 0x10], 0);
-            a.mov(__dword_ptr[rsi], 0x10 + 2 * Gsi);
-            a.mov(__dword_ptr[rsi + 0x10], Vector);
+            PlatformGuest.InterruptHandler(a, Vector, counter: 32);
+            GuestInterruptSetup.RouteIoApicPin(a, rsi, Gsi, Vector);
             a.mov(rdi, Hpet.BaseAddress);
             a.mov(rax, __qword_ptr[rdi]);                // capabilities
             a.mov(__qword_ptr[r15], rax);

@@ -91,10 +91,7 @@ internal sealed class VirtioGuest
             return;
         }
         GuestInterruptSetup.Emit(a, Idt, Vector, handler, Scratch, rbx);
-        a.mov(__dword_ptr[rsi], 0x10 + 2 * Gsi + 1);
-        a.mov(__dword_ptr[rsi + 0x10], 0);
-        a.mov(__dword_ptr[rsi], 0x10 + 2 * Gsi);
-        a.mov(__dword_ptr[rsi + 0x10], Vector | (1u << 15)); // level-triggered, active high, unmasked
+        GuestInterruptSetup.RouteIoApicPin(a, rsi, Gsi, Vector | (1u << 15)); // level-triggered, active high, unmasked
     }
 
     /// <summary>§3.1.1: reset, ACKNOWLEDGE, DRIVER, read the features, write <paramref name="driverFeatures"/>,
