@@ -176,7 +176,9 @@ public sealed partial class Cpu
                         return null;
                     }
                     Counters.SoftwareInterrupts++;
-                    // A software interrupt is a trap: the saved RIP is the next instruction.
+                    // A software interrupt is a trap: the saved RIP is the next instruction. It enters its handler
+                    // with TF clear and is not followed by a single-step trap (QEMU's behaviour; SDM Vol. 3B §17.3.1.4).
+                    singleStepTrap = 0;
                     if (!Deliver((ExceptionVector)vector, 0, false, 0, software: i.Mnemonic == Mnemonic.Int, Rip))
                     {
                         return StopReason.Shutdown;
@@ -389,6 +391,7 @@ public sealed partial class Cpu
             Cs = new Segment { Selector = selector, Limit = 0xFFFF_FFFF, Attributes = FlatCode32 };
             Ss = new Segment { Selector = (ushort)(selector + 8), Limit = 0xFFFF_FFFF, Attributes = FlatData };
             Rip = (uint)Star;
+            singleStepTrap = Rflags & FlagBits.Trap;
             return null;
         }
         ulong target = Bitness == 64 ? LongStar : CompatibilityStar;
@@ -399,6 +402,9 @@ public sealed partial class Cpu
         Cs = new Segment { Selector = selector, Limit = 0xFFFF_FFFF, Attributes = FlatCode64 };
         Ss = new Segment { Selector = (ushort)(selector + 8), Limit = 0xFFFF_FFFF, Attributes = FlatData };
         Rip = target;
+        // The single-step trap follows SYSCALL only if TF survives IA32_FMASK (the flags it leaves, not those it began
+        // with: QEMU's TCG rechecks TF after SYSCALL; kvm-unit-tests' syscall "TF handling" checks it).
+        singleStepTrap = Rflags & FlagBits.Trap;
         return null;
     }
 
@@ -443,6 +449,9 @@ public sealed partial class Cpu
             : new Segment { Selector = (ushort)(selector | 3), Limit = 0xFFFF_FFFF, Attributes = FlatCode32 | UserDpl };
         Ss = new Segment { Selector = (ushort)((selector + 8) | 3), Limit = 0xFFFF_FFFF, Attributes = FlatData | UserDpl };
         Rip = target;
+        // A SYSRET that loads TF traps at once, in user mode, unlike IRET (the flags it leaves decide, as QEMU's TCG
+        // rechecks TF after SYSRET and Linux's entry code documents of hardware).
+        singleStepTrap = Rflags & FlagBits.Trap;
         return null;
     }
 
