@@ -49,7 +49,7 @@ public sealed class Vm : IDisposable
         {
             var apic = Nestor.Machine.Processor.LocalApicState.Reset;
             apic.Id = (uint)i;
-            vcpus[i] = new Vcpu(i, Nestor.Machine.Processor.Cpu.InitState(apic));
+            vcpus[i] = new Vcpu(i, Nestor.Machine.Processor.Cpu.InitState(apic, config.CpuModel));
         }
         Vcpus = vcpus;
         PcPlatform = Devices.Platform.PcPlatform.Attach(this);

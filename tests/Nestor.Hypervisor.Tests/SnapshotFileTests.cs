@@ -21,8 +21,10 @@ public class SnapshotFileTests
     private const long Sectors = 2048;
     private const long StopAt = 3_000_000;
 
-    private static Vm NewVm(MemoryBlockBackend disk, ulong memory = 64UL << 20, string commandLine = "") => Vm.Create(new VmConfig
+    private static Vm NewVm(MemoryBlockBackend disk, ulong memory = 64UL << 20, string commandLine = "",
+        Nestor.Machine.Processor.ProcessorModel? cpuModel = null) => Vm.Create(new VmConfig
     {
+        CpuModel = cpuModel ?? Nestor.Machine.Processor.ProcessorModel.Intel,
         Kernel = new KernelImageSource("nestoros", BuiltInGuests.NestorOS(), KernelFormat.Elf),
         MemoryBytes = memory,
         CommandLine = commandLine,
@@ -212,6 +214,22 @@ public class SnapshotFileTests
     }
 
     [Fact]
+    public void Another_processor_model_is_refused_naming_both_and_the_option()
+    {
+        // The model is configuration (docs/cpu-model.md "Processor models"): a guest that read CPUID's vendor and
+        // took that vendor's paths cannot continue on the other.
+        var e = RefusedOnRestore(_ => new SimEngine(), cpuModel: Nestor.Machine.Processor.ProcessorModel.Amd);
+        Assert.Equal(SnapshotRefusal.WrongConfiguration, e.Refusal);
+        Assert.Contains("taken on the intel processor model, and this VM's is amd", e.Message);
+        Assert.Contains("--cpu-model intel", e.Advice);
+        using var amd = NewVm(Disk(), cpuModel: Nestor.Machine.Processor.ProcessorModel.Amd);
+        string text = SnapshotFile.ConfigurationText(amd, null);
+        Assert.Contains("cpu-model=amd\n", text);
+        Assert.Equal("amd", SnapshotFile.CpuModelOf(text));
+        Assert.Equal("intel", SnapshotFile.CpuModelOf(SnapshotFile.Decode(Taken.Value).Header.Configuration));
+    }
+
+    [Fact]
     public void A_disk_changed_since_the_snapshot_is_refused_naming_it()
     {
         var disk = Disk();
@@ -261,9 +279,9 @@ public class SnapshotFileTests
     /// <paramref name="disk"/>) and engine, expecting a refusal; checks that the VM kept its boot state and the
     /// snapshot its bytes.</summary>
     private static SnapshotFormatException RefusedOnRestore(Func<Vm, IEngine> engineFor, ulong memory = 64UL << 20, string commandLine = "",
-        MemoryBlockBackend? disk = null)
+        MemoryBlockBackend? disk = null, Nestor.Machine.Processor.ProcessorModel? cpuModel = null)
     {
-        using var vm = NewVm(disk ?? Disk(), memory, commandLine);
+        using var vm = NewVm(disk ?? Disk(), memory, commandLine, cpuModel);
         var engine = engineFor(vm);
         try
         {

@@ -97,9 +97,15 @@ internal static class RunCommand
         var cpus = TypedOptions.Integer("--cpus", $"vCPUs (1 to {VmConfig.MaximumCpus}): vCPU 0 boots the kernel, the others wait for INIT and start-up IPIs; --engine sim",
             1, VmConfig.MaximumCpus, $"a number of vCPUs from 1 to {VmConfig.MaximumCpus}", "2");
         var deterministic = new Option<bool>("--deterministic") { Description = "Interleave the vCPUs the same way every run (sim's one-thread interleaving, docs/cpu-model.md), so that results repeat" };
+        var cpuModel = new Option<string>("--cpu-model")
+        {
+            Description = "The software machine's processor: intel (GenuineIntel, Broadwell-class; the default) or amd (AuthenticAMD, " +
+                          "Opteron-class: SYSCALL in compatibility mode, no SYSENTER in long mode); --engine sim (docs/cpu-model.md)",
+            DefaultValueFactory = _ => "intel",
+        };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
-            snapshotAt, snapshotOnSignal, restore, memFile, cpus, deterministic,
+            snapshotAt, snapshotOnSignal, restore, memFile, cpus, deterministic, cpuModel,
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
             technique, mmu, nestedPages, disk, virtioConsole, balloon, balloonTarget, serviceVm, serviceDisk, serviceMemory, serviceCommandLine, module, platformDevice,
         };
@@ -150,6 +156,7 @@ internal static class RunCommand
                 Migration = migration,
                 Cpus = parse.GetValue(cpus) ?? 1,
                 Deterministic = parse.GetValue(deterministic),
+                CpuModel = parse.GetValue(cpuModel)!,
             }, parse.GetValue(verbose));
         });
         return command;
@@ -207,6 +214,9 @@ internal static class RunCommand
 
         /// <summary>--migrate-to or --incoming on KVM.</summary>
         public KvmMigrationPlan? Migration { get; init; }
+
+        /// <summary>--cpu-model intel|amd.</summary>
+        public string CpuModel { get; init; } = "intel";
 
         /// <summary>--cpus N.</summary>
         public int Cpus { get; init; } = 1;
@@ -337,6 +347,9 @@ internal static class RunCommand
                 BalloonTargetPages = BalloonTargetPages(o),
                 Cpus = o.Cpus,
                 Deterministic = o.Deterministic,
+                CpuModel = Nestor.Machine.Processor.ProcessorModel.Named(o.CpuModel) ?? throw new BadInputException(
+                    $"unknown processor model '{o.CpuModel}': the software machine is intel or amd",
+                    "Give --cpu-model intel (the default) or --cpu-model amd"),
             };
             using var vm = Vm.Create(config);
             if (!o.Force && engineKind == EngineKind.Kvm)

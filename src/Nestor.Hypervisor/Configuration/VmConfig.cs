@@ -190,6 +190,11 @@ public sealed class VmConfig
     /// boots the kernel; the others are application processors waiting for a start-up IPI (SDM Vol. 3A §8.4).</summary>
     public int Cpus { get; init; } = 1;
 
+    /// <summary><c>--cpu-model intel|amd</c>: which processor the software machine is (CPUID's identity and the
+    /// vendor's behaviours, docs/cpu-model.md "Processor models"); Intel by default. The software machine only: on KVM
+    /// the processor is the host's.</summary>
+    public Nestor.Machine.Processor.ProcessorModel CpuModel { get; init; } = Nestor.Machine.Processor.ProcessorModel.Intel;
+
     /// <summary><c>--deterministic</c>: the run must interleave its vCPUs, and so end, the same way every time; the
     /// software machine only (KVM's vCPUs run when the host schedules them).</summary>
     public bool Deterministic { get; init; }
@@ -274,6 +279,11 @@ public sealed class VmConfig
         if (Cpus > 1 && Techniques.TechniqueRules.SeveralVcpusRefusal(Sim.Technique, Sim.Memory) is { } refusal)
         {
             throw new BadInputException($"--cpus {Cpus}: {refusal.Message}", refusal.Hint);
+        }
+        if (CpuModel != Nestor.Machine.Processor.ProcessorModel.Intel && Engine != EngineKind.Sim)
+        {
+            throw new BadInputException($"--cpu-model {CpuModel.Name} chooses the software machine's processor: on KVM the guest sees the host's",
+                "Add --engine sim, or drop --cpu-model");
         }
         if (Deterministic && Engine != EngineKind.Sim)
         {

@@ -142,8 +142,8 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         var pool = options.Technique == Technique.Native ? null : vm.Host.FramePool;
         var memory = pool?.Memory ?? new PhysicalMemory(vm.Memory.Regions.Select(r => (r.Region.Start.Value, r.Region.Length, r.Backing.Address)));
         ulong top = pool?.Memory.Limit ?? vm.Memory.Regions.Max(r => r.Region.End.Value);
-        var platform = new VmPlatform(vm, control, new SoftwareCpuidModel(options.Technique == Technique.Paravirtual) { SplitDriver = vm.SplitDriver is not null });
-        var machine = cpu = new Cpu(memory, platform, options.Mmu, top);
+        var platform = new VmPlatform(vm, control, new SoftwareCpuidModel(options.Technique == Technique.Paravirtual, vm.Config.CpuModel) { SplitDriver = vm.SplitDriver is not null });
+        var machine = cpu = new Cpu(memory, platform, options.Mmu, top) { Model = vm.Config.CpuModel };
         // The vCPU's state as the VM holds it: at the kernel's entry, or where the last run (or a snapshot) left it.
         var vcpu = vm.Vcpus[0];
         cpu.LoadState(in vcpu.State);
@@ -155,7 +155,7 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         cpus[0] = machine;
         for (int i = 1; i < cpus.Length; i++)
         {
-            cpus[i] = new Cpu(memory, platform, options.Mmu, top);
+            cpus[i] = new Cpu(memory, platform, options.Mmu, top) { Model = vm.Config.CpuModel };
             cpus[i].LoadState(in vm.Vcpus[i].State);
         }
         Cpu.ShareMemory(cpus);

@@ -2,8 +2,9 @@ using Nestor.Machine.Processor;
 
 namespace Nestor.Hypervisor.Engines;
 
-/// <summary>The CPUID the software machine reports: an Intel processor (<see cref="ProcessorModel"/>: vendor
-/// <c>GenuineIntel</c>, family 6 model 0x3D stepping 4, a Broadwell-U signature) with exactly the features the model
+/// <summary>The CPUID the software machine reports: by default an Intel processor (<see cref="ProcessorModel.Intel"/>:
+/// vendor <c>GenuineIntel</c>, family 6 model 0x3D stepping 4, a Broadwell-U signature), or with <c>--cpu-model amd</c>
+/// an AMD Opteron-class one (<see cref="ProcessorModel.Amd"/>), with exactly the features the model
 /// implements, so a guest that checks CPUID (as it must, Intel SDM Vol. 2A "CPUID", Tables 3-8 to 3-11) takes the
 /// Intel paths and never one the machine cannot run. The bits derive from the instruction table
 /// (<see cref="CpuidFeatures.Reported"/>): an instruction feature is reported when every instruction of it has a row
@@ -16,10 +17,11 @@ namespace Nestor.Hypervisor.Engines;
 /// machine and check that each not-advertised one raises #UD.</summary>
 public static class SoftwareCpuid
 {
-    /// <summary>The CPU's vendor string (leaf 0).</summary>
-    public const string Vendor = ProcessorModel.Vendor;
+    /// <summary>The default (Intel) model's vendor string (leaf 0).</summary>
+    public static string Vendor => ProcessorModel.Intel.Vendor;
 
-    /// <summary>The highest basic leaf: 0xA, the architectural performance-monitoring leaf (which says there is none).</summary>
+    /// <summary>The Intel model's highest basic leaf: 0xA, the architectural performance-monitoring leaf (which says
+    /// there is none). The AMD model's is 7 (<see cref="ProcessorModel.HighestBasicLeaf"/>).</summary>
     public const uint HighestBasicLeaf = 0xA;
 
     /// <summary>The highest extended leaf: 0x80000008 (address sizes).</summary>
@@ -57,6 +59,12 @@ public static class SoftwareCpuid
 
     private static readonly uint[] Leaf1 = Bits(1), Leaf7 = Bits(7), Extended1 = Bits(0x8000_0001);
 
+    // Leaf 0x80000001 EDX on AMD repeats these leaf-1 EDX bits at the same positions (APM Vol. 3 Appendix E.4.2:
+    // FPU, VME, DE, PSE, TSC, MSR, PAE, MCE, CX8, APIC, MTRR, PGE, MCA, CMOV, PAT, PSE36, MMX, FXSR); Intel defines
+    // none of them there (SDM Vol. 2A Table 3-8). Only those the machine reports in leaf 1 are set.
+    private const uint AmdMirroredLeaf1Edx = 0x0183_F3FF;
+    private static readonly uint AmdExtended1Edx = Extended1[3] | (Leaf1[3] & AmdMirroredLeaf1Edx);
+
     private static uint[] Bits(uint leaf)
     {
         var registers = new uint[4];
@@ -72,22 +80,35 @@ public static class SoftwareCpuid
 
     /// <summary>CPUID for leaf EAX, subleaf ECX. <paramref name="paravirtual"/>: leaf 0x40000001 announces the
     /// paravirtual interface (docs/paravirt.md).</summary>
-    public static (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf, bool paravirtual)
+    public static (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf, bool paravirtual) =>
+        Query(ProcessorModel.Intel, leaf, subleaf, paravirtual);
+
+    /// <summary>CPUID of <paramref name="model"/> for leaf EAX, subleaf ECX: the same features, the model's identity
+    /// and the leaves its vendor defines.</summary>
+    public static (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(ProcessorModel model, uint leaf, uint subleaf, bool paravirtual)
     {
-        // A leaf above the highest basic or extended one returns the highest basic leaf's data on Intel processors
-        // (SDM Vol. 2A, CPUID, "If a value entered for CPUID.EAX is higher than the maximum input value…"); the
-        // hypervisor range 0x40000000–0x4FFFFFFF is the hypervisor's own.
-        if (leaf is > HighestBasicLeaf and < 0x4000_0000 || leaf > HighestExtendedLeaf || leaf is >= 0x5000_0000 and < 0x8000_0000)
+        uint highestBasic = model.HighestBasicLeaf;
+        bool outOfRange = leaf is > HighestExtendedLeaf or (>= 0x5000_0000 and < 0x8000_0000) || (leaf > highestBasic && leaf < 0x4000_0000);
+        if (outOfRange)
         {
-            leaf = HighestBasicLeaf;
+            // A leaf above the highest basic or extended one returns the highest basic leaf's data on Intel processors
+            // (SDM Vol. 2A, CPUID, "If a value entered for CPUID.EAX is higher than the maximum input value…"), and
+            // zeros on AMD's (APM Vol. 3 Appendix E.2: an unsupported function returns 0 in EAX, EBX, ECX, EDX); the
+            // hypervisor range 0x40000000–0x4FFFFFFF is the hypervisor's own.
+            if (model.IsAmd)
+            {
+                return (0, 0, 0, 0);
+            }
+            leaf = highestBasic;
         }
-        string brand = ProcessorModel.BrandString;
+        string brand = model.BrandString;
+        string vendor = model.Vendor;
         return leaf switch
         {
             // The highest basic leaf; the vendor in EBX, EDX, ECX order.
-            0 => (HighestBasicLeaf, Word(Vendor, 0), Word(Vendor, 8), Word(Vendor, 4)),
+            0 => (highestBasic, Word(vendor, 0), Word(vendor, 8), Word(vendor, 4)),
             // The signature; EBX: CLFLUSH line size in 8-byte units (bits 15:8), initial APIC ID 0 (bits 31:24).
-            1 => (ProcessorModel.Signature,
+            1 => (model.Signature,
                   ProcessorModel.Has(CpuFeature.CacheLineFlush) ? (uint)(ProcessorModel.CacheLineBytes / 8) << 8 : 0,
                   Leaf1[2], Leaf1[3]),
             // Subleaf 0: EAX the highest subleaf (0).
@@ -96,6 +117,8 @@ public static class SoftwareCpuid
             KvmEngine.HypervisorLeaf => (KvmEngine.HypervisorLeaf + 1, Word(KvmEngine.HypervisorSignature, 0),
                 Word(KvmEngine.HypervisorSignature, 4), Word(KvmEngine.HypervisorSignature, 8)),
             0x8000_0000 => (HighestExtendedLeaf, 0, 0, 0),
+            // AMD repeats the signature in EAX and mirrors leaf 1's EDX bits (above); Intel's EAX is reserved (0).
+            0x8000_0001 when model.IsAmd => (model.Signature, Extended1[1], Extended1[2], AmdExtended1Edx),
             0x8000_0001 => (0, Extended1[1], Extended1[2], Extended1[3]),
             // The brand string, 16 bytes a leaf, zero-padded to 48.
             >= 0x8000_0002 and <= 0x8000_0004 => BrandLeaf(brand, (int)(leaf - 0x8000_0002) * 16),

@@ -81,6 +81,14 @@ public static class SnapshotFile
     /// <summary>Bytes before the engine byte: magic, version, reserved, length.</summary>
     private const int PrefixBytes = 20;
 
+    private const string CpuModelKey = "cpu-model=";
+
+    /// <summary>The processor model a configuration text names (<c>intel</c> when it names none).</summary>
+    public static string CpuModelOf(string configuration) =>
+        configuration.Split('\n').FirstOrDefault(l => l.StartsWith(CpuModelKey, StringComparison.Ordinal)) is { } line
+            ? line[CpuModelKey.Length..]
+            : Nestor.Machine.Processor.ProcessorModel.Intel.Name;
+
     /// <summary>The configuration of <paramref name="vm"/> run by <paramref name="options"/> as text, one
     /// <c>key=value</c> a line: everything a restore must match for the saved state to mean the same thing.</summary>
     public static string ConfigurationText(Vm vm, SimOptions? options)
@@ -97,6 +105,11 @@ public static class SnapshotFile
         text.Append("cmdline=").Append(c.CommandLine).Append('\n');
         text.Append("memory=").Append(c.MemoryBytes).Append('\n');
         text.Append("engine=").Append(c.Engine == EngineKind.Sim ? "sim" : "kvm").Append('\n');
+        // Only a model other than the default is written, so that snapshots taken before models existed still match.
+        if (c.CpuModel != Nestor.Machine.Processor.ProcessorModel.Intel)
+        {
+            text.Append(CpuModelKey).Append(c.CpuModel.Name).Append('\n');
+        }
         if (options is not null)
         {
             text.Append("technique=").Append(options.Name).Append('\n');
@@ -425,6 +438,13 @@ public static class SnapshotFile
             throw new SnapshotFormatException(
                 $"wrong configuration: the snapshot was taken under technique {h.TechniqueName}{(h.LargeNestedPages ? " with 2 MiB nested pages" : "")}, and this VM runs {o.Name}{(o.LargeNestedPages ? " with 2 MiB nested pages" : "")}",
                 SnapshotRefusal.WrongConfiguration, "Restore it with the --technique, --mmu and --nested-pages it was taken with ('nestor snapshot info FILE' shows them)");
+        }
+        string savedModel = CpuModelOf(h.Configuration);
+        if (savedModel != vm.Config.CpuModel.Name)
+        {
+            throw new SnapshotFormatException(
+                $"wrong configuration: the snapshot was taken on the {savedModel} processor model, and this VM's is {vm.Config.CpuModel.Name} (a guest that has read CPUID cannot change vendor)",
+                SnapshotRefusal.WrongConfiguration, $"Restore it with --cpu-model {savedModel}");
         }
         string configuration = ConfigurationText(vm, sim?.Options);
         if (configuration != h.Configuration)

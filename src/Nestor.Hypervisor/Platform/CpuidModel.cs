@@ -12,16 +12,20 @@ public interface ICpuidModel
 }
 
 /// <summary>The software machine's CPUID: the features the model implements and no others
-/// (<see cref="SoftwareCpuid"/>), with the paravirtual interface announced under paravirtualization.</summary>
-public sealed class SoftwareCpuidModel(bool paravirtual) : ICpuidModel
+/// (<see cref="SoftwareCpuid"/>), with the paravirtual interface announced under paravirtualization, as the
+/// VM's processor model (<paramref name="model"/>, Intel by default) identifies itself.</summary>
+public sealed class SoftwareCpuidModel(bool paravirtual, Nestor.Machine.Processor.ProcessorModel? model = null) : ICpuidModel
 {
+    /// <summary>The processor model whose identity CPUID reports.</summary>
+    public Nestor.Machine.Processor.ProcessorModel Model { get; } = model ?? Nestor.Machine.Processor.ProcessorModel.Intel;
+
     /// <summary>Leaf 0x40000001 EAX bit 1 announces the split driver's hypercalls (a VM of <c>--service-vm</c>).</summary>
     public bool SplitDriver { get; init; }
 
     /// <inheritdoc/>
     public (uint Eax, uint Ebx, uint Ecx, uint Edx) Query(uint leaf, uint subleaf)
     {
-        var result = SoftwareCpuid.Query(leaf, subleaf, paravirtual);
+        var result = SoftwareCpuid.Query(Model, leaf, subleaf, paravirtual);
         if (leaf == Nestor.Hypervisor.Engines.KvmEngine.HypervisorLeaf + 1 && SplitDriver)
         {
             result.Eax |= ServiceVm.SplitDriverDomain.CpuidBit;

@@ -176,7 +176,9 @@ public sealed partial class Cpu
                         return null;
                     }
                     Counters.SoftwareInterrupts++;
-                    // A software interrupt is a trap: the saved RIP is the next instruction.
+                    // A software interrupt is a trap: the saved RIP is the next instruction. It enters its handler
+                    // with TF clear and is not followed by a single-step trap (QEMU's behaviour; SDM Vol. 3B §17.3.1.4).
+                    singleStepTrap = 0;
                     if (!Deliver((ExceptionVector)vector, 0, false, 0, software: i.Mnemonic == Mnemonic.Int, Rip))
                     {
                         return StopReason.Shutdown;
@@ -369,22 +371,40 @@ public sealed partial class Cpu
 
     /// <summary>SYSCALL (SDM Vol. 2B): RCX ← RIP, R11 ← RFLAGS, RFLAGS &amp;= ~IA32_FMASK, CS ← STAR[47:32] (flat 64-bit
     /// code, DPL 0), SS ← STAR[47:32] + 8, RIP ← IA32_LSTAR. On an Intel processor it exists in 64-bit mode only: #UD
-    /// in compatibility and legacy mode, as without EFER.SCE.</summary>
+    /// in compatibility and legacy mode, as without EFER.SCE. The AMD model follows APM Vol. 3 SYSCALL instead: in
+    /// compatibility mode the same but RIP ← IA32_CSTAR (64-bit code is entered all the same), and outside long mode
+    /// the legacy form: ECX ← EIP, CS/SS from STAR[47:32] as flat 32-bit segments, RFLAGS.VM, IF, RF cleared,
+    /// EIP ← STAR[31:0].</summary>
     private StopReason? SystemCall()
     {
-        if ((Efer & Architecture.Efer.SystemCallEnable) == 0 || Bitness != 64)
+        if ((Efer & Architecture.Efer.SystemCallEnable) == 0 || (Bitness != 64 && !Model.IsAmd))
         {
             throw GuestFault.InvalidOpcode();
         }
         Counters.SystemCalls++;
+        ushort selector = (ushort)((Star >> 32) & 0xFFFC);
+        if ((Efer & Architecture.Efer.LongModeActive) == 0)
+        {
+            // AMD's SYSCALL_LEGACY_MODE (APM Vol. 3): R11 is untouched and IA32_FMASK is not applied.
+            Registers[Rcx] = (uint)Rip;
+            Rflags &= ~(FlagBits.Virtual8086 | FlagBits.Interrupt | FlagBits.Resume);
+            Cs = new Segment { Selector = selector, Limit = 0xFFFF_FFFF, Attributes = FlatCode32 };
+            Ss = new Segment { Selector = (ushort)(selector + 8), Limit = 0xFFFF_FFFF, Attributes = FlatData };
+            Rip = (uint)Star;
+            singleStepTrap = Rflags & FlagBits.Trap;
+            return null;
+        }
+        ulong target = Bitness == 64 ? LongStar : CompatibilityStar;
         Registers[Rcx] = Rip;
         Registers[11] = Rflags;
         Rflags &= ~SyscallFlagMask;
         Rflags |= Rflags_Reserved;
-        ushort selector = (ushort)((Star >> 32) & 0xFFFC);
         Cs = new Segment { Selector = selector, Limit = 0xFFFF_FFFF, Attributes = FlatCode64 };
         Ss = new Segment { Selector = (ushort)(selector + 8), Limit = 0xFFFF_FFFF, Attributes = FlatData };
-        Rip = LongStar;
+        Rip = target;
+        // The single-step trap follows SYSCALL only if TF survives IA32_FMASK (the flags it leaves, not those it began
+        // with: QEMU's TCG rechecks TF after SYSCALL; kvm-unit-tests' syscall "TF handling" checks it).
+        singleStepTrap = Rflags & FlagBits.Trap;
         return null;
     }
 
@@ -395,34 +415,53 @@ public sealed partial class Cpu
     /// <summary>SYSRET (SDM Vol. 2B), #UD outside 64-bit mode or without EFER.SCE, #GP(0) at CPL &gt; 0. With REX.W
     /// (SYSRETQ) to 64-bit code: CS ← STAR[63:48] + 16, RIP ← RCX (canonical, else #GP(0) at CPL 0 as Intel parts do);
     /// without it to compatibility mode: CS ← STAR[63:48] as 32-bit code, EIP ← ECX. Both: SS ← STAR[63:48] + 8, RPL 3,
-    /// RFLAGS ← (R11 &amp; 3C7FD7H) | 2.</summary>
+    /// RFLAGS ← (R11 &amp; 3C7FD7H) | 2. The AMD model (APM Vol. 3 SYSRET): also valid in compatibility mode and, in
+    /// its legacy form, outside long mode (#GP(0) in real mode; CS/SS from STAR[63:48] as 32-bit, RFLAGS.IF set, EIP ←
+    /// ECX); RCX is not checked, so a non-canonical return address faults at CPL 3, when it is fetched.</summary>
     private StopReason? SystemReturn(bool to64)
     {
-        if ((Efer & Architecture.Efer.SystemCallEnable) == 0 || Bitness != 64)
+        bool amd = Model.IsAmd;
+        if ((Efer & Architecture.Efer.SystemCallEnable) == 0 || (Bitness != 64 && !amd))
         {
             throw GuestFault.InvalidOpcode();
         }
+        if (amd && (Efer & Architecture.Efer.LongModeActive) == 0 && (Cr0 & Architecture.Cr0.ProtectionEnable) == 0)
+        {
+            throw GuestFault.GeneralProtection();
+        }
         RequirePrivilege0();
         ulong target = to64 ? Registers[Rcx] : (uint)Registers[Rcx];
-        if (!IsCanonical(target))
+        if (!amd && !IsCanonical(target))
         {
             throw GuestFault.GeneralProtection();
         }
         ushort selector = (ushort)((Star >> 48) & 0xFFFC);
-        Rflags = (Registers[11] & 0x3C_7FD7) | Rflags_Reserved;
+        if ((Efer & Architecture.Efer.LongModeActive) == 0)
+        {
+            Rflags |= FlagBits.Interrupt;
+        }
+        else
+        {
+            Rflags = (Registers[11] & 0x3C_7FD7) | Rflags_Reserved;
+        }
         Cs = to64
             ? new Segment { Selector = (ushort)((selector + 16) | 3), Limit = 0xFFFF_FFFF, Attributes = FlatCode64 | UserDpl }
             : new Segment { Selector = (ushort)(selector | 3), Limit = 0xFFFF_FFFF, Attributes = FlatCode32 | UserDpl };
         Ss = new Segment { Selector = (ushort)((selector + 8) | 3), Limit = 0xFFFF_FFFF, Attributes = FlatData | UserDpl };
         Rip = target;
+        // A SYSRET that loads TF traps at once, in user mode, unlike IRET (the flags it leaves decide, as QEMU's TCG
+        // rechecks TF after SYSRET and Linux's entry code documents of hardware).
+        singleStepTrap = Rflags & FlagBits.Trap;
         return null;
     }
 
     /// <summary>SYSENTER (SDM Vol. 2B; Vol. 3A §5.8.7): #GP(0) if IA32_SYSENTER_CS[15:2] is 0; else RFLAGS.VM, IF and RF
     /// clear, CPL 0 with CS ← SYSENTER_CS (64-bit code in IA-32e mode, else 32-bit), SS ← SYSENTER_CS + 8, RSP ←
-    /// IA32_SYSENTER_ESP, RIP ← IA32_SYSENTER_EIP (their low 32 bits outside IA-32e mode).</summary>
+    /// IA32_SYSENTER_ESP, RIP ← IA32_SYSENTER_EIP (their low 32 bits outside IA-32e mode). The AMD model: #UD in long
+    /// mode (APM Vol. 3 SYSENTER: "not recognized in long mode"), legacy mode only.</summary>
     private StopReason? SystemEnter()
     {
+        RefuseInLongModeOnAmd();
         ushort selector = (ushort)(SysenterCs & 0xFFFC);
         if (selector == 0)
         {
@@ -440,9 +479,10 @@ public sealed partial class Cpu
 
     /// <summary>SYSEXIT (SDM Vol. 2B): #GP(0) if IA32_SYSENTER_CS[15:2] is 0 or CPL &gt; 0. To CPL 3: with REX.W
     /// (SYSEXITQ) 64-bit code CS ← SYSENTER_CS + 32, SS ← + 40, RSP ← RCX, RIP ← RDX (canonical, else #GP(0));
-    /// without it 32-bit code CS ← SYSENTER_CS + 16, SS ← + 24, ESP ← ECX, EIP ← EDX.</summary>
+    /// without it 32-bit code CS ← SYSENTER_CS + 16, SS ← + 24, ESP ← ECX, EIP ← EDX. #UD in long mode on AMD.</summary>
     private StopReason? SystemExit(bool to64)
     {
+        RefuseInLongModeOnAmd();
         ushort selector = (ushort)(SysenterCs & 0xFFFC);
         RequirePrivilege0();
         if (selector == 0)
@@ -461,6 +501,16 @@ public sealed partial class Cpu
         Registers[Rsp] = to64 ? Registers[Rcx] : (uint)Registers[Rcx];
         Rip = target;
         return null;
+    }
+
+    /// <summary>SYSENTER and SYSEXIT raise #UD in long mode (64-bit and compatibility mode) on AMD processors (APM
+    /// Vol. 3 SYSENTER, SYSEXIT); Intel's run them there (SDM Vol. 2B).</summary>
+    private void RefuseInLongModeOnAmd()
+    {
+        if (Model.IsAmd && (Efer & Architecture.Efer.LongModeActive) != 0)
+        {
+            throw GuestFault.InvalidOpcode();
+        }
     }
 
     private static bool IsCanonical(ulong address) => (ulong)((long)(address << 16) >> 16) == address;

@@ -162,6 +162,12 @@ public sealed partial class Cpu
         else
         {
             WriteSegmentRegister(r, (ushort)value);
+            if (r == Register.SS)
+            {
+                // MOV SS and POP SS inhibit debug exceptions until the next instruction completes (SDM Vol. 3A §6.8.3),
+                // so that a stack switch's MOV SS; MOV RSP is never split: TF still set, the next one traps instead.
+                singleStepTrap = 0;
+            }
         }
     }
 

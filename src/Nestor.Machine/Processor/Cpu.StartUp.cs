@@ -104,7 +104,7 @@ public sealed partial class Cpu
             return false;
         }
         var apic = Apic.Save();
-        var reset = InitState(apic);
+        var reset = InitState(apic, Model);
         reset.InstructionsRetired = Counters.InstructionsRetired;
         reset.IdleCycles = idleCycles;
         LoadState(in reset);
@@ -113,9 +113,9 @@ public sealed partial class Cpu
 
     /// <summary>The state of an application processor after power-up or INIT (SDM Vol. 3A Table 9-1): real mode at
     /// the reset vector (CS 0xF000, base 0xFFFF0000, IP 0xFFF0), every other segment at 0 with a 64 KiB limit,
-    /// CR0 0x60000010 (CD, NW, ET), EDX the processor signature, IA32_APIC_BASE at 0xFEE00000 enabled without BSP,
+    /// CR0 0x60000010 (CD, NW, ET), EDX the processor signature (<paramref name="model"/>'s, Intel's by default), IA32_APIC_BASE at 0xFEE00000 enabled without BSP,
     /// the APIC at reset but for its ID and counters, waiting for a start-up IPI.</summary>
-    public static CpuState InitState(in LocalApicState apic)
+    public static CpuState InitState(in LocalApicState apic, ProcessorModel? model = null)
     {
         var s = CpuState.Reset;
         s.Cr0 = 0x6000_0010;
@@ -126,7 +126,7 @@ public sealed partial class Cpu
         s.Ldtr = new Segment { Limit = 0xFFFF, Attributes = 0x82 };
         s.Tr = new Segment { Limit = 0xFFFF, Attributes = 0x8B };
         (s.GdtLimit, s.IdtLimit) = (0xFFFF, 0xFFFF);
-        s.Registers[Rdx] = ProcessorModel.Signature;
+        s.Registers[Rdx] = (model ?? ProcessorModel.Intel).Signature;
         s.ApicBase = LocalApic.DefaultBase | ApicBaseEnable;
         var reset = LocalApicState.Reset;
         reset.Id = apic.Id;

@@ -479,6 +479,11 @@ public sealed partial class Cpu
         _ => throw GuestFault.InvalidOpcode(),
     };
 
+    // AMD's legacy PerfEvtSel0–3 and PerfCtr0–3 (APM Vol. 2 §13.2.1: on every AMD64 processor, no CPUID bit), on the
+    // AMD model only. The machine implements no performance event, so a counter never counts and the model keeps no
+    // value: they read 0 and a write is accepted and dropped (kvm-unit-tests' pmu_init clears them on an AMD vendor).
+    private const uint AmdPerformanceFirst = 0xC001_0000, AmdPerformanceLast = 0xC001_0007;
+
     private ulong ReadMsr(uint index) => index switch
     {
         Msr.TimeStampCounter => Tsc,
@@ -498,6 +503,7 @@ public sealed partial class Cpu
         Msr.TscDeadline when ProcessorModel.Has(CpuFeature.TscDeadline) => Apic.TscDeadline,
         Msr.PageAttributeTable when ProcessorModel.Has(CpuFeature.PageAttributeTable) => PageAttributeTable,
         Msr.MiscEnable => MiscEnable,
+        >= AmdPerformanceFirst and <= AmdPerformanceLast when Model.IsAmd => 0,
         >= Msr.X2ApicFirst and <= Msr.X2ApicLast when ProcessorModel.Has(CpuFeature.X2Apic) => Apic.ReadMsr(index, Clock),
         _ => throw GuestFault.GeneralProtection(),
     };
@@ -550,6 +556,8 @@ public sealed partial class Cpu
                 break;
             case Msr.MiscEnable:
                 MiscEnable = (value & ~ProcessorModel.MiscEnableReadOnly) | (MiscEnable & ProcessorModel.MiscEnableReadOnly);
+                break;
+            case >= AmdPerformanceFirst and <= AmdPerformanceLast when Model.IsAmd:
                 break;
             case Msr.TscDeadline when ProcessorModel.Has(CpuFeature.TscDeadline):
                 Apic.WriteTscDeadline(value, Clock);

@@ -82,6 +82,11 @@ public sealed unsafe partial class Cpu
 
     public Mmu Mmu { get; }
 
+    /// <summary>Which processor this is (<see cref="ProcessorModel.Intel"/> unless the VM says otherwise): the CPUID
+    /// identity and the vendor's behaviours (SYSCALL/SYSRET outside 64-bit mode, SYSENTER in long mode). A field the
+    /// few instructions that differ read, never a lookup.</summary>
+    public ProcessorModel Model { get; set; } = ProcessorModel.Intel;
+
     public CpuCounters Counters { get; } = new();
 
     /// <summary>The code size: 64 in 64-bit mode (CS.L), 32 in 32-bit protected mode (CS.D), else 16.</summary>
@@ -245,6 +250,7 @@ public sealed unsafe partial class Cpu
                 return shutdown;
             }
             instructionStart = Rip;
+            singleStepTrap = rflags & FlagBits.Trap; // TF is never held lazily (Cpu.Flags.cs: status flags only)
             ref DecodedInstruction instruction = ref Fetch(Rip);
             StopReason? stop = null;
             if (instruction.Operation != FastOperation.General)
@@ -272,6 +278,10 @@ public sealed unsafe partial class Cpu
             {
                 CountTranslatedBranch(in instruction.Instruction);
             }
+            if (singleStepTrap != 0)
+            {
+                stop = SingleStepTrap(stop);
+            }
             if (stop is { } s)
             {
                 if (s == StopReason.Halted && platform.StopRequested)
@@ -290,6 +300,34 @@ public sealed unsafe partial class Cpu
         }
         return null;
     }
+
+    // Nonzero when the instruction being executed must be followed by a single-step #DB: RFLAGS.TF as it began
+    // (SDM Vol. 3B §17.3.1.4: the trap follows an instruction that began with TF set, so not the one that sets it),
+    // overridden by the few instructions whose rule differs: MOV SS/POP SS (inhibited, Vol. 3A §6.8.3), INT n/INT3/
+    // INTO/INT1 (the handler is entered with TF clear and no trap, as QEMU does), SYSCALL and SYSRET (the TF they
+    // leave decides, as QEMU's TCG rechecks TF after them and as Linux's entry code relies on: a SYSRET that restores
+    // TF traps at once in user mode). Set and read once per instruction; no state beyond the instruction.
+    private ulong singleStepTrap;
+
+    /// <summary>The single-step trap after an instruction that completed (SDM Vol. 3B §17.3.1.4): DR6.BS set, #DB
+    /// raised with the saved RIP at the next instruction, ahead of NMIs and external interrupts (Vol. 3A §6.9, priority
+    /// 4: traps on the previous instruction); a fault raised by the instruction took precedence, as it never got here.
+    /// Delivery clears TF (Cpu.Delivery.cs), so the handler is not stepped. Returns the instruction's own stop, unless
+    /// the delivery ends the run (a triple fault, a VMM's stop) or the instruction was HLT, which the #DB ends.</summary>
+    private StopReason? SingleStepTrap(StopReason? stop)
+    {
+        singleStepTrap = 0;
+        state.Dr6 |= DebugStatusSingleStep;
+        instructionStart = Rip; // a fault while delivering it is taken at the next instruction
+        if (HandleFault(new GuestFault(ExceptionVector.Debug), null) is { } ended)
+        {
+            return ended;
+        }
+        return stop == StopReason.Halted ? null : stop;
+    }
+
+    /// <summary>DR6.BS, bit 14: the #DB was a single-step trap (SDM Vol. 3B §17.2.3).</summary>
+    private const ulong DebugStatusSingleStep = 1UL << 14;
 
     /// <summary>HLT with interrupts on: an interrupt the APIC can deliver wakes the CPU at once; otherwise, with the
     /// APIC timer or a platform device's timer armed (<see cref="IPlatform.NextDeviceEvent"/>), it idles until the

@@ -1,33 +1,89 @@
 namespace Nestor.Machine.Processor;
 
 /// <summary>Which processor the software machine says it is, and the architectural checks that follow from what it
-/// has. The identity is an Intel part (so that standard software takes the Intel paths: vendor <c>GenuineIntel</c>,
-/// Intel SDM Vol. 2A "CPUID", leaf 0): family 6, model 0x3D, stepping 4, the signature 0x000306D4 of the 5th-generation
-/// Core (Broadwell-U, e.g. the Core i7-5500U), the first client part with SMAP, the newest feature the model
-/// advertises. The features themselves are never taken from that part: they are the ones the model implements
-/// (<see cref="CpuidFeatures.Reported"/>), so the machine shows fewer than a real Broadwell (no x87, SSE, AVX, XSAVE).
-/// CPUID (Nestor.Hypervisor's SoftwareCpuid) and the CPU's own checks (MOV CR4, WRMSR) read this one class.</summary>
-public static class ProcessorModel
+/// has. A value, one per VM (<see cref="Cpu.Model"/>, <c>nestor run --cpu-model intel|amd</c>): the identity (vendor,
+/// signature, brand, the CPUID leaves a vendor defines) and the few behaviours where Intel's and AMD's processors differ
+/// and the machine meets them (SYSCALL/SYSRET outside 64-bit mode, SYSENTER/SYSEXIT in long mode, SYSRET with a
+/// non-canonical RCX). The features are the same for both: the ones the machine implements
+/// (<see cref="CpuidFeatures.Reported"/>, the static members below), never a real part's, so the machine shows fewer
+/// than the part it is named after (no x87, SSE, AVX, XSAVE). CPUID (Nestor.Hypervisor's SoftwareCpuid) and the
+/// CPU's own checks (MOV CR4, WRMSR, SYSCALL) read it.</summary>
+public sealed class ProcessorModel
 {
+    /// <summary>The default, an Intel part (so that standard software takes the Intel paths: vendor <c>GenuineIntel</c>,
+    /// Intel SDM Vol. 2A "CPUID", leaf 0): family 6, model 0x3D, stepping 4, the signature 0x000306D4 of the
+    /// 5th-generation Core (Broadwell-U, e.g. the Core i7-5500U), the first client part with SMAP, the newest feature
+    /// the model advertises. SYSCALL and SYSRET are #UD outside 64-bit mode and SYSENTER/SYSEXIT valid in IA-32e mode
+    /// (SDM Vol. 2B SYSCALL, SYSRET, SYSENTER); SYSRET to a non-canonical RCX is #GP(0) in ring 0 (Vol. 2B SYSRET).</summary>
+    public static readonly ProcessorModel Intel = new(ProcessorVendor.Intel, "intel", "GenuineIntel", 0x0003_06D4, 6, 0x3D, 4,
+        "Nestor software CPU (Intel Broadwell-class)", highestBasicLeaf: 0xA);
+
+    /// <summary>An AMD part, what kvm-unit-tests' <c>syscall</c> asks QEMU for (x86/unittests.cfg: <c>-cpu
+    /// Opteron_G1,vendor=AuthenticAMD</c>): vendor <c>AuthenticAMD</c>, family 0xF model 6 stepping 1 (signature
+    /// 0x00000F61), QEMU's Opteron_G1 ("AMD Opteron 240 (Gen 1 Class Opteron)", target/i386/cpu.c builtin_x86_defs:
+    /// family 15, model 6, stepping 1). AMD64 APM Vol. 3: SYSCALL and SYSRET are valid in compatibility and legacy
+    /// mode (SYSCALL from compatibility mode enters 64-bit mode at IA32_CSTAR), SYSENTER and SYSEXIT are #UD in long
+    /// mode, and SYSRET does not check RCX: a non-canonical return faults at CPL 3, on the fetch. Leaf 0x80000001
+    /// repeats the signature in EAX and the leaf-1 EDX bits AMD defines there (APM Vol. 3 Appendix E.4.2).</summary>
+    public static readonly ProcessorModel Amd = new(ProcessorVendor.Amd, "amd", "AuthenticAMD", 0x0000_0F61, 0xF, 6, 1,
+        "Nestor software CPU (AMD Opteron-class)", highestBasicLeaf: 7);
+
+    /// <summary>Every model, for option parsing and listings.</summary>
+    public static readonly IReadOnlyList<ProcessorModel> All = [Intel, Amd];
+
+    private ProcessorModel(ProcessorVendor vendor, string name, string vendorString, uint signature, int family, int model,
+        int stepping, string brand, uint highestBasicLeaf)
+    {
+        Kind = vendor;
+        Name = name;
+        Vendor = vendorString;
+        Signature = signature;
+        Family = family;
+        Model = model;
+        Stepping = stepping;
+        BrandString = brand;
+        HighestBasicLeaf = highestBasicLeaf;
+        IsAmd = vendor == ProcessorVendor.Amd;
+    }
+
+    /// <summary>The model by its option name (<c>intel</c>, <c>amd</c>), or null.</summary>
+    public static ProcessorModel? Named(string name) => All.FirstOrDefault(m => string.Equals(m.Name, name, StringComparison.OrdinalIgnoreCase));
+
+    /// <summary>Whose processor it is.</summary>
+    public ProcessorVendor Kind { get; }
+
+    /// <summary>True for the AMD model: one field read where the behaviours differ.</summary>
+    public bool IsAmd { get; }
+
+    /// <summary>The option name: <c>intel</c> or <c>amd</c> (<c>--cpu-model</c>, snapshots' <c>cpu-model=</c>).</summary>
+    public string Name { get; }
+
     /// <summary>The vendor string (CPUID leaf 0, EBX:EDX:ECX).</summary>
-    public const string Vendor = "GenuineIntel";
+    public string Vendor { get; }
 
     /// <summary>The processor signature (CPUID leaf 1, EAX: stepping 3:0, model 7:4, family 11:8, extended model
-    /// 19:16; SDM Vol. 2A Figure 3-6): family 6, model 0x3D, stepping 4.</summary>
-    public const uint Signature = 0x0003_06D4;
+    /// 19:16, extended family 27:20; SDM Vol. 2A Figure 3-6, APM Vol. 3 E.3.2); also EDX after INIT.</summary>
+    public uint Signature { get; }
 
-    /// <summary>The display family (SDM Vol. 2A, CPUID, "Family ID"): 6.</summary>
-    public const int Family = 6;
+    /// <summary>The display family.</summary>
+    public int Family { get; }
 
-    /// <summary>The display model (extended model 3 and model 0xD): 0x3D.</summary>
-    public const int Model = 0x3D;
+    /// <summary>The display model.</summary>
+    public int Model { get; }
 
     /// <summary>The stepping.</summary>
-    public const int Stepping = 4;
+    public int Stepping { get; }
 
     /// <summary>The brand string (CPUID leaves 0x80000002–0x80000004, 48 bytes with the terminating zero): says what it
     /// is, not the part's marketing name, since its features are not the part's.</summary>
-    public const string BrandString = "Nestor software CPU (Intel Broadwell-class)";
+    public string BrandString { get; }
+
+    /// <summary>The highest basic CPUID leaf: 0xA on Intel (the architectural PMU leaf, which says there is none);
+    /// 7 on AMD, which has no leaf 0xA (nor Intel's 4 and 0xB).</summary>
+    public uint HighestBasicLeaf { get; }
+
+    /// <inheritdoc/>
+    public override string ToString() => Name;
 
     /// <summary>Physical-address width (CPUID 0x80000008 EAX[7:0]): the page walker takes every bit of a
     /// paging-structure entry up to bit 51 as address (Vol. 3A §4.5.4), so the machine's MAXPHYADDR is 52.</summary>
@@ -106,4 +162,14 @@ public static class ProcessorModel
     /// <summary>The bits of a physical address above <see cref="PhysicalAddressBits"/> (reserved in CR3 and
     /// IA32_APIC_BASE).</summary>
     public const ulong AboveMaxPhysicalAddress = ~((1UL << PhysicalAddressBits) - 1);
+}
+
+/// <summary>Whose processor a <see cref="ProcessorModel"/> is.</summary>
+public enum ProcessorVendor
+{
+    /// <summary>GenuineIntel.</summary>
+    Intel,
+
+    /// <summary>AuthenticAMD.</summary>
+    Amd,
 }

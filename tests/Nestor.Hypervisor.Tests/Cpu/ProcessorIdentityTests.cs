@@ -17,10 +17,12 @@ namespace Nestor.Hypervisor.Tests.CpuModel;
 public sealed class ProcessorIdentityTests
 {
     /// <summary>Runs CPUID for <paramref name="leaf"/> in a guest; its EAX, EBX, ECX, EDX.</summary>
-    private static (uint Eax, uint Ebx, uint Ecx, uint Edx) GuestCpuid(uint leaf, Technique technique = Technique.Native)
+    private static (uint Eax, uint Ebx, uint Ecx, uint Edx) GuestCpuid(uint leaf, Technique technique = Technique.Native,
+        ProcessorModel? model = null)
     {
         using var vm = Vm.Create(new VmConfig
         {
+            CpuModel = model ?? ProcessorModel.Intel,
             Kernel = GuestAssembler.Flat("cpuid", GuestAssembler.Assemble(a =>
             {
                 a.mov(eax, leaf);
@@ -60,7 +62,52 @@ public sealed class ProcessorIdentityTests
             model |= ((signature >> 16) & 0xF) << 4;
         }
         Assert.Equal((6u, 0x3Du, 4u), (family, model, stepping));
-        Assert.Equal(((uint)ProcessorModel.Family, (uint)ProcessorModel.Model), (family, model));
+        Assert.Equal(((uint)ProcessorModel.Intel.Family, (uint)ProcessorModel.Intel.Model), (family, model));
+    }
+
+    [Theory]
+    [InlineData(Technique.Native)]
+    [InlineData(Technique.HardwareAssist)]
+    public void With_the_amd_model_a_guest_sees_authentic_amd_family_0xf_model_6_stepping_1(Technique technique)
+    {
+        var leaf0 = GuestCpuid(0, technique, ProcessorModel.Amd);
+        Assert.Equal("AuthenticAMD", Text(leaf0.Ebx, leaf0.Edx, leaf0.Ecx));
+        Assert.Equal(ProcessorModel.Amd.HighestBasicLeaf, leaf0.Eax);
+        uint signature = GuestCpuid(1, technique, ProcessorModel.Amd).Eax;
+        // APM Vol. 3 Appendix E.3.2: family = base + extended when base is 0xF; model likewise extended.
+        uint family = ((signature >> 8) & 0xF) + ((signature >> 20) & 0xFF), model = ((signature >> 4) & 0xF) | (((signature >> 16) & 0xF) << 4);
+        Assert.Equal((0xFu, 6u, 1u), (family, model, signature & 0xF));
+        // Leaf 0x80000001: the signature again in EAX; EDX with SYSCALL (11), NX (20), LM (29), and the leaf-1 bits AMD
+        // mirrors there (TSC, MSR, PAE, APIC, ...: APM Vol. 3 Appendix E.4.2), which Intel leaves 0.
+        var extended = GuestCpuid(0x8000_0001, technique, ProcessorModel.Amd);
+        var leaf1 = GuestCpuid(1, technique, ProcessorModel.Amd);
+        Assert.Equal(signature, extended.Eax);
+        Assert.Equal((1u << 11) | (1u << 20) | (1u << 29), extended.Edx & ((1u << 11) | (1u << 20) | (1u << 29)));
+        Assert.Equal(leaf1.Edx & (1u << 4), extended.Edx & (1u << 4)); // TSC
+        Assert.Equal(0u, GuestCpuid(0x8000_0001).Edx & (1u << 4));
+        Assert.Equal("Nestor software CPU (AMD Opteron-class)", ProcessorModel.Amd.BrandString);
+    }
+
+    [Fact]
+    public void Amd_has_no_intel_only_leaves_and_answers_zeros_past_the_highest()
+    {
+        // APM Vol. 3 Appendix E.2: a function above the highest returns zeros; leaves 0xA (architectural PMU) and 0xB
+        // (x2APIC topology) are Intel's.
+        Assert.Equal((0u, 0u, 0u, 0u), SoftwareCpuid.Query(ProcessorModel.Amd, 0xA, 0, false));
+        Assert.Equal((0u, 0u, 0u, 0u), SoftwareCpuid.Query(ProcessorModel.Amd, 0xB, 0, false));
+        Assert.Equal((0u, 0u, 0u, 0u), SoftwareCpuid.Query(ProcessorModel.Amd, 0x8000_0009, 0, false));
+        Assert.NotEqual((0u, 0u, 0u, 0u), SoftwareCpuid.Query(ProcessorModel.Amd, 7, 0, false));
+    }
+
+    [Fact]
+    public void The_amd_model_is_the_software_machines_only()
+    {
+        var kernel = new KernelImageSource("k", [0xF4], KernelFormat.Flat);
+        var kvm = Assert.Throws<Nestor.Hypervisor.Errors.BadInputException>(() =>
+            new VmConfig { Kernel = kernel, CpuModel = ProcessorModel.Amd, Engine = EngineKind.Kvm }.Validate());
+        Assert.Contains("--cpu-model amd", kvm.Message);
+        Assert.Contains("--engine sim", kvm.Advice);
+        new VmConfig { Kernel = kernel, CpuModel = ProcessorModel.Amd }.Validate();
     }
 
     [Fact]
@@ -81,7 +128,7 @@ public sealed class ProcessorIdentityTests
             var r = GuestCpuid(leaf);
             words.AddRange([r.Eax, r.Ebx, r.Ecx, r.Edx]);
         }
-        Assert.Equal(ProcessorModel.BrandString, Text([.. words]));
+        Assert.Equal(ProcessorModel.Intel.BrandString, Text([.. words]));
         Assert.Equal(SoftwareCpuid.HighestExtendedLeaf, GuestCpuid(0x8000_0000).Eax);
         uint sizes = GuestCpuid(0x8000_0008).Eax;
         Assert.Equal((ProcessorModel.PhysicalAddressBits, ProcessorModel.LinearAddressBits), ((int)(sizes & 0xFF), (int)((sizes >> 8) & 0xFF)));
