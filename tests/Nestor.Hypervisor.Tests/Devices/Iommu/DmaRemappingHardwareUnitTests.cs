@@ -111,7 +111,7 @@ public class DmaRemappingHardwareUnitTests
             Assert.True(status == 0, message);
             Assert.Equal(0x1111_2222u, Ram(vm, Page + 0x10));
             Assert.Equal(0x1111_2222u, Ram(vm, LargePage + 0x40));
-            Assert.Equal(0u, Ram(vm, 0x10));
+            Assert.NotEqual(0x1111_2222u, Ram(vm, 0x10)); // not written untranslated (0x10 holds the firmware's IVT entry 4)
             Assert.Equal(0u, Ram(vm, 0x1000));
             Assert.Equal(2u, Slot(vm, 2) & 3);                  // FSTS.PPF, no overflow
             Assert.Equal(0x1000u, Slot(vm, 3));                 // the faulting page
