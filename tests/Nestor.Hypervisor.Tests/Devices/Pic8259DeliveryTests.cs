@@ -16,64 +16,35 @@ namespace Nestor.Hypervisor.Tests.Devices;
 /// counts its entries, appends its IRQ to a log and, unless told not to, ends the interrupt with a non-specific EOI.</summary>
 public class Pic8259DeliveryTests
 {
-    private const uint Address = 0x200000, Results = 0x300000, Idt = 0x310000, Idtr = 0x320000, StackTop = 0x340000;
-    private const uint HandlerBase = Address + 0x1000, HandlerStride = 0x80;
+    private const uint Results = InterruptTestGuest.Results;
     private const int MasterBase = 0x20, SlaveBase = 0x28;
 
     // Results: dword n (0-15) counts IRQ n's entries; dword 16 is the log length, the log from dword 17; slots from 40.
     private const int LogLength = 16, Log = 17, Slots = 40;
 
     // The IRQs whose handler sends no EOI (the test ends them itself).
-    private static (uint? Status, Vm Vm, string Message) Boot(Action<Assembler> body, params int[] withoutEoi)
-    {
-        const uint CodeOffset = 32;
-        var image = new byte[HandlerBase - Address + 16 * HandlerStride];
-        for (int irq = 0; irq < 16; irq++)
+    private static (uint? Status, Vm Vm, string Message) Boot(Action<Assembler> body, params int[] withoutEoi) =>
+        InterruptTestGuest.Boot("pic.bin", [.. Enumerable.Range(0, 16).Select(line =>
+        ((line < 8 ? MasterBase : SlaveBase - 8) + line, (Action<Assembler>)(a =>
         {
-            int line = irq;
-            byte[] handler = GuestAssembler.Assemble(a =>
+            a.push(eax);
+            a.inc(__dword_ptr[ebp + 4 * line]);
+            a.mov(eax, __dword_ptr[ebp + 4 * LogLength]);
+            a.mov(__dword_ptr[ebp + eax * 4 + 4 * Log], line);
+            a.inc(__dword_ptr[ebp + 4 * LogLength]);
+            if (!withoutEoi.Contains(line))
             {
-                a.push(eax);
-                a.inc(__dword_ptr[ebp + 4 * line]);
-                a.mov(eax, __dword_ptr[ebp + 4 * LogLength]);
-                a.mov(__dword_ptr[ebp + eax * 4 + 4 * Log], line);
-                a.inc(__dword_ptr[ebp + 4 * LogLength]);
-                if (!withoutEoi.Contains(line))
+                a.mov(al, 0x20);
+                if (line >= 8)
                 {
-                    a.mov(al, 0x20);
-                    if (line >= 8)
-                    {
-                        a.@out(0xA0, al);
-                    }
-                    a.@out(0x20, al);
+                    a.@out(0xA0, al);
                 }
-                a.pop(eax);
-                a.iretd();
-            }, HandlerBase + (uint)irq * HandlerStride, bitness: 32);
-            Assert.True(handler.Length <= HandlerStride);
-            handler.CopyTo(image, (int)(HandlerBase - Address + (uint)irq * HandlerStride));
-        }
-        byte[] main = GuestAssembler.Assemble(a =>
-        {
-            a.mov(esp, StackTop);
-            a.mov(ebp, Results);
-            a.mov(ebx, 0xFEE0_0000);
-            a.mov(cx, cs);
-            for (int irq = 0; irq < 16; irq++)
-            {
-                // A 32-bit interrupt gate (SDM Vol. 3A §6.11) for vector base + line.
-                uint handler = HandlerBase + (uint)irq * HandlerStride;
-                int vector = (irq < 8 ? MasterBase : SlaveBase - 8) + irq;
-                a.mov(edi, Idt + (uint)vector * 8);
-                a.mov(__word_ptr[edi], (ushort)handler);
-                a.mov(__word_ptr[edi + 2], cx);
-                a.mov(__word_ptr[edi + 4], 0x8E00);
-                a.mov(__word_ptr[edi + 6], (ushort)(handler >> 16));
+                a.@out(0x20, al);
             }
-            a.mov(edi, Idtr);
-            a.mov(__word_ptr[edi], 0x7FF);
-            a.mov(__dword_ptr[edi + 2], Idt);
-            a.lidt(__[edi]);
+            a.pop(eax);
+            a.iretd();
+        })))], a =>
+        {
             // The classic remap (ICW1 edge + ICW4, ICW2 base, ICW3 cascade on IR2, ICW4 8086 mode), then every line
             // masked but the cascade.
             foreach (var (command, data, icw2, icw3) in new[] { (0x20, 0x21, MasterBase, 0x04), (0xA0, 0xA1, SlaveBase, 0x02) })
@@ -93,29 +64,7 @@ public class Pic8259DeliveryTests
             a.mov(dx, Pic8259Pair.ElcrMaster);
             a.@out(dx, ax);
             body(a);
-            a.cli();
-            a.mov(dx, 0xF4);
-            a.xor(eax, eax);
-            a.@out(dx, eax);
-            a.hlt();
-        }, Address + CodeOffset, bitness: 32);
-        Assert.True(CodeOffset + main.Length <= HandlerBase - Address, "the main code overlaps the handlers");
-        main.CopyTo(image, (int)CodeOffset);
-        uint end = Address + (uint)image.Length;
-        MultibootTestKernel.Header(1u << 16, Address, Address, end, end, Address + CodeOffset).CopyTo(image, 0);
-        var vm = Vm.Create(new VmConfig
-        {
-            Engine = EngineKind.Sim,
-            Kernel = new KernelImageSource("pic.bin", image, KernelFormat.Elf),
-            MemoryBytes = 64UL << 20,
-            Multiboot = true,
-            Diagnostics = TextWriter.Null,
-            Timeout = TimeSpan.FromSeconds(60),
-        });
-        using var engine = new SimEngine();
-        var outcome = vm.Run(engine).Outcome;
-        return (outcome.GuestStatus, vm, outcome.Message);
-    }
+        }, handlerStride: 0x80);
 
     /// <summary>OCW1 on both chips: bit n of <paramref name="mask"/> masks IRQ n.</summary>
     private static void Mask(Assembler a, int mask)

@@ -14,24 +14,21 @@ namespace Nestor.Hypervisor.Tests.Platform;
 /// ISA IRQ lines through ports 0x2000 + n and counts what the I/O APIC delivers, edge and level, masked and not.</summary>
 public class PcTestDeviceTests
 {
-    private const uint Address = 0x200000, Results = 0x300000, Idt = 0x310000, Idtr = 0x320000, StackTop = 0x340000;
+    private const uint Results = InterruptTestGuest.Results;
     private const int EdgeVector = 0x76, LevelVector = 0x77, LineZeroVector = 0x78;
     private const uint LevelBit = 1u << 15, MaskBit = 1u << 16;
 
-    private static (uint? Status, Vm Vm, string Message) Boot(Action<Assembler> body)
-    {
-        // The handlers are assembled apart, each at a fixed place after the main code (a label's address cannot be
-        // taken in 32-bit code by Iced's LEA, which would be RIP-relative).
-        const uint CodeOffset = 32, HandlerBase = Address + 0x1000, HandlerStride = 0x100;
-        byte[] edge = GuestAssembler.Assemble(a =>
+    private static (uint? Status, Vm Vm, string Message) Boot(Action<Assembler> body) => InterruptTestGuest.Boot("testdev.bin",
+    [
+        (EdgeVector, a =>
         {
             a.inc(__dword_ptr[ebp]);
             a.mov(__dword_ptr[ebx + 0xB0], 0);
             a.iretd();
-        }, HandlerBase, bitness: 32);
+        }),
         // The level handler leaves the line up on its first entry (the EOI makes the pin send again), lowers it from
         // the second on, as a driver acknowledging its device does.
-        byte[] level = GuestAssembler.Assemble(a =>
+        (LevelVector, a =>
         {
             var keep = a.CreateLabel();
             a.push(eax);
@@ -47,68 +44,18 @@ public class PcTestDeviceTests
             a.pop(edx);
             a.pop(eax);
             a.iretd();
-        }, HandlerBase + HandlerStride, bitness: 32);
-        byte[] lineZero = GuestAssembler.Assemble(a =>
+        }),
+        (LineZeroVector, a =>
         {
             a.inc(__dword_ptr[ebp + 8]);
             a.mov(__dword_ptr[ebx + 0xB0], 0);
             a.iretd();
-        }, HandlerBase + 2 * HandlerStride, bitness: 32);
-        byte[] main = GuestAssembler.Assemble(a =>
-        {
-            a.mov(esp, StackTop);
-            a.mov(ebp, Results);
-            a.mov(ebx, 0xFEE0_0000);
-            a.mov(esi, 0xFEC0_0000);
-            a.mov(cx, cs);
-            int index = 0;
-            foreach (int vector in new[] { EdgeVector, LevelVector, LineZeroVector })
-            {
-                // A 32-bit interrupt gate (SDM Vol. 3A §6.11).
-                uint handler = HandlerBase + (uint)index++ * HandlerStride;
-                a.mov(edi, Idt + (uint)vector * 8);
-                a.mov(__word_ptr[edi], (ushort)handler);
-                a.mov(__word_ptr[edi + 2], cx);
-                a.mov(__word_ptr[edi + 4], 0x8E00);
-                a.mov(__word_ptr[edi + 6], (ushort)(handler >> 16));
-            }
-            a.mov(edi, Idtr);
-            a.mov(__word_ptr[edi], 0x7FF);
-            a.mov(__dword_ptr[edi + 2], Idt);
-            a.lidt(__[edi]);
-            a.mov(al, 0xFF);
-            a.@out(0x21, al);
-            a.@out(0xA1, al);
-            a.mov(__dword_ptr[ebx + 0xF0], 0x1FF);
-            body(a);
-            a.cli();
-            a.mov(dx, 0xF4);
-            a.xor(eax, eax);
-            a.@out(dx, eax);
-            a.hlt();
-        }, Address + CodeOffset, bitness: 32);
-        Assert.True(CodeOffset + main.Length <= HandlerBase - Address, "the main code overlaps the handlers");
-        var image = new byte[HandlerBase - Address + 3 * HandlerStride];
-        main.CopyTo(image, (int)CodeOffset);
-        edge.CopyTo(image, (int)(HandlerBase - Address));
-        level.CopyTo(image, (int)(HandlerBase - Address + HandlerStride));
-        lineZero.CopyTo(image, (int)(HandlerBase - Address + 2 * HandlerStride));
-        uint end = Address + (uint)image.Length;
-        MultibootTestKernel.Header(1u << 16, Address, Address, end, end, Address + CodeOffset).CopyTo(image, 0);
-        byte[] kernel = image;
-        var vm = Vm.Create(new VmConfig
-        {
-            Engine = EngineKind.Sim,
-            Kernel = new KernelImageSource("testdev.bin", kernel, KernelFormat.Elf),
-            MemoryBytes = 64UL << 20,
-            Multiboot = true,
-            Diagnostics = TextWriter.Null,
-            Timeout = TimeSpan.FromSeconds(60),
-        });
-        using var engine = new SimEngine();
-        var outcome = vm.Run(engine).Outcome;
-        return (outcome.GuestStatus, vm, outcome.Message);
-    }
+        }),
+    ], a =>
+    {
+        InterruptTestGuest.UseTheIoApic(a);
+        body(a);
+    });
 
     private static uint Slot(Vm vm, int index) => vm.Memory.ReadUInt32(new Machine.Addresses.GuestPhysical(Results + (ulong)index * 4));
 

@@ -19,90 +19,32 @@ namespace Nestor.Hypervisor.Tests.Devices.Iommu;
 /// (its INTx is a level that stays up until then, edu.rst). ESI holds the I/O APIC's base, EBX the local APIC's.</summary>
 internal static class PcDeviceGuest
 {
-    public const uint Address = 0x200000, Results = 0x300000, Idt = 0x310000, Idtr = 0x320000, StackTop = 0x340000;
+    public const uint Results = InterruptTestGuest.Results;
     public const int FirstVector = 0x50, IntxVector = 0x50, MsiVector = 0x51, RemappedVector = 0x52, OtherVector = 0x53;
     public const uint Edu = EduConfiguration.BarAddress, Vtd = (uint)DmaRemappingHardwareUnit.BaseAddress;
     private const int Handlers = 4;
 
-    public static (uint? Status, Vm Vm, string Message) BootGuest(PlatformDevices devices, Action<Assembler> body)
-    {
-        const uint CodeOffset = 32, HandlerBase = Address + 0x2000, HandlerStride = 0x100;
-        var handlers = new byte[Handlers][];
-        for (int k = 0; k < Handlers; k++)
+    public static (uint? Status, Vm Vm, string Message) BootGuest(PlatformDevices devices, Action<Assembler> body) =>
+        InterruptTestGuest.Boot("pc-devices.bin", [.. Enumerable.Range(0, Handlers).Select(slot => (FirstVector + slot, (Action<Assembler>)(a =>
         {
-            int slot = k;
-            handlers[k] = GuestAssembler.Assemble(a =>
+            a.push(eax);
+            a.push(edi);
+            a.inc(__dword_ptr[ebp + 4 * slot]);
+            if (slot == IntxVector - FirstVector)
             {
-                a.push(eax);
-                a.push(edi);
-                a.inc(__dword_ptr[ebp + 4 * slot]);
-                if (slot == IntxVector - FirstVector)
-                {
-                    a.mov(edi, Edu);
-                    a.mov(eax, __dword_ptr[edi + 0x24]);
-                    a.mov(__dword_ptr[edi + 0x64], eax);
-                }
-                a.mov(__dword_ptr[ebx + 0xB0], 0);
-                a.pop(edi);
-                a.pop(eax);
-                a.iretd();
-            }, HandlerBase + (uint)k * HandlerStride, bitness: 32);
-        }
-        byte[] main = GuestAssembler.Assemble(a =>
-        {
-            a.mov(esp, StackTop);
-            a.mov(ebp, Results);
-            a.mov(ebx, 0xFEE0_0000);
-            a.mov(esi, 0xFEC0_0000);
-            a.mov(cx, cs);
-            for (int k = 0; k < Handlers; k++)
-            {
-                // A 32-bit interrupt gate (SDM Vol. 3A §6.11).
-                uint handler = HandlerBase + (uint)k * HandlerStride;
-                a.mov(edi, Idt + (uint)(FirstVector + k) * 8);
-                a.mov(__word_ptr[edi], (ushort)handler);
-                a.mov(__word_ptr[edi + 2], cx);
-                a.mov(__word_ptr[edi + 4], 0x8E00);
-                a.mov(__word_ptr[edi + 6], (ushort)(handler >> 16));
+                a.mov(edi, Edu);
+                a.mov(eax, __dword_ptr[edi + 0x24]);
+                a.mov(__dword_ptr[edi + 0x64], eax);
             }
-            a.mov(edi, Idtr);
-            a.mov(__word_ptr[edi], 0x7FF);
-            a.mov(__dword_ptr[edi + 2], Idt);
-            a.lidt(__[edi]);
-            a.mov(al, 0xFF);
-            a.@out(0x21, al);
-            a.@out(0xA1, al);
-            a.mov(__dword_ptr[ebx + 0xF0], 0x1FF);
+            a.mov(__dword_ptr[ebx + 0xB0], 0);
+            a.pop(edi);
+            a.pop(eax);
+            a.iretd();
+        })))], a =>
+        {
+            InterruptTestGuest.UseTheIoApic(a);
             body(a);
-            a.cli();
-            a.mov(dx, 0xF4);
-            a.xor(eax, eax);
-            a.@out(dx, eax);
-            a.hlt();
-        }, Address + CodeOffset, bitness: 32);
-        Assert.True(CodeOffset + main.Length <= HandlerBase - Address, "the main code overlaps the handlers");
-        var image = new byte[HandlerBase - Address + Handlers * HandlerStride];
-        main.CopyTo(image, (int)CodeOffset);
-        for (int k = 0; k < Handlers; k++)
-        {
-            handlers[k].CopyTo(image, (int)(HandlerBase - Address + k * HandlerStride));
-        }
-        uint end = Address + (uint)image.Length;
-        MultibootTestKernel.Header(1u << 16, Address, Address, end, end, Address + CodeOffset).CopyTo(image, 0);
-        var vm = Vm.Create(new VmConfig
-        {
-            Engine = EngineKind.Sim,
-            Kernel = new KernelImageSource("pc-devices.bin", image, KernelFormat.Elf),
-            MemoryBytes = 64UL << 20,
-            Multiboot = true,
-            PlatformDevices = devices,
-            Diagnostics = TextWriter.Null,
-            Timeout = TimeSpan.FromSeconds(60),
-        });
-        using var engine = new SimEngine();
-        var outcome = vm.Run(engine).Outcome;
-        return (outcome.GuestStatus, vm, outcome.Message);
-    }
+        }, devices);
 
     public static uint Slot(Vm vm, int index) => vm.Memory.ReadUInt32(new Machine.Addresses.GuestPhysical(Results + (ulong)index * 4));
 
