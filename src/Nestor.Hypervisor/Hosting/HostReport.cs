@@ -53,7 +53,8 @@ public static class HostReport
         output.WriteLine($"  {"vcpu",-10} {"state",-8} {"run ms",10} {"ready ms",10} {"idle ms",10} {"blocked ms",10} {"cpu %",6} {"dispatch",8} {"costop",6} {"skew ms",8}");
         foreach (var x in vm.Vcpus)
         {
-            long blocked = Math.Max(0, elapsed - x.RunCycles - x.ReadyCycles - x.IdleCycles);
+            long lifetime = Math.Min(elapsed, vm.EndedAt ?? elapsed); // nothing is blocked after its VM ended
+            long blocked = Math.Max(0, lifetime - x.RunCycles - x.ReadyCycles - x.IdleCycles);
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"  {$"{vm.Name}/vcpu{x.Index}",-10} {x.State.ToString().ToLowerInvariant(),-8} {clock.Milliseconds(x.RunCycles),10:0.###} {clock.Milliseconds(x.ReadyCycles),10:0.###} " +
                 $"{clock.Milliseconds(x.IdleCycles),10:0.###} {clock.Milliseconds(blocked),10:0.###} {100.0 * x.RunCycles / elapsed,6:0.0} {x.Dispatches,8} {x.CoStopRounds,6} {clock.Milliseconds(x.GuestClock - slowest),8:0.###}"));

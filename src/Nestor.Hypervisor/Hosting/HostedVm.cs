@@ -100,6 +100,10 @@ public sealed class HostedVm : IDisposable
         }
     }
 
+    /// <summary>The host's virtual time (cycles) when its engine returned, to a round (the round it returned in), null
+    /// while it runs: the end of the time its vCPUs are accounted for (a vCPU is not blocked after its VM ended).</summary>
+    public long? EndedAt { get; internal set; }
+
     /// <summary>Why the host stopped it (a flood, its run limit, the operator), if it did.</summary>
     internal string? StopCause { get; set; }
 

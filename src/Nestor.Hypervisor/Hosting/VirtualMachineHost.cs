@@ -263,6 +263,7 @@ public sealed partial class VirtualMachineHost : IHostControl, IDisposable
         }
         finally
         {
+            vm.EndedAt = Now;
             vm.Serial?.Complete();
             for (int i = 0; i < vm.Quanta.Count; i++)
             {

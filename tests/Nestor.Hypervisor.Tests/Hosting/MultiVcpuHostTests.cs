@@ -134,6 +134,26 @@ public class MultiVcpuHostTests
     }
 
     [Fact]
+    public void A_vcpu_is_not_counted_blocked_after_its_vm_ended()
+    {
+        // a ends long before b: its vCPUs' books stop at its end, they do not fill the rest of the host's run.
+        using var host = Run(SchedulerKind.ProportionalShare, 1, null, SmpVm("a", 2), SmpVm("b", 1, iterations: 10 * WorkloadGuests.SmpSpinIterations));
+        var a = host.Vms[0];
+        Assert.NotNull(a.EndedAt);
+        Assert.True(a.EndedAt < host.Now / 2, $"a ended at {a.EndedAt} of {host.Now} cycles");
+        var text = new StringWriter();
+        HostReport.Write(host, text);
+        var clock = host.Scheduler.Clock;
+        foreach (var v in a.Vcpus)
+        {
+            var row = text.ToString().Split('\n').Single(l => l.StartsWith($"  a/vcpu{v.Index} ", StringComparison.Ordinal));
+            double blocked = double.Parse(row.Split(' ', StringSplitOptions.RemoveEmptyEntries)[5], System.Globalization.CultureInfo.InvariantCulture);
+            double accounted = clock.Milliseconds(v.RunCycles + v.ReadyCycles + v.IdleCycles) + blocked; // EndedAt is to a round
+            Assert.True(accounted <= clock.Milliseconds(a.EndedAt!.Value + host.Scheduler.RoundCycles) + 0.001, $"vCPU {v.Index}: {accounted} ms accounted in a life of {clock.Milliseconds(a.EndedAt!.Value)} ms: {row}");
+        }
+    }
+
+    [Fact]
     public void A_host_refuses_several_vcpus_under_a_technique_that_runs_one()
     {
         var spec = new HostSpec(4UL << 30, 4UL << 30, 1, SchedulerKind.ProportionalShare, [SmpVm("a", 2, technique: Technique.BinaryTranslation)]) { Clock = SlowClock };
