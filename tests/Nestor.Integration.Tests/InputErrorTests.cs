@@ -25,6 +25,18 @@ public class InputErrorTests
         Assert.Contains("does not exist", r.Stderr);
     }
 
+    [Fact]
+    public void An_unknown_built_in_guest_lists_every_built_in()
+    {
+        var r = Run("run", "builtin:nosuch");
+        Assert.True(r.ExitCode == 120, r.ToString());
+        Assert.Contains("there is no built-in guest 'nosuch'", r.Stderr);
+        foreach (string name in new[] { "hello", "nestoros", "spin", "ticker", "smp-spin" })
+        {
+            Assert.Contains(name, r.Stderr[r.Stderr.IndexOf("Built-in guests", StringComparison.Ordinal)..]);
+        }
+    }
+
     [Theory]
     [InlineData("--memory", "lots", "is not a size")]
     [InlineData("--memory", "1K", "out of range")]

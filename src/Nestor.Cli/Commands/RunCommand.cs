@@ -25,7 +25,7 @@ internal static class RunCommand
     {
         var kernel = new Argument<string?>("KERNEL")
         {
-            Description = "Kernel to boot: an ELF64 file, raw code with --flat, or builtin:NAME (nestoros, hello). Default: builtin:nestoros on sim, builtin:hello on kvm",
+            Description = "Kernel to boot: an ELF64 file, raw code with --flat, or builtin:NAME (nestoros, hello, spin, ticker, smp-spin). Default: builtin:nestoros on sim, builtin:hello on kvm",
             Arity = ArgumentArity.ZeroOrOne,
         };
         var engine = new Option<string>("--engine") { Description = "Engine: sim (Nestor's own x86-64 machine, the default) or kvm (hardware-assisted, /dev/kvm)", DefaultValueFactory = _ => "sim" };
@@ -640,7 +640,10 @@ internal static class RunCommand
             string fallback = o.Engine.Equals("kvm", StringComparison.OrdinalIgnoreCase) ? "hello" : "nestoros";
             string name = o.Kernel?["builtin:".Length..] ?? fallback;
             // The host's workload guests too (builtin:smp-spin, built for --cpus processors: docs/host.md).
-            return Hypervisor.Hosting.WorkloadGuests.Get(name, o.Cpus) ?? BuiltInGuests.Get(name);
+            return Hypervisor.Hosting.WorkloadGuests.Get(name, o.Cpus)
+                ?? (BuiltInGuests.Names.Contains(name) ? BuiltInGuests.Get(name)
+                    : throw new BadInputException($"there is no built-in guest '{name}'",
+                        $"Built-in guests: {string.Join(", ", [.. BuiltInGuests.Names, .. Hypervisor.Hosting.WorkloadGuests.Names])}"));
         }
         if (o.Kernel.StartsWith('-') && !File.Exists(o.Kernel))
         {

@@ -23,6 +23,9 @@ public static class WorkloadGuests
     /// <summary>Loop iterations of work after each tick (about 2,000 instructions).</summary>
     public const int TickerWork = 1000;
 
+    /// <summary>Names accepted by <see cref="Get"/> (as <c>builtin:NAME</c> beside <see cref="BuiltIn.BuiltInGuests.Names"/>).</summary>
+    public static IReadOnlyList<string> Names => ["spin", "ticker", "smp-spin"];
+
     /// <summary>The guest named <paramref name="name"/>, built for <paramref name="vcpus"/> processors where that
     /// matters (<c>smp-spin</c>), or null if it is not one of these.</summary>
     public static KernelImageSource? Get(string name, int vcpus = 1) => name switch
