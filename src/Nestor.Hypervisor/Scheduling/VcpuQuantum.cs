@@ -103,40 +103,24 @@ public sealed class VcpuQuantum : IVcpuQuantum, IVcpuRound, IDisposable
             idlesOften = idled;
             Report(clock, instructionsRetired, finished: false);
         }
-        started = true;
-        lock (gate)
+        switch (AwaitDispatch(clock, instructionsRetired, out long granted))
         {
-            waiting = true;
-        }
-        dispatched.Wait();
-        lock (gate)
-        {
-            waiting = false;
-            lastClock = roundStartClock = clock;
-            lastRetired = roundStartRetired = instructionsRetired;
-            if (stopped)
-            {
-                dispatched.Release(); // every later call goes on at once too
+            case Handoff.Stopped:
                 return 1;
-            }
-            if (interrupted)
-            {
+            case Handoff.Interrupted:
                 // Woken without a round (Interrupt): one instruction, after which the engine sees its stop request.
-                interrupted = false;
                 roundLeft = 0;
                 return 1;
-            }
-            roundLeft = budget;
-            return Math.Min(budget, idlesOften ? ShortSlice : budget);
         }
+        roundLeft = granted;
+        return Math.Min(granted, idlesOften ? ShortSlice : granted);
     }
 
-    /// <summary>Whether the vCPU could run at its last <see cref="EndRound"/> (a vCPU of a VM with several: false while
-    /// it waits for its start-up IPI or is halted until an interrupt).</summary>
-    public bool Runnable { get; internal set; } = true;
+    private enum Handoff { Round, Stopped, Interrupted }
 
-    /// <inheritdoc/>
-    public long AwaitRound(long clock, long instructionsRetired)
+    // The engine's thread: waits until the host dispatches the vCPU, stops or interrupts it; the round's budget in
+    // `granted`. The one hand-off both NextBudget and AwaitRound wait in.
+    private Handoff AwaitDispatch(long clock, long instructionsRetired, out long granted)
     {
         started = true;
         lock (gate)
@@ -149,19 +133,32 @@ public sealed class VcpuQuantum : IVcpuQuantum, IVcpuRound, IDisposable
             waiting = false;
             lastClock = roundStartClock = clock;
             lastRetired = roundStartRetired = instructionsRetired;
+            granted = budget;
             if (stopped)
             {
                 dispatched.Release(); // every later call goes on at once too
-                return 1;
+                return Handoff.Stopped;
             }
             if (interrupted)
             {
                 interrupted = false;
-                return 0;
+                return Handoff.Interrupted;
             }
-            return budget;
+            return Handoff.Round;
         }
     }
+
+    /// <summary>Whether the vCPU could run at its last <see cref="EndRound"/> (a vCPU of a VM with several: false while
+    /// it waits for its start-up IPI or is halted until an interrupt).</summary>
+    public bool Runnable { get; internal set; } = true;
+
+    /// <inheritdoc/>
+    public long AwaitRound(long clock, long instructionsRetired) => AwaitDispatch(clock, instructionsRetired, out long granted) switch
+    {
+        Handoff.Stopped => 1,
+        Handoff.Interrupted => 0,
+        _ => granted,
+    };
 
     /// <inheritdoc/>
     public void EndRound(long clock, long instructionsRetired, bool runnable)
