@@ -43,6 +43,7 @@ public class InputErrorTests
     [InlineData("--engine", "vmware", "no engine")]
     [InlineData("--timeout", "0", "not a positive number")]
     [InlineData("--load-addr", "0x10", "boot structures")]
+    [InlineData("--clock", "sundial", "unknown clock 'sundial'")]
     public void Bad_options_are_refused(string option, string value, string message)
     {
         string file = WriteTemp([0xF4], ".bin");
@@ -61,6 +62,7 @@ public class InputErrorTests
     [InlineData("the ways must divide the entries", "--tlb", "64:5")]
     [InlineData("is not ENTRIES[:WAYS]", "--nested-tlb", "lots")]
     [InlineData("not a number of entries", "--pwc", "5000")]
+    [InlineData("--deterministic and --clock host do not go together", "--clock", "host", "--deterministic")]
     public void Bad_technique_options_are_refused(string message, params string[] options)
     {
         string file = WriteTemp([0xF4], ".bin");

@@ -97,6 +97,12 @@ internal static class RunCommand
         var cpus = TypedOptions.Integer("--cpus", $"vCPUs (1 to {VmConfig.MaximumCpus}): vCPU 0 boots the kernel, the others wait for INIT and start-up IPIs; --engine sim",
             1, VmConfig.MaximumCpus, $"a number of vCPUs from 1 to {VmConfig.MaximumCpus}", "2");
         var deterministic = new Option<bool>("--deterministic") { Description = "Interleave the vCPUs the same way every run (sim's one-thread interleaving, docs/cpu-model.md), so that results repeat" };
+        var guestClock = new Option<string?>("--clock")
+        {
+            Description = "What the guest's time (TSC, APIC timer, PIT, HPET, PM timer) counts on --engine sim: virtual (one cycle per retired " +
+                          "instruction at a nominal 1 GHz, so that runs repeat; the default) or host (the host's monotonic time at that rate, as " +
+                          "QEMU's TCG does: guests that time themselves run as long as on hardware; runs do not repeat; docs/cpu-model.md)",
+        };
         var cpuModel = new Option<string>("--cpu-model")
         {
             Description = "The software machine's processor: intel (GenuineIntel, Broadwell-class; the default) or amd (AuthenticAMD, " +
@@ -105,7 +111,7 @@ internal static class RunCommand
         };
         var command = new Command("run", "Boot a kernel in a VM and run it until it exits")
         {
-            snapshotAt, snapshotOnSignal, restore, memFile, cpus, deterministic, cpuModel,
+            snapshotAt, snapshotOnSignal, restore, memFile, cpus, deterministic, guestClock, cpuModel,
             kernel, engine, memory, commandLine, flat, loadAddress, timeout, dumpState, stats, json, serialLog, force, verbose, kvmDevice, qemu, multiboot,
             technique, mmu, nestedPages, disk, virtioConsole, balloon, balloonTarget, serviceVm, serviceDisk, serviceMemory, serviceCommandLine, module, platformDevice,
         };
@@ -157,6 +163,7 @@ internal static class RunCommand
                 Cpus = parse.GetValue(cpus) ?? 1,
                 Deterministic = parse.GetValue(deterministic),
                 CpuModel = parse.GetValue(cpuModel)!,
+                Clock = parse.GetValue(guestClock),
             }, parse.GetValue(verbose));
         });
         return command;
@@ -223,6 +230,9 @@ internal static class RunCommand
 
         /// <summary>--deterministic.</summary>
         public bool Deterministic { get; init; }
+
+        /// <summary>--clock virtual|host, or null for the engine's own.</summary>
+        public string? Clock { get; init; }
     }
 
     /// <summary>The software machine's options from --technique, --mmu and --nested-pages, checked against the engine.</summary>
@@ -347,6 +357,14 @@ internal static class RunCommand
                 BalloonTargetPages = BalloonTargetPages(o),
                 Cpus = o.Cpus,
                 Deterministic = o.Deterministic,
+                Clock = o.Clock switch
+                {
+                    null => null,
+                    "virtual" => GuestClock.Virtual,
+                    "host" => GuestClock.Host,
+                    _ => throw new BadInputException($"unknown clock '{o.Clock}': the guest's time is virtual (instruction-counted) or host",
+                        "Give --clock virtual (the software machine's default) or --clock host"),
+                },
                 CpuModel = Nestor.Machine.Processor.ProcessorModel.Named(o.CpuModel) ?? throw new BadInputException(
                     $"unknown processor model '{o.CpuModel}': the software machine is intel or amd",
                     "Give --cpu-model intel (the default) or --cpu-model amd"),

@@ -12,6 +12,17 @@ public enum EngineKind
     Sim,
 }
 
+/// <summary>What the guest's clock (its TSC, local APIC timer and platform timers) counts (<c>--clock</c>).</summary>
+public enum GuestClock
+{
+    /// <summary>The software machine's own time: one cycle per retired instruction plus the time skipped while
+    /// halted, at a nominal 1 GHz, so that a run repeats exactly (QEMU's <c>-icount shift=0</c>).</summary>
+    Virtual,
+    /// <summary>The host's monotonic time at the same nominal rate (QEMU TCG's default; KVM's TSC): guests that time
+    /// themselves against the TSC run for as long in wall time as they would on hardware; runs do not repeat.</summary>
+    Host,
+}
+
 /// <summary>How a kernel file is loaded.</summary>
 public enum KernelFormat
 {
@@ -199,6 +210,10 @@ public sealed class VmConfig
     /// software machine only (KVM's vCPUs run when the host schedules them).</summary>
     public bool Deterministic { get; init; }
 
+    /// <summary><c>--clock virtual|host</c>: what the guest's time counts; null for the engine's own (the software
+    /// machine's virtual time, KVM's host time).</summary>
+    public GuestClock? Clock { get; init; }
+
     /// <summary>Guest RAM in bytes (default 64 MiB).</summary>
     public ulong MemoryBytes { get; init; } = 64UL << 20;
 
@@ -289,6 +304,16 @@ public sealed class VmConfig
         {
             throw new BadInputException("--deterministic needs the software machine: KVM's vCPUs run as the host schedules them",
                 "Add --engine sim, or drop --deterministic");
+        }
+        if (Clock == GuestClock.Virtual && Engine != EngineKind.Sim)
+        {
+            throw new BadInputException("--clock virtual is the software machine's instruction-counted time: on KVM the guest's TSC is the host's",
+                "Add --engine sim, or drop --clock");
+        }
+        if (Clock == GuestClock.Host && Deterministic)
+        {
+            throw new BadInputException("--deterministic and --clock host do not go together: under host time a run depends on how fast the host runs it",
+                "Drop --clock host (the default virtual clock repeats exactly), or drop --deterministic");
         }
         if (Timeout is { } t && t <= TimeSpan.Zero)
         {

@@ -164,6 +164,16 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
             var self = cpus[i];
             self.IdleHorizon = () => LatestClockOfOthers(cpus, self);
         }
+        if (vm.Config.Clock == Configuration.GuestClock.Host)
+        {
+            // --clock host: every vCPU's clock follows one host-time base, from the furthest clock reached so far (a
+            // restored snapshot's, or the last run's), so the TSCs agree and time never runs back.
+            var hostTime = new HostTime(LatestClock(cpus), Devices.Platform.PlatformClock.SimCyclesPerSecond);
+            foreach (var each in cpus)
+            {
+                each.HostTime = hostTime;
+            }
+        }
         var apicBus = new ApicBus(cpus);
         // The platform's lines reach the CPUs through the I/O APIC's messages to their local APICs, whose EOI for a
         // level-triggered vector comes back to the I/O APIC.
@@ -630,6 +640,12 @@ public sealed class SimEngine(SimOptions? options = null) : IEngine, IDisposable
         Report(list, cpu.Mmu.Counters, MmuCounter.Translations, MmuCounter.TlbFlushes);
         Report(list, c, CpuCounter.SystemCalls, CpuCounter.ExternalInterrupts);
         list.Add(new("apic_timer_interrupts", (ulong)cpu.Apic.TimerInterrupts, ""));
+        if (cpu.HostTime is { } hostTime)
+        {
+            // --clock host: how much of the clock came from following the host's time and from skipping idle time.
+            list.Add(new("clock_host_time_cycles", (ulong)cpu.HostTimeCycles, ""));
+            list.Add(new("clock_skipped_idle_cycles", (ulong)hostTime.Skipped, ""));
+        }
         foreach (var kind in Enum.GetValues<InstructionClass>())
         {
             list.Add(new EngineCounter($"retired_{kind.ToString().ToLowerInvariant()}", (ulong)c.RetiredByClass[(int)kind], ""));

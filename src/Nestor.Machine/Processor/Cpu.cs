@@ -132,6 +132,32 @@ public sealed unsafe partial class Cpu
     private long idleCycles;
     private long interruptShadowUntil = -1;
 
+    /// <summary>Set by an engine running the VM under <c>--clock host</c>: the clock follows the host's time (moved
+    /// forward whenever it falls behind: at each look at events, at most <see cref="HostTimeCheckInterval"/>
+    /// instructions apart, and at each RDTSC). Null: one cycle per retired instruction plus idle time, the default,
+    /// so that a run repeats.</summary>
+    public HostTime? HostTime { get; set; }
+
+    /// <summary>Cycles this CPU's clock moved forward to follow <see cref="HostTime"/> (beyond its instructions and
+    /// its own idle time).</summary>
+    public long HostTimeCycles { get; private set; }
+
+    /// <summary>Under <see cref="HostTime"/>, the most instructions between two reads of the host clock (about a
+    /// hundred microseconds of interpreted code; a read costs tens of nanoseconds).</summary>
+    public const long HostTimeCheckInterval = 1000;
+
+    // The clock falls behind the host's time at the interpreter's speed; this catches it up. Only under HostTime.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void FollowHostTime()
+    {
+        long behind = HostTime!.Now - Clock;
+        if (behind > 0)
+        {
+            idleCycles += behind;
+            HostTimeCycles += behind;
+        }
+    }
+
     // The last Run ended in HLT with nothing to wake the CPU (part of the saved state: a restored CPU says so too).
     private bool halted;
 
@@ -150,6 +176,11 @@ public sealed unsafe partial class Cpu
             return StopReason.Halted; // wait-for-SIPI: nothing runs until a start-up IPI (Cpu.StartUp.cs)
         }
         RevalidateTranslations(); // registers may have been set from outside since the last run
+        if (HostTime is not null)
+        {
+            FollowHostTime(); // host time went on while the other vCPUs ran
+            eventCheckAt = 0;
+        }
         try
         {
             var stop = RunSlice(budget);
@@ -349,10 +380,15 @@ public sealed unsafe partial class Cpu
         {
             idleCycles += clock - Clock;
         }
+        HostTime?.SkipTo(clock);
     }
 
     private bool IdleUntilTimer()
     {
+        if (HostTime is not null)
+        {
+            FollowHostTime(); // halted since its last look: its deadlines are compared with the host's time now
+        }
         while (true)
         {
             if (Apic.NonMaskableInterruptPending && !state.NmiBlocked)
@@ -380,6 +416,10 @@ public sealed unsafe partial class Cpu
                     return false;
                 }
                 idleCycles += Math.Max(0, device - Clock);
+                if (IdleHorizon is null)
+                {
+                    HostTime?.SkipTo(Clock); // alone: the VM's time skips with it
+                }
                 platform.AdvanceDevices();
                 continue;
             }
@@ -388,6 +428,10 @@ public sealed unsafe partial class Cpu
                 return false;
             }
             idleCycles += Math.Max(0, Apic.Deadline - Clock);
+            if (IdleHorizon is null)
+            {
+                HostTime?.SkipTo(Clock);
+            }
             eventCheckAt = 0;
             return true;
         }
@@ -424,6 +468,10 @@ public sealed unsafe partial class Cpu
         {
             yieldRequested = false;
             return StopReason.Budget; // this processor sent another an IPI: its slice ends (Cpu.StartUp.cs)
+        }
+        if (HostTime is not null)
+        {
+            FollowHostTime();
         }
         if (Clock >= Apic.Deadline)
         {
@@ -468,6 +516,10 @@ public sealed unsafe partial class Cpu
                 || ExternalInterruptRequested
             ? Counters.InstructionsRetired + 1                  // waiting for IF, the shadow, the TPR or an EOI: look each time
             : Apic.Deadline == long.MaxValue ? long.MaxValue : Apic.Deadline - idleCycles;
+        if (HostTime is not null)
+        {
+            eventCheckAt = Math.Min(eventCheckAt, Counters.InstructionsRetired + HostTimeCheckInterval); // host time moves on its own
+        }
         return null;
     }
 
@@ -1072,7 +1124,18 @@ public sealed unsafe partial class Cpu
             Cr3: Cr3));
     }
 
-    /// <summary>The time-stamp counter: one tick per retired instruction, so that runs are reproducible (the cost
-    /// model of later work turns instructions into modelled cycles).</summary>
-    private ulong Tsc => (ulong)Clock;
+    /// <summary>The time-stamp counter: the clock, one tick per retired instruction (plus idle time), so that runs
+    /// are reproducible; under <see cref="HostTime"/> brought up to the host's time first, so that successive reads
+    /// see host time pass.</summary>
+    private ulong Tsc
+    {
+        get
+        {
+            if (HostTime is not null)
+            {
+                FollowHostTime();
+            }
+            return (ulong)Clock;
+        }
+    }
 }

@@ -38,8 +38,9 @@ internal static class SmpGuest
     private const ulong Idt = 0x9000;
     private const uint Apic = 0xFEE0_0000;
 
-    public static VmConfig Config(int cpus, bool deterministic = false, Techniques.SimOptions? sim = null, TimeSpan? timeout = null) => new()
+    public static VmConfig Config(int cpus, bool deterministic = false, Techniques.SimOptions? sim = null, TimeSpan? timeout = null, GuestClock? clock = null) => new()
     {
+        Clock = clock,
         Sim = sim ?? new Techniques.SimOptions(),
         Kernel = GuestAssembler.Flat("smp", Kernel(cpus, out _)),
         MemoryBytes = 32UL << 20,
