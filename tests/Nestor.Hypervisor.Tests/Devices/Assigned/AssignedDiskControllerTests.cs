@@ -161,13 +161,13 @@ public class AssignedDiskControllerTests
         Assert.Equal(3, faults.Count);
         var source = controller.Dma.Source;
         Assert.Equal(
-            [new DmaFault(source, MemoryBytes, true, DmaFaultReason.NotPresent), new DmaFault(source, MemoryBytes, true, DmaFaultReason.NotPresent),
-             new DmaFault(source, 0x1_0000_0000, true, DmaFaultReason.NotPresent)],
+            [new DmaFault(source, MemoryBytes, true, DmaFaultReason.WriteNotPermitted), new DmaFault(source, MemoryBytes, true, DmaFaultReason.WriteNotPermitted),
+             new DmaFault(source, 0x1_0000_0000, true, DmaFaultReason.WriteNotPermitted)],
             faults.Records);
         var logged = diagnostics.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(2, logged.Length); // once per address
         Assert.Contains($"0x{MemoryBytes:x}", logged[0]);
-        Assert.Contains("not present", logged[0]);
+        Assert.Contains("not mapped", logged[0]);
         Assert.Equal(3, controller.DmaFaultRequests);
         if (technique != Technique.Native)
         {
@@ -383,8 +383,8 @@ public class AssignedDiskControllerTests
         Assert.Equal(ring + AssignedDiskController.RequestSize, bus.ReadMemory(b + AssignedDiskController.FaultAddressLowRegister, 4));
         Assert.Equal(0UL, bus.ReadMemory(b + AssignedDiskController.FaultAddressHighRegister, 4));
         var faults = Controller(vm).Dma.Faults;
-        Assert.Equal([new DmaFault(Controller(vm).Dma.Source, ring, false, DmaFaultReason.NotPresent),
-            new DmaFault(Controller(vm).Dma.Source, ring + AssignedDiskController.RequestSize, false, DmaFaultReason.NotPresent)], faults.Records);
+        Assert.Equal([new DmaFault(Controller(vm).Dma.Source, ring, false, DmaFaultReason.ReadNotPermitted),
+            new DmaFault(Controller(vm).Dma.Source, ring + AssignedDiskController.RequestSize, false, DmaFaultReason.ReadNotPermitted)], faults.Records);
         Assert.Single(diagnostics.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries)); // one page
     }
 }

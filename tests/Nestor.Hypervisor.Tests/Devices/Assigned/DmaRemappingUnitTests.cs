@@ -71,15 +71,15 @@ public class DmaRemappingUnitTests
 
         Assert.Null(unit.Walk(Device, 0x1008, write: false, out ulong host));
         Assert.Equal(frame + 8, host);
-        Assert.Equal(DmaFaultReason.WriteToReadOnly, unit.Walk(Device, 0x1008, write: true, out _));
-        Assert.Equal(DmaFaultReason.NotPresent, unit.Walk(Device, 0x3000, write: false, out _)); // the same last-level table
-        Assert.Equal(DmaFaultReason.NotPresent, unit.Walk(Device, 0x40_0000_0000, write: true, out _)); // no tables there
+        Assert.Equal(DmaFaultReason.WriteNotPermitted, unit.Walk(Device, 0x1008, write: true, out _));
+        Assert.Equal(DmaFaultReason.ReadNotPermitted, unit.Walk(Device, 0x3000, write: false, out _)); // the same last-level table
+        Assert.Equal(DmaFaultReason.WriteNotPermitted, unit.Walk(Device, 0x40_0000_0000, write: true, out _)); // no tables there
         Assert.Equal(DmaFaultReason.AddressBeyondWidth, unit.Walk(Device, 1UL << 48, write: false, out _));
         Assert.Equal(DmaFaultReason.ContextEntryNotPresent, unit.Walk(new SourceId(3, 6, 0), 0x2000, write: false, out _));
         Assert.Equal(DmaFaultReason.RootEntryNotPresent, unit.Walk(new SourceId(4, 5, 1), 0x2000, write: false, out _));
         Assert.True(unit.Unmap(Device, 0x2000));
         Assert.False(unit.Unmap(Device, 0x2000));
-        Assert.Equal(DmaFaultReason.NotPresent, unit.Walk(Device, 0x2000, write: false, out _));
+        Assert.Equal(DmaFaultReason.ReadNotPermitted, unit.Walk(Device, 0x2000, write: false, out _));
         Assert.Equal(1, unit.MappedPages);
         unit.DetachDevice(Device);
         Assert.Equal(DmaFaultReason.ContextEntryNotPresent, unit.Walk(Device, 0x1000, write: false, out _));
@@ -100,8 +100,8 @@ public class DmaRemappingUnitTests
         Assert.Equal(20, unit.Faults.Count);
         Assert.Equal(DmaFaultLog.RecordLimit, unit.Faults.Records.Count);
         Assert.True(unit.Faults.Overflowed);
-        Assert.Equal(new DmaFault(Device, 0x10_0000, true, DmaFaultReason.NotPresent), unit.Faults.Records[0]);
-        Assert.Equal(new DmaFault(Device, 0x10_1000, false, DmaFaultReason.NotPresent), unit.Faults.Records[1]);
+        Assert.Equal(new DmaFault(Device, 0x10_0000, true, DmaFaultReason.WriteNotPermitted), unit.Faults.Records[0]);
+        Assert.Equal(new DmaFault(Device, 0x10_1000, false, DmaFaultReason.ReadNotPermitted), unit.Faults.Records[1]);
         Assert.Equal(10, diagnostics.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
     }
 
@@ -113,7 +113,7 @@ public class DmaRemappingUnitTests
         int pages = DmaFaultLog.LoggedAddressLimit + 50;
         for (int i = 0; i < pages; i++)
         {
-            log.Record(new DmaFault(Device, (ulong)i << 12, false, DmaFaultReason.NotPresent));
+            log.Record(new DmaFault(Device, (ulong)i << 12, false, DmaFaultReason.ReadNotPermitted));
         }
         var lines = diagnostics.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(DmaFaultLog.LoggedAddressLimit + 1, lines.Length);

@@ -1,3 +1,4 @@
+using Nestor.Hypervisor.Devices.DmaRemapping;
 using Iced.Intel;
 using Nestor.Hypervisor.Devices.Interrupts;
 using Nestor.Hypervisor.Devices.Platform;

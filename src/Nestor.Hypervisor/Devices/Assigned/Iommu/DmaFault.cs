@@ -23,15 +23,19 @@ public enum DmaFaultReason : byte
     /// <summary>2h: the present bit of the device's context entry is clear.</summary>
     ContextEntryNotPresent = 0x2,
 
+    /// <summary>3h: the context entry is malformed (a translation type or address width the unit does not offer).</summary>
+    InvalidContextEntry = 0x3,
+
     /// <summary>4h: the address is beyond the domain's address width (48 bits with a 4-level table).</summary>
     AddressBeyondWidth = 0x4,
 
-    /// <summary>5h: a write through a second-level entry whose write bit is clear (a page the VMM mapped read-only).</summary>
-    WriteToReadOnly = 0x5,
+    /// <summary>5h: a write through a second-level entry whose write bit is clear: a page the VMM mapped read-only,
+    /// or one it did not map at all (VT-d has no separate reason for a not-present second-level entry).</summary>
+    WriteNotPermitted = 0x5,
 
-    /// <summary>6h: no second-level entry grants access: the page is not mapped (outside the VM's RAM, or a page the
-    /// VMM left unmapped).</summary>
-    NotPresent = 0x6,
+    /// <summary>6h: a read through a second-level entry whose read bit is clear: the page is not mapped (outside the
+    /// VM's RAM, or a page the VMM left unmapped).</summary>
+    ReadNotPermitted = 0x6,
 }
 
 /// <summary>One recorded DMA fault: VT-d's fault recording register (FRCD, §7.2.1) holds the source ID, the faulting
@@ -46,9 +50,11 @@ public readonly record struct DmaFault(SourceId Source, ulong Address, bool Writ
     {
         DmaFaultReason.RootEntryNotPresent => "root entry not present",
         DmaFaultReason.ContextEntryNotPresent => "context entry not present",
+        DmaFaultReason.InvalidContextEntry => "invalid context entry",
         DmaFaultReason.AddressBeyondWidth => "address beyond the domain's width",
-        DmaFaultReason.WriteToReadOnly => "write to read-only",
-        _ => "not present",
+        DmaFaultReason.WriteNotPermitted => "write not permitted: read-only or not mapped",
+        DmaFaultReason.ReadNotPermitted => "read not permitted: not mapped",
+        _ => $"fault reason {(byte)reason}",
     };
 }
 

@@ -1,3 +1,5 @@
+using Nestor.Hypervisor.Devices.DmaRemapping;
+
 namespace Nestor.Hypervisor.Devices.Assigned.Iommu;
 
 /// <summary>An IOMMU in the shape of Intel VT-d's DMA remapping (VT-d specification rev. 4, §3, "DMA Remapping"), in
@@ -15,10 +17,10 @@ namespace Nestor.Hypervisor.Devices.Assigned.Iommu;
 public sealed class DmaRemappingUnit : IDisposable
 {
     /// <summary>Second-level entry bits (VT-d §9.8, as EPT's, SDM Vol. 3C §29.3.2): read, write, page size.</summary>
-    public const ulong Read = 1, Write = 1 << 1, PageSize = 1 << 7;
+    public const ulong Read = SecondLevelWalk.Read, Write = SecondLevelWalk.Write, PageSize = SecondLevelWalk.PageSize;
 
     /// <summary>Bits 51:12 of an entry: the next table or the page.</summary>
-    public const ulong AddressMask = 0x000F_FFFF_FFFF_F000;
+    public const ulong AddressMask = SecondLevelWalk.AddressMask;
 
     /// <summary>Input address width of a 4-level second-level table (the context entry's AW = 010b).</summary>
     public const int AddressWidth = 48;
@@ -117,7 +119,7 @@ public sealed class DmaRemappingUnit : IDisposable
     }
 
     /// <summary>Removes the mapping of the page at <paramref name="address"/> of <paramref name="source"/>: the device's
-    /// accesses there fault with <see cref="DmaFaultReason.NotPresent"/>. False when it was not mapped.</summary>
+    /// accesses there fault with <see cref="DmaFaultReason.ReadNotPermitted"/> or <see cref="DmaFaultReason.WriteNotPermitted"/>. False when it was not mapped.</summary>
     public bool Unmap(SourceId source, ulong address)
     {
         if (LeafSlot(source, address, create: false) is not { } leaf || (Memory.ReadUInt64(leaf) & (Read | Write)) == 0)
@@ -141,58 +143,22 @@ public sealed class DmaRemappingUnit : IDisposable
         return true;
     }
 
-    /// <summary>The walk of §3.4 without recording: null and the host-physical address, or why it faults.</summary>
+    /// <summary>The walk of §3.4 without recording: null and the host-physical address, or why it faults. The walk
+    /// is the one the emulated VT-d unit makes (<see cref="SecondLevelWalk"/>), over the tables in host memory.</summary>
     public DmaFaultReason? Walk(SourceId source, ulong address, bool write, out ulong hostPhysical)
     {
-        hostPhysical = 0;
         Translations++;
         Walks++;
-        if ((address >> AddressWidth) != 0)
-        {
-            return DmaFaultReason.AddressBeyondWidth;
-        }
-        WalkReferences++;
-        ulong rootEntry = Memory.ReadUInt64(RootTable + (ulong)source.Bus * EntrySize);
-        if ((rootEntry & Present) == 0)
-        {
-            return DmaFaultReason.RootEntryNotPresent;
-        }
-        WalkReferences++;
-        ulong contextEntry = Memory.ReadUInt64((rootEntry & AddressMask) + (ulong)source.DeviceFunction * EntrySize);
-        if ((contextEntry & Present) == 0)
-        {
-            return DmaFaultReason.ContextEntryNotPresent;
-        }
-        ulong table = contextEntry & AddressMask;
-        for (int level = 0; level < 4; level++)
-        {
-            int shift = 39 - 9 * level;
-            WalkReferences++;
-            ulong entry = Memory.ReadUInt64(table + ((address >> shift) & 511) * 8);
-            if ((entry & (Read | Write)) == 0)
-            {
-                return DmaFaultReason.NotPresent;
-            }
-            bool leaf = level == 3 || (level >= 1 && (entry & PageSize) != 0);
-            if (!leaf)
-            {
-                table = entry & AddressMask;
-                continue;
-            }
-            // Rights are those of the leaf (table entries here always grant both, as the VMM writes them).
-            if (write && (entry & Write) == 0)
-            {
-                return DmaFaultReason.WriteToReadOnly;
-            }
-            if (!write && (entry & Read) == 0)
-            {
-                return DmaFaultReason.NotPresent;
-            }
-            ulong pageMask = (1UL << shift) - 1;
-            hostPhysical = (entry & AddressMask & ~pageMask) | (address & pageMask);
-            return null;
-        }
-        return DmaFaultReason.NotPresent;
+        var result = SecondLevelWalk.Translate(new HostTables(space), RootTable, source.Value, address, write, out _, out int references);
+        WalkReferences += references;
+        hostPhysical = result.Address;
+        return result.Translated ? null : (DmaFaultReason)result.Reason;
+    }
+
+    // The VMM's tables, in the host-physical memory no guest-physical address reaches.
+    private readonly struct HostTables(HostPhysicalSpace space) : IRemappingTables
+    {
+        public ulong ReadEntry(ulong address) => space.Memory.ReadUInt64(address);
     }
 
     /// <summary>Gives every table frame back.</summary>

@@ -1,3 +1,4 @@
+using Nestor.Hypervisor.Devices.DmaRemapping;
 using Nestor.Hypervisor.Devices.Interrupts;
 using Nestor.Hypervisor.Memory;
 using Nestor.Machine.Addresses;
