@@ -273,6 +273,20 @@ public class HardeningCliTests
     }
 
     [Fact]
+    public void A_sim_time_out_under_the_virtual_clock_says_how_much_guest_time_passed_and_offers_the_host_clock()
+    {
+        // builtin:spin never ends: under the virtual clock the message measures the guest's time and names --clock
+        // host (kvm-unit-tests' vmexit waits for 2^30 TSC ticks); under --clock host the advice would be pointless.
+        var r = Run("run", "builtin:spin", "--timeout", "1");
+        Assert.True(r.ExitCode == 124, r.ToString());
+        Assert.Matches(@"the guest's clock counted [0-9.]+ s in [0-9.]+ s of wall time", r.Stderr);
+        Assert.Contains("--clock host", r.Stderr);
+        var host = Run("run", "builtin:spin", "--timeout", "1", "--clock", "host");
+        Assert.True(host.ExitCode == 124, host.ToString());
+        Assert.DoesNotContain("--clock host", host.Stderr);
+    }
+
+    [Fact]
     public void The_timeout_covers_loading_too()
     {
         // 48 MiB to read and copy into guest RAM take far longer than 1 ms, so the limit passes while loading.

@@ -29,6 +29,17 @@ internal sealed class RunReport(Vm vm, IEngine engine, RunResult run, TimeSpan w
             return;
         }
         o.WriteLine($"nestor: {outcome.Message}");
+        if (outcome.Kind == VmOutcomeKind.Timeout && engine is SimEngine && vm.Config.Clock != Nestor.Hypervisor.Configuration.GuestClock.Host)
+        {
+            // The likeliest reason a guest that runs on QEMU times out here: it waits for its clock, which counts
+            // retired instructions, so a second of its time takes as many seconds as the interpreter needs for 10^9.
+            var bsp = vm.Vcpus[0].State;
+            double guestSeconds = (bsp.InstructionsRetired + bsp.IdleCycles) / (double)Nestor.Hypervisor.Devices.Platform.PlatformClock.SimCyclesPerSecond;
+            string counted = guestSeconds.ToString("0.###", CultureInfo.InvariantCulture);
+            string passed = wall.TotalSeconds.ToString("0.#", CultureInfo.InvariantCulture);
+            o.WriteLine($"nestor: the guest's clock counted {counted} s in {passed} s of wall time (the virtual clock: one cycle per retired instruction, at a nominal 1 GHz); " +
+                "if the guest waits for its clock (a TSC loop, a timer), --clock host lets its time follow the host's, as QEMU's TCG does (docs/cpu-model.md, \"Guest time\")");
+        }
         if (outcome.Kind is VmOutcomeKind.TripleFault or VmOutcomeKind.EmulationFailure or VmOutcomeKind.EntryFailure
             or VmOutcomeKind.UnexpectedExit && outcome.FinalState is { } state)
         {
