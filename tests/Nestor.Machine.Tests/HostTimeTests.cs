@@ -70,22 +70,8 @@ public class HostTimeTests
         var hostTime = new HostTime(0, NominalHz);
         var m = new TestMachine(a =>
         {
-            var handler = a.CreateLabel();
-            var over = a.CreateLabel();
-            TestMachine.Gate(a, 0x41, handler);
-            a.jmp(over);
-            a.Label(ref handler);
-            a.inc(r13);
-            a.mov(r11d, Apic + 0xB0);
-            a.mov(__dword_ptr[r11], 0);
-            a.iretq();
-            a.Label(ref over);
-            a.mov(ecx, Msr.ApicBase);
-            a.rdmsr();
-            a.or(eax, 0x800);
-            a.wrmsr();
-            a.mov(eax, Apic + 0xF0);
-            a.mov(__dword_ptr[rax], 0x1FF);            // software-enable the APIC
+            LocalApicModelTests.CountingHandler(a, 0x41);
+            LocalApicModelTests.EnableApic(a);
             a.xor(r13d, r13d);
             a.mov(eax, Apic + 0x320);
             a.mov(__dword_ptr[rax], (2 << 17) | 0x41); // LVT timer: TSC-deadline mode, vector 0x41

@@ -13,14 +13,14 @@ public class LocalApicModelTests
 {
     private const uint Apic = 0xFEE0_0000;
 
-    private static void EnableApic(Assembler a)
+    internal static void EnableApic(Assembler a)
     {
         a.mov(eax, Apic + 0xF0);
         a.mov(__dword_ptr[rax], 0x1FF); // SVR: software enable, spurious vector 0xFF
     }
 
     /// <summary>An interrupt gate for <paramref name="vector"/> whose handler adds 1 to R13, writes EOI and returns.</summary>
-    private static void CountingHandler(Assembler a, int vector)
+    internal static void CountingHandler(Assembler a, int vector)
     {
         var handler = a.CreateLabel();
         var over = a.CreateLabel();
