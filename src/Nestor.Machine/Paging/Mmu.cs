@@ -264,6 +264,21 @@ public sealed class Mmu
         return fault;
     }
 
+    /// <summary>What the last successful <see cref="Translate(ulong, AccessKind, bool, bool, out ulong)"/> used: the
+    /// slot of its TLB a lookup of the address finds now (<see cref="NoTlbSlot"/> when paging is off, so no TLB took
+    /// part; <see cref="UncachedSlot"/> when a lookup would find another entry first) and that fill's stamp. The CPU's
+    /// fast translations remember both, so that a fast hit is exactly the TLB hit it stands for (Tlb.TryUse).</summary>
+    internal int LastSlot;
+
+    /// <inheritdoc cref="LastSlot"/>
+    internal ulong LastFilled;
+
+    /// <summary><see cref="LastSlot"/> when no TLB took part (paging off).</summary>
+    internal const int NoTlbSlot = -1;
+
+    /// <summary><see cref="LastSlot"/> when the translation must not be cached outside the TLB.</summary>
+    internal const int UncachedSlot = -2;
+
     // The interpreter's own entry (it keeps addresses as ulong in its inner loop, issue 11): the typed overload
     // above is this one, wrapped.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -272,6 +287,8 @@ public sealed class Mmu
         Counters.Translations++;
         if (!controls.Paging && !nestedPaging)
         {
+            LastSlot = NoTlbSlot;
+            LastFilled = 0;
             physical = linear;
             return null;
         }
@@ -290,6 +307,8 @@ public sealed class Mmu
                 AccessRights.Check(e.Rights, kind, user, alignmentCheck, controls) is null)
             {
                 CountHit(kind);
+                LastSlot = index;
+                LastFilled = e.Filled;
                 physical = e.PhysicalPage | (linear & ((1UL << e.PageShift) - 1));
                 return null;
             }
@@ -304,7 +323,9 @@ public sealed class Mmu
             physical = 0;
             return fault;
         }
-        tlb.Insert(linear, walk.PhysicalPage, walk.PageShift, walk.Rights, controls.ProcessContext);
+        int slot = tlb.Insert(linear, walk.PhysicalPage, walk.PageShift, walk.Rights, controls.ProcessContext);
+        LastSlot = slot >= 0 ? slot : UncachedSlot;
+        LastFilled = slot >= 0 ? tlb.FilledStamp(slot) : 0;
         physical = walk.PhysicalPage | (linear & ((1UL << walk.PageShift) - 1));
         return null;
     }

@@ -36,6 +36,10 @@ public struct TlbEntry
     internal ulong LastUse;
     /// <summary>The TLB's flush epoch when this entry was filled (see <see cref="Tlb.Flush"/>).</summary>
     internal ulong Epoch;
+    /// <summary>A stamp unique to this fill of this slot (never reused): the CPU's fast translations remember it, so
+    /// that a slot refilled since with another page, or shadowed by a newer entry for the same address, no longer
+    /// hits for them (<see cref="Tlb.TryUse"/>).</summary>
+    internal ulong Filled;
 }
 
 /// <summary>A set-associative, PCID-tagged translation lookaside buffer holding 4 KiB, 2 MiB and 1 GiB translations
@@ -43,10 +47,19 @@ public struct TlbEntry
 /// hardware. Lookups allocate nothing.</summary>
 public sealed class Tlb
 {
+    // One entry more than the configuration holds, never valid: the slot the CPU's fast translations name when no
+    // TLB took part (paging off), so that their hit path needs no test for it (SinkSlot).
     private readonly TlbEntry[] entries;
     private readonly int sets;
     private readonly int ways;
     private ulong clock;
+    private ulong fills;
+
+    // Which large page sizes may be held (bit 0: 2 MiB non-global, 1: 2 MiB global, 2: 1 GiB non-global, 3: 1 GiB
+    // global): set by Insert, cleared by the flushes that retire every entry of the kind, so that a lookup skips the
+    // probes of sizes the TLB cannot hold. Conservative: INVLPG and PCID flushes leave the bits set.
+    private int largeKinds;
+    private const int Large2MiB = 0b0011, Large1GiB = 0b1100, LargeNonGlobal = 0b0101;
 
     // Flushing by epoch: a flush starts a new epoch and entries filled before the first epoch still valid for their
     // kind (global or not) no longer count, so a flush costs the same for 64 entries as for 4096. Guests that flush
@@ -58,7 +71,7 @@ public sealed class Tlb
     {
         configuration.Validate();
         Configuration = configuration;
-        entries = new TlbEntry[configuration.Entries];
+        entries = new TlbEntry[configuration.Entries + 1];
         ways = configuration.Ways;
         sets = configuration.Entries / configuration.Ways;
     }
@@ -91,20 +104,50 @@ public sealed class Tlb
     // The MMU's own entry (its translation path keeps addresses as ulong; a nested TLB's keys are guest-physical).
     internal int Lookup(ulong linear, ushort processContext)
     {
-        int i = Probe(linear, 12, processContext);
-        if (i < 0)
-        {
-            i = Probe(linear, 21, processContext);
-            if (i < 0)
-            {
-                i = Probe(linear, 30, processContext);
-            }
-        }
+        int i = Find(linear, processContext);
         if (i >= 0)
         {
             entries[i].LastUse = ++clock;
         }
         return i;
+    }
+
+    // The entry a lookup returns, without counting as a use: the smallest page size first, then way order.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int Find(ulong linear, ushort processContext)
+    {
+        int i = Probe(linear, 12, processContext);
+        if (i < 0 && (largeKinds & Large2MiB) != 0)
+        {
+            i = Probe(linear, 21, processContext);
+        }
+        if (i < 0 && (largeKinds & Large1GiB) != 0)
+        {
+            i = Probe(linear, 30, processContext);
+        }
+        return i;
+    }
+
+    /// <summary>The slot a fast translation names when no TLB took part (paging off): never filled, so its stamp
+    /// (0) always matches, and never valid, so no lookup returns it.</summary>
+    internal int SinkSlot => entries.Length - 1;
+
+    /// <summary>The stamp of the fill now in <paramref name="slot"/>.</summary>
+    internal ulong FilledStamp(int slot) => entries[slot].Filled;
+
+    /// <summary>A CPU's fast translation hits: if <paramref name="slot"/> still holds the fill stamped
+    /// <paramref name="filled"/>, the lookup the fast path stands for finds it, and it becomes the most recently used
+    /// entry of its set, exactly as <see cref="Lookup(ulong, ushort)"/> would make it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool TryUse(int slot, ulong filled)
+    {
+        ref TlbEntry e = ref entries[slot];
+        if (e.Filled != filled)
+        {
+            return false;
+        }
+        e.LastUse = ++clock;
+        return true;
     }
 
     /// <summary>Whether the TLB holds a translation of <paramref name="linear"/>, without counting as a use.</summary>
@@ -113,13 +156,12 @@ public sealed class Tlb
     /// <summary>Whether a nested TLB holds a translation of <paramref name="guestPhysical"/>, without counting as a use.</summary>
     public bool Holds(GuestPhysical guestPhysical) => Holds(guestPhysical.Value, 0);
 
-    internal bool Holds(ulong linear, ushort processContext) =>
-        Probe(linear, 12, processContext) >= 0 || Probe(linear, 21, processContext) >= 0 || Probe(linear, 30, processContext) >= 0;
+    internal bool Holds(ulong linear, ushort processContext) => Find(linear, processContext) >= 0;
 
     /// <summary>The entry at <paramref name="index"/> (from a Lookup).</summary>
     public ref readonly TlbEntry this[int index] => ref entries[index];
 
-    private int Probe(ulong linear, int shift, ushort processContext)
+    private int Probe(ulong linear, int shift, ushort processContext, int except = -1)
     {
         ulong page = linear >> shift;
         int set = (int)(page % (ulong)sets);
@@ -128,7 +170,7 @@ public sealed class Tlb
         {
             ref readonly var e = ref entries[first + w];
             if (Live(in e) && e.PageShift == shift && e.VirtualPage == page &&
-                ((e.Rights & TranslationRights.Global) != 0 || e.ProcessContext == processContext))
+                ((e.Rights & TranslationRights.Global) != 0 || e.ProcessContext == processContext) && first + w != except)
             {
                 return first + w;
             }
@@ -144,7 +186,11 @@ public sealed class Tlb
     public void Insert(GuestPhysical guestPhysical, HostPhysical physicalPage, int pageShift, TranslationRights rights) =>
         Insert(guestPhysical.Value, physicalPage.Value, pageShift, rights, 0);
 
-    internal void Insert(ulong linear, ulong physicalPage, int pageShift, TranslationRights rights, ushort processContext)
+    /// <summary>Caches a translation as <see cref="Insert(GuestVirtual, HostPhysical, int, TranslationRights, ushort)"/>
+    /// does; returns the slot a lookup of <paramref name="linear"/> now finds it in, or -1 when a lookup would find
+    /// another entry first (one of a smaller page, or an earlier way, for the same address: possible only after the
+    /// page tables changed without an invalidation).</summary>
+    internal int Insert(ulong linear, ulong physicalPage, int pageShift, TranslationRights rights, ushort processContext)
     {
         ulong page = linear >> pageShift;
         int set = (int)(page % (ulong)sets);
@@ -180,7 +226,29 @@ public sealed class Tlb
             ProcessContext = processContext,
             LastUse = ++clock,
             Epoch = epoch,
+            Filled = ++fills,
         };
+        largeKinds |= pageShift switch
+        {
+            12 => 0,
+            21 => (rights & TranslationRights.Global) != 0 ? 0b0010 : 0b0001,
+            _ => (rights & TranslationRights.Global) != 0 ? 0b1000 : 0b0100,
+        };
+        // A lookup of a linear address returns one entry (Find's order); another live entry for the same address, of
+        // this page size or a larger one, may be the one fast translations still name while lookups now return this
+        // one: restamping it makes them look again. Only after page-table changes without an invalidation, or an
+        // entry of one PCID beside a global one, are there two.
+        for (int shift = pageShift; shift <= 30; shift += 9)
+        {
+            int other = shift == 12 || (largeKinds & (shift == 21 ? Large2MiB : Large1GiB)) != 0
+                ? Probe(linear, shift, processContext, except: victim)
+                : -1;
+            if (other >= 0)
+            {
+                entries[other].Filled = ++fills;
+            }
+        }
+        return Find(linear, processContext) == victim ? victim : -1;
     }
 
     /// <summary>INVLPG: drops every translation of <paramref name="linear"/>, for all PCIDs and global ones too
@@ -220,9 +288,11 @@ public sealed class Tlb
     {
         epoch++;
         nonGlobalFrom = epoch;
+        largeKinds &= ~LargeNonGlobal;
         if (includingGlobal)
         {
             globalFrom = epoch;
+            largeKinds = 0;
         }
     }
 

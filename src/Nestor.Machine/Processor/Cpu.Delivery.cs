@@ -354,7 +354,7 @@ public sealed partial class Cpu
             if ((saved & 3) != 0)
             {
                 // The read fast path may now hold a supervisor translation, which the interrupted CPL must not reuse.
-                readLinearPage = ulong.MaxValue;
+                DropReadTranslations();
             }
         }
     }

@@ -40,11 +40,11 @@ public sealed partial class Cpu
     }
 
     /// <summary>A page was decoded: the others may hold it in their write fast path, which must now see writes to it.</summary>
-    private void SiblingsDecoded()
+    private void SiblingsDecoded(ulong page)
     {
         foreach (var other in siblings!)
         {
-            other.writeLinearPage = ulong.MaxValue;
+            other.ForgetCodePageWrites(page);
         }
     }
 
@@ -57,9 +57,8 @@ public sealed partial class Cpu
             {
                 for (var alias = chain; alias is not null; alias = alias.Alias)
                 {
-                    other.Release(alias);
+                    other.Release(alias); // and from its fetch fast path
                 }
-                other.fetchPage = null;
                 other.Counters.DecodeCacheInvalidations++;
             }
         }

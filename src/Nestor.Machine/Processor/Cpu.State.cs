@@ -40,11 +40,7 @@ public sealed partial class Cpu
         DropDecodedInstructions();
         UpdatePagingControls();
         Mmu.InvalidateNested(); // empties every TLB and walk cache, nested or not
-        fetchPage = null;
-        fetchLinearPage = ulong.MaxValue;
-        readLinearPage = ulong.MaxValue;
-        writeLinearPage = ulong.MaxValue;
-        RevalidateTranslations();
+        DropTranslationCaches();
     }
 
     /// <summary>Empties the decoded-instruction cache (every page and alias).</summary>

@@ -116,8 +116,7 @@ public sealed partial class Cpu
     private void ProbeItem(ulong linear, int size, AccessKind kind)
     {
         bool crosses = (linear & 0xFFF) + (ulong)size > 0x1000;
-        ulong cached = kind == AccessKind.Write ? writeLinearPage : readLinearPage;
-        if (!crosses && (linear >> 12) == cached)
+        if (!crosses && TryProbeFast(linear, kind))
         {
             return;
         }

@@ -148,7 +148,7 @@ public sealed partial class Cpu
         finally
         {
             writeOverride = false;
-            writeLinearPage = ulong.MaxValue;
+            DropWriteTranslations();
         }
     }
 

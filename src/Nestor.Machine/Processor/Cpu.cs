@@ -189,13 +189,7 @@ public sealed unsafe partial class Cpu
         }
         finally
         {
-            // The fast paths' hits, counted locally, folded into the counters they model.
-            Mmu.Counters.Translations += fastFetches + fastReads + fastWrites;
-            Mmu.Counters.InstructionTlbHits += fastFetches;
-            Mmu.Counters.DataTlbHits += fastReads + fastWrites;
-            Counters.MemoryReads += fastReads;
-            Counters.MemoryWrites += fastWrites;
-            fastFetches = fastReads = fastWrites = 0;
+            FoldFastHits(); // the fast paths' hits, counted locally, folded into the counters they model
         }
     }
 
@@ -558,6 +552,8 @@ public sealed unsafe partial class Cpu
         public bool Resident = true;
         /// <summary>Its place in <see cref="residentOrder"/>.</summary>
         public int Order;
+        /// <summary>The fetch translation array's entry that last held it (Cpu.TranslationCaches.cs), or -1.</summary>
+        public int FetchIndex = -1;
     }
 
     // The decoded-instruction cache is bounded, so that a guest cannot grow the host process without limit (issue
@@ -609,32 +605,25 @@ public sealed unsafe partial class Cpu
     // An instruction that crosses a page is decoded each time (it depends on two pages), into this slot of its own.
     private readonly DecodedInstruction[] scratch = new DecodedInstruction[1];
 
-    // The fetch fast path: while RIP stays on the page of the previous fetch, with the same privilege and no TLB
-    // change since (Mmu.Generation), the translation and the decoded page are reused. The ITLB would have hit, and
-    // is counted as a hit. Privilege, mode and TLB changes only come from the general path, from exception and
-    // interrupt delivery and from outside the CPU; each is followed by RevalidateTranslations, so the per-instruction
-    // check is one compare of the linear page.
-    private ulong fetchLinearPage = ulong.MaxValue;
-    private long fetchGeneration = -1;
-    private ulong fetchModeKey = ulong.MaxValue;
-    private ulong fetchCodeBase;
-    private long fastFetches;
-
-    /// <summary>CS (selector, hence CPL; attributes, hence L and D) and EFER.LMA in one value: equal keys mean the
-    /// same privilege and code size, so a cached decode and translation still apply.</summary>
-    private ulong ModeKey => ((ulong)Cs.Attributes << 16) | Cs.Selector | ((Efer & Architecture.Efer.LongModeActive) << 32);
-    private DecodedPage? fetchPage;
-
+    // The fetch fast path: while RIP is on a page of the fetch translation array (Cpu.TranslationCaches.cs), with the
+    // same privilege and no TLB change since (Mmu.Generation), the translation and the decoded page are reused, as
+    // long as the ITLB still holds the entry they came from; the ITLB hit it stands for is counted and updates the
+    // ITLB's LRU order. Privilege, mode and TLB changes only come from the general path, from exception and interrupt
+    // delivery and from outside the CPU; each is followed by RevalidateTranslations, so the per-instruction check is
+    // one compare of the tag and one of the ITLB slot's fill stamp.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ref DecodedInstruction Fetch(ulong rip)
     {
-        var page = fetchPage;
-        if (page is not null && (rip >> 12) == fetchLinearPage)
+        ulong ripPage = rip >> 12;
+        ref var entry = ref EntryOf(fetchTranslations, ripPage);
+        if (entry.Tag == (ripPage | fetchEpoch))
         {
+            var page = entry.Page!;
             int slot = page.Slots[rip & 0xFFF];
-            if (slot > 0)
+            if (slot > 0 && Mmu.InstructionTlb.TryUse(entry.Slot, entry.Filled))
             {
-                fastFetches++; // ITLB hits, folded into the MMU's counters when Run returns
+                fastFetches++; // translations and ITLB hits, folded into the MMU's counters when Run returns
+                fastFetchHits += entry.Counted;
                 return ref page.Instructions[slot - 1];
             }
         }
@@ -657,6 +646,8 @@ public sealed unsafe partial class Cpu
         {
             throw new GuestFault(ExceptionVector.PageFault, (uint)error, true, linear);
         }
+        int tlbSlot = Mmu.LastSlot;
+        ulong tlbFilled = Mmu.LastFilled;
         ulong page = physical >> 12;
         decodedPages.TryGetValue(page, out DecodedPage? decoded);
         while (decoded is not null && (decoded.LinearPage != linear >> 12 || decoded.Bitness != bitness || decoded.CodeBase != codeBase))
@@ -668,11 +659,7 @@ public sealed unsafe partial class Cpu
         {
             if ((codeBase & 0xFFF) == 0)
             {
-                fetchPage = decoded;
-                fetchLinearPage = rip >> 12;
-                fetchGeneration = Mmu.Generation;
-                fetchModeKey = ModeKey;
-                fetchCodeBase = Cs.Base;
+                CacheFetch(rip >> 12, decoded, tlbSlot, tlbFilled);
             }
             if (decoded.Slots[offset] > 0)
             {
@@ -766,10 +753,10 @@ public sealed unsafe partial class Cpu
             {
                 codePages[page] = 1;
             }
-            writeLinearPage = ulong.MaxValue; // the page may be cached for writes: writes to it must now be seen
+            ForgetCodePageWrites(page); // the page may be cached for writes: writes to it must now be seen
             if (siblings is not null)
             {
-                SiblingsDecoded(); // by the other processors too
+                SiblingsDecoded(page); // by the other processors too
             }
             if (residentOrder[residentNext] is { } displaced)
             {
@@ -837,7 +824,6 @@ public sealed unsafe partial class Cpu
             {
                 ringCompression!.PagesInvalidated++;
             }
-            fetchPage = null;
             Counters.DecodeCacheInvalidations++;
         }
     }
@@ -911,11 +897,7 @@ public sealed unsafe partial class Cpu
         residentOrder[page.Order] = null; // nothing may keep a page that left, or its arrays, alive
         residentPages--;
         residentInstructions -= page.Instructions.Length;
-        if (fetchPage == page)
-        {
-            fetchPage = null;
-            fetchLinearPage = ulong.MaxValue;
-        }
+        ForgetFetch(page);
     }
 
     // ---- Memory ---------------------------------------------------------------------------------------------
@@ -940,47 +922,22 @@ public sealed unsafe partial class Cpu
         return physical;
     }
 
-    // Data fast paths, one for reads and one for writes: the host address of the last page translated, valid while
-    // the MMU generation, the privilege level and RFLAGS.AC are unchanged. Pages holding decoded code are never
-    // cached for writes, so self-modifying code is always seen (CodeWritten); counted as the TLB hits they model.
-    private ulong readLinearPage = ulong.MaxValue, writeLinearPage = ulong.MaxValue;
-    private byte* readHost, writeHost;
-    private long readGeneration = -1, writeGeneration = -1;
-    private int readKey = -1, writeKey = -1;
-
-    // RFLAGS.AC is not a status flag, so the raw field holds it even while status flags are pending.
-    private int AccessKey => PrivilegeLevel | ((rflags & FlagBits.AlignmentCheck) != 0 ? 4 : 0);
-    private long fastReads, fastWrites;
-
-    /// <summary>Drops the fetch and data fast paths' cached translations if what they were valid for (CS and EFER.LMA
-    /// for fetches, CPL and RFLAGS.AC for data, the MMU's generation for all) has changed.</summary>
-    private void RevalidateTranslations()
-    {
-        long generation = Mmu.Generation;
-        if (generation != fetchGeneration || ModeKey != fetchModeKey || Cs.Base != fetchCodeBase)
-        {
-            fetchPage = null;
-            fetchLinearPage = ulong.MaxValue;
-        }
-        int access = AccessKey;
-        if (generation != readGeneration || access != readKey)
-        {
-            readLinearPage = ulong.MaxValue;
-        }
-        if (Mmu.WriteRightsGeneration != writeGeneration || access != writeKey)
-        {
-            writeLinearPage = ulong.MaxValue;
-        }
-    }
+    // Data fast paths, one for reads and one for writes: the host addresses of recently translated pages, in arrays
+    // valid while the MMU generation, the privilege level and RFLAGS.AC are unchanged (Cpu.TranslationCaches.cs), each
+    // entry while the DTLB still holds the entry it came from. Pages holding decoded code are never cached for writes,
+    // so self-modifying code is always seen (CodeWritten); counted as the TLB hits they model.
 
     /// <summary>Reads <paramref name="size"/> bytes (1, 2, 4, 8) at a linear address.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ulong ReadLinear(ulong linear, int size)
     {
-        if ((linear >> 12) == readLinearPage && ((linear & 0xFFF) + (ulong)size) <= 0x1000)
+        ref var entry = ref EntryOf(readTranslations, linear >> 12);
+        if (entry.Tag == ((linear >> 12) | readEpoch) && ((linear & 0xFFF) + (ulong)size) <= 0x1000 &&
+            Mmu.DataTlb.TryUse(entry.Slot, entry.Filled))
         {
             fastReads++;
-            byte* p = readHost + (linear & 0xFFF);
+            fastReadHits += entry.Counted;
+            byte* p = entry.Host + (linear & 0xFFF);
             return size switch
             {
                 1 => *p,
@@ -1019,10 +976,7 @@ public sealed unsafe partial class Cpu
         byte* pageHost = memory.Pointer(physical & ~0xFFFUL, 0x1000);
         if (pageHost != null)
         {
-            readLinearPage = linear >> 12;
-            readHost = pageHost;
-            readGeneration = Mmu.Generation;
-            readKey = AccessKey;
+            CacheRead(linear, pageHost, physical);
         }
         return size switch
         {
@@ -1037,10 +991,13 @@ public sealed unsafe partial class Cpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void WriteLinear(ulong linear, int size, ulong value)
     {
-        if ((linear >> 12) == writeLinearPage && ((linear & 0xFFF) + (ulong)size) <= 0x1000)
+        ref var entry = ref EntryOf(writeTranslations, linear >> 12);
+        if (entry.Tag == ((linear >> 12) | writeEpoch) && ((linear & 0xFFF) + (ulong)size) <= 0x1000 &&
+            Mmu.DataTlb.TryUse(entry.Slot, entry.Filled))
         {
             fastWrites++;
-            Store(writeHost + (linear & 0xFFF), size, value);
+            fastWriteHits += entry.Counted;
+            Store(entry.Host + (linear & 0xFFF), size, value);
             return;
         }
         WriteLinearSlow(linear, size, value);
@@ -1086,10 +1043,7 @@ public sealed unsafe partial class Cpu
         byte* pageHost = memory.Pointer(physical & ~0xFFFUL, 0x1000);
         if (pageHost != null && !writeOverride && (page >= (ulong)codePages.Length || codePages[page] == 0))
         {
-            writeLinearPage = linear >> 12;
-            writeHost = pageHost;
-            writeGeneration = Mmu.WriteRightsGeneration;
-            writeKey = AccessKey;
+            CacheWrite(linear, pageHost, physical);
         }
         Store(p, size, value);
     }
