@@ -243,6 +243,8 @@ public sealed partial class Cpu
                     WriteOperand(i, 0, OperandSize(i, 0), i.GetOpKind(0) == OpKind.Memory ? cr0 & 0xFFFF : cr0);
                     return null;
                 }
+            case Mnemonic.Lmsw:
+                return LoadMachineStatusWord(i);
             case Mnemonic.Ltr:
                 {
                     RequirePrivilege0();
@@ -433,6 +435,33 @@ public sealed partial class Cpu
             default:
                 throw GuestFault.InvalidOpcode();
         }
+        return null;
+    }
+
+    /// <summary>LMSW, the 286's load of the machine status word (SDM Vol. 2A LMSW): privileged (#GP(0) at CPL &gt; 0),
+    /// it loads only CR0 bits 3:0 (PE, MP, EM, TS) from its 16-bit operand, and it can set PE (entering protected
+    /// mode) but never clear it. Bits 15:4 of the operand are ignored, so it cannot touch ET, NE, WP, AM, NW, CD or
+    /// PG. In VMX non-root operation it exits where MOV to CR0 does (the model's CR0 exiting stands for a guest/host
+    /// mask over every bit, SDM Vol. 3C §26.1.3 "LMSW"), with the exit qualification of Table 28-3: access type 3,
+    /// bit 6 set for a memory operand (whose linear address is the exit's guest-linear address), the source in
+    /// bits 31:16; the VMM completes it.</summary>
+    private StopReason? LoadMachineStatusWord(in Instruction i)
+    {
+        RequirePrivilege0();
+        bool memory = i.GetOpKind(0) == OpKind.Memory;
+        ulong linear = memory ? EffectiveAddress(i) : 0;
+        ulong source = ReadOperand(i, 0, 2);
+        if (nonRoot is { Cr0Cr4WriteExiting: true } &&
+            ExitOnInstruction(ExitReason.ControlRegisterAccess, (3UL << 4) | (memory ? 1UL << 6 : 0) | (source << 16), i, linear))
+        {
+            return null;
+        }
+        const ulong statusWord = Architecture.Cr0.ProtectionEnable | Architecture.Cr0.MonitorCoprocessor |
+                                 Architecture.Cr0.Emulation | Architecture.Cr0.TaskSwitched;
+        // None of MOV to CR0's #GP conditions can arise: bits 63:4 and PG keep their (valid) values and PE cannot go
+        // from 1 to 0; and with PG unchanged, IA-32e mode is neither entered nor left (SDM Vol. 3A §9.8.5).
+        Cr0 = (Cr0 & ~statusWord) | (source & statusWord) | (Cr0 & Architecture.Cr0.ProtectionEnable);
+        UpdatePagingControls();
         return null;
     }
 
