@@ -532,6 +532,10 @@ public sealed partial class Cpu
         Msr.TscDeadline when ProcessorModel.Has(CpuFeature.TscDeadline) => Apic.TscDeadline,
         Msr.PageAttributeTable when ProcessorModel.Has(CpuFeature.PageAttributeTable) => PageAttributeTable,
         Msr.MiscEnable => MiscEnable,
+        // The machine-check architecture (CPUID.1:EDX.MCA): its capabilities and status; IA32_MCG_CTL and the bank
+        // MSRs are absent (MCG_CAP reports neither MCG_CTL_P nor a bank) and fall through to #GP(0).
+        Msr.MachineCheckCapabilities when ProcessorModel.Has(CpuFeature.MachineCheckArchitecture) => ProcessorModel.MachineCheckCapabilities,
+        Msr.MachineCheckStatus when ProcessorModel.Has(CpuFeature.MachineCheckArchitecture) => state.MachineCheckStatus,
         >= AmdPerformanceFirst and <= AmdPerformanceLast when Model.IsAmd => 0,
         >= Msr.X2ApicFirst and <= Msr.X2ApicLast when ProcessorModel.Has(CpuFeature.X2Apic) => Apic.ReadMsr(index, Clock),
         _ => throw GuestFault.GeneralProtection(),
@@ -582,6 +586,15 @@ public sealed partial class Cpu
                     }
                 }
                 PageAttributeTable = value;
+                break;
+            // IA32_MCG_STATUS: RIPV, EIPV and MCIP are software's; a reserved bit is #GP(0). IA32_MCG_CAP is read-only
+            // (its write is undefined, SDM Vol. 3B §16.3.1.1; the model refuses it, as the default case does).
+            case Msr.MachineCheckStatus when ProcessorModel.Has(CpuFeature.MachineCheckArchitecture):
+                if ((value & ~ProcessorModel.MachineCheckStatusWritable) != 0)
+                {
+                    throw GuestFault.GeneralProtection();
+                }
+                state.MachineCheckStatus = value;
                 break;
             case Msr.MiscEnable:
                 MiscEnable = (value & ~ProcessorModel.MiscEnableReadOnly) | (MiscEnable & ProcessorModel.MiscEnableReadOnly);

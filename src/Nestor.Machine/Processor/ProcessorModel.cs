@@ -159,6 +159,17 @@ public sealed class ProcessorModel
     /// <summary>The read-only bits of IA32_MISC_ENABLE: 7, 11, 12.</summary>
     public const ulong MiscEnableReadOnly = (1UL << 7) | (1UL << 11) | (1UL << 12);
 
+    /// <summary>IA32_MCG_CAP (SDM Vol. 3B §16.3.1.1, Figure 16-2): bits 7:0 the number of error-reporting banks, 0
+    /// here; bit 8 MCG_CTL_P clear (no IA32_MCG_CTL); and none of the extended, CMCI, threshold, software-recovery
+    /// or local-machine-check capabilities (bits 9, 10, 11, 24, 27). The model has no hardware that can fail, so a
+    /// bank would have nothing to log; every bank MSR (0x400 and up) and IA32_MCG_CTL raise #GP(0).</summary>
+    public const ulong MachineCheckCapabilities = 0;
+
+    /// <summary>The bits of IA32_MCG_STATUS software may write (§16.3.1.2, Figure 16-3): RIPV, EIPV and MCIP
+    /// ("software can set or clear this flag"); LMCE_S (bit 3) exists only with MCG_CAP.MCG_LMCE_P and the rest is
+    /// reserved, so setting them is #GP(0) (SDM Vol. 2B WRMSR).</summary>
+    public const ulong MachineCheckStatusWritable = 0b111;
+
     /// <summary>The bits of a physical address above <see cref="PhysicalAddressBits"/> (reserved in CR3 and
     /// IA32_APIC_BASE).</summary>
     public const ulong AboveMaxPhysicalAddress = ~((1UL << PhysicalAddressBits) - 1);
