@@ -121,6 +121,13 @@ public sealed partial class Cpu
                             d &= ~(1u << 9); // EDX.APIC follows IA32_APIC_BASE.EN (SDM Vol. 3A §10.4.3)
                         }
                     }
+                    else if (!Model.IsAmd && (leaf == 0xB || (leaf > Model.HighestBasicLeaf && leaf < 0x4000_0000) ||
+                                              leaf is (>= 0x5000_0000 and < 0x8000_0000) or > 0x8000_0008))
+                    {
+                        // Extended topology (also for the leaves past either range, which Intel answers with the
+                        // highest basic leaf's data): this processor's x2APIC ID and the VM's processor count.
+                        (a, b, c, d) = ProcessorModel.ExtendedTopology((uint)Registers[Rcx], Apic.Id, Apic.Bus?.Apics.Count ?? 1);
+                    }
                     Registers[Rax] = a;
                     Registers[Rbx] = b;
                     Registers[Rcx] = c;
