@@ -65,6 +65,7 @@ public class SnapshotFormatTests
         {
             s.X87.Registers[i] = new X87Register { Significand = 0x8000_0000_0000_0000UL | (ulong)(i + 1) << 32, SignExponent = (ushort)(0x3FFF + i) };
         }
+        s.MachineCheckStatus = 0b101; // IA32_MCG_STATUS (format 5): RIPV and MCIP
         return s;
 
         static Segment Seg(ushort k) => new() { Selector = (ushort)(k * 8), Base = 0x1000UL * k, Limit = 0xF_FFFFu - k, Attributes = (ushort)(0xA09B + k) };
@@ -115,7 +116,33 @@ public class SnapshotFormatTests
         {
             Assert.Equal((ox.Registers[i].Significand, ox.Registers[i].SignExponent), (rx.Registers[i].Significand, rx.Registers[i].SignExponent));
         }
+        Assert.Equal(original.MachineCheckStatus, r.MachineCheckStatus);
         Assert.Equal(data, Bytes(restored)); // and nothing else: written again, the same bytes
+    }
+
+    /// <summary>Rewrites the last section of <paramref name="data"/> as layout <paramref name="version"/> without its
+    /// last <paramref name="bytes"/> bytes (the fields that layout does not have).</summary>
+    private static byte[] AsOlderLayout(byte[] data, ushort version, int bytes)
+    {
+        byte[] older = data[..^bytes];
+        Assert.Equal(CpuStateFormat.Version, System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(older.AsSpan(10)));
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(older.AsSpan(10), version);
+        uint length = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(older.AsSpan(12));
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(older.AsSpan(12), length - (uint)bytes);
+        return older;
+    }
+
+    /// <summary>A section of layout 4 (before IA32_MCG_STATUS was state) still reads: MCG_STATUS is 0, as at reset.</summary>
+    [Fact]
+    public void A_version_4_cpu_state_reads_with_mcg_status_as_at_reset()
+    {
+        var original = Distinct();
+        byte[] v4 = AsOlderLayout(Bytes(new Vcpu(0, original)), 4, sizeof(ulong));
+        var restored = new Vcpu(0, CpuState.Reset);
+        new SnapshotReader(v4).ReadSection(restored);
+        Assert.Equal(original.Rip, restored.State.Rip);
+        Assert.Equal(original.X87.Control, restored.State.X87.Control);
+        Assert.Equal(0UL, restored.State.MachineCheckStatus);
     }
 
     /// <summary>A section of layout 3 (before the x87 FPU was state) still reads: its FPU is as after RESET.</summary>
@@ -123,13 +150,8 @@ public class SnapshotFormatTests
     public void A_version_3_cpu_state_reads_with_the_x87_FPU_as_after_reset()
     {
         var original = Distinct();
-        byte[] v4 = Bytes(new Vcpu(0, original));
         const int X87Bytes = 6 * 2 + 2 * 8 + 8 * 10;   // the words, the two pointers, R0-R7
-        byte[] v3 = v4[..^X87Bytes];
-        Assert.Equal(CpuStateFormat.Version, System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(v3.AsSpan(10)));
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(v3.AsSpan(10), 3);
-        uint length = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(v3.AsSpan(12));
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(v3.AsSpan(12), length - X87Bytes);
+        byte[] v3 = AsOlderLayout(Bytes(new Vcpu(0, original)), 3, X87Bytes + sizeof(ulong)); // and format 5's MCG_STATUS
         var restored = new Vcpu(0, CpuState.Reset);
         new SnapshotReader(v3).ReadSection(restored);
         Assert.Equal(original.Rip, restored.State.Rip);

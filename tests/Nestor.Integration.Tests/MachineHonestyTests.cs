@@ -152,6 +152,8 @@ public class MachineHonestyTests
             "RDPID" => a => a.rdpid(rax),
             "PAT" => a => { a.mov(ecx, 0x277); a.rdmsr(); a.wrmsr(); },
             "TSC-Deadline" => a => { a.mov(ecx, 0x6E0); a.rdmsr(); },
+            "MCE" => a => { a.mov(rax, cr4); a.or(eax, 1 << 6); a.mov(cr4, rax); },
+            "MCA" => a => { a.mov(ecx, 0x179); a.rdmsr(); a.mov(ecx, 0x17A); a.xor(eax, eax); a.xor(edx, edx); a.wrmsr(); },
             "x2APIC" => a => { a.mov(ecx, 0x1B); a.rdmsr(); a.or(eax, 1 << 10); a.wrmsr(); a.mov(ecx, 0x802); a.rdmsr(); },
             "LM" => a => { }, // the guest runs in long mode
             "FPU" => a => { a.fninit(); a.fld1(); a.fstp(__qword_ptr[rsp - 16]); a.fnstsw(ax); },

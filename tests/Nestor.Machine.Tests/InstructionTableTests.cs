@@ -169,6 +169,7 @@ public sealed partial class InstructionTableTests
         [Mnemonic.Wbinvd] = a => a.wbinvd(),
         [Mnemonic.Invd] = a => a.invd(),
         [Mnemonic.Clts] = a => a.clts(),
+        [Mnemonic.Lmsw] = a => { a.smsw(ax); a.lmsw(ax); }, // reloads the status word it read
         [Mnemonic.Sysretq] = a => a.sysretq(),
         [Mnemonic.Sysret] = a => a.sysret(),
         [Mnemonic.Sysexit] = a => a.sysexit(),

@@ -10,8 +10,8 @@ namespace Nestor.Hypervisor.Engines;
 /// (<see cref="CpuidFeatures.Reported"/>): an instruction feature is reported when every instruction of it has a row
 /// needing it, a feature of the machine model (paging, the APIC, long mode) when the model backs it; the same list
 /// decides which CR4 bits the CPU accepts (<see cref="ProcessorModel.Cr4Writable"/>). Not reported because not
-/// modelled: x87 (FPU), MMX, SSE and later, FXSAVE/XSAVE, VME/DE/PSE/PAT/MTRR, MCE/MCA, BMI1 and BMI2 (TZCNT is
-/// implemented, but ANDN, BEXTR and BLSI/BLSMSK/BLSR are not), MOVBE, RDRAND, x2APIC, PKU, UMIP, LA57, FSGSBASE,
+/// modelled: MMX, SSE and later, FXSAVE/XSAVE, VME/DE/PSE/MTRR, BMI1 and BMI2 (TZCNT is
+/// implemented, but ANDN, BEXTR and BLSI/BLSMSK/BLSR are not), MOVBE, RDRAND, PKU, UMIP, LA57, FSGSBASE,
 /// and a performance-monitoring unit (leaf 0xA version 0: RDPMC raises #GP). The hypervisor bit is set and leaves
 /// 0x40000000–0x40000001 name Nestor (docs/paravirt.md). The tests run one instruction per advertised feature on the
 /// machine and check that each not-advertised one raises #UD.</summary>
@@ -20,9 +20,10 @@ public static class SoftwareCpuid
     /// <summary>The default (Intel) model's vendor string (leaf 0).</summary>
     public static string Vendor => ProcessorModel.Intel.Vendor;
 
-    /// <summary>The Intel model's highest basic leaf: 0xA, the architectural performance-monitoring leaf (which says
-    /// there is none). The AMD model's is 7 (<see cref="ProcessorModel.HighestBasicLeaf"/>).</summary>
-    public const uint HighestBasicLeaf = 0xA;
+    /// <summary>The Intel model's highest basic leaf: 0xB, extended topology (after 0xA, the architectural
+    /// performance-monitoring leaf, which says there is none). The AMD model's is 7
+    /// (<see cref="ProcessorModel.HighestBasicLeaf"/>).</summary>
+    public const uint HighestBasicLeaf = 0xB;
 
     /// <summary>The highest extended leaf: 0x80000008 (address sizes).</summary>
     public const uint HighestExtendedLeaf = 0x8000_0008;
@@ -113,6 +114,9 @@ public static class SoftwareCpuid
                   Leaf1[2], Leaf1[3]),
             // Subleaf 0: EAX the highest subleaf (0).
             7 when subleaf == 0 => (0, Leaf7[1], Leaf7[2], Leaf7[3]),
+            // Extended topology as the bootstrap processor of a one-processor VM sees it; the CPU puts in its own
+            // x2APIC ID and the VM's processor count (Cpu.System's CPUID).
+            0xB => ProcessorModel.ExtendedTopology(subleaf, 0, 1),
             KvmEngine.HypervisorLeaf + 1 => (paravirtual ? 1u : 0, 0, 0, 0),
             KvmEngine.HypervisorLeaf => (KvmEngine.HypervisorLeaf + 1, Word(KvmEngine.HypervisorSignature, 0),
                 Word(KvmEngine.HypervisorSignature, 4), Word(KvmEngine.HypervisorSignature, 8)),

@@ -7,7 +7,8 @@ namespace Nestor.Hypervisor.Persistence;
 /// APIC's other LVT entries, LDR, DFR, ICR, TSC deadline, hardware-disable flag, IPI counters, the pending NMI and NMI blocking, IA32_PAT and IA32_MISC_ENABLE; a version-1 section
 /// reads them as at reset. Version 3 appends the APIC ID, the wait-for-SIPI state and the interprocessor-interrupt
 /// counters (several processors); an older section reads as APIC ID 0, running. Version 4 appends the x87 FPU (FCW, FSW,
-/// FTW, FOP, the pointer selectors and offsets, R0–R7); an older section reads it as after RESET.</summary>
+/// FTW, FOP, the pointer selectors and offsets, R0–R7); an older section reads it as after RESET. Version 5 appends
+/// IA32_MCG_STATUS (the machine-check architecture); an older section reads it as 0, its reset value.</summary>
 public static class CpuStateFormat
 {
     /// <summary>Writes every field of <paramref name="s"/>.</summary>
@@ -92,10 +93,12 @@ public static class CpuStateFormat
             w.WriteUInt64(x.Registers[i].Significand);
             w.WriteUInt16(x.Registers[i].SignExponent);
         }
+        // Version 5: the machine-check architecture.
+        w.WriteUInt64(s.MachineCheckStatus);
     }
 
     /// <summary>The layout version <see cref="Write"/> writes.</summary>
-    public const ushort Version = 4;
+    public const ushort Version = 5;
 
     private static void WriteBitmap(SnapshotWriter w, in InterruptBitmap bitmap)
     {
@@ -223,6 +226,7 @@ public static class CpuStateFormat
                 s.X87.Registers[i].SignExponent = r.ReadUInt16();
             }
         }
+        s.MachineCheckStatus = version >= 5 ? r.ReadUInt64() : 0;
         if (s.InstructionsRetired < 0 || s.IdleCycles < 0)
         {
             throw r.Invalid("a negative clock");

@@ -23,6 +23,8 @@ public static class Cr4
     public const ulong TimeStampDisable = 1UL << 2;
     public const ulong PageSizeExtensions = 1UL << 4;
     public const ulong PhysicalAddressExtension = 1UL << 5;
+    /// <summary>MCE: the machine-check exception (vector 18) is enabled (else a machine check shuts down).</summary>
+    public const ulong MachineCheckEnable = 1UL << 6;
     public const ulong PageGlobalEnable = 1UL << 7;
     public const ulong OsFxsr = 1UL << 9;
     public const ulong OsXmmExceptions = 1UL << 10;
@@ -48,6 +50,11 @@ public static class Msr
     public const uint SysenterCs = 0x174;
     public const uint SysenterEsp = 0x175;
     public const uint SysenterEip = 0x176;
+    /// <summary>The machine-check architecture's global registers (SDM Vol. 3B §16.3.1): IA32_MCG_CAP (read-only),
+    /// IA32_MCG_STATUS, IA32_MCG_CTL (present only with MCG_CAP.MCG_CTL_P); the error-reporting banks start at
+    /// IA32_MC0_CTL, four MSRs each (CTL, STATUS, ADDR, MISC).</summary>
+    public const uint MachineCheckCapabilities = 0x179, MachineCheckStatus = 0x17A, MachineCheckControl = 0x17B;
+    public const uint MachineCheckBank0Control = 0x400;
     public const uint TscDeadline = 0x6E0;
     /// <summary>The x2APIC registers (SDM Vol. 3A §10.12.1.2, Table 10-6): MSR 0x800 + (xAPIC offset >> 4).</summary>
     public const uint X2ApicFirst = 0x800, X2ApicLast = 0x8FF;

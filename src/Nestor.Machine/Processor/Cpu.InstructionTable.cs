@@ -384,6 +384,8 @@ public sealed partial class Cpu
             Row(Mnemonic.Wbinvd, InstructionClass.System, system, s: Privileged),
             Row(Mnemonic.Invd, InstructionClass.System, system, s: Privileged),
             Row(Mnemonic.Clts, InstructionClass.System, system, s: Privileged),
+            // LMSW: CR0 bits 3:0, PE set but never cleared (SDM Vol. 2A LMSW); #GP(0) outside ring 0.
+            Row(Mnemonic.Lmsw, InstructionClass.System, system, s: Privileged),
             Row(Mnemonic.Vmcall, InstructionClass.System, system),
 
             // The x87 FPU (SDM Vol. 1 chapter 8; Cpu.X87): its control instructions and data moves, no arithmetic.

@@ -121,6 +121,13 @@ public sealed partial class Cpu
                             d &= ~(1u << 9); // EDX.APIC follows IA32_APIC_BASE.EN (SDM Vol. 3A §10.4.3)
                         }
                     }
+                    else if (!Model.IsAmd && (leaf == 0xB || (leaf > Model.HighestBasicLeaf && leaf < 0x4000_0000) ||
+                                              leaf is (>= 0x5000_0000 and < 0x8000_0000) or > 0x8000_0008))
+                    {
+                        // Extended topology (also for the leaves past either range, which Intel answers with the
+                        // highest basic leaf's data): this processor's x2APIC ID and the VM's processor count.
+                        (a, b, c, d) = ProcessorModel.ExtendedTopology((uint)Registers[Rcx], Apic.Id, Apic.Bus?.Apics.Count ?? 1);
+                    }
                     Registers[Rax] = a;
                     Registers[Rbx] = b;
                     Registers[Rcx] = c;
@@ -243,6 +250,8 @@ public sealed partial class Cpu
                     WriteOperand(i, 0, OperandSize(i, 0), i.GetOpKind(0) == OpKind.Memory ? cr0 & 0xFFFF : cr0);
                     return null;
                 }
+            case Mnemonic.Lmsw:
+                return LoadMachineStatusWord(i);
             case Mnemonic.Ltr:
                 {
                     RequirePrivilege0();
@@ -436,6 +445,33 @@ public sealed partial class Cpu
         return null;
     }
 
+    /// <summary>LMSW, the 286's load of the machine status word (SDM Vol. 2A LMSW): privileged (#GP(0) at CPL &gt; 0),
+    /// it loads only CR0 bits 3:0 (PE, MP, EM, TS) from its 16-bit operand, and it can set PE (entering protected
+    /// mode) but never clear it. Bits 15:4 of the operand are ignored, so it cannot touch ET, NE, WP, AM, NW, CD or
+    /// PG. In VMX non-root operation it exits where MOV to CR0 does (the model's CR0 exiting stands for a guest/host
+    /// mask over every bit, SDM Vol. 3C §26.1.3 "LMSW"), with the exit qualification of Table 28-3: access type 3,
+    /// bit 6 set for a memory operand (whose linear address is the exit's guest-linear address), the source in
+    /// bits 31:16; the VMM completes it.</summary>
+    private StopReason? LoadMachineStatusWord(in Instruction i)
+    {
+        RequirePrivilege0();
+        bool memory = i.GetOpKind(0) == OpKind.Memory;
+        ulong linear = memory ? EffectiveAddress(i) : 0;
+        ulong source = ReadOperand(i, 0, 2);
+        if (nonRoot is { Cr0Cr4WriteExiting: true } &&
+            ExitOnInstruction(ExitReason.ControlRegisterAccess, (3UL << 4) | (memory ? 1UL << 6 : 0) | (source << 16), i, linear))
+        {
+            return null;
+        }
+        const ulong statusWord = Architecture.Cr0.ProtectionEnable | Architecture.Cr0.MonitorCoprocessor |
+                                 Architecture.Cr0.Emulation | Architecture.Cr0.TaskSwitched;
+        // None of MOV to CR0's #GP conditions can arise: bits 63:4 and PG keep their (valid) values and PE cannot go
+        // from 1 to 0; and with PG unchanged, IA-32e mode is neither entered nor left (SDM Vol. 3A §9.8.5).
+        Cr0 = (Cr0 & ~statusWord) | (source & statusWord) | (Cr0 & Architecture.Cr0.ProtectionEnable);
+        UpdatePagingControls();
+        return null;
+    }
+
     /// <summary>The #GP(0) conditions of MOV to CR0 (SDM Vol. 2B, MOV—Move to/from Control Registers; Vol. 3A §2.5,
     /// §9.8.5): a reserved bit (63:32) set, PG without PE, NW without CD, paging turned on with EFER.LME but without
     /// CR4.PAE (IA-32e mode needs PAE paging), and paging turned off while CR4.PCIDE is set or from 64-bit code
@@ -503,6 +539,10 @@ public sealed partial class Cpu
         Msr.TscDeadline when ProcessorModel.Has(CpuFeature.TscDeadline) => Apic.TscDeadline,
         Msr.PageAttributeTable when ProcessorModel.Has(CpuFeature.PageAttributeTable) => PageAttributeTable,
         Msr.MiscEnable => MiscEnable,
+        // The machine-check architecture (CPUID.1:EDX.MCA): its capabilities and status; IA32_MCG_CTL and the bank
+        // MSRs are absent (MCG_CAP reports neither MCG_CTL_P nor a bank) and fall through to #GP(0).
+        Msr.MachineCheckCapabilities when ProcessorModel.Has(CpuFeature.MachineCheckArchitecture) => ProcessorModel.MachineCheckCapabilities,
+        Msr.MachineCheckStatus when ProcessorModel.Has(CpuFeature.MachineCheckArchitecture) => state.MachineCheckStatus,
         >= AmdPerformanceFirst and <= AmdPerformanceLast when Model.IsAmd => 0,
         >= Msr.X2ApicFirst and <= Msr.X2ApicLast when ProcessorModel.Has(CpuFeature.X2Apic) => Apic.ReadMsr(index, Clock),
         _ => throw GuestFault.GeneralProtection(),
@@ -553,6 +593,15 @@ public sealed partial class Cpu
                     }
                 }
                 PageAttributeTable = value;
+                break;
+            // IA32_MCG_STATUS: RIPV, EIPV and MCIP are software's; a reserved bit is #GP(0). IA32_MCG_CAP is read-only
+            // (its write is undefined, SDM Vol. 3B §16.3.1.1; the model refuses it, as the default case does).
+            case Msr.MachineCheckStatus when ProcessorModel.Has(CpuFeature.MachineCheckArchitecture):
+                if ((value & ~ProcessorModel.MachineCheckStatusWritable) != 0)
+                {
+                    throw GuestFault.GeneralProtection();
+                }
+                state.MachineCheckStatus = value;
                 break;
             case Msr.MiscEnable:
                 MiscEnable = (value & ~ProcessorModel.MiscEnableReadOnly) | (MiscEnable & ProcessorModel.MiscEnableReadOnly);

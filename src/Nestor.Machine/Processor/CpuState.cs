@@ -65,6 +65,9 @@ public struct CpuState
     /// <summary>IA32_PAT (SDM Vol. 3A §12.12.2) and IA32_MISC_ENABLE (Vol. 4 Table 2-2): stored, without effect on a
     /// model that has no caches, no thermal control and no fast-string choice.</summary>
     public ulong PageAttributeTable, MiscEnable;
+    /// <summary>IA32_MCG_STATUS (SDM Vol. 3B §16.3.1.2): RIPV, EIPV and MCIP as software last wrote them (the model
+    /// signals no machine check, so only software sets them); 0 at reset.</summary>
+    public ulong MachineCheckStatus;
     /// <summary>The debug registers DR0–DR3 (breakpoint addresses), DR6 (status) and DR7 (control) as MOV DR reads and
     /// writes them (SDM Vol. 3B §17.2); the model matches no breakpoint against them.</summary>
     public ulong Dr0, Dr1, Dr2, Dr3, Dr6, Dr7;

@@ -67,7 +67,6 @@ public enum CpuFeature : byte
     Virtual8086ModeExtensions,
     DebuggingExtensions,
     PageSizeExtension,
-    MachineCheckException,
     UserModeInstructionPrevention,
     FiveLevelPaging,
     SaferModeExtensions,
@@ -75,6 +74,10 @@ public enum CpuFeature : byte
     ProtectionKeysSupervisor,
     // Features of the machine model rather than of instructions (the paging structures, the APIC, modes).
     PhysicalAddressExtension,
+    /// <summary>CR4.MCE and the machine-check exception (CPUID.1:EDX.MCE).</summary>
+    MachineCheckException,
+    /// <summary>The machine-check architecture's registers (CPUID.1:EDX.MCA): IA32_MCG_CAP and IA32_MCG_STATUS.</summary>
+    MachineCheckArchitecture,
     Apic,
     PageGlobal,
     Hypervisor,
@@ -117,6 +120,13 @@ public static class CpuidFeatures
         new(CpuFeature.CompareExchange8Bytes, 1, CpuidRegister.Edx, 8, "CX8", [Mnemonic.Cmpxchg8b]),
         new(CpuFeature.Apic, 1, CpuidRegister.Edx, 9, "APIC", [], "the local APIC at IA32_APIC_BASE (its timer)"),
         new(CpuFeature.PageGlobal, 1, CpuidRegister.Edx, 13, "PGE", [], "global pages (CR4.PGE, TLB entries kept across CR3 loads)"),
+        // The machine-check exception and architecture (SDM Vol. 3B ch. 16). The model has no hardware that can fail,
+        // so it detects no machine-check error: MCG_CAP reports no error-reporting bank and no IA32_MCG_CTL, which
+        // the SDM's count field allows, and CR4.MCE is a stored enable with nothing to enable.
+        new(CpuFeature.MachineCheckException, 1, CpuidRegister.Edx, 7, "MCE", [],
+            "CR4.MCE and vector 18 (the model detects no hardware error, so it signals none)"),
+        new(CpuFeature.MachineCheckArchitecture, 1, CpuidRegister.Edx, 14, "MCA", [],
+            "IA32_MCG_CAP (no error-reporting banks, no IA32_MCG_CTL) and IA32_MCG_STATUS"),
         new(CpuFeature.PageAttributeTable, 1, CpuidRegister.Edx, 16, "PAT", [],
             "IA32_PAT with its checks; memory types have no effect (the model has no caches)"),
         new(CpuFeature.ConditionalMove, 1, CpuidRegister.Edx, 15, "CMOV",
@@ -183,7 +193,6 @@ public static class CpuidFeatures
         new(CpuFeature.Virtual8086ModeExtensions, 1, CpuidRegister.Edx, 1, "VME", []),
         new(CpuFeature.DebuggingExtensions, 1, CpuidRegister.Edx, 2, "DE", []),
         new(CpuFeature.PageSizeExtension, 1, CpuidRegister.Edx, 3, "PSE", []),
-        new(CpuFeature.MachineCheckException, 1, CpuidRegister.Edx, 7, "MCE", []),
         new(CpuFeature.SaferModeExtensions, 1, CpuidRegister.Ecx, 6, "SMX", []),
         new(CpuFeature.UserModeInstructionPrevention, 7, CpuidRegister.Ecx, 2, "UMIP", []),
         new(CpuFeature.FiveLevelPaging, 7, CpuidRegister.Ecx, 16, "LA57", []),

@@ -16,7 +16,7 @@ public sealed class ProcessorModel
     /// the model advertises. SYSCALL and SYSRET are #UD outside 64-bit mode and SYSENTER/SYSEXIT valid in IA-32e mode
     /// (SDM Vol. 2B SYSCALL, SYSRET, SYSENTER); SYSRET to a non-canonical RCX is #GP(0) in ring 0 (Vol. 2B SYSRET).</summary>
     public static readonly ProcessorModel Intel = new(ProcessorVendor.Intel, "intel", "GenuineIntel", 0x0003_06D4, 6, 0x3D, 4,
-        "Nestor software CPU (Intel Broadwell-class)", highestBasicLeaf: 0xA);
+        "Nestor software CPU (Intel Broadwell-class)", highestBasicLeaf: 0xB);
 
     /// <summary>An AMD part, what kvm-unit-tests' <c>syscall</c> asks QEMU for (x86/unittests.cfg: <c>-cpu
     /// Opteron_G1,vendor=AuthenticAMD</c>): vendor <c>AuthenticAMD</c>, family 0xF model 6 stepping 1 (signature
@@ -78,12 +78,32 @@ public sealed class ProcessorModel
     /// is, not the part's marketing name, since its features are not the part's.</summary>
     public string BrandString { get; }
 
-    /// <summary>The highest basic CPUID leaf: 0xA on Intel (the architectural PMU leaf, which says there is none);
-    /// 7 on AMD, which has no leaf 0xA (nor Intel's 4 and 0xB).</summary>
+    /// <summary>The highest basic CPUID leaf: 0xB on Intel (extended topology, <see cref="ExtendedTopology"/>, which
+    /// every x2APIC part has: it is where software finds its x2APIC ID; 0xA, the architectural PMU leaf, says there
+    /// is none); 7 on AMD, which has no leaf 0xA (nor Intel's 4 and 0xB).</summary>
     public uint HighestBasicLeaf { get; }
 
     /// <inheritdoc/>
     public override string ToString() => Name;
+
+    /// <summary>CPUID leaf 0BH, extended topology enumeration (SDM Vol. 2A CPUID, Table 3-8 "Extended Topology
+    /// Enumeration Leaf"), for the logical processor whose x2APIC ID is <paramref name="x2ApicId"/> among
+    /// <paramref name="processors"/>: each vCPU is one core of one package, with one thread, and APIC IDs are 0 to
+    /// N − 1. Subleaf 0 is the SMT level (type 1): one logical processor, no bits to shift off the x2APIC ID to get
+    /// the core; subleaf 1 the core level (type 2): all N, and as many bits as the highest ID needs to get the package
+    /// (ID 0); a higher subleaf is invalid (type 0, EAX = EBX = 0). ECX[7:0] echoes the subleaf and EDX is the x2APIC
+    /// ID at every subleaf, the ID software compares with its APIC's (Vol. 3A §10.12.8.1).</summary>
+    public static (uint Eax, uint Ebx, uint Ecx, uint Edx) ExtendedTopology(uint subleaf, uint x2ApicId, int processors)
+    {
+        uint level = subleaf & 0xFF;
+        uint coreBits = processors <= 1 ? 0 : 32 - (uint)System.Numerics.BitOperations.LeadingZeroCount((uint)processors - 1);
+        return level switch
+        {
+            0 => (0, 1, (1u << 8) | level, x2ApicId),
+            1 => (coreBits, (uint)processors, (2u << 8) | level, x2ApicId),
+            _ => (0, 0, level, x2ApicId),
+        };
+    }
 
     /// <summary>Physical-address width (CPUID 0x80000008 EAX[7:0]): the page walker takes every bit of a
     /// paging-structure entry up to bit 51 as address (Vol. 3A §4.5.4), so the machine's MAXPHYADDR is 52.</summary>
@@ -158,6 +178,17 @@ public sealed class ProcessorModel
 
     /// <summary>The read-only bits of IA32_MISC_ENABLE: 7, 11, 12.</summary>
     public const ulong MiscEnableReadOnly = (1UL << 7) | (1UL << 11) | (1UL << 12);
+
+    /// <summary>IA32_MCG_CAP (SDM Vol. 3B §16.3.1.1, Figure 16-2): bits 7:0 the number of error-reporting banks, 0
+    /// here; bit 8 MCG_CTL_P clear (no IA32_MCG_CTL); and none of the extended, CMCI, threshold, software-recovery
+    /// or local-machine-check capabilities (bits 9, 10, 11, 24, 27). The model has no hardware that can fail, so a
+    /// bank would have nothing to log; every bank MSR (0x400 and up) and IA32_MCG_CTL raise #GP(0).</summary>
+    public const ulong MachineCheckCapabilities = 0;
+
+    /// <summary>The bits of IA32_MCG_STATUS software may write (§16.3.1.2, Figure 16-3): RIPV, EIPV and MCIP
+    /// ("software can set or clear this flag"); LMCE_S (bit 3) exists only with MCG_CAP.MCG_LMCE_P and the rest is
+    /// reserved, so setting them is #GP(0) (SDM Vol. 2B WRMSR).</summary>
+    public const ulong MachineCheckStatusWritable = 0b111;
 
     /// <summary>The bits of a physical address above <see cref="PhysicalAddressBits"/> (reserved in CR3 and
     /// IA32_APIC_BASE).</summary>

@@ -146,7 +146,7 @@ public sealed class ProcessorIdentityTests
     public void Leaves_above_the_highest_return_the_highest_basic_leaf_as_intel_parts_do()
     {
         // Leaf 1 is distinctive (the signature); if the highest basic leaf were 1, 0x20 would return it. Here the
-        // highest is 0xA: its answer and that of leaves past either range must be the same.
+        // highest is 0xB: its answer and that of leaves past either range must be the same.
         var highest = SoftwareCpuid.Query(SoftwareCpuid.HighestBasicLeaf, 0, false);
         Assert.Equal(highest, SoftwareCpuid.Query(0x20, 0, false));
         Assert.Equal(highest, SoftwareCpuid.Query(SoftwareCpuid.HighestExtendedLeaf + 1, 0, false));
