@@ -221,13 +221,7 @@ public class ArchitecturalCheckTests
         var (vector, m) = Run(a =>
         {
             again = a.CreateLabel();
-            a.mov(ecx, Msr.SysenterCs);
-            a.mov(eax, 0x10);
-            a.xor(edx, edx);
-            a.wrmsr();
-            a.lea(rdx, __[again]);
-            a.mov(ecx, 0x7800);
-            a.sysexitq();
+            TestMachine.SysexitToRing3(a, again);
             a.Label(ref again);
             a.sysexitq();
         });
@@ -330,13 +324,7 @@ public class ArchitecturalCheckTests
             var ring3 = a.CreateLabel();
             WriteCr4(a, Cr4.PhysicalAddressExtension | Cr4.TimeStampDisable);
             a.rdtsc(); // CPL 0: allowed
-            a.mov(ecx, Msr.SysenterCs);
-            a.mov(eax, 0x10);
-            a.xor(edx, edx);
-            a.wrmsr();
-            a.lea(rdx, __[ring3]);
-            a.mov(ecx, 0x7800);
-            a.sysexitq();
+            TestMachine.SysexitToRing3(a, ring3);
             a.Label(ref ring3);
             a.rdtsc();
         });

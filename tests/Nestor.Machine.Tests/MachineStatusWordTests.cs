@@ -112,13 +112,7 @@ public class MachineStatusWordTests
         var (vector, m) = Run(a =>
         {
             user = a.CreateLabel();
-            a.mov(ecx, Msr.SysenterCs);
-            a.mov(eax, 0x10);
-            a.xor(edx, edx);
-            a.wrmsr();
-            a.lea(rdx, __[user]);
-            a.mov(ecx, 0x7800);
-            a.sysexitq();
+            TestMachine.SysexitToRing3(a, user);
             a.Label(ref user);
             a.mov(eax, 0x000F);
             a.lmsw(ax);

@@ -97,6 +97,19 @@ internal sealed class TestMachine
         throw new InvalidOperationException($"still running after {maxCalls} calls of Run({budget})");
     }
 
+    /// <summary>Emits a drop to ring 3 at <paramref name="target"/> by SYSEXITQ (SDM Vol. 2B SYSEXIT: CS = SYSENTER_CS +
+    /// 32 | 3 = 0x33, SS = +40, RIP from RDX, RSP from RCX = 0x7800), with SYSENTER_CS 0x10.</summary>
+    public static void SysexitToRing3(Assembler a, Label target)
+    {
+        a.mov(ecx, Nestor.Machine.Architecture.Msr.SysenterCs);
+        a.mov(eax, 0x10);
+        a.xor(edx, edx);
+        a.wrmsr();
+        a.lea(rdx, __[target]);
+        a.mov(ecx, 0x7800);
+        a.sysexitq();
+    }
+
     /// <summary>Emits an interrupt gate for <paramref name="vector"/> to <paramref name="handler"/> in a 64-bit IDT
     /// at 0x2000 (selector 8, DPL 0) and loads IDTR (limit 0xFFF) with it.</summary>
     public static void Gate(Assembler a, int vector, Label handler)
