@@ -54,11 +54,14 @@ public sealed class KvmMigrationTests : IDisposable
     [Fact]
     public void A_large_dirty_set_under_a_bandwidth_limit_takes_rounds_and_every_page_arrives()
     {
-        const string workload = "pages=6144 passes=120 spin=0"; // 24 MiB written every pass
+        // 24 MiB written every pass. Auto-converge raises the throttle 10 points every two rounds of about 0.5 s, and
+        // the stop-and-copy comes at the latest after 30 rounds: the guest must outlast those 15 s. Unthrottled, 120
+        // passes took 6.5 s, and once ended before the migration converged; 400 passes take 25 s.
+        const string workload = "pages=6144 passes=400 spin=0";
         var (source, destination) = Migrate(workload, "48M", "--migrate-after-ms", "300", "--migrate-bandwidth", "64M", "--migrate-downtime-ms", "100");
         Assert.True(source.WaitForExit(Limit) == 0, Dump(source, destination));
         Assert.True(destination.WaitForExit(Limit) == (int)MigrationGuest.Success, Dump(source, destination));
-        Assert.Equal("nestor: migration workload: 120 passes; every one of its 6144 pages holds 120", CheckerLine(destination.Stderr));
+        Assert.Equal("nestor: migration workload: 400 passes; every one of its 6144 pages holds 400", CheckerLine(destination.Stderr));
         var rounds = Rounds(source.Stderr);
         Assert.True(rounds.Count >= 2, source.Stderr);
         Assert.True(rounds[0].Pages >= 6144, $"round 0 sent {rounds[0].Pages} pages, fewer than the area's\n{source.Stderr}");

@@ -16,8 +16,10 @@ namespace Nestor.Integration.Tests;
 /// Every child process is killed when its test ends, passed or failed.</summary>
 public sealed class MigrationTests : IDisposable
 {
-    // 1,024 pages, 80 rounds, integer work after every 8 pages: about 90 million instructions, some seconds on sim.
-    private const string Workload = "migtouch 1024 80 8";
+    // 1,024 pages, 240 rounds, integer work after every 8 pages: about 260 million instructions, some 18 s on sim on an
+    // idle machine. The guest must still run when `nestor migrate` reaches the API socket: with 80 rounds (6 s) a
+    // loaded CI machine once started that command only after the guest had ended.
+    private const string Workload = "migtouch 1024 240 8";
     private const string Memory = "24M";
     private static readonly TimeSpan Limit = TimeSpan.FromSeconds(240);
     private static readonly Lazy<string[]> Unmigrated = new(() =>
