@@ -21,6 +21,9 @@ public static class Cr4
 {
     /// <summary>TSD: RDTSC and RDTSCP are privileged (#GP at CPL &gt; 0).</summary>
     public const ulong TimeStampDisable = 1UL << 2;
+    /// <summary>DE: debugging extensions: DR4/DR5 are #UD instead of DR6/DR7, and DR7 R/W = 10 is an I/O breakpoint
+    /// (SDM Vol. 3B §17.2.2, §17.2.4).</summary>
+    public const ulong DebuggingExtensions = 1UL << 3;
     public const ulong PageSizeExtensions = 1UL << 4;
     public const ulong PhysicalAddressExtension = 1UL << 5;
     /// <summary>MCE: the machine-check exception (vector 18) is enabled (else a machine check shuts down).</summary>

@@ -266,11 +266,14 @@ public sealed partial class Cpu
             StringIteration(form, size, sourceBase, destinationBase, step, mask, kept);
             return null;
         }
-        if (addressSize == 8 && form == StringForm.Store)
+        // While a data breakpoint is armed every iteration is looked at, so that its trap follows the iteration that
+        // met it (SDM Vol. 3B §17.3.1.2); otherwise every RepeatCheckInterval iterations, and the fast loops below.
+        long checkMask = watchingData ? 0 : RepeatCheckInterval - 1;
+        if (addressSize == 8 && form == StringForm.Store && !watchingData)
         {
             return RepeatStore(size, step);
         }
-        if (addressSize == 8 && form == StringForm.Move)
+        if (addressSize == 8 && form == StringForm.Move && !watchingData)
         {
             return RepeatMove(size, step, sourceBase);
         }
@@ -286,7 +289,7 @@ public sealed partial class Cpu
             {
                 break;
             }
-            if ((++iterations & (RepeatCheckInterval - 1)) == 0 && (Registers[Rcx] & mask) != 0 &&
+            if ((++iterations & checkMask) == 0 && (Registers[Rcx] & mask) != 0 &&
                 SuspendString(iterations) is { } suspended)
             {
                 return suspended;
@@ -415,6 +418,8 @@ public sealed partial class Cpu
         Interrupt,
         Budget,
         PlatformStop,
+        /// <summary>A data breakpoint met in the last iteration (Cpu.Debug.cs).</summary>
+        DebugTrap,
     }
 
     private StringSuspension stringSuspension;
@@ -423,7 +428,11 @@ public sealed partial class Cpu
     /// suspends, RIP goes back to the instruction; the registers already say how far it got.</summary>
     private StopReason? SuspendString(long iterations)
     {
-        if (platform.StopRequested)
+        if ((debugTraps & DebugStatusBreakpoints) != 0)
+        {
+            stringSuspension = StringSuspension.DebugTrap;
+        }
+        else if (platform.StopRequested)
         {
             stringSuspension = StringSuspension.PlatformStop;
         }
@@ -453,6 +462,9 @@ public sealed partial class Cpu
         {
             case StringSuspension.Interrupt:
                 eventCheckAt = 0;
+                return null;
+            case StringSuspension.DebugTrap:
+                debugTraps &= ~DebugStatusBreakpoints; // a VMM's emulation of the instruction: not delivered
                 return null;
             case StringSuspension.PlatformStop:
                 return StopReason.PlatformStop;

@@ -164,9 +164,9 @@ public sealed partial class Cpu
             WriteSegmentRegister(r, (ushort)value);
             if (r == Register.SS)
             {
-                // MOV SS and POP SS inhibit debug exceptions until the next instruction completes (SDM Vol. 3A §6.8.3),
-                // so that a stack switch's MOV SS; MOV RSP is never split: TF still set, the next one traps instead.
-                singleStepTrap = 0;
+                // MOV SS and POP SS inhibit interrupts and debug traps until the next instruction completes (SDM Vol.
+                // 3A §6.8.3), so that a stack switch's MOV SS; MOV RSP is never split (Cpu.Debug.cs).
+                StackSegmentLoaded();
             }
         }
     }

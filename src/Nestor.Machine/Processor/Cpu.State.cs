@@ -19,6 +19,7 @@ public sealed partial class Cpu
         saved.IdleCycles = idleCycles;
         saved.InterruptShadowUntil = interruptShadowUntil;
         saved.Halted = halted;
+        saved.PendingDebugExceptions = (debugTraps & HeldTraps) != 0 ? debugTraps & (DebugStatusBreakpoints | DebugStatusSingleStep) : 0;
         saved.Apic = Apic.Save();
         return saved;
     }
@@ -41,6 +42,8 @@ public sealed partial class Cpu
         UpdatePagingControls();
         Mmu.InvalidateNested(); // empties every TLB and walk cache, nested or not
         DropTranslationCaches();
+        debugTraps = saved.PendingDebugExceptions != 0 ? (saved.PendingDebugExceptions & (DebugStatusBreakpoints | DebugStatusSingleStep)) | HeldTraps : 0;
+        DebugControlsChanged(); // the breakpoints the restored DR7 arms, and RF
     }
 
     /// <summary>Empties the decoded-instruction cache (every page and alias).</summary>

@@ -25,6 +25,7 @@ public sealed partial class Cpu
         int size = mnemonic is Mnemonic.Insb or Mnemonic.Outsb ? 1 : mnemonic is Mnemonic.Insw or Mnemonic.Outsw ? 2 : 4;
         CheckIoPermission();
         ushort port = (ushort)Registers[Rdx];
+        MatchIoBreakpoints(port, size); // an armed I/O breakpoint traps after the instruction (Cpu.Debug.cs)
         int addressSize = StringAddressSize(i);
         ulong mask = addressSize == 8 ? ulong.MaxValue : addressSize == 4 ? 0xFFFF_FFFFUL : 0xFFFFUL;
         ulong kept = addressSize == 2 ? ~0xFFFFUL : 0;
@@ -65,7 +66,7 @@ public sealed partial class Cpu
                 Rip = instructionStart;
                 return StopReason.Budget;
             }
-            if ((++iterations & (RepeatCheckInterval - 1)) == 0 && more && SuspendString(iterations) is { } suspended)
+            if ((++iterations & (watchingData ? 0 : RepeatCheckInterval - 1)) == 0 && more && SuspendString(iterations) is { } suspended)
             {
                 return suspended;
             }

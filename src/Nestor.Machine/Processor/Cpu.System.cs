@@ -81,6 +81,7 @@ public sealed partial class Cpu
                     int size = OperandSize(i, 0);
                     ushort port = (ushort)ReadOperand(i, 1, i.GetOpKind(1) == OpKind.Register ? 2 : 1);
                     CheckIoPermission();
+                    MatchIoBreakpoints(port, size);
                     if (nonRoot is { IoExiting: true } &&
                         ExitOnInstruction(ExitReason.IoInstruction, IoQualification(port, size, input: true, i.GetOpKind(1) != OpKind.Register), i))
                     {
@@ -95,6 +96,7 @@ public sealed partial class Cpu
                     int size = OperandSize(i, 1);
                     ushort port = (ushort)ReadOperand(i, 0, i.GetOpKind(0) == OpKind.Register ? 2 : 1);
                     CheckIoPermission();
+                    MatchIoBreakpoints(port, size);
                     if (nonRoot is { IoExiting: true } &&
                         ExitOnInstruction(ExitReason.IoInstruction, IoQualification(port, size, input: false, i.GetOpKind(0) != OpKind.Register), i))
                     {
@@ -427,6 +429,7 @@ public sealed partial class Cpu
                 }
                 Cr4 = value;
                 UpdatePagingControls();
+                DebugControlsChanged(); // CR4.DE decides what DR7's R/W = 10 means
                 break;
             case Register.CR8:
                 // CR8 is the APIC's TPR[7:4] in 64-bit mode (SDM Vol. 3A §10.8.6.1); a lower TPR may unblock an interrupt.

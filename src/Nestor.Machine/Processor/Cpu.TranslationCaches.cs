@@ -168,7 +168,7 @@ public sealed unsafe partial class Cpu
     /// valid for is what holds now.</summary>
     private void CacheRead(ulong linear, byte* pageHost, ulong physical)
     {
-        if (!TranslationCaching || Mmu.LastSlot == Mmu.UncachedSlot)
+        if (!TranslationCaching || watchingData || Mmu.LastSlot == Mmu.UncachedSlot)
         {
             return;
         }
@@ -179,7 +179,7 @@ public sealed unsafe partial class Cpu
     /// <summary>Caches the write translation Mmu.Translate just made (of a page holding no decoded code).</summary>
     private void CacheWrite(ulong linear, byte* pageHost, ulong physical)
     {
-        if (!TranslationCaching || Mmu.LastSlot == Mmu.UncachedSlot)
+        if (!TranslationCaching || watchingData || Mmu.LastSlot == Mmu.UncachedSlot)
         {
             return;
         }

@@ -193,6 +193,7 @@ public sealed partial class Cpu
         finally
         {
             RevalidateTranslations();
+            debugTraps = 0; // a VMM's emulation raises no debug trap (debugging a deprivileged guest is not modelled)
         }
     }
 

@@ -176,6 +176,7 @@ public sealed unsafe partial class Cpu
             return StopReason.Halted; // wait-for-SIPI: nothing runs until a start-up IPI (Cpu.StartUp.cs)
         }
         RevalidateTranslations(); // registers may have been set from outside since the last run
+        DebugControlsChanged(); // so may DR7, CR4.DE and RFLAGS.RF
         if (HostTime is not null)
         {
             FollowHostTime(); // host time went on while the other vCPUs ran
@@ -210,6 +211,7 @@ public sealed unsafe partial class Cpu
             catch (GuestFault fault)
             {
                 Rip = instructionStart;
+                ForgetDebugTraps(); // the instruction did not complete: its traps go with it
                 if (HandleFault(fault, null) is { } stop)
                 {
                     return stop;
@@ -237,6 +239,7 @@ public sealed unsafe partial class Cpu
             catch (NestedPageFault fault)
             {
                 Rip = instructionStart;
+                ForgetDebugTraps();
                 if (HandleFault(null, fault) is { } stop)
                 {
                     return stop;
@@ -276,6 +279,10 @@ public sealed unsafe partial class Cpu
             }
             instructionStart = Rip;
             singleStepTrap = rflags & FlagBits.Trap; // TF is never held lazily (Cpu.Flags.cs: status flags only)
+            if (debugBoundary != 0)
+            {
+                InstructionBreakpointCheck(); // RF, or an armed instruction breakpoint (Cpu.Debug.cs)
+            }
             ref DecodedInstruction instruction = ref Fetch(Rip);
             StopReason? stop = null;
             if (instruction.Operation != FastOperation.General)
@@ -288,6 +295,16 @@ public sealed unsafe partial class Cpu
                 RevalidateTranslations(); // it may have changed CS, EFER, RFLAGS.AC or the TLBs
                 if (stop is not null && instruction.Class == (byte)InstructionClass.String && stringSuspension != StringSuspension.None)
                 {
+                    if (stringSuspension == StringSuspension.DebugTrap)
+                    {
+                        // A data breakpoint in an iteration: the #DB comes after it, RIP at the instruction (Cpu.Debug.cs).
+                        stringSuspension = StringSuspension.None;
+                        if (StringDebugTrap() is { } ended)
+                        {
+                            return ended;
+                        }
+                        continue;
+                    }
                     // A repeated string instruction suspended between iterations (SDM Vol. 2B REP): RIP is still at
                     // it and RCX, RSI, RDI say how far it got; it is not retired, and resumes when executed again.
                     if (TakeStringSuspension() is { } suspended)
@@ -303,9 +320,9 @@ public sealed unsafe partial class Cpu
             {
                 CountTranslatedBranch(in instruction.Instruction);
             }
-            if (singleStepTrap != 0)
+            if ((singleStepTrap | debugTraps) != 0)
             {
-                stop = SingleStepTrap(stop);
+                stop = DebugTrap(stop); // single-step, data and I/O breakpoints, MOV SS blocking (Cpu.Debug.cs)
             }
             if (stop is { } s)
             {
@@ -333,26 +350,6 @@ public sealed unsafe partial class Cpu
     // leave decides, as QEMU's TCG rechecks TF after them and as Linux's entry code relies on: a SYSRET that restores
     // TF traps at once in user mode). Set and read once per instruction; no state beyond the instruction.
     private ulong singleStepTrap;
-
-    /// <summary>The single-step trap after an instruction that completed (SDM Vol. 3B §17.3.1.4): DR6.BS set, #DB
-    /// raised with the saved RIP at the next instruction, ahead of NMIs and external interrupts (Vol. 3A §6.9, priority
-    /// 4: traps on the previous instruction); a fault raised by the instruction took precedence, as it never got here.
-    /// Delivery clears TF (Cpu.Delivery.cs), so the handler is not stepped. Returns the instruction's own stop, unless
-    /// the delivery ends the run (a triple fault, a VMM's stop) or the instruction was HLT, which the #DB ends.</summary>
-    private StopReason? SingleStepTrap(StopReason? stop)
-    {
-        singleStepTrap = 0;
-        state.Dr6 |= DebugStatusSingleStep;
-        instructionStart = Rip; // a fault while delivering it is taken at the next instruction
-        if (HandleFault(new GuestFault(ExceptionVector.Debug), null) is { } ended)
-        {
-            return ended;
-        }
-        return stop == StopReason.Halted ? null : stop;
-    }
-
-    /// <summary>DR6.BS, bit 14: the #DB was a single-step trap (SDM Vol. 3B §17.2.3).</summary>
-    private const ulong DebugStatusSingleStep = 1UL << 14;
 
     /// <summary>HLT with interrupts on: an interrupt the APIC can deliver wakes the CPU at once; otherwise, with the
     /// APIC timer or a platform device's timer armed (<see cref="IPlatform.NextDeviceEvent"/>), it idles until the
@@ -952,6 +949,10 @@ public sealed unsafe partial class Cpu
     private ulong ReadLinearSlow(ulong linear, int size)
     {
         Counters.MemoryReads++;
+        if (watchingData)
+        {
+            MatchDataBreakpoints(linear, size, write: false); // only while DR7 arms one: the fast path is off then
+        }
         if (((linear & 0xFFF) + (ulong)size) > 0x1000)
         {
             ulong value = 0;
@@ -1006,6 +1007,10 @@ public sealed unsafe partial class Cpu
     private void WriteLinearSlow(ulong linear, int size, ulong value)
     {
         Counters.MemoryWrites++;
+        if (watchingData)
+        {
+            MatchDataBreakpoints(linear, size, write: true);
+        }
         if (((linear & 0xFFF) + (ulong)size) > 0x1000)
         {
             // Translate both pages before writing anything, so a fault leaves memory untouched.

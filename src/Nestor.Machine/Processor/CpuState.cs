@@ -40,11 +40,12 @@ public struct GeneralRegisters
 /// <para>Modelled and here: the GPRs, RIP, RFLAGS (the lazy status flags materialised), the eight segment registers with
 /// their hidden descriptor caches, GDTR, IDTR, CR0, CR2, CR3, CR4, CR8, EFER, every MSR RDMSR/WRMSR handle
 /// (IA32_APIC_BASE, STAR, LSTAR, CSTAR, SFMASK, FS/GS base as the segments' bases, KERNEL_GS_BASE, TSC_AUX, the SYSENTER MSRs; the TSC is the
-/// clock), the clock (retired instructions and idle cycles), the STI/MOV-SS interrupt shadow, halted, and the local
+/// clock), the clock (retired instructions and idle cycles), the STI/MOV-SS interrupt shadow, the debug registers and the debug
+/// traps a MOV SS holds, halted, and the local
 /// APIC.</para>
 /// <para>The x87 FPU's state (<see cref="X87State"/>: the machine executes its control instructions, not its
 /// arithmetic). Not modelled, hence not here: MMX, SSE/AVX registers and MXCSR (the model executes no vector
-/// instruction), breakpoints (the debug registers hold their values, nothing matches them), MTRRs, performance counters, and
+/// instruction), MTRRs, performance counters, and
 /// NMI/SMI/INIT state. Not state but rebuildable caches, which <see cref="Cpu.LoadState"/> drops: the TLBs and
 /// page-walk caches of the MMU, the decoded-instruction cache, and the fetch, read and write fast-path translations.</para></summary>
 public struct CpuState
@@ -69,8 +70,11 @@ public struct CpuState
     /// signals no machine check, so only software sets them); 0 at reset.</summary>
     public ulong MachineCheckStatus;
     /// <summary>The debug registers DR0–DR3 (breakpoint addresses), DR6 (status) and DR7 (control) as MOV DR reads and
-    /// writes them (SDM Vol. 3B §17.2); the model matches no breakpoint against them.</summary>
+    /// writes them (SDM Vol. 3B §17.2); the breakpoints DR7 enables are matched (Cpu.Debug.cs).</summary>
     public ulong Dr0, Dr1, Dr2, Dr3, Dr6, Dr7;
+    /// <summary>Debug traps a MOV SS or POP SS held past the next instruction (SDM Vol. 3A §6.8.3), in DR6's layout
+    /// (B0–B3, BS), as the VMCS's "pending debug exceptions" field holds them (Vol. 3C §25.4.2); 0 when none.</summary>
+    public ulong PendingDebugExceptions;
     /// <summary>Instructions retired: with <see cref="IdleCycles"/>, the clock the TSC and the APIC timer count.</summary>
     public long InstructionsRetired;
     /// <summary>Clock ticks skipped while halted waiting for the timer.</summary>

@@ -120,6 +120,10 @@ public static class CpuidFeatures
         new(CpuFeature.CompareExchange8Bytes, 1, CpuidRegister.Edx, 8, "CX8", [Mnemonic.Cmpxchg8b]),
         new(CpuFeature.Apic, 1, CpuidRegister.Edx, 9, "APIC", [], "the local APIC at IA32_APIC_BASE (its timer)"),
         new(CpuFeature.PageGlobal, 1, CpuidRegister.Edx, 13, "PGE", [], "global pages (CR4.PGE, TLB entries kept across CR3 loads)"),
+        // The debugging extensions (SDM Vol. 3B §17.2.2, §17.2.4): CR4.DE makes DR4/DR5 #UD and DR7's R/W = 10 an I/O
+        // breakpoint, matched by IN, OUT, INS and OUTS (Cpu.Debug.cs).
+        new(CpuFeature.DebuggingExtensions, 1, CpuidRegister.Edx, 2, "DE", [],
+            "CR4.DE: DR4/DR5 #UD and I/O breakpoints (DR7 R/W = 10) with the hardware breakpoints of DR0-DR3"),
         // The machine-check exception and architecture (SDM Vol. 3B ch. 16). The model has no hardware that can fail,
         // so it detects no machine-check error: MCG_CAP reports no error-reporting bank and no IA32_MCG_CTL, which
         // the SDM's count field allows, and CR4.MCE is a stored enable with nothing to enable.
@@ -191,7 +195,6 @@ public static class CpuidFeatures
         new(CpuFeature.VirtualMachineExtensions, 1, CpuidRegister.Ecx, 5, "VMX", [Mnemonic.Vmxon, Mnemonic.Vmxoff, Mnemonic.Vmlaunch]),
         // Parts of a processor the model does not have (no ModelledBy, so never reported; their CR4 bits are reserved).
         new(CpuFeature.Virtual8086ModeExtensions, 1, CpuidRegister.Edx, 1, "VME", []),
-        new(CpuFeature.DebuggingExtensions, 1, CpuidRegister.Edx, 2, "DE", []),
         new(CpuFeature.PageSizeExtension, 1, CpuidRegister.Edx, 3, "PSE", []),
         new(CpuFeature.SaferModeExtensions, 1, CpuidRegister.Ecx, 6, "SMX", []),
         new(CpuFeature.UserModeInstructionPrevention, 7, CpuidRegister.Ecx, 2, "UMIP", []),
