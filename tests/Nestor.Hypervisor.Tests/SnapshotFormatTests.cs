@@ -66,6 +66,10 @@ public class SnapshotFormatTests
             s.X87.Registers[i] = new X87Register { Significand = 0x8000_0000_0000_0000UL | (ulong)(i + 1) << 32, SignExponent = (ushort)(0x3FFF + i) };
         }
         s.MachineCheckStatus = 0b101; // IA32_MCG_STATUS (format 5): RIPV and MCIP
+        // The debug architecture (format 6): breakpoint addresses, DR6 with B1 and BS, DR7 arming DR1 as a 4-byte write
+        // watchpoint, a single-step trap and B2 held by a MOV SS.
+        (s.Dr0, s.Dr1, s.Dr2, s.Dr3) = (0xD0, 0xD1D1, 0xD2D2D2, 0xFFFF_8000_0000_D3D3);
+        (s.Dr6, s.Dr7, s.PendingDebugExceptions) = (CpuState.DebugStatusFixed | 0x4002, 0x00D0_040A, 0x4004);
         return s;
 
         static Segment Seg(ushort k) => new() { Selector = (ushort)(k * 8), Base = 0x1000UL * k, Limit = 0xF_FFFFu - k, Attributes = (ushort)(0xA09B + k) };
@@ -117,6 +121,8 @@ public class SnapshotFormatTests
             Assert.Equal((ox.Registers[i].Significand, ox.Registers[i].SignExponent), (rx.Registers[i].Significand, rx.Registers[i].SignExponent));
         }
         Assert.Equal(original.MachineCheckStatus, r.MachineCheckStatus);
+        Assert.Equal((original.Dr0, original.Dr1, original.Dr2, original.Dr3), (r.Dr0, r.Dr1, r.Dr2, r.Dr3));
+        Assert.Equal((original.Dr6, original.Dr7, original.PendingDebugExceptions), (r.Dr6, r.Dr7, r.PendingDebugExceptions));
         Assert.Equal(data, Bytes(restored)); // and nothing else: written again, the same bytes
     }
 
@@ -132,12 +138,30 @@ public class SnapshotFormatTests
         return older;
     }
 
+    /// <summary>The debug registers and the held debug traps format 6 appends.</summary>
+    private const int DebugBytes = 7 * sizeof(ulong);
+
+    /// <summary>A section of layout 5 (before the debug registers were state) still reads: DR0–DR3 are 0, DR6 and DR7
+    /// hold only their fixed bits (no breakpoint armed) and no debug trap is held, as at reset.</summary>
+    [Fact]
+    public void A_version_5_cpu_state_reads_with_the_debug_registers_as_at_reset()
+    {
+        var original = Distinct();
+        byte[] v5 = AsOlderLayout(Bytes(new Vcpu(0, original)), 5, DebugBytes);
+        var restored = new Vcpu(0, CpuState.Reset);
+        new SnapshotReader(v5).ReadSection(restored);
+        var r = restored.State;
+        Assert.Equal(original.MachineCheckStatus, r.MachineCheckStatus);
+        Assert.Equal((0UL, 0UL, 0UL, 0UL), (r.Dr0, r.Dr1, r.Dr2, r.Dr3));
+        Assert.Equal((CpuState.DebugStatusFixed, CpuState.DebugControlFixed, 0UL), (r.Dr6, r.Dr7, r.PendingDebugExceptions));
+    }
+
     /// <summary>A section of layout 4 (before IA32_MCG_STATUS was state) still reads: MCG_STATUS is 0, as at reset.</summary>
     [Fact]
     public void A_version_4_cpu_state_reads_with_mcg_status_as_at_reset()
     {
         var original = Distinct();
-        byte[] v4 = AsOlderLayout(Bytes(new Vcpu(0, original)), 4, sizeof(ulong));
+        byte[] v4 = AsOlderLayout(Bytes(new Vcpu(0, original)), 4, sizeof(ulong) + DebugBytes);
         var restored = new Vcpu(0, CpuState.Reset);
         new SnapshotReader(v4).ReadSection(restored);
         Assert.Equal(original.Rip, restored.State.Rip);
@@ -151,7 +175,7 @@ public class SnapshotFormatTests
     {
         var original = Distinct();
         const int X87Bytes = 6 * 2 + 2 * 8 + 8 * 10;   // the words, the two pointers, R0-R7
-        byte[] v3 = AsOlderLayout(Bytes(new Vcpu(0, original)), 3, X87Bytes + sizeof(ulong)); // and format 5's MCG_STATUS
+        byte[] v3 = AsOlderLayout(Bytes(new Vcpu(0, original)), 3, X87Bytes + sizeof(ulong) + DebugBytes); // and format 5's MCG_STATUS, 6's debug registers
         var restored = new Vcpu(0, CpuState.Reset);
         new SnapshotReader(v3).ReadSection(restored);
         Assert.Equal(original.Rip, restored.State.Rip);

@@ -153,6 +153,8 @@ public class MachineHonestyTests
             "PAT" => a => { a.mov(ecx, 0x277); a.rdmsr(); a.wrmsr(); },
             "TSC-Deadline" => a => { a.mov(ecx, 0x6E0); a.rdmsr(); },
             "MCE" => a => { a.mov(rax, cr4); a.or(eax, 1 << 6); a.mov(cr4, rax); },
+            // CR4.DE, then an I/O breakpoint armed on a port the probe does not touch (DR7 R/W = 10 needs DE).
+            "DE" => a => { a.mov(rax, cr4); a.or(eax, 1 << 3); a.mov(cr4, rax); a.mov(eax, 0x80); a.mov(dr0, rax); a.mov(eax, 0x0002_0402); a.mov(dr7, rax); },
             "MCA" => a => { a.mov(ecx, 0x179); a.rdmsr(); a.mov(ecx, 0x17A); a.xor(eax, eax); a.xor(edx, edx); a.wrmsr(); },
             "x2APIC" => a => { a.mov(ecx, 0x1B); a.rdmsr(); a.or(eax, 1 << 10); a.wrmsr(); a.mov(ecx, 0x802); a.rdmsr(); },
             "LM" => a => { }, // the guest runs in long mode

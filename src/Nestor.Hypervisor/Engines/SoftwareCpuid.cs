@@ -10,7 +10,7 @@ namespace Nestor.Hypervisor.Engines;
 /// (<see cref="CpuidFeatures.Reported"/>): an instruction feature is reported when every instruction of it has a row
 /// needing it, a feature of the machine model (paging, the APIC, long mode) when the model backs it; the same list
 /// decides which CR4 bits the CPU accepts (<see cref="ProcessorModel.Cr4Writable"/>). Not reported because not
-/// modelled: MMX, SSE and later, FXSAVE/XSAVE, VME/DE/PSE/MTRR, BMI1 and BMI2 (TZCNT is
+/// modelled: MMX, SSE and later, FXSAVE/XSAVE, VME/PSE/MTRR, BMI1 and BMI2 (TZCNT is
 /// implemented, but ANDN, BEXTR and BLSI/BLSMSK/BLSR are not), MOVBE, RDRAND, PKU, UMIP, LA57, FSGSBASE,
 /// and a performance-monitoring unit (leaf 0xA version 0: RDPMC raises #GP). The hypervisor bit is set and leaves
 /// 0x40000000–0x40000001 name Nestor (docs/paravirt.md). The tests run one instruction per advertised feature on the

@@ -8,7 +8,9 @@ namespace Nestor.Hypervisor.Persistence;
 /// reads them as at reset. Version 3 appends the APIC ID, the wait-for-SIPI state and the interprocessor-interrupt
 /// counters (several processors); an older section reads as APIC ID 0, running. Version 4 appends the x87 FPU (FCW, FSW,
 /// FTW, FOP, the pointer selectors and offsets, R0–R7); an older section reads it as after RESET. Version 5 appends
-/// IA32_MCG_STATUS (the machine-check architecture); an older section reads it as 0, its reset value.</summary>
+/// IA32_MCG_STATUS (the machine-check architecture); an older section reads it as 0, its reset value. Version 6 appends the
+/// debug registers DR0–DR3, DR6, DR7 and the debug traps a MOV SS holds (the debug architecture); an older section reads
+/// them as at reset (no breakpoint armed, nothing held).</summary>
 public static class CpuStateFormat
 {
     /// <summary>Writes every field of <paramref name="s"/>.</summary>
@@ -95,10 +97,15 @@ public static class CpuStateFormat
         }
         // Version 5: the machine-check architecture.
         w.WriteUInt64(s.MachineCheckStatus);
+        // Version 6: the debug architecture.
+        foreach (ulong debug in (ReadOnlySpan<ulong>)[s.Dr0, s.Dr1, s.Dr2, s.Dr3, s.Dr6, s.Dr7, s.PendingDebugExceptions])
+        {
+            w.WriteUInt64(debug);
+        }
     }
 
     /// <summary>The layout version <see cref="Write"/> writes.</summary>
-    public const ushort Version = 5;
+    public const ushort Version = 6;
 
     private static void WriteBitmap(SnapshotWriter w, in InterruptBitmap bitmap)
     {
@@ -227,6 +234,17 @@ public static class CpuStateFormat
             }
         }
         s.MachineCheckStatus = version >= 5 ? r.ReadUInt64() : 0;
+        (s.Dr6, s.Dr7) = (CpuState.DebugStatusFixed, CpuState.DebugControlFixed);
+        if (version >= 6)
+        {
+            s.Dr0 = r.ReadUInt64();
+            s.Dr1 = r.ReadUInt64();
+            s.Dr2 = r.ReadUInt64();
+            s.Dr3 = r.ReadUInt64();
+            s.Dr6 = r.ReadUInt64() | CpuState.DebugStatusFixed;
+            s.Dr7 = r.ReadUInt64() | CpuState.DebugControlFixed;
+            s.PendingDebugExceptions = r.ReadUInt64();
+        }
         if (s.InstructionsRetired < 0 || s.IdleCycles < 0)
         {
             throw r.Invalid("a negative clock");

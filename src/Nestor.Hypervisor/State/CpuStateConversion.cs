@@ -33,7 +33,7 @@ public static class CpuStateConversion
 
     /// <summary><paramref name="previous"/> with the registers <paramref name="s"/> holds (what an engine that
     /// cannot see the rest, KVM, read back at the end of a run); the clock, the APIC, CSTAR, TSC_AUX, APIC base, the
-    /// SYSENTER MSRs, PAT, MISC_ENABLE, MCG_STATUS, NMI blocking, the interrupt shadow and halted stay as they were.</summary>
+    /// SYSENTER MSRs, PAT, MISC_ENABLE, MCG_STATUS, the debug registers, NMI blocking, the interrupt shadow and halted stay as they were.</summary>
     public static CpuState WithRegisters(in CpuState previous, VcpuState s)
     {
         var c = ToCpuState(s);
@@ -48,6 +48,8 @@ public static class CpuStateConversion
         (c.SysenterCs, c.SysenterEsp, c.SysenterEip) = (previous.SysenterCs, previous.SysenterEsp, previous.SysenterEip);
         (c.PageAttributeTable, c.MiscEnable, c.NmiBlocked) = (previous.PageAttributeTable, previous.MiscEnable, previous.NmiBlocked);
         c.MachineCheckStatus = previous.MachineCheckStatus;
+        (c.Dr0, c.Dr1, c.Dr2, c.Dr3) = (previous.Dr0, previous.Dr1, previous.Dr2, previous.Dr3);
+        (c.Dr6, c.Dr7, c.PendingDebugExceptions) = (previous.Dr6, previous.Dr7, previous.PendingDebugExceptions);
         return c;
     }
 

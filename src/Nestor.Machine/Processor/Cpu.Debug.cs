@@ -49,6 +49,13 @@ public sealed partial class Cpu
     /// <summary>A data breakpoint is armed: the data fast paths are off and every access is matched.</summary>
     private bool watchingData;
 
+    // Data accesses that took the slow path (a test's view of whether the fast paths served a loop; the counters the
+    // fast paths fold in are the same either way, by design).
+    private long slowDataAccesses;
+
+    /// <summary>Data reads and writes that went through the slow path since the CPU was made.</summary>
+    internal long SlowDataAccesses => slowDataAccesses;
+
     /// <summary>Recomputes which breakpoints DR7 arms (L or G set; R/W 00 execute, 01 write, 11 read or write, 10 I/O
     /// with CR4.DE, SDM Vol. 3B §17.2.4–17.2.5) and whether the next instruction needs the debug check; drops the data
     /// fast paths' translations when a data breakpoint becomes armed, so that every access is seen.</summary>

@@ -949,6 +949,7 @@ public sealed unsafe partial class Cpu
     private ulong ReadLinearSlow(ulong linear, int size)
     {
         Counters.MemoryReads++;
+        slowDataAccesses++;
         if (watchingData)
         {
             MatchDataBreakpoints(linear, size, write: false); // only while DR7 arms one: the fast path is off then
@@ -1007,6 +1008,7 @@ public sealed unsafe partial class Cpu
     private void WriteLinearSlow(ulong linear, int size, ulong value)
     {
         Counters.MemoryWrites++;
+        slowDataAccesses++;
         if (watchingData)
         {
             MatchDataBreakpoints(linear, size, write: true);
