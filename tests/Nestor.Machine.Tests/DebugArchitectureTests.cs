@@ -1,6 +1,7 @@
 using Iced.Intel;
 using Nestor.Machine.Architecture;
 using Nestor.Machine.Processor;
+using Nestor.Machine.Virtualization;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Nestor.Machine.Tests;
@@ -519,5 +520,48 @@ public class DebugArchitectureTests
             a.mov(rbx, dr0); // #DB fault here; the handler's own MOV DR runs with GD clear
         });
         Assert.Equal([(m.Address(access), Active | (1UL << 13))], debugs);
+    }
+
+    private sealed class DebugRegisterMonitor : IVmExitHandler
+    {
+        public readonly List<(ExitReason Reason, ulong Qualification, ulong Rip)> Exits = [];
+
+        public VmExitAction HandleExit(Cpu cpu, ref VmExit exit)
+        {
+            Exits.Add((exit.Reason, exit.Qualification, cpu.Rip));
+            return VmExitAction.Complete; // carry the MOV out: the VMM has loaded the guest's debug registers
+        }
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Mov_dr_exiting_exits_on_each_mov_dr_with_its_qualification(bool movDrExiting)
+    {
+        Label toDr7 = default, fromDr6 = default;
+        var m = new TestMachine(a =>
+        {
+            toDr7 = a.CreateLabel();
+            fromDr6 = a.CreateLabel();
+            a.mov(eax, 0x401);
+            a.Label(ref toDr7);
+            a.mov(dr7, rax);
+            a.Label(ref fromDr6);
+            a.mov(rbx, dr6);
+        });
+        var monitor = new DebugRegisterMonitor();
+        m.Cpu.EnterNonRoot(new ExecutionControls { MovDrExiting = movDrExiting }, monitor);
+        Assert.Equal(StopReason.PlatformStop, m.RunToEnd().Stop);
+        if (!movDrExiting)
+        {
+            Assert.Empty(monitor.Exits);
+            return;
+        }
+        // SDM Vol. 3C Table 28-4: DR number in bits 2:0, direction in bit 4 (1 = from DR), the GPR in bits 11:8;
+        // RIP at the instruction when it exits.
+        Assert.Equal([(ExitReason.DebugRegisterAccess, 7UL, m.Address(toDr7)),
+                      (ExitReason.DebugRegisterAccess, 6UL | (1 << 4) | (3 << 8), m.Address(fromDr6))], monitor.Exits);
+        Assert.Equal(0x401UL, m.Cpu.SaveState().Dr7); // Complete: the write was made after the exit
+        Assert.Equal(CpuState.DebugStatusFixed, m.Cpu.Registers[3]);
     }
 }

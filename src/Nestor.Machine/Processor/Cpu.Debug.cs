@@ -1,5 +1,6 @@
 using Iced.Intel;
 using Nestor.Machine.Architecture;
+using Nestor.Machine.Virtualization;
 
 namespace Nestor.Machine.Processor;
 
@@ -284,6 +285,12 @@ public sealed partial class Cpu
             state.Dr6 |= DebugStatusGeneralDetect;
             throw new GuestFault(ExceptionVector.Debug);
         }
+        if (nonRoot is { MovDrExiting: true } &&
+            ExitOnInstruction(ExitReason.DebugRegisterAccess, DebugRegisterQualification(debug - Register.DR0, !toDebug,
+                toDebug ? i.GetOpRegister(1) : i.GetOpRegister(0)), i))
+        {
+            return null;
+        }
         ref ulong register = ref DebugRegister(n);
         if (!toDebug)
         {
@@ -306,6 +313,15 @@ public sealed partial class Cpu
             DebugControlsChanged();
         }
         return null;
+    }
+
+    /// <summary>Exit qualification of MOV DR (SDM Vol. 3C Table 28-4): bits 2:0 the debug register as encoded (4 and 5
+    /// as such), bit 4 the direction (0 to the debug register, 1 from it), bits 11:8 the general-purpose register.</summary>
+    private static ulong DebugRegisterQualification(int debugRegister, bool fromDebugRegister, Register general)
+    {
+        int gpr = general >= Register.RAX && general <= Register.R15 ? general - Register.RAX
+            : general >= Register.EAX && general <= Register.R15D ? general - Register.EAX : 0;
+        return (uint)debugRegister | (fromDebugRegister ? 1UL << 4 : 0) | ((uint)gpr << 8);
     }
 
     private ref ulong DebugRegister(int n)

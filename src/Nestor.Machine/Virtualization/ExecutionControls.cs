@@ -26,6 +26,10 @@ public sealed class ExecutionControls
     /// <summary>INVLPG exits; so does INVPCID (SDM §26.1.3: INVPCID exits when "INVLPG exiting" is set).</summary>
     public bool InvlpgExiting { get; set; }
     public bool RdtscExiting { get; set; }
+    /// <summary>Primary processor-based "MOV-DR exiting" (bit 23, SDM Vol. 3C §25.6.2): every MOV to or from DR0–DR7
+    /// exits (reason 29, §26.1.3), after the checks that take priority over the exit (#GP above CPL 0, #UD for DR4/DR5
+    /// with CR4.DE, the general-detect #DB: §26.1.1), so that a VMM can switch debug registers lazily.</summary>
+    public bool MovDrExiting { get; set; }
     /// <summary>Bit n set: exception vector n exits instead of being delivered through the guest's IDT.</summary>
     public uint ExceptionBitmap { get; set; }
     /// <summary>"Enable EPT": guest-physical addresses are translated through the nested page table at

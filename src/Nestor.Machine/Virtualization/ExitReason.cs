@@ -19,6 +19,8 @@ public enum ExitReason : ushort
     Rdtsc = 16,
     /// <summary>MOV to or from a control register (qualification: SDM Table 28-3).</summary>
     ControlRegisterAccess = 28,
+    /// <summary>MOV to or from a debug register, with MOV-DR exiting on (qualification: SDM Vol. 3C Table 28-4).</summary>
+    DebugRegisterAccess = 29,
     /// <summary>IN, OUT, INS, OUTS (qualification: SDM Table 28-5).</summary>
     IoInstruction = 30,
     Rdmsr = 31,
